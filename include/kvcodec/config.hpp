@@ -1,0 +1,80 @@
+// Codec parameters: meaning, unit, range, default and cost of each (docs/design.md explains why).
+#pragma once
+
+#include <cstdint>
+
+#include "kvcodec/status.hpp"
+
+namespace kvcodec {
+
+// ---- Quality levels -------------------------------------------------------------------------
+// Level 0 is lossless: decoding returns every element bit for bit (f32, f16, bf16, f8e4m3).
+// Levels 1..kMaxLevel are lossy and increasingly aggressive. Level n quantizes every element of
+// (layer l, K/V, channel c) on a uniform grid of step
+//     step(l, kv, c) <= kLevelStep[n] * layer_factor(l) * scale(l, kv, c)
+// where scale is the root-mean-square deviation of that channel from its mean over the whole
+// context (StepMode::kChannel) or of the whole (layer, K/V) tensor (StepMode::kLayer).
+// Guarantee (tested): every decoded element satisfies
+//     |x - x_hat| <= step(l, kv, c) / 2 + ulp(x_hat) / 2
+// where ulp is that of the output dtype (the rounding of the fp32 reconstruction to it).
+// Values too far from the channel's centre to code on the grid are escaped and come back exact.
+inline constexpr int kMaxLevel = 9;
+inline constexpr int kDefaultLevel = 4;
+inline constexpr float kLevelStep[kMaxLevel + 1] = {
+    0.0f,                           // 0: lossless
+    0.03f, 0.06f, 0.12f, 0.20f,     // 1-4: near-lossless to high quality
+    0.30f, 0.45f, 0.65f, 0.90f,     // 5-8: CacheGen-like sizes and below
+    1.30f,                          // 9: most aggressive
+};
+// Layer-wise sensitivity (CacheGen): shallow layers hurt output quality most, so the first
+// third of the layers uses the level's step, the middle third kLayerFactor[1] times it and the
+// last third kLayerFactor[2] times it.
+inline constexpr float kLayerFactor[3] = {1.0f, 1.25f, 1.5f};
+
+// Multiplier on the level's step for layer `layer` of `layers`.
+float layer_factor(uint32_t layer, uint32_t layers) noexcept;
+
+enum class StepMode : uint8_t {
+  kChannel = 0,  // step relative to each channel's RMS deviation (per-channel scales)
+  kLayer = 1,    // one step per (layer, K/V): relative to the RMS of the whole tensor
+};
+
+struct EncodeOptions {
+  // Quality level, 0 (lossless) .. kMaxLevel. Default kDefaultLevel.
+  int level = kDefaultLevel;
+  // Tokens per chunk, 1..kMaxChunkTokens. Each chunk decodes on its own (given the frame head),
+  // is checksummed and can be fetched alone. Smaller chunks: finer random access and streaming
+  // decisions, slightly more per-chunk overhead (rANS lane states, index entry). Default 256.
+  uint32_t chunk_tokens = 256;
+  // Tokens per anchor group inside a chunk, 1..kMaxGroupTokens. The first token of a group (the
+  // anchor) is coded on its own, the others as the difference to the anchor on the same grid
+  // (no effect on error). 1 = no deltas. Default 1: measured on real caches, deltas cost bits
+  // (docs/results/quality.md). Ignored at level 0.
+  uint32_t group_tokens = 1;
+  // Probability tables per (layer, K/V) (channel groups of similar statistics), 1..16. More
+  // groups: closer fit to each channel, more table bytes. Default 8.
+  uint32_t table_groups = 8;
+  StepMode step_mode = StepMode::kChannel;
+  // Worker threads, 0 = all hardware threads. Output bytes do not depend on it.
+  int threads = 1;
+};
+
+inline constexpr uint32_t kMaxChunkTokens = 8192;
+inline constexpr uint32_t kMaxGroupTokens = 64;
+inline constexpr uint32_t kMaxTableGroups = 16;
+
+Status validate_options(const EncodeOptions& o);
+
+struct DecodeOptions {
+  // Decode only chunks [chunk_begin, chunk_end) and layers [layer_begin, layer_end); the rest of
+  // the destination is left untouched. Ends are clamped to the frame's counts.
+  uint32_t chunk_begin = 0;
+  uint32_t chunk_end = UINT32_MAX;
+  uint32_t layer_begin = 0;
+  uint32_t layer_end = UINT32_MAX;
+  // Verify per-chunk checksums before decoding (cheap; turning it off is for benchmarks only).
+  bool verify_checksums = true;
+  int threads = 1;  // 0 = all hardware threads
+};
+
+}  // namespace kvcodec

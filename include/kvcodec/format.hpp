@@ -1,0 +1,67 @@
+// Frames: the self-describing container of one encoded context (spec: docs/format.md).
+//
+// A frame is   head = [header | model section | chunk index]   followed by the chunk bodies.
+// The head alone describes everything needed to decode any chunk: a streaming client fetches
+// the head first and then chunks in any order (decode_chunk_into in codec.hpp).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "kvcodec/config.hpp"
+#include "kvcodec/status.hpp"
+#include "kvcodec/tensor.hpp"
+
+namespace kvcodec {
+
+// Bytes 0..3 of every frame.
+inline constexpr uint8_t kFrameMagic[4] = {'K', 'V', 'C', 0x1A};
+// Version of the frame format (independent of the library version). Readers reject others.
+inline constexpr uint16_t kFormatVersion = 1;
+// Fixed parameters of format version 1.
+inline constexpr uint32_t kRansLanes = 32;      // interleaved rANS states per stream
+inline constexpr uint32_t kProbBits = 12;       // probability tables sum to 1 << kProbBits
+inline constexpr uint32_t kHeaderBytes = 64;    // fixed-size header
+inline constexpr uint32_t kIndexEntryBytes = 24;
+
+struct ChunkInfo {
+  uint64_t offset = 0;       // from the start of the frame
+  uint32_t size = 0;         // bytes of the chunk body
+  uint32_t token_begin = 0;  // first token of the context in this chunk
+  uint32_t tokens = 0;
+  uint64_t checksum = 0;     // XXH64 (seed 0) of the chunk body
+};
+
+struct FrameInfo {
+  uint16_t format_version = 0;
+  DType dtype = DType::kF16;
+  KVShape shape;
+  int level = 0;
+  uint32_t chunk_tokens = 0;
+  uint32_t group_tokens = 0;
+  uint32_t table_groups = 0;
+  StepMode step_mode = StepMode::kChannel;
+  uint64_t head_bytes = 0;    // header + model section + chunk index
+  uint64_t model_bytes = 0;   // model section alone: tables, steps, centres
+  uint64_t table_bytes = 0;   // the probability tables inside the model section
+  uint64_t frame_bytes = 0;   // whole frame
+  std::vector<ChunkInfo> chunks;
+
+  uint64_t payload_bytes() const noexcept { return frame_bytes - head_bytes; }
+  double bits_per_element() const noexcept {
+    return shape.elements() ? 8.0 * double(frame_bytes) / double(shape.elements()) : 0.0;
+  }
+};
+
+// Parses and validates the head of a frame (magic, version, limits, header checksum, index
+// consistency). `bytes` may be the whole frame or just its first head_bytes; when shorter than
+// the head, returns kBufferTooSmall with the needed size in the message (call
+// frame_head_size first to learn it from the first kHeaderBytes).
+StatusOr<FrameInfo> read_frame_info(std::span<const uint8_t> bytes);
+// Size of the head, from the first kHeaderBytes of a frame (validates the header).
+StatusOr<uint64_t> frame_head_size(std::span<const uint8_t> header);
+// Verifies every chunk checksum of a whole frame. OK, or the first kChecksumMismatch.
+Status verify_frame(std::span<const uint8_t> frame);
+
+}  // namespace kvcodec

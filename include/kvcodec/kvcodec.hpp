@@ -1,0 +1,9 @@
+// Umbrella header of the kvcodec library.
+#pragma once
+
+#include "kvcodec/codec.hpp"
+#include "kvcodec/config.hpp"
+#include "kvcodec/format.hpp"
+#include "kvcodec/status.hpp"
+#include "kvcodec/tensor.hpp"
+#include "kvcodec/version.hpp"
