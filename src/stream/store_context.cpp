@@ -1,0 +1,106 @@
+// Putting a context into a store as multi-level chunks, and reading its pieces back verified.
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include <algorithm>
+#include <string>
+
+#include "kvcodec/codec.hpp"
+#include "kvcodec/format.hpp"
+#include "kvcodec/store.hpp"
+
+namespace kvcodec {
+
+StatusOr<Manifest> put_context(Store& store, std::string_view id, const KVView& kv,
+                               const PutOptions& options) {
+  KVCODEC_RETURN_IF_ERROR(validate_context_id(id));
+  KVCODEC_RETURN_IF_ERROR(validate_view(kv));
+  std::vector<int> levels = options.levels;
+  std::sort(levels.begin(), levels.end());
+  levels.erase(std::unique(levels.begin(), levels.end()), levels.end());
+  if (levels.empty()) return InvalidArgument("put: no levels given");
+  if (levels.front() < 0 || levels.back() > kMaxLevel)
+    return InvalidArgument("put: levels must be in 0.." + std::to_string(kMaxLevel));
+  if (!options.text_tokens.empty() && options.text_tokens.size() != kv.shape.tokens)
+    return InvalidArgument("put: " + std::to_string(options.text_tokens.size()) +
+                           " text tokens for a context of " + std::to_string(kv.shape.tokens) +
+                           " tokens (need one per token)");
+
+  Manifest m;
+  m.dtype = kv.dtype;
+  m.shape = kv.shape;
+  m.chunk_tokens = options.chunk_tokens;
+  m.text_tokens = options.text_tokens;
+
+  std::vector<uint8_t> frame;
+  for (int level : levels) {
+    EncodeOptions eo;
+    eo.level = level;
+    eo.chunk_tokens = options.chunk_tokens;
+    eo.threads = options.threads;
+    KVCODEC_RETURN_IF_ERROR(validate_options(eo).with_context("put"));
+    const size_t bound = max_encoded_size(kv.shape, kv.dtype, eo);
+    if (bound == 0) return InvalidArgument("put: shape or options rejected by the encoder");
+    if (frame.size() < bound) frame.resize(bound);
+    const std::string where = "put level " + std::to_string(level);
+    KVCODEC_ASSIGN_OR_RETURN(size_t n, encode_into(kv, eo, frame));
+    std::span<const uint8_t> bytes(frame.data(), n);
+    KVCODEC_ASSIGN_OR_RETURN(FrameInfo info, read_frame_info(bytes));
+    if (info.chunks.size() != m.num_chunks())
+      return Internal(where + ": frame has an unexpected chunk count");
+
+    ManifestLevel ml;
+    ml.level = level;
+    ml.head_bytes = info.head_bytes;
+    auto head = bytes.first(info.head_bytes);
+    ml.head_checksum = XXH64(head.data(), head.size(), 0);
+    KVCODEC_RETURN_IF_ERROR(store.put(head_key(id, level), head).with_context(where));
+    for (uint32_t c = 0; c < info.chunks.size(); ++c) {
+      const ChunkInfo& ci = info.chunks[c];
+      if (ci.offset + ci.size > n) return Internal(where + ": chunk outside the frame");
+      auto body = bytes.subspan(ci.offset, ci.size);
+      ml.chunks.push_back({ci.size, XXH64(body.data(), body.size(), 0)});
+      KVCODEC_RETURN_IF_ERROR(store.put(chunk_key(id, level, c), body).with_context(where));
+    }
+    m.levels.push_back(std::move(ml));
+  }
+  // Last: a manifest that can be read always describes pieces that are all in the store.
+  KVCODEC_RETURN_IF_ERROR(store.put(manifest_key(id), serialize_manifest(m)).with_context("put manifest"));
+  return m;
+}
+
+StatusOr<Manifest> get_manifest(Store& store, std::string_view id) {
+  KVCODEC_RETURN_IF_ERROR(validate_context_id(id));
+  KVCODEC_ASSIGN_OR_RETURN(auto bytes, store.get(manifest_key(id)));
+  return parse_manifest(bytes);
+}
+
+StatusOr<std::vector<uint8_t>> get_head(Store& store, std::string_view id, const Manifest& m,
+                                        int level) {
+  if (!m.find_level(level)) return NotFound("level " + std::to_string(level) + " is not stored");
+  KVCODEC_ASSIGN_OR_RETURN(auto bytes, store.get(head_key(id, level)));
+  KVCODEC_RETURN_IF_ERROR(verify_head(m, level, bytes));
+  return bytes;
+}
+
+StatusOr<std::vector<uint8_t>> get_chunk(Store& store, std::string_view id, const Manifest& m,
+                                         int level, uint32_t chunk) {
+  if (!m.find_level(level)) return NotFound("level " + std::to_string(level) + " is not stored");
+  if (chunk >= m.num_chunks()) return OutOfRange("chunk " + std::to_string(chunk) + " out of range");
+  KVCODEC_ASSIGN_OR_RETURN(auto bytes, store.get(chunk_key(id, level, chunk)));
+  KVCODEC_RETURN_IF_ERROR(verify_chunk(m, level, chunk, bytes));
+  return bytes;
+}
+
+Status remove_context(Store& store, std::string_view id) {
+  KVCODEC_ASSIGN_OR_RETURN(Manifest m, get_manifest(store, id));
+  KVCODEC_RETURN_IF_ERROR(store.remove(manifest_key(id)));
+  for (const auto& l : m.levels) {
+    KVCODEC_RETURN_IF_ERROR(store.remove(head_key(id, l.level)));
+    for (uint32_t c = 0; c < l.chunks.size(); ++c)
+      KVCODEC_RETURN_IF_ERROR(store.remove(chunk_key(id, l.level, c)));
+  }
+  return Status::Ok();
+}
+
+}  // namespace kvcodec

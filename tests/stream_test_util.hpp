@@ -1,0 +1,123 @@
+// Helpers for the streaming tests (store_test, transport_test, stream_fault_test): small
+// deterministic KV caches and a redis-server the test starts and stops itself.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <thread>
+
+#include "kvcodec/detail/dtype.hpp"
+#include "kvcodec/io.hpp"
+#include "kvcodec/store.hpp"
+#include "test_util.hpp"
+
+namespace kvcodec::test {
+
+// A cache whose channels have different scales and whose tokens are correlated (a random walk
+// per channel), so that lossy levels really lose something and sizes differ between levels.
+inline KVCache make_kv(const KVShape& shape, DType dtype, uint32_t seed) {
+  auto cache = KVCache::allocate(dtype, shape);
+  EXPECT_TRUE(cache.ok()) << cache.status().to_string();
+  KVCache kv = std::move(*cache);
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> n(0.f, 1.f);
+  KVView v = kv.view();
+  for (uint32_t l = 0; l < shape.layers; ++l)
+    for (uint32_t k = 0; k < 2; ++k)
+      for (uint32_t h = 0; h < shape.kv_heads; ++h)
+        for (uint32_t d = 0; d < shape.head_dim; ++d) {
+          const float scale = 0.2f + 2.f * float((d * 7 + h) % 5);
+          float x = 0.f;
+          for (uint32_t t = 0; t < shape.tokens; ++t) {
+            x = 0.9f * x + 0.3f * n(rng);
+            const float value = scale * x;
+            void* p = v.element(l, k, t, h, d);
+            if (dtype == DType::kF32) {
+              *static_cast<float*>(p) = value;
+            } else {
+              EXPECT_EQ(dtype, DType::kF16);
+              *static_cast<uint16_t*>(p) = detail::f32_to_f16(value);
+            }
+          }
+        }
+  return kv;
+}
+
+// KVCODEC_REDIS_URL (scripts/test.sh starts a redis-server and exports it), or "" after marking
+// the test skipped (or failed under CI=true, where Redis must be there).
+#define KVCODEC_REQUIRE_REDIS(url_var)                                                       \
+  const char* url_var##_env = std::getenv("KVCODEC_REDIS_URL");                              \
+  if (!url_var##_env || !*url_var##_env) {                                                   \
+    if (::kvcodec::test::running_in_ci()) FAIL() << "KVCODEC_REDIS_URL must be set under CI=true"; \
+    GTEST_SKIP() << "KVCODEC_REDIS_URL not set (scripts/test.sh starts a redis-server)";     \
+  }                                                                                          \
+  const std::string url_var = url_var##_env
+
+// A loopback TCP port that was free a moment ago.
+inline int free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+// A private redis-server on a loopback port, no persistence; killed by the destructor.
+class RedisProcess {
+ public:
+  RedisProcess() : port_(free_port()) {
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      int null = ::open("/dev/null", O_WRONLY);  // keep the test log readable
+      ::dup2(null, 1);
+      ::dup2(null, 2);
+      const std::string port = std::to_string(port_);
+      ::execlp("redis-server", "redis-server", "--port", port.c_str(), "--bind", "127.0.0.1",
+               "--save", "", "--appendonly", "no", "--loglevel", "warning", (char*)nullptr);
+      ::_exit(127);
+    }
+  }
+  ~RedisProcess() { kill(); }
+
+  std::string url() const { return "redis://127.0.0.1:" + std::to_string(port_); }
+  // Waits (at most 5 s) until the server answers.
+  bool wait_ready() const {
+    for (int i = 0; i < 100; ++i) {
+      StoreOptions o;
+      o.connect_timeout_ms = 100;
+      if (open_store(url(), o).ok()) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return false;
+  }
+  void pause() const { ::kill(pid_, SIGSTOP); }
+  void resume() const { ::kill(pid_, SIGCONT); }
+  void kill() {
+    if (pid_ <= 0) return;
+    ::kill(pid_, SIGCONT);
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, nullptr, 0);
+    pid_ = -1;
+  }
+
+ private:
+  int port_;
+  pid_t pid_ = -1;
+};
+
+}  // namespace kvcodec::test
