@@ -1,1 +1,439 @@
-// placeholder until the implementation lands
+// Encoder: layout view -> per-(layer, K/V) grids -> symbols -> channel groups and tables ->
+// rANS lanes per chunk -> frame. Each (layer, K/V) is one task; tasks run in parallel and are
+// assembled in a fixed order, so the bytes never depend on the thread count.
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+#include <string>
+
+#include "detail/frame.hpp"
+#include "detail/parallel.hpp"
+#include "detail/rans_lanes.hpp"
+#include "kvcodec/codec.hpp"
+#include "kvcodec/detail/dtype.hpp"
+#include "kvcodec/detail/log2.hpp"
+#include "kvcodec/detail/quant.hpp"
+#include "kvcodec/quantize.hpp"
+
+namespace kvcodec {
+namespace {
+
+using detail::LayerModel;
+using detail::TableSpec;
+
+// Lossy symbol values q (and deltas) are kept in [-kQLimit, kQLimit]; histograms index q + kQLimit,
+// with one extra bin for escapes.
+constexpr int32_t kQLimit = 255;
+constexpr uint32_t kLossyBins = 2 * kQLimit + 2;
+constexpr uint32_t kEscBin = kLossyBins - 1;
+
+size_t pad4(size_t n) { return (n + 3) & ~size_t(3); }
+
+// Copies the raw elements of (layer l, K/V kv) into out[t][h][d].
+void gather(const KVView& v, uint32_t l, uint32_t kv, uint8_t* out) {
+  const size_t es = dtype_size(v.dtype);
+  const uint32_t H = v.shape.kv_heads, D = v.shape.head_dim;
+  for (uint32_t t = 0; t < v.shape.tokens; ++t)
+    for (uint32_t h = 0; h < H; ++h) {
+      uint8_t* dst = out + (size_t(t) * H + h) * D * es;
+      if (v.rows_contiguous()) {
+        std::memcpy(dst, v.element(l, kv, t, h, 0), D * es);
+      } else {
+        for (uint32_t d = 0; d < D; ++d) std::memcpy(dst + d * es, v.element(l, kv, t, h, d), es);
+      }
+    }
+}
+
+// Per-channel histograms, [channel][slot][bin], and the clustering of channels into groups of
+// similar statistics, each with its own table per slot.
+struct Histograms {
+  uint32_t channels, slots, bins;
+  std::vector<uint32_t> h;
+  uint32_t* at(uint32_t c, uint32_t slot) { return h.data() + (size_t(c) * slots + slot) * bins; }
+  const uint32_t* at(uint32_t c, uint32_t slot) const { return h.data() + (size_t(c) * slots + slot) * bins; }
+};
+
+// Assigns channels to at most max_groups groups: an initial split by an integer feature
+// (quantiles), refined by a few rounds of "move each channel to the group whose smoothed table
+// codes it in the fewest bits". All decisions use integer arithmetic (deterministic).
+std::vector<uint8_t> cluster_channels(const Histograms& hs, const std::vector<uint64_t>& feature,
+                                      uint32_t max_groups, uint32_t* groups_out) {
+  const uint32_t C = hs.channels;
+  std::vector<uint32_t> order(C);
+  std::iota(order.begin(), order.end(), 0u);
+  std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return feature[a] < feature[b]; });
+  const uint32_t G = std::min<uint32_t>(max_groups, C);
+  std::vector<uint8_t> group(C);
+  for (uint32_t i = 0; i < C; ++i) group[order[i]] = uint8_t(uint64_t(i) * G / C);
+
+  if (G > 1) {
+    // Non-zero bins of each channel, for fast cost evaluation.
+    struct Entry {
+      uint32_t index;  // slot * bins + bin
+      uint32_t count;
+    };
+    std::vector<std::vector<Entry>> nz(C);
+    for (uint32_t c = 0; c < C; ++c)
+      for (uint32_t s = 0; s < hs.slots; ++s) {
+        const uint32_t* hc = hs.at(c, s);
+        for (uint32_t b = 0; b < hs.bins; ++b)
+          if (hc[b]) nz[c].push_back({s * hs.bins + b, hc[b]});
+      }
+    const size_t table_len = size_t(hs.slots) * hs.bins;
+    std::vector<uint64_t> gsum(G * table_len), cost(G * table_len);
+    for (int round = 0; round < 4; ++round) {
+      std::fill(gsum.begin(), gsum.end(), 0);
+      for (uint32_t c = 0; c < C; ++c)
+        for (const Entry& e : nz[c]) gsum[group[c] * table_len + e.index] += e.count;
+      // cost[g][slot][bin] = -log2 of the smoothed probability, Q24 fixed point.
+      for (uint32_t g = 0; g < G; ++g)
+        for (uint32_t s = 0; s < hs.slots; ++s) {
+          uint64_t total = 0;
+          const uint64_t* gs = &gsum[g * table_len + s * hs.bins];
+          for (uint32_t b = 0; b < hs.bins; ++b) total += gs[b];
+          const uint64_t log_total = detail::log2_q32(2 * total + hs.bins);
+          for (uint32_t b = 0; b < hs.bins; ++b)
+            cost[g * table_len + s * hs.bins + b] = (log_total - detail::log2_q32(2 * gs[b] + 1)) >> 8;
+        }
+      bool moved = false;
+      for (uint32_t c = 0; c < C; ++c) {
+        uint32_t best = group[c];
+        uint64_t best_cost = UINT64_MAX;
+        for (uint32_t g = 0; g < G; ++g) {
+          uint64_t sum = 0;
+          for (const Entry& e : nz[c]) sum += uint64_t(e.count) * cost[g * table_len + e.index];
+          if (sum < best_cost) {
+            best_cost = sum;
+            best = g;
+          }
+        }
+        if (best != group[c]) {
+          group[c] = uint8_t(best);
+          moved = true;
+        }
+      }
+      if (!moved) break;
+    }
+  }
+  // Renumber used groups densely, in order of first use.
+  std::vector<int> remap(G, -1);
+  uint32_t used = 0;
+  for (uint32_t c = 0; c < C; ++c) {
+    if (remap[group[c]] < 0) remap[group[c]] = int(used++);
+    group[c] = uint8_t(remap[group[c]]);
+  }
+  *groups_out = used;
+  return group;
+}
+
+// Sums the histograms of each group's channels.
+std::vector<uint64_t> group_histograms(const Histograms& hs, const std::vector<uint8_t>& group, uint32_t G) {
+  std::vector<uint64_t> out(size_t(G) * hs.slots * hs.bins, 0);
+  for (uint32_t c = 0; c < hs.channels; ++c)
+    for (uint32_t s = 0; s < hs.slots; ++s) {
+      const uint32_t* hc = hs.at(c, s);
+      uint64_t* o = &out[(size_t(group[c]) * hs.slots + s) * hs.bins];
+      for (uint32_t b = 0; b < hs.bins; ++b) o[b] += hc[b];
+    }
+  return out;
+}
+
+// Everything one (layer, K/V) task produces.
+struct LayerOutput {
+  LayerModel model;
+  std::vector<std::vector<uint8_t>> units;  // per chunk
+  Status status;
+};
+
+struct Context {
+  const KVView& src;
+  const EncodeOptions& opt;
+  uint32_t chunks;
+  size_t es;
+};
+
+// Lossless: each byte plane of the elements is coded with per-(group, plane) tables.
+void encode_lossless(const Context& cx, const uint8_t* raw, LayerOutput& out) {
+  const KVShape& sh = cx.src.shape;
+  const uint32_t T = sh.tokens, C = uint32_t(sh.channels());
+  const uint32_t P = uint32_t(cx.es);
+  Histograms hs{C, P, 256, std::vector<uint32_t>(size_t(C) * P * 256, 0)};
+  std::vector<uint64_t> feature(C, 0);
+  for (uint32_t t = 0; t < T; ++t)
+    for (uint32_t c = 0; c < C; ++c) {
+      const uint8_t* e = raw + (size_t(t) * C + c) * P;
+      for (uint32_t p = 0; p < P; ++p) ++hs.at(c, p)[e[p]];
+      feature[c] += e[P - 1] & 0x7f;  // magnitude bits of the top byte
+    }
+  LayerModel& m = out.model;
+  m.slots = P;
+  m.channel_group = cluster_channels(hs, feature, cx.opt.table_groups, &m.groups);
+  const auto gh = group_histograms(hs, m.channel_group, m.groups);
+  m.tables.resize(size_t(m.groups) * P);
+  for (size_t i = 0; i < m.tables.size(); ++i) {
+    std::span<const uint64_t> counts(&gh[i * 256], 256);
+    size_t n = 256;
+    while (n > 1 && counts[n - 1] == 0) --n;  // trailing absent symbols are not stored
+    std::vector<uint64_t> c(counts.begin(), counts.begin() + n);
+    if (std::all_of(c.begin(), c.end(), [](uint64_t v) { return v == 0; })) c[0] = 1;
+    auto t = FreqTable::from_counts(c);
+    if (!t.ok()) {
+      out.status = t.status();
+      return;
+    }
+    m.tables[i].table = std::move(*t);
+  }
+  std::vector<uint16_t> scratch;
+  out.units.resize(cx.chunks);
+  for (uint32_t k = 0; k < cx.chunks; ++k) {
+    const uint32_t t0 = k * cx.opt.chunk_tokens, t1 = std::min(T, t0 + cx.opt.chunk_tokens);
+    const uint8_t* base = raw + size_t(t0) * C * P;
+    const size_t n = size_t(t1 - t0) * C;
+    auto& unit = out.units[k];
+    for (uint32_t p = 0; p < P; ++p) {
+      detail::rans_encode_lanes(
+          n,
+          [&](size_t i, uint32_t* f, uint32_t* cum) {
+            const uint32_t c = uint32_t(i % C);
+            const FreqTable& tb = m.tables[m.channel_group[c] * P + p].table;
+            const uint8_t s = base[i * P + p];
+            *f = tb.freq[s];
+            *cum = tb.cum[s];
+          },
+          scratch, unit);
+      unit.resize(pad4(unit.size()), 0);
+    }
+  }
+}
+
+// Lossy: grids, symbols (anchors and deltas), windows, tables, lanes + escapes per chunk.
+void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, LayerOutput& out) {
+  const KVShape& sh = cx.src.shape;
+  const DType dt = cx.src.dtype;
+  const uint32_t T = sh.tokens, C = uint32_t(sh.channels());
+  const uint32_t GT = cx.opt.group_tokens, CT = cx.opt.chunk_tokens;
+  const uint32_t slots = GT > 1 ? 2 : 1;
+
+  std::vector<float> x(size_t(T) * C);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = detail::load_as_f32(raw + i * cx.es, uint8_t(dt));
+
+  std::vector<ChannelGrid> grids(C);
+  const double rel = double(kLevelStep[cx.opt.level]) * layer_factor(layer, sh.layers);
+  compute_grids(x.data(), T, C, rel, cx.opt.step_mode, grids.data());
+  std::vector<float> step(C);
+  for (uint32_t c = 0; c < C; ++c) step[c] = step_from_code(grids[c].step_code);
+
+  // Symbol values: q = n - center for anchors, q - q_anchor for deltas; kEscape when escaped.
+  std::vector<int16_t> val(size_t(T) * C);
+  constexpr int16_t kEsc = INT16_MIN;
+  for (uint32_t t = 0; t < T; ++t) {
+    const uint32_t local = t % CT;
+    const bool anchor = local % GT == 0;
+    const int16_t* aval = anchor ? nullptr : &val[size_t(t - local % GT) * C];
+    for (uint32_t c = 0; c < C; ++c) {
+      const int32_t n = quantize_value(x[size_t(t) * C + c], step[c], grids[c].center, dt);
+      int32_t q = n == kEscape ? INT32_MIN : n - grids[c].center;
+      if (q != INT32_MIN && !anchor) {
+        const int32_t ref = aval[c] == kEsc ? 0 : aval[c];
+        q -= ref;
+        if (q < -kQLimit || q > kQLimit) q = INT32_MIN;
+      }
+      val[size_t(t) * C + c] = q == INT32_MIN ? kEsc : int16_t(q);
+    }
+  }
+
+  Histograms hs{C, slots, kLossyBins, std::vector<uint32_t>(size_t(C) * slots * kLossyBins, 0)};
+  std::vector<uint64_t> feature(C, 0);
+  for (uint32_t t = 0; t < T; ++t) {
+    const uint32_t slot = (t % CT) % GT == 0 ? 0 : 1;
+    for (uint32_t c = 0; c < C; ++c) {
+      const int16_t v = val[size_t(t) * C + c];
+      ++hs.at(c, slot)[v == kEsc ? kEscBin : uint32_t(v + kQLimit)];
+      if (slot == 0 && v != kEsc) feature[c] += uint64_t(v < 0 ? -v : v);
+    }
+  }
+  LayerModel& m = out.model;
+  m.slots = slots;
+  m.channel_group = cluster_channels(hs, feature, cx.opt.table_groups, &m.groups);
+  m.step_code.resize(C);
+  m.center.resize(C);
+  for (uint32_t c = 0; c < C; ++c) {
+    m.step_code[c] = grids[c].step_code;
+    m.center[c] = grids[c].center;
+  }
+  // Tables: per group and slot, the window [qmin, qmin + n - 2] of at most 255 values holding the
+  // most occurrences; values outside it are escaped.
+  const auto gh = group_histograms(hs, m.channel_group, m.groups);
+  m.tables.resize(size_t(m.groups) * slots);
+  std::vector<int16_t> lut(size_t(m.tables.size()) * kLossyBins);  // value bin -> symbol (or -1: escape)
+  for (size_t i = 0; i < m.tables.size(); ++i) {
+    const uint64_t* h = &gh[i * kLossyBins];
+    int lo = -1, hi = -1;
+    for (uint32_t b = 0; b < kEscBin; ++b)
+      if (h[b]) {
+        if (lo < 0) lo = int(b);
+        hi = int(b);
+      }
+    if (lo < 0) lo = hi = kQLimit;  // nothing but escapes (or nothing at all)
+    if (hi - lo + 1 > 255) {        // slide a 255-wide window to the densest position
+      uint64_t run = 0, best = 0;
+      int best_lo = lo;
+      for (int b = lo; b <= hi; ++b) {
+        run += h[b];
+        if (b - lo >= 255) run -= h[b - 255];
+        if (b - lo >= 254 && run > best) {
+          best = run;
+          best_lo = b - 254;
+        }
+      }
+      lo = best_lo;
+      hi = lo + 254;
+    }
+    const uint32_t n = uint32_t(hi - lo + 2);  // values + escape
+    std::vector<uint64_t> counts(n, 0);
+    int16_t* l = &lut[i * kLossyBins];
+    for (uint32_t b = 0; b < kLossyBins; ++b) {
+      const bool inside = b != kEscBin && int(b) >= lo && int(b) <= hi;
+      l[b] = inside ? int16_t(b - lo) : int16_t(n - 1);
+      counts[l[b]] += h[b];
+    }
+    if (std::all_of(counts.begin(), counts.end(), [](uint64_t v) { return v == 0; })) counts[0] = 1;
+    auto t = FreqTable::from_counts(counts);
+    if (!t.ok()) {
+      out.status = t.status();
+      return;
+    }
+    m.tables[i].qmin = int16_t(lo - kQLimit);
+    m.tables[i].table = std::move(*t);
+  }
+
+  std::vector<uint16_t> scratch;
+  std::vector<uint8_t> sym;
+  out.units.resize(cx.chunks);
+  for (uint32_t k = 0; k < cx.chunks; ++k) {
+    const uint32_t t0 = k * CT, t1 = std::min(T, t0 + CT);
+    const size_t n = size_t(t1 - t0) * C;
+    // Symbols of the chunk and its escapes (raw elements in symbol order).
+    sym.resize(n);
+    auto& unit = out.units[k];
+    std::vector<uint8_t> escapes;
+    for (size_t i = 0; i < n; ++i) {
+      const uint32_t t = t0 + uint32_t(i / C), c = uint32_t(i % C);
+      const uint32_t slot = (t - t0) % GT == 0 ? 0 : 1;
+      const size_t ti = size_t(m.channel_group[c]) * slots + slot;
+      const int16_t v = val[size_t(t) * C + c];
+      const int16_t s = lut[ti * kLossyBins + (v == kEsc ? kEscBin : uint32_t(v + kQLimit))];
+      sym[i] = uint8_t(s);
+      if (size_t(s) == m.tables[ti].table.size() - 1) {
+        const uint8_t* e = raw + (size_t(t) * C + c) * cx.es;
+        escapes.insert(escapes.end(), e, e + cx.es);
+      }
+    }
+    detail::rans_encode_lanes(
+        n,
+        [&](size_t i, uint32_t* f, uint32_t* cum) {
+          const uint32_t t = uint32_t(i / C), c = uint32_t(i % C);
+          const FreqTable& tb = m.tables[size_t(m.channel_group[c]) * slots + (t % GT == 0 ? 0 : 1)].table;
+          *f = tb.freq[sym[i]];
+          *cum = tb.cum[sym[i]];
+        },
+        scratch, unit);
+    unit.resize(pad4(unit.size()), 0);
+    const size_t base = unit.size();
+    const uint32_t n_esc = uint32_t(escapes.size() / cx.es);
+    unit.resize(pad4(base + 4 + escapes.size()), 0);
+    detail::put_u32(unit.data() + base, n_esc);
+    if (!escapes.empty()) std::memcpy(unit.data() + base + 4, escapes.data(), escapes.size());
+  }
+}
+
+// Worst-case size of one (layer, K/V) model in the model section.
+uint64_t max_layer_model_bytes(uint64_t C, uint32_t groups, uint32_t slots, bool lossless) {
+  const uint64_t table = 1 + (lossless ? 0 : 2) + 256 * 2;  // freqs <= 4096 take <= 2 varint bytes
+  return 1 + uint64_t(groups) * slots * table + (C + 1) / 2 + (lossless ? 0 : C * (5 + 5));
+}
+
+}  // namespace
+
+size_t max_encoded_size(const KVShape& shape, DType dtype, const EncodeOptions& o) noexcept {
+  if (!validate_shape(shape).ok() || !validate_options(o).ok() || !is_valid_dtype(uint8_t(dtype))) return 0;
+  const bool lossless = o.level == 0;
+  const uint64_t es = dtype_size(dtype), C = shape.channels(), L = shape.layers;
+  const uint32_t slots = lossless ? uint32_t(es) : (o.group_tokens > 1 ? 2 : 1);
+  const uint64_t chunks = detail::num_chunks_for(shape.tokens, o.chunk_tokens);
+  uint64_t total = kHeaderBytes + chunks * kIndexEntryBytes;
+  total += 2 * L * max_layer_model_bytes(C, o.table_groups, slots, lossless);
+  // Per chunk: unit directory; per unit: lane streams (<= one 16-bit word per symbol) + padding,
+  // and for lossy levels the escape count and up to every element raw.
+  const uint64_t planes = lossless ? es : 1;
+  const uint64_t lane_overhead = detail::kLaneStreamHeader + 3;
+  total += chunks * (2 * L * 4 + 2 * L * (planes * lane_overhead + (lossless ? 0 : 4 + 3)));
+  const uint64_t n = 2 * L * uint64_t(shape.tokens) * C;  // symbols per plane, all chunks
+  total += planes * n * 2 + (lossless ? 0 : n * es);
+  if (total > uint64_t(SIZE_MAX)) return 0;
+  return size_t(total);
+}
+
+StatusOr<size_t> encode_into(const KVView& src, const EncodeOptions& o, std::span<uint8_t> dst) {
+  KVCODEC_RETURN_IF_ERROR(validate_options(o));
+  KVCODEC_RETURN_IF_ERROR(validate_view(src));
+  const KVShape& sh = src.shape;
+  const uint32_t L = sh.layers;
+  const uint32_t chunks = detail::num_chunks_for(sh.tokens, o.chunk_tokens);
+  const Context cx{src, o, chunks, dtype_size(src.dtype)};
+
+  std::vector<LayerOutput> outs(size_t(L) * 2);
+  detail::parallel_for(outs.size(), o.threads, [&](size_t task) {
+    const uint32_t l = uint32_t(task / 2), kv = uint32_t(task % 2);
+    std::vector<uint8_t> raw(size_t(sh.tokens) * sh.channels() * cx.es);
+    gather(src, l, kv, raw.data());
+    if (o.level == 0) encode_lossless(cx, raw.data(), outs[task]);
+    else encode_lossy(cx, l, raw.data(), outs[task]);
+  });
+  for (size_t i = 0; i < outs.size(); ++i)
+    if (!outs[i].status.ok())
+      return outs[i].status.with_context("layer " + std::to_string(i / 2) + (i % 2 ? " V" : " K"));
+
+  FrameInfo f;
+  f.dtype = src.dtype;
+  f.shape = sh;
+  f.level = o.level;
+  f.chunk_tokens = o.chunk_tokens;
+  f.group_tokens = o.group_tokens;
+  f.table_groups = o.table_groups;
+  f.step_mode = o.step_mode;
+  std::vector<uint8_t> model;
+  for (const auto& lo : outs) f.table_bytes += detail::write_layer_model(f, lo.model, model);
+
+  f.chunks.resize(chunks);
+  const size_t dir_bytes = size_t(L) * 2 * 4;
+  for (uint32_t k = 0; k < chunks; ++k) {
+    uint64_t size = dir_bytes;
+    for (const auto& lo : outs) size += lo.units[k].size();
+    if (size > UINT32_MAX) return ResourceExhausted("chunk larger than 4 GiB: use smaller chunk_tokens");
+    f.chunks[k].size = uint32_t(size);
+    f.chunks[k].tokens = std::min(o.chunk_tokens, sh.tokens - k * o.chunk_tokens);
+  }
+  // Assign offsets (write_head) before copying bodies; checksums are patched in afterwards.
+  std::vector<uint8_t> head;
+  detail::write_head(f, model, head);
+  if (f.frame_bytes > dst.size())
+    return BufferTooSmall("frame needs " + std::to_string(f.frame_bytes) + " bytes, buffer has " +
+                          std::to_string(dst.size()));
+  detail::parallel_for(chunks, o.threads, [&](size_t k) {
+    uint8_t* p = dst.data() + f.chunks[k].offset;
+    uint8_t* unit = p + dir_bytes;
+    for (size_t i = 0; i < outs.size(); ++i) {
+      const auto& u = outs[i].units[k];
+      detail::put_u32(p + 4 * i, uint32_t(u.size()));
+      std::memcpy(unit, u.data(), u.size());
+      unit += u.size();
+    }
+    f.chunks[k].checksum = detail::xxh64(p, f.chunks[k].size);
+  });
+  detail::write_head(f, model, head);
+  std::memcpy(dst.data(), head.data(), head.size());
+  return size_t(f.frame_bytes);
+}
+
+}  // namespace kvcodec

@@ -1,0 +1,69 @@
+// The interleaved-lane rANS loops of the CPU codec, templated on how a symbol index maps to its
+// table so the per-symbol lookup inlines. Internal to src/.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "kvcodec/detail/rans.hpp"
+#include "kvcodec/format.hpp"
+#include "kvcodec/status.hpp"
+
+namespace kvcodec::detail {
+
+// Fixed-size header of one lane stream: word count + one state per lane.
+inline constexpr size_t kLaneStreamHeader = 4 + 4 * kRansLanes;
+
+inline void put_u32(uint8_t* p, uint32_t v) { std::memcpy(p, &v, 4); }
+inline uint32_t get_u32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// Encodes symbols 0..n-1 backwards. `sym_of(i, &freq, &cum)` gives symbol i's frequency and
+// cumulative frequency. Appends header + words to out. `scratch` is reused across calls.
+template <typename SymOf>
+void rans_encode_lanes(size_t n, SymOf&& sym_of, std::vector<uint16_t>& scratch, std::vector<uint8_t>& out) {
+  uint32_t x[kRansLanes];
+  for (auto& s : x) s = kRansL;
+  scratch.resize(n + 2 * kRansLanes);  // at most one word per symbol
+  uint16_t* w = scratch.data() + scratch.size();  // filled downwards: ends up in reading order
+  for (size_t i = n; i-- > 0;) {
+    uint32_t freq, cum;
+    sym_of(i, &freq, &cum);
+    uint16_t word;
+    if (rans_enc_put(x[i % kRansLanes], freq, cum, &word)) *--w = word;
+  }
+  const size_t words = size_t(scratch.data() + scratch.size() - w);
+  const size_t base = out.size();
+  out.resize(base + kLaneStreamHeader + 2 * words);
+  uint8_t* p = out.data() + base;
+  put_u32(p, uint32_t(words));
+  for (uint32_t j = 0; j < kRansLanes; ++j) put_u32(p + 4 + 4 * j, x[j]);
+  std::memcpy(p + kLaneStreamHeader, w, 2 * words);
+}
+
+// Reads the lane header; returns the word count, or an error if the stream is too short.
+inline Status rans_read_header(const uint8_t* p, size_t avail, uint32_t* x, uint32_t* words) {
+  if (avail < kLaneStreamHeader) return CorruptData("rANS stream shorter than its header");
+  *words = get_u32(p);
+  if ((avail - kLaneStreamHeader) / 2 < *words) return CorruptData("rANS stream truncated");
+  for (uint32_t j = 0; j < kRansLanes; ++j) {
+    x[j] = get_u32(p + 4 + 4 * j);
+    if (x[j] < kRansL) return CorruptData("rANS lane state below the renormalisation bound");
+  }
+  return Status::Ok();
+}
+
+// Checks that decoding ended exactly where the encoder started.
+inline Status rans_check_end(const uint32_t* x, const uint16_t* w, const uint16_t* w_end) {
+  if (w != w_end) return CorruptData("rANS stream has unread words");
+  for (uint32_t j = 0; j < kRansLanes; ++j)
+    if (x[j] != kRansL) return CorruptData("rANS lane did not end in its initial state");
+  return Status::Ok();
+}
+
+}  // namespace kvcodec::detail

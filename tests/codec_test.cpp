@@ -1,0 +1,333 @@
+// Round trips of the core codec over dtypes, layouts, shapes and levels; the documented error
+// bound; determinism across thread counts; partial decodes.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "kvcodec/codec.hpp"
+#include "kvcodec/detail/dtype.hpp"
+#include "kvcodec/quantize.hpp"
+#include "test_util.hpp"
+
+namespace kvcodec {
+namespace {
+
+// A KV-like tensor: per-channel means and scales spread over two orders of magnitude, a few
+// outlier channels, AR(1) correlation along tokens. Stored contiguous [L, 2, T, H, D].
+std::vector<float> make_kv(const KVShape& s, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> n01(0.f, 1.f);
+  const size_t C = s.channels();
+  std::vector<float> out(s.elements());
+  for (uint32_t l = 0; l < s.layers; ++l)
+    for (uint32_t kv = 0; kv < 2; ++kv) {
+      std::vector<float> mean(C), scale(C), prev(C, 0.f);
+      for (size_t c = 0; c < C; ++c) {
+        scale[c] = std::exp(n01(rng)) * (c % 17 == 3 ? 20.f : 1.f);
+        mean[c] = n01(rng) * scale[c] * 0.5f;
+      }
+      for (uint32_t t = 0; t < s.tokens; ++t)
+        for (size_t c = 0; c < C; ++c) {
+          prev[c] = 0.8f * prev[c] + 0.6f * n01(rng);
+          out[((size_t(l) * 2 + kv) * s.tokens + t) * C + c] = mean[c] + scale[c] * prev[c];
+        }
+    }
+  return out;
+}
+
+// Converts f32 values to raw bytes of dtype dt.
+std::vector<uint8_t> to_dtype(const std::vector<float>& v, DType dt) {
+  std::vector<uint8_t> out(v.size() * dtype_size(dt));
+  for (size_t i = 0; i < v.size(); ++i) {
+    switch (dt) {
+      case DType::kF32: std::memcpy(&out[i * 4], &v[i], 4); break;
+      case DType::kF16: {
+        uint16_t h = detail::f32_to_f16(v[i]);
+        std::memcpy(&out[i * 2], &h, 2);
+        break;
+      }
+      case DType::kBF16: {
+        uint16_t h = detail::f32_to_bf16(v[i]);
+        std::memcpy(&out[i * 2], &h, 2);
+        break;
+      }
+      case DType::kF8E4M3: out[i] = detail::f32_to_f8e4m3(v[i] * 0.1f); break;
+    }
+  }
+  return out;
+}
+
+float value_at(const std::vector<uint8_t>& raw, size_t i, DType dt) {
+  return detail::load_as_f32(raw.data() + i * dtype_size(dt), uint8_t(dt));
+}
+
+std::vector<uint8_t> encode(const KVView& v, const EncodeOptions& o) {
+  std::vector<uint8_t> frame(max_encoded_size(v.shape, v.dtype, o));
+  EXPECT_GT(frame.size(), 0u);
+  auto n = encode_into(v, o, frame);
+  EXPECT_TRUE(n.ok()) << n.status().to_string();
+  frame.resize(n.ok() ? *n : 0);
+  return frame;
+}
+
+struct Case {
+  KVShape shape;
+  DType dtype;
+  int level;
+  uint32_t chunk_tokens;
+  uint32_t group_tokens;
+};
+
+class RoundTrip : public ::testing::TestWithParam<Case> {};
+
+TEST_P(RoundTrip, ContiguousWithinBound) {
+  const Case c = GetParam();
+  auto values = make_kv(c.shape, 42 + c.level);
+  auto raw = to_dtype(values, c.dtype);
+  KVView src = contiguous_view(raw.data(), c.dtype, c.shape);
+  EncodeOptions o;
+  o.level = c.level;
+  o.chunk_tokens = c.chunk_tokens;
+  o.group_tokens = c.group_tokens;
+  auto frame = encode(src, o);
+  ASSERT_FALSE(frame.empty());
+  ASSERT_TRUE(verify_frame(frame).ok());
+
+  std::vector<uint8_t> out(raw.size(), 0xCD);
+  ASSERT_TRUE(decode_into(frame, contiguous_view(out.data(), c.dtype, c.shape)).ok());
+  if (c.level == 0) {
+    EXPECT_EQ(out, raw) << "lossless must be bit-exact";
+    return;
+  }
+  // Documented bound: |x - x_hat| <= step/2 + ulp(x_hat)/2 with step <= kLevelStep * factor * scale.
+  auto info = read_frame_info(frame);
+  ASSERT_TRUE(info.ok());
+  const size_t C = c.shape.channels();
+  size_t checked = 0;
+  for (uint32_t l = 0; l < c.shape.layers; ++l)
+    for (uint32_t kv = 0; kv < 2; ++kv) {
+      // channel scale (RMS deviation) recomputed from the input as the encoder does
+      std::vector<double> sum(C, 0), sq(C, 0);
+      const size_t base = (size_t(l) * 2 + kv) * c.shape.tokens * C;
+      for (uint32_t t = 0; t < c.shape.tokens; ++t)
+        for (size_t ch = 0; ch < C; ++ch) {
+          const double x = value_at(raw, base + t * C + ch, c.dtype);
+          sum[ch] += x;
+          sq[ch] += x * x;
+        }
+      for (size_t ch = 0; ch < C; ++ch) {
+        const double mean = sum[ch] / c.shape.tokens;
+        double scale = std::sqrt(std::max(0.0, sq[ch] / c.shape.tokens - mean * mean));
+        if (!(scale > 0)) scale = std::fabs(mean) > 0 ? std::fabs(mean) / 1024 : 1.0;
+        const double max_step = kLevelStep[c.level] * layer_factor(l, c.shape.layers) * scale;
+        for (uint32_t t = 0; t < c.shape.tokens; ++t) {
+          const size_t i = base + t * C + ch;
+          const float x = value_at(raw, i, c.dtype), xh = value_at(out, i, c.dtype);
+          ASSERT_LE(std::fabs(double(x) - double(xh)), error_bound(max_step * (1 + 1e-9), xh, c.dtype))
+              << "layer " << l << " kv " << kv << " token " << t << " channel " << ch;
+          ++checked;
+        }
+      }
+    }
+  EXPECT_EQ(checked, c.shape.elements());
+}
+
+const Case kCases[] = {
+    {{2, 300, 2, 16}, DType::kF16, 0, 128, 1},   // lossless f16, partial last chunk
+    {{2, 300, 2, 16}, DType::kBF16, 0, 256, 1},  // lossless bf16
+    {{2, 100, 3, 8}, DType::kF32, 0, 64, 1},     // lossless f32, odd head count
+    {{1, 50, 1, 8}, DType::kF8E4M3, 0, 16, 1},   // lossless f8
+    {{3, 1, 2, 8}, DType::kF16, 4, 256, 1},      // one token
+    {{3, 257, 2, 16}, DType::kF16, 1, 256, 1},   // chunk boundary + 1
+    {{3, 257, 2, 16}, DType::kF16, 4, 256, 10},  // anchors and deltas, group across chunk end
+    {{3, 200, 2, 16}, DType::kBF16, 6, 64, 4},
+    {{2, 200, 4, 32}, DType::kF32, 9, 100, 3},
+    {{2, 130, 1, 8}, DType::kF8E4M3, 5, 32, 1},
+    {{5, 64, 3, 24}, DType::kF16, 8, 7, 2},      // tiny chunks, odd group size
+};
+INSTANTIATE_TEST_SUITE_P(Codec, RoundTrip, ::testing::ValuesIn(kCases));
+
+TEST(Codec, SameValuesFromEveryLayout) {
+  const KVShape s{3, 70, 2, 8};
+  auto raw = to_dtype(make_kv(s, 7), DType::kF16);
+  EncodeOptions o;
+  o.level = 5;
+  o.chunk_tokens = 32;
+  auto frame = encode(contiguous_view(raw.data(), DType::kF16, s), o);
+  std::vector<uint8_t> ref(raw.size());
+  ASSERT_TRUE(decode_into(frame, contiguous_view(ref.data(), DType::kF16, s)).ok());
+  const size_t C = s.channels(), es = 2;
+
+  // LMCache [2, L, T, H*D]
+  std::vector<uint8_t> lm(raw.size());
+  ASSERT_TRUE(decode_into(frame, lmcache_view(lm.data(), DType::kF16, s)).ok());
+  for (uint32_t l = 0; l < s.layers; ++l)
+    for (uint32_t kv = 0; kv < 2; ++kv)
+      ASSERT_EQ(0, std::memcmp(&lm[((size_t(kv) * s.layers + l) * s.tokens * C) * es],
+                               &ref[((size_t(l) * 2 + kv) * s.tokens * C) * es], s.tokens * C * es));
+  // The same values laid out as LMCache encode to the same bytes.
+  std::vector<uint8_t> raw_lm(raw.size());
+  for (uint32_t l = 0; l < s.layers; ++l)
+    for (uint32_t kv = 0; kv < 2; ++kv)
+      std::memcpy(&raw_lm[((size_t(kv) * s.layers + l) * s.tokens * C) * es],
+                  &raw[((size_t(l) * 2 + kv) * s.tokens * C) * es], s.tokens * C * es);
+  EXPECT_EQ(encode(lmcache_view(raw_lm.data(), DType::kF16, s), o), frame);
+  // Re-encoding the decoded values: the reference for the layouts below.
+  const auto ref_frame = encode(contiguous_view(ref.data(), DType::kF16, s), o);
+
+  // vLLM paged: block size 16, blocks scattered in reverse order.
+  const uint32_t bs = 16, nb = 8;
+  std::vector<int32_t> table;
+  for (uint32_t i = 0; i < (s.tokens + bs - 1) / bs; ++i) table.push_back(int32_t(nb - 1 - i));
+  std::vector<std::vector<uint8_t>> layer_mem(s.layers, std::vector<uint8_t>(2ull * nb * bs * C * es, 0));
+  std::vector<void*> ptrs;
+  for (auto& m : layer_mem) ptrs.push_back(m.data());
+  KVView paged = vllm_paged_view(ptrs.data(), DType::kF16, s, table.data(), nb, bs);
+  ASSERT_TRUE(decode_into(frame, paged).ok());
+  std::vector<uint8_t> back(raw.size());
+  for (uint32_t l = 0; l < s.layers; ++l)
+    for (uint32_t kv = 0; kv < 2; ++kv)
+      for (uint32_t t = 0; t < s.tokens; ++t)
+        ASSERT_EQ(0, std::memcmp(paged.element(l, kv, t, 0, 0), &ref[(((size_t(l) * 2 + kv) * s.tokens + t) * C) * es],
+                                 C * es));
+  // Encoding from the paged cache gives the identical frame.
+  EXPECT_EQ(encode(paged, o), ref_frame);
+
+  // Hugging Face per-layer [1, H, T, D]
+  std::vector<std::vector<uint8_t>> hk(s.layers, std::vector<uint8_t>(s.tokens * C * es)), hv = hk;
+  std::vector<void*> kp, vp;
+  for (uint32_t l = 0; l < s.layers; ++l) {
+    kp.push_back(hk[l].data());
+    vp.push_back(hv[l].data());
+  }
+  KVView hf = per_layer_view(kp.data(), vp.data(), DType::kF16, s, true);
+  ASSERT_TRUE(decode_into(frame, hf).ok());
+  EXPECT_EQ(encode(hf, o), ref_frame);
+}
+
+TEST(Codec, DeterministicAcrossThreads) {
+  const KVShape s{4, 600, 2, 32};
+  auto raw = to_dtype(make_kv(s, 9), DType::kBF16);
+  KVView v = contiguous_view(raw.data(), DType::kBF16, s);
+  for (int level : {0, 3, 7}) {
+    EncodeOptions o;
+    o.level = level;
+    o.group_tokens = level == 7 ? 5 : 1;
+    o.threads = 1;
+    auto a = encode(v, o);
+    o.threads = 3;
+    auto b = encode(v, o);
+    o.threads = 0;
+    auto c = encode(v, o);
+    EXPECT_EQ(a, b);
+    EXPECT_EQ(a, c);
+    std::vector<uint8_t> d1(raw.size()), d2(raw.size());
+    DecodeOptions d;
+    d.threads = 1;
+    ASSERT_TRUE(decode_into(a, contiguous_view(d1.data(), DType::kBF16, s), d).ok());
+    d.threads = 4;
+    ASSERT_TRUE(decode_into(a, contiguous_view(d2.data(), DType::kBF16, s), d).ok());
+    EXPECT_EQ(d1, d2);
+  }
+}
+
+TEST(Codec, PartialDecodeWritesOnlyTheRange) {
+  const KVShape s{4, 300, 2, 8};
+  auto raw = to_dtype(make_kv(s, 3), DType::kF16);
+  EncodeOptions o;
+  o.level = 0;
+  o.chunk_tokens = 64;
+  auto frame = encode(contiguous_view(raw.data(), DType::kF16, s), o);
+  std::vector<uint8_t> out(raw.size(), 0);
+  DecodeOptions d;
+  d.chunk_begin = 1;
+  d.chunk_end = 3;
+  d.layer_begin = 2;
+  d.layer_end = 3;
+  ASSERT_TRUE(decode_into(frame, contiguous_view(out.data(), DType::kF16, s), d).ok());
+  const size_t C = s.channels();
+  for (uint32_t l = 0; l < s.layers; ++l)
+    for (uint32_t kv = 0; kv < 2; ++kv)
+      for (uint32_t t = 0; t < s.tokens; ++t) {
+        const size_t off = (((size_t(l) * 2 + kv) * s.tokens + t) * C) * 2;
+        const bool inside = l == 2 && t >= 64 && t < 192;
+        if (inside) ASSERT_EQ(0, std::memcmp(&out[off], &raw[off], C * 2));
+        else ASSERT_TRUE(std::all_of(&out[off], &out[off] + C * 2, [](uint8_t b) { return b == 0; }));
+      }
+
+  // One chunk from the head and its body alone, as a streaming client does.
+  auto info = read_frame_info(frame);
+  ASSERT_TRUE(info.ok());
+  std::vector<uint8_t> head(frame.begin(), frame.begin() + info->head_bytes);
+  const ChunkInfo& ci = info->chunks[4];
+  std::vector<uint8_t> body(frame.begin() + ci.offset, frame.begin() + ci.offset + ci.size);
+  std::fill(out.begin(), out.end(), 0);
+  ASSERT_TRUE(decode_chunk_into(head, 4, body, contiguous_view(out.data(), DType::kF16, s)).ok());
+  const size_t off = (((size_t(1) * 2 + 1) * s.tokens + 256) * C) * 2;
+  EXPECT_EQ(0, std::memcmp(&out[off], &raw[off], 44 * C * 2));
+  EXPECT_EQ(decode_chunk_into(head, 5, body, contiguous_view(out.data(), DType::kF16, s)).code(),
+            StatusCode::kOutOfRange);
+}
+
+TEST(Codec, NonFiniteValuesAreEscapedExactly) {
+  const KVShape s{1, 40, 1, 8};
+  auto values = make_kv(s, 5);
+  values[3] = INFINITY;
+  values[17] = -INFINITY;
+  values[100] = NAN;
+  values[101] = 1e30f;  // far outside every grid
+  auto raw = to_dtype(values, DType::kF32);
+  EncodeOptions o;
+  o.level = 7;
+  auto frame = encode(contiguous_view(raw.data(), DType::kF32, s), o);
+  std::vector<uint8_t> out(raw.size());
+  ASSERT_TRUE(decode_into(frame, contiguous_view(out.data(), DType::kF32, s)).ok());
+  for (size_t i : {3, 17, 100, 101}) EXPECT_EQ(0, std::memcmp(&out[i * 4], &raw[i * 4], 4)) << i;
+}
+
+TEST(Codec, SizesShrinkWithLevel) {
+  const KVShape s{4, 512, 2, 32};
+  auto raw = to_dtype(make_kv(s, 11), DType::kF16);
+  KVView v = contiguous_view(raw.data(), DType::kF16, s);
+  size_t prev = SIZE_MAX;
+  for (int level = 0; level <= kMaxLevel; ++level) {
+    EncodeOptions o;
+    o.level = level;
+    auto f = encode(v, o);
+    EXPECT_LT(f.size(), prev) << "level " << level;
+    EXPECT_LE(f.size(), max_encoded_size(s, DType::kF16, o));
+    prev = f.size();
+  }
+}
+
+TEST(Codec, RejectsBadArguments) {
+  const KVShape s{1, 4, 1, 8};
+  std::vector<uint8_t> raw(s.elements() * 2);
+  KVView v = contiguous_view(raw.data(), DType::kF16, s);
+  EncodeOptions o;
+  std::vector<uint8_t> dst(max_encoded_size(s, DType::kF16, o));
+  o.level = kMaxLevel + 1;
+  EXPECT_EQ(encode_into(v, o, dst).status().code(), StatusCode::kInvalidArgument);
+  o.level = 2;
+  o.chunk_tokens = 0;
+  EXPECT_EQ(encode_into(v, o, dst).status().code(), StatusCode::kInvalidArgument);
+  o.chunk_tokens = 256;
+  EXPECT_EQ(encode_into(v, o, std::span<uint8_t>(dst.data(), 10)).status().code(), StatusCode::kBufferTooSmall);
+  KVView bad = v;
+  bad.data = nullptr;
+  EXPECT_EQ(encode_into(bad, o, dst).status().code(), StatusCode::kInvalidArgument);
+  // Destination mismatch on decode.
+  auto n = encode_into(v, o, dst);
+  ASSERT_TRUE(n.ok());
+  std::span<const uint8_t> frame(dst.data(), *n);
+  std::vector<uint8_t> out(s.elements() * 4);
+  EXPECT_EQ(decode_into(frame, contiguous_view(out.data(), DType::kF32, s)).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(decode_into(frame, contiguous_view(out.data(), DType::kF16, {1, 5, 1, 8})).code(),
+            StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace kvcodec
