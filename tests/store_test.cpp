@@ -26,6 +26,8 @@ Manifest sample_manifest() {
     l.level = level;
     l.head_bytes = 1000 + level;
     l.head_checksum = 0x1234567890abcdefull ^ uint64_t(level);
+    l.rel_error = 0.01 * level;
+    l.decode_gbps = 1.5;
     for (uint32_t c = 0; c < 3; ++c) l.chunks.push_back({5000u - level * 100 + c, 77u * c + level});
     m.levels.push_back(l);
   }
@@ -49,6 +51,8 @@ TEST(Manifest, RoundTrip) {
     EXPECT_EQ(back->levels[i].level, m.levels[i].level);
     EXPECT_EQ(back->levels[i].head_bytes, m.levels[i].head_bytes);
     EXPECT_EQ(back->levels[i].head_checksum, m.levels[i].head_checksum);
+    EXPECT_EQ(back->levels[i].rel_error, m.levels[i].rel_error);
+    EXPECT_EQ(back->levels[i].decode_gbps, m.levels[i].decode_gbps);
     for (size_t c = 0; c < 3; ++c) {
       EXPECT_EQ(back->levels[i].chunks[c].size, m.levels[i].chunks[c].size);
       EXPECT_EQ(back->levels[i].chunks[c].checksum, m.levels[i].chunks[c].checksum);
@@ -137,6 +141,10 @@ void exercise_context(Store& s) {
   EXPECT_EQ(m->num_chunks(), 3u);
   EXPECT_EQ(m->text_tokens, po.text_tokens);
   EXPECT_GT(m->levels[0].frame_bytes(), m->levels[2].frame_bytes());
+  EXPECT_EQ(m->levels[0].rel_error, 0.0);
+  EXPECT_GT(m->levels[1].rel_error, 0.0);
+  EXPECT_GT(m->levels[2].rel_error, m->levels[1].rel_error);
+  EXPECT_LT(m->levels[2].rel_error, 0.5);
 
   for (const auto& l : m->levels) {
     // Reassemble the frame from head + bodies: it must equal a direct encode byte for byte.

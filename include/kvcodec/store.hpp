@@ -46,6 +46,12 @@ struct ManifestLevel {
   int level = 0;               // 0 (lossless) .. kMaxLevel
   uint64_t head_bytes = 0;     // size of the frame head
   uint64_t head_checksum = 0;  // XXH64 (seed 0) of the head
+  // Measured by put_context when it encoded the level (0 when not measured):
+  // relative error ||x - x_hat||_2 / ||x||_2 of the whole decoded context (0 at level 0), and
+  // the decoder's throughput in GB/s of decoded KV on the machine that put it -- a hint for
+  // clients that have not calibrated their own decoder.
+  double rel_error = 0;
+  double decode_gbps = 0;
   std::vector<ManifestChunk> chunks;
 
   // Head plus every chunk body: the whole frame.
@@ -123,7 +129,10 @@ struct PutOptions {
   uint32_t chunk_tokens = 256;
   // Token ids of the context, one per token (empty: no text fallback).
   std::vector<int32_t> text_tokens;
-  int threads = 1;  // encoder threads (0 = all hardware threads)
+  int threads = 1;  // encoder and decoder threads (0 = all hardware threads)
+  // Decode every level once to record its rel_error and decode_gbps in the manifest (costs one
+  // full decode per level).
+  bool measure = true;
 };
 
 // Encodes `kv` once per level, stores every head and chunk body and then the manifest (last, so

@@ -6,7 +6,8 @@
 //   6   dtype code                 u8
 //   7   reserved (0)               u8
 //   8   layers, tokens, kv_heads, head_dim, chunk_tokens, chunks, levels, text_tokens   8 x u32
-//   40  per level:  level u8, reserved 7 bytes, head_bytes u64, head_checksum u64
+//   40  per level:  level u8, reserved 7 bytes, head_bytes u64, head_checksum u64,
+//                   rel_error f64, decode_gbps f64 (IEEE-754 bits as u64)
 //                   then per chunk: size u32, checksum u64
 //   ..  text_tokens x i32 (0 or `tokens` entries)
 //   end XXH64 (seed 0) of every byte before it, u64
@@ -16,6 +17,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <bit>
 #include <string>
 
 #include "byte_io.hpp"
@@ -28,7 +30,7 @@ using stream_detail::ByteWriter;
 
 namespace {
 constexpr size_t kFixedBytes = 40;
-constexpr size_t kLevelBytes = 24;
+constexpr size_t kLevelBytes = 40;
 constexpr size_t kChunkBytes = 12;
 constexpr size_t kMaxIdLength = 200;
 }  // namespace
@@ -76,6 +78,8 @@ std::vector<uint8_t> serialize_manifest(const Manifest& m) {
     for (int i = 0; i < 7; ++i) w.u8(0);
     w.u64(l.head_bytes);
     w.u64(l.head_checksum);
+    w.u64(std::bit_cast<uint64_t>(l.rel_error));
+    w.u64(std::bit_cast<uint64_t>(l.decode_gbps));
     for (const auto& c : l.chunks) {
       w.u32(c.size);
       w.u64(c.checksum);
@@ -132,6 +136,10 @@ StatusOr<Manifest> parse_manifest(std::span<const uint8_t> bytes) {
     r.bytes(7);
     l.head_bytes = r.u64();
     l.head_checksum = r.u64();
+    l.rel_error = std::bit_cast<double>(r.u64());
+    l.decode_gbps = std::bit_cast<double>(r.u64());
+    if (!(l.rel_error >= 0 && l.rel_error < 1e30) || !(l.decode_gbps >= 0 && l.decode_gbps < 1e30))
+      return CorruptData("manifest: measured figures out of range");
     if (l.level > kMaxLevel || (i > 0 && l.level <= m.levels[i - 1].level))
       return CorruptData("manifest: levels must be distinct, ascending and <= kMaxLevel");
     l.chunks.resize(chunks);
@@ -162,6 +170,8 @@ std::string manifest_json(const Manifest& m, std::string_view id) {
     j["levels"].push_back({{"level", l.level},
                            {"head_bytes", l.head_bytes},
                            {"frame_bytes", l.frame_bytes()},
+                           {"rel_error", l.rel_error},
+                           {"decode_gbps", l.decode_gbps},
                            {"bits_per_element", 8.0 * double(l.frame_bytes()) / elements}});
   }
   return j.dump(2);

@@ -3,13 +3,42 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cmath>
 #include <string>
 
 #include "kvcodec/codec.hpp"
+#include "kvcodec/detail/dtype.hpp"
 #include "kvcodec/format.hpp"
+#include "kvcodec/io.hpp"
 #include "kvcodec/store.hpp"
 
 namespace kvcodec {
+
+namespace {
+
+// ||a - b|| / ||a|| over every element of two views of the same shape and dtype.
+double relative_error(const KVView& a, const KVView& b) {
+  const uint8_t dt = uint8_t(a.dtype);
+  const size_t es = dtype_size(a.dtype);
+  double err = 0, ref = 0;
+  for (uint32_t l = 0; l < a.shape.layers; ++l)
+    for (uint32_t kv = 0; kv < 2; ++kv)
+      for (uint32_t t = 0; t < a.shape.tokens; ++t)
+        for (uint32_t h = 0; h < a.shape.kv_heads; ++h) {
+          const auto* pa = static_cast<const uint8_t*>(a.element(l, kv, t, h, 0));
+          const auto* pb = static_cast<const uint8_t*>(b.element(l, kv, t, h, 0));
+          for (uint32_t d = 0; d < a.shape.head_dim; ++d) {
+            const double x = detail::load_as_f32(pa + d * a.stride[4] * int64_t(es), dt);
+            const double y = detail::load_as_f32(pb + d * b.stride[4] * int64_t(es), dt);
+            err += (x - y) * (x - y);
+            ref += x * x;
+          }
+        }
+  return ref > 0 ? std::sqrt(err / ref) : std::sqrt(err);
+}
+
+}  // namespace
 
 StatusOr<Manifest> put_context(Store& store, std::string_view id, const KVView& kv,
                                const PutOptions& options) {
@@ -33,6 +62,7 @@ StatusOr<Manifest> put_context(Store& store, std::string_view id, const KVView& 
   m.text_tokens = options.text_tokens;
 
   std::vector<uint8_t> frame;
+  KVCache scratch;  // decoded level, when measuring
   for (int level : levels) {
     EncodeOptions eo;
     eo.level = level;
@@ -61,6 +91,18 @@ StatusOr<Manifest> put_context(Store& store, std::string_view id, const KVView& 
       auto body = bytes.subspan(ci.offset, ci.size);
       ml.chunks.push_back({ci.size, XXH64(body.data(), body.size(), 0)});
       KVCODEC_RETURN_IF_ERROR(store.put(chunk_key(id, level, c), body).with_context(where));
+    }
+    if (options.measure) {
+      if (!scratch.data.size()) {
+        KVCODEC_ASSIGN_OR_RETURN(scratch, KVCache::allocate(kv.dtype, kv.shape));
+      }
+      DecodeOptions dopt;
+      dopt.threads = options.threads;
+      const auto t0 = std::chrono::steady_clock::now();
+      KVCODEC_RETURN_IF_ERROR(decode_into(bytes, scratch.view(), dopt).with_context(where));
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      ml.decode_gbps = seconds > 0 ? double(scratch.data.size()) / seconds / 1e9 : 0;
+      ml.rel_error = level == 0 ? 0.0 : relative_error(kv, scratch.view());
     }
     m.levels.push_back(std::move(ml));
   }
