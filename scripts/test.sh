@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Sets up and builds kvcodec (scripts/setup.sh), then runs every check:
+#   1. the ctest suite, with a redis-server on 127.0.0.1:$KVCODEC_TEST_REDIS_PORT (default 6390)
+#      for the Redis store tests (started here unless one already answers there; stopped at exit);
+#   2. the libFuzzer targets for a bounded time each (scripts/fuzz.sh), when clang is installed;
+#   3. a compile-only build of the CUDA backend in build-cuda/, when nvcc is installed
+#      (KVCODEC_TEST_CUDA_BUILD=0 skips it, =1 requires it).
+# Exits non-zero on the first failing step.
+#
+# Environment: KVCODEC_JOBS (parallel jobs, default: all cores), KVCODEC_TEST_REDIS_PORT,
+#              KVCODEC_FUZZ_SECONDS (per fuzz target, see scripts/fuzz.sh),
+#              KVCODEC_TEST_CUDA_BUILD (0 / 1; default: build when nvcc exists).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+jobs="${KVCODEC_JOBS:-$(nproc)}"
+
+step() { echo "== test: $* ($(date +%T))"; }
+
+step "setup and build"
+bash scripts/setup.sh
+
+# ---- Redis for the store tests -------------------------------------------------------------
+redis_port="${KVCODEC_TEST_REDIS_PORT:-6390}"
+redis_pid=""
+redis_dir=""
+stop_redis() {
+  if [[ -n "$redis_pid" ]]; then
+    kill "$redis_pid" 2>/dev/null || true
+    wait "$redis_pid" 2>/dev/null || true
+  fi
+  if [[ -n "$redis_dir" ]]; then
+    rm -rf "$redis_dir"
+  fi
+}
+trap stop_redis EXIT
+
+redis_ping() { [[ "$(redis-cli -h 127.0.0.1 -p "$redis_port" ping 2>/dev/null)" == PONG ]]; }
+
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+  echo "test: redis-server not installed: the Redis store tests will skip (or fail under CI=true)"
+elif redis_ping; then
+  echo "test: using the redis-server already answering on 127.0.0.1:$redis_port"
+  export KVCODEC_REDIS_URL="redis://127.0.0.1:$redis_port"
+else
+  redis_dir="$(mktemp -d)"
+  # No persistence: the tests' keys live only as long as this server.
+  redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no \
+    --dir "$redis_dir" --logfile "$redis_dir/redis.log" &
+  redis_pid=$!
+  for _ in $(seq 100); do
+    if redis_ping; then break; fi
+    sleep 0.1
+  done
+  if ! redis_ping; then
+    echo "test: error: redis-server did not start on 127.0.0.1:$redis_port:" >&2
+    cat "$redis_dir/redis.log" >&2 || true
+    exit 1
+  fi
+  export KVCODEC_REDIS_URL="redis://127.0.0.1:$redis_port"
+fi
+
+# ---- unit, property, golden, CLI and downstream tests ---------------------------------------
+step "ctest"
+ctest --test-dir build --output-on-failure -j "$jobs"
+
+# ---- fuzzing --------------------------------------------------------------------------------
+if command -v clang++ >/dev/null; then
+  step "fuzz"
+  bash scripts/fuzz.sh
+else
+  echo "test: clang++ not found: skipping the fuzz targets"
+fi
+
+# ---- CUDA backend, compile only --------------------------------------------------------------
+nvcc_path="$(command -v nvcc || true)"
+if [[ -z "$nvcc_path" && -x /usr/local/cuda/bin/nvcc ]]; then
+  nvcc_path=/usr/local/cuda/bin/nvcc
+fi
+cuda_build="${KVCODEC_TEST_CUDA_BUILD:-auto}"
+if [[ "$cuda_build" == 0 ]]; then
+  echo "test: KVCODEC_TEST_CUDA_BUILD=0: skipping the CUDA build"
+elif [[ -z "$nvcc_path" ]]; then
+  if [[ "$cuda_build" == 1 ]]; then
+    echo "test: error: KVCODEC_TEST_CUDA_BUILD=1 but nvcc was not found" >&2
+    exit 1
+  fi
+  echo "test: nvcc not found: skipping the CUDA build (it proves only that the backend compiles)"
+else
+  step "CUDA build (compile only; no GPU needed) in build-cuda/"
+  cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVCODEC_CUDA=ON \
+    -DCMAKE_CUDA_COMPILER="$nvcc_path" -DKVCODEC_BUILD_TESTS=OFF -DKVCODEC_BUILD_BENCH=OFF \
+    -DKVCODEC_BUILD_EXAMPLES=OFF
+  cmake --build build-cuda -j "$jobs"
+fi
+
+step "all checks passed"
