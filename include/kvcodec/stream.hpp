@@ -1,0 +1,238 @@
+// Streaming a stored context over TCP: link emulation, the server and the pipelined client
+// (design and wire protocol: docs/streaming.md).
+//
+//   auto store = open_store("redis://127.0.0.1:6379");          // store.hpp
+//   put_context(**store, "doc-42", kv.view(), {});               // once, by whoever owns the KV
+//   ServerOptions so;  so.link = LinkConfig{LinkTrace::constant(1.0), 0.002};
+//   auto server = Server::start(std::move(*store), so);          // kvcodec serve
+//   FetchOptions fo;  fo.port = (*server)->port();  fo.id = "doc-42";
+//   KVCache out;  FetchReport report;
+//   Status s = fetch_context(fo, &out, &report);                  // kvcodec fetch
+//
+// The client asks the Controller (controller.hpp) which level to fetch for each chunk, keeps
+// requests pipelined on one connection, verifies every chunk against the manifest's checksum on
+// receipt and decodes on its own thread while the next chunks are on the wire. A chunk that
+// arrives corrupt, is lost with a dropped connection or times out is requested again; one the
+// server cannot deliver (missing or corrupt in its store, store down) is fetched at another
+// level, and failing that recomputed from its text. Every such event is recorded in the
+// FetchReport; the destination never holds bytes that failed verification.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "kvcodec/controller.hpp"
+#include "kvcodec/io.hpp"
+#include "kvcodec/status.hpp"
+#include "kvcodec/store.hpp"
+
+namespace kvcodec {
+
+// ---- Link emulation (in the sender) -------------------------------------------------------------
+
+// What an emulated link adds to a fast (loopback) connection: a bandwidth limit following a
+// trace, and a round-trip delay. Without a trace the bandwidth is unlimited.
+struct LinkConfig {
+  std::optional<LinkTrace> trace;
+  double rtt_s = 0;
+
+  Status validate() const;
+};
+
+// The sender side of an emulated link, shared by all connections of a server (they share the
+// bottleneck). It implements controller.hpp's timing model on the real clock: a request that
+// reaches the server at time t is answered on the link from max(t + rtt/2, link free), its bytes
+// leave at the trace's bandwidth, and every byte is released to the socket rtt/2 after it left
+// the emulated link -- so the client sees the response's first byte at start + rtt/2 and its
+// last byte at finish + rtt/2, exactly as the simulator predicts. Bytes are released in slices
+// of about a millisecond of link time (a token bucket one slice deep).
+//
+// Trace time 0 is the first request after the link was idle with no connection open (one fetch
+// on a fresh server sees the trace from its start; reconnecting while another connection is
+// open keeps the clock).
+class LinkEmulator {
+ public:
+  explicit LinkEmulator(LinkConfig config);
+
+  // Called when a connection opens / closes (restarts the trace clock when the link was idle).
+  void connection_opened();
+  void connection_closed();
+  // Restarts the trace clock at the next request.
+  void restart_clock();
+  // Seconds on the trace clock now (starting the clock if needed).
+  double now_s();
+
+  // Schedules a response of `bytes` to a request that arrived at `arrival_s` (trace clock).
+  // Returns [start_s, finish_s] of its transmission on the emulated link.
+  struct Slot {
+    double start_s = 0, finish_s = 0;
+  };
+  Slot schedule(double arrival_s, uint64_t bytes);
+  // Trace-clock time at which the first `prefix` bytes of a response scheduled at `slot` have
+  // all been released to the socket (start + rtt/2 for prefix 0).
+  double release_time(const Slot& slot, uint64_t prefix) const noexcept;
+  // Bytes of link time in about a millisecond at the bandwidth in force at `t_s` (the slice
+  // size used for pacing), at least 4 KiB.
+  uint64_t slice_bytes(double t_s) const noexcept;
+  // Sleeps until trace-clock time t_s. False when woken early by shutdown().
+  bool sleep_until(double t_s);
+  // Wakes every sleeper now and for good (a server that stops).
+  void shutdown();
+  const LinkConfig& config() const noexcept { return config_; }
+
+ private:
+  LinkConfig config_;
+  struct State;
+  std::shared_ptr<State> state_;
+};
+
+// ---- Server ---------------------------------------------------------------------------------------
+
+// Failures a server can inject into its responses, to test and demonstrate how clients cope.
+// Each counter is consumed as faults are injected (thread-safe; set with Server::inject).
+struct FaultInjection {
+  int corrupt_chunks = 0;        // flip one byte in the body of the next N chunk responses
+  int drop_mid_chunk = 0;        // close the connection half-way through the next N chunk responses
+  int stall_mid_chunk = 0;       // stop sending half-way through the next N chunk responses...
+  int stall_ms = 0;              // ...for this long
+};
+
+struct ServerOptions {
+  std::string host = "127.0.0.1";  // address to listen on
+  uint16_t port = 0;               // 0: any free port (see Server::port)
+  LinkConfig link;
+  int max_connections = 64;
+};
+
+struct ServerStats {
+  uint64_t connections = 0;
+  uint64_t requests = 0;
+  uint64_t error_responses = 0;  // requests answered with an error (not found, store down, ...)
+  uint64_t bytes_sent = 0;
+};
+
+class Server {
+ public:
+  // Listens and serves in background threads until stop() or destruction.
+  static StatusOr<std::unique_ptr<Server>> start(std::shared_ptr<Store> store, const ServerOptions& options);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  uint16_t port() const noexcept;
+  // Closes the listening socket and every connection, and joins the threads. Idempotent.
+  void stop();
+  // Adds to the pending faults (test and demo hook).
+  void inject(const FaultInjection& faults);
+  ServerStats stats() const;
+  // Restarts the link's trace clock at the next request (e.g. between two fetches of a demo).
+  void restart_link_clock();
+
+  struct Impl;
+
+ private:
+  explicit Server(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// ---- Client ---------------------------------------------------------------------------------------
+
+// Recomputes chunk `chunk` (tokens [token_begin, token_begin + tokens.size())) into `dst`, the
+// whole context's view, from its token ids -- by prefill on top of the KV already in dst for
+// the earlier tokens (the client calls it only once every earlier chunk is in place).
+using RecomputeFn = std::function<Status(uint32_t chunk, uint32_t token_begin,
+                                         std::span<const int32_t> tokens, const KVView& dst)>;
+
+struct ChunkReport {
+  uint32_t chunk = 0;
+  int level = -1;            // level delivered, -1: recomputed from text
+  std::string via;           // "L4", "text"
+  uint64_t bytes = 0;        // bytes received for the delivered copy (head included when sent)
+  double request_s = 0;      // request sent (seconds since the fetch began)
+  double first_byte_s = 0;   // first byte of its response
+  double arrival_s = 0;      // last byte received and verified
+  double ready_s = 0;        // decoded or recomputed into the destination
+  double estimate_gbps = 0;  // the controller's bandwidth estimate when it chose
+  int attempts = 0;          // requests sent for this chunk
+  bool fallback = false;     // delivered another way than first chosen
+};
+
+struct FetchFailure {
+  double time_s = 0;
+  int chunk = -1;            // -1: not about one chunk (connection, manifest)
+  int level = -1;
+  Status status;
+  std::string action;        // what the client did: "retry", "level 6", "text", "reconnect", "abort"
+};
+
+struct FetchReport {
+  std::string id;
+  std::string server;
+  KVShape shape;
+  DType dtype = DType::kF16;
+  uint32_t chunk_tokens = 0;
+  double slo_s = 0;
+  double ttft_s = 0;              // all chunks ready + the cost model's first_token_s
+  bool slo_met = false;
+  bool complete = false;          // every chunk is in the destination, verified
+  uint64_t bytes = 0;             // payload bytes received (manifest, heads, bodies)
+  double bits_per_element = 0;    // 8 * bytes of delivered chunks / elements
+  uint32_t text_chunks = 0;
+  double manifest_s = 0;          // time to get the manifest
+  std::vector<ChunkReport> chunks;
+  std::vector<FetchFailure> failures;
+  std::string error;              // the final error when !complete
+
+  // {"id", "ttft_ms", "slo_ms", "slo_met", "complete", "bits_per_element", "bytes",
+  //  "chunks": [...], "failures": [...]}
+  std::string to_json() const;
+};
+
+// Called from the fetching thread for progress output: once per chunk when it is ready, and
+// once per failure.
+struct FetchObserver {
+  std::function<void(const ChunkReport&)> on_chunk_ready;
+  std::function<void(const FetchFailure&)> on_failure;
+};
+
+struct FetchOptions {
+  std::string host = "127.0.0.1";
+  uint16_t port = 0;
+  std::string id;
+  // Policy, objective, SLO, costs and estimator of the controller. cost.rtt_s is what the
+  // client believes the round trip to be.
+  ControllerConfig controller;
+  // Decoder throughput the controller plans with, GB/s; 0: the manifest's measured figure.
+  double decode_gbps = 0;
+  int decode_threads = 1;
+  // Recompute TEXT chunks; empty: TEXT is not an option (only levels are fetched).
+  RecomputeFn recompute;
+  int connect_timeout_ms = 2000;
+  // A connection with requests outstanding and no byte received for this long is dropped and
+  // re-established (a kTimeout failure).
+  int io_timeout_ms = 5000;
+  // Requests per chunk at one level before it is fetched at another level / recomputed.
+  int attempts_per_level = 2;
+  // Reconnections allowed over the whole fetch before giving up.
+  int max_reconnects = 5;
+  FetchObserver observer;
+};
+
+// Fetches context `options.id` into `out` (allocated to the manifest's shape and dtype).
+// `report` is filled in every case, also on failure (with what was delivered and every
+// failure). Returns OK only when every chunk is in `out`, each verified (levels) or recomputed
+// (text).
+Status fetch_context(const FetchOptions& options, KVCache* out, FetchReport* report);
+
+// Builds the controller's view of a stored context: one option per stored level, named "L<n>",
+// with the manifest's sizes, relative error as distortion, the level's head as setup bytes,
+// and decode_gbps (0: the manifest's measured figure). TEXT is available when the manifest has
+// token ids and `text_available`.
+ContextProfile profile_from_manifest(const Manifest& m, double decode_gbps, bool text_available);
+
+}  // namespace kvcodec

@@ -1,0 +1,331 @@
+// Server (stream.hpp): answers manifest and chunk requests from a Store, through a LinkEmulator.
+//
+// Threads: one accept thread; per connection a reader (parses requests and fetches the answer
+// from the store at once, so store latency overlaps the link) and a sender (releases responses
+// in request order on the emulated link's schedule). stop() shuts every socket down, which
+// unblocks all of them.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <list>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "byte_io.hpp"
+#include "kvcodec/stream.hpp"
+#include "transport_wire.hpp"
+
+namespace kvcodec {
+
+using namespace stream_detail;
+
+namespace {
+constexpr int kPollMs = 100;  // how often blocked threads look at the stop flag
+}  // namespace
+
+struct Server::Impl {
+  std::shared_ptr<Store> store;
+  ServerOptions options;
+  LinkEmulator link;
+  int listen_fd = -1;
+  uint16_t port = 0;
+  std::atomic<bool> stopping{false};
+  std::thread acceptor;
+
+  std::mutex faults_mu;
+  FaultInjection faults;
+
+  mutable std::mutex stats_mu;
+  ServerStats stats;
+
+  // Manifests by context id (re-read on every manifest request, so a re-put is picked up).
+  std::mutex manifests_mu;
+  std::map<std::string, Manifest> manifests;
+
+  struct Connection {
+    int fd = -1;
+    std::thread thread;
+    std::atomic<bool> done{false};
+  };
+  std::mutex conns_mu;
+  std::list<Connection> conns;
+
+  explicit Impl(std::shared_ptr<Store> s, const ServerOptions& o)
+      : store(std::move(s)), options(o), link(o.link) {}
+
+  void accept_loop();
+  void serve(Connection& c);
+  std::vector<uint8_t> answer(const MessageHeader& h, std::span<const uint8_t> payload, MsgType* type);
+  StatusOr<Manifest> manifest_for(const std::string& id);
+  void send_response(int fd, std::vector<uint8_t>& msg, double arrival_s, bool is_chunk, bool* dropped);
+  void count(uint64_t requests, uint64_t errors, uint64_t bytes) {
+    std::lock_guard lock(stats_mu);
+    stats.requests += requests;
+    stats.error_responses += errors;
+    stats.bytes_sent += bytes;
+  }
+};
+
+StatusOr<std::unique_ptr<Server>> Server::start(std::shared_ptr<Store> store, const ServerOptions& options) {
+  if (!store) return InvalidArgument("server: no store");
+  KVCODEC_RETURN_IF_ERROR(options.link.validate().with_context("server link"));
+  if (options.max_connections < 1) return InvalidArgument("server: max_connections must be >= 1");
+  auto impl = std::make_unique<Impl>(std::move(store), options);
+
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(options.port);
+  if (::inet_pton(AF_INET, options.host.c_str(), &addr.sin_addr) != 1)
+    return InvalidArgument("server: listen address must be a numeric IPv4 address, got '" + options.host + "'");
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return IoError(std::string("server: socket: ") + std::strerror(errno));
+  int one = 1;
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(fd, 64) != 0) {
+    Status s = Unavailable("server: cannot listen on " + options.host + ":" + std::to_string(options.port) +
+                           ": " + std::strerror(errno));
+    ::close(fd);
+    return s;
+  }
+  socklen_t len = sizeof addr;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  impl->listen_fd = fd;
+  impl->port = ntohs(addr.sin_port);
+  Impl* raw = impl.get();
+  impl->acceptor = std::thread([raw] { raw->accept_loop(); });
+  return std::unique_ptr<Server>(new Server(std::move(impl)));
+}
+
+Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Server::~Server() { stop(); }
+uint16_t Server::port() const noexcept { return impl_->port; }
+void Server::restart_link_clock() { impl_->link.restart_clock(); }
+
+void Server::inject(const FaultInjection& f) {
+  std::lock_guard lock(impl_->faults_mu);
+  impl_->faults.corrupt_chunks += f.corrupt_chunks;
+  impl_->faults.drop_mid_chunk += f.drop_mid_chunk;
+  impl_->faults.stall_mid_chunk += f.stall_mid_chunk;
+  if (f.stall_ms) impl_->faults.stall_ms = f.stall_ms;
+}
+
+ServerStats Server::stats() const {
+  std::lock_guard lock(impl_->stats_mu);
+  return impl_->stats;
+}
+
+void Server::stop() {
+  if (impl_->stopping.exchange(true)) return;
+  impl_->link.shutdown();
+  if (impl_->acceptor.joinable()) impl_->acceptor.join();
+  ::close(impl_->listen_fd);
+  std::lock_guard lock(impl_->conns_mu);
+  for (auto& c : impl_->conns) ::shutdown(c.fd, SHUT_RDWR);
+  for (auto& c : impl_->conns) c.thread.join();
+  impl_->conns.clear();
+}
+
+void Server::Impl::accept_loop() {
+  while (!stopping) {
+    pollfd p{listen_fd, POLLIN, 0};
+    if (::poll(&p, 1, kPollMs) <= 0) continue;
+    int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) continue;
+    int one = 1;
+    ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    std::lock_guard lock(conns_mu);
+    // Reap finished connections.
+    for (auto it = conns.begin(); it != conns.end();) {
+      if (it->done) {
+        it->thread.join();
+        it = conns.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (int(conns.size()) >= options.max_connections) {
+      ::close(fd);  // refused: the client sees the connection closed and reports it
+      continue;
+    }
+    {
+      std::lock_guard s(stats_mu);
+      ++stats.connections;
+    }
+    Connection& c = conns.emplace_back();
+    c.fd = fd;
+    c.thread = std::thread([this, &c] { serve(c); });
+  }
+}
+
+StatusOr<Manifest> Server::Impl::manifest_for(const std::string& id) {
+  {
+    std::lock_guard lock(manifests_mu);
+    if (auto it = manifests.find(id); it != manifests.end()) return it->second;
+  }
+  KVCODEC_ASSIGN_OR_RETURN(Manifest m, get_manifest(*store, id));
+  std::lock_guard lock(manifests_mu);
+  manifests[id] = m;
+  return m;
+}
+
+// The response to one request, as a whole message (header + payload); *type is its type.
+std::vector<uint8_t> Server::Impl::answer(const MessageHeader& h, std::span<const uint8_t> payload,
+                                          MsgType* type) {
+  MessageHeader out;
+  out.request_id = h.request_id;
+  auto error = [&](const Status& s) {
+    out.type = MsgType::kError;
+    out.code = uint32_t(s.code());
+    *type = out.type;
+    const std::string text = s.message();
+    return make_message(out, std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size()));
+  };
+  auto req = decode_request_payload(h.type, payload);
+  if (!req.ok()) return error(req.status());
+  if (req->type == MsgType::kGetManifest) {
+    auto bytes = store->get(manifest_key(req->id));
+    if (!bytes.ok()) return error(bytes.status());
+    auto m = parse_manifest(*bytes);
+    if (!m.ok()) return error(m.status().with_context("stored manifest"));
+    {
+      std::lock_guard lock(manifests_mu);
+      manifests[req->id] = *m;
+    }
+    out.type = *type = MsgType::kManifest;
+    return make_message(out, *bytes);
+  }
+  auto m = manifest_for(req->id);
+  if (!m.ok()) return error(m.status());
+  // Verified against the manifest here too: a value corrupted in the store is answered with an
+  // error (the client then tries another level) instead of bytes the client would reject.
+  std::vector<uint8_t> head;
+  if (req->with_head) {
+    auto hb = get_head(*store, req->id, *m, req->level);
+    if (!hb.ok()) return error(hb.status());
+    head = std::move(*hb);
+  }
+  auto body = get_chunk(*store, req->id, *m, req->level, req->chunk);
+  if (!body.ok()) return error(body.status());
+  std::vector<uint8_t> p;
+  p.reserve(8 + head.size() + body->size());
+  ByteWriter w(p);
+  w.u64(head.size());
+  w.bytes(head);
+  w.bytes(*body);
+  out.type = *type = MsgType::kChunk;
+  return make_message(out, p);
+}
+
+void Server::Impl::send_response(int fd, std::vector<uint8_t>& msg, double arrival_s, bool is_chunk,
+                                 bool* dropped) {
+  bool corrupt = false, drop = false, stall = false;
+  int stall_ms = 0;
+  if (is_chunk) {
+    std::lock_guard lock(faults_mu);
+    if (faults.corrupt_chunks > 0) corrupt = faults.corrupt_chunks-- > 0;
+    if (faults.drop_mid_chunk > 0) drop = faults.drop_mid_chunk-- > 0;
+    if (faults.stall_mid_chunk > 0) stall = faults.stall_mid_chunk-- > 0;
+    stall_ms = faults.stall_ms;
+  }
+  if (corrupt) msg[msg.size() - 1 - (msg.size() - kMessageHeaderBytes) / 3] ^= 0x40;  // in the body
+
+  const LinkEmulator::Slot slot = link.schedule(arrival_s, msg.size());
+  // The header leaves when transmission starts, so the client's first-to-last-byte time is the
+  // link time of the whole response.
+  uint64_t sent = 0;
+  const uint64_t half = msg.size() / 2;
+  if (!link.sleep_until(link.release_time(slot, 0))) return;
+  while (sent < msg.size()) {
+    uint64_t next = sent == 0 ? kMessageHeaderBytes : std::min<uint64_t>(msg.size(), sent + link.slice_bytes(link.now_s()));
+    if ((drop || stall) && sent < half && next > half) next = half;
+    if (sent > 0 && !link.sleep_until(link.release_time(slot, next))) return;
+    if (!send_all(fd, std::span(msg).subspan(sent, next - sent)).ok()) {
+      *dropped = true;
+      return;
+    }
+    count(0, 0, next - sent);
+    sent = next;
+    if (sent == half && drop) {
+      ::shutdown(fd, SHUT_RDWR);
+      *dropped = true;
+      return;
+    }
+    if (sent == half && stall) {
+      stall = false;
+      if (!link.sleep_until(link.now_s() + stall_ms / 1e3)) return;
+    }
+  }
+}
+
+void Server::Impl::serve(Connection& c) {
+  link.connection_opened();
+  struct Pending {
+    std::vector<uint8_t> msg;
+    double arrival_s;
+    bool is_chunk;
+  };
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<Pending> queue;
+  bool reader_done = false;
+
+  std::thread sender([&] {
+    bool dropped = false;
+    while (!dropped) {
+      Pending p;
+      {
+        std::unique_lock lock(mu);
+        cv.wait(lock, [&] { return !queue.empty() || reader_done; });
+        if (queue.empty()) break;
+        p = std::move(queue.front());
+        queue.pop_front();
+      }
+      send_response(c.fd, p.msg, p.arrival_s, p.is_chunk, &dropped);
+    }
+    if (dropped) ::shutdown(c.fd, SHUT_RDWR);  // unblocks the reader
+  });
+
+  uint8_t hdr[kMessageHeaderBytes];
+  while (!stopping) {
+    // Wait for a request, looking at the stop flag now and then.
+    pollfd p{c.fd, POLLIN, 0};
+    int rc = ::poll(&p, 1, kPollMs);
+    if (rc == 0) continue;
+    if (rc < 0 || !recv_exact(c.fd, hdr, 5000).ok()) break;
+    auto h = decode_header(hdr);
+    if (!h.ok() || h->payload_bytes > kMaxRequestPayload ||
+        (h->type != MsgType::kGetManifest && h->type != MsgType::kGetChunk))
+      break;  // a peer that does not speak the protocol: close
+    std::vector<uint8_t> payload(h->payload_bytes);
+    if (!recv_exact(c.fd, payload, 5000).ok()) break;
+    const double arrival = link.now_s();
+    MsgType type = MsgType::kError;
+    std::vector<uint8_t> msg = answer(*h, payload, &type);
+    count(1, type == MsgType::kError ? 1 : 0, 0);
+    std::lock_guard lock(mu);
+    queue.push_back({std::move(msg), arrival, type == MsgType::kChunk});
+    cv.notify_one();
+  }
+  {
+    std::lock_guard lock(mu);
+    reader_done = true;
+    queue.clear();
+  }
+  cv.notify_one();
+  ::shutdown(c.fd, SHUT_RDWR);
+  sender.join();
+  ::close(c.fd);
+  link.connection_closed();
+  c.done = true;
+}
+
+}  // namespace kvcodec
