@@ -1,0 +1,326 @@
+// The evaluation harness: contexts, the reference and compressed continuations, aggregation.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include "kvcodec/eval.hpp"
+#include "kvcodec/model.hpp"
+#include "kvcodec/tokenizer.hpp"
+
+namespace kvcodec::eval {
+namespace {
+
+// Sums of one scheme setting over one context.
+struct Accum {
+  uint64_t bytes = 0;
+  double nll = 0.0;
+  uint64_t top1 = 0;
+  double kl = 0.0;
+  std::vector<double> attn_err2, attn_ref2;  // per layer
+  std::vector<double> err2[2], ref2[2], max_abs[2];  // [K/V][layer]
+};
+
+struct ContextResult {
+  double base_nll = 0.0;
+  std::vector<Accum> schemes;
+};
+
+StatusOr<std::string> read_text(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return IoError("cannot open " + path);
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  if (f.bad()) return IoError("cannot read " + path);
+  return ss.str();
+}
+
+FloatKV float_kv_of(const KVState& kv) {
+  FloatKV out = FloatKV::zeros(kv.shape());
+  for (uint32_t l = 0; l < kv.layers(); ++l) {
+    std::memcpy(out.slice(l, 0), kv.keys(l), out.slice_size() * sizeof(float));
+    std::memcpy(out.slice(l, 1), kv.values(l), out.slice_size() * sizeof(float));
+  }
+  return out;
+}
+
+StatusOr<KVState> state_of(const FloatKV& kv) {
+  KVCache cache;
+  cache.dtype = DType::kF32;
+  cache.shape = kv.shape;
+  cache.data.resize(kv.values.size() * sizeof(float));
+  std::memcpy(cache.data.data(), kv.values.data(), cache.data.size());
+  return KVState::from_cache(cache);
+}
+
+// The last byte offset from which the text still yields `tokens` tokens (binary search; the
+// token count of a suffix shrinks as the offset grows).
+StatusOr<uint64_t> last_offset(const Tokenizer& tok, std::string_view text, uint32_t tokens) {
+  if (!context_tokens(tok, text, 0, tokens).ok())
+    return OutOfRange("the text yields fewer than " + std::to_string(tokens) + " tokens (context + continuation + 1)");
+  uint64_t lo = 0, hi = text.size();  // lo works, hi does not
+  while (hi - lo > 1) {
+    const uint64_t mid = lo + (hi - lo) / 2;
+    (context_tokens(tok, text, mid, tokens).ok() ? lo : hi) = mid;
+  }
+  return lo;
+}
+
+class Evaluator {
+ public:
+  Evaluator(const Model& model, const SchemeList& schemes, uint32_t n, uint32_t m)
+      : model_(model), schemes_(schemes), n_(n), m_(m), layers_(model.config().layers) {}
+
+  Status run(std::span<const int32_t> tokens, ContextResult& res) const {
+    KVState prefill = model_.new_state();
+    KVCODEC_RETURN_IF_ERROR(model_.forward(tokens.first(n_), prefill, nullptr));
+    FloatKV original = float_kv_of(prefill);
+    round_to_f16(original);
+    KVCODEC_ASSIGN_OR_RETURN(KVState context, state_of(original));
+
+    // The reference continuation: its logits, and the real queries of every layer.
+    const std::span<const int32_t> input = tokens.subspan(n_, m_);
+    const std::span<const int32_t> targets = tokens.subspan(n_ + 1, m_);
+    KVState state = context;
+    AttentionRecorder recorder;
+    std::vector<float> ref_logits;
+    KVCODEC_RETURN_IF_ERROR(model_.forward(input, state, &ref_logits, &recorder));
+    std::vector<std::vector<float>> ref_attn(layers_);
+    for (uint32_t l = 0; l < layers_; ++l)
+      KVCODEC_RETURN_IF_ERROR(model_.attention_output(l, recorder.queries[l], n_, context, ref_attn[l]));
+    const size_t vocab = model_.config().vocab_size;
+    std::vector<int32_t> ref_top1(m_);
+    for (uint32_t i = 0; i < m_; ++i) {
+      std::span<const float> row(ref_logits.data() + i * vocab, vocab);
+      res.base_nll += negative_log_likelihood(row, targets[i]);
+      ref_top1[i] = argmax(row);
+    }
+
+    res.schemes.resize(schemes_.size());
+    FloatKV decoded;
+    std::vector<float> logits, attn;
+    for (size_t s = 0; s < schemes_.size(); ++s) {
+      const Scheme& scheme = *schemes_[s];
+      Accum& a = res.schemes[s];
+      KVCODEC_ASSIGN_OR_RETURN(a.bytes, scheme.run(original, decoded));
+      round_to_f16(decoded);  // the decoded cache, as a server holds it
+      if (scheme.lossless() && decoded.values != original.values)
+        return Internal("lossless scheme " + scheme.name() + " did not reproduce the cache");
+      tensor_error(original, decoded, a);
+
+      KVCODEC_ASSIGN_OR_RETURN(KVState lossy_context, state_of(decoded));
+      state = lossy_context;
+      KVCODEC_RETURN_IF_ERROR(model_.forward(input, state, &logits));
+      for (uint32_t i = 0; i < m_; ++i) {
+        std::span<const float> row(logits.data() + i * vocab, vocab);
+        std::span<const float> ref_row(ref_logits.data() + i * vocab, vocab);
+        a.nll += negative_log_likelihood(row, targets[i]);
+        a.kl += kl_divergence(ref_row, row);
+        a.top1 += argmax(row) == ref_top1[i];
+      }
+      a.attn_err2.assign(layers_, 0.0);
+      a.attn_ref2.assign(layers_, 0.0);
+      for (uint32_t l = 0; l < layers_; ++l) {
+        KVCODEC_RETURN_IF_ERROR(model_.attention_output(l, recorder.queries[l], n_, lossy_context, attn));
+        for (size_t i = 0; i < attn.size(); ++i) {
+          const double d = double(attn[i]) - ref_attn[l][i];
+          a.attn_err2[l] += d * d;
+          a.attn_ref2[l] += double(ref_attn[l][i]) * ref_attn[l][i];
+        }
+      }
+    }
+    return Status::Ok();
+  }
+
+ private:
+  void tensor_error(const FloatKV& ref, const FloatKV& dec, Accum& a) const {
+    for (uint32_t kv = 0; kv < 2; ++kv) {
+      a.err2[kv].assign(layers_, 0.0);
+      a.ref2[kv].assign(layers_, 0.0);
+      a.max_abs[kv].assign(layers_, 0.0);
+      for (uint32_t l = 0; l < layers_; ++l) {
+        const float* x = ref.slice(l, kv);
+        const float* y = dec.slice(l, kv);
+        for (size_t i = 0; i < ref.slice_size(); ++i) {
+          const double d = double(y[i]) - x[i];
+          a.err2[kv][l] += d * d;
+          a.ref2[kv][l] += double(x[i]) * x[i];
+          a.max_abs[kv][l] = std::max(a.max_abs[kv][l], std::fabs(d));
+        }
+      }
+    }
+  }
+
+  const Model& model_;
+  const SchemeList& schemes_;
+  uint32_t n_, m_, layers_;
+};
+
+double ratio_sqrt(double num, double den) { return den > 0.0 ? std::sqrt(num / den) : (num > 0.0 ? INFINITY : 0.0); }
+
+// Pools the per-context sums of every scheme into report rows.
+std::vector<SchemeRow> aggregate(const SchemeList& schemes, const std::vector<ContextResult>& results,
+                                 const KVShape& shape, uint32_t m) {
+  const double contexts = double(results.size());
+  const double positions = contexts * m;
+  double base_nll = 0.0;
+  for (const ContextResult& r : results) base_nll += r.base_nll;
+  const double ppl_base = std::exp(base_nll / positions);
+  std::vector<SchemeRow> rows;
+  for (size_t s = 0; s < schemes.size(); ++s) {
+    SchemeRow row;
+    row.scheme = schemes[s]->name();
+    row.level = schemes[s]->level();
+    row.setting = schemes[s]->setting();
+    row.lossless = schemes[s]->lossless();
+    double bytes = 0, nll = 0, kl = 0, kl2 = 0, top1 = 0;
+    const uint32_t layers = shape.layers;
+    std::vector<double> attn_err2(layers, 0.0), attn_ref2(layers, 0.0);
+    std::vector<double> err2[2], ref2[2];
+    for (int kv = 0; kv < 2; ++kv) {
+      err2[kv].assign(layers, 0.0);
+      ref2[kv].assign(layers, 0.0);
+      row.tensor_max_abs[kv].assign(layers, 0.0);
+    }
+    for (const ContextResult& r : results) {
+      const Accum& a = r.schemes[s];
+      bytes += double(a.bytes);
+      nll += a.nll;
+      top1 += double(a.top1);
+      kl += a.kl;
+      kl2 += (a.kl / m) * (a.kl / m);
+      for (uint32_t l = 0; l < layers; ++l) {
+        attn_err2[l] += a.attn_err2[l];
+        attn_ref2[l] += a.attn_ref2[l];
+        for (int kv = 0; kv < 2; ++kv) {
+          err2[kv][l] += a.err2[kv][l];
+          ref2[kv][l] += a.ref2[kv][l];
+          row.tensor_max_abs[kv][l] = std::max(row.tensor_max_abs[kv][l], a.max_abs[kv][l]);
+        }
+      }
+    }
+    row.bytes = bytes / contexts;
+    row.bits_per_element = 8.0 * row.bytes / double(shape.elements());
+    row.ppl_base = ppl_base;
+    row.ppl = std::exp(nll / positions);
+    row.ppl_delta_pct = 100.0 * (row.ppl / ppl_base - 1.0);
+    row.top1_agreement = top1 / positions;
+    row.kl = kl / positions;
+    // Spread of the per-context mean KL around the overall mean.
+    const double var = contexts > 1 ? std::max(0.0, (kl2 - contexts * row.kl * row.kl) / (contexts - 1)) : 0.0;
+    row.kl_stderr = std::sqrt(var / contexts);
+    double e = 0, r = 0;
+    for (uint32_t l = 0; l < layers; ++l) {
+      row.attn_rel_err_layer.push_back(ratio_sqrt(attn_err2[l], attn_ref2[l]));
+      e += attn_err2[l];
+      r += attn_ref2[l];
+      for (int kv = 0; kv < 2; ++kv) row.tensor_rel_err[kv].push_back(ratio_sqrt(err2[kv][l], ref2[kv][l]));
+    }
+    row.attn_rel_err = ratio_sqrt(e, r);
+    rows.push_back(std::move(row));
+  }
+  return rows;
+}
+
+std::string format_seconds(double s) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f s", s);
+  return buf;
+}
+
+}  // namespace
+
+std::vector<Threshold> compute_thresholds(const std::vector<SchemeRow>& rows) {
+  std::vector<Threshold> out;
+  std::vector<std::string> order;
+  std::map<std::string, std::pair<std::vector<CurvePoint>, std::vector<CurvePoint>>> curves;
+  for (const SchemeRow& r : rows) {
+    if (!curves.count(r.scheme)) order.push_back(r.scheme);
+    curves[r.scheme].first.push_back({r.bits_per_element, r.kl});
+    curves[r.scheme].second.push_back({r.bits_per_element, r.ppl_delta_pct});
+  }
+  for (const std::string& name : order) {
+    const auto& [kl, ppl] = curves[name];
+    out.push_back({name, interpolate_crossing(kl, kKlTarget, true), interpolate_crossing(ppl, kPplTargetPct, false)});
+  }
+  return out;
+}
+
+StatusOr<EvalReport> run_eval(const EvalOptions& o) {
+  const auto start = std::chrono::steady_clock::now();
+  auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
+  auto progress = [&](const std::string& line) {
+    if (o.progress) o.progress(line);
+  };
+
+  if (o.contexts == 0) return InvalidArgument("contexts must be at least 1");
+  if (o.threads == 0) return InvalidArgument("threads must be at least 1");
+  KVCODEC_ASSIGN_OR_RETURN(SchemeList schemes, make_schemes(o.schemes));
+  KVCODEC_ASSIGN_OR_RETURN(Model model, Model::load(o.model_path));
+  model.set_threads(1);  // parallelism comes from evaluating contexts concurrently
+  KVCODEC_ASSIGN_OR_RETURN(Tokenizer tok, Tokenizer::open(o.tokenizer));
+  const ModelConfig& cfg = model.config();
+  if (tok.vocab_size() != cfg.vocab_size)
+    return InvalidArgument("tokenizer vocabulary (" + std::to_string(tok.vocab_size()) + ") differs from the model's (" +
+                           std::to_string(cfg.vocab_size) + ")");
+  const uint32_t n = o.context_tokens ? o.context_tokens : cfg.seq_len * 3 / 4;
+  const uint32_t m = o.continue_tokens ? o.continue_tokens : (cfg.seq_len > n ? cfg.seq_len - n : 0);
+  if (n < 1 || m < 1 || uint64_t(n) + m > cfg.seq_len)
+    return InvalidArgument("need context >= 1, continuation >= 1 and context + continuation <= seq_len (" +
+                           std::to_string(cfg.seq_len) + "), got " + std::to_string(n) + " + " + std::to_string(m));
+  KVCODEC_ASSIGN_OR_RETURN(std::string text, read_text(o.text_path));
+
+  // Offsets spread evenly over [0, last usable offset].
+  const uint32_t needed = n + m + 1;
+  KVCODEC_ASSIGN_OR_RETURN(uint64_t last, last_offset(tok, text, needed));
+  EvalReport report;
+  for (uint32_t i = 0; i < o.contexts; ++i)
+    report.offsets.push_back(o.contexts > 1 ? last * i / (o.contexts - 1) : 0);
+  progress("eval: " + std::to_string(o.contexts) + " contexts of " + std::to_string(n) + " + " + std::to_string(m) +
+           " tokens, " + std::to_string(schemes.size()) + " scheme settings, " + std::to_string(o.threads) + " threads");
+
+  // Contexts run concurrently; results land in their slot, so the report does not depend on
+  // the thread count.
+  const Evaluator evaluator(model, schemes, n, m);
+  std::vector<ContextResult> results(o.contexts);
+  std::vector<Status> statuses(o.contexts);
+  std::atomic<uint32_t> next{0}, done{0};
+  std::mutex progress_mutex;
+  auto worker = [&] {
+    for (uint32_t i = next++; i < o.contexts; i = next++) {
+      auto tokens = context_tokens(tok, text, report.offsets[i], needed);
+      statuses[i] = tokens.ok() ? evaluator.run(*tokens, results[i]) : tokens.status();
+      if (!statuses[i].ok()) statuses[i] = statuses[i].with_context("context at offset " + std::to_string(report.offsets[i]));
+      const uint32_t finished = ++done;
+      std::lock_guard<std::mutex> lock(progress_mutex);
+      const double t = elapsed();
+      progress("eval: context " + std::to_string(finished) + "/" + std::to_string(o.contexts) + " done, " +
+               format_seconds(t) + " elapsed, ~" + format_seconds(t / finished * (o.contexts - finished)) + " left");
+    }
+  };
+  std::vector<std::thread> pool;
+  for (unsigned t = 1; t < std::min<unsigned>(o.threads, o.contexts); ++t) pool.emplace_back(worker);
+  worker();
+  for (std::thread& t : pool) t.join();
+  for (const Status& s : statuses) KVCODEC_RETURN_IF_ERROR(s);
+
+  report.model = o.model_path;
+  report.tokenizer = o.tokenizer;
+  report.text = o.text_path;
+  report.contexts = o.contexts;
+  report.context_tokens = n;
+  report.continue_tokens = m;
+  report.shape = cfg.kv_shape(n);
+  report.rows = aggregate(schemes, results, report.shape, m);
+  report.thresholds = compute_thresholds(report.rows);
+  report.seconds = elapsed();
+  return report;
+}
+
+}  // namespace kvcodec::eval

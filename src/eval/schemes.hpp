@@ -1,0 +1,42 @@
+// Constructors of the individual schemes (one source file per family); make_schemes parses the
+// option syntax and calls these.
+#pragma once
+
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kvcodec/baselines.hpp"
+#include "kvcodec/config.hpp"
+
+namespace kvcodec::eval::internal {
+
+// "L<level>", the setting label of leveled schemes.
+inline std::string level_label(int level) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "L%d", level);
+  return buf;
+}
+
+std::unique_ptr<const Scheme> make_fp16(std::string name);
+std::unique_ptr<const Scheme> make_zstd(std::string name, int zstd_level);
+std::unique_ptr<const Scheme> make_int8(std::string name);
+
+struct KiviParams {
+  int bits = 2;           // 1..8
+  uint32_t group = 32;    // tokens per key group, channels per value group
+  uint32_t residual = 0;  // last tokens kept in fp16
+};
+std::unique_ptr<const Scheme> make_kivi(std::string name, const KiviParams& p);
+
+// CacheGen levels 1..3 (the CacheGen repository's three bin schedules; level 2 is LMCache's).
+std::unique_ptr<const Scheme> make_cachegen(std::string name, int level, uint32_t chunk_tokens);
+
+// tolerance = rms_fraction * RMS of each (layer, K/V) array; `level` orders the settings.
+std::unique_ptr<const Scheme> make_zfp(std::string name, int level, double rms_fraction);
+
+// kvcodec frames with these options (options.level is the level).
+std::unique_ptr<const Scheme> make_kvcodec(std::string name, const EncodeOptions& options);
+
+}  // namespace kvcodec::eval::internal
