@@ -1,7 +1,46 @@
-// PLACEHOLDER: replaced by the real subcommand.
+// kvcodec decode: decompresses a .kvc frame into a single "kv" tensor file.
+#include <chrono>
+#include <cstdio>
+#include <vector>
+
 #include "cli.hpp"
 #include "commands.hpp"
+#include "kvcodec/codec.hpp"
+#include "kvcodec/io.hpp"
 
 namespace kvcodec::cli {
-int cmd_decode(int, char**) { return report("decode", Unavailable("not built yet")); }
+
+int cmd_decode(int argc, char** argv) {
+  Args a("decode", "kvcodec decode IN.kvc -o OUT.safetensors [--threads N]");
+  a.positional("IN.kvc", "frame written by kvcodec encode")
+      .option("--output", "output: .safetensors (any dtype) or .npy (f32, f16); one tensor 'kv'", "-o")
+      .option("--threads", "worker threads, 0 = all cores (default 0)");
+  if (!a.parse(argc, argv)) return a.exit_code();
+  const int64_t threads = a.get_int("--threads", 0);
+  if (a.failed()) return 2;
+  if (threads < 0 || threads > 4096) return a.fail("--threads must be in 0..4096");
+  if (!a.has("--output")) return a.fail("missing -o OUT.safetensors");
+  const std::string in = a.positionals()[0], out = a.get("--output");
+
+  StatusOr<std::vector<uint8_t>> frame = read_file(in);
+  if (!frame.ok()) return a.fail(frame.status());
+  StatusOr<FrameInfo> info = read_frame_info(*frame);
+  if (!info.ok()) return a.fail(info.status().with_context(in));
+  StatusOr<KVCache> kv = KVCache::allocate(info->dtype, info->shape);
+  if (!kv.ok()) return a.fail(kv.status());
+
+  DecodeOptions o;
+  o.threads = int(threads);
+  const auto start = std::chrono::steady_clock::now();
+  if (Status s = decode_into(*frame, kv->view(), o); !s.ok()) return a.fail(s.with_context(in));
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (Status s = save_kv(out, *kv); !s.ok()) return a.fail(s);
+
+  const KVShape& sh = kv->shape;
+  std::printf("%s: %s [%u layers x 2 x %u tokens x %u kv_heads x %u head_dim], %zu bytes, decoded in %.3f s (%.1f MB/s)\n",
+              out.c_str(), dtype_name(kv->dtype), sh.layers, sh.tokens, sh.kv_heads, sh.head_dim,
+              kv->data.size(), seconds, double(kv->data.size()) / 1e6 / seconds);
+  return 0;
+}
+
 }  // namespace kvcodec::cli

@@ -1,7 +1,97 @@
-// PLACEHOLDER: replaced by the real subcommand.
+// kvcodec inspect: describes a .kvc frame (parameters, section sizes, chunk index) and verifies
+// its checksums. Exit status 1 (and one line on stderr) when a checksum does not match, after
+// the description has been printed.
+#include <charconv>
+#include <cinttypes>
+#include <cstdio>
+#include <string>
+#include <vector>
+
 #include "cli.hpp"
 #include "commands.hpp"
+#include "kvcodec/format.hpp"
+#include "kvcodec/io.hpp"
 
 namespace kvcodec::cli {
-int cmd_inspect(int, char**) { return report("inspect", Unavailable("not built yet")); }
+namespace {
+
+const char* step_mode_name(StepMode m) { return m == StepMode::kLayer ? "layer" : "channel"; }
+
+// Shortest decimal that reads back as the same double (valid JSON for finite values).
+std::string number(double v) {
+  char buf[32];
+  auto r = std::to_chars(buf, buf + sizeof(buf), v);
+  return std::string(buf, r.ptr);
+}
+
+void print_json(const FrameInfo& f, uint64_t file_bytes, const Status& verified) {
+  std::printf("{\"format_version\": %u, \"dtype\": \"%s\", \"layers\": %u, \"kv_heads\": %u, "
+              "\"head_dim\": %u, \"tokens\": %u, \"chunks\": %zu, \"level\": %d, \"chunk_tokens\": %u, "
+              "\"group_tokens\": %u, \"table_groups\": %u, \"step_mode\": \"%s\", ",
+              f.format_version, dtype_name(f.dtype), f.shape.layers, f.shape.kv_heads, f.shape.head_dim,
+              f.shape.tokens, f.chunks.size(), f.level, f.chunk_tokens, f.group_tokens, f.table_groups,
+              step_mode_name(f.step_mode));
+  std::printf("\"bits_per_element\": %s, \"uncompressed_bytes\": %" PRIu64 ", \"table_bytes\": %" PRIu64
+              ", \"model_bytes\": %" PRIu64 ", \"head_bytes\": %" PRIu64 ", \"payload_bytes\": %" PRIu64
+              ", \"frame_bytes\": %" PRIu64 ", \"file_bytes\": %" PRIu64 ", \"checksum_ok\": %s, \"chunk_list\": [",
+              number(f.bits_per_element()).c_str(), f.shape.elements() * dtype_size(f.dtype), f.table_bytes,
+              f.model_bytes, f.head_bytes, f.payload_bytes(), f.frame_bytes, file_bytes,
+              verified.ok() ? "true" : "false");
+  for (size_t i = 0; i < f.chunks.size(); ++i) {
+    const ChunkInfo& c = f.chunks[i];
+    std::printf("%s{\"index\": %zu, \"token_begin\": %u, \"tokens\": %u, \"offset\": %" PRIu64
+                ", \"bytes\": %u, \"checksum\": \"%016" PRIx64 "\"}",
+                i ? ", " : "", i, c.token_begin, c.tokens, c.offset, c.size, c.checksum);
+  }
+  std::printf("]}\n");
+}
+
+void print_text(const std::string& path, const FrameInfo& f, uint64_t file_bytes, const Status& verified) {
+  const uint64_t raw = f.shape.elements() * dtype_size(f.dtype);
+  std::printf("frame         %s (format version %u)\n", path.c_str(), f.format_version);
+  std::printf("cache         %s, %u layers x {K,V} x %u tokens x %u kv_heads x %u head_dim (%" PRIu64 " bytes)\n",
+              dtype_name(f.dtype), f.shape.layers, f.shape.tokens, f.shape.kv_heads, f.shape.head_dim, raw);
+  std::printf("coding        level %d%s, step mode %s, %u tokens per chunk, %u per group, %u table groups\n",
+              f.level, f.level == 0 ? " (lossless)" : "", step_mode_name(f.step_mode), f.chunk_tokens,
+              f.group_tokens, f.table_groups);
+  std::printf("size          %" PRIu64 " bytes = head %" PRIu64 " (model %" PRIu64 ", of which tables %" PRIu64
+              ") + payload %" PRIu64 "\n",
+              f.frame_bytes, f.head_bytes, f.model_bytes, f.table_bytes, f.payload_bytes());
+  if (file_bytes != f.frame_bytes)
+    std::printf("file          %" PRIu64 " bytes (%" PRId64 " beyond the frame)\n", file_bytes,
+                int64_t(file_bytes - f.frame_bytes));
+  std::printf("rate          %.4f bits/element, %.2fx smaller than %s\n", f.bits_per_element(),
+              double(raw) / double(f.frame_bytes), dtype_name(f.dtype));
+  std::printf("checksums     %s\n", verified.ok() ? "ok" : verified.to_string().c_str());
+  std::printf("\n%6s %12s %8s %14s %10s  %s\n", "chunk", "first token", "tokens", "offset", "bytes", "xxh64");
+  for (size_t i = 0; i < f.chunks.size(); ++i) {
+    const ChunkInfo& c = f.chunks[i];
+    std::printf("%6zu %12u %8u %14" PRIu64 " %10u  %016" PRIx64 "\n", i, c.token_begin, c.tokens, c.offset, c.size,
+                c.checksum);
+  }
+}
+
+}  // namespace
+
+int cmd_inspect(int argc, char** argv) {
+  Args a("inspect", "kvcodec inspect IN.kvc [--json]");
+  a.positional("IN.kvc", "frame written by kvcodec encode")
+      .flag("--json", "print one JSON object instead of text");
+  if (!a.parse(argc, argv)) return a.exit_code();
+  const std::string in = a.positionals()[0];
+
+  StatusOr<std::vector<uint8_t>> frame = read_file(in);
+  if (!frame.ok()) return a.fail(frame.status());
+  StatusOr<FrameInfo> info = read_frame_info(*frame);
+  if (!info.ok()) return a.fail(info.status().with_context(in));
+  const Status verified = verify_frame(*frame);
+
+  if (a.has("--json"))
+    print_json(*info, frame->size(), verified);
+  else
+    print_text(in, *info, frame->size(), verified);
+  std::fflush(stdout);
+  return verified.ok() ? 0 : a.fail(verified.with_context(in));
+}
+
 }  // namespace kvcodec::cli
