@@ -17,8 +17,9 @@
 //     last byte reaches the client rtt/2 after it left. Requests may be pipelined.
 //   * decode: one decoder, FIFO in arrival order; a chunk at option o takes
 //     raw_bytes / decode_gbps. Raw encodings (decode_gbps <= 0) are free.
-//   * prefill: TEXT chunks run on one GPU queue, strictly in chunk order, each only once every
-//     earlier chunk is ready (its KV is needed as the attention context).
+//   * prefill: TEXT chunks need no transfer (the client knows the tokens) and run on one GPU
+//     queue in chunk order, each only once every earlier chunk is ready (their KV is the
+//     attention context of its prefill).
 //   * TTFT = the time every chunk is ready + cost.first_token_s.
 #pragma once
 
@@ -31,6 +32,11 @@
 #include "kvcodec/status.hpp"
 
 namespace kvcodec {
+namespace detail {
+struct PipelineState;
+struct PlanShape;
+struct PlanScore;
+}  // namespace detail
 
 // ---- Link traces ------------------------------------------------------------------------------
 
@@ -54,6 +60,8 @@ struct LinkTrace {
   double gbps_at(double t_s) const noexcept;
   // Time at which `bytes` put on the link at `start_s` have all left it.
   double finish_time(double start_s, uint64_t bytes) const noexcept;
+  // Bytes the link carries between t0_s and t1_s (0 when t1_s <= t0_s).
+  double bytes_between(double t0_s, double t1_s) const noexcept;
 };
 
 // ---- Bandwidth estimator ----------------------------------------------------------------------
@@ -134,15 +142,16 @@ struct ContextProfile {
   std::vector<uint32_t> chunk_tokens;        // tokens of each chunk, in context order
   std::vector<std::vector<uint64_t>> bytes;  // bytes[chunk][option]: body size on the wire
   uint64_t raw_bytes_per_token = 0;          // decoded KV per token (all layers, K and V)
-  uint32_t text_bytes_per_token = 4;         // a token id on the wire
-  bool text_available = true;                // the context's token ids are stored
+  // The context's token ids are known to the client (its prompt, or the manifest), so a chunk
+  // can be recomputed by prefill without any transfer.
+  bool text_available = true;
   uint64_t elements_per_token = 0;           // KV elements per token, for bits per element
 
   uint32_t chunks() const noexcept { return uint32_t(chunk_tokens.size()); }
   uint64_t tokens() const noexcept;
   // First token position of chunk c.
   uint64_t token_begin(uint32_t c) const noexcept;
-  // Bytes on the wire for chunk c at option o (kTextOption: its token ids).
+  // Bytes on the wire for chunk c at option o (0 for kTextOption).
   uint64_t chunk_bytes(uint32_t c, int option) const noexcept;
   // Distortion of an option index (0 for kTextOption).
   double distortion(int option) const noexcept;
@@ -183,19 +192,33 @@ struct Decision {
   uint64_t bytes = 0;            // bytes to expect (body; plus setup_bytes when first of option)
   double estimate_gbps = 0;      // bandwidth estimate the decision was made with
   double predicted_ttft_s = 0;   // TTFT of the plan chosen (adaptive; 0 otherwise)
+  // The chunk was already requested as KV: drop (or cancel) that response and recompute it.
+  bool replaces_request = false;
 };
 
 // Usage, by the real client and the simulator alike (times are seconds since the fetch began):
 //   while (!c.all_ready()) {
-//     while (auto d = c.next_request(now)) send_request(*d);   // pipeline as allowed
+//     while (auto d = c.next_request(now))
+//       d->option == kTextOption ? queue_prefill(d->chunk) : send_request(*d);
 //     wait for an event;
-//     chunk arrived   -> c.on_chunk_received(chunk, bytes, first_to_last_byte_s, now)
+//     bytes of a KV chunk came  -> c.on_progress(chunk, bytes_so_far, now)   (optional)
+//     KV chunk arrived          -> c.on_chunk_received(chunk, bytes, first_to_last_byte_s, now)
 //     chunk decoded / prefilled -> c.on_chunk_ready(chunk, now)
-//     chunk lost / corrupt      -> c.fall_back_to_text(chunk, now), send that request
+//     KV chunk lost / corrupt   -> c.fall_back_to_text(chunk, now), queue its prefill
 //   }
-// Requests are issued in chunk order. next_request keeps enough requests outstanding to cover
-// one round trip of link time at the current estimate (always at least one; kFixed issues
-// everything at once: it needs no feedback). Not thread-safe: drive it from one thread.
+// The prefill queue runs TEXT chunks in the order decided, each once every earlier chunk of
+// the context is ready. Decisions come in this order:
+//   * kAdaptive decides as late as possible: TEXT for the front chunk only when the prefill
+//     queue is idle, KV for the back chunk only when the link needs more work, so the GPU
+//     recomputes from the front while the link fills in from the back; they meet where the
+//     current plan says. The plan is recomputed at every decision. When the prefill queue
+//     would idle waiting for a requested KV chunk that is predicted to be ready later than
+//     recomputing it, the KV request is abandoned (replaces_request) and the chunk is
+//     recomputed: a link that collapses mid-chunk cannot hold the context hostage.
+//   * kEqualBudget and kFixed decide chunks in context order.
+// The link needs more work when the outstanding KV requests (at the current estimate) no longer
+// cover a round trip past the next arrival; kFixed requests everything at once (it needs no
+// feedback). Not thread-safe: drive it from one thread.
 class Controller {
  public:
   static StatusOr<Controller> create(ContextProfile profile, ControllerConfig config);
@@ -203,16 +226,20 @@ class Controller {
   // The next chunk to request now, or nullopt when the pipeline is full or everything has been
   // requested.
   std::optional<Decision> next_request(double now_s);
-  // Chunk `chunk` (requested earlier) has fully arrived at now_s; its `bytes` took
-  // `transfer_s` from first to last byte (feeds the bandwidth estimator).
+  // KV chunk `chunk` (requested earlier) has fully arrived at now_s; its `bytes` took
+  // `transfer_s` from first to last byte (feeds the bandwidth estimator). Also to be called for
+  // the response of an abandoned request, if it arrives.
   Status on_chunk_received(uint32_t chunk, uint64_t bytes, double transfer_s, double now_s);
+  // Bytes of KV chunk `chunk` received so far, while it is arriving. Optional, but it lets a
+  // link that collapses in the middle of a chunk be noticed before the chunk ends.
+  Status on_progress(uint32_t chunk, uint64_t bytes_received, double now_s);
   // Chunk `chunk` has been decoded (or prefilled) into the destination at now_s.
   Status on_chunk_ready(uint32_t chunk, double now_s);
   // A requested chunk could not be delivered (lost, corrupt, store error): re-request it as
   // TEXT. kUnavailable when the context has no text or prefill is unavailable.
   StatusOr<Decision> fall_back_to_text(uint32_t chunk, double now_s);
 
-  bool all_requested() const noexcept { return next_chunk_ == profile_.chunks(); }
+  bool all_requested() const noexcept { return front_ == back_; }
   bool all_ready() const noexcept;
   const ContextProfile& profile() const noexcept { return profile_; }
   const ControllerConfig& config() const noexcept { return config_; }
@@ -223,19 +250,35 @@ class Controller {
  private:
   struct ChunkState {
     int option = kTextOption;
-    double request_s = -1, arrival_s = -1, ready_s = -1;
+    uint64_t bytes = 0;                                    // requested, setup included
+    uint64_t received = 0;                                 // on_progress
+    double request_s = -1, arrival_s = -1, ready_s = -1;  // -1: not yet
   };
+  struct Prediction;  // every decided chunk replayed at the current estimate (controller.cpp)
   Controller(ContextProfile profile, ControllerConfig config);
-  int choose(double now_s, double* predicted_ttft_s);
-  bool pipeline_full(double now_s) const;
+  Prediction predict(double now_s) const;
+  bool link_full(const Prediction& p) const;
+  int equal_budget_choice(uint32_t chunk) const;
+  detail::PlanShape plan_rest(double now_s, const Prediction& p, detail::PlanScore* score) const;
+  Decision decide(uint32_t chunk, int option, double now_s, double predicted_ttft_s);
+  std::optional<Decision> abandon_late_kv(double now_s, const Prediction& p);
+  // Bytes a request brings: the body, plus the option's setup bytes on its first use.
+  uint64_t request_bytes(uint32_t chunk, int option, uint64_t used_mask) const noexcept;
 
   ContextProfile profile_;
   ControllerConfig config_;
   BandwidthEstimator estimator_;
+  bool text_allowed_ = false;
+  std::vector<int> by_quality_;              // option indices, best quality first
+  std::vector<std::vector<double>> work_s_;  // [chunk][option + 1]: decode / prefill seconds
   std::vector<ChunkState> state_;
+  std::vector<uint32_t> request_order_;
   std::vector<Decision> decisions_;
-  std::vector<bool> option_used_;
-  uint32_t next_chunk_ = 0;
+  uint64_t used_mask_ = 0;  // options fetched at least once (setup paid)
+  // Undecided chunks are [front_, back_): decisions take the front (TEXT, and every decision
+  // of the in-order policies) or the back (the adaptive policy's KV requests).
+  uint32_t front_ = 0;
+  uint32_t back_ = 0;
 };
 
 }  // namespace kvcodec

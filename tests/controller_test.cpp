@@ -1,0 +1,244 @@
+// Tests for controller.hpp: bandwidth estimator, cost model, profiles and the Controller's
+// decisions and protocol. Whole-run behaviour (simulated TTFT vs the oracle) is in
+// simulator_test.cpp.
+#include "kvcodec/controller.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "controller_test_util.hpp"
+
+namespace kvcodec {
+namespace {
+
+using test::option_named;
+using test::test_cost;
+using test::test_profile;
+
+// ---- Estimator ----------------------------------------------------------------------------------
+
+// bytes that take `seconds` at `gbps`.
+uint64_t bytes_at(double gbps, double seconds) { return uint64_t(gbps * 1e9 / 8 * seconds); }
+
+TEST(BandwidthEstimator, PriorUntilTheFirstSampleWhichReplacesIt) {
+  EstimatorConfig cfg;
+  cfg.prior_gbps = 0.5;
+  BandwidthEstimator e(cfg);
+  EXPECT_DOUBLE_EQ(e.estimate_gbps(), 0.5);
+  EXPECT_DOUBLE_EQ(e.last_sample_gbps(), 0.5);
+  e.add_sample(bytes_at(40, 0.01), 0.01);
+  EXPECT_NEAR(e.estimate_gbps(), 40, 1e-6);
+  EXPECT_EQ(e.samples(), 1u);
+}
+
+TEST(BandwidthEstimator, BelievesATenfoldDropAtOnce) {
+  BandwidthEstimator e;
+  for (int i = 0; i < 10; ++i) e.add_sample(bytes_at(10, 0.01), 0.01);
+  EXPECT_NEAR(e.estimate_gbps(), 10, 1e-6);
+  e.add_sample(bytes_at(1, 0.01), 0.01);
+  EXPECT_NEAR(e.estimate_gbps(), 1, 1e-6);
+  e.add_sample(bytes_at(1, 0.01), 0.01);
+  EXPECT_NEAR(e.estimate_gbps(), 1, 1e-6);
+}
+
+TEST(BandwidthEstimator, NoiseAndASingleFastSampleMoveItLittle) {
+  BandwidthEstimator e;
+  const double noisy[] = {9, 11, 10, 12, 8, 10, 11, 9};
+  for (double g : noisy) e.add_sample(bytes_at(g, 0.01), 0.01);
+  EXPECT_NEAR(e.estimate_gbps(), 10, 1.0);
+  e.add_sample(bytes_at(100, 0.01), 0.01);  // one lucky chunk
+  EXPECT_LT(e.estimate_gbps(), 15);
+  e.add_sample(bytes_at(100, 0.01), 0.01);  // confirmed: a real rise
+  EXPECT_NEAR(e.estimate_gbps(), 100, 1e-6);
+}
+
+TEST(BandwidthEstimator, IgnoresTinyAndUntimedChunks) {
+  BandwidthEstimator e;
+  e.add_sample(1024, 1e-6);  // a TEXT chunk: latency, not bandwidth
+  e.add_sample(bytes_at(10, 0.01), 0.0);
+  e.add_sample(bytes_at(10, 0.01), NAN);
+  EXPECT_EQ(e.samples(), 0u);
+  EXPECT_DOUBLE_EQ(e.estimate_gbps(), EstimatorConfig{}.prior_gbps);
+}
+
+TEST(BandwidthEstimator, ConfigIsValidated) {
+  EstimatorConfig c;
+  EXPECT_TRUE(c.validate().ok());
+  c.prior_gbps = 0;
+  EXPECT_EQ(c.validate().code(), StatusCode::kInvalidArgument);
+  c = {};
+  c.window = 0;
+  EXPECT_EQ(c.validate().code(), StatusCode::kInvalidArgument);
+  c = {};
+  c.drop_ratio = 1.5;
+  EXPECT_EQ(c.validate().code(), StatusCode::kInvalidArgument);
+}
+
+// ---- Cost model ---------------------------------------------------------------------------------
+
+TEST(CostModel, PrefillCostGrowsWithPositionAndAddsUp) {
+  CostModel c = test_cost();
+  EXPECT_NEAR(c.prefill_seconds(256, 0), (256 + 256.0 * 255 / 2 / 32768) / 12000, 1e-12);
+  EXPECT_GT(c.prefill_seconds(256, 8192), c.prefill_seconds(256, 0));
+  // Two halves cost what the whole does.
+  EXPECT_NEAR(c.prefill_seconds(512, 1000),
+              c.prefill_seconds(256, 1000) + c.prefill_seconds(256, 1256), 1e-12);
+  c.prefill_attention_tokens = 0;
+  EXPECT_NEAR(c.prefill_seconds(256, 8192), 256.0 / 12000, 1e-12);
+  c.prefill_tokens_per_s = 0;
+  EXPECT_TRUE(std::isinf(c.prefill_seconds(1, 0)));
+  c.rtt_s = -1;
+  EXPECT_FALSE(c.validate().ok());
+}
+
+// ---- Profiles and configuration -----------------------------------------------------------------
+
+TEST(ContextProfile, ValidatesShape) {
+  ContextProfile p = test_profile(4);
+  ASSERT_TRUE(p.validate().ok());
+  EXPECT_EQ(p.tokens(), 1024u);
+  EXPECT_EQ(p.token_begin(3), 768u);
+  EXPECT_EQ(p.chunk_bytes(1, kTextOption), 0u);
+  ContextProfile bad = p;
+  bad.bytes[2].pop_back();
+  EXPECT_EQ(bad.validate().code(), StatusCode::kInvalidArgument);
+  bad = p;
+  bad.chunk_tokens[0] = 0;
+  EXPECT_EQ(bad.validate().code(), StatusCode::kInvalidArgument);
+  bad = p;
+  bad.options[1].distortion = NAN;
+  EXPECT_EQ(bad.validate().code(), StatusCode::kInvalidArgument);
+  bad = ContextProfile{};
+  EXPECT_EQ(bad.validate().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(Controller, RejectsBadConfigurations) {
+  ControllerConfig cfg;
+  cfg.cost = test_cost();
+  cfg.slo_s = 0;
+  EXPECT_EQ(Controller::create(test_profile(4), cfg).status().code(), StatusCode::kInvalidArgument);
+  cfg.slo_s = 1;
+  cfg.policy = Policy::kFixed;
+  cfg.plan = {0, 1};  // neither one per chunk nor a single entry
+  EXPECT_EQ(Controller::create(test_profile(4), cfg).status().code(), StatusCode::kInvalidArgument);
+  cfg.plan = {7};
+  EXPECT_EQ(Controller::create(test_profile(4), cfg).status().code(), StatusCode::kInvalidArgument);
+  cfg.plan = {kTextOption};
+  cfg.cost.prefill_tokens_per_s = 0;  // no prefill: TEXT impossible
+  EXPECT_EQ(Controller::create(test_profile(4), cfg).status().code(), StatusCode::kInvalidArgument);
+}
+
+// ---- Decisions ----------------------------------------------------------------------------------
+
+// The first decision of an adaptive controller whose prior is `gbps`.
+int first_choice(double gbps, Objective objective) {
+  ControllerConfig cfg;
+  cfg.objective = objective;
+  cfg.slo_s = 2.0;
+  cfg.cost = test_cost();
+  cfg.estimator.prior_gbps = gbps;
+  auto c = Controller::create(test_profile(16), cfg);
+  EXPECT_TRUE(c.ok());
+  auto d = c->next_request(0);
+  EXPECT_TRUE(d.has_value());
+  return d ? d->option : -2;
+}
+
+TEST(Controller, PicksTextWhenTheLinkHasCollapsed) {
+  EXPECT_EQ(first_choice(0.001, Objective::kMinTtft), kTextOption);
+  EXPECT_EQ(first_choice(0.001, Objective::kBestQualityWithinSlo), kTextOption);
+}
+
+TEST(Controller, PicksExactKvWhenBandwidthIsHuge) {
+  const ContextProfile p = test_profile(16);
+  const int best = first_choice(10000, Objective::kBestQualityWithinSlo);
+  EXPECT_TRUE(best == option_named(p, "fp16") || best == option_named(p, "L0")) << best;
+  // Raw bytes need no decoding: fastest when the link is not the bottleneck.
+  EXPECT_EQ(first_choice(10000, Objective::kMinTtft), option_named(p, "fp16"));
+}
+
+TEST(Controller, PipelinesAboutOneRoundTripOfRequests) {
+  ControllerConfig cfg;
+  cfg.objective = Objective::kMinTtft;
+  cfg.cost = test_cost();
+  cfg.cost.prefill_tokens_per_s = 0;  // KV only, to count requests
+  cfg.cost.rtt_s = 0.05;
+  cfg.estimator.prior_gbps = 10;
+  auto c = Controller::create(test_profile(64), cfg);
+  ASSERT_TRUE(c.ok());
+  int issued = 0;
+  while (c->next_request(0)) ++issued;
+  EXPECT_GT(issued, 1);
+  EXPECT_LT(issued, 64);
+  // Without a round trip to hide, one request at a time.
+  cfg.cost.rtt_s = 0;
+  auto c0 = Controller::create(test_profile(64), cfg);
+  ASSERT_TRUE(c0.ok());
+  EXPECT_TRUE(c0->next_request(0).has_value());
+  EXPECT_FALSE(c0->next_request(0).has_value());
+  // A fixed plan needs no feedback: everything at once.
+  cfg.policy = Policy::kFixed;
+  cfg.plan = {2};
+  auto f = Controller::create(test_profile(64), cfg);
+  ASSERT_TRUE(f.ok());
+  issued = 0;
+  while (f->next_request(0)) ++issued;
+  EXPECT_EQ(issued, 64);
+  EXPECT_TRUE(f->all_requested());
+}
+
+TEST(Controller, EqualBudgetFollowsTheLastMeasuredChunk) {
+  ControllerConfig cfg;
+  cfg.policy = Policy::kEqualBudget;
+  cfg.cost = test_cost();
+  cfg.cost.rtt_s = 0;
+  cfg.slo_s = 0.16;  // 10 ms per chunk over 16 chunks
+  cfg.estimator.prior_gbps = 1000;
+  const ContextProfile p = test_profile(16);
+  auto c = Controller::create(p, cfg);
+  ASSERT_TRUE(c.ok());
+  auto d = c->next_request(0);
+  ASSERT_TRUE(d);
+  // 22 MiB of lossless L0 in 10 ms at 1000 Gb/s fits (as exact as fp16 and smaller).
+  EXPECT_EQ(d->option, option_named(p, "L0"));
+  // The chunk came in at 10 Gb/s: 10 ms then carries 12.5 MB: L2 (8 MiB) is the best that fits.
+  ASSERT_TRUE(c->on_chunk_received(0, d->bytes, double(d->bytes) * 8 / 10e9, 0.03).ok());
+  d = c->next_request(0.03);
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->option, option_named(p, "L2"));
+}
+
+TEST(Controller, ProtocolErrorsAreReported) {
+  ControllerConfig cfg;
+  cfg.cost = test_cost();
+  cfg.policy = Policy::kFixed;
+  cfg.plan = {2};
+  auto c = Controller::create(test_profile(4), cfg);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->on_chunk_received(0, 1, 1, 0).code(), StatusCode::kOutOfRange);
+  auto d = c->next_request(0);
+  ASSERT_TRUE(d);
+  EXPECT_EQ(c->on_chunk_ready(0, 0.1).code(), StatusCode::kInvalidArgument);  // not received
+  ASSERT_TRUE(c->on_chunk_received(0, d->bytes, 0.01, 0.1).ok());
+  EXPECT_EQ(c->on_chunk_received(0, d->bytes, 0.01, 0.1).code(), StatusCode::kInvalidArgument);
+  // The chunk turned out corrupt: fetch its text instead.
+  auto t = c->fall_back_to_text(0, 0.1);
+  ASSERT_TRUE(t.ok());
+  EXPECT_EQ(t->option, kTextOption);
+  EXPECT_TRUE(t->replaces_request);
+  EXPECT_EQ(c->decisions()[0].option, kTextOption);
+  ASSERT_TRUE(c->on_chunk_ready(0, 0.3).ok());  // prefilled: nothing to receive
+  EXPECT_EQ(c->fall_back_to_text(0, 0.3).status().code(), StatusCode::kInvalidArgument);
+
+  ContextProfile no_text = test_profile(4);
+  no_text.text_available = false;
+  auto n = Controller::create(no_text, cfg);
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(n->on_progress(0, 1, 0).code(), StatusCode::kOutOfRange);
+  ASSERT_TRUE(n->next_request(0));
+  EXPECT_EQ(n->fall_back_to_text(0, 0).status().code(), StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace kvcodec
