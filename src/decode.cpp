@@ -12,14 +12,12 @@
 #include "kvcodec/detail/quant.hpp"
 
 namespace kvcodec {
-namespace {
+namespace detail {
 
-using detail::kRansM;
-
+// Decode table: for every slot x & (M-1), one packed entry (freq-1) << 20 | (slot-cum) << 8 | symbol,
+// so one load yields the symbol and the state update.
 struct DecTable {
-  uint8_t slot_sym[kRansM];
-  uint16_t freq[256];
-  uint16_t cum[256];
+  uint32_t entry[kRansM];
   int32_t qmin;
   uint32_t esc;  // escape symbol (lossy), or 256 (none)
 };
@@ -30,6 +28,10 @@ struct DecLayer {
   std::vector<uint32_t> table_base;  // per channel: group * slots
   std::vector<float> step;
   std::vector<int32_t> center;
+  // Lossy: the decoded anchor values, per channel and anchor symbol, already in the output dtype
+  // (anchor_lut[anchor_off[c] + s]); anchors need no arithmetic at all.
+  std::vector<uint8_t> anchor_lut;
+  std::vector<uint32_t> anchor_off;
 };
 
 struct Decoder {
@@ -38,12 +40,22 @@ struct Decoder {
   std::vector<DecLayer> layers;  // [layer * 2 + kv]
 };
 
-StatusOr<std::unique_ptr<Decoder>> make_decoder(std::span<const uint8_t> head) {
+}  // namespace detail
+
+namespace {
+
+using detail::DecLayer;
+using detail::DecTable;
+using detail::Decoder;
+using detail::kRansM;
+
+StatusOr<std::shared_ptr<Decoder>> make_decoder(std::span<const uint8_t> head) {
   KVCODEC_ASSIGN_OR_RETURN(detail::FrameHead h, detail::parse_head(head));
-  auto d = std::make_unique<Decoder>();
+  auto d = std::make_shared<Decoder>();
   d->info = std::move(h.info);
   d->es = dtype_size(d->info.dtype);
   const bool lossless = detail::is_lossless(d->info);
+  const uint8_t dt = uint8_t(d->info.dtype);
   d->layers.resize(h.layers.size());
   for (size_t i = 0; i < h.layers.size(); ++i) {
     const detail::LayerModel& m = h.layers[i];
@@ -52,24 +64,38 @@ StatusOr<std::unique_ptr<Decoder>> make_decoder(std::span<const uint8_t> head) {
     dl.tables.resize(m.tables.size());
     for (size_t t = 0; t < m.tables.size(); ++t) {
       const FreqTable& ft = m.tables[t].table;
-      DecTable& dt = dl.tables[t];
-      for (size_t s = 0; s < ft.size(); ++s) {
-        dt.freq[s] = ft.freq[s];
-        dt.cum[s] = ft.cum[s];
-        std::memset(dt.slot_sym + ft.cum[s], int(s), ft.freq[s]);
-      }
-      dt.qmin = m.tables[t].qmin;
-      dt.esc = lossless ? 256u : uint32_t(ft.size() - 1);
+      DecTable& tb = dl.tables[t];
+      for (size_t s = 0; s < ft.size(); ++s)
+        for (uint32_t k = 0; k < ft.freq[s]; ++k)
+          tb.entry[ft.cum[s] + k] = uint32_t(ft.freq[s] - 1) << 20 | k << 8 | uint32_t(s);
+      tb.qmin = m.tables[t].qmin;
+      tb.esc = lossless ? 256u : uint32_t(ft.size() - 1);
     }
-    dl.table_base.resize(m.channel_group.size());
-    for (size_t c = 0; c < m.channel_group.size(); ++c) dl.table_base[c] = m.channel_group[c] * m.slots;
-    if (!lossless) {
-      dl.step.resize(m.step_code.size());
-      for (size_t c = 0; c < m.step_code.size(); ++c) dl.step[c] = detail::step_from_code(m.step_code[c]);
-      dl.center = m.center;
+    const size_t C = m.channel_group.size();
+    dl.table_base.resize(C);
+    for (size_t c = 0; c < C; ++c) dl.table_base[c] = m.channel_group[c] * m.slots;
+    if (lossless) continue;
+    dl.step.resize(C);
+    for (size_t c = 0; c < C; ++c) dl.step[c] = detail::step_from_code(m.step_code[c]);
+    dl.center = m.center;
+    dl.anchor_off.resize(C + 1, 0);
+    for (size_t c = 0; c < C; ++c) dl.anchor_off[c + 1] = dl.anchor_off[c] + dl.tables[dl.table_base[c]].esc;
+    dl.anchor_lut.resize(size_t(dl.anchor_off[C]) * d->es);
+    for (size_t c = 0; c < C; ++c) {
+      const DecTable& tb = dl.tables[dl.table_base[c]];
+      for (uint32_t s = 0; s < tb.esc; ++s)
+        detail::store_from_f32(&dl.anchor_lut[(dl.anchor_off[c] + s) * d->es], dt,
+                               detail::dequantize(dl.center[c] + tb.qmin + int32_t(s), dl.step[c]));
     }
   }
   return d;
+}
+
+// True when the C = kv_heads * head_dim elements of one (layer, K/V, token) are contiguous in the
+// view, so rows can be decoded in place.
+bool rows_in_place(const KVView& v) {
+  return v.stride[4] == 1 && v.stride[3] == int64_t(v.shape.head_dim) &&
+         (v.kind != KVView::Kind::kPaged || v.slot_stride == int64_t(v.shape.channels()));
 }
 
 // Scatters decoded rows [tokens][C] of (l, kv) into the view.
@@ -87,100 +113,141 @@ void scatter(const KVView& v, uint32_t l, uint32_t kv, uint32_t t0, uint32_t tok
     }
 }
 
-// Decodes one lane stream of n symbols; sym(i, s) receives each symbol. table_of(i) gives the
-// table of symbol i. Returns bytes consumed (padded to 4).
-template <typename TableOf, typename Emit>
-StatusOr<size_t> decode_lanes(const uint8_t* p, size_t avail, size_t n, TableOf&& table_of, Emit&& emit) {
+// Lane-stream reader: the 32 states and the word cursor, advanced one symbol at a time in
+// stream order (lane = symbol index mod 32).
+struct LaneReader {
   uint32_t x[kRansLanes];
-  uint32_t words;
-  KVCODEC_RETURN_IF_ERROR(detail::rans_read_header(p, avail, x, &words));
-  const uint8_t* wp = p + detail::kLaneStreamHeader;
-  const uint8_t* we = wp + 2 * size_t(words);
-  for (size_t i = 0; i < n; ++i) {
-    uint32_t& xs = x[i % kRansLanes];
-    const DecTable& tb = table_of(i);
-    const uint32_t s = tb.slot_sym[xs & (kRansM - 1)];
-    if (detail::rans_dec_advance(xs, tb.freq[s], tb.cum[s])) {
-      if (wp == we) return CorruptData("rANS stream ran out of words");
-      uint16_t w;
-      std::memcpy(&w, wp, 2);
-      wp += 2;
-      xs = (xs << 16) | w;
-    }
-    if (!emit(i, tb, s)) return CorruptData("escape stream exhausted");
+  const uint8_t* wp;
+  const uint8_t* we;
+  uint32_t lane = 0;
+  bool overrun = false;
+
+  Status open(const uint8_t* p, size_t avail, size_t* used) {
+    uint32_t words;
+    KVCODEC_RETURN_IF_ERROR(detail::rans_read_header(p, avail, x, &words));
+    wp = p + detail::kLaneStreamHeader;
+    we = wp + 2 * size_t(words);
+    *used = (detail::kLaneStreamHeader + 2 * size_t(words) + 3) & ~size_t(3);
+    if (*used > avail) return CorruptData("rANS stream padding truncated");
+    return Status::Ok();
   }
-  if (wp != we) return CorruptData("rANS stream has unread words");
-  for (uint32_t j = 0; j < kRansLanes; ++j)
-    if (x[j] != detail::kRansL) return CorruptData("rANS lane did not end in its initial state");
-  const size_t used = (detail::kLaneStreamHeader + 2 * size_t(words) + 3) & ~size_t(3);
-  if (used > avail) return CorruptData("rANS stream padding truncated");
-  return used;
+  // Decodes the next symbol with table tb.
+  uint32_t next(const DecTable& tb) {
+    uint32_t& xs = x[lane];
+    lane = (lane + 1) & (kRansLanes - 1);
+    const uint32_t e = tb.entry[xs & (kRansM - 1)];
+    xs = ((e >> 20) + 1) * (xs >> detail::kRansProbBits) + ((e >> 8) & (kRansM - 1));
+    if (xs < detail::kRansL) {
+      if (wp < we) {
+        uint16_t w;
+        std::memcpy(&w, wp, 2);
+        wp += 2;
+        xs = (xs << 16) | w;
+      } else {
+        overrun = true;  // reported by finish(); keep going without reading past the stream
+      }
+    }
+    return e & 0xff;
+  }
+  Status finish() const {
+    if (overrun) return CorruptData("rANS stream ran out of words");
+    if (wp != we) return CorruptData("rANS stream has unread words");
+    for (uint32_t j = 0; j < kRansLanes; ++j)
+      if (x[j] != detail::kRansL) return CorruptData("rANS lane did not end in its initial state");
+    return Status::Ok();
+  }
+};
+
+// Lossy unit body, token by token. row(t) gives where token t's C elements go. Anchors come from
+// the per-channel lookup table; deltas add to their anchor's grid offset.
+template <size_t ES, typename RowOf>
+Status decode_lossy(const DecLayer& dl, uint32_t tokens, uint32_t C, uint32_t GT, uint8_t dt, LaneReader& rd,
+                    const uint8_t* esc, uint32_t n_esc, RowOf&& row) {
+  std::vector<const DecTable*> role_tab(size_t(C) * dl.slots);
+  for (uint32_t c = 0; c < C; ++c)
+    for (uint32_t r = 0; r < dl.slots; ++r) role_tab[size_t(r) * C + c] = &dl.tables[dl.table_base[c] + r];
+  std::vector<int32_t> ref(GT > 1 ? C : 0, 0);
+  const uint8_t* lut = dl.anchor_lut.data();
+  const uint32_t* lut_off = dl.anchor_off.data();
+  uint32_t esc_used = 0;
+  for (uint32_t t = 0; t < tokens; ++t) {
+    uint8_t* out = row(t);
+    if (t % GT == 0) {
+      const DecTable* const* tabs = role_tab.data();
+      for (uint32_t c = 0; c < C; ++c) {
+        const DecTable& tb = *tabs[c];
+        const uint32_t s = rd.next(tb);
+        const uint8_t* src;
+        if (s == tb.esc) {
+          if (esc_used == n_esc) return CorruptData("escape stream exhausted");
+          src = esc + size_t(esc_used++) * ES;
+          if (GT > 1) ref[c] = 0;
+        } else {
+          src = lut + size_t(lut_off[c] + s) * ES;
+          if (GT > 1) ref[c] = tb.qmin + int32_t(s);
+        }
+        std::memcpy(out + c * ES, src, ES);
+      }
+      continue;
+    }
+    const DecTable* const* tabs = role_tab.data() + C;
+    for (uint32_t c = 0; c < C; ++c) {
+      const DecTable& tb = *tabs[c];
+      const uint32_t s = rd.next(tb);
+      if (s == tb.esc) {
+        if (esc_used == n_esc) return CorruptData("escape stream exhausted");
+        std::memcpy(out + c * ES, esc + size_t(esc_used++) * ES, ES);
+        continue;
+      }
+      const int32_t q = ref[c] + tb.qmin + int32_t(s);
+      detail::store_from_f32(out + c * ES, dt, detail::dequantize(dl.center[c] + q, dl.step[c]));
+    }
+  }
+  if (esc_used != n_esc) return CorruptData("unused escaped values");
+  return rd.finish();
 }
 
-// Decodes the unit of (layer l, K/V kv) of chunk k into rows [tokens][C] (raw elements).
+// Decodes the unit of (layer l, K/V kv) of one chunk; row(t) is where token t's elements go.
+template <typename RowOf>
 Status decode_unit(const Decoder& d, uint32_t l, uint32_t kv, uint32_t tokens, const uint8_t* p, size_t size,
-                   uint8_t* rows) {
+                   RowOf&& row) {
   const DecLayer& dl = d.layers[size_t(l) * 2 + kv];
   const uint32_t C = uint32_t(d.info.shape.channels());
-  const size_t n = size_t(tokens) * C;
   const size_t es = d.es;
   if (detail::is_lossless(d.info)) {
     size_t off = 0;
+    std::vector<const DecTable*> tab(C);
     for (uint32_t plane = 0; plane < es; ++plane) {
-      KVCODEC_ASSIGN_OR_RETURN(
-          size_t used,
-          decode_lanes(
-              p + off, size - off, n,
-              [&](size_t i) -> const DecTable& { return dl.tables[dl.table_base[i % C] + plane]; },
-              [&](size_t i, const DecTable&, uint32_t s) {
-                rows[i * es + plane] = uint8_t(s);
-                return true;
-              }));
+      for (uint32_t c = 0; c < C; ++c) tab[c] = &dl.tables[dl.table_base[c] + plane];
+      LaneReader rd;
+      size_t used;
+      KVCODEC_RETURN_IF_ERROR(rd.open(p + off, size - off, &used));
+      for (uint32_t t = 0; t < tokens; ++t) {
+        uint8_t* out = row(t) + plane;
+        for (uint32_t c = 0; c < C; ++c) out[c * es] = uint8_t(rd.next(*tab[c]));
+      }
+      KVCODEC_RETURN_IF_ERROR(rd.finish());
       off += used;
     }
     if (off != size) return CorruptData("unit has trailing bytes");
     return Status::Ok();
   }
   // Lossy: the lane stream, then u32 escape count and the escaped raw elements.
-  const uint32_t GT = d.info.group_tokens;
-  const uint8_t dt = uint8_t(d.info.dtype);
-  std::vector<int32_t> ref(C, 0);
-  // Escape block position is known only after the lane stream: read its header first.
-  if (size < detail::kLaneStreamHeader) return CorruptData("unit shorter than a lane header");
-  const size_t lane_bytes = (detail::kLaneStreamHeader + 2 * size_t(detail::get_u32(p)) + 3) & ~size_t(3);
+  LaneReader rd;
+  size_t lane_bytes;
+  KVCODEC_RETURN_IF_ERROR(rd.open(p, size, &lane_bytes));
   if (lane_bytes + 4 > size) return CorruptData("unit truncated before its escapes");
   const uint32_t n_esc = detail::get_u32(p + lane_bytes);
   const uint8_t* esc = p + lane_bytes + 4;
   if ((size - lane_bytes - 4) / es < n_esc) return CorruptData("escape block truncated");
   if (((lane_bytes + 4 + size_t(n_esc) * es + 3) & ~size_t(3)) != size) return CorruptData("unit size mismatch");
-  uint32_t esc_used = 0;
-  KVCODEC_ASSIGN_OR_RETURN(
-      size_t used,
-      decode_lanes(
-          p, lane_bytes, n,
-          [&](size_t i) -> const DecTable& {
-            const uint32_t t = uint32_t(i / C);
-            return dl.tables[dl.table_base[i % C] + (t % GT == 0 ? 0 : 1)];
-          },
-          [&](size_t i, const DecTable& tb, uint32_t s) {
-            const uint32_t c = uint32_t(i % C);
-            const bool anchor = (i / C) % GT == 0;
-            uint8_t* out = rows + i * es;
-            if (s == tb.esc) {
-              if (esc_used == n_esc) return false;
-              std::memcpy(out, esc + size_t(esc_used++) * es, es);
-              if (anchor) ref[c] = 0;
-              return true;
-            }
-            int32_t q = tb.qmin + int32_t(s);
-            if (!anchor) q += ref[c];
-            else ref[c] = q;
-            detail::store_from_f32(out, dt, detail::dequantize(dl.center[c] + q, dl.step[c]));
-            return true;
-          }));
-  (void)used;
-  if (esc_used != n_esc) return CorruptData("unused escaped values");
-  return Status::Ok();
+  const uint32_t GT = d.info.group_tokens;
+  const uint8_t dt = uint8_t(d.info.dtype);
+  switch (es) {
+    case 4: return decode_lossy<4>(dl, tokens, C, GT, dt, rd, esc, n_esc, row);
+    case 2: return decode_lossy<2>(dl, tokens, C, GT, dt, rd, esc, n_esc, row);
+    default: return decode_lossy<1>(dl, tokens, C, GT, dt, rd, esc, n_esc, row);
+  }
 }
 
 // Decodes the layers [lb, le) of chunk k from its body.
@@ -196,13 +263,22 @@ Status decode_chunk(const Decoder& d, uint32_t k, std::span<const uint8_t> body,
   std::vector<uint64_t> off(size_t(L) * 2 + 1, dir);
   for (size_t i = 0; i < size_t(L) * 2; ++i) off[i + 1] = off[i] + detail::get_u32(body.data() + 4 * i);
   if (off.back() != body.size()) return CorruptData("chunk " + std::to_string(k) + " unit sizes do not add up");
-  const size_t row_bytes = size_t(ci.tokens) * d.info.shape.channels() * d.es;
+  const size_t row_bytes = size_t(d.info.shape.channels()) * d.es;
+  const bool in_place = rows_in_place(dst);
   std::vector<Status> st(size_t(le - lb) * 2);
   detail::parallel_for(st.size(), threads, [&](size_t task) {
     const uint32_t l = lb + uint32_t(task / 2), kv = uint32_t(task % 2);
     const size_t u = size_t(l) * 2 + kv;
-    std::vector<uint8_t> rows(row_bytes);
-    st[task] = decode_unit(d, l, kv, ci.tokens, body.data() + off[u], off[u + 1] - off[u], rows.data());
+    const uint8_t* p = body.data() + off[u];
+    const size_t size = off[u + 1] - off[u];
+    if (in_place) {
+      st[task] = decode_unit(d, l, kv, ci.tokens, p, size, [&](uint32_t t) {
+        return static_cast<uint8_t*>(dst.element(l, kv, ci.token_begin + t, 0, 0));
+      });
+      return;
+    }
+    std::vector<uint8_t> rows(row_bytes * ci.tokens);
+    st[task] = decode_unit(d, l, kv, ci.tokens, p, size, [&](uint32_t t) { return rows.data() + t * row_bytes; });
     if (st[task].ok()) scatter(dst, l, kv, ci.token_begin, ci.tokens, rows.data());
   });
   for (size_t i = 0; i < st.size(); ++i)
@@ -221,6 +297,26 @@ Status check_destination(const FrameInfo& f, const KVView& dst) {
 
 }  // namespace
 
+StatusOr<FrameDecoder> FrameDecoder::open(std::span<const uint8_t> head) {
+  KVCODEC_ASSIGN_OR_RETURN(auto d, make_decoder(head));
+  FrameDecoder f;
+  f.impl_ = std::move(d);
+  return f;
+}
+
+const FrameInfo& FrameDecoder::info() const noexcept { return impl_->info; }
+
+Status FrameDecoder::decode_chunk(uint32_t chunk, std::span<const uint8_t> body, const KVView& dst,
+                                  const DecodeOptions& o) const {
+  KVCODEC_RETURN_IF_ERROR(check_destination(impl_->info, dst));
+  if (chunk >= impl_->info.chunks.size())
+    return OutOfRange("chunk " + std::to_string(chunk) + " of a frame with " +
+                      std::to_string(impl_->info.chunks.size()));
+  const uint32_t L = impl_->info.shape.layers, le = std::min(o.layer_end, L);
+  if (o.layer_begin >= le) return OutOfRange("empty layer range");
+  return kvcodec::decode_chunk(*impl_, chunk, body, dst, o.layer_begin, le, o.verify_checksums, o.threads);
+}
+
 Status decode_into(std::span<const uint8_t> frame, const KVView& dst, const DecodeOptions& o) {
   KVCODEC_ASSIGN_OR_RETURN(auto d, make_decoder(frame));
   KVCODEC_RETURN_IF_ERROR(check_destination(d->info, dst));
@@ -230,7 +326,7 @@ Status decode_into(std::span<const uint8_t> frame, const KVView& dst, const Deco
   const uint32_t n = uint32_t(d->info.chunks.size()), L = d->info.shape.layers;
   const uint32_t ce = std::min(o.chunk_end, n), le = std::min(o.layer_end, L);
   if (o.chunk_begin >= ce || o.layer_begin >= le) return OutOfRange("empty chunk or layer range");
-  // Parallelise across chunks; each chunk runs its layers serially then.
+  // Parallelise across chunks when there are several; a single chunk parallelises its layers.
   std::vector<Status> st(ce - o.chunk_begin);
   const bool across_chunks = st.size() > 1;
   detail::parallel_for(st.size(), across_chunks ? o.threads : 1, [&](size_t i) {
@@ -245,13 +341,8 @@ Status decode_into(std::span<const uint8_t> frame, const KVView& dst, const Deco
 
 Status decode_chunk_into(std::span<const uint8_t> head, uint32_t chunk, std::span<const uint8_t> body,
                          const KVView& dst, const DecodeOptions& o) {
-  KVCODEC_ASSIGN_OR_RETURN(auto d, make_decoder(head));
-  KVCODEC_RETURN_IF_ERROR(check_destination(d->info, dst));
-  if (chunk >= d->info.chunks.size())
-    return OutOfRange("chunk " + std::to_string(chunk) + " of a frame with " + std::to_string(d->info.chunks.size()));
-  const uint32_t L = d->info.shape.layers, le = std::min(o.layer_end, L);
-  if (o.layer_begin >= le) return OutOfRange("empty layer range");
-  return decode_chunk(*d, chunk, body, dst, o.layer_begin, le, o.verify_checksums, o.threads);
+  KVCODEC_ASSIGN_OR_RETURN(FrameDecoder f, FrameDecoder::open(head));
+  return f.decode_chunk(chunk, body, dst, o);
 }
 
 }  // namespace kvcodec

@@ -44,6 +44,18 @@ void gather(const KVView& v, uint32_t l, uint32_t kv, uint8_t* out) {
     }
 }
 
+// rANS-codes symbols given as freq << 16 | cum (in stream order) and pads the unit to 4 bytes.
+void encode_symbols(const std::vector<uint32_t>& fc, std::vector<uint16_t>& scratch, std::vector<uint8_t>& unit) {
+  detail::rans_encode_lanes(
+      fc.size(),
+      [&](size_t i, uint32_t* f, uint32_t* cum) {
+        *f = fc[i] >> 16;
+        *cum = fc[i] & 0xffff;
+      },
+      scratch, unit);
+  unit.resize(pad4(unit.size()), 0);
+}
+
 // Per-channel histograms, [channel][slot][bin], and the clustering of channels into groups of
 // similar statistics, each with its own table per slot.
 struct Histograms {
@@ -184,24 +196,20 @@ void encode_lossless(const Context& cx, const uint8_t* raw, LayerOutput& out) {
     m.tables[i].table = std::move(*t);
   }
   std::vector<uint16_t> scratch;
+  std::vector<uint32_t> fc;
   out.units.resize(cx.chunks);
   for (uint32_t k = 0; k < cx.chunks; ++k) {
     const uint32_t t0 = k * cx.opt.chunk_tokens, t1 = std::min(T, t0 + cx.opt.chunk_tokens);
-    const uint8_t* base = raw + size_t(t0) * C * P;
-    const size_t n = size_t(t1 - t0) * C;
-    auto& unit = out.units[k];
+    fc.resize(size_t(t1 - t0) * C);
     for (uint32_t p = 0; p < P; ++p) {
-      detail::rans_encode_lanes(
-          n,
-          [&](size_t i, uint32_t* f, uint32_t* cum) {
-            const uint32_t c = uint32_t(i % C);
-            const FreqTable& tb = m.tables[m.channel_group[c] * P + p].table;
-            const uint8_t s = base[i * P + p];
-            *f = tb.freq[s];
-            *cum = tb.cum[s];
-          },
-          scratch, unit);
-      unit.resize(pad4(unit.size()), 0);
+      const uint8_t* e = raw + size_t(t0) * C * P + p;
+      uint32_t* f = fc.data();
+      for (uint32_t t = t0; t < t1; ++t)
+        for (uint32_t c = 0; c < C; ++c, e += P) {
+          const FreqTable& tb = m.tables[m.channel_group[c] * P + p].table;
+          *f++ = uint32_t(tb.freq[*e]) << 16 | tb.cum[*e];
+        }
+      encode_symbols(fc, scratch, out.units[k]);
     }
   }
 }
@@ -221,7 +229,11 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, LayerOu
   const double rel = double(kLevelStep[cx.opt.level]) * layer_factor(layer, sh.layers);
   compute_grids(x.data(), T, C, rel, cx.opt.step_mode, grids.data());
   std::vector<float> step(C);
-  for (uint32_t c = 0; c < C; ++c) step[c] = step_from_code(grids[c].step_code);
+  std::vector<double> inv_step(C);
+  for (uint32_t c = 0; c < C; ++c) {
+    step[c] = step_from_code(grids[c].step_code);
+    inv_step[c] = 1.0 / double(step[c]);
+  }
 
   // Symbol values: q = n - center for anchors, q - q_anchor for deltas; kEscape when escaped.
   std::vector<int16_t> val(size_t(T) * C);
@@ -230,15 +242,16 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, LayerOu
     const uint32_t local = t % CT;
     const bool anchor = local % GT == 0;
     const int16_t* aval = anchor ? nullptr : &val[size_t(t - local % GT) * C];
+    const float* xr = &x[size_t(t) * C];
+    int16_t* vr = &val[size_t(t) * C];
     for (uint32_t c = 0; c < C; ++c) {
-      const int32_t n = quantize_value(x[size_t(t) * C + c], step[c], grids[c].center, dt);
-      int32_t q = n == kEscape ? INT32_MIN : n - grids[c].center;
+      const int32_t n = detail::quantize_grid(xr[c], step[c], inv_step[c], grids[c].center, uint8_t(dt));
+      int32_t q = n == detail::kEscapeIndex ? INT32_MIN : n - grids[c].center;
       if (q != INT32_MIN && !anchor) {
-        const int32_t ref = aval[c] == kEsc ? 0 : aval[c];
-        q -= ref;
+        q -= aval[c] == kEsc ? 0 : aval[c];
         if (q < -kQLimit || q > kQLimit) q = INT32_MIN;
       }
-      val[size_t(t) * C + c] = q == INT32_MIN ? kEsc : int16_t(q);
+      vr[c] = q == INT32_MIN ? kEsc : int16_t(q);
     }
   }
 
@@ -308,41 +321,33 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, LayerOu
   }
 
   std::vector<uint16_t> scratch;
-  std::vector<uint8_t> sym;
+  std::vector<uint32_t> fc;  // per symbol of the chunk: freq << 16 | cum
   out.units.resize(cx.chunks);
   for (uint32_t k = 0; k < cx.chunks; ++k) {
     const uint32_t t0 = k * CT, t1 = std::min(T, t0 + CT);
-    const size_t n = size_t(t1 - t0) * C;
-    // Symbols of the chunk and its escapes (raw elements in symbol order).
-    sym.resize(n);
-    auto& unit = out.units[k];
-    std::vector<uint8_t> escapes;
-    for (size_t i = 0; i < n; ++i) {
-      const uint32_t t = t0 + uint32_t(i / C), c = uint32_t(i % C);
+    fc.resize(size_t(t1 - t0) * C);
+    std::vector<uint8_t> escapes;  // raw elements of escaped values, in symbol order
+    uint32_t* f = fc.data();
+    for (uint32_t t = t0; t < t1; ++t) {
       const uint32_t slot = (t - t0) % GT == 0 ? 0 : 1;
-      const size_t ti = size_t(m.channel_group[c]) * slots + slot;
-      const int16_t v = val[size_t(t) * C + c];
-      const int16_t s = lut[ti * kLossyBins + (v == kEsc ? kEscBin : uint32_t(v + kQLimit))];
-      sym[i] = uint8_t(s);
-      if (size_t(s) == m.tables[ti].table.size() - 1) {
-        const uint8_t* e = raw + (size_t(t) * C + c) * cx.es;
-        escapes.insert(escapes.end(), e, e + cx.es);
+      const int16_t* vr = &val[size_t(t) * C];
+      for (uint32_t c = 0; c < C; ++c) {
+        const size_t ti = size_t(m.channel_group[c]) * slots + slot;
+        const int16_t v = vr[c];
+        const uint32_t s = uint32_t(lut[ti * kLossyBins + (v == kEsc ? kEscBin : uint32_t(v + kQLimit))]);
+        const FreqTable& tb = m.tables[ti].table;
+        *f++ = uint32_t(tb.freq[s]) << 16 | tb.cum[s];
+        if (s == tb.size() - 1) {
+          const uint8_t* e = raw + (size_t(t) * C + c) * cx.es;
+          escapes.insert(escapes.end(), e, e + cx.es);
+        }
       }
     }
-    detail::rans_encode_lanes(
-        n,
-        [&](size_t i, uint32_t* f, uint32_t* cum) {
-          const uint32_t t = uint32_t(i / C), c = uint32_t(i % C);
-          const FreqTable& tb = m.tables[size_t(m.channel_group[c]) * slots + (t % GT == 0 ? 0 : 1)].table;
-          *f = tb.freq[sym[i]];
-          *cum = tb.cum[sym[i]];
-        },
-        scratch, unit);
-    unit.resize(pad4(unit.size()), 0);
+    auto& unit = out.units[k];
+    encode_symbols(fc, scratch, unit);
     const size_t base = unit.size();
-    const uint32_t n_esc = uint32_t(escapes.size() / cx.es);
     unit.resize(pad4(base + 4 + escapes.size()), 0);
-    detail::put_u32(unit.data() + base, n_esc);
+    detail::put_u32(unit.data() + base, uint32_t(escapes.size() / cx.es));
     if (!escapes.empty()) std::memcpy(unit.data() + base + 4, escapes.data(), escapes.size());
   }
 }

@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
 
 #include "kvcodec/config.hpp"
@@ -42,5 +43,26 @@ Status decode_into(std::span<const uint8_t> frame, const KVView& dst,
 Status decode_chunk_into(std::span<const uint8_t> head, uint32_t chunk,
                          std::span<const uint8_t> chunk_body, const KVView& dst,
                          const DecodeOptions& options = {});
+
+namespace detail {
+struct Decoder;
+}
+
+// A parsed frame head with its decode tables, reusable for any number of chunks of that frame:
+// what a streaming client holds per level. Immutable after open(); decode_chunk may be called
+// concurrently for distinct destinations. Copies share the same tables.
+class FrameDecoder {
+ public:
+  // `head` is the frame's first head_bytes (or the whole frame); it is copied as needed.
+  static StatusOr<FrameDecoder> open(std::span<const uint8_t> head);
+  const FrameInfo& info() const noexcept;
+  // Decodes chunk `chunk` from its body into dst (the whole context's view), layers limited by
+  // options.layer_begin/end.
+  Status decode_chunk(uint32_t chunk, std::span<const uint8_t> body, const KVView& dst,
+                      const DecodeOptions& options = {}) const;
+
+ private:
+  std::shared_ptr<const detail::Decoder> impl_;
+};
 
 }  // namespace kvcodec
