@@ -93,12 +93,16 @@ using SchemeList = std::vector<std::unique_ptr<const Scheme>>;
 inline constexpr std::string_view kDefaultSchemes = "fp16,zstd,int8,kivi,cachegen,zfp,kvcodec";
 
 // Parses a comma-separated scheme list. Each entry is a family name, optionally followed by
-// ":key=value" options; list values are separated by '/', integer ranges written a-b:
-//   zstd:level=3              zstd level (1..19)
-//   kivi:bits=2/4:group=32:residual=0
-//   cachegen:levels=1/2/3:chunk=256
-//   zfp:tol=1/0.5/0.25        tolerances as fractions of each (layer, K/V) array's RMS
-//   kvcodec:levels=0-9:chunk=256:group=1:tables=8:step=channel|layer
+// ":key=value" options; list values are separated by '/', integer ranges written a-b. The
+// options and their defaults:
+//   zstd:level=3                          zstd level, 1..19
+//   kivi:bits=2/3/4:group=32:residual=0
+//   cachegen:levels=1-3:chunk=256
+//   zfp:tol=4/2/1/0.5/0.25/0.125          tolerances as fractions of each array's RMS
+//   kvcodec:levels=0-9:chunk=256:group=1:tables=8:step=channel   (step=channel|layer)
+//   kvcodec:layerlevels=a/b/c   experiment: every layer a frame of its own, at the level plus
+//                               a, b or c for the first, middle and last third of the layers
+// The option listing a curve's points (level, bits, levels, tol) is not part of its name.
 // Each entry expands to one Scheme per setting. kInvalidArgument names the bad entry.
 StatusOr<SchemeList> make_schemes(std::string_view list);
 

@@ -90,7 +90,7 @@ void svg_axes(std::string& s, const Panel& p, const std::string& title, const st
     const double raw = span / 6;
     const double mag = std::pow(10.0, std::floor(std::log10(raw)));
     const double step = raw / mag < 2 ? 2 * mag : raw / mag < 5 ? 5 * mag : 10 * mag;
-    for (double v = std::ceil(p.y_lo / step) * step; v <= p.y_hi + 1e-9; v += step) ticks.push_back(v);
+    for (double k = std::ceil(p.y_lo / step); k * step <= p.y_hi; ++k) ticks.push_back(k * step);
   }
   for (double v : ticks) {
     std::snprintf(buf, sizeof buf,
@@ -229,7 +229,8 @@ std::string report_svg(const EvalReport& r) {
   const bool clipped = ppl_hi > kPplClip;
   ppl_hi = std::min(ppl_hi, kPplClip) * 1.05;
   const double x_lo = std::exp2(std::floor(std::log2(bits_lo)));
-  const double x_hi = std::exp2(std::ceil(std::log2(bits_hi)));
+  // A header's worth above a power of two (fp16's 16.0001) does not open another octave.
+  const double x_hi = std::exp2(std::ceil(std::log2(bits_hi) - 0.01));
   const Panel left{70, 50, 440, 330, x_lo, x_hi, ppl_lo - 0.05 * (ppl_hi - ppl_lo), ppl_hi, false};
   const Panel right{600, 50, 440, 330, x_lo, x_hi, std::pow(10.0, std::floor(std::log10(kl_lo))),
                     std::pow(10.0, std::ceil(std::log10(kl_hi))), true};

@@ -114,7 +114,7 @@ Status add_entry(Entry& e, SchemeList& out) {
   } else if (e.family == "int8") {
     out.push_back(make_int8(e.curve_name("")));
   } else if (e.family == "kivi") {
-    KVCODEC_ASSIGN_OR_RETURN(std::vector<long long> bits, e.ints("bits", "2/4", 1, 8));
+    KVCODEC_ASSIGN_OR_RETURN(std::vector<long long> bits, e.ints("bits", "2/3/4", 1, 8));
     KiviParams p;
     KVCODEC_ASSIGN_OR_RETURN(long long group, e.one_int("group", p.group, 1, 1 << 20));
     KVCODEC_ASSIGN_OR_RETURN(long long residual, e.one_int("residual", p.residual, 0, kMaxTokens));
@@ -129,7 +129,7 @@ Status add_entry(Entry& e, SchemeList& out) {
     KVCODEC_ASSIGN_OR_RETURN(long long chunk, e.one_int("chunk", 256, 1, kMaxTokens));
     for (long long lv : levels) out.push_back(make_cachegen(e.curve_name("levels"), int(lv), uint32_t(chunk)));
   } else if (e.family == "zfp") {
-    std::string text = e.value("tol", "1/0.5/0.25/0.125/0.0625/0.03125");
+    std::string text = e.value("tol", "4/2/1/0.5/0.25/0.125");
     int index = 0;
     for (std::string_view item : split(text, '/')) {
       double t = 0;
@@ -138,7 +138,8 @@ Status add_entry(Entry& e, SchemeList& out) {
       out.push_back(make_zfp(e.curve_name("tol"), index++, t));
     }
   } else if (e.family == "kvcodec") {
-    EncodeOptions o;
+    KvcodecParams params;
+    EncodeOptions& o = params.options;
     KVCODEC_ASSIGN_OR_RETURN(std::vector<long long> levels, e.ints("levels", "0-" + std::to_string(kMaxLevel), 0, kMaxLevel));
     KVCODEC_ASSIGN_OR_RETURN(long long chunk, e.one_int("chunk", o.chunk_tokens, 1, kMaxChunkTokens));
     KVCODEC_ASSIGN_OR_RETURN(long long group, e.one_int("group", o.group_tokens, 1, kMaxGroupTokens));
@@ -149,9 +150,14 @@ Status add_entry(Entry& e, SchemeList& out) {
     o.group_tokens = uint32_t(group);
     o.table_groups = uint32_t(tables);
     o.step_mode = step == "layer" ? StepMode::kLayer : StepMode::kChannel;
+    if (e.has("layerlevels")) {
+      KVCODEC_ASSIGN_OR_RETURN(std::vector<long long> offsets, e.ints("layerlevels", "", 0, kMaxLevel));
+      if (offsets.size() != 3) return e.error("layerlevels: expected three level offsets a/b/c");
+      params.layer_levels = std::array<int, 3>{int(offsets[0]), int(offsets[1]), int(offsets[2])};
+    }
     for (long long lv : levels) {
       o.level = int(lv);
-      out.push_back(make_kvcodec(e.curve_name("levels"), o));
+      out.push_back(make_kvcodec(e.curve_name("levels"), params));
     }
   } else {
     return e.error("unknown family (known: fp16, zstd, int8, kivi, cachegen, zfp, kvcodec)");

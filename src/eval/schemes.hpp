@@ -2,8 +2,10 @@
 // option syntax and calls these.
 #pragma once
 
+#include <array>
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -36,7 +38,14 @@ std::unique_ptr<const Scheme> make_cachegen(std::string name, int level, uint32_
 // tolerance = rms_fraction * RMS of each (layer, K/V) array; `level` orders the settings.
 std::unique_ptr<const Scheme> make_zfp(std::string name, int level, double rms_fraction);
 
-// kvcodec frames with these options (options.level is the level).
-std::unique_ptr<const Scheme> make_kvcodec(std::string name, const EncodeOptions& options);
+// kvcodec frames with these options (options.level is the level). With `layer_levels`, each
+// layer is instead encoded as a frame of its own (so the library's layer factor is 1) at
+// options.level + layer_levels[third of the layer], clamped to 1..kMaxLevel: an experiment on
+// the layer-wise schedule without changing the library.
+struct KvcodecParams {
+  EncodeOptions options;
+  std::optional<std::array<int, 3>> layer_levels;
+};
+std::unique_ptr<const Scheme> make_kvcodec(std::string name, const KvcodecParams& params);
 
 }  // namespace kvcodec::eval::internal
