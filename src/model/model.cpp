@@ -22,6 +22,7 @@
 
 #include "kvcodec/detail/dtype.hpp"
 #include "parallel.hpp"
+#include "store.hpp"
 
 namespace kvcodec {
 namespace {
@@ -120,36 +121,41 @@ void attend(const ModelConfig& c, unsigned threads, uint32_t layer, const float*
             uint32_t first_position, const KVState& kv, float* out) {
   const Eigen::Index hs = c.head_dim(), dim = c.dim, kv_dim = c.kv_dim();
   const uint32_t group = c.heads / c.kv_heads;
-  // Keys visible to the last query; earlier queries see a prefix of them.
-  const Eigen::Index visible = std::min<int64_t>(int64_t(first_position) + int64_t(n), kv.tokens());
   const float scale = std::sqrt(float(hs));
-  // Heads are independent: each thread takes whole heads (queries x keys scores per head).
+  // Queries go in blocks of kQueryBlock rows, each block scored only against the keys its last
+  // row may see: in a prefill this skips most of the masked upper triangle.
+  constexpr Eigen::Index kQueryBlock = 64;
+  // Heads are independent: each thread takes whole heads.
   parallel_for(threads, c.heads, 1, [&](size_t hb, size_t he) {
     RowMatrix scores;
     for (size_t h = hb; h < he; ++h) {
       const Eigen::Index g = Eigen::Index(h / group);
-      ConstStridedMap qh(q + h * hs, Eigen::Index(n), hs, Eigen::OuterStride<>(dim));
-      ConstStridedMap kh(kv.keys(layer) + g * hs, visible, hs, Eigen::OuterStride<>(kv_dim));
-      ConstStridedMap vh(kv.values(layer) + g * hs, visible, hs, Eigen::OuterStride<>(kv_dim));
-      scores.noalias() = qh * kh.transpose();
-      for (Eigen::Index i = 0; i < Eigen::Index(n); ++i) {
-        float* s = scores.row(i).data();
-        const Eigen::Index len = std::min<Eigen::Index>(int64_t(first_position) + i + 1, visible);
-        float mx = -std::numeric_limits<float>::infinity();
-        for (Eigen::Index t = 0; t < len; ++t) {
-          s[t] /= scale;
-          mx = std::max(mx, s[t]);
+      for (Eigen::Index i0 = 0; i0 < Eigen::Index(n); i0 += kQueryBlock) {
+        const Eigen::Index rows = std::min<Eigen::Index>(kQueryBlock, Eigen::Index(n) - i0);
+        const Eigen::Index visible = std::min<int64_t>(int64_t(first_position) + i0 + rows, kv.tokens());
+        ConstStridedMap qh(q + i0 * dim + h * hs, rows, hs, Eigen::OuterStride<>(dim));
+        ConstStridedMap kh(kv.keys(layer) + g * hs, visible, hs, Eigen::OuterStride<>(kv_dim));
+        ConstStridedMap vh(kv.values(layer) + g * hs, visible, hs, Eigen::OuterStride<>(kv_dim));
+        scores.noalias() = qh * kh.transpose();
+        for (Eigen::Index i = 0; i < rows; ++i) {
+          float* s = scores.row(i).data();
+          const Eigen::Index len = std::min<Eigen::Index>(int64_t(first_position) + i0 + i + 1, visible);
+          float mx = -std::numeric_limits<float>::infinity();
+          for (Eigen::Index t = 0; t < len; ++t) {
+            s[t] /= scale;
+            mx = std::max(mx, s[t]);
+          }
+          float sum = 0.0f;
+          for (Eigen::Index t = 0; t < len; ++t) {
+            s[t] = std::exp(s[t] - mx);
+            sum += s[t];
+          }
+          for (Eigen::Index t = 0; t < len; ++t) s[t] /= sum;
+          std::fill(s + len, s + visible, 0.0f);  // masked: later positions
         }
-        float sum = 0.0f;
-        for (Eigen::Index t = 0; t < len; ++t) {
-          s[t] = std::exp(s[t] - mx);
-          sum += s[t];
-        }
-        for (Eigen::Index t = 0; t < len; ++t) s[t] /= sum;
-        std::fill(s + len, s + visible, 0.0f);  // masked: later positions
+        StridedMap oh(out + i0 * dim + h * hs, rows, hs, Eigen::OuterStride<>(dim));
+        oh.noalias() = scores * vh;
       }
-      StridedMap oh(out + h * hs, Eigen::Index(n), hs, Eigen::OuterStride<>(dim));
-      oh.noalias() = scores * vh;
     }
   });
 }
@@ -220,40 +226,15 @@ void KVState::grow(uint32_t count) {
 }
 
 StatusOr<KVCache> KVState::to_cache(DType dtype) const {
-  if (!is_valid_dtype(uint8_t(dtype))) return InvalidArgument("to_cache: unknown dtype");
-  const KVShape s = shape();
-  KVCODEC_RETURN_IF_ERROR(validate_shape(s).with_context("to_cache"));
-  KVCache cache;
-  cache.dtype = dtype;
-  cache.shape = s;
+  KVCODEC_ASSIGN_OR_RETURN(KVCache cache, KVCache::allocate(dtype, shape()));
   const size_t esize = dtype_size(dtype);
-  const size_t per_tensor = size_t(s.tokens) * s.channels();
-  try {
-    cache.data.resize(s.elements() * esize);
-  } catch (const std::bad_alloc&) {
-    return ResourceExhausted("to_cache: cannot allocate the cache");
-  }
   uint8_t* dst = cache.data.data();
-  for (uint32_t l = 0; l < s.layers; ++l) {
-    for (const std::vector<float>* src : {&keys_[l], &values_[l]}) {
-      for (size_t i = 0; i < per_tensor; ++i, dst += esize) {
-        const float f = (*src)[i];
-        switch (dtype) {
-          case DType::kF32: std::memcpy(dst, &f, 4); break;
-          case DType::kF16: {
-            uint16_t h = detail::f32_to_f16(f);
-            std::memcpy(dst, &h, 2);
-            break;
-          }
-          case DType::kBF16: {
-            uint16_t h = detail::f32_to_bf16(f);
-            std::memcpy(dst, &h, 2);
-            break;
-          }
-          case DType::kF8E4M3: *dst = detail::f32_to_f8e4m3(f); break;
-        }
+  for (uint32_t l = 0; l < layers(); ++l) {
+    for (const std::vector<float>* src : {&keys_[l], &values_[l]})
+      for (float f : *src) {
+        model_detail::store_as(f, dtype, dst);
+        dst += esize;
       }
-    }
   }
   return cache;
 }

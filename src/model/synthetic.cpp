@@ -3,12 +3,12 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <new>
 #include <thread>
 
 #include "kvcodec/detail/dtype.hpp"
 #include "parallel.hpp"
+#include "store.hpp"
 
 namespace kvcodec {
 namespace {
@@ -219,23 +219,6 @@ Mixture innovation_mixture(double kurtosis, double rho) {
   return m;
 }
 
-void store(float f, DType dtype, uint8_t* dst) {
-  switch (dtype) {
-    case DType::kF32: std::memcpy(dst, &f, 4); break;
-    case DType::kF16: {
-      const uint16_t h = detail::f32_to_f16(f);
-      std::memcpy(dst, &h, 2);
-      break;
-    }
-    case DType::kBF16: {
-      const uint16_t h = detail::f32_to_bf16(f);
-      std::memcpy(dst, &h, 2);
-      break;
-    }
-    case DType::kF8E4M3: *dst = detail::f32_to_f8e4m3(f); break;
-  }
-}
-
 // Fills tensor (layer, kind) of `cache` from per-channel AR(1) processes.
 void generate_tensor(KVCache& cache, uint32_t layer, int kind, const ChannelStats& s, uint64_t seed,
                      const std::vector<float>& cs, const std::vector<float>& sn) {
@@ -283,7 +266,7 @@ void generate_tensor(KVCache& cache, uint32_t layer, int kind, const ChannelStat
         }
       }
     }
-    for (uint32_t c = 0; c < channels; ++c, out += esize) store(row[c], cache.dtype, out);
+    for (uint32_t c = 0; c < channels; ++c, out += esize) model_detail::store_as(row[c], cache.dtype, out);
   }
 }
 
@@ -384,20 +367,16 @@ std::span<const SyntheticShape> synthetic_shapes() noexcept { return kShapes; }
 StatusOr<KVCache> make_synthetic(const KVShape& shape, DType dtype, uint64_t seed, const KVStats& stats,
                                  float rope_theta) {
   KVCODEC_RETURN_IF_ERROR(validate_shape(shape).with_context("make_synthetic"));
-  if (!is_valid_dtype(uint8_t(dtype))) return InvalidArgument("make_synthetic: unknown dtype");
   if (shape.head_dim % 2) return InvalidArgument("make_synthetic: head_dim must be even (RoPE pairs)");
   if (stats.layers.empty()) return InvalidArgument("make_synthetic: empty statistics");
   if (!(rope_theta > 1.0f)) return InvalidArgument("make_synthetic: rope_theta must be > 1");
 
-  KVCache cache;
-  cache.dtype = dtype;
-  cache.shape = shape;
+  KVCODEC_ASSIGN_OR_RETURN(KVCache cache, KVCache::allocate(dtype, shape));
   std::vector<float> cs, sn;
   try {
-    cache.data.resize(shape.elements() * dtype_size(dtype));
     rope_table(shape.tokens, shape.head_dim, rope_theta, cs, sn);
   } catch (const std::bad_alloc&) {
-    return ResourceExhausted("make_synthetic: cannot allocate the cache");
+    return ResourceExhausted("make_synthetic: cannot allocate the RoPE table");
   }
   // One task per (layer, K/V) tensor, each with its own seeded stream: the output does not
   // depend on how tasks are spread over threads.
