@@ -193,7 +193,17 @@ std::vector<uint8_t> Server::Impl::answer(const MessageHeader& h, std::span<cons
   if (!req.ok()) return error(req.status());
   if (req->type == MsgType::kGetManifest) {
     auto bytes = store->get(manifest_key(req->id));
-    if (!bytes.ok()) return error(bytes.status());
+    if (!bytes.ok()) {
+      // A store that is down or slow: answer from the manifest served before, so clients can
+      // still plan and recompute from text what the store cannot deliver.
+      const StatusCode code = bytes.status().code();
+      std::lock_guard lock(manifests_mu);
+      auto it = manifests.find(req->id);
+      if ((code != StatusCode::kUnavailable && code != StatusCode::kTimeout) || it == manifests.end())
+        return error(bytes.status());
+      out.type = *type = MsgType::kManifest;
+      return make_message(out, serialize_manifest(it->second));
+    }
     auto m = parse_manifest(*bytes);
     if (!m.ok()) return error(m.status().with_context("stored manifest"));
     {
