@@ -1,0 +1,247 @@
+// GPU decoder: the head is parsed on the host and its tables uploaded into the caller's
+// workspace (Decoder::create); each decode_async launches one kernel in which every warp decodes
+// one (chunk, layer, K/V) unit with warp_decode_unit (include/kvcodec/detail/warp_decode.hpp),
+// the code the host emulation tests run too.
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "cuda_util.hpp"
+#include "kvcodec/backend.hpp"
+#include "kvcodec/cuda.hpp"
+#include "kvcodec/detail/packed_model.hpp"
+#include "kvcodec/detail/warp_decode.hpp"
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+namespace kvcodec::cuda {
+namespace {
+
+using detail::DecTable;
+using detail::PackedLayout;
+
+// Warps per block. A block decodes one (layer, K/V) for kWarpsPerBlock chunks, so the layer's
+// tables are loaded into shared memory once for all of them.
+constexpr uint32_t kWarpsPerBlock = 4;
+
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    decode_units(const PackedLayout pl, const uint8_t* model, const DeviceChunk* batch, uint32_t n_batch,
+                 uint32_t layer_begin, const KVView dst, int16_t* refs, uint32_t* errors, uint32_t shared_tables) {
+  extern __shared__ uint2 smem[];
+  const uint32_t y = blockIdx.y, l = layer_begin + y / 2, kv = y % 2;
+  const detail::ModelView mv = detail::model_view(model, pl);
+  const detail::LayerDesc ld = mv.layers[2 * l + kv];
+  const DecTable* tables = mv.tables + ld.first_table;
+  if (shared_tables) {
+    const uint2* src = reinterpret_cast<const uint2*>(tables);
+    const uint32_t words = ld.num_tables * uint32_t(sizeof(DecTable) / sizeof(uint2));
+    for (uint32_t i = threadIdx.x; i < words; i += blockDim.x) smem[i] = src[i];
+    __syncthreads();
+    tables = reinterpret_cast<const DecTable*>(smem);
+  }
+  const uint32_t b = blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;
+  if (b >= n_batch) return;
+  const DeviceChunk ch = batch[b];
+  const uint64_t slot = uint64_t(b) * gridDim.y + y;
+  int16_t* r = refs ? refs + slot * pl.channels : nullptr;
+  const detail::UnitJob job = detail::make_unit_job(pl, model, tables, ch.index, ch.body_dev, l, kv, dst, r);
+  detail::DeviceWarp w{threadIdx.x % 32};
+  const uint32_t e = detail::warp_decode_unit(w, job);
+  if (e && w.lane == 0) {
+    errors[1 + slot] = e;
+    atomicOr(errors, 1u);
+  }
+}
+
+// Regions of the workspace, each 256-byte aligned.
+struct Workspace {
+  size_t model = 0, errors = 0, batch = 0, refs = 0, bytes = 0;
+};
+
+Workspace workspace_layout(const PackedLayout& pl, uint32_t max_batch) {
+  const uint64_t units = uint64_t(max_batch) * 2 * pl.layers;
+  const bool deltas = !pl.lossless && pl.group_tokens > 1;
+  Workspace w;
+  size_t off = 0;
+  auto place = [&](uint64_t bytes) {
+    const size_t at = off;
+    off = (off + bytes + 255) & ~size_t(255);
+    return at;
+  };
+  w.model = place(pl.bytes);
+  w.errors = place(4 * (1 + units));
+  w.batch = place(sizeof(DeviceChunk) * max_batch);
+  w.refs = place(deltas ? 2 * units * pl.channels : 0);
+  w.bytes = off;
+  return w;
+}
+
+// Checks what can be checked on the host of a view whose pointers are device pointers.
+Status check_device_view(const FrameInfo& f, const KVView& v) {
+  if (v.dtype != f.dtype)
+    return InvalidArgument(std::string("destination dtype ") + dtype_name(v.dtype) + " differs from the frame's " +
+                           dtype_name(f.dtype));
+  if (!(v.shape == f.shape)) return InvalidArgument("destination shape differs from the frame's");
+  switch (v.kind) {
+    case KVView::Kind::kStrided:
+      if (!v.data) return InvalidArgument("strided view has a null data pointer");
+      return Status::Ok();
+    case KVView::Kind::kPerLayer:
+      if (!v.layer_k || !v.layer_v) return InvalidArgument("per-layer view has null pointer arrays");
+      return Status::Ok();
+    case KVView::Kind::kPaged: {
+      if (!v.layer_k || !v.block_table) return InvalidArgument("paged view has a null layer array or block table");
+      if (!v.block_size || !v.num_blocks) return InvalidArgument("paged view: zero block_size or num_blocks");
+      const uint64_t used = (uint64_t(v.shape.tokens) + v.block_size - 1) / v.block_size;
+      if (used > v.num_blocks) return InvalidArgument("paged view: block table longer than the cache");
+      return Status::Ok();
+    }
+  }
+  return InvalidArgument("view has an unknown kind");
+}
+
+}  // namespace
+
+Status device_status() { return backend_status(Backend::kCuda); }
+
+struct Decoder::Impl {
+  detail::PackedModel model;  // host copy (info, layout; the block is uploaded)
+  Workspace ws;
+  uint8_t* ws_dev = nullptr;
+  uint32_t max_batch = 0;
+  uint32_t shared_bytes = 0;  // dynamic shared memory per block; 0: tables read from global memory
+  std::vector<DeviceChunk> staged;  // the last batch (capacity max_batch: no allocation per call)
+  uint32_t units_y = 0, layer_begin = 0;
+  PinnedWord error_word;
+};
+
+Decoder::Decoder(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Decoder::Decoder(Decoder&&) noexcept = default;
+Decoder& Decoder::operator=(Decoder&&) noexcept = default;
+Decoder::~Decoder() = default;
+
+const FrameInfo& Decoder::info() const noexcept { return impl_->model.info; }
+const uint32_t* Decoder::error_flag_dev() const noexcept {
+  return reinterpret_cast<const uint32_t*>(impl_->ws_dev + impl_->ws.errors);
+}
+
+StatusOr<size_t> Decoder::workspace_size(std::span<const uint8_t> head, uint32_t max_batch) {
+  if (max_batch == 0) return InvalidArgument("max_batch must be at least 1");
+  KVCODEC_ASSIGN_OR_RETURN(detail::PackedModel pm, detail::pack_model(head));
+  return workspace_layout(pm.layout, max_batch).bytes;
+}
+
+StatusOr<Decoder> Decoder::create(std::span<const uint8_t> head, void* workspace_dev, size_t workspace_bytes,
+                                  uint32_t max_batch, cudaStream_t stream) {
+  KVCODEC_RETURN_IF_ERROR(device_status());
+  if (max_batch == 0) return InvalidArgument("max_batch must be at least 1");
+  if (!workspace_dev || reinterpret_cast<uintptr_t>(workspace_dev) % 16)
+    return InvalidArgument("workspace must be a 16-byte aligned device pointer");
+  auto impl = std::make_unique<Impl>();
+  KVCODEC_ASSIGN_OR_RETURN(impl->model, detail::pack_model(head));
+  const PackedLayout& pl = impl->model.layout;
+  impl->ws = workspace_layout(pl, max_batch);
+  if (workspace_bytes < impl->ws.bytes)
+    return BufferTooSmall("decoder workspace needs " + std::to_string(impl->ws.bytes) + " bytes, got " +
+                          std::to_string(workspace_bytes));
+  impl->ws_dev = static_cast<uint8_t*>(workspace_dev);
+  impl->max_batch = max_batch;
+  impl->staged.reserve(max_batch);
+
+  // Tables in shared memory when the largest (layer, K/V) set fits the device's opt-in limit.
+  int dev = 0, optin = 0;
+  KVCODEC_RETURN_IF_ERROR(check_cuda(cudaGetDevice(&dev), "cudaGetDevice"));
+  KVCODEC_RETURN_IF_ERROR(
+      check_cuda(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "device attribute"));
+  const uint64_t need = uint64_t(pl.max_layer_tables) * sizeof(DecTable);
+  if (need <= uint64_t(optin)) {
+    impl->shared_bytes = uint32_t(need);
+    KVCODEC_RETURN_IF_ERROR(check_cuda(
+        cudaFuncSetAttribute(decode_units, cudaFuncAttributeMaxDynamicSharedMemorySize, int(need)), "shared memory"));
+  }
+  KVCODEC_ASSIGN_OR_RETURN(impl->error_word, PinnedWord::allocate());
+  KVCODEC_RETURN_IF_ERROR(check_cuda(cudaMemcpyAsync(impl->ws_dev + impl->ws.model, impl->model.block.data(), pl.bytes,
+                                                     cudaMemcpyHostToDevice, stream),
+                                     "uploading decode tables"));
+  KVCODEC_RETURN_IF_ERROR(
+      check_cuda(cudaMemsetAsync(impl->ws_dev + impl->ws.errors, 0, 4, stream), "clearing error flags"));
+  return Decoder(std::move(impl));
+}
+
+Status Decoder::verify_chunk(uint32_t chunk, std::span<const uint8_t> host_body) const {
+  const FrameInfo& f = impl_->model.info;
+  if (chunk >= f.chunks.size()) return OutOfRange("chunk " + std::to_string(chunk) + " beyond the frame");
+  if (host_body.size() != f.chunks[chunk].size) return CorruptData("chunk " + std::to_string(chunk) + " has the wrong size");
+  if (XXH64(host_body.data(), host_body.size(), 0) != f.chunks[chunk].checksum)
+    return ChecksumMismatch("chunk " + std::to_string(chunk) + " checksum mismatch");
+  return Status::Ok();
+}
+
+Status Decoder::decode_async(std::span<const DeviceChunk> chunks, const KVView& dst_dev, cudaStream_t stream,
+                             uint32_t layer_begin, uint32_t layer_end) {
+  Impl& m = *impl_;
+  const FrameInfo& f = m.model.info;
+  KVCODEC_RETURN_IF_ERROR(check_device_view(f, dst_dev));
+  if (chunks.empty() || chunks.size() > m.max_batch)
+    return InvalidArgument("decode_async takes 1.." + std::to_string(m.max_batch) + " chunks, got " +
+                           std::to_string(chunks.size()));
+  const uint32_t le = std::min(layer_end, f.shape.layers);
+  if (layer_begin >= le) return InvalidArgument("empty layer range");
+  for (const DeviceChunk& c : chunks) {
+    if (c.index >= f.chunks.size()) return OutOfRange("chunk " + std::to_string(c.index) + " beyond the frame");
+    if (!c.body_dev) return InvalidArgument("chunk " + std::to_string(c.index) + " has a null body");
+  }
+  m.staged.assign(chunks.begin(), chunks.end());  // within capacity: no allocation
+  m.layer_begin = layer_begin;
+  m.units_y = 2 * (le - layer_begin);
+  const uint32_t n = uint32_t(chunks.size());
+  auto* errors = reinterpret_cast<uint32_t*>(m.ws_dev + m.ws.errors);
+  auto* batch = reinterpret_cast<DeviceChunk*>(m.ws_dev + m.ws.batch);
+  // Pageable source: the runtime stages it before returning, so `staged` may change afterwards.
+  KVCODEC_RETURN_IF_ERROR(check_cuda(
+      cudaMemcpyAsync(batch, m.staged.data(), n * sizeof(DeviceChunk), cudaMemcpyHostToDevice, stream), "chunk list"));
+  KVCODEC_RETURN_IF_ERROR(
+      check_cuda(cudaMemsetAsync(errors, 0, 4 * (1 + size_t(n) * m.units_y), stream), "clearing error flags"));
+  const PackedLayout& pl = m.model.layout;
+  int16_t* refs = !pl.lossless && pl.group_tokens > 1 ? reinterpret_cast<int16_t*>(m.ws_dev + m.ws.refs) : nullptr;
+  const dim3 grid((n + kWarpsPerBlock - 1) / kWarpsPerBlock, m.units_y);
+  decode_units<<<grid, kWarpsPerBlock * 32, m.shared_bytes, stream>>>(pl, m.ws_dev + m.ws.model, batch, n, layer_begin,
+                                                                      dst_dev, refs, errors, m.shared_bytes != 0);
+  return check_cuda(cudaGetLastError(), "launching the decode kernel");
+}
+
+Status Decoder::synchronize(cudaStream_t stream) {
+  Impl& m = *impl_;
+  const auto* errors = reinterpret_cast<const uint32_t*>(m.ws_dev + m.ws.errors);
+  KVCODEC_RETURN_IF_ERROR(
+      check_cuda(cudaMemcpyAsync(m.error_word.get(), errors, 4, cudaMemcpyDeviceToHost, stream), "reading error flags"));
+  KVCODEC_RETURN_IF_ERROR(check_cuda(cudaStreamSynchronize(stream), "decode"));
+  if (*m.error_word.get() == 0) return Status::Ok();
+  // Error path only: fetch every unit's flag and name the first failure.
+  std::vector<uint32_t> flags(m.staged.size() * m.units_y);
+  KVCODEC_RETURN_IF_ERROR(
+      check_cuda(cudaMemcpy(flags.data(), errors + 1, 4 * flags.size(), cudaMemcpyDeviceToHost), "reading error flags"));
+  for (size_t i = 0; i < flags.size(); ++i) {
+    if (!flags[i]) continue;
+    const uint32_t y = uint32_t(i % m.units_y);
+    return CorruptData("chunk " + std::to_string(m.staged[i / m.units_y].index) + " layer " +
+                       std::to_string(m.layer_begin + y / 2) + (y % 2 ? " V" : " K") + ": " +
+                       detail::unit_error_message(flags[i]));
+  }
+  return Internal("device error flag set without a failing unit");
+}
+
+Status decode_frame(const uint8_t* frame_dev, std::span<const uint8_t> head, const KVView& dst_dev, cudaStream_t stream) {
+  KVCODEC_ASSIGN_OR_RETURN(FrameInfo f, read_frame_info(head));
+  const uint32_t n = uint32_t(f.chunks.size());
+  KVCODEC_ASSIGN_OR_RETURN(size_t bytes, Decoder::workspace_size(head, n));
+  KVCODEC_ASSIGN_OR_RETURN(DeviceBuffer ws, DeviceBuffer::allocate(bytes));
+  KVCODEC_ASSIGN_OR_RETURN(Decoder dec, Decoder::create(head, ws.get(), bytes, n, stream));
+  std::vector<DeviceChunk> chunks(n);
+  for (uint32_t k = 0; k < n; ++k) chunks[k] = {k, frame_dev + f.chunks[k].offset};
+  KVCODEC_RETURN_IF_ERROR(dec.decode_async(chunks, dst_dev, stream));
+  return dec.synchronize(stream);
+}
+
+}  // namespace kvcodec::cuda

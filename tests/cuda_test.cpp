@@ -1,0 +1,580 @@
+// The CUDA backend: backend selection in every build; the warp decoder (detail/warp_decode.hpp)
+// run on the host by warp emulation against the CPU decoder in every build; and, in builds
+// with -DKVCODEC_CUDA=ON on a machine with a GPU, the real kernels against the CPU decoder
+// (skipped without a device). Outputs are compared bit for bit over dtypes, levels, group sizes,
+// shapes with fewer and more channels than lanes, every destination layout, random, synthetic
+// and real caches, and corrupt frames.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kvcodec/backend.hpp"
+#include "kvcodec/codec.hpp"
+#include "kvcodec/detail/dtype.hpp"
+#include "kvcodec/detail/packed_model.hpp"
+#include "kvcodec/detail/warp_decode.hpp"
+#include "kvcodec/io.hpp"
+#include "kvcodec/model.hpp"
+#include "kvcodec/synthetic.hpp"
+#include "test_util.hpp"
+
+#if defined(KVCODEC_HAS_CUDA)
+#include <cuda_runtime_api.h>
+
+#include "kvcodec/cuda.hpp"
+#endif
+
+namespace kvcodec {
+namespace {
+
+// ---- test data ---------------------------------------------------------------------------------
+
+// A KV-like cache: per-channel means and scales over two orders of magnitude, outlier channels,
+// AR(1) along tokens, a few exact repeats and specials (escapes), contiguous [L, 2, T, H, D].
+KVCache random_cache(const KVShape& s, DType dt, uint64_t seed) {
+  auto kv = KVCache::allocate(dt, s);
+  EXPECT_TRUE(kv.ok());
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> n01(0.f, 1.f);
+  const size_t C = s.channels(), es = dtype_size(dt);
+  const float unit = dt == DType::kF8E4M3 ? 0.1f : 1.f;
+  for (uint32_t u = 0; u < 2 * s.layers; ++u) {
+    std::vector<float> mean(C), scale(C), prev(C, 0.f);
+    for (size_t c = 0; c < C; ++c) {
+      scale[c] = unit * std::exp(n01(rng)) * (c % 13 == 5 ? 30.f : 1.f);
+      mean[c] = n01(rng) * scale[c] * 0.5f;
+    }
+    for (uint32_t t = 0; t < s.tokens; ++t)
+      for (size_t c = 0; c < C; ++c) {
+        prev[c] = 0.8f * prev[c] + 0.6f * n01(rng);
+        float v = mean[c] + scale[c] * prev[c];
+        if (rng() % 997 == 0) v *= 200.f;  // far outliers: escaped at lossy levels
+        uint8_t* p = kv->data.data() + ((size_t(u) * s.tokens + t) * C + c) * es;
+        detail::store_from_f32(p, uint8_t(dt), v);
+      }
+  }
+  return std::move(*kv);
+}
+
+std::vector<uint8_t> encode(const KVView& v, const EncodeOptions& o) {
+  std::vector<uint8_t> frame(max_encoded_size(v.shape, v.dtype, o));
+  auto n = encode_into(v, o, frame);
+  EXPECT_TRUE(n.ok()) << n.status().to_string();
+  frame.resize(n.ok() ? *n : 0);
+  return frame;
+}
+
+std::vector<uint8_t> cpu_decode(std::span<const uint8_t> frame, const KVShape& s, DType dt, bool verify = true) {
+  std::vector<uint8_t> out(s.elements() * dtype_size(dt));
+  DecodeOptions o;
+  o.verify_checksums = verify;
+  Status st = decode_into(frame, contiguous_view(out.data(), dt, s), o);
+  if (!st.ok()) out.clear();
+  return out;
+}
+
+// ---- destinations in every layout ------------------------------------------------------------
+
+enum class Layout { kContiguous, kLMCache, kPerLayer, kPerLayerHF, kPagedNHD, kPagedHND };
+constexpr Layout kAllLayouts[] = {Layout::kContiguous, Layout::kLMCache,  Layout::kPerLayer,
+                                  Layout::kPerLayerHF, Layout::kPagedNHD, Layout::kPagedHND};
+
+// Storage for one layout as a list of buffers, and views over any copy of those buffers (host
+// memory here, device memory in the GPU tests).
+struct Dest {
+  KVShape shape;
+  DType dtype;
+  Layout layout;
+  std::vector<std::vector<uint8_t>> bufs;
+  std::vector<int32_t> block_table;
+  uint32_t block_size = 0, num_blocks = 0;
+  std::vector<void*> host_k, host_v;  // pointer arrays of the host view
+
+  Dest(const KVShape& s, DType dt, Layout l) : shape(s), dtype(dt), layout(l) {
+    const size_t es = dtype_size(dt), per_tensor = size_t(s.tokens) * s.channels() * es;
+    switch (l) {
+      case Layout::kContiguous:
+      case Layout::kLMCache: bufs.assign(1, std::vector<uint8_t>(2 * s.layers * per_tensor, 0xAB)); break;
+      case Layout::kPerLayer:
+      case Layout::kPerLayerHF: bufs.assign(2 * s.layers, std::vector<uint8_t>(per_tensor, 0xAB)); break;
+      case Layout::kPagedNHD:
+      case Layout::kPagedHND: {
+        block_size = 16;
+        const uint32_t used = (s.tokens + block_size - 1) / block_size;
+        num_blocks = used + 3;
+        std::vector<int32_t> perm(num_blocks);
+        std::iota(perm.begin(), perm.end(), 0);
+        std::shuffle(perm.begin(), perm.end(), std::mt19937(7));
+        block_table.assign(perm.begin(), perm.begin() + used);
+        bufs.assign(s.layers, std::vector<uint8_t>(2 * size_t(num_blocks) * block_size * s.channels() * es, 0xAB));
+        break;
+      }
+    }
+    std::vector<void*> bases;
+    for (auto& b : bufs) bases.push_back(b.data());
+    split(bases, host_k, host_v);
+  }
+  // Per-layer pointer arrays for the buffers at `bases`.
+  void split(const std::vector<void*>& bases, std::vector<void*>& k, std::vector<void*>& v) const {
+    k.clear();
+    v.clear();
+    if (layout == Layout::kPerLayer || layout == Layout::kPerLayerHF) {
+      for (uint32_t l = 0; l < shape.layers; ++l) {
+        k.push_back(bases[2 * l]);
+        v.push_back(bases[2 * l + 1]);
+      }
+    } else if (layout == Layout::kPagedNHD || layout == Layout::kPagedHND) {
+      k = bases;
+    }
+  }
+  // A view over buffers whose per-layer arrays are `k`, `v` and block table `bt` (for the
+  // strided layouts, `data`).
+  KVView view(void* data, void* const* k, void* const* v, const int32_t* bt) const {
+    switch (layout) {
+      case Layout::kContiguous: return contiguous_view(data, dtype, shape);
+      case Layout::kLMCache: return lmcache_view(data, dtype, shape);
+      case Layout::kPerLayer: return per_layer_view(k, v, dtype, shape, false);
+      case Layout::kPerLayerHF: return per_layer_view(k, v, dtype, shape, true);
+      case Layout::kPagedNHD: return vllm_paged_view(k, dtype, shape, bt, num_blocks, block_size, PagedOrder::kNHD);
+      case Layout::kPagedHND: return vllm_paged_view(k, dtype, shape, bt, num_blocks, block_size, PagedOrder::kHND);
+    }
+    return {};
+  }
+  KVView host_view() { return view(bufs[0].data(), host_k.data(), host_v.data(), block_table.data()); }
+  // The elements in the contiguous layout [L, 2, T, H, D].
+  std::vector<uint8_t> gather() {
+    const KVView v = host_view();
+    const size_t es = dtype_size(dtype);
+    std::vector<uint8_t> out(shape.elements() * es);
+    uint8_t* o = out.data();
+    for (uint32_t l = 0; l < shape.layers; ++l)
+      for (uint32_t kv = 0; kv < 2; ++kv)
+        for (uint32_t t = 0; t < shape.tokens; ++t)
+          for (uint32_t h = 0; h < shape.kv_heads; ++h)
+            for (uint32_t d = 0; d < shape.head_dim; ++d, o += es) std::memcpy(o, v.element(l, kv, t, h, d), es);
+    return out;
+  }
+};
+
+// ---- warp emulation --------------------------------------------------------------------------
+
+// Decodes a whole frame with the warp decoder run by detail::HostWarp, unit after unit.
+Status emulate_decode(std::span<const uint8_t> frame, const KVView& dst) {
+  KVCODEC_ASSIGN_OR_RETURN(detail::PackedModel pm, detail::pack_model(frame));
+  if (frame.size() < pm.info.frame_bytes) return BufferTooSmall("frame truncated");
+  std::vector<int16_t> refs(pm.layout.channels);
+  for (uint32_t k = 0; k < pm.layout.num_chunks; ++k)
+    for (uint32_t l = 0; l < pm.layout.layers; ++l)
+      for (uint32_t kv = 0; kv < 2; ++kv) {
+        const detail::UnitJob job = detail::make_unit_job(pm.layout, pm.block.data(), nullptr, k,
+                                                          frame.data() + pm.info.chunks[k].offset, l, kv, dst,
+                                                          refs.data());
+        detail::HostWarp w;
+        if (uint32_t e = detail::warp_decode_unit(w, job)) return CorruptData(detail::unit_error_message(e));
+      }
+  return Status::Ok();
+}
+
+struct Case {
+  KVShape shape;
+  DType dtype;
+  int level;
+  uint32_t chunk_tokens, group_tokens;
+};
+
+std::string describe(const Case& c) {
+  return std::string(dtype_name(c.dtype)) + " L" + std::to_string(c.shape.layers) + " T" +
+         std::to_string(c.shape.tokens) + " C" + std::to_string(c.shape.channels()) + " level " +
+         std::to_string(c.level) + " chunk " + std::to_string(c.chunk_tokens) + " group " +
+         std::to_string(c.group_tokens);
+}
+
+std::vector<Case> cases() {
+  std::vector<Case> out;
+  // C = 6 (< 32 lanes: several tokens per warp step, in-step anchors), 96, and 256.
+  const KVShape shapes[] = {{2, 45, 1, 6}, {2, 70, 3, 32}, {1, 33, 2, 128}};
+  for (const KVShape& s : shapes)
+    for (DType dt : {DType::kF32, DType::kF16, DType::kBF16, DType::kF8E4M3})
+      for (int level : {0, 1, 4, 9})
+        for (uint32_t gt : {1u, 3u}) {
+          if (level == 0 && gt > 1) continue;  // group_tokens does not apply to lossless
+          out.push_back({s, dt, level, 16, gt});
+        }
+  out.push_back({{2, 300, 2, 16}, DType::kF16, 4, 256, 1});
+  out.push_back({{2, 300, 2, 16}, DType::kF16, 4, 256, 4});
+  return out;
+}
+
+EncodeOptions options_of(const Case& c) {
+  EncodeOptions o;
+  o.level = c.level;
+  o.chunk_tokens = c.chunk_tokens;
+  o.group_tokens = c.group_tokens;
+  return o;
+}
+
+TEST(Backend, Selection) {
+  EXPECT_EQ(*parse_backend("cpu"), Backend::kCpu);
+  EXPECT_EQ(*parse_backend("cuda"), Backend::kCuda);
+  EXPECT_EQ(parse_backend("tpu").status().code(), StatusCode::kInvalidArgument);
+  EXPECT_STREQ(backend_name(Backend::kCuda), "cuda");
+  EXPECT_TRUE(backend_built(Backend::kCpu));
+  EXPECT_TRUE(backend_status(Backend::kCpu).ok());
+#if defined(KVCODEC_HAS_CUDA)
+  EXPECT_TRUE(backend_built(Backend::kCuda));
+  int n = 0;
+  const bool device = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+  // Without a device the backend is built but unavailable: an error value, not a crash.
+  EXPECT_EQ(backend_status(Backend::kCuda).ok(), device);
+  EXPECT_EQ(cuda::device_status().ok(), device);
+  if (!device) {
+    EXPECT_EQ(backend_status(Backend::kCuda).code(), StatusCode::kUnavailable);
+    KVCache kv = random_cache({1, 8, 1, 8}, DType::kF16, 1);
+    const auto frame = encode(kv.view(), {});
+    int dummy = 0;
+    EXPECT_EQ(cuda::Decoder::create(frame, &dummy, 1 << 20, 1, nullptr).status().code(), StatusCode::kUnavailable);
+  }
+#else
+  EXPECT_FALSE(backend_built(Backend::kCuda));
+  EXPECT_EQ(backend_status(Backend::kCuda).code(), StatusCode::kUnavailable);
+#endif
+}
+
+TEST(WarpEmulation, MatchesCpuDecoderBitForBit) {
+  uint64_t seed = 100;
+  for (const Case& c : cases()) {
+    SCOPED_TRACE(describe(c));
+    KVCache kv = random_cache(c.shape, c.dtype, seed++);
+    const auto frame = encode(kv.view(), options_of(c));
+    const auto ref = cpu_decode(frame, c.shape, c.dtype);
+    ASSERT_FALSE(ref.empty());
+    Dest d(c.shape, c.dtype, Layout::kContiguous);
+    ASSERT_TRUE(emulate_decode(frame, d.host_view()).ok());
+    ASSERT_EQ(d.gather(), ref);
+  }
+}
+
+TEST(WarpEmulation, EveryLayout) {
+  for (const Case& c : {Case{{3, 50, 2, 8}, DType::kBF16, 5, 16, 2}, Case{{2, 40, 2, 8}, DType::kF16, 0, 16, 1}}) {
+    SCOPED_TRACE(describe(c));
+    KVCache kv = random_cache(c.shape, c.dtype, 9);
+    const auto frame = encode(kv.view(), options_of(c));
+    const auto ref = cpu_decode(frame, c.shape, c.dtype);
+    for (Layout l : kAllLayouts) {
+      SCOPED_TRACE(int(l));
+      Dest d(c.shape, c.dtype, l);
+      ASSERT_TRUE(emulate_decode(frame, d.host_view()).ok());
+      EXPECT_EQ(d.gather(), ref);
+    }
+  }
+}
+
+TEST(WarpEmulation, SyntheticLlama3Shape) {
+  auto kv = make_synthetic("llama3-8b", 40, DType::kF16, 5);
+  ASSERT_TRUE(kv.ok()) << kv.status().to_string();
+  for (int level : {0, 4}) {
+    EncodeOptions o;
+    o.level = level;
+    o.chunk_tokens = 16;
+    o.threads = 0;
+    const auto frame = encode(kv->view(), o);
+    const auto ref = cpu_decode(frame, kv->shape, kv->dtype);
+    Dest d(kv->shape, kv->dtype, Layout::kLMCache);
+    ASSERT_TRUE(emulate_decode(frame, d.host_view()).ok());
+    EXPECT_EQ(d.gather(), ref) << "level " << level;
+  }
+}
+
+// A real cache: kvc-bytes-a's K/V over the start of its held-back text.
+StatusOr<KVCache> real_cache(DType dt, uint32_t tokens) {
+  KVCODEC_ASSIGN_OR_RETURN(Model m, Model::load(test::data_path("models/kvc-bytes-a.bin")));
+  KVCODEC_ASSIGN_OR_RETURN(std::vector<uint8_t> text, read_file(test::data_path("text/techdocs_valid.txt")));
+  if (text.size() < tokens) return InvalidArgument("text too short");
+  std::vector<int32_t> ids(text.begin(), text.begin() + tokens);
+  KVState st = m.new_state();
+  KVCODEC_RETURN_IF_ERROR(m.forward(ids, st, nullptr));
+  return st.to_cache(dt);
+}
+
+TEST(WarpEmulation, RealCache) {
+  KVCODEC_REQUIRE_DATA("models/kvc-bytes-a.bin");
+  KVCODEC_REQUIRE_DATA("text/techdocs_valid.txt");
+  for (DType dt : {DType::kF16, DType::kBF16}) {
+    auto kv = real_cache(dt, 160);
+    ASSERT_TRUE(kv.ok()) << kv.status().to_string();
+    for (int level : {0, 2, 6, 9})
+      for (uint32_t gt : {1u, 4u}) {
+        if (level == 0 && gt > 1) continue;
+        SCOPED_TRACE(std::string(dtype_name(dt)) + " level " + std::to_string(level) + " group " + std::to_string(gt));
+        EncodeOptions o;
+        o.level = level;
+        o.chunk_tokens = 64;
+        o.group_tokens = gt;
+        const auto frame = encode(kv->view(), o);
+        const auto ref = cpu_decode(frame, kv->shape, dt);
+        Dest d(kv->shape, dt, Layout::kPagedNHD);
+        ASSERT_TRUE(emulate_decode(frame, d.host_view()).ok());
+        EXPECT_EQ(d.gather(), ref);
+      }
+  }
+}
+
+// Corrupting chunk bodies: the warp decoder fails exactly when the CPU decoder (checksums off)
+// fails, and otherwise produces the CPU's output -- it never reads or writes out of bounds.
+TEST(WarpEmulation, CorruptBodiesBehaveLikeTheCpuDecoder) {
+  std::mt19937_64 rng(3);
+  for (const Case& c : {Case{{2, 40, 2, 16}, DType::kF16, 0, 16, 1}, Case{{2, 40, 2, 16}, DType::kF16, 7, 16, 2},
+                        Case{{1, 40, 1, 8}, DType::kF32, 3, 16, 1}}) {
+    SCOPED_TRACE(describe(c));
+    KVCache kv = random_cache(c.shape, c.dtype, 11);
+    const auto frame = encode(kv.view(), options_of(c));
+    const uint64_t head = read_frame_info(frame)->head_bytes;
+    int failures = 0;
+    for (int trial = 0; trial < 300; ++trial) {
+      auto bad = frame;
+      const int flips = 1 + int(rng() % 3);
+      for (int i = 0; i < flips; ++i) bad[head + rng() % (bad.size() - head)] ^= uint8_t(1 + rng() % 255);
+      const auto ref = cpu_decode(bad, c.shape, c.dtype, /*verify=*/false);
+      Dest d(c.shape, c.dtype, Layout::kContiguous);
+      const Status st = emulate_decode(bad, d.host_view());
+      ASSERT_EQ(st.ok(), !ref.empty()) << "trial " << trial << ": " << st.to_string();
+      if (st.ok()) ASSERT_EQ(d.gather(), ref);
+      else ++failures;
+    }
+    EXPECT_GT(failures, 250);  // nearly every corruption is detected without the checksum
+  }
+}
+
+#if defined(KVCODEC_HAS_CUDA)
+// ---- the real kernels ------------------------------------------------------------------------
+
+bool have_gpu() { return cuda::device_status().ok(); }
+#define KVCODEC_REQUIRE_GPU() \
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device: " << cuda::device_status().to_string()
+
+template <typename T>
+T* dev_alloc(size_t n) {
+  void* p = nullptr;
+  EXPECT_EQ(cudaMalloc(&p, n * sizeof(T) + 1), cudaSuccess);
+  return static_cast<T*>(p);
+}
+
+// A Dest mirrored in device memory.
+struct DeviceDest {
+  Dest& host;
+  std::vector<void*> bufs_dev, k_dev_ptrs, v_dev_ptrs;
+  void** k_dev = nullptr;
+  void** v_dev = nullptr;
+  int32_t* table_dev = nullptr;
+
+  explicit DeviceDest(Dest& h) : host(h) {
+    for (auto& b : h.bufs) {
+      void* p = dev_alloc<uint8_t>(b.size());
+      cudaMemcpy(p, b.data(), b.size(), cudaMemcpyHostToDevice);
+      bufs_dev.push_back(p);
+    }
+    h.split(bufs_dev, k_dev_ptrs, v_dev_ptrs);
+    if (!k_dev_ptrs.empty()) {
+      k_dev = dev_alloc<void*>(k_dev_ptrs.size());
+      cudaMemcpy(k_dev, k_dev_ptrs.data(), k_dev_ptrs.size() * sizeof(void*), cudaMemcpyHostToDevice);
+    }
+    if (!v_dev_ptrs.empty()) {
+      v_dev = dev_alloc<void*>(v_dev_ptrs.size());
+      cudaMemcpy(v_dev, v_dev_ptrs.data(), v_dev_ptrs.size() * sizeof(void*), cudaMemcpyHostToDevice);
+    }
+    if (!h.block_table.empty()) {
+      table_dev = dev_alloc<int32_t>(h.block_table.size());
+      cudaMemcpy(table_dev, h.block_table.data(), h.block_table.size() * 4, cudaMemcpyHostToDevice);
+    }
+  }
+  ~DeviceDest() {
+    for (void* p : bufs_dev) cudaFree(p);
+    cudaFree(k_dev);
+    cudaFree(v_dev);
+    cudaFree(table_dev);
+  }
+  KVView view() const { return host.view(bufs_dev[0], k_dev, v_dev, table_dev); }
+  // Copies the device buffers back and gathers them.
+  std::vector<uint8_t> gather() {
+    for (size_t i = 0; i < bufs_dev.size(); ++i)
+      EXPECT_EQ(cudaMemcpy(host.bufs[i].data(), bufs_dev[i], host.bufs[i].size(), cudaMemcpyDeviceToHost), cudaSuccess);
+    return host.gather();
+  }
+};
+
+struct DeviceFrame {
+  uint8_t* p = nullptr;
+  explicit DeviceFrame(const std::vector<uint8_t>& f) {
+    p = dev_alloc<uint8_t>(f.size());
+    cudaMemcpy(p, f.data(), f.size(), cudaMemcpyHostToDevice);
+  }
+  ~DeviceFrame() { cudaFree(p); }
+};
+
+TEST(CudaDecode, MatchesCpuDecoderBitForBit) {
+  KVCODEC_REQUIRE_GPU();
+  uint64_t seed = 100;
+  for (const Case& c : cases()) {
+    SCOPED_TRACE(describe(c));
+    KVCache kv = random_cache(c.shape, c.dtype, seed++);
+    const auto frame = encode(kv.view(), options_of(c));
+    const auto ref = cpu_decode(frame, c.shape, c.dtype);
+    for (Layout l : kAllLayouts) {
+      SCOPED_TRACE(int(l));
+      Dest d(c.shape, c.dtype, l);
+      DeviceDest dd(d);
+      DeviceFrame df(frame);
+      ASSERT_TRUE(cuda::decode_frame(df.p, frame, dd.view(), nullptr).ok());
+      ASSERT_EQ(dd.gather(), ref);
+    }
+  }
+}
+
+TEST(CudaDecode, SyntheticAndRealCaches) {
+  KVCODEC_REQUIRE_GPU();
+  std::vector<KVCache> caches;
+  auto syn = make_synthetic("llama3-8b", 300, DType::kF16, 5);
+  ASSERT_TRUE(syn.ok());
+  caches.push_back(std::move(*syn));
+  if (std::filesystem::exists(test::data_path("models/kvc-bytes-a.bin"))) {
+    for (DType dt : {DType::kF32, DType::kF16, DType::kBF16, DType::kF8E4M3}) {
+      auto real = real_cache(dt, 512);
+      ASSERT_TRUE(real.ok()) << real.status().to_string();
+      caches.push_back(std::move(*real));
+    }
+  }
+  for (KVCache& kv : caches)
+    for (int level = 0; level <= kMaxLevel; ++level)
+      for (uint32_t gt : {1u, 4u}) {
+        if (level == 0 && gt > 1) continue;
+        SCOPED_TRACE(std::string(dtype_name(kv.dtype)) + " L" + std::to_string(kv.shape.layers) + " level " +
+                     std::to_string(level) + " group " + std::to_string(gt));
+        EncodeOptions o;
+        o.level = level;
+        o.group_tokens = gt;
+        o.threads = 0;
+        const auto frame = encode(kv.view(), o);
+        const auto ref = cpu_decode(frame, kv.shape, kv.dtype);
+        Dest d(kv.shape, kv.dtype, level % 2 ? Layout::kPagedHND : Layout::kLMCache);
+        DeviceDest dd(d);
+        DeviceFrame df(frame);
+        ASSERT_TRUE(cuda::decode_frame(df.p, frame, dd.view(), nullptr).ok());
+        ASSERT_EQ(dd.gather(), ref);
+      }
+}
+
+// The streaming API: chunks in separate buffers, in any order, batches and layer ranges, one
+// workspace and stream, errors only at synchronize.
+TEST(CudaDecode, BatchesLayerRangesAndChunkOrder) {
+  KVCODEC_REQUIRE_GPU();
+  const KVShape s{4, 200, 2, 64};
+  KVCache kv = random_cache(s, DType::kF16, 21);
+  EncodeOptions o;
+  o.level = 3;
+  o.chunk_tokens = 32;
+  o.group_tokens = 2;
+  const auto frame = encode(kv.view(), o);
+  const auto ref = cpu_decode(frame, s, DType::kF16);
+  const FrameInfo info = *read_frame_info(frame);
+  const std::span<const uint8_t> head(frame.data(), info.head_bytes);
+  const uint32_t n = uint32_t(info.chunks.size());
+  cudaStream_t stream;
+  ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+  const size_t bytes = *cuda::Decoder::workspace_size(head, 3);
+  uint8_t* ws = dev_alloc<uint8_t>(bytes);
+  auto dec = cuda::Decoder::create(head, ws, bytes, 3, stream);
+  ASSERT_TRUE(dec.ok()) << dec.status().to_string();
+  // Each chunk in its own buffer, checked on the host first.
+  std::vector<DeviceFrame> bodies;
+  for (uint32_t k = 0; k < n; ++k) {
+    std::vector<uint8_t> body(frame.begin() + info.chunks[k].offset,
+                              frame.begin() + info.chunks[k].offset + info.chunks[k].size);
+    ASSERT_TRUE(dec->verify_chunk(k, body).ok());
+    bodies.emplace_back(body);
+  }
+  Dest d(s, DType::kF16, Layout::kContiguous);
+  DeviceDest dd(d);
+  // Layers [0, 2) then [2, 4), chunks in reverse, three at a time.
+  for (uint32_t lb : {0u, 2u})
+    for (uint32_t k = n; k > 0;) {
+      std::vector<cuda::DeviceChunk> batch;
+      for (; k > 0 && batch.size() < 3; --k) batch.push_back({k - 1, bodies[k - 1].p});
+      ASSERT_TRUE(dec->decode_async(batch, dd.view(), stream, lb, lb + 2).ok());
+    }
+  ASSERT_TRUE(dec->synchronize(stream).ok());
+  EXPECT_EQ(dd.gather(), ref);
+
+  // Argument errors are reported before anything is enqueued.
+  std::vector<cuda::DeviceChunk> four(4, {0, bodies[0].p});
+  EXPECT_EQ(dec->decode_async(four, dd.view(), stream).code(), StatusCode::kInvalidArgument);
+  const cuda::DeviceChunk beyond{n, bodies[0].p};
+  EXPECT_EQ(dec->decode_async({&beyond, 1}, dd.view(), stream).code(), StatusCode::kOutOfRange);
+  KVView wrong = dd.view();
+  wrong.dtype = DType::kBF16;
+  EXPECT_EQ(dec->decode_async({&beyond, 0}, wrong, stream).code(), StatusCode::kInvalidArgument);
+  std::vector<uint8_t> bad_body(info.chunks[0].size, 0);
+  EXPECT_EQ(dec->verify_chunk(0, bad_body).code(), StatusCode::kChecksumMismatch);
+
+  // A corrupt chunk on the device: kCorruptData naming it, at synchronize.
+  std::vector<uint8_t> corrupt(frame.begin() + info.chunks[1].offset,
+                               frame.begin() + info.chunks[1].offset + info.chunks[1].size);
+  for (size_t i = 4 * 2 * s.layers; i < corrupt.size(); i += 7) corrupt[i] ^= 0x5A;
+  DeviceFrame bad(corrupt);
+  const cuda::DeviceChunk bad_chunk{1, bad.p};
+  ASSERT_TRUE(dec->decode_async({&bad_chunk, 1}, dd.view(), stream).ok());
+  const Status st = dec->synchronize(stream);
+  EXPECT_EQ(st.code(), StatusCode::kCorruptData) << st.to_string();
+  EXPECT_NE(std::string(st.message()).find("chunk 1"), std::string::npos) << st.to_string();
+  // The decoder recovers: the next call is clean.
+  const cuda::DeviceChunk good{1, bodies[1].p};
+  ASSERT_TRUE(dec->decode_async({&good, 1}, dd.view(), stream).ok());
+  EXPECT_TRUE(dec->synchronize(stream).ok());
+  cudaFree(ws);
+  cudaStreamDestroy(stream);
+}
+
+// Same contract as the emulation test, on the device.
+TEST(CudaDecode, CorruptBodiesBehaveLikeTheCpuDecoder) {
+  KVCODEC_REQUIRE_GPU();
+  std::mt19937_64 rng(5);
+  const Case c{{2, 40, 2, 16}, DType::kF16, 6, 16, 2};
+  KVCache kv = random_cache(c.shape, c.dtype, 13);
+  const auto frame = encode(kv.view(), options_of(c));
+  const uint64_t head = read_frame_info(frame)->head_bytes;
+  for (int trial = 0; trial < 100; ++trial) {
+    auto bad = frame;
+    bad[head + rng() % (bad.size() - head)] ^= uint8_t(1 + rng() % 255);
+    const auto ref = cpu_decode(bad, c.shape, c.dtype, false);
+    Dest d(c.shape, c.dtype, Layout::kPagedNHD);
+    DeviceDest dd(d);
+    DeviceFrame df(bad);
+    const Status st = cuda::decode_frame(df.p, bad, dd.view(), nullptr);
+    ASSERT_EQ(st.ok(), !ref.empty()) << st.to_string();
+    if (st.ok()) ASSERT_EQ(dd.gather(), ref);
+    else EXPECT_EQ(st.code(), StatusCode::kCorruptData);
+  }
+}
+
+// A paged destination whose block table points outside the cache: an error, no stray writes.
+TEST(CudaDecode, BadBlockTableIsAnError) {
+  KVCODEC_REQUIRE_GPU();
+  const KVShape s{1, 40, 1, 8};
+  KVCache kv = random_cache(s, DType::kF16, 2);
+  const auto frame = encode(kv.view(), {});
+  Dest d(s, DType::kF16, Layout::kPagedNHD);
+  d.block_table[1] = int32_t(d.num_blocks) + 5;
+  DeviceDest dd(d);
+  DeviceFrame df(frame);
+  const Status st = cuda::decode_frame(df.p, frame, dd.view(), nullptr);
+  EXPECT_EQ(st.code(), StatusCode::kCorruptData) << st.to_string();
+}
+#endif
+
+}  // namespace
+}  // namespace kvcodec
