@@ -64,8 +64,8 @@ class KVState {
   uint32_t tokens() const noexcept { return tokens_; }
   KVShape shape() const noexcept { return {layers(), tokens_, kv_heads_, head_dim_}; }
 
-  // Row-major [tokens(), kv_heads, head_dim] of one layer. Pointers stay valid until the
-  // state grows or shrinks.
+  // Row-major [tokens(), kv_heads, head_dim] of layer `layer` (< layers(), not checked).
+  // Pointers stay valid until the state grows or shrinks.
   const float* keys(uint32_t layer) const noexcept { return keys_[layer].data(); }
   const float* values(uint32_t layer) const noexcept { return values_[layer].data(); }
   float* keys(uint32_t layer) noexcept { return keys_[layer].data(); }
@@ -116,8 +116,9 @@ class ForwardHooks {
 //
 //   AttentionRecorder rec;
 //   m.forward(continuation, kv_with_context, nullptr, &rec);   // context at positions < P
-//   m.attention_output(l, rec.queries[l], P, decompressed_context, out);
-//   // compare `out` with attention_output(..., original_context, ...) or rec.outputs[l]
+//   m.attention_output(l, rec.queries[l], P, original_context, ref);      // both over the
+//   m.attention_output(l, rec.queries[l], P, decompressed_context, out);  // context only
+//   // error of layer l: out - ref (rec.outputs[l] also attends to the continuation itself)
 struct AttentionRecorder final : ForwardHooks {
   uint32_t first_position = 0;
   uint32_t tokens = 0;
