@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Device check of the CUDA backend, for the lent H200 (the `device` tool) or any CUDA machine:
+# configures a Release CUDA build, runs the GPU tests (bit-exact against the CPU decoder) and
+# the GPU benchmarks on a 1 GiB Llama-3-8B-shaped cache, and writes everything under $OUT:
+#   env.txt            nvidia-smi, nvcc and compiler versions, date, git revision
+#   configure.log build.log
+#   cuda_test.log  cuda_test.json      GoogleTest output (GPU tests must not be skipped here)
+#   codec_test.log                     the CPU codec tests of the same build
+#   gpu_bench.log  gpu_bench.json      Google Benchmark: decode, D2D copy, H2D raw/frame GB/s
+#   ncu_decode.txt                     Nsight Compute summary of one decode kernel (if ncu exists)
+#   summary.txt                        one line per step: ok / FAILED (exit code)
+# Usage: OUT=/some/dir scripts/gpu-check.sh     (from the repository root; ~5-8 minutes)
+# Needs: cmake >= 3.25, ninja, a C++20 compiler, CUDA >= 12 (nvcc), GoogleTest, Google Benchmark,
+# nlohmann-json and xxhash headers (the core library's build dependencies).
+set -uo pipefail
+
+OUT=${OUT:-$PWD/gpu-check-out}
+BUILD=${BUILD:-build-gpu-check}
+JOBS=${JOBS:-$(nproc)}
+TOKENS=${KVCODEC_BENCH_TOKENS:-8192}
+NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
+mkdir -p "$OUT"
+: > "$OUT/summary.txt"
+
+# step NAME TIMEOUT_S LOG COMMAND...: runs a step with a deadline, records its outcome, goes on.
+step() {
+  local name=$1 limit=$2 log=$3
+  shift 3
+  local t0=$SECONDS
+  timeout "$limit" "$@" > "$OUT/$log" 2>&1
+  local rc=$?
+  if [ $rc -eq 0 ]; then
+    echo "$name: ok ($((SECONDS - t0)) s)" | tee -a "$OUT/summary.txt"
+  else
+    echo "$name: FAILED (exit $rc after $((SECONDS - t0)) s, see $log)" | tee -a "$OUT/summary.txt"
+  fi
+  return $rc
+}
+
+{
+  date -u +"%Y-%m-%dT%H:%M:%SZ"
+  git rev-parse HEAD 2>/dev/null || echo "(not a git checkout)"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv 2>&1
+  "$NVCC" --version 2>&1 | tail -2
+  c++ --version 2>&1 | head -1
+  cmake --version | head -1
+  echo "cores: $(nproc)"
+} > "$OUT/env.txt"
+
+step configure 120 configure.log \
+  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DKVCODEC_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_CUDA_COMPILER="$NVCC" \
+    -DKVCODEC_BUILD_TOOLS=OFF -DKVCODEC_BUILD_STREAM=OFF -DKVCODEC_BUILD_EXAMPLES=OFF || exit 1
+step build 300 build.log ninja -C "$BUILD" -j "$JOBS" cuda_test codec_test kvcodec_cuda_bench || exit 1
+
+step cuda_test 240 cuda_test.log "$BUILD/tests/cuda_test" --gtest_output="json:$OUT/cuda_test.json"
+if grep -q "SKIPPED" "$OUT/cuda_test.log"; then
+  echo "cuda_test: WARNING: tests were skipped (no usable device?)" | tee -a "$OUT/summary.txt"
+fi
+step codec_test 180 codec_test.log "$BUILD/tests/codec_test"
+
+KVCODEC_BENCH_TOKENS=$TOKENS step gpu_bench 240 gpu_bench.log \
+  "$BUILD/bench/kvcodec_cuda_bench" --benchmark_out="$OUT/gpu_bench.json" --benchmark_out_format=json \
+    --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
+
+if command -v ncu > /dev/null; then
+  # One default-level decode of a 2048-token cache: speed of light, memory and occupancy.
+  KVCODEC_BENCH_TOKENS=2048 step ncu 120 ncu_decode.txt \
+    ncu --kernel-name regex:decode_units --launch-count 1 \
+      --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
+      "$BUILD/bench/kvcodec_cuda_bench" --benchmark_filter='BM_Decode/4' --benchmark_min_time=0.01
+fi
+cat "$OUT/summary.txt"
+! grep -q FAILED "$OUT/summary.txt"
