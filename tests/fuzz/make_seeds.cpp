@@ -1,0 +1,124 @@
+// Writes the fuzzers' seed corpora: small valid frames (every dtype, lossless and lossy,
+// with and without anchor/delta groups, several chunk and table settings) and small valid
+// safetensors / .npy files in every accepted convention.
+//   kvcodec_fuzz_seeds DIR   ->   DIR/frame/*.kvc, DIR/safetensors/*, DIR/npy/*
+#include <cmath>
+#include <cstdlib>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "kvcodec/codec.hpp"
+#include "kvcodec/detail/dtype.hpp"
+#include "kvcodec/io.hpp"
+
+namespace {
+
+using namespace kvcodec;
+
+void check(const Status& s, const std::string& what) {
+  if (s.ok()) return;
+  std::fprintf(stderr, "kvcodec_fuzz_seeds: %s: %s\n", what.c_str(), s.to_string().c_str());
+  std::exit(1);
+}
+
+// A smooth cache with per-channel offsets, like real keys and values.
+KVCache make_cache(DType dtype, KVShape shape) {
+  auto kv = KVCache::allocate(dtype, shape);
+  check(kv.status(), "allocate");
+  const KVView v = kv->view();
+  for (uint32_t l = 0; l < shape.layers; ++l)
+    for (uint32_t k = 0; k < 2; ++k)
+      for (uint32_t t = 0; t < shape.tokens; ++t)
+        for (uint32_t h = 0; h < shape.kv_heads; ++h)
+          for (uint32_t d = 0; d < shape.head_dim; ++d) {
+            const float x = 0.25f * float(d % 3) - 0.5f * float(k) + 0.3f * std::sin(0.4f * float(t + 3 * h + 5 * d + l));
+            void* p = v.element(l, k, t, h, d);
+            switch (dtype) {
+              case DType::kF32: *static_cast<float*>(p) = x; break;
+              case DType::kF16: *static_cast<uint16_t*>(p) = detail::f32_to_f16(x); break;
+              case DType::kBF16: *static_cast<uint16_t*>(p) = detail::f32_to_bf16(x); break;
+              case DType::kF8E4M3: *static_cast<uint8_t*>(p) = detail::f32_to_f8e4m3(x); break;
+            }
+          }
+  return std::move(kv).value();
+}
+
+void write_frames(const std::filesystem::path& dir) {
+  struct Seed {
+    DType dtype;
+    KVShape shape;
+    int level;
+    uint32_t chunk_tokens, group_tokens, table_groups;
+    StepMode mode;
+  };
+  const Seed seeds[] = {
+      {DType::kF16, {2, 24, 2, 8}, 4, 8, 1, 8, StepMode::kChannel},
+      {DType::kF16, {2, 24, 2, 8}, 4, 8, 4, 2, StepMode::kChannel},
+      {DType::kF16, {1, 9, 1, 16}, 0, 4, 1, 1, StepMode::kChannel},
+      {DType::kBF16, {3, 16, 1, 8}, 7, 16, 2, 4, StepMode::kLayer},
+      {DType::kF32, {1, 12, 2, 4}, 0, 5, 1, 3, StepMode::kChannel},
+      {DType::kF32, {2, 10, 1, 8}, 9, 3, 3, 16, StepMode::kChannel},
+      {DType::kF8E4M3, {2, 8, 2, 8}, 2, 8, 1, 8, StepMode::kLayer},
+      {DType::kF8E4M3, {1, 6, 1, 8}, 0, 2, 1, 2, StepMode::kChannel},
+      {DType::kF16, {1, 1, 1, 4}, 4, 1, 1, 1, StepMode::kChannel},
+  };
+  int i = 0;
+  for (const Seed& s : seeds) {
+    KVCache kv = make_cache(s.dtype, s.shape);
+    EncodeOptions o;
+    o.level = s.level;
+    o.chunk_tokens = s.chunk_tokens;
+    o.group_tokens = s.group_tokens;
+    o.table_groups = s.table_groups;
+    o.step_mode = s.mode;
+    std::vector<uint8_t> frame(max_encoded_size(s.shape, s.dtype, o));
+    auto size = encode_into(kv.view(), o, frame);
+    check(size.status(), "encode");
+    const std::string path = (dir / ("seed" + std::to_string(i++) + ".kvc")).string();
+    check(write_file(path, frame.data(), *size), "write " + path);
+  }
+}
+
+void write_files(const std::filesystem::path& st_dir, const std::filesystem::path& npy_dir) {
+  const KVShape shape{2, 3, 2, 4};
+  for (DType t : {DType::kF32, DType::kF16, DType::kBF16, DType::kF8E4M3})
+    check(save_kv((st_dir / (std::string("kv_") + dtype_name(t) + ".safetensors")).string(), make_cache(t, shape)),
+          "save_kv");
+  for (DType t : {DType::kF32, DType::kF16})
+    check(save_kv((npy_dir / (std::string("kv_") + dtype_name(t) + ".npy")).string(), make_cache(t, shape)),
+          "save_kv");
+
+  // Per-layer tensors, [T, H, D] and Hugging Face [1, H, T, D] (the bytes need not be a
+  // transposition of anything: only the structure matters to the parser).
+  for (bool hf : {false, true}) {
+    std::vector<HostTensor> tensors;
+    for (uint32_t l = 0; l < shape.layers; ++l)
+      for (const char* role : {"key", "value"}) {
+        HostTensor t;
+        t.name = "layers." + std::to_string(l) + "." + role;
+        t.dtype = DType::kF16;
+        t.shape = hf ? std::vector<int64_t>{1, shape.kv_heads, shape.tokens, shape.head_dim}
+                     : std::vector<int64_t>{shape.tokens, shape.kv_heads, shape.head_dim};
+        t.data.assign(shape.tokens * shape.channels() * 2, uint8_t(l + 1));
+        tensors.push_back(std::move(t));
+      }
+    check(write_safetensors((st_dir / (hf ? "layers_hf.safetensors" : "layers.safetensors")).string(), tensors),
+          "write_safetensors");
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: kvcodec_fuzz_seeds DIR\n");
+    return 2;
+  }
+  const std::filesystem::path root = argv[1];
+  for (const char* sub : {"frame", "safetensors", "npy"}) std::filesystem::create_directories(root / sub);
+  write_frames(root / "frame");
+  write_files(root / "safetensors", root / "npy");
+  return 0;
+}
