@@ -152,14 +152,15 @@ struct ChunkReport {
   uint32_t chunk = 0;
   int level = -1;            // level delivered, -1: recomputed from text
   std::string via;           // "L4", "text"
-  uint64_t bytes = 0;        // bytes received for the delivered copy (head included when sent)
+  uint64_t bytes = 0;        // bytes received for the delivered copy (head included; 0 for text)
   double request_s = 0;      // request sent (seconds since the fetch began)
   double first_byte_s = 0;   // first byte of its response
   double arrival_s = 0;      // last byte received and verified
   double ready_s = 0;        // decoded or recomputed into the destination
   double estimate_gbps = 0;  // the controller's bandwidth estimate when it chose
   int attempts = 0;          // requests sent for this chunk
-  bool fallback = false;     // delivered another way than first chosen
+  bool fallback = false;     // delivered another way than first chosen, after a failure
+  bool abandoned_kv = false; // the controller gave up waiting for its KV and recomputed it
 };
 
 struct FetchFailure {
@@ -180,8 +181,8 @@ struct FetchReport {
   double ttft_s = 0;              // all chunks ready + the cost model's first_token_s
   bool slo_met = false;
   bool complete = false;          // every chunk is in the destination, verified
-  uint64_t bytes = 0;             // payload bytes received (manifest, heads, bodies)
-  double bits_per_element = 0;    // 8 * bytes of delivered chunks / elements
+  uint64_t bytes = 0;             // everything received (manifest, retries, abandoned requests)
+  double bits_per_element = 0;    // 8 * bytes of the chunks delivered as KV / elements
   uint32_t text_chunks = 0;
   double manifest_s = 0;          // time to get the manifest
   std::vector<ChunkReport> chunks;
@@ -221,6 +222,10 @@ struct FetchOptions {
   // Reconnections allowed over the whole fetch before giving up.
   int max_reconnects = 5;
   FetchObserver observer;
+  // Called once the manifest is read, before planning: may adjust the controller's
+  // configuration from it (e.g. resolve "fixed at level L" to an option index). An error ends
+  // the fetch.
+  std::function<Status(const Manifest&, ControllerConfig&)> on_manifest;
 };
 
 // Fetches context `options.id` into `out` (allocated to the manifest's shape and dtype).

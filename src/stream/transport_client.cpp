@@ -94,7 +94,8 @@ std::string FetchReport::to_json() const {
                            {"ready_ms", c.ready_s * 1e3},
                            {"estimate_gbps", c.estimate_gbps},
                            {"attempts", c.attempts},
-                           {"fallback", c.fallback}});
+                           {"fallback", c.fallback},
+                           {"abandoned_kv", c.abandoned_kv}});
   j["failures"] = nlohmann::json::array();
   for (const auto& f : failures)
     j["failures"].push_back({{"time_ms", f.time_s * 1e3},
@@ -187,6 +188,7 @@ class Fetcher {
   struct Chunk {
     Phase phase = Phase::kWaiting;
     int level = -1;  // level requested / delivered, -1 for text
+    int decided_level = -1;  // the controller's choice (before any fallback)
     std::set<int> tried;
     int attempts_at_level = 0;
     ChunkReport rep;
@@ -197,6 +199,7 @@ class Fetcher {
     int level;
     bool with_head;
     double sent_s;
+    bool abandoned = false;  // the controller switched the chunk to TEXT: measure, then drop
   };
 
   double now() const { return std::chrono::duration<double>(Clock::now() - t0_).count(); }
@@ -332,26 +335,35 @@ Status Fetcher::request_chunk(uint32_t chunk, int level) {
   return s.ok() || s.code() == StatusCode::kIoError ? Status::Ok() : s;
 }
 
+// Queues chunk `chunk` for recompute. Its token ids came with the manifest: nothing to transfer.
+// A KV request still outstanding for it is abandoned (its response, if it comes, only measures
+// the link).
 Status Fetcher::start_text(uint32_t chunk) {
   Chunk& c = chunks_[chunk];
+  for (Outstanding& q : outstanding_)
+    if (q.chunk == chunk && !q.abandoned) {
+      q.abandoned = true;
+      c.rep.abandoned_kv = true;
+    }
   c.phase = Phase::kWaiting;
   c.level = -1;
-  c.rep.request_s = now();
+  c.rep.request_s = c.rep.first_byte_s = c.rep.arrival_s = now();
+  c.rep.bytes = 0;
   text_pending_.insert(chunk);
-  // The token ids came with the manifest: nothing to transfer.
-  KVCODEC_RETURN_IF_ERROR(controller_->on_chunk_received(
-      chunk, uint64_t(manifest_.chunk_token_count(chunk)) * 4, 0.0, now()));
-  c.rep.arrival_s = c.rep.first_byte_s = now();
   return Status::Ok();
 }
 
 Status Fetcher::on_decision(const Decision& d) {
   Chunk& c = chunks_[d.chunk];
   c.rep.estimate_gbps = d.estimate_gbps;
+  if (d.option == kTextOption) {
+    if (!d.replaces_request) c.rep.attempts = 1;
+    return start_text(d.chunk);
+  }
   c.rep.attempts = 1;
   c.attempts_at_level = 1;
-  if (d.option == kTextOption) return start_text(d.chunk);
-  return request_chunk(d.chunk, manifest_.levels[size_t(d.option)].level);
+  c.decided_level = manifest_.levels[size_t(d.option)].level;
+  return request_chunk(d.chunk, c.decided_level);
 }
 
 // Starts the recompute of the first pending TEXT chunk once every earlier chunk is ready (its
@@ -411,6 +423,13 @@ Status Fetcher::pump_socket() {
       payload_have_ = 0;
     } else {
       payload_have_ += size_t(n);
+      const Outstanding& q = outstanding_.front();
+      const Chunk& c = chunks_[q.chunk];
+      // Progress of the controller's own request (not of a retry at another level) lets it see
+      // a link that collapses in the middle of a chunk.
+      if (cur_->type == MsgType::kChunk && !q.abandoned && q.level == c.decided_level &&
+          c.attempts_at_level == 1 && payload_have_ > 8)
+        KVCODEC_RETURN_IF_ERROR(controller_->on_progress(q.chunk, payload_have_ - 8, last_byte_s_));
     }
     if (cur_ && payload_have_ == payload_.size()) {
       MessageHeader h = *cur_;
@@ -427,6 +446,14 @@ Status Fetcher::on_response(const MessageHeader& h, std::vector<uint8_t>& payloa
   const Outstanding q = outstanding_.front();
   outstanding_.pop_front();
   Chunk& c = chunks_[q.chunk];
+  if (q.abandoned) {
+    // The chunk is being recomputed; a complete response still tells how fast the link is.
+    if (h.type == MsgType::kChunk) {
+      const double t = now();
+      return controller_->on_chunk_received(q.chunk, kMessageHeaderBytes + payload.size(), t - first_byte_s, t);
+    }
+    return Status::Ok();
+  }
   if (h.type == MsgType::kError) {
     Status s(StatusCode(h.code), std::string(payload.begin(), payload.end()));
     // Transient server-side trouble is retried at the same level; a value missing or corrupt in
@@ -557,6 +584,7 @@ Status Fetcher::run() {
   const bool text_ok = bool(o_.recompute);
   ContextProfile profile = profile_from_manifest(manifest_, o_.decode_gbps, text_ok);
   ControllerConfig cc = o_.controller;
+  if (o_.on_manifest) KVCODEC_RETURN_IF_ERROR(o_.on_manifest(manifest_, cc));
   if (!text_ok) cc.cost.prefill_tokens_per_s = 0;  // TEXT is not an option without recompute
   KVCODEC_ASSIGN_OR_RETURN(Controller ctl, Controller::create(std::move(profile), cc));
   controller_.emplace(std::move(ctl));
@@ -594,7 +622,7 @@ Status Fetcher::run() {
   for (const Chunk& c : chunks_) {
     report_->chunks.push_back(c.rep);
     if (c.level < 0) ++report_->text_chunks;
-    delivered += c.level < 0 ? uint64_t(manifest_.chunk_token_count(c.rep.chunk)) * 4 : c.rep.bytes;
+    if (c.level >= 0) delivered += c.rep.bytes;
   }
   report_->bits_per_element = 8.0 * double(delivered) / double(manifest_.shape.elements());
   return Status::Ok();

@@ -1,0 +1,105 @@
+#include "stream_cli.hpp"
+
+#include <cstring>
+
+namespace kvcodec::cli {
+
+void declare_controller_options(Args& a) {
+  a.option("--slo-ms", "time-to-first-token target, ms (default 1000)")
+      .option("--policy", "adaptive (default), equal-budget (CacheGen's heuristic) or fixed:L (one level)")
+      .option("--objective", "quality (best quality within the SLO, default) or ttft (lowest TTFT)")
+      .option("--prefill-tps", "prefill throughput for TEXT chunks, tokens/s (default: measured on --model)")
+      .option("--first-token-ms", "time to the first token once the KV is in place, ms (default 0)");
+}
+
+bool read_controller_options(Args& a, ControllerConfig* c) {
+  c->slo_s = a.get_double("--slo-ms", 1000) / 1e3;
+  c->cost.prefill_tokens_per_s = a.get_double("--prefill-tps", 0);
+  c->cost.first_token_s = a.get_double("--first-token-ms", 0) / 1e3;
+  if (a.failed()) return false;
+  const std::string policy = a.get("--policy", "adaptive");
+  if (policy == "adaptive") {
+    c->policy = Policy::kAdaptive;
+  } else if (policy == "equal-budget") {
+    c->policy = Policy::kEqualBudget;
+  } else if (policy.rfind("fixed:", 0) == 0) {
+    c->policy = Policy::kFixed;
+    c->plan = {0};  // replaced by resolve_fixed_level once the stored levels are known
+  } else {
+    a.fail("--policy must be adaptive, equal-budget or fixed:L");
+    return false;
+  }
+  const std::string objective = a.get("--objective", "quality");
+  if (objective != "quality" && objective != "ttft") {
+    a.fail("--objective must be quality or ttft");
+    return false;
+  }
+  c->objective = objective == "ttft" ? Objective::kMinTtft : Objective::kBestQualityWithinSlo;
+  if (Status s = c->validate(); !s.ok()) {
+    a.fail(s);
+    return false;
+  }
+  return true;
+}
+
+Status resolve_fixed_level(const std::string& policy, const Manifest& m, ControllerConfig* c) {
+  if (policy.rfind("fixed:", 0) != 0) return Status::Ok();
+  const std::string level = policy.substr(6);
+  if (level == "text") {
+    c->plan = {kTextOption};
+    return Status::Ok();
+  }
+  for (size_t i = 0; i < m.levels.size(); ++i)
+    if (std::to_string(m.levels[i].level) == level) {
+      c->plan = {int(i)};
+      return Status::Ok();
+    }
+  return InvalidArgument("--policy " + policy + ": that level is not stored");
+}
+
+StatusOr<RecomputeFn> model_recompute(std::shared_ptr<const Model> model, const KVShape& shape) {
+  const ModelConfig& mc = model->config();
+  if (mc.layers != shape.layers || mc.kv_heads != shape.kv_heads || mc.head_dim() != shape.head_dim)
+    return InvalidArgument("the model's KV geometry differs from the context's");
+  return RecomputeFn([model](uint32_t, uint32_t begin, std::span<const int32_t> tokens, const KVView& dst) -> Status {
+    // The KV received so far (tokens [0, begin)), as the model's state...
+    KVShape prefix_shape = dst.shape;
+    prefix_shape.tokens = begin;
+    KVState state = model->new_state();
+    if (begin > 0) {
+      KVCODEC_ASSIGN_OR_RETURN(KVCache prefix, KVCache::allocate(dst.dtype, prefix_shape));
+      const size_t row = dst.shape.channels() * dtype_size(dst.dtype);
+      for (uint32_t l = 0; l < dst.shape.layers; ++l)
+        for (uint32_t k = 0; k < 2; ++k)
+          for (uint32_t t = 0; t < begin; ++t)
+            std::memcpy(prefix.data.data() + ((size_t(l) * 2 + k) * begin + t) * row, dst.element(l, k, t, 0, 0), row);
+      KVCODEC_ASSIGN_OR_RETURN(state, KVState::from_cache(prefix));
+    }
+    // ...then the chunk's tokens prefilled on top of it, and their new rows written back.
+    KVCODEC_RETURN_IF_ERROR(model->forward(tokens, state, nullptr));
+    KVCODEC_ASSIGN_OR_RETURN(KVCache all, state.to_cache(dst.dtype));
+    const size_t row = dst.shape.channels() * dtype_size(dst.dtype);
+    const uint32_t total = all.shape.tokens;
+    for (uint32_t l = 0; l < dst.shape.layers; ++l)
+      for (uint32_t k = 0; k < 2; ++k)
+        for (uint32_t t = begin; t < total; ++t)
+          std::memcpy(dst.element(l, k, t, 0, 0), all.data.data() + ((size_t(l) * 2 + k) * total + t) * row, row);
+    return Status::Ok();
+  });
+}
+
+void print_chunk_line(std::FILE* f, const ChunkReport& c, uint32_t chunks) {
+  std::fprintf(f, "  chunk %3u/%-3u %-5s %9.3f MB  est %7.2f Gb/s  ready %8.1f ms%s%s\n", c.chunk + 1, chunks,
+               c.via.c_str(), double(c.bytes) / 1e6, c.estimate_gbps, c.ready_s * 1e3,
+               c.attempts > 1 ? "  (retried)" : "", c.fallback ? "  (fallback)" : "");
+  std::fflush(f);
+}
+
+void print_failure_line(std::FILE* f, const FetchFailure& x) {
+  std::fprintf(f, "  ! %8.1f ms  %s%s -> %s\n", x.time_s * 1e3,
+               x.chunk >= 0 ? ("chunk " + std::to_string(x.chunk) + ": ").c_str() : "",
+               x.status.to_string().c_str(), x.action.c_str());
+  std::fflush(f);
+}
+
+}  // namespace kvcodec::cli

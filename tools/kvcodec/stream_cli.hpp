@@ -1,0 +1,33 @@
+// Helpers shared by `kvcodec fetch` and `kvcodec demo`: controller options, recompute by the
+// reference model, and progress lines.
+#pragma once
+
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "cli.hpp"
+#include "kvcodec/controller.hpp"
+#include "kvcodec/model.hpp"
+#include "kvcodec/stream.hpp"
+
+namespace kvcodec::cli {
+
+// Declares --slo-ms, --policy, --objective, --prefill-tps, --first-token-ms on `a`.
+void declare_controller_options(Args& a);
+// Reads them into `c` (SLO, policy, objective, prefill and first-token costs); --policy fixed:L
+// is completed by resolve_fixed_level once the manifest is known. False after reporting an
+// error through `a`.
+bool read_controller_options(Args& a, ControllerConfig* c);
+// Resolves "fixed:L" against the manifest's levels (option index); other policies pass through.
+Status resolve_fixed_level(const std::string& policy, const Manifest& m, ControllerConfig* c);
+
+// TEXT chunks recomputed by prefill with `model` on top of the KV already in the destination
+// (tokens [0, begin)). kInvalidArgument when the model's geometry differs from `shape`.
+StatusOr<RecomputeFn> model_recompute(std::shared_ptr<const Model> model, const KVShape& shape);
+
+// "chunk  3/16  L4     1.20 MB  est  8.10 Gb/s  ready   45.2 ms"
+void print_chunk_line(std::FILE* f, const ChunkReport& c, uint32_t chunks);
+void print_failure_line(std::FILE* f, const FetchFailure& failure);
+
+}  // namespace kvcodec::cli
