@@ -1,0 +1,204 @@
+// Golden frames (tests/golden/, see its README.md): small frames committed to the repository,
+// encoded once from the deterministic inputs below. Every run checks that
+//   * each still decodes (whole and chunk by chunk) to the committed XXH64 digest,
+//   * re-encoding the same input with the same options gives the committed bytes exactly
+//     (the format and the encoder are stable: a change must be deliberate, see the README),
+//   * lossless frames give back their input bit for bit.
+//
+// KVCODEC_WRITE_GOLDEN=1 rewrites the frames and tests/golden/digests.txt instead of checking.
+#include <gtest/gtest.h>
+
+#include <cinttypes>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <span>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include "kvcodec/codec.hpp"
+#include "kvcodec/detail/dtype.hpp"
+#include "kvcodec/io.hpp"
+#include "test_util.hpp"
+
+namespace kvcodec {
+namespace {
+
+struct GoldenCase {
+  const char* name;
+  DType dtype;
+  KVShape shape;
+  int level;
+  uint32_t chunk_tokens;
+  uint32_t group_tokens;
+  uint32_t table_groups;
+  StepMode step_mode;
+};
+
+// Never edit a case in place: golden frames are a record. Add new cases with new names.
+const GoldenCase kCases[] = {
+    {"f16_level4_group4", DType::kF16, {2, 40, 2, 16}, 4, 16, 4, 8, StepMode::kChannel},
+    {"f16_lossless", DType::kF16, {2, 33, 2, 8}, 0, 16, 1, 1, StepMode::kChannel},
+    {"bf16_level6_layer_steps", DType::kBF16, {3, 24, 1, 32}, 6, 8, 1, 4, StepMode::kLayer},
+    {"f32_lossless", DType::kF32, {1, 20, 2, 8}, 0, 7, 1, 2, StepMode::kChannel},
+    {"f8e4m3_level2", DType::kF8E4M3, {2, 16, 2, 8}, 2, 8, 2, 2, StepMode::kChannel},
+    {"f16_one_token", DType::kF16, {2, 1, 1, 8}, 4, 256, 1, 8, StepMode::kChannel},
+};
+
+std::string golden_dir() { return std::string(KVCODEC_TEST_DIR) + "/golden"; }
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// The input of a case, identical on every platform: only integer arithmetic, exact
+// integer-to-float conversions and float additions of exactly representable values (no libm),
+// then the library's bit-exact dtype conversions. Like real caches it has per-channel offsets,
+// a slow drift along tokens, noise and rare outliers (which lossy levels escape).
+KVCache make_input(const GoldenCase& c) {
+  auto kv = KVCache::allocate(c.dtype, c.shape);
+  EXPECT_TRUE(kv.ok());
+  const KVView v = kv->view();
+  uint64_t i = 0;
+  for (uint32_t l = 0; l < c.shape.layers; ++l)
+    for (uint32_t k = 0; k < 2; ++k)
+      for (uint32_t t = 0; t < c.shape.tokens; ++t)
+        for (uint32_t h = 0; h < c.shape.kv_heads; ++h)
+          for (uint32_t d = 0; d < c.shape.head_dim; ++d, ++i) {
+            const uint64_t r = splitmix64(i);
+            const float offset = float(int((h * c.shape.head_dim + d) % 7) - 3) * 0.25f;
+            const float drift = float(t % 16) * 0.0078125f;
+            const float noise = float(int32_t(r >> 40) - (1 << 23)) * 0x1p-26f;  // [-0.125, 0.125)
+            const float outlier = (r & 0x3ff) < 8 ? float(int((r >> 10) & 7) + 4) : 0.0f;
+            const float x = offset + drift + noise + outlier;
+            void* p = v.element(l, k, t, h, d);
+            switch (c.dtype) {
+              case DType::kF32: *static_cast<float*>(p) = x; break;
+              case DType::kF16: *static_cast<uint16_t*>(p) = detail::f32_to_f16(x); break;
+              case DType::kBF16: *static_cast<uint16_t*>(p) = detail::f32_to_bf16(x); break;
+              case DType::kF8E4M3: *static_cast<uint8_t*>(p) = detail::f32_to_f8e4m3(x); break;
+            }
+          }
+  return std::move(kv).value();
+}
+
+EncodeOptions options_of(const GoldenCase& c) {
+  EncodeOptions o;
+  o.level = c.level;
+  o.chunk_tokens = c.chunk_tokens;
+  o.group_tokens = c.group_tokens;
+  o.table_groups = c.table_groups;
+  o.step_mode = c.step_mode;
+  return o;
+}
+
+std::vector<uint8_t> encode(const GoldenCase& c, KVCache& input) {
+  const EncodeOptions o = options_of(c);
+  std::vector<uint8_t> frame(max_encoded_size(c.shape, c.dtype, o));
+  auto size = encode_into(input.view(), o, frame);
+  EXPECT_TRUE(size.ok()) << size.status().to_string();
+  frame.resize(size.ok() ? *size : 0);
+  return frame;
+}
+
+uint64_t digest(const std::vector<uint8_t>& bytes) { return XXH64(bytes.data(), bytes.size(), 0); }
+
+// digests.txt: "name xxh64-of-the-decoded-cache" per line; '#' starts a comment.
+std::map<std::string, uint64_t> read_digests() {
+  std::map<std::string, uint64_t> out;
+  std::ifstream in(golden_dir() + "/digests.txt");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    std::istringstream fields(line);
+    std::string name, hex;
+    fields >> name >> hex;
+    out[name] = std::strtoull(hex.c_str(), nullptr, 16);
+  }
+  return out;
+}
+
+bool writing_golden() {
+  const char* e = std::getenv("KVCODEC_WRITE_GOLDEN");
+  return e && std::string(e) == "1";
+}
+
+// Regeneration: encode every case, write its frame, and record the digest of its decoding.
+TEST(Golden, WriteWhenAsked) {
+  if (!writing_golden()) GTEST_SKIP() << "set KVCODEC_WRITE_GOLDEN=1 to rewrite tests/golden";
+  std::ofstream digests(golden_dir() + "/digests.txt");
+  digests << "# XXH64 (seed 0, hex) of each golden frame decoded into the contiguous layout\n"
+          << "# [layers, 2, tokens, kv_heads, head_dim]. Written by golden_test with KVCODEC_WRITE_GOLDEN=1.\n";
+  for (const GoldenCase& c : kCases) {
+    KVCache input = make_input(c);
+    const std::vector<uint8_t> frame = encode(c, input);
+    ASSERT_TRUE(write_file(golden_dir() + "/" + c.name + ".kvc", frame.data(), frame.size()).ok());
+    auto out = KVCache::allocate(c.dtype, c.shape);
+    ASSERT_TRUE(out.ok());
+    ASSERT_TRUE(decode_into(frame, out->view()).ok());
+    char hex[17];
+    std::snprintf(hex, sizeof(hex), "%016" PRIx64, digest(out->data));
+    digests << c.name << " " << hex << "\n";
+  }
+}
+
+class GoldenFrame : public ::testing::TestWithParam<GoldenCase> {};
+
+TEST_P(GoldenFrame, DecodesToDigestAndReencodesIdentically) {
+  if (writing_golden()) GTEST_SKIP() << "rewriting the golden frames";
+  const GoldenCase& c = GetParam();
+  auto frame = read_file(golden_dir() + "/" + c.name + ".kvc");
+  ASSERT_TRUE(frame.ok()) << frame.status().to_string();
+  const auto digests = read_digests();
+  ASSERT_TRUE(digests.count(c.name)) << "no digest for " << c.name << " in digests.txt";
+
+  // The frame says what it is.
+  auto info = read_frame_info(*frame);
+  ASSERT_TRUE(info.ok()) << info.status().to_string();
+  EXPECT_EQ(info->format_version, kFormatVersion);
+  EXPECT_EQ(info->dtype, c.dtype);
+  EXPECT_EQ(info->shape, c.shape);
+  EXPECT_EQ(info->level, c.level);
+  EXPECT_EQ(info->chunk_tokens, c.chunk_tokens);
+  EXPECT_EQ(info->group_tokens, c.group_tokens);
+  EXPECT_EQ(info->frame_bytes, frame->size());
+  ASSERT_TRUE(verify_frame(*frame).ok());
+
+  // Whole-frame decode.
+  auto out = KVCache::allocate(c.dtype, c.shape);
+  ASSERT_TRUE(out.ok());
+  ASSERT_TRUE(decode_into(*frame, out->view()).ok());
+  EXPECT_EQ(digest(out->data), digests.at(c.name)) << "decoded cache differs from the recorded one";
+
+  // Chunk by chunk, from the head and each body alone, in reverse order.
+  auto chunked = KVCache::allocate(c.dtype, c.shape);
+  ASSERT_TRUE(chunked.ok());
+  const std::span<const uint8_t> bytes(*frame);
+  for (size_t k = info->chunks.size(); k-- > 0;) {
+    const ChunkInfo& ch = info->chunks[k];
+    ASSERT_TRUE(decode_chunk_into(bytes.first(info->head_bytes), uint32_t(k), bytes.subspan(ch.offset, ch.size),
+                                  chunked->view())
+                    .ok());
+  }
+  EXPECT_EQ(chunked->data, out->data);
+
+  // Same input, same options: same bytes.
+  KVCache input = make_input(c);
+  EXPECT_TRUE(encode(c, input) == *frame) << "the encoder no longer reproduces " << c.name
+                                          << ".kvc (see tests/golden/README.md)";
+  if (c.level == 0) EXPECT_EQ(out->data, input.data) << "lossless frame is not exact";
+}
+
+INSTANTIATE_TEST_SUITE_P(All, GoldenFrame, ::testing::ValuesIn(kCases),
+                         [](const ::testing::TestParamInfo<GoldenCase>& i) { return std::string(i.param.name); });
+
+}  // namespace
+}  // namespace kvcodec
