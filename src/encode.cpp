@@ -8,6 +8,7 @@
 
 #include "detail/frame.hpp"
 #include "detail/parallel.hpp"
+#include "detail/quantize_row.hpp"
 #include "detail/rans_lanes.hpp"
 #include "kvcodec/codec.hpp"
 #include "kvcodec/detail/dtype.hpp"
@@ -26,6 +27,7 @@ using detail::TableSpec;
 constexpr int32_t kQLimit = 255;
 constexpr uint32_t kLossyBins = 2 * kQLimit + 2;
 constexpr uint32_t kEscBin = kLossyBins - 1;
+constexpr uint32_t kEscFlag = 1u << 31;
 
 size_t pad4(size_t n) { return (n + 3) & ~size_t(3); }
 
@@ -56,13 +58,17 @@ void encode_symbols(const std::vector<uint32_t>& fc, std::vector<uint16_t>& scra
   unit.resize(pad4(unit.size()), 0);
 }
 
-// Per-channel histograms, [channel][slot][bin], and the clustering of channels into groups of
-// similar statistics, each with its own table per slot.
+// Per-channel histograms. Laid out [slot][bin][channel] so that counting one token's channels,
+// whose values fall in a few central bins, touches a few adjacent cache lines rather than one
+// line per channel.
 struct Histograms {
   uint32_t channels, slots, bins;
   std::vector<uint32_t> h;
-  uint32_t* at(uint32_t c, uint32_t slot) { return h.data() + (size_t(c) * slots + slot) * bins; }
-  const uint32_t* at(uint32_t c, uint32_t slot) const { return h.data() + (size_t(c) * slots + slot) * bins; }
+  Histograms(uint32_t c, uint32_t s, uint32_t b) : channels(c), slots(s), bins(b), h(size_t(c) * s * b, 0) {}
+  uint32_t* row(uint32_t slot, uint32_t bin) { return h.data() + (size_t(slot) * bins + bin) * channels; }
+  uint32_t count(uint32_t c, uint32_t slot, uint32_t bin) const {
+    return h[(size_t(slot) * bins + bin) * channels + c];
+  }
 };
 
 // Assigns channels to at most max_groups groups: an initial split by an integer feature
@@ -85,12 +91,10 @@ std::vector<uint8_t> cluster_channels(const Histograms& hs, const std::vector<ui
       uint32_t count;
     };
     std::vector<std::vector<Entry>> nz(C);
-    for (uint32_t c = 0; c < C; ++c)
-      for (uint32_t s = 0; s < hs.slots; ++s) {
-        const uint32_t* hc = hs.at(c, s);
-        for (uint32_t b = 0; b < hs.bins; ++b)
-          if (hc[b]) nz[c].push_back({s * hs.bins + b, hc[b]});
-      }
+    for (uint32_t s = 0; s < hs.slots; ++s)
+      for (uint32_t b = 0; b < hs.bins; ++b)
+        for (uint32_t c = 0; c < C; ++c)
+          if (uint32_t n = hs.count(c, s, b)) nz[c].push_back({s * hs.bins + b, n});
     const size_t table_len = size_t(hs.slots) * hs.bins;
     std::vector<uint64_t> gsum(G * table_len), cost(G * table_len);
     for (int round = 0; round < 4; ++round) {
@@ -141,12 +145,9 @@ std::vector<uint8_t> cluster_channels(const Histograms& hs, const std::vector<ui
 // Sums the histograms of each group's channels.
 std::vector<uint64_t> group_histograms(const Histograms& hs, const std::vector<uint8_t>& group, uint32_t G) {
   std::vector<uint64_t> out(size_t(G) * hs.slots * hs.bins, 0);
-  for (uint32_t c = 0; c < hs.channels; ++c)
-    for (uint32_t s = 0; s < hs.slots; ++s) {
-      const uint32_t* hc = hs.at(c, s);
-      uint64_t* o = &out[(size_t(group[c]) * hs.slots + s) * hs.bins];
-      for (uint32_t b = 0; b < hs.bins; ++b) o[b] += hc[b];
-    }
+  for (uint32_t s = 0; s < hs.slots; ++s)
+    for (uint32_t b = 0; b < hs.bins; ++b)
+      for (uint32_t c = 0; c < hs.channels; ++c) out[(size_t(group[c]) * hs.slots + s) * hs.bins + b] += hs.count(c, s, b);
   return out;
 }
 
@@ -169,12 +170,12 @@ void encode_lossless(const Context& cx, const uint8_t* raw, LayerOutput& out) {
   const KVShape& sh = cx.src.shape;
   const uint32_t T = sh.tokens, C = uint32_t(sh.channels());
   const uint32_t P = uint32_t(cx.es);
-  Histograms hs{C, P, 256, std::vector<uint32_t>(size_t(C) * P * 256, 0)};
+  Histograms hs(C, P, 256);
   std::vector<uint64_t> feature(C, 0);
   for (uint32_t t = 0; t < T; ++t)
     for (uint32_t c = 0; c < C; ++c) {
       const uint8_t* e = raw + (size_t(t) * C + c) * P;
-      for (uint32_t p = 0; p < P; ++p) ++hs.at(c, p)[e[p]];
+      for (uint32_t p = 0; p < P; ++p) ++hs.row(p, e[p])[c];
       feature[c] += e[P - 1] & 0x7f;  // magnitude bits of the top byte
     }
   LayerModel& m = out.model;
@@ -229,39 +230,41 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, LayerOu
   const double rel = double(kLevelStep[cx.opt.level]) * layer_factor(layer, sh.layers);
   compute_grids(x.data(), T, C, rel, cx.opt.step_mode, grids.data());
   std::vector<float> step(C);
-  std::vector<double> inv_step(C);
+  std::vector<double> inv_step(C), center(C);
+  std::vector<int32_t> center_i(C);
   for (uint32_t c = 0; c < C; ++c) {
     step[c] = step_from_code(grids[c].step_code);
     inv_step[c] = 1.0 / double(step[c]);
+    center[c] = grids[c].center;
+    center_i[c] = grids[c].center;
   }
+  const detail::RowGrid rg{step.data(), inv_step.data(), center.data(), center_i.data()};
 
   // Symbol values: q = n - center for anchors, q - q_anchor for deltas; kEscape when escaped.
   std::vector<int16_t> val(size_t(T) * C);
-  constexpr int16_t kEsc = INT16_MIN;
+  constexpr int16_t kEsc = detail::kEscapeQ;
   for (uint32_t t = 0; t < T; ++t) {
     const uint32_t local = t % CT;
     const bool anchor = local % GT == 0;
     const int16_t* aval = anchor ? nullptr : &val[size_t(t - local % GT) * C];
     const float* xr = &x[size_t(t) * C];
     int16_t* vr = &val[size_t(t) * C];
-    for (uint32_t c = 0; c < C; ++c) {
-      const int32_t n = detail::quantize_grid(xr[c], step[c], inv_step[c], grids[c].center, uint8_t(dt));
-      int32_t q = n == detail::kEscapeIndex ? INT32_MIN : n - grids[c].center;
-      if (q != INT32_MIN && !anchor) {
-        q -= aval[c] == kEsc ? 0 : aval[c];
-        if (q < -kQLimit || q > kQLimit) q = INT32_MIN;
-      }
-      vr[c] = q == INT32_MIN ? kEsc : int16_t(q);
+    detail::quantize_row(xr, rg, C, uint8_t(dt), vr);
+    if (anchor) continue;
+    for (uint32_t c = 0; c < C; ++c) {  // deltas to the anchor's grid offset
+      if (vr[c] == kEsc) continue;
+      const int32_t q = vr[c] - (aval[c] == kEsc ? 0 : aval[c]);
+      vr[c] = q < -kQLimit || q > kQLimit ? kEsc : int16_t(q);
     }
   }
 
-  Histograms hs{C, slots, kLossyBins, std::vector<uint32_t>(size_t(C) * slots * kLossyBins, 0)};
+  Histograms hs(C, slots, kLossyBins);
   std::vector<uint64_t> feature(C, 0);
   for (uint32_t t = 0; t < T; ++t) {
     const uint32_t slot = (t % CT) % GT == 0 ? 0 : 1;
     for (uint32_t c = 0; c < C; ++c) {
       const int16_t v = val[size_t(t) * C + c];
-      ++hs.at(c, slot)[v == kEsc ? kEscBin : uint32_t(v + kQLimit)];
+      ++hs.row(slot, v == kEsc ? kEscBin : uint32_t(v + kQLimit))[c];
       if (slot == 0 && v != kEsc) feature[c] += uint64_t(v < 0 ? -v : v);
     }
   }
@@ -278,7 +281,8 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, LayerOu
   // most occurrences; values outside it are escaped.
   const auto gh = group_histograms(hs, m.channel_group, m.groups);
   m.tables.resize(size_t(m.groups) * slots);
-  std::vector<int16_t> lut(size_t(m.tables.size()) * kLossyBins);  // value bin -> symbol (or -1: escape)
+  std::vector<int16_t> lut(size_t(m.tables.size()) * kLossyBins);  // value bin -> symbol
+  std::vector<uint32_t> fc_lut(lut.size());
   for (size_t i = 0; i < m.tables.size(); ++i) {
     const uint64_t* h = &gh[i * kLossyBins];
     int lo = -1, hi = -1;
@@ -318,8 +322,18 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, LayerOu
     }
     m.tables[i].qmin = int16_t(lo - kQLimit);
     m.tables[i].table = std::move(*t);
+    // value bin -> the coded symbol as freq << 16 | cum, bit 31 marking the escape
+    uint32_t* fl = &fc_lut[i * kLossyBins];
+    const FreqTable& tb = m.tables[i].table;
+    for (uint32_t b = 0; b < kLossyBins; ++b)
+      fl[b] = uint32_t(tb.freq[l[b]]) << 16 | tb.cum[l[b]] | (uint32_t(l[b]) == n - 1 ? kEscFlag : 0);
   }
 
+  // Per channel and role, its table's bin -> code map.
+  std::vector<const uint32_t*> chan_lut(size_t(slots) * C);
+  for (uint32_t r = 0; r < slots; ++r)
+    for (uint32_t c = 0; c < C; ++c)
+      chan_lut[size_t(r) * C + c] = &fc_lut[(size_t(m.channel_group[c]) * slots + r) * kLossyBins];
   std::vector<uint16_t> scratch;
   std::vector<uint32_t> fc;  // per symbol of the chunk: freq << 16 | cum
   out.units.resize(cx.chunks);
@@ -329,15 +343,13 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, LayerOu
     std::vector<uint8_t> escapes;  // raw elements of escaped values, in symbol order
     uint32_t* f = fc.data();
     for (uint32_t t = t0; t < t1; ++t) {
-      const uint32_t slot = (t - t0) % GT == 0 ? 0 : 1;
+      const uint32_t* const* row_lut = &chan_lut[(t - t0) % GT == 0 ? 0 : C];
       const int16_t* vr = &val[size_t(t) * C];
       for (uint32_t c = 0; c < C; ++c) {
-        const size_t ti = size_t(m.channel_group[c]) * slots + slot;
         const int16_t v = vr[c];
-        const uint32_t s = uint32_t(lut[ti * kLossyBins + (v == kEsc ? kEscBin : uint32_t(v + kQLimit))]);
-        const FreqTable& tb = m.tables[ti].table;
-        *f++ = uint32_t(tb.freq[s]) << 16 | tb.cum[s];
-        if (s == tb.size() - 1) {
+        const uint32_t code = row_lut[c][v == kEsc ? kEscBin : uint32_t(v + kQLimit)];
+        *f++ = code & ~kEscFlag;
+        if (code & kEscFlag) {
           const uint8_t* e = raw + (size_t(t) * C + c) * cx.es;
           escapes.insert(escapes.end(), e, e + cx.es);
         }

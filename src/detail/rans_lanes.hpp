@@ -23,6 +23,20 @@ inline uint32_t get_u32(const uint8_t* p) {
   return v;
 }
 
+// floor(x / f) for x < 2^32 and 1 <= f <= 4096 by one multiplication with m = floor(2^44 / f) + 1:
+// the error term x * (m - 2^44/f) / 2^44 < 2^-12 <= 1/f never crosses an integer.
+struct Reciprocals {
+  uint64_t m[kRansM + 1];
+  Reciprocals() {
+    m[0] = 0;
+    for (uint32_t f = 1; f <= kRansM; ++f) m[f] = (uint64_t(1) << 44) / f + 1;
+  }
+};
+inline const Reciprocals& reciprocals() {
+  static const Reciprocals r;
+  return r;
+}
+
 // Encodes symbols 0..n-1 backwards. `sym_of(i, &freq, &cum)` gives symbol i's frequency and
 // cumulative frequency. Appends header + words to out. `scratch` is reused across calls.
 template <typename SymOf>
@@ -31,11 +45,18 @@ void rans_encode_lanes(size_t n, SymOf&& sym_of, std::vector<uint16_t>& scratch,
   for (auto& s : x) s = kRansL;
   scratch.resize(n + 2 * kRansLanes);  // at most one word per symbol
   uint16_t* w = scratch.data() + scratch.size();  // filled downwards: ends up in reading order
+  const uint64_t* rcp = reciprocals().m;
   for (size_t i = n; i-- > 0;) {
     uint32_t freq, cum;
     sym_of(i, &freq, &cum);
-    uint16_t word;
-    if (rans_enc_put(x[i % kRansLanes], freq, cum, &word)) *--w = word;
+    // rans_enc_put with the division replaced by its exact reciprocal.
+    uint32_t& xs = x[i % kRansLanes];
+    if (uint64_t(xs) >= (uint64_t(freq) << (32 - kRansProbBits))) {
+      *--w = uint16_t(xs & 0xffffu);
+      xs >>= 16;
+    }
+    const uint32_t q = uint32_t((static_cast<unsigned __int128>(xs) * rcp[freq]) >> 44);
+    xs = (q << kRansProbBits) + (xs - q * freq) + cum;
   }
   const size_t words = size_t(scratch.data() + scratch.size() - w);
   const size_t base = out.size();

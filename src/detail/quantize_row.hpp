@@ -1,0 +1,23 @@
+// The CPU quantizer's row loop (internal): vectorised fast path, exact per-element fallback.
+#pragma once
+
+#include <cstdint>
+
+namespace kvcodec::detail {
+
+// Per-channel constants of a (layer, K/V) grid, precomputed once.
+struct RowGrid {
+  const float* step;
+  const double* inv_step;  // 1 / step
+  const double* center;    // grid centre as a double
+  const int32_t* center_i;
+};
+
+// Sentinel for an escaped value in quantize_row's output.
+inline constexpr int16_t kEscapeQ = INT16_MIN;
+
+// q[c] = quantize_grid(x[c], ...) - center[c] for the C values of one token, or kEscapeQ; the
+// same result as the scalar detail::quantize_grid for every element (tests check it).
+void quantize_row(const float* x, const RowGrid& g, uint32_t C, uint8_t dtype, int16_t* q);
+
+}  // namespace kvcodec::detail
