@@ -3,11 +3,15 @@
 // wrong tensor (lanes must end in their initial state with every word and escape consumed).
 #include <cstring>
 #include <memory>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 #include <string>
 
 #include "detail/frame.hpp"
 #include "detail/parallel.hpp"
 #include "detail/rans_lanes.hpp"
+#include "detail/simd.hpp"
 #include "kvcodec/codec.hpp"
 #include "kvcodec/detail/quant.hpp"
 
@@ -32,6 +36,10 @@ struct DecLayer {
   // (anchor_lut[anchor_off[c] + s]); anchors need no arithmetic at all.
   std::vector<uint8_t> anchor_lut;
   std::vector<uint32_t> anchor_off;
+  // For the vectorised anchor loop: per channel, its anchor table's offset in 32-bit words from
+  // tables.data(), and its escape symbol.
+  std::vector<uint32_t> anchor_tab_word;
+  std::vector<uint32_t> anchor_esc;
 };
 
 struct Decoder {
@@ -80,7 +88,15 @@ StatusOr<std::shared_ptr<Decoder>> make_decoder(std::span<const uint8_t> head) {
     dl.center = m.center;
     dl.anchor_off.resize(C + 1, 0);
     for (size_t c = 0; c < C; ++c) dl.anchor_off[c + 1] = dl.anchor_off[c] + dl.tables[dl.table_base[c]].esc;
-    dl.anchor_lut.resize(size_t(dl.anchor_off[C]) * d->es);
+    // 8 spare bytes: the vector loop may gather (and discard) one element past a channel's values.
+    dl.anchor_lut.resize(size_t(dl.anchor_off[C]) * d->es + 8);
+    dl.anchor_tab_word.resize(C);
+    dl.anchor_esc.resize(C);
+    static_assert(sizeof(DecTable) % 4 == 0);
+    for (size_t c = 0; c < C; ++c) {
+      dl.anchor_tab_word[c] = uint32_t(dl.table_base[c] * (sizeof(DecTable) / 4));
+      dl.anchor_esc[c] = dl.tables[dl.table_base[c]].esc;
+    }
     for (size_t c = 0; c < C; ++c) {
       const DecTable& tb = dl.tables[dl.table_base[c]];
       for (uint32_t s = 0; s < tb.esc; ++s)
@@ -158,11 +174,116 @@ struct LaneReader {
   }
 };
 
+#if defined(__x86_64__)
+// Permutations that place 8 consecutive 16-bit words into the lanes of a renormalisation mask:
+// lane j with its bit set takes word popcount(mask & ((1 << j) - 1)).
+struct WordPerm {
+  alignas(32) uint32_t idx[256][8];
+  WordPerm() {
+    for (uint32_t m = 0; m < 256; ++m) {
+      uint32_t k = 0;
+      for (uint32_t j = 0; j < 8; ++j) idx[m][j] = (m >> j & 1) ? k++ : 0;
+    }
+  }
+};
+const WordPerm& word_perm() {
+  static const WordPerm p;
+  return p;
+}
+
+bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2");
+  return has && detail::simd_enabled();
+}
+
+// The anchor-only lossy loop (group_tokens == 1) with AVX2: 8 lanes per step, entries and output
+// values gathered from the tables, words expanded into the lanes that renormalise. Produces
+// exactly what decode_lossy's scalar loop produces. Requires C % 8 == 0 so that every group of
+// 8 channels is 8 consecutive lanes, and ES of 2 or 4.
+template <size_t ES, typename RowOf>
+__attribute__((target("avx2,popcnt"))) Status decode_anchors_avx2(const DecLayer& dl, uint32_t tokens, uint32_t C,
+                                                                   LaneReader& rd, const uint8_t* esc,
+                                                                   uint32_t n_esc, RowOf&& row) {
+  static_assert(ES == 2 || ES == 4);
+  __m256i X[4];
+  for (int r = 0; r < 4; ++r) X[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rd.x + 8 * r));
+  const int* tbase = reinterpret_cast<const int*>(dl.tables.data());
+  const int* lut = reinterpret_cast<const int*>(dl.anchor_lut.data());
+  const uint32_t* perm = &word_perm().idx[0][0];
+  const __m256i k4095 = _mm256_set1_epi32(4095), k255 = _mm256_set1_epi32(255), kOne = _mm256_set1_epi32(1);
+  const __m256i k65535 = _mm256_set1_epi32(65535);
+  const uint8_t* wp = rd.wp;
+  const uint8_t* const we = rd.we;
+  uint32_t esc_used = 0;
+  uint32_t r = 0;
+  for (uint32_t t = 0; t < tokens; ++t) {
+    uint8_t* out = row(t);
+    for (uint32_t c = 0; c < C; c += 8) {
+      __m256i x = X[r];
+      const __m256i toff = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(dl.anchor_tab_word.data() + c));
+      const __m256i e = _mm256_i32gather_epi32(tbase, _mm256_add_epi32(toff, _mm256_and_si256(x, k4095)), 4);
+      const __m256i freq = _mm256_add_epi32(_mm256_srli_epi32(e, 20), kOne);
+      const __m256i bias = _mm256_and_si256(_mm256_srli_epi32(e, 8), k4095);
+      const __m256i sym = _mm256_and_si256(e, k255);
+      x = _mm256_add_epi32(_mm256_mullo_epi32(freq, _mm256_srli_epi32(x, 12)), bias);
+      const __m256i need = _mm256_cmpeq_epi32(_mm256_min_epu32(x, k65535), x);
+      const uint32_t m = uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(need)));
+      if (m) {
+        const uint32_t n = uint32_t(__builtin_popcount(m));
+        if (size_t(we - wp) < 2 * size_t(n)) return CorruptData("rANS stream ran out of words");
+        __m128i w16;
+        if (we - wp >= 16) {
+          w16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wp));
+        } else {
+          alignas(16) uint8_t tmp[16] = {0};
+          std::memcpy(tmp, wp, size_t(we - wp));
+          w16 = _mm_load_si128(reinterpret_cast<const __m128i*>(tmp));
+        }
+        const __m256i w = _mm256_permutevar8x32_epi32(
+            _mm256_cvtepu16_epi32(w16), _mm256_load_si256(reinterpret_cast<const __m256i*>(perm + 8 * m)));
+        x = _mm256_blendv_epi8(x, _mm256_or_si256(_mm256_slli_epi32(x, 16), w), need);
+        wp += 2 * n;
+      }
+      X[r] = x;
+      r = (r + 1) & 3;
+      const __m256i lidx =
+          _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dl.anchor_off.data() + c)), sym);
+      const __m256i v = _mm256_i32gather_epi32(lut, lidx, int(ES));
+      if constexpr (ES == 2) {
+        const __m256i lo = _mm256_and_si256(v, k65535);
+        const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(lo), _mm256_extracti128_si256(lo, 1));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c * ES), packed);
+      } else {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c * ES), v);
+      }
+      const __m256i is_esc =
+          _mm256_cmpeq_epi32(sym, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(dl.anchor_esc.data() + c)));
+      uint32_t em = uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(is_esc)));
+      while (em) {  // escapes are rare: copy them in lane order from the escape block
+        const uint32_t j = uint32_t(__builtin_ctz(em));
+        em &= em - 1;
+        if (esc_used == n_esc) return CorruptData("escape stream exhausted");
+        std::memcpy(out + (c + j) * ES, esc + size_t(esc_used++) * ES, ES);
+      }
+    }
+  }
+  for (int q = 0; q < 4; ++q) _mm256_storeu_si256(reinterpret_cast<__m256i*>(rd.x + 8 * q), X[q]);
+  rd.wp = wp;
+  if (esc_used != n_esc) return CorruptData("unused escaped values");
+  return rd.finish();
+}
+#endif
+
 // Lossy unit body, token by token. row(t) gives where token t's C elements go. Anchors come from
 // the per-channel lookup table; deltas add to their anchor's grid offset.
 template <size_t ES, typename RowOf>
 Status decode_lossy(const DecLayer& dl, uint32_t tokens, uint32_t C, uint32_t GT, uint8_t dt, LaneReader& rd,
                     const uint8_t* esc, uint32_t n_esc, RowOf&& row) {
+#if defined(__x86_64__)
+  if constexpr (ES != 1) {
+    if (GT == 1 && C % 8 == 0 && cpu_has_avx2()) return decode_anchors_avx2<ES>(dl, tokens, C, rd, esc, n_esc, row);
+  }
+#endif
   std::vector<const DecTable*> role_tab(size_t(C) * dl.slots);
   for (uint32_t c = 0; c < C; ++c)
     for (uint32_t r = 0; r < dl.slots; ++r) role_tab[size_t(r) * C + c] = &dl.tables[dl.table_base[c] + r];

@@ -7,6 +7,7 @@
 #include <random>
 #include <vector>
 
+#include "detail/simd.hpp"
 #include "kvcodec/codec.hpp"
 #include "kvcodec/detail/dtype.hpp"
 #include "kvcodec/quantize.hpp"
@@ -231,6 +232,28 @@ TEST(Codec, DeterministicAcrossThreads) {
     d.threads = 4;
     ASSERT_TRUE(decode_into(a, contiguous_view(d2.data(), DType::kBF16, s), d).ok());
     EXPECT_EQ(d1, d2);
+  }
+}
+
+TEST(Codec, SimdAndScalarDecodeAgree) {
+  for (DType dt : {DType::kF16, DType::kBF16, DType::kF32}) {
+    const KVShape s{3, 301, 3, 16};  // C = 48: the vector loop runs; 301 tokens: partial chunk
+    auto values = make_kv(s, 21);
+    values[77] = INFINITY;  // an escape inside a vector group
+    auto raw = to_dtype(values, dt);
+    for (int level : {1, 5, 9}) {
+      EncodeOptions o;
+      o.level = level;
+      o.chunk_tokens = 100;
+      auto frame = encode(contiguous_view(raw.data(), dt, s), o);
+      std::vector<uint8_t> a(raw.size()), b(raw.size());
+      ASSERT_TRUE(decode_into(frame, contiguous_view(a.data(), dt, s)).ok());
+      detail::set_simd_enabled(false);
+      const Status st = decode_into(frame, contiguous_view(b.data(), dt, s));
+      detail::set_simd_enabled(true);
+      ASSERT_TRUE(st.ok());
+      EXPECT_EQ(a, b) << dtype_name(dt) << " level " << level;
+    }
   }
 }
 
