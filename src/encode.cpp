@@ -3,31 +3,25 @@
 // assembled in a fixed order, so the bytes never depend on the thread count.
 #include <algorithm>
 #include <cstring>
-#include <numeric>
 #include <string>
 
+#include "detail/encode_model.hpp"
 #include "detail/frame.hpp"
 #include "detail/parallel.hpp"
 #include "detail/quantize_row.hpp"
 #include "detail/rans_lanes.hpp"
 #include "kvcodec/codec.hpp"
 #include "kvcodec/detail/dtype.hpp"
-#include "kvcodec/detail/log2.hpp"
+#include "kvcodec/detail/encode_values.hpp"
 #include "kvcodec/detail/quant.hpp"
 #include "kvcodec/quantize.hpp"
 
 namespace kvcodec {
 namespace {
 
+using detail::Histograms;
+using detail::kEscFlag;
 using detail::LayerModel;
-using detail::TableSpec;
-
-// Lossy symbol values q (and deltas) are kept in [-kQLimit, kQLimit]; histograms index q + kQLimit,
-// with one extra bin for escapes.
-constexpr int32_t kQLimit = 255;
-constexpr uint32_t kLossyBins = 2 * kQLimit + 2;
-constexpr uint32_t kEscBin = kLossyBins - 1;
-constexpr uint32_t kEscFlag = 1u << 31;
 
 size_t pad4(size_t n) { return (n + 3) & ~size_t(3); }
 
@@ -58,99 +52,6 @@ void encode_symbols(const std::vector<uint32_t>& fc, std::vector<uint16_t>& scra
   unit.resize(pad4(unit.size()), 0);
 }
 
-// Per-channel histograms. Laid out [slot][bin][channel] so that counting one token's channels,
-// whose values fall in a few central bins, touches a few adjacent cache lines rather than one
-// line per channel.
-struct Histograms {
-  uint32_t channels, slots, bins;
-  std::vector<uint32_t> h;
-  Histograms(uint32_t c, uint32_t s, uint32_t b) : channels(c), slots(s), bins(b), h(size_t(c) * s * b, 0) {}
-  uint32_t* row(uint32_t slot, uint32_t bin) { return h.data() + (size_t(slot) * bins + bin) * channels; }
-  uint32_t count(uint32_t c, uint32_t slot, uint32_t bin) const {
-    return h[(size_t(slot) * bins + bin) * channels + c];
-  }
-};
-
-// Assigns channels to at most max_groups groups: an initial split by an integer feature
-// (quantiles), refined by a few rounds of "move each channel to the group whose smoothed table
-// codes it in the fewest bits". All decisions use integer arithmetic (deterministic).
-std::vector<uint8_t> cluster_channels(const Histograms& hs, const std::vector<uint64_t>& feature,
-                                      uint32_t max_groups, uint32_t* groups_out) {
-  const uint32_t C = hs.channels;
-  std::vector<uint32_t> order(C);
-  std::iota(order.begin(), order.end(), 0u);
-  std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return feature[a] < feature[b]; });
-  const uint32_t G = std::min<uint32_t>(max_groups, C);
-  std::vector<uint8_t> group(C);
-  for (uint32_t i = 0; i < C; ++i) group[order[i]] = uint8_t(uint64_t(i) * G / C);
-
-  if (G > 1) {
-    // Non-zero bins of each channel, for fast cost evaluation.
-    struct Entry {
-      uint32_t index;  // slot * bins + bin
-      uint32_t count;
-    };
-    std::vector<std::vector<Entry>> nz(C);
-    for (uint32_t s = 0; s < hs.slots; ++s)
-      for (uint32_t b = 0; b < hs.bins; ++b)
-        for (uint32_t c = 0; c < C; ++c)
-          if (uint32_t n = hs.count(c, s, b)) nz[c].push_back({s * hs.bins + b, n});
-    const size_t table_len = size_t(hs.slots) * hs.bins;
-    std::vector<uint64_t> gsum(G * table_len), cost(G * table_len);
-    for (int round = 0; round < 4; ++round) {
-      std::fill(gsum.begin(), gsum.end(), 0);
-      for (uint32_t c = 0; c < C; ++c)
-        for (const Entry& e : nz[c]) gsum[group[c] * table_len + e.index] += e.count;
-      // cost[g][slot][bin] = -log2 of the smoothed probability, Q24 fixed point.
-      for (uint32_t g = 0; g < G; ++g)
-        for (uint32_t s = 0; s < hs.slots; ++s) {
-          uint64_t total = 0;
-          const uint64_t* gs = &gsum[g * table_len + s * hs.bins];
-          for (uint32_t b = 0; b < hs.bins; ++b) total += gs[b];
-          const uint64_t log_total = detail::log2_q32(2 * total + hs.bins);
-          for (uint32_t b = 0; b < hs.bins; ++b)
-            cost[g * table_len + s * hs.bins + b] = (log_total - detail::log2_q32(2 * gs[b] + 1)) >> 8;
-        }
-      bool moved = false;
-      for (uint32_t c = 0; c < C; ++c) {
-        uint32_t best = group[c];
-        uint64_t best_cost = UINT64_MAX;
-        for (uint32_t g = 0; g < G; ++g) {
-          uint64_t sum = 0;
-          for (const Entry& e : nz[c]) sum += uint64_t(e.count) * cost[g * table_len + e.index];
-          if (sum < best_cost) {
-            best_cost = sum;
-            best = g;
-          }
-        }
-        if (best != group[c]) {
-          group[c] = uint8_t(best);
-          moved = true;
-        }
-      }
-      if (!moved) break;
-    }
-  }
-  // Renumber used groups densely, in order of first use.
-  std::vector<int> remap(G, -1);
-  uint32_t used = 0;
-  for (uint32_t c = 0; c < C; ++c) {
-    if (remap[group[c]] < 0) remap[group[c]] = int(used++);
-    group[c] = uint8_t(remap[group[c]]);
-  }
-  *groups_out = used;
-  return group;
-}
-
-// Sums the histograms of each group's channels.
-std::vector<uint64_t> group_histograms(const Histograms& hs, const std::vector<uint8_t>& group, uint32_t G) {
-  std::vector<uint64_t> out(size_t(G) * hs.slots * hs.bins, 0);
-  for (uint32_t s = 0; s < hs.slots; ++s)
-    for (uint32_t b = 0; b < hs.bins; ++b)
-      for (uint32_t c = 0; c < hs.channels; ++c) out[(size_t(group[c]) * hs.slots + s) * hs.bins + b] += hs.count(c, s, b);
-  return out;
-}
-
 // Everything one (layer, K/V) task produces.
 struct LayerOutput {
   LayerModel model;
@@ -170,7 +71,8 @@ void encode_lossless(const Context& cx, const uint8_t* raw, LayerOutput& out) {
   const KVShape& sh = cx.src.shape;
   const uint32_t T = sh.tokens, C = uint32_t(sh.channels());
   const uint32_t P = uint32_t(cx.es);
-  Histograms hs(C, P, 256);
+  std::vector<uint32_t> counts(size_t(P) * detail::kLosslessBins * C, 0);
+  const Histograms hs{C, P, detail::kLosslessBins, counts.data()};
   std::vector<uint64_t> feature(C, 0);
   for (uint32_t t = 0; t < T; ++t)
     for (uint32_t c = 0; c < C; ++c) {
@@ -179,23 +81,9 @@ void encode_lossless(const Context& cx, const uint8_t* raw, LayerOutput& out) {
       feature[c] += e[P - 1] & 0x7f;  // magnitude bits of the top byte
     }
   LayerModel& m = out.model;
-  m.slots = P;
-  m.channel_group = cluster_channels(hs, feature, cx.opt.table_groups, &m.groups);
-  const auto gh = group_histograms(hs, m.channel_group, m.groups);
-  m.tables.resize(size_t(m.groups) * P);
-  for (size_t i = 0; i < m.tables.size(); ++i) {
-    std::span<const uint64_t> counts(&gh[i * 256], 256);
-    size_t n = 256;
-    while (n > 1 && counts[n - 1] == 0) --n;  // trailing absent symbols are not stored
-    std::vector<uint64_t> c(counts.begin(), counts.begin() + n);
-    if (std::all_of(c.begin(), c.end(), [](uint64_t v) { return v == 0; })) c[0] = 1;
-    auto t = FreqTable::from_counts(c);
-    if (!t.ok()) {
-      out.status = t.status();
-      return;
-    }
-    m.tables[i].table = std::move(*t);
-  }
+  std::vector<uint32_t> codes;  // [group * P + plane][byte]: lane code
+  out.status = detail::build_layer_model(hs, feature.data(), true, cx.opt.table_groups, m, codes);
+  if (!out.status.ok()) return;
   std::vector<uint16_t> scratch;
   std::vector<uint32_t> fc;
   out.units.resize(cx.chunks);
@@ -207,8 +95,7 @@ void encode_lossless(const Context& cx, const uint8_t* raw, LayerOutput& out) {
       uint32_t* f = fc.data();
       for (uint32_t t = t0; t < t1; ++t)
         for (uint32_t c = 0; c < C; ++c, e += P) {
-          const FreqTable& tb = m.tables[m.channel_group[c] * P + p].table;
-          *f++ = uint32_t(tb.freq[*e]) << 16 | tb.cum[*e];
+          *f++ = codes[(size_t(m.channel_group[c]) * P + p) * detail::kLosslessBins + *e];
         }
       encode_symbols(fc, scratch, out.units[k]);
     }
@@ -251,89 +138,36 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, LayerOu
     int16_t* vr = &val[size_t(t) * C];
     detail::quantize_row(xr, rg, C, uint8_t(dt), vr);
     if (anchor) continue;
-    for (uint32_t c = 0; c < C; ++c) {  // deltas to the anchor's grid offset
-      if (vr[c] == kEsc) continue;
-      const int32_t q = vr[c] - (aval[c] == kEsc ? 0 : aval[c]);
-      vr[c] = q < -kQLimit || q > kQLimit ? kEsc : int16_t(q);
-    }
+    for (uint32_t c = 0; c < C; ++c) vr[c] = int16_t(detail::delta_value(vr[c], aval[c]));  // deltas to the anchor
   }
 
-  Histograms hs(C, slots, kLossyBins);
+  std::vector<uint32_t> counts(size_t(slots) * detail::kLossyBins * C, 0);
+  const Histograms hs{C, slots, detail::kLossyBins, counts.data()};
   std::vector<uint64_t> feature(C, 0);
   for (uint32_t t = 0; t < T; ++t) {
     const uint32_t slot = (t % CT) % GT == 0 ? 0 : 1;
     for (uint32_t c = 0; c < C; ++c) {
       const int16_t v = val[size_t(t) * C + c];
-      ++hs.row(slot, v == kEsc ? kEscBin : uint32_t(v + kQLimit))[c];
+      ++hs.row(slot, detail::lossy_bin(v))[c];
       if (slot == 0 && v != kEsc) feature[c] += uint64_t(v < 0 ? -v : v);
     }
   }
   LayerModel& m = out.model;
-  m.slots = slots;
-  m.channel_group = cluster_channels(hs, feature, cx.opt.table_groups, &m.groups);
+  std::vector<uint32_t> fc_lut;  // [group * slots + role][value bin]: lane code
+  out.status = detail::build_layer_model(hs, feature.data(), false, cx.opt.table_groups, m, fc_lut);
+  if (!out.status.ok()) return;
   m.step_code.resize(C);
   m.center.resize(C);
   for (uint32_t c = 0; c < C; ++c) {
     m.step_code[c] = grids[c].step_code;
     m.center[c] = grids[c].center;
   }
-  // Tables: per group and slot, the window [qmin, qmin + n - 2] of at most 255 values holding the
-  // most occurrences; values outside it are escaped.
-  const auto gh = group_histograms(hs, m.channel_group, m.groups);
-  m.tables.resize(size_t(m.groups) * slots);
-  std::vector<int16_t> lut(size_t(m.tables.size()) * kLossyBins);  // value bin -> symbol
-  std::vector<uint32_t> fc_lut(lut.size());
-  for (size_t i = 0; i < m.tables.size(); ++i) {
-    const uint64_t* h = &gh[i * kLossyBins];
-    int lo = -1, hi = -1;
-    for (uint32_t b = 0; b < kEscBin; ++b)
-      if (h[b]) {
-        if (lo < 0) lo = int(b);
-        hi = int(b);
-      }
-    if (lo < 0) lo = hi = kQLimit;  // nothing but escapes (or nothing at all)
-    if (hi - lo + 1 > 255) {        // slide a 255-wide window to the densest position
-      uint64_t run = 0, best = 0;
-      int best_lo = lo;
-      for (int b = lo; b <= hi; ++b) {
-        run += h[b];
-        if (b - lo >= 255) run -= h[b - 255];
-        if (b - lo >= 254 && run > best) {
-          best = run;
-          best_lo = b - 254;
-        }
-      }
-      lo = best_lo;
-      hi = lo + 254;
-    }
-    const uint32_t n = uint32_t(hi - lo + 2);  // values + escape
-    std::vector<uint64_t> counts(n, 0);
-    int16_t* l = &lut[i * kLossyBins];
-    for (uint32_t b = 0; b < kLossyBins; ++b) {
-      const bool inside = b != kEscBin && int(b) >= lo && int(b) <= hi;
-      l[b] = inside ? int16_t(b - lo) : int16_t(n - 1);
-      counts[l[b]] += h[b];
-    }
-    if (std::all_of(counts.begin(), counts.end(), [](uint64_t v) { return v == 0; })) counts[0] = 1;
-    auto t = FreqTable::from_counts(counts);
-    if (!t.ok()) {
-      out.status = t.status();
-      return;
-    }
-    m.tables[i].qmin = int16_t(lo - kQLimit);
-    m.tables[i].table = std::move(*t);
-    // value bin -> the coded symbol as freq << 16 | cum, bit 31 marking the escape
-    uint32_t* fl = &fc_lut[i * kLossyBins];
-    const FreqTable& tb = m.tables[i].table;
-    for (uint32_t b = 0; b < kLossyBins; ++b)
-      fl[b] = uint32_t(tb.freq[l[b]]) << 16 | tb.cum[l[b]] | (uint32_t(l[b]) == n - 1 ? kEscFlag : 0);
-  }
 
   // Per channel and role, its table's bin -> code map.
   std::vector<const uint32_t*> chan_lut(size_t(slots) * C);
   for (uint32_t r = 0; r < slots; ++r)
     for (uint32_t c = 0; c < C; ++c)
-      chan_lut[size_t(r) * C + c] = &fc_lut[(size_t(m.channel_group[c]) * slots + r) * kLossyBins];
+      chan_lut[size_t(r) * C + c] = &fc_lut[(size_t(m.channel_group[c]) * slots + r) * detail::kLossyBins];
   std::vector<uint16_t> scratch;
   std::vector<uint32_t> fc;  // per symbol of the chunk: freq << 16 | cum
   out.units.resize(cx.chunks);
@@ -347,7 +181,7 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, LayerOu
       const int16_t* vr = &val[size_t(t) * C];
       for (uint32_t c = 0; c < C; ++c) {
         const int16_t v = vr[c];
-        const uint32_t code = row_lut[c][v == kEsc ? kEscBin : uint32_t(v + kQLimit)];
+        const uint32_t code = row_lut[c][detail::lossy_bin(v)];
         *f++ = code & ~kEscFlag;
         if (code & kEscFlag) {
           const uint8_t* e = raw + (size_t(t) * C + c) * cx.es;
@@ -364,12 +198,6 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, LayerOu
   }
 }
 
-// Worst-case size of one (layer, K/V) model in the model section.
-uint64_t max_layer_model_bytes(uint64_t C, uint32_t groups, uint32_t slots, bool lossless) {
-  const uint64_t table = 1 + (lossless ? 0 : 2) + 256 * 2;  // freqs <= 4096 take <= 2 varint bytes
-  return 1 + uint64_t(groups) * slots * table + (C + 1) / 2 + (lossless ? 0 : C * (5 + 5));
-}
-
 }  // namespace
 
 size_t max_encoded_size(const KVShape& shape, DType dtype, const EncodeOptions& o) noexcept {
@@ -379,7 +207,7 @@ size_t max_encoded_size(const KVShape& shape, DType dtype, const EncodeOptions& 
   const uint32_t slots = lossless ? uint32_t(es) : (o.group_tokens > 1 ? 2 : 1);
   const uint64_t chunks = detail::num_chunks_for(shape.tokens, o.chunk_tokens);
   uint64_t total = kHeaderBytes + chunks * kIndexEntryBytes;
-  total += 2 * L * max_layer_model_bytes(C, o.table_groups, slots, lossless);
+  total += 2 * L * detail::max_layer_model_bytes(C, o.table_groups, slots, lossless);
   // Per chunk: unit directory; per unit: lane streams (<= one 16-bit word per symbol) + padding,
   // and for lossy levels the escape count and up to every element raw.
   const uint64_t planes = lossless ? es : 1;
@@ -411,14 +239,7 @@ StatusOr<size_t> encode_into(const KVView& src, const EncodeOptions& o, std::spa
     if (!outs[i].status.ok())
       return outs[i].status.with_context("layer " + std::to_string(i / 2) + (i % 2 ? " V" : " K"));
 
-  FrameInfo f;
-  f.dtype = src.dtype;
-  f.shape = sh;
-  f.level = o.level;
-  f.chunk_tokens = o.chunk_tokens;
-  f.group_tokens = o.group_tokens;
-  f.table_groups = o.table_groups;
-  f.step_mode = o.step_mode;
+  FrameInfo f = detail::frame_info_for(sh, src.dtype, o);
   std::vector<uint8_t> model;
   for (const auto& lo : outs) f.table_bytes += detail::write_layer_model(f, lo.model, model);
 

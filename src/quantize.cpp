@@ -3,9 +3,14 @@
 #include <algorithm>
 #include <cmath>
 #include <vector>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "kvcodec/detail/dtype.hpp"
 #include "detail/quantize_row.hpp"
+#include "detail/simd.hpp"
+#include "kvcodec/detail/encode_values.hpp"
 #include "kvcodec/detail/quant.hpp"
 
 namespace kvcodec {
@@ -14,15 +19,7 @@ using namespace detail;
 
 float step_from_code(int32_t code) noexcept { return detail::step_from_code(code); }
 
-int32_t step_code_floor(double step) noexcept {
-  if (!(step > 0)) return kMinStepCode;
-  int32_t code = int32_t(std::floor(16.0 * std::log2(step)));
-  code = std::clamp(code, kMinStepCode, kMaxStepCode);
-  // log2 is not exact: settle on the largest code whose exact step is <= step.
-  while (code > kMinStepCode && double(detail::step_from_code(code)) > step) --code;
-  while (code < kMaxStepCode && double(detail::step_from_code(code + 1)) <= step) ++code;
-  return code;
-}
+int32_t step_code_floor(double step) noexcept { return detail::step_code_floor(step); }
 
 double error_bound(double step, float x_hat, DType dt) noexcept {
   return 0.5 * step + 0.5 * detail::ulp_at(x_hat, uint8_t(dt));
@@ -30,40 +27,13 @@ double error_bound(double step, float x_hat, DType dt) noexcept {
 
 void compute_grids(const float* x, uint32_t tokens, uint32_t channels, double rel_step, StepMode mode,
                    ChannelGrid* grids) noexcept {
-  std::vector<double> sum(channels, 0.0), sq(channels, 0.0);
-  std::vector<uint32_t> count(channels, 0);
+  std::vector<ChannelSums> sums(channels);
   for (uint32_t t = 0; t < tokens; ++t) {
     const float* row = x + size_t(t) * channels;
-    for (uint32_t c = 0; c < channels; ++c) {
-      const float v = row[c];
-      if (!std::isfinite(v)) continue;
-      sum[c] += v;
-      sq[c] += double(v) * v;
-      ++count[c];
-    }
+    for (uint32_t c = 0; c < channels; ++c) add_sample(sums[c], row[c]);
   }
-  std::vector<double> mean(channels), scale(channels);
-  double layer_ms = 0;
-  uint64_t layer_n = 0;
-  for (uint32_t c = 0; c < channels; ++c) {
-    const double n = count[c];
-    mean[c] = n ? sum[c] / n : 0.0;
-    const double var = n ? std::max(0.0, sq[c] / n - mean[c] * mean[c]) : 0.0;
-    scale[c] = std::sqrt(var);
-    layer_ms += var * n;
-    layer_n += count[c];
-  }
-  const double layer_scale = layer_n ? std::sqrt(layer_ms / double(layer_n)) : 0.0;
-  for (uint32_t c = 0; c < channels; ++c) {
-    double s = mode == StepMode::kLayer ? layer_scale : scale[c];
-    // A constant channel still needs a grid fine enough to hit its value.
-    if (!(s > 0)) s = std::fabs(mean[c]) > 0 ? std::fabs(mean[c]) * 0x1p-10 : 1.0;
-    const int32_t code = step_code_floor(rel_step * s);
-    const double step = detail::step_from_code(code);
-    const double center = std::nearbyint(mean[c] / step);
-    grids[c].step_code = code;
-    grids[c].center = int32_t(std::clamp(center, double(-kMaxCenter), double(kMaxCenter)));
-  }
+  const double layer_rms = mode == StepMode::kLayer ? layer_scale(sums.data(), channels) : 0.0;
+  for (uint32_t c = 0; c < channels; ++c) grids[c] = channel_grid(sums[c], layer_rms, mode, rel_step);
 }
 
 int32_t quantize_value(float x, float step, int32_t center, DType dt) noexcept {
@@ -73,36 +43,76 @@ int32_t quantize_value(float x, float step, int32_t center, DType dt) noexcept {
 
 namespace detail {
 
-// The fast path of quantize_grid for a whole row, written branch-free so the compiler
-// vectorises it (an AVX2 clone is selected at run time where available; the arithmetic is the
-// same IEEE operations either way, so results do not depend on the clone). Elements that miss
-// the fast path are marked and redone by the scalar function.
-__attribute__((target_clones("avx2", "default"))) static void quantize_row_fast(
-    const float* x, const RowGrid& g, uint32_t C, float maxf, int32_t* n, uint8_t* ok) {
-  for (uint32_t c = 0; c < C; ++c) {
-    const double xd = double(x[c]);
-    const double n0 = __builtin_nearbyint(xd * g.inv_step[c]);
-    const double d = n0 - g.center[c];
-    const double nc = d >= -255.0 && d <= 255.0 ? n0 : 0.0;  // keep conversions in range
-    const float p = float(int32_t(nc)) * g.step[c];
-    const double err = xd - double(p);
-    const double half = 0.5 * double(g.step[c]);
-    const bool good = d >= -255.0 && d <= 255.0 && err <= half && -err <= half && p <= maxf && -p <= maxf;
-    n[c] = int32_t(nc);
-    ok[c] = good;
+// The fast path of quantize_grid for a whole row, written in double arithmetic without branches
+// so the compiler vectorises it (an AVX2 clone is selected at run time where available; the
+// operations are the same IEEE ones either way, so the result does not depend on the clone).
+// q[c] is the grid offset as a double, or kMiss where the element needs the exact scalar path.
+constexpr double kMiss = 1e9;
+
+// One element of the fast path (also the reference for the vector version below).
+inline double quantize_fast_one(float x, float step, double inv, double center, float maxf) {
+  const double xd = double(x);
+  const double n0 = __builtin_nearbyint(xd * inv);
+  const double d = n0 - center;
+  const bool in_range = (d >= -255.0) & (d <= 255.0);
+  const float p = float(in_range ? n0 : 0.0) * step;  // float(n0) is exact: |n0| < 2^24 here
+  const double err = xd - double(p);
+  const double half = 0.5 * double(step);
+  const bool good = in_range & (err <= half) & (-err <= half) & (p <= maxf) & (-p <= maxf);
+  return good ? d : kMiss;
+}
+
+void quantize_row_fast_scalar(const float* x, const RowGrid& g, uint32_t C, float maxf, double* q) {
+  for (uint32_t c = 0; c < C; ++c) q[c] = quantize_fast_one(x[c], g.step[c], g.inv_step[c], g.center[c], maxf);
+}
+
+#if defined(__x86_64__)
+// The same operations, four at a time (round-to-nearest-even rounding, exact conversions).
+__attribute__((target("avx2"))) void quantize_row_fast_avx2(const float* x, const RowGrid& g, uint32_t C, float maxf,
+                                                             double* q) {
+  const __m256d lo = _mm256_set1_pd(-255.0), hi = _mm256_set1_pd(255.0), halfc = _mm256_set1_pd(0.5);
+  const __m256d miss = _mm256_set1_pd(kMiss);
+  const __m128 maxv = _mm_set1_ps(maxf), absmask = _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff));
+  uint32_t c = 0;
+  for (; c + 4 <= C; c += 4) {
+    const __m256d xd = _mm256_cvtps_pd(_mm_loadu_ps(x + c));
+    const __m256d n0 = _mm256_round_pd(_mm256_mul_pd(xd, _mm256_loadu_pd(g.inv_step + c)),
+                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256d d = _mm256_sub_pd(n0, _mm256_loadu_pd(g.center + c));
+    const __m256d in_range = _mm256_and_pd(_mm256_cmp_pd(d, lo, _CMP_GE_OQ), _mm256_cmp_pd(d, hi, _CMP_LE_OQ));
+    const __m128 step = _mm_loadu_ps(g.step + c);
+    const __m128 p = _mm_mul_ps(_mm256_cvtpd_ps(_mm256_and_pd(n0, in_range)), step);
+    const __m256d err = _mm256_sub_pd(xd, _mm256_cvtps_pd(p));
+    const __m256d half = _mm256_mul_pd(_mm256_cvtps_pd(step), halfc);
+    const __m256d abs_err = _mm256_max_pd(err, _mm256_sub_pd(_mm256_setzero_pd(), err));
+    const __m128 p_ok = _mm_cmp_ps(_mm_and_ps(p, absmask), maxv, _CMP_LE_OQ);
+    __m256d good = _mm256_and_pd(in_range, _mm256_cmp_pd(abs_err, half, _CMP_LE_OQ));
+    good = _mm256_and_pd(good, _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm_castps_si128(p_ok))));
+    _mm256_storeu_pd(q + c, _mm256_blendv_pd(miss, d, good));
   }
+  for (; c < C; ++c) q[c] = quantize_fast_one(x[c], g.step[c], g.inv_step[c], g.center[c], maxf);
+}
+#endif
+
+void quantize_row_fast(const float* x, const RowGrid& g, uint32_t C, float maxf, double* q) {
+#if defined(__x86_64__)
+  static const bool avx2 = __builtin_cpu_supports("avx2");
+  if (avx2 && simd_enabled()) return quantize_row_fast_avx2(x, g, C, maxf, q);
+#endif
+  quantize_row_fast_scalar(x, g, C, maxf, q);
 }
 
 void quantize_row(const float* x, const RowGrid& g, uint32_t C, uint8_t dt, int16_t* q) {
-  thread_local std::vector<int32_t> n;
-  thread_local std::vector<uint8_t> ok;
-  n.resize(C);
-  ok.resize(C);
-  quantize_row_fast(x, g, C, max_finite(dt), n.data(), ok.data());
+  thread_local std::vector<double> d;
+  d.resize(C);
+  quantize_row_fast(x, g, C, max_finite(dt), d.data());
   for (uint32_t c = 0; c < C; ++c) {
-    int32_t v = n[c];
-    if (!ok[c]) v = quantize_grid(x[c], g.step[c], g.inv_step[c], g.center_i[c], dt);
-    q[c] = v == kEscapeIndex ? kEscapeQ : int16_t(v - g.center_i[c]);
+    if (d[c] != kMiss) {
+      q[c] = int16_t(d[c]);
+      continue;
+    }
+    const int32_t n = quantize_grid(x[c], g.step[c], g.inv_step[c], g.center_i[c], dt);
+    q[c] = n == kEscapeIndex ? kEscapeQ : int16_t(n - g.center_i[c]);
   }
 }
 

@@ -235,7 +235,7 @@ TEST(Codec, DeterministicAcrossThreads) {
   }
 }
 
-TEST(Codec, SimdAndScalarDecodeAgree) {
+TEST(Codec, SimdAndScalarPathsAgree) {
   for (DType dt : {DType::kF16, DType::kBF16, DType::kF32}) {
     const KVShape s{3, 301, 3, 16};  // C = 48: the vector loop runs; 301 tokens: partial chunk
     auto values = make_kv(s, 21);
@@ -246,6 +246,10 @@ TEST(Codec, SimdAndScalarDecodeAgree) {
       o.level = level;
       o.chunk_tokens = 100;
       auto frame = encode(contiguous_view(raw.data(), dt, s), o);
+      detail::set_simd_enabled(false);
+      const auto scalar_frame = encode(contiguous_view(raw.data(), dt, s), o);
+      detail::set_simd_enabled(true);
+      EXPECT_EQ(frame, scalar_frame) << "SIMD and scalar encoders differ";
       std::vector<uint8_t> a(raw.size()), b(raw.size());
       ASSERT_TRUE(decode_into(frame, contiguous_view(a.data(), dt, s)).ok());
       detail::set_simd_enabled(false);
