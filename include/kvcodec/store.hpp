@@ -131,8 +131,10 @@ struct PutOptions {
   std::vector<int32_t> text_tokens;
   int threads = 1;  // encoder and decoder threads (0 = all hardware threads)
   // Decode every level once to record its rel_error and decode_gbps in the manifest (costs one
-  // full decode per level).
+  // decode per level) -- of the whole context, or of its first `measure_chunks` chunks when
+  // non-zero (a sample, for large contexts).
   bool measure = true;
+  uint32_t measure_chunks = 0;
 };
 
 // Encodes `kv` once per level, stores every head and chunk body and then the manifest (last, so

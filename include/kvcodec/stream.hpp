@@ -52,9 +52,10 @@ struct LinkConfig {
 // last byte at finish + rtt/2, exactly as the simulator predicts. Bytes are released in slices
 // of about a millisecond of link time (a token bucket one slice deep).
 //
-// Trace time 0 is the first request after the link was idle with no connection open (one fetch
-// on a fresh server sees the trace from its start; reconnecting while another connection is
-// open keeps the clock).
+// Trace time 0 is the first chunk request after the link was idle with no connection open (one
+// fetch on a fresh server sees the trace from its start; reconnecting while another connection
+// is open keeps the clock). Manifest requests are the client's setup: answered at once, outside
+// the emulated link.
 class LinkEmulator {
  public:
   explicit LinkEmulator(LinkConfig config);
@@ -66,6 +67,7 @@ class LinkEmulator {
   void restart_clock();
   // Seconds on the trace clock now (starting the clock if needed).
   double now_s();
+  bool clock_running() const;
 
   // Schedules a response of `bytes` to a request that arrived at `arrival_s` (trace clock).
   // Returns [start_s, finish_s] of its transmission on the emulated link.
@@ -153,7 +155,7 @@ struct ChunkReport {
   int level = -1;            // level delivered, -1: recomputed from text
   std::string via;           // "L4", "text"
   uint64_t bytes = 0;        // bytes received for the delivered copy (head included; 0 for text)
-  double request_s = 0;      // request sent (seconds since the fetch began)
+  double request_s = 0;      // request sent (seconds on the stream clock, see FetchReport)
   double first_byte_s = 0;   // first byte of its response
   double arrival_s = 0;      // last byte received and verified
   double ready_s = 0;        // decoded or recomputed into the destination
@@ -178,13 +180,17 @@ struct FetchReport {
   DType dtype = DType::kF16;
   uint32_t chunk_tokens = 0;
   double slo_s = 0;
-  double ttft_s = 0;              // all chunks ready + the cost model's first_token_s
+  // Times: setup_s is the manifest exchange plus allocating the destination; stream_s runs from
+  // then (the first chunk request: time 0 of the controller, of every ChunkReport time and of
+  // the server's link trace) until every chunk is ready -- the span the simulator predicts.
+  double setup_s = 0;
+  double stream_s = 0;
+  double ttft_s = 0;              // setup_s + stream_s + the cost model's first_token_s
   bool slo_met = false;
   bool complete = false;          // every chunk is in the destination, verified
   uint64_t bytes = 0;             // everything received (manifest, retries, abandoned requests)
   double bits_per_element = 0;    // 8 * bytes of the chunks delivered as KV / elements
   uint32_t text_chunks = 0;
-  double manifest_s = 0;          // time to get the manifest
   std::vector<ChunkReport> chunks;
   std::vector<FetchFailure> failures;
   std::string error;              // the final error when !complete
@@ -228,7 +234,8 @@ struct FetchOptions {
   std::function<Status(const Manifest&, ControllerConfig&)> on_manifest;
 };
 
-// Fetches context `options.id` into `out` (allocated to the manifest's shape and dtype).
+// Fetches context `options.id` into `out`: used as it is when it already has the manifest's
+// shape and dtype (memory the caller prepared), else allocated to them.
 // `report` is filled in every case, also on failure (with what was delivered and every
 // failure). Returns OK only when every chunk is in `out`, each verified (levels) or recomputed
 // (text).

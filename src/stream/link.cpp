@@ -50,6 +50,11 @@ void LinkEmulator::restart_clock() {
   state_->clock_running = false;
 }
 
+bool LinkEmulator::clock_running() const {
+  std::lock_guard lock(state_->mu);
+  return state_->clock_running;
+}
+
 double LinkEmulator::now_s() {
   std::lock_guard lock(state_->mu);
   const auto now = Clock::now();

@@ -17,14 +17,14 @@ namespace kvcodec {
 
 namespace {
 
-// ||a - b|| / ||a|| over every element of two views of the same shape and dtype.
-double relative_error(const KVView& a, const KVView& b) {
+// ||a - b|| / ||a|| over tokens [0, tokens) of two views of the same shape and dtype.
+double relative_error(const KVView& a, const KVView& b, uint32_t tokens) {
   const uint8_t dt = uint8_t(a.dtype);
   const size_t es = dtype_size(a.dtype);
   double err = 0, ref = 0;
   for (uint32_t l = 0; l < a.shape.layers; ++l)
     for (uint32_t kv = 0; kv < 2; ++kv)
-      for (uint32_t t = 0; t < a.shape.tokens; ++t)
+      for (uint32_t t = 0; t < tokens; ++t)
         for (uint32_t h = 0; h < a.shape.kv_heads; ++h) {
           const auto* pa = static_cast<const uint8_t*>(a.element(l, kv, t, h, 0));
           const auto* pb = static_cast<const uint8_t*>(b.element(l, kv, t, h, 0));
@@ -98,11 +98,14 @@ StatusOr<Manifest> put_context(Store& store, std::string_view id, const KVView& 
       }
       DecodeOptions dopt;
       dopt.threads = options.threads;
+      if (options.measure_chunks) dopt.chunk_end = std::min(options.measure_chunks, m.num_chunks());
+      const uint32_t tokens = std::min(kv.shape.tokens, std::min(dopt.chunk_end, m.num_chunks()) * m.chunk_tokens);
       const auto t0 = std::chrono::steady_clock::now();
       KVCODEC_RETURN_IF_ERROR(decode_into(bytes, scratch.view(), dopt).with_context(where));
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      ml.decode_gbps = seconds > 0 ? double(scratch.data.size()) / seconds / 1e9 : 0;
-      ml.rel_error = level == 0 ? 0.0 : relative_error(kv, scratch.view());
+      const double decoded = double(scratch.data.size()) * tokens / kv.shape.tokens;
+      ml.decode_gbps = seconds > 0 ? decoded / seconds / 1e9 : 0;
+      ml.rel_error = level == 0 ? 0.0 : relative_error(kv, scratch.view(), tokens);
     }
     m.levels.push_back(std::move(ml));
   }

@@ -248,6 +248,11 @@ void Server::Impl::send_response(int fd, std::vector<uint8_t>& msg, double arriv
   }
   if (corrupt) msg[msg.size() - 1 - (msg.size() - kMessageHeaderBytes) / 3] ^= 0x40;  // in the body
 
+  if (arrival_s < 0) {
+    if (send_all(fd, msg).ok()) count(0, 0, msg.size());
+    else *dropped = true;
+    return;
+  }
   const LinkEmulator::Slot slot = link.schedule(arrival_s, msg.size());
   // The header leaves when transmission starts, so the client's first-to-last-byte time is the
   // link time of the whole response.
@@ -317,7 +322,9 @@ void Server::Impl::serve(Connection& c) {
       break;  // a peer that does not speak the protocol: close
     std::vector<uint8_t> payload(h->payload_bytes);
     if (!recv_exact(c.fd, payload, 5000).ok()) break;
-    const double arrival = link.now_s();
+    // Chunk requests go through the emulated link (and start its clock); manifest requests are
+    // the client's setup and are answered at once.
+    const double arrival = h->type == MsgType::kGetChunk ? link.now_s() : -1;
     MsgType type = MsgType::kError;
     std::vector<uint8_t> msg = answer(*h, payload, &type);
     count(1, type == MsgType::kError ? 1 : 0, 0);
