@@ -2,17 +2,12 @@
 #include <cstring>
 #include <string>
 
-#define XXH_INLINE_ALL
-#include <xxhash.h>
-
 #include "detail/frame.hpp"
 #include "detail/rans_lanes.hpp"
 #include "kvcodec/detail/quant.hpp"
 
 namespace kvcodec {
 namespace detail {
-
-uint64_t xxh64(const void* data, size_t size) { return XXH64(data, size, 0); }
 
 namespace {
 
@@ -90,11 +85,10 @@ struct Reader {
 };
 
 uint64_t head_checksum(const uint8_t* head, size_t head_bytes) {
-  XXH64_state_t st;
-  XXH64_reset(&st, 0);
-  XXH64_update(&st, head, kOffHeadChecksum);
-  XXH64_update(&st, head + kHeaderBytes, head_bytes - kHeaderBytes);
-  return XXH64_digest(&st);
+  Xxh64State st;
+  st.update(head, kOffHeadChecksum);
+  st.update(head + kHeaderBytes, head_bytes - kHeaderBytes);
+  return st.digest();
 }
 
 Status parse_header(std::span<const uint8_t> b, FrameInfo& f, uint32_t& num_chunks) {

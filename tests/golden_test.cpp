@@ -18,11 +18,9 @@
 #include <string>
 #include <vector>
 
-#define XXH_INLINE_ALL
-#include <xxhash.h>
-
 #include "kvcodec/codec.hpp"
 #include "kvcodec/detail/dtype.hpp"
+#include "kvcodec/detail/xxh64.hpp"
 #include "kvcodec/io.hpp"
 #include "test_util.hpp"
 
@@ -109,7 +107,7 @@ std::vector<uint8_t> encode(const GoldenCase& c, KVCache& input) {
   return frame;
 }
 
-uint64_t digest(const std::vector<uint8_t>& bytes) { return XXH64(bytes.data(), bytes.size(), 0); }
+uint64_t digest(const std::vector<uint8_t>& bytes) { return detail::xxh64(bytes.data(), bytes.size()); }
 
 // digests.txt: "name xxh64-of-the-decoded-cache" per line; '#' starts a comment.
 std::map<std::string, uint64_t> read_digests() {

@@ -8,6 +8,7 @@
 
 #include "kvcodec/entropy.hpp"
 #include "kvcodec/format.hpp"
+#include "kvcodec/detail/xxh64.hpp"  // checksums: detail::xxh64 with seed 0
 
 namespace kvcodec::detail {
 
@@ -50,7 +51,5 @@ size_t write_layer_model(const FrameInfo& f, const LayerModel& m, std::vector<ui
 void write_head(FrameInfo& f, std::span<const uint8_t> model_section, std::vector<uint8_t>& out);
 // Parses and validates a head, including the model section.
 StatusOr<FrameHead> parse_head(std::span<const uint8_t> bytes);
-
-uint64_t xxh64(const void* data, size_t size);
 
 }  // namespace kvcodec::detail
