@@ -11,9 +11,7 @@
 #include "kvcodec/cuda.hpp"
 #include "kvcodec/detail/packed_model.hpp"
 #include "kvcodec/detail/warp_decode.hpp"
-
-#define XXH_INLINE_ALL
-#include <xxhash.h>
+#include "kvcodec/detail/xxh64.hpp"
 
 namespace kvcodec::cuda {
 namespace {
@@ -173,7 +171,7 @@ Status Decoder::verify_chunk(uint32_t chunk, std::span<const uint8_t> host_body)
   const FrameInfo& f = impl_->model.info;
   if (chunk >= f.chunks.size()) return OutOfRange("chunk " + std::to_string(chunk) + " beyond the frame");
   if (host_body.size() != f.chunks[chunk].size) return CorruptData("chunk " + std::to_string(chunk) + " has the wrong size");
-  if (XXH64(host_body.data(), host_body.size(), 0) != f.chunks[chunk].checksum)
+  if (detail::xxh64(host_body.data(), host_body.size()) != f.chunks[chunk].checksum)
     return ChecksumMismatch("chunk " + std::to_string(chunk) + " checksum mismatch");
   return Status::Ok();
 }

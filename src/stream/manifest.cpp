@@ -13,14 +13,12 @@
 //   end XXH64 (seed 0) of every byte before it, u64
 #include <nlohmann/json.hpp>
 
-#define XXH_INLINE_ALL
-#include <xxhash.h>
-
 #include <algorithm>
 #include <bit>
 #include <string>
 
 #include "byte_io.hpp"
+#include "kvcodec/detail/xxh64.hpp"
 #include "kvcodec/store.hpp"
 
 namespace kvcodec {
@@ -86,7 +84,7 @@ std::vector<uint8_t> serialize_manifest(const Manifest& m) {
     }
   }
   for (int32_t t : m.text_tokens) w.u32(uint32_t(t));
-  w.u64(XXH64(out.data(), out.size(), 0));
+  w.u64(detail::xxh64(out.data(), out.size()));
   return out;
 }
 
@@ -102,7 +100,7 @@ StatusOr<Manifest> parse_manifest(std::span<const uint8_t> bytes) {
                               std::to_string(kManifestVersion));
   const size_t body = bytes.size() - 8;
   uint64_t stored = ByteReader(bytes.subspan(body)).u64();
-  if (XXH64(bytes.data(), body, 0) != stored) return ChecksumMismatch("manifest: checksum mismatch");
+  if (detail::xxh64(bytes.data(), body) != stored) return ChecksumMismatch("manifest: checksum mismatch");
 
   Manifest m;
   uint8_t dtype = r.u8();
@@ -204,7 +202,7 @@ Status verify_head(const Manifest& m, int level, std::span<const uint8_t> head) 
   if (head.size() != l->head_bytes)
     return CorruptData("level " + std::to_string(level) + " head: " + std::to_string(head.size()) +
                        " bytes, manifest says " + std::to_string(l->head_bytes));
-  if (XXH64(head.data(), head.size(), 0) != l->head_checksum)
+  if (detail::xxh64(head.data(), head.size()) != l->head_checksum)
     return ChecksumMismatch("level " + std::to_string(level) + " head: checksum mismatch");
   return Status::Ok();
 }
@@ -217,7 +215,7 @@ Status verify_chunk(const Manifest& m, int level, uint32_t chunk, std::span<cons
   if (body.size() != l->chunks[chunk].size)
     return CorruptData(what + ": " + std::to_string(body.size()) + " bytes, manifest says " +
                        std::to_string(l->chunks[chunk].size));
-  if (XXH64(body.data(), body.size(), 0) != l->chunks[chunk].checksum)
+  if (detail::xxh64(body.data(), body.size()) != l->chunks[chunk].checksum)
     return ChecksumMismatch(what + ": checksum mismatch");
   return Status::Ok();
 }

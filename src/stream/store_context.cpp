@@ -1,7 +1,4 @@
 // Putting a context into a store as multi-level chunks, and reading its pieces back verified.
-#define XXH_INLINE_ALL
-#include <xxhash.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -9,6 +6,7 @@
 
 #include "kvcodec/codec.hpp"
 #include "kvcodec/detail/dtype.hpp"
+#include "kvcodec/detail/xxh64.hpp"
 #include "kvcodec/format.hpp"
 #include "kvcodec/io.hpp"
 #include "kvcodec/store.hpp"
@@ -83,13 +81,13 @@ StatusOr<Manifest> put_context(Store& store, std::string_view id, const KVView& 
     ml.level = level;
     ml.head_bytes = info.head_bytes;
     auto head = bytes.first(info.head_bytes);
-    ml.head_checksum = XXH64(head.data(), head.size(), 0);
+    ml.head_checksum = detail::xxh64(head.data(), head.size());
     KVCODEC_RETURN_IF_ERROR(store.put(head_key(id, level), head).with_context(where));
     for (uint32_t c = 0; c < info.chunks.size(); ++c) {
       const ChunkInfo& ci = info.chunks[c];
       if (ci.offset + ci.size > n) return Internal(where + ": chunk outside the frame");
       auto body = bytes.subspan(ci.offset, ci.size);
-      ml.chunks.push_back({ci.size, XXH64(body.data(), body.size(), 0)});
+      ml.chunks.push_back({ci.size, detail::xxh64(body.data(), body.size())});
       KVCODEC_RETURN_IF_ERROR(store.put(chunk_key(id, level, c), body).with_context(where));
     }
     if (options.measure) {

@@ -10,14 +10,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define XXH_INLINE_ALL
-#include <xxhash.h>
-
 #include <cerrno>
 #include <chrono>
 #include <cstring>
 
 #include "byte_io.hpp"
+#include "kvcodec/detail/xxh64.hpp"
 #include "kvcodec/store.hpp"
 
 namespace kvcodec::stream_detail {
@@ -32,7 +30,7 @@ void encode_header(const MessageHeader& h, uint8_t out[kMessageHeaderBytes]) {
   w.u32(h.request_id);
   w.u32(h.code);
   w.u64(h.payload_bytes);
-  w.u64(XXH64(buf.data(), buf.size(), 0));
+  w.u64(detail::xxh64(buf.data(), buf.size()));
   std::memcpy(out, buf.data(), kMessageHeaderBytes);
 }
 
@@ -47,7 +45,7 @@ StatusOr<MessageHeader> decode_header(std::span<const uint8_t> in) {
   h.request_id = r.u32();
   h.code = r.u32();
   h.payload_bytes = r.u64();
-  if (XXH64(in.data(), 24, 0) != r.u64()) return ChecksumMismatch("wire: message header checksum mismatch");
+  if (detail::xxh64(in.data(), 24) != r.u64()) return ChecksumMismatch("wire: message header checksum mismatch");
   if (version != kWireVersion)
     return UnsupportedVersion("wire: protocol version " + std::to_string(version) + ", expected " +
                               std::to_string(kWireVersion));

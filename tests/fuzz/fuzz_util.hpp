@@ -14,9 +14,7 @@
 #include <string>
 #include <vector>
 
-#define XXH_INLINE_ALL
-#include <xxhash.h>
-
+#include "kvcodec/detail/xxh64.hpp"
 #include "kvcodec/format.hpp"
 #include "kvcodec/io.hpp"
 
@@ -43,11 +41,10 @@ inline std::vector<uint8_t> with_valid_head_checksum(std::span<const uint8_t> in
   std::vector<uint8_t> out(in.begin(), in.end());
   auto head = frame_head_size(in.first(std::min<size_t>(in.size(), kHeaderBytes)));
   if (!head.ok() || *head > in.size()) return out;
-  XXH64_state_t st;
-  XXH64_reset(&st, 0);
-  XXH64_update(&st, out.data(), kChecksumOffset);
-  XXH64_update(&st, out.data() + kHeaderBytes, size_t(*head) - kHeaderBytes);
-  const uint64_t sum = XXH64_digest(&st);
+  detail::Xxh64State st;
+  st.update(out.data(), kChecksumOffset);
+  st.update(out.data() + kHeaderBytes, size_t(*head) - kHeaderBytes);
+  const uint64_t sum = st.digest();
   for (int i = 0; i < 8; ++i) out[kChecksumOffset + i] = uint8_t(sum >> (8 * i));
   return out;
 }
