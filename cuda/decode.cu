@@ -75,30 +75,6 @@ Workspace workspace_layout(const PackedLayout& pl, uint32_t max_batch) {
   return w;
 }
 
-// Checks what can be checked on the host of a view whose pointers are device pointers.
-Status check_device_view(const FrameInfo& f, const KVView& v) {
-  if (v.dtype != f.dtype)
-    return InvalidArgument(std::string("destination dtype ") + dtype_name(v.dtype) + " differs from the frame's " +
-                           dtype_name(f.dtype));
-  if (!(v.shape == f.shape)) return InvalidArgument("destination shape differs from the frame's");
-  switch (v.kind) {
-    case KVView::Kind::kStrided:
-      if (!v.data) return InvalidArgument("strided view has a null data pointer");
-      return Status::Ok();
-    case KVView::Kind::kPerLayer:
-      if (!v.layer_k || !v.layer_v) return InvalidArgument("per-layer view has null pointer arrays");
-      return Status::Ok();
-    case KVView::Kind::kPaged: {
-      if (!v.layer_k || !v.block_table) return InvalidArgument("paged view has a null layer array or block table");
-      if (!v.block_size || !v.num_blocks) return InvalidArgument("paged view: zero block_size or num_blocks");
-      const uint64_t used = (uint64_t(v.shape.tokens) + v.block_size - 1) / v.block_size;
-      if (used > v.num_blocks) return InvalidArgument("paged view: block table longer than the cache");
-      return Status::Ok();
-    }
-  }
-  return InvalidArgument("view has an unknown kind");
-}
-
 }  // namespace
 
 Status device_status() { return backend_status(Backend::kCuda); }
@@ -180,7 +156,7 @@ Status Decoder::decode_async(std::span<const DeviceChunk> chunks, const KVView& 
                              uint32_t layer_begin, uint32_t layer_end) {
   Impl& m = *impl_;
   const FrameInfo& f = m.model.info;
-  KVCODEC_RETURN_IF_ERROR(check_device_view(f, dst_dev));
+  KVCODEC_RETURN_IF_ERROR(check_device_view(f.dtype, f.shape, dst_dev));
   if (chunks.empty() || chunks.size() > m.max_batch)
     return InvalidArgument("decode_async takes 1.." + std::to_string(m.max_batch) + " chunks, got " +
                            std::to_string(chunks.size()));

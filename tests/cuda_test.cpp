@@ -22,7 +22,7 @@
 #include "kvcodec/io.hpp"
 #include "kvcodec/model.hpp"
 #include "kvcodec/synthetic.hpp"
-#include "test_util.hpp"
+#include "cuda_test_util.hpp"
 
 #if defined(KVCODEC_HAS_CUDA)
 #include <cuda_runtime_api.h>
@@ -33,134 +33,7 @@
 namespace kvcodec {
 namespace {
 
-// ---- test data ---------------------------------------------------------------------------------
-
-// A KV-like cache: per-channel means and scales over two orders of magnitude, outlier channels,
-// AR(1) along tokens, a few exact repeats and specials (escapes), contiguous [L, 2, T, H, D].
-KVCache random_cache(const KVShape& s, DType dt, uint64_t seed) {
-  auto kv = KVCache::allocate(dt, s);
-  EXPECT_TRUE(kv.ok());
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> n01(0.f, 1.f);
-  const size_t C = s.channels(), es = dtype_size(dt);
-  const float unit = dt == DType::kF8E4M3 ? 0.1f : 1.f;
-  for (uint32_t u = 0; u < 2 * s.layers; ++u) {
-    std::vector<float> mean(C), scale(C), prev(C, 0.f);
-    for (size_t c = 0; c < C; ++c) {
-      scale[c] = unit * std::exp(n01(rng)) * (c % 13 == 5 ? 30.f : 1.f);
-      mean[c] = n01(rng) * scale[c] * 0.5f;
-    }
-    for (uint32_t t = 0; t < s.tokens; ++t)
-      for (size_t c = 0; c < C; ++c) {
-        prev[c] = 0.8f * prev[c] + 0.6f * n01(rng);
-        float v = mean[c] + scale[c] * prev[c];
-        if (rng() % 997 == 0) v *= 200.f;  // far outliers: escaped at lossy levels
-        uint8_t* p = kv->data.data() + ((size_t(u) * s.tokens + t) * C + c) * es;
-        detail::store_from_f32(p, uint8_t(dt), v);
-      }
-  }
-  return std::move(*kv);
-}
-
-std::vector<uint8_t> encode(const KVView& v, const EncodeOptions& o) {
-  std::vector<uint8_t> frame(max_encoded_size(v.shape, v.dtype, o));
-  auto n = encode_into(v, o, frame);
-  EXPECT_TRUE(n.ok()) << n.status().to_string();
-  frame.resize(n.ok() ? *n : 0);
-  return frame;
-}
-
-std::vector<uint8_t> cpu_decode(std::span<const uint8_t> frame, const KVShape& s, DType dt, bool verify = true) {
-  std::vector<uint8_t> out(s.elements() * dtype_size(dt));
-  DecodeOptions o;
-  o.verify_checksums = verify;
-  Status st = decode_into(frame, contiguous_view(out.data(), dt, s), o);
-  if (!st.ok()) out.clear();
-  return out;
-}
-
-// ---- destinations in every layout ------------------------------------------------------------
-
-enum class Layout { kContiguous, kLMCache, kPerLayer, kPerLayerHF, kPagedNHD, kPagedHND };
-constexpr Layout kAllLayouts[] = {Layout::kContiguous, Layout::kLMCache,  Layout::kPerLayer,
-                                  Layout::kPerLayerHF, Layout::kPagedNHD, Layout::kPagedHND};
-
-// Storage for one layout as a list of buffers, and views over any copy of those buffers (host
-// memory here, device memory in the GPU tests).
-struct Dest {
-  KVShape shape;
-  DType dtype;
-  Layout layout;
-  std::vector<std::vector<uint8_t>> bufs;
-  std::vector<int32_t> block_table;
-  uint32_t block_size = 0, num_blocks = 0;
-  std::vector<void*> host_k, host_v;  // pointer arrays of the host view
-
-  Dest(const KVShape& s, DType dt, Layout l) : shape(s), dtype(dt), layout(l) {
-    const size_t es = dtype_size(dt), per_tensor = size_t(s.tokens) * s.channels() * es;
-    switch (l) {
-      case Layout::kContiguous:
-      case Layout::kLMCache: bufs.assign(1, std::vector<uint8_t>(2 * s.layers * per_tensor, 0xAB)); break;
-      case Layout::kPerLayer:
-      case Layout::kPerLayerHF: bufs.assign(2 * s.layers, std::vector<uint8_t>(per_tensor, 0xAB)); break;
-      case Layout::kPagedNHD:
-      case Layout::kPagedHND: {
-        block_size = 16;
-        const uint32_t used = (s.tokens + block_size - 1) / block_size;
-        num_blocks = used + 3;
-        std::vector<int32_t> perm(num_blocks);
-        std::iota(perm.begin(), perm.end(), 0);
-        std::shuffle(perm.begin(), perm.end(), std::mt19937(7));
-        block_table.assign(perm.begin(), perm.begin() + used);
-        bufs.assign(s.layers, std::vector<uint8_t>(2 * size_t(num_blocks) * block_size * s.channels() * es, 0xAB));
-        break;
-      }
-    }
-    std::vector<void*> bases;
-    for (auto& b : bufs) bases.push_back(b.data());
-    split(bases, host_k, host_v);
-  }
-  // Per-layer pointer arrays for the buffers at `bases`.
-  void split(const std::vector<void*>& bases, std::vector<void*>& k, std::vector<void*>& v) const {
-    k.clear();
-    v.clear();
-    if (layout == Layout::kPerLayer || layout == Layout::kPerLayerHF) {
-      for (uint32_t l = 0; l < shape.layers; ++l) {
-        k.push_back(bases[2 * l]);
-        v.push_back(bases[2 * l + 1]);
-      }
-    } else if (layout == Layout::kPagedNHD || layout == Layout::kPagedHND) {
-      k = bases;
-    }
-  }
-  // A view over buffers whose per-layer arrays are `k`, `v` and block table `bt` (for the
-  // strided layouts, `data`).
-  KVView view(void* data, void* const* k, void* const* v, const int32_t* bt) const {
-    switch (layout) {
-      case Layout::kContiguous: return contiguous_view(data, dtype, shape);
-      case Layout::kLMCache: return lmcache_view(data, dtype, shape);
-      case Layout::kPerLayer: return per_layer_view(k, v, dtype, shape, false);
-      case Layout::kPerLayerHF: return per_layer_view(k, v, dtype, shape, true);
-      case Layout::kPagedNHD: return vllm_paged_view(k, dtype, shape, bt, num_blocks, block_size, PagedOrder::kNHD);
-      case Layout::kPagedHND: return vllm_paged_view(k, dtype, shape, bt, num_blocks, block_size, PagedOrder::kHND);
-    }
-    return {};
-  }
-  KVView host_view() { return view(bufs[0].data(), host_k.data(), host_v.data(), block_table.data()); }
-  // The elements in the contiguous layout [L, 2, T, H, D].
-  std::vector<uint8_t> gather() {
-    const KVView v = host_view();
-    const size_t es = dtype_size(dtype);
-    std::vector<uint8_t> out(shape.elements() * es);
-    uint8_t* o = out.data();
-    for (uint32_t l = 0; l < shape.layers; ++l)
-      for (uint32_t kv = 0; kv < 2; ++kv)
-        for (uint32_t t = 0; t < shape.tokens; ++t)
-          for (uint32_t h = 0; h < shape.kv_heads; ++h)
-            for (uint32_t d = 0; d < shape.head_dim; ++d, o += es) std::memcpy(o, v.element(l, kv, t, h, d), es);
-    return out;
-  }
-};
+using namespace test;
 
 // ---- warp emulation --------------------------------------------------------------------------
 
@@ -291,17 +164,6 @@ TEST(WarpEmulation, SyntheticLlama3Shape) {
   }
 }
 
-// A real cache: kvc-bytes-a's K/V over the start of its held-back text.
-StatusOr<KVCache> real_cache(DType dt, uint32_t tokens) {
-  KVCODEC_ASSIGN_OR_RETURN(Model m, Model::load(test::data_path("models/kvc-bytes-a.bin")));
-  KVCODEC_ASSIGN_OR_RETURN(std::vector<uint8_t> text, read_file(test::data_path("text/techdocs_valid.txt")));
-  if (text.size() < tokens) return InvalidArgument("text too short");
-  std::vector<int32_t> ids(text.begin(), text.begin() + tokens);
-  KVState st = m.new_state();
-  KVCODEC_RETURN_IF_ERROR(m.forward(ids, st, nullptr));
-  return st.to_cache(dt);
-}
-
 TEST(WarpEmulation, RealCache) {
   KVCODEC_REQUIRE_DATA("models/kvc-bytes-a.bin");
   KVCODEC_REQUIRE_DATA("text/techdocs_valid.txt");
@@ -353,69 +215,6 @@ TEST(WarpEmulation, CorruptBodiesBehaveLikeTheCpuDecoder) {
 
 #if defined(KVCODEC_HAS_CUDA)
 // ---- the real kernels ------------------------------------------------------------------------
-
-bool have_gpu() { return cuda::device_status().ok(); }
-#define KVCODEC_REQUIRE_GPU() \
-  if (!have_gpu()) GTEST_SKIP() << "no CUDA device: " << cuda::device_status().to_string()
-
-template <typename T>
-T* dev_alloc(size_t n) {
-  void* p = nullptr;
-  EXPECT_EQ(cudaMalloc(&p, n * sizeof(T) + 1), cudaSuccess);
-  return static_cast<T*>(p);
-}
-
-// A Dest mirrored in device memory.
-struct DeviceDest {
-  Dest& host;
-  std::vector<void*> bufs_dev, k_dev_ptrs, v_dev_ptrs;
-  void** k_dev = nullptr;
-  void** v_dev = nullptr;
-  int32_t* table_dev = nullptr;
-
-  explicit DeviceDest(Dest& h) : host(h) {
-    for (auto& b : h.bufs) {
-      void* p = dev_alloc<uint8_t>(b.size());
-      cudaMemcpy(p, b.data(), b.size(), cudaMemcpyHostToDevice);
-      bufs_dev.push_back(p);
-    }
-    h.split(bufs_dev, k_dev_ptrs, v_dev_ptrs);
-    if (!k_dev_ptrs.empty()) {
-      k_dev = dev_alloc<void*>(k_dev_ptrs.size());
-      cudaMemcpy(k_dev, k_dev_ptrs.data(), k_dev_ptrs.size() * sizeof(void*), cudaMemcpyHostToDevice);
-    }
-    if (!v_dev_ptrs.empty()) {
-      v_dev = dev_alloc<void*>(v_dev_ptrs.size());
-      cudaMemcpy(v_dev, v_dev_ptrs.data(), v_dev_ptrs.size() * sizeof(void*), cudaMemcpyHostToDevice);
-    }
-    if (!h.block_table.empty()) {
-      table_dev = dev_alloc<int32_t>(h.block_table.size());
-      cudaMemcpy(table_dev, h.block_table.data(), h.block_table.size() * 4, cudaMemcpyHostToDevice);
-    }
-  }
-  ~DeviceDest() {
-    for (void* p : bufs_dev) cudaFree(p);
-    cudaFree(k_dev);
-    cudaFree(v_dev);
-    cudaFree(table_dev);
-  }
-  KVView view() const { return host.view(bufs_dev[0], k_dev, v_dev, table_dev); }
-  // Copies the device buffers back and gathers them.
-  std::vector<uint8_t> gather() {
-    for (size_t i = 0; i < bufs_dev.size(); ++i)
-      EXPECT_EQ(cudaMemcpy(host.bufs[i].data(), bufs_dev[i], host.bufs[i].size(), cudaMemcpyDeviceToHost), cudaSuccess);
-    return host.gather();
-  }
-};
-
-struct DeviceFrame {
-  uint8_t* p = nullptr;
-  explicit DeviceFrame(const std::vector<uint8_t>& f) {
-    p = dev_alloc<uint8_t>(f.size());
-    cudaMemcpy(p, f.data(), f.size(), cudaMemcpyHostToDevice);
-  }
-  ~DeviceFrame() { cudaFree(p); }
-};
 
 TEST(CudaDecode, MatchesCpuDecoderBitForBit) {
   KVCODEC_REQUIRE_GPU();

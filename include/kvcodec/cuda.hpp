@@ -1,10 +1,14 @@
-// GPU decoding (CUDA backend; built with -DKVCODEC_CUDA=ON, target kvcodec::cuda).
+// GPU encoding and decoding (CUDA backend; built with -DKVCODEC_CUDA=ON, target kvcodec::cuda).
 //
+// Both directions work on KV caches in device memory, in any layout of tensor.hpp (contiguous,
+// LMCache [2, L, T, H*D], per-layer tensors or vLLM paged blocks through a device block table),
+// and are byte-identical to the CPU codec (codec.hpp): GPU frames equal encode_into's frames,
+// GPU-decoded tensors equal decode_into's. The per-value maths is shared
+// (include/kvcodec/detail) and tests compare the backends.
+//
+// ---- Decoding ----
 // Decoding is fused: one warp per (chunk, layer, K/V) unit runs the unit's 32 rANS lanes,
-// dequantizes, and writes f32/f16/bf16/f8e4m3 elements straight into the destination view --
-// contiguous, LMCache [2, L, T, H*D], per-layer tensors or vLLM paged blocks -- in device memory.
-// Output is bit-identical to the CPU decoder (codec.hpp); the per-value maths is shared
-// (include/kvcodec/detail) and tests compare the two backends.
+// dequantizes, and writes f32/f16/bf16/f8e4m3 elements straight into the destination view.
 //
 // Usage (a server decoding chunks as they arrive):
 //
@@ -112,24 +116,108 @@ class Decoder {
 Status decode_frame(const uint8_t* frame_dev, std::span<const uint8_t> head, const KVView& dst_dev,
                     cudaStream_t stream);
 
+// ---- Encoding --------------------------------------------------------------------------------
+// Encoding runs in two device phases around one host step, so the host round trip is explicit:
+//
+//   auto bytes = kvcodec::cuda::Encoder::workspace_size(shape, dtype, options);
+//   cudaMallocAsync(&ws, *bytes, stream);                                      // caller-owned
+//   auto enc = kvcodec::cuda::Encoder::create(shape, dtype, options, ws, *bytes, stream);  // once
+//   enc->analyze_async(src_view, stream);      // device: grids, symbol histograms
+//   enc->build_tables(stream);                 // host: waits, builds the tables, uploads them
+//   enc->encode_async(dst, capacity, stream);  // device: rANS lanes, frame assembly
+//   StatusOr<size_t> n = enc->synchronize(stream);  // frame size (or frame_bytes_dev())
+//
+// analyze_async computes, one thread per (layer, K/V, channel), the channel's statistics in the
+// CPU's order and precision, its grid, and the histograms of its symbol values, and enqueues
+// their copy into pinned host memory. build_tables is the host step: channel clustering, table
+// windows and normalisation are small, branchy and sequential, and run there with the CPU
+// encoder's own code (EncodeOptions::threads threads); the histograms copied back are
+// 4 * slots * bins bytes per channel and unit (about 2 KiB per channel and K/V of a layer,
+// 128 MiB for Llama-3-8B). encode_async codes each (chunk, layer, K/V) unit with one warp, then
+// sizes, places, checksums (XXH64 on the device) and indexes the chunks in dst_dev.
+//
+// Ownership and threading: the caller owns the workspace, the source, the destination and the
+// stream; they must stay valid until the work enqueued on the stream has run, and the source
+// must not change between analyze_async and the end of encode_async. create() allocates host
+// memory (pinned buffers for the histograms); build_tables allocates host memory for the model;
+// the two device phases allocate nothing and do not synchronise. One Encoder serves one stream
+// at a time; it encodes any number of contexts of its shape, dtype and options in turn.
+class Encoder {
+ public:
+  // Bytes of device workspace for encoding contexts of this shape, dtype and options: per
+  // element 2 bytes per lane stream (worst-case word staging) plus, at lossy levels, the element
+  // size (escape staging), plus the histograms and per-channel grids. Errors: kInvalidArgument
+  // for invalid shapes, dtypes or options.
+  static StatusOr<size_t> workspace_size(const KVShape& shape, DType dtype, const EncodeOptions& options);
+
+  // Errors: kUnavailable without a CUDA device; kInvalidArgument for invalid arguments or a
+  // misaligned (not 16-byte) workspace; kBufferTooSmall for a small workspace; kInternal for
+  // CUDA failures.
+  static StatusOr<Encoder> create(const KVShape& shape, DType dtype, const EncodeOptions& options,
+                                  void* workspace_dev, size_t workspace_bytes, cudaStream_t stream);
+
+  Encoder(Encoder&&) noexcept;
+  Encoder& operator=(Encoder&&) noexcept;
+  ~Encoder();
+
+  // Phase 1 (device). src_dev is a KVView of the Encoder's dtype and shape whose pointers are
+  // device pointers (data; for per-layer and paged views the layer arrays and the block table
+  // too). Block table entries are checked on the device (build_tables reports a bad one).
+  // Errors (nothing enqueued): kInvalidArgument for a mismatching or malformed view; kInternal.
+  Status analyze_async(const KVView& src_dev, cudaStream_t stream);
+
+  // Host step: waits for `stream`, builds the frame's model from phase 1's histograms and
+  // enqueues its upload. Errors: kInvalidArgument without a preceding analyze_async or for
+  // a source block table entry outside [0, num_blocks); kInternal.
+  Status build_tables(cudaStream_t stream);
+
+  // Phase 2 (device): encodes the analysed source into the frame at dst_dev, dst_capacity bytes
+  // of device memory (max_encoded_size always suffices). Asynchronous; the frame size is known
+  // on the device at frame_bytes_dev() and returned by synchronize. Errors (nothing enqueued):
+  // kInvalidArgument without build_tables; kBufferTooSmall when even the head does not fit.
+  Status encode_async(uint8_t* dst_dev, size_t dst_capacity, cudaStream_t stream);
+
+  // Device address of the frame size that the last encode_async leaves (a uint64).
+  const uint64_t* frame_bytes_dev() const noexcept;
+
+  // Waits for `stream`; returns the size of the frame the last encode_async wrote, or
+  // kBufferTooSmall (the frame did not fit dst_capacity; dst holds no frame), kInvalidArgument
+  // (bad source block table entry), kInternal for CUDA errors.
+  StatusOr<size_t> synchronize(cudaStream_t stream);
+
+ private:
+  struct Impl;
+  explicit Encoder(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// Convenience for tools and tests (allocates and synchronises; not for hot paths): encodes the
+// context in src_dev into dst_dev and returns the frame size.
+StatusOr<size_t> encode_frame(const KVView& src_dev, const EncodeOptions& options, uint8_t* dst_dev,
+                              size_t dst_capacity, cudaStream_t stream);
+
 // ---- Benchmark (kvcodec bench --backend cuda) -------------------------------------------------
 struct BenchResult {
   std::string device;         // GPU name
   uint64_t raw_bytes = 0;     // uncompressed bytes of the cache
-  uint64_t frame_bytes = 0;   // compressed frame (encoded on the CPU)
+  uint64_t frame_bytes = 0;   // compressed frame
   int iterations = 0;
   // Throughputs in GB/s (1e9 bytes per second) of uncompressed bytes, medians over the
   // iterations, timed with CUDA events on one stream:
+  double encode_gbps = 0;     // whole context, device view -> device frame, host step included
   double decode_gbps = 0;     // whole frame, device -> device view
   double copy_gbps = 0;       // cudaMemcpy device -> device of raw_bytes (bandwidth ceiling)
   double h2d_raw_gbps = 0;    // raw_bytes host (pinned) -> device
   double h2d_frame_gbps = 0;  // frame_bytes host (pinned) -> device, per uncompressed byte
-  double decode_ms = 0, copy_ms = 0, h2d_raw_ms = 0, h2d_frame_ms = 0;
+  double encode_ms = 0, decode_ms = 0, copy_ms = 0, h2d_raw_ms = 0, h2d_frame_ms = 0;
+  // Where encoding spends its time (medians): the two device phases and the host step between.
+  double encode_analyze_ms = 0, encode_tables_ms = 0, encode_lanes_ms = 0;
 };
 
-// Encodes `src` (host memory) on the CPU with `options`, then on the GPU measures decoding the
-// frame next to a device-to-device copy and host-to-device transfers of the raw and compressed
-// bytes, and checks that the GPU output equals the CPU decoder's bit for bit (kInternal if not).
+// Uploads `src` (host memory) and measures, on the GPU, encoding it and decoding the frame, next
+// to a device-to-device copy and host-to-device transfers of the raw and compressed bytes.
+// Checks that the GPU frame equals the CPU encoder's byte for byte and the GPU output the CPU
+// decoder's bit for bit (kInternal if not).
 StatusOr<BenchResult> bench(const KVView& src, const EncodeOptions& options, int iterations);
 
 }  // namespace kvcodec::cuda
