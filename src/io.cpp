@@ -18,15 +18,19 @@
 #include <cstring>
 #include <limits>
 #include <new>
-#include <nlohmann/json.hpp>
+#include <optional>
 #include <span>
 #include <string_view>
+#include <unordered_set>
 #include <utility>
+
+#include "detail/json.hpp"
 
 namespace kvcodec {
 namespace {
 
-using Json = nlohmann::ordered_json;
+using detail::JsonReader;
+using detail::JsonType;
 
 // safetensors' own reader refuses headers above 100 MB; so do we (a KV file needs a few KB).
 constexpr uint64_t kMaxSafetensorsHeader = 100ull << 20;
@@ -223,36 +227,54 @@ struct PendingTensor {
   uint64_t begin = 0, end = 0;
 };
 
-StatusOr<uint64_t> json_offset(const Json& v) {
-  if (!v.is_number_unsigned()) return CorruptData("data_offsets must be non-negative integers");
-  return v.get<uint64_t>();
+// Moves a successfully read value into `slot`; returns the read's status.
+template <typename T>
+Status store(StatusOr<T>&& read, std::optional<T>& slot) {
+  if (read.ok()) slot = std::move(read).value();
+  return read.status();
 }
 
-StatusOr<PendingTensor> parse_entry(const std::string& name, const Json& e) {
+// A JSON array of non-negative integers.
+StatusOr<std::vector<uint64_t>> read_uints(JsonReader& r) {
+  std::vector<uint64_t> v;
+  KVCODEC_RETURN_IF_ERROR(r.read_array([&]() -> Status {
+    KVCODEC_ASSIGN_OR_RETURN(uint64_t x, r.read_uint());
+    v.push_back(x);
+    return Status::Ok();
+  }));
+  return v;
+}
+
+// One tensor entry, its keys in any order; other keys are skipped, as the reference reader does.
+StatusOr<PendingTensor> parse_entry(JsonReader& r, std::string name) {
   const std::string where = "tensor '" + name + "'";
-  if (!e.is_object()) return CorruptData(where + " is not a JSON object");
-  const auto dtype_it = e.find("dtype");
-  const auto shape_it = e.find("shape");
-  const auto offsets_it = e.find("data_offsets");
-  if (dtype_it == e.end() || shape_it == e.end() || offsets_it == e.end())
-    return CorruptData(where + " lacks dtype, shape or data_offsets");
-  if (!dtype_it->is_string()) return CorruptData(where + ": dtype is not a string");
-  if (!shape_it->is_array()) return CorruptData(where + ": shape is not an array");
-  if (!offsets_it->is_array() || offsets_it->size() != 2)
-    return CorruptData(where + ": data_offsets is not [begin, end]");
+  KVCODEC_ASSIGN_OR_RETURN(JsonType type, r.peek());
+  if (type != JsonType::kObject) return CorruptData(where + " is not a JSON object");
+
+  std::optional<std::string> dtype;
+  std::optional<std::vector<uint64_t>> shape, offsets;
+  Status s = r.read_object([&](std::string_view key) -> Status {
+    if (key == "dtype") return store(r.read_string(), dtype).with_context(key);
+    if (key == "shape") return store(read_uints(r), shape).with_context(key);
+    if (key == "data_offsets") return store(read_uints(r), offsets).with_context(key);
+    return r.skip();
+  });
+  if (!s.ok()) return s.with_context(where);
+  if (!dtype || !shape || !offsets) return CorruptData(where + " lacks dtype, shape or data_offsets");
+  if (offsets->size() != 2) return CorruptData(where + ": data_offsets is not [begin, end]");
 
   PendingTensor p;
-  p.tensor.name = name;
-  auto dtype = parse_safetensors_dtype(dtype_it->get_ref<const std::string&>());
-  if (!dtype.ok()) return dtype.status().with_context(where);
-  p.tensor.dtype = *dtype;
-  for (const Json& d : *shape_it) {
-    if (!d.is_number_unsigned() || d.get<uint64_t>() > uint64_t(std::numeric_limits<int64_t>::max()))
-      return CorruptData(where + ": shape entries must be non-negative integers");
-    p.tensor.shape.push_back(d.get<int64_t>());
+  p.tensor.name = std::move(name);
+  auto parsed_dtype = parse_safetensors_dtype(*dtype);
+  if (!parsed_dtype.ok()) return parsed_dtype.status().with_context(where);
+  p.tensor.dtype = *parsed_dtype;
+  for (uint64_t d : *shape) {
+    if (d > uint64_t(std::numeric_limits<int64_t>::max()))
+      return CorruptData(where + ": shape entries must be non-negative integers below 2^63");
+    p.tensor.shape.push_back(int64_t(d));
   }
-  KVCODEC_ASSIGN_OR_RETURN(p.begin, json_offset((*offsets_it)[0]));
-  KVCODEC_ASSIGN_OR_RETURN(p.end, json_offset((*offsets_it)[1]));
+  p.begin = (*offsets)[0];
+  p.end = (*offsets)[1];
   if (p.end < p.begin) return CorruptData(where + ": data_offsets end before begin");
   auto bytes = tensor_bytes(p.tensor.shape, p.tensor.dtype);
   if (!bytes.ok()) return bytes.status().with_context(where);
@@ -262,26 +284,37 @@ StatusOr<PendingTensor> parse_entry(const std::string& name, const Json& e) {
   return p;
 }
 
+// Parses the header's JSON: an object of tensor entries and an optional "__metadata__" object of
+// strings, in file order.
+StatusOr<std::vector<PendingTensor>> parse_header_json(std::string_view text) {
+  JsonReader r(text);
+  KVCODEC_ASSIGN_OR_RETURN(JsonType type, r.peek());
+  if (type != JsonType::kObject) return CorruptData("safetensors header is not a JSON object");
+  std::vector<PendingTensor> tensors;
+  KVCODEC_RETURN_IF_ERROR(r.read_object([&](std::string_view name) -> Status {
+    if (name == "__metadata__") {
+      // A string -> string map, as the reference requires; kvcodec keeps nothing from it.
+      KVCODEC_ASSIGN_OR_RETURN(JsonType t, r.peek());
+      if (t != JsonType::kObject) return CorruptData("__metadata__ is not a JSON object");
+      return r.read_object([&](std::string_view) { return r.read_string().status(); }).with_context("__metadata__");
+    }
+    KVCODEC_ASSIGN_OR_RETURN(PendingTensor p, parse_entry(r, std::string(name)));
+    tensors.push_back(std::move(p));
+    return Status::Ok();
+  }));
+  KVCODEC_RETURN_IF_ERROR(r.finish());
+  return tensors;
+}
+
 // Parses and validates a header against the size of the data section that follows it.
 StatusOr<std::vector<PendingTensor>> parse_safetensors_header(std::string_view text, uint64_t data_bytes) {
-  Json header;
+  std::vector<PendingTensor> tensors;
   try {
-    header = Json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+    auto parsed = parse_header_json(text);
+    if (!parsed.ok()) return parsed.status().with_context("safetensors header");
+    tensors = std::move(parsed).value();
   } catch (const std::bad_alloc&) {
     return ResourceExhausted("out of memory parsing the safetensors header");
-  }
-  if (header.is_discarded()) return CorruptData("safetensors header is not valid JSON");
-  if (!header.is_object()) return CorruptData("safetensors header is not a JSON object");
-
-  std::vector<PendingTensor> tensors;
-  for (const auto& [name, entry] : header.items()) {
-    if (name == "__metadata__") {
-      // Free-form string -> string map; kvcodec keeps nothing from it.
-      if (!entry.is_object()) return CorruptData("__metadata__ is not a JSON object");
-      continue;
-    }
-    KVCODEC_ASSIGN_OR_RETURN(PendingTensor p, parse_entry(name, entry));
-    tensors.push_back(std::move(p));
   }
 
   // The file's order (by offset) is the order we return; it also makes the coverage check a
@@ -346,25 +379,29 @@ Status check_tensor_ref(const TensorRef& t) {
 }
 
 Status write_safetensors_refs(const std::string& path, std::span<const TensorRef> tensors) {
-  Json header = Json::object();
+  // Compact JSON, tensors in the given order, each {"dtype":..,"shape":[..],"data_offsets":[b,e]}.
+  std::string text = "{";
+  std::unordered_set<std::string_view> names;
   uint64_t offset = 0;
   for (const TensorRef& t : tensors) {
     const std::string name(t.name);
     if (name.empty() || name == "__metadata__") return InvalidArgument("invalid tensor name '" + name + "'");
-    if (header.contains(name)) return InvalidArgument("duplicate tensor name '" + name + "'");
+    if (!names.insert(t.name).second) return InvalidArgument("duplicate tensor name '" + name + "'");
     Status s = check_tensor_ref(t);
     if (!s.ok()) return s.with_context("tensor '" + name + "'");
-    header[name] = {{"dtype", safetensors_dtype(t.dtype)},
-                    {"shape", std::vector<int64_t>(t.shape.begin(), t.shape.end())},
-                    {"data_offsets", {offset, offset + t.data.size()}}};
+    if (text.size() > 1) text += ',';
+    if (!detail::append_json_string(text, t.name)) return InvalidArgument("tensor names must be valid UTF-8");
+    text += ":{\"dtype\":\"";
+    text += safetensors_dtype(t.dtype);
+    text += "\",\"shape\":[";
+    for (size_t i = 0; i < t.shape.size(); ++i) {
+      if (i > 0) text += ',';
+      text += std::to_string(t.shape[i]);
+    }
+    text += "],\"data_offsets\":[" + std::to_string(offset) + "," + std::to_string(offset + t.data.size()) + "]}";
     offset += t.data.size();
   }
-  std::string text;
-  try {
-    text = header.dump();
-  } catch (const Json::type_error&) {  // names that are not valid UTF-8
-    return InvalidArgument("tensor names must be valid UTF-8");
-  }
+  text += '}';
   // Pad with spaces so the data section starts 8-byte aligned, as the reference writer does.
   text.append((8 - text.size() % 8) % 8, ' ');
 

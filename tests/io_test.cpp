@@ -157,6 +157,14 @@ TEST_F(IoTest, SafetensorsMalformedHeadersAreErrors) {
       {"hole", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8, StatusCode::kCorruptData},
       {"trailing data", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 8, StatusCode::kCorruptData},
       {"metadata not an object", R"({"__metadata__":[]})", 0, StatusCode::kCorruptData},
+      {"metadata value not a string", R"({"__metadata__":{"step":3}})", 0, StatusCode::kCorruptData},
+      {"repeated tensor name",
+       R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
+       4, StatusCode::kCorruptData},
+      {"repeated field", R"({"a":{"dtype":"F32","shape":[1],"shape":[1],"data_offsets":[0,4]}})", 4,
+       StatusCode::kCorruptData},
+      {"trailing characters", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}} x)", 4,
+       StatusCode::kCorruptData},
   };
   for (const BadHeader& c : cases) {
     write_safetensors_raw("bad.safetensors", c.header, c.data_bytes);
