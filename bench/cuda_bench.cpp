@@ -1,5 +1,7 @@
-// GPU microbenchmarks (Google Benchmark, manual time from CUDA events): decoding a frame of a
-// Llama-3-8B-shaped synthetic cache straight into a device KV view, next to the ceilings
+// GPU microbenchmarks (Google Benchmark, manual time from CUDA events): encoding a
+// Llama-3-8B-shaped synthetic cache from a device KV view into a device frame (both device
+// phases and the host step between them) and decoding the frame straight into a device KV
+// view, next to the ceilings
 // measured in the same run -- a device-to-device copy of the same bytes and host-to-device
 // transfers of the raw and the compressed bytes. GB/s are of uncompressed fp16.
 //
@@ -40,7 +42,11 @@ struct Fixture {
   void* out_dev = nullptr;
   void* frame_dev = nullptr;
   void* ws_dev = nullptr;
+  void* enc_ws_dev = nullptr;
+  void* enc_out_dev = nullptr;  // max_encoded_size bytes
+  size_t enc_capacity = 0;
   std::unique_ptr<cuda::Decoder> dec;
+  std::unique_ptr<cuda::Encoder> enc;
   std::vector<cuda::DeviceChunk> chunks;
   cudaStream_t stream = nullptr;
   std::string error;
@@ -52,6 +58,8 @@ struct Fixture {
     cudaFree(out_dev);
     cudaFree(frame_dev);
     cudaFree(ws_dev);
+    cudaFree(enc_ws_dev);
+    cudaFree(enc_out_dev);
     if (stream) cudaStreamDestroy(stream);
   }
 };
@@ -104,6 +112,16 @@ Fixture& fixture(int level) {
   f->dec = std::make_unique<cuda::Decoder>(std::move(*dec));
   for (uint32_t k = 0; k < chunks; ++k)
     f->chunks.push_back({k, static_cast<const uint8_t*>(f->frame_dev) + info.chunks[k].offset});
+  f->enc_capacity = max_encoded_size(kv->shape, kv->dtype, o);
+  const size_t enc_ws = *cuda::Encoder::workspace_size(kv->shape, kv->dtype, o);
+  cudaMalloc(&f->enc_ws_dev, enc_ws);
+  cudaMalloc(&f->enc_out_dev, f->enc_capacity);
+  auto enc = cuda::Encoder::create(kv->shape, kv->dtype, o, f->enc_ws_dev, enc_ws, f->stream);
+  if (!enc.ok()) {
+    f->error = enc.status().to_string();
+    return *f;
+  }
+  f->enc = std::make_unique<cuda::Encoder>(std::move(*enc));
   if (cudaGetLastError() != cudaSuccess) f->error = "CUDA setup failed";
   return *f;
 }
@@ -142,6 +160,21 @@ Status cuda_status(cudaError_t e) {
   return e == cudaSuccess ? Status::Ok() : Internal(cudaGetErrorString(e));
 }
 
+// Whole encodes from the raw cache on the device (contiguous view) into a device frame.
+void BM_Encode(benchmark::State& state) {
+  Fixture& f = fixture(int(state.range(0)));
+  const KVView src = contiguous_view(f.raw_dev, DType::kF16, f.shape);
+  timed(state, f, f.raw_bytes, [&] {
+    KVCODEC_RETURN_IF_ERROR(f.enc->analyze_async(src, f.stream));
+    KVCODEC_RETURN_IF_ERROR(f.enc->build_tables(f.stream));
+    return f.enc->encode_async(static_cast<uint8_t*>(f.enc_out_dev), f.enc_capacity, f.stream);
+  });
+  if (!f.enc) return;
+  auto n = f.enc->synchronize(f.stream);
+  std::vector<uint8_t> frame(n.ok() ? *n : 0);
+  cudaMemcpy(frame.data(), f.enc_out_dev, frame.size(), cudaMemcpyDeviceToHost);
+  if (frame != f.frame) state.SkipWithError("GPU frame differs from the CPU encoder's");
+}
 void BM_Decode(benchmark::State& state) {
   Fixture& f = fixture(int(state.range(0)));
   const KVView dst = contiguous_view(f.out_dev, DType::kF16, f.shape);
@@ -170,6 +203,7 @@ void BM_HostToDeviceFrame(benchmark::State& state) {
 }
 
 // Level 0 (lossless), 4 (default), 9 (smallest).
+BENCHMARK(BM_Encode)->Arg(0)->Arg(4)->Arg(9)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Decode)->Arg(0)->Arg(4)->Arg(9)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_CopyDeviceToDevice)->Arg(4)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_HostToDeviceRaw)->Arg(4)->UseManualTime()->Unit(benchmark::kMillisecond);

@@ -1,8 +1,9 @@
 // kvcodec::cuda::bench: the figures of `kvcodec bench --backend cuda` (docs/results/gpu.md).
-// Every number is measured in the same run on the same stream with CUDA events, so the decode
-// throughput sits next to its ceilings: a device-to-device copy of the same bytes and the
-// host-to-device transfers of the raw and the compressed bytes.
+// Every number is measured in the same run on the same stream with CUDA events, so the encode
+// and decode throughputs sit next to their ceilings: a device-to-device copy of the same bytes
+// and the host-to-device transfers of the raw and the compressed bytes.
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <vector>
 
@@ -39,6 +40,69 @@ StatusOr<double> time_median_ms(cudaStream_t stream, int iterations, Op&& op) {
 
 double gbps(uint64_t bytes, double ms) { return ms > 0 ? double(bytes) / (ms * 1e6) : 0.0; }
 
+double median(std::vector<double> v) {
+  std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+  return v[v.size() / 2];
+}
+
+// The elements of `v` in the contiguous layout [L, 2, T, H, D].
+std::vector<uint8_t> gather_contiguous(const KVView& v) {
+  const size_t es = dtype_size(v.dtype);
+  std::vector<uint8_t> out(v.shape.elements() * es);
+  uint8_t* o = out.data();
+  for (uint32_t l = 0; l < v.shape.layers; ++l)
+    for (uint32_t kv = 0; kv < 2; ++kv)
+      for (uint32_t t = 0; t < v.shape.tokens; ++t)
+        for (uint32_t h = 0; h < v.shape.kv_heads; ++h)
+          for (uint32_t d = 0; d < v.shape.head_dim; ++d, o += es) std::memcpy(o, v.element(l, kv, t, h, d), es);
+  return out;
+}
+
+// Times whole encodes (phase 1, host step, phase 2) of src_dev into dst_dev, and each part.
+// Checks the last frame against `expected` (kInternal if it differs).
+Status time_encode(Encoder& enc, const KVView& src_dev, uint8_t* dst_dev, size_t capacity,
+                   std::span<const uint8_t> expected, cudaStream_t stream, int iterations, BenchResult& r) {
+  cudaEvent_t ev[4];
+  for (auto& e : ev) KVCODEC_RETURN_IF_ERROR(check_cuda(cudaEventCreate(&e), "cudaEventCreate"));
+  struct Guard {
+    cudaEvent_t* ev;
+    ~Guard() {
+      for (int i = 0; i < 4; ++i) cudaEventDestroy(ev[i]);
+    }
+  } guard{ev};
+  std::vector<double> total, analyze, tables, lanes;
+  size_t frame_bytes = 0;
+  for (int i = 0; i < iterations; ++i) {
+    cudaEventRecord(ev[0], stream);
+    KVCODEC_RETURN_IF_ERROR(enc.analyze_async(src_dev, stream));
+    cudaEventRecord(ev[1], stream);
+    const auto t0 = std::chrono::steady_clock::now();
+    KVCODEC_RETURN_IF_ERROR(enc.build_tables(stream));
+    tables.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    cudaEventRecord(ev[2], stream);
+    KVCODEC_RETURN_IF_ERROR(enc.encode_async(dst_dev, capacity, stream));
+    cudaEventRecord(ev[3], stream);
+    KVCODEC_ASSIGN_OR_RETURN(frame_bytes, enc.synchronize(stream));
+    float ms[3];
+    KVCODEC_RETURN_IF_ERROR(check_cuda(cudaEventElapsedTime(&ms[0], ev[0], ev[3]), "cudaEventElapsedTime"));
+    KVCODEC_RETURN_IF_ERROR(check_cuda(cudaEventElapsedTime(&ms[1], ev[0], ev[1]), "cudaEventElapsedTime"));
+    KVCODEC_RETURN_IF_ERROR(check_cuda(cudaEventElapsedTime(&ms[2], ev[2], ev[3]), "cudaEventElapsedTime"));
+    total.push_back(ms[0]);
+    analyze.push_back(ms[1]);
+    lanes.push_back(ms[2]);
+  }
+  std::vector<uint8_t> frame(frame_bytes);
+  KVCODEC_RETURN_IF_ERROR(check_cuda(cudaMemcpy(frame.data(), dst_dev, frame_bytes, cudaMemcpyDeviceToHost), "D2H"));
+  if (!std::equal(frame.begin(), frame.end(), expected.begin(), expected.end()))
+    return Internal("GPU frame differs from the CPU encoder's");
+  r.encode_ms = median(total);
+  r.encode_analyze_ms = median(analyze);
+  r.encode_tables_ms = median(tables);
+  r.encode_lanes_ms = median(lanes);
+  r.encode_gbps = gbps(r.raw_bytes, r.encode_ms);
+  return Status::Ok();
+}
+
 }  // namespace
 
 StatusOr<BenchResult> bench(const KVView& src, const EncodeOptions& options, int iterations) {
@@ -53,7 +117,7 @@ StatusOr<BenchResult> bench(const KVView& src, const EncodeOptions& options, int
   KVCODEC_RETURN_IF_ERROR(check_cuda(cudaGetDeviceProperties(&prop, dev), "cudaGetDeviceProperties"));
   r.device = prop.name;
 
-  // Encode on the CPU and decode there too: the reference the GPU output must equal.
+  // Encode on the CPU and decode there too: the references the GPU outputs must equal.
   std::vector<uint8_t> frame(max_encoded_size(src.shape, src.dtype, options));
   if (frame.empty()) return InvalidArgument("invalid shape, dtype or options");
   KVCODEC_ASSIGN_OR_RETURN(size_t frame_bytes, encode_into(src, options, frame));
@@ -108,6 +172,19 @@ StatusOr<BenchResult> bench(const KVView& src, const EncodeOptions& options, int
   if (gpu_out != cpu_out) return Internal("GPU decode differs from the CPU decoder");
   KVCODEC_ASSIGN_OR_RETURN(r.decode_ms, time_median_ms(stream, iterations, [&] { return dec.decode_async(chunks, dst, stream); }));
   KVCODEC_RETURN_IF_ERROR(dec.synchronize(stream));
+
+  // Encoding the source, uploaded in the contiguous layout, into a second frame buffer.
+  const std::vector<uint8_t> src_raw = gather_contiguous(src);
+  KVCODEC_RETURN_IF_ERROR(
+      check_cuda(cudaMemcpy(raw_dev.get(), src_raw.data(), r.raw_bytes, cudaMemcpyHostToDevice), "uploading the source"));
+  const size_t capacity = max_encoded_size(src.shape, src.dtype, options);
+  KVCODEC_ASSIGN_OR_RETURN(DeviceBuffer enc_out, DeviceBuffer::allocate(capacity));
+  KVCODEC_ASSIGN_OR_RETURN(size_t enc_ws_bytes, Encoder::workspace_size(src.shape, src.dtype, options));
+  KVCODEC_ASSIGN_OR_RETURN(DeviceBuffer enc_ws, DeviceBuffer::allocate(enc_ws_bytes));
+  KVCODEC_ASSIGN_OR_RETURN(Encoder enc,
+                           Encoder::create(src.shape, src.dtype, options, enc_ws.get(), enc_ws_bytes, stream));
+  KVCODEC_RETURN_IF_ERROR(time_encode(enc, contiguous_view(raw_dev.get(), src.dtype, src.shape), enc_out.get(),
+                                      capacity, frame, stream, iterations, r));
 
   r.decode_gbps = gbps(r.raw_bytes, r.decode_ms);
   r.copy_gbps = gbps(r.raw_bytes, r.copy_ms);

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Device check of the CUDA backend, for the lent H200 (the `device` tool) or any CUDA machine:
-# configures a Release CUDA build, runs the GPU tests (bit-exact against the CPU decoder) and
-# the GPU benchmarks on a 1 GiB Llama-3-8B-shaped cache, and writes everything under $OUT:
+# configures a Release CUDA build, runs the GPU tests (frames byte-identical to the CPU encoder's,
+# outputs bit-exact against the CPU decoder) and the GPU benchmarks on a 1 GiB Llama-3-8B-shaped
+# cache, and writes everything under $OUT:
 #   env.txt            nvidia-smi, nvcc and compiler versions, date, git revision
 #   configure.log build.log
-#   cuda_test.log  cuda_test.json      GoogleTest output (GPU tests must not be skipped here)
+#   cuda_test.log  cuda_test.json      GoogleTest output of the decoder tests (GPU tests must
+#                                      not be skipped here)
+#   cuda_encode_test.log/.json         the same for the encoder tests
 #   codec_test.log                     the CPU codec tests of the same build
-#   gpu_bench.log  gpu_bench.json      Google Benchmark: decode, D2D copy, H2D raw/frame GB/s
-#   ncu_decode.txt                     Nsight Compute summary of one decode kernel (if ncu exists)
+#   gpu_bench.log  gpu_bench.json      Google Benchmark: encode, decode, D2D copy, H2D raw/frame GB/s
+#   ncu_decode.txt ncu_encode.txt      Nsight Compute summaries of the decode kernel and of the
+#                                      encoder's kernels (if ncu exists)
 #   summary.txt                        one line per step: ok / FAILED (exit code)
 # Usage: OUT=/some/dir scripts/gpu-check.sh     (from the repository root; ~5-8 minutes)
 # Needs: cmake >= 3.25, ninja, a C++20 compiler, CUDA >= 12 (nvcc), GoogleTest, Google Benchmark,
@@ -51,12 +55,14 @@ step configure 120 configure.log \
   cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DKVCODEC_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_CUDA_COMPILER="$NVCC" \
     -DKVCODEC_BUILD_TOOLS=OFF -DKVCODEC_BUILD_STREAM=OFF -DKVCODEC_BUILD_EXAMPLES=OFF || exit 1
-step build 300 build.log ninja -C "$BUILD" -j "$JOBS" cuda_test codec_test kvcodec_cuda_bench || exit 1
+step build 300 build.log ninja -C "$BUILD" -j "$JOBS" cuda_test cuda_encode_test codec_test kvcodec_cuda_bench || exit 1
 
-step cuda_test 240 cuda_test.log "$BUILD/tests/cuda_test" --gtest_output="json:$OUT/cuda_test.json"
-if grep -q "SKIPPED" "$OUT/cuda_test.log"; then
-  echo "cuda_test: WARNING: tests were skipped (no usable device?)" | tee -a "$OUT/summary.txt"
-fi
+for t in cuda_test cuda_encode_test; do
+  step $t 240 $t.log "$BUILD/tests/$t" --gtest_output="json:$OUT/$t.json"
+  if grep -q "SKIPPED" "$OUT/$t.log"; then
+    echo "$t: WARNING: tests were skipped (no usable device?)" | tee -a "$OUT/summary.txt"
+  fi
+done
 step codec_test 180 codec_test.log "$BUILD/tests/codec_test"
 
 KVCODEC_BENCH_TOKENS=$TOKENS step gpu_bench 240 gpu_bench.log \
@@ -69,6 +75,11 @@ if command -v ncu > /dev/null; then
     ncu --kernel-name regex:decode_units --launch-count 1 \
       --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
       "$BUILD/bench/kvcodec_cuda_bench" --benchmark_filter='BM_Decode/4' --benchmark_min_time=0.01
+  # One default-level encode: every kernel of both phases (the host step shows as a gap).
+  KVCODEC_BENCH_TOKENS=2048 step ncu_encode 180 ncu_encode.txt \
+    ncu --kernel-name regex:'stats_kernel|grids_kernel|histogram_kernel|units_kernel|assign_kernel|write_kernel|chunks_kernel|head_kernel' \
+      --launch-count 8 --section SpeedOfLight --section Occupancy --section LaunchStats \
+      "$BUILD/bench/kvcodec_cuda_bench" --benchmark_filter='BM_Encode/4' --benchmark_min_time=0.01
 fi
 cat "$OUT/summary.txt"
 ! grep -q FAILED "$OUT/summary.txt"
