@@ -196,56 +196,79 @@ bool cpu_has_avx2() {
   return has && detail::simd_enabled();
 }
 
-// The anchor-only lossy loop (group_tokens == 1) with AVX2: 8 lanes per step, entries and output
-// values gathered from the tables, words expanded into the lanes that renormalise. Produces
-// exactly what decode_lossy's scalar loop produces. Requires C % 8 == 0 so that every group of
-// 8 channels is 8 consecutive lanes, and ES of 2 or 4.
+// 32 rANS lanes as four 8-lane AVX2 registers, stepping through a lane stream 8 symbols at a time
+// exactly as LaneReader does one at a time: entries gathered from the tables, words expanded into
+// the lanes that renormalise (in ascending lane order, as the format reads them).
+struct AvxLanes {
+  __m256i X[4];
+  uint32_t r = 0;  // register of the next group of 8 lanes
+  const uint8_t* wp;
+  const uint8_t* we;
+  const int* tbase;  // tables, addressed in 32-bit words
+
+  __attribute__((target("avx2"))) void load(const LaneReader& rd, const DecLayer& dl) {
+    for (int q = 0; q < 4; ++q) X[q] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rd.x + 8 * q));
+    wp = rd.wp;
+    we = rd.we;
+    tbase = reinterpret_cast<const int*>(dl.tables.data());
+  }
+  __attribute__((target("avx2"))) void store(LaneReader& rd) const {
+    for (int q = 0; q < 4; ++q) _mm256_storeu_si256(reinterpret_cast<__m256i*>(rd.x + 8 * q), X[q]);
+    rd.wp = wp;
+  }
+  // Decodes the next 8 symbols, lane j using the table at 32-bit word offset toff[j]. False when
+  // the stream runs out of words (corrupt).
+  __attribute__((target("avx2,popcnt"))) bool step(__m256i toff, __m256i* sym) {
+    const __m256i k4095 = _mm256_set1_epi32(4095);
+    __m256i x = X[r];
+    const __m256i e = _mm256_i32gather_epi32(tbase, _mm256_add_epi32(toff, _mm256_and_si256(x, k4095)), 4);
+    const __m256i freq = _mm256_add_epi32(_mm256_srli_epi32(e, 20), _mm256_set1_epi32(1));
+    const __m256i bias = _mm256_and_si256(_mm256_srli_epi32(e, 8), k4095);
+    *sym = _mm256_and_si256(e, _mm256_set1_epi32(255));
+    x = _mm256_add_epi32(_mm256_mullo_epi32(freq, _mm256_srli_epi32(x, 12)), bias);
+    const __m256i need = _mm256_cmpeq_epi32(_mm256_min_epu32(x, _mm256_set1_epi32(65535)), x);
+    const uint32_t m = uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(need)));
+    if (m) {
+      const uint32_t n = uint32_t(__builtin_popcount(m));
+      if (size_t(we - wp) < 2 * size_t(n)) return false;
+      __m128i w16;
+      if (we - wp >= 16) {
+        w16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wp));
+      } else {
+        alignas(16) uint8_t tmp[16] = {0};
+        std::memcpy(tmp, wp, size_t(we - wp));
+        w16 = _mm_load_si128(reinterpret_cast<const __m128i*>(tmp));
+      }
+      const __m256i w = _mm256_permutevar8x32_epi32(
+          _mm256_cvtepu16_epi32(w16), _mm256_load_si256(reinterpret_cast<const __m256i*>(word_perm().idx[m])));
+      x = _mm256_blendv_epi8(x, _mm256_or_si256(_mm256_slli_epi32(x, 16), w), need);
+      wp += 2 * n;
+    }
+    X[r] = x;
+    r = (r + 1) & 3;
+    return true;
+  }
+};
+
+// The anchor-only lossy loop (group_tokens == 1) with AVX2; output values gathered from the
+// per-channel lookup table. Produces exactly what decode_lossy's scalar loop produces. Requires
+// C % 8 == 0 (every group of 8 channels is 8 consecutive lanes) and ES of 2 or 4.
 template <size_t ES, typename RowOf>
 __attribute__((target("avx2,popcnt"))) Status decode_anchors_avx2(const DecLayer& dl, uint32_t tokens, uint32_t C,
                                                                    LaneReader& rd, const uint8_t* esc,
                                                                    uint32_t n_esc, RowOf&& row) {
   static_assert(ES == 2 || ES == 4);
-  __m256i X[4];
-  for (int r = 0; r < 4; ++r) X[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rd.x + 8 * r));
-  const int* tbase = reinterpret_cast<const int*>(dl.tables.data());
+  AvxLanes lanes;
+  lanes.load(rd, dl);
   const int* lut = reinterpret_cast<const int*>(dl.anchor_lut.data());
-  const uint32_t* perm = &word_perm().idx[0][0];
-  const __m256i k4095 = _mm256_set1_epi32(4095), k255 = _mm256_set1_epi32(255), kOne = _mm256_set1_epi32(1);
   const __m256i k65535 = _mm256_set1_epi32(65535);
-  const uint8_t* wp = rd.wp;
-  const uint8_t* const we = rd.we;
   uint32_t esc_used = 0;
-  uint32_t r = 0;
   for (uint32_t t = 0; t < tokens; ++t) {
     uint8_t* out = row(t);
     for (uint32_t c = 0; c < C; c += 8) {
-      __m256i x = X[r];
-      const __m256i toff = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(dl.anchor_tab_word.data() + c));
-      const __m256i e = _mm256_i32gather_epi32(tbase, _mm256_add_epi32(toff, _mm256_and_si256(x, k4095)), 4);
-      const __m256i freq = _mm256_add_epi32(_mm256_srli_epi32(e, 20), kOne);
-      const __m256i bias = _mm256_and_si256(_mm256_srli_epi32(e, 8), k4095);
-      const __m256i sym = _mm256_and_si256(e, k255);
-      x = _mm256_add_epi32(_mm256_mullo_epi32(freq, _mm256_srli_epi32(x, 12)), bias);
-      const __m256i need = _mm256_cmpeq_epi32(_mm256_min_epu32(x, k65535), x);
-      const uint32_t m = uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(need)));
-      if (m) {
-        const uint32_t n = uint32_t(__builtin_popcount(m));
-        if (size_t(we - wp) < 2 * size_t(n)) return CorruptData("rANS stream ran out of words");
-        __m128i w16;
-        if (we - wp >= 16) {
-          w16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wp));
-        } else {
-          alignas(16) uint8_t tmp[16] = {0};
-          std::memcpy(tmp, wp, size_t(we - wp));
-          w16 = _mm_load_si128(reinterpret_cast<const __m128i*>(tmp));
-        }
-        const __m256i w = _mm256_permutevar8x32_epi32(
-            _mm256_cvtepu16_epi32(w16), _mm256_load_si256(reinterpret_cast<const __m256i*>(perm + 8 * m)));
-        x = _mm256_blendv_epi8(x, _mm256_or_si256(_mm256_slli_epi32(x, 16), w), need);
-        wp += 2 * n;
-      }
-      X[r] = x;
-      r = (r + 1) & 3;
+      __m256i sym;
+      if (!lanes.step(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dl.anchor_tab_word.data() + c)), &sym))
+        return CorruptData("rANS stream ran out of words");
       const __m256i lidx =
           _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dl.anchor_off.data() + c)), sym);
       const __m256i v = _mm256_i32gather_epi32(lut, lidx, int(ES));
@@ -267,9 +290,31 @@ __attribute__((target("avx2,popcnt"))) Status decode_anchors_avx2(const DecLayer
       }
     }
   }
-  for (int q = 0; q < 4; ++q) _mm256_storeu_si256(reinterpret_cast<__m256i*>(rd.x + 8 * q), X[q]);
-  rd.wp = wp;
+  lanes.store(rd);
   if (esc_used != n_esc) return CorruptData("unused escaped values");
+  return rd.finish();
+}
+
+// One byte plane of a lossless unit with AVX2 (C % 8 == 0): byte `plane` of every element.
+template <typename RowOf>
+__attribute__((target("avx2,popcnt"))) Status decode_plane_avx2(const DecLayer& dl, uint32_t plane, uint32_t tokens,
+                                                                 uint32_t C, size_t es, LaneReader& rd, RowOf&& row) {
+  std::vector<uint32_t> tab_word(C);
+  for (uint32_t c = 0; c < C; ++c) tab_word[c] = uint32_t((dl.table_base[c] + plane) * (sizeof(DecTable) / 4));
+  AvxLanes lanes;
+  lanes.load(rd, dl);
+  alignas(32) uint32_t sym[8];
+  for (uint32_t t = 0; t < tokens; ++t) {
+    uint8_t* out = row(t) + plane;
+    for (uint32_t c = 0; c < C; c += 8) {
+      __m256i s;
+      if (!lanes.step(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(tab_word.data() + c)), &s))
+        return CorruptData("rANS stream ran out of words");
+      _mm256_store_si256(reinterpret_cast<__m256i*>(sym), s);
+      for (uint32_t j = 0; j < 8; ++j) out[(c + j) * es] = uint8_t(sym[j]);
+    }
+  }
+  lanes.store(rd);
   return rd.finish();
 }
 #endif
@@ -343,6 +388,13 @@ Status decode_unit(const Decoder& d, uint32_t l, uint32_t kv, uint32_t tokens, c
       LaneReader rd;
       size_t used;
       KVCODEC_RETURN_IF_ERROR(rd.open(p + off, size - off, &used));
+#if defined(__x86_64__)
+      if (C % 8 == 0 && cpu_has_avx2()) {
+        KVCODEC_RETURN_IF_ERROR(decode_plane_avx2(dl, plane, tokens, C, es, rd, row));
+        off += used;
+        continue;
+      }
+#endif
       for (uint32_t t = 0; t < tokens; ++t) {
         uint8_t* out = row(t) + plane;
         for (uint32_t c = 0; c < C; ++c) out[c * es] = uint8_t(rd.next(*tab[c]));

@@ -241,7 +241,7 @@ TEST(Codec, SimdAndScalarPathsAgree) {
     auto values = make_kv(s, 21);
     values[77] = INFINITY;  // an escape inside a vector group
     auto raw = to_dtype(values, dt);
-    for (int level : {1, 5, 9}) {
+    for (int level : {0, 1, 5, 9}) {
       EncodeOptions o;
       o.level = level;
       o.chunk_tokens = 100;
