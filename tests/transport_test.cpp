@@ -17,27 +17,29 @@ TEST(LinkEmulator, FollowsTheControllersTimingModel) {
   // 8 Gb/s = 1e9 bytes/s, rtt 10 ms: a response starts rtt/2 after its request, responses queue
   // FIFO on the link, and bytes are released to the socket rtt/2 after they leave the link.
   LinkEmulator link(LinkConfig{LinkTrace::constant(8.0), 0.010});
-  auto a = link.schedule(0.0, 1'000'000);
+  auto a = link.schedule(0.0, 0.0, 1'000'000);
   EXPECT_DOUBLE_EQ(a.start_s, 0.005);
   EXPECT_NEAR(a.finish_s, 0.006, 1e-12);
-  auto b = link.schedule(0.0, 2'000'000);  // pipelined: waits for the link
+  auto b = link.schedule(0.0, 0.0, 2'000'000);  // pipelined: waits for the link
   EXPECT_NEAR(b.start_s, 0.006, 1e-12);
   EXPECT_NEAR(b.finish_s, 0.008, 1e-12);
   EXPECT_NEAR(link.release_time(b, 0), 0.011, 1e-12);
   EXPECT_NEAR(link.release_time(b, 1'000'000), 0.012, 1e-12);
-  auto c = link.schedule(1.0, 10);  // idle link: starts at arrival + rtt/2
+  auto c = link.schedule(1.0, 0.0, 10);  // idle link: starts at arrival + rtt/2
   EXPECT_DOUBLE_EQ(c.start_s, 1.005);
+  auto late = link.schedule(2.0, 2.5, 10);  // the server needed until 2.5 s to produce it
+  EXPECT_DOUBLE_EQ(late.start_s, 2.5);
   EXPECT_GE(link.slice_bytes(0), 4096u);
 
   // A drop in the trace slows the part of a response sent after it.
   auto trace = LinkTrace::parse("0 8\n0.001 0.8\n");
   ASSERT_TRUE(trace.ok());
   LinkEmulator drop(LinkConfig{*trace, 0.0});
-  auto d = drop.schedule(0.0, 2'000'000);  // 1e6 bytes in 1 ms, then 1e6 at 1e8 bytes/s
+  auto d = drop.schedule(0.0, 0.0, 2'000'000);  // 1e6 bytes in 1 ms, then 1e6 at 1e8 bytes/s
   EXPECT_NEAR(d.finish_s, 0.011, 1e-9);
 
   LinkEmulator unlimited(LinkConfig{std::nullopt, 0.002});
-  auto u = unlimited.schedule(0.5, 1u << 30);
+  auto u = unlimited.schedule(0.5, 0.0, 1u << 30);
   EXPECT_DOUBLE_EQ(u.finish_s, u.start_s);
   EXPECT_FALSE((LinkConfig{std::nullopt, -1.0}).validate().ok());
 }

@@ -69,12 +69,14 @@ class LinkEmulator {
   double now_s();
   bool clock_running() const;
 
-  // Schedules a response of `bytes` to a request that arrived at `arrival_s` (trace clock).
-  // Returns [start_s, finish_s] of its transmission on the emulated link.
+  // Schedules a response of `bytes` to a request that arrived at `arrival_s`, whose bytes were
+  // ready to send at `ready_s` (trace clock; the server's own work is not part of the emulated
+  // link, so a response never starts before it exists). Returns [start_s, finish_s] of its
+  // transmission: start = max(arrival + rtt/2, ready, link free).
   struct Slot {
     double start_s = 0, finish_s = 0;
   };
-  Slot schedule(double arrival_s, uint64_t bytes);
+  Slot schedule(double arrival_s, double ready_s, uint64_t bytes);
   // Trace-clock time at which the first `prefix` bytes of a response scheduled at `slot` have
   // all been released to the socket (start + rtt/2 for prefix 0).
   double release_time(const Slot& slot, uint64_t prefix) const noexcept;

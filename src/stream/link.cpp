@@ -66,10 +66,10 @@ double LinkEmulator::now_s() {
   return std::chrono::duration<double>(now - state_->origin).count();
 }
 
-LinkEmulator::Slot LinkEmulator::schedule(double arrival_s, uint64_t bytes) {
+LinkEmulator::Slot LinkEmulator::schedule(double arrival_s, double ready_s, uint64_t bytes) {
   std::lock_guard lock(state_->mu);
   Slot slot;
-  slot.start_s = std::max(arrival_s + config_.rtt_s / 2, state_->link_free_s);
+  slot.start_s = std::max({arrival_s + config_.rtt_s / 2, ready_s, state_->link_free_s});
   slot.finish_s = config_.trace ? config_.trace->finish_time(slot.start_s, bytes) : slot.start_s;
   state_->link_free_s = slot.finish_s;
   return slot;

@@ -253,7 +253,7 @@ void Server::Impl::send_response(int fd, std::vector<uint8_t>& msg, double arriv
     else *dropped = true;
     return;
   }
-  const LinkEmulator::Slot slot = link.schedule(arrival_s, msg.size());
+  const LinkEmulator::Slot slot = link.schedule(arrival_s, link.now_s(), msg.size());
   // The header leaves when transmission starts, so the client's first-to-last-byte time is the
   // link time of the whole response.
   uint64_t sent = 0;
