@@ -188,7 +188,7 @@ class AtomicFile {
 };
 
 // Prefixes a failed status with the file it concerns.
-Status in_file(const Status& s, const std::string& path) { return s.with_context(path); }
+Status in_file(const Status& s, const std::string& path) { return path.empty() ? s : s.with_context(path); }
 
 // ---- safetensors ----------------------------------------------------------------------------
 //

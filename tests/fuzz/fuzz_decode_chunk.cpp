@@ -17,17 +17,27 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto dst = fuzz::small_destination(*info);
   if (!dst) return 0;
   const auto head = bytes.first(info->head_bytes);
-  auto decoder = FrameDecoder::open(head);
 
   DecodeOptions o;
   o.verify_checksums = false;
-  const uint32_t chunks = uint32_t(std::min<size_t>(info->chunks.size(), 64));
-  for (uint32_t c = 0; c <= chunks; ++c) {  // c == chunks: one past the end must be an error
-    std::span<const uint8_t> body = bytes.subspan(info->head_bytes);
-    if (c < chunks && info->chunks[c].offset + info->chunks[c].size <= size)
-      body = bytes.subspan(info->chunks[c].offset, info->chunks[c].size);
-    if (decode_chunk_into(head, c, body, dst->view(), o).ok() && c == chunks) std::abort();
-    if (decoder.ok()) (void)decoder->decode_chunk(c, body, dst->view(), o);
+  // FrameDecoder parses the head once, then decodes up to 64 chunks; decode_chunk_into parses
+  // it on every call, so it gets one chunk per input (picked by the input's size). Index n is
+  // one past the last chunk and must be an error.
+  const uint32_t n = uint32_t(info->chunks.size());
+  const uint32_t tried = std::min<uint32_t>(n, 64);
+  auto body_of = [&](uint32_t c) {
+    if (c < n && info->chunks[c].offset + info->chunks[c].size <= size)
+      return bytes.subspan(info->chunks[c].offset, info->chunks[c].size);
+    return bytes.subspan(info->head_bytes);
+  };
+  auto must_fail = [&](uint32_t c, const Status& s) {
+    if (c == n && s.ok()) std::abort();
+  };
+  const uint32_t pick = size % (tried + 1) == tried ? n : uint32_t(size % (tried + 1));
+  must_fail(pick, decode_chunk_into(head, pick, body_of(pick), dst->view(), o));
+  if (auto decoder = FrameDecoder::open(head); decoder.ok()) {
+    for (uint32_t c = 0; c < tried; ++c) (void)decoder->decode_chunk(c, body_of(c), dst->view(), o);
+    must_fail(n, decoder->decode_chunk(n, body_of(n), dst->view(), o));
   }
   return 0;
 }
