@@ -63,7 +63,10 @@ int cmd_fetch(int argc, char** argv) {
     }
   }
   if (!a.has("--quiet")) {
-    fo.observer.on_failure = [](const FetchFailure& f) { print_failure_line(stderr, f); };
+    // The failure that ends a fetch is the command's error line; the others are progress.
+    fo.observer.on_failure = [](const FetchFailure& f) {
+      if (f.action != "abort") print_failure_line(stderr, f);
+    };
   }
 
   // TEXT chunks: prefill with the model on top of the KV fetched so far (bound to the
