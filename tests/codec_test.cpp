@@ -80,6 +80,7 @@ struct Case {
   int level;
   uint32_t chunk_tokens;
   uint32_t group_tokens;
+  StepMode mode = StepMode::kLayer;
 };
 
 class RoundTrip : public ::testing::TestWithParam<Case> {};
@@ -93,6 +94,7 @@ TEST_P(RoundTrip, ContiguousWithinBound) {
   o.level = c.level;
   o.chunk_tokens = c.chunk_tokens;
   o.group_tokens = c.group_tokens;
+  o.step_mode = c.mode;
   auto frame = encode(src, o);
   ASSERT_FALSE(frame.empty());
   ASSERT_TRUE(verify_frame(frame).ok());
@@ -119,11 +121,22 @@ TEST_P(RoundTrip, ContiguousWithinBound) {
           sum[ch] += x;
           sq[ch] += x * x;
         }
+      // Scale as the encoder computes it: per channel (kChannel) or the RMS over the tensor of the
+      // deviations from the per-channel means (kLayer, the default).
+      std::vector<double> scale(C);
+      double layer_ss = 0;
       for (size_t ch = 0; ch < C; ++ch) {
         const double mean = sum[ch] / c.shape.tokens;
-        double scale = std::sqrt(std::max(0.0, sq[ch] / c.shape.tokens - mean * mean));
-        if (!(scale > 0)) scale = std::fabs(mean) > 0 ? std::fabs(mean) / 1024 : 1.0;
-        const double max_step = kLevelStep[c.level] * layer_factor(l, c.shape.layers) * scale;
+        const double var = std::max(0.0, sq[ch] / c.shape.tokens - mean * mean);
+        scale[ch] = std::sqrt(var);
+        layer_ss += var;
+      }
+      const double layer_scale = std::sqrt(layer_ss / double(C));
+      for (size_t ch = 0; ch < C; ++ch) {
+        const double mean = sum[ch] / c.shape.tokens;
+        double sc = c.mode == StepMode::kLayer ? layer_scale : scale[ch];
+        if (!(sc > 0)) sc = std::fabs(mean) > 0 ? std::fabs(mean) / 1024 : 1.0;
+        const double max_step = kLevelStep[c.level] * layer_factor(l, c.shape.layers) * sc;
         for (uint32_t t = 0; t < c.shape.tokens; ++t) {
           const size_t i = base + t * C + ch;
           const float x = value_at(raw, i, c.dtype), xh = value_at(out, i, c.dtype);
@@ -148,6 +161,9 @@ const Case kCases[] = {
     {{2, 200, 4, 32}, DType::kF32, 9, 100, 3},
     {{2, 130, 1, 8}, DType::kF8E4M3, 5, 32, 1},
     {{5, 64, 3, 24}, DType::kF16, 8, 7, 2},      // tiny chunks, odd group size
+    {{3, 257, 2, 16}, DType::kF16, 4, 256, 1, StepMode::kChannel},  // per-channel steps
+    {{3, 200, 2, 16}, DType::kBF16, 7, 64, 4, StepMode::kChannel},
+    {{2, 100, 3, 8}, DType::kF32, 2, 64, 1, StepMode::kChannel},
 };
 INSTANTIATE_TEST_SUITE_P(Codec, RoundTrip, ::testing::ValuesIn(kCases));
 
