@@ -137,8 +137,7 @@ Workspace workspace_layout(const EncodeLayout& el, const EncodeOptions& o) {
 
 // Launch limits: one warp per (chunk, unit) must fit a 1-D grid.
 Status check_launchable(const EncodeLayout& el) {
-  const uint64_t warps = uint64_t(el.num_chunks) * el.units();
-  if (blocks_for(warps, kWarpsPerBlock) >= (1ull << 31) - 1 || warps >= (1ull << 36))
+  if (uint64_t(el.num_chunks) * el.units() / kWarpsPerBlock >= (1ull << 31) - 1)
     return InvalidArgument("too many (chunk, layer, K/V) units for the GPU encoder: use larger chunk_tokens");
   return Status::Ok();
 }
