@@ -14,9 +14,11 @@ namespace {
 
 // Assigns channels to at most max_groups groups: an initial split by an integer feature
 // (quantiles), refined by a few rounds of "move each channel to the group whose smoothed table
-// codes it in the fewest bits".
+// codes it in the fewest bits", counting the slots from first_slot on. (Lossless frames cluster on
+// the top byte plane alone: sign and exponent differ between channels, the low mantissa bytes are
+// near-uniform everywhere and would only make clustering slow.)
 std::vector<uint8_t> cluster_channels(const Histograms& hs, const uint64_t* feature, uint32_t max_groups,
-                                      uint32_t* groups_out) {
+                                      uint32_t first_slot, uint32_t* groups_out) {
   const uint32_t C = hs.channels;
   std::vector<uint32_t> order(C);
   std::iota(order.begin(), order.end(), 0u);
@@ -32,7 +34,7 @@ std::vector<uint8_t> cluster_channels(const Histograms& hs, const uint64_t* feat
       uint32_t count;
     };
     std::vector<std::vector<Entry>> nz(C);
-    for (uint32_t s = 0; s < hs.slots; ++s)
+    for (uint32_t s = first_slot; s < hs.slots; ++s)
       for (uint32_t b = 0; b < hs.bins; ++b)
         for (uint32_t c = 0; c < C; ++c)
           if (uint32_t n = hs.count(c, s, b)) nz[c].push_back({s * hs.bins + b, n});
@@ -44,7 +46,7 @@ std::vector<uint8_t> cluster_channels(const Histograms& hs, const uint64_t* feat
         for (const Entry& e : nz[c]) gsum[group[c] * table_len + e.index] += e.count;
       // cost[g][slot][bin] = -log2 of the smoothed probability, Q24 fixed point.
       for (uint32_t g = 0; g < G; ++g)
-        for (uint32_t s = 0; s < hs.slots; ++s) {
+        for (uint32_t s = first_slot; s < hs.slots; ++s) {
           uint64_t total = 0;
           const uint64_t* gs = &gsum[g * table_len + s * hs.bins];
           for (uint32_t b = 0; b < hs.bins; ++b) total += gs[b];
@@ -150,7 +152,7 @@ Status lossy_table(const uint64_t* h, TableSpec& spec, uint32_t* codes) {
 Status build_layer_model(const Histograms& hs, const uint64_t* feature, bool lossless, uint32_t table_groups,
                          LayerModel& m, std::vector<uint32_t>& codes) {
   m.slots = hs.slots;
-  m.channel_group = cluster_channels(hs, feature, table_groups, &m.groups);
+  m.channel_group = cluster_channels(hs, feature, table_groups, lossless ? hs.slots - 1 : 0, &m.groups);
   const auto gh = group_histograms(hs, m.channel_group, m.groups);
   m.tables.resize(size_t(m.groups) * m.slots);
   codes.resize(m.tables.size() * hs.bins);
