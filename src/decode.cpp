@@ -1,6 +1,7 @@
 // Decoder: frame head -> decode tables -> per (chunk, layer) rANS lanes -> values -> layout view.
 // Every read is bounds-checked; a corrupt frame yields a Status, never a crash or a silently
 // wrong tensor (lanes must end in their initial state with every word and escape consumed).
+#include <cmath>
 #include <cstring>
 #include <memory>
 #if defined(__x86_64__)
@@ -488,6 +489,68 @@ Status FrameDecoder::decode_chunk(uint32_t chunk, std::span<const uint8_t> body,
   const uint32_t L = impl_->info.shape.layers, le = std::min(o.layer_end, L);
   if (o.layer_begin >= le) return OutOfRange("empty layer range");
   return kvcodec::decode_chunk(*impl_, chunk, body, dst, o.layer_begin, le, o.verify_checksums, o.threads);
+}
+
+StatusOr<FrameStats> analyze_frame(std::span<const uint8_t> frame) {
+  KVCODEC_RETURN_IF_ERROR(verify_frame(frame));
+  KVCODEC_ASSIGN_OR_RETURN(auto d, make_decoder(frame));
+  const FrameInfo& f = d->info;
+  const uint32_t C = uint32_t(f.shape.channels()), L = f.shape.layers;
+  const bool lossless = detail::is_lossless(f);
+  const size_t es = d->es;
+  FrameStats st;
+  std::vector<std::vector<uint64_t>> counts(d->layers.size());  // [layer model][table * 256 + symbol]
+  for (size_t u = 0; u < d->layers.size(); ++u) counts[u].assign(d->layers[u].tables.size() * 256, 0);
+  for (const ChunkInfo& ci : f.chunks) {
+    const uint8_t* body = frame.data() + ci.offset;
+    st.directory_bytes += size_t(L) * 2 * 4;
+    const uint8_t* p = body + size_t(L) * 2 * 4;
+    for (size_t u = 0; u < size_t(L) * 2; ++u) {
+      const size_t unit = detail::get_u32(body + 4 * u);
+      const DecLayer& dl = d->layers[u];
+      const DecTable* tables = dl.tables.data();
+      size_t off = 0;
+      for (uint32_t plane = 0; plane < (lossless ? es : 1); ++plane) {
+        LaneReader rd;
+        size_t used;
+        KVCODEC_RETURN_IF_ERROR(rd.open(p + off, unit - off, &used));
+        for (uint32_t t = 0; t < ci.tokens; ++t)
+          for (uint32_t c = 0; c < C; ++c) {
+            const uint32_t slot = lossless ? plane : (t % f.group_tokens == 0 ? 0 : 1);
+            const size_t ti = dl.table_base[c] + slot;
+            ++counts[u][ti * 256 + rd.next(tables[ti])];
+          }
+        KVCODEC_RETURN_IF_ERROR(rd.finish());
+        st.word_bytes += size_t(rd.we - (p + off)) - detail::kLaneStreamHeader;
+        st.lane_bytes += used;
+        off += used;
+      }
+      if (!lossless) {
+        const uint32_t n_esc = detail::get_u32(p + off);
+        st.escapes += n_esc;
+        st.escape_bytes += unit - off;
+      }
+      st.symbols += uint64_t(ci.tokens) * C * (lossless ? es : 1);
+      p += unit;
+    }
+  }
+  for (size_t u = 0; u < counts.size(); ++u)
+    for (size_t ti = 0; ti < d->layers[u].tables.size(); ++ti) {
+      std::span<const uint64_t> c(&counts[u][ti * 256], 256);
+      st.entropy_bits += entropy_bits(c);
+      const DecTable& tb = d->layers[u].tables[ti];
+      for (uint32_t s = 0; s < 256; ++s) {
+        if (!c[s]) continue;
+        uint32_t freq = 0;  // the symbol's frequency: entries whose symbol byte is s
+        for (uint32_t k = 0; k < kRansM; ++k)
+          if ((tb.entry[k] & 0xff) == s) {
+            freq = (tb.entry[k] >> 20) + 1;
+            break;
+          }
+        st.model_bits += double(c[s]) * (double(detail::kRansProbBits) - std::log2(double(freq)));
+      }
+    }
+  return st;
 }
 
 Status decode_into(std::span<const uint8_t> frame, const KVView& dst, const DecodeOptions& o) {

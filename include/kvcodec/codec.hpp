@@ -44,6 +44,25 @@ Status decode_chunk_into(std::span<const uint8_t> head, uint32_t chunk,
                          std::span<const uint8_t> chunk_body, const KVView& dst,
                          const DecodeOptions& options = {});
 
+// Entropy-coder diagnostics of a frame: how close the rANS payload comes to the empirical entropy
+// of its symbols under the frame's own model (its tables), and what else the bytes are spent on.
+struct FrameStats {
+  uint64_t symbols = 0;       // coded symbols, all streams
+  uint64_t escapes = 0;       // values stored raw (lossy levels)
+  uint64_t word_bytes = 0;    // rANS words
+  uint64_t lane_bytes = 0;    // lane streams in all: words + word counts + lane states + padding
+  uint64_t escape_bytes = 0;  // escaped raw values with their counts and padding
+  uint64_t directory_bytes = 0;  // per-chunk unit directories
+  // Sum over tables of N_t * H(empirical distribution of the symbols coded with table t).
+  double entropy_bits = 0;
+  // Sum over symbols of -log2(freq / 4096) with the frame's tables (what an ideal coder using
+  // the stored model would spend).
+  double model_bits = 0;
+};
+
+// Decodes every stream of a whole frame (checksums verified) and counts its symbols per table.
+StatusOr<FrameStats> analyze_frame(std::span<const uint8_t> frame);
+
 namespace detail {
 struct Decoder;
 }

@@ -4,11 +4,13 @@
 #include <charconv>
 #include <cinttypes>
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "cli.hpp"
 #include "commands.hpp"
+#include "kvcodec/codec.hpp"
 #include "kvcodec/format.hpp"
 #include "kvcodec/io.hpp"
 
@@ -24,7 +26,10 @@ std::string number(double v) {
   return std::string(buf, r.ptr);
 }
 
-void print_json(const FrameInfo& f, uint64_t file_bytes, const Status& verified) {
+// Relative excess of `bits` over `reference`, in percent.
+double excess_pct(double bits, double reference) { return reference > 0 ? 100.0 * (bits - reference) / reference : 0.0; }
+
+void print_json(const FrameInfo& f, uint64_t file_bytes, const Status& verified, const FrameStats* st) {
   std::printf("{\"format_version\": %u, \"dtype\": \"%s\", \"layers\": %u, \"kv_heads\": %u, "
               "\"head_dim\": %u, \"tokens\": %u, \"chunks\": %zu, \"level\": %d, \"chunk_tokens\": %u, "
               "\"group_tokens\": %u, \"table_groups\": %u, \"step_mode\": \"%s\", ",
@@ -33,10 +38,19 @@ void print_json(const FrameInfo& f, uint64_t file_bytes, const Status& verified)
               step_mode_name(f.step_mode));
   std::printf("\"bits_per_element\": %s, \"uncompressed_bytes\": %" PRIu64 ", \"table_bytes\": %" PRIu64
               ", \"model_bytes\": %" PRIu64 ", \"head_bytes\": %" PRIu64 ", \"payload_bytes\": %" PRIu64
-              ", \"frame_bytes\": %" PRIu64 ", \"file_bytes\": %" PRIu64 ", \"checksum_ok\": %s, \"chunk_list\": [",
+              ", \"frame_bytes\": %" PRIu64 ", \"file_bytes\": %" PRIu64 ", \"checksum_ok\": %s, ",
               number(f.bits_per_element()).c_str(), f.shape.elements() * dtype_size(f.dtype), f.table_bytes,
               f.model_bytes, f.head_bytes, f.payload_bytes(), f.frame_bytes, file_bytes,
               verified.ok() ? "true" : "false");
+  if (st)
+    std::printf("\"entropy\": {\"symbols\": %" PRIu64 ", \"escapes\": %" PRIu64 ", \"entropy_bits\": %s, "
+                "\"model_bits\": %s, \"word_bytes\": %" PRIu64 ", \"lane_bytes\": %" PRIu64
+                ", \"escape_bytes\": %" PRIu64 ", \"words_over_entropy_pct\": %s, \"lanes_over_entropy_pct\": %s}, ",
+                st->symbols, st->escapes, number(st->entropy_bits).c_str(), number(st->model_bits).c_str(),
+                st->word_bytes, st->lane_bytes, st->escape_bytes,
+                number(excess_pct(8.0 * double(st->word_bytes), st->entropy_bits)).c_str(),
+                number(excess_pct(8.0 * double(st->lane_bytes), st->entropy_bits)).c_str());
+  std::printf("\"chunk_list\": [");
   for (size_t i = 0; i < f.chunks.size(); ++i) {
     const ChunkInfo& c = f.chunks[i];
     std::printf("%s{\"index\": %zu, \"token_begin\": %u, \"tokens\": %u, \"offset\": %" PRIu64
@@ -46,7 +60,8 @@ void print_json(const FrameInfo& f, uint64_t file_bytes, const Status& verified)
   std::printf("]}\n");
 }
 
-void print_text(const std::string& path, const FrameInfo& f, uint64_t file_bytes, const Status& verified) {
+void print_text(const std::string& path, const FrameInfo& f, uint64_t file_bytes, const Status& verified,
+                const FrameStats* st) {
   const uint64_t raw = f.shape.elements() * dtype_size(f.dtype);
   std::printf("frame         %s (format version %u)\n", path.c_str(), f.format_version);
   std::printf("cache         %s, %u layers x {K,V} x %u tokens x %u kv_heads x %u head_dim (%" PRIu64 " bytes)\n",
@@ -63,6 +78,14 @@ void print_text(const std::string& path, const FrameInfo& f, uint64_t file_bytes
   std::printf("rate          %.4f bits/element, %.2fx smaller than %s\n", f.bits_per_element(),
               double(raw) / double(f.frame_bytes), dtype_name(f.dtype));
   std::printf("checksums     %s\n", verified.ok() ? "ok" : verified.to_string().c_str());
+  std::printf("tables        %.3f%% of the frame\n", 100.0 * double(f.table_bytes) / double(f.frame_bytes));
+  if (st) {
+    std::printf("entropy       %" PRIu64 " symbols (%" PRIu64 " escaped): empirical entropy %.0f bytes under the frame's "
+                "model;\n              rANS lane streams %" PRIu64 " bytes (%+.3f%%; the words alone %" PRIu64 ", %+.3f%%)\n",
+                st->symbols, st->escapes, st->entropy_bits / 8, st->lane_bytes,
+                excess_pct(8.0 * double(st->lane_bytes), st->entropy_bits), st->word_bytes,
+                excess_pct(8.0 * double(st->word_bytes), st->entropy_bits));
+  }
   std::printf("\n%6s %12s %8s %14s %10s  %s\n", "chunk", "first token", "tokens", "offset", "bytes", "xxh64");
   for (size_t i = 0; i < f.chunks.size(); ++i) {
     const ChunkInfo& c = f.chunks[i];
@@ -74,9 +97,10 @@ void print_text(const std::string& path, const FrameInfo& f, uint64_t file_bytes
 }  // namespace
 
 int cmd_inspect(int argc, char** argv) {
-  Args a("inspect", "kvcodec inspect IN.kvc [--json]");
+  Args a("inspect", "kvcodec inspect IN.kvc [--json] [--entropy]");
   a.positional("IN.kvc", "frame written by kvcodec encode")
-      .flag("--json", "print one JSON object instead of text");
+      .flag("--json", "print one JSON object instead of text")
+      .flag("--entropy", "decode every stream and compare the payload with the symbols' empirical entropy");
   if (!a.parse(argc, argv)) return a.exit_code();
   const std::string in = a.positionals()[0];
 
@@ -85,11 +109,17 @@ int cmd_inspect(int argc, char** argv) {
   StatusOr<FrameInfo> info = read_frame_info(*frame);
   if (!info.ok()) return a.fail(info.status().with_context(in));
   const Status verified = verify_frame(*frame);
-
+  std::optional<FrameStats> stats;
+  if (a.has("--entropy") && verified.ok()) {
+    auto s = analyze_frame(*frame);
+    if (!s.ok()) return a.fail(s.status().with_context(in));
+    stats = *s;
+  }
+  const FrameStats* st = stats ? &*stats : nullptr;
   if (a.has("--json"))
-    print_json(*info, frame->size(), verified);
+    print_json(*info, frame->size(), verified, st);
   else
-    print_text(in, *info, frame->size(), verified);
+    print_text(in, *info, frame->size(), verified, st);
   std::fflush(stdout);
   return verified.ok() ? 0 : a.fail(verified.with_context(in));
 }
