@@ -170,7 +170,8 @@ int cmd_demo(int argc, char** argv) {
       .option("--low-gbps", "link bandwidth after the drop, Gb/s (default 1)")
       .option("--drop-ms", "time of the drop after the fetch starts, ms (default 100)")
       .option("--rtt-ms", "round-trip time of the emulated link, ms (default 2)")
-      .option("--slo-ms", "time-to-first-token target, ms (default 1500)")
+      .option("--slo-ms", "time-to-first-token target, ms (default: 80% of recomputing the whole context, so that "
+                          "neither recomputing nor fetching alone is enough)")
       .option("--prefill-tps", "prefill tokens/s for TEXT chunks (default: 4000, an assumption for the target GPU; measured with --model)")
       .option("--threads", "encoder / decoder threads (default 0 = all cores)")
       .option("--model", "reference model (llama2.c .bin): real KV and real recompute")
@@ -185,7 +186,7 @@ int cmd_demo(int argc, char** argv) {
   const int64_t chunk_tokens = a.get_int("--chunk-tokens", real ? 64 : 256);
   const double high = a.get_double("--high-gbps", 10), low = a.get_double("--low-gbps", 1);
   const double drop_s = a.get_double("--drop-ms", 100) / 1e3, rtt_s = a.get_double("--rtt-ms", 2) / 1e3;
-  const double slo_s = a.get_double("--slo-ms", 1500) / 1e3;
+  double slo_s = a.get_double("--slo-ms", 0) / 1e3;  // 0: derived from the prefill rate below
   double prefill_tps = a.get_double("--prefill-tps", 0);
   const int threads = int(a.get_int("--threads", 0));
   const int64_t offset = a.get_int("--offset", 0);
@@ -196,7 +197,7 @@ int cmd_demo(int argc, char** argv) {
   }
   if (a.failed()) return 2;
   if (tokens < 1 || chunk_tokens < 1 || chunk_tokens > kMaxChunkTokens || !(high > 0) || !(low > 0) ||
-      !(drop_s > 0) || rtt_s < 0 || !(slo_s > 0) || prefill_tps < 0 || threads < 0 || offset < 0)
+      !(drop_s > 0) || rtt_s < 0 || slo_s < 0 || prefill_tps < 0 || threads < 0 || offset < 0)
     return a.fail("sizes, bandwidths, times and rates must be positive");
   const std::string out_dir = a.get("--out", "kvcodec-demo-out");
   const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
@@ -284,6 +285,7 @@ int cmd_demo(int argc, char** argv) {
   FetchOptions fo;
   fo.port = (*server)->port();
   fo.id = "demo";
+  if (slo_s == 0) slo_s = 0.8 * double(kv.shape.tokens) / prefill_tps;
   fo.controller.slo_s = slo_s;
   fo.controller.cost.rtt_s = rtt_s;
   fo.controller.cost.prefill_tokens_per_s = prefill_tps;
