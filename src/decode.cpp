@@ -41,6 +41,7 @@ struct DecLayer {
   // tables.data(), and its escape symbol.
   std::vector<uint32_t> anchor_tab_word;
   std::vector<uint32_t> anchor_esc;
+  std::vector<int32_t> anchor_base;  // center + qmin of the anchor table: grid index of symbol 0
 };
 
 struct Decoder {
@@ -98,6 +99,8 @@ StatusOr<std::shared_ptr<Decoder>> make_decoder(std::span<const uint8_t> head) {
       dl.anchor_tab_word[c] = uint32_t(dl.table_base[c] * (sizeof(DecTable) / 4));
       dl.anchor_esc[c] = dl.tables[dl.table_base[c]].esc;
     }
+    dl.anchor_base.resize(C);
+    for (size_t c = 0; c < C; ++c) dl.anchor_base[c] = dl.center[c] + dl.tables[dl.table_base[c]].qmin;
     for (size_t c = 0; c < C; ++c) {
       const DecTable& tb = dl.tables[dl.table_base[c]];
       for (uint32_t s = 0; s < tb.esc; ++s)
@@ -193,7 +196,7 @@ const WordPerm& word_perm() {
 }
 
 bool cpu_has_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2");
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
   return has && detail::simd_enabled();
 }
 
@@ -219,6 +222,9 @@ struct AvxLanes {
   }
   // Decodes the next 8 symbols, lane j using the table at 32-bit word offset toff[j]. False when
   // the stream runs out of words (corrupt).
+  // kSkipIdle: branch over the word read when no lane renormalises (pays off when most steps
+  // read, as in lossless byte planes; a branch-free read wins at low rates).
+  template <bool kSkipIdle>
   __attribute__((target("avx2,popcnt"))) bool step(__m256i toff, __m256i* sym) {
     const __m256i k4095 = _mm256_set1_epi32(4095);
     __m256i x = X[r];
@@ -229,22 +235,27 @@ struct AvxLanes {
     x = _mm256_add_epi32(_mm256_mullo_epi32(freq, _mm256_srli_epi32(x, 12)), bias);
     const __m256i need = _mm256_cmpeq_epi32(_mm256_min_epu32(x, _mm256_set1_epi32(65535)), x);
     const uint32_t m = uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(need)));
-    if (m) {
-      const uint32_t n = uint32_t(__builtin_popcount(m));
-      if (size_t(we - wp) < 2 * size_t(n)) return false;
-      __m128i w16;
-      if (we - wp >= 16) {
-        w16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wp));
-      } else {
-        alignas(16) uint8_t tmp[16] = {0};
-        std::memcpy(tmp, wp, size_t(we - wp));
-        w16 = _mm_load_si128(reinterpret_cast<const __m128i*>(tmp));
-      }
-      const __m256i w = _mm256_permutevar8x32_epi32(
-          _mm256_cvtepu16_epi32(w16), _mm256_load_si256(reinterpret_cast<const __m256i*>(word_perm().idx[m])));
-      x = _mm256_blendv_epi8(x, _mm256_or_si256(_mm256_slli_epi32(x, 16), w), need);
-      wp += 2 * n;
+    // Branch-free renormalisation (whether a lane reads is data-dependent and unpredictable):
+    // with m == 0 the permutation and blend change nothing and no word is consumed.
+    if (kSkipIdle && !m) {
+      X[r] = x;
+      r = (r + 1) & 3;
+      return true;
     }
+    const uint32_t n = uint32_t(__builtin_popcount(m));
+    __m128i w16;
+    if (__builtin_expect(we - wp >= 16, 1)) {
+      w16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wp));
+    } else {  // the stream's last words: never read past its end
+      if (size_t(we - wp) < 2 * size_t(n)) return false;
+      alignas(16) uint8_t tmp[16] = {0};
+      std::memcpy(tmp, wp, size_t(we - wp));
+      w16 = _mm_load_si128(reinterpret_cast<const __m128i*>(tmp));
+    }
+    const __m256i w = _mm256_permutevar8x32_epi32(
+        _mm256_cvtepu16_epi32(w16), _mm256_load_si256(reinterpret_cast<const __m256i*>(word_perm().idx[m])));
+    x = _mm256_blendv_epi8(x, _mm256_or_si256(_mm256_slli_epi32(x, 16), w), need);
+    wp += 2 * n;
     X[r] = x;
     r = (r + 1) & 3;
     return true;
@@ -255,10 +266,13 @@ struct AvxLanes {
 // per-channel lookup table. Produces exactly what decode_lossy's scalar loop produces. Requires
 // C % 8 == 0 (every group of 8 channels is 8 consecutive lanes) and ES of 2 or 4.
 template <size_t ES, typename RowOf>
-__attribute__((target("avx2,popcnt"))) Status decode_anchors_avx2(const DecLayer& dl, uint32_t tokens, uint32_t C,
-                                                                   LaneReader& rd, const uint8_t* esc,
-                                                                   uint32_t n_esc, RowOf&& row) {
+__attribute__((target("avx2,f16c,popcnt"))) Status decode_anchors_avx2(const DecLayer& dl, uint32_t tokens,
+                                                                        uint32_t C, uint8_t dt, LaneReader& rd,
+                                                                        const uint8_t* esc, uint32_t n_esc,
+                                                                        RowOf&& row) {
   static_assert(ES == 2 || ES == 4);
+  // f32 and f16 values are computed; bf16 ones are looked up (no bf16 conversion in AVX2).
+  const bool compute = dt != uint8_t(DType::kBF16);
   AvxLanes lanes;
   lanes.load(rd, dl);
   const int* lut = reinterpret_cast<const int*>(dl.anchor_lut.data());
@@ -268,17 +282,26 @@ __attribute__((target("avx2,popcnt"))) Status decode_anchors_avx2(const DecLayer
     uint8_t* out = row(t);
     for (uint32_t c = 0; c < C; c += 8) {
       __m256i sym;
-      if (!lanes.step(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dl.anchor_tab_word.data() + c)), &sym))
+      if (!lanes.step<false>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dl.anchor_tab_word.data() + c)), &sym))
         return CorruptData("rANS stream ran out of words");
-      const __m256i lidx =
-          _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dl.anchor_off.data() + c)), sym);
-      const __m256i v = _mm256_i32gather_epi32(lut, lidx, int(ES));
-      if constexpr (ES == 2) {
-        const __m256i lo = _mm256_and_si256(v, k65535);
-        const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(lo), _mm256_extracti128_si256(lo, 1));
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c * ES), packed);
+      if (compute) {
+        // value = float(center + qmin + sym) * step, rounded to the output: the scalar maths,
+        // vectorised (F16C's conversion rounds to nearest even, as f32_to_f16 does).
+        const __m256i n =
+            _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dl.anchor_base.data() + c)), sym);
+        const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(n), _mm256_loadu_ps(dl.step.data() + c));
+        if constexpr (ES == 2) {
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c * ES), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+        } else {
+          _mm256_storeu_ps(reinterpret_cast<float*>(out + c * ES), v);
+        }
       } else {
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c * ES), v);
+        const __m256i lidx =
+            _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dl.anchor_off.data() + c)), sym);
+        const __m256i v = _mm256_i32gather_epi32(lut, lidx, int(ES));
+        const __m256i lo = _mm256_and_si256(v, k65535);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c * ES),
+                         _mm_packus_epi32(_mm256_castsi256_si128(lo), _mm256_extracti128_si256(lo, 1)));
       }
       const __m256i is_esc =
           _mm256_cmpeq_epi32(sym, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(dl.anchor_esc.data() + c)));
@@ -309,7 +332,7 @@ __attribute__((target("avx2,popcnt"))) Status decode_plane_avx2(const DecLayer& 
     uint8_t* out = row(t) + plane;
     for (uint32_t c = 0; c < C; c += 8) {
       __m256i s;
-      if (!lanes.step(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(tab_word.data() + c)), &s))
+      if (!lanes.step<true>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(tab_word.data() + c)), &s))
         return CorruptData("rANS stream ran out of words");
       _mm256_store_si256(reinterpret_cast<__m256i*>(sym), s);
       for (uint32_t j = 0; j < 8; ++j) out[(c + j) * es] = uint8_t(sym[j]);
@@ -327,7 +350,7 @@ Status decode_lossy(const DecLayer& dl, uint32_t tokens, uint32_t C, uint32_t GT
                     const uint8_t* esc, uint32_t n_esc, RowOf&& row) {
 #if defined(__x86_64__)
   if constexpr (ES != 1) {
-    if (GT == 1 && C % 8 == 0 && cpu_has_avx2()) return decode_anchors_avx2<ES>(dl, tokens, C, rd, esc, n_esc, row);
+    if (GT == 1 && C % 8 == 0 && cpu_has_avx2()) return decode_anchors_avx2<ES>(dl, tokens, C, dt, rd, esc, n_esc, row);
   }
 #endif
   std::vector<const DecTable*> role_tab(size_t(C) * dl.slots);
