@@ -9,13 +9,15 @@
 #                                      not be skipped here)
 #   cuda_encode_test.log/.json         the same for the encoder tests
 #   codec_test.log                     the CPU codec tests of the same build
+#   <name>_test.log                    the other core tests: frames, golden frames, XXH64, JSON, io
 #   gpu_bench.log  gpu_bench.json      Google Benchmark: encode, decode, D2D copy, H2D raw/frame GB/s
 #   ncu_decode.txt ncu_encode.txt      Nsight Compute summaries of the decode kernel and of the
 #                                      encoder's kernels (if ncu exists)
 #   summary.txt                        one line per step: ok / FAILED (exit code)
 # Usage: OUT=/some/dir scripts/gpu-check.sh     (from the repository root; ~5-8 minutes)
 # Needs: cmake >= 3.25, ninja, a C++20 compiler, CUDA >= 12 (nvcc), GoogleTest, Google Benchmark,
-# nlohmann-json and xxhash headers (the core library's build dependencies).
+# Eigen. Nothing else: the CLI and the streaming library (hiredis, zfp, zstd, nlohmann-json) are
+# not configured, since no step here uses them.
 set -uo pipefail
 
 OUT=${OUT:-$PWD/gpu-check-out}
@@ -55,7 +57,9 @@ step configure 120 configure.log \
   cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DKVCODEC_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_CUDA_COMPILER="$NVCC" \
     -DKVCODEC_BUILD_TOOLS=OFF -DKVCODEC_BUILD_STREAM=OFF -DKVCODEC_BUILD_EXAMPLES=OFF || exit 1
-step build 300 build.log ninja -C "$BUILD" -j "$JOBS" cuda_test cuda_encode_test codec_test kvcodec_cuda_bench || exit 1
+CORE_TESTS="format_test golden_test xxh64_test json_test io_test"
+step build 300 build.log ninja -C "$BUILD" -j "$JOBS" cuda_test cuda_encode_test codec_test $CORE_TESTS \
+  kvcodec_cuda_bench || exit 1
 
 for t in cuda_test cuda_encode_test; do
   step $t 240 $t.log "$BUILD/tests/$t" --gtest_output="json:$OUT/$t.json"
@@ -64,6 +68,9 @@ for t in cuda_test cuda_encode_test; do
   fi
 done
 step codec_test 180 codec_test.log "$BUILD/tests/codec_test"
+for t in $CORE_TESTS; do
+  step $t 120 $t.log "$BUILD/tests/$t"
+done
 
 KVCODEC_BENCH_TOKENS=$TOKENS step gpu_bench 240 gpu_bench.log \
   "$BUILD/bench/kvcodec_cuda_bench" --benchmark_out="$OUT/gpu_bench.json" --benchmark_out_format=json \
