@@ -10,6 +10,7 @@
 // offset; after any error the reader's position is unspecified and it must not be used further.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <string>
