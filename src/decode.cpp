@@ -410,7 +410,7 @@ Status decode_unit(const Decoder& d, uint32_t l, uint32_t kv, uint32_t tokens, c
     for (uint32_t plane = 0; plane < es; ++plane) {
       for (uint32_t c = 0; c < C; ++c) tab[c] = &dl.tables[dl.table_base[c] + plane];
       LaneReader rd;
-      size_t used;
+      size_t used = 0;
       KVCODEC_RETURN_IF_ERROR(rd.open(p + off, size - off, &used));
 #if defined(__x86_64__)
       if (C % 8 == 0 && cpu_has_avx2()) {
@@ -431,7 +431,7 @@ Status decode_unit(const Decoder& d, uint32_t l, uint32_t kv, uint32_t tokens, c
   }
   // Lossy: the lane stream, then u32 escape count and the escaped raw elements.
   LaneReader rd;
-  size_t lane_bytes;
+  size_t lane_bytes = 0;
   KVCODEC_RETURN_IF_ERROR(rd.open(p, size, &lane_bytes));
   if (lane_bytes + 4 > size) return CorruptData("unit truncated before its escapes");
   const uint32_t n_esc = detail::get_u32(p + lane_bytes);

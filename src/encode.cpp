@@ -42,13 +42,7 @@ void gather(const KVView& v, uint32_t l, uint32_t kv, uint8_t* out) {
 
 // rANS-codes symbols given as freq << 16 | cum (in stream order) and pads the unit to 4 bytes.
 void encode_symbols(const std::vector<uint32_t>& fc, std::vector<uint16_t>& scratch, std::vector<uint8_t>& unit) {
-  detail::rans_encode_lanes(
-      fc.size(),
-      [&](size_t i, uint32_t* f, uint32_t* cum) {
-        *f = fc[i] >> 16;
-        *cum = fc[i] & 0xffff;
-      },
-      scratch, unit);
+  detail::rans_encode_codes(fc.data(), fc.size(), scratch, unit);
   unit.resize(pad4(unit.size()), 0);
 }
 

@@ -67,6 +67,10 @@ void rans_encode_lanes(size_t n, SymOf&& sym_of, std::vector<uint16_t>& scratch,
   std::memcpy(p + kLaneStreamHeader, w, 2 * words);
 }
 
+// Encodes symbols given as codes freq << 16 | cum (freq in 1..4096), in stream order; the same
+// bytes as rans_encode_lanes. Uses AVX2 (8 lanes per step) where the CPU has it.
+void rans_encode_codes(const uint32_t* codes, size_t n, std::vector<uint16_t>& scratch, std::vector<uint8_t>& out);
+
 // Reads the lane header; returns the word count, or an error if the stream is too short.
 inline Status rans_read_header(const uint8_t* p, size_t avail, uint32_t* x, uint32_t* words) {
   if (avail < kLaneStreamHeader) return CorruptData("rANS stream shorter than its header");
