@@ -535,7 +535,7 @@ StatusOr<FrameStats> analyze_frame(std::span<const uint8_t> frame) {
       size_t off = 0;
       for (uint32_t plane = 0; plane < (lossless ? es : 1); ++plane) {
         LaneReader rd;
-        size_t used;
+        size_t used = 0;
         KVCODEC_RETURN_IF_ERROR(rd.open(p + off, unit - off, &used));
         for (uint32_t t = 0; t < ci.tokens; ++t)
           for (uint32_t c = 0; c < C; ++c) {
