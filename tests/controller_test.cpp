@@ -131,13 +131,14 @@ TEST(Controller, RejectsBadConfigurations) {
 
 // ---- Decisions ----------------------------------------------------------------------------------
 
-// The first decision of an adaptive controller whose prior is `gbps`.
+// The first decision of an adaptive controller that knows the link runs at `gbps`.
 int first_choice(double gbps, Objective objective) {
   ControllerConfig cfg;
   cfg.objective = objective;
   cfg.slo_s = 2.0;
   cfg.cost = test_cost();
   cfg.estimator.prior_gbps = gbps;
+  cfg.estimator.prior_measured = true;
   auto c = Controller::create(test_profile(16), cfg);
   EXPECT_TRUE(c.ok());
   auto d = c->next_request(0);
@@ -186,6 +187,52 @@ TEST(Controller, PipelinesAboutOneRoundTripOfRequests) {
   while (f->next_request(0)) ++issued;
   EXPECT_EQ(issued, 64);
   EXPECT_TRUE(f->all_requested());
+}
+
+TEST(Controller, ColdStartProbesTheLinkBeforeCommittingToText) {
+  // No history (prior 1 Gb/s), a fast decoder, 1 ms round trip: at 1 Gb/s the plan would start
+  // recomputing at once, but over a fast link it would recompute nothing, and waiting to time
+  // the first KV bytes costs far less than a chunk's prefill.
+  ContextProfile p = test_profile(8);
+  for (ChunkOption& o : p.options)
+    if (o.decode_gbps > 0) o.decode_gbps = 100;
+  ControllerConfig cfg;
+  cfg.objective = Objective::kMinTtft;
+  cfg.slo_s = 0.08;
+  cfg.cost = test_cost();
+  cfg.cost.prefill_tokens_per_s = 20000;
+  cfg.cost.rtt_s = 0.001;
+  auto c = Controller::create(p, cfg);
+  ASSERT_TRUE(c.ok());
+  int issued = 0;
+  while (auto d = c->next_request(0)) {
+    EXPECT_NE(d->option, kTextOption);
+    ++issued;
+  }
+  // More requests than a 1 Gb/s link needs to stay busy for a round trip (one chunk).
+  EXPECT_GT(issued, 1);
+  const std::optional<double> wake = c->wake_s();
+  ASSERT_TRUE(wake.has_value());
+  EXPECT_GT(*wake, cfg.cost.rtt_s);
+  EXPECT_LT(*wake, 2 * cfg.cost.rtt_s);
+  // By then a slow link has delivered little of the first chunk: recompute from the front.
+  const uint32_t first = c->decisions().front().chunk;
+  ASSERT_TRUE(c->on_progress(first, bytes_at(0.1, *wake - cfg.cost.rtt_s), *wake).ok());
+  auto d = c->next_request(*wake);
+  ASSERT_TRUE(d.has_value());
+  EXPECT_EQ(d->option, kTextOption);
+  EXPECT_EQ(d->chunk, 0u);
+  EXPECT_FALSE(c->wake_s().has_value());
+
+  // With a 10 ms round trip the first measurement comes too late to be worth waiting for:
+  // the front chunk is recomputed at once.
+  cfg.cost.rtt_s = 0.01;
+  auto far = Controller::create(p, cfg);
+  ASSERT_TRUE(far.ok());
+  auto first_far = far->next_request(0);
+  ASSERT_TRUE(first_far.has_value());
+  EXPECT_EQ(first_far->option, kTextOption);
+  EXPECT_FALSE(far->wake_s().has_value());
 }
 
 TEST(Controller, EqualBudgetFollowsTheLastMeasuredChunk) {

@@ -74,6 +74,10 @@ struct LinkTrace {
 // the estimate is the prior.
 struct EstimatorConfig {
   double prior_gbps = 1.0;      // estimate before any sample; > 0. Conservative by default.
+  // The prior is a measurement of this path (the estimate a previous fetch over it ended with),
+  // not a guess: the adaptive controller plans on it from the first decision. When false it
+  // probes the link before trusting it (docs/controller.md, "Cold start").
+  bool prior_measured = false;
   uint32_t window = 5;          // samples in the harmonic mean, >= 1
   double drop_ratio = 0.5;      // in (0, 1]
   double rise_ratio = 2.0;      // >= 1
@@ -200,7 +204,7 @@ struct Decision {
 //   while (!c.all_ready()) {
 //     while (auto d = c.next_request(now))
 //       d->option == kTextOption ? queue_prefill(d->chunk) : send_request(*d);
-//     wait for an event;
+//     wait for an event, or until c.wake_s() when it is set;
 //     bytes of a KV chunk came  -> c.on_progress(chunk, bytes_so_far, now)   (optional)
 //     KV chunk arrived          -> c.on_chunk_received(chunk, bytes, first_to_last_byte_s, now)
 //     chunk decoded / prefilled -> c.on_chunk_ready(chunk, now)
@@ -238,6 +242,10 @@ class Controller {
   // A requested chunk could not be delivered (lost, corrupt, store error): re-request it as
   // TEXT. kUnavailable when the context has no text or prefill is unavailable.
   StatusOr<Decision> fall_back_to_text(uint32_t chunk, double now_s);
+  // Cold start (adaptive): while nothing has been measured the controller may hold back the
+  // first TEXT decision until the first KV bytes can be timed. Then this is the time at which
+  // next_request should be called again even if no other event happens; nullopt otherwise.
+  std::optional<double> wake_s() const noexcept;
 
   bool all_requested() const noexcept { return front_ == back_; }
   bool all_ready() const noexcept;
@@ -257,8 +265,19 @@ class Controller {
   struct Prediction;  // every decided chunk replayed at the current estimate (controller.cpp)
   Controller(ContextProfile profile, ControllerConfig config);
   Prediction predict(double now_s) const;
+  // Every decided chunk replayed over a constant link of `gbps` (predict() at its estimate).
+  Prediction replay(double now_s, double gbps) const;
   bool link_full(const Prediction& p) const;
+  // Cold start: the time the first KV bytes can be timed; probing while before it, unmeasured.
+  double probe_end_s(double now_s) const noexcept;
+  bool probing(double now_s) const noexcept;
+  bool guessing() const noexcept;  // nothing measured, and the prior is a guess
+  bool defer_text(double now_s, const Prediction& p) const;
+  double decoder_bound_gbps(uint32_t chunk, int option) const noexcept;
+  detail::PlanScore score_shape(double now_s, const Prediction& p,
+                                const detail::PlanShape& shape) const;
   int equal_budget_choice(uint32_t chunk) const;
+  int smallest_option(uint32_t chunk) const;  // fewest bytes on the wire
   detail::PlanShape plan_rest(double now_s, const Prediction& p, detail::PlanScore* score) const;
   Decision decide(uint32_t chunk, int option, double now_s, double predicted_ttft_s);
   std::optional<Decision> abandon_late_kv(double now_s, const Prediction& p);
@@ -275,6 +294,8 @@ class Controller {
   std::vector<uint32_t> request_order_;
   std::vector<Decision> decisions_;
   uint64_t used_mask_ = 0;  // options fetched at least once (setup paid)
+  double first_kv_request_s_ = -1;  // -1: no KV requested yet
+  double text_deferred_until_s_ = -1;  // a TEXT decision waits for the probe until then
   // Undecided chunks are [front_, back_): decisions take the front (TEXT, and every decision
   // of the in-order policies) or the back (the adaptive policy's KV requests).
   uint32_t front_ = 0;

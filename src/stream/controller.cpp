@@ -146,36 +146,46 @@ uint64_t Controller::request_bytes(uint32_t chunk, int option, uint64_t used_mas
 }
 
 Controller::Prediction Controller::predict(double now_s) const {
-  // Replays every decided chunk at the current estimate, keeping what has been observed:
-  // measured arrivals and ready times replace predictions, and nothing still pending is
-  // predicted to happen before now.
+  // The bandwidth planned with: the estimate, or what the first KV chunk still arriving has
+  // delivered so far (received bytes / time on the link) when that says more. The estimator only
+  // learns from complete chunks; without this a link that collapses mid-chunk would go unnoticed
+  // until the chunk ends, and a cold start would plan on the prior until the first chunk ends.
+  const double rtt = config_.cost.rtt_s;
+  const bool unmeasured = guessing();
+  double gbps = estimator_.estimate_gbps();
+  double link_free = 0;
+  for (uint32_t c : request_order_) {
+    const ChunkState& st = state_[c];
+    if (st.option == kTextOption) continue;
+    if (st.arrival_s >= 0) {
+      link_free = std::max(link_free, st.arrival_s - rtt / 2);
+      continue;
+    }
+    // Seconds since its first byte could have reached the client.
+    const double on_link_s = now_s - (std::max(link_free, st.request_s + rtt / 2) + rtt / 2);
+    if (on_link_s <= 0) break;
+    const double delivered_gbps = std::max<double>(double(st.received), 1.0) * 8 / on_link_s / 1e9;
+    if (unmeasured) {
+      // Cold: the prior is a guess. Once the probe window is over, what has come is the best
+      // measurement there is, whichever way it points.
+      if (now_s >= probe_end_s(now_s)) gbps = delivered_gbps;
+    } else if (on_link_s > double(st.bytes) * 8 / (gbps * 1e9)) {
+      // A chunk still arriving long after it should have caps the estimate.
+      gbps = std::min(gbps, delivered_gbps);
+    }
+    break;
+  }
+  return replay(now_s, gbps);
+}
+
+Controller::Prediction Controller::replay(double now_s, double gbps) const {
+  // Replays every decided chunk at `gbps`, keeping what has been observed: measured arrivals
+  // and ready times replace predictions, and nothing still pending is predicted to happen
+  // before now.
   const double rtt = config_.cost.rtt_s;
   Prediction p;
   p.ready_s.assign(profile_.chunks(), -1);
-  p.gbps = estimator_.estimate_gbps();
-  {
-    // A chunk still arriving long after it should have caps the estimate: its bytes have not
-    // made it in the time it has been on the link. (The estimator only learns from complete
-    // chunks; without this a link that collapses mid-chunk would go unnoticed until the chunk
-    // ends.)
-    double link_free = 0;
-    for (uint32_t c : request_order_) {
-      const ChunkState& st = state_[c];
-      if (st.option == kTextOption) continue;
-      if (st.arrival_s >= 0) {
-        link_free = std::max(link_free, st.arrival_s - rtt / 2);
-        continue;
-      }
-      // Seconds since its first byte could have reached the client.
-      const double on_link_s = now_s - (std::max(link_free, st.request_s + rtt / 2) + rtt / 2);
-      const double expected_s = double(st.bytes) * 8 / (p.gbps * 1e9);
-      if (on_link_s > expected_s) {
-        const double received = std::max<double>(double(st.received), 1.0);
-        p.gbps = std::min(p.gbps, received * 8 / on_link_s / 1e9);
-      }
-      break;
-    }
-  }
+  p.gbps = gbps;
   const detail::ConstantLink link{p.gbps};
   detail::PipelineState& s = p.state;
   for (uint32_t c : request_order_) {  // KV: FIFO on the link and the decoder
@@ -228,39 +238,84 @@ int Controller::equal_budget_choice(uint32_t c) const {
   for (int o : by_quality_)
     if (double(profile_.chunk_bytes(c, o)) / bps <= budget) return o;
   if (text_allowed_) return kTextOption;
+  return smallest_option(c);
+}
+
+int Controller::smallest_option(uint32_t c) const {
   return *std::min_element(by_quality_.begin(), by_quality_.end(), [&](int x, int y) {
     return profile_.chunk_bytes(c, x) < profile_.chunk_bytes(c, y);
   });
 }
 
+detail::PlanScore Controller::score_shape(double now_s, const Prediction& p,
+                                          const detail::PlanShape& shape) const {
+  // The undecided chunks [front_, back_) as if all were decided now and the bandwidth stayed
+  // at p.gbps: shape.text TEXT chunks from the front (the GPU prefills in context order), the
+  // rest KV from the back.
+  const detail::ConstantLink link{p.gbps};
+  double ready = 0;
+  for (uint32_t c = 0; c < front_; ++c) ready = std::max(ready, p.ready_s[c]);
+  detail::PipelineState s = p.state;
+  detail::PlanScore r;
+  for (uint32_t i = 0; i < shape.text; ++i)
+    ready = detail::advance_text(s, now_s, ready, work_s_[front_ + i][0]);
+  uint64_t used = used_mask_;
+  for (uint32_t j = 0; j < back_ - front_ - shape.text; ++j) {
+    const uint32_t c = back_ - 1 - j;
+    const int o = j < shape.count_a ? shape.a : shape.b;
+    detail::advance_kv(s, link, config_.cost.rtt_s, now_s, request_bytes(c, o, used),
+                       work_s_[c][size_t(o + 1)]);
+    used |= uint64_t(1) << o;
+    r.distortion += profile_.chunk_tokens[c] * profile_.distortion(o);
+  }
+  r.ttft_s = s.ready_max_s + config_.cost.first_token_s;
+  return r;
+}
+
 detail::PlanShape Controller::plan_rest(double now_s, const Prediction& p,
                                         detail::PlanScore* score_out) const {
-  // Re-plans every undecided chunk as if all were decided now and the bandwidth stayed at the
-  // estimate: TEXT from the front (the GPU prefills in context order), KV from the back.
-  const detail::ConstantLink link{p.gbps};
-  double front_ready = 0;
-  for (uint32_t c = 0; c < front_; ++c) front_ready = std::max(front_ready, p.ready_s[c]);
-  const uint32_t remaining = back_ - front_;
-  auto score = [&](const detail::PlanShape& shape) {
-    detail::PipelineState s = p.state;
-    detail::PlanScore r;
-    double ready = front_ready;
-    for (uint32_t i = 0; i < shape.text; ++i)
-      ready = detail::advance_text(s, now_s, ready, work_s_[front_ + i][0]);
-    uint64_t used = used_mask_;
-    for (uint32_t j = 0; j < remaining - shape.text; ++j) {
-      const uint32_t c = back_ - 1 - j;
-      const int o = j < shape.count_a ? shape.a : shape.b;
-      detail::advance_kv(s, link, config_.cost.rtt_s, now_s, request_bytes(c, o, used),
-                         work_s_[c][size_t(o + 1)]);
-      used |= uint64_t(1) << o;
-      r.distortion += profile_.chunk_tokens[c] * profile_.distortion(o);
-    }
-    r.ttft_s = s.ready_max_s + config_.cost.first_token_s;
-    return r;
-  };
-  return detail::search_plans(remaining, by_quality_, text_allowed_, config_.objective,
-                              config_.slo_s * (1 - config_.slo_headroom), score, score_out);
+  // Re-plans every undecided chunk at the estimate (score_shape).
+  return detail::search_plans(
+      back_ - front_, by_quality_, text_allowed_, config_.objective,
+      config_.slo_s * (1 - config_.slo_headroom),
+      [&](const detail::PlanShape& shape) { return score_shape(now_s, p, shape); }, score_out);
+}
+
+double Controller::probe_end_s(double now_s) const noexcept {
+  // The first KV request's bytes start arriving a round trip after it was sent; by the time
+  // min_sample_bytes would take at the prior, their rate says whether the link is faster or
+  // slower than the prior.
+  const double sent = first_kv_request_s_ >= 0 ? first_kv_request_s_ : now_s;
+  const EstimatorConfig& e = config_.estimator;
+  return sent + config_.cost.rtt_s + double(e.min_sample_bytes) / detail::bytes_per_second(e.prior_gbps);
+}
+
+bool Controller::probing(double now_s) const noexcept {
+  // Only for the lowest TTFT. Within an SLO the prior's caution is what the objective wants:
+  // TEXT is exact, and probe requests committed at the cheapest option before the link is
+  // known would cost quality wherever the link turns out fast.
+  return config_.objective == Objective::kMinTtft && guessing() && !profile_.options.empty() &&
+         now_s < probe_end_s(now_s);
+}
+
+bool Controller::guessing() const noexcept {
+  return estimator_.samples() == 0 && !config_.estimator.prior_measured;
+}
+
+bool Controller::defer_text(double now_s, const Prediction& p) const {
+  // Committing the front chunk to TEXT now puts a floor of its prefill under TTFT; waiting for
+  // the probe delays the prefill queue by at most the wait. Wait only when the floor could cost
+  // more than the wait: when fetching every undecided chunk as KV over an infinitely fast link
+  // (the best any bandwidth allows) would beat that floor by more than the wait.
+  double deps = 0;
+  for (uint32_t c = 0; c < front_; ++c) deps = std::max(deps, p.ready_s[c]);
+  const double floor_s = std::max({now_s, p.state.gpu_free_s, deps}) + work_s_[front_][0] +
+                         config_.cost.first_token_s;
+  const Prediction fastest = replay(now_s, INFINITY);
+  double best_s = INFINITY;
+  for (int o : by_quality_)
+    best_s = std::min(best_s, score_shape(now_s, fastest, {0, o, o, back_ - front_}).ttft_s);
+  return floor_s - best_s > probe_end_s(now_s) - now_s;
 }
 
 Decision Controller::decide(uint32_t chunk, int option, double now_s, double predicted_ttft_s) {
@@ -270,7 +325,10 @@ Decision Controller::decide(uint32_t chunk, int option, double now_s, double pre
   d.bytes = request_bytes(chunk, option, used_mask_);
   d.estimate_gbps = estimator_.estimate_gbps();
   d.predicted_ttft_s = predicted_ttft_s;
-  if (option != kTextOption) used_mask_ |= uint64_t(1) << option;
+  if (option != kTextOption) {
+    used_mask_ |= uint64_t(1) << option;
+    if (first_kv_request_s_ < 0) first_kv_request_s_ = now_s;
+  }
   state_[chunk] = {option, d.bytes, 0, now_s, -1, -1};
   request_order_.push_back(chunk);
   decisions_.push_back(d);
@@ -289,6 +347,7 @@ std::optional<Decision> Controller::next_request(double now_s) {
     case Policy::kAdaptive:
       break;
   }
+  if (now_s >= text_deferred_until_s_) text_deferred_until_s_ = -1;
   // Decide as late as possible: the front chunk only when the GPU would otherwise idle, a
   // back chunk only when the link would.
   const bool gpu_idle = std::none_of(state_.begin(), state_.end(), [](const ChunkState& s) {
@@ -297,15 +356,42 @@ std::optional<Decision> Controller::next_request(double now_s) {
   if (all_requested() && !(gpu_idle && text_allowed_)) return std::nullopt;
   const Prediction p = predict(now_s);
   if (all_requested()) return abandon_late_kv(now_s, p);
-  const bool link_room = !link_full(p);
+  // Cold start: until the first KV bytes are timed the bandwidth is unknown, not the prior.
+  // The link is then kept busy with the cheapest requests for the fastest link the decoder could
+  // keep up with (requests from the back cost a slow link nothing: the back chunks, the ones a
+  // plan fetches, leave first, and the GPU abandons the others when it reaches them), and TEXT
+  // may wait for the measurement (defer_text).
+  const bool probe = probing(now_s);
+  const bool link_room = probe || !link_full(p);
   if (!(gpu_idle && text_allowed_) && !link_room) return std::nullopt;
   detail::PlanScore score;
   const detail::PlanShape plan = plan_rest(now_s, p, &score);
-  if (gpu_idle && plan.text > 0) return decide(front_, kTextOption, now_s, score.ttft_s);
-  if (link_room && plan.text < back_ - front_)
-    return decide(back_ - 1, plan.count_a > 0 ? plan.a : plan.b, now_s, score.ttft_s);
+  if (gpu_idle && plan.text > 0) {
+    if (!probe || !defer_text(now_s, p)) return decide(front_, kTextOption, now_s, score.ttft_s);
+    text_deferred_until_s_ = probe_end_s(now_s);
+  }
+  if (link_room && (plan.text < back_ - front_ || probe)) {
+    const uint32_t c = back_ - 1;
+    // A probe is the cheapest request: it arrives, and measures the link, soonest.
+    const int option = probe ? smallest_option(c) : plan.count_a > 0 ? plan.a : plan.b;
+    if (!probe || !link_full(replay(now_s, decoder_bound_gbps(c, option))))
+      return decide(c, option, now_s, score.ttft_s);
+  }
   if (gpu_idle && text_allowed_) return abandon_late_kv(now_s, p);
   return std::nullopt;
+}
+
+double Controller::decoder_bound_gbps(uint32_t chunk, int option) const noexcept {
+  // The link rate beyond which the decoder, not the link, limits KV at this option.
+  const double work = work_s_[chunk][size_t(option + 1)];
+  if (!(work > 0)) return INFINITY;
+  const double gbps = double(profile_.chunk_bytes(chunk, option)) * 8 / work / 1e9;
+  return std::max(estimator_.estimate_gbps(), gbps);
+}
+
+std::optional<double> Controller::wake_s() const noexcept {
+  if (text_deferred_until_s_ < 0) return std::nullopt;
+  return text_deferred_until_s_;
 }
 
 std::optional<Decision> Controller::abandon_late_kv(double now_s, const Prediction& p) {

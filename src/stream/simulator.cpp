@@ -12,7 +12,8 @@ namespace {
 
 struct Event {
   double time_s;
-  int kind;  // 0: chunk arrived, 1: chunk ready (an arrival is handled before a ready at a tie)
+  int kind;  // 0: chunk arrived, 1: chunk ready (an arrival is handled before a ready at a tie),
+             // 2: the controller asked to be called (Controller::wake_s)
   uint32_t chunk;
   uint32_t generation;  // a chunk re-decided (abandoned KV) gets a new one; old readies lapse
   bool operator>(const Event& o) const {
@@ -110,6 +111,7 @@ StatusOr<SimResult> simulate(const ContextProfile& profile, const ControllerConf
       ready[d->chunk] = t.ready_s;
       events.push({t.ready_s, 1, d->chunk, gen});
     }
+    if (const auto wake = controller.wake_s(); wake && *wake > now) events.push({*wake, 2, 0, 0});
     return Status::Ok();
   };
   KVCODEC_RETURN_IF_ERROR(issue(0.0));
@@ -121,7 +123,7 @@ StatusOr<SimResult> simulate(const ContextProfile& profile, const ControllerConf
     if (e.kind == 0) {
       KVCODEC_RETURN_IF_ERROR(controller.on_chunk_received(e.chunk, result.chunks[e.chunk].bytes,
                                                            busy_s[e.chunk], e.time_s));
-    } else if (e.generation == generation[e.chunk]) {
+    } else if (e.kind == 1 && e.generation == generation[e.chunk]) {
       KVCODEC_RETURN_IF_ERROR(controller.on_chunk_ready(e.chunk, e.time_s));
     }
     // The client can count the bytes of the chunk it is receiving.

@@ -392,7 +392,10 @@ int cmd_sweep(int argc, char** argv) {
     for (const Strategy& s : strategies) {
       ControllerConfig c = base;
       c.cost.rtt_s = rtt_ms / 1e3;
-      if (warm_prior) c.estimator.prior_gbps = link.steps.front().gbps;
+      if (warm_prior) {
+        c.estimator.prior_gbps = link.steps.front().gbps;
+        c.estimator.prior_measured = true;
+      }
       c.policy = s.policy;
       c.objective = s.objective;
       const bool fixed_baseline = s.policy == Policy::kFixed && !s.oracle;
