@@ -7,6 +7,9 @@
 // the same level, then another level, then text) or per connection (reconnect and re-send what
 // is outstanding), and every one is appended to the report.
 #include <poll.h>
+
+#include <algorithm>
+#include <cmath>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -611,7 +614,11 @@ Status Fetcher::run() {
     while (auto d = controller_->next_request(now())) KVCODEC_RETURN_IF_ERROR(on_decision(*d));
     KVCODEC_RETURN_IF_ERROR(dispatch_text());
     pollfd p[2] = {{fd_, POLLIN, 0}, {event_fd_, POLLIN, 0}};
-    const int rc = ::poll(p, 2, std::min(o_.io_timeout_ms, 100));
+    // Wake when the controller asked to be asked again (cold-start probe), else poll in 100 ms slices.
+    int wait_ms = std::min(o_.io_timeout_ms, 100);
+    if (auto wake = controller_->wake_s())
+      wait_ms = std::clamp(int(std::ceil((*wake - now()) * 1e3)), 0, wait_ms);
+    const int rc = ::poll(p, 2, wait_ms);
     if (rc < 0 && errno != EINTR) return IoError(std::string("poll: ") + std::strerror(errno));
     if (p[1].revents & POLLIN) KVCODEC_RETURN_IF_ERROR(drain_workers());
     if (p[0].revents & (POLLIN | POLLHUP | POLLERR)) KVCODEC_RETURN_IF_ERROR(pump_socket());
