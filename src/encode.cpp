@@ -3,6 +3,7 @@
 // assembled in a fixed order, so the bytes never depend on the thread count.
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <string>
 
 #include "detail/encode_model.hpp"
@@ -104,12 +105,14 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, LayerOu
   const uint32_t GT = cx.opt.group_tokens, CT = cx.opt.chunk_tokens;
   const uint32_t slots = GT > 1 ? 2 : 1;
 
-  std::vector<float> x(size_t(T) * C);
-  for (size_t i = 0; i < x.size(); ++i) x[i] = detail::load_as_f32(raw + i * cx.es, uint8_t(dt));
+  // Scratch arrays are fully written before being read: no zero-initialisation (it showed up as
+  // ~8% of encode time in profiles).
+  const std::unique_ptr<float[]> x(new float[size_t(T) * C]);
+  for (size_t i = 0; i < size_t(T) * C; ++i) x[i] = detail::load_as_f32(raw + i * cx.es, uint8_t(dt));
 
   std::vector<ChannelGrid> grids(C);
   const double rel = double(kLevelStep[cx.opt.level]) * layer_factor(layer, sh.layers);
-  compute_grids(x.data(), T, C, rel, cx.opt.step_mode, grids.data());
+  compute_grids(x.get(), T, C, rel, cx.opt.step_mode, grids.data());
   std::vector<float> step(C);
   std::vector<double> inv_step(C), center(C);
   std::vector<int32_t> center_i(C);
@@ -122,7 +125,7 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, LayerOu
   const detail::RowGrid rg{step.data(), inv_step.data(), center.data(), center_i.data()};
 
   // Symbol values: q = n - center for anchors, q - q_anchor for deltas; kEscape when escaped.
-  std::vector<int16_t> val(size_t(T) * C);
+  const std::unique_ptr<int16_t[]> val(new int16_t[size_t(T) * C]);
   constexpr int16_t kEsc = detail::kEscapeQ;
   for (uint32_t t = 0; t < T; ++t) {
     const uint32_t local = t % CT;
@@ -224,10 +227,10 @@ StatusOr<size_t> encode_into(const KVView& src, const EncodeOptions& o, std::spa
   std::vector<LayerOutput> outs(size_t(L) * 2);
   detail::parallel_for(outs.size(), o.threads, [&](size_t task) {
     const uint32_t l = uint32_t(task / 2), kv = uint32_t(task % 2);
-    std::vector<uint8_t> raw(size_t(sh.tokens) * sh.channels() * cx.es);
-    gather(src, l, kv, raw.data());
-    if (o.level == 0) encode_lossless(cx, raw.data(), outs[task]);
-    else encode_lossy(cx, l, raw.data(), outs[task]);
+    const std::unique_ptr<uint8_t[]> raw(new uint8_t[size_t(sh.tokens) * sh.channels() * cx.es]);  // gathered next
+    gather(src, l, kv, raw.get());
+    if (o.level == 0) encode_lossless(cx, raw.get(), outs[task]);
+    else encode_lossy(cx, l, raw.get(), outs[task]);
   });
   for (size_t i = 0; i < outs.size(); ++i)
     if (!outs[i].status.ok())
