@@ -99,7 +99,8 @@ inline constexpr std::string_view kDefaultSchemes = "fp16,zstd,int8,kivi,cachege
 //   kivi:bits=2/3/4:group=32:residual=0
 //   cachegen:levels=1-3:chunk=256
 //   zfp:tol=4/2/1/0.5/0.25/0.125          tolerances as fractions of each array's RMS
-//   kvcodec:levels=0-9:chunk=256:group=1:tables=8:step=channel   (step=channel|layer)
+//   kvcodec:levels=0-9:chunk=256:group=1:tables=8:step=layer   (step=channel|layer; the
+//                               defaults are those of EncodeOptions)
 //   kvcodec:layerlevels=a/b/c   experiment: every layer a frame of its own, at the level plus
 //                               a, b or c for the first, middle and last third of the layers
 // The option listing a curve's points (level, bits, levels, tol) is not part of its name.

@@ -144,7 +144,8 @@ Status add_entry(Entry& e, SchemeList& out) {
     KVCODEC_ASSIGN_OR_RETURN(long long chunk, e.one_int("chunk", o.chunk_tokens, 1, kMaxChunkTokens));
     KVCODEC_ASSIGN_OR_RETURN(long long group, e.one_int("group", o.group_tokens, 1, kMaxGroupTokens));
     KVCODEC_ASSIGN_OR_RETURN(long long tables, e.one_int("tables", o.table_groups, 1, kMaxTableGroups));
-    std::string step = e.value("step", "channel");
+    // Without step=, the library's default (EncodeOptions), so "kvcodec" measures what users get.
+    std::string step = e.value("step", o.step_mode == StepMode::kLayer ? "layer" : "channel");
     if (step != "channel" && step != "layer") return e.error("step: expected channel or layer");
     o.chunk_tokens = uint32_t(chunk);
     o.group_tokens = uint32_t(group);
