@@ -173,31 +173,34 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, LayerOu
       chan_lut[size_t(r) * C + c] = &fc_lut[(size_t(m.channel_group[c]) * slots + r) * detail::kLossyBins];
   std::vector<uint16_t> scratch;
   std::vector<uint32_t> fc;  // per symbol of the chunk: freq << 16 | cum
+  std::vector<uint32_t> esc_at;  // symbol indices (in the chunk) of escaped values
   out.units.resize(cx.chunks);
   for (uint32_t k = 0; k < cx.chunks; ++k) {
     const uint32_t t0 = k * CT, t1 = std::min(T, t0 + CT);
     fc.resize(size_t(t1 - t0) * C);
-    std::vector<uint8_t> escapes;  // raw elements of escaped values, in symbol order
-    uint32_t* f = fc.data();
+    esc_at.clear();
+    uint32_t* const f = fc.data();
+    size_t i = 0;
     for (uint32_t t = t0; t < t1; ++t) {
       const uint32_t* const* row_lut = &chan_lut[(t - t0) % GT == 0 ? 0 : C];
       const int16_t* vr = &val[size_t(t) * C];
-      for (uint32_t c = 0; c < C; ++c) {
-        const int16_t v = vr[c];
-        const uint32_t code = row_lut[c][detail::lossy_bin(v)];
-        *f++ = code & ~kEscFlag;
-        if (code & kEscFlag) {
-          const uint8_t* e = raw + (size_t(t) * C + c) * cx.es;
-          escapes.insert(escapes.end(), e, e + cx.es);
-        }
+      for (uint32_t c = 0; c < C; ++c, ++i) {
+        const uint32_t code = row_lut[c][detail::lossy_bin(vr[c])];
+        f[i] = code & ~kEscFlag;
+        if (code & kEscFlag) [[unlikely]] esc_at.push_back(uint32_t(i));
       }
     }
     auto& unit = out.units[k];
     encode_symbols(fc, scratch, unit);
+    // The escaped values' raw elements, in symbol order, after their count.
     const size_t base = unit.size();
-    unit.resize(pad4(base + 4 + escapes.size()), 0);
-    detail::put_u32(unit.data() + base, uint32_t(escapes.size() / cx.es));
-    if (!escapes.empty()) std::memcpy(unit.data() + base + 4, escapes.data(), escapes.size());
+    unit.resize(pad4(base + 4 + esc_at.size() * cx.es), 0);
+    detail::put_u32(unit.data() + base, uint32_t(esc_at.size()));
+    uint8_t* e = unit.data() + base + 4;
+    for (uint32_t j : esc_at) {
+      std::memcpy(e, raw + (size_t(t0) * C + j) * cx.es, cx.es);
+      e += cx.es;
+    }
   }
 }
 
