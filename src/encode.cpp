@@ -108,7 +108,7 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, LayerOu
   // Scratch arrays are fully written before being read: no zero-initialisation (it showed up as
   // ~8% of encode time in profiles).
   const std::unique_ptr<float[]> x(new float[size_t(T) * C]);
-  for (size_t i = 0; i < size_t(T) * C; ++i) x[i] = detail::load_as_f32(raw + i * cx.es, uint8_t(dt));
+  detail::widen_to_f32(raw, uint8_t(dt), size_t(T) * C, x.get());
 
   std::vector<ChannelGrid> grids(C);
   const double rel = double(kLevelStep[cx.opt.level]) * layer_factor(layer, sh.layers);

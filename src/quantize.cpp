@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -100,6 +101,39 @@ void quantize_row_fast(const float* x, const RowGrid& g, uint32_t C, float maxf,
   if (avx2 && simd_enabled()) return quantize_row_fast_avx2(x, g, C, maxf, q);
 #endif
   quantize_row_fast_scalar(x, g, C, maxf, q);
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,f16c"))) void f16_to_f32_avx2(const uint16_t* h, size_t n, float* out) {
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i))));
+  for (; i < n; ++i) out[i] = f16_to_f32(h[i]);
+}
+#endif
+
+void widen_to_f32(const uint8_t* raw, uint8_t dt, size_t n, float* out) {
+  switch (dt) {
+    case 1:
+      std::memcpy(out, raw, n * 4);
+      return;
+    case 2: {
+      const uint16_t* h = reinterpret_cast<const uint16_t*>(raw);
+#if defined(__x86_64__)
+      static const bool avx2 = __builtin_cpu_supports("avx2");  // every AVX2 CPU has F16C
+      if (avx2 && simd_enabled()) return f16_to_f32_avx2(h, n, out);
+#endif
+      for (size_t i = 0; i < n; ++i) out[i] = f16_to_f32(h[i]);
+      return;
+    }
+    case 3: {
+      const uint16_t* b = reinterpret_cast<const uint16_t*>(raw);
+      for (size_t i = 0; i < n; ++i) out[i] = bf16_to_f32(b[i]);
+      return;
+    }
+    default:
+      for (size_t i = 0; i < n; ++i) out[i] = f8e4m3_to_f32(raw[i]);
+  }
 }
 
 void quantize_row(const float* x, const RowGrid& g, uint32_t C, uint8_t dt, int16_t* q) {

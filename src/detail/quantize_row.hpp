@@ -20,4 +20,9 @@ inline constexpr int16_t kEscapeQ = INT16_MIN;
 // same result as the scalar detail::quantize_grid for every element (tests check it).
 void quantize_row(const float* x, const RowGrid& g, uint32_t C, uint8_t dtype, int16_t* q);
 
+// out[i] = the value of raw element i of dtype `dtype` as fp32 (F16C where available). Values
+// are exact; NaN payloads may differ from load_as_f32's (the encoder escapes NaNs from the raw
+// bytes, never from these values).
+void widen_to_f32(const uint8_t* raw, uint8_t dtype, size_t n, float* out);
+
 }  // namespace kvcodec::detail
