@@ -100,22 +100,7 @@ inline Status check_device_view(DType dtype, const KVShape& shape, const KVView&
     return InvalidArgument(std::string("view dtype ") + dtype_name(v.dtype) + " differs from the expected " +
                            dtype_name(dtype));
   if (!(v.shape == shape)) return InvalidArgument("view shape differs from the expected one");
-  switch (v.kind) {
-    case KVView::Kind::kStrided:
-      if (!v.data) return InvalidArgument("strided view has a null data pointer");
-      return Status::Ok();
-    case KVView::Kind::kPerLayer:
-      if (!v.layer_k || !v.layer_v) return InvalidArgument("per-layer view has null pointer arrays");
-      return Status::Ok();
-    case KVView::Kind::kPaged: {
-      if (!v.layer_k || !v.block_table) return InvalidArgument("paged view has a null layer array or block table");
-      if (!v.block_size || !v.num_blocks) return InvalidArgument("paged view: zero block_size or num_blocks");
-      const uint64_t used = (uint64_t(v.shape.tokens) + v.block_size - 1) / v.block_size;
-      if (used > v.num_blocks) return InvalidArgument("paged view: block table longer than the cache");
-      return Status::Ok();
-    }
-  }
-  return InvalidArgument("view has an unknown kind");
+  return validate_view_geometry(v);
 }
 
 }  // namespace kvcodec::cuda

@@ -72,7 +72,7 @@ void* KVView::element(uint32_t l, uint32_t kv, uint32_t t, uint32_t h, uint32_t 
   return base + off * int64_t(es);
 }
 
-Status validate_view(const KVView& v) {
+Status validate_view_geometry(const KVView& v) {
   if (!is_valid_dtype(uint8_t(v.dtype))) return InvalidArgument("view has an unknown dtype");
   KVCODEC_RETURN_IF_ERROR(validate_shape(v.shape));
   switch (v.kind) {
@@ -81,30 +81,39 @@ Status validate_view(const KVView& v) {
       return Status::Ok();
     case KVView::Kind::kPerLayer:
       if (!v.layer_k || !v.layer_v) return InvalidArgument("per-layer view has null pointer arrays");
-      for (uint32_t l = 0; l < v.shape.layers; ++l)
-        if (!v.layer_k[l] || !v.layer_v[l])
-          return InvalidArgument("per-layer view: layer " + std::to_string(l) + " has a null tensor");
       return Status::Ok();
     case KVView::Kind::kPaged: {
       if (!v.layer_k) return InvalidArgument("paged view has a null layer array");
       if (!v.block_table) return InvalidArgument("paged view has a null block table");
       if (!v.block_size || !v.num_blocks) return InvalidArgument("paged view: zero block_size or num_blocks");
-      for (uint32_t l = 0; l < v.shape.layers; ++l)
-        if (!v.layer_k[l]) return InvalidArgument("paged view: layer " + std::to_string(l) + " is null");
       const uint64_t used = (uint64_t(v.shape.tokens) + v.block_size - 1) / v.block_size;
       if (used > v.num_blocks)
         return InvalidArgument("paged view: " + std::to_string(v.shape.tokens) + " tokens need " +
                                std::to_string(used) + " blocks, cache has " + std::to_string(v.num_blocks));
-      for (uint64_t i = 0; i < used; ++i) {
-        const int32_t b = v.block_table[i];
-        if (b < 0 || uint32_t(b) >= v.num_blocks)
-          return InvalidArgument("paged view: block table entry " + std::to_string(i) + " = " +
-                                 std::to_string(b) + " outside [0, " + std::to_string(v.num_blocks) + ")");
-      }
       return Status::Ok();
     }
   }
   return InvalidArgument("view has an unknown kind");
+}
+
+Status validate_view(const KVView& v) {
+  KVCODEC_RETURN_IF_ERROR(validate_view_geometry(v));
+  if (v.kind == KVView::Kind::kPerLayer) {
+    for (uint32_t l = 0; l < v.shape.layers; ++l)
+      if (!v.layer_k[l] || !v.layer_v[l])
+        return InvalidArgument("per-layer view: layer " + std::to_string(l) + " has a null tensor");
+  } else if (v.kind == KVView::Kind::kPaged) {
+    for (uint32_t l = 0; l < v.shape.layers; ++l)
+      if (!v.layer_k[l]) return InvalidArgument("paged view: layer " + std::to_string(l) + " is null");
+    const uint64_t used = (uint64_t(v.shape.tokens) + v.block_size - 1) / v.block_size;
+    for (uint64_t i = 0; i < used; ++i) {
+      const int32_t b = v.block_table[i];
+      if (b < 0 || uint32_t(b) >= v.num_blocks)
+        return InvalidArgument("paged view: block table entry " + std::to_string(i) + " = " + std::to_string(b) +
+                               " outside [0, " + std::to_string(v.num_blocks) + ")");
+    }
+  }
+  return Status::Ok();
 }
 
 KVView contiguous_view(void* data, DType dtype, const KVShape& s) noexcept {

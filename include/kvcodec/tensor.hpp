@@ -99,6 +99,10 @@ struct KVView {
 // Checks dtype, shape, pointers, strides and (paged) the block table: every entry a block index
 // in [0, num_blocks) for the tokens of the context.
 Status validate_view(const KVView& v);
+// The checks of validate_view that do not read through the view's pointers (dtype, shape,
+// non-null pointers and arrays, paged geometry): for views of device memory, whose per-layer
+// pointers and block-table entries are checked on the device.
+Status validate_view_geometry(const KVView& v);
 
 // [layers, 2, tokens, kv_heads, head_dim], row-major.
 KVView contiguous_view(void* data, DType dtype, const KVShape& shape) noexcept;
