@@ -171,10 +171,7 @@ struct LaneReader {
   }
   Status finish() const {
     if (overrun) return CorruptData("rANS stream ran out of words");
-    if (wp != we) return CorruptData("rANS stream has unread words");
-    for (uint32_t j = 0; j < kRansLanes; ++j)
-      if (x[j] != detail::kRansL) return CorruptData("rANS lane did not end in its initial state");
-    return Status::Ok();
+    return detail::rans_check_end(x, wp == we);
   }
 };
 

@@ -242,7 +242,7 @@ StatusOr<size_t> rans_decode(std::span<const uint8_t> stream, const FreqTable& t
       xs = (xs << 16) | *wp++;
     }
   }
-  KVCODEC_RETURN_IF_ERROR(detail::rans_check_end(x, wp, we));
+  KVCODEC_RETURN_IF_ERROR(detail::rans_check_end(x, wp == we));
   return detail::kLaneStreamHeader + 2 * size_t(words);
 }
 
