@@ -22,7 +22,6 @@
 
 #include "kvcodec/detail/dtype.hpp"
 #include "parallel.hpp"
-#include "store.hpp"
 
 namespace kvcodec {
 namespace {
@@ -232,7 +231,7 @@ StatusOr<KVCache> KVState::to_cache(DType dtype) const {
   for (uint32_t l = 0; l < layers(); ++l) {
     for (const std::vector<float>* src : {&keys_[l], &values_[l]})
       for (float f : *src) {
-        model_detail::store_as(f, dtype, dst);
+        detail::store_from_f32(dst, uint8_t(dtype), f);
         dst += esize;
       }
   }

@@ -8,7 +8,6 @@
 
 #include "kvcodec/detail/dtype.hpp"
 #include "parallel.hpp"
-#include "store.hpp"
 
 namespace kvcodec {
 namespace {
@@ -266,7 +265,7 @@ void generate_tensor(KVCache& cache, uint32_t layer, int kind, const ChannelStat
         }
       }
     }
-    for (uint32_t c = 0; c < channels; ++c, out += esize) model_detail::store_as(row[c], cache.dtype, out);
+    for (uint32_t c = 0; c < channels; ++c, out += esize) detail::store_from_f32(out, uint8_t(cache.dtype), row[c]);
   }
 }
 

@@ -111,13 +111,24 @@ KVCODEC_HD uint8_t f32_to_f8e4m3(float f) {
   return uint8_t(sign | out);
 }
 
-// Loads element i of a raw array of dtype code `dt` (DType values) as float.
+// Loads one element of dtype code `dt` (DType values) as float.
 KVCODEC_HD float load_as_f32(const void* p, uint8_t dt) {
   switch (dt) {
     case 1: return static_cast<const float*>(p)[0];
     case 2: return f16_to_f32(static_cast<const uint16_t*>(p)[0]);
     case 3: return bf16_to_f32(static_cast<const uint16_t*>(p)[0]);
     default: return f8e4m3_to_f32(static_cast<const uint8_t*>(p)[0]);
+  }
+}
+
+// Rounds an fp32 value to dtype `dt` (DType code) and stores it at p (the inverse of
+// load_as_f32 for representable values).
+KVCODEC_HD void store_from_f32(void* p, uint8_t dt, float v) {
+  switch (dt) {
+    case 1: *static_cast<float*>(p) = v; break;
+    case 2: *static_cast<uint16_t*>(p) = f32_to_f16(v); break;
+    case 3: *static_cast<uint16_t*>(p) = f32_to_bf16(v); break;
+    default: *static_cast<uint8_t*>(p) = f32_to_f8e4m3(v); break;
   }
 }
 

@@ -42,16 +42,6 @@ KVCODEC_HD float step_from_code(int32_t code) {
 // The reconstruction of grid index n = center + q, in fp32 (one correctly rounded multiply).
 KVCODEC_HD float dequantize(int32_t n, float step) { return float(n) * step; }
 
-// Rounds an fp32 value to dtype `dt` (DType code) and stores it at p.
-KVCODEC_HD void store_from_f32(void* p, uint8_t dt, float v) {
-  switch (dt) {
-    case 1: *static_cast<float*>(p) = v; break;
-    case 2: *static_cast<uint16_t*>(p) = f32_to_f16(v); break;
-    case 3: *static_cast<uint16_t*>(p) = f32_to_bf16(v); break;
-    default: *static_cast<uint8_t*>(p) = f32_to_f8e4m3(v); break;
-  }
-}
-
 // Exact power of two 2^e as a double for |e| <= 1022.
 KVCODEC_HD double pow2_f64(int32_t e) {
   const uint64_t bits = uint64_t(e + 1023) << 52;
