@@ -1,7 +1,9 @@
 // GPU decoder: the head is parsed on the host and its tables uploaded into the caller's
-// workspace (Decoder::create); each decode_async launches one kernel in which every warp decodes
-// one (chunk, layer, K/V) unit with warp_decode_unit (include/kvcodec/detail/warp_decode.hpp),
-// the code the host emulation tests run too.
+// workspace (Decoder::create); each decode_async verifies the chunks' checksums (one thread per
+// checksum segment, then one per chunk: detail/checksum.hpp) unless disabled, and launches one
+// kernel in which every warp decodes one (chunk, layer, K/V) unit with warp_decode_unit
+// (include/kvcodec/detail/warp_decode.hpp), the code the host emulation tests run too. Units of
+// a chunk whose checksum failed write nothing.
 #include <algorithm>
 #include <string>
 #include <vector>
@@ -11,7 +13,7 @@
 #include "kvcodec/cuda.hpp"
 #include "kvcodec/detail/packed_model.hpp"
 #include "kvcodec/detail/warp_decode.hpp"
-#include "kvcodec/detail/xxh64.hpp"
+#include "kvcodec/detail/checksum.hpp"
 
 namespace kvcodec::cuda {
 namespace {
@@ -25,7 +27,8 @@ constexpr uint32_t kWarpsPerBlock = 4;
 
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     decode_units(const PackedLayout pl, const uint8_t* model, const DeviceChunk* batch, uint32_t n_batch,
-                 uint32_t layer_begin, const KVView dst, int16_t* refs, uint32_t* errors, uint32_t shared_tables) {
+                 uint32_t layer_begin, const KVView dst, int16_t* refs, uint32_t* errors, const uint32_t* bad_chunk,
+                 uint32_t shared_tables) {
   extern __shared__ uint2 smem[];
   const uint32_t y = blockIdx.y, l = layer_begin + y / 2, kv = y % 2;
   const detail::ModelView mv = detail::model_view(model, pl);
@@ -39,7 +42,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     tables = reinterpret_cast<const DecTable*>(smem);
   }
   const uint32_t b = blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;
-  if (b >= n_batch) return;
+  if (b >= n_batch || (bad_chunk && bad_chunk[b])) return;
   const DeviceChunk ch = batch[b];
   const uint64_t slot = uint64_t(b) * gridDim.y + y;
   int16_t* r = refs ? refs + slot * pl.channels : nullptr;
@@ -52,15 +55,50 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   }
 }
 
-// Regions of the workspace, each 256-byte aligned.
-struct Workspace {
-  size_t model = 0, errors = 0, batch = 0, refs = 0, bytes = 0;
+// Per-chunk data of the frame's index, on the device for checksum verification.
+struct ChunkCheck {
+  uint64_t checksum;
+  uint32_t size;
+  uint32_t reserved;
 };
 
-Workspace workspace_layout(const PackedLayout& pl, uint32_t max_batch) {
+// One thread per (batch entry, checksum segment); blockIdx.x is the batch entry.
+__global__ void __launch_bounds__(128)
+    digest_chunks(const DeviceChunk* batch, const ChunkCheck* checks, uint64_t max_segments, uint64_t* digests) {
+  const DeviceChunk ch = batch[blockIdx.x];
+  const uint64_t s = uint64_t(blockIdx.y) * blockDim.x + threadIdx.x;
+  const uint32_t size = checks[ch.index].size;
+  if (s < detail::checksum_segments(size))
+    digests[blockIdx.x * max_segments + s] = detail::segment_digest(detail::ChecksumInput{ch.body_dev, size}, s);
+}
+
+// One thread per batch entry: the checksum from the digests (version 2) or of the whole body
+// (version 1 frames: sequential, slow, correct) against the index; a mismatch marks the chunk.
+__global__ void __launch_bounds__(128)
+    check_chunks(const DeviceChunk* batch, uint32_t n_batch, const ChunkCheck* checks, uint16_t version,
+                 uint64_t max_segments, const uint64_t* digests, uint32_t* bad_chunk, uint32_t* errors) {
+  const uint32_t b = blockIdx.x * blockDim.x + threadIdx.x;
+  if (b >= n_batch) return;
+  const DeviceChunk ch = batch[b];
+  const ChunkCheck c = checks[ch.index];
+  const uint64_t sum = version >= 2 ? detail::combine_digests(digests + b * max_segments, detail::checksum_segments(c.size))
+                                    : detail::frame_checksum(version, ch.body_dev, c.size);
+  bad_chunk[b] = sum != c.checksum;
+  if (sum != c.checksum) atomicOr(errors, 1u);
+}
+
+// Regions of the workspace, each 256-byte aligned.
+struct Workspace {
+  size_t model = 0, errors = 0, batch = 0, refs = 0, checks = 0, digests = 0, bad = 0, bytes = 0;
+  uint64_t max_segments = 0;  // checksum segments of the frame's largest chunk
+};
+
+Workspace workspace_layout(const detail::PackedModel& pm, uint32_t max_batch) {
+  const PackedLayout& pl = pm.layout;
   const uint64_t units = uint64_t(max_batch) * 2 * pl.layers;
   const bool deltas = !pl.lossless && pl.group_tokens > 1;
   Workspace w;
+  for (const ChunkInfo& c : pm.info.chunks) w.max_segments = std::max(w.max_segments, detail::checksum_segments(c.size));
   size_t off = 0;
   auto place = [&](uint64_t bytes) {
     const size_t at = off;
@@ -71,6 +109,9 @@ Workspace workspace_layout(const PackedLayout& pl, uint32_t max_batch) {
   w.errors = place(4 * (1 + units));
   w.batch = place(sizeof(DeviceChunk) * max_batch);
   w.refs = place(deltas ? 2 * units * pl.channels : 0);
+  w.checks = place(sizeof(ChunkCheck) * pm.info.chunks.size());
+  w.digests = place(sizeof(uint64_t) * max_batch * w.max_segments);
+  w.bad = place(sizeof(uint32_t) * max_batch);
   w.bytes = off;
   return w;
 }
@@ -86,6 +127,8 @@ struct Decoder::Impl {
   uint32_t max_batch = 0;
   uint32_t shared_bytes = 0;  // dynamic shared memory per block; 0: tables read from global memory
   std::vector<DeviceChunk> staged;  // the last batch (capacity max_batch: no allocation per call)
+  std::vector<ChunkCheck> checks;   // sizes and checksums of the index, uploaded by create()
+  bool verify = true;
   uint32_t units_y = 0, layer_begin = 0;
   PinnedWord error_word;
 };
@@ -103,11 +146,11 @@ const uint32_t* Decoder::error_flag_dev() const noexcept {
 StatusOr<size_t> Decoder::workspace_size(std::span<const uint8_t> head, uint32_t max_batch) {
   if (max_batch == 0) return InvalidArgument("max_batch must be at least 1");
   KVCODEC_ASSIGN_OR_RETURN(detail::PackedModel pm, detail::pack_model(head));
-  return workspace_layout(pm.layout, max_batch).bytes;
+  return workspace_layout(pm, max_batch).bytes;
 }
 
 StatusOr<Decoder> Decoder::create(std::span<const uint8_t> head, void* workspace_dev, size_t workspace_bytes,
-                                  uint32_t max_batch, cudaStream_t stream) {
+                                  uint32_t max_batch, cudaStream_t stream, bool verify_checksums) {
   KVCODEC_RETURN_IF_ERROR(device_status());
   if (max_batch == 0) return InvalidArgument("max_batch must be at least 1");
   if (!workspace_dev || reinterpret_cast<uintptr_t>(workspace_dev) % 16)
@@ -115,7 +158,8 @@ StatusOr<Decoder> Decoder::create(std::span<const uint8_t> head, void* workspace
   auto impl = std::make_unique<Impl>();
   KVCODEC_ASSIGN_OR_RETURN(impl->model, detail::pack_model(head));
   const PackedLayout& pl = impl->model.layout;
-  impl->ws = workspace_layout(pl, max_batch);
+  impl->ws = workspace_layout(impl->model, max_batch);
+  impl->verify = verify_checksums;
   if (workspace_bytes < impl->ws.bytes)
     return BufferTooSmall("decoder workspace needs " + std::to_string(impl->ws.bytes) + " bytes, got " +
                           std::to_string(workspace_bytes));
@@ -138,6 +182,11 @@ StatusOr<Decoder> Decoder::create(std::span<const uint8_t> head, void* workspace
   KVCODEC_RETURN_IF_ERROR(check_cuda(cudaMemcpyAsync(impl->ws_dev + impl->ws.model, impl->model.block.data(), pl.bytes,
                                                      cudaMemcpyHostToDevice, stream),
                                      "uploading decode tables"));
+  for (const ChunkInfo& c : impl->model.info.chunks) impl->checks.push_back({c.checksum, c.size, 0});
+  KVCODEC_RETURN_IF_ERROR(check_cuda(cudaMemcpyAsync(impl->ws_dev + impl->ws.checks, impl->checks.data(),
+                                                     sizeof(ChunkCheck) * impl->checks.size(), cudaMemcpyHostToDevice,
+                                                     stream),
+                                     "uploading the chunk index"));
   KVCODEC_RETURN_IF_ERROR(
       check_cuda(cudaMemsetAsync(impl->ws_dev + impl->ws.errors, 0, 4, stream), "clearing error flags"));
   return Decoder(std::move(impl));
@@ -147,7 +196,7 @@ Status Decoder::verify_chunk(uint32_t chunk, std::span<const uint8_t> host_body)
   const FrameInfo& f = impl_->model.info;
   if (chunk >= f.chunks.size()) return OutOfRange("chunk " + std::to_string(chunk) + " beyond the frame");
   if (host_body.size() != f.chunks[chunk].size) return CorruptData("chunk " + std::to_string(chunk) + " has the wrong size");
-  if (detail::xxh64(host_body.data(), host_body.size()) != f.chunks[chunk].checksum)
+  if (detail::frame_checksum(f.format_version, host_body.data(), host_body.size()) != f.chunks[chunk].checksum)
     return ChecksumMismatch("chunk " + std::to_string(chunk) + " checksum mismatch");
   return Status::Ok();
 }
@@ -179,9 +228,20 @@ Status Decoder::decode_async(std::span<const DeviceChunk> chunks, const KVView& 
       check_cuda(cudaMemsetAsync(errors, 0, 4 * (1 + size_t(n) * m.units_y), stream), "clearing error flags"));
   const PackedLayout& pl = m.model.layout;
   int16_t* refs = !pl.lossless && pl.group_tokens > 1 ? reinterpret_cast<int16_t*>(m.ws_dev + m.ws.refs) : nullptr;
+  uint32_t* bad = nullptr;
+  if (m.verify) {
+    bad = reinterpret_cast<uint32_t*>(m.ws_dev + m.ws.bad);
+    const auto* checks = reinterpret_cast<const ChunkCheck*>(m.ws_dev + m.ws.checks);
+    auto* digests = reinterpret_cast<uint64_t*>(m.ws_dev + m.ws.digests);
+    if (f.format_version >= 2)
+      digest_chunks<<<dim3(n, uint32_t((m.ws.max_segments + 127) / 128)), 128, 0, stream>>>(batch, checks,
+                                                                                          m.ws.max_segments, digests);
+    check_chunks<<<(n + 127) / 128, 128, 0, stream>>>(batch, n, checks, f.format_version, m.ws.max_segments, digests,
+                                                      bad, errors);
+  }
   const dim3 grid((n + kWarpsPerBlock - 1) / kWarpsPerBlock, m.units_y);
   decode_units<<<grid, kWarpsPerBlock * 32, m.shared_bytes, stream>>>(pl, m.ws_dev + m.ws.model, batch, n, layer_begin,
-                                                                      dst_dev, refs, errors, m.shared_bytes != 0);
+                                                                      dst_dev, refs, errors, bad, m.shared_bytes != 0);
   return check_cuda(cudaGetLastError(), "launching the decode kernel");
 }
 
@@ -192,7 +252,16 @@ Status Decoder::synchronize(cudaStream_t stream) {
       check_cuda(cudaMemcpyAsync(m.error_word.get(), errors, 4, cudaMemcpyDeviceToHost, stream), "reading error flags"));
   KVCODEC_RETURN_IF_ERROR(check_cuda(cudaStreamSynchronize(stream), "decode"));
   if (*m.error_word.get() == 0) return Status::Ok();
-  // Error path only: fetch every unit's flag and name the first failure.
+  // Error path only: fetch the chunks' checksum flags and every unit's flag; name the first failure.
+  if (m.verify) {
+    std::vector<uint32_t> bad(m.staged.size());
+    KVCODEC_RETURN_IF_ERROR(check_cuda(
+        cudaMemcpy(bad.data(), m.ws_dev + m.ws.bad, 4 * bad.size(), cudaMemcpyDeviceToHost), "reading checksum flags"));
+    for (size_t b = 0; b < bad.size(); ++b)
+      if (bad[b])
+        return ChecksumMismatch("chunk " + std::to_string(m.staged[b].index) +
+                                " checksum mismatch (verified on the device; nothing of it was written)");
+  }
   std::vector<uint32_t> flags(m.staged.size() * m.units_y);
   KVCODEC_RETURN_IF_ERROR(
       check_cuda(cudaMemcpy(flags.data(), errors + 1, 4 * flags.size(), cudaMemcpyDeviceToHost), "reading error flags"));
@@ -206,12 +275,13 @@ Status Decoder::synchronize(cudaStream_t stream) {
   return Internal("device error flag set without a failing unit");
 }
 
-Status decode_frame(const uint8_t* frame_dev, std::span<const uint8_t> head, const KVView& dst_dev, cudaStream_t stream) {
+Status decode_frame(const uint8_t* frame_dev, std::span<const uint8_t> head, const KVView& dst_dev, cudaStream_t stream,
+                    bool verify_checksums) {
   KVCODEC_ASSIGN_OR_RETURN(FrameInfo f, read_frame_info(head));
   const uint32_t n = uint32_t(f.chunks.size());
   KVCODEC_ASSIGN_OR_RETURN(size_t bytes, Decoder::workspace_size(head, n));
   KVCODEC_ASSIGN_OR_RETURN(DeviceBuffer ws, DeviceBuffer::allocate(bytes));
-  KVCODEC_ASSIGN_OR_RETURN(Decoder dec, Decoder::create(head, ws.get(), bytes, n, stream));
+  KVCODEC_ASSIGN_OR_RETURN(Decoder dec, Decoder::create(head, ws.get(), bytes, n, stream, verify_checksums));
   std::vector<DeviceChunk> chunks(n);
   for (uint32_t k = 0; k < n; ++k) chunks[k] = {k, frame_dev + f.chunks[k].offset};
   KVCODEC_RETURN_IF_ERROR(dec.decode_async(chunks, dst_dev, stream));

@@ -2,6 +2,7 @@
 // include/kvcodec/detail/warp_encode.hpp (which the host warp emulation of the tests runs too),
 // and the host step between the two device phases (detail/encode_plan.hpp). See cuda.hpp for
 // the API and warp_encode.hpp for the pipeline.
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -86,15 +87,32 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   detail::warp_write_unit(w, el, stg, chunk_offset, uint32_t(i / el.units()), uint32_t(i % el.units()), dst);
 }
 
+// One thread per (chunk, checksum segment): blockIdx.x is the chunk (chunks can outnumber the
+// 65535 blocks of grid y; a chunk's segments cannot: chunks are < 4 GiB).
 __global__ void __launch_bounds__(kThreadsPerBlock)
-    chunks_kernel(uint32_t num_chunks, uint64_t model_bytes, const uint64_t* chunk_offset, const uint32_t* chunk_size,
-                  uint8_t* dst, const DeviceResult* res) {
-  const uint32_t k = blockIdx.x * blockDim.x + threadIdx.x;
-  if (!res->errors && k < num_chunks) detail::finish_chunk(model_bytes, chunk_offset, chunk_size, k, dst);
+    chunk_digest_kernel(const uint64_t* chunk_offset, const uint32_t* chunk_size, uint64_t max_segments,
+                        const uint8_t* dst, uint64_t* digests, const DeviceResult* res) {
+  const uint64_t s = uint64_t(blockIdx.y) * blockDim.x + threadIdx.x;
+  if (!res->errors && s < max_segments)
+    detail::chunk_segment_digest(chunk_offset, chunk_size, blockIdx.x, s, max_segments, dst, digests);
 }
 
-__global__ void head_kernel(uint64_t head_bytes, uint8_t* dst, const DeviceResult* res) {
-  if (!res->errors) detail::finish_head(head_bytes, res->frame_bytes, dst);
+__global__ void __launch_bounds__(kThreadsPerBlock)
+    chunks_kernel(uint32_t num_chunks, uint64_t model_bytes, const uint64_t* chunk_offset, const uint32_t* chunk_size,
+                  const uint64_t* digests, uint64_t max_segments, uint8_t* dst, const DeviceResult* res) {
+  const uint32_t k = blockIdx.x * blockDim.x + threadIdx.x;
+  if (!res->errors && k < num_chunks)
+    detail::finish_chunk(model_bytes, chunk_offset, chunk_size, digests, max_segments, res->frame_bytes, k, dst);
+}
+
+__global__ void __launch_bounds__(kThreadsPerBlock)
+    head_digest_kernel(uint64_t head_bytes, const uint8_t* dst, uint64_t* digests, const DeviceResult* res) {
+  const uint64_t s = uint64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (!res->errors) detail::head_segment_digest(head_bytes, s, dst, digests);
+}
+
+__global__ void head_kernel(uint64_t head_bytes, const uint64_t* digests, uint8_t* dst, const DeviceResult* res) {
+  if (!res->errors) detail::finish_head(head_bytes, digests, dst);
 }
 
 uint32_t blocks_for(uint64_t n, uint32_t per_block) { return uint32_t((n + per_block - 1) / per_block); }
@@ -102,7 +120,8 @@ uint32_t blocks_for(uint64_t n, uint32_t per_block) { return uint32_t((n + per_b
 // Regions of the workspace, each 256-byte aligned.
 struct Workspace {
   size_t rel = 0, sums = 0, grids = 0, lane = 0, hist = 0, feature = 0, codes = 0, table_base = 0, head = 0,
-         stages = 0, words = 0, escapes = 0, chunk_offset = 0, chunk_size = 0, result = 0, bytes = 0;
+         stages = 0, words = 0, escapes = 0, chunk_offset = 0, chunk_size = 0, digests = 0, result = 0, bytes = 0;
+  uint64_t max_chunk_segments = 0;  // digests per chunk (checksum.hpp)
 };
 
 Workspace workspace_layout(const EncodeLayout& el, const EncodeOptions& o) {
@@ -130,6 +149,10 @@ Workspace workspace_layout(const EncodeLayout& el, const EncodeOptions& o) {
   w.escapes = place(el.lossless ? 0 : uint64_t(el.elem_size) * elements);
   w.chunk_offset = place(sizeof(uint64_t) * el.num_chunks);
   w.chunk_size = place(sizeof(uint32_t) * el.num_chunks);
+  // Chunk digests, then (reusing the region) the head's.
+  w.max_chunk_segments = detail::max_chunk_segments(el);
+  w.digests = place(sizeof(uint64_t) * std::max<uint64_t>(w.max_chunk_segments * el.num_chunks,
+                                                          detail::checksum_segments(detail::max_head_bytes(el, o))));
   w.result = place(sizeof(DeviceResult));
   w.bytes = off;
   return w;
@@ -286,9 +309,14 @@ Status Encoder::encode_async(uint8_t* dst_dev, size_t dst_capacity, cudaStream_t
   KVCODEC_RETURN_IF_ERROR(check_cuda(
       cudaMemcpyAsync(dst_dev, m.ws_dev + ws.head, p.head.size(), cudaMemcpyDeviceToDevice, stream), "copying head"));
   write_kernel<<<unit_blocks, kThreadsPerBlock, 0, stream>>>(el, stg, offsets, dst_dev, m.result_dev());
+  auto* digests = m.at<uint64_t>(ws.digests);
+  chunk_digest_kernel<<<dim3(el.num_chunks, blocks_for(ws.max_chunk_segments, kThreadsPerBlock)), kThreadsPerBlock, 0,
+                        stream>>>(offsets, sizes, ws.max_chunk_segments, dst_dev, digests, m.result_dev());
   chunks_kernel<<<blocks_for(el.num_chunks, kThreadsPerBlock), kThreadsPerBlock, 0, stream>>>(
-      el.num_chunks, p.info.model_bytes, offsets, sizes, dst_dev, m.result_dev());
-  head_kernel<<<1, 1, 0, stream>>>(p.head.size(), dst_dev, m.result_dev());
+      el.num_chunks, p.info.model_bytes, offsets, sizes, digests, ws.max_chunk_segments, dst_dev, m.result_dev());
+  head_digest_kernel<<<blocks_for(detail::checksum_segments(p.head.size()), kThreadsPerBlock), kThreadsPerBlock, 0,
+                       stream>>>(p.head.size(), dst_dev, digests, m.result_dev());
+  head_kernel<<<1, 1, 0, stream>>>(p.head.size(), digests, dst_dev, m.result_dev());
   KVCODEC_RETURN_IF_ERROR(check_cuda(cudaGetLastError(), "launching the encode kernels"));
   return check_cuda(cudaMemcpyAsync(m.result.get(), m.result_dev(), sizeof(DeviceResult), cudaMemcpyDeviceToHost, stream),
                     "reading the frame size");

@@ -451,7 +451,7 @@ Status decode_chunk(const Decoder& d, uint32_t k, std::span<const uint8_t> body,
                     uint32_t le, bool verify, int threads) {
   const ChunkInfo& ci = d.info.chunks[k];
   if (body.size() != ci.size) return CorruptData("chunk " + std::to_string(k) + " has the wrong size");
-  if (verify && detail::xxh64(body.data(), body.size()) != ci.checksum)
+  if (verify && detail::frame_checksum(d.info.format_version, body.data(), body.size()) != ci.checksum)
     return ChecksumMismatch("chunk " + std::to_string(k) + " checksum mismatch");
   const uint32_t L = d.info.shape.layers;
   const size_t dir = size_t(L) * 2 * 4;

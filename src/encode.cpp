@@ -273,7 +273,7 @@ StatusOr<size_t> encode_into(const KVView& src, const EncodeOptions& o, std::spa
       std::memcpy(unit, u.data(), u.size());
       unit += u.size();
     }
-    f.chunks[k].checksum = detail::xxh64(p, f.chunks[k].size);
+    f.chunks[k].checksum = detail::frame_checksum(kFormatVersion, p, f.chunks[k].size);
   });
   detail::write_head(f, model, head);
   std::memcpy(dst.data(), head.data(), head.size());

@@ -84,11 +84,8 @@ struct Reader {
   }
 };
 
-uint64_t head_checksum(const uint8_t* head, size_t head_bytes) {
-  Xxh64State st;
-  st.update(head, kOffHeadChecksum);
-  st.update(head + kHeaderBytes, head_bytes - kHeaderBytes);
-  return st.digest();
+uint64_t head_checksum(uint16_t version, const uint8_t* head, size_t head_bytes) {
+  return frame_checksum(version, ChecksumInput{head, kOffHeadChecksum, head + kHeaderBytes, head_bytes - kHeaderBytes});
 }
 
 Status parse_header(std::span<const uint8_t> b, FrameInfo& f, uint32_t& num_chunks) {
@@ -97,9 +94,9 @@ Status parse_header(std::span<const uint8_t> b, FrameInfo& f, uint32_t& num_chun
   const uint8_t* p = b.data();
   if (std::memcmp(p + kOffMagic, kFrameMagic, 4) != 0) return CorruptData("not a kvcodec frame (bad magic)");
   f.format_version = get<uint16_t>(p + kOffVersion);
-  if (f.format_version != kFormatVersion)
-    return UnsupportedVersion("frame format version " + std::to_string(f.format_version) +
-                              " (this library reads version " + std::to_string(kFormatVersion) + ")");
+  if (f.format_version < kMinFormatVersion || f.format_version > kFormatVersion)
+    return UnsupportedVersion("frame format version " + std::to_string(f.format_version) + " (this library reads versions " +
+                              std::to_string(kMinFormatVersion) + " to " + std::to_string(kFormatVersion) + ")");
   if (get<uint16_t>(p + kOffFlags) != 0 || get<uint32_t>(p + kOffReserved) != 0)
     return CorruptData("reserved header fields are not zero");
   if (!is_valid_dtype(p[kOffDType])) return CorruptData("unknown dtype code " + std::to_string(p[kOffDType]));
@@ -107,7 +104,7 @@ Status parse_header(std::span<const uint8_t> b, FrameInfo& f, uint32_t& num_chun
   f.level = p[kOffLevel];
   if (f.level > kMaxLevel) return CorruptData("level " + std::to_string(f.level) + " out of range");
   if (p[kOffLanes] != kRansLanes || p[kOffProbBits] != kProbBits)
-    return CorruptData("rANS lanes/probability bits differ from format v1");
+    return CorruptData("rANS lanes/probability bits differ from the format's");
   f.shape.layers = get<uint32_t>(p + kOffLayers);
   f.shape.tokens = get<uint32_t>(p + kOffTokens);
   f.shape.kv_heads = get<uint32_t>(p + kOffKVHeads);
@@ -255,7 +252,7 @@ void write_head(FrameInfo& f, std::span<const uint8_t> model, std::vector<uint8_
     put<uint32_t>(idx + 12, 0);
     put<uint64_t>(idx + 16, f.chunks[i].checksum);
   }
-  put<uint64_t>(p + kOffHeadChecksum, head_checksum(p, f.head_bytes));
+  put<uint64_t>(p + kOffHeadChecksum, head_checksum(f.format_version, p, f.head_bytes));
 }
 
 StatusOr<FrameHead> parse_head(std::span<const uint8_t> b) {
@@ -266,7 +263,7 @@ StatusOr<FrameHead> parse_head(std::span<const uint8_t> b) {
   if (b.size() < f.head_bytes)
     return BufferTooSmall("frame head needs " + std::to_string(f.head_bytes) + " bytes, got " +
                           std::to_string(b.size()));
-  if (head_checksum(b.data(), f.head_bytes) != get<uint64_t>(b.data() + kOffHeadChecksum))
+  if (head_checksum(f.format_version, b.data(), f.head_bytes) != get<uint64_t>(b.data() + kOffHeadChecksum))
     return ChecksumMismatch("frame head checksum mismatch");
   // Chunk index: contiguous, in order, ending at frame_bytes.
   const uint8_t* idx = b.data() + kHeaderBytes + f.model_bytes;
@@ -316,7 +313,7 @@ Status verify_frame(std::span<const uint8_t> frame) {
     return BufferTooSmall("frame truncated: " + std::to_string(frame.size()) + " of " + std::to_string(f.frame_bytes) + " bytes");
   for (size_t i = 0; i < f.chunks.size(); ++i) {
     const auto& c = f.chunks[i];
-    if (detail::xxh64(frame.data() + c.offset, c.size) != c.checksum)
+    if (detail::frame_checksum(f.format_version, frame.data() + c.offset, c.size) != c.checksum)
       return ChecksumMismatch("chunk " + std::to_string(i) + " checksum mismatch");
   }
   return Status::Ok();

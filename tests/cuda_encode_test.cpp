@@ -74,9 +74,18 @@ StatusOr<std::vector<uint8_t>> emulate_encode(const KVView& src, const EncodeOpt
       detail::HostWarp w;
       detail::warp_write_unit(w, el, stg, offset.data(), k, u, frame.data());
     }
+  const uint64_t max_segments = detail::max_chunk_segments(el);
+  std::vector<uint64_t> digests(max_segments * el.num_chunks);
   for (uint32_t k = 0; k < el.num_chunks; ++k)
-    detail::finish_chunk(plan.info.model_bytes, offset.data(), size.data(), k, frame.data());
-  detail::finish_head(plan.head.size(), frame_bytes, frame.data());
+    for (uint64_t s = 0; s < max_segments; ++s)
+      detail::chunk_segment_digest(offset.data(), size.data(), k, s, max_segments, frame.data(), digests.data());
+  for (uint32_t k = 0; k < el.num_chunks; ++k)
+    detail::finish_chunk(plan.info.model_bytes, offset.data(), size.data(), digests.data(), max_segments, frame_bytes,
+                         k, frame.data());
+  const uint64_t head_segments = detail::checksum_segments(plan.head.size());
+  for (uint64_t s = 0; s < head_segments; ++s)
+    detail::head_segment_digest(plan.head.size(), s, frame.data(), digests.data());
+  detail::finish_head(plan.head.size(), digests.data(), frame.data());
   return frame;
 }
 

@@ -320,25 +320,48 @@ TEST(CudaDecode, BatchesLayerRangesAndChunkOrder) {
   std::vector<uint8_t> bad_body(info.chunks[0].size, 0);
   EXPECT_EQ(dec->verify_chunk(0, bad_body).code(), StatusCode::kChecksumMismatch);
 
-  // A corrupt chunk on the device: kCorruptData naming it, at synchronize.
+  // A corrupt chunk on the device, batched with a good one: the device checksum names it at
+  // synchronize, and nothing of it is written (the good chunk is decoded).
   std::vector<uint8_t> corrupt(frame.begin() + info.chunks[1].offset,
                                frame.begin() + info.chunks[1].offset + info.chunks[1].size);
   for (size_t i = 4 * 2 * s.layers; i < corrupt.size(); i += 7) corrupt[i] ^= 0x5A;
   DeviceFrame bad(corrupt);
+  Dest fresh(s, DType::kF16, Layout::kContiguous);
+  DeviceDest fd(fresh);
+  const std::vector<uint8_t> untouched = fd.gather();
+  const cuda::DeviceChunk bad_and_good[2] = {{1, bad.p}, {0, bodies[0].p}};
+  ASSERT_TRUE(dec->decode_async(bad_and_good, fd.view(), stream).ok());
+  Status st = dec->synchronize(stream);
+  EXPECT_EQ(st.code(), StatusCode::kChecksumMismatch) << st.to_string();
+  EXPECT_NE(std::string(st.message()).find("chunk 1"), std::string::npos) << st.to_string();
+  const std::vector<uint8_t> after = fd.gather();
+  const size_t row = size_t(s.channels()) * 2;  // bytes of one token of one (layer, K/V)
+  for (uint32_t u = 0; u < 2 * s.layers; ++u)
+    for (uint32_t t = 0; t < s.tokens; ++t) {
+      const size_t at = (size_t(u) * s.tokens + t) * row;
+      const bool chunk1 = t >= info.chunks[1].token_begin && t < info.chunks[1].token_begin + info.chunks[1].tokens;
+      const bool chunk0 = t < info.chunks[0].tokens;
+      if (chunk1) ASSERT_TRUE(std::equal(after.begin() + at, after.begin() + at + row, untouched.begin() + at));
+      if (chunk0) ASSERT_TRUE(std::equal(after.begin() + at, after.begin() + at + row, ref.begin() + at));
+    }
+  // Without device checksums the structural checks find it: kCorruptData naming it.
+  auto unchecked = cuda::Decoder::create(head, ws, bytes, 3, stream, /*verify_checksums=*/false);
+  ASSERT_TRUE(unchecked.ok()) << unchecked.status().to_string();
   const cuda::DeviceChunk bad_chunk{1, bad.p};
-  ASSERT_TRUE(dec->decode_async({&bad_chunk, 1}, dd.view(), stream).ok());
-  const Status st = dec->synchronize(stream);
+  ASSERT_TRUE(unchecked->decode_async({&bad_chunk, 1}, dd.view(), stream).ok());
+  st = unchecked->synchronize(stream);
   EXPECT_EQ(st.code(), StatusCode::kCorruptData) << st.to_string();
   EXPECT_NE(std::string(st.message()).find("chunk 1"), std::string::npos) << st.to_string();
   // The decoder recovers: the next call is clean.
   const cuda::DeviceChunk good{1, bodies[1].p};
-  ASSERT_TRUE(dec->decode_async({&good, 1}, dd.view(), stream).ok());
-  EXPECT_TRUE(dec->synchronize(stream).ok());
+  ASSERT_TRUE(unchecked->decode_async({&good, 1}, dd.view(), stream).ok());
+  EXPECT_TRUE(unchecked->synchronize(stream).ok());
   cudaFree(ws);
   cudaStreamDestroy(stream);
 }
 
-// Same contract as the emulation test, on the device.
+// Same contract as the emulation test, on the device (checksums off); with device checksums,
+// every corruption is a checksum mismatch.
 TEST(CudaDecode, CorruptBodiesBehaveLikeTheCpuDecoder) {
   KVCODEC_REQUIRE_GPU();
   std::mt19937_64 rng(5);
@@ -353,10 +376,11 @@ TEST(CudaDecode, CorruptBodiesBehaveLikeTheCpuDecoder) {
     Dest d(c.shape, c.dtype, Layout::kPagedNHD);
     DeviceDest dd(d);
     DeviceFrame df(bad);
-    const Status st = cuda::decode_frame(df.p, bad, dd.view(), nullptr);
+    const Status st = cuda::decode_frame(df.p, bad, dd.view(), nullptr, /*verify_checksums=*/false);
     ASSERT_EQ(st.ok(), !ref.empty()) << st.to_string();
     if (st.ok()) ASSERT_EQ(dd.gather(), ref);
     else EXPECT_EQ(st.code(), StatusCode::kCorruptData);
+    EXPECT_EQ(cuda::decode_frame(df.p, bad, dd.view(), nullptr).code(), StatusCode::kChecksumMismatch);
   }
 }
 

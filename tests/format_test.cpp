@@ -8,6 +8,7 @@
 
 #include "kvcodec/codec.hpp"
 #include "kvcodec/detail/dtype.hpp"
+#include "kvcodec/detail/checksum.hpp"
 #include "kvcodec/detail/xxh64.hpp"
 #include "test_util.hpp"
 
@@ -126,11 +127,46 @@ TEST(Format, WrongVersionAndMagic) {
   auto e = make_frame(3);
   std::vector<uint8_t> out;
   auto f = e.frame;
-  f[4] = 2;  // format version 2
-  EXPECT_EQ(decode(e, f, out).code(), StatusCode::kUnsupportedVersion);
+  for (uint16_t version : {uint16_t(0), uint16_t(kFormatVersion + 1)}) {
+    std::memcpy(&f[4], &version, 2);
+    EXPECT_EQ(decode(e, f, out).code(), StatusCode::kUnsupportedVersion) << version;
+  }
   f = e.frame;
   f[0] = 'X';
   EXPECT_EQ(decode(e, f, out).code(), StatusCode::kCorruptData);
+}
+
+// Format version 1 differs only in its checksums (plain XXH64 of each chunk body and of the
+// head): a frame rewritten as version 1 still decodes to the same values.
+TEST(Format, Version1FramesStillDecode) {
+  auto e = make_frame(4);
+  auto info = read_frame_info(e.frame);
+  ASSERT_TRUE(info.ok());
+  ASSERT_GT(info->chunks[0].size, detail::kChecksumSegmentBytes) << "want multi-segment chunks";
+  std::vector<uint8_t> v1 = e.frame;
+  const uint16_t version = 1;
+  std::memcpy(&v1[4], &version, 2);
+  EXPECT_EQ(read_frame_info(v1).status().code(), StatusCode::kChecksumMismatch);  // v2 checksums, v1 header
+  for (size_t k = 0; k < info->chunks.size(); ++k) {
+    const uint64_t sum = detail::xxh64(v1.data() + info->chunks[k].offset, info->chunks[k].size);
+    std::memcpy(&v1[kHeaderBytes + info->model_bytes + k * kIndexEntryBytes + 16], &sum, 8);
+  }
+  detail::Xxh64State head;
+  head.update(v1.data(), 56);
+  head.update(v1.data() + kHeaderBytes, info->head_bytes - kHeaderBytes);
+  const uint64_t head_sum = head.digest();
+  std::memcpy(&v1[56], &head_sum, 8);
+  auto info1 = read_frame_info(v1);
+  ASSERT_TRUE(info1.ok()) << info1.status().to_string();
+  EXPECT_EQ(info1->format_version, 1);
+  EXPECT_TRUE(verify_frame(v1).ok());
+  std::vector<uint8_t> out1, out2;
+  ASSERT_TRUE(decode(e, v1, out1).ok());
+  ASSERT_TRUE(decode(e, e.frame, out2).ok());
+  EXPECT_EQ(out1, out2);
+  // A version 1 chunk whose body changed fails its (plain XXH64) checksum.
+  v1[info->chunks[1].offset + 100] ^= 1;
+  EXPECT_EQ(decode(e, v1, out1).code(), StatusCode::kChecksumMismatch);
 }
 
 // Writes a header field and recomputes nothing: the checksum or the validation must reject it.

@@ -195,6 +195,23 @@ TEST_P(GoldenFrame, DecodesToDigestAndReencodesIdentically) {
   if (c.level == 0) EXPECT_EQ(out->data, input.data) << "lossless frame is not exact";
 }
 
+// tests/golden/v1/: the same cases as written by format version 1 (before segmented checksums);
+// readers must keep decoding them to the same values.
+TEST_P(GoldenFrame, Version1RecordStillDecodes) {
+  if (writing_golden()) GTEST_SKIP() << "rewriting the golden frames";
+  const GoldenCase& c = GetParam();
+  auto frame = read_file(golden_dir() + "/v1/" + c.name + ".kvc");
+  ASSERT_TRUE(frame.ok()) << frame.status().to_string();
+  auto info = read_frame_info(*frame);
+  ASSERT_TRUE(info.ok()) << info.status().to_string();
+  EXPECT_EQ(info->format_version, 1);
+  ASSERT_TRUE(verify_frame(*frame).ok());
+  auto out = KVCache::allocate(c.dtype, c.shape);
+  ASSERT_TRUE(out.ok());
+  ASSERT_TRUE(decode_into(*frame, out->view()).ok());
+  EXPECT_EQ(digest(out->data), read_digests().at(c.name));
+}
+
 INSTANTIATE_TEST_SUITE_P(All, GoldenFrame, ::testing::ValuesIn(kCases),
                          [](const ::testing::TestParamInfo<GoldenCase>& i) { return std::string(i.param.name); });
 

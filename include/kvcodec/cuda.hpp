@@ -25,12 +25,15 @@
 // (its error flags live in the workspace and are reset by every decode_async).
 //
 // What runs where: the frame head (header, model section, chunk index: a few MB at most) is
-// parsed and validated on the host by create(), which uploads the decode tables into the
-// workspace. Chunk checksums (XXH64) are not computed on the device: verify_chunk() checks a
-// chunk's host bytes (bytes from the network pass through host memory before the upload);
-// chunks already resident on the device are protected by the decoder's structural checks
-// (unit sizes, word and escape counts, final lane states), which catch nearly all corruption
-// but not all. Corruption found on the device is reported by synchronize() as kCorruptData.
+// parsed and validated on the host by create(), which uploads the decode tables and the chunk
+// index into the workspace. Chunk checksums are verified on the device by decode_async, before
+// any unit is decoded: format version 2 checksums 4 KiB segments independently
+// (docs/format.md, "Checksums"), one thread per segment. A chunk whose checksum fails writes
+// nothing into the destination and synchronize() reports kChecksumMismatch. Callers that have
+// already verified the bytes (verify_chunk() on the host copy) can turn this off in create();
+// the decoder's structural checks (unit sizes, word and escape counts, final lane states) then
+// remain, and catch nearly all corruption but not all. Structural failures found on the device
+// are reported by synchronize() as kCorruptData.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -62,18 +65,21 @@ struct DeviceChunk {
 class Decoder {
  public:
   // Bytes of device workspace a Decoder for this frame head needs to decode up to max_batch
-  // chunks per decode_async call (tables ~5 KiB each, per-channel grids, error flags, and for
+  // chunks per decode_async call (tables ~5 KiB each, per-channel grids, error flags, the chunk
+  // index, one 8-byte digest per 4 KiB of the largest chunk per batch entry, and for
   // group_tokens > 1 one int16 per channel per unit in flight). `head` is the head (or whole
   // frame) on the host. Errors: those of read_frame_info; kInvalidArgument for max_batch 0.
   static StatusOr<size_t> workspace_size(std::span<const uint8_t> head, uint32_t max_batch);
 
-  // Parses `head` on the host and enqueues the upload of the decode tables into `workspace_dev`
-  // (device memory, 16-byte aligned, workspace_size bytes or more) on `stream`. Allocates host
-  // memory (the metadata and a pinned error word): call it once per frame, not per chunk.
+  // Parses `head` on the host and enqueues the upload of the decode tables and chunk index into
+  // `workspace_dev` (device memory, 16-byte aligned, workspace_size bytes or more) on `stream`.
+  // With verify_checksums, every decode_async verifies its chunks' checksums on the device
+  // first (one extra read of the compressed bytes). Allocates host memory (the metadata and a
+  // pinned error word): call it once per frame, not per chunk.
   // Errors: kUnavailable without a CUDA device; head errors; kBufferTooSmall for a small
   // workspace; kInvalidArgument for a misaligned workspace; kInternal for CUDA failures.
   static StatusOr<Decoder> create(std::span<const uint8_t> head, void* workspace_dev, size_t workspace_bytes,
-                                  uint32_t max_batch, cudaStream_t stream);
+                                  uint32_t max_batch, cudaStream_t stream, bool verify_checksums = true);
 
   Decoder(Decoder&&) noexcept;
   Decoder& operator=(Decoder&&) noexcept;
@@ -81,7 +87,7 @@ class Decoder {
 
   const FrameInfo& info() const noexcept;
 
-  // Checks the XXH64 checksum of chunk `chunk`'s body held in host memory (before uploading it).
+  // Checks the checksum of chunk `chunk`'s body held in host memory (before uploading it).
   // kChecksumMismatch, kOutOfRange for a bad index, kCorruptData for a wrong size.
   Status verify_chunk(uint32_t chunk, std::span<const uint8_t> host_body) const;
 
@@ -101,8 +107,9 @@ class Decoder {
   // for callers that poll it themselves instead of calling synchronize.
   const uint32_t* error_flag_dev() const noexcept;
 
-  // Waits for `stream` and returns the outcome of the last decode_async: OK, or kCorruptData
-  // naming the first failing chunk, layer and reason; kInternal for CUDA errors.
+  // Waits for `stream` and returns the outcome of the last decode_async: OK; kChecksumMismatch
+  // naming the first chunk whose checksum failed on the device; kCorruptData naming the first
+  // failing chunk, layer and reason; kInternal for CUDA errors.
   Status synchronize(cudaStream_t stream);
 
  private:
@@ -114,7 +121,7 @@ class Decoder {
 // Convenience for tools and tests (allocates and synchronises; not for hot paths): decodes a
 // whole frame held in device memory into dst_dev.
 Status decode_frame(const uint8_t* frame_dev, std::span<const uint8_t> head, const KVView& dst_dev,
-                    cudaStream_t stream);
+                    cudaStream_t stream, bool verify_checksums = true);
 
 // ---- Encoding --------------------------------------------------------------------------------
 // Encoding runs in two device phases around one host step, so the host round trip is explicit:

@@ -17,9 +17,12 @@ namespace kvcodec {
 
 // Bytes 0..3 of every frame.
 inline constexpr uint8_t kFrameMagic[4] = {'K', 'V', 'C', 0x1A};
-// Version of the frame format (independent of the library version). Readers reject others.
-inline constexpr uint16_t kFormatVersion = 1;
-// Fixed parameters of format version 1.
+// Version of the frame format (independent of the library version) that encoders write, and
+// the oldest version readers accept; they reject others. Version 2 differs from version 1 only
+// in its checksums (segmented XXH64, docs/format.md "Checksums").
+inline constexpr uint16_t kFormatVersion = 2;
+inline constexpr uint16_t kMinFormatVersion = 1;
+// Fixed parameters of the format.
 inline constexpr uint32_t kRansLanes = 32;      // interleaved rANS states per stream
 inline constexpr uint32_t kProbBits = 12;       // probability tables sum to 1 << kProbBits
 inline constexpr uint32_t kHeaderBytes = 64;    // fixed-size header
@@ -30,7 +33,7 @@ struct ChunkInfo {
   uint32_t size = 0;         // bytes of the chunk body
   uint32_t token_begin = 0;  // first token of the context in this chunk
   uint32_t tokens = 0;
-  uint64_t checksum = 0;     // XXH64 (seed 0) of the chunk body
+  uint64_t checksum = 0;     // of the chunk body (docs/format.md, "Checksums")
 };
 
 struct FrameInfo {

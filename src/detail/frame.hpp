@@ -8,7 +8,7 @@
 
 #include "kvcodec/entropy.hpp"
 #include "kvcodec/format.hpp"
-#include "kvcodec/detail/xxh64.hpp"  // checksums: detail::xxh64 with seed 0
+#include "kvcodec/detail/checksum.hpp"
 
 namespace kvcodec::detail {
 

@@ -24,8 +24,11 @@
 //   assign_chunks       one thread: unit and chunk sizes -> chunk offsets and the frame size
 //   warp_write_unit     one warp per (chunk, unit): directory entry, lane headers, words, escapes
 //                       copied to the unit's final place in the frame
-//   finish_chunk        one thread per chunk: XXH64 of the body -> its chunk index entry
-//   finish_head         one thread: frame size and head checksum in the header
+//   chunk_segment_digest  one thread per checksum segment of a chunk body (checksum.hpp)
+//   finish_chunk        one thread per chunk: the segments' digests -> the chunk's checksum and
+//                       index entry; chunk 0's thread also writes the frame size
+//   head_segment_digest one thread per checksum segment of the head
+//   finish_head         one thread: the head checksum in the header
 // Every step is deterministic: the frame equals kvcodec::encode_into's byte for byte.
 #pragma once
 
@@ -38,7 +41,7 @@
 #include "kvcodec/detail/rans.hpp"
 #include "kvcodec/detail/warp.hpp"
 #include "kvcodec/detail/warp_decode.hpp"
-#include "kvcodec/detail/xxh64.hpp"
+#include "kvcodec/detail/checksum.hpp"
 #include "kvcodec/quantize.hpp"
 #include "kvcodec/tensor.hpp"
 
@@ -214,6 +217,16 @@ KVCODEC_HD uint32_t unit_bytes(const EncodeLayout& el, const UnitStage& st) {
   return uint32_t(b);
 }
 
+// Checksum segments of the largest chunk body the layout allows (every symbol a word in every
+// lane stream and, lossy, an escape): bounds the digests of any chunk.
+KVCODEC_HD uint64_t max_chunk_segments(const EncodeLayout& el) {
+  UnitStage worst{};
+  const uint32_t n = el.chunk_tokens * el.channels;
+  for (uint32_t p = 0; p < el.planes; ++p) worst.words[p] = n;
+  worst.escapes = el.lossless ? 0 : n;
+  return checksum_segments(4ull * el.units() + uint64_t(el.units()) * unit_bytes(el, worst));
+}
+
 // rANS-codes unit u of chunk k with one warp (see the top of this file). P = lane streams.
 #if defined(__CUDACC__)
 #pragma nv_exec_check_disable
@@ -375,24 +388,42 @@ KVCODEC_HD void warp_write_unit(W& w, const EncodeLayout& el, const EncodeStagin
   }
 }
 
-// Chunk k's index entry (offset, size, checksum of its body) in the head at dst.
+// Checksum segments (checksum.hpp) of the bodies of a frame's chunks: digests of chunk k are
+// stored from digests[k * max_segments] on, where max_segments bounds every chunk's count.
+KVCODEC_HD void chunk_segment_digest(const uint64_t* chunk_offset, const uint32_t* chunk_size, uint32_t k, uint64_t s,
+                                     uint64_t max_segments, const uint8_t* dst, uint64_t* digests) {
+  if (s < checksum_segments(chunk_size[k]))
+    digests[k * max_segments + s] = segment_digest(ChecksumInput{dst + chunk_offset[k], chunk_size[k]}, s);
+}
+
+// Chunk k's index entry (offset, size, checksum of its body from its segments' digests) in the
+// head at dst; chunk 0 also writes the frame size into the header, which the head checksum covers.
 KVCODEC_HD void finish_chunk(uint64_t model_bytes, const uint64_t* chunk_offset, const uint32_t* chunk_size,
-                             uint32_t k, uint8_t* dst) {
+                             const uint64_t* digests, uint64_t max_segments, uint64_t frame_bytes, uint32_t k,
+                             uint8_t* dst) {
   uint8_t* e = dst + kHeaderBytes + model_bytes + uint64_t(k) * kIndexEntryBytes;
   st_u64(e, chunk_offset[k]);
   st_u32(e + 8, chunk_size[k]);
   st_u32(e + 12, 0);
-  st_u64(e + 16, xxh64(dst + chunk_offset[k], chunk_size[k]));
+  st_u64(e + 16, combine_digests(digests + k * max_segments, checksum_segments(chunk_size[k])));
+  if (k == 0) st_u64(dst + kHeaderFrameBytesOffset, frame_bytes);
 }
 
-// The frame size and the head checksum (header without its checksum field, then the rest of
-// the head), once every index entry is in place.
-KVCODEC_HD void finish_head(uint64_t head_bytes, uint64_t frame_bytes, uint8_t* dst) {
-  st_u64(dst + kHeaderFrameBytesOffset, frame_bytes);
-  Xxh64State h;
-  h.update(dst, kHeaderChecksumOffset);
-  h.update(dst + kHeaderBytes, head_bytes - kHeaderBytes);
-  st_u64(dst + kHeaderChecksumOffset, h.digest());
+// The bytes the head checksum covers: header bytes 0..55, then the head from byte 64 on.
+KVCODEC_HD ChecksumInput head_checksum_input(const uint8_t* dst, uint64_t head_bytes) {
+  return ChecksumInput{dst, kHeaderChecksumOffset, dst + kHeaderBytes, head_bytes - kHeaderBytes};
+}
+
+// Digest of checksum segment s of the head, once every index entry and the frame size are in place.
+KVCODEC_HD void head_segment_digest(uint64_t head_bytes, uint64_t s, const uint8_t* dst, uint64_t* digests) {
+  const ChecksumInput in = head_checksum_input(dst, head_bytes);
+  if (s < checksum_segments(in.size())) digests[s] = segment_digest(in, s);
+}
+
+// The head checksum from its segments' digests.
+KVCODEC_HD void finish_head(uint64_t head_bytes, const uint64_t* digests, uint8_t* dst) {
+  st_u64(dst + kHeaderChecksumOffset,
+         combine_digests(digests, checksum_segments(head_checksum_input(dst, head_bytes).size())));
 }
 
 }  // namespace kvcodec::detail
