@@ -57,7 +57,7 @@ step configure 120 configure.log \
   cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DKVCODEC_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_CUDA_COMPILER="$NVCC" \
     -DKVCODEC_BUILD_TOOLS=OFF -DKVCODEC_BUILD_STREAM=OFF -DKVCODEC_BUILD_EXAMPLES=OFF || exit 1
-CORE_TESTS="format_test golden_test xxh64_test json_test io_test"
+CORE_TESTS="format_test golden_test xxh64_test checksum_test json_test io_test"
 step build 300 build.log ninja -C "$BUILD" -j "$JOBS" cuda_test cuda_encode_test codec_test $CORE_TESTS \
   kvcodec_cuda_bench || exit 1
 
@@ -77,15 +77,16 @@ KVCODEC_BENCH_TOKENS=$TOKENS step gpu_bench 240 gpu_bench.log \
     --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
 
 if command -v ncu > /dev/null; then
-  # One default-level decode of a 2048-token cache: speed of light, memory and occupancy.
+  # One default-level decode of a 2048-token cache (checksum kernels, then the decoder):
+  # speed of light, memory and occupancy.
   KVCODEC_BENCH_TOKENS=2048 step ncu 120 ncu_decode.txt \
-    ncu --kernel-name regex:decode_units --launch-count 1 \
+    ncu --kernel-name regex:'decode_units|digest_chunks|check_chunks' --launch-count 3 \
       --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
       "$BUILD/bench/kvcodec_cuda_bench" --benchmark_filter='BM_Decode/4' --benchmark_min_time=0.01
-  # One default-level encode: every kernel of both phases (the host step shows as a gap).
+  # One default-level encode: every kernel of the encoder (their names end in _kernel; the decoder's do not).
   KVCODEC_BENCH_TOKENS=2048 step ncu_encode 180 ncu_encode.txt \
-    ncu --kernel-name regex:'stats_kernel|grids_kernel|histogram_kernel|units_kernel|assign_kernel|write_kernel|chunks_kernel|head_kernel' \
-      --launch-count 8 --section SpeedOfLight --section Occupancy --section LaunchStats \
+    ncu --kernel-name regex:'_kernel' \
+      --launch-count 16 --section SpeedOfLight --section Occupancy --section LaunchStats \
       "$BUILD/bench/kvcodec_cuda_bench" --benchmark_filter='BM_Encode/4' --benchmark_min_time=0.01
 fi
 cat "$OUT/summary.txt"
