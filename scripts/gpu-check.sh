@@ -11,10 +11,14 @@
 #   codec_test.log                     the CPU codec tests of the same build
 #   <name>_test.log                    the other core tests: frames, golden frames, XXH64, JSON, io
 #   gpu_bench.log  gpu_bench.json      Google Benchmark: encode, decode, D2D copy, H2D raw/frame GB/s
+#   memcheck_*.log racecheck_*.log     compute-sanitizer on small GPU tests: out-of-bounds and
+#                                      misaligned device accesses, shared-memory races
 #   ncu_decode.txt ncu_encode.txt      Nsight Compute summaries of the decode kernel and of the
 #                                      encoder's kernels (if ncu exists)
 #   summary.txt                        one line per step: ok / FAILED (exit code)
-# Usage: OUT=/some/dir scripts/gpu-check.sh     (from the repository root; ~5-8 minutes)
+# Usage: OUT=/some/dir scripts/gpu-check.sh     (from the repository root; ~6-10 minutes)
+#   PARTS="build test bench" (then PARTS="sanitize ncu" in a second call on the same machine,
+#   which reuses the build) splits the run under a per-command time limit; default: all five.
 # Needs: cmake >= 3.25, ninja, a C++20 compiler, CUDA >= 12 (nvcc), GoogleTest, Google Benchmark,
 # Eigen. Nothing else: the CLI and the streaming library (hiredis, zfp, zstd, nlohmann-json) are
 # not configured, since no step here uses them.
@@ -23,6 +27,8 @@ set -uo pipefail
 OUT=${OUT:-$PWD/gpu-check-out}
 BUILD=${BUILD:-build-gpu-check}
 JOBS=${JOBS:-$(nproc)}
+PARTS=${PARTS:-build test bench sanitize ncu}
+want() { [[ " $PARTS " == *" $1 "* ]]; }
 TOKENS=${KVCODEC_BENCH_TOKENS:-8192}
 NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
 mkdir -p "$OUT"
@@ -53,14 +59,17 @@ step() {
   echo "cores: $(nproc)"
 } > "$OUT/env.txt"
 
+CORE_TESTS="format_test golden_test xxh64_test checksum_test json_test io_test"
+if want build; then
 step configure 120 configure.log \
   cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DKVCODEC_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_CUDA_COMPILER="$NVCC" \
     -DKVCODEC_BUILD_TOOLS=OFF -DKVCODEC_BUILD_STREAM=OFF -DKVCODEC_BUILD_EXAMPLES=OFF || exit 1
-CORE_TESTS="format_test golden_test xxh64_test checksum_test json_test io_test"
 step build 300 build.log ninja -C "$BUILD" -j "$JOBS" cuda_test cuda_encode_test codec_test $CORE_TESTS \
   kvcodec_cuda_bench || exit 1
+fi
 
+if want test; then
 for t in cuda_test cuda_encode_test; do
   step $t 240 $t.log "$BUILD/tests/$t" --gtest_output="json:$OUT/$t.json"
   if grep -q "SKIPPED" "$OUT/$t.log"; then
@@ -72,11 +81,30 @@ for t in $CORE_TESTS; do
   step $t 120 $t.log "$BUILD/tests/$t"
 done
 
+fi
+
+if want bench; then
 KVCODEC_BENCH_TOKENS=$TOKENS step gpu_bench 240 gpu_bench.log \
   "$BUILD/bench/kvcodec_cuda_bench" --benchmark_out="$OUT/gpu_bench.json" --benchmark_out_format=json \
     --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
+fi
 
-if command -v ncu > /dev/null; then
+# compute-sanitizer (CUDA toolkit) on the small GPU tests: kernels that never ran elsewhere.
+SANITIZER=$(command -v compute-sanitizer || echo "$(dirname "$NVCC")/compute-sanitizer")
+if want sanitize && [ -x "$SANITIZER" ]; then
+  DEC_SMALL='CudaDecode.BatchesLayerRangesAndChunkOrder:CudaDecode.BadBlockTableIsAnError'
+  ENC_SMALL='CudaEncode.MatchesCpuEncoderByteForByte:CudaEncode.EncoderReuseRoundTripAndErrors'
+  step memcheck_decode 150 memcheck_decode.log "$SANITIZER" --tool memcheck --error-exitcode 1 \
+    "$BUILD/tests/cuda_test" --gtest_filter="$DEC_SMALL"
+  step memcheck_encode 240 memcheck_encode.log "$SANITIZER" --tool memcheck --error-exitcode 1 \
+    "$BUILD/tests/cuda_encode_test" --gtest_filter="$ENC_SMALL"
+  step racecheck_decode 150 racecheck_decode.log "$SANITIZER" --tool racecheck --error-exitcode 1 \
+    "$BUILD/tests/cuda_test" --gtest_filter="$DEC_SMALL"
+  step racecheck_encode 240 racecheck_encode.log "$SANITIZER" --tool racecheck --error-exitcode 1 \
+    "$BUILD/tests/cuda_encode_test" --gtest_filter="$ENC_SMALL"
+fi
+
+if want ncu && command -v ncu > /dev/null; then
   # One default-level decode of a 2048-token cache (checksum kernels, then the decoder):
   # speed of light, memory and occupancy.
   KVCODEC_BENCH_TOKENS=2048 step ncu 120 ncu_decode.txt \
