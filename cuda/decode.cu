@@ -25,8 +25,16 @@ using detail::PackedLayout;
 // tables are loaded into shared memory once for all of them.
 constexpr uint32_t kWarpsPerBlock = 4;
 
+// Chunks per launch, passed by value as a kernel parameter: no host-to-device copy of the chunk
+// list, hence no synchronisation with the host (2 KiB is within every architecture's parameter
+// limit). Larger batches take several launches; `base` is the first entry's index in the batch.
+constexpr uint32_t kLaunchChunks = 128;
+struct LaunchChunks {
+  DeviceChunk c[kLaunchChunks];
+};
+
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
-    decode_units(const PackedLayout pl, const uint8_t* model, const DeviceChunk* batch, uint32_t n_batch,
+    decode_units(const PackedLayout pl, const uint8_t* model, const LaunchChunks batch, uint32_t count, uint32_t base,
                  uint32_t layer_begin, const KVView dst, int16_t* refs, uint32_t* errors, const uint32_t* bad_chunk,
                  uint32_t shared_tables) {
   extern __shared__ uint2 smem[];
@@ -42,9 +50,9 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     tables = reinterpret_cast<const DecTable*>(smem);
   }
   const uint32_t b = blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;
-  if (b >= n_batch || (bad_chunk && bad_chunk[b])) return;
-  const DeviceChunk ch = batch[b];
-  const uint64_t slot = uint64_t(b) * gridDim.y + y;
+  if (b >= count || (bad_chunk && bad_chunk[base + b])) return;
+  const DeviceChunk ch = batch.c[b];
+  const uint64_t slot = uint64_t(base + b) * gridDim.y + y;
   int16_t* r = refs ? refs + slot * pl.channels : nullptr;
   const detail::UnitJob job = detail::make_unit_job(pl, model, tables, ch.index, ch.body_dev, l, kv, dst, r);
   detail::DeviceWarp w{threadIdx.x % 32};
@@ -62,34 +70,36 @@ struct ChunkCheck {
   uint32_t reserved;
 };
 
-// One thread per (batch entry, checksum segment); blockIdx.x is the batch entry.
+// One thread per (batch entry, checksum segment); blockIdx.x is the entry within the launch.
 __global__ void __launch_bounds__(128)
-    digest_chunks(const DeviceChunk* batch, const ChunkCheck* checks, uint64_t max_segments, uint64_t* digests) {
-  const DeviceChunk ch = batch[blockIdx.x];
+    digest_chunks(const LaunchChunks batch, uint32_t base, const ChunkCheck* checks, uint64_t max_segments,
+                  uint64_t* digests) {
+  const DeviceChunk ch = batch.c[blockIdx.x];
   const uint64_t s = uint64_t(blockIdx.y) * blockDim.x + threadIdx.x;
   const uint32_t size = checks[ch.index].size;
   if (s < detail::checksum_segments(size))
-    digests[blockIdx.x * max_segments + s] = detail::segment_digest(detail::ChecksumInput{ch.body_dev, size}, s);
+    digests[(base + blockIdx.x) * max_segments + s] = detail::segment_digest(detail::ChecksumInput{ch.body_dev, size}, s);
 }
 
 // One thread per batch entry: the checksum from the digests (version 2) or of the whole body
 // (version 1 frames: sequential, slow, correct) against the index; a mismatch marks the chunk.
 __global__ void __launch_bounds__(128)
-    check_chunks(const DeviceChunk* batch, uint32_t n_batch, const ChunkCheck* checks, uint16_t version,
+    check_chunks(const LaunchChunks batch, uint32_t count, uint32_t base, const ChunkCheck* checks, uint16_t version,
                  uint64_t max_segments, const uint64_t* digests, uint32_t* bad_chunk, uint32_t* errors) {
   const uint32_t b = blockIdx.x * blockDim.x + threadIdx.x;
-  if (b >= n_batch) return;
-  const DeviceChunk ch = batch[b];
+  if (b >= count) return;
+  const DeviceChunk ch = batch.c[b];
   const ChunkCheck c = checks[ch.index];
-  const uint64_t sum = version >= 2 ? detail::combine_digests(digests + b * max_segments, detail::checksum_segments(c.size))
+  const uint64_t sum = version >= 2 ? detail::combine_digests(digests + (base + b) * max_segments,
+                                                              detail::checksum_segments(c.size))
                                     : detail::frame_checksum(version, ch.body_dev, c.size);
-  bad_chunk[b] = sum != c.checksum;
+  bad_chunk[base + b] = sum != c.checksum;
   if (sum != c.checksum) atomicOr(errors, 1u);
 }
 
 // Regions of the workspace, each 256-byte aligned.
 struct Workspace {
-  size_t model = 0, errors = 0, batch = 0, refs = 0, checks = 0, digests = 0, bad = 0, bytes = 0;
+  size_t model = 0, errors = 0, refs = 0, checks = 0, digests = 0, bad = 0, bytes = 0;
   uint64_t max_segments = 0;  // checksum segments of the frame's largest chunk
 };
 
@@ -107,7 +117,6 @@ Workspace workspace_layout(const detail::PackedModel& pm, uint32_t max_batch) {
   };
   w.model = place(pl.bytes);
   w.errors = place(4 * (1 + units));
-  w.batch = place(sizeof(DeviceChunk) * max_batch);
   w.refs = place(deltas ? 2 * units * pl.channels : 0);
   w.checks = place(sizeof(ChunkCheck) * pm.info.chunks.size());
   w.digests = place(sizeof(uint64_t) * max_batch * w.max_segments);
@@ -215,34 +224,34 @@ Status Decoder::decode_async(std::span<const DeviceChunk> chunks, const KVView& 
     if (c.index >= f.chunks.size()) return OutOfRange("chunk " + std::to_string(c.index) + " beyond the frame");
     if (!c.body_dev) return InvalidArgument("chunk " + std::to_string(c.index) + " has a null body");
   }
-  m.staged.assign(chunks.begin(), chunks.end());  // within capacity: no allocation
+  m.staged.assign(chunks.begin(), chunks.end());  // within capacity: no allocation (names errors)
   m.layer_begin = layer_begin;
   m.units_y = 2 * (le - layer_begin);
   const uint32_t n = uint32_t(chunks.size());
   auto* errors = reinterpret_cast<uint32_t*>(m.ws_dev + m.ws.errors);
-  auto* batch = reinterpret_cast<DeviceChunk*>(m.ws_dev + m.ws.batch);
-  // Pageable source: the runtime stages it before returning, so `staged` may change afterwards.
-  KVCODEC_RETURN_IF_ERROR(check_cuda(
-      cudaMemcpyAsync(batch, m.staged.data(), n * sizeof(DeviceChunk), cudaMemcpyHostToDevice, stream), "chunk list"));
   KVCODEC_RETURN_IF_ERROR(
       check_cuda(cudaMemsetAsync(errors, 0, 4 * (1 + size_t(n) * m.units_y), stream), "clearing error flags"));
   const PackedLayout& pl = m.model.layout;
   int16_t* refs = !pl.lossless && pl.group_tokens > 1 ? reinterpret_cast<int16_t*>(m.ws_dev + m.ws.refs) : nullptr;
-  uint32_t* bad = nullptr;
-  if (m.verify) {
-    bad = reinterpret_cast<uint32_t*>(m.ws_dev + m.ws.bad);
-    const auto* checks = reinterpret_cast<const ChunkCheck*>(m.ws_dev + m.ws.checks);
-    auto* digests = reinterpret_cast<uint64_t*>(m.ws_dev + m.ws.digests);
-    if (f.format_version >= 2)
-      digest_chunks<<<dim3(n, uint32_t((m.ws.max_segments + 127) / 128)), 128, 0, stream>>>(batch, checks,
-                                                                                          m.ws.max_segments, digests);
-    check_chunks<<<(n + 127) / 128, 128, 0, stream>>>(batch, n, checks, f.format_version, m.ws.max_segments, digests,
-                                                      bad, errors);
+  uint32_t* bad = m.verify ? reinterpret_cast<uint32_t*>(m.ws_dev + m.ws.bad) : nullptr;
+  const auto* checks = reinterpret_cast<const ChunkCheck*>(m.ws_dev + m.ws.checks);
+  auto* digests = reinterpret_cast<uint64_t*>(m.ws_dev + m.ws.digests);
+  const uint32_t segment_blocks = uint32_t((m.ws.max_segments + 127) / 128);
+  for (uint32_t base = 0; base < n; base += kLaunchChunks) {
+    const uint32_t count = std::min(kLaunchChunks, n - base);
+    LaunchChunks lc{};
+    std::copy(chunks.begin() + base, chunks.begin() + base + count, lc.c);
+    if (m.verify) {
+      if (f.format_version >= 2)
+        digest_chunks<<<dim3(count, segment_blocks), 128, 0, stream>>>(lc, base, checks, m.ws.max_segments, digests);
+      check_chunks<<<(count + 127) / 128, 128, 0, stream>>>(lc, count, base, checks, f.format_version,
+                                                            m.ws.max_segments, digests, bad, errors);
+    }
+    const dim3 grid((count + kWarpsPerBlock - 1) / kWarpsPerBlock, m.units_y);
+    decode_units<<<grid, kWarpsPerBlock * 32, m.shared_bytes, stream>>>(
+        pl, m.ws_dev + m.ws.model, lc, count, base, layer_begin, dst_dev, refs, errors, bad, m.shared_bytes != 0);
   }
-  const dim3 grid((n + kWarpsPerBlock - 1) / kWarpsPerBlock, m.units_y);
-  decode_units<<<grid, kWarpsPerBlock * 32, m.shared_bytes, stream>>>(pl, m.ws_dev + m.ws.model, batch, n, layer_begin,
-                                                                      dst_dev, refs, errors, bad, m.shared_bytes != 0);
-  return check_cuda(cudaGetLastError(), "launching the decode kernel");
+  return check_cuda(cudaGetLastError(), "launching the decode kernels");
 }
 
 Status Decoder::synchronize(cudaStream_t stream) {

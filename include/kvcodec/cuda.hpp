@@ -93,7 +93,8 @@ class Decoder {
 
   // Enqueues decoding of `chunks` (at most max_batch, distinct destinations) into `dst_dev`,
   // layers [layer_begin, min(layer_end, layers)). Asynchronous: no synchronisation, no
-  // allocation; the list of chunks is copied into the workspace before returning.
+  // allocation, no host-to-device copy (the chunk list travels in the kernels' parameters, up
+  // to 128 chunks per launch); `chunks` may be reused as soon as the call returns.
   // dst_dev is a KVView (tensor.hpp) of the frame's dtype and shape whose pointers are device
   // pointers: `data`; for per-layer and paged views the `layer_k`/`layer_v` arrays themselves
   // and the `block_table` are device arrays too. Block table entries are checked on the device
