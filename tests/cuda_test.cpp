@@ -360,6 +360,34 @@ TEST(CudaDecode, BatchesLayerRangesAndChunkOrder) {
   cudaStreamDestroy(stream);
 }
 
+// A batch of 300 chunks takes several launches (128 chunks each): all decoded, and a corrupt
+// chunk in a later launch is still named.
+TEST(CudaDecode, BatchesLargerThanOneLaunch) {
+  KVCODEC_REQUIRE_GPU();
+  const KVShape s{2, 600, 1, 8};
+  KVCache kv = random_cache(s, DType::kF16, 8);
+  EncodeOptions o;
+  o.level = 5;
+  o.chunk_tokens = 2;
+  const auto frame = encode(kv.view(), o);
+  const auto ref = cpu_decode(frame, s, DType::kF16);
+  const FrameInfo info = *read_frame_info(frame);
+  const uint32_t n = uint32_t(info.chunks.size());
+  ASSERT_EQ(n, 300u);
+  Dest d(s, DType::kF16, Layout::kPagedHND);
+  DeviceDest dd(d);
+  DeviceFrame df(frame);
+  ASSERT_TRUE(cuda::decode_frame(df.p, frame, dd.view(), nullptr).ok());
+  EXPECT_EQ(dd.gather(), ref);
+
+  auto bad = frame;
+  bad[info.chunks[250].offset + info.chunks[250].size - 1] ^= 0x40;
+  DeviceFrame dbad(bad);
+  const Status st = cuda::decode_frame(dbad.p, bad, dd.view(), nullptr);
+  EXPECT_EQ(st.code(), StatusCode::kChecksumMismatch) << st.to_string();
+  EXPECT_NE(std::string(st.message()).find("chunk 250"), std::string::npos) << st.to_string();
+}
+
 // Same contract as the emulation test, on the device (checksums off); with device checksums,
 // every corruption is a checksum mismatch.
 TEST(CudaDecode, CorruptBodiesBehaveLikeTheCpuDecoder) {
