@@ -8,6 +8,7 @@
 
 #include "kvcodec/detail/encode_values.hpp"
 #include "kvcodec/detail/log2.hpp"
+#include "kvcodec/detail/model_values.hpp"
 
 namespace kvcodec::detail {
 namespace {
@@ -96,8 +97,7 @@ std::vector<uint64_t> group_histograms(const Histograms& hs, const std::vector<u
 
 // Lossless: one table per byte value seen; trailing absent symbols are not stored.
 Status lossless_table(const uint64_t* h, TableSpec& spec, uint32_t* codes) {
-  size_t n = kLosslessBins;
-  while (n > 1 && h[n - 1] == 0) --n;
+  const size_t n = lossless_symbols(h);
   std::vector<uint64_t> c(h, h + n);
   if (std::all_of(c.begin(), c.end(), [](uint64_t v) { return v == 0; })) c[0] = 1;
   KVCODEC_ASSIGN_OR_RETURN(spec.table, FreqTable::from_counts(c));
@@ -109,27 +109,8 @@ Status lossless_table(const uint64_t* h, TableSpec& spec, uint32_t* codes) {
 // Lossy: the window [qmin, qmin + n - 2] of at most 255 values holding the most occurrences;
 // values outside it, and escaped values, code as the escape symbol n - 1.
 Status lossy_table(const uint64_t* h, TableSpec& spec, uint32_t* codes) {
-  int lo = -1, hi = -1;
-  for (uint32_t b = 0; b < kEscBin; ++b)
-    if (h[b]) {
-      if (lo < 0) lo = int(b);
-      hi = int(b);
-    }
-  if (lo < 0) lo = hi = kQLimit;  // nothing but escapes (or nothing at all)
-  if (hi - lo + 1 > 255) {        // slide a 255-wide window to the densest position
-    uint64_t run = 0, best = 0;
-    int best_lo = lo;
-    for (int b = lo; b <= hi; ++b) {
-      run += h[b];
-      if (b - lo >= 255) run -= h[b - 255];
-      if (b - lo >= 254 && run > best) {
-        best = run;
-        best_lo = b - 254;
-      }
-    }
-    lo = best_lo;
-    hi = lo + 254;
-  }
+  int32_t lo, hi;
+  lossy_window(h, &lo, &hi);
   const uint32_t n = uint32_t(hi - lo + 2);  // values + escape
   std::vector<uint64_t> counts(n, 0);
   uint16_t sym[kLossyBins];  // value bin -> symbol
@@ -162,11 +143,6 @@ Status build_layer_model(const Histograms& hs, const uint64_t* feature, bool los
                                      : lossy_table(h, m.tables[i], &codes[i * hs.bins]));
   }
   return Status::Ok();
-}
-
-uint64_t max_layer_model_bytes(uint64_t C, uint32_t groups, uint32_t slots, bool lossless) {
-  const uint64_t table = 1 + (lossless ? 0 : 2) + 256 * 2;  // freqs <= 4096 take <= 2 varint bytes
-  return 1 + uint64_t(groups) * slots * table + (C + 1) / 2 + (lossless ? 0 : C * (5 + 5));
 }
 
 FrameInfo frame_info_for(const KVShape& shape, DType dtype, const EncodeOptions& o) {

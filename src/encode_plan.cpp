@@ -1,6 +1,7 @@
 #include "kvcodec/detail/encode_plan.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <string>
 
 #include "detail/encode_model.hpp"
@@ -81,6 +82,18 @@ Status build_encode_plan(const EncodeLayout& el, const EncodeOptions& o, const u
   for (uint32_t k = 0; k < el.num_chunks; ++k) f.chunks[k].tokens = el.chunk_token_count(k);
   write_head(f, model, plan.head);
   return Status::Ok();
+}
+
+HeaderTemplate header_template(const EncodeLayout& el, const EncodeOptions& o) {
+  FrameInfo f = frame_info_for(KVShape{el.layers, el.tokens, el.kv_heads, el.head_dim}, DType(el.dtype), o);
+  f.chunks.assign(el.num_chunks, ChunkInfo{});
+  std::vector<uint8_t> head;
+  write_head(f, {}, head);
+  HeaderTemplate t;
+  std::memcpy(t.bytes, head.data(), kHeaderBytes);
+  for (uint32_t at : {kHeaderModelBytesOffset, kHeaderFrameBytesOffset, kHeaderChecksumOffset})
+    std::memset(t.bytes + at, 0, at == kHeaderModelBytesOffset ? 4 : 8);
+  return t;
 }
 
 }  // namespace kvcodec::detail

@@ -9,7 +9,7 @@
 
 #include "detail/rans_lanes.hpp"
 #include "detail/simd.hpp"
-#include "kvcodec/detail/log2.hpp"
+#include "kvcodec/detail/model_values.hpp"
 
 namespace kvcodec {
 
@@ -27,25 +27,20 @@ StatusOr<FreqTable> FreqTable::from_counts(std::span<const uint64_t> counts) {
   t.freq.assign(n, 0);
   int64_t sum = 0;
   for (size_t s = 0; s < n; ++s) {
-    if (!counts[s]) continue;
-    const double exact = double(counts[s]) * kRansM / double(total);
-    const int64_t f = std::max<int64_t>(1, std::llround(exact));
-    t.freq[s] = uint16_t(std::min<int64_t>(f, kRansM));
+    t.freq[s] = uint16_t(detail::initial_freq(counts[s], total));
     sum += t.freq[s];
   }
-  // Correct the rounding one unit at a time where it costs the fewest bits: adding a unit to s
-  // saves counts[s] * log2((f+1)/f) bits, removing one costs counts[s] * log2(f/(f-1)). Integer
-  // fixed-point logs keep the choice identical on every machine (detail/log2.hpp).
+  // Correct the rounding one unit at a time where it costs the fewest bits (the score of
+  // detail/model_values.hpp). Integer fixed-point logs keep the choice identical on every
+  // machine (detail/log2.hpp); the device model builder (detail/block_model.hpp) makes the same
+  // choices with one warp.
   while (sum != int64_t(kRansM)) {
     const bool add = sum < int64_t(kRansM);
     size_t best = n;
     unsigned __int128 best_score = 0;
     for (size_t s = 0; s < n; ++s) {
-      if (!counts[s] || (!add && t.freq[s] <= 1)) continue;
-      const uint64_t f = t.freq[s];
-      const uint64_t dlog = add ? detail::log2_q32(f + 1) - detail::log2_q32(f)
-                                : detail::log2_q32(f) - detail::log2_q32(f - 1);
-      const unsigned __int128 score = (unsigned __int128)counts[s] * dlog;
+      if (!detail::freq_step_allowed(counts[s], t.freq[s], add)) continue;
+      const unsigned __int128 score = (unsigned __int128)counts[s] * detail::freq_step_dlog(t.freq[s], add);
       // add: the largest saving; remove: the smallest loss. Ties go to the lowest symbol.
       if (best == n || (add ? score > best_score : score < best_score)) {
         best = s;

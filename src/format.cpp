@@ -4,6 +4,7 @@
 
 #include "detail/frame.hpp"
 #include "detail/rans_lanes.hpp"
+#include "kvcodec/detail/model_values.hpp"
 #include "kvcodec/detail/quant.hpp"
 
 namespace kvcodec {
@@ -47,13 +48,9 @@ T get(const uint8_t* p) {
 }
 
 void put_varint(std::vector<uint8_t>& out, uint32_t v) {
-  while (v >= 0x80) {
-    out.push_back(uint8_t(v | 0x80));
-    v >>= 7;
-  }
-  out.push_back(uint8_t(v));
+  uint8_t b[5];
+  out.insert(out.end(), b, b + detail::put_varint(b, v));
 }
-uint32_t zigzag(int32_t v) { return (uint32_t(v) << 1) ^ uint32_t(v >> 31); }
 int32_t unzigzag(uint32_t v) { return int32_t(v >> 1) ^ -int32_t(v & 1); }
 
 // Bounds-checked reader over the model section.
@@ -204,10 +201,10 @@ size_t write_layer_model(const FrameInfo& f, const LayerModel& m, std::vector<ui
   if (!is_lossless(f)) {
     int32_t prev = 0;
     for (int32_t code : m.step_code) {
-      put_varint(out, zigzag(code - prev));
+      put_varint(out, zigzag32(code - prev));
       prev = code;
     }
-    for (int32_t c : m.center) put_varint(out, zigzag(c));
+    for (int32_t c : m.center) put_varint(out, zigzag32(c));
   }
   return table_bytes;
 }

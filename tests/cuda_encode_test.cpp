@@ -11,7 +11,10 @@
 #include <vector>
 
 #include "cuda_test_util.hpp"
+#include "detail/encode_model.hpp"
+#include "detail/frame.hpp"
 #include "kvcodec/codec.hpp"
+#include "kvcodec/detail/block_model.hpp"
 #include "kvcodec/detail/encode_plan.hpp"
 #include "kvcodec/detail/warp_encode.hpp"
 #include "kvcodec/synthetic.hpp"
@@ -24,8 +27,8 @@ using namespace test;
 // ---- warp emulation --------------------------------------------------------------------------
 
 // Encodes `src` with the GPU encoder's code run on the host, in the kernels' order: phase 1 per
-// (unit, channel), the host step, warp_encode_unit by detail::HostWarp per (chunk, unit), and
-// the frame assembly.
+// (unit, channel), the model builder by detail::HostBlock per unit, warp_encode_unit by
+// detail::HostWarp per (chunk, unit), and the frame assembly.
 StatusOr<std::vector<uint8_t>> emulate_encode(const KVView& src, const EncodeOptions& o) {
   KVCODEC_ASSIGN_OR_RETURN(detail::EncodeLayout el, detail::encode_layout(src.shape, src.dtype, o));
   const uint32_t units = el.units(), C = el.channels;
@@ -49,26 +52,48 @@ StatusOr<std::vector<uint8_t>> emulate_encode(const KVView& src, const EncodeOpt
     for (uint32_t c = 0; c < C; ++c)
       if (!detail::histogram_channel(el, src, u, c, lane.data(), hist.data(), feature.data())) return bad_source;
 
-  detail::EncodePlan plan;
-  KVCODEC_RETURN_IF_ERROR(detail::build_encode_plan(el, o, hist.data(), feature.data(), grids.data(), plan));
+  // Tables and models, one block per unit. Outputs start as garbage: every byte read must be
+  // written first.
+  const detail::ModelLayout ml = detail::model_layout(el);
+  std::vector<uint32_t> codes(uint64_t(units) * el.max_tables * el.bins, 0xEEEEEEEEu);
+  std::vector<uint16_t> table_base(per_channel, 0xEEEE);
+  std::vector<uint8_t> models(units * ml.model_stride, 0xEE), scratch(units * ml.scratch_stride, 0xEE);
+  std::vector<uint32_t> model_size(units, 0xEEEEEEEEu);
+  std::vector<uint64_t> group_sums(ml.sums_bytes / sizeof(uint64_t));
+  const detail::ModelArgs args{hist.data(),       feature.data(), grids.data(),      codes.data(),
+                               table_base.data(), models.data(),  model_size.data(), scratch.data()};
+  for (uint32_t u = 0; u < units; ++u) {
+    detail::HostBlock blk;
+    detail::ModelShared sh;
+    std::fill(group_sums.begin(), group_sums.end(), 0xEEEEEEEEEEEEEEEEull);
+    if (!detail::block_build_model(blk, el, ml, args, u, sh, group_sums.data()))
+      return Internal("a table could not be normalised");
+  }
 
   std::vector<uint16_t> words(el.planes * elements);
   std::vector<uint8_t> escapes(el.lossless ? 0 : el.elem_size * elements);
   std::vector<detail::UnitStage> stages(uint64_t(el.num_chunks) * units);
-  const detail::EncodeTables tab{plan.codes.data(), plan.table_base.data(), lane.data()};
+  const detail::EncodeTables tab{codes.data(), table_base.data(), lane.data()};
   const detail::EncodeStaging stg{words.data(), escapes.data(), stages.data()};
   for (uint32_t k = 0; k < el.num_chunks; ++k)
     for (uint32_t u = 0; u < units; ++u) {
       detail::HostWarp w;
       if (detail::warp_encode_unit(w, el, src, tab, stg, k, u) != detail::kUnitOk) return bad_source;
     }
-  std::vector<uint64_t> offset(el.num_chunks);
+  std::vector<uint64_t> model_offset(units), offset(el.num_chunks);
   std::vector<uint32_t> size(el.num_chunks);
+  const uint64_t model_bytes = detail::place_models(units, model_size.data(), model_offset.data());
+  const uint64_t head_bytes = detail::head_bytes_for(el, model_bytes);
   uint64_t frame_bytes = 0;
-  EXPECT_TRUE(detail::assign_chunks(el, stages.data(), plan.head.size(), UINT64_MAX, offset.data(), size.data(),
+  EXPECT_TRUE(detail::assign_chunks(el, stages.data(), head_bytes, UINT64_MAX, offset.data(), size.data(),
                                     &frame_bytes));
   std::vector<uint8_t> frame(frame_bytes, 0xEE);  // every byte must be written
-  std::copy(plan.head.begin(), plan.head.end(), frame.begin());
+  const detail::HeaderTemplate hdr = detail::header_template(el, o);
+  for (uint32_t u = 0; u < units; ++u) {
+    detail::HostBlock blk;
+    detail::block_write_model(blk, hdr, ml, models.data(), model_size.data(), model_offset.data(), model_bytes, u,
+                              frame.data());
+  }
   for (uint32_t k = 0; k < el.num_chunks; ++k)
     for (uint32_t u = 0; u < units; ++u) {
       detail::HostWarp w;
@@ -80,12 +105,11 @@ StatusOr<std::vector<uint8_t>> emulate_encode(const KVView& src, const EncodeOpt
     for (uint64_t s = 0; s < max_segments; ++s)
       detail::chunk_segment_digest(offset.data(), size.data(), k, s, max_segments, frame.data(), digests.data());
   for (uint32_t k = 0; k < el.num_chunks; ++k)
-    detail::finish_chunk(plan.info.model_bytes, offset.data(), size.data(), digests.data(), max_segments, frame_bytes,
-                         k, frame.data());
-  const uint64_t head_segments = detail::checksum_segments(plan.head.size());
-  for (uint64_t s = 0; s < head_segments; ++s)
-    detail::head_segment_digest(plan.head.size(), s, frame.data(), digests.data());
-  detail::finish_head(plan.head.size(), digests.data(), frame.data());
+    detail::finish_chunk(model_bytes, offset.data(), size.data(), digests.data(), max_segments, frame_bytes, k,
+                         frame.data());
+  const uint64_t head_segments = detail::checksum_segments(head_bytes);
+  for (uint64_t s = 0; s < head_segments; ++s) detail::head_segment_digest(head_bytes, s, frame.data(), digests.data());
+  detail::finish_head(head_bytes, digests.data(), frame.data());
   return frame;
 }
 
@@ -203,6 +227,214 @@ TEST(WarpEncodeEmulation, BadBlockTableIsAnError) {
   Dest d(s, DType::kF16, Layout::kPagedNHD);
   d.block_table[1] = int32_t(d.num_blocks) + 5;
   EXPECT_EQ(emulate_encode(d.host_view(), {}).status().code(), StatusCode::kInvalidArgument);
+}
+
+// Edge cases of the model builder, end to end: constant caches (one distinct value per table),
+// caches of nothing but escapes, and the extreme table group counts, with fewer channels than
+// groups.
+TEST(WarpEncodeEmulation, ModelEdgeCases) {
+  const KVShape small{2, 40, 1, 6}, wide{1, 70, 2, 32};
+  for (const KVShape& s : {small, wide})
+    for (int level : {0, 1, 4})
+      for (uint32_t groups : {1u, 8u, kMaxTableGroups})
+        for (const char* kind : {"random", "constant", "nan", "inf"}) {
+          const std::string k = kind;
+          if (level == 0 && k != "random" && k != "constant") continue;  // specials are plain bytes
+          SCOPED_TRACE(std::string(kind) + " C" + std::to_string(s.channels()) + " level " + std::to_string(level) +
+                       " groups " + std::to_string(groups));
+          KVCache kv = random_cache(s, DType::kF16, 77 + groups);
+          const float v = k == "constant" ? 1.5f : k == "nan" ? NAN : INFINITY;
+          if (k != "random")
+            for (size_t i = 0; i < s.elements(); ++i) detail::store_from_f32(kv.data.data() + 2 * i, 2, v);
+          const EncodeOptions o = options(level, 16, level == 4 ? 3 : 1, groups);
+          auto frame = emulate_encode(kv.view(), o);
+          ASSERT_TRUE(frame.ok()) << frame.status().to_string();
+          ASSERT_EQ(*frame, encode(kv.view(), o));
+        }
+}
+
+// ---- the model builder alone -------------------------------------------------------------------
+
+// Builds the model of one unit from histograms ([slot][bin][channel]) and features with the CPU
+// encoder's build_layer_model + write_layer_model and with the device model builder run on the
+// host (HostBlock), and expects the same code tables, table bases and model bytes.
+void expect_same_model(uint32_t C, uint32_t slots, bool lossless, uint32_t table_groups, std::vector<uint32_t> hist,
+                       const std::vector<uint64_t>& feature) {
+  SCOPED_TRACE("C " + std::to_string(C) + " slots " + std::to_string(slots) + (lossless ? " lossless" : " lossy") +
+               " groups " + std::to_string(table_groups));
+  detail::EncodeLayout el;
+  el.lossless = lossless;
+  el.layers = 1;
+  el.channels = C;
+  el.slots = slots;
+  el.bins = lossless ? detail::kLosslessBins : detail::kLossyBins;
+  el.max_tables = table_groups * slots;
+  ASSERT_EQ(hist.size(), el.hist_per_unit());
+  std::vector<ChannelGrid> grids(C);
+  std::mt19937 rng(C);
+  for (auto& g : grids) g = {int32_t(rng() % 1281) - 640, int32_t(rng() % (2u << 22)) - (1 << 22)};
+
+  // CPU
+  const detail::Histograms hs{C, slots, el.bins, hist.data()};
+  detail::LayerModel m;
+  std::vector<uint32_t> cpu_codes;
+  ASSERT_TRUE(detail::build_layer_model(hs, feature.data(), lossless, table_groups, m, cpu_codes).ok());
+  if (!lossless)
+    for (const ChannelGrid& g : grids) {
+      m.step_code.push_back(g.step_code);
+      m.center.push_back(g.center);
+    }
+  FrameInfo f;
+  f.level = lossless ? 0 : 1;
+  std::vector<uint8_t> cpu_bytes;
+  detail::write_layer_model(f, m, cpu_bytes);
+
+  // Device code on the host; unit 0 of a one-layer layout.
+  const detail::ModelLayout ml = detail::model_layout(el);
+  std::vector<uint32_t> codes(el.max_tables * el.bins, 0xEEEEEEEEu);
+  std::vector<uint16_t> table_base(C, 0xEEEE);
+  std::vector<uint8_t> model(ml.model_stride, 0xEE), scratch(ml.scratch_stride, 0xEE);
+  std::vector<uint64_t> sums(ml.sums_bytes / 8, 0xEEEEEEEEEEEEEEEEull);
+  uint32_t model_size = 0;
+  const detail::ModelArgs args{hist.data(), feature.data(), grids.data(), codes.data(), table_base.data(),
+                               model.data(), &model_size,   scratch.data()};
+  detail::HostBlock blk;
+  detail::ModelShared sh;
+  ASSERT_TRUE(detail::block_build_model(blk, el, ml, args, 0, sh, sums.data()));
+
+  ASSERT_EQ(std::vector<uint8_t>(model.begin(), model.begin() + model_size), cpu_bytes);
+  codes.resize(cpu_codes.size());
+  EXPECT_EQ(codes, cpu_codes);
+  for (uint32_t c = 0; c < C; ++c) ASSERT_EQ(table_base[c], m.channel_group[c] * slots) << "channel " << c;
+}
+
+// Random histograms in the shape the encoders count: per channel a spread of values around a
+// centre (lossy: grid offsets with some escapes; lossless: byte planes), `tokens` per slot.
+std::vector<uint32_t> random_hist(uint32_t C, uint32_t slots, bool lossless, uint32_t tokens, std::mt19937_64& rng) {
+  const uint32_t bins = lossless ? detail::kLosslessBins : detail::kLossyBins;
+  std::vector<uint32_t> h(uint64_t(slots) * bins * C, 0);
+  for (uint32_t c = 0; c < C; ++c)
+    for (uint32_t s = 0; s < slots; ++s) {
+      const double spread = 0.3 + double(rng() % 1000) / 10.0;
+      const int32_t mid = lossless ? int32_t(rng() % 256) : detail::kQLimit + int32_t(rng() % 21) - 10;
+      std::normal_distribution<double> d(mid, spread);
+      for (uint32_t t = 0; t < tokens; ++t) {
+        int64_t b = std::llround(d(rng));
+        if (lossless) b = (b % 256 + 256) % 256;
+        else if (b < 0 || b >= int64_t(detail::kEscBin) || rng() % 211 == 0) b = detail::kEscBin;
+        ++h[(uint64_t(s) * bins + uint64_t(b)) * C + c];
+      }
+    }
+  return h;
+}
+
+TEST(BlockModelEmulation, RandomHistograms) {
+  std::mt19937_64 rng(5);
+  for (uint32_t C : {1u, 3u, 7u, 40u, 300u, 1500u})
+    for (uint32_t groups : {1u, 2u, 5u, 8u, kMaxTableGroups})
+      for (int kind = 0; kind < 5; ++kind) {
+        const bool lossless = kind < 3;
+        const uint32_t slots = lossless ? 1u << kind : kind - 2;  // 1, 2, 4 byte planes; anchor (+ delta)
+        std::vector<uint64_t> feature(C);
+        for (auto& f : feature) f = rng() % (C > 100 ? 50 : 4);  // many ties
+        expect_same_model(C, slots, lossless, groups, random_hist(C, slots, lossless, 64, rng), feature);
+      }
+}
+
+// Channels whose features are all equal: the quantile split falls back to channel order.
+TEST(BlockModelEmulation, AllFeaturesEqual) {
+  std::mt19937_64 rng(6);
+  for (bool lossless : {false, true})
+    for (uint32_t C : {16u, 257u})
+      expect_same_model(C, lossless ? 2 : 1, lossless, 8, random_hist(C, lossless ? 2 : 1, lossless, 100, rng),
+                        std::vector<uint64_t>(C, 42));
+}
+
+// Channels with identical histograms and distinct features: every group's table is the same, so
+// every cost ties and every channel moves to the lowest group.
+TEST(BlockModelEmulation, ClusteringTiesGoToTheLowestGroup) {
+  std::mt19937_64 rng(7);
+  for (bool lossless : {false, true}) {
+    const uint32_t C = 40, bins = lossless ? detail::kLosslessBins : detail::kLossyBins;
+    const std::vector<uint32_t> one = random_hist(1, 1, lossless, 200, rng);
+    std::vector<uint32_t> h(uint64_t(bins) * C);
+    for (uint32_t b = 0; b < bins; ++b)
+      for (uint32_t c = 0; c < C; ++c) h[uint64_t(b) * C + c] = one[b];
+    std::vector<uint64_t> feature(C);
+    for (uint32_t c = 0; c < C; ++c) feature[c] = (c * 17) % C;
+    expect_same_model(C, 1, lossless, 8, h, feature);
+  }
+  // A real tie: groups {A, T} and {T', B} with B the mirror image of A and T = T' symmetric, so
+  // T and T' cost the same under both tables and both go to group 0.
+  const uint32_t C = 4, q = detail::kQLimit;
+  std::vector<uint32_t> h(uint64_t(detail::kLossyBins) * C, 0);
+  auto at = [&](uint32_t b, uint32_t c) -> uint32_t& { return h[uint64_t(b) * C + c]; };
+  at(q - 5, 0) = 10, at(q - 4, 0) = 5;  // A
+  at(q - 5, 1) = 1, at(q + 5, 1) = 1;   // T
+  at(q - 5, 2) = 1, at(q + 5, 2) = 1;   // T'
+  at(q + 5, 3) = 10, at(q + 4, 3) = 5;  // B
+  expect_same_model(C, 1, false, 2, h, {0, 1, 2, 3});
+}
+
+// Every count in one bin (a single distinct value), and in the lossy escape bin only.
+TEST(BlockModelEmulation, SingleValueAndOnlyEscapes) {
+  for (bool lossless : {false, true})
+    for (uint32_t bin : {0u, 7u, uint32_t(detail::kQLimit), 255u, detail::kEscBin}) {
+      const uint32_t bins = lossless ? detail::kLosslessBins : detail::kLossyBins;
+      if (bin >= bins) continue;
+      const uint32_t C = 9, slots = 2;
+      std::vector<uint32_t> h(uint64_t(slots) * bins * C, 0);
+      for (uint32_t s = 0; s < slots; ++s)
+        for (uint32_t c = 0; c < C; ++c) h[(uint64_t(s) * bins + bin) * C + c] = 30;
+      SCOPED_TRACE("bin " + std::to_string(bin));
+      expect_same_model(C, slots, lossless, 4, h, std::vector<uint64_t>(C, 0));
+    }
+  // A lossy delta slot that counts nothing (no delta tokens).
+  const uint32_t C = 5, bins = detail::kLossyBins;
+  std::vector<uint32_t> h(2ull * bins * C, 0);
+  for (uint32_t c = 0; c < C; ++c) h[uint64_t(detail::kQLimit + c) * C + c] = 10;
+  expect_same_model(C, 2, false, 3, h, {1, 2, 3, 4, 5});
+}
+
+// Tables whose first rounding is far from 4096, so the correction takes many one-unit steps:
+// 255 lossy values and 256 lossless bytes with one dominant count and many small ones
+// (removing), and 250 equal counts each rounded down by 0.384 (adding 96 units, every choice a
+// tie: to the lowest symbols); plus lossy counts spread over more than 255 bins (the sliding
+// window, with equal runs).
+TEST(BlockModelEmulation, ManyCorrectionSteps) {
+  auto initial_error = [](const std::vector<uint64_t>& counts) {
+    uint64_t total = 0;
+    int64_t sum = 0;
+    for (uint64_t c : counts) total += c;
+    for (uint64_t c : counts) sum += detail::initial_freq(c, total);
+    return sum - int64_t(detail::kRansM);
+  };
+  for (bool lossless : {false, true}) {
+    const uint32_t bins = lossless ? detail::kLosslessBins : detail::kLossyBins, C = 2;
+    const uint32_t first = lossless ? 0 : detail::kQLimit - 127, n = lossless ? 256 : 255;
+    std::vector<uint32_t> removing(uint64_t(bins) * C, 0), adding(uint64_t(bins) * C, 0);
+    std::vector<uint64_t> counts_removing, counts_adding;
+    for (uint32_t i = 0; i < n; ++i) {
+      const uint32_t rm = i == n / 3 ? 1000000 : 1 + i * 7 % 40, add = i < 250 ? 3 : 0;
+      removing[uint64_t(first + i) * C] = removing[uint64_t(first + i) * C + 1] = rm;
+      adding[uint64_t(first + i) * C] = adding[uint64_t(first + i) * C + 1] = add;
+      counts_removing.push_back(2 * rm);
+      counts_adding.push_back(2 * add);
+    }
+    SCOPED_TRACE(lossless ? "lossless" : "lossy");
+    EXPECT_GE(initial_error(counts_removing), 200);
+    EXPECT_EQ(initial_error(counts_adding), -96);
+    expect_same_model(C, 1, lossless, 1, removing, {0, 0});
+    expect_same_model(C, 1, lossless, 1, adding, {0, 0});
+  }
+  // More than 255 lossy bins seen: the densest 255-wide window, the first of equal ones.
+  for (uint32_t spread : {300u, 509u}) {
+    const uint32_t C = 3, bins = detail::kLossyBins;
+    std::vector<uint32_t> h(uint64_t(bins) * C, 0);
+    for (uint32_t b = 0; b < spread; ++b)
+      for (uint32_t c = 0; c < C; ++c) h[uint64_t(b) * C + c] = 1 + (b % 7 == c);
+    expect_same_model(C, 1, false, 2, h, {3, 1, 2});
+  }
 }
 
 #if defined(KVCODEC_HAS_CUDA)

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "frame.hpp"
+#include "kvcodec/detail/model_values.hpp"  // max_layer_model_bytes
 #include "kvcodec/status.hpp"
 
 namespace kvcodec::detail {
@@ -30,9 +31,6 @@ struct Histograms {
 // Per-channel grids (lossy) are the caller's.
 Status build_layer_model(const Histograms& hs, const uint64_t* feature, bool lossless, uint32_t table_groups,
                          LayerModel& m, std::vector<uint32_t>& codes);
-
-// Worst-case size of one (layer, K/V) model in the model section.
-uint64_t max_layer_model_bytes(uint64_t channels, uint32_t groups, uint32_t slots, bool lossless);
 
 // The frame parameters of an encoding of `shape` and `dtype` with options `o` (no chunks yet).
 FrameInfo frame_info_for(const KVShape& shape, DType dtype, const EncodeOptions& o);

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kvcodec/config.hpp"
+#include "kvcodec/detail/block_model.hpp"
 #include "kvcodec/detail/warp_encode.hpp"
 #include "kvcodec/format.hpp"
 #include "kvcodec/quantize.hpp"
@@ -41,5 +42,9 @@ struct EncodePlan {
 // (0 = all). Allocates host memory.
 Status build_encode_plan(const EncodeLayout& el, const EncodeOptions& o, const uint32_t* hist, const uint64_t* feature,
                          const ChannelGrid* grids, EncodePlan& plan);
+
+// The header of the frames of this encoding: what write_head writes, with a zero model size,
+// frame size and head checksum (block_write_model and finish_head fill them in).
+HeaderTemplate header_template(const EncodeLayout& el, const EncodeOptions& o);
 
 }  // namespace kvcodec::detail
