@@ -3,7 +3,6 @@
 // and decode throughputs sit next to their ceilings: a device-to-device copy of the same bytes
 // and the host-to-device transfers of the raw and the compressed bytes.
 #include <algorithm>
-#include <chrono>
 #include <cstring>
 #include <vector>
 
@@ -58,8 +57,9 @@ std::vector<uint8_t> gather_contiguous(const KVView& v) {
   return out;
 }
 
-// Times whole encodes (phase 1, host step, phase 2) of src_dev into dst_dev, and each part.
-// Checks the last frame against `expected` (kInternal if it differs).
+// Times whole encodes of src_dev into dst_dev, and each device phase (analysis, tables, lanes
+// and frame) with the events encode_async records between them. Checks the last frame against
+// `expected` (kInternal if it differs).
 Status time_encode(Encoder& enc, const KVView& src_dev, uint8_t* dst_dev, size_t capacity,
                    std::span<const uint8_t> expected, cudaStream_t stream, int iterations, BenchResult& r) {
   cudaEvent_t ev[4];
@@ -70,26 +70,22 @@ Status time_encode(Encoder& enc, const KVView& src_dev, uint8_t* dst_dev, size_t
       for (int i = 0; i < 4; ++i) cudaEventDestroy(ev[i]);
     }
   } guard{ev};
+  const Encoder::PhaseEvents phases{ev[1], ev[2]};
   std::vector<double> total, analyze, tables, lanes;
   size_t frame_bytes = 0;
   for (int i = 0; i < iterations; ++i) {
     cudaEventRecord(ev[0], stream);
-    KVCODEC_RETURN_IF_ERROR(enc.analyze_async(src_dev, stream));
-    cudaEventRecord(ev[1], stream);
-    const auto t0 = std::chrono::steady_clock::now();
-    KVCODEC_RETURN_IF_ERROR(enc.build_tables(stream));
-    tables.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-    cudaEventRecord(ev[2], stream);
-    KVCODEC_RETURN_IF_ERROR(enc.encode_async(dst_dev, capacity, stream));
+    KVCODEC_RETURN_IF_ERROR(enc.encode_async(src_dev, dst_dev, capacity, stream, &phases));
     cudaEventRecord(ev[3], stream);
     KVCODEC_ASSIGN_OR_RETURN(frame_bytes, enc.synchronize(stream));
-    float ms[3];
-    KVCODEC_RETURN_IF_ERROR(check_cuda(cudaEventElapsedTime(&ms[0], ev[0], ev[3]), "cudaEventElapsedTime"));
-    KVCODEC_RETURN_IF_ERROR(check_cuda(cudaEventElapsedTime(&ms[1], ev[0], ev[1]), "cudaEventElapsedTime"));
-    KVCODEC_RETURN_IF_ERROR(check_cuda(cudaEventElapsedTime(&ms[2], ev[2], ev[3]), "cudaEventElapsedTime"));
-    total.push_back(ms[0]);
-    analyze.push_back(ms[1]);
+    float ms[4];
+    for (int p = 0; p < 3; ++p)
+      KVCODEC_RETURN_IF_ERROR(check_cuda(cudaEventElapsedTime(&ms[p], ev[p], ev[p + 1]), "cudaEventElapsedTime"));
+    KVCODEC_RETURN_IF_ERROR(check_cuda(cudaEventElapsedTime(&ms[3], ev[0], ev[3]), "cudaEventElapsedTime"));
+    analyze.push_back(ms[0]);
+    tables.push_back(ms[1]);
     lanes.push_back(ms[2]);
+    total.push_back(ms[3]);
   }
   std::vector<uint8_t> frame(frame_bytes);
   KVCODEC_RETURN_IF_ERROR(check_cuda(cudaMemcpy(frame.data(), dst_dev, frame_bytes, cudaMemcpyDeviceToHost), "D2H"));

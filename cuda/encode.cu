@@ -1,7 +1,7 @@
-// GPU encoder: thin kernels around the per-thread and per-warp code of
-// include/kvcodec/detail/warp_encode.hpp (which the host warp emulation of the tests runs too),
-// and the host step between the two device phases (detail/encode_plan.hpp). See cuda.hpp for
-// the API and warp_encode.hpp for the pipeline.
+// GPU encoder: thin kernels around the per-thread, per-warp and per-block code of
+// include/kvcodec/detail/warp_encode.hpp and detail/block_model.hpp (which the host emulation of
+// the tests runs too). A whole encode is enqueued on the caller's stream: no host round trip.
+// See cuda.hpp for the API, warp_encode.hpp for the pipeline and block_model.hpp for the tables.
 #include <algorithm>
 #include <string>
 #include <vector>
@@ -10,6 +10,7 @@
 #include "kvcodec/backend.hpp"
 #include "kvcodec/codec.hpp"
 #include "kvcodec/cuda.hpp"
+#include "kvcodec/detail/block_model.hpp"
 #include "kvcodec/detail/encode_plan.hpp"
 #include "kvcodec/detail/warp_encode.hpp"
 
@@ -20,16 +21,20 @@ using detail::ChannelSums;
 using detail::EncodeLayout;
 using detail::EncodeStaging;
 using detail::EncodeTables;
+using detail::HeaderTemplate;
 using detail::LaneGrid;
+using detail::ModelArgs;
+using detail::ModelLayout;
 using detail::UnitStage;
 
 constexpr uint32_t kThreadsPerBlock = 128;
 constexpr uint32_t kWarpsPerBlock = kThreadsPerBlock / 32;
 
 // Outcome of the device work, copied back to pinned memory.
-enum : uint32_t { kErrBadSource = 1, kErrTooSmall = 2 };
+enum : uint32_t { kErrBadSource = 1, kErrTooSmall = 2, kErrTable = 4 };
 struct DeviceResult {
-  uint64_t frame_bytes;
+  uint64_t frame_bytes;  // first: Encoder::frame_bytes_dev
+  uint64_t head_bytes, model_bytes;
   uint32_t errors;  // kErr* bits
   uint32_t reserved;
 };
@@ -61,6 +66,21 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
     atomicOr(&res->errors, kErrBadSource);
 }
 
+// One block per unit: its tables and serialised model (block_model.hpp). The group sums live in
+// `smem_sums` bytes of dynamic shared memory, or when 0 in the unit's global scratch.
+__global__ void __launch_bounds__(detail::kBlockThreads)
+    model_kernel(const EncodeLayout el, const ModelLayout ml, const ModelArgs args, uint32_t smem_sums,
+                 DeviceResult* res) {
+  extern __shared__ uint64_t dyn_sums[];
+  __shared__ detail::ModelShared sh;
+  const uint32_t u = blockIdx.x;
+  if (res->errors & kErrBadSource) return;  // set by phase 1 only: uniform over the block
+  uint64_t* sums = smem_sums ? dyn_sums
+                             : reinterpret_cast<uint64_t*>(args.scratch + u * ml.scratch_stride + ml.sums_offset);
+  detail::DeviceBlock blk;
+  if (!detail::block_build_model(blk, el, ml, args, u, sh, sums) && threadIdx.x == 0) atomicOr(&res->errors, kErrTable);
+}
+
 // One warp per (chunk, unit), units of a chunk adjacent.
 __global__ void __launch_bounds__(kThreadsPerBlock)
     units_kernel(const EncodeLayout el, const KVView src, const EncodeTables tab, const EncodeStaging stg,
@@ -72,10 +92,23 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   if (e && w.lane == 0) atomicOr(&res->errors, kErrBadSource);
 }
 
-__global__ void assign_kernel(const EncodeLayout el, const UnitStage* stages, uint64_t head_bytes, uint64_t capacity,
-                              uint64_t* chunk_offset, uint32_t* chunk_size, DeviceResult* res) {
-  if (!detail::assign_chunks(el, stages, head_bytes, capacity, chunk_offset, chunk_size, &res->frame_bytes))
+// One thread: the models' places in the model section, the head size, then the chunks'.
+__global__ void assign_kernel(const EncodeLayout el, const UnitStage* stages, const uint32_t* model_size,
+                              uint64_t* model_offset, uint64_t capacity, uint64_t* chunk_offset, uint32_t* chunk_size,
+                              DeviceResult* res) {
+  res->model_bytes = detail::place_models(el.units(), model_size, model_offset);
+  res->head_bytes = detail::head_bytes_for(el, res->model_bytes);
+  if (!detail::assign_chunks(el, stages, res->head_bytes, capacity, chunk_offset, chunk_size, &res->frame_bytes))
     res->errors |= kErrTooSmall;
+}
+
+// One block per unit: its model into the frame's model section; block 0 writes the header.
+__global__ void __launch_bounds__(detail::kBlockThreads)
+    model_copy_kernel(const HeaderTemplate hdr, const ModelLayout ml, const uint8_t* models,
+                       const uint32_t* model_size, const uint64_t* model_offset, uint8_t* dst, const DeviceResult* res) {
+  if (res->errors) return;
+  detail::DeviceBlock blk;
+  detail::block_write_model(blk, hdr, ml, models, model_size, model_offset, res->model_bytes, blockIdx.x, dst);
 }
 
 __global__ void __launch_bounds__(kThreadsPerBlock)
@@ -98,30 +131,32 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
 }
 
 __global__ void __launch_bounds__(kThreadsPerBlock)
-    chunks_kernel(uint32_t num_chunks, uint64_t model_bytes, const uint64_t* chunk_offset, const uint32_t* chunk_size,
+    chunks_kernel(uint32_t num_chunks, const uint64_t* chunk_offset, const uint32_t* chunk_size,
                   const uint64_t* digests, uint64_t max_segments, uint8_t* dst, const DeviceResult* res) {
   const uint32_t k = blockIdx.x * blockDim.x + threadIdx.x;
   if (!res->errors && k < num_chunks)
-    detail::finish_chunk(model_bytes, chunk_offset, chunk_size, digests, max_segments, res->frame_bytes, k, dst);
+    detail::finish_chunk(res->model_bytes, chunk_offset, chunk_size, digests, max_segments, res->frame_bytes, k, dst);
 }
 
 __global__ void __launch_bounds__(kThreadsPerBlock)
-    head_digest_kernel(uint64_t head_bytes, const uint8_t* dst, uint64_t* digests, const DeviceResult* res) {
+    head_digest_kernel(const uint8_t* dst, uint64_t* digests, const DeviceResult* res) {
   const uint64_t s = uint64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (!res->errors) detail::head_segment_digest(head_bytes, s, dst, digests);
+  if (!res->errors) detail::head_segment_digest(res->head_bytes, s, dst, digests);
 }
 
-__global__ void head_kernel(uint64_t head_bytes, const uint64_t* digests, uint8_t* dst, const DeviceResult* res) {
-  if (!res->errors) detail::finish_head(head_bytes, digests, dst);
+__global__ void head_kernel(const uint64_t* digests, uint8_t* dst, const DeviceResult* res) {
+  if (!res->errors) detail::finish_head(res->head_bytes, digests, dst);
 }
 
 uint32_t blocks_for(uint64_t n, uint32_t per_block) { return uint32_t((n + per_block - 1) / per_block); }
 
 // Regions of the workspace, each 256-byte aligned.
 struct Workspace {
-  size_t rel = 0, sums = 0, grids = 0, lane = 0, hist = 0, feature = 0, codes = 0, table_base = 0, head = 0,
-         stages = 0, words = 0, escapes = 0, chunk_offset = 0, chunk_size = 0, digests = 0, result = 0, bytes = 0;
+  size_t rel = 0, sums = 0, grids = 0, lane = 0, hist = 0, feature = 0, codes = 0, table_base = 0, models = 0,
+         model_size = 0, model_offset = 0, model_scratch = 0, stages = 0, words = 0, escapes = 0, chunk_offset = 0,
+         chunk_size = 0, digests = 0, result = 0, bytes = 0;
   uint64_t max_chunk_segments = 0;  // digests per chunk (checksum.hpp)
+  uint64_t max_head_segments = 0;   // digests of the largest head
 };
 
 Workspace workspace_layout(const EncodeLayout& el, const EncodeOptions& o) {
@@ -143,7 +178,11 @@ Workspace workspace_layout(const EncodeLayout& el, const EncodeOptions& o) {
   w.feature = place(sizeof(uint64_t) * per_channel);
   w.codes = place(sizeof(uint32_t) * uint64_t(el.units()) * el.max_tables * el.bins);
   w.table_base = place(sizeof(uint16_t) * per_channel);
-  w.head = place(detail::max_head_bytes(el, o));
+  const ModelLayout ml = detail::model_layout(el);
+  w.models = place(ml.model_stride * el.units());
+  w.model_size = place(sizeof(uint32_t) * el.units());
+  w.model_offset = place(sizeof(uint64_t) * el.units());
+  w.model_scratch = place(ml.scratch_stride * el.units());
   w.stages = place(sizeof(UnitStage) * unit_jobs);
   w.words = place(sizeof(uint16_t) * el.planes * elements);
   w.escapes = place(el.lossless ? 0 : uint64_t(el.elem_size) * elements);
@@ -151,8 +190,8 @@ Workspace workspace_layout(const EncodeLayout& el, const EncodeOptions& o) {
   w.chunk_size = place(sizeof(uint32_t) * el.num_chunks);
   // Chunk digests, then (reusing the region) the head's.
   w.max_chunk_segments = detail::max_chunk_segments(el);
-  w.digests = place(sizeof(uint64_t) * std::max<uint64_t>(w.max_chunk_segments * el.num_chunks,
-                                                          detail::checksum_segments(detail::max_head_bytes(el, o))));
+  w.max_head_segments = detail::checksum_segments(detail::max_head_bytes(el, o));
+  w.digests = place(sizeof(uint64_t) * std::max<uint64_t>(w.max_chunk_segments * el.num_chunks, w.max_head_segments));
   w.result = place(sizeof(DeviceResult));
   w.bytes = off;
   return w;
@@ -169,13 +208,12 @@ Status check_launchable(const EncodeLayout& el) {
 
 struct Encoder::Impl {
   EncodeLayout el;
-  EncodeOptions opt;
+  ModelLayout ml;
+  HeaderTemplate header;
   Workspace ws;
   uint8_t* ws_dev = nullptr;
-  PinnedBuffer hist, feature, grids, result;  // phase 1 outputs and the device result, on the host
-  detail::EncodePlan plan;
-  KVView src;  // of the last analyze_async
-  bool analyzed = false, planned = false;
+  uint32_t model_smem = 0;  // dynamic shared memory of model_kernel: the group sums, or 0 (global)
+  PinnedBuffer result;      // the device result, on the host
 
   template <typename T>
   T* at(size_t offset) const {
@@ -207,17 +245,31 @@ StatusOr<Encoder> Encoder::create(const KVShape& shape, DType dtype, const Encod
     return InvalidArgument("workspace must be a 16-byte aligned device pointer");
   auto impl = std::make_unique<Impl>();
   impl->el = el;
-  impl->opt = options;
+  impl->ml = detail::model_layout(el);
+  impl->header = detail::header_template(el, options);
   impl->ws = workspace_layout(el, options);
   if (workspace_bytes < impl->ws.bytes)
     return BufferTooSmall("encoder workspace needs " + std::to_string(impl->ws.bytes) + " bytes, got " +
                           std::to_string(workspace_bytes));
   impl->ws_dev = static_cast<uint8_t*>(workspace_dev);
-  const uint64_t per_channel = uint64_t(el.units()) * el.channels;
-  KVCODEC_ASSIGN_OR_RETURN(impl->hist, PinnedBuffer::allocate(sizeof(uint32_t) * el.units() * el.hist_per_unit()));
-  KVCODEC_ASSIGN_OR_RETURN(impl->feature, PinnedBuffer::allocate(sizeof(uint64_t) * per_channel));
-  KVCODEC_ASSIGN_OR_RETURN(impl->grids, PinnedBuffer::allocate(sizeof(ChannelGrid) * per_channel));
   KVCODEC_ASSIGN_OR_RETURN(impl->result, PinnedBuffer::allocate(sizeof(DeviceResult)));
+  // The model kernel keeps each unit's group sums (G * slots * bins * 8 bytes: up to 128 KiB) in
+  // shared memory when the device allows that much per block (opt-in above 48 KiB: 227 KiB on
+  // H100/H200), else in the unit's global scratch.
+  int dev = 0, optin = 0;
+  cudaFuncAttributes fa{};
+  KVCODEC_RETURN_IF_ERROR(check_cuda(cudaGetDevice(&dev), "cudaGetDevice"));
+  KVCODEC_RETURN_IF_ERROR(
+      check_cuda(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "device attributes"));
+  KVCODEC_RETURN_IF_ERROR(check_cuda(cudaFuncGetAttributes(&fa, model_kernel), "model kernel attributes"));
+  const uint64_t smem_room = uint64_t(optin) > fa.sharedSizeBytes ? uint64_t(optin) - fa.sharedSizeBytes : 0;
+  if (impl->ml.sums_bytes <= smem_room) {
+    impl->model_smem = uint32_t(impl->ml.sums_bytes);
+    // The same value for every Encoder, so one cannot lower another's limit.
+    KVCODEC_RETURN_IF_ERROR(check_cuda(
+        cudaFuncSetAttribute(model_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_room)),
+        "model kernel shared memory"));
+  }
   // Per-layer relative steps: fixed by the options, uploaded once (pageable source: staged by
   // the runtime before this call returns).
   const std::vector<double> rel = detail::layer_rel_steps(el, options);
@@ -228,97 +280,59 @@ StatusOr<Encoder> Encoder::create(const KVShape& shape, DType dtype, const Encod
   return Encoder(std::move(impl));
 }
 
-Status Encoder::analyze_async(const KVView& src_dev, cudaStream_t stream) {
+Status Encoder::encode_async(const KVView& src_dev, uint8_t* dst_dev, size_t dst_capacity, cudaStream_t stream,
+                             const PhaseEvents* events) {
   Impl& m = *impl_;
   const EncodeLayout& el = m.el;
   KVCODEC_RETURN_IF_ERROR(check_device_view(DType(el.dtype), KVShape{el.layers, el.tokens, el.kv_heads, el.head_dim},
                                             src_dev));
-  m.src = src_dev;
-  m.analyzed = m.planned = false;
+  if (!dst_dev) return InvalidArgument("null destination");
+  if (dst_capacity < detail::head_bytes_for(el, 0))
+    return BufferTooSmall("a frame of this shape needs more than " + std::to_string(dst_capacity) + " bytes");
   const Workspace& ws = m.ws;
-  const uint64_t per_channel = uint64_t(el.units()) * el.channels;
-  const size_t hist_bytes = sizeof(uint32_t) * el.units() * el.hist_per_unit();
-  KVCODEC_RETURN_IF_ERROR(check_cuda(cudaMemsetAsync(m.result_dev(), 0, sizeof(DeviceResult), stream), "clearing"));
-  KVCODEC_RETURN_IF_ERROR(check_cuda(cudaMemsetAsync(m.ws_dev + ws.hist, 0, hist_bytes, stream), "clearing"));
+  DeviceResult* res = m.result_dev();
+  KVCODEC_RETURN_IF_ERROR(check_cuda(cudaMemsetAsync(res, 0, sizeof(DeviceResult), stream), "clearing"));
+  KVCODEC_RETURN_IF_ERROR(check_cuda(
+      cudaMemsetAsync(m.ws_dev + ws.hist, 0, sizeof(uint32_t) * el.units() * el.hist_per_unit(), stream), "clearing"));
+
+  // Phase 1: statistics, grids, histograms.
   const dim3 per_unit_channels(blocks_for(el.channels, kThreadsPerBlock), el.units());
-  stats_kernel<<<per_unit_channels, kThreadsPerBlock, 0, stream>>>(el, src_dev, m.at<ChannelSums>(ws.sums),
-                                                                    m.result_dev());
+  stats_kernel<<<per_unit_channels, kThreadsPerBlock, 0, stream>>>(el, src_dev, m.at<ChannelSums>(ws.sums), res);
   grids_kernel<<<el.units(), kThreadsPerBlock, 0, stream>>>(el, m.at<double>(ws.rel), m.at<ChannelSums>(ws.sums),
                                                             m.at<ChannelGrid>(ws.grids), m.at<LaneGrid>(ws.lane));
   histogram_kernel<<<per_unit_channels, kThreadsPerBlock, 0, stream>>>(
-      el, src_dev, m.at<LaneGrid>(ws.lane), m.at<uint32_t>(ws.hist), m.at<uint64_t>(ws.feature), m.result_dev());
-  KVCODEC_RETURN_IF_ERROR(check_cuda(cudaGetLastError(), "launching the analysis kernels"));
-  const struct {
-    void* host;
-    size_t offset, bytes;
-  } copies[] = {{m.hist.get(), ws.hist, hist_bytes},
-                {m.feature.get(), ws.feature, sizeof(uint64_t) * per_channel},
-                {m.grids.get(), ws.grids, sizeof(ChannelGrid) * per_channel},
-                {m.result.get(), ws.result, sizeof(DeviceResult)}};
-  for (const auto& c : copies)
-    KVCODEC_RETURN_IF_ERROR(check_cuda(
-        cudaMemcpyAsync(c.host, m.ws_dev + c.offset, c.bytes, cudaMemcpyDeviceToHost, stream), "copying histograms"));
-  m.analyzed = true;
-  return Status::Ok();
-}
+      el, src_dev, m.at<LaneGrid>(ws.lane), m.at<uint32_t>(ws.hist), m.at<uint64_t>(ws.feature), res);
+  if (events && events->analyzed) cudaEventRecord(events->analyzed, stream);
 
-Status Encoder::build_tables(cudaStream_t stream) {
-  Impl& m = *impl_;
-  if (!m.analyzed) return InvalidArgument("build_tables needs a preceding analyze_async");
-  KVCODEC_RETURN_IF_ERROR(check_cuda(cudaStreamSynchronize(stream), "encoder analysis"));
-  if (m.result_host().errors & kErrBadSource)
-    return InvalidArgument("source view: block table entry outside [0, num_blocks)");
-  const EncodeLayout& el = m.el;
-  KVCODEC_RETURN_IF_ERROR(detail::build_encode_plan(el, m.opt, reinterpret_cast<const uint32_t*>(m.hist.get()),
-                                                    reinterpret_cast<const uint64_t*>(m.feature.get()),
-                                                    reinterpret_cast<const ChannelGrid*>(m.grids.get()), m.plan));
-  const detail::EncodePlan& p = m.plan;
-  const Workspace& ws = m.ws;
-  // Pageable sources: the runtime stages them before returning (this is the host step anyway).
-  const struct {
-    const void* host;
-    size_t offset, bytes;
-  } uploads[] = {{p.codes.data(), ws.codes, sizeof(uint32_t) * p.codes.size()},
-                 {p.table_base.data(), ws.table_base, sizeof(uint16_t) * p.table_base.size()},
-                 {p.head.data(), ws.head, p.head.size()}};
-  for (const auto& u : uploads)
-    KVCODEC_RETURN_IF_ERROR(check_cuda(
-        cudaMemcpyAsync(m.ws_dev + u.offset, u.host, u.bytes, cudaMemcpyHostToDevice, stream), "uploading tables"));
-  m.planned = true;
-  return Status::Ok();
-}
+  // Tables: one block per unit.
+  const ModelArgs args{m.at<uint32_t>(ws.hist),      m.at<uint64_t>(ws.feature),   m.at<ChannelGrid>(ws.grids),
+                       m.at<uint32_t>(ws.codes),     m.at<uint16_t>(ws.table_base), m.at<uint8_t>(ws.models),
+                       m.at<uint32_t>(ws.model_size), m.at<uint8_t>(ws.model_scratch)};
+  model_kernel<<<el.units(), detail::kBlockThreads, m.model_smem, stream>>>(el, m.ml, args, m.model_smem, res);
+  if (events && events->tabled) cudaEventRecord(events->tabled, stream);
 
-Status Encoder::encode_async(uint8_t* dst_dev, size_t dst_capacity, cudaStream_t stream) {
-  Impl& m = *impl_;
-  if (!m.planned) return InvalidArgument("encode_async needs analyze_async and build_tables first");
-  const detail::EncodePlan& p = m.plan;
-  if (!dst_dev) return InvalidArgument("null destination");
-  if (p.head.size() > dst_capacity)
-    return BufferTooSmall("frame head needs " + std::to_string(p.head.size()) + " bytes, buffer has " +
-                          std::to_string(dst_capacity));
-  const EncodeLayout& el = m.el;
-  const Workspace& ws = m.ws;
+  // Phase 2: lanes, placement, frame.
   const EncodeTables tab{m.at<uint32_t>(ws.codes), m.at<uint16_t>(ws.table_base), m.at<LaneGrid>(ws.lane)};
   const EncodeStaging stg{m.at<uint16_t>(ws.words), m.at<uint8_t>(ws.escapes), m.at<UnitStage>(ws.stages)};
   const uint32_t unit_blocks = blocks_for(uint64_t(el.num_chunks) * el.units(), kWarpsPerBlock);
-  KVCODEC_RETURN_IF_ERROR(check_cuda(cudaMemsetAsync(m.result_dev(), 0, sizeof(DeviceResult), stream), "clearing"));
   auto* offsets = m.at<uint64_t>(ws.chunk_offset);
   auto* sizes = m.at<uint32_t>(ws.chunk_size);
-  units_kernel<<<unit_blocks, kThreadsPerBlock, 0, stream>>>(el, m.src, tab, stg, m.result_dev());
-  assign_kernel<<<1, 1, 0, stream>>>(el, stg.stages, p.head.size(), dst_capacity, offsets, sizes, m.result_dev());
-  KVCODEC_RETURN_IF_ERROR(check_cuda(
-      cudaMemcpyAsync(dst_dev, m.ws_dev + ws.head, p.head.size(), cudaMemcpyDeviceToDevice, stream), "copying head"));
-  write_kernel<<<unit_blocks, kThreadsPerBlock, 0, stream>>>(el, stg, offsets, dst_dev, m.result_dev());
+  auto* model_offset = m.at<uint64_t>(ws.model_offset);
+  units_kernel<<<unit_blocks, kThreadsPerBlock, 0, stream>>>(el, src_dev, tab, stg, res);
+  assign_kernel<<<1, 1, 0, stream>>>(el, stg.stages, args.model_size, model_offset, dst_capacity, offsets, sizes, res);
+  model_copy_kernel<<<el.units(), detail::kBlockThreads, 0, stream>>>(m.header, m.ml, args.models, args.model_size,
+                                                                       model_offset, dst_dev, res);
+  write_kernel<<<unit_blocks, kThreadsPerBlock, 0, stream>>>(el, stg, offsets, dst_dev, res);
   auto* digests = m.at<uint64_t>(ws.digests);
   chunk_digest_kernel<<<dim3(el.num_chunks, blocks_for(ws.max_chunk_segments, kThreadsPerBlock)), kThreadsPerBlock, 0,
-                        stream>>>(offsets, sizes, ws.max_chunk_segments, dst_dev, digests, m.result_dev());
+                        stream>>>(offsets, sizes, ws.max_chunk_segments, dst_dev, digests, res);
   chunks_kernel<<<blocks_for(el.num_chunks, kThreadsPerBlock), kThreadsPerBlock, 0, stream>>>(
-      el.num_chunks, p.info.model_bytes, offsets, sizes, digests, ws.max_chunk_segments, dst_dev, m.result_dev());
-  head_digest_kernel<<<blocks_for(detail::checksum_segments(p.head.size()), kThreadsPerBlock), kThreadsPerBlock, 0,
-                       stream>>>(p.head.size(), dst_dev, digests, m.result_dev());
-  head_kernel<<<1, 1, 0, stream>>>(p.head.size(), digests, dst_dev, m.result_dev());
+      el.num_chunks, offsets, sizes, digests, ws.max_chunk_segments, dst_dev, res);
+  head_digest_kernel<<<blocks_for(ws.max_head_segments, kThreadsPerBlock), kThreadsPerBlock, 0, stream>>>(dst_dev,
+                                                                                                          digests, res);
+  head_kernel<<<1, 1, 0, stream>>>(digests, dst_dev, res);
   KVCODEC_RETURN_IF_ERROR(check_cuda(cudaGetLastError(), "launching the encode kernels"));
-  return check_cuda(cudaMemcpyAsync(m.result.get(), m.result_dev(), sizeof(DeviceResult), cudaMemcpyDeviceToHost, stream),
+  return check_cuda(cudaMemcpyAsync(m.result.get(), res, sizeof(DeviceResult), cudaMemcpyDeviceToHost, stream),
                     "reading the frame size");
 }
 
@@ -327,6 +341,7 @@ StatusOr<size_t> Encoder::synchronize(cudaStream_t stream) {
   KVCODEC_RETURN_IF_ERROR(check_cuda(cudaStreamSynchronize(stream), "encode"));
   const DeviceResult& r = m.result_host();
   if (r.errors & kErrBadSource) return InvalidArgument("source view: block table entry outside [0, num_blocks)");
+  if (r.errors & kErrTable) return Internal("GPU encoder: a probability table could not be normalised");
   if (r.errors & kErrTooSmall)
     return BufferTooSmall("frame needs " + std::to_string(r.frame_bytes) + " bytes, more than the destination's");
   return size_t(r.frame_bytes);
@@ -337,9 +352,7 @@ StatusOr<size_t> encode_frame(const KVView& src_dev, const EncodeOptions& option
   KVCODEC_ASSIGN_OR_RETURN(size_t bytes, Encoder::workspace_size(src_dev.shape, src_dev.dtype, options));
   KVCODEC_ASSIGN_OR_RETURN(DeviceBuffer ws, DeviceBuffer::allocate(bytes));
   KVCODEC_ASSIGN_OR_RETURN(Encoder enc, Encoder::create(src_dev.shape, src_dev.dtype, options, ws.get(), bytes, stream));
-  KVCODEC_RETURN_IF_ERROR(enc.analyze_async(src_dev, stream));
-  KVCODEC_RETURN_IF_ERROR(enc.build_tables(stream));
-  KVCODEC_RETURN_IF_ERROR(enc.encode_async(dst_dev, dst_capacity, stream));
+  KVCODEC_RETURN_IF_ERROR(enc.encode_async(src_dev, dst_dev, dst_capacity, stream));
   return enc.synchronize(stream);
 }
 

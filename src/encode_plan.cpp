@@ -1,12 +1,9 @@
 #include "kvcodec/detail/encode_plan.hpp"
 
-#include <algorithm>
 #include <cstring>
-#include <string>
 
 #include "detail/encode_model.hpp"
 #include "detail/frame.hpp"
-#include "detail/parallel.hpp"
 
 namespace kvcodec::detail {
 
@@ -43,45 +40,6 @@ std::vector<double> layer_rel_steps(const EncodeLayout& el, const EncodeOptions&
 uint64_t max_head_bytes(const EncodeLayout& el, const EncodeOptions& o) {
   return kHeaderBytes + uint64_t(el.num_chunks) * kIndexEntryBytes +
          uint64_t(el.units()) * max_layer_model_bytes(el.channels, o.table_groups, el.slots, el.lossless);
-}
-
-Status build_encode_plan(const EncodeLayout& el, const EncodeOptions& o, const uint32_t* hist, const uint64_t* feature,
-                         const ChannelGrid* grids, EncodePlan& plan) {
-  const uint32_t units = el.units(), C = el.channels;
-  std::vector<LayerModel> models(units);
-  std::vector<Status> status(units);
-  plan.codes.assign(size_t(units) * el.max_tables * el.bins, 0);
-  plan.table_base.resize(size_t(units) * C);
-  parallel_for(units, o.threads, [&](size_t u) {
-    // Histograms is the CPU encoder's counting view; build_layer_model only reads through it.
-    const Histograms hs{C, el.slots, el.bins, const_cast<uint32_t*>(hist + u * el.hist_per_unit())};
-    LayerModel& m = models[u];
-    std::vector<uint32_t> codes;
-    status[u] = build_layer_model(hs, feature + u * C, el.lossless, o.table_groups, m, codes);
-    if (!status[u].ok()) return;
-    std::copy(codes.begin(), codes.end(), plan.codes.begin() + u * el.max_tables * el.bins);
-    for (uint32_t c = 0; c < C; ++c) plan.table_base[u * C + c] = uint16_t(m.channel_group[c] * m.slots);
-    if (!el.lossless) {
-      m.step_code.resize(C);
-      m.center.resize(C);
-      for (uint32_t c = 0; c < C; ++c) {
-        m.step_code[c] = grids[u * C + c].step_code;
-        m.center[c] = grids[u * C + c].center;
-      }
-    }
-  });
-  for (uint32_t u = 0; u < units; ++u)
-    if (!status[u].ok()) return status[u].with_context("layer " + std::to_string(u / 2) + (u % 2 ? " V" : " K"));
-
-  const KVShape shape{el.layers, el.tokens, el.kv_heads, el.head_dim};
-  FrameInfo& f = plan.info;
-  f = frame_info_for(shape, DType(el.dtype), o);
-  std::vector<uint8_t> model;
-  for (const LayerModel& m : models) f.table_bytes += write_layer_model(f, m, model);
-  f.chunks.assign(el.num_chunks, ChunkInfo{});
-  for (uint32_t k = 0; k < el.num_chunks; ++k) f.chunks[k].tokens = el.chunk_token_count(k);
-  write_head(f, model, plan.head);
-  return Status::Ok();
 }
 
 HeaderTemplate header_template(const EncodeLayout& el, const EncodeOptions& o) {

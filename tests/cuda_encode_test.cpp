@@ -1,9 +1,11 @@
-// The GPU encoder (cuda.hpp, detail/warp_encode.hpp): its per-thread and per-warp code run on
-// the host by warp emulation in every build, and the real kernels in builds with
-// -DKVCODEC_CUDA=ON on a machine with a GPU (skipped without a device). Frames are compared
-// with the CPU encoder's byte for byte over dtypes, all levels, group sizes 1 and > 1, step
-// modes, shapes with fewer and more channels than lanes, partial chunks, every source layout,
-// random, synthetic and real caches.
+// The GPU encoder (cuda.hpp, detail/warp_encode.hpp, detail/block_model.hpp): its per-thread,
+// per-warp and per-block code run on the host by warp and block emulation in every build, and
+// the real kernels in builds with -DKVCODEC_CUDA=ON on a machine with a GPU (skipped without a
+// device). Frames are compared with the CPU encoder's byte for byte over dtypes, all levels,
+// group sizes 1 and > 1, step modes, table group counts 1..16, shapes with fewer and more
+// channels than lanes (and than groups), partial chunks, every source layout, random, constant,
+// all-escape, synthetic and real caches; the model builder alone is compared with the CPU's on
+// crafted histograms (ties, single values, only escapes, long normalisation corrections).
 #include <gtest/gtest.h>
 
 #include <iterator>
@@ -230,27 +232,43 @@ TEST(WarpEncodeEmulation, BadBlockTableIsAnError) {
 }
 
 // Edge cases of the model builder, end to end: constant caches (one distinct value per table),
-// caches of nothing but escapes, and the extreme table group counts, with fewer channels than
-// groups.
-TEST(WarpEncodeEmulation, ModelEdgeCases) {
+// caches of nothing but escapes (NaN, inf), and the extreme table group counts, with fewer
+// channels than groups; f16 at levels 0, 1 and 4, and f32 lossless (4 byte planes).
+struct EdgeCase {
+  std::string name;
+  KVCache kv;
+  EncodeOptions options;
+};
+
+std::vector<EdgeCase> edge_cases() {
+  std::vector<EdgeCase> out;
   const KVShape small{2, 40, 1, 6}, wide{1, 70, 2, 32};
   for (const KVShape& s : {small, wide})
-    for (int level : {0, 1, 4})
-      for (uint32_t groups : {1u, 8u, kMaxTableGroups})
-        for (const char* kind : {"random", "constant", "nan", "inf"}) {
-          const std::string k = kind;
-          if (level == 0 && k != "random" && k != "constant") continue;  // specials are plain bytes
-          SCOPED_TRACE(std::string(kind) + " C" + std::to_string(s.channels()) + " level " + std::to_string(level) +
-                       " groups " + std::to_string(groups));
-          KVCache kv = random_cache(s, DType::kF16, 77 + groups);
-          const float v = k == "constant" ? 1.5f : k == "nan" ? NAN : INFINITY;
-          if (k != "random")
-            for (size_t i = 0; i < s.elements(); ++i) detail::store_from_f32(kv.data.data() + 2 * i, 2, v);
-          const EncodeOptions o = options(level, 16, level == 4 ? 3 : 1, groups);
-          auto frame = emulate_encode(kv.view(), o);
-          ASSERT_TRUE(frame.ok()) << frame.status().to_string();
-          ASSERT_EQ(*frame, encode(kv.view(), o));
-        }
+    for (DType dt : {DType::kF16, DType::kF32})
+      for (int level : {0, 1, 4})
+        for (uint32_t groups : {1u, 8u, kMaxTableGroups})
+          for (std::string kind : {"random", "constant", "nan", "inf"}) {
+            if (level == 0 && kind != "random" && kind != "constant") continue;  // specials are plain bytes
+            if (dt == DType::kF32 && level != 0) continue;
+            KVCache kv = random_cache(s, dt, 77 + groups);
+            const float v = kind == "constant" ? 1.5f : kind == "nan" ? NAN : INFINITY;
+            if (kind != "random")
+              for (size_t i = 0; i < s.elements(); ++i)
+                detail::store_from_f32(kv.data.data() + dtype_size(dt) * i, uint8_t(dt), v);
+            out.push_back({kind + " " + std::string(dtype_name(dt)) + " C" + std::to_string(s.channels()) + " level " +
+                               std::to_string(level) + " groups " + std::to_string(groups),
+                           std::move(kv), options(level, 16, level == 4 ? 3 : 1, groups)});
+          }
+  return out;
+}
+
+TEST(WarpEncodeEmulation, ModelEdgeCases) {
+  for (EdgeCase& e : edge_cases()) {
+    SCOPED_TRACE(e.name);
+    auto frame = emulate_encode(e.kv.view(), e.options);
+    ASSERT_TRUE(frame.ok()) << frame.status().to_string();
+    ASSERT_EQ(*frame, encode(e.kv.view(), e.options));
+  }
 }
 
 // ---- the model builder alone -------------------------------------------------------------------
@@ -507,8 +525,22 @@ TEST(CudaEncode, SyntheticAndRealCaches) {
       }
 }
 
-// The two-phase API: one Encoder for several contexts, GPU encode -> GPU decode, argument and
-// capacity errors as values.
+// The model builder's edge cases (see WarpEncodeEmulation.ModelEdgeCases) on the real kernels:
+// every table group count with its shared-memory size, up to 16 groups x 4 byte planes (f32
+// lossless: 128 KiB of group sums per block).
+TEST(CudaEncode, ModelEdgeCases) {
+  KVCODEC_REQUIRE_GPU();
+  size_t i = 0;
+  for (EdgeCase& e : edge_cases()) {
+    SCOPED_TRACE(e.name);
+    Dest d(e.kv.shape, e.kv.dtype, kAllLayouts[i++ % std::size(kAllLayouts)]);
+    d.scatter(e.kv.data);
+    ASSERT_EQ(gpu_encode(d, e.options), encode(e.kv.view(), e.options));
+  }
+}
+
+// One Encoder for several contexts, GPU encode -> GPU decode, argument and capacity errors as
+// values.
 TEST(CudaEncode, EncoderReuseRoundTripAndErrors) {
   KVCODEC_REQUIRE_GPU();
   const KVShape s{4, 200, 2, 64};
@@ -521,8 +553,6 @@ TEST(CudaEncode, EncoderReuseRoundTripAndErrors) {
   ASSERT_TRUE(enc.ok()) << enc.status().to_string();
   const size_t cap = max_encoded_size(s, DType::kF16, o);
   uint8_t* dst = dev_alloc<uint8_t>(cap);
-  EXPECT_EQ(enc->encode_async(dst, cap, stream).code(), StatusCode::kInvalidArgument);  // no tables yet
-  EXPECT_EQ(enc->build_tables(stream).code(), StatusCode::kInvalidArgument);           // nothing analysed
 
   for (uint64_t seed : {31u, 32u}) {
     KVCache kv = random_cache(s, DType::kF16, seed);
@@ -530,9 +560,7 @@ TEST(CudaEncode, EncoderReuseRoundTripAndErrors) {
     Dest d(s, DType::kF16, Layout::kPagedNHD);
     d.scatter(kv.data);
     DeviceDest dd(d);
-    ASSERT_TRUE(enc->analyze_async(dd.view(), stream).ok());
-    ASSERT_TRUE(enc->build_tables(stream).ok());
-    ASSERT_TRUE(enc->encode_async(dst, cap, stream).ok());
+    ASSERT_TRUE(enc->encode_async(dd.view(), dst, cap, stream).ok());
     auto n = enc->synchronize(stream);
     ASSERT_TRUE(n.ok()) << n.status().to_string();
     std::vector<uint8_t> frame(*n);
@@ -545,21 +573,22 @@ TEST(CudaEncode, EncoderReuseRoundTripAndErrors) {
     EXPECT_EQ(dout.gather(), cpu_decode(ref, s, DType::kF16));
 
     // Too small for the frame: reported at synchronize, the encoder stays usable.
-    ASSERT_TRUE(enc->encode_async(dst, *n - 1, stream).ok());
+    ASSERT_TRUE(enc->encode_async(dd.view(), dst, *n - 1, stream).ok());
     EXPECT_EQ(enc->synchronize(stream).status().code(), StatusCode::kBufferTooSmall);
-    // Too small for the head: reported at once.
-    EXPECT_EQ(enc->encode_async(dst, 100, stream).code(), StatusCode::kBufferTooSmall);
+    // Too small for the header and chunk index: reported at once.
+    EXPECT_EQ(enc->encode_async(dd.view(), dst, 100, stream).code(), StatusCode::kBufferTooSmall);
+    EXPECT_EQ(enc->encode_async(dd.view(), nullptr, cap, stream).code(), StatusCode::kInvalidArgument);
   }
-  // Mismatching views are rejected before anything runs; a bad block table at build_tables.
+  // Mismatching views are rejected before anything runs; a bad block table at synchronize.
   KVCache other = random_cache({4, 200, 2, 32}, DType::kF16, 1);
   Dest wrong(other.shape, DType::kF16, Layout::kContiguous);
   DeviceDest dwrong(wrong);
-  EXPECT_EQ(enc->analyze_async(dwrong.view(), stream).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(enc->encode_async(dwrong.view(), dst, cap, stream).code(), StatusCode::kInvalidArgument);
   Dest bad(s, DType::kF16, Layout::kPagedNHD);
   bad.block_table[2] = -1;
   DeviceDest dbad(bad);
-  ASSERT_TRUE(enc->analyze_async(dbad.view(), stream).ok());
-  EXPECT_EQ(enc->build_tables(stream).code(), StatusCode::kInvalidArgument);
+  ASSERT_TRUE(enc->encode_async(dbad.view(), dst, cap, stream).ok());
+  EXPECT_EQ(enc->synchronize(stream).status().code(), StatusCode::kInvalidArgument);
   cudaFree(dst);
   cudaFree(ws);
   cudaStreamDestroy(stream);

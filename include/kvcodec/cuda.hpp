@@ -125,37 +125,37 @@ Status decode_frame(const uint8_t* frame_dev, std::span<const uint8_t> head, con
                     cudaStream_t stream, bool verify_checksums = true);
 
 // ---- Encoding --------------------------------------------------------------------------------
-// Encoding runs in two device phases around one host step, so the host round trip is explicit:
+// A whole encode is enqueued on the caller's stream, with no host round trip:
 //
 //   auto bytes = kvcodec::cuda::Encoder::workspace_size(shape, dtype, options);
 //   cudaMallocAsync(&ws, *bytes, stream);                                      // caller-owned
 //   auto enc = kvcodec::cuda::Encoder::create(shape, dtype, options, ws, *bytes, stream);  // once
-//   enc->analyze_async(src_view, stream);      // device: grids, symbol histograms
-//   enc->build_tables(stream);                 // host: waits, builds the tables, uploads them
-//   enc->encode_async(dst, capacity, stream);  // device: rANS lanes, frame assembly
-//   StatusOr<size_t> n = enc->synchronize(stream);  // frame size (or frame_bytes_dev())
+//   enc->encode_async(src_view, dst, capacity, stream);  // enqueue; no sync, no allocation
+//   StatusOr<size_t> n = enc->synchronize(stream);       // frame size (or frame_bytes_dev())
 //
-// analyze_async computes, one thread per (layer, K/V, channel), the channel's statistics in the
-// CPU's order and precision, its grid, and the histograms of its symbol values, and enqueues
-// their copy into pinned host memory. build_tables is the host step: channel clustering, table
-// windows and normalisation are small, branchy and sequential, and run there with the CPU
-// encoder's own code (EncodeOptions::threads threads); the histograms copied back are
-// 4 * slots * bins bytes per channel and unit (about 2 KiB per channel and K/V of a layer,
-// 128 MiB for Llama-3-8B). encode_async codes each (chunk, layer, K/V) unit with one warp, then
-// sizes, places, checksums (XXH64 on the device) and indexes the chunks in dst_dev.
+// encode_async runs three device phases, each a few kernels (detail/warp_encode.hpp and
+// detail/block_model.hpp hold their code):
+//  * analysis: one thread per (layer, K/V, channel) computes the channel's statistics in the
+//    CPU's order and precision, its grid, and the histograms of its symbol values;
+//  * tables: one block per (layer, K/V) clusters the channels, builds and normalises the
+//    probability tables and the lane codes, and serialises the layer's model -- the decisions
+//    of the CPU encoder, in integer arithmetic;
+//  * lanes and frame: one warp per (chunk, layer, K/V) runs the 32 rANS lanes; the head (header,
+//    model section, chunk index), the chunks' places and sizes and the checksums are computed
+//    and written on the device.
+// The frame is byte-identical to encode_into's.
 //
 // Ownership and threading: the caller owns the workspace, the source, the destination and the
-// stream; they must stay valid until the work enqueued on the stream has run, and the source
-// must not change between analyze_async and the end of encode_async. create() allocates host
-// memory (pinned buffers for the histograms); build_tables allocates host memory for the model;
-// the two device phases allocate nothing and do not synchronise. One Encoder serves one stream
-// at a time; it encodes any number of contexts of its shape, dtype and options in turn.
+// stream; they must stay valid, and the source unchanged, until the work enqueued on the stream
+// has run. create() allocates host memory (a pinned result word) and uploads constants;
+// encode_async allocates nothing and does not synchronise. One Encoder serves one stream at a
+// time; it encodes any number of contexts of its shape, dtype and options in turn.
 class Encoder {
  public:
   // Bytes of device workspace for encoding contexts of this shape, dtype and options: per
   // element 2 bytes per lane stream (worst-case word staging) plus, at lossy levels, the element
-  // size (escape staging), plus the histograms and per-channel grids. Errors: kInvalidArgument
-  // for invalid shapes, dtypes or options.
+  // size (escape staging), plus the histograms, per-channel grids, the tables and worst-case
+  // model staging. Errors: kInvalidArgument for invalid shapes, dtypes or options.
   static StatusOr<size_t> workspace_size(const KVShape& shape, DType dtype, const EncodeOptions& options);
 
   // Errors: kUnavailable without a CUDA device; kInvalidArgument for invalid arguments or a
@@ -168,22 +168,23 @@ class Encoder {
   Encoder& operator=(Encoder&&) noexcept;
   ~Encoder();
 
-  // Phase 1 (device). src_dev is a KVView of the Encoder's dtype and shape whose pointers are
-  // device pointers (data; for per-layer and paged views the layer arrays and the block table
-  // too). Block table entries are checked on the device (build_tables reports a bad one).
-  // Errors (nothing enqueued): kInvalidArgument for a mismatching or malformed view; kInternal.
-  Status analyze_async(const KVView& src_dev, cudaStream_t stream);
+  // For profiling (cuda::bench): events encode_async records on the stream between its phases.
+  struct PhaseEvents {
+    cudaEvent_t analyzed = nullptr;  // after the analysis kernels
+    cudaEvent_t tabled = nullptr;    // after the table kernel
+  };
 
-  // Host step: waits for `stream`, builds the frame's model from phase 1's histograms and
-  // enqueues its upload. Errors: kInvalidArgument without a preceding analyze_async or for
-  // a source block table entry outside [0, num_blocks); kInternal.
-  Status build_tables(cudaStream_t stream);
-
-  // Phase 2 (device): encodes the analysed source into the frame at dst_dev, dst_capacity bytes
-  // of device memory (max_encoded_size always suffices). Asynchronous; the frame size is known
-  // on the device at frame_bytes_dev() and returned by synchronize. Errors (nothing enqueued):
-  // kInvalidArgument without build_tables; kBufferTooSmall when even the head does not fit.
-  Status encode_async(uint8_t* dst_dev, size_t dst_capacity, cudaStream_t stream);
+  // Enqueues the encoding of src_dev into the frame at dst_dev, dst_capacity bytes of device
+  // memory (max_encoded_size always suffices). src_dev is a KVView of the Encoder's dtype and
+  // shape whose pointers are device pointers (data; for per-layer and paged views the layer
+  // arrays and the block table too). Asynchronous: the frame size lands at frame_bytes_dev()
+  // and is returned by synchronize, which also reports the errors found on the device (a
+  // source block table entry outside [0, num_blocks), a frame larger than dst_capacity).
+  // Errors (nothing enqueued): kInvalidArgument for a mismatching or malformed view or a null
+  // destination; kBufferTooSmall when dst_capacity cannot hold even the header and chunk index;
+  // kInternal on launch failure.
+  Status encode_async(const KVView& src_dev, uint8_t* dst_dev, size_t dst_capacity, cudaStream_t stream,
+                      const PhaseEvents* events = nullptr);
 
   // Device address of the frame size that the last encode_async leaves (a uint64).
   const uint64_t* frame_bytes_dev() const noexcept;
@@ -212,13 +213,14 @@ struct BenchResult {
   int iterations = 0;
   // Throughputs in GB/s (1e9 bytes per second) of uncompressed bytes, medians over the
   // iterations, timed with CUDA events on one stream:
-  double encode_gbps = 0;     // whole context, device view -> device frame, host step included
+  double encode_gbps = 0;     // whole context, device view -> device frame
   double decode_gbps = 0;     // whole frame, device -> device view
   double copy_gbps = 0;       // cudaMemcpy device -> device of raw_bytes (bandwidth ceiling)
   double h2d_raw_gbps = 0;    // raw_bytes host (pinned) -> device
   double h2d_frame_gbps = 0;  // frame_bytes host (pinned) -> device, per uncompressed byte
   double encode_ms = 0, decode_ms = 0, copy_ms = 0, h2d_raw_ms = 0, h2d_frame_ms = 0;
-  // Where encoding spends its time (medians): the two device phases and the host step between.
+  // Where encoding spends its time (medians of the device phases): analysis (statistics, grids,
+  // histograms), tables (clustering, normalisation, model) and lanes + frame assembly.
   double encode_analyze_ms = 0, encode_tables_ms = 0, encode_lanes_ms = 0;
 };
 

@@ -11,8 +11,9 @@
 //   histogram_channel   one thread per (unit, channel): symbol values (quantize_grid, deltas)
 //                       counted into the unit's [slot][bin][channel] histograms, plus the
 //                       channel's clustering feature -- each count has one owner, no atomics
-//  host: clustering, table windows and normalisation (src/encode_plan.cpp, the CPU encoder's
-//   own code) from the histograms copied back; the frame head is serialised there.
+//  tables (device, detail/block_model.hpp):
+//   block_build_model   one block per unit: channel clustering, table windows and normalisation,
+//                       lane codes, and the unit's serialised layer model (the CPU's decisions)
 //  phase 2, lanes and frame (device):
 //   warp_encode_unit    one warp per (chunk, unit): the format's 32 rANS lanes, one per thread,
 //                       run BACKWARDS over the unit's symbols as the CPU does. Within a step,
@@ -21,7 +22,9 @@
 //                       ascending lane order: a ballot and a prefix count place every lane's word
 //                       (the decoder's scheme, mirrored). Words and escapes are staged per unit at
 //                       the end of worst-case regions (at most one word per symbol).
-//   assign_chunks       one thread: unit and chunk sizes -> chunk offsets and the frame size
+//   assign_chunks       one thread (after place_models: the model section's layout and the head
+//                       size): unit and chunk sizes -> chunk offsets and the frame size
+//   block_write_model   one block per unit: its model into the head; unit 0's block the header
 //   warp_write_unit     one warp per (chunk, unit): directory entry, lane headers, words, escapes
 //                       copied to the unit's final place in the frame
 //   chunk_segment_digest  one thread per checksum segment of a chunk body (checksum.hpp)
