@@ -104,8 +104,8 @@ __global__ void assign_kernel(const EncodeLayout el, const UnitStage* stages, co
 
 // One block per unit: its model into the frame's model section; block 0 writes the header.
 __global__ void __launch_bounds__(detail::kBlockThreads)
-    model_copy_kernel(const HeaderTemplate hdr, const ModelLayout ml, const uint8_t* models,
-                       const uint32_t* model_size, const uint64_t* model_offset, uint8_t* dst, const DeviceResult* res) {
+    model_copy_kernel(const HeaderTemplate hdr, const ModelLayout ml, const uint8_t* models, const uint32_t* model_size,
+                      const uint64_t* model_offset, uint8_t* dst, const DeviceResult* res) {
   if (res->errors) return;
   detail::DeviceBlock blk;
   detail::block_write_model(blk, hdr, ml, models, model_size, model_offset, res->model_bytes, blockIdx.x, dst);

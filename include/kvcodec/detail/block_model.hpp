@@ -142,7 +142,8 @@ KVCODEC_HD bool step_beats(uint64_t oh, uint64_t ol, uint32_t oi, uint64_t bh, u
 #pragma nv_exec_check_disable
 #endif
 template <typename W>
-KVCODEC_HD typename W::template Lanes<uint32_t> warp_exclusive_scan(W& w, const typename W::template Lanes<uint32_t>& v) {
+KVCODEC_HD typename W::template Lanes<uint32_t> warp_exclusive_scan(W& w,
+                                                                    const typename W::template Lanes<uint32_t>& v) {
   typename W::template Lanes<uint32_t> incl = v, src, other, out;
   for (uint32_t d = 1; d < kWarpLanes; d <<= 1) {
     for (uint32_t j : w.lanes()) src[j] = j >= d ? j - d : j;
@@ -232,7 +233,8 @@ KVCODEC_HD bool warp_build_table(W& w, bool lossless, const uint64_t* h, uint32_
         bi[j] = kNoSymbol;
         bh[j] = bl[j] = 0;
         for (uint32_t k = 0; k < K; ++k)
-          if (freq_step_allowed(cnt[k][j], f[k][j], add) && step_beats(sh[k][j], sl[k][j], K * j + k, bh[j], bl[j], bi[j], add)) {
+          if (freq_step_allowed(cnt[k][j], f[k][j], add) &&
+              step_beats(sh[k][j], sl[k][j], K * j + k, bh[j], bl[j], bi[j], add)) {
             bi[j] = K * j + k;
             bh[j] = sh[k][j];
             bl[j] = sl[k][j];
