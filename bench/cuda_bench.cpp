@@ -1,7 +1,7 @@
 // GPU microbenchmarks (Google Benchmark, manual time from CUDA events): encoding a
 // Llama-3-8B-shaped synthetic cache from a device KV view into a device frame (one
 // encode_async: analysis, tables, lanes and frame on the device) and decoding the frame straight
-// into a device KV view, next to the ceilings
+// into a device KV view (with and without the device checksum pass), next to the ceilings
 // measured in the same run -- a device-to-device copy of the same bytes and host-to-device
 // transfers of the raw and the compressed bytes. GB/s are of uncompressed fp16.
 //
@@ -42,10 +42,12 @@ struct Fixture {
   void* out_dev = nullptr;
   void* frame_dev = nullptr;
   void* ws_dev = nullptr;
+  void* ws_unverified_dev = nullptr;
   void* enc_ws_dev = nullptr;
   void* enc_out_dev = nullptr;  // max_encoded_size bytes
   size_t enc_capacity = 0;
-  std::unique_ptr<cuda::Decoder> dec;
+  std::unique_ptr<cuda::Decoder> dec;             // verifies chunk checksums on the device
+  std::unique_ptr<cuda::Decoder> dec_unverified;  // does not
   std::unique_ptr<cuda::Encoder> enc;
   std::vector<cuda::DeviceChunk> chunks;
   cudaStream_t stream = nullptr;
@@ -58,6 +60,7 @@ struct Fixture {
     cudaFree(out_dev);
     cudaFree(frame_dev);
     cudaFree(ws_dev);
+    cudaFree(ws_unverified_dev);
     cudaFree(enc_ws_dev);
     cudaFree(enc_out_dev);
     if (stream) cudaStreamDestroy(stream);
@@ -110,6 +113,13 @@ Fixture& fixture(int level) {
     return *f;
   }
   f->dec = std::make_unique<cuda::Decoder>(std::move(*dec));
+  cudaMalloc(&f->ws_unverified_dev, ws);
+  auto unverified = cuda::Decoder::create(f->frame, f->ws_unverified_dev, ws, chunks, f->stream, false);
+  if (!unverified.ok()) {
+    f->error = unverified.status().to_string();
+    return *f;
+  }
+  f->dec_unverified = std::make_unique<cuda::Decoder>(std::move(*unverified));
   for (uint32_t k = 0; k < chunks; ++k)
     f->chunks.push_back({k, static_cast<const uint8_t*>(f->frame_dev) + info.chunks[k].offset});
   f->enc_capacity = max_encoded_size(kv->shape, kv->dtype, o);
@@ -179,6 +189,14 @@ void BM_Decode(benchmark::State& state) {
   timed(state, f, f.raw_bytes, [&] { return f.dec->decode_async(f.chunks, dst, f.stream); });
   if (f.dec && !f.dec->synchronize(f.stream).ok()) state.SkipWithError("device reported corrupt data");
 }
+// The same without the device checksum pass (for callers that verified the bytes elsewhere).
+void BM_DecodeUnverified(benchmark::State& state) {
+  Fixture& f = fixture(int(state.range(0)));
+  const KVView dst = contiguous_view(f.out_dev, DType::kF16, f.shape);
+  timed(state, f, f.raw_bytes, [&] { return f.dec_unverified->decode_async(f.chunks, dst, f.stream); });
+  if (f.dec_unverified && !f.dec_unverified->synchronize(f.stream).ok())
+    state.SkipWithError("device reported corrupt data");
+}
 void BM_CopyDeviceToDevice(benchmark::State& state) {
   Fixture& f = fixture(int(state.range(0)));
   timed(state, f, f.raw_bytes, [&] {
@@ -203,6 +221,7 @@ void BM_HostToDeviceFrame(benchmark::State& state) {
 // Level 0 (lossless), 4 (default), 9 (smallest).
 BENCHMARK(BM_Encode)->Arg(0)->Arg(4)->Arg(9)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Decode)->Arg(0)->Arg(4)->Arg(9)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_DecodeUnverified)->Arg(4)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_CopyDeviceToDevice)->Arg(4)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_HostToDeviceRaw)->Arg(4)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_HostToDeviceFrame)->Arg(0)->Arg(4)->Arg(9)->UseManualTime()->Unit(benchmark::kMillisecond);

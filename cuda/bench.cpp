@@ -168,6 +168,14 @@ StatusOr<BenchResult> bench(const KVView& src, const EncodeOptions& options, int
   if (gpu_out != cpu_out) return Internal("GPU decode differs from the CPU decoder");
   KVCODEC_ASSIGN_OR_RETURN(r.decode_ms, time_median_ms(stream, iterations, [&] { return dec.decode_async(chunks, dst, stream); }));
   KVCODEC_RETURN_IF_ERROR(dec.synchronize(stream));
+  // The same without device checksums: what verification costs.
+  KVCODEC_ASSIGN_OR_RETURN(DeviceBuffer ws_unverified, DeviceBuffer::allocate(ws_bytes));
+  KVCODEC_ASSIGN_OR_RETURN(Decoder unverified,
+                           Decoder::create(head, ws_unverified.get(), ws_bytes, n, stream, /*verify_checksums=*/false));
+  KVCODEC_ASSIGN_OR_RETURN(r.decode_unverified_ms, time_median_ms(stream, iterations, [&] {
+    return unverified.decode_async(chunks, dst, stream);
+  }));
+  KVCODEC_RETURN_IF_ERROR(unverified.synchronize(stream));
 
   // Encoding the source, uploaded in the contiguous layout, into a second frame buffer.
   const std::vector<uint8_t> src_raw = gather_contiguous(src);
@@ -183,6 +191,7 @@ StatusOr<BenchResult> bench(const KVView& src, const EncodeOptions& options, int
                                       capacity, frame, stream, iterations, r));
 
   r.decode_gbps = gbps(r.raw_bytes, r.decode_ms);
+  r.decode_unverified_gbps = gbps(r.raw_bytes, r.decode_unverified_ms);
   r.copy_gbps = gbps(r.raw_bytes, r.copy_ms);
   r.h2d_raw_gbps = gbps(r.raw_bytes, r.h2d_raw_ms);
   r.h2d_frame_gbps = gbps(r.raw_bytes, r.h2d_frame_ms);

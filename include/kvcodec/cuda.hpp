@@ -214,11 +214,12 @@ struct BenchResult {
   // Throughputs in GB/s (1e9 bytes per second) of uncompressed bytes, medians over the
   // iterations, timed with CUDA events on one stream:
   double encode_gbps = 0;     // whole context, device view -> device frame
-  double decode_gbps = 0;     // whole frame, device -> device view
+  double decode_gbps = 0;     // whole frame, device -> device view, checksums verified on the device
+  double decode_unverified_gbps = 0;  // the same without the device checksums (verified elsewhere)
   double copy_gbps = 0;       // cudaMemcpy device -> device of raw_bytes (bandwidth ceiling)
   double h2d_raw_gbps = 0;    // raw_bytes host (pinned) -> device
   double h2d_frame_gbps = 0;  // frame_bytes host (pinned) -> device, per uncompressed byte
-  double encode_ms = 0, decode_ms = 0, copy_ms = 0, h2d_raw_ms = 0, h2d_frame_ms = 0;
+  double encode_ms = 0, decode_ms = 0, decode_unverified_ms = 0, copy_ms = 0, h2d_raw_ms = 0, h2d_frame_ms = 0;
   // Where encoding spends its time (medians of the device phases): analysis (statistics, grids,
   // histograms), tables (clustering, normalisation, model) and lanes + frame assembly.
   double encode_analyze_ms = 0, encode_tables_ms = 0, encode_lanes_ms = 0;
