@@ -12,7 +12,8 @@
 #   <name>_test.log                    the other core tests: frames, golden frames, XXH64, JSON, io
 #   gpu_bench.log  gpu_bench.json      Google Benchmark: encode, decode, D2D copy, H2D raw/frame GB/s
 #   memcheck_*.log racecheck_*.log     compute-sanitizer on small GPU tests: out-of-bounds and
-#                                      misaligned device accesses, shared-memory races
+#   synccheck_encode.log               misaligned device accesses, shared-memory races, barriers
+#                                      not reached by a whole block
 #   ncu_decode.txt ncu_encode.txt      Nsight Compute summaries of the decode kernel and of the
 #                                      encoder's kernels (if ncu exists)
 #   summary.txt                        one line per step: ok / FAILED (exit code)
@@ -93,7 +94,7 @@ fi
 SANITIZER=$(command -v compute-sanitizer || echo "$(dirname "$NVCC")/compute-sanitizer")
 if want sanitize && [ -x "$SANITIZER" ]; then
   DEC_SMALL='CudaDecode.BatchesLayerRangesAndChunkOrder:CudaDecode.BadBlockTableIsAnError'
-  ENC_SMALL='CudaEncode.MatchesCpuEncoderByteForByte:CudaEncode.EncoderReuseRoundTripAndErrors'
+  ENC_SMALL='CudaEncode.ModelEdgeCases:CudaEncode.EncoderReuseRoundTripAndErrors'
   step memcheck_decode 150 memcheck_decode.log "$SANITIZER" --tool memcheck --error-exitcode 1 \
     "$BUILD/tests/cuda_test" --gtest_filter="$DEC_SMALL"
   step memcheck_encode 240 memcheck_encode.log "$SANITIZER" --tool memcheck --error-exitcode 1 \
@@ -101,6 +102,9 @@ if want sanitize && [ -x "$SANITIZER" ]; then
   step racecheck_decode 150 racecheck_decode.log "$SANITIZER" --tool racecheck --error-exitcode 1 \
     "$BUILD/tests/cuda_test" --gtest_filter="$DEC_SMALL"
   step racecheck_encode 240 racecheck_encode.log "$SANITIZER" --tool racecheck --error-exitcode 1 \
+    "$BUILD/tests/cuda_encode_test" --gtest_filter="$ENC_SMALL"
+  # Barriers reached by only part of a block (the table kernel's phases).
+  step synccheck_encode 150 synccheck_encode.log "$SANITIZER" --tool synccheck --error-exitcode 1 \
     "$BUILD/tests/cuda_encode_test" --gtest_filter="$ENC_SMALL"
 fi
 
