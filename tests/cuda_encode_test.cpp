@@ -307,23 +307,28 @@ void expect_same_model(uint32_t C, uint32_t slots, bool lossless, uint32_t table
   std::vector<uint8_t> cpu_bytes;
   detail::write_layer_model(f, m, cpu_bytes);
 
-  // Device code on the host; unit 0 of a one-layer layout.
+  // Device code on the host; unit 0 of a one-layer layout. Each phase's calls in order, then in
+  // reverse: on a GPU they run in any order.
   const detail::ModelLayout ml = detail::model_layout(el);
-  std::vector<uint32_t> codes(el.max_tables * el.bins, 0xEEEEEEEEu);
-  std::vector<uint16_t> table_base(C, 0xEEEE);
-  std::vector<uint8_t> model(ml.model_stride, 0xEE), scratch(ml.scratch_stride, 0xEE);
-  std::vector<uint64_t> sums(ml.sums_bytes / 8, 0xEEEEEEEEEEEEEEEEull);
-  uint32_t model_size = 0;
-  const detail::ModelArgs args{hist.data(), feature.data(), grids.data(), codes.data(), table_base.data(),
-                               model.data(), &model_size,   scratch.data()};
-  detail::HostBlock blk;
-  detail::ModelShared sh;
-  ASSERT_TRUE(detail::block_build_model(blk, el, ml, args, 0, sh, sums.data()));
+  for (bool reverse : {false, true}) {
+    SCOPED_TRACE(reverse ? "phases in reverse" : "phases in order");
+    std::vector<uint32_t> codes(el.max_tables * el.bins, 0xEEEEEEEEu);
+    std::vector<uint16_t> table_base(C, 0xEEEE);
+    std::vector<uint8_t> model(ml.model_stride, 0xEE), scratch(ml.scratch_stride, 0xEE);
+    std::vector<uint64_t> sums(ml.sums_bytes / 8, 0xEEEEEEEEEEEEEEEEull);
+    uint32_t model_size = 0;
+    const detail::ModelArgs args{hist.data(), feature.data(), grids.data(), codes.data(), table_base.data(),
+                                 model.data(), &model_size,   scratch.data()};
+    detail::HostBlock blk;
+    blk.reverse = reverse;
+    detail::ModelShared sh;
+    ASSERT_TRUE(detail::block_build_model(blk, el, ml, args, 0, sh, sums.data()));
 
-  ASSERT_EQ(std::vector<uint8_t>(model.begin(), model.begin() + model_size), cpu_bytes);
-  codes.resize(cpu_codes.size());
-  EXPECT_EQ(codes, cpu_codes);
-  for (uint32_t c = 0; c < C; ++c) ASSERT_EQ(table_base[c], m.channel_group[c] * slots) << "channel " << c;
+    ASSERT_EQ(std::vector<uint8_t>(model.begin(), model.begin() + model_size), cpu_bytes);
+    codes.resize(cpu_codes.size());
+    EXPECT_EQ(codes, cpu_codes);
+    for (uint32_t c = 0; c < C; ++c) ASSERT_EQ(table_base[c], m.channel_group[c] * slots) << "channel " << c;
+  }
 }
 
 // Random histograms in the shape the encoders count: per channel a spread of values around a

@@ -15,7 +15,8 @@
 // Every thread must reach every sync() (uniform control flow around phases), and a value read
 // after a barrier that some thread will overwrite later needs another barrier in between.
 // The host emulation runs each phase to completion before the next, so it checks the phases'
-// logic, not their synchronisation.
+// logic, not their synchronisation; run in reverse (HostBlock::reverse), it also checks that no
+// call of a phase depends on another's having run first.
 #pragma once
 
 #include <cstdint>
@@ -30,16 +31,17 @@ inline constexpr uint32_t kBlockThreads = 256;
 
 struct HostBlock {
   using Warp = HostWarp;
+  bool reverse = false;  // run every phase's calls in descending order
   uint32_t threads() const { return kBlockThreads; }
   template <typename F>
   void for_range(uint32_t n, F&& f) const {
-    for (uint32_t i = 0; i < n; ++i) f(i);
+    for (uint32_t k = 0; k < n; ++k) f(reverse ? n - 1 - k : k);
   }
   template <typename F>
   void for_warps(uint32_t n, F&& f) const {
-    for (uint32_t i = 0; i < n; ++i) {
+    for (uint32_t k = 0; k < n; ++k) {
       HostWarp w;
-      f(w, i);
+      f(w, reverse ? n - 1 - k : k);
     }
   }
   template <typename F>
