@@ -106,6 +106,8 @@ if want sanitize && [ -x "$SANITIZER" ]; then
   # Barriers reached by only part of a block (the table kernel's phases).
   step synccheck_encode 150 synccheck_encode.log "$SANITIZER" --tool synccheck --error-exitcode 1 \
     "$BUILD/tests/cuda_encode_test" --gtest_filter="$ENC_SMALL"
+elif want sanitize; then
+  echo "sanitize: skipped (compute-sanitizer not found)" | tee -a "$OUT/summary.txt"
 fi
 
 if want ncu && command -v ncu > /dev/null; then
@@ -120,6 +122,8 @@ if want ncu && command -v ncu > /dev/null; then
     ncu --kernel-name regex:'_kernel' \
       --launch-count 16 --section SpeedOfLight --section Occupancy --section LaunchStats \
       "$BUILD/bench/kvcodec_cuda_bench" --benchmark_filter='BM_Encode/4' --benchmark_min_time=0.01
+elif want ncu; then
+  echo "ncu: skipped (ncu not found)" | tee -a "$OUT/summary.txt"
 fi
 cat "$OUT/summary.txt"
 ! grep -q FAILED "$OUT/summary.txt"
