@@ -169,7 +169,7 @@ TEST(WarpEncodeEmulation, MatchesCpuEncoderByteForByte) {
     ASSERT_FALSE(ref.empty());
     auto frame = emulate_encode(kv.view(), c.options);
     ASSERT_TRUE(frame.ok()) << frame.status().to_string();
-    ASSERT_EQ(*frame, ref);
+    ASSERT_EQ(frame_difference(*frame, ref), "");
   }
 }
 
@@ -185,7 +185,7 @@ TEST(WarpEncodeEmulation, EverySourceLayout) {
       d.scatter(kv.data);
       auto frame = emulate_encode(d.host_view(), c.options);
       ASSERT_TRUE(frame.ok()) << frame.status().to_string();
-      EXPECT_EQ(*frame, ref);
+      EXPECT_EQ(frame_difference(*frame, ref), "");
     }
   }
 }
@@ -198,7 +198,7 @@ TEST(WarpEncodeEmulation, SyntheticLlama3Shape) {
     o.threads = 0;
     auto frame = emulate_encode(kv->view(), o);
     ASSERT_TRUE(frame.ok()) << frame.status().to_string();
-    EXPECT_EQ(*frame, encode(kv->view(), o)) << "level " << level;
+    EXPECT_EQ(frame_difference(*frame, encode(kv->view(), o)), "") << "level " << level;
   }
 }
 
@@ -217,7 +217,7 @@ TEST(WarpEncodeEmulation, RealCache) {
         d.scatter(kv->data);
         auto frame = emulate_encode(d.host_view(), o);
         ASSERT_TRUE(frame.ok()) << frame.status().to_string();
-        EXPECT_EQ(*frame, encode(kv->view(), o));
+        EXPECT_EQ(frame_difference(*frame, encode(kv->view(), o)), "");
       }
   }
 }
@@ -267,8 +267,41 @@ TEST(WarpEncodeEmulation, ModelEdgeCases) {
     SCOPED_TRACE(e.name);
     auto frame = emulate_encode(e.kv.view(), e.options);
     ASSERT_TRUE(frame.ok()) << frame.status().to_string();
-    ASSERT_EQ(*frame, encode(e.kv.view(), e.options));
+    ASSERT_EQ(frame_difference(*frame, encode(e.kv.view(), e.options)), "");
   }
+}
+
+// The diagnostics the GPU tests print when a device output differs name the right place.
+TEST(WarpEncodeEmulation, DifferencesAreLocated) {
+  const KVShape s{2, 40, 1, 64};
+  KVCache kv = random_cache(s, DType::kF16, 4);
+  const auto ref = encode(kv.view(), options(4, 16, 1));
+  const FrameInfo info = *read_frame_info(ref);
+  EXPECT_EQ(frame_difference(ref, ref), "");
+  auto at = [&](size_t i) {
+    auto bad = ref;
+    bad[i] ^= 1;
+    return frame_difference(bad, ref);
+  };
+  EXPECT_NE(at(48).find("header byte 48; 1 bytes differ"), std::string::npos) << at(48);
+  EXPECT_NE(at(kHeaderBytes + 3).find("model section byte 3 of"), std::string::npos) << at(kHeaderBytes + 3);
+  EXPECT_NE(at(kHeaderBytes + info.model_bytes + kIndexEntryBytes + 17).find("chunk index entry 1 (checksum)"),
+            std::string::npos);
+  const ChunkInfo& c1 = info.chunks[1];
+  EXPECT_NE(at(c1.offset + 4).find("chunk 1 unit directory entry 1 (layer 0 V)"), std::string::npos) << at(c1.offset + 4);
+  uint32_t u0;
+  std::memcpy(&u0, ref.data() + c1.offset, 4);
+  const size_t unit1 = c1.offset + 4 * 4 + u0;  // 2 layers: 4 directory entries, then unit 0
+  EXPECT_NE(at(unit1 + 5).find("chunk 1 unit 1 (layer 0 V) byte 5 of"), std::string::npos) << at(unit1 + 5);
+  auto shorter = ref;
+  shorter.pop_back();
+  EXPECT_NE(frame_difference(shorter, ref).find("prefix"), std::string::npos);
+
+  auto t = kv.data;
+  t[2 * (((1 * 2 + 1) * s.tokens + 7) * s.channels() + 9)] ^= 1;  // layer 1 V, token 7, channel 9
+  EXPECT_NE(tensor_difference(t, kv.data, s, DType::kF16).find("layer 1 V token 7 channel 9"), std::string::npos)
+      << tensor_difference(t, kv.data, s, DType::kF16);
+  EXPECT_EQ(tensor_difference(kv.data, kv.data, s, DType::kF16), "");
 }
 
 // ---- the model builder alone -------------------------------------------------------------------
@@ -486,7 +519,7 @@ TEST(CudaEncode, MatchesCpuEncoderByteForByte) {
     const auto ref = encode(kv.view(), c.options);
     Dest d(c.shape, c.dtype, kAllLayouts[i++ % std::size(kAllLayouts)]);
     d.scatter(kv.data);
-    ASSERT_EQ(gpu_encode(d, c.options), ref);
+    ASSERT_EQ(frame_difference(gpu_encode(d, c.options), ref), "");
   }
 }
 
@@ -499,7 +532,7 @@ TEST(CudaEncode, EverySourceLayout) {
     SCOPED_TRACE(int(l));
     Dest d(c.shape, c.dtype, l);
     d.scatter(kv.data);
-    EXPECT_EQ(gpu_encode(d, c.options), ref);
+    EXPECT_EQ(frame_difference(gpu_encode(d, c.options), ref), "");
   }
 }
 
@@ -526,7 +559,7 @@ TEST(CudaEncode, SyntheticAndRealCaches) {
         o.threads = 0;
         Dest d(kv.shape, kv.dtype, level % 2 ? Layout::kPagedHND : Layout::kLMCache);
         d.scatter(kv.data);
-        ASSERT_EQ(gpu_encode(d, o), encode(kv.view(), o));
+        ASSERT_EQ(frame_difference(gpu_encode(d, o), encode(kv.view(), o)), "");
       }
 }
 
@@ -540,7 +573,7 @@ TEST(CudaEncode, ModelEdgeCases) {
     SCOPED_TRACE(e.name);
     Dest d(e.kv.shape, e.kv.dtype, kAllLayouts[i++ % std::size(kAllLayouts)]);
     d.scatter(e.kv.data);
-    ASSERT_EQ(gpu_encode(d, e.options), encode(e.kv.view(), e.options));
+    ASSERT_EQ(frame_difference(gpu_encode(d, e.options), encode(e.kv.view(), e.options)), "");
   }
 }
 
@@ -570,12 +603,12 @@ TEST(CudaEncode, EncoderReuseRoundTripAndErrors) {
     ASSERT_TRUE(n.ok()) << n.status().to_string();
     std::vector<uint8_t> frame(*n);
     ASSERT_EQ(cudaMemcpy(frame.data(), dst, *n, cudaMemcpyDeviceToHost), cudaSuccess);
-    ASSERT_EQ(frame, ref);
+    ASSERT_EQ(frame_difference(frame, ref), "");
     // The frame in device memory decodes on the device to what the CPU decodes.
     Dest out(s, DType::kF16, Layout::kContiguous);
     DeviceDest dout(out);
     ASSERT_TRUE(cuda::decode_frame(dst, frame, dout.view(), stream).ok());
-    EXPECT_EQ(dout.gather(), cpu_decode(ref, s, DType::kF16));
+    EXPECT_EQ(dout.difference(cpu_decode(ref, s, DType::kF16)), "");
 
     // Too small for the frame: reported at synchronize, the encoder stays usable.
     ASSERT_TRUE(enc->encode_async(dd.view(), dst, *n - 1, stream).ok());

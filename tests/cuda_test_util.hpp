@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <numeric>
 #include <random>
@@ -72,6 +73,91 @@ inline std::vector<uint8_t> cpu_decode(std::span<const uint8_t> frame, const KVS
   Status st = decode_into(frame, contiguous_view(out.data(), dt, s), o);
   if (!st.ok()) out.clear();
   return out;
+}
+
+// ---- describing differences ---------------------------------------------------------------------
+// A GPU session is short: when a device output differs from the CPU's, say where, in the
+// format's terms, so that one failing run locates the faulty kernel.
+
+inline std::string unit_name(uint32_t u) { return "layer " + std::to_string(u / 2) + (u % 2 ? " V" : " K"); }
+
+// "" when the frames are identical; otherwise where `got` first departs from `want` (a valid
+// frame): header byte, model section, chunk index entry, or chunk -> unit directory / unit
+// (by `want`'s directory) and the byte within it, plus how many bytes differ in all.
+inline std::string frame_difference(std::span<const uint8_t> got, std::span<const uint8_t> want) {
+  if (got.size() == want.size() && std::equal(got.begin(), got.end(), want.begin())) return "";
+  size_t i = 0;
+  const size_t common = std::min(got.size(), want.size());
+  while (i < common && got[i] == want[i]) ++i;
+  size_t differing = got.size() > want.size() ? got.size() - want.size() : want.size() - got.size();
+  for (size_t k = i; k < common; ++k) differing += got[k] != want[k];
+  std::string where;
+  auto info = read_frame_info(want);
+  if (i == common) {
+    where = "one frame is a prefix of the other";
+  } else if (!info.ok()) {
+    where = "byte " + std::to_string(i) + " (the reference frame does not parse: " + info.status().to_string() + ")";
+  } else if (i < kHeaderBytes) {
+    where = "header byte " + std::to_string(i);
+  } else if (i < kHeaderBytes + info->model_bytes) {
+    where = "model section byte " + std::to_string(i - kHeaderBytes) + " of " + std::to_string(info->model_bytes);
+  } else if (i < info->head_bytes) {
+    const size_t e = i - kHeaderBytes - info->model_bytes;
+    static const char* kField[] = {"offset", "offset", "size", "reserved", "checksum", "checksum"};
+    where = "chunk index entry " + std::to_string(e / kIndexEntryBytes) + " (" + kField[e % kIndexEntryBytes / 4] + ")";
+  } else {
+    for (size_t k = 0; k < info->chunks.size(); ++k) {
+      const ChunkInfo& c = info->chunks[k];
+      if (i >= c.offset + c.size) continue;
+      const size_t at = i - c.offset, units = 2 * size_t(info->shape.layers);
+      where = "chunk " + std::to_string(k);
+      if (at < 4 * units) {
+        where += " unit directory entry " + std::to_string(at / 4) + " (" + unit_name(uint32_t(at / 4)) + ")";
+        break;
+      }
+      size_t begin = 4 * units;
+      for (size_t u = 0; u < units; ++u) {
+        uint32_t size;
+        std::memcpy(&size, want.data() + c.offset + 4 * u, 4);
+        if (at < begin + size) {
+          where += " unit " + std::to_string(u) + " (" + unit_name(uint32_t(u)) + ") byte " + std::to_string(at - begin) +
+                   " of " + std::to_string(size);
+          break;
+        }
+        begin += size;
+      }
+      break;
+    }
+  }
+  return "frames differ (" + std::to_string(got.size()) + " vs " + std::to_string(want.size()) +
+         " bytes) first at " + where + "; " + std::to_string(differing) + " bytes differ";
+}
+
+// "" when the tensors (contiguous [L, 2, T, H, D]) are identical; otherwise the first element
+// that differs, by (layer, K/V, token, channel), with both bit patterns, and how many differ.
+inline std::string tensor_difference(std::span<const uint8_t> got, std::span<const uint8_t> want, const KVShape& s,
+                                     DType dt) {
+  if (got.size() != want.size())
+    return "tensor sizes differ: " + std::to_string(got.size()) + " vs " + std::to_string(want.size()) + " bytes";
+  const size_t es = dtype_size(dt), C = s.channels();
+  size_t first = SIZE_MAX, differing = 0;
+  for (size_t e = 0; e < got.size() / es; ++e)
+    if (std::memcmp(got.data() + e * es, want.data() + e * es, es) != 0) {
+      if (first == SIZE_MAX) first = e;
+      ++differing;
+    }
+  if (first == SIZE_MAX) return "";
+  auto bits = [&](std::span<const uint8_t> t) {
+    uint32_t v = 0;
+    std::memcpy(&v, t.data() + first * es, es);
+    char hex[16];
+    std::snprintf(hex, sizeof hex, "0x%0*x", int(2 * es), v);
+    return std::string(hex);
+  };
+  const size_t c = first % C, t = first / C % s.tokens, u = first / C / s.tokens;
+  return "tensors differ first at " + unit_name(uint32_t(u)) + " token " + std::to_string(t) + " channel " +
+         std::to_string(c) + " (got " + bits(got) + ", want " + bits(want) + "); " + std::to_string(differing) + " of " +
+         std::to_string(got.size() / es) + " elements differ";
 }
 
 // ---- destinations in every layout ------------------------------------------------------------
@@ -153,6 +239,8 @@ struct Dest {
           for (uint32_t h = 0; h < shape.kv_heads; ++h)
             for (uint32_t d = 0; d < shape.head_dim; ++d, in += es) std::memcpy(v.element(l, kv, t, h, d), in, es);
   }
+  // "" when the elements equal `want` (contiguous [L, 2, T, H, D]), else where they differ.
+  std::string difference(const std::vector<uint8_t>& want) { return tensor_difference(gather(), want, shape, dtype); }
   // The elements in the contiguous layout [L, 2, T, H, D].
   std::vector<uint8_t> gather() {
     const KVView v = host_view();
@@ -228,6 +316,9 @@ struct DeviceDest {
     cudaFree(table_dev);
   }
   KVView view() const { return host.view(bufs_dev[0], k_dev, v_dev, table_dev); }
+  std::string difference(const std::vector<uint8_t>& want) {
+    return tensor_difference(gather(), want, host.shape, host.dtype);
+  }
   // Copies the device buffers back and gathers them.
   std::vector<uint8_t> gather() {
     for (size_t i = 0; i < bufs_dev.size(); ++i)
