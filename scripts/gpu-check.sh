@@ -9,6 +9,8 @@
 #                                      not be skipped here)
 #   cuda_encode_test.log/.json         the same for the encoder tests
 #   codec_test.log                     the CPU codec tests of the same build
+#   example_cuda_paged.log             the GPU workflow example (encode from paged blocks, decode
+#                                      chunk by chunk into paged blocks, compare with the CPU)
 #   <name>_test.log                    the other core tests: frames, golden frames, XXH64, JSON, io
 #   gpu_bench.log  gpu_bench.json      Google Benchmark: encode, decode, D2D copy, H2D raw/frame GB/s
 #   memcheck_*.log racecheck_*.log     compute-sanitizer on small GPU tests: out-of-bounds and
@@ -65,9 +67,9 @@ if want build; then
 step configure 120 configure.log \
   cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DKVCODEC_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_CUDA_COMPILER="$NVCC" \
-    -DKVCODEC_BUILD_TOOLS=OFF -DKVCODEC_BUILD_STREAM=OFF -DKVCODEC_BUILD_EXAMPLES=OFF || exit 1
+    -DKVCODEC_BUILD_TOOLS=OFF -DKVCODEC_BUILD_STREAM=OFF -DKVCODEC_BUILD_EXAMPLES=ON || exit 1
 step build 300 build.log ninja -C "$BUILD" -j "$JOBS" cuda_test cuda_encode_test codec_test $CORE_TESTS \
-  kvcodec_cuda_bench || exit 1
+  kvcodec_cuda_bench example_cuda_paged || exit 1
 fi
 
 if want test; then
@@ -78,6 +80,7 @@ for t in cuda_test cuda_encode_test; do
   fi
 done
 step codec_test 180 codec_test.log "$BUILD/tests/codec_test"
+step example_cuda_paged 60 example_cuda_paged.log "$BUILD/examples/example_cuda_paged"
 for t in $CORE_TESTS; do
   step $t 120 $t.log "$BUILD/tests/$t"
 done

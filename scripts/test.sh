@@ -87,12 +87,13 @@ elif [[ -z "$nvcc_path" ]]; then
   echo "test: nvcc not found: skipping the CUDA build (it proves only that the backend compiles)"
 else
   step "CUDA build (compile only; no GPU needed) in build-cuda/"
-  # The library, the CLI, and the GPU tests and benchmarks that scripts/gpu-check.sh runs on a
-  # GPU machine: their device-only code compiles nowhere else.
+  # The library, the CLI, and the GPU tests, benchmarks and example that scripts/gpu-check.sh
+  # runs on a GPU machine: their device-only code compiles nowhere else.
   cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVCODEC_CUDA=ON \
     -DCMAKE_CUDA_COMPILER="$nvcc_path" -DKVCODEC_BUILD_TESTS=ON -DKVCODEC_BUILD_BENCH=ON \
-    -DKVCODEC_BUILD_EXAMPLES=OFF
-  cmake --build build-cuda -j "$jobs" --target kvcodec_cli cuda_test cuda_encode_test kvcodec_cuda_bench
+    -DKVCODEC_BUILD_EXAMPLES=ON
+  cmake --build build-cuda -j "$jobs" --target kvcodec_cli cuda_test cuda_encode_test kvcodec_cuda_bench \
+    example_cuda_paged
 fi
 
 step "all checks passed"
