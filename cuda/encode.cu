@@ -31,7 +31,7 @@ constexpr uint32_t kThreadsPerBlock = 128;
 constexpr uint32_t kWarpsPerBlock = kThreadsPerBlock / 32;
 
 // Outcome of the device work, copied back to pinned memory.
-enum : uint32_t { kErrBadSource = 1, kErrTooSmall = 2, kErrTable = 4 };
+enum : uint32_t { kErrBadSource = 1, kErrTooSmall = 2, kErrTable = 4, kErrChunkTooLarge = 8 };
 struct DeviceResult {
   uint64_t frame_bytes;  // first: Encoder::frame_bytes_dev
   uint64_t head_bytes, model_bytes;
@@ -98,8 +98,11 @@ __global__ void assign_kernel(const EncodeLayout el, const UnitStage* stages, co
                               DeviceResult* res) {
   res->model_bytes = detail::place_models(el.units(), model_size, model_offset);
   res->head_bytes = detail::head_bytes_for(el, res->model_bytes);
-  if (!detail::assign_chunks(el, stages, res->head_bytes, capacity, chunk_offset, chunk_size, &res->frame_bytes))
-    res->errors |= kErrTooSmall;
+  switch (detail::assign_chunks(el, stages, res->head_bytes, capacity, chunk_offset, chunk_size, &res->frame_bytes)) {
+    case detail::kAssignTooSmall: res->errors |= kErrTooSmall; break;
+    case detail::kAssignChunkTooLarge: res->errors |= kErrChunkTooLarge; break;
+    default: break;
+  }
 }
 
 // One block per unit: its model into the frame's model section; block 0 writes the header.
@@ -120,13 +123,15 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   detail::warp_write_unit(w, el, stg, chunk_offset, uint32_t(i / el.units()), uint32_t(i % el.units()), dst);
 }
 
-// One thread per (chunk, checksum segment): blockIdx.x is the chunk (chunks can outnumber the
-// 65535 blocks of grid y; a chunk's segments cannot: chunks are < 4 GiB).
+// Threads over (chunk, checksum segment): blockIdx.x is the chunk (chunks can outnumber the
+// 65535 blocks of grid y); grid y strides over the segments, whose worst-case count
+// (max_segments) can exceed what grid y holds even though real chunks stay below 4 GiB.
 __global__ void __launch_bounds__(kThreadsPerBlock)
     chunk_digest_kernel(const uint64_t* chunk_offset, const uint32_t* chunk_size, uint64_t max_segments,
                         const uint8_t* dst, uint64_t* digests, const DeviceResult* res) {
-  const uint64_t s = uint64_t(blockIdx.y) * blockDim.x + threadIdx.x;
-  if (!res->errors && s < max_segments)
+  if (res->errors) return;
+  for (uint64_t s = uint64_t(blockIdx.y) * blockDim.x + threadIdx.x; s < max_segments;
+       s += uint64_t(gridDim.y) * blockDim.x)
     detail::chunk_segment_digest(chunk_offset, chunk_size, blockIdx.x, s, max_segments, dst, digests);
 }
 
@@ -324,7 +329,8 @@ Status Encoder::encode_async(const KVView& src_dev, uint8_t* dst_dev, size_t dst
                                                                        model_offset, dst_dev, res);
   write_kernel<<<unit_blocks, kThreadsPerBlock, 0, stream>>>(el, stg, offsets, dst_dev, res);
   auto* digests = m.at<uint64_t>(ws.digests);
-  chunk_digest_kernel<<<dim3(el.num_chunks, blocks_for(ws.max_chunk_segments, kThreadsPerBlock)), kThreadsPerBlock, 0,
+  const uint32_t segment_blocks = std::min<uint32_t>(blocks_for(ws.max_chunk_segments, kThreadsPerBlock), 65535);
+  chunk_digest_kernel<<<dim3(el.num_chunks, segment_blocks), kThreadsPerBlock, 0,
                         stream>>>(offsets, sizes, ws.max_chunk_segments, dst_dev, digests, res);
   chunks_kernel<<<blocks_for(el.num_chunks, kThreadsPerBlock), kThreadsPerBlock, 0, stream>>>(
       el.num_chunks, offsets, sizes, digests, ws.max_chunk_segments, dst_dev, res);
@@ -342,6 +348,7 @@ StatusOr<size_t> Encoder::synchronize(cudaStream_t stream) {
   const DeviceResult& r = m.result_host();
   if (r.errors & kErrBadSource) return InvalidArgument("source view: block table entry outside [0, num_blocks)");
   if (r.errors & kErrTable) return Internal("GPU encoder: a probability table could not be normalised");
+  if (r.errors & kErrChunkTooLarge) return ResourceExhausted("chunk larger than 4 GiB: use smaller chunk_tokens");
   if (r.errors & kErrTooSmall)
     return BufferTooSmall("frame needs " + std::to_string(r.frame_bytes) + " bytes, more than the destination's");
   return size_t(r.frame_bytes);

@@ -87,8 +87,8 @@ StatusOr<std::vector<uint8_t>> emulate_encode(const KVView& src, const EncodeOpt
   const uint64_t model_bytes = detail::place_models(units, model_size.data(), model_offset.data());
   const uint64_t head_bytes = detail::head_bytes_for(el, model_bytes);
   uint64_t frame_bytes = 0;
-  EXPECT_TRUE(detail::assign_chunks(el, stages.data(), head_bytes, UINT64_MAX, offset.data(), size.data(),
-                                    &frame_bytes));
+  EXPECT_EQ(detail::assign_chunks(el, stages.data(), head_bytes, UINT64_MAX, offset.data(), size.data(), &frame_bytes),
+            detail::kAssignOk);
   std::vector<uint8_t> frame(frame_bytes, 0xEE);  // every byte must be written
   const detail::HeaderTemplate hdr = detail::header_template(el, o);
   for (uint32_t u = 0; u < units; ++u) {
@@ -269,6 +269,27 @@ TEST(WarpEncodeEmulation, ModelEdgeCases) {
     ASSERT_TRUE(frame.ok()) << frame.status().to_string();
     ASSERT_EQ(frame_difference(*frame, encode(e.kv.view(), e.options)), "");
   }
+}
+
+// A chunk of 4 GiB or more cannot be indexed (u32 sizes): the frame assembly says so rather than
+// truncating its size, as encode_into returns kResourceExhausted.
+TEST(WarpEncodeEmulation, ChunksOf4GiBAreRejected) {
+  detail::EncodeLayout el;
+  el.layers = 2;  // 4 units
+  el.planes = 1;
+  el.lossless = 1;
+  el.num_chunks = 1;
+  std::vector<detail::UnitStage> stages(4);
+  for (auto& st : stages) st.words[0] = 1u << 29;  // 1 GiB of words per unit: 4 GiB + headers
+  uint64_t offset, frame_bytes;
+  uint32_t size;
+  EXPECT_EQ(detail::assign_chunks(el, stages.data(), 64, UINT64_MAX, &offset, &size, &frame_bytes),
+            detail::kAssignChunkTooLarge);
+  stages[0].words[0] = 1u << 28;
+  EXPECT_EQ(detail::assign_chunks(el, stages.data(), 64, UINT64_MAX, &offset, &size, &frame_bytes), detail::kAssignOk);
+  EXPECT_EQ(size, 4u * 4 + 4 * (4 + 128) + 2 * ((1u << 28) + 3 * (1u << 29)));
+  EXPECT_EQ(detail::assign_chunks(el, stages.data(), 64, frame_bytes - 1, &offset, &size, &frame_bytes),
+            detail::kAssignTooSmall);
 }
 
 // The diagnostics the GPU tests print when a device output differs name the right place.

@@ -212,12 +212,13 @@ struct EncodeStaging {
   UnitStage* stages;  // [chunk][unit]
 };
 
-// Size in the frame of a unit with these word and escape counts.
-KVCODEC_HD uint32_t unit_bytes(const EncodeLayout& el, const UnitStage& st) {
+// Size in the frame of a unit with these word and escape counts (UnitStage::bytes keeps it as a
+// u32: assign_chunks recomputes it in 64 bits and rejects chunks of 4 GiB or more).
+KVCODEC_HD uint64_t unit_bytes(const EncodeLayout& el, const UnitStage& st) {
   uint64_t b = 0;
   for (uint32_t p = 0; p < el.planes; ++p) b += pad4(kLaneHeaderBytes + 2ull * st.words[p]);
   if (!el.lossless) b += pad4(4 + uint64_t(st.escapes) * el.elem_size);
-  return uint32_t(b);
+  return b;
 }
 
 // Checksum segments of the largest chunk body the layout allows (every symbol a word in every
@@ -313,7 +314,7 @@ KVCODEC_HD uint32_t warp_encode_unit_planes(W& w, const EncodeLayout& el, const 
     if (j == 0) {
       for (uint32_t p = 0; p < P; ++p) st->words[p] = counts.words[p];
       st->escapes = counts.escapes;
-      st->bytes = unit_bytes(el, counts);
+      st->bytes = uint32_t(unit_bytes(el, counts));
     }
   }
   return kUnitOk;
@@ -333,19 +334,23 @@ KVCODEC_HD uint32_t warp_encode_unit(W& w, const EncodeLayout& el, const KVView&
 }
 
 // Chunk sizes (directory + units), their offsets after a head of head_bytes, and the frame size.
-// Returns false, writing nothing more, when the frame would exceed `capacity` bytes.
-KVCODEC_HD bool assign_chunks(const EncodeLayout& el, const UnitStage* stages, uint64_t head_bytes, uint64_t capacity,
-                              uint64_t* chunk_offset, uint32_t* chunk_size, uint64_t* frame_bytes) {
+// kAssignTooSmall when the frame would exceed `capacity` bytes; kAssignChunkTooLarge, with
+// nothing more written, when a chunk reaches 4 GiB (the CPU encoder's kResourceExhausted).
+enum AssignResult : uint32_t { kAssignOk = 0, kAssignTooSmall = 1, kAssignChunkTooLarge = 2 };
+KVCODEC_HD uint32_t assign_chunks(const EncodeLayout& el, const UnitStage* stages, uint64_t head_bytes,
+                                  uint64_t capacity, uint64_t* chunk_offset, uint32_t* chunk_size,
+                                  uint64_t* frame_bytes) {
   uint64_t off = head_bytes;
   for (uint32_t k = 0; k < el.num_chunks; ++k) {
     uint64_t size = 4ull * el.units();
-    for (uint32_t u = 0; u < el.units(); ++u) size += stages[uint64_t(k) * el.units() + u].bytes;
+    for (uint32_t u = 0; u < el.units(); ++u) size += unit_bytes(el, stages[uint64_t(k) * el.units() + u]);
+    if (size > 0xffffffffull) return kAssignChunkTooLarge;  // the index holds u32 sizes (as encode_into)
     chunk_offset[k] = off;
-    chunk_size[k] = uint32_t(size);  // < 4 GiB: bounded by max_encoded_size's chunk limit
+    chunk_size[k] = uint32_t(size);
     off += size;
   }
   *frame_bytes = off;
-  return off <= capacity;
+  return off <= capacity ? kAssignOk : kAssignTooSmall;
 }
 
 // Writes unit u of chunk k -- its directory entry and its bytes -- into the frame at dst.
