@@ -181,13 +181,7 @@ void rans_encode_codes(const uint32_t* codes, size_t n, std::vector<uint16_t>& s
       if (rans_enc_put(x[i % kRansLanes], codes[i] >> 16, codes[i] & 0xffff, &word)) *--w = word;
     }
     encode_codes_avx2(codes, whole, x, w);
-    const size_t words = size_t(end - w);
-    const size_t base = out.size();
-    out.resize(base + kLaneStreamHeader + 2 * words);
-    uint8_t* p = out.data() + base;
-    put_u32(p, uint32_t(words));
-    for (uint32_t j = 0; j < kRansLanes; ++j) put_u32(p + 4 + 4 * j, x[j]);
-    std::memcpy(p + kLaneStreamHeader, w, 2 * words);
+    append_lane_stream(x, w, size_t(end - w), out);
     return;
   }
 #endif

@@ -37,6 +37,17 @@ inline const Reciprocals& reciprocals() {
   return r;
 }
 
+// Appends one lane stream -- word count, final lane states, then the `words` 16-bit words at w
+// (already in reading order) -- to out.
+inline void append_lane_stream(const uint32_t* x, const uint16_t* w, size_t words, std::vector<uint8_t>& out) {
+  const size_t base = out.size();
+  out.resize(base + kLaneStreamHeader + 2 * words);
+  uint8_t* p = out.data() + base;
+  put_u32(p, uint32_t(words));
+  for (uint32_t j = 0; j < kRansLanes; ++j) put_u32(p + 4 + 4 * j, x[j]);
+  std::memcpy(p + kLaneStreamHeader, w, 2 * words);
+}
+
 // Encodes symbols 0..n-1 backwards. `sym_of(i, &freq, &cum)` gives symbol i's frequency and
 // cumulative frequency. Appends header + words to out. `scratch` is reused across calls.
 template <typename SymOf>
@@ -58,13 +69,7 @@ void rans_encode_lanes(size_t n, SymOf&& sym_of, std::vector<uint16_t>& scratch,
     const uint32_t q = uint32_t((static_cast<unsigned __int128>(xs) * rcp[freq]) >> 44);
     xs = (q << kRansProbBits) + (xs - q * freq) + cum;
   }
-  const size_t words = size_t(scratch.data() + scratch.size() - w);
-  const size_t base = out.size();
-  out.resize(base + kLaneStreamHeader + 2 * words);
-  uint8_t* p = out.data() + base;
-  put_u32(p, uint32_t(words));
-  for (uint32_t j = 0; j < kRansLanes; ++j) put_u32(p + 4 + 4 * j, x[j]);
-  std::memcpy(p + kLaneStreamHeader, w, 2 * words);
+  append_lane_stream(x, w, size_t(scratch.data() + scratch.size() - w), out);
 }
 
 // Encodes symbols given as codes freq << 16 | cum (freq in 1..4096), in stream order; the same
