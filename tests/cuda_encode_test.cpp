@@ -559,18 +559,7 @@ TEST(CudaEncode, EverySourceLayout) {
 
 TEST(CudaEncode, SyntheticAndRealCaches) {
   KVCODEC_REQUIRE_GPU();
-  std::vector<KVCache> caches;
-  auto syn = make_synthetic("llama3-8b", 300, DType::kF16, 5);
-  ASSERT_TRUE(syn.ok());
-  caches.push_back(std::move(*syn));
-  if (std::filesystem::exists(test::data_path("models/kvc-bytes-a.bin"))) {
-    for (DType dt : {DType::kF32, DType::kF16, DType::kBF16, DType::kF8E4M3}) {
-      auto real = real_cache(dt, 512);
-      ASSERT_TRUE(real.ok()) << real.status().to_string();
-      caches.push_back(std::move(*real));
-    }
-  }
-  for (KVCache& kv : caches)
+  for (KVCache& kv : synthetic_and_real_caches())
     for (int level = 0; level <= kMaxLevel; ++level)
       for (uint32_t gt : {1u, 4u}) {
         if (level == 0 && gt > 1) continue;

@@ -226,29 +226,14 @@ TEST(CudaDecode, MatchesCpuDecoderBitForBit) {
     const auto ref = cpu_decode(frame, c.shape, c.dtype);
     for (Layout l : kAllLayouts) {
       SCOPED_TRACE(int(l));
-      Dest d(c.shape, c.dtype, l);
-      DeviceDest dd(d);
-      DeviceFrame df(frame);
-      ASSERT_TRUE(cuda::decode_frame(df.p, frame, dd.view(), nullptr).ok());
-      EXPECT_EQ(dd.difference(ref), "");
+      EXPECT_EQ(gpu_decode_difference(frame, c.shape, c.dtype, l, ref), "");
     }
   }
 }
 
 TEST(CudaDecode, SyntheticAndRealCaches) {
   KVCODEC_REQUIRE_GPU();
-  std::vector<KVCache> caches;
-  auto syn = make_synthetic("llama3-8b", 300, DType::kF16, 5);
-  ASSERT_TRUE(syn.ok());
-  caches.push_back(std::move(*syn));
-  if (std::filesystem::exists(test::data_path("models/kvc-bytes-a.bin"))) {
-    for (DType dt : {DType::kF32, DType::kF16, DType::kBF16, DType::kF8E4M3}) {
-      auto real = real_cache(dt, 512);
-      ASSERT_TRUE(real.ok()) << real.status().to_string();
-      caches.push_back(std::move(*real));
-    }
-  }
-  for (KVCache& kv : caches)
+  for (KVCache& kv : synthetic_and_real_caches())
     for (int level = 0; level <= kMaxLevel; ++level)
       for (uint32_t gt : {1u, 4u}) {
         if (level == 0 && gt > 1) continue;
@@ -260,11 +245,8 @@ TEST(CudaDecode, SyntheticAndRealCaches) {
         o.threads = 0;
         const auto frame = encode(kv.view(), o);
         const auto ref = cpu_decode(frame, kv.shape, kv.dtype);
-        Dest d(kv.shape, kv.dtype, level % 2 ? Layout::kPagedHND : Layout::kLMCache);
-        DeviceDest dd(d);
-        DeviceFrame df(frame);
-        ASSERT_TRUE(cuda::decode_frame(df.p, frame, dd.view(), nullptr).ok());
-        EXPECT_EQ(dd.difference(ref), "");
+        const Layout l = level % 2 ? Layout::kPagedHND : Layout::kLMCache;
+        EXPECT_EQ(gpu_decode_difference(frame, kv.shape, kv.dtype, l, ref), "");
       }
 }
 
@@ -374,14 +356,12 @@ TEST(CudaDecode, BatchesLargerThanOneLaunch) {
   const FrameInfo info = *read_frame_info(frame);
   const uint32_t n = uint32_t(info.chunks.size());
   ASSERT_EQ(n, 300u);
-  Dest d(s, DType::kF16, Layout::kPagedHND);
-  DeviceDest dd(d);
-  DeviceFrame df(frame);
-  ASSERT_TRUE(cuda::decode_frame(df.p, frame, dd.view(), nullptr).ok());
-  EXPECT_EQ(dd.difference(ref), "");
+  EXPECT_EQ(gpu_decode_difference(frame, s, DType::kF16, Layout::kPagedHND, ref), "");
 
   auto bad = frame;
   bad[info.chunks[250].offset + info.chunks[250].size - 1] ^= 0x40;
+  Dest d(s, DType::kF16, Layout::kPagedHND);
+  DeviceDest dd(d);
   DeviceFrame dbad(bad);
   const Status st = cuda::decode_frame(dbad.p, bad, dd.view(), nullptr);
   EXPECT_EQ(st.code(), StatusCode::kChecksumMismatch) << st.to_string();

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <numeric>
 #include <random>
 #include <span>
@@ -19,6 +20,7 @@
 #include "kvcodec/detail/quant.hpp"
 #include "kvcodec/io.hpp"
 #include "kvcodec/model.hpp"
+#include "kvcodec/synthetic.hpp"
 #include "test_util.hpp"
 
 #if defined(KVCODEC_HAS_CUDA)
@@ -267,6 +269,23 @@ inline StatusOr<KVCache> real_cache(DType dt, uint32_t tokens) {
   return st.to_cache(dt);
 }
 
+// The caches both backends' GPU tests run at every level: a synthetic Llama-3-8B-shaped one and,
+// when the data is there, kvc-bytes-a's real cache in every dtype.
+inline std::vector<KVCache> synthetic_and_real_caches() {
+  std::vector<KVCache> caches;
+  auto syn = make_synthetic("llama3-8b", 300, DType::kF16, 5);
+  EXPECT_TRUE(syn.ok()) << syn.status().to_string();
+  if (syn.ok()) caches.push_back(std::move(*syn));
+  if (std::filesystem::exists(test::data_path("models/kvc-bytes-a.bin"))) {
+    for (DType dt : {DType::kF32, DType::kF16, DType::kBF16, DType::kF8E4M3}) {
+      auto real = real_cache(dt, 512);
+      EXPECT_TRUE(real.ok()) << real.status().to_string();
+      if (real.ok()) caches.push_back(std::move(*real));
+    }
+  }
+  return caches;
+}
+
 #if defined(KVCODEC_HAS_CUDA)
 // ---- device memory -------------------------------------------------------------------------
 
@@ -335,6 +354,17 @@ struct DeviceFrame {
   }
   ~DeviceFrame() { cudaFree(p); }
 };
+
+// Decodes `frame` on the GPU into a fresh destination in `layout`: "" when the result equals
+// `ref` (the CPU decoder's, contiguous), else the decoder's error or where the two differ.
+inline std::string gpu_decode_difference(const std::vector<uint8_t>& frame, const KVShape& s, DType dt, Layout layout,
+                                         const std::vector<uint8_t>& ref) {
+  Dest d(s, dt, layout);
+  DeviceDest dd(d);
+  DeviceFrame df(frame);
+  if (Status st = cuda::decode_frame(df.p, frame, dd.view(), nullptr); !st.ok()) return st.to_string();
+  return dd.difference(ref);
+}
 
 #endif
 
