@@ -73,13 +73,7 @@ class CliTest : public ::testing::Test {
           for (uint32_t h = 0; h < shape.kv_heads; ++h)
             for (uint32_t d = 0; d < shape.head_dim; ++d) {
               const float x = 0.3f * float(d % 5) - 0.5f * float(k) + 0.2f * std::sin(0.37f * float(t * 7 + h * 3 + d + l));
-              void* p = v.element(l, k, t, h, d);
-              switch (dtype) {
-                case DType::kF32: *static_cast<float*>(p) = x; break;
-                case DType::kF16: *static_cast<uint16_t*>(p) = detail::f32_to_f16(x); break;
-                case DType::kBF16: *static_cast<uint16_t*>(p) = detail::f32_to_bf16(x); break;
-                case DType::kF8E4M3: *static_cast<uint8_t*>(p) = detail::f32_to_f8e4m3(x); break;
-              }
+              detail::store_from_f32(v.element(l, k, t, h, d), uint8_t(dtype), x);
             }
     EXPECT_TRUE(save_kv(path(name), *kv).ok());
     return path(name);

@@ -77,13 +77,7 @@ KVCache make_input(const GoldenCase& c) {
             const float noise = float(int32_t(r >> 40) - (1 << 23)) * 0x1p-26f;  // [-0.125, 0.125)
             const float outlier = (r & 0x3ff) < 8 ? float(int((r >> 10) & 7) + 4) : 0.0f;
             const float x = offset + drift + noise + outlier;
-            void* p = v.element(l, k, t, h, d);
-            switch (c.dtype) {
-              case DType::kF32: *static_cast<float*>(p) = x; break;
-              case DType::kF16: *static_cast<uint16_t*>(p) = detail::f32_to_f16(x); break;
-              case DType::kBF16: *static_cast<uint16_t*>(p) = detail::f32_to_bf16(x); break;
-              case DType::kF8E4M3: *static_cast<uint8_t*>(p) = detail::f32_to_f8e4m3(x); break;
-            }
+            detail::store_from_f32(v.element(l, k, t, h, d), uint8_t(c.dtype), x);
           }
   return std::move(kv).value();
 }
