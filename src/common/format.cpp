@@ -75,7 +75,7 @@ struct Reader {
       uint8_t b = *p++;
       if (shift == 28 && (b & 0xf0)) return ok = false, 0;  // more than 32 bits
       v |= uint32_t(b & 0x7f) << shift;
-      if (!(b & 0x80)) return v;
+      if (!(b & 0x80)) return shift > 0 && b == 0 ? (ok = false, 0) : v;  // overlong: not canonical
     }
     return ok = false, 0;
   }
@@ -147,7 +147,7 @@ Status parse_layer_model(Reader& r, const FrameInfo& f, LayerModel& m, uint64_t&
       if (v > detail::kRansM) return CorruptData("table frequency out of range");
       q = uint16_t(v);
     }
-    if (!r.ok) return CorruptData("model section truncated in a table");
+    if (!r.ok) return CorruptData("model section truncated or malformed in a table");
     auto table = FreqTable::from_freqs(freqs);
     if (!table.ok()) return table.status();
     t.table = std::move(*table);
@@ -160,7 +160,7 @@ Status parse_layer_model(Reader& r, const FrameInfo& f, LayerModel& m, uint64_t&
     if (c + 1 < C) m.channel_group[c + 1] = b >> 4;
     else if (b >> 4) return CorruptData("padding nibble not zero");
   }
-  if (!r.ok) return CorruptData("model section truncated in channel groups");
+  if (!r.ok) return CorruptData("model section truncated or malformed in channel groups");
   for (uint8_t g : m.channel_group)
     if (g >= m.groups) return CorruptData("channel assigned to a missing group");
   if (!is_lossless(f)) {
@@ -176,7 +176,7 @@ Status parse_layer_model(Reader& r, const FrameInfo& f, LayerModel& m, uint64_t&
       m.center[c] = unzigzag(r.varint());
       if (m.center[c] < -kMaxCenter || m.center[c] > kMaxCenter) return CorruptData("grid centre out of range");
     }
-    if (!r.ok) return CorruptData("model section truncated in channel grids");
+    if (!r.ok) return CorruptData("model section truncated or malformed in channel grids");
   }
   return Status::Ok();
 }
