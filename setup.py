@@ -21,6 +21,18 @@ from setuptools.command.build_ext import build_ext
 ROOT = pathlib.Path(__file__).parent.resolve()
 
 
+def stream_deps():
+    """Whether the streaming library's dependencies (hiredis, nlohmann-json) are installed: the
+    package then has Store, Server, put, load and fetch (KVCODEC_PYTHON_STREAM=0/1 overrides)."""
+    forced = os.environ.get("KVCODEC_PYTHON_STREAM")
+    if forced in ("0", "1"):
+        return forced == "1"
+    if not shutil.which("pkg-config"):
+        return False
+    hiredis = subprocess.run(["pkg-config", "--exists", "hiredis"]).returncode == 0
+    return hiredis and any(pathlib.Path(p, "nlohmann", "json.hpp").exists() for p in ("/usr/include", "/usr/local/include"))
+
+
 class CMakeBuild(build_ext):
     def build_extension(self, ext):
         dest = pathlib.Path(self.get_ext_fullpath(ext.name)).resolve()
@@ -31,7 +43,8 @@ class CMakeBuild(build_ext):
             build = pathlib.Path(self.build_temp).resolve() / "cmake"
             args = ["cmake", "-S", str(ROOT), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
                     "-DKVCODEC_BUILD_PYTHON=ON", "-DKVCODEC_BUILD_TESTS=OFF", "-DKVCODEC_BUILD_BENCH=OFF",
-                    "-DKVCODEC_BUILD_TOOLS=OFF", "-DKVCODEC_BUILD_EXAMPLES=OFF", "-DKVCODEC_BUILD_STREAM=OFF",
+                    "-DKVCODEC_BUILD_TOOLS=OFF", "-DKVCODEC_BUILD_EXAMPLES=OFF",
+                    f"-DKVCODEC_BUILD_STREAM={'ON' if stream_deps() else 'OFF'}",
                     f"-DPython3_EXECUTABLE={sys.executable}"]
             if shutil.which("ninja") and not (build / "CMakeCache.txt").exists():
                 args += ["-G", "Ninja"]

@@ -3,12 +3,14 @@ cache straight out of its blocks, store it, fetch it into a fresh paged cache, g
 
     python3 examples/python/paged_llama.py [--model ../shared/data/models/kvc-bytes-a.bin]
         [--text ../shared/data/text/techdocs_valid.txt] [--context 512] [--generate 64] [--eval 256]
+        [--store file:DIR | redis://HOST:PORT]
 
 The model is a llama2.c checkpoint run by a small PyTorch forward (RMSNorm, RoPE, GQA, SwiGLU).
 Its KV cache is vLLM-shaped: per layer a (2, num_blocks, 16, kv_heads, head_dim) fp16 pool, and
 a block table listing the context's blocks in order (shuffled, as a long-running server's are).
-kvcodec encodes the context from the pools (layout "vllm"), the frame is stored as a file, and
-decode_into writes it into the pools of a fresh cache whose table lists other blocks.
+kvcodec encodes the context from the pools (layout "vllm") and stores it with kvcodec.put in a
+store (a temporary file: store, or --store redis://HOST:PORT); kvcodec.load decodes it into the
+pools of a fresh cache whose table lists other blocks.
 
 It prints, and returns: whether greedy generation from the restored cache repeats the
 uncompressed run token for token at level 0 (it must: level 0 is lossless), and the perplexity
@@ -145,30 +147,49 @@ def perplexity(model, cache, tokens, start):
     return math.exp(float(nll))
 
 
-def restore(model, frame_path, num_blocks, context):
-    """A fresh paged cache (other blocks) with the stored frame decoded into its pools."""
+def restore(model, store, key, level, num_blocks, context):
+    """A fresh paged cache (other blocks) with the stored context decoded into its pools."""
     cache = PagedCache(model, num_blocks, seed=1)
     cache.reserve(context)
-    frame = pathlib.Path(frame_path).read_bytes()
-    kvcodec.decode_into(frame, cache.pools, layout="vllm", block_table=cache.block_table())
+    if kvcodec.HAS_STREAM:  # a kvcodec store: head and chunks verified against the manifest
+        kvcodec.load(store, key, cache.pools, level=level, layout="vllm", block_table=cache.block_table())
+    else:  # a build without the streaming library: one frame per file
+        frame = (pathlib.Path(store) / f"{key}-l{level}.kvc").read_bytes()
+        kvcodec.decode_into(frame, cache.pools, layout="vllm", block_table=cache.block_table())
     return cache
 
 
-def run(model_path, text_path, context=512, generate=64, evaluate=256, level=kvcodec.DEFAULT_LEVEL, verbose=True):
+def store_context(cache, store, key, levels, tokens):
+    """Encodes the context straight out of the paged blocks at each level; returns bits/element."""
+    args = dict(layout="vllm", block_table=cache.block_table(), tokens=len(tokens))
+    if kvcodec.HAS_STREAM:
+        m = kvcodec.put(store, key, cache.pools, levels=levels, text_tokens=tokens, measure=False, **args)
+        return {lv["level"]: lv["bits_per_element"] for lv in m["levels"]}
+    bits = {}
+    for level in levels:
+        frame = kvcodec.encode(cache.pools, level=level, **args)
+        (pathlib.Path(store) / f"{key}-l{level}.kvc").write_bytes(frame)
+        bits[level] = kvcodec.frame_info(frame)["bits_per_element"]
+    return bits
+
+
+def run(model_path, text_path, context=512, generate=64, evaluate=256, level=kvcodec.DEFAULT_LEVEL, store=None,
+        verbose=True):
     model = Llama(model_path)
     tokens = list(pathlib.Path(text_path).read_bytes()[:context + evaluate])  # byte-level model: id = byte
     num_blocks = (model.seq_len + BLOCK - 1) // BLOCK + 8
     cache = PagedCache(model, num_blocks)
     model.forward(tokens[:context - 1], 0, cache)  # prefill: the context's K/V, all but the last token
     result = {"context": context, "level": level}
-    with tempfile.TemporaryDirectory() as store:  # the file: store
+    with tempfile.TemporaryDirectory() as tmp:
+        if store is None:
+            store = f"file:{tmp}" if kvcodec.HAS_STREAM else tmp
+        where = kvcodec.Store(store) if kvcodec.HAS_STREAM else store
+        bits = store_context(cache, where, "paged-llama", sorted({0, level}), tokens[:context - 1])
+        result["store"] = store
         for lvl in (0, level):
-            path = pathlib.Path(store) / f"context-l{lvl}.kvc"
-            path.write_bytes(kvcodec.encode(cache.pools, layout="vllm", block_table=cache.block_table(),
-                                            tokens=context - 1, level=lvl))
-            info = kvcodec.frame_info(path.read_bytes())
-            result[f"bits_l{lvl}"] = info["bits_per_element"]
-            restored = restore(model, path, num_blocks, context - 1)
+            result[f"bits_l{lvl}"] = bits[lvl]
+            restored = restore(model, where, "paged-llama", lvl, num_blocks, context - 1)
             if lvl == 0:
                 want = greedy(model, cache.clone(), tokens[context - 1], context - 1, generate)
                 got = greedy(model, restored, tokens[context - 1], context - 1, generate)
@@ -177,10 +198,12 @@ def run(model_path, text_path, context=512, generate=64, evaluate=256, level=kvc
             else:
                 result["ppl_reference"] = perplexity(model, cache.clone(), tokens[context - 1:], context - 1)
                 result["ppl_restored"] = perplexity(model, restored, tokens[context - 1:], context - 1)
+        if kvcodec.HAS_STREAM:
+            kvcodec.remove(where, "paged-llama")
     result["ppl_change_pct"] = 100 * (result["ppl_restored"] / result["ppl_reference"] - 1)
     if verbose:
         print(f"model {model_path}: {model.layers} layers, {model.kv_heads} kv heads x {model.head_dim}; "
-              f"paged cache, blocks of {BLOCK}, context {context - 1} tokens")
+              f"paged cache, blocks of {BLOCK}, context {context - 1} tokens, stored in {result['store']}")
         print(f"level 0: {result['bits_l0']:.3f} bits/element; greedy continuation of {generate} tokens from the "
               f"restored cache {'MATCHES' if result['tokens_match'] else 'DIFFERS FROM'} the uncompressed run")
         print(f"  generated: {result['generated']!r}")
@@ -198,8 +221,9 @@ def main():
     p.add_argument("--generate", type=int, default=64)
     p.add_argument("--eval", type=int, default=256)
     p.add_argument("--level", type=int, default=kvcodec.DEFAULT_LEVEL)
+    p.add_argument("--store", help="kvcodec store URI: file:DIR or redis://HOST:PORT (default: a temporary file: store)")
     a = p.parse_args()
-    r = run(a.model, a.text, a.context, a.generate, a.eval, a.level)
+    r = run(a.model, a.text, a.context, a.generate, a.eval, a.level, a.store)
     raise SystemExit(0 if r["tokens_match"] else 1)
 
 

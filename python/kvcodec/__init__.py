@@ -18,6 +18,12 @@ dimension D:
                     ``block_table=`` (the context's blocks in order) and, encoding, ``tokens=``
 * ``"vllm_hnd"``    the same with (2, num_blocks, H, block_size, D) per layer
 
+Streaming (when built with the streaming library, ``kvcodec.HAS_STREAM``): :class:`Store` opens
+``mem:``, ``file:DIR`` or ``redis://HOST:PORT[/DB]``; :func:`put` stores a context at several
+levels, chunk by chunk, under an id; :func:`load` decodes one level from a store into a
+destination; :class:`Server` serves a store over TCP (``kvcodec serve``) and :func:`fetch`
+streams a context from it with the adaptive per-chunk controller (``kvcodec fetch``).
+
 Every array must be C-contiguous (paged: each block pool). Every call releases the GIL while it
 encodes or decodes. Failures raise a :class:`kvcodec.Error` subclass carrying the pinned status
 code (``.code``, ``.code_name``) and a message naming what was expected.
@@ -39,7 +45,9 @@ LAYOUTS = ("contiguous", "lmcache", "hf", "per_layer", "vllm", "vllm_hnd")
 KVShape = namedtuple("KVShape", "layers tokens kv_heads head_dim")
 KVShape.__doc__ = "The logical shape of one context's KV cache (layout-independent)."
 
-__all__ = ["encode", "encode_into", "decode", "decode_into", "max_encoded_size", "frame_info", "KVShape",
+HAS_STREAM = _k.HAS_STREAM
+
+__all__ = ["Store", "Server", "put", "load", "manifest", "remove", "fetch", "HAS_STREAM", "encode", "encode_into", "decode", "decode_into", "max_encoded_size", "frame_info", "KVShape",
            "Error", "InvalidArgument", "CorruptData", "UnsupportedVersion", "BufferTooSmall",
            "ChecksumMismatch", "OutOfRange", "Unavailable", "IoError", "NotFound", "Timeout",
            "ResourceExhausted", "InternalError", "error_class", "LAYOUTS"]
@@ -139,6 +147,79 @@ def frame_info(frame, *, verify=True):
     checksum_ok is None when `frame` holds only the head or verify=False.
     """
     return _k.frame_info(frame, verify=verify)
+
+
+if HAS_STREAM:
+    Store = _k.Store
+    Server = _k.Server
+    Store.__doc__ = """A key-value store of contexts: Store("mem:"), Store("file:DIR"), Store("redis://HOST:PORT[/DB]")
+    (connect_timeout_ms=, command_timeout_ms=). put/get/exists/remove of raw keys; contexts go
+    through kvcodec.put / load / manifest / remove."""
+    Server.__doc__ = """Serves a Store's contexts over TCP in background threads (what `kvcodec serve` runs):
+    Server(store, host="127.0.0.1", port=0, bandwidth_gbps=None, rtt_s=0.0) emulates a link when
+    bandwidth_gbps is given. .port, .stats(), .stop(); also a context manager."""
+    Server.__enter__ = lambda self: self
+    Server.__exit__ = lambda self, *exc: self.stop()
+else:
+    class Store:
+        def __init__(self, *args, **kwargs):
+            raise Unavailable("this kvcodec build has no streaming library (KVCODEC_BUILD_STREAM=OFF)")
+
+    Server = Store
+
+
+def _stream():
+    if not HAS_STREAM:
+        raise Unavailable("this kvcodec build has no streaming library (KVCODEC_BUILD_STREAM=OFF)")
+    return _k
+
+
+def put(store, id, kv, *, levels=(0, 2, 4, 6, 8), chunk_tokens=256, text_tokens=(), threads=0, measure=True,
+        layout="contiguous", dtype=None, kv_heads=None, block_table=None, tokens=None):
+    """Stores context `id` at each level (head and chunk bodies apart, manifest last) and returns
+    its manifest (dict). text_tokens: the context's token ids, for clients that recompute chunks."""
+    return _stream().put(store, id, kv, levels=list(levels), chunk_tokens=chunk_tokens,
+                         text_tokens=[int(t) for t in text_tokens], threads=threads, measure=measure, layout=layout,
+                         dtype=_dtype_name(dtype), kv_heads=kv_heads, block_table=block_table, tokens=tokens)
+
+
+def load(store, id, dst, *, level=None, layout="contiguous", dtype=None, block_table=None, threads=0):
+    """Decodes context `id` from `store` into dst in place, at `level` (default: the lowest stored,
+    the most faithful). Every head and chunk is verified against the manifest's checksums."""
+    _stream().load(store, id, dst, level=level, layout=layout, dtype=_dtype_name(dtype), block_table=block_table,
+                   threads=threads)
+
+
+def manifest(store, id):
+    """The manifest of context `id`: shape, dtype, chunks, and per level its sizes and error."""
+    return _stream().manifest(store, id)
+
+
+def remove(store, id):
+    """Removes context `id` (manifest first, then its heads and chunks)."""
+    _stream().remove(store, id)
+
+
+def fetch(host, port, id, dst=None, *, layout="contiguous", dtype=None, block_table=None, slo_s=1.0,
+          decode_threads=1, policy="adaptive", connect_timeout_ms=2000, io_timeout_ms=5000):
+    """Streams context `id` from a kvcodec Server, the controller choosing each chunk's level
+    within the TTFT objective slo_s. Returns (kv, report): kv is dst (written in place) or a new
+    [L, 2, T, H, D] array (numpy; torch for bf16 when importable), report the fetch's account
+    (`kvcodec fetch --json`). A failed fetch raises an Error whose .report says what happened."""
+    kv, report = _stream().fetch(host, port, id, dst=dst, layout=layout, dtype=_dtype_name(dtype),
+                                 block_table=block_table, slo_s=slo_s, decode_threads=decode_threads, policy=policy,
+                                 connect_timeout_ms=connect_timeout_ms, io_timeout_ms=io_timeout_ms)
+    if dst is None and kv.dtype.itemsize != 4 and kv.dtype.kind == "u":
+        try:
+            import numpy as np
+            import torch
+            bf16 = kv.dtype.itemsize == 2
+            f8 = getattr(torch, "float8_e4m3fn", None)
+            if bf16 or f8 is not None:
+                kv = torch.from_numpy(kv.view(np.int16 if bf16 else np.uint8)).view(torch.bfloat16 if bf16 else f8)
+        except ImportError:
+            pass
+    return kv, report
 
 
 def _logical_shape(shape, layout, kv_heads, tokens):

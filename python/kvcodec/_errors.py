@@ -22,6 +22,9 @@ class Error(Exception):
         self.message = str(message)
         super().__init__(f"{self.code_name}: {self.message}")
 
+    def __str__(self):  # also for the KeyError subclass, whose own __str__ quotes
+        return f"{self.code_name}: {self.message}"
+
 
 class InvalidArgument(Error, ValueError):
     code, code_name = 1, "invalid_argument"

@@ -15,12 +15,12 @@
 #include "kvcodec/format.hpp"
 #include "kvcodec/version.hpp"
 #include "layout.hpp"
+#include "stream.hpp"
 
 namespace py = pybind11;
 using namespace pybind11::literals;
 
 namespace kvcodec::python {
-namespace {
 
 std::optional<DType> parse_dtype_arg(const std::optional<std::string>& name) {
   if (!name) return std::nullopt;
@@ -28,6 +28,13 @@ std::optional<DType> parse_dtype_arg(const std::optional<std::string>& name) {
   if (!d.ok()) raise(d.status());
   return *d;
 }
+
+LayoutArgs layout_args(const std::string& layout, const std::optional<std::string>& dtype,
+                       std::optional<uint32_t> kv_heads, py::object block_table, std::optional<uint32_t> tokens) {
+  return LayoutArgs{layout, parse_dtype_arg(dtype), kv_heads, std::move(block_table), tokens};
+}
+
+namespace {
 
 StepMode parse_step_mode(const std::string& m) {
   if (m == "layer") return StepMode::kLayer;
@@ -47,11 +54,6 @@ EncodeOptions encode_options(int level, uint32_t chunk_tokens, int threads, uint
   const Status s = validate_options(o);
   if (!s.ok()) raise(s);
   return o;
-}
-
-LayoutArgs layout_args(const std::string& layout, const std::optional<std::string>& dtype,
-                       std::optional<uint32_t> kv_heads, py::object block_table, std::optional<uint32_t> tokens) {
-  return LayoutArgs{layout, parse_dtype_arg(dtype), kv_heads, std::move(block_table), tokens};
 }
 
 size_t bound_for(const KVView& v, const EncodeOptions& o) {
@@ -218,4 +220,5 @@ PYBIND11_MODULE(_kvcodec, m) {
         py::arg("head_dim"), py::arg("dtype"), py::kw_only(), py::arg("level") = kvcodec::kDefaultLevel,
         py::arg("chunk_tokens") = 256u, py::arg("group_tokens") = 1u, py::arg("table_groups") = 8u,
         py::arg("step_mode") = "layer");
+  m.attr("HAS_STREAM") = bind_stream(m);
 }
