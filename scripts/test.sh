@@ -2,8 +2,9 @@
 # Sets up and builds kvcodec (scripts/setup.sh), then runs every check:
 #   1. the ctest suite, with a redis-server on 127.0.0.1:$KVCODEC_TEST_REDIS_PORT (default 6390)
 #      for the Redis store tests (started here unless one already answers there; stopped at exit);
-#   2. the libFuzzer targets for a bounded time each (scripts/fuzz.sh), when clang is installed;
-#   3. a compile-only build of the CUDA backend in build-cuda/, when nvcc is installed
+#   2. the Python package installed by pip, offline, into a fresh venv (scripts/pip-check.sh);
+#   3. the libFuzzer targets for a bounded time each (scripts/fuzz.sh), when clang is installed;
+#   4. a compile-only build of the CUDA backend in build-cuda/, when nvcc is installed
 #      (KVCODEC_TEST_CUDA_BUILD=0 skips it, =1 requires it).
 # Exits non-zero on the first failing step. Under CI=true nothing may be skipped for want of a
 # tool: a missing redis-server, clang++ or nvcc is an error (KVCODEC_TEST_CUDA_BUILD=0 still
@@ -74,6 +75,10 @@ fi
 # ---- unit, property, golden, CLI and downstream tests ---------------------------------------
 step "ctest"
 ctest --test-dir build --output-on-failure -j "$jobs"
+
+# ---- the Python package, as users install it ------------------------------------------------
+step "pip install into a fresh venv"
+bash scripts/pip-check.sh build
 
 # ---- fuzzing --------------------------------------------------------------------------------
 if command -v clang++ >/dev/null; then
