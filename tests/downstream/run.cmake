@@ -24,3 +24,4 @@ run_step("configure" "${CMAKE_COMMAND}" -S "${SOURCE_DIR}" -B "${WORK_DIR}/build
   -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF "-DCMAKE_EXE_LINKER_FLAGS=${LINK_FLAGS}")
 run_step("build" "${CMAKE_COMMAND}" --build "${WORK_DIR}/build")
 run_step("run" "${WORK_DIR}/build/downstream")
+run_step("run C" "${WORK_DIR}/build/downstream_c")
