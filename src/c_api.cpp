@@ -66,11 +66,17 @@ StatusOr<PagedOrder> paged_order(int32_t order) {
   return InvalidArgument("view: paged_order must be KVCODEC_PAGED_NHD (0) or KVCODEC_PAGED_HND (1)");
 }
 
-// The paged part of a C view: block table or slot mapping, exactly one.
-Status check_paging(const kvcodec_view& v) {
+// A paged C view's C++ view: `base` built with its block table, then switched to the slot
+// mapping when that is the one given (exactly one of the two).
+StatusOr<KVView> paged(const kvcodec_view& v, const KVView& base) {
   if (!v.block_table == !v.slot_mapping)
     return InvalidArgument("paged view: set exactly one of block_table and slot_mapping");
-  if (v.slot_mapping) return InvalidArgument("paged view: slot_mapping needs a layout that supports it");
+  return v.slot_mapping ? with_slot_mapping(base, v.slot_mapping) : base;
+}
+
+Status check_mla(const KVShape& s) {
+  if (s.kv_heads != 1)
+    return InvalidArgument("MLA view: the shape must come from kvcodec_mla_shape (kv_heads 1, head_dim latent / 2)");
   return Status::Ok();
 }
 
@@ -93,12 +99,24 @@ StatusOr<KVView> to_view(const kvcodec_view* cv) {
     case KVCODEC_LAYOUT_PER_LAYER:
     case KVCODEC_LAYOUT_HF:
       return per_layer_view(v.layer_k, v.layer_v, dt, s, v.layout == KVCODEC_LAYOUT_HF);
-    case KVCODEC_LAYOUT_VLLM_PAGED: {
-      KVCODEC_RETURN_IF_ERROR(check_paging(v));
-      KVCODEC_ASSIGN_OR_RETURN(const PagedOrder order, paged_order(v.paged_order));
-      return vllm_paged_view(v.layer_k, dt, s, v.block_table, v.num_blocks, v.block_size, order);
-    }
+    case KVCODEC_LAYOUT_MLA:
+      KVCODEC_RETURN_IF_ERROR(check_mla(s));
+      return mla_view(v.data, dt, s);
+    case KVCODEC_LAYOUT_MLA_PAGED:
+      KVCODEC_RETURN_IF_ERROR(check_mla(s));
+      return paged(v, mla_paged_view(v.layer_k, dt, s, v.block_table, v.num_blocks, v.block_size));
     default: break;
+  }
+  if (v.layout == KVCODEC_LAYOUT_VLLM_PAGED || v.layout == KVCODEC_LAYOUT_PAGED_KV_SPLIT ||
+      v.layout == KVCODEC_LAYOUT_FLASHINFER) {
+    KVCODEC_ASSIGN_OR_RETURN(const PagedOrder order, paged_order(v.paged_order));
+    const int32_t* bt = v.block_table;
+    const uint32_t nb = v.num_blocks, bs = v.block_size;
+    if (v.layout == KVCODEC_LAYOUT_VLLM_PAGED) return paged(v, vllm_paged_view(v.layer_k, dt, s, bt, nb, bs, order));
+    if (v.layout == KVCODEC_LAYOUT_FLASHINFER)
+      return paged(v, flashinfer_paged_view(v.layer_k, dt, s, bt, nb, bs, order));
+    if (!v.layer_v) return InvalidArgument("paged K/V split view: layer_v is NULL");
+    return paged(v, paged_kv_split_view(v.layer_k, v.layer_v, dt, s, bt, nb, bs, order));
   }
   return InvalidArgument("view: unknown layout " + std::to_string(v.layout));
 }

@@ -199,6 +199,88 @@ static void test_lossless_layouts(void) {
   free(x);
 }
 
+/* The engines' layouts: separate K/V pools indexed by a slot mapping (SGLang), FlashInfer, MLA. */
+static void test_engine_layouts(void) {
+  float* x = malloc(kElems * sizeof(float));
+  fill_f32(x, kElems, 4);
+  kvcodec_view src = contiguous(x, KVCODEC_DTYPE_F32, shape_of(L, T));
+  size_t n = 0;
+  unsigned char* frame = encode(&src, 0, 16, &n);
+
+  /* K and V pools of 80 one-token slots; token t at slot (t * 37 + 5) % 80. */
+  enum { SLOTS = 80 };
+  int64_t slots[T];
+  for (int t = 0; t < T; ++t) slots[t] = (t * 37 + 5) % SLOTS;
+  void* kp[L];
+  void* vp[L];
+  for (int l = 0; l < L; ++l) {
+    kp[l] = calloc((size_t)SLOTS * C, sizeof(float));
+    vp[l] = calloc((size_t)SLOTS * C, sizeof(float));
+  }
+  kvcodec_view split = contiguous(NULL, KVCODEC_DTYPE_F32, shape_of(L, T));
+  split.layout = KVCODEC_LAYOUT_PAGED_KV_SPLIT;
+  split.layer_k = kp;
+  split.num_blocks = SLOTS;
+  split.block_size = 1;
+  split.slot_mapping = slots;
+  CHECK_ERR(kvcodec_view_validate(&split), KVCODEC_INVALID_ARGUMENT, "layer_v is NULL");
+  split.layer_v = vp;
+  CHECK(kvcodec_decode_into(frame, n, &split, NULL) == KVCODEC_OK);
+  int same = 1;
+  for (int l = 0; l < L; ++l)
+    for (int t = 0; t < T; ++t) {
+      same &= memcmp((float*)kp[l] + slots[t] * C, &x[((size_t)(2 * l) * T + t) * C], C * 4) == 0;
+      same &= memcmp((float*)vp[l] + slots[t] * C, &x[((size_t)(2 * l + 1) * T + t) * C], C * 4) == 0;
+    }
+  CHECK(same);
+  size_t n2 = 0;
+  unsigned char* again = encode(&split, 0, 16, &n2);
+  CHECK(n2 == n && memcmp(again, frame, n) == 0);
+  free(again);
+  slots[7] = SLOTS;
+  CHECK_ERR(kvcodec_view_validate(&split), KVCODEC_INVALID_ARGUMENT, "slot mapping entry 7");
+
+  /* FlashInfer (num_blocks, 2, block_size, H, D), NHD, block size 8. */
+  int32_t table[5] = {4, 3, 2, 1, 0};
+  split.layout = KVCODEC_LAYOUT_FLASHINFER;
+  split.layer_v = NULL;
+  split.slot_mapping = NULL;
+  split.block_table = table;
+  split.num_blocks = 5;
+  split.block_size = 8;
+  CHECK(kvcodec_decode_into(frame, n, &split, NULL) == KVCODEC_OK); /* 5 * 2 * 8 * C == SLOTS * C */
+  same = 1;
+  for (int l = 0; l < L; ++l)
+    for (int kv = 0; kv < 2; ++kv)
+      for (int t = 0; t < T; ++t)
+        same &= memcmp((float*)kp[l] + ((size_t)(table[t / 8] * 2 + kv) * 8 + t % 8) * C,
+                       &x[((size_t)(2 * l + kv) * T + t) * C], C * 4) == 0;
+  CHECK(same);
+
+  /* MLA: [L, T, 64] latents, coded as two 32-value halves. */
+  kvcodec_shape mla;
+  CHECK(kvcodec_mla_shape(L, T, 64, &mla) == KVCODEC_OK);
+  kvcodec_view m = contiguous(x, KVCODEC_DTYPE_F32, mla);
+  m.layout = KVCODEC_LAYOUT_MLA;
+  size_t nm = 0;
+  unsigned char* mframe = encode(&m, 0, 16, &nm);
+  float* y = calloc(kElems, sizeof(float));
+  m.data = y;
+  CHECK(kvcodec_decode_into(mframe, nm, &m, NULL) == KVCODEC_OK);
+  CHECK(memcmp(x, y, (size_t)L * T * 64 * sizeof(float)) == 0);
+  m.shape = shape_of(L, T);
+  CHECK_ERR(kvcodec_view_validate(&m), KVCODEC_INVALID_ARGUMENT, "kvcodec_mla_shape");
+
+  free(y);
+  free(mframe);
+  for (int l = 0; l < L; ++l) {
+    free(kp[l]);
+    free(vp[l]);
+  }
+  free(frame);
+  free(x);
+}
+
 /* Lossy levels: |x - x_hat| <= step / 2 (+ fp32 rounding), step <= level step * 1.5 * RMS
  * deviation of the (layer, K/V) from its per-channel means (include/kvcodec/config.hpp). */
 static void test_lossy_bound(void) {
@@ -377,6 +459,7 @@ static void test_thread_local_error(void) {
 int main(void) {
   test_version();
   test_lossless_layouts();
+  test_engine_layouts();
   test_lossy_bound();
   test_errors();
 #ifndef __STDC_NO_THREADS__
