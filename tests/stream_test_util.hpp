@@ -17,7 +17,7 @@
 #include <string>
 #include <thread>
 
-#include "kvcodec/detail/dtype.hpp"
+#include "common/dtype.hpp"
 #include "kvcodec/io.hpp"
 #include "kvcodec/store.hpp"
 #include "test_util.hpp"
