@@ -1,5 +1,5 @@
 // GPU encoder: thin kernels around the per-thread, per-warp and per-block code of
-// include/kvcodec/detail/warp_encode.hpp and detail/block_model.hpp (which the host emulation of
+// src/encode/warp_encode.hpp and src/encode/block_model.hpp (which the host emulation of
 // the tests runs too). A whole encode is enqueued on the caller's stream: no host round trip.
 // See cuda.hpp for the API, warp_encode.hpp for the pipeline and block_model.hpp for the tables.
 #include <algorithm>
@@ -10,9 +10,9 @@
 #include "kvcodec/backend.hpp"
 #include "kvcodec/codec.hpp"
 #include "kvcodec/cuda.hpp"
-#include "kvcodec/detail/block_model.hpp"
-#include "kvcodec/detail/encode_plan.hpp"
-#include "kvcodec/detail/warp_encode.hpp"
+#include "encode/block_model.hpp"
+#include "encode/encode_plan.hpp"
+#include "encode/warp_encode.hpp"
 
 namespace kvcodec::cuda {
 namespace {

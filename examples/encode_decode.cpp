@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "kvcodec/kvcodec.hpp"
-#include "kvcodec/detail/dtype.hpp"  // only for filling the example tensor with fp16 values
+#include "common/dtype.hpp"  // only for filling the example tensor with fp16 values
 
 int main() {
   const kvcodec::KVShape shape{4, 1000, 8, 128};  // 4 layers, 1000 tokens, 8 KV heads of 128

@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "kvcodec/codec.hpp"
-#include "kvcodec/detail/dtype.hpp"
+#include "common/dtype.hpp"
 #include "kvcodec/io.hpp"
 #include "test_util.hpp"
 

@@ -7,10 +7,10 @@
 #include <random>
 #include <vector>
 
-#include "detail/simd.hpp"
+#include "common/simd.hpp"
 #include "kvcodec/codec.hpp"
-#include "kvcodec/detail/dtype.hpp"
-#include "kvcodec/quantize.hpp"
+#include "common/dtype.hpp"
+#include "encode/quantize.hpp"
 #include "test_util.hpp"
 
 namespace kvcodec {

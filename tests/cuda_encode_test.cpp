@@ -1,4 +1,4 @@
-// The GPU encoder (cuda.hpp, detail/warp_encode.hpp, detail/block_model.hpp): its per-thread,
+// The GPU encoder (cuda.hpp, encode/warp_encode.hpp, encode/block_model.hpp): its per-thread,
 // per-warp and per-block code run on the host by warp and block emulation in every build, and
 // the real kernels in builds with -DKVCODEC_CUDA=ON on a machine with a GPU (skipped without a
 // device). Frames are compared with the CPU encoder's byte for byte over dtypes, all levels,
@@ -13,12 +13,12 @@
 #include <vector>
 
 #include "cuda_test_util.hpp"
-#include "detail/encode_model.hpp"
-#include "detail/frame.hpp"
+#include "encode/encode_model.hpp"
+#include "common/frame.hpp"
 #include "kvcodec/codec.hpp"
-#include "kvcodec/detail/block_model.hpp"
-#include "kvcodec/detail/encode_plan.hpp"
-#include "kvcodec/detail/warp_encode.hpp"
+#include "encode/block_model.hpp"
+#include "encode/encode_plan.hpp"
+#include "encode/warp_encode.hpp"
 #include "kvcodec/synthetic.hpp"
 
 namespace kvcodec {

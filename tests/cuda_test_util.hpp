@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "kvcodec/codec.hpp"
-#include "kvcodec/detail/quant.hpp"
+#include "common/quant.hpp"
 #include "kvcodec/io.hpp"
 #include "kvcodec/model.hpp"
 #include "kvcodec/synthetic.hpp"

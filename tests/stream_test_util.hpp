@@ -18,7 +18,7 @@
 #include <thread>
 #include <vector>
 
-#include "kvcodec/detail/dtype.hpp"
+#include "common/dtype.hpp"
 #include "kvcodec/io.hpp"
 #include "kvcodec/store.hpp"
 #include "test_util.hpp"

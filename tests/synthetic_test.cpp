@@ -1,4 +1,4 @@
-// Tests of the synthetic KV-cache generator and its fitting routine (include/kvcodec/synthetic.hpp).
+// Tests of the synthetic KV-cache generator and its fitting routine (src/model/include/kvcodec/synthetic.hpp).
 #include "kvcodec/synthetic.hpp"
 
 #include <gtest/gtest.h>

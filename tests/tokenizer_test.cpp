@@ -1,4 +1,4 @@
-// Tests of the llama2.c and bytes tokenizers (include/kvcodec/tokenizer.hpp).
+// Tests of the llama2.c and bytes tokenizers (src/model/include/kvcodec/tokenizer.hpp).
 #include "kvcodec/tokenizer.hpp"
 
 #include <gtest/gtest.h>

@@ -1,4 +1,4 @@
-// Synthetic KV caches with fitted statistics (see include/kvcodec/synthetic.hpp).
+// Synthetic KV caches with fitted statistics (see src/model/include/kvcodec/synthetic.hpp).
 #include "kvcodec/synthetic.hpp"
 
 #include <algorithm>
@@ -6,7 +6,7 @@
 #include <new>
 #include <thread>
 
-#include "kvcodec/detail/dtype.hpp"
+#include "common/dtype.hpp"
 #include "parallel.hpp"
 
 namespace kvcodec {

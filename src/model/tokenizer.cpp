@@ -1,4 +1,4 @@
-// Tokenizers (see include/kvcodec/tokenizer.hpp).
+// Tokenizers (see src/model/include/kvcodec/tokenizer.hpp).
 //
 // run.c merges by rescanning every adjacent pair after each merge, which is quadratic in the
 // text length. This file produces the same ids with a priority queue of candidate pairs over a

@@ -5,8 +5,8 @@
 #include <string>
 
 #include "kvcodec/codec.hpp"
-#include "kvcodec/detail/dtype.hpp"
-#include "kvcodec/detail/xxh64.hpp"
+#include "common/dtype.hpp"
+#include "common/xxh64.hpp"
 #include "kvcodec/format.hpp"
 #include "kvcodec/io.hpp"
 #include "kvcodec/store.hpp"

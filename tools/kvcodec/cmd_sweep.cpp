@@ -21,7 +21,7 @@
 #include "commands.hpp"
 #include "kvcodec/baselines.hpp"
 #include "kvcodec/codec.hpp"
-#include "kvcodec/detail/dtype.hpp"
+#include "common/dtype.hpp"
 #include "kvcodec/io.hpp"
 #include "kvcodec/simulator.hpp"
 #include "kvcodec/synthetic.hpp"
