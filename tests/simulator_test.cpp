@@ -147,7 +147,10 @@ TEST(Simulator, IsDeterministic) {
   }
 }
 
-TEST(Simulator, AdaptiveIsWithinTenPercentOfTheOracleOnConstantLinks) {
+// README: within 3% of the oracle in the sweep's set-up (8 chunks, a 100 GB/s decoder; below
+// and oracle_test.cpp); with 32 chunks and a decoder slower than the link (2 GB/s) the
+// controller comes within 8% (7.7% measured at 100 Gb/s, RTT 1 ms).
+TEST(Simulator, AdaptiveIsWithinEightPercentOfTheOracleWithASlowDecoder) {
   const ContextProfile p = test_profile(32);
   for (double rtt : {0.0, 0.001}) {
     for (double gbps : {0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0}) {
@@ -155,7 +158,7 @@ TEST(Simulator, AdaptiveIsWithinTenPercentOfTheOracleOnConstantLinks) {
       ControllerConfig c = config_for(Policy::kAdaptive, Objective::kMinTtft, 1, rtt);
       const SimResult adaptive = run(p, c, link);
       const SimResult oracle = run_oracle(p, c, link);
-      EXPECT_LE(adaptive.ttft_s, 1.10 * oracle.ttft_s) << gbps << " Gb/s, rtt " << rtt;
+      EXPECT_LE(adaptive.ttft_s, 1.08 * oracle.ttft_s) << gbps << " Gb/s, rtt " << rtt;
       // Every fixed strategy is at best as fast as the oracle.
       for (int o = kTextOption; o < int(p.options.size()); ++o) {
         ControllerConfig f = c;
@@ -167,7 +170,7 @@ TEST(Simulator, AdaptiveIsWithinTenPercentOfTheOracleOnConstantLinks) {
   }
 }
 
-TEST(Simulator, ColdStartIsWithinTenPercentOfTheOracleOnConstantLinks) {
+TEST(Simulator, ColdStartIsWithinThreePercentOfTheOracleOnConstantLinks) {
   // The sweep's shape (docs/results/streaming.md): 8 chunks, a decoder far faster than prefill,
   // and no history: the estimator starts at its default prior (1 Gb/s) whatever the link. At
   // 30-100 Gb/s the oracle recomputes nothing, or only a chunk that a 10 ms round trip hides,
@@ -184,7 +187,7 @@ TEST(Simulator, ColdStartIsWithinTenPercentOfTheOracleOnConstantLinks) {
       ASSERT_EQ(c.estimator.prior_gbps, 1.0);
       const SimResult adaptive = run(p, c, link);
       const SimResult oracle = run_oracle(p, c, link);
-      EXPECT_LE(adaptive.ttft_s, 1.10 * oracle.ttft_s) << gbps << " Gb/s, rtt " << rtt;
+      EXPECT_LE(adaptive.ttft_s, 1.03 * oracle.ttft_s) << gbps << " Gb/s, rtt " << rtt;
     }
   }
 }

@@ -258,7 +258,7 @@ int cmd_demo(int argc, char** argv) {
               kv.shape.head_dim, kv.shape.tokens, dtype_name(kv.dtype), double(kv.data.size()) / 1048576.0);
 
   // ---- 2. Encode the levels and store them -------------------------------------------------------
-  auto store_or = open_store(a.get("--store", "mem:"));
+  auto store_or = open_cli_store(a.get("--store", "mem:"));
   if (!store_or.ok()) return a.fail(store_or.status());
   std::shared_ptr<Store> store(std::move(*store_or));
   PutOptions po;
