@@ -8,9 +8,10 @@
 #   3. the libFuzzer targets for a bounded time each (scripts/fuzz.sh), when clang is installed;
 #   4. a compile-only build of the CUDA backend in build-cuda/, when nvcc is installed
 #      (KVCODEC_TEST_CUDA_BUILD=0 skips it, =1 requires it);
-#   5. the whole ctest suite under ASan+UBSan in build-asan/, and the threaded and streaming
-#      tests under TSan in build-tsan/ (KVCODEC_TEST_SANITIZERS=0 skips both). Only the test
-#      targets are built, through ccache when it is installed.
+#   5. with KVCODEC_TEST_SANITIZERS=1: the whole ctest suite under ASan+UBSan in build-asan/, and
+#      the threaded and streaming tests under TSan in build-tsan/ (opt-in until a full run fits
+#      the CI budget: see docs/results/reliability.md). Only the test targets are built, through
+#      ccache when it is installed.
 # Exits non-zero on the first failing step. Under CI=true nothing may be skipped for want of a
 # tool: a missing redis-server, clang++ or nvcc is an error (KVCODEC_TEST_CUDA_BUILD=0 still
 # skips the CUDA build on purpose), and the tests fail on missing shared data
@@ -144,8 +145,8 @@ else
 fi
 
 # ---- sanitizers -------------------------------------------------------------------------------
-if [[ "${KVCODEC_TEST_SANITIZERS:-1}" == 0 ]]; then
-  echo "test: KVCODEC_TEST_SANITIZERS=0: skipping the sanitizer builds"
+if [[ "${KVCODEC_TEST_SANITIZERS:-0}" != 1 ]]; then
+  echo "test: sanitizer builds not requested (KVCODEC_TEST_SANITIZERS=1 runs them)"
 else
   launcher=()
   if command -v ccache >/dev/null; then launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache); fi
