@@ -27,7 +27,7 @@ size_t max_encoded_size(const KVShape& shape, DType dtype, const EncodeOptions& 
 
 // Encodes the whole context in `src` into `dst`. Returns the frame size. Fails with
 // kBufferTooSmall if dst is shorter than needed (max_encoded_size always suffices).
-// Lossy levels reject NaN/Inf inputs with kInvalidArgument (lossless keeps them exactly).
+// NaN and +-Inf are kept exactly at every level (lossy levels escape them).
 StatusOr<size_t> encode_into(const KVView& src, const EncodeOptions& options,
                              std::span<uint8_t> dst);
 
