@@ -6,11 +6,11 @@
 #include <random>
 #include <vector>
 
-#include "detail/quantize_row.hpp"
+#include "encode/quantize_row.hpp"
 #include "kvcodec/codec.hpp"
-#include "kvcodec/detail/quant.hpp"
-#include "kvcodec/entropy.hpp"
-#include "kvcodec/quantize.hpp"
+#include "common/quant.hpp"
+#include "common/entropy.hpp"
+#include "encode/quantize.hpp"
 #include "kvcodec/synthetic.hpp"
 
 namespace {

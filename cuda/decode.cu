@@ -1,8 +1,8 @@
 // GPU decoder: the head is parsed on the host and its tables uploaded into the caller's
 // workspace (Decoder::create); each decode_async verifies the chunks' checksums (one thread per
-// checksum segment, then one per chunk: detail/checksum.hpp) unless disabled, and launches one
+// checksum segment, then one per chunk: common/checksum.hpp) unless disabled, and launches one
 // kernel in which every warp decodes one (chunk, layer, K/V) unit with warp_decode_unit
-// (include/kvcodec/detail/warp_decode.hpp), the code the host emulation tests run too. Units of
+// (src/decode/warp_decode.hpp), the code the host emulation tests run too. Units of
 // a chunk whose checksum failed write nothing.
 #include <algorithm>
 #include <string>
@@ -11,9 +11,9 @@
 #include "cuda_util.hpp"
 #include "kvcodec/backend.hpp"
 #include "kvcodec/cuda.hpp"
-#include "kvcodec/detail/packed_model.hpp"
-#include "kvcodec/detail/warp_decode.hpp"
-#include "kvcodec/detail/checksum.hpp"
+#include "decode/packed_model.hpp"
+#include "decode/warp_decode.hpp"
+#include "common/checksum.hpp"
 
 namespace kvcodec::cuda {
 namespace {

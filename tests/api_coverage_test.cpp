@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "bound_check.hpp"
-#include "kvcodec/quantize.hpp"
+#include "encode/quantize.hpp"
 #include "kvcodec/store.hpp"
 #include "kvcodec/stream.hpp"
 #include "kvcodec/synthetic.hpp"

@@ -7,7 +7,7 @@
 #include <random>
 
 #include "kvcodec/config.hpp"
-#include "kvcodec/detail/dtype.hpp"
+#include "common/dtype.hpp"
 #include "test_util.hpp"
 
 namespace kvcodec::eval {

@@ -26,7 +26,7 @@
 
 #include "kvcodec/codec.hpp"
 #include "kvcodec/config.hpp"
-#include "kvcodec/detail/dtype.hpp"
+#include "common/dtype.hpp"
 #include "kvcodec/io.hpp"
 
 namespace kvcodec::test {

@@ -11,7 +11,7 @@
 
 #include "bound_check.hpp"
 #include "kvcodec/codec.hpp"
-#include "kvcodec/detail/dtype.hpp"
+#include "common/dtype.hpp"
 
 namespace kvcodec {
 namespace {

@@ -1,8 +1,8 @@
-// detail/checksum.hpp: the segmented checksum of format version 2 must equal its definition in
+// common/checksum.hpp: the segmented checksum of format version 2 must equal its definition in
 // docs/format.md ("Checksums") whichever way it is computed: sequentially (the CPU codec), from
 // per-segment digests in any order (the GPU, one thread per segment), and over an input split
 // into two ranges anywhere (the head checksum skips its own field).
-#include "kvcodec/detail/checksum.hpp"
+#include "common/checksum.hpp"
 
 #include <gtest/gtest.h>
 

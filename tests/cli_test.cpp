@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "kvcodec/codec.hpp"
-#include "kvcodec/detail/dtype.hpp"
+#include "common/dtype.hpp"
 #include "kvcodec/io.hpp"
 #include "cli_test_util.hpp"
 #include "test_util.hpp"
@@ -180,6 +180,56 @@ TEST_F(CliTest, BadOptionsAreUsageErrors) {
     expect_error(run(args), args[0], 2);
   }
   EXPECT_FALSE(fs::exists(path("a.kvc")));
+}
+
+// Issue 11, items 7-9: an expansion limit on decode, bytes after the frame, a truncated frame
+// described without negative sizes, and rates and times no link has.
+TEST_F(CliTest, HostileInputsAreRefused) {
+  const std::string in = make_cache("in.safetensors", DType::kF16, kShape);
+  ASSERT_EQ(run({"encode", in, "-o", path("a.kvc"), "--chunk-tokens", "16"}).exit_code, 0);
+  const std::string good = slurp(path("a.kvc"));
+  const uint64_t decoded = kShape.elements() * 2;
+
+  // --max-decoded-bytes: refused before allocating (kResourceExhausted), accepted at the size.
+  RunResult r = run({"decode", path("a.kvc"), "-o", path("o.safetensors"), "--max-decoded-bytes",
+                     std::to_string(decoded - 1)});
+  expect_error(r, "decode", 1);
+  EXPECT_NE(r.err.find("resource_exhausted"), std::string::npos) << r.err;
+  EXPECT_EQ(run({"decode", path("a.kvc"), "-o", path("o.safetensors"), "--max-decoded-bytes", std::to_string(decoded)})
+                .exit_code,
+            0);
+  expect_error(run({"decode", path("a.kvc"), "-o", path("o.safetensors"), "--max-decoded-bytes", "-1"}), "decode", 2);
+
+  // Bytes after frame_bytes: corrupt (docs/format.md 6), for decode and inspect alike.
+  std::ofstream(path("tail.kvc"), std::ios::binary) << good << "junk";
+  expect_error(run({"decode", path("tail.kvc"), "-o", path("t.safetensors")}), "decode", 1);
+  r = run({"inspect", path("tail.kvc")});
+  expect_error(r, "inspect", 1);
+  EXPECT_NE(r.out.find("4 bytes after the frame"), std::string::npos) << r.out;
+
+  // A truncated frame: how much is missing, never a negative count "beyond the frame".
+  std::ofstream(path("short.kvc"), std::ios::binary) << good.substr(0, good.size() - 560);
+  r = run({"inspect", path("short.kvc")});
+  expect_error(r, "inspect", 1);
+  EXPECT_EQ(r.out.find("-560"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("truncated: 560 bytes"), std::string::npos) << r.out;
+
+  // Rates and times: non-positive, tiny (1e-300 behaved as an unlimited link), denormal,
+  // non-finite. The checks run before any store is opened or link simulated.
+  for (const char* gbps : {"0", "-1", "1e-300", "4e-320", "inf", "nan", "1e300"}) {
+    SCOPED_TRACE(gbps);
+    expect_error(run({"serve", "--store", "file:" + path("store"), "--port", "0", "--bandwidth-gbps", gbps}), "serve", 2);
+    expect_error(run({"sweep", "--bandwidth-gbps", gbps, "--json", path("s.json"), "--svg", path("s.svg")}), "sweep",
+                 2);
+  }
+  for (const char* ms : {"-1", "1e-320", "nan", "inf", "1e9"}) {
+    SCOPED_TRACE(ms);
+    expect_error(run({"serve", "--store", "file:" + path("store"), "--port", "0", "--rtt-ms", ms}), "serve", 2);
+  }
+  std::ofstream(path("tiny.trace"), std::ios::binary) << "0 10\n0.5 1e-300\n";
+  r = run({"serve", "--store", "file:" + path("store"), "--port", "0", "--trace", path("tiny.trace")});
+  expect_error(r, "serve", 1);
+  EXPECT_NE(r.err.find("trace line 2"), std::string::npos) << r.err;
 }
 
 TEST_F(CliTest, UnsupportedOutputsAreOneLineErrors) {

@@ -1,4 +1,4 @@
-// The CUDA backend: backend selection in every build; the warp decoder (detail/warp_decode.hpp)
+// The CUDA backend: backend selection in every build; the warp decoder (decode/warp_decode.hpp)
 // run on the host by warp emulation against the CPU decoder in every build; and, in builds
 // with -DKVCODEC_CUDA=ON on a machine with a GPU, the real kernels against the CPU decoder
 // (skipped without a device). Outputs are compared bit for bit over dtypes, levels, group sizes,
@@ -16,9 +16,9 @@
 
 #include "kvcodec/backend.hpp"
 #include "kvcodec/codec.hpp"
-#include "kvcodec/detail/dtype.hpp"
-#include "kvcodec/detail/packed_model.hpp"
-#include "kvcodec/detail/warp_decode.hpp"
+#include "common/dtype.hpp"
+#include "decode/packed_model.hpp"
+#include "decode/warp_decode.hpp"
 #include "kvcodec/io.hpp"
 #include "kvcodec/model.hpp"
 #include "kvcodec/synthetic.hpp"

@@ -4,9 +4,9 @@
 #include <cmath>
 #include <cstring>
 
-#include "kvcodec/detail/dtype.hpp"
-#include "kvcodec/detail/quant.hpp"
-#include "kvcodec/quantize.hpp"
+#include "common/dtype.hpp"
+#include "common/quant.hpp"
+#include "encode/quantize.hpp"
 
 namespace kvcodec {
 namespace {

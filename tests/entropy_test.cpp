@@ -5,8 +5,8 @@
 #include <random>
 #include <vector>
 
-#include "kvcodec/detail/log2.hpp"
-#include "kvcodec/entropy.hpp"
+#include "common/log2.hpp"
+#include "common/entropy.hpp"
 
 namespace kvcodec {
 namespace {

@@ -7,9 +7,9 @@
 #include <vector>
 
 #include "kvcodec/codec.hpp"
-#include "kvcodec/detail/dtype.hpp"
-#include "kvcodec/detail/checksum.hpp"
-#include "kvcodec/detail/xxh64.hpp"
+#include "common/dtype.hpp"
+#include "common/checksum.hpp"
+#include "common/xxh64.hpp"
 #include "test_util.hpp"
 
 namespace kvcodec {

@@ -23,8 +23,8 @@
 
 #include "bound_check.hpp"
 #include "kvcodec/codec.hpp"
-#include "kvcodec/detail/dtype.hpp"
-#include "kvcodec/detail/xxh64.hpp"
+#include "common/dtype.hpp"
+#include "common/xxh64.hpp"
 #include "kvcodec/io.hpp"
 #include "test_util.hpp"
 

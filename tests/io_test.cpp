@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "kvcodec/detail/dtype.hpp"
+#include "common/dtype.hpp"
 #include "test_util.hpp"
 
 namespace kvcodec {

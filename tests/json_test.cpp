@@ -1,6 +1,6 @@
-// detail/json.hpp: the strict JSON reader behind the safetensors header parser, and the string
+// io/json.hpp: the strict JSON reader behind the safetensors header parser, and the string
 // writer. Malformed input of every kind must be a kCorruptData status, never a crash or a value.
-#include "detail/json.hpp"
+#include "io/json.hpp"
 
 #include <gtest/gtest.h>
 

@@ -1,4 +1,4 @@
-// Tests of the reference transformer (include/kvcodec/model.hpp).
+// Tests of the reference transformer (src/model/include/kvcodec/model.hpp).
 #include "kvcodec/model.hpp"
 
 #include <gtest/gtest.h>
@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "kvcodec/detail/dtype.hpp"
+#include "common/dtype.hpp"
 #include "kvcodec/tokenizer.hpp"
 #include "test_util.hpp"
 

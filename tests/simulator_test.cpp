@@ -9,6 +9,7 @@
 #include <fstream>
 
 #include "controller_test_util.hpp"
+#include "kvcodec/stream.hpp"
 
 namespace kvcodec {
 namespace {
@@ -234,6 +235,29 @@ TEST(Simulator, ErrorsAreStatuses) {
   EXPECT_EQ(oracle_plan(p, c, empty).status().code(), StatusCode::kInvalidArgument);
   c.cost.rtt_s = NAN;
   EXPECT_EQ(simulate(p, c, LinkTrace::constant(1)).status().code(), StatusCode::kInvalidArgument);
+}
+
+// Issue 11, item 8: a bandwidth of 1e-300 Gb/s (or a denormal, infinite or NaN one) behaved as
+// an unlimited link; every rate and time is range-checked where it is parsed.
+TEST(LinkTrace, RatesAndTimesNoLinkHasAreRejected) {
+  for (const char* text : {"0 1e-300\n", "0 10\n1 4e-320\n", "0 1e300\n", "0 10\n1e-310 5\n", "0 10\n1e12 5\n",
+                           "0 inf\n", "0 nan\n", "0 0\n", "0 -1\n"}) {
+    SCOPED_TRACE(text);
+    EXPECT_EQ(LinkTrace::parse(text).status().code(), StatusCode::kInvalidArgument);
+  }
+  EXPECT_TRUE(LinkTrace::parse("0 1e-6\n1e7 1e6\n").ok());
+  EXPECT_FALSE(LinkTrace::constant(1e-300).validate().ok());
+  EXPECT_FALSE(check_link_gbps(5e-324, "x").ok());
+  EXPECT_FALSE(check_link_gbps(-0.0, "x").ok());
+  EXPECT_TRUE(check_link_gbps(25, "x").ok());
+  EXPECT_TRUE(check_seconds(0, 60, "x").ok());
+  EXPECT_TRUE(check_seconds(-0.0, 60, "x").ok());
+  EXPECT_FALSE(check_seconds(1e-310, 60, "x").ok());
+  EXPECT_FALSE(check_seconds(61, 60, "x").ok());
+  EXPECT_FALSE(check_seconds(NAN, 60, "x").ok());
+  LinkConfig lc;
+  lc.rtt_s = 1e-310;
+  EXPECT_FALSE(lc.validate().ok());
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-// Manifests, keys, the three stores and put/get of multi-level contexts (include/kvcodec/store.hpp).
+// Manifests, keys, the three stores and put/get of multi-level contexts (src/stream/include/kvcodec/store.hpp).
 #include "kvcodec/store.hpp"
 
 #include <gtest/gtest.h>

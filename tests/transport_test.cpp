@@ -1,4 +1,4 @@
-// Link emulation, server and pipelined client over loopback TCP (include/kvcodec/stream.hpp).
+// Link emulation, server and pipelined client over loopback TCP (src/stream/include/kvcodec/stream.hpp).
 #include "kvcodec/stream.hpp"
 
 #include <gtest/gtest.h>

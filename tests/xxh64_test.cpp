@@ -1,6 +1,6 @@
-// detail/xxh64.hpp: our XXH64 must equal the reference xxHash for every input, seed and split,
+// common/xxh64.hpp: our XXH64 must equal the reference xxHash for every input, seed and split,
 // since frame checksums (docs/format.md) and the golden frames depend on it.
-#include "kvcodec/detail/xxh64.hpp"
+#include "common/xxh64.hpp"
 
 #include <gtest/gtest.h>
 

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "kvcodec/baselines.hpp"
-#include "kvcodec/detail/dtype.hpp"
+#include "common/dtype.hpp"
 #include "kvcodec/status.hpp"
 
 namespace kvcodec::eval::internal {

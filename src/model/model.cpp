@@ -1,4 +1,4 @@
-// Reference transformer for llama2.c "v0" checkpoints (see include/kvcodec/model.hpp).
+// Reference transformer for llama2.c "v0" checkpoints (see src/model/include/kvcodec/model.hpp).
 //
 // The per-token arithmetic follows llama2.c's run.c (RMSNorm with eps added to the mean square,
 // RoPE frequencies from powf/cosf/sinf in float, softmax with max subtraction, SiLU as
@@ -20,7 +20,7 @@
 #include <string>
 #include <thread>
 
-#include "kvcodec/detail/dtype.hpp"
+#include "common/dtype.hpp"
 #include "parallel.hpp"
 
 namespace kvcodec {

@@ -18,7 +18,7 @@
 #include <string>
 
 #include "byte_io.hpp"
-#include "kvcodec/detail/xxh64.hpp"
+#include "common/xxh64.hpp"
 #include "kvcodec/store.hpp"
 
 namespace kvcodec {

@@ -15,7 +15,7 @@
 #include <cstring>
 
 #include "byte_io.hpp"
-#include "kvcodec/detail/xxh64.hpp"
+#include "common/xxh64.hpp"
 #include "kvcodec/store.hpp"
 
 namespace kvcodec::stream_detail {

@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "kvcodec/detail/xxh64.hpp"
+#include "common/xxh64.hpp"
 #include "kvcodec/format.hpp"
 #include "kvcodec/io.hpp"
 

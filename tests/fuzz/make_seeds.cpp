@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "kvcodec/codec.hpp"
-#include "kvcodec/detail/dtype.hpp"
+#include "common/dtype.hpp"
 #include "kvcodec/io.hpp"
 
 namespace {

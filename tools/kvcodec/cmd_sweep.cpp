@@ -21,7 +21,7 @@
 #include "commands.hpp"
 #include "kvcodec/baselines.hpp"
 #include "kvcodec/codec.hpp"
-#include "kvcodec/detail/dtype.hpp"
+#include "common/dtype.hpp"
 #include "kvcodec/io.hpp"
 #include "kvcodec/simulator.hpp"
 #include "kvcodec/synthetic.hpp"
@@ -288,9 +288,10 @@ int cmd_sweep(int argc, char** argv) {
   if (a.failed()) return 2;
   if (!a.has("--json") || !a.has("--svg")) return a.fail("--json OUT.json and --svg OUT.svg are required");
   for (double b : bandwidths)
-    if (!(b > 0) || !std::isfinite(b)) return a.fail("bandwidths must be > 0");
+    if (Status s = check_link_gbps(b, "--bandwidth-gbps"); !s.ok()) return a.fail(std::string(s.message()));
   for (double r : rtts)
-    if (!(r >= 0) || !std::isfinite(r)) return a.fail("round-trip times must be >= 0");
+    if (Status s = check_seconds(r / 1e3, 60, "--rtt-ms / 1000"); !s.ok()) return a.fail(std::string(s.message()));
+  if (Status s = check_link_gbps(base.estimator.prior_gbps, "--prior-gbps"); !s.ok()) return a.fail(std::string(s.message()));
   for (int64_t l : levels)
     if (l < 0 || l > kMaxLevel) return a.fail("levels must be in 0.." + std::to_string(kMaxLevel));
   if (levels.empty()) return a.fail("--levels is empty");

@@ -1,0 +1,55 @@
+// Internal representation of a frame's head (docs/format.md) shared by encode.cpp, decode.cpp
+// and format.cpp.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "common/entropy.hpp"
+#include "kvcodec/format.hpp"
+#include "common/checksum.hpp"
+
+namespace kvcodec::detail {
+
+// One probability table of the model section. Lossy tables code grid offsets q = qmin + s for
+// s < size()-1; the last symbol is the escape (value stored raw). Lossless tables code bytes.
+struct TableSpec {
+  int16_t qmin = 0;
+  FreqTable table;
+};
+
+// The model of one (layer, K/V): channel groups, their tables, per-channel grid.
+struct LayerModel {
+  uint32_t groups = 1;
+  uint32_t slots = 1;                 // tables per group: roles (lossy: anchor[, delta]) or byte planes
+  std::vector<TableSpec> tables;      // [group * slots + slot]
+  std::vector<uint8_t> channel_group; // per channel
+  std::vector<int32_t> step_code;     // per channel (lossy)
+  std::vector<int32_t> center;        // per channel (lossy)
+};
+
+struct FrameHead {
+  FrameInfo info;
+  std::vector<LayerModel> layers;  // [layer * 2 + kv]
+};
+
+inline bool is_lossless(const FrameInfo& f) { return f.level == 0; }
+// Table slots per group: lossless -> one per byte plane; lossy -> anchor (+ delta).
+inline uint32_t table_slots(const FrameInfo& f, size_t elem_size) {
+  if (is_lossless(f)) return uint32_t(elem_size);
+  return f.group_tokens > 1 ? 2u : 1u;
+}
+inline uint32_t num_chunks_for(uint32_t tokens, uint32_t chunk_tokens) {
+  return uint32_t((uint64_t(tokens) + chunk_tokens - 1) / chunk_tokens);
+}
+
+// Appends the serialized model of one (layer, K/V); returns the bytes spent on tables.
+size_t write_layer_model(const FrameInfo& f, const LayerModel& m, std::vector<uint8_t>& out);
+// Writes header, model section and chunk index (checksummed) into `out` (resized to head_bytes).
+// f.chunks must hold sizes and checksums; offsets are assigned here, as are head/frame sizes.
+void write_head(FrameInfo& f, std::span<const uint8_t> model_section, std::vector<uint8_t>& out);
+// Parses and validates a head, including the model section.
+StatusOr<FrameHead> parse_head(std::span<const uint8_t> bytes);
+
+}  // namespace kvcodec::detail

@@ -1,0 +1,630 @@
+// Decoder: frame head -> decode tables -> per (chunk, layer) rANS lanes -> values -> layout view.
+// Every read is bounds-checked; a corrupt frame yields a Status, never a crash or a silently
+// wrong tensor (lanes must end in their initial state with every word and escape consumed).
+#include <cmath>
+#include <cstring>
+#include <memory>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+#include <string>
+
+#include "common/frame.hpp"
+#include "common/parallel.hpp"
+#include "common/rans_lanes.hpp"
+#include "common/simd.hpp"
+#include "kvcodec/codec.hpp"
+#include "common/quant.hpp"
+
+namespace kvcodec {
+namespace detail {
+
+// Decode table: for every slot x & (M-1), one packed entry (freq-1) << 20 | (slot-cum) << 8 | symbol,
+// so one load yields the symbol and the state update.
+struct DecTable {
+  uint32_t entry[kRansM];
+  int32_t qmin;
+  uint32_t esc;  // escape symbol (lossy), or 256 (none)
+};
+
+struct DecLayer {
+  uint32_t slots = 1;
+  std::vector<DecTable> tables;
+  std::vector<uint32_t> table_base;  // per channel: group * slots
+  std::vector<float> step;
+  std::vector<int32_t> center;
+  // Lossy: the decoded anchor values, per channel and anchor symbol, already in the output dtype
+  // (anchor_lut[anchor_off[c] + s]); anchors need no arithmetic at all.
+  std::vector<uint8_t> anchor_lut;
+  std::vector<uint32_t> anchor_off;
+  // For the vectorised anchor loop: per channel, its anchor table's offset in 32-bit words from
+  // tables.data(), and its escape symbol.
+  std::vector<uint32_t> anchor_tab_word;
+  std::vector<uint32_t> anchor_esc;
+  std::vector<int32_t> anchor_base;  // center + qmin of the anchor table: grid index of symbol 0
+};
+
+struct Decoder {
+  FrameInfo info;
+  size_t es = 0;
+  std::vector<DecLayer> layers;  // [layer * 2 + kv]
+};
+
+}  // namespace detail
+
+namespace {
+
+using detail::DecLayer;
+using detail::DecTable;
+using detail::Decoder;
+using detail::kRansM;
+
+StatusOr<std::shared_ptr<Decoder>> make_decoder(std::span<const uint8_t> head) {
+  KVCODEC_ASSIGN_OR_RETURN(detail::FrameHead h, detail::parse_head(head));
+  auto d = std::make_shared<Decoder>();
+  d->info = std::move(h.info);
+  d->es = dtype_size(d->info.dtype);
+  const bool lossless = detail::is_lossless(d->info);
+  const uint8_t dt = uint8_t(d->info.dtype);
+  d->layers.resize(h.layers.size());
+  for (size_t i = 0; i < h.layers.size(); ++i) {
+    const detail::LayerModel& m = h.layers[i];
+    DecLayer& dl = d->layers[i];
+    dl.slots = m.slots;
+    dl.tables.resize(m.tables.size());
+    for (size_t t = 0; t < m.tables.size(); ++t) {
+      const FreqTable& ft = m.tables[t].table;
+      DecTable& tb = dl.tables[t];
+      for (size_t s = 0; s < ft.size(); ++s)
+        for (uint32_t k = 0; k < ft.freq[s]; ++k)
+          tb.entry[ft.cum[s] + k] = uint32_t(ft.freq[s] - 1) << 20 | k << 8 | uint32_t(s);
+      tb.qmin = m.tables[t].qmin;
+      tb.esc = lossless ? 256u : uint32_t(ft.size() - 1);
+    }
+    const size_t C = m.channel_group.size();
+    dl.table_base.resize(C);
+    for (size_t c = 0; c < C; ++c) dl.table_base[c] = m.channel_group[c] * m.slots;
+    if (lossless) continue;
+    dl.step.resize(C);
+    for (size_t c = 0; c < C; ++c) dl.step[c] = detail::step_from_code(m.step_code[c]);
+    dl.center = m.center;
+    dl.anchor_off.resize(C + 1, 0);
+    for (size_t c = 0; c < C; ++c) dl.anchor_off[c + 1] = dl.anchor_off[c] + dl.tables[dl.table_base[c]].esc;
+    // 8 spare bytes: the vector loop may gather (and discard) one element past a channel's values.
+    dl.anchor_lut.resize(size_t(dl.anchor_off[C]) * d->es + 8);
+    dl.anchor_tab_word.resize(C);
+    dl.anchor_esc.resize(C);
+    static_assert(sizeof(DecTable) % 4 == 0);
+    for (size_t c = 0; c < C; ++c) {
+      dl.anchor_tab_word[c] = uint32_t(dl.table_base[c] * (sizeof(DecTable) / 4));
+      dl.anchor_esc[c] = dl.tables[dl.table_base[c]].esc;
+    }
+    dl.anchor_base.resize(C);
+    for (size_t c = 0; c < C; ++c) dl.anchor_base[c] = dl.center[c] + dl.tables[dl.table_base[c]].qmin;
+    for (size_t c = 0; c < C; ++c) {
+      const DecTable& tb = dl.tables[dl.table_base[c]];
+      for (uint32_t s = 0; s < tb.esc; ++s)
+        detail::store_from_f32(&dl.anchor_lut[(dl.anchor_off[c] + s) * d->es], dt,
+                               detail::dequantize(dl.center[c] + tb.qmin + int32_t(s), dl.step[c]));
+    }
+  }
+  return d;
+}
+
+// True when the C = kv_heads * head_dim elements of one (layer, K/V, token) are contiguous in the
+// view, so rows can be decoded in place.
+bool rows_in_place(const KVView& v) {
+  return v.stride[4] == 1 && v.stride[3] == int64_t(v.shape.head_dim) &&
+         (v.kind != KVView::Kind::kPaged || v.slot_stride == int64_t(v.shape.channels()));
+}
+
+// Scatters decoded rows [tokens][C] of (l, kv) into the view.
+void scatter(const KVView& v, uint32_t l, uint32_t kv, uint32_t t0, uint32_t tokens, const uint8_t* rows) {
+  const size_t es = dtype_size(v.dtype);
+  const uint32_t H = v.shape.kv_heads, D = v.shape.head_dim;
+  for (uint32_t t = 0; t < tokens; ++t)
+    for (uint32_t h = 0; h < H; ++h) {
+      const uint8_t* src = rows + (size_t(t) * H + h) * D * es;
+      if (v.rows_contiguous()) {
+        std::memcpy(v.element(l, kv, t0 + t, h, 0), src, D * es);
+      } else {
+        for (uint32_t d = 0; d < D; ++d) std::memcpy(v.element(l, kv, t0 + t, h, d), src + d * es, es);
+      }
+    }
+}
+
+// Lane-stream reader: the 32 states and the word cursor, advanced one symbol at a time in
+// stream order (lane = symbol index mod 32).
+struct LaneReader {
+  uint32_t x[kRansLanes];
+  const uint8_t* wp;
+  const uint8_t* we;
+  uint32_t lane = 0;
+  bool overrun = false;
+
+  Status open(const uint8_t* p, size_t avail, size_t* used) {
+    uint32_t words;
+    KVCODEC_RETURN_IF_ERROR(detail::rans_read_header(p, avail, x, &words));
+    wp = p + detail::kLaneStreamHeader;
+    we = wp + 2 * size_t(words);
+    *used = (detail::kLaneStreamHeader + 2 * size_t(words) + 3) & ~size_t(3);
+    if (*used > avail) return CorruptData("rANS stream padding truncated");
+    return Status::Ok();
+  }
+  // Decodes the next symbol with table tb.
+  uint32_t next(const DecTable& tb) {
+    uint32_t& xs = x[lane];
+    lane = (lane + 1) & (kRansLanes - 1);
+    const uint32_t e = tb.entry[xs & (kRansM - 1)];
+    xs = ((e >> 20) + 1) * (xs >> detail::kRansProbBits) + ((e >> 8) & (kRansM - 1));
+    if (xs < detail::kRansL) {
+      if (wp < we) {
+        uint16_t w;
+        std::memcpy(&w, wp, 2);
+        wp += 2;
+        xs = (xs << 16) | w;
+      } else {
+        overrun = true;  // reported by finish(); keep going without reading past the stream
+      }
+    }
+    return e & 0xff;
+  }
+  Status finish() const {
+    if (overrun) return CorruptData("rANS stream ran out of words");
+    return detail::rans_check_end(x, wp == we);
+  }
+};
+
+#if defined(__x86_64__)
+// Permutations that place 8 consecutive 16-bit words into the lanes of a renormalisation mask:
+// lane j with its bit set takes word popcount(mask & ((1 << j) - 1)).
+struct WordPerm {
+  alignas(32) uint32_t idx[256][8];
+  WordPerm() {
+    for (uint32_t m = 0; m < 256; ++m) {
+      uint32_t k = 0;
+      for (uint32_t j = 0; j < 8; ++j) idx[m][j] = (m >> j & 1) ? k++ : 0;
+    }
+  }
+};
+const WordPerm& word_perm() {
+  static const WordPerm p;
+  return p;
+}
+
+bool cpu_has_avx2() {
+  // Every AVX2 processor also has F16C (Intel since Ivy Bridge, AMD since Piledriver); clang's
+  // __builtin_cpu_supports does not know "f16c", so AVX2 stands for both.
+  static const bool has = __builtin_cpu_supports("avx2");
+  return has && detail::simd_enabled();
+}
+
+// 32 rANS lanes as four 8-lane AVX2 registers, stepping through a lane stream 8 symbols at a time
+// exactly as LaneReader does one at a time: entries gathered from the tables, words expanded into
+// the lanes that renormalise (in ascending lane order, as the format reads them).
+struct AvxLanes {
+  __m256i X[4];
+  uint32_t r = 0;  // register of the next group of 8 lanes
+  const uint8_t* wp;
+  const uint8_t* we;
+  const int* tbase;  // tables, addressed in 32-bit words
+
+  __attribute__((target("avx2"))) void load(const LaneReader& rd, const DecLayer& dl) {
+    for (int q = 0; q < 4; ++q) X[q] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rd.x + 8 * q));
+    wp = rd.wp;
+    we = rd.we;
+    tbase = reinterpret_cast<const int*>(dl.tables.data());
+  }
+  __attribute__((target("avx2"))) void store(LaneReader& rd) const {
+    for (int q = 0; q < 4; ++q) _mm256_storeu_si256(reinterpret_cast<__m256i*>(rd.x + 8 * q), X[q]);
+    rd.wp = wp;
+  }
+  // Decodes the next 8 symbols, lane j using the table at 32-bit word offset toff[j]. False when
+  // the stream runs out of words (corrupt).
+  // kSkipIdle: branch over the word read when no lane renormalises (pays off when most steps
+  // read, as in lossless byte planes; a branch-free read wins at low rates).
+  template <bool kSkipIdle>
+  __attribute__((target("avx2,popcnt"))) bool step(__m256i toff, __m256i* sym) {
+    const __m256i k4095 = _mm256_set1_epi32(4095);
+    __m256i x = X[r];
+    const __m256i e = _mm256_i32gather_epi32(tbase, _mm256_add_epi32(toff, _mm256_and_si256(x, k4095)), 4);
+    const __m256i freq = _mm256_add_epi32(_mm256_srli_epi32(e, 20), _mm256_set1_epi32(1));
+    const __m256i bias = _mm256_and_si256(_mm256_srli_epi32(e, 8), k4095);
+    *sym = _mm256_and_si256(e, _mm256_set1_epi32(255));
+    x = _mm256_add_epi32(_mm256_mullo_epi32(freq, _mm256_srli_epi32(x, 12)), bias);
+    const __m256i need = _mm256_cmpeq_epi32(_mm256_min_epu32(x, _mm256_set1_epi32(65535)), x);
+    const uint32_t m = uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(need)));
+    // Branch-free renormalisation (whether a lane reads is data-dependent and unpredictable):
+    // with m == 0 the permutation and blend change nothing and no word is consumed.
+    if (kSkipIdle && !m) {
+      X[r] = x;
+      r = (r + 1) & 3;
+      return true;
+    }
+    const uint32_t n = uint32_t(__builtin_popcount(m));
+    __m128i w16;
+    if (__builtin_expect(we - wp >= 16, 1)) {
+      w16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wp));
+    } else {  // the stream's last words: never read past its end
+      if (size_t(we - wp) < 2 * size_t(n)) return false;
+      alignas(16) uint8_t tmp[16] = {0};
+      std::memcpy(tmp, wp, size_t(we - wp));
+      w16 = _mm_load_si128(reinterpret_cast<const __m128i*>(tmp));
+    }
+    const __m256i w = _mm256_permutevar8x32_epi32(
+        _mm256_cvtepu16_epi32(w16), _mm256_load_si256(reinterpret_cast<const __m256i*>(word_perm().idx[m])));
+    x = _mm256_blendv_epi8(x, _mm256_or_si256(_mm256_slli_epi32(x, 16), w), need);
+    wp += 2 * n;
+    X[r] = x;
+    r = (r + 1) & 3;
+    return true;
+  }
+};
+
+// The anchor-only lossy loop (group_tokens == 1) with AVX2; output values gathered from the
+// per-channel lookup table. Produces exactly what decode_lossy's scalar loop produces. Requires
+// C % 8 == 0 (every group of 8 channels is 8 consecutive lanes) and ES of 2 or 4.
+template <size_t ES, typename RowOf>
+__attribute__((target("avx2,f16c,popcnt"))) Status decode_anchors_avx2(const DecLayer& dl, uint32_t tokens,
+                                                                        uint32_t C, uint8_t dt, LaneReader& rd,
+                                                                        const uint8_t* esc, uint32_t n_esc,
+                                                                        RowOf&& row) {
+  static_assert(ES == 2 || ES == 4);
+  // f32 and f16 values are computed; bf16 ones are looked up (no bf16 conversion in AVX2).
+  const bool compute = dt != uint8_t(DType::kBF16);
+  AvxLanes lanes;
+  lanes.load(rd, dl);
+  const int* lut = reinterpret_cast<const int*>(dl.anchor_lut.data());
+  const __m256i k65535 = _mm256_set1_epi32(65535);
+  uint32_t esc_used = 0;
+  for (uint32_t t = 0; t < tokens; ++t) {
+    uint8_t* out = row(t);
+    for (uint32_t c = 0; c < C; c += 8) {
+      __m256i sym;
+      if (!lanes.step<false>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dl.anchor_tab_word.data() + c)), &sym))
+        return CorruptData("rANS stream ran out of words");
+      if (compute) {
+        // value = float(center + qmin + sym) * step, rounded to the output: the scalar maths,
+        // vectorised (F16C's conversion rounds to nearest even, as f32_to_f16 does).
+        const __m256i n =
+            _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dl.anchor_base.data() + c)), sym);
+        const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(n), _mm256_loadu_ps(dl.step.data() + c));
+        if constexpr (ES == 2) {
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c * ES), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+        } else {
+          _mm256_storeu_ps(reinterpret_cast<float*>(out + c * ES), v);
+        }
+      } else {
+        const __m256i lidx =
+            _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dl.anchor_off.data() + c)), sym);
+        const __m256i v = _mm256_i32gather_epi32(lut, lidx, int(ES));
+        const __m256i lo = _mm256_and_si256(v, k65535);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c * ES),
+                         _mm_packus_epi32(_mm256_castsi256_si128(lo), _mm256_extracti128_si256(lo, 1)));
+      }
+      const __m256i is_esc =
+          _mm256_cmpeq_epi32(sym, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(dl.anchor_esc.data() + c)));
+      uint32_t em = uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(is_esc)));
+      while (em) {  // escapes are rare: copy them in lane order from the escape block
+        const uint32_t j = uint32_t(__builtin_ctz(em));
+        em &= em - 1;
+        if (esc_used == n_esc) return CorruptData("escape stream exhausted");
+        std::memcpy(out + (c + j) * ES, esc + size_t(esc_used++) * ES, ES);
+      }
+    }
+  }
+  lanes.store(rd);
+  if (esc_used != n_esc) return CorruptData("unused escaped values");
+  return rd.finish();
+}
+
+// One byte plane of a lossless unit with AVX2 (C % 8 == 0): byte `plane` of every element.
+template <typename RowOf>
+__attribute__((target("avx2,popcnt"))) Status decode_plane_avx2(const DecLayer& dl, uint32_t plane, uint32_t tokens,
+                                                                 uint32_t C, size_t es, LaneReader& rd, RowOf&& row) {
+  std::vector<uint32_t> tab_word(C);
+  for (uint32_t c = 0; c < C; ++c) tab_word[c] = uint32_t((dl.table_base[c] + plane) * (sizeof(DecTable) / 4));
+  AvxLanes lanes;
+  lanes.load(rd, dl);
+  alignas(32) uint32_t sym[8];
+  for (uint32_t t = 0; t < tokens; ++t) {
+    uint8_t* out = row(t) + plane;
+    for (uint32_t c = 0; c < C; c += 8) {
+      __m256i s;
+      if (!lanes.step<true>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(tab_word.data() + c)), &s))
+        return CorruptData("rANS stream ran out of words");
+      _mm256_store_si256(reinterpret_cast<__m256i*>(sym), s);
+      for (uint32_t j = 0; j < 8; ++j) out[(c + j) * es] = uint8_t(sym[j]);
+    }
+  }
+  lanes.store(rd);
+  return rd.finish();
+}
+#endif
+
+// Lossy unit body, token by token. row(t) gives where token t's C elements go. Anchors come from
+// the per-channel lookup table; deltas add to their anchor's grid offset.
+template <size_t ES, typename RowOf>
+Status decode_lossy(const DecLayer& dl, uint32_t tokens, uint32_t C, uint32_t GT, uint8_t dt, LaneReader& rd,
+                    const uint8_t* esc, uint32_t n_esc, RowOf&& row) {
+#if defined(__x86_64__)
+  if constexpr (ES != 1) {
+    if (GT == 1 && C % 8 == 0 && cpu_has_avx2()) return decode_anchors_avx2<ES>(dl, tokens, C, dt, rd, esc, n_esc, row);
+  }
+#endif
+  std::vector<const DecTable*> role_tab(size_t(C) * dl.slots);
+  for (uint32_t c = 0; c < C; ++c)
+    for (uint32_t r = 0; r < dl.slots; ++r) role_tab[size_t(r) * C + c] = &dl.tables[dl.table_base[c] + r];
+  std::vector<int32_t> ref(GT > 1 ? C : 0, 0);
+  const uint8_t* lut = dl.anchor_lut.data();
+  const uint32_t* lut_off = dl.anchor_off.data();
+  uint32_t esc_used = 0;
+  for (uint32_t t = 0; t < tokens; ++t) {
+    uint8_t* out = row(t);
+    if (t % GT == 0) {
+      const DecTable* const* tabs = role_tab.data();
+      for (uint32_t c = 0; c < C; ++c) {
+        const DecTable& tb = *tabs[c];
+        const uint32_t s = rd.next(tb);
+        const uint8_t* src;
+        if (s == tb.esc) {
+          if (esc_used == n_esc) return CorruptData("escape stream exhausted");
+          src = esc + size_t(esc_used++) * ES;
+          if (GT > 1) ref[c] = 0;
+        } else {
+          src = lut + size_t(lut_off[c] + s) * ES;
+          if (GT > 1) ref[c] = tb.qmin + int32_t(s);
+        }
+        std::memcpy(out + c * ES, src, ES);
+      }
+      continue;
+    }
+    const DecTable* const* tabs = role_tab.data() + C;
+    for (uint32_t c = 0; c < C; ++c) {
+      const DecTable& tb = *tabs[c];
+      const uint32_t s = rd.next(tb);
+      if (s == tb.esc) {
+        if (esc_used == n_esc) return CorruptData("escape stream exhausted");
+        std::memcpy(out + c * ES, esc + size_t(esc_used++) * ES, ES);
+        continue;
+      }
+      const int32_t q = ref[c] + tb.qmin + int32_t(s);
+      detail::store_from_f32(out + c * ES, dt, detail::dequantize(dl.center[c] + q, dl.step[c]));
+    }
+  }
+  if (esc_used != n_esc) return CorruptData("unused escaped values");
+  return rd.finish();
+}
+
+// Decodes the unit of (layer l, K/V kv) of one chunk; row(t) is where token t's elements go.
+template <typename RowOf>
+Status decode_unit(const Decoder& d, uint32_t l, uint32_t kv, uint32_t tokens, const uint8_t* p, size_t size,
+                   RowOf&& row) {
+  const DecLayer& dl = d.layers[size_t(l) * 2 + kv];
+  const uint32_t C = uint32_t(d.info.shape.channels());
+  const size_t es = d.es;
+  if (detail::is_lossless(d.info)) {
+    size_t off = 0;
+    std::vector<const DecTable*> tab(C);
+    for (uint32_t plane = 0; plane < es; ++plane) {
+      for (uint32_t c = 0; c < C; ++c) tab[c] = &dl.tables[dl.table_base[c] + plane];
+      LaneReader rd;
+      size_t used = 0;
+      KVCODEC_RETURN_IF_ERROR(rd.open(p + off, size - off, &used));
+#if defined(__x86_64__)
+      if (C % 8 == 0 && cpu_has_avx2()) {
+        KVCODEC_RETURN_IF_ERROR(decode_plane_avx2(dl, plane, tokens, C, es, rd, row));
+        off += used;
+        continue;
+      }
+#endif
+      for (uint32_t t = 0; t < tokens; ++t) {
+        uint8_t* out = row(t) + plane;
+        for (uint32_t c = 0; c < C; ++c) out[c * es] = uint8_t(rd.next(*tab[c]));
+      }
+      KVCODEC_RETURN_IF_ERROR(rd.finish());
+      off += used;
+    }
+    if (off != size) return CorruptData("unit has trailing bytes");
+    return Status::Ok();
+  }
+  // Lossy: the lane stream, then u32 escape count and the escaped raw elements.
+  LaneReader rd;
+  size_t lane_bytes = 0;
+  KVCODEC_RETURN_IF_ERROR(rd.open(p, size, &lane_bytes));
+  if (lane_bytes + 4 > size) return CorruptData("unit truncated before its escapes");
+  const uint32_t n_esc = detail::get_u32(p + lane_bytes);
+  const uint8_t* esc = p + lane_bytes + 4;
+  if ((size - lane_bytes - 4) / es < n_esc) return CorruptData("escape block truncated");
+  if (((lane_bytes + 4 + size_t(n_esc) * es + 3) & ~size_t(3)) != size) return CorruptData("unit size mismatch");
+  const uint32_t GT = d.info.group_tokens;
+  const uint8_t dt = uint8_t(d.info.dtype);
+  switch (es) {
+    case 4: return decode_lossy<4>(dl, tokens, C, GT, dt, rd, esc, n_esc, row);
+    case 2: return decode_lossy<2>(dl, tokens, C, GT, dt, rd, esc, n_esc, row);
+    default: return decode_lossy<1>(dl, tokens, C, GT, dt, rd, esc, n_esc, row);
+  }
+}
+
+// Decodes the layers [lb, le) of chunk k from its body.
+Status decode_chunk(const Decoder& d, uint32_t k, std::span<const uint8_t> body, const KVView& dst, uint32_t lb,
+                    uint32_t le, bool verify, int threads) {
+  const ChunkInfo& ci = d.info.chunks[k];
+  if (body.size() != ci.size) return CorruptData("chunk " + std::to_string(k) + " has the wrong size");
+  if (verify && detail::frame_checksum(d.info.format_version, body.data(), body.size()) != ci.checksum)
+    return ChecksumMismatch("chunk " + std::to_string(k) + " checksum mismatch");
+  const uint32_t L = d.info.shape.layers;
+  const size_t dir = size_t(L) * 2 * 4;
+  if (body.size() < dir) return CorruptData("chunk shorter than its unit directory");
+  std::vector<uint64_t> off(size_t(L) * 2 + 1, dir);
+  for (size_t i = 0; i < size_t(L) * 2; ++i) off[i + 1] = off[i] + detail::get_u32(body.data() + 4 * i);
+  if (off.back() != body.size()) return CorruptData("chunk " + std::to_string(k) + " unit sizes do not add up");
+  const size_t row_bytes = size_t(d.info.shape.channels()) * d.es;
+  const bool in_place = rows_in_place(dst);
+  std::vector<Status> st(size_t(le - lb) * 2);
+  detail::parallel_for(st.size(), threads, [&](size_t task) {
+    const uint32_t l = lb + uint32_t(task / 2), kv = uint32_t(task % 2);
+    const size_t u = size_t(l) * 2 + kv;
+    const uint8_t* p = body.data() + off[u];
+    const size_t size = off[u + 1] - off[u];
+    if (in_place) {
+      st[task] = decode_unit(d, l, kv, ci.tokens, p, size, [&](uint32_t t) {
+        return static_cast<uint8_t*>(dst.element(l, kv, ci.token_begin + t, 0, 0));
+      });
+      return;
+    }
+    std::vector<uint8_t> rows(row_bytes * ci.tokens);
+    st[task] = decode_unit(d, l, kv, ci.tokens, p, size, [&](uint32_t t) { return rows.data() + t * row_bytes; });
+    if (st[task].ok()) scatter(dst, l, kv, ci.token_begin, ci.tokens, rows.data());
+  });
+  for (size_t i = 0; i < st.size(); ++i)
+    if (!st[i].ok())
+      return st[i].with_context("chunk " + std::to_string(k) + " layer " + std::to_string(lb + i / 2));
+  return Status::Ok();
+}
+
+Status check_destination(const FrameInfo& f, const KVView& dst) {
+  if (dst.dtype != f.dtype)
+    return InvalidArgument(std::string("destination dtype ") + dtype_name(dst.dtype) + " differs from the frame's " +
+                           dtype_name(f.dtype));
+  if (!(dst.shape == f.shape)) return InvalidArgument("destination shape differs from the frame's");
+  return validate_view(dst);
+}
+
+Status check_decode_limit(const FrameInfo& f, const DecodeOptions& o) {
+  const uint64_t bytes = decoded_bytes(f, o);
+  if (o.max_decoded_bytes && bytes > o.max_decoded_bytes)
+    return ResourceExhausted("the frame decodes to " + std::to_string(bytes) + " bytes, over the limit of " +
+                             std::to_string(o.max_decoded_bytes) + " (max_decoded_bytes)");
+  return Status::Ok();
+}
+
+}  // namespace
+
+StatusOr<FrameDecoder> FrameDecoder::open(std::span<const uint8_t> head) {
+  KVCODEC_ASSIGN_OR_RETURN(auto d, make_decoder(head));
+  FrameDecoder f;
+  f.impl_ = std::move(d);
+  return f;
+}
+
+const FrameInfo& FrameDecoder::info() const noexcept { return impl_->info; }
+
+Status FrameDecoder::decode_chunk(uint32_t chunk, std::span<const uint8_t> body, const KVView& dst,
+                                  const DecodeOptions& o) const {
+  KVCODEC_RETURN_IF_ERROR(check_destination(impl_->info, dst));
+  if (chunk >= impl_->info.chunks.size())
+    return OutOfRange("chunk " + std::to_string(chunk) + " of a frame with " +
+                      std::to_string(impl_->info.chunks.size()));
+  const uint32_t L = impl_->info.shape.layers, le = std::min(o.layer_end, L);
+  if (o.layer_begin >= le) return OutOfRange("empty layer range");
+  DecodeOptions one = o;
+  one.chunk_begin = chunk;
+  one.chunk_end = chunk + 1;
+  KVCODEC_RETURN_IF_ERROR(check_decode_limit(impl_->info, one));
+  return kvcodec::decode_chunk(*impl_, chunk, body, dst, o.layer_begin, le, o.verify_checksums, o.threads);
+}
+
+StatusOr<FrameStats> analyze_frame(std::span<const uint8_t> frame) {
+  KVCODEC_RETURN_IF_ERROR(verify_frame(frame));
+  KVCODEC_ASSIGN_OR_RETURN(auto d, make_decoder(frame));
+  const FrameInfo& f = d->info;
+  const uint32_t C = uint32_t(f.shape.channels()), L = f.shape.layers;
+  const bool lossless = detail::is_lossless(f);
+  const size_t es = d->es;
+  FrameStats st;
+  std::vector<std::vector<uint64_t>> counts(d->layers.size());  // [layer model][table * 256 + symbol]
+  for (size_t u = 0; u < d->layers.size(); ++u) counts[u].assign(d->layers[u].tables.size() * 256, 0);
+  for (const ChunkInfo& ci : f.chunks) {
+    const uint8_t* body = frame.data() + ci.offset;
+    st.directory_bytes += size_t(L) * 2 * 4;
+    const uint8_t* p = body + size_t(L) * 2 * 4;
+    for (size_t u = 0; u < size_t(L) * 2; ++u) {
+      const size_t unit = detail::get_u32(body + 4 * u);
+      const DecLayer& dl = d->layers[u];
+      const DecTable* tables = dl.tables.data();
+      size_t off = 0;
+      for (uint32_t plane = 0; plane < (lossless ? es : 1); ++plane) {
+        LaneReader rd;
+        size_t used = 0;
+        KVCODEC_RETURN_IF_ERROR(rd.open(p + off, unit - off, &used));
+        for (uint32_t t = 0; t < ci.tokens; ++t)
+          for (uint32_t c = 0; c < C; ++c) {
+            const uint32_t slot = lossless ? plane : (t % f.group_tokens == 0 ? 0 : 1);
+            const size_t ti = dl.table_base[c] + slot;
+            ++counts[u][ti * 256 + rd.next(tables[ti])];
+          }
+        KVCODEC_RETURN_IF_ERROR(rd.finish());
+        st.word_bytes += size_t(rd.we - (p + off)) - detail::kLaneStreamHeader;
+        st.lane_bytes += used;
+        off += used;
+      }
+      if (!lossless) {
+        const uint32_t n_esc = detail::get_u32(p + off);
+        st.escapes += n_esc;
+        st.escape_bytes += unit - off;
+      }
+      st.symbols += uint64_t(ci.tokens) * C * (lossless ? es : 1);
+      p += unit;
+    }
+  }
+  for (size_t u = 0; u < counts.size(); ++u)
+    for (size_t ti = 0; ti < d->layers[u].tables.size(); ++ti) {
+      std::span<const uint64_t> c(&counts[u][ti * 256], 256);
+      st.entropy_bits += entropy_bits(c);
+      const DecTable& tb = d->layers[u].tables[ti];
+      for (uint32_t s = 0; s < 256; ++s) {
+        if (!c[s]) continue;
+        uint32_t freq = 0;  // the symbol's frequency: entries whose symbol byte is s
+        for (uint32_t k = 0; k < kRansM; ++k)
+          if ((tb.entry[k] & 0xff) == s) {
+            freq = (tb.entry[k] >> 20) + 1;
+            break;
+          }
+        st.model_bits += double(c[s]) * (double(detail::kRansProbBits) - std::log2(double(freq)));
+      }
+    }
+  return st;
+}
+
+uint64_t decoded_bytes(const FrameInfo& f, const DecodeOptions& o) noexcept {
+  const uint32_t ce = std::min<size_t>(o.chunk_end, f.chunks.size()), le = std::min(o.layer_end, f.shape.layers);
+  if (o.chunk_begin >= ce || o.layer_begin >= le) return 0;
+  uint64_t tokens = 0;
+  for (uint32_t k = o.chunk_begin; k < ce; ++k) tokens += f.chunks[k].tokens;
+  return uint64_t(le - o.layer_begin) * 2 * tokens * f.shape.channels() * dtype_size(f.dtype);
+}
+
+Status decode_into(std::span<const uint8_t> frame, const KVView& dst, const DecodeOptions& o) {
+  KVCODEC_ASSIGN_OR_RETURN(auto d, make_decoder(frame));
+  KVCODEC_RETURN_IF_ERROR(check_destination(d->info, dst));
+  if (frame.size() < d->info.frame_bytes)
+    return BufferTooSmall("frame truncated: " + std::to_string(frame.size()) + " of " +
+                          std::to_string(d->info.frame_bytes) + " bytes");
+  if (frame.size() > d->info.frame_bytes)
+    return CorruptData(std::to_string(frame.size() - d->info.frame_bytes) + " bytes after the frame's " +
+                       std::to_string(d->info.frame_bytes));
+  const uint32_t n = uint32_t(d->info.chunks.size()), L = d->info.shape.layers;
+  const uint32_t ce = std::min(o.chunk_end, n), le = std::min(o.layer_end, L);
+  if (o.chunk_begin >= ce || o.layer_begin >= le) return OutOfRange("empty chunk or layer range");
+  KVCODEC_RETURN_IF_ERROR(check_decode_limit(d->info, o));
+  // Parallelise across chunks when there are several; a single chunk parallelises its layers.
+  std::vector<Status> st(ce - o.chunk_begin);
+  const bool across_chunks = st.size() > 1;
+  detail::parallel_for(st.size(), across_chunks ? o.threads : 1, [&](size_t i) {
+    const uint32_t k = o.chunk_begin + uint32_t(i);
+    const ChunkInfo& ci = d->info.chunks[k];
+    st[i] = decode_chunk(*d, k, frame.subspan(ci.offset, ci.size), dst, o.layer_begin, le, o.verify_checksums,
+                         across_chunks ? 1 : o.threads);
+  });
+  for (const Status& s : st) KVCODEC_RETURN_IF_ERROR(s);
+  return Status::Ok();
+}
+
+Status decode_chunk_into(std::span<const uint8_t> head, uint32_t chunk, std::span<const uint8_t> body,
+                         const KVView& dst, const DecodeOptions& o) {
+  KVCODEC_ASSIGN_OR_RETURN(FrameDecoder f, FrameDecoder::open(head));
+  return f.decode_chunk(chunk, body, dst, o);
+}
+
+}  // namespace kvcodec

@@ -1,0 +1,425 @@
+// Decoding one (chunk, layer, K/V) unit with one warp: 32 lanes = the 32 rANS states of the
+// format, so each step of the loop decodes 32 consecutive symbols, one per lane. Written once
+// against the warp abstraction of warp.hpp and run by the CUDA kernel (cuda/decode.cu) and by
+// the host emulation (tests), so the tests of a machine without a GPU execute this very code.
+//
+// How the sequential format maps onto a warp (docs/format.md, "rANS lanes"):
+//  * symbol i of a unit (i = t_local * C + c) is in lane i % 32, so step k holds symbols
+//    32k .. 32k+31 and lane j decodes symbol 32k + j;
+//  * the sequential decoder reads the next 16-bit word whenever a symbol's state drops below
+//    2^16, in symbol order; within a step that is lane order, so lane j's word is at
+//    `consumed + popc(need & lanes_below(j))` (one ballot per step). Words come from a 64-word
+//    window held one word per lane in two registers and are fetched with shuffles;
+//  * escapes are numbered in symbol order the same way (a second ballot);
+//  * delta tokens (group_tokens > 1) add the q of their group's anchor: taken by a shuffle when
+//    the anchor is in the same step, else from `refs`, the last anchor q per channel written at
+//    the end of earlier steps.
+// Corruption is detected as the CPU decoder detects it (sizes, word overrun, unread words,
+// final states, escape counts) and returned as a UnitError; the destination may then hold
+// partial output, but nothing is read or written out of bounds: paged block table entries are
+// checked on use.
+#pragma once
+
+#include <cstdint>
+
+#include "common/dtype.hpp"
+#include "decode/packed_model.hpp"
+#include "common/quant.hpp"
+#include "common/rans.hpp"
+#include "common/warp.hpp"
+#include "kvcodec/tensor.hpp"
+
+namespace kvcodec::detail {
+
+enum UnitError : uint32_t {
+  kUnitOk = 0,
+  kUnitBadDirectory = 1,
+  kUnitTruncated = 2,
+  kUnitSizeMismatch = 3,
+  kUnitBadInitialState = 4,
+  kUnitWordOverrun = 5,
+  kUnitUnreadWords = 6,
+  kUnitBadFinalState = 7,
+  kUnitEscapeOverrun = 8,
+  kUnitUnusedEscapes = 9,
+  kUnitBadBlock = 10,
+};
+
+inline const char* unit_error_message(uint32_t e) {
+  switch (e) {
+    case kUnitOk: return "ok";
+    case kUnitBadDirectory: return "unit sizes do not add up to the chunk size";
+    case kUnitTruncated: return "rANS stream or escape block truncated";
+    case kUnitSizeMismatch: return "unit size mismatch";
+    case kUnitBadInitialState: return "rANS lane state below the renormalisation bound";
+    case kUnitWordOverrun: return "rANS stream ran out of words";
+    case kUnitUnreadWords: return "rANS stream has unread words";
+    case kUnitBadFinalState: return "rANS lane did not end in its initial state";
+    case kUnitEscapeOverrun: return "escape stream exhausted";
+    case kUnitUnusedEscapes: return "unused escaped values";
+    case kUnitBadBlock: return "paged destination: block table or slot mapping entry out of range";
+  }
+  return "unknown unit error";
+}
+
+// Little-endian loads from byte addresses of any alignment (chunk bodies sit at arbitrary
+// offsets of a frame).
+KVCODEC_HD uint32_t ld_u16(const uint8_t* p) { return uint32_t(p[0]) | uint32_t(p[1]) << 8; }
+KVCODEC_HD uint32_t ld_u32(const uint8_t* p) { return ld_u16(p) | ld_u16(p + 2) << 16; }
+KVCODEC_HD uint64_t pad4(uint64_t n) { return (n + 3) & ~uint64_t(3); }
+
+inline constexpr uint32_t kLaneHeaderBytes = 4 + 4 * kWarpLanes;  // word count + states
+
+// Where the elements of one (layer, K/V) of a KVView live: base pointer + per-token and
+// per-channel element offsets. Mirrors KVView::element for views whose pointers (data,
+// layer arrays, block table) are valid where this runs.
+struct UnitDst {
+  char* base;
+  KVView::Kind kind;
+  uint32_t es;
+  int64_t s_tok, s_head, s_dim, slot_stride;
+  uint32_t head_dim, block_size, num_blocks;
+  bool flat_channels;  // channel c is at c * s_dim (heads packed: s_head == head_dim * s_dim)
+  const int32_t* block_table;
+  const int64_t* slot_mapping;  // paged: token -> slot instead of the block table, or null
+
+  KVCODEC_HD static UnitDst make(const KVView& v, uint32_t l, uint32_t kv) {
+    UnitDst u;
+    u.kind = v.kind;
+    u.es = v.dtype == DType::kF32 ? 4u : v.dtype == DType::kF8E4M3 ? 1u : 2u;
+    int64_t off = 0;
+    switch (v.kind) {
+      case KVView::Kind::kStrided:
+        u.base = static_cast<char*>(v.data);
+        off = int64_t(l) * v.stride[0] + int64_t(kv) * v.stride[1];
+        break;
+      case KVView::Kind::kPerLayer: u.base = static_cast<char*>(kv ? v.layer_v[l] : v.layer_k[l]); break;
+      default:  // paged; separate K and V pools when layer_v is set
+        u.base = static_cast<char*>(v.layer_v && kv ? v.layer_v[l] : v.layer_k[l]);
+        off = v.layer_v ? 0 : int64_t(kv) * v.stride[1];
+        break;
+    }
+    u.base += off * int64_t(u.es);
+    u.s_tok = v.stride[2];
+    u.s_head = v.stride[3];
+    u.s_dim = v.stride[4];
+    u.slot_stride = v.slot_stride;
+    u.head_dim = v.shape.head_dim;
+    u.block_size = v.block_size;
+    u.num_blocks = v.num_blocks;
+    u.block_table = v.block_table;
+    u.slot_mapping = v.slot_mapping;
+    u.flat_channels = v.stride[3] == int64_t(v.shape.head_dim) * v.stride[4];
+    return u;
+  }
+  // Element offset of token t of the context; false when a paged block (or slot) entry is out of range.
+  KVCODEC_HD bool token_offset(uint32_t t, int64_t* off) const {
+    if (kind != KVView::Kind::kPaged) {
+      *off = int64_t(t) * s_tok;
+      return true;
+    }
+    if (slot_mapping) {
+      const int64_t slot = slot_mapping[t];
+      if (slot < 0 || slot >= int64_t(num_blocks) * block_size) return false;
+      *off = (slot / block_size) * s_tok + (slot % block_size) * slot_stride;
+      return true;
+    }
+    const int32_t b = block_table[t / block_size];
+    if (b < 0 || uint32_t(b) >= num_blocks) return false;
+    *off = int64_t(b) * s_tok + int64_t(t % block_size) * slot_stride;
+    return true;
+  }
+  KVCODEC_HD int64_t channel_offset(uint32_t c) const {
+    if (flat_channels) return int64_t(c) * s_dim;
+    return int64_t(c / head_dim) * s_head + int64_t(c % head_dim) * s_dim;
+  }
+};
+
+// Stores the low es bytes of `bits` (an element's raw encoding) at p.
+KVCODEC_HD void store_raw(void* p, uint32_t es, uint32_t bits) {
+  if (es == 4) *static_cast<uint32_t*>(p) = bits;
+  else if (es == 2) *static_cast<uint16_t*>(p) = uint16_t(bits);
+  else *static_cast<uint8_t*>(p) = uint8_t(bits);
+}
+KVCODEC_HD uint32_t load_raw(const uint8_t* p, uint32_t es) {
+  return es == 4 ? ld_u32(p) : es == 2 ? ld_u16(p) : uint32_t(p[0]);
+}
+
+// One lane stream being decoded by a warp: a state per lane and the word window.
+template <typename W>
+struct WarpStream {
+  typename W::template Lanes<uint32_t> x, win, next;
+  const uint8_t* words = nullptr;
+  uint32_t count = 0;  // words in the stream
+  uint32_t pos = 0;    // words consumed
+  uint32_t base = 0;   // stream index of win's lane 0 (next holds base + 32 ..)
+
+  KVCODEC_HD uint32_t word(uint32_t k) const { return k < count ? ld_u16(words + 2 * uint64_t(k)) : 0u; }
+
+  // Reads the stream header at p (validated by the caller to lie inside the unit).
+  KVCODEC_HD uint32_t init(W& w, const uint8_t* p) {
+    count = ld_u32(p);
+    words = p + kLaneHeaderBytes;
+    typename W::template Lanes<bool> bad;
+    for (uint32_t j : w.lanes()) {
+      x[j] = ld_u32(p + 4 + 4 * j);
+      bad[j] = x[j] < kRansL;
+      win[j] = word(j);
+      next[j] = word(kWarpLanes + j);
+    }
+    return w.ballot(bad) ? kUnitBadInitialState : kUnitOk;
+  }
+
+  // Shifts a word into every lane with need[j] set, in lane order.
+  KVCODEC_HD uint32_t refill(W& w, const typename W::template Lanes<bool>& need) {
+    const uint32_t mask = w.ballot(need);
+    const uint32_t k = popc32(mask);
+    if (k > count - pos) return kUnitWordOverrun;
+    typename W::template Lanes<uint32_t> rel;
+    for (uint32_t j : w.lanes()) rel[j] = pos - base + popc32(mask & lanes_below(j));  // < 64
+    const auto a = w.shfl(win, rel);
+    const auto b = w.shfl(next, rel);
+    for (uint32_t j : w.lanes())
+      if (need[j]) x[j] = (x[j] << 16) | (rel[j] < kWarpLanes ? a[j] : b[j]);
+    pos += k;
+    if (pos - base >= kWarpLanes) {
+      base += kWarpLanes;
+      for (uint32_t j : w.lanes()) {
+        win[j] = next[j];
+        next[j] = word(base + kWarpLanes + j);
+      }
+    }
+    return kUnitOk;
+  }
+
+  KVCODEC_HD uint32_t finish(W& w) const {
+    if (pos != count) return kUnitUnreadWords;
+    typename W::template Lanes<bool> bad;
+    for (uint32_t j : w.lanes()) bad[j] = x[j] != kRansL;
+    return w.ballot(bad) ? kUnitBadFinalState : kUnitOk;
+  }
+};
+
+// Everything one warp needs to decode one unit.
+struct UnitJob {
+  const PackedLayout* layout;
+  ModelView model;
+  const DecTable* tables;  // the (layer, K/V)'s tables (may be a shared-memory copy)
+  const uint8_t* body;     // chunk body
+  uint32_t body_size;
+  uint32_t layer, kv;
+  uint32_t token_begin, tokens;
+  UnitDst dst;
+  int16_t* refs;  // channels entries, scratch for anchors (group_tokens > 1)
+};
+
+// P = lane streams per unit: 1 (lossy) or the element size (lossless byte planes). A template
+// parameter so that the per-plane state stays in registers on the device.
+#if defined(__CUDACC__)
+#pragma nv_exec_check_disable
+#endif
+template <typename W, uint32_t P>
+KVCODEC_HD uint32_t warp_decode_unit_planes(W& w, const UnitJob& job) {
+  const PackedLayout& pl = *job.layout;
+  const uint32_t units = 2 * pl.layers, u = 2 * job.layer + job.kv;
+  const uint32_t C = pl.channels, es = pl.elem_size;
+  const bool lossless = pl.lossless != 0;
+
+  // Unit directory: this unit's offset and size; the sizes must add up to the body.
+  const uint64_t dir = 4ull * units;
+  if (job.body_size < dir) return kUnitBadDirectory;
+  typename W::template Lanes<uint64_t> before, total;
+  for (uint32_t j : w.lanes()) {
+    before[j] = total[j] = 0;
+    for (uint32_t k = j; k < units; k += kWarpLanes) {
+      const uint32_t s = ld_u32(job.body + 4ull * k);
+      total[j] += s;
+      if (k < u) before[j] += s;
+    }
+  }
+  if (dir + w.sum(total) != job.body_size) return kUnitBadDirectory;
+  const uint8_t* p = job.body + dir + w.sum(before);
+  const uint64_t size = ld_u32(job.body + 4ull * u);
+
+  // Stream layout: one lane stream per byte plane (lossless) or one stream + escapes (lossy).
+  const uint8_t* stream_at[P];
+  uint64_t used = 0;
+  for (uint32_t q = 0; q < P; ++q) {
+    if (size - used < kLaneHeaderBytes) return kUnitTruncated;
+    const uint64_t n_words = ld_u32(p + used);
+    if ((size - used - kLaneHeaderBytes) / 2 < n_words) return kUnitTruncated;
+    stream_at[q] = p + used;
+    used += pad4(kLaneHeaderBytes + 2 * n_words);
+    if (used > size) return kUnitTruncated;
+  }
+  const uint8_t* esc = nullptr;
+  uint32_t n_esc = 0;
+  if (lossless) {
+    if (used != size) return kUnitSizeMismatch;
+  } else {
+    if (used + 4 > size) return kUnitTruncated;
+    n_esc = ld_u32(p + used);
+    esc = p + used + 4;
+    if ((size - used - 4) / es < n_esc) return kUnitTruncated;
+    if (pad4(used + 4 + uint64_t(n_esc) * es) != size) return kUnitSizeMismatch;
+  }
+
+  WarpStream<W> st[P];
+  for (uint32_t q = 0; q < P; ++q)
+    if (uint32_t e = st[q].init(w, stream_at[q])) return e;
+
+  const DecTable* tables = job.tables;
+  const uint64_t chan0 = uint64_t(u) * C;
+  const uint16_t* tbase = job.model.table_base + chan0;
+  const float* step = lossless ? nullptr : job.model.step + chan0;
+  const int32_t* center = lossless ? nullptr : job.model.center + chan0;
+  const uint32_t GT = pl.group_tokens;
+  const bool deltas = !lossless && GT > 1;
+  const uint8_t dt = pl.dtype;  // DType code
+  const uint64_t n = uint64_t(job.tokens) * C;
+  // Lane j's symbol moves by 32 each step: advance (token, channel) without dividing.
+  const uint32_t dt_step = kWarpLanes / C, dc_step = kWarpLanes % C;
+
+  typename W::template Lanes<uint32_t> t, c, sym[P], src;
+  typename W::template Lanes<int64_t> row;  // element offset of token t's row
+  typename W::template Lanes<uint32_t> row_t;
+  typename W::template Lanes<bool> active, need, is_esc, bad;
+  typename W::template Lanes<int32_t> q;
+  for (uint32_t j : w.lanes()) {
+    t[j] = j / C;
+    c[j] = j % C;
+    row_t[j] = UINT32_MAX;
+    row[j] = 0;
+  }
+  uint32_t esc_used = 0;
+
+  for (uint64_t s0 = 0; s0 < n; s0 += kWarpLanes) {
+    for (uint32_t pq = 0; pq < P; ++pq) {
+      for (uint32_t j : w.lanes()) {
+        active[j] = s0 + j < n;
+        need[j] = false;
+        if (!active[j]) continue;
+        const uint32_t slot = lossless ? pq : (t[j] % GT == 0 ? 0u : 1u);
+        const DecTable& tb = tables[tbase[c[j]] + slot];
+        const uint32_t s = tb.slot_sym[st[pq].x[j] & (kRansM - 1)];
+        sym[pq][j] = s;
+        need[j] = rans_dec_advance(st[pq].x[j], tb.freq[s], tb.cum[s]);
+      }
+      if (uint32_t e = st[pq].refill(w, need)) return e;
+    }
+
+    // Destination rows (a block table lookup for paged views, once per token change).
+    for (uint32_t j : w.lanes()) {
+      bad[j] = false;
+      if (active[j] && row_t[j] != t[j]) {
+        row_t[j] = t[j];
+        bad[j] = !job.dst.token_offset(job.token_begin + t[j], &row[j]);
+      }
+    }
+    if (w.ballot(bad)) return kUnitBadBlock;
+
+    if (lossless) {
+      for (uint32_t j : w.lanes()) {
+        if (!active[j]) continue;
+        uint32_t bits = 0;
+        for (uint32_t pq = 0; pq < P; ++pq) bits |= sym[pq][j] << (8 * pq);
+        store_raw(job.dst.base + (row[j] + job.dst.channel_offset(c[j])) * es, es, bits);
+      }
+    } else {
+      // Escapes, numbered in symbol order.
+      for (uint32_t j : w.lanes()) {
+        is_esc[j] = false;
+        q[j] = 0;
+        if (!active[j]) continue;
+        const uint32_t slot = t[j] % GT == 0 ? 0u : 1u;
+        const DecTable& tb = tables[tbase[c[j]] + slot];
+        is_esc[j] = sym[0][j] == tb.esc;
+        q[j] = is_esc[j] ? 0 : tb.qmin + int32_t(sym[0][j]);  // an escaped anchor refers as 0
+      }
+      const uint32_t esc_mask = w.ballot(is_esc);
+      if (popc32(esc_mask) > n_esc - esc_used) return kUnitEscapeOverrun;
+      if (deltas) {
+        // The anchor of (t, c) is symbol i - (t % GT) * C: in this step (shuffle) or earlier (refs).
+        for (uint32_t j : w.lanes()) {
+          const uint64_t ia = s0 + j - uint64_t(t[j] % GT) * C;
+          src[j] = ia >= s0 ? uint32_t(ia - s0) : j;
+        }
+        const auto anchor_q = w.shfl(q, src);
+        for (uint32_t j : w.lanes()) {
+          if (!active[j] || t[j] % GT == 0 || is_esc[j]) continue;
+          q[j] += src[j] != j ? anchor_q[j] : int32_t(job.refs[c[j]]);
+        }
+      }
+      for (uint32_t j : w.lanes()) {
+        if (!active[j]) continue;
+        char* out = job.dst.base + (row[j] + job.dst.channel_offset(c[j])) * es;
+        if (is_esc[j]) {
+          const uint32_t k = esc_used + popc32(esc_mask & lanes_below(j));
+          store_raw(out, es, load_raw(esc + uint64_t(k) * es, es));
+        } else {
+          store_from_f32(out, dt, dequantize(center[c[j]] + q[j], step[c[j]]));
+        }
+      }
+      esc_used += popc32(esc_mask);
+      if (deltas) {
+        // Publish anchors for later steps, after every read of this step; an anchor whose
+        // channel has a later anchor in this step leaves the write to that one.
+        w.sync();
+        for (uint32_t j : w.lanes()) {
+          if (!active[j] || t[j] % GT != 0) continue;
+          if (s0 + j + uint64_t(GT) * C >= s0 + kWarpLanes) job.refs[c[j]] = int16_t(q[j]);
+        }
+        w.sync();
+      }
+    }
+
+    for (uint32_t j : w.lanes()) {
+      t[j] += dt_step;
+      c[j] += dc_step;
+      if (c[j] >= C) {
+        c[j] -= C;
+        ++t[j];
+      }
+    }
+  }
+  for (uint32_t pq = 0; pq < P; ++pq)
+    if (uint32_t e = st[pq].finish(w)) return e;
+  if (esc_used != n_esc) return kUnitUnusedEscapes;
+  return kUnitOk;
+}
+
+// Decodes one unit (see the top of this file); returns a UnitError.
+#if defined(__CUDACC__)
+#pragma nv_exec_check_disable
+#endif
+template <typename W>
+KVCODEC_HD uint32_t warp_decode_unit(W& w, const UnitJob& job) {
+  const uint32_t planes = job.layout->lossless ? job.layout->elem_size : 1u;
+  switch (planes) {
+    case 1: return warp_decode_unit_planes<W, 1>(w, job);
+    case 2: return warp_decode_unit_planes<W, 2>(w, job);
+    default: return warp_decode_unit_planes<W, 4>(w, job);
+  }
+}
+
+// Job of unit (layer, kv) of chunk `chunk` whose body is at `body`.
+KVCODEC_HD UnitJob make_unit_job(const PackedLayout& pl, const void* model_base, const DecTable* tables,
+                                 uint32_t chunk, const uint8_t* body, uint32_t layer, uint32_t kv,
+                                 const KVView& dst, int16_t* refs) {
+  UnitJob job;
+  job.layout = &pl;
+  job.model = model_view(model_base, pl);
+  job.tables = tables ? tables : job.model.tables + job.model.layers[2 * layer + kv].first_table;
+  const ChunkDesc cd = job.model.chunks[chunk];
+  job.body = body;
+  job.body_size = cd.size;
+  job.layer = layer;
+  job.kv = kv;
+  job.token_begin = cd.token_begin;
+  job.tokens = cd.tokens;
+  job.dst = UnitDst::make(dst, layer, kv);
+  job.refs = refs;
+  return job;
+}
+
+}  // namespace kvcodec::detail

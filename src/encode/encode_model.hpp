@@ -1,0 +1,42 @@
+// From symbol histograms to the model of one (layer, K/V): channel groups, their probability
+// tables and the lane encoders' code tables. Shared by the CPU encoder (encode.cpp) and the
+// host phase of the GPU encoder (encode_plan.cpp), so both build the same model from the same
+// histograms. Internal to src/.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "common/frame.hpp"
+#include "common/model_values.hpp"  // max_layer_model_bytes
+#include "kvcodec/status.hpp"
+
+namespace kvcodec::detail {
+
+// Per-channel symbol histograms of one (layer, K/V), laid out [slot][bin][channel] so that
+// counting one token's channels, whose values fall in a few central bins, touches a few adjacent
+// cache lines rather than one line per channel. A view: the counts live elsewhere (a vector of
+// the CPU encoder, or memory copied back from the GPU).
+struct Histograms {
+  uint32_t channels, slots, bins;
+  uint32_t* h;
+  uint32_t* row(uint32_t slot, uint32_t bin) const { return h + (size_t(slot) * bins + bin) * channels; }
+  uint32_t count(uint32_t c, uint32_t slot, uint32_t bin) const { return h[(size_t(slot) * bins + bin) * channels + c]; }
+};
+
+// Builds m.groups, m.slots, m.channel_group and m.tables from the histograms of a lossless
+// (slots = byte planes, bins = 256) or lossy (slots = anchor[, delta], bins = kLossyBins) unit
+// and the clustering feature of each channel. `codes` receives, per table and bin, the lane
+// code freq << 16 | cum (| kEscFlag for the lossy escape symbol): tables * bins entries.
+// Per-channel grids (lossy) are the caller's.
+Status build_layer_model(const Histograms& hs, const uint64_t* feature, bool lossless, uint32_t table_groups,
+                         LayerModel& m, std::vector<uint32_t>& codes);
+
+// Rebuilds m.tables and `codes` from new histograms, keeping m's channel groups (the second
+// pass of a lossy encoding whose anchors escaped: see encode.cpp, escape_orphaned_deltas).
+Status build_layer_tables(const Histograms& hs, bool lossless, LayerModel& m, std::vector<uint32_t>& codes);
+
+// The frame parameters of an encoding of `shape` and `dtype` with options `o` (no chunks yet).
+FrameInfo frame_info_for(const KVShape& shape, DType dtype, const EncodeOptions& o);
+
+}  // namespace kvcodec::detail
