@@ -20,7 +20,7 @@
 #include "kvcodec/codec.hpp"
 #include "common/dtype.hpp"
 #include "kvcodec/format.hpp"
-#include "kvcodec/quantize.hpp"
+#include "encode/quantize.hpp"
 
 namespace kvcodec::test {
 
