@@ -1,7 +1,7 @@
 // The Redis stores' shared pieces (URI, slots, connection, commands) and the single-node store.
 //
-// Single node: one connection per store, guarded by a mutex (a hiredis context is not
-// thread-safe). Every command runs under the configured command timeout; after any I/O error or
+// Single node: a pool of connections (ConnectionPool; a hiredis context is not thread-safe, so
+// each is held by one call at a time). Every command runs under the configured command timeout; after any I/O error or
 // timeout the connection is dropped and the next command reconnects (under the connect
 // timeout), so a Redis that restarts is picked up again and one that is down costs at most the
 // connect timeout per call. Failures map to kUnavailable (cannot connect / connection lost),
@@ -9,6 +9,7 @@
 #include "store_redis.hpp"
 
 #include <cerrno>
+#include <algorithm>
 #include <charconv>
 #include <map>
 #include <mutex>
@@ -200,6 +201,44 @@ Status Connection::transport_error() {
   return Unavailable("redis " + endpoint_.name() + ": " + what);
 }
 
+// ---- ConnectionPool ---------------------------------------------------------------------------
+
+ConnectionPool::ConnectionPool(const Endpoint& endpoint, const StoreOptions& options, const std::string& user,
+                               const std::string& password, int db)
+    : busy_(size_t(std::max(1, options.connections_per_node)), false) {
+  for (size_t i = 0; i < busy_.size(); ++i)
+    conns_.push_back(std::make_unique<Connection>(endpoint, options, user, password, db));
+}
+
+Status ConnectionPool::with_connection(const std::function<Status(Connection&)>& fn) {
+  size_t i = 0;
+  {
+    std::unique_lock lock(mu_);
+    free_.wait(lock, [&] {
+      for (i = 0; i < busy_.size(); ++i)
+        if (!busy_[i]) return true;
+      return false;
+    });
+    busy_[i] = true;
+  }
+  Status s = fn(*conns_[i]);
+  {
+    std::lock_guard lock(mu_);
+    busy_[i] = false;
+  }
+  free_.notify_one();
+  return s;
+}
+
+StatusOr<std::vector<Reply>> ConnectionPool::exchange(const std::vector<Args>& commands) {
+  StatusOr<std::vector<Reply>> out = Internal("redis: no exchange");
+  Status s = with_connection([&](Connection& c) {
+    out = c.exchange(commands);
+    return out.ok() ? Status::Ok() : out.status();
+  });
+  return out;
+}
+
 // ---- StoreBase -------------------------------------------------------------------------------
 
 namespace {
@@ -353,31 +392,28 @@ namespace {
 class RedisStore final : public redis::StoreBase {
  public:
   RedisStore(std::string uri, const redis::Uri& u, const StoreOptions& o)
-      : uri_(std::move(uri)), conn_(u.nodes[0], o, u.user, u.password, u.db) {}
+      : uri_(std::move(uri)), pool_(u.nodes[0], o, u.user, u.password, u.db) {}
 
   Status ping() {
     auto r = run(0, {{"PING"}});
     if (!r.ok()) return r.status();
     if ((*r)[0]->type == REDIS_REPLY_ERROR)
-      return Unavailable("redis " + conn_.endpoint().name() + ": PING: " + std::string(redis::text((*r)[0].get())));
+      return Unavailable("redis " + pool_.endpoint().name() + ": PING: " + std::string(redis::text((*r)[0].get())));
     return Status::Ok();
   }
   const std::string& uri() const noexcept override { return uri_; }
 
  protected:
   StatusOr<std::vector<redis::Reply>> run(uint16_t, const std::vector<redis::Args>& commands) override {
-    std::lock_guard lock(mu_);
-    return conn_.exchange(commands);
+    return pool_.exchange(commands);
   }
   Status for_each_master(const std::function<Status(redis::Connection&)>& fn) override {
-    std::lock_guard lock(mu_);
-    return fn(conn_);
+    return pool_.with_connection(fn);
   }
 
  private:
   const std::string uri_;
-  std::mutex mu_;
-  redis::Connection conn_;
+  redis::ConnectionPool pool_;
 };
 
 }  // namespace
