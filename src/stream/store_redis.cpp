@@ -8,13 +8,15 @@
 // kTimeout (no reply in time) or kIoError (Redis answered with an error, e.g. OOM).
 #include "store_redis.hpp"
 
-#include <cerrno>
 #include <algorithm>
+#include <cerrno>
 #include <charconv>
 #include <map>
 #include <mutex>
 #include <set>
 #include <string>
+
+#include "percent.hpp"
 
 namespace kvcodec {
 namespace redis {
@@ -24,21 +26,10 @@ namespace {
 timeval to_timeval(int ms) { return timeval{ms / 1000, (ms % 1000) * 1000}; }
 
 // "%40" -> "@"; kInvalidArgument on a malformed escape.
-StatusOr<std::string> percent_decode(std::string_view s) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] != '%') {
-      out += s[i];
-      continue;
-    }
-    unsigned v = 0;
-    if (i + 3 > s.size()) return InvalidArgument("redis URI: bad %XX escape");
-    auto [p, ec] = std::from_chars(s.data() + i + 1, s.data() + i + 3, v, 16);
-    if (ec != std::errc() || p != s.data() + i + 3) return InvalidArgument("redis URI: bad %XX escape");
-    out += char(v);
-    i += 2;
-  }
-  return out;
+StatusOr<std::string> decode_userinfo(std::string_view s) {
+  auto decoded = percent_decode(s);
+  if (!decoded) return InvalidArgument("redis URI: bad %XX escape");
+  return *decoded;
 }
 
 StatusOr<Endpoint> parse_endpoint(std::string_view s) {
@@ -76,8 +67,8 @@ StatusOr<Uri> parse_uri(std::string_view uri) {
     auto colon = userinfo.find(':');
     if (colon == std::string_view::npos)
       return InvalidArgument("redis URI: credentials must be USER:PASSWORD@ or :PASSWORD@");
-    KVCODEC_ASSIGN_OR_RETURN(u.user, percent_decode(userinfo.substr(0, colon)));
-    KVCODEC_ASSIGN_OR_RETURN(u.password, percent_decode(userinfo.substr(colon + 1)));
+    KVCODEC_ASSIGN_OR_RETURN(u.user, decode_userinfo(userinfo.substr(0, colon)));
+    KVCODEC_ASSIGN_OR_RETURN(u.password, decode_userinfo(userinfo.substr(colon + 1)));
     if (u.password.empty()) return InvalidArgument("redis URI: empty password");
   }
   if (auto slash = rest.find('/'); slash != std::string_view::npos) {
