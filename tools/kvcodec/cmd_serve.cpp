@@ -45,8 +45,9 @@ int cmd_serve(int argc, char** argv) {
   so.port = uint16_t(port);
   so.max_connections = int(max_connections);
   so.link.rtt_s = rtt_ms / 1e3;
+  if (Status s = check_seconds(so.link.rtt_s, 60, "--rtt-ms / 1000"); !s.ok()) return a.fail(std::string(s.message()));
   if (a.has("--bandwidth-gbps")) {
-    if (!(gbps > 0)) return a.fail("--bandwidth-gbps must be > 0");
+    if (Status s = check_link_gbps(gbps, "--bandwidth-gbps"); !s.ok()) return a.fail(std::string(s.message()));
     so.link.trace = LinkTrace::constant(gbps);
   } else if (a.has("--trace")) {
     auto t = LinkTrace::load(a.get("--trace"));
