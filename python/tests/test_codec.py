@@ -235,3 +235,35 @@ def test_paged_single_tensor_with_layer_dimension():
     dst = np.zeros_like(pool)
     kvcodec.decode_into(frame, dst, layout="vllm", block_table=list(extra["block_table"]))
     np.testing.assert_array_equal(from_layout(list(dst), "vllm", x.shape, extra["block_table"]), x)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_torch_bf16_in_every_layout(layout):
+    """The same cache as torch bfloat16 tensors (DLPack) and as numpy uint16 bits gives the same
+    frame, and decodes into torch tensors of every layout."""
+    t = need_torch()
+    bits = as_bits(kv_values(), "bf16")
+    kv, extra = to_layout(bits, layout)
+
+    def to_torch(obj):
+        if isinstance(obj, np.ndarray):
+            return t.from_numpy(obj.view(np.int16)).view(t.bfloat16)
+        return [to_torch(o) for o in obj] if isinstance(obj, list) else tuple(to_torch(o) for o in obj)
+
+    tkv = to_torch(kv)
+    extra_t = dict(extra)
+    if "block_table" in extra:
+        extra_t["block_table"] = t.from_numpy(extra["block_table"].astype(np.int64))
+    frame = kvcodec.encode(tkv, level=0, layout=layout, **extra_t)
+    assert frame == kvcodec.encode(bits, level=0, dtype="bf16")
+    dst = to_torch(empty_like_layout(kv, layout))
+    kvcodec.decode_into(frame, dst, layout=layout, block_table=extra_t.get("block_table"))
+
+    def to_bits(obj):
+        if isinstance(obj, (list, tuple)):
+            return [to_bits(o) for o in obj]
+        return obj.view(t.int16).numpy().view(np.uint16)
+
+    got = to_bits(dst)
+    got = got if layout not in ("hf", "per_layer") else [tuple(p) for p in got]
+    np.testing.assert_array_equal(from_layout(got, layout, bits.shape, extra.get("block_table")), bits)
