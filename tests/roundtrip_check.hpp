@@ -16,11 +16,11 @@
 #include <string>
 #include <vector>
 
-#include "detail/frame.hpp"
+#include "common/frame.hpp"
 #include "kvcodec/codec.hpp"
-#include "kvcodec/detail/dtype.hpp"
+#include "common/dtype.hpp"
 #include "kvcodec/format.hpp"
-#include "kvcodec/quantize.hpp"
+#include "encode/quantize.hpp"
 
 namespace kvcodec::test {
 

@@ -6,7 +6,7 @@
 #include <cmath>
 #include <random>
 
-#include "kvcodec/detail/dtype.hpp"
+#include "common/dtype.hpp"
 #include "roundtrip_check.hpp"
 
 namespace kvcodec {
