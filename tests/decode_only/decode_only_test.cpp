@@ -5,6 +5,7 @@
 // analyze_frame. tests/decode_only/no_encoder.cmake checks the archive holds no encoder symbol.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -68,10 +69,14 @@ void check_frame(const std::string& path, uint64_t expected) {
 TEST(DecodeOnly, GoldenFramesDecodeToTheirDigests) {
   const auto digests = read_digests();
   ASSERT_FALSE(digests.empty());
+  size_t v1 = 0;
   for (const auto& [name, expected] : digests) {
     check_frame(golden_dir() + "/" + name + ".kvc", expected);
-    check_frame(golden_dir() + "/v1/" + name + ".kvc", expected);
+    // Cases added after format version 1 (the *_specials ones) have no version-1 record.
+    const std::string old = golden_dir() + "/v1/" + name + ".kvc";
+    if (std::filesystem::exists(old)) check_frame(old, expected), ++v1;
   }
+  EXPECT_GE(v1, 6u) << "the version-1 records of tests/golden/v1 are missing";
 }
 
 }  // namespace
