@@ -3,7 +3,10 @@
 //   * each still decodes (whole and chunk by chunk) to the committed XXH64 digest,
 //   * re-encoding the same input with the same options gives the committed bytes exactly
 //     (the format and the encoder are stable: a change must be deliberate, see the README),
-//   * lossless frames give back their input bit for bit.
+//   * lossless frames give back their input bit for bit;
+//   * lossy frames carry their input (<name>.input.safetensors, equal to make_input()) and decode
+//     within the documented error bound of it on every element (bound_check.hpp: steps read
+//     from the frame, scale from the input, independently of the encoder's arithmetic).
 //
 // KVCODEC_WRITE_GOLDEN=1 rewrites the frames and tests/golden/digests.txt instead of checking.
 #include <gtest/gtest.h>
@@ -20,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "bound_check.hpp"
 #include "kvcodec/codec.hpp"
 #include "common/dtype.hpp"
 #include "common/xxh64.hpp"
@@ -60,6 +64,7 @@ const GoldenCase kCases[] = {
 };
 
 std::string golden_dir() { return std::string(KVCODEC_TEST_DIR) + "/golden"; }
+std::string input_path(const GoldenCase& c) { return golden_dir() + "/" + c.name + ".input.safetensors"; }
 
 uint64_t splitmix64(uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;
@@ -171,6 +176,7 @@ TEST(Golden, WriteWhenAsked) {
     KVCache input = make_input(c);
     const std::vector<uint8_t> frame = encode(c, input);
     ASSERT_TRUE(write_file(golden_dir() + "/" + c.name + ".kvc", frame.data(), frame.size()).ok());
+    if (c.level > 0) ASSERT_TRUE(save_kv(input_path(c), input).ok());
     auto out = KVCache::allocate(c.dtype, c.shape);
     ASSERT_TRUE(out.ok());
     ASSERT_TRUE(decode_into(frame, out->view()).ok());
@@ -250,6 +256,26 @@ TEST(Golden, MultiSegmentChecksumsAreCovered) {
   ASSERT_TRUE(info.ok());
   EXPECT_GT(info->head_bytes, 4096u);
   EXPECT_GT(info->chunks[0].size, 4096u);
+}
+
+// A lossy frame against the input it was encoded from, committed next to it: the decoded values
+// are within the documented bound of the input (not merely equal to an earlier decoding).
+TEST_P(GoldenFrame, LossyFrameIsWithinTheBoundOfItsInput) {
+  if (writing_golden()) GTEST_SKIP() << "rewriting the golden frames";
+  const GoldenCase& c = GetParam();
+  if (c.level == 0) return;  // lossless frames are compared with make_input() bit for bit above
+  auto frame = read_file(golden_dir() + "/" + c.name + ".kvc");
+  ASSERT_TRUE(frame.ok()) << frame.status().to_string();
+  auto input = load_kv(input_path(c));
+  ASSERT_TRUE(input.ok()) << input.status().to_string() << " (KVCODEC_WRITE_GOLDEN=1 writes the inputs)";
+  EXPECT_TRUE(input->data == make_input(c).data) << input_path(c) << " differs from make_input()";
+  auto out = KVCache::allocate(c.dtype, c.shape);
+  ASSERT_TRUE(out.ok());
+  ASSERT_TRUE(decode_into(*frame, out->view()).ok());
+  const test::BoundReport r = test::check_bound(*frame, *input, *out);
+  EXPECT_EQ(r.violations, 0u) << r.first;
+  EXPECT_EQ(r.checked + r.non_finite, c.shape.elements());  // every element checked
+  if (c.shape.tokens > 1) EXPECT_LT(r.exact, r.checked) << "a lossy frame that decodes exactly tests nothing";
 }
 
 // tests/golden/v1/: the same cases as written by format version 1 (before segmented checksums);

@@ -119,7 +119,7 @@ StatusOr<std::unique_ptr<Server>> Server::start(std::shared_ptr<Store> store, co
   if (fd < 0) return IoError(std::string("server: socket: ") + std::strerror(errno));
   int one = 1;
   ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(fd, 64) != 0) {
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(fd, SOMAXCONN) != 0) {
     Status s = Unavailable("server: cannot listen on " + options.host + ":" + std::to_string(options.port) +
                            ": " + std::strerror(errno));
     ::close(fd);
