@@ -5,7 +5,7 @@
 # limit; the input that did it is kept in build-fuzz/crashes/ (rerun: build-fuzz/tests/fuzz/
 # fuzz_<name> <file>).
 #
-# Environment: KVCODEC_FUZZ_SECONDS (per target, default 12: 12 targets stay under ~3 minutes),
+# Environment: KVCODEC_FUZZ_SECONDS (per target, default 12: 13 targets stay under ~3 minutes),
 #              KVCODEC_FUZZ_TARGETS (space-separated names, default all), KVCODEC_JOBS (build jobs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,11 +33,9 @@ extra_seeds() {
   esac
   return 0
 }
-# target:seed corpus. analyze_frame is run only when asked (KVCODEC_FUZZ_TARGETS) until its
-# unit-directory parsing is the decoder's (issue 11, item 2): it still trusts unit sizes.
-all="frame_info:frame verify_frame:frame decode:frame decode_chunk:frame roundtrip:none
+# target:seed corpus
+all="frame_info:frame verify_frame:frame decode:frame decode_chunk:frame analyze_frame:frame roundtrip:none
      safetensors:safetensors npy:npy tokenizer:tokenizer model:model wire:wire manifest:manifest link_trace:trace"
-if [[ " ${KVCODEC_FUZZ_TARGETS:-} " == *" analyze_frame "* ]]; then all="$all analyze_frame:frame"; fi
 for spec in $all; do
   name="${spec%%:*}"
   kind="${spec##*:}"
