@@ -36,7 +36,7 @@
 #include "common/block.hpp"
 #include "encode/encode_values.hpp"
 #include "common/log2.hpp"
-#include "common/model_values.hpp"
+#include "encode/model_values.hpp"
 #include "common/warp.hpp"
 #include "encode/warp_encode.hpp"
 #include "kvcodec/format.hpp"

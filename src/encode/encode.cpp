@@ -236,7 +236,7 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, LayerOu
     // The escaped values' raw elements, in symbol order, after their count.
     const size_t base = unit.size();
     unit.resize(pad4(base + 4 + esc_at.size() * cx.es), 0);
-    detail::put_u32(unit.data() + base, uint32_t(esc_at.size()));
+    detail::store_le32(unit.data() + base, uint32_t(esc_at.size()));
     uint8_t* e = unit.data() + base + 4;
     for (uint32_t j : esc_at) {
       std::memcpy(e, raw + (size_t(t0) * C + j) * cx.es, cx.es);
@@ -275,13 +275,13 @@ StatusOr<size_t> encode_into(const KVView& src, const EncodeOptions& o, std::spa
   const Context cx{src, o, chunks, dtype_size(src.dtype)};
 
   std::vector<LayerOutput> outs(size_t(L) * 2);
-  detail::parallel_for(outs.size(), o.threads, [&](size_t task) {
+  KVCODEC_RETURN_IF_ERROR(detail::parallel_for(outs.size(), o.threads, [&](size_t task) {
     const uint32_t l = uint32_t(task / 2), kv = uint32_t(task % 2);
     const std::unique_ptr<uint8_t[]> raw(new uint8_t[size_t(sh.tokens) * sh.channels() * cx.es]);  // gathered next
     gather(src, l, kv, raw.get());
     if (o.level == 0) encode_lossless(cx, raw.get(), outs[task]);
     else encode_lossy(cx, l, raw.get(), outs[task]);
-  });
+  }));
   for (size_t i = 0; i < outs.size(); ++i)
     if (!outs[i].status.ok())
       return outs[i].status.with_context("layer " + std::to_string(i / 2) + (i % 2 ? " V" : " K"));
@@ -305,17 +305,17 @@ StatusOr<size_t> encode_into(const KVView& src, const EncodeOptions& o, std::spa
   if (f.frame_bytes > dst.size())
     return BufferTooSmall("frame needs " + std::to_string(f.frame_bytes) + " bytes, buffer has " +
                           std::to_string(dst.size()));
-  detail::parallel_for(chunks, o.threads, [&](size_t k) {
+  KVCODEC_RETURN_IF_ERROR(detail::parallel_for(chunks, o.threads, [&](size_t k) {
     uint8_t* p = dst.data() + f.chunks[k].offset;
     uint8_t* unit = p + dir_bytes;
     for (size_t i = 0; i < outs.size(); ++i) {
       const auto& u = outs[i].units[k];
-      detail::put_u32(p + 4 * i, uint32_t(u.size()));
+      detail::store_le32(p + 4 * i, uint32_t(u.size()));
       std::memcpy(unit, u.data(), u.size());
       unit += u.size();
     }
     f.chunks[k].checksum = detail::frame_checksum(kFormatVersion, p, f.chunks[k].size);
-  });
+  }));
   detail::write_head(f, model, head);
   std::memcpy(dst.data(), head.data(), head.size());
   return size_t(f.frame_bytes);

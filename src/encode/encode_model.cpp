@@ -8,7 +8,7 @@
 
 #include "encode/encode_values.hpp"
 #include "common/log2.hpp"
-#include "common/model_values.hpp"
+#include "encode/model_values.hpp"
 
 namespace kvcodec::detail {
 namespace {

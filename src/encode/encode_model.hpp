@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "common/frame.hpp"
-#include "common/model_values.hpp"  // max_layer_model_bytes
+#include "encode/model_values.hpp"  // max_layer_model_bytes
 #include "kvcodec/status.hpp"
 
 namespace kvcodec::detail {

@@ -37,15 +37,16 @@
 
 #include <cstdint>
 
-#include "kvcodec/config.hpp"
+#include "common/checksum.hpp"
 #include "common/dtype.hpp"
-#include "encode/encode_values.hpp"
 #include "common/quant.hpp"
 #include "common/rans.hpp"
+#include "common/unit.hpp"
 #include "common/warp.hpp"
-#include "decode/warp_decode.hpp"
-#include "common/checksum.hpp"
+#include "encode/encode_values.hpp"
 #include "encode/quantize.hpp"
+#include "kvcodec/config.hpp"
+#include "kvcodec/format.hpp"
 #include "kvcodec/tensor.hpp"
 
 namespace kvcodec::detail {
