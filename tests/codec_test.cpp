@@ -396,5 +396,49 @@ TEST(Codec, RejectsBadArguments) {
             StatusCode::kInvalidArgument);
 }
 
+// Issue 11, items 7 and 9: an expansion limit (zero-bit streams are legal, so a tiny frame can
+// decode to gigabytes) and bytes after frame_bytes (a frame is exactly frame_bytes long).
+TEST(Codec, DecodeLimitAndTrailingBytes) {
+  const KVShape s{2, 64, 1, 8};
+  std::vector<uint8_t> raw(s.elements() * 2, 0);  // constant: almost no payload
+  EncodeOptions o;
+  o.chunk_tokens = 16;
+  auto frame = encode(contiguous_view(raw.data(), DType::kF16, s), o);
+  auto info = read_frame_info(frame);
+  ASSERT_TRUE(info.ok());
+  std::vector<uint8_t> out(raw.size());
+  const KVView dst = contiguous_view(out.data(), DType::kF16, s);
+  EXPECT_EQ(decoded_bytes(*info), raw.size());
+  DecodeOptions d;
+  d.max_decoded_bytes = raw.size() - 1;
+  EXPECT_EQ(decode_into(frame, dst, d).code(), StatusCode::kResourceExhausted);
+  d.max_decoded_bytes = raw.size();
+  EXPECT_TRUE(decode_into(frame, dst, d).ok());
+  // A range is measured alone: one layer of chunks 1..2 is 2 x 32 tokens x 8 x 2 bytes.
+  d.chunk_begin = 1;
+  d.chunk_end = 3;
+  d.layer_end = 1;
+  EXPECT_EQ(decoded_bytes(*info, d), 2u * 32 * 8 * 2);
+  d.max_decoded_bytes = 2u * 32 * 8 * 2;
+  EXPECT_TRUE(decode_into(frame, dst, d).ok());
+  d.max_decoded_bytes -= 1;
+  EXPECT_EQ(decode_into(frame, dst, d).code(), StatusCode::kResourceExhausted);
+  const ChunkInfo& c1 = info->chunks[1];
+  d.max_decoded_bytes = 16u * 8 * 2 - 1;  // one chunk, one layer
+  EXPECT_EQ(decode_chunk_into(frame, 1, std::span(frame).subspan(c1.offset, c1.size), dst, d).code(),
+            StatusCode::kResourceExhausted);
+  d.max_decoded_bytes = 0;  // no limit
+  EXPECT_TRUE(decode_chunk_into(frame, 1, std::span(frame).subspan(c1.offset, c1.size), dst, d).ok());
+
+  std::vector<uint8_t> longer = frame;
+  longer.push_back(0);
+  EXPECT_EQ(decode_into(longer, dst).code(), StatusCode::kCorruptData);
+  EXPECT_EQ(verify_frame(longer).code(), StatusCode::kCorruptData);
+  EXPECT_TRUE(read_frame_info(longer).ok());  // the head alone is still readable
+  longer.pop_back();
+  longer.pop_back();
+  EXPECT_EQ(decode_into(longer, dst).code(), StatusCode::kBufferTooSmall);
+}
+
 }  // namespace
 }  // namespace kvcodec

@@ -6,7 +6,8 @@ set(KVCODEC_DOWNSTREAM_LINK_FLAGS "")
 if(KVCODEC_SANITIZE)  # an instrumented static library needs the sanitizer runtimes at link time
   set(KVCODEC_DOWNSTREAM_LINK_FLAGS "-fsanitize=address,undefined")
 endif()
-file(GLOB core_headers RELATIVE ${PROJECT_SOURCE_DIR}/include ${PROJECT_SOURCE_DIR}/include/kvcodec/*.hpp)
+file(GLOB core_headers RELATIVE ${PROJECT_SOURCE_DIR}/include ${PROJECT_SOURCE_DIR}/include/kvcodec/*.hpp
+     ${PROJECT_SOURCE_DIR}/include/kvcodec/*.h)
 set(components "")
 set(component_headers "")
 foreach(component stream cuda)

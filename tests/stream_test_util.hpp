@@ -16,6 +16,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "common/dtype.hpp"
 #include "kvcodec/io.hpp"
@@ -80,25 +81,30 @@ inline int free_port() {
 // A private redis-server on a loopback port, no persistence; killed by the destructor.
 class RedisProcess {
  public:
-  RedisProcess() : port_(free_port()) {
+  // `extra`: more redis-server options, e.g. {"--maxmemory", "2mb"}.
+  explicit RedisProcess(std::vector<std::string> extra = {}) : port_(free_port()) {
+    std::vector<std::string> args = {"redis-server", "--port", std::to_string(port_), "--bind", "127.0.0.1",
+                                     "--save", "", "--appendonly", "no", "--loglevel", "warning"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
     pid_ = ::fork();
     if (pid_ == 0) {
       int null = ::open("/dev/null", O_WRONLY);  // keep the test log readable
       ::dup2(null, 1);
       ::dup2(null, 2);
-      const std::string port = std::to_string(port_);
-      ::execlp("redis-server", "redis-server", "--port", port.c_str(), "--bind", "127.0.0.1",
-               "--save", "", "--appendonly", "no", "--loglevel", "warning", (char*)nullptr);
+      ::execvp("redis-server", argv.data());
       ::_exit(127);
     }
   }
   ~RedisProcess() { kill(); }
 
   std::string url() const { return "redis://127.0.0.1:" + std::to_string(port_); }
-  // Waits (at most 5 s) until the server answers.
-  bool wait_ready() const {
+  int port() const { return port_; }
+  // Waits (at most 5 s) until the server answers (with `o`'s credentials).
+  bool wait_ready(StoreOptions o = {}) const {
     for (int i = 0; i < 100; ++i) {
-      StoreOptions o;
       o.connect_timeout_ms = 100;
       if (open_store(url(), o).ok()) return true;
       std::this_thread::sleep_for(std::chrono::milliseconds(50));

@@ -29,7 +29,12 @@ TEST(Synthetic, NamedShapesHaveTheRealModelsGeometry) {
     EXPECT_EQ(kv->dtype, DType::kBF16);
     EXPECT_EQ(kv->data.size(), kv->shape.elements() * 2);
   }
-  EXPECT_EQ(synthetic_shapes().size(), 3u);
+  EXPECT_EQ(synthetic_shapes().size(), 4u);
+  // The MLA shape: one 576-value latent per layer and token, coded as two 288-channel halves.
+  auto mla = make_synthetic("deepseek-v3-mla", 16, DType::kBF16, 1);
+  ASSERT_TRUE(mla.ok()) << mla.status().to_string();
+  EXPECT_EQ(mla->shape, *mla_shape(61, 16, 576));
+  EXPECT_TRUE(synthetic_shapes()[3].mla);
   EXPECT_EQ(make_synthetic("gpt-5", 16, DType::kF16, 1).status().code(), StatusCode::kNotFound);
   EXPECT_EQ(make_synthetic("llama3-8b", 0, DType::kF16, 1).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(make_synthetic(KVShape{2, 8, 1, 7}, DType::kF16, 1, reference_kv_stats(), 1e4f).status().code(),

@@ -9,6 +9,12 @@
 //   lmcache_view     [2, layers, tokens, kv_heads * head_dim]         (LMCache KV_2LTD)
 //   hf_view          per layer: key/value [1, kv_heads, tokens, head_dim] (Hugging Face)
 //   vllm_paged_view  per layer (2, num_blocks, block_size, kv_heads, head_dim) + block table
+//   paged_kv_split_view  per layer a K pool and a V pool (num_blocks, block_size, kv_heads, head_dim)
+//                    (vLLM with separate K and V tensors; SGLang's token pools: block_size 1)
+//   flashinfer_paged_view  per layer (num_blocks, 2, block_size, kv_heads, head_dim)
+//   with_slot_mapping  any paged view indexed by a token -> slot mapping instead of a block table
+//   mla_view / mla_paged_view  MLA latent caches (DeepSeek): one [tokens, latent_dim] plane per
+//                    layer (mla_shape explains how it maps onto K and V)
 //   strided_view     any 5-D strided layout (strides in elements, may be negative)
 #pragma once
 
@@ -85,10 +91,14 @@ struct KVView {
   // context lives in block block_table[t / block_size], slot t % block_size. stride[1] is the
   // distance between the K and V halves, stride[2] between blocks, stride[3] between heads,
   // stride[4] between elements of head_dim and `slot_stride` between slots of one block.
+  // With separate K and V pools, layer_v is non-null: V of layer l is at layer_v[l] (stride[1]
+  // unused). With a slot mapping (non-null slot_mapping, null block_table), token t lives in
+  // block slot_mapping[t] / block_size, slot slot_mapping[t] % block_size.
   const int32_t* block_table = nullptr;
   uint32_t num_blocks = 0;
   uint32_t block_size = 0;
   int64_t slot_stride = 0;
+  const int64_t* slot_mapping = nullptr;
 
   // Address of element (l, kv, t, h, d). No bounds checks: call validate_view first.
   void* element(uint32_t l, uint32_t kv, uint32_t t, uint32_t h, uint32_t d) const noexcept;
@@ -97,7 +107,8 @@ struct KVView {
 };
 
 // Checks dtype, shape, pointers, strides and (paged) the block table: every entry a block index
-// in [0, num_blocks) for the tokens of the context.
+// in [0, num_blocks) for the tokens of the context (or every slot mapping entry a slot in
+// [0, num_blocks * block_size)).
 Status validate_view(const KVView& v);
 // The checks of validate_view that do not read through the view's pointers (dtype, shape,
 // non-null pointers and arrays, paged geometry): for views of device memory, whose per-layer
@@ -119,5 +130,32 @@ KVView per_layer_view(void* const* keys, void* const* values, DType dtype, const
 KVView vllm_paged_view(void* const* layer_data, DType dtype, const KVShape& shape,
                        const int32_t* block_table, uint32_t num_blocks, uint32_t block_size,
                        PagedOrder order = PagedOrder::kNHD) noexcept;
+// Separate K and V pools (vLLM's split K/V caches, SGLang's token-indexed pools with
+// block_size 1 or its page size): k_layers[l] and v_layers[l] are layer l's
+// (num_blocks, block_size, kv_heads, head_dim) tensors (or HND: (num_blocks, kv_heads,
+// block_size, head_dim)), indexed by the block table.
+KVView paged_kv_split_view(void* const* k_layers, void* const* v_layers, DType dtype, const KVShape& shape,
+                           const int32_t* block_table, uint32_t num_blocks, uint32_t block_size,
+                           PagedOrder order = PagedOrder::kNHD) noexcept;
+// FlashInfer's paged cache: layer_data[l] is (num_blocks, 2, block_size, kv_heads, head_dim)
+// (or HND: (num_blocks, 2, kv_heads, block_size, head_dim)).
+KVView flashinfer_paged_view(void* const* layer_data, DType dtype, const KVShape& shape,
+                             const int32_t* block_table, uint32_t num_blocks, uint32_t block_size,
+                             PagedOrder order = PagedOrder::kNHD) noexcept;
+// The paged view `v` with token t at slot slot_mapping[t] (vLLM's slot_mapping, int64, one entry
+// per token of the context) instead of a block table. The array must outlive the view.
+KVView with_slot_mapping(KVView v, const int64_t* slot_mapping) noexcept;
+
+// MLA latent caches (DeepSeek-V2/V3: kv_lora_rank 512 + rope 64 = 576 values per token and
+// layer, no K/V split). A frame stores one as the shape {layers, tokens, 1, latent_dim / 2}: the
+// first half of each latent row is coded as "K", the second half as "V", so MLA needs no format
+// change, old readers decode it, and each half keeps its own statistics (docs/format.md).
+// kInvalidArgument when latent_dim is odd or zero; the shape limits apply.
+StatusOr<KVShape> mla_shape(uint32_t layers, uint32_t tokens, uint32_t latent_dim);
+// [layers, tokens, latent_dim], row-major; `shape` from mla_shape.
+KVView mla_view(void* data, DType dtype, const KVShape& shape) noexcept;
+// vLLM's paged MLA cache: layer_data[l] is (num_blocks, block_size, latent_dim).
+KVView mla_paged_view(void* const* layer_data, DType dtype, const KVShape& shape, const int32_t* block_table,
+                      uint32_t num_blocks, uint32_t block_size) noexcept;
 
 }  // namespace kvcodec

@@ -176,6 +176,9 @@ Status verify_frame(std::span<const uint8_t> frame) {
   KVCODEC_ASSIGN_OR_RETURN(FrameInfo f, read_frame_info(frame));
   if (frame.size() < f.frame_bytes)
     return BufferTooSmall("frame truncated: " + std::to_string(frame.size()) + " of " + std::to_string(f.frame_bytes) + " bytes");
+  if (frame.size() > f.frame_bytes)
+    return CorruptData(std::to_string(frame.size() - f.frame_bytes) + " bytes after the frame's " +
+                       std::to_string(f.frame_bytes));
   for (size_t i = 0; i < f.chunks.size(); ++i) {
     const auto& c = f.chunks[i];
     if (detail::frame_checksum(f.format_version, frame.data() + c.offset, c.size) != c.checksum)

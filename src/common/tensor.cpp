@@ -62,9 +62,17 @@ void* KVView::element(uint32_t l, uint32_t kv, uint32_t t, uint32_t h, uint32_t 
       off = int64_t(t) * stride[2] + int64_t(h) * stride[3] + int64_t(d) * stride[4];
       break;
     default: {  // kPaged
-      base = static_cast<char*>(layer_k[l]);
-      const int64_t block = block_table[t / block_size];
-      off = int64_t(kv) * stride[1] + block * stride[2] + int64_t(t % block_size) * slot_stride +
+      const bool split = layer_v != nullptr;
+      base = static_cast<char*>(split && kv ? layer_v[l] : layer_k[l]);
+      int64_t block, slot;
+      if (slot_mapping) {
+        block = slot_mapping[t] / block_size;
+        slot = slot_mapping[t] % block_size;
+      } else {
+        block = block_table[t / block_size];
+        slot = t % block_size;
+      }
+      off = (split ? 0 : int64_t(kv) * stride[1]) + block * stride[2] + slot * slot_stride +
             int64_t(h) * stride[3] + int64_t(d) * stride[4];
       break;
     }
@@ -84,8 +92,10 @@ Status validate_view_geometry(const KVView& v) {
       return Status::Ok();
     case KVView::Kind::kPaged: {
       if (!v.layer_k) return InvalidArgument("paged view has a null layer array");
-      if (!v.block_table) return InvalidArgument("paged view has a null block table");
+      if (!v.block_table == !v.slot_mapping)
+        return InvalidArgument("paged view: set exactly one of block_table and slot_mapping");
       if (!v.block_size || !v.num_blocks) return InvalidArgument("paged view: zero block_size or num_blocks");
+      if (v.slot_mapping) return Status::Ok();
       const uint64_t used = (uint64_t(v.shape.tokens) + v.block_size - 1) / v.block_size;
       if (used > v.num_blocks)
         return InvalidArgument("paged view: " + std::to_string(v.shape.tokens) + " tokens need " +
@@ -104,7 +114,16 @@ Status validate_view(const KVView& v) {
         return InvalidArgument("per-layer view: layer " + std::to_string(l) + " has a null tensor");
   } else if (v.kind == KVView::Kind::kPaged) {
     for (uint32_t l = 0; l < v.shape.layers; ++l)
-      if (!v.layer_k[l]) return InvalidArgument("paged view: layer " + std::to_string(l) + " is null");
+      if (!v.layer_k[l] || (v.layer_v && !v.layer_v[l]))
+        return InvalidArgument("paged view: layer " + std::to_string(l) + " is null");
+    if (v.slot_mapping) {
+      const int64_t slots = int64_t(v.num_blocks) * v.block_size;
+      for (uint32_t t = 0; t < v.shape.tokens; ++t)
+        if (v.slot_mapping[t] < 0 || v.slot_mapping[t] >= slots)
+          return InvalidArgument("paged view: slot mapping entry " + std::to_string(t) + " = " +
+                                 std::to_string(v.slot_mapping[t]) + " outside [0, " + std::to_string(slots) + ")");
+      return Status::Ok();
+    }
     const uint64_t used = (uint64_t(v.shape.tokens) + v.block_size - 1) / v.block_size;
     for (uint64_t i = 0; i < used; ++i) {
       const int32_t b = v.block_table[i];
@@ -180,6 +199,57 @@ KVView vllm_paged_view(void* const* layer_data, DType dtype, const KVShape& s, c
     v.slot_stride = D;
     v.stride[3] = B * D;
   }
+  return v;
+}
+
+KVView paged_kv_split_view(void* const* k_layers, void* const* v_layers, DType dtype, const KVShape& s,
+                           const int32_t* block_table, uint32_t num_blocks, uint32_t block_size,
+                           PagedOrder order) noexcept {
+  KVView v = vllm_paged_view(k_layers, dtype, s, block_table, num_blocks, block_size, order);
+  v.layer_v = v_layers;
+  v.stride[1] = 0;  // unused: V has its own pool
+  return v;
+}
+
+KVView flashinfer_paged_view(void* const* layer_data, DType dtype, const KVShape& s, const int32_t* block_table,
+                             uint32_t num_blocks, uint32_t block_size, PagedOrder order) noexcept {
+  KVView v = vllm_paged_view(layer_data, dtype, s, block_table, num_blocks, block_size, order);
+  const int64_t page = int64_t(block_size) * s.kv_heads * s.head_dim;  // one K or V page
+  v.stride[1] = page;
+  v.stride[2] = 2 * page;
+  return v;
+}
+
+KVView with_slot_mapping(KVView v, const int64_t* slot_mapping) noexcept {
+  v.slot_mapping = slot_mapping;
+  v.block_table = nullptr;
+  return v;
+}
+
+StatusOr<KVShape> mla_shape(uint32_t layers, uint32_t tokens, uint32_t latent_dim) {
+  if (latent_dim == 0 || latent_dim % 2)
+    return InvalidArgument("MLA latent_dim " + std::to_string(latent_dim) + " must be even and non-zero");
+  const KVShape s{layers, tokens, 1, latent_dim / 2};
+  KVCODEC_RETURN_IF_ERROR(validate_shape(s));
+  return s;
+}
+
+KVView mla_view(void* data, DType dtype, const KVShape& s) noexcept {
+  KVView v = contiguous_view(data, dtype, s);
+  const int64_t half = s.head_dim, T = s.tokens;
+  v.stride[1] = half;          // "K" = first half of the latent row, "V" = second half
+  v.stride[2] = 2 * half;      // token
+  v.stride[0] = T * 2 * half;  // layer
+  return v;
+}
+
+KVView mla_paged_view(void* const* layer_data, DType dtype, const KVShape& s, const int32_t* block_table,
+                      uint32_t num_blocks, uint32_t block_size) noexcept {
+  KVView v = vllm_paged_view(layer_data, dtype, s, block_table, num_blocks, block_size, PagedOrder::kNHD);
+  const int64_t half = s.head_dim;
+  v.stride[1] = half;
+  v.slot_stride = 2 * half;
+  v.stride[2] = int64_t(block_size) * 2 * half;
   return v;
 }
 

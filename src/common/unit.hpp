@@ -38,7 +38,7 @@ inline const char* unit_error_message(uint32_t e) {
     case kUnitBadFinalState: return "rANS lane did not end in its initial state";
     case kUnitEscapeOverrun: return "escape stream exhausted";
     case kUnitUnusedEscapes: return "unused escaped values";
-    case kUnitBadBlock: return "paged destination: block table entry out of range";
+    case kUnitBadBlock: return "paged destination: block table or slot mapping entry out of range";
   }
   return "unknown unit error";
 }
@@ -58,6 +58,7 @@ struct UnitDst {
   uint32_t head_dim, block_size, num_blocks;
   bool flat_channels;  // channel c is at c * s_dim (heads packed: s_head == head_dim * s_dim)
   const int32_t* block_table;
+  const int64_t* slot_mapping;  // paged: token -> slot instead of the block table, or null
 
   KVCODEC_HD static UnitDst make(const KVView& v, uint32_t l, uint32_t kv) {
     UnitDst u;
@@ -70,9 +71,9 @@ struct UnitDst {
         off = int64_t(l) * v.stride[0] + int64_t(kv) * v.stride[1];
         break;
       case KVView::Kind::kPerLayer: u.base = static_cast<char*>(kv ? v.layer_v[l] : v.layer_k[l]); break;
-      default:
-        u.base = static_cast<char*>(v.layer_k[l]);
-        off = int64_t(kv) * v.stride[1];
+      default:  // paged; separate K and V pools when layer_v is set
+        u.base = static_cast<char*>(v.layer_v && kv ? v.layer_v[l] : v.layer_k[l]);
+        off = v.layer_v ? 0 : int64_t(kv) * v.stride[1];
         break;
     }
     u.base += off * int64_t(u.es);
@@ -84,13 +85,20 @@ struct UnitDst {
     u.block_size = v.block_size;
     u.num_blocks = v.num_blocks;
     u.block_table = v.block_table;
+    u.slot_mapping = v.slot_mapping;
     u.flat_channels = v.stride[3] == int64_t(v.shape.head_dim) * v.stride[4];
     return u;
   }
-  // Element offset of token t of the context; false when a paged block entry is out of range.
+  // Element offset of token t of the context; false when a paged block (or slot) entry is out of range.
   KVCODEC_HD bool token_offset(uint32_t t, int64_t* off) const {
     if (kind != KVView::Kind::kPaged) {
       *off = int64_t(t) * s_tok;
+      return true;
+    }
+    if (slot_mapping) {
+      const int64_t slot = slot_mapping[t];
+      if (slot < 0 || slot >= int64_t(num_blocks) * block_size) return false;
+      *off = (slot / block_size) * s_tok + (slot % block_size) * slot_stride;
       return true;
     }
     const int32_t b = block_table[t / block_size];
@@ -113,7 +121,6 @@ KVCODEC_HD void store_raw(void* p, uint32_t es, uint32_t bits) {
 KVCODEC_HD uint32_t load_raw(const uint8_t* p, uint32_t es) {
   return es == 4 ? load_le32(p) : es == 2 ? load_le16(p) : uint32_t(p[0]);
 }
-
 
 // ---- Parsing a chunk body into units, and a unit into its streams ----------------------------
 // The one parser of the chunk and unit layouts (docs/format.md, "Chunk bodies"), used by the CPU

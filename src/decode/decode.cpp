@@ -496,6 +496,14 @@ Status check_destination(const FrameInfo& f, const KVView& dst) {
   return validate_view(dst);
 }
 
+Status check_decode_limit(const FrameInfo& f, const DecodeOptions& o) {
+  const uint64_t bytes = decoded_bytes(f, o);
+  if (o.max_decoded_bytes && bytes > o.max_decoded_bytes)
+    return ResourceExhausted("the frame decodes to " + std::to_string(bytes) + " bytes, over the limit of " +
+                             std::to_string(o.max_decoded_bytes) + " (max_decoded_bytes)");
+  return Status::Ok();
+}
+
 }  // namespace
 
 StatusOr<FrameDecoder> FrameDecoder::open(std::span<const uint8_t> head) {
@@ -515,6 +523,10 @@ Status FrameDecoder::decode_chunk(uint32_t chunk, std::span<const uint8_t> body,
                       std::to_string(impl_->info.chunks.size()));
   const uint32_t L = impl_->info.shape.layers, le = std::min(o.layer_end, L);
   if (o.layer_begin >= le) return OutOfRange("empty layer range");
+  DecodeOptions one = o;
+  one.chunk_begin = chunk;
+  one.chunk_end = chunk + 1;
+  KVCODEC_RETURN_IF_ERROR(check_decode_limit(impl_->info, one));
   return kvcodec::decode_chunk(*impl_, chunk, body, dst, o.layer_begin, le, o.verify_checksums, o.threads);
 }
 
@@ -578,15 +590,27 @@ StatusOr<FrameStats> analyze_frame(std::span<const uint8_t> frame) {
   return st;
 }
 
+uint64_t decoded_bytes(const FrameInfo& f, const DecodeOptions& o) noexcept {
+  const uint32_t ce = std::min<size_t>(o.chunk_end, f.chunks.size()), le = std::min(o.layer_end, f.shape.layers);
+  if (o.chunk_begin >= ce || o.layer_begin >= le) return 0;
+  uint64_t tokens = 0;
+  for (uint32_t k = o.chunk_begin; k < ce; ++k) tokens += f.chunks[k].tokens;
+  return uint64_t(le - o.layer_begin) * 2 * tokens * f.shape.channels() * dtype_size(f.dtype);
+}
+
 Status decode_into(std::span<const uint8_t> frame, const KVView& dst, const DecodeOptions& o) {
   KVCODEC_ASSIGN_OR_RETURN(auto d, make_decoder(frame));
   KVCODEC_RETURN_IF_ERROR(check_destination(d->info, dst));
   if (frame.size() < d->info.frame_bytes)
     return BufferTooSmall("frame truncated: " + std::to_string(frame.size()) + " of " +
                           std::to_string(d->info.frame_bytes) + " bytes");
+  if (frame.size() > d->info.frame_bytes)
+    return CorruptData(std::to_string(frame.size() - d->info.frame_bytes) + " bytes after the frame's " +
+                       std::to_string(d->info.frame_bytes));
   const uint32_t n = uint32_t(d->info.chunks.size()), L = d->info.shape.layers;
   const uint32_t ce = std::min(o.chunk_end, n), le = std::min(o.layer_end, L);
   if (o.chunk_begin >= ce || o.layer_begin >= le) return OutOfRange("empty chunk or layer range");
+  KVCODEC_RETURN_IF_ERROR(check_decode_limit(d->info, o));
   // Parallelise across chunks when there are several; a single chunk parallelises its layers.
   std::vector<Status> st(ce - o.chunk_begin);
   const bool across_chunks = st.size() > 1;

@@ -97,6 +97,52 @@ void encode_lossless(const Context& cx, const uint8_t* raw, LayerOutput& out) {
   }
 }
 
+// Counts the lossy symbol values val[t][c] of slots [slot0, slot1) into hs and (slot 0) the
+// clustering feature. Counted in blocks of 64 channels over all tokens: the counters one block
+// touches stay in L1 (a token-major pass hits a different cache line of the 2 x 512 x C table per
+// channel).
+void count_lossy(const int16_t* val, uint32_t T, uint32_t C, uint32_t CT, uint32_t GT, uint32_t slot0, uint32_t slot1,
+                 const Histograms& hs, uint64_t* feature) {
+  for (uint32_t c0 = 0; c0 < C; c0 += 64) {
+    const uint32_t c1 = std::min(C, c0 + 64);
+    for (uint32_t t = 0; t < T; ++t) {
+      const uint32_t slot = (t % CT) % GT == 0 ? 0 : 1;
+      if (slot < slot0 || slot >= slot1) continue;
+      const int16_t* vr = &val[size_t(t) * C];
+      for (uint32_t c = c0; c < c1; ++c) {
+        const int16_t v = vr[c];
+        ++hs.row(slot, detail::lossy_bin(v))[c];
+        if (slot == 0 && v != detail::kEscapeQ) feature[c] += uint64_t(v < 0 ? -v : v);
+      }
+    }
+  }
+}
+
+// Escapes the deltas of every anchor that its table codes as the escape symbol although it has a
+// grid value (outside the table's window): the decoder then resets the channel's reference to 0
+// (docs/format.md 4.3), and the deltas were taken against the anchor's grid value. True if any
+// delta changed (its histograms must then be counted again).
+bool escape_orphaned_deltas(int16_t* val, uint32_t T, uint32_t C, uint32_t CT, uint32_t GT, const LayerModel& m,
+                            const std::vector<uint32_t>& fc_lut) {
+  bool changed = false;
+  for (uint32_t t = 0; t < T; ++t) {
+    const uint32_t local = t % CT;
+    if (local % GT) continue;
+    const uint32_t end = std::min({T, t - local + CT, t + GT});  // the group ends with its chunk
+    const int16_t* ar = &val[size_t(t) * C];
+    for (uint32_t c = 0; c < C; ++c) {
+      const uint32_t code = fc_lut[size_t(m.channel_group[c]) * 2 * detail::kLossyBins + detail::lossy_bin(ar[c])];
+      if (!detail::orphans_deltas(ar[c], code)) continue;
+      for (uint32_t d = t + 1; d < end; ++d) {
+        int16_t& v = val[size_t(d) * C + c];
+        changed |= v != detail::kEscapeQ;
+        v = detail::kEscapeQ;
+      }
+    }
+  }
+  return changed;
+}
+
 // Lossy: grids, symbols (anchors and deltas), windows, tables, lanes + escapes per chunk.
 void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, LayerOutput& out) {
   const KVShape& sh = cx.src.shape;
@@ -141,24 +187,19 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, LayerOu
   std::vector<uint32_t> counts(size_t(slots) * detail::kLossyBins * C, 0);
   const Histograms hs{C, slots, detail::kLossyBins, counts.data()};
   std::vector<uint64_t> feature(C, 0);
-  // Counted in blocks of 64 channels over all tokens: the counters one block touches stay in L1
-  // (a token-major pass hits a different cache line of the 2 x 512 x C table per channel).
-  for (uint32_t c0 = 0; c0 < C; c0 += 64) {
-    const uint32_t c1 = std::min(C, c0 + 64);
-    for (uint32_t t = 0; t < T; ++t) {
-      const uint32_t slot = (t % CT) % GT == 0 ? 0 : 1;
-      const int16_t* vr = &val[size_t(t) * C];
-      for (uint32_t c = c0; c < c1; ++c) {
-        const int16_t v = vr[c];
-        ++hs.row(slot, detail::lossy_bin(v))[c];
-        if (slot == 0 && v != kEsc) feature[c] += uint64_t(v < 0 ? -v : v);
-      }
-    }
-  }
+  count_lossy(val.get(), T, C, CT, GT, 0, slots, hs, feature.data());
   LayerModel& m = out.model;
   std::vector<uint32_t> fc_lut;  // [group * slots + role][value bin]: lane code
   out.status = detail::build_layer_model(hs, feature.data(), false, cx.opt.table_groups, m, fc_lut);
   if (!out.status.ok()) return;
+  if (GT > 1 && escape_orphaned_deltas(val.get(), T, C, CT, GT, m, fc_lut)) {
+    // Second pass: the delta histograms again, the tables rebuilt on the same channel groups (so
+    // the anchor tables, and which anchors escape, stay as they are).
+    std::fill(counts.begin() + size_t(detail::kLossyBins) * C, counts.end(), 0u);
+    count_lossy(val.get(), T, C, CT, GT, 1, 2, hs, nullptr);
+    out.status = detail::build_layer_tables(hs, false, m, fc_lut);
+    if (!out.status.ok()) return;
+  }
   m.step_code.resize(C);
   m.center.resize(C);
   for (uint32_t c = 0; c < C; ++c) {

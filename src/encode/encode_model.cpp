@@ -134,6 +134,10 @@ Status build_layer_model(const Histograms& hs, const uint64_t* feature, bool los
                          LayerModel& m, std::vector<uint32_t>& codes) {
   m.slots = hs.slots;
   m.channel_group = cluster_channels(hs, feature, table_groups, lossless ? hs.slots - 1 : 0, &m.groups);
+  return build_layer_tables(hs, lossless, m, codes);
+}
+
+Status build_layer_tables(const Histograms& hs, bool lossless, LayerModel& m, std::vector<uint32_t>& codes) {
   const auto gh = group_histograms(hs, m.channel_group, m.groups);
   m.tables.resize(size_t(m.groups) * m.slots);
   codes.resize(m.tables.size() * hs.bins);

@@ -287,9 +287,11 @@ const KVStats kReferenceStats = {{
 }};
 
 constexpr SyntheticShape kShapes[] = {
-    {"llama3-8b", 32, 8, 128, 500000.0f},
-    {"mistral-7b", 32, 8, 128, 10000.0f},
-    {"llama3-70b", 80, 8, 128, 500000.0f},
+    {"llama3-8b", 32, 8, 128, 500000.0f, false},
+    {"mistral-7b", 32, 8, 128, 10000.0f, false},
+    {"llama3-70b", 80, 8, 128, 500000.0f, false},
+    // DeepSeek-V3: 61 layers, MLA latent kv_lora_rank 512 + qk_rope_head_dim 64 = 576.
+    {"deepseek-v3-mla", 61, 1, 288, 10000.0f, true},
 };
 
 StatusOr<KVStats> fit_one(const KVCache& cache, float rope_theta) {
@@ -398,7 +400,7 @@ StatusOr<KVCache> make_synthetic(std::string_view shape_name, uint32_t tokens, D
                             s.rope_theta);
   }
   return NotFound("unknown synthetic shape '" + std::string(shape_name) +
-                  "' (known: llama3-8b, mistral-7b, llama3-70b)");
+                  "' (known: llama3-8b, mistral-7b, llama3-70b, deepseek-v3-mla)");
 }
 
 }  // namespace kvcodec

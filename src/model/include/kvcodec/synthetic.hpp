@@ -76,11 +76,14 @@ const KVStats& reference_kv_stats();
 
 // A model whose cache geometry the synthetic generator imitates.
 struct SyntheticShape {
-  const char* name;  // "llama3-8b", "mistral-7b", "llama3-70b"
+  const char* name;  // "llama3-8b", "mistral-7b", "llama3-70b", "deepseek-v3-mla"
   uint32_t layers;
   uint32_t kv_heads;
   uint32_t head_dim;
   float rope_theta;  // the model's RoPE base (keys are rotated with it)
+  // An MLA latent cache (tensor.hpp mla_shape): {layers, tokens, 1, latent_dim / 2}, the two
+  // halves of the latent row as "K" and "V" (deepseek-v3-mla: latent 576 = 512 + 64 rope).
+  bool mla;
 };
 std::span<const SyntheticShape> synthetic_shapes() noexcept;
 

@@ -36,9 +36,22 @@ namespace kvcodec {
 
 // ---- Link traces ------------------------------------------------------------------------------
 
+// Range checks of every bandwidth and time a user gives (trace files, LinkConfig, the CLI's
+// flags), so a value no link has cannot reach the timing arithmetic: 1e-300 Gb/s makes a transfer
+// time infinite (an integer conversion of it is undefined behaviour), 1e300 makes it 0.
+// Bandwidths in Gb/s: finite, in [kMinLinkGbps, kMaxLinkGbps] (1 kb/s .. 1 Pb/s).
+inline constexpr double kMinLinkGbps = 1e-6;
+inline constexpr double kMaxLinkGbps = 1e6;
+Status check_link_gbps(double gbps, std::string_view what);
+// Times in seconds: finite, 0 or normal (not denormal), in [0, max_s].
+Status check_seconds(double s, double max_s, std::string_view what);
+// The longest a trace may run (its last step's start), seconds: about 115 days.
+inline constexpr double kMaxTraceSeconds = 1e7;
+
 // Piecewise-constant bandwidth over time. Text form, one step per line: "time_s gbps"
 // (whitespace separated; '#' starts a comment; blank lines ignored). Times strictly increase
-// and start at 0; bandwidths are > 0 and finite; the last step lasts forever.
+// and start at 0, up to kMaxTraceSeconds; bandwidths pass check_link_gbps; the last step lasts
+// forever.
 struct LinkTrace {
   struct Step {
     double time_s = 0;
