@@ -7,7 +7,10 @@
 #   2. the Python package installed by pip, offline, into a fresh venv (scripts/pip-check.sh);
 #   3. the libFuzzer targets for a bounded time each (scripts/fuzz.sh), when clang is installed;
 #   4. a compile-only build of the CUDA backend in build-cuda/, when nvcc is installed
-#      (KVCODEC_TEST_CUDA_BUILD=0 skips it, =1 requires it).
+#      (KVCODEC_TEST_CUDA_BUILD=0 skips it, =1 requires it);
+#   5. the whole ctest suite under ASan+UBSan in build-asan/, and the threaded and streaming
+#      tests under TSan in build-tsan/ (KVCODEC_TEST_SANITIZERS=0 skips both). Only the test
+#      targets are built, through ccache when it is installed.
 # Exits non-zero on the first failing step. Under CI=true nothing may be skipped for want of a
 # tool: a missing redis-server, clang++ or nvcc is an error (KVCODEC_TEST_CUDA_BUILD=0 still
 # skips the CUDA build on purpose), and the tests fail on missing shared data
@@ -138,6 +141,30 @@ else
     -DKVCODEC_BUILD_EXAMPLES=ON
   cmake --build build-cuda -j "$jobs" --target kvcodec_cli cuda_test cuda_encode_test kvcodec_cuda_bench \
     example_cuda_paged
+fi
+
+# ---- sanitizers -------------------------------------------------------------------------------
+if [[ "${KVCODEC_TEST_SANITIZERS:-1}" == 0 ]]; then
+  echo "test: KVCODEC_TEST_SANITIZERS=0: skipping the sanitizer builds"
+else
+  launcher=()
+  if command -v ccache >/dev/null; then launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache); fi
+  sanitizer_build() {  # dir option targets...
+    local dir="$1" option="$2"
+    shift 2
+    cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo "-D$option=ON" "${launcher[@]}" \
+      -DKVCODEC_BUILD_TESTS=ON -DKVCODEC_BUILD_BENCH=OFF -DKVCODEC_BUILD_EXAMPLES=OFF >/dev/null
+    cmake --build "$dir" -j "$jobs" --target "$@"
+  }
+  step "ASan+UBSan: the ctest suite in build-asan/"
+  export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+  sanitizer_build build-asan KVCODEC_SANITIZE all
+  ctest --test-dir build-asan --output-on-failure -j "$jobs" -E '^downstream'
+  step "TSan: threaded and streaming tests in build-tsan/"
+  tsan_tests=(codec_test transport_test stream_fault_test store_test controller_test simulator_test)
+  sanitizer_build build-tsan KVCODEC_SANITIZE_THREAD "${tsan_tests[@]}"
+  export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
+  ctest --test-dir build-tsan --output-on-failure -j "$jobs" -R "^($(IFS='|'; echo "${tsan_tests[*]}"))\$"
 fi
 
 step "all checks passed"

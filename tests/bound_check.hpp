@@ -81,7 +81,8 @@ inline float documented_step(int32_t code) {
 
 // The step of every (layer, K/V, channel) of a lossy frame, index (l * 2 + kv) * C + c; nullopt
 // when the frame cannot be read (or is lossless).
-inline std::optional<std::vector<float>> frame_steps(std::span<const uint8_t> frame) {
+inline std::optional<std::vector<float>> frame_steps(std::span<const uint8_t> frame,
+                                                      std::vector<int32_t>* centers = nullptr) {
   ByteReader h(frame, 8);
   const uint32_t dtype_size = std::vector<uint32_t>{0, 4, 2, 2, 1}.at(std::min<size_t>(h.byte(), 4));
   const int level = h.byte();
@@ -108,7 +109,10 @@ inline std::optional<std::vector<float>> frame_steps(std::span<const uint8_t> fr
       code += r.zigzag();
       steps.push_back(documented_step(code));
     }
-    for (uint32_t c = 0; c < C; ++c) r.zigzag();  // centres
+    for (uint32_t c = 0; c < C; ++c) {
+      const int32_t center = r.zigzag();
+      if (centers) centers->push_back(center);
+    }
   }
   if (!r.ok()) return std::nullopt;
   return steps;

@@ -390,18 +390,11 @@ TEST(Eviction, EvictedChunksBecomeFallbacksNeverHoles) {
     fo.port = (*server)->port();
     fo.id = id;
     fo.controller.policy = Policy::kFixed;
-    fo.controller.plan = {1};  // level 5 (option 1): the store's higher-quality copy
+    fo.controller.plan = {1};  // level 5; an evicted chunk falls back to level 1, then text
     fo.controller.slo_s = 10;
     fo.controller.cost.prefill_tokens_per_s = 1e6;
     const KVCache& orig = originals[size_t(i)];
-    fo.recompute = [&](uint32_t, uint32_t begin, std::span<const int32_t> tokens, const KVView& dst) {
-      const size_t row = shape.channels() * 2;
-      for (uint32_t l = 0; l < shape.layers; ++l)
-        for (uint32_t k = 0; k < 2; ++k)
-          for (uint32_t t = begin; t < begin + tokens.size(); ++t)
-            std::memcpy(dst.element(l, k, t, 0, 0), orig.data.data() + ((l * 2 + k) * shape.tokens + t) * row, row);
-      return Status::Ok();
-    };
+    fo.recompute = test::copy_recompute(orig);
     KVCache out;
     FetchReport r;
     Status st = fetch_context(fo, &out, &r);
@@ -414,32 +407,8 @@ TEST(Eviction, EvictedChunksBecomeFallbacksNeverHoles) {
     ASSERT_TRUE(r.complete);
     ++complete;
     if (!r.failures.empty()) ++fell_back;
-    // Each chunk equals the local decode of the level it came at, or the original for text.
-    std::map<int, KVCache> decoded;
-    for (int level : po.levels) {
-      EncodeOptions eo;
-      eo.level = level;
-      eo.chunk_tokens = kChunkTokens;
-      std::vector<uint8_t> frame(max_encoded_size(shape, DType::kF16, eo));
-      auto n = encode_into(const_cast<KVCache&>(orig).view(), eo, frame);
-      ASSERT_TRUE(n.ok());
-      frame.resize(*n);
-      decoded[level] = *KVCache::allocate(DType::kF16, shape);
-      ASSERT_TRUE(decode_into(frame, decoded[level].view()).ok());
-    }
     ASSERT_EQ(r.chunks.size(), shape.tokens / kChunkTokens);
-    const size_t row = shape.channels() * 2;
-    for (uint32_t c = 0; c < r.chunks.size(); ++c) {
-      const auto& ch = r.chunks[c];
-      const KVCache& want = ch.via == "text" ? orig : decoded.at(ch.level);
-      ASSERT_TRUE(ch.via == "text" || ch.level >= 0) << ch.via;
-      for (uint32_t l = 0; l < shape.layers; ++l)
-        for (uint32_t k = 0; k < 2; ++k) {
-          const size_t off = ((l * 2 + k) * shape.tokens + c * kChunkTokens) * row;
-          ASSERT_EQ(std::memcmp(out.data.data() + off, want.data.data() + off, kChunkTokens * row), 0)
-              << id << " chunk " << c << " via " << ch.via;
-        }
-    }
+    test::expect_chunks_exact(orig, kChunkTokens, out, r);
   }
   std::printf("eviction: %d contexts complete (%d with fallbacks), %d evicted whole\n", complete, fell_back, absent);
   EXPECT_GT(fell_back + absent, 0) << "nothing was evicted: the test did not test eviction";

@@ -221,7 +221,8 @@ def main():
     p.add_argument("--generate", type=int, default=64)
     p.add_argument("--eval", type=int, default=256)
     p.add_argument("--level", type=int, default=kvcodec.DEFAULT_LEVEL)
-    p.add_argument("--store", help="kvcodec store URI: file:DIR or redis://HOST:PORT (default: a temporary file: store)")
+    p.add_argument("--store", help="kvcodec store URI: file:DIR or redis://HOST:PORT "
+                                   "(default: a temporary file: store)")
     a = p.parse_args()
     r = run(a.model, a.text, a.context, a.generate, a.eval, a.level, a.store)
     raise SystemExit(0 if r["tokens_match"] else 1)

@@ -17,6 +17,18 @@ dimension D:
                     of per-layer tensors or one tensor [L, 2, num_blocks, block_size, H, D], with
                     ``block_table=`` (the context's blocks in order) and, encoding, ``tokens=``
 * ``"vllm_hnd"``    the same with (2, num_blocks, H, block_size, D) per layer
+* ``"flashinfer"``  FlashInfer's paged cache: per layer (num_blocks, 2, block_size, H, D)
+                    (``"flashinfer_hnd"``: (num_blocks, 2, H, block_size, D))
+* ``"paged_split"`` separate K and V pools (vLLM backends with two tensors, SGLang's token pools
+                    with block_size 1): per layer a (k_pool, v_pool) pair, each
+                    (num_blocks, block_size, H, D) (``"paged_split_hnd"``: (num_blocks, H, block_size, D))
+* ``"mla"``         MLA latent cache (DeepSeek) [L, T, latent_dim]; ``"mla_paged"``: per layer
+                    (num_blocks, block_size, latent_dim). A frame holds it as H = 1,
+                    D = latent_dim / 2 (K = first half of each row, V = second half).
+
+Every paged layout takes either ``block_table=`` (the context's blocks in order) or vLLM's
+``slot_mapping=`` (int64, each token's slot = block * block_size + offset); ``tokens=`` (encoding)
+defaults to all the table's blocks / the mapping's length.
 
 Streaming (when built with the streaming library, ``kvcodec.HAS_STREAM``): :class:`Store` opens
 ``mem:``, ``file:DIR`` or ``redis://HOST:PORT[/DB]``; :func:`put` stores a context at several
@@ -40,21 +52,24 @@ __version__ = _k.__version__
 FORMAT_VERSION = _k.FORMAT_VERSION
 MAX_LEVEL = _k.MAX_LEVEL
 DEFAULT_LEVEL = _k.DEFAULT_LEVEL
-LAYOUTS = ("contiguous", "lmcache", "hf", "per_layer", "vllm", "vllm_hnd")
+LAYOUTS = ("contiguous", "lmcache", "hf", "per_layer", "mla", "vllm", "vllm_hnd", "flashinfer", "flashinfer_hnd",
+           "paged_split", "paged_split_hnd", "mla_paged")
 
 KVShape = namedtuple("KVShape", "layers tokens kv_heads head_dim")
 KVShape.__doc__ = "The logical shape of one context's KV cache (layout-independent)."
 
 HAS_STREAM = _k.HAS_STREAM
 
-__all__ = ["Store", "Server", "put", "load", "manifest", "remove", "fetch", "HAS_STREAM", "encode", "encode_into", "decode", "decode_into", "max_encoded_size", "frame_info", "KVShape",
+__all__ = ["Store", "Server", "put", "load", "manifest", "remove", "fetch", "HAS_STREAM", "encode", "encode_into",
+           "decode", "decode_into", "max_encoded_size", "frame_info", "KVShape",
            "Error", "InvalidArgument", "CorruptData", "UnsupportedVersion", "BufferTooSmall",
            "ChecksumMismatch", "OutOfRange", "Unavailable", "IoError", "NotFound", "Timeout",
            "ResourceExhausted", "InternalError", "error_class", "LAYOUTS"]
 
 
 def encode(kv, *, level=DEFAULT_LEVEL, layout="contiguous", chunk_tokens=256, threads=0, dtype=None,
-           kv_heads=None, block_table=None, tokens=None, group_tokens=1, table_groups=8, step_mode="layer"):
+           kv_heads=None, block_table=None, tokens=None, group_tokens=1, table_groups=8, step_mode="layer",
+           slot_mapping=None):
     """Encodes one context's KV cache into a new frame (bytes).
 
     level: 0 lossless, 1..9 lossy (docs/format.md bounds the error); chunk_tokens: tokens per
@@ -63,22 +78,25 @@ def encode(kv, *, level=DEFAULT_LEVEL, layout="contiguous", chunk_tokens=256, th
     the module docstring.
     """
     return _k.encode(kv, level=level, layout=layout, chunk_tokens=chunk_tokens, threads=threads,
-                     dtype=_dtype_name(dtype), kv_heads=kv_heads, block_table=block_table, tokens=tokens,
-                     group_tokens=group_tokens, table_groups=table_groups, step_mode=step_mode)
+                     dtype=_dtype_name(dtype), kv_heads=kv_heads, block_table=block_table,
+                     slot_mapping=slot_mapping, tokens=tokens, group_tokens=group_tokens, table_groups=table_groups,
+                     step_mode=step_mode)
 
 
 def encode_into(kv, out, *, level=DEFAULT_LEVEL, layout="contiguous", chunk_tokens=256, threads=0, dtype=None,
-                kv_heads=None, block_table=None, tokens=None, group_tokens=1, table_groups=8, step_mode="layer"):
+                kv_heads=None, block_table=None, tokens=None, group_tokens=1, table_groups=8, step_mode="layer",
+                slot_mapping=None):
     """Encodes into `out` (a writable contiguous byte buffer: bytearray, numpy/torch uint8) and
     returns the frame's size. BufferTooSmall when `out` is shorter than the frame
     (max_encoded_size always suffices)."""
     return _k.encode_into(kv, out, level=level, layout=layout, chunk_tokens=chunk_tokens, threads=threads,
-                          dtype=_dtype_name(dtype), kv_heads=kv_heads, block_table=block_table, tokens=tokens,
-                          group_tokens=group_tokens, table_groups=table_groups, step_mode=step_mode)
+                          dtype=_dtype_name(dtype), kv_heads=kv_heads, block_table=block_table,
+                          slot_mapping=slot_mapping, tokens=tokens, group_tokens=group_tokens,
+                          table_groups=table_groups, step_mode=step_mode)
 
 
 def decode_into(frame, dst, *, layout="contiguous", dtype=None, block_table=None, threads=0, verify=True,
-                chunks=None, layers=None):
+                chunks=None, layers=None, slot_mapping=None):
     """Decodes `frame` (bytes-like or uint8 array) into `dst`, in place.
 
     dst must hold exactly the frame's shape and dtype in `layout` (raw uint16 / uint8 arrays are
@@ -89,7 +107,8 @@ def decode_into(frame, dst, *, layout="contiguous", dtype=None, block_table=None
     cb, ce = chunks if chunks is not None else (0, 0xFFFFFFFF)
     lb, le = layers if layers is not None else (0, 0xFFFFFFFF)
     _k.decode_into(frame, dst, layout=layout, dtype=_dtype_name(dtype), block_table=block_table,
-                   threads=threads, verify=verify, chunk_begin=cb, chunk_end=ce, layer_begin=lb, layer_end=le)
+                   slot_mapping=slot_mapping, threads=threads, verify=verify, chunk_begin=cb, chunk_end=ce,
+                   layer_begin=lb, layer_end=le)
 
 
 def decode(frame, *, backend="auto", threads=0):
@@ -131,8 +150,9 @@ def max_encoded_size(shape, dtype, *, level=DEFAULT_LEVEL, layout="contiguous", 
 
     shape: a KVShape, or the array shape in `layout`: contiguous (L, 2, T, H, D); lmcache
     (2, L, T, H*D) with kv_heads= (default 1); hf (L, 1, H, T, D) and per_layer (L, T, H, D)
-    (layers, then one tensor's shape); vllm (L, 2, num_blocks, block_size, H, D) and vllm_hnd
-    (L, 2, num_blocks, H, block_size, D) with tokens=. dtype: a name ("bf16"), numpy or torch dtype.
+    (layers, then one tensor's shape); mla (L, T, latent_dim); the paged layouts: layers, then one
+    layer's pool shape (one pool for paged_split), with tokens=. dtype: a name ("bf16"), numpy or
+    torch dtype.
     """
     s = _logical_shape(tuple(int(d) for d in shape) if not isinstance(shape, KVShape) else shape, layout,
                        kv_heads, tokens)
@@ -175,19 +195,21 @@ def _stream():
 
 
 def put(store, id, kv, *, levels=(0, 2, 4, 6, 8), chunk_tokens=256, text_tokens=(), threads=0, measure=True,
-        layout="contiguous", dtype=None, kv_heads=None, block_table=None, tokens=None):
+        layout="contiguous", dtype=None, kv_heads=None, block_table=None, tokens=None, slot_mapping=None):
     """Stores context `id` at each level (head and chunk bodies apart, manifest last) and returns
     its manifest (dict). text_tokens: the context's token ids, for clients that recompute chunks."""
     return _stream().put(store, id, kv, levels=list(levels), chunk_tokens=chunk_tokens,
                          text_tokens=[int(t) for t in text_tokens], threads=threads, measure=measure, layout=layout,
-                         dtype=_dtype_name(dtype), kv_heads=kv_heads, block_table=block_table, tokens=tokens)
+                         dtype=_dtype_name(dtype), kv_heads=kv_heads, block_table=block_table,
+                         slot_mapping=slot_mapping, tokens=tokens)
 
 
-def load(store, id, dst, *, level=None, layout="contiguous", dtype=None, block_table=None, threads=0):
+def load(store, id, dst, *, level=None, layout="contiguous", dtype=None, block_table=None, threads=0,
+         slot_mapping=None):
     """Decodes context `id` from `store` into dst in place, at `level` (default: the lowest stored,
     the most faithful). Every head and chunk is verified against the manifest's checksums."""
     _stream().load(store, id, dst, level=level, layout=layout, dtype=_dtype_name(dtype), block_table=block_table,
-                   threads=threads)
+                   slot_mapping=slot_mapping, threads=threads)
 
 
 def manifest(store, id):
@@ -201,13 +223,14 @@ def remove(store, id):
 
 
 def fetch(host, port, id, dst=None, *, layout="contiguous", dtype=None, block_table=None, slo_s=1.0,
-          decode_threads=1, policy="adaptive", connect_timeout_ms=2000, io_timeout_ms=5000):
+          decode_threads=1, policy="adaptive", connect_timeout_ms=2000, io_timeout_ms=5000, slot_mapping=None):
     """Streams context `id` from a kvcodec Server, the controller choosing each chunk's level
     within the TTFT objective slo_s. Returns (kv, report): kv is dst (written in place) or a new
     [L, 2, T, H, D] array (numpy; torch for bf16 when importable), report the fetch's account
     (`kvcodec fetch --json`). A failed fetch raises an Error whose .report says what happened."""
     kv, report = _stream().fetch(host, port, id, dst=dst, layout=layout, dtype=_dtype_name(dtype),
-                                 block_table=block_table, slo_s=slo_s, decode_threads=decode_threads, policy=policy,
+                                 block_table=block_table, slot_mapping=slot_mapping, slo_s=slo_s,
+                                 decode_threads=decode_threads, policy=policy,
                                  connect_timeout_ms=connect_timeout_ms, io_timeout_ms=io_timeout_ms)
     if dst is None and kv.dtype.itemsize != 4 and kv.dtype.kind == "u":
         try:
@@ -222,10 +245,16 @@ def fetch(host, port, id, dst=None, *, layout="contiguous", dtype=None, block_ta
     return kv, report
 
 
+# Per paged layout: (dimensions of one layer's pool, index of H, index of D; H None for MLA).
+_PAGED = {"vllm": (5, 3, 4), "vllm_hnd": (5, 2, 4), "flashinfer": (5, 3, 4), "flashinfer_hnd": (5, 2, 4),
+          "paged_split": (4, 2, 3), "paged_split_hnd": (4, 1, 3), "mla_paged": (3, None, 2)}
+
+
 def _logical_shape(shape, layout, kv_heads, tokens):
     if isinstance(shape, KVShape):
         return shape
-    forms = {"contiguous": 5, "lmcache": 4, "hf": 5, "per_layer": 4, "vllm": 6, "vllm_hnd": 6}
+    forms = {"contiguous": 5, "lmcache": 4, "hf": 5, "per_layer": 4, "mla": 3}
+    forms.update({k: v[0] + 1 for k, v in _PAGED.items()})
     if layout not in forms:
         raise InvalidArgument(f"unknown layout {layout!r} ({', '.join(LAYOUTS)})")
     if len(shape) != forms[layout]:
@@ -241,10 +270,15 @@ def _logical_shape(shape, layout, kv_heads, tokens):
         return KVShape(shape[0], shape[3], shape[2], shape[4])
     if layout == "per_layer":
         return KVShape(shape[0], shape[1], shape[2], shape[3])
+    if layout == "mla":
+        return KVShape(shape[0], shape[1], 1, shape[2] // 2)
     if tokens is None:
-        raise InvalidArgument("the vllm layouts need tokens= (a paged pool's shape does not say them)")
-    heads = shape[4] if layout == "vllm" else shape[3]
-    return KVShape(shape[0], int(tokens), heads, shape[5])
+        raise InvalidArgument("the paged layouts need tokens= (a paged pool's shape does not say them)")
+    _, h, d = _PAGED[layout]
+    pool = shape[1:]
+    if h is None:
+        return KVShape(shape[0], int(tokens), 1, pool[d] // 2)
+    return KVShape(shape[0], int(tokens), pool[h], pool[d])
 
 
 def _dtype_name(dtype):

@@ -15,11 +15,12 @@ namespace kvcodec::python {
 
 // What a caller passes besides the tensors.
 struct LayoutArgs {
-  std::string layout = "contiguous";  // contiguous | lmcache | hf | per_layer | vllm | vllm_hnd
+  std::string layout = "contiguous";  // see kvcodec/__init__.py for the list
   std::optional<DType> dtype;         // meaning of raw uint16 / uint8 arrays
   std::optional<uint32_t> kv_heads;   // lmcache: split of its H*D axis (default 1 head)
-  pybind11::object block_table;       // vllm: int32/int64 array or sequence of ints
-  std::optional<uint32_t> tokens;     // vllm: context length (default: all blocks of the table)
+  pybind11::object block_table;       // paged: int32/int64 array or sequence of ints
+  std::optional<uint32_t> tokens;     // paged: context length (default: all blocks / slots)
+  pybind11::object slot_mapping = pybind11::none();  // paged: token -> slot, instead of a table
 };
 
 // The arrays a view reads or writes, kept alive (and immobile) as long as the view is used.
@@ -27,6 +28,7 @@ struct BoundView {
   std::vector<Array> arrays;
   std::vector<void*> keys, values;
   std::vector<int32_t> table;
+  std::vector<int64_t> slots;
   KVView view;
 };
 

@@ -30,8 +30,9 @@ std::optional<DType> parse_dtype_arg(const std::optional<std::string>& name) {
 }
 
 LayoutArgs layout_args(const std::string& layout, const std::optional<std::string>& dtype,
-                       std::optional<uint32_t> kv_heads, py::object block_table, std::optional<uint32_t> tokens) {
-  return LayoutArgs{layout, parse_dtype_arg(dtype), kv_heads, std::move(block_table), tokens};
+                       std::optional<uint32_t> kv_heads, py::object block_table, std::optional<uint32_t> tokens,
+                       py::object slot_mapping) {
+  return LayoutArgs{layout, parse_dtype_arg(dtype), kv_heads, std::move(block_table), tokens, std::move(slot_mapping)};
 }
 
 namespace {
@@ -64,10 +65,11 @@ size_t bound_for(const KVView& v, const EncodeOptions& o) {
 
 py::bytes encode(py::handle kv, int level, const std::string& layout, uint32_t chunk_tokens, int threads,
                  const std::optional<std::string>& dtype, std::optional<uint32_t> kv_heads, py::object block_table,
-                 std::optional<uint32_t> tokens, uint32_t group_tokens, uint32_t table_groups,
+                 py::object slot_mapping, std::optional<uint32_t> tokens, uint32_t group_tokens, uint32_t table_groups,
                  const std::string& step_mode) {
   const EncodeOptions o = encode_options(level, chunk_tokens, threads, group_tokens, table_groups, step_mode);
-  auto bound = bind_view(kv, layout_args(layout, dtype, kv_heads, std::move(block_table), tokens), false, {}, {});
+  auto bound = bind_view(
+      kv, layout_args(layout, dtype, kv_heads, std::move(block_table), tokens, std::move(slot_mapping)), false, {}, {});
   const size_t cap = bound_for(bound->view, o);
   PyObject* out = PyBytes_FromStringAndSize(nullptr, Py_ssize_t(cap));
   if (!out) throw py::error_already_set();
@@ -86,10 +88,11 @@ py::bytes encode(py::handle kv, int level, const std::string& layout, uint32_t c
 
 size_t encode_into_py(py::handle kv, py::handle out, int level, const std::string& layout, uint32_t chunk_tokens,
                       int threads, const std::optional<std::string>& dtype, std::optional<uint32_t> kv_heads,
-                      py::object block_table, std::optional<uint32_t> tokens, uint32_t group_tokens,
-                      uint32_t table_groups, const std::string& step_mode) {
+                      py::object block_table, py::object slot_mapping, std::optional<uint32_t> tokens,
+                      uint32_t group_tokens, uint32_t table_groups, const std::string& step_mode) {
   const EncodeOptions o = encode_options(level, chunk_tokens, threads, group_tokens, table_groups, step_mode);
-  auto bound = bind_view(kv, layout_args(layout, dtype, kv_heads, std::move(block_table), tokens), false, {}, {});
+  auto bound = bind_view(
+      kv, layout_args(layout, dtype, kv_heads, std::move(block_table), tokens, std::move(slot_mapping)), false, {}, {});
   const Array dst = acquire(out, true, "out");
   const std::span<uint8_t> bytes = byte_span(dst, "out");
   StatusOr<size_t> n = Status();
@@ -108,13 +111,15 @@ FrameInfo frame_info_of(std::span<const uint8_t> frame) {
 }
 
 void decode_into_py(py::handle frame_obj, py::handle dst, const std::string& layout,
-                    const std::optional<std::string>& dtype, py::object block_table, int threads, bool verify,
-                    uint32_t chunk_begin, uint32_t chunk_end, uint32_t layer_begin, uint32_t layer_end) {
+                    const std::optional<std::string>& dtype, py::object block_table, py::object slot_mapping,
+                    int threads, bool verify, uint32_t chunk_begin, uint32_t chunk_end, uint32_t layer_begin,
+                    uint32_t layer_end) {
   const Array src = acquire(frame_obj, false, "frame");
   const std::span<const uint8_t> frame = byte_span(src, "frame");
   const FrameInfo info = frame_info_of(frame);
-  auto bound = bind_view(dst, layout_args(layout, dtype, std::nullopt, std::move(block_table), std::nullopt), true,
-                         info.shape, info.dtype);
+  auto bound = bind_view(
+      dst, layout_args(layout, dtype, std::nullopt, std::move(block_table), std::nullopt, std::move(slot_mapping)),
+      true, info.shape, info.dtype);
   DecodeOptions o;
   o.threads = threads;
   o.verify_checksums = verify;
@@ -148,8 +153,8 @@ py::dict frame_info_py(py::handle frame_obj, bool verify) {
     const ChunkInfo& c = f.chunks[i];
     char hex[17];
     std::snprintf(hex, sizeof(hex), "%016" PRIx64, c.checksum);
-    chunks.append(py::dict("index"_a = i, "token_begin"_a = c.token_begin, "tokens"_a = c.tokens,
-                           "offset"_a = c.offset, "bytes"_a = c.size, "checksum"_a = std::string(hex)));
+    chunks.append(py::dict("index"_a = i, "token_begin"_a = c.token_begin, "tokens"_a = c.tokens, "offset"_a = c.offset,
+                           "bytes"_a = c.size, "checksum"_a = std::string(hex)));
   }
   return py::dict("format_version"_a = f.format_version, "dtype"_a = dtype_name(f.dtype), "layers"_a = f.shape.layers,
                   "kv_heads"_a = f.shape.kv_heads, "head_dim"_a = f.shape.head_dim, "tokens"_a = f.shape.tokens,
@@ -204,17 +209,18 @@ PYBIND11_MODULE(_kvcodec, m) {
   m.def("encode", &encode, py::arg("kv"), py::kw_only(), py::arg("level") = kvcodec::kDefaultLevel,
         py::arg("layout") = "contiguous", py::arg("chunk_tokens") = 256u, py::arg("threads") = 0,
         py::arg("dtype") = py::none(), py::arg("kv_heads") = py::none(), py::arg("block_table") = py::none(),
-        py::arg("tokens") = py::none(), py::arg("group_tokens") = 1u, py::arg("table_groups") = 8u,
-        py::arg("step_mode") = "layer");
+        py::arg("slot_mapping") = py::none(), py::arg("tokens") = py::none(), py::arg("group_tokens") = 1u,
+        py::arg("table_groups") = 8u, py::arg("step_mode") = "layer");
   m.def("encode_into", &encode_into_py, py::arg("kv"), py::arg("out"), py::kw_only(),
         py::arg("level") = kvcodec::kDefaultLevel, py::arg("layout") = "contiguous", py::arg("chunk_tokens") = 256u,
         py::arg("threads") = 0, py::arg("dtype") = py::none(), py::arg("kv_heads") = py::none(),
-        py::arg("block_table") = py::none(), py::arg("tokens") = py::none(), py::arg("group_tokens") = 1u,
-        py::arg("table_groups") = 8u, py::arg("step_mode") = "layer");
+        py::arg("block_table") = py::none(), py::arg("slot_mapping") = py::none(), py::arg("tokens") = py::none(),
+        py::arg("group_tokens") = 1u, py::arg("table_groups") = 8u, py::arg("step_mode") = "layer");
   m.def("decode_into", &decode_into_py, py::arg("frame"), py::arg("dst"), py::kw_only(),
         py::arg("layout") = "contiguous", py::arg("dtype") = py::none(), py::arg("block_table") = py::none(),
-        py::arg("threads") = 0, py::arg("verify") = true, py::arg("chunk_begin") = 0u,
-        py::arg("chunk_end") = UINT32_MAX, py::arg("layer_begin") = 0u, py::arg("layer_end") = UINT32_MAX);
+        py::arg("slot_mapping") = py::none(), py::arg("threads") = 0, py::arg("verify") = true,
+        py::arg("chunk_begin") = 0u, py::arg("chunk_end") = UINT32_MAX, py::arg("layer_begin") = 0u,
+        py::arg("layer_end") = UINT32_MAX);
   m.def("frame_info", &frame_info_py, py::arg("frame"), py::kw_only(), py::arg("verify") = true);
   m.def("max_encoded_size", &max_encoded_size_py, py::arg("layers"), py::arg("tokens"), py::arg("kv_heads"),
         py::arg("head_dim"), py::arg("dtype"), py::kw_only(), py::arg("level") = kvcodec::kDefaultLevel,

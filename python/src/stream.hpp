@@ -13,7 +13,8 @@ namespace kvcodec::python {
 // Shared with module.cpp: argument parsing of the codec calls.
 std::optional<DType> parse_dtype_arg(const std::optional<std::string>& name);
 LayoutArgs layout_args(const std::string& layout, const std::optional<std::string>& dtype,
-                       std::optional<uint32_t> kv_heads, pybind11::object block_table, std::optional<uint32_t> tokens);
+                       std::optional<uint32_t> kv_heads, pybind11::object block_table, std::optional<uint32_t> tokens,
+                       pybind11::object slot_mapping);
 
 // Adds Store, Server, put, load, manifest, remove, fetch to `m`. False (and nothing added) in a
 // build without the streaming library.

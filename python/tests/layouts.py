@@ -23,16 +23,49 @@ def to_layout(x, layout):
                  np.ascontiguousarray(x[l, 1].transpose(1, 0, 2)[None])) for l in range(L)], {}
     if layout == "per_layer":
         return [(x[l, 0].copy(), x[l, 1].copy()) for l in range(L)], {}
+    if layout == "mla":
+        assert H == 1
+        return np.ascontiguousarray(np.concatenate([x[:, 0, :, 0], x[:, 1, :, 0]], axis=-1)), {}
+    base, slots = layout.split("+")[0], layout.endswith("+slots")
     table, blocks = block_table(T)
-    hnd = layout == "vllm_hnd"
-    pool = np.zeros((L, 2, blocks, H, BLOCK, D) if hnd else (L, 2, blocks, BLOCK, H, D), x.dtype)
+    pools = [_new_pool(base, blocks, H, D, x.dtype) for _ in range(L)]
     for t in range(T):
-        b, s = table[t // BLOCK], t % BLOCK
-        if hnd:
-            pool[:, :, b, :, s, :] = x[:, :, t]
-        else:
-            pool[:, :, b, s] = x[:, :, t]
-    return [pool[l] for l in range(L)], {"block_table": table, "tokens": T}
+        for l in range(L):
+            for kv in range(2):
+                _slot(pools[l], base, kv, table[t // BLOCK], t % BLOCK)[...] = x[l, kv, t].reshape(
+                    _slot(pools[l], base, kv, 0, 0).shape)
+    if slots:
+        mapping = (table[np.arange(T) // BLOCK].astype(np.int64) * BLOCK + np.arange(T) % BLOCK)
+        return pools, {"slot_mapping": mapping, "tokens": T}
+    return pools, {"block_table": table, "tokens": T}
+
+
+def _new_pool(layout, blocks, H, D, dtype):
+    shapes = {"vllm": (2, blocks, BLOCK, H, D), "vllm_hnd": (2, blocks, H, BLOCK, D),
+              "flashinfer": (blocks, 2, BLOCK, H, D), "flashinfer_hnd": (blocks, 2, H, BLOCK, D),
+              "mla_paged": (blocks, BLOCK, 2 * D)}
+    if layout.startswith("paged_split"):
+        shape = (blocks, BLOCK, H, D) if layout == "paged_split" else (blocks, H, BLOCK, D)
+        return (np.zeros(shape, dtype), np.zeros(shape, dtype))
+    return np.zeros(shapes[layout], dtype)
+
+
+def _slot(pool, layout, kv, b, s):
+    """The view of one token's K or V ([H, D], or [D] for MLA) in one layer's pool."""
+    if layout == "vllm":
+        return pool[kv, b, s]
+    if layout == "vllm_hnd":
+        return pool[kv, b, :, s]
+    if layout == "flashinfer":
+        return pool[b, kv, s]
+    if layout == "flashinfer_hnd":
+        return pool[b, kv, :, s]
+    if layout == "paged_split":
+        return pool[kv][b, s]
+    if layout == "paged_split_hnd":
+        return pool[kv][b, :, s]
+    D = pool.shape[-1] // 2  # mla_paged
+    return pool[b, s, kv * D:(kv + 1) * D]
 
 
 def from_layout(kv, layout, shape, table=None):
@@ -47,19 +80,23 @@ def from_layout(kv, layout, shape, table=None):
                          for k, v in kv])
     if layout == "per_layer":
         return np.stack([np.stack([np.asarray(k), np.asarray(v)]) for k, v in kv])
-    out = np.zeros(shape, np.asarray(kv[0]).dtype)
+    if layout == "mla":
+        D = shape[4]
+        return np.stack([kv[:, :, :D], kv[:, :, D:]], axis=1)[:, :, :, None, :]
+    base = layout.split("+")[0]
+    first = kv[0][0] if base.startswith("paged_split") else kv[0]
+    out = np.zeros(shape, first.dtype)
     for t in range(T):
-        b, s = table[t // BLOCK], t % BLOCK
         for l in range(L):
-            pool = np.asarray(kv[l])
-            out[l, :, t] = pool[:, b, :, s, :] if layout == "vllm_hnd" else pool[:, b, s]
+            for kv_ in range(2):
+                out[l, kv_, t] = _slot(kv[l], base, kv_, table[t // BLOCK], t % BLOCK).reshape(H, D)
     return out
 
 
 def empty_like_layout(kv, layout):
     """Zeroed destination of the same structure as kv."""
-    if layout in ("contiguous", "lmcache"):
+    if layout in ("contiguous", "lmcache", "mla"):
         return np.zeros_like(kv)
-    if layout in ("hf", "per_layer"):
+    if layout in ("hf", "per_layer") or layout.startswith("paged_split"):
         return [(np.zeros_like(k), np.zeros_like(v)) for k, v in kv]
     return [np.zeros_like(p) for p in kv]

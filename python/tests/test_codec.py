@@ -12,7 +12,9 @@ from conftest import LAYER_FACTOR, LEVEL_STEP, kv_values, need_torch, torch
 from layouts import empty_like_layout, from_layout, to_layout
 
 sys.dont_write_bytecode = True
-LAYOUTS = ["contiguous", "lmcache", "hf", "per_layer", "vllm", "vllm_hnd"]
+LAYOUTS = ["contiguous", "lmcache", "hf", "per_layer", "vllm", "vllm_hnd", "flashinfer", "flashinfer_hnd",
+           "paged_split", "paged_split_hnd", "vllm+slots", "paged_split+slots"]
+MLA_LAYOUTS = ["mla", "mla_paged", "mla_paged+slots"]
 
 
 def as_bits(x, dtype):
@@ -28,21 +30,31 @@ def as_bits(x, dtype):
     return np.where((bits & 0x7F) == 0x7F, 0x3C, bits).astype(np.uint8)
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
+def addressing(extra):
+    """The block table or slot mapping of a paged layout's extra arguments, for decode_into."""
+    return {k: extra[k] for k in ("block_table", "slot_mapping") if k in extra}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS + MLA_LAYOUTS)
 @pytest.mark.parametrize("dtype", ["f32", "f16", "bf16", "f8e4m3"])
 def test_lossless_round_trip_every_layout_and_dtype(layout, dtype):
-    x = as_bits(kv_values(), dtype)
+    heads = 1 if layout.startswith("mla") else 2
+    x = as_bits(kv_values(heads=heads), dtype)
     kv, extra = to_layout(x, layout)
     hint = None if dtype in ("f32", "f16") else dtype
-    frame = kvcodec.encode(kv, level=0, layout=layout, dtype=hint, **extra)
+    base = layout.split("+")[0]
+    frame = kvcodec.encode(kv, level=0, layout=base, dtype=hint, **extra)
     # The frame depends only on the logical values: every layout gives the same bytes.
     assert frame == kvcodec.encode(x, level=0, dtype=hint)
-    dst = empty_like_layout(kv, layout)
-    kvcodec.decode_into(frame, dst, layout=layout, block_table=extra.get("block_table"))
-    np.testing.assert_array_equal(from_layout(dst, layout, x.shape, extra.get("block_table")), x)
+    dst = empty_like_layout(kv, base)
+    kvcodec.decode_into(frame, dst, layout=base, **addressing(extra))
+    table = extra.get("block_table")
+    if table is None and "slot_mapping" in extra:
+        table = extra["slot_mapping"][::4] // 4
+    np.testing.assert_array_equal(from_layout(dst, layout, x.shape, table), x)
     info = kvcodec.frame_info(frame)
     assert (info["dtype"], info["layers"], info["tokens"], info["kv_heads"], info["head_dim"]) == \
-        (dtype, 3, 40, 2, 8)
+        (dtype, 3, 40, heads, 8)
 
 
 def test_decode_returns_numpy_for_f32_f16_and_bits_for_bf16_without_torch():
@@ -235,3 +247,36 @@ def test_paged_single_tensor_with_layer_dimension():
     dst = np.zeros_like(pool)
     kvcodec.decode_into(frame, dst, layout="vllm", block_table=list(extra["block_table"]))
     np.testing.assert_array_equal(from_layout(list(dst), "vllm", x.shape, extra["block_table"]), x)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "lmcache", "hf", "per_layer", "vllm", "flashinfer_hnd",
+                                    "paged_split"])
+def test_torch_bf16_in_every_layout(layout):
+    """The same cache as torch bfloat16 tensors (DLPack) and as numpy uint16 bits gives the same
+    frame, and decodes into torch tensors of every layout."""
+    t = need_torch()
+    bits = as_bits(kv_values(), "bf16")
+    kv, extra = to_layout(bits, layout)
+
+    def to_torch(obj):
+        if isinstance(obj, np.ndarray):
+            return t.from_numpy(obj.view(np.int16)).view(t.bfloat16)
+        return [to_torch(o) for o in obj] if isinstance(obj, list) else tuple(to_torch(o) for o in obj)
+
+    tkv = to_torch(kv)
+    extra_t = dict(extra)
+    if "block_table" in extra:
+        extra_t["block_table"] = t.from_numpy(extra["block_table"].astype(np.int64))
+    frame = kvcodec.encode(tkv, level=0, layout=layout, **extra_t)
+    assert frame == kvcodec.encode(bits, level=0, dtype="bf16")
+    dst = to_torch(empty_like_layout(kv, layout))
+    kvcodec.decode_into(frame, dst, layout=layout, block_table=extra_t.get("block_table"))
+
+    def to_bits(obj):
+        if isinstance(obj, (list, tuple)):
+            return [to_bits(o) for o in obj]
+        return obj.view(t.int16).numpy().view(np.uint16)
+
+    got = to_bits(dst)
+    got = got if layout not in ("hf", "per_layer") else [tuple(p) for p in got]
+    np.testing.assert_array_equal(from_layout(got, layout, bits.shape, extra.get("block_table")), bits)

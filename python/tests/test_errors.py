@@ -157,3 +157,27 @@ def test_nan_is_kept_or_refused():
             assert level > 0
             continue
         assert np.isnan(y[0, 0, 3, 1, 2])
+
+
+def test_bad_slot_mappings_and_mla_shapes(frame):
+    x = kv_values()
+    kv, extra = to_layout(x, "vllm+slots")
+    with raises(kvcodec.InvalidArgument, "exactly one of block_table= (the context's blocks, in order) and"):
+        kvcodec.encode(kv, layout="vllm", slot_mapping=extra["slot_mapping"], block_table=[0])
+    with raises(kvcodec.InvalidArgument, "slot_mapping: 39 entries for 40 tokens"):
+        kvcodec.decode_into(frame, [np.zeros_like(p) for p in kv], layout="vllm",
+                            slot_mapping=extra["slot_mapping"][:39])
+    pools = [np.zeros_like(p) for p in kv]
+    with raises(kvcodec.InvalidArgument, "slot"):
+        kvcodec.decode_into(frame, pools, layout="vllm", slot_mapping=np.full(40, 13 * 4, np.int64))
+    assert not any(p.any() for p in pools)
+    with raises(kvcodec.InvalidArgument, "(k_pool, v_pool) pair"):
+        kvcodec.encode([np.zeros((4, 4, 2, 8), np.float32)], layout="paged_split", block_table=[0])
+    with raises(kvcodec.InvalidArgument, "dimension 1 must be 2"):
+        kvcodec.encode([np.zeros((4, 3, 4, 2, 8), np.float32)], layout="flashinfer", block_table=[0])
+    with raises(kvcodec.InvalidArgument, "latent"):
+        kvcodec.encode(np.zeros((2, 10, 575), np.float32), layout="mla")
+    mla = np.zeros((3, 40, 16), np.float32)
+    with raises(kvcodec.InvalidArgument, "not an MLA cache: kv_heads 2"):
+        kvcodec.decode_into(frame, mla, layout="mla")
+    assert not mla.any()

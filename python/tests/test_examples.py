@@ -3,7 +3,6 @@ import importlib.util
 import pathlib
 
 import numpy as np
-import pytest
 
 from conftest import kv_values, need_data, need_torch
 

@@ -48,14 +48,14 @@ class ByteReader {
   uint64_t u64() { return get(8); }
   int16_t i16() { return int16_t(u16()); }
   // An unsigned LEB128 value (7 bits per byte, least significant first) below 2^32; an encoding
-  // longer than 5 bytes or above 32 bits fails.
+  // longer than 5 bytes, above 32 bits or overlong (a zero last byte after the first) fails.
   uint32_t varint() {
     uint32_t v = 0;
     for (int shift = 0; shift < 35; shift += 7) {
       const uint8_t b = u8();
       if (!ok_ || (shift == 28 && (b & 0xf0))) return fail();
       v |= uint32_t(b & 0x7f) << shift;
-      if (!(b & 0x80)) return v;
+      if (!(b & 0x80)) return shift > 0 && b == 0 ? fail() : v;  // overlong: not canonical
     }
     return fail();
   }

@@ -80,7 +80,7 @@ Status parse_layer_model(ByteReader& r, const FrameInfo& f, LayerModel& m, uint6
       if (v > detail::kRansM) return CorruptData("table frequency out of range");
       q = uint16_t(v);
     }
-    if (!r.ok()) return CorruptData("model section truncated in a table");
+    if (!r.ok()) return CorruptData("model section truncated or malformed in a table");
     auto table = FreqTable::from_freqs(freqs);
     if (!table.ok()) return table.status();
     t.table = std::move(*table);
@@ -93,7 +93,7 @@ Status parse_layer_model(ByteReader& r, const FrameInfo& f, LayerModel& m, uint6
     if (c + 1 < C) m.channel_group[c + 1] = b >> 4;
     else if (b >> 4) return CorruptData("padding nibble not zero");
   }
-  if (!r.ok()) return CorruptData("model section truncated in channel groups");
+  if (!r.ok()) return CorruptData("model section truncated or malformed in channel groups");
   for (uint8_t g : m.channel_group)
     if (g >= m.groups) return CorruptData("channel assigned to a missing group");
   if (!is_lossless(f)) {
@@ -109,7 +109,7 @@ Status parse_layer_model(ByteReader& r, const FrameInfo& f, LayerModel& m, uint6
       m.center[c] = unzigzag(r.varint());
       if (m.center[c] < -kMaxCenter || m.center[c] > kMaxCenter) return CorruptData("grid centre out of range");
     }
-    if (!r.ok()) return CorruptData("model section truncated in channel grids");
+    if (!r.ok()) return CorruptData("model section truncated or malformed in channel grids");
   }
   return Status::Ok();
 }

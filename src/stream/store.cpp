@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
-#include <charconv>
 #include <chrono>
 #include <cerrno>
 #include <cstring>
@@ -16,6 +15,7 @@
 #include <optional>
 
 #include "kvcodec/store.hpp"
+#include "percent.hpp"
 #include "store_redis.hpp"
 
 namespace kvcodec {
@@ -167,7 +167,7 @@ class FileStore final : public Store {
     for (const auto& entry : std::filesystem::directory_iterator(dir_, ec)) {
       const std::string name = entry.path().filename().string();
       if (name.rfind(".tmp.", 0) == 0) continue;  // a write in progress
-      auto key = key_of(name);
+      auto key = percent_decode(name);  // path_of's inverse
       if (key && key->rfind(prefix, 0) == 0) keys.push_back(std::move(*key));
     }
     if (ec) return IoError("file store: list " + dir_.string() + ": " + ec.message());
@@ -191,24 +191,6 @@ class FileStore final : public Store {
       }
     }
     return dir_ / name;
-  }
-
-  // The key a file name escapes (path_of's inverse), or nothing for a name it cannot produce.
-  static std::optional<std::string> key_of(const std::string& name) {
-    std::string key;
-    for (size_t i = 0; i < name.size(); ++i) {
-      if (name[i] != '%') {
-        key += name[i];
-        continue;
-      }
-      unsigned value = 0;
-      if (i + 2 >= name.size()) return std::nullopt;
-      auto [p, ec] = std::from_chars(name.data() + i + 1, name.data() + i + 3, value, 16);
-      if (ec != std::errc() || p != name.data() + i + 3) return std::nullopt;
-      key += char(value);
-      i += 2;
-    }
-    return key;
   }
 
   static Status write_all(int fd, std::span<const uint8_t> value) {

@@ -1,19 +1,22 @@
 // The Redis stores' shared pieces (URI, slots, connection, commands) and the single-node store.
 //
-// Single node: one connection per store, guarded by a mutex (a hiredis context is not
-// thread-safe). Every command runs under the configured command timeout; after any I/O error or
+// Single node: a pool of connections (ConnectionPool; a hiredis context is not thread-safe, so
+// each is held by one call at a time). Every command runs under the configured command timeout; after any I/O error or
 // timeout the connection is dropped and the next command reconnects (under the connect
 // timeout), so a Redis that restarts is picked up again and one that is down costs at most the
 // connect timeout per call. Failures map to kUnavailable (cannot connect / connection lost),
 // kTimeout (no reply in time) or kIoError (Redis answered with an error, e.g. OOM).
 #include "store_redis.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <map>
 #include <mutex>
 #include <set>
 #include <string>
+
+#include "percent.hpp"
 
 namespace kvcodec {
 namespace redis {
@@ -23,21 +26,10 @@ namespace {
 timeval to_timeval(int ms) { return timeval{ms / 1000, (ms % 1000) * 1000}; }
 
 // "%40" -> "@"; kInvalidArgument on a malformed escape.
-StatusOr<std::string> percent_decode(std::string_view s) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] != '%') {
-      out += s[i];
-      continue;
-    }
-    unsigned v = 0;
-    if (i + 3 > s.size()) return InvalidArgument("redis URI: bad %XX escape");
-    auto [p, ec] = std::from_chars(s.data() + i + 1, s.data() + i + 3, v, 16);
-    if (ec != std::errc() || p != s.data() + i + 3) return InvalidArgument("redis URI: bad %XX escape");
-    out += char(v);
-    i += 2;
-  }
-  return out;
+StatusOr<std::string> decode_userinfo(std::string_view s) {
+  auto decoded = percent_decode(s);
+  if (!decoded) return InvalidArgument("redis URI: bad %XX escape");
+  return *decoded;
 }
 
 StatusOr<Endpoint> parse_endpoint(std::string_view s) {
@@ -75,8 +67,8 @@ StatusOr<Uri> parse_uri(std::string_view uri) {
     auto colon = userinfo.find(':');
     if (colon == std::string_view::npos)
       return InvalidArgument("redis URI: credentials must be USER:PASSWORD@ or :PASSWORD@");
-    KVCODEC_ASSIGN_OR_RETURN(u.user, percent_decode(userinfo.substr(0, colon)));
-    KVCODEC_ASSIGN_OR_RETURN(u.password, percent_decode(userinfo.substr(colon + 1)));
+    KVCODEC_ASSIGN_OR_RETURN(u.user, decode_userinfo(userinfo.substr(0, colon)));
+    KVCODEC_ASSIGN_OR_RETURN(u.password, decode_userinfo(userinfo.substr(colon + 1)));
     if (u.password.empty()) return InvalidArgument("redis URI: empty password");
   }
   if (auto slash = rest.find('/'); slash != std::string_view::npos) {
@@ -198,6 +190,44 @@ Status Connection::transport_error() {
     return Timeout("redis " + endpoint_.name() + ": no reply within " + std::to_string(options_.command_timeout_ms) +
                    " ms");
   return Unavailable("redis " + endpoint_.name() + ": " + what);
+}
+
+// ---- ConnectionPool ---------------------------------------------------------------------------
+
+ConnectionPool::ConnectionPool(const Endpoint& endpoint, const StoreOptions& options, const std::string& user,
+                               const std::string& password, int db)
+    : busy_(size_t(std::max(1, options.connections_per_node)), false) {
+  for (size_t i = 0; i < busy_.size(); ++i)
+    conns_.push_back(std::make_unique<Connection>(endpoint, options, user, password, db));
+}
+
+Status ConnectionPool::with_connection(const std::function<Status(Connection&)>& fn) {
+  size_t i = 0;
+  {
+    std::unique_lock lock(mu_);
+    free_.wait(lock, [&] {
+      for (i = 0; i < busy_.size(); ++i)
+        if (!busy_[i]) return true;
+      return false;
+    });
+    busy_[i] = true;
+  }
+  Status s = fn(*conns_[i]);
+  {
+    std::lock_guard lock(mu_);
+    busy_[i] = false;
+  }
+  free_.notify_one();
+  return s;
+}
+
+StatusOr<std::vector<Reply>> ConnectionPool::exchange(const std::vector<Args>& commands) {
+  StatusOr<std::vector<Reply>> out = Internal("redis: no exchange");
+  Status s = with_connection([&](Connection& c) {
+    out = c.exchange(commands);
+    return out.ok() ? Status::Ok() : out.status();
+  });
+  return out;
 }
 
 // ---- StoreBase -------------------------------------------------------------------------------
@@ -353,31 +383,28 @@ namespace {
 class RedisStore final : public redis::StoreBase {
  public:
   RedisStore(std::string uri, const redis::Uri& u, const StoreOptions& o)
-      : uri_(std::move(uri)), conn_(u.nodes[0], o, u.user, u.password, u.db) {}
+      : uri_(std::move(uri)), pool_(u.nodes[0], o, u.user, u.password, u.db) {}
 
   Status ping() {
     auto r = run(0, {{"PING"}});
     if (!r.ok()) return r.status();
     if ((*r)[0]->type == REDIS_REPLY_ERROR)
-      return Unavailable("redis " + conn_.endpoint().name() + ": PING: " + std::string(redis::text((*r)[0].get())));
+      return Unavailable("redis " + pool_.endpoint().name() + ": PING: " + std::string(redis::text((*r)[0].get())));
     return Status::Ok();
   }
   const std::string& uri() const noexcept override { return uri_; }
 
  protected:
   StatusOr<std::vector<redis::Reply>> run(uint16_t, const std::vector<redis::Args>& commands) override {
-    std::lock_guard lock(mu_);
-    return conn_.exchange(commands);
+    return pool_.exchange(commands);
   }
   Status for_each_master(const std::function<Status(redis::Connection&)>& fn) override {
-    std::lock_guard lock(mu_);
-    return fn(conn_);
+    return pool_.with_connection(fn);
   }
 
  private:
   const std::string uri_;
-  std::mutex mu_;
-  redis::Connection conn_;
+  redis::ConnectionPool pool_;
 };
 
 }  // namespace

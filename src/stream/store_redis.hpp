@@ -6,7 +6,9 @@
 #include <hiredis/hiredis.h>
 
 #include <cstdint>
+#include <condition_variable>
 #include <functional>
+#include <mutex>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -83,6 +85,25 @@ class Connection {
   const std::string user_, password_;
   const int db_;
   redisContext* ctx_ = nullptr;
+};
+
+// Up to StoreOptions::connections_per_node connections to one node, opened on demand and reused:
+// a call takes a connection no other thread holds, waiting while all are busy. Several
+// connections let one node serve concurrent readers (one would serialize a server's connections
+// behind each other's chunk transfers).
+class ConnectionPool {
+ public:
+  ConnectionPool(const Endpoint& endpoint, const StoreOptions& options, const std::string& user,
+                 const std::string& password, int db);
+  StatusOr<std::vector<Reply>> exchange(const std::vector<Args>& commands);
+  Status with_connection(const std::function<Status(Connection&)>& fn);
+  const Endpoint& endpoint() const noexcept { return conns_[0]->endpoint(); }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable free_;
+  std::vector<std::unique_ptr<Connection>> conns_;
+  std::vector<bool> busy_;
 };
 
 // The Store calls in Redis commands, over whatever routes them: run() sends commands whose keys

@@ -2,8 +2,9 @@
 //
 // Routing: a table of the 16384 hash slots to the master serving each, read with CLUSTER SLOTS
 // from any node (the seeds of the URI first, at open). A command batch goes to its slot's master
-// over that node's one connection (reused across calls, guarded by a per-node mutex, so calls to
-// different nodes run in parallel). Replies are then checked for the cluster's redirections:
+// over one of that node's pooled connections (ConnectionPool: opened on demand, reused across
+// calls; calls to different nodes, and up to connections_per_node calls to one node, run in
+// parallel). Replies are then checked for the cluster's redirections:
 //   MOVED slot host:port  the slot has a new owner: update the table, refresh it (rate-limited:
 //                         a failover or a resharding moved many slots) and resend there;
 //   ASK slot host:port    the slot is being migrated and this key is already at the target:
@@ -115,9 +116,9 @@ class ClusterStore final : public StoreBase {
         last = r.status();
         continue;
       }
-      auto ranges = parse_slots((*r)[0].get(), n->conn.endpoint().host);
+      auto ranges = parse_slots((*r)[0].get(), n->pool.endpoint().host);
       if (!ranges.ok()) {
-        last = ranges.status().with_context("redis " + n->conn.endpoint().name());
+        last = ranges.status().with_context("redis " + n->pool.endpoint().name());
         continue;
       }
       std::vector<Node*> owners(kSlots, nullptr);
@@ -143,7 +144,7 @@ class ClusterStore final : public StoreBase {
       if (n) {
         auto r = exchange(n, commands);
         if (!r.ok() && !transient(r.status())) return r.status();  // e.g. AUTH rejected
-        const Redirect d = r.ok() ? find_redirect(*r, n->conn.endpoint().host) : Redirect{};
+        const Redirect d = r.ok() ? find_redirect(*r, n->pool.endpoint().host) : Redirect{};
         if (r.ok() && d.kind == Redirect::kNone) return r;
         if (d.kind == Redirect::kMoved || d.kind == Redirect::kAsk) {
           if (++redirects > 16) return IoError("redis cluster: slot " + std::to_string(slot) + ": redirected too often");
@@ -153,7 +154,7 @@ class ClusterStore final : public StoreBase {
           (void)refresh(false);
           continue;  // no backoff: the new owner is known
         }
-        last = r.ok() ? IoError("redis " + n->conn.endpoint().name() + ": " + d.message) : r.status();
+        last = r.ok() ? IoError("redis " + n->pool.endpoint().name() + ": " + d.message) : r.status();
         (void)refresh(false);
       }
       if (Clock::now() + backoff > deadline)
@@ -174,17 +175,15 @@ class ClusterStore final : public StoreBase {
       }
     }
     for (Node* n : masters) {
-      std::lock_guard lock(n->mu);
-      KVCODEC_RETURN_IF_ERROR(fn(n->conn));
+      KVCODEC_RETURN_IF_ERROR(n->pool.with_connection(fn));
     }
     return Status::Ok();
   }
 
  private:
   struct Node {
-    Node(const Endpoint& e, const Uri& u, const StoreOptions& o) : conn(e, o, u.user, u.password, 0) {}
-    std::mutex mu;
-    Connection conn;
+    Node(const Endpoint& e, const Uri& u, const StoreOptions& o) : pool(e, o, u.user, u.password, 0) {}
+    ConnectionPool pool;
   };
 
   // The node at `e`, created (not yet connected) on first use. Nodes live as long as the store.
@@ -203,8 +202,7 @@ class ClusterStore final : public StoreBase {
     slots_[slot] = n;
   }
   StatusOr<std::vector<Reply>> exchange(Node* n, const std::vector<Args>& commands) {
-    std::lock_guard lock(n->mu);
-    return n->conn.exchange(commands);
+    return n->pool.exchange(commands);
   }
 
   std::vector<Node*> refresh_candidates() {

@@ -5,6 +5,7 @@
 // analyze_frame. tests/decode_only/no_encoder.cmake checks the archive holds no encoder symbol.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -70,7 +71,9 @@ TEST(DecodeOnly, GoldenFramesDecodeToTheirDigests) {
   ASSERT_FALSE(digests.empty());
   for (const auto& [name, expected] : digests) {
     check_frame(golden_dir() + "/" + name + ".kvc", expected);
-    check_frame(golden_dir() + "/v1/" + name + ".kvc", expected);
+    // tests/golden/v1 records the cases that existed when format version 2 came.
+    const std::string v1 = golden_dir() + "/v1/" + name + ".kvc";
+    if (std::filesystem::exists(v1)) check_frame(v1, expected);
   }
 }
 

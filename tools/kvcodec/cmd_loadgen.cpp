@@ -202,7 +202,7 @@ int cmd_loadgen(int argc, char** argv) {
       .option("--total", "fetches per round, split evenly over the clients (default 64)")
       .option("--seconds", "instead of --total: clients start fetches for this long")
       .option("--policy", "fixed:L (default: the lowest stored level) or adaptive")
-      .option("--timeout-ms", "client io timeout (default 10000)")
+      .option("--timeout-ms", "client connect and io timeout (default 10000)")
       .option("--json", "write every round as JSON");
   if (!a.parse(argc, argv)) return a.exit_code();
   if (a.has("--server") == a.has("--store")) return a.fail("give --server (with --ids) or --store (with --put)");
@@ -251,6 +251,7 @@ int cmd_loadgen(int argc, char** argv) {
   const std::string policy = a.get("--policy", "fixed:lowest");
   if (policy == "adaptive") base.controller.policy = Policy::kAdaptive;
   base.io_timeout_ms = int(timeout_ms);
+  base.connect_timeout_ms = int(timeout_ms);  // hundreds of clients on a few cores: accept is slow too
 
   nlohmann::json rounds = nlohmann::json::array();
   std::printf("%7s %7s %6s %7s %8s %9s %9s %9s %11s %13s %9s %8s\n", "clients", "fetches", "failed", "ctx/s", "KV GB/s",

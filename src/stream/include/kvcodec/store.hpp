@@ -110,8 +110,8 @@ struct KeyValue {
 };
 
 // A key-value store of byte strings. Implementations are thread-safe: any number of threads
-// may call any method of one store at once (the Redis stores serialize the commands of each
-// connection -- one per server node -- behind a mutex).
+// may call any method of one store at once (the Redis stores give each call one of a node's
+// pooled connections, StoreOptions::connections_per_node).
 class Store {
  public:
   virtual ~Store() = default;
@@ -144,6 +144,10 @@ struct StoreOptions {
   // Redis: time allowed to establish the TCP connection, and for each command's reply.
   int connect_timeout_ms = 1000;
   int command_timeout_ms = 5000;
+  // Redis: connections per server node, opened when concurrent calls need them and reused
+  // (1..; values < 1 mean 1). One would make every concurrent call to a node wait for the
+  // others' transfers (docs/results/scale.md).
+  int connections_per_node = 4;
   // Redis Cluster: how long one call keeps retrying (with backoff from 20 ms to 500 ms) while
   // a slot's master is unreachable, the cluster is down or a slot is being moved -- long
   // enough for a replica to be promoted (cluster-node-timeout plus the election). After it
