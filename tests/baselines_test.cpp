@@ -292,6 +292,54 @@ TEST(CacheGen, SmallerChunksPayMoreTables) {
   EXPECT_GT(*small, *large);
 }
 
+// CacheGen as LMCache ships it (LMCache/LMCache, lmcache/storage_backend/serde/
+// cachegen_encoder.py and cachegen_basics.py; compared in docs/results/quality.md): for each
+// (layer, K/V, token), m = max |x| over the channels (heads merged), Q = bins / 2 - 1,
+// symbol = round(x * Q / m + Q); LMCache's bins for its 32-layer models (CacheGenConfig, the
+// 7B family): keys 32 bins in layers 0-9 and 16 from layer 10 on, values 32 in layers 0-1 and
+// 16 after; the decoder returns (symbol - Q) * m / Q. Level 2 must be exactly that on a
+// 32-layer cache, and its documented scaling to 5 layers (keys 2/3, values 1).
+int lmcache_bins(uint32_t kv, uint32_t layer, uint32_t layers) {
+  if (layers == 32) return kv == 0 ? (layer < 10 ? 32 : 16) : (layer < 2 ? 32 : 16);
+  return kv == 0 ? (layer < 2 ? 32 : 16) : (layer < 1 ? 32 : 16);  // 5 layers, as documented
+}
+
+TEST(CacheGen, Level2IsLMCachesQuantizationAndBinSchedule) {
+  SchemeList s = schemes_or_die("cachegen:levels=2");
+  ASSERT_EQ(s.size(), 1u);
+  for (uint32_t layers : {32u, 5u}) {
+    const KVShape shape{layers, 20, 2, 8};
+    const FloatKV in = make_cache(shape, 9);
+    FloatKV out;
+    auto bytes = s[0]->run(in, out);
+    ASSERT_TRUE(bytes.ok()) << bytes.status().to_string();
+    const size_t C = shape.channels();
+    size_t checked = 0;
+    for (uint32_t l = 0; l < layers; ++l)
+      for (uint32_t kv = 0; kv < 2; ++kv) {
+        const double q = lmcache_bins(kv, l, layers) / 2 - 1;
+        for (uint32_t t = 0; t < shape.tokens; ++t) {
+          const float* x = in.slice(l, kv) + size_t(t) * C;
+          const float* y = out.slice(l, kv) + size_t(t) * C;
+          double m = 0;
+          for (size_t c = 0; c < C; ++c) m = std::max(m, std::fabs(double(x[c])));
+          for (size_t c = 0; c < C; ++c, ++checked) {
+            const double symbol = std::nearbyint(double(x[c]) * q / m + q);
+            ASSERT_NEAR(y[c], (symbol - q) * m / q, 1e-5 * m)
+                << layers << " layers: layer " << l << " kv " << kv << " token " << t << " channel " << c;
+          }
+        }
+      }
+    EXPECT_EQ(checked, shape.elements());
+    // Per 256-token chunk (one here): fp16 maxima per (layer, K/V, token), a 33-entry 16-bit
+    // CDF (LMCache's value_range 32 + 1) and an int32 stream length per (layer, K/V, channel),
+    // after a 16-byte shape header.
+    const uint64_t fixed = 16 + 2 * uint64_t(layers) * 2 * shape.tokens + uint64_t(layers) * 2 * C * (33 * 2 + 4);
+    EXPECT_GE(*bytes, fixed);
+    EXPECT_LE(*bytes, fixed + uint64_t(layers) * 2 * C * 8 + shape.elements());
+  }
+}
+
 TEST(Zfp, ErrorWithinTheTolerance) {
   const FloatKV in = make_cache(kShape, 6);
   SchemeList s = schemes_or_die("zfp:tol=1/0.125");

@@ -84,18 +84,10 @@ void check_every_option(uint32_t group) {
 
 TEST(Bound, HoldsOnEveryElementForEveryOption) { check_every_option(1); }
 
-// KNOWN ENCODER BUG (found by this test, reported with issue 16; disabled so the suite stays
-// green until the codec is fixed; run with --gtest_also_run_disabled_tests):
-// with anchor groups (group_tokens > 1) the encoder computes each delta against its anchor's
-// grid offset before the tables are built; when the anchor then falls outside its table's
-// window it is written as an escape, and a decoder (docs/format.md 4.3: "for an anchor, the
-// channel's reference becomes 0") adds the delta to 0 instead. The group's other tokens decode
-// far outside the bound, silently. First failure: f32 level 1 kLayer, 1 table group, chunks of
-// 5 tokens: layer 0 K token 17 channel 5: x -2.83 decoded -19.25 (bound 0.125); the anchor
-// (token 15) sits 66 steps from the centre, outside the anchor table's window. The default
-// (group_tokens = 1) has no deltas and is not affected; the golden frame f16_level4_group4 is
-// within the bound.
-TEST(Bound, DISABLED_HoldsWithAnchorGroups) { check_every_option(3); }
+// Anchor groups (group_tokens > 1): an anchor escaped by its table's window takes its group's
+// deltas with it into the escapes (docs/format.md 4.3), so no delta is ever coded against a
+// reference the decoder does not have (issue 11, item 1; this test found it independently).
+TEST(Bound, HoldsWithAnchorGroups) { check_every_option(3); }
 
 // The checker itself catches what it must: a decoded value moved by more than its bound, a
 // non-finite value not restored, a recorded step above the documented maximum.
