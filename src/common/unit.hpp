@@ -122,7 +122,6 @@ KVCODEC_HD uint32_t load_raw(const uint8_t* p, uint32_t es) {
   return es == 4 ? load_le32(p) : es == 2 ? load_le16(p) : uint32_t(p[0]);
 }
 
-
 // ---- Parsing a chunk body into units, and a unit into its streams ----------------------------
 // The one parser of the chunk and unit layouts (docs/format.md, "Chunk bodies"), used by the CPU
 // decoder, analyze_frame and the GPU decoder: every size is checked against the bytes that hold

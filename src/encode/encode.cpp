@@ -172,7 +172,6 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, LayerOu
 
   // Symbol values: q = n - center for anchors, q - q_anchor for deltas; kEscape when escaped.
   const std::unique_ptr<int16_t[]> val(new int16_t[size_t(T) * C]);
-  constexpr int16_t kEsc = detail::kEscapeQ;
   for (uint32_t t = 0; t < T; ++t) {
     const uint32_t local = t % CT;
     const bool anchor = local % GT == 0;
