@@ -11,6 +11,8 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <string_view>
 #include <fstream>
 #include <map>
 #include <span>
@@ -46,7 +48,12 @@ const GoldenCase kCases[] = {
     {"f32_lossless", DType::kF32, {1, 20, 2, 8}, 0, 7, 1, 2, StepMode::kChannel},
     {"f8e4m3_level2", DType::kF8E4M3, {2, 16, 2, 8}, 2, 8, 2, 2, StepMode::kChannel},
     {"f16_one_token", DType::kF16, {2, 1, 1, 8}, 4, 256, 1, 8, StepMode::kChannel},
+    // Format version 3: stored units (docs/format.md 4.4), from the "stored_" input below.
+    {"stored_f32_lossless", DType::kF32, {1, 48, 2, 16}, 0, 16, 1, 1, StepMode::kChannel},
 };
+
+// "stored_" cases: constant tokens, then one chunk of random bits that coding would expand.
+bool has_stored_units(const GoldenCase& c) { return std::string_view(c.name).starts_with("stored_"); }
 
 std::string golden_dir() { return std::string(KVCODEC_TEST_DIR) + "/golden"; }
 
@@ -77,7 +84,11 @@ KVCache make_input(const GoldenCase& c) {
             const float noise = float(int32_t(r >> 40) - (1 << 23)) * 0x1p-26f;  // [-0.125, 0.125)
             const float outlier = (r & 0x3ff) < 8 ? float(int((r >> 10) & 7) + 4) : 0.0f;
             const float x = offset + drift + noise + outlier;
-            detail::store_from_f32(v.element(l, k, t, h, d), uint8_t(c.dtype), x);
+            if (has_stored_units(c) && t + c.chunk_tokens >= c.shape.tokens) {
+              std::memcpy(v.element(l, k, t, h, d), &r, dtype_size(c.dtype));  // random bits
+              continue;
+            }
+            detail::store_from_f32(v.element(l, k, t, h, d), uint8_t(c.dtype), has_stored_units(c) ? offset : x);
           }
   return std::move(kv).value();
 }
@@ -155,7 +166,7 @@ TEST_P(GoldenFrame, DecodesToDigestAndReencodesIdentically) {
   // The frame says what it is.
   auto info = read_frame_info(*frame);
   ASSERT_TRUE(info.ok()) << info.status().to_string();
-  EXPECT_EQ(info->format_version, kFormatVersion);
+  EXPECT_EQ(info->format_version, has_stored_units(c) ? kStoredUnitsFormatVersion : kFormatVersion);
   EXPECT_EQ(info->dtype, c.dtype);
   EXPECT_EQ(info->shape, c.shape);
   EXPECT_EQ(info->level, c.level);
@@ -194,6 +205,7 @@ TEST_P(GoldenFrame, DecodesToDigestAndReencodesIdentically) {
 TEST_P(GoldenFrame, Version1RecordStillDecodes) {
   if (writing_golden()) GTEST_SKIP() << "rewriting the golden frames";
   const GoldenCase& c = GetParam();
+  if (has_stored_units(c)) GTEST_SKIP() << "version 3 case: no version-1 record";
   auto frame = read_file(golden_dir() + "/v1/" + c.name + ".kvc");
   ASSERT_TRUE(frame.ok()) << frame.status().to_string();
   auto info = read_frame_info(*frame);

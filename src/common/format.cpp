@@ -91,9 +91,9 @@ Status parse_header(std::span<const uint8_t> b, FrameInfo& f, uint32_t& num_chun
   const uint8_t* p = b.data();
   if (std::memcmp(p + kOffMagic, kFrameMagic, 4) != 0) return CorruptData("not a kvcodec frame (bad magic)");
   f.format_version = get<uint16_t>(p + kOffVersion);
-  if (f.format_version < kMinFormatVersion || f.format_version > kFormatVersion)
+  if (f.format_version < kMinFormatVersion || f.format_version > kMaxFormatVersion)
     return UnsupportedVersion("frame format version " + std::to_string(f.format_version) + " (this library reads versions " +
-                              std::to_string(kMinFormatVersion) + " to " + std::to_string(kFormatVersion) + ")");
+                              std::to_string(kMinFormatVersion) + " to " + std::to_string(kMaxFormatVersion) + ")");
   if (get<uint16_t>(p + kOffFlags) != 0 || get<uint32_t>(p + kOffReserved) != 0)
     return CorruptData("reserved header fields are not zero");
   if (!is_valid_dtype(p[kOffDType])) return CorruptData("unknown dtype code " + std::to_string(p[kOffDType]));
@@ -211,7 +211,8 @@ size_t write_layer_model(const FrameInfo& f, const LayerModel& m, std::vector<ui
 
 void write_head(FrameInfo& f, std::span<const uint8_t> model, std::vector<uint8_t>& out) {
   const uint32_t n = uint32_t(f.chunks.size());
-  f.format_version = kFormatVersion;
+  // Version 2, or 3 when the encoder put a stored unit in the frame (docs/format.md 4.4).
+  if (f.format_version != kStoredUnitsFormatVersion) f.format_version = kFormatVersion;
   f.model_bytes = model.size();
   f.head_bytes = kHeaderBytes + model.size() + uint64_t(n) * kIndexEntryBytes;
   uint64_t offset = f.head_bytes;
@@ -225,7 +226,7 @@ void write_head(FrameInfo& f, std::span<const uint8_t> model, std::vector<uint8_
   out.assign(f.head_bytes, 0);
   uint8_t* p = out.data();
   std::memcpy(p + kOffMagic, kFrameMagic, 4);
-  put<uint16_t>(p + kOffVersion, kFormatVersion);
+  put<uint16_t>(p + kOffVersion, f.format_version);
   p[kOffDType] = uint8_t(f.dtype);
   p[kOffLevel] = uint8_t(f.level);
   p[kOffLanes] = uint8_t(kRansLanes);

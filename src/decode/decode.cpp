@@ -10,6 +10,7 @@
 #include <string>
 
 #include "common/frame.hpp"
+#include "common/stored_unit.hpp"
 #include "common/parallel.hpp"
 #include "common/rans_lanes.hpp"
 #include "common/simd.hpp"
@@ -446,6 +447,17 @@ Status decode_unit(const Decoder& d, uint32_t l, uint32_t kv, uint32_t tokens, c
   }
 }
 
+// A unit directory entry: the unit's size and whether it is stored raw (version 3, format.md 4.4).
+struct UnitEntry {
+  uint32_t size;
+  bool stored;
+};
+UnitEntry unit_entry(const FrameInfo& f, const uint8_t* p) {
+  const uint32_t v = detail::get_u32(p);
+  if (f.format_version < kStoredUnitsFormatVersion) return {v, false};
+  return {v & ~kStoredUnitFlag, (v & kStoredUnitFlag) != 0};
+}
+
 // Decodes the layers [lb, le) of chunk k from its body.
 Status decode_chunk(const Decoder& d, uint32_t k, std::span<const uint8_t> body, const KVView& dst, uint32_t lb,
                     uint32_t le, bool verify, int threads) {
@@ -457,8 +469,14 @@ Status decode_chunk(const Decoder& d, uint32_t k, std::span<const uint8_t> body,
   const size_t dir = size_t(L) * 2 * 4;
   if (body.size() < dir) return CorruptData("chunk shorter than its unit directory");
   std::vector<uint64_t> off(size_t(L) * 2 + 1, dir);
-  for (size_t i = 0; i < size_t(L) * 2; ++i) off[i + 1] = off[i] + detail::get_u32(body.data() + 4 * i);
+  std::vector<uint8_t> stored(size_t(L) * 2);
+  for (size_t i = 0; i < size_t(L) * 2; ++i) {
+    const UnitEntry e = unit_entry(d.info, body.data() + 4 * i);
+    off[i + 1] = off[i] + e.size;
+    stored[i] = e.stored;
+  }
   if (off.back() != body.size()) return CorruptData("chunk " + std::to_string(k) + " unit sizes do not add up");
+  const uint64_t stored_size = detail::stored_unit_bytes(uint64_t(ci.tokens) * d.info.shape.channels(), uint32_t(d.es));
   const size_t row_bytes = size_t(d.info.shape.channels()) * d.es;
   const bool in_place = rows_in_place(dst);
   std::vector<Status> st(size_t(le - lb) * 2);
@@ -467,6 +485,11 @@ Status decode_chunk(const Decoder& d, uint32_t k, std::span<const uint8_t> body,
     const size_t u = size_t(l) * 2 + kv;
     const uint8_t* p = body.data() + off[u];
     const size_t size = off[u + 1] - off[u];
+    if (stored[u]) {  // the raw elements [tokens][C]
+      if (size != stored_size) st[task] = CorruptData("stored unit of the wrong size");
+      else scatter(dst, l, kv, ci.token_begin, ci.tokens, p);
+      return;
+    }
     if (in_place) {
       st[task] = decode_unit(d, l, kv, ci.tokens, p, size, [&](uint32_t t) {
         return static_cast<uint8_t*>(dst.element(l, kv, ci.token_begin + t, 0, 0));
@@ -528,7 +551,14 @@ StatusOr<FrameStats> analyze_frame(std::span<const uint8_t> frame) {
     st.directory_bytes += size_t(L) * 2 * 4;
     const uint8_t* p = body + size_t(L) * 2 * 4;
     for (size_t u = 0; u < size_t(L) * 2; ++u) {
-      const size_t unit = detail::get_u32(body + 4 * u);
+      const UnitEntry entry = unit_entry(f, body + 4 * u);
+      const size_t unit = entry.size;
+      if (entry.stored) {
+        ++st.stored_units;
+        st.stored_bytes += unit;
+        p += unit;
+        continue;
+      }
       const DecLayer& dl = d->layers[u];
       const DecTable* tables = dl.tables.data();
       size_t off = 0;

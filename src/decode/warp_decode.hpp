@@ -23,6 +23,8 @@
 #include <cstdint>
 
 #include "common/dtype.hpp"
+#include "common/stored_unit.hpp"
+#include "kvcodec/format.hpp"
 #include "decode/packed_model.hpp"
 #include "common/quant.hpp"
 #include "common/rans.hpp"
@@ -213,6 +215,31 @@ struct UnitJob {
   int16_t* refs;  // channels entries, scratch for anchors (group_tokens > 1)
 };
 
+// A stored unit (docs/format.md 4.4): its raw elements, in stream order, copied to the destination.
+#if defined(__CUDACC__)
+#pragma nv_exec_check_disable
+#endif
+template <typename W>
+KVCODEC_HD uint32_t warp_copy_stored_unit(W& w, const UnitJob& job, const uint8_t* p, uint64_t size) {
+  const uint32_t C = job.layout->channels, es = job.layout->elem_size;
+  const uint64_t n = uint64_t(job.tokens) * C;
+  if (size != stored_unit_bytes(n, es)) return kUnitSizeMismatch;
+  typename W::template Lanes<uint64_t> bad;
+  for (uint32_t j : w.lanes()) {
+    bad[j] = 0;
+    for (uint64_t i = j; i < n; i += kWarpLanes) {
+      int64_t row;
+      if (!job.dst.token_offset(job.token_begin + uint32_t(i / C), &row)) {
+        bad[j] = 1;
+        break;
+      }
+      char* e = job.dst.base + (row + job.dst.channel_offset(uint32_t(i % C))) * int64_t(es);
+      for (uint32_t b = 0; b < es; ++b) e[b] = char(p[i * es + b]);
+    }
+  }
+  return w.sum(bad) ? kUnitBadBlock : kUnitOk;
+}
+
 // P = lane streams per unit: 1 (lossy) or the element size (lossless byte planes). A template
 // parameter so that the per-plane state stays in registers on the device.
 #if defined(__CUDACC__)
@@ -225,21 +252,25 @@ KVCODEC_HD uint32_t warp_decode_unit_planes(W& w, const UnitJob& job) {
   const uint32_t C = pl.channels, es = pl.elem_size;
   const bool lossless = pl.lossless != 0;
 
-  // Unit directory: this unit's offset and size; the sizes must add up to the body.
+  // Unit directory: this unit's offset and size; the sizes must add up to the body. In version
+  // 3 bit 31 of an entry marks a stored unit.
   const uint64_t dir = 4ull * units;
   if (job.body_size < dir) return kUnitBadDirectory;
+  const uint32_t size_mask = pl.stored_units ? ~kStoredUnitFlag : 0xffffffffu;
   typename W::template Lanes<uint64_t> before, total;
   for (uint32_t j : w.lanes()) {
     before[j] = total[j] = 0;
     for (uint32_t k = j; k < units; k += kWarpLanes) {
-      const uint32_t s = ld_u32(job.body + 4ull * k);
+      const uint32_t s = ld_u32(job.body + 4ull * k) & size_mask;
       total[j] += s;
       if (k < u) before[j] += s;
     }
   }
   if (dir + w.sum(total) != job.body_size) return kUnitBadDirectory;
   const uint8_t* p = job.body + dir + w.sum(before);
-  const uint64_t size = ld_u32(job.body + 4ull * u);
+  const uint32_t entry = ld_u32(job.body + 4ull * u);
+  const uint64_t size = entry & size_mask;
+  if (entry & ~size_mask) return warp_copy_stored_unit(w, job, p, size);
 
   // Stream layout: one lane stream per byte plane (lossless) or one stream + escapes (lossy).
   const uint8_t* stream_at[P];
