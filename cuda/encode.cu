@@ -66,19 +66,30 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
     atomicOr(&res->errors, kErrBadSource);
 }
 
+__global__ void __launch_bounds__(kThreadsPerBlock)
+    recount_kernel(const EncodeLayout el, const KVView src, const LaneGrid* lane, const uint32_t* codes,
+                   const uint16_t* table_base, uint32_t* hist, DeviceResult* res) {
+  const uint32_t c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (res->errors) return;
+  if (c < el.channels && !detail::recount_deltas_channel(el, src, blockIdx.y, c, lane, codes, table_base, hist))
+    atomicOr(&res->errors, kErrBadSource);
+}
+
 // One block per unit: its tables and serialised model (block_model.hpp). The group sums live in
-// `smem_sums` bytes of dynamic shared memory, or when 0 in the unit's global scratch.
+// `smem_sums` bytes of dynamic shared memory, or when 0 in the unit's global scratch. keep_groups:
+// the second pass after recount_kernel.
 __global__ void __launch_bounds__(detail::kBlockThreads)
-    model_kernel(const EncodeLayout el, const ModelLayout ml, const ModelArgs args, uint32_t smem_sums,
+    model_kernel(const EncodeLayout el, const ModelLayout ml, const ModelArgs args, uint32_t smem_sums, bool keep_groups,
                  DeviceResult* res) {
   extern __shared__ uint64_t dyn_sums[];
   __shared__ detail::ModelShared sh;
   const uint32_t u = blockIdx.x;
-  if (res->errors & kErrBadSource) return;  // set by phase 1 only: uniform over the block
+  if (res->errors & kErrBadSource) return;  // set by earlier kernels only: uniform over the block
   uint64_t* sums = smem_sums ? dyn_sums
                              : reinterpret_cast<uint64_t*>(args.scratch + u * ml.scratch_stride + ml.sums_offset);
   detail::DeviceBlock blk;
-  if (!detail::block_build_model(blk, el, ml, args, u, sh, sums) && threadIdx.x == 0) atomicOr(&res->errors, kErrTable);
+  if (!detail::block_build_model(blk, el, ml, args, u, sh, sums, keep_groups) && threadIdx.x == 0)
+    atomicOr(&res->errors, kErrTable);
 }
 
 // One warp per (chunk, unit), units of a chunk adjacent.
@@ -313,7 +324,14 @@ Status Encoder::encode_async(const KVView& src_dev, uint8_t* dst_dev, size_t dst
   const ModelArgs args{m.at<uint32_t>(ws.hist),      m.at<uint64_t>(ws.feature),   m.at<ChannelGrid>(ws.grids),
                        m.at<uint32_t>(ws.codes),     m.at<uint16_t>(ws.table_base), m.at<uint8_t>(ws.models),
                        m.at<uint32_t>(ws.model_size), m.at<uint8_t>(ws.model_scratch)};
-  model_kernel<<<el.units(), detail::kBlockThreads, m.model_smem, stream>>>(el, m.ml, args, m.model_smem, res);
+  model_kernel<<<el.units(), detail::kBlockThreads, m.model_smem, stream>>>(el, m.ml, args, m.model_smem, false,
+                                                                             res);
+  if (!el.lossless && el.group_tokens > 1) {  // deltas of escaped anchors (recount_deltas_channel)
+    recount_kernel<<<per_unit_channels, kThreadsPerBlock, 0, stream>>>(
+        el, src_dev, m.at<LaneGrid>(ws.lane), args.codes, args.table_base, m.at<uint32_t>(ws.hist), res);
+    model_kernel<<<el.units(), detail::kBlockThreads, m.model_smem, stream>>>(el, m.ml, args, m.model_smem, true,
+                                                                               res);
+  }
   if (events && events->tabled) cudaEventRecord(events->tabled, stream);
 
   // Phase 2: lanes, placement, frame.

@@ -1,5 +1,6 @@
 // Streaming-style decoding: a receiver gets the frame head first and then chunk bodies one by
 // one (from a network or a store), decoding each as it arrives with a FrameDecoder.
+#include <cmath>
 #include <cstdio>
 #include <vector>
 
@@ -35,5 +36,18 @@ int main() {
       return std::fprintf(stderr, "chunk %u: %s\n", k, s.to_string().c_str()), 1;
     std::printf("chunk %u: tokens %u..%u, %u bytes\n", k, c.token_begin, c.token_begin + c.tokens - 1, c.size);
   }
+  // Every value within the documented bound (config.hpp), checked with larger quantities: the
+  // scale is at most the (layer, K/V) tensor's RMS, layer_factor at most kLayerFactor[2], an f32
+  // ulp at most |x_hat| * 2^-23 (2^-149 for subnormals).
+  const size_t slice = size_t(shape.tokens) * shape.channels();
+  for (size_t begin = 0; begin < kv.size(); begin += slice) {
+    double sum_sq = 0;
+    for (size_t i = begin; i < begin + slice; ++i) sum_sq += double(kv[i]) * kv[i];
+    const double max_step = kvcodec::kLevelStep[opt.level] * kvcodec::kLayerFactor[2] * std::sqrt(sum_sq / slice);
+    for (size_t i = begin; i < begin + slice; ++i)
+      if (std::fabs(double(kv[i]) - out[i]) > max_step / 2 + (std::fabs(out[i]) * 0x1p-23 + 0x1p-149) / 2)
+        return std::fprintf(stderr, "element %zu: error above the documented bound\n", i), 1;
+  }
+  std::printf("every value within the documented error bound of level %d\n", opt.level);
   return 0;
 }

@@ -39,7 +39,17 @@ int main() {
                                                         block_table.data(), num_blocks, block_size);
   if (kvcodec::Status s = kvcodec::decode_into(frame, into); !s.ok())
     return std::fprintf(stderr, "%s\n", s.to_string().c_str()), 1;
-  std::printf("decoded %u tokens into %zu paged blocks per layer (%zu-byte frame)\n", shape.tokens,
+  // Lossless: every token of the context, in the blocks the table names, is bit-identical.
+  const size_t row = shape.channels();
+  for (uint32_t l = 0; l < shape.layers; ++l)
+    for (uint32_t k = 0; k < 2; ++k)
+      for (uint32_t t = 0; t < shape.tokens; ++t) {
+        const size_t at = ((size_t(k) * num_blocks + size_t(block_table[t / block_size])) * block_size + t % block_size) * row;
+        for (size_t c = 0; c < row; ++c)
+          if (dst[l][at + c] != layers[l][at + c])
+            return std::fprintf(stderr, "layer %u kv %u token %u differs\n", l, k, t), 1;
+      }
+  std::printf("decoded %u tokens into %zu paged blocks per layer (%zu-byte frame), bit-identical\n", shape.tokens,
               block_table.size(), frame.size());
   return 0;
 }

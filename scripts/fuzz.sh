@@ -5,36 +5,62 @@
 # limit; the input that did it is kept in build-fuzz/crashes/ (rerun: build-fuzz/tests/fuzz/
 # fuzz_<name> <file>).
 #
-# Environment: KVCODEC_FUZZ_SECONDS (per target, default 20), KVCODEC_JOBS (build jobs).
+# Environment: KVCODEC_FUZZ_SECONDS (per target, default 12: 13 targets stay under ~3 minutes),
+#              KVCODEC_FUZZ_TARGETS (space-separated names, default all), KVCODEC_JOBS (build jobs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-seconds="${KVCODEC_FUZZ_SECONDS:-20}"
+seconds="${KVCODEC_FUZZ_SECONDS:-12}"
 jobs="${KVCODEC_JOBS:-$(nproc)}"
 
-cmake -S . -B build-fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+launcher=()
+if command -v ccache >/dev/null; then launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache); fi
+cmake -S . -B build-fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo "${launcher[@]}" \
   -DKVCODEC_FUZZ=ON -DKVCODEC_BUILD_TOOLS=OFF -DKVCODEC_BUILD_BENCH=OFF -DKVCODEC_BUILD_EXAMPLES=OFF
 cmake --build build-fuzz -j "$jobs" --target kvcodec_fuzz
 
 bin=build-fuzz/tests/fuzz
 seeds="$bin/seeds"
 mkdir -p build-fuzz/crashes
+# Extra seeds where they exist: the golden frames, the committed link traces, and the shared
+# models and tokenizers (not in the repository).
+data="${KVCODEC_DATA_DIR:-../shared/data}"
+extra_seeds() {
+  case "$1" in
+    frame) echo tests/golden ;;
+    trace) echo docs/results/traces ;;
+    tokenizer) [[ -d "$data/models" ]] && mkdir -p build-fuzz/seeds-tok && cp -f "$data"/models/tok*.bin build-fuzz/seeds-tok/ 2>/dev/null && echo build-fuzz/seeds-tok ;;
+    model) [[ -f "$data/models/stories260K.bin" ]] && mkdir -p build-fuzz/seeds-model && cp -f "$data/models/stories260K.bin" build-fuzz/seeds-model/ && echo build-fuzz/seeds-model ;;
+  esac
+  return 0
+}
 # target:seed corpus
-for spec in frame_info:frame verify_frame:frame decode:frame decode_chunk:frame \
-            safetensors:safetensors npy:npy; do
+all="frame_info:frame verify_frame:frame decode:frame decode_chunk:frame analyze_frame:frame roundtrip:none
+     safetensors:safetensors npy:npy tokenizer:tokenizer model:model wire:wire manifest:manifest link_trace:trace"
+for spec in $all; do
   name="${spec%%:*}"
+  kind="${spec##*:}"
+  if [[ -n "${KVCODEC_FUZZ_TARGETS:-}" && " $KVCODEC_FUZZ_TARGETS " != *" $name "* ]]; then continue; fi
+  if [[ ! -x "$bin/fuzz_$name" ]]; then
+    echo "fuzz: fuzz_$name not built (its library is not): skipped"
+    continue
+  fi
   corpus="build-fuzz/corpus/$name"
   log="build-fuzz/fuzz_$name.log"
   mkdir -p "$corpus"
+  dirs=("$corpus")
+  [[ -d "$seeds/$kind" ]] && dirs+=("$seeds/$kind")
+  extra="$(extra_seeds "$kind")"
+  [[ -n "$extra" ]] && dirs+=("$extra")
   echo "fuzz: fuzz_$name for ${seconds}s"
   # The first directory collects new inputs; the seeds are read only.
   if ! "$bin/fuzz_$name" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
       -print_final_stats=1 -artifact_prefix="build-fuzz/crashes/$name-" \
-      "$corpus" "$seeds/${spec##*:}" >"$log" 2>&1; then
+      "${dirs[@]}" >"$log" 2>&1; then
     tail -n 60 "$log" >&2
     echo "fuzz: error: fuzz_$name failed (log: $log, input: build-fuzz/crashes/$name-*)" >&2
     exit 1
   fi
   grep -E "stat::number_of_executed_units|stat::peak_rss_mb" "$log" | tr '\n' ' '
-  echo
+  grep -E "^#[0-9]+.*(DONE|INITED)" "$log" | tail -n 1 | grep -oE "cov: [0-9]+ ft: [0-9]+ corp: [0-9]+" || true
 done
 echo "fuzz: all targets ran ${seconds}s without a failure"

@@ -13,6 +13,8 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libzstd-dev zstd libeigen3-dev libfmt-dev libhiredis-dev redis-server
   libzfp-dev libxxhash-dev nlohmann-json3-dev clang
+  python3-dev python3-pybind11 pybind11-dev python3-numpy python3-torch python3-pytest
+  python3-pip python3-setuptools python3-wheel python3-venv
 )
 
 install_missing_packages() {
@@ -62,7 +64,7 @@ build() {
   if [[ ! -f build/CMakeCache.txt ]]; then
     generator=(-G Ninja)
   fi
-  cmake -S . -B build "${generator[@]}" -DCMAKE_BUILD_TYPE=Release
+  cmake -S . -B build "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DKVCODEC_BUILD_PYTHON=ON
   cmake --build build -j "$jobs"
 }
 

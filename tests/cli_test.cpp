@@ -17,6 +17,7 @@
 #include "kvcodec/codec.hpp"
 #include "common/dtype.hpp"
 #include "kvcodec/io.hpp"
+#include "cli_test_util.hpp"
 #include "test_util.hpp"
 
 namespace kvcodec {
@@ -24,71 +25,10 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct RunResult {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-size_t count_lines(const std::string& s) { return size_t(std::count(s.begin(), s.end(), '\n')); }
-
-class CliTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (std::string(KVCODEC_CLI_PATH).empty()) GTEST_SKIP() << "the kvcodec program is not built";
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() / ("kvcodec_cli_test_" + std::to_string(::getpid()) + "_" + info->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-
-  // Runs `kvcodec args...` (arguments are single-quoted for the shell) and captures its output.
-  RunResult run(const std::vector<std::string>& args) const {
-    std::string cmd = std::string("'") + KVCODEC_CLI_PATH + "'";
-    for (const std::string& a : args) cmd += " '" + a + "'";
-    cmd += " >'" + path("stdout") + "' 2>'" + path("stderr") + "'";
-    const int status = std::system(cmd.c_str());
-    RunResult r;
-    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    r.out = slurp(path("stdout"));
-    r.err = slurp(path("stderr"));
-    return r;
-  }
-
-  // A smooth, deterministic cache (like real K/V: per-channel offsets plus small variation).
-  std::string make_cache(const std::string& name, DType dtype, KVShape shape) const {
-    auto kv = KVCache::allocate(dtype, shape);
-    EXPECT_TRUE(kv.ok());
-    const KVView v = kv->view();
-    for (uint32_t l = 0; l < shape.layers; ++l)
-      for (uint32_t k = 0; k < 2; ++k)
-        for (uint32_t t = 0; t < shape.tokens; ++t)
-          for (uint32_t h = 0; h < shape.kv_heads; ++h)
-            for (uint32_t d = 0; d < shape.head_dim; ++d) {
-              const float x = 0.3f * float(d % 5) - 0.5f * float(k) + 0.2f * std::sin(0.37f * float(t * 7 + h * 3 + d + l));
-              detail::store_from_f32(v.element(l, k, t, h, d), uint8_t(dtype), x);
-            }
-    EXPECT_TRUE(save_kv(path(name), *kv).ok());
-    return path(name);
-  }
-
-  // Expects the error contract: non-zero exit, one line on stderr naming the command.
-  static void expect_error(const RunResult& r, const std::string& command, int code = -1) {
-    EXPECT_NE(r.exit_code, 0);
-    if (code >= 0) EXPECT_EQ(r.exit_code, code);
-    EXPECT_EQ(count_lines(r.err), 1u) << r.err;
-    EXPECT_EQ(r.err.rfind("kvcodec " + command + ": error: ", 0), 0u) << r.err;
-  }
-
-  fs::path dir_;
-};
+using test::CliTest;
+using test::count_lines;
+using test::RunResult;
+using test::slurp;
 
 constexpr KVShape kShape{2, 40, 2, 16};
 
@@ -240,6 +180,56 @@ TEST_F(CliTest, BadOptionsAreUsageErrors) {
     expect_error(run(args), args[0], 2);
   }
   EXPECT_FALSE(fs::exists(path("a.kvc")));
+}
+
+// Issue 11, items 7-9: an expansion limit on decode, bytes after the frame, a truncated frame
+// described without negative sizes, and rates and times no link has.
+TEST_F(CliTest, HostileInputsAreRefused) {
+  const std::string in = make_cache("in.safetensors", DType::kF16, kShape);
+  ASSERT_EQ(run({"encode", in, "-o", path("a.kvc"), "--chunk-tokens", "16"}).exit_code, 0);
+  const std::string good = slurp(path("a.kvc"));
+  const uint64_t decoded = kShape.elements() * 2;
+
+  // --max-decoded-bytes: refused before allocating (kResourceExhausted), accepted at the size.
+  RunResult r = run({"decode", path("a.kvc"), "-o", path("o.safetensors"), "--max-decoded-bytes",
+                     std::to_string(decoded - 1)});
+  expect_error(r, "decode", 1);
+  EXPECT_NE(r.err.find("resource_exhausted"), std::string::npos) << r.err;
+  EXPECT_EQ(run({"decode", path("a.kvc"), "-o", path("o.safetensors"), "--max-decoded-bytes", std::to_string(decoded)})
+                .exit_code,
+            0);
+  expect_error(run({"decode", path("a.kvc"), "-o", path("o.safetensors"), "--max-decoded-bytes", "-1"}), "decode", 2);
+
+  // Bytes after frame_bytes: corrupt (docs/format.md 6), for decode and inspect alike.
+  std::ofstream(path("tail.kvc"), std::ios::binary) << good << "junk";
+  expect_error(run({"decode", path("tail.kvc"), "-o", path("t.safetensors")}), "decode", 1);
+  r = run({"inspect", path("tail.kvc")});
+  expect_error(r, "inspect", 1);
+  EXPECT_NE(r.out.find("4 bytes after the frame"), std::string::npos) << r.out;
+
+  // A truncated frame: how much is missing, never a negative count "beyond the frame".
+  std::ofstream(path("short.kvc"), std::ios::binary) << good.substr(0, good.size() - 560);
+  r = run({"inspect", path("short.kvc")});
+  expect_error(r, "inspect", 1);
+  EXPECT_EQ(r.out.find("-560"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("truncated: 560 bytes"), std::string::npos) << r.out;
+
+  // Rates and times: non-positive, tiny (1e-300 behaved as an unlimited link), denormal,
+  // non-finite. The checks run before any store is opened or link simulated.
+  for (const char* gbps : {"0", "-1", "1e-300", "4e-320", "inf", "nan", "1e300"}) {
+    SCOPED_TRACE(gbps);
+    expect_error(run({"serve", "--store", "file:" + path("store"), "--port", "0", "--bandwidth-gbps", gbps}), "serve", 2);
+    expect_error(run({"sweep", "--bandwidth-gbps", gbps, "--json", path("s.json"), "--svg", path("s.svg")}), "sweep",
+                 2);
+  }
+  for (const char* ms : {"-1", "1e-320", "nan", "inf", "1e9"}) {
+    SCOPED_TRACE(ms);
+    expect_error(run({"serve", "--store", "file:" + path("store"), "--port", "0", "--rtt-ms", ms}), "serve", 2);
+  }
+  std::ofstream(path("tiny.trace"), std::ios::binary) << "0 10\n0.5 1e-300\n";
+  r = run({"serve", "--store", "file:" + path("store"), "--port", "0", "--trace", path("tiny.trace")});
+  expect_error(r, "serve", 1);
+  EXPECT_NE(r.err.find("trace line 2"), std::string::npos) << r.err;
 }
 
 TEST_F(CliTest, UnsupportedOutputsAreOneLineErrors) {

@@ -9,6 +9,7 @@
 
 #include "common/simd.hpp"
 #include "kvcodec/codec.hpp"
+#include "bound_check.hpp"
 #include "common/dtype.hpp"
 #include "encode/quantize.hpp"
 #include "test_util.hpp"
@@ -105,48 +106,12 @@ TEST_P(RoundTrip, ContiguousWithinBound) {
     EXPECT_EQ(out, raw) << "lossless must be bit-exact";
     return;
   }
-  // Documented bound: |x - x_hat| <= step/2 + ulp(x_hat)/2 with step <= kLevelStep * factor * scale.
-  auto info = read_frame_info(frame);
-  ASSERT_TRUE(info.ok());
-  const size_t C = c.shape.channels();
-  size_t checked = 0;
-  for (uint32_t l = 0; l < c.shape.layers; ++l)
-    for (uint32_t kv = 0; kv < 2; ++kv) {
-      // channel scale (RMS deviation) recomputed from the input as the encoder does
-      std::vector<double> sum(C, 0), sq(C, 0);
-      const size_t base = (size_t(l) * 2 + kv) * c.shape.tokens * C;
-      for (uint32_t t = 0; t < c.shape.tokens; ++t)
-        for (size_t ch = 0; ch < C; ++ch) {
-          const double x = value_at(raw, base + t * C + ch, c.dtype);
-          sum[ch] += x;
-          sq[ch] += x * x;
-        }
-      // Scale as the encoder computes it: per channel (kChannel) or the RMS over the tensor of the
-      // deviations from the per-channel means (kLayer, the default).
-      std::vector<double> scale(C);
-      double layer_ss = 0;
-      for (size_t ch = 0; ch < C; ++ch) {
-        const double mean = sum[ch] / c.shape.tokens;
-        const double var = std::max(0.0, sq[ch] / c.shape.tokens - mean * mean);
-        scale[ch] = std::sqrt(var);
-        layer_ss += var;
-      }
-      const double layer_scale = std::sqrt(layer_ss / double(C));
-      for (size_t ch = 0; ch < C; ++ch) {
-        const double mean = sum[ch] / c.shape.tokens;
-        double sc = c.mode == StepMode::kLayer ? layer_scale : scale[ch];
-        if (!(sc > 0)) sc = std::fabs(mean) > 0 ? std::fabs(mean) / 1024 : 1.0;
-        const double max_step = kLevelStep[c.level] * layer_factor(l, c.shape.layers) * sc;
-        for (uint32_t t = 0; t < c.shape.tokens; ++t) {
-          const size_t i = base + t * C + ch;
-          const float x = value_at(raw, i, c.dtype), xh = value_at(out, i, c.dtype);
-          ASSERT_LE(std::fabs(double(x) - double(xh)), error_bound(max_step * (1 + 1e-9), xh, c.dtype))
-              << "layer " << l << " kv " << kv << " token " << t << " channel " << ch;
-          ++checked;
-        }
-      }
-    }
-  EXPECT_EQ(checked, c.shape.elements());
+  // The documented bound on every element, from the frame's recorded steps and the scale the
+  // documentation defines, computed from the input (bound_check.hpp; not the encoder's code).
+  const KVCache in{c.dtype, c.shape, raw}, dec{c.dtype, c.shape, out};
+  const test::BoundReport r = test::check_bound(frame, in, dec);
+  EXPECT_EQ(r.violations, 0u) << r.first;
+  EXPECT_EQ(r.checked, c.shape.elements());
 }
 
 const Case kCases[] = {
@@ -331,6 +296,34 @@ TEST(Codec, NonFiniteValuesAreEscapedExactly) {
   std::vector<uint8_t> out(raw.size());
   ASSERT_TRUE(decode_into(frame, contiguous_view(out.data(), DType::kF32, s)).ok());
   for (size_t i : {3, 17, 100, 101}) EXPECT_EQ(0, std::memcmp(&out[i * 4], &raw[i * 4], 4)) << i;
+  // Every other value within the documented bound too. The bound is relative to the (layer,
+  // K/V) tensor's RMS deviation, which the one finite outlier (1e30) inflates: the grids get
+  // coarser and the other 316 values come back with a relative RMS error of 0.275 instead of
+  // 0.090 without it (measured). That is what the documentation promises (config.hpp), and a
+  // weakness of the scale: one finite outlier costs its whole tensor precision (reported with
+  // issue 16).
+  const test::BoundReport r = test::check_bound(frame, KVCache{DType::kF32, s, raw}, KVCache{DType::kF32, s, out});
+  EXPECT_EQ(r.violations, 0u) << r.first;
+  EXPECT_EQ(r.checked + r.non_finite, s.elements());
+  double num = 0, den = 0;
+  for (size_t i = 0; i < s.elements(); ++i) {
+    if (i == 3 || i == 17 || i == 100 || i == 101) continue;
+    const double x = value_at(raw, i, DType::kF32), d = x - value_at(out, i, DType::kF32);
+    num += d * d;
+    den += x * x;
+  }
+  const double with_outlier = std::sqrt(num / den);
+  // Without the finite outlier, NaN and +-Inf alone leave the scale alone (they are excluded):
+  // the other values keep the level's precision.
+  values[101] = 0.5f;
+  raw = to_dtype(values, DType::kF32);
+  frame = encode(contiguous_view(raw.data(), DType::kF32, s), o);
+  ASSERT_TRUE(decode_into(frame, contiguous_view(out.data(), DType::kF32, s)).ok());
+  const test::BoundReport q = test::check_bound(frame, KVCache{DType::kF32, s, raw}, KVCache{DType::kF32, s, out});
+  EXPECT_EQ(q.violations, 0u) << q.first;
+  EXPECT_EQ(q.non_finite, 3u);
+  EXPECT_LT(q.rms_rel_error, 0.12);
+  EXPECT_GT(with_outlier, 2 * q.rms_rel_error) << "the weakness above is gone: tighten this test";
 }
 
 TEST(Codec, SizesShrinkWithLevel) {
@@ -394,6 +387,50 @@ TEST(Codec, RejectsBadArguments) {
   EXPECT_EQ(decode_into(frame, contiguous_view(out.data(), DType::kF32, s)).code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(decode_into(frame, contiguous_view(out.data(), DType::kF16, {1, 5, 1, 8})).code(),
             StatusCode::kInvalidArgument);
+}
+
+// Issue 11, items 7 and 9: an expansion limit (zero-bit streams are legal, so a tiny frame can
+// decode to gigabytes) and bytes after frame_bytes (a frame is exactly frame_bytes long).
+TEST(Codec, DecodeLimitAndTrailingBytes) {
+  const KVShape s{2, 64, 1, 8};
+  std::vector<uint8_t> raw(s.elements() * 2, 0);  // constant: almost no payload
+  EncodeOptions o;
+  o.chunk_tokens = 16;
+  auto frame = encode(contiguous_view(raw.data(), DType::kF16, s), o);
+  auto info = read_frame_info(frame);
+  ASSERT_TRUE(info.ok());
+  std::vector<uint8_t> out(raw.size());
+  const KVView dst = contiguous_view(out.data(), DType::kF16, s);
+  EXPECT_EQ(decoded_bytes(*info), raw.size());
+  DecodeOptions d;
+  d.max_decoded_bytes = raw.size() - 1;
+  EXPECT_EQ(decode_into(frame, dst, d).code(), StatusCode::kResourceExhausted);
+  d.max_decoded_bytes = raw.size();
+  EXPECT_TRUE(decode_into(frame, dst, d).ok());
+  // A range is measured alone: one layer of chunks 1..2 is 2 x 32 tokens x 8 x 2 bytes.
+  d.chunk_begin = 1;
+  d.chunk_end = 3;
+  d.layer_end = 1;
+  EXPECT_EQ(decoded_bytes(*info, d), 2u * 32 * 8 * 2);
+  d.max_decoded_bytes = 2u * 32 * 8 * 2;
+  EXPECT_TRUE(decode_into(frame, dst, d).ok());
+  d.max_decoded_bytes -= 1;
+  EXPECT_EQ(decode_into(frame, dst, d).code(), StatusCode::kResourceExhausted);
+  const ChunkInfo& c1 = info->chunks[1];
+  d.max_decoded_bytes = 16u * 8 * 2 - 1;  // one chunk, one layer
+  EXPECT_EQ(decode_chunk_into(frame, 1, std::span(frame).subspan(c1.offset, c1.size), dst, d).code(),
+            StatusCode::kResourceExhausted);
+  d.max_decoded_bytes = 0;  // no limit
+  EXPECT_TRUE(decode_chunk_into(frame, 1, std::span(frame).subspan(c1.offset, c1.size), dst, d).ok());
+
+  std::vector<uint8_t> longer = frame;
+  longer.push_back(0);
+  EXPECT_EQ(decode_into(longer, dst).code(), StatusCode::kCorruptData);
+  EXPECT_EQ(verify_frame(longer).code(), StatusCode::kCorruptData);
+  EXPECT_TRUE(read_frame_info(longer).ok());  // the head alone is still readable
+  longer.pop_back();
+  longer.pop_back();
+  EXPECT_EQ(decode_into(longer, dst).code(), StatusCode::kBufferTooSmall);
 }
 
 }  // namespace

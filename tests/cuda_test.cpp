@@ -23,6 +23,7 @@
 #include "kvcodec/model.hpp"
 #include "kvcodec/synthetic.hpp"
 #include "cuda_test_util.hpp"
+#include "warp_emulation.hpp"
 
 #if defined(KVCODEC_HAS_CUDA)
 #include <cuda_runtime_api.h>
@@ -36,23 +37,6 @@ namespace {
 using namespace test;
 
 // ---- warp emulation --------------------------------------------------------------------------
-
-// Decodes a whole frame with the warp decoder run by detail::HostWarp, unit after unit.
-Status emulate_decode(std::span<const uint8_t> frame, const KVView& dst) {
-  KVCODEC_ASSIGN_OR_RETURN(detail::PackedModel pm, detail::pack_model(frame));
-  if (frame.size() < pm.info.frame_bytes) return BufferTooSmall("frame truncated");
-  std::vector<int16_t> refs(pm.layout.channels);
-  for (uint32_t k = 0; k < pm.layout.num_chunks; ++k)
-    for (uint32_t l = 0; l < pm.layout.layers; ++l)
-      for (uint32_t kv = 0; kv < 2; ++kv) {
-        const detail::UnitJob job = detail::make_unit_job(pm.layout, pm.block.data(), nullptr, k,
-                                                          frame.data() + pm.info.chunks[k].offset, l, kv, dst,
-                                                          refs.data());
-        detail::HostWarp w;
-        if (uint32_t e = detail::warp_decode_unit(w, job)) return CorruptData(detail::unit_error_message(e));
-      }
-  return Status::Ok();
-}
 
 struct Case {
   KVShape shape;

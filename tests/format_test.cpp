@@ -8,6 +8,7 @@
 
 #include "kvcodec/codec.hpp"
 #include "common/dtype.hpp"
+#include "common/frame.hpp"
 #include "common/checksum.hpp"
 #include "common/xxh64.hpp"
 #include "test_util.hpp"
@@ -230,6 +231,34 @@ TEST(Format, ChunkDecodeChecksBodyAndIndex) {
   EXPECT_FALSE(decode_chunk_into(head, 1, std::span<const uint8_t>(body).first(body.size() - 4), v).ok());
   body[body.size() / 2] ^= 0x10;
   EXPECT_EQ(decode_chunk_into(head, 1, body, v).code(), StatusCode::kChecksumMismatch);
+}
+
+// docs/format.md 2: varints are in their shortest form. The head is re-serialized with the last
+// channel's centre written overlong (its last byte continued by a 0 byte): corrupt, while the
+// same head written canonically parses.
+TEST(Format, OverlongVarintsAreCorrupt) {
+  const Encoded e = make_frame(4);
+  auto head = detail::parse_head(e.frame);
+  ASSERT_TRUE(head.ok()) << head.status().to_string();
+  auto write = [&](bool overlong) {
+    FrameInfo f = head->info;
+    std::vector<uint8_t> model;
+    for (size_t i = 0; i < head->layers.size(); ++i) {
+      detail::write_layer_model(f, head->layers[i], model);
+      if (overlong && i + 1 == head->layers.size()) {
+        model.back() |= 0x80;
+        model.push_back(0);
+      }
+    }
+    std::vector<uint8_t> out;
+    detail::write_head(f, model, out);
+    return out;
+  };
+  const std::vector<uint8_t> canonical = write(false);
+  ASSERT_TRUE(detail::parse_head(canonical).ok());
+  EXPECT_TRUE(std::equal(canonical.begin(), canonical.end(), e.frame.begin()));  // the encoder's own head
+  auto bad = detail::parse_head(write(true));
+  EXPECT_EQ(bad.status().code(), StatusCode::kCorruptData) << bad.status().to_string();
 }
 
 }  // namespace

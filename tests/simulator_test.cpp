@@ -9,6 +9,7 @@
 #include <fstream>
 
 #include "controller_test_util.hpp"
+#include "kvcodec/stream.hpp"
 
 namespace kvcodec {
 namespace {
@@ -146,7 +147,10 @@ TEST(Simulator, IsDeterministic) {
   }
 }
 
-TEST(Simulator, AdaptiveIsWithinTenPercentOfTheOracleOnConstantLinks) {
+// README: within 3% of the oracle in the sweep's set-up (8 chunks, a 100 GB/s decoder; below
+// and oracle_test.cpp); with 32 chunks and a decoder slower than the link (2 GB/s) the
+// controller comes within 8% (7.7% measured at 100 Gb/s, RTT 1 ms).
+TEST(Simulator, AdaptiveIsWithinEightPercentOfTheOracleWithASlowDecoder) {
   const ContextProfile p = test_profile(32);
   for (double rtt : {0.0, 0.001}) {
     for (double gbps : {0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0}) {
@@ -154,7 +158,7 @@ TEST(Simulator, AdaptiveIsWithinTenPercentOfTheOracleOnConstantLinks) {
       ControllerConfig c = config_for(Policy::kAdaptive, Objective::kMinTtft, 1, rtt);
       const SimResult adaptive = run(p, c, link);
       const SimResult oracle = run_oracle(p, c, link);
-      EXPECT_LE(adaptive.ttft_s, 1.10 * oracle.ttft_s) << gbps << " Gb/s, rtt " << rtt;
+      EXPECT_LE(adaptive.ttft_s, 1.08 * oracle.ttft_s) << gbps << " Gb/s, rtt " << rtt;
       // Every fixed strategy is at best as fast as the oracle.
       for (int o = kTextOption; o < int(p.options.size()); ++o) {
         ControllerConfig f = c;
@@ -166,7 +170,7 @@ TEST(Simulator, AdaptiveIsWithinTenPercentOfTheOracleOnConstantLinks) {
   }
 }
 
-TEST(Simulator, ColdStartIsWithinTenPercentOfTheOracleOnConstantLinks) {
+TEST(Simulator, ColdStartIsWithinThreePercentOfTheOracleOnConstantLinks) {
   // The sweep's shape (docs/results/streaming.md): 8 chunks, a decoder far faster than prefill,
   // and no history: the estimator starts at its default prior (1 Gb/s) whatever the link. At
   // 30-100 Gb/s the oracle recomputes nothing, or only a chunk that a 10 ms round trip hides,
@@ -183,7 +187,7 @@ TEST(Simulator, ColdStartIsWithinTenPercentOfTheOracleOnConstantLinks) {
       ASSERT_EQ(c.estimator.prior_gbps, 1.0);
       const SimResult adaptive = run(p, c, link);
       const SimResult oracle = run_oracle(p, c, link);
-      EXPECT_LE(adaptive.ttft_s, 1.10 * oracle.ttft_s) << gbps << " Gb/s, rtt " << rtt;
+      EXPECT_LE(adaptive.ttft_s, 1.03 * oracle.ttft_s) << gbps << " Gb/s, rtt " << rtt;
     }
   }
 }
@@ -231,6 +235,29 @@ TEST(Simulator, ErrorsAreStatuses) {
   EXPECT_EQ(oracle_plan(p, c, empty).status().code(), StatusCode::kInvalidArgument);
   c.cost.rtt_s = NAN;
   EXPECT_EQ(simulate(p, c, LinkTrace::constant(1)).status().code(), StatusCode::kInvalidArgument);
+}
+
+// Issue 11, item 8: a bandwidth of 1e-300 Gb/s (or a denormal, infinite or NaN one) behaved as
+// an unlimited link; every rate and time is range-checked where it is parsed.
+TEST(LinkTrace, RatesAndTimesNoLinkHasAreRejected) {
+  for (const char* text : {"0 1e-300\n", "0 10\n1 4e-320\n", "0 1e300\n", "0 10\n1e-310 5\n", "0 10\n1e12 5\n",
+                           "0 inf\n", "0 nan\n", "0 0\n", "0 -1\n"}) {
+    SCOPED_TRACE(text);
+    EXPECT_EQ(LinkTrace::parse(text).status().code(), StatusCode::kInvalidArgument);
+  }
+  EXPECT_TRUE(LinkTrace::parse("0 1e-6\n1e7 1e6\n").ok());
+  EXPECT_FALSE(LinkTrace::constant(1e-300).validate().ok());
+  EXPECT_FALSE(check_link_gbps(5e-324, "x").ok());
+  EXPECT_FALSE(check_link_gbps(-0.0, "x").ok());
+  EXPECT_TRUE(check_link_gbps(25, "x").ok());
+  EXPECT_TRUE(check_seconds(0, 60, "x").ok());
+  EXPECT_TRUE(check_seconds(-0.0, 60, "x").ok());
+  EXPECT_FALSE(check_seconds(1e-310, 60, "x").ok());
+  EXPECT_FALSE(check_seconds(61, 60, "x").ok());
+  EXPECT_FALSE(check_seconds(NAN, 60, "x").ok());
+  LinkConfig lc;
+  lc.rtt_s = 1e-310;
+  EXPECT_FALSE(lc.validate().ok());
 }
 
 }  // namespace

@@ -7,7 +7,7 @@
 #include <cstring>
 #include <vector>
 
-#include "common/model_values.hpp"
+#include "encode/model_values.hpp"
 #include "kvcodec/codec.hpp"
 #include "kvcodec/synthetic.hpp"
 #include "cuda_test_util.hpp"

@@ -52,48 +52,13 @@ struct Fixture {
     return fo;
   }
 
-  RecomputeFn copy_from_original() const {
-    return [this](uint32_t, uint32_t begin, std::span<const int32_t> tokens, const KVView& dst) {
-      const size_t row = kShape.channels() * 2;
-      for (uint32_t l = 0; l < kShape.layers; ++l)
-        for (uint32_t k = 0; k < 2; ++k)
-          for (uint32_t t = begin; t < begin + tokens.size(); ++t)
-            std::memcpy(dst.element(l, k, t, 0, 0), kv.data.data() + ((l * 2 + k) * kShape.tokens + t) * row, row);
-      return Status::Ok();
-    };
-  }
-
-  KVCache local_decode(int level) const {
-    EncodeOptions eo;
-    eo.level = level;
-    eo.chunk_tokens = kChunkTokens;
-    std::vector<uint8_t> frame(max_encoded_size(kShape, DType::kF16, eo));
-    auto n = encode_into(const_cast<KVCache&>(kv).view(), eo, frame);
-    EXPECT_TRUE(n.ok());
-    frame.resize(*n);
-    KVCache out = *KVCache::allocate(DType::kF16, kShape);
-    EXPECT_TRUE(decode_into(frame, out.view()).ok());
-    return out;
-  }
+  RecomputeFn copy_from_original() const { return test::copy_recompute(kv); }
+  KVCache local_decode(int level) const { return test::local_decode(kv, level, kChunkTokens); }
 
   // Each chunk equals the local decode of the level it was delivered at (the original for text).
   void expect_exact(const KVCache& got, const FetchReport& r) const {
     ASSERT_EQ(r.chunks.size(), manifest.num_chunks());
-    std::map<int, KVCache> decoded;
-    const size_t row = kShape.channels() * 2;
-    for (const auto& c : r.chunks) {
-      const KVCache* ref = &kv;
-      if (c.level >= 0) {
-        if (!decoded.count(c.level)) decoded.emplace(c.level, local_decode(c.level));
-        ref = &decoded.at(c.level);
-      }
-      for (uint32_t l = 0; l < kShape.layers; ++l)
-        for (uint32_t k = 0; k < 2; ++k) {
-          const size_t off = ((l * 2 + k) * kShape.tokens + c.chunk * kChunkTokens) * row;
-          ASSERT_EQ(std::memcmp(got.data.data() + off, ref->data.data() + off, kChunkTokens * row), 0)
-              << "chunk " << c.chunk << " via " << c.via;
-        }
-    }
+    test::expect_chunks_exact(kv, kChunkTokens, got, r);
   }
 };
 

@@ -12,14 +12,19 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstring>
+#include <map>
 #include <cstdlib>
 #include <random>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "common/dtype.hpp"
 #include "kvcodec/io.hpp"
+#include "kvcodec/codec.hpp"
 #include "kvcodec/store.hpp"
+#include "kvcodec/stream.hpp"
 #include "test_util.hpp"
 
 namespace kvcodec::test {
@@ -54,6 +59,56 @@ inline KVCache make_kv(const KVShape& shape, DType dtype, uint32_t seed) {
   return kv;
 }
 
+// `kv` encoded at `level` in chunks of `chunk_tokens` and decoded: what a fetch at that level
+// must deliver.
+inline KVCache local_decode(const KVCache& kv, int level, uint32_t chunk_tokens) {
+  EncodeOptions eo;
+  eo.level = level;
+  eo.chunk_tokens = chunk_tokens;
+  std::vector<uint8_t> frame(max_encoded_size(kv.shape, kv.dtype, eo));
+  auto n = encode_into(const_cast<KVCache&>(kv).view(), eo, frame);
+  EXPECT_TRUE(n.ok());
+  frame.resize(*n);
+  KVCache out = *KVCache::allocate(kv.dtype, kv.shape);
+  EXPECT_TRUE(decode_into(frame, out.view()).ok());
+  return out;
+}
+
+// A RecomputeFn that "recomputes" TEXT chunks by copying them from the original cache.
+inline RecomputeFn copy_recompute(const KVCache& kv) {
+  return [&kv](uint32_t, uint32_t begin, std::span<const int32_t> tokens, const KVView& dst) {
+    const size_t row = kv.shape.channels() * dtype_size(kv.dtype);
+    for (uint32_t l = 0; l < kv.shape.layers; ++l)
+      for (uint32_t k = 0; k < 2; ++k)
+        for (uint32_t t = begin; t < begin + tokens.size(); ++t)
+          std::memcpy(dst.element(l, k, t, 0, 0), kv.data.data() + ((l * 2 + k) * kv.shape.tokens + t) * row, row);
+    return Status::Ok();
+  };
+}
+
+// Each chunk of `got` equals the local decode of the level it was delivered at (the original
+// for text): a fetch delivers exact data or nothing.
+inline void expect_chunks_exact(const KVCache& original, uint32_t chunk_tokens, const KVCache& got,
+                                const FetchReport& r) {
+  std::map<int, KVCache> decoded;
+  const KVShape& shape = original.shape;
+  const size_t row = shape.channels() * dtype_size(original.dtype);
+  for (const auto& c : r.chunks) {
+    const KVCache* ref = &original;
+    if (c.level >= 0) {
+      if (!decoded.count(c.level)) decoded.emplace(c.level, local_decode(original, c.level, chunk_tokens));
+      ref = &decoded.at(c.level);
+    }
+    const uint32_t begin = c.chunk * chunk_tokens, count = std::min(chunk_tokens, shape.tokens - begin);
+    for (uint32_t l = 0; l < shape.layers; ++l)
+      for (uint32_t k = 0; k < 2; ++k) {
+        const size_t off = ((l * 2 + k) * shape.tokens + begin) * row;
+        ASSERT_EQ(std::memcmp(got.data.data() + off, ref->data.data() + off, count * row), 0)
+            << "chunk " << c.chunk << " via " << c.via;
+      }
+  }
+}
+
 // KVCODEC_REDIS_URL (scripts/test.sh starts a redis-server and exports it), or "" after marking
 // the test skipped (or failed under CI=true, where Redis must be there).
 #define KVCODEC_REQUIRE_REDIS(url_var)                                                       \
@@ -80,25 +135,30 @@ inline int free_port() {
 // A private redis-server on a loopback port, no persistence; killed by the destructor.
 class RedisProcess {
  public:
-  RedisProcess() : port_(free_port()) {
+  // `extra`: more redis-server options, e.g. {"--maxmemory", "2mb"}.
+  explicit RedisProcess(std::vector<std::string> extra = {}) : port_(free_port()) {
+    std::vector<std::string> args = {"redis-server", "--port", std::to_string(port_), "--bind", "127.0.0.1",
+                                     "--save", "", "--appendonly", "no", "--loglevel", "warning"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
     pid_ = ::fork();
     if (pid_ == 0) {
       int null = ::open("/dev/null", O_WRONLY);  // keep the test log readable
       ::dup2(null, 1);
       ::dup2(null, 2);
-      const std::string port = std::to_string(port_);
-      ::execlp("redis-server", "redis-server", "--port", port.c_str(), "--bind", "127.0.0.1",
-               "--save", "", "--appendonly", "no", "--loglevel", "warning", (char*)nullptr);
+      ::execvp("redis-server", argv.data());
       ::_exit(127);
     }
   }
   ~RedisProcess() { kill(); }
 
   std::string url() const { return "redis://127.0.0.1:" + std::to_string(port_); }
-  // Waits (at most 5 s) until the server answers.
-  bool wait_ready() const {
+  int port() const { return port_; }
+  // Waits (at most 5 s) until the server answers (with `o`'s credentials).
+  bool wait_ready(StoreOptions o = {}) const {
     for (int i = 0; i < 100; ++i) {
-      StoreOptions o;
       o.connect_timeout_ms = 100;
       if (open_store(url(), o).ok()) return true;
       std::this_thread::sleep_for(std::chrono::milliseconds(50));

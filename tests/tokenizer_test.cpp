@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -227,6 +228,30 @@ TEST(Tokenizer, CorruptFileIsAnError) {
   const int32_t len = 1 << 30;
   std::memcpy(&huge_len[8], &len, 4);  // length field of piece 0
   EXPECT_EQ(Tokenizer::load(write("t3.bin", huge_len)).status().code(), StatusCode::kCorruptData);
+}
+
+// Issue 11, item 9: a NaN or infinite score (it breaks the merge queue's order) and a
+// max_token_length of 2^31 - 1 (run.c sizes its merge buffer from it) were accepted.
+TEST(Tokenizer, NonFiniteScoresAndHugeMaxLengthAreErrors) {
+  // Three pieces: <unk>, <s>, </s>; max_token_length 5.
+  auto tokenizer = [](int32_t max_len, float score2) {
+    std::string b(4, '\0');
+    std::memcpy(b.data(), &max_len, 4);
+    const char* pieces[] = {"<unk>", "<s>", "</s>"};
+    for (int i = 0; i < 3; ++i) {
+      const float score = i == 2 ? score2 : 0.f;
+      const int32_t len = int32_t(std::strlen(pieces[i]));
+      b.append(reinterpret_cast<const char*>(&score), 4).append(reinterpret_cast<const char*>(&len), 4);
+      b.append(pieces[i]);
+    }
+    return b;
+  };
+  ASSERT_TRUE(Tokenizer::parse(tokenizer(5, -1.f), "good").ok());
+  EXPECT_EQ(Tokenizer::parse(tokenizer(5, NAN), "nan").status().code(), StatusCode::kCorruptData);
+  EXPECT_EQ(Tokenizer::parse(tokenizer(5, INFINITY), "inf").status().code(), StatusCode::kCorruptData);
+  EXPECT_EQ(Tokenizer::parse(tokenizer(5, -INFINITY), "-inf").status().code(), StatusCode::kCorruptData);
+  EXPECT_EQ(Tokenizer::parse(tokenizer(INT32_MAX, 0.f), "huge").status().code(), StatusCode::kCorruptData);
+  EXPECT_EQ(Tokenizer::parse(tokenizer(4, 0.f), "short").status().code(), StatusCode::kCorruptData);  // "<unk>" is 5
 }
 
 }  // namespace

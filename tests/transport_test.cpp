@@ -3,9 +3,14 @@
 
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
+#include <poll.h>
+
 #include <cstring>
+#include <fstream>
 
 #include "kvcodec/codec.hpp"
+#include "stream/transport_wire.hpp"
 #include "stream_test_util.hpp"
 
 namespace kvcodec {
@@ -251,6 +256,170 @@ TEST_F(TransportTest, ServerStopsWithClientsConnected) {
   fetcher.join();
   EXPECT_FALSE(r.complete);
   EXPECT_GE(server->stats().connections, 1u);
+}
+
+// ---- hostile peers (issue 11, items 3-5) ------------------------------------------------------
+
+// A raw loopback connection to `port` (blocking), or -1.
+int raw_connect(uint16_t port) {
+  auto fd = stream_detail::connect_tcp("127.0.0.1", port, 2000);
+  return fd.ok() ? *fd : -1;
+}
+
+// Resident set size of this process, bytes.
+uint64_t rss_bytes() {
+  std::ifstream f("/proc/self/statm");
+  uint64_t pages = 0, resident = 0;
+  f >> pages >> resident;
+  return resident * uint64_t(::sysconf(_SC_PAGESIZE));
+}
+
+// Polls `done` for up to 5 s.
+template <typename F>
+bool eventually(F done) {
+  for (int i = 0; i < 500 && !done(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  return done();
+}
+
+// Item 3: 64 idle connections (the connection cap) used to reset every new client indefinitely.
+TEST_F(TransportTest, IdleConnectionsDoNotLockOutClients) {
+  auto server = serve();
+  std::vector<int> idle;
+  for (int i = 0; i < 64; ++i) idle.push_back(raw_connect(server->port()));
+  ASSERT_TRUE(eventually([&] { return server->stats().connections >= 64; }));
+  for (int round = 0; round < 3; ++round) {
+    FetchOptions fo = fetch_options(*server);
+    fo.max_reconnects = 0;
+    KVCache out;
+    FetchReport r;
+    Status s = fetch_context(fo, &out, &r);
+    ASSERT_TRUE(s.ok()) << "round " << round << ": " << s.to_string();
+    expect_exact(out, r);
+  }
+  EXPECT_GE(server->stats().evicted, 3u);
+  for (int fd : idle) ::close(fd);
+}
+
+TEST_F(TransportTest, IdleConnectionsAreClosedAfterTheTimeout) {
+  ServerOptions so;
+  so.idle_timeout_ms = 200;
+  auto server = Server::start(store_, so);
+  ASSERT_TRUE(server.ok());
+  std::vector<int> idle;
+  for (int i = 0; i < 5; ++i) idle.push_back(raw_connect((*server)->port()));
+  ASSERT_TRUE(eventually([&] { return (*server)->stats().idle_closed == 5; }));
+  for (int fd : idle) {
+    char b;
+    EXPECT_EQ(::recv(fd, &b, 1, 0), 0);  // closed by the server
+    ::close(fd);
+  }
+  // A half-sent request is closed after request_timeout_ms, not held forever.
+  so.request_timeout_ms = 200;
+  so.idle_timeout_ms = 60000;
+  auto s2 = Server::start(store_, so);
+  ASSERT_TRUE(s2.ok());
+  int fd = raw_connect((*s2)->port());
+  ASSERT_EQ(::send(fd, "KVCT", 4, MSG_NOSIGNAL), 4);
+  pollfd p{fd, POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 3000), 1);
+  char b;
+  EXPECT_LE(::recv(fd, &b, 1, 0), 0);
+  ::close(fd);
+}
+
+// Item 4: a client pipelining GetChunk requests without reading used to grow the server's queue
+// without bound (1 MB of requests: 5 MB -> 828 MB RSS). Now the reader stops at the limit.
+TEST_F(TransportTest, PipelinedRequestsWithoutReadingAreBounded) {
+  ServerOptions so;
+  so.max_inflight_bytes_per_connection = 256 << 10;
+  auto server = Server::start(store_, so);
+  ASSERT_TRUE(server.ok());
+  const uint64_t rss0 = rss_bytes();
+  int fd = raw_connect((*server)->port());
+  ASSERT_GE(fd, 0);
+  uint64_t biggest = 0;
+  for (const auto& c : manifest_.levels[0].chunks) biggest = std::max<uint64_t>(biggest, c.size);
+  stream_detail::Request req;
+  req.type = stream_detail::MsgType::kGetChunk;
+  req.id = "ctx";
+  req.level = 0;
+  std::vector<uint8_t> burst;
+  // 16 MB of requests: more than the kernel's socket buffers on both ends hold.
+  const int sndbuf = 64 << 10;
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
+  for (uint32_t i = 0; burst.size() < (16u << 20); ++i) {
+    req.chunk = i % manifest_.num_chunks();
+    stream_detail::MessageHeader h;
+    h.type = req.type;
+    h.request_id = i;
+    const auto payload = stream_detail::encode_request_payload(req);
+    h.payload_bytes = payload.size();
+    const auto msg = stream_detail::make_message(h, payload);
+    burst.insert(burst.end(), msg.begin(), msg.end());
+  }
+  size_t sent = 0;
+  for (int stuck = 0; sent < burst.size() && stuck < 50;) {  // until the server stops reading
+    const ssize_t n = ::send(fd, burst.data() + sent, burst.size() - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      sent += size_t(n);
+      stuck = 0;
+    } else {
+      ++stuck;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+  EXPECT_LT(sent, burst.size()) << "the server read every request without the client reading a response";
+  const ServerStats st = (*server)->stats();
+  EXPECT_LE(st.peak_inflight_bytes, (256u << 10) + 2 * (biggest + 64));
+  EXPECT_LT(rss_bytes() - std::min(rss_bytes(), rss0), 64ull << 20);
+  // Other clients are still served meanwhile.
+  FetchOptions fo = fetch_options(**server);
+  KVCache out;
+  FetchReport r;
+  ASSERT_TRUE(fetch_context(fo, &out, &r).ok());
+  ::close(fd);
+}
+
+// Item 5: the client allocated whatever payload length a server claimed (up to 4 GiB) before
+// failing. A fake server answers the manifest request with a 4 GiB header.
+TEST_F(TransportTest, ClientBoundsResponsesBeforeAllocating) {
+  const int lfd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::listen(lfd, 4), 0);
+  socklen_t len = sizeof a;
+  ::getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &len);
+  std::thread fake([lfd] {
+    const int fd = ::accept(lfd, nullptr, nullptr);
+    uint8_t hdr[stream_detail::kMessageHeaderBytes];
+    if (!stream_detail::recv_exact(fd, hdr, 3000).ok()) return ::close(fd), void();
+    auto h = stream_detail::decode_header(hdr);
+    std::vector<uint8_t> payload(h.ok() ? h->payload_bytes : 0);
+    (void)stream_detail::recv_exact(fd, payload, 3000);
+    stream_detail::MessageHeader out;
+    out.type = stream_detail::MsgType::kManifest;
+    out.request_id = h.ok() ? h->request_id : 0;
+    out.payload_bytes = 4ull << 30;
+    uint8_t ob[stream_detail::kMessageHeaderBytes];
+    stream_detail::encode_header(out, ob);
+    (void)stream_detail::send_all(fd, ob);
+    char b;
+    (void)::recv(fd, &b, 1, 0);  // until the client closes
+    ::close(fd);
+  });
+  FetchOptions fo;
+  fo.port = ntohs(a.sin_port);
+  fo.id = "ctx";
+  fo.io_timeout_ms = 2000;
+  fo.max_reconnects = 0;
+  KVCache out;
+  FetchReport r;
+  Status s = fetch_context(fo, &out, &r);
+  EXPECT_EQ(s.code(), StatusCode::kResourceExhausted) << s.to_string();
+  fake.join();
+  ::close(lfd);
 }
 
 }  // namespace

@@ -33,9 +33,15 @@ size_t max_encoded_size(const KVShape& shape, DType dtype, const EncodeOptions& 
 StatusOr<size_t> encode_into(const KVView& src, const EncodeOptions& options,
                              std::span<uint8_t> dst);
 
+// Bytes the decoded chunk and layer range of `options` (clamped to the frame's counts) covers in
+// the frame's dtype; 0 for an empty range. Compare with a limit before allocating for a frame.
+uint64_t decoded_bytes(const FrameInfo& frame, const DecodeOptions& options = {}) noexcept;
+
 // Decodes a whole frame (or the chunk / layer range in options) into `dst`, whose dtype and
 // shape must equal the frame's. Any layout is accepted. Corrupt, truncated or unknown-version
-// frames are errors; dst may then be partially written.
+// frames are errors; so is a `frame` longer than the frame's frame_bytes (kCorruptData: a frame
+// is exactly frame_bytes long, docs/format.md) and a range larger than
+// options.max_decoded_bytes (kResourceExhausted). dst may be partially written on error.
 Status decode_into(std::span<const uint8_t> frame, const KVView& dst,
                    const DecodeOptions& options = {});
 

@@ -81,6 +81,12 @@ struct DecodeOptions {
   // Verify per-chunk checksums before decoding (cheap; turning it off is for benchmarks only).
   bool verify_checksums = true;
   int threads = 1;  // 0 = all hardware threads
+  // Largest decoded size, in bytes, of the requested range (decoded_bytes) that a decode accepts;
+  // a larger one is kResourceExhausted before anything is decoded. A frame of a few kilobytes can
+  // describe gigabytes (a constant cache codes in almost no bits), so a caller that sizes its
+  // buffers from a frame it did not make should set it (the CLI's --max-decoded-bytes does).
+  // 0 = no limit (the default: the caller's destination already holds the range).
+  uint64_t max_decoded_bytes = 0;
 };
 
 }  // namespace kvcodec

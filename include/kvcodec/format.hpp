@@ -71,7 +71,8 @@ struct FrameInfo {
 StatusOr<FrameInfo> read_frame_info(std::span<const uint8_t> bytes);
 // Size of the head, from the first kHeaderBytes of a frame (validates the header).
 StatusOr<uint64_t> frame_head_size(std::span<const uint8_t> header);
-// Verifies every chunk checksum of a whole frame. OK, or the first kChecksumMismatch.
+// Verifies every chunk checksum of a whole frame: exactly frame_bytes long (shorter is
+// kBufferTooSmall, longer kCorruptData). OK, or the first kChecksumMismatch.
 Status verify_frame(std::span<const uint8_t> frame);
 
 }  // namespace kvcodec

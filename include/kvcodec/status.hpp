@@ -4,6 +4,9 @@
 // whose code is one of the pinned StatusCode values below. The numeric values are part of the
 // API and never change meaning; new codes are only ever appended.
 //
+// Status and StatusOr are [[nodiscard]]: dropping one draws a compiler warning. Where dropping
+// an error is the intent (best-effort cleanup), say so with ignore_error().
+//
 // Status does not allocate: the message is kept in a fixed inline buffer (truncated at
 // kMaxMessage bytes), so it can be returned from hot paths and from out-of-memory situations.
 #pragma once
@@ -39,7 +42,7 @@ enum class StatusCode : int32_t {
 // Short stable name of a code, e.g. "corrupt_data".
 const char* status_code_name(StatusCode code) noexcept;
 
-class Status {
+class [[nodiscard]] Status {
  public:
   static constexpr size_t kMaxMessage = 151;
 
@@ -57,6 +60,9 @@ class Status {
 
   // Prepends context, e.g. s.with_context("chunk 3") -> "chunk 3: <message>".
   Status with_context(std::string_view context) const noexcept;
+
+  // Drops this status on purpose (best-effort work whose failure changes nothing).
+  void ignore_error() const noexcept {}
 
  private:
   void set_message(std::string_view m) noexcept {
@@ -84,7 +90,7 @@ inline Status Internal(std::string_view m) { return {StatusCode::kInternal, m}; 
 
 // Either a value or a non-OK Status.
 template <typename T>
-class StatusOr {
+class [[nodiscard]] StatusOr {
  public:
   StatusOr(const Status& s) : status_(s) {  // NOLINT: implicit by design
     if (status_.ok()) status_ = Internal("StatusOr constructed from an OK status without a value");
@@ -107,6 +113,8 @@ class StatusOr {
 
   bool ok() const noexcept { return has_value_; }
   const Status& status() const noexcept { return status_; }
+  // Drops this result on purpose (see Status::ignore_error).
+  void ignore_error() const noexcept {}
   T& value() & { return *ptr(); }
   const T& value() const& { return *ptr(); }
   T&& value() && { return std::move(*ptr()); }

@@ -1,65 +1,15 @@
+// Probability tables as read from a frame, the empirical entropy, and the reference rANS
+// decoder of one stream. Building tables from counts and encoding are encode/entropy_encode.cpp.
 #include "common/entropy.hpp"
 
 #include <cmath>
 #include <cstring>
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
-#include <limits>
 
 #include "common/rans_lanes.hpp"
-#include "common/simd.hpp"
-#include "common/model_values.hpp"
 
 namespace kvcodec {
 
 using detail::kRansM;
-
-StatusOr<FreqTable> FreqTable::from_counts(std::span<const uint64_t> counts) {
-  const size_t n = counts.size();
-  if (n == 0 || n > 256) return InvalidArgument("a table has 1..256 symbols");
-  uint64_t total = 0;
-  for (uint64_t c : counts) {
-    total += c;
-  }
-  if (total == 0) return InvalidArgument("a table needs at least one counted symbol");
-  FreqTable t;
-  t.freq.assign(n, 0);
-  int64_t sum = 0;
-  for (size_t s = 0; s < n; ++s) {
-    t.freq[s] = uint16_t(detail::initial_freq(counts[s], total));
-    sum += t.freq[s];
-  }
-  // Correct the rounding one unit at a time where it costs the fewest bits (the score of
-  // common/model_values.hpp). Integer fixed-point logs keep the choice identical on every
-  // machine (common/log2.hpp); the device model builder (encode/block_model.hpp) makes the same
-  // choices with one warp.
-  while (sum != int64_t(kRansM)) {
-    const bool add = sum < int64_t(kRansM);
-    size_t best = n;
-    unsigned __int128 best_score = 0;
-    for (size_t s = 0; s < n; ++s) {
-      if (!detail::freq_step_allowed(counts[s], t.freq[s], add)) continue;
-      const unsigned __int128 score = (unsigned __int128)counts[s] * detail::freq_step_dlog(t.freq[s], add);
-      // add: the largest saving; remove: the smallest loss. Ties go to the lowest symbol.
-      if (best == n || (add ? score > best_score : score < best_score)) {
-        best = s;
-        best_score = score;
-      }
-    }
-    if (best == n) return InvalidArgument("more distinct symbols than probability slots");
-    if (add) {
-      ++t.freq[best];
-      ++sum;
-    } else {
-      --t.freq[best];
-      --sum;
-    }
-  }
-  t.cum.assign(n, 0);
-  for (size_t s = 1; s < n; ++s) t.cum[s] = uint16_t(t.cum[s - 1] + t.freq[s - 1]);
-  return t;
-}
 
 StatusOr<FreqTable> FreqTable::from_freqs(std::span<const uint16_t> freqs) {
   if (freqs.empty() || freqs.size() > 256) return CorruptData("a table has 1..256 symbols");
@@ -76,16 +26,6 @@ StatusOr<FreqTable> FreqTable::from_freqs(std::span<const uint16_t> freqs) {
   return t;
 }
 
-double FreqTable::cost_bits(std::span<const uint64_t> counts) const noexcept {
-  double bits = 0;
-  for (size_t s = 0; s < counts.size(); ++s) {
-    if (!counts[s]) continue;
-    if (s >= freq.size() || !freq[s]) return std::numeric_limits<double>::infinity();
-    bits += double(counts[s]) * (detail::kRansProbBits - std::log2(double(freq[s])));
-  }
-  return bits;
-}
-
 double entropy_bits(std::span<const uint64_t> counts) noexcept {
   uint64_t total = 0;
   for (uint64_t c : counts) total += c;
@@ -93,121 +33,6 @@ double entropy_bits(std::span<const uint64_t> counts) noexcept {
   for (uint64_t c : counts)
     if (c) bits += double(c) * std::log2(double(total) / double(c));
   return bits;
-}
-
-namespace detail {
-namespace {
-
-#if defined(__x86_64__)
-// Permutations that move the words of the lanes in a mask to the top of 8 positions, in
-// ascending lane order: position 8 - n + k takes the k-th set lane (n = bits set).
-struct CompressPerm {
-  alignas(32) uint32_t idx[256][8];
-  CompressPerm() {
-    for (uint32_t m = 0; m < 256; ++m) {
-      const uint32_t n = uint32_t(__builtin_popcount(m));
-      uint32_t k = 0;
-      for (uint32_t j = 0; j < 8; ++j) idx[m][j] = 0;
-      for (uint32_t j = 0; j < 8; ++j)
-        if (m >> j & 1) idx[m][8 - n + k++] = j;
-    }
-  }
-};
-
-// floor(x / f) for 4 lanes, x unsigned 32-bit, exact in double (see below).
-__attribute__((target("avx2"))) inline __m128i quotient4(__m128i xi, __m128i fi, __m256d two32) {
-  __m256d xd = _mm256_cvtepi32_pd(xi);
-  xd = _mm256_add_pd(xd, _mm256_and_pd(_mm256_cmp_pd(xd, _mm256_setzero_pd(), _CMP_LT_OQ), two32));
-  return _mm256_cvttpd_epi32(_mm256_div_pd(xd, _mm256_cvtepi32_pd(fi)));
-}
-
-// The backward lane loop 8 lanes at a time. Scalar rans_enc_put per lane, same order of words:
-// within a step the scalar loop pushes lane i0+7 first and i0 last onto a downward-growing
-// buffer, so the step's words end up in ascending lane order just below the previous ones.
-// The quotient x / freq is exact in double (x < 2^32, and x / freq is never within 2^-32
-// relative of an integer it is below), so floor(x / freq) needs no integer division.
-__attribute__((target("avx2,popcnt"))) void encode_codes_avx2(const uint32_t* codes, size_t n, uint32_t* x,
-                                                               uint16_t*& w) {
-  static const CompressPerm perm;
-  __m256i X[4];
-  for (int q = 0; q < 4; ++q) X[q] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 8 * q));
-  const __m256i kLow16 = _mm256_set1_epi32(0xffff), kOne = _mm256_set1_epi32(1);
-  const __m256d two32 = _mm256_set1_pd(4294967296.0);
-  for (size_t i0 = n; i0 >= 8;) {
-    i0 -= 8;
-    const uint32_t r = uint32_t(i0 / 8) & 3;
-    __m256i xs = X[r];
-    const __m256i code = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + i0));
-    const __m256i freq = _mm256_srli_epi32(code, 16);
-    const __m256i cum = _mm256_and_si256(code, kLow16);
-    // x >= freq << 20  <=>  (x >> 20) >= freq  (no overflow for freq = 4096)
-    const __m256i emit = _mm256_cmpgt_epi32(_mm256_srli_epi32(xs, 20), _mm256_sub_epi32(freq, kOne));
-    const uint32_t m = uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(emit)));
-    if (m) {
-      const uint32_t cnt = uint32_t(__builtin_popcount(m));
-      const __m256i words = _mm256_permutevar8x32_epi32(
-          _mm256_and_si256(xs, kLow16), _mm256_load_si256(reinterpret_cast<const __m256i*>(perm.idx[m])));
-      const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(words, words), 0x08);
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(w - 8), _mm256_castsi256_si128(packed));
-      w -= cnt;
-      xs = _mm256_blendv_epi8(xs, _mm256_srli_epi32(xs, 16), emit);
-    }
-    // q = floor(x / freq), in two halves of 4 doubles (x read as unsigned).
-    const __m128i qlo = quotient4(_mm256_castsi256_si128(xs), _mm256_castsi256_si128(freq), two32);
-    const __m128i qhi = quotient4(_mm256_extracti128_si256(xs, 1), _mm256_extracti128_si256(freq, 1), two32);
-    const __m256i q = _mm256_inserti128_si256(_mm256_castsi128_si256(qlo), qhi, 1);
-    const __m256i rem = _mm256_sub_epi32(xs, _mm256_mullo_epi32(q, freq));
-    X[r] = _mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32(q, 12), rem), cum);
-  }
-  for (int q = 0; q < 4; ++q) _mm256_storeu_si256(reinterpret_cast<__m256i*>(x + 8 * q), X[q]);
-}
-#endif
-
-}  // namespace
-
-void rans_encode_codes(const uint32_t* codes, size_t n, std::vector<uint16_t>& scratch, std::vector<uint8_t>& out) {
-#if defined(__x86_64__)
-  static const bool avx2 = __builtin_cpu_supports("avx2");
-  if (avx2 && simd_enabled()) {
-    uint32_t x[kRansLanes];
-    for (auto& s : x) s = kRansL;
-    scratch.resize(n + 8);  // <= one word per symbol, and 8 words of room below for the vector stores
-    uint16_t* const end = scratch.data() + scratch.size();
-    uint16_t* w = end;
-    // The partial last group first (the loop runs backwards), then whole groups of 8.
-    const size_t whole = n & ~size_t(7);
-    for (size_t i = n; i-- > whole;) {
-      uint16_t word;
-      if (rans_enc_put(x[i % kRansLanes], codes[i] >> 16, codes[i] & 0xffff, &word)) *--w = word;
-    }
-    encode_codes_avx2(codes, whole, x, w);
-    append_lane_stream(x, w, size_t(end - w), out);
-    return;
-  }
-#endif
-  rans_encode_lanes(
-      n,
-      [&](size_t i, uint32_t* f, uint32_t* cum) {
-        *f = codes[i] >> 16;
-        *cum = codes[i] & 0xffff;
-      },
-      scratch, out);
-}
-
-}  // namespace detail
-
-Status rans_encode(std::span<const uint8_t> symbols, const FreqTable& table, std::vector<uint8_t>& out) {
-  for (uint8_t s : symbols)
-    if (s >= table.size() || !table.freq[s]) return InvalidArgument("symbol not in the table");
-  std::vector<uint16_t> scratch;
-  detail::rans_encode_lanes(
-      symbols.size(),
-      [&](size_t i, uint32_t* f, uint32_t* c) {
-        *f = table.freq[symbols[i]];
-        *c = table.cum[symbols[i]];
-      },
-      scratch, out);
-  return Status::Ok();
 }
 
 StatusOr<size_t> rans_decode(std::span<const uint8_t> stream, const FreqTable& table, std::span<uint8_t> out) {

@@ -1,5 +1,5 @@
-// Internal representation of a frame's head (docs/format.md) shared by encode.cpp, decode.cpp
-// and format.cpp.
+// Internal representation of a frame's head (docs/format.md): read by common/format.cpp (for the
+// decoder and read_frame_info), written by encode/frame_writer.cpp.
 #pragma once
 
 #include <cstdint>
@@ -11,6 +11,30 @@
 #include "common/checksum.hpp"
 
 namespace kvcodec::detail {
+
+// Header field offsets (docs/format.md, "Header").
+enum : size_t {
+  kOffMagic = 0,
+  kOffVersion = 4,
+  kOffFlags = 6,
+  kOffDType = 8,
+  kOffLevel = 9,
+  kOffLanes = 10,
+  kOffProbBits = 11,
+  kOffLayers = 12,
+  kOffTokens = 16,
+  kOffKVHeads = 20,
+  kOffHeadDim = 24,
+  kOffChunkTokens = 28,
+  kOffGroupTokens = 32,
+  kOffTableGroups = 34,
+  kOffStepMode = 35,
+  kOffNumChunks = 36,
+  kOffModelBytes = 40,
+  kOffReserved = 44,
+  kOffFrameBytes = 48,
+  kOffHeadChecksum = 56,
+};
 
 // One probability table of the model section. Lossy tables code grid offsets q = qmin + s for
 // s < size()-1; the last symbol is the escape (value stored raw). Lossless tables code bytes.
@@ -44,6 +68,8 @@ inline uint32_t num_chunks_for(uint32_t tokens, uint32_t chunk_tokens) {
   return uint32_t((uint64_t(tokens) + chunk_tokens - 1) / chunk_tokens);
 }
 
+// Checksum of a head (header with its checksum field skipped, model section, chunk index).
+uint64_t head_checksum(uint16_t version, const uint8_t* head, size_t head_bytes);
 // Appends the serialized model of one (layer, K/V); returns the bytes spent on tables.
 size_t write_layer_model(const FrameInfo& f, const LayerModel& m, std::vector<uint8_t>& out);
 // Writes header, model section and chunk index (checksummed) into `out` (resized to head_bytes).

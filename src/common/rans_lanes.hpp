@@ -7,6 +7,7 @@
 #include <cstring>
 #include <vector>
 
+#include "common/bytes.hpp"
 #include "common/rans.hpp"
 #include "kvcodec/format.hpp"
 #include "kvcodec/status.hpp"
@@ -16,12 +17,6 @@ namespace kvcodec::detail {
 // Fixed-size header of one lane stream: word count + one state per lane.
 inline constexpr size_t kLaneStreamHeader = 4 + 4 * kRansLanes;
 
-inline void put_u32(uint8_t* p, uint32_t v) { std::memcpy(p, &v, 4); }
-inline uint32_t get_u32(const uint8_t* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
 
 // floor(x / f) for x < 2^32 and 1 <= f <= 4096 by one multiplication with m = floor(2^44 / f) + 1:
 // the error term x * (m - 2^44/f) / 2^44 < 2^-12 <= 1/f never crosses an integer.
@@ -43,8 +38,8 @@ inline void append_lane_stream(const uint32_t* x, const uint16_t* w, size_t word
   const size_t base = out.size();
   out.resize(base + kLaneStreamHeader + 2 * words);
   uint8_t* p = out.data() + base;
-  put_u32(p, uint32_t(words));
-  for (uint32_t j = 0; j < kRansLanes; ++j) put_u32(p + 4 + 4 * j, x[j]);
+  store_le32(p, uint32_t(words));
+  for (uint32_t j = 0; j < kRansLanes; ++j) store_le32(p + 4 + 4 * j, x[j]);
   std::memcpy(p + kLaneStreamHeader, w, 2 * words);
 }
 
@@ -79,10 +74,10 @@ void rans_encode_codes(const uint32_t* codes, size_t n, std::vector<uint16_t>& s
 // Reads the lane header; returns the word count, or an error if the stream is too short.
 inline Status rans_read_header(const uint8_t* p, size_t avail, uint32_t* x, uint32_t* words) {
   if (avail < kLaneStreamHeader) return CorruptData("rANS stream shorter than its header");
-  *words = get_u32(p);
+  *words = load_le32(p);
   if ((avail - kLaneStreamHeader) / 2 < *words) return CorruptData("rANS stream truncated");
   for (uint32_t j = 0; j < kRansLanes; ++j) {
-    x[j] = get_u32(p + 4 + 4 * j);
+    x[j] = load_le32(p + 4 + 4 * j);
     if (x[j] < kRansL) return CorruptData("rANS lane state below the renormalisation bound");
   }
   return Status::Ok();

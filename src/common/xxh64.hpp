@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "common/bytes.hpp"
 #include "common/host_device.hpp"
 
 namespace kvcodec {
@@ -31,11 +32,6 @@ constexpr size_t kStripeBytes = 32;
 
 // r is a constant in 1..63 at every call site, so neither shift is by 64.
 KVCODEC_HD uint64_t rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
-
-KVCODEC_HD uint32_t load_le32(const uint8_t* p) {
-  return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
-}
-KVCODEC_HD uint64_t load_le64(const uint8_t* p) { return load_le32(p) | uint64_t(load_le32(p + 4)) << 32; }
 
 // One accumulator step over an 8-byte lane.
 KVCODEC_HD uint64_t mix_lane(uint64_t acc, uint64_t lane) { return rotl(acc + lane * kPrime2, 31) * kPrime1; }

@@ -9,20 +9,24 @@
 #endif
 #include <string>
 
+#include "common/bytes.hpp"
 #include "common/frame.hpp"
 #include "common/stored_unit.hpp"
 #include "common/parallel.hpp"
+#include "common/quant.hpp"
 #include "common/rans_lanes.hpp"
 #include "common/simd.hpp"
+#include "common/unit.hpp"
+#include "common/warp.hpp"
 #include "kvcodec/codec.hpp"
-#include "common/quant.hpp"
 
 namespace kvcodec {
 namespace detail {
 
-// Decode table: for every slot x & (M-1), one packed entry (freq-1) << 20 | (slot-cum) << 8 | symbol,
-// so one load yields the symbol and the state update.
-struct DecTable {
+// The CPU decoder's form of a probability table: for every slot x & (M-1), one packed entry
+// (freq-1) << 20 | (slot-cum) << 8 | symbol, so one load yields the symbol and the state update.
+// (The warp decoder's table, laid out for the GPU, is decode/packed_model.hpp's DecTable.)
+struct SlotTable {
   uint32_t entry[kRansM];
   int32_t qmin;
   uint32_t esc;  // escape symbol (lossy), or 256 (none)
@@ -30,7 +34,7 @@ struct DecTable {
 
 struct DecLayer {
   uint32_t slots = 1;
-  std::vector<DecTable> tables;
+  std::vector<SlotTable> tables;
   std::vector<uint32_t> table_base;  // per channel: group * slots
   std::vector<float> step;
   std::vector<int32_t> center;
@@ -56,7 +60,7 @@ struct Decoder {
 namespace {
 
 using detail::DecLayer;
-using detail::DecTable;
+using detail::SlotTable;
 using detail::Decoder;
 using detail::kRansM;
 
@@ -75,7 +79,7 @@ StatusOr<std::shared_ptr<Decoder>> make_decoder(std::span<const uint8_t> head) {
     dl.tables.resize(m.tables.size());
     for (size_t t = 0; t < m.tables.size(); ++t) {
       const FreqTable& ft = m.tables[t].table;
-      DecTable& tb = dl.tables[t];
+      SlotTable& tb = dl.tables[t];
       for (size_t s = 0; s < ft.size(); ++s)
         for (uint32_t k = 0; k < ft.freq[s]; ++k)
           tb.entry[ft.cum[s] + k] = uint32_t(ft.freq[s] - 1) << 20 | k << 8 | uint32_t(s);
@@ -95,15 +99,15 @@ StatusOr<std::shared_ptr<Decoder>> make_decoder(std::span<const uint8_t> head) {
     dl.anchor_lut.resize(size_t(dl.anchor_off[C]) * d->es + 8);
     dl.anchor_tab_word.resize(C);
     dl.anchor_esc.resize(C);
-    static_assert(sizeof(DecTable) % 4 == 0);
+    static_assert(sizeof(SlotTable) % 4 == 0);
     for (size_t c = 0; c < C; ++c) {
-      dl.anchor_tab_word[c] = uint32_t(dl.table_base[c] * (sizeof(DecTable) / 4));
+      dl.anchor_tab_word[c] = uint32_t(dl.table_base[c] * (sizeof(SlotTable) / 4));
       dl.anchor_esc[c] = dl.tables[dl.table_base[c]].esc;
     }
     dl.anchor_base.resize(C);
     for (size_t c = 0; c < C; ++c) dl.anchor_base[c] = dl.center[c] + dl.tables[dl.table_base[c]].qmin;
     for (size_t c = 0; c < C; ++c) {
-      const DecTable& tb = dl.tables[dl.table_base[c]];
+      const SlotTable& tb = dl.tables[dl.table_base[c]];
       for (uint32_t s = 0; s < tb.esc; ++s)
         detail::store_from_f32(&dl.anchor_lut[(dl.anchor_off[c] + s) * d->es], dt,
                                detail::dequantize(dl.center[c] + tb.qmin + int32_t(s), dl.step[c]));
@@ -143,17 +147,19 @@ struct LaneReader {
   uint32_t lane = 0;
   bool overrun = false;
 
-  Status open(const uint8_t* p, size_t avail, size_t* used) {
-    uint32_t words;
-    KVCODEC_RETURN_IF_ERROR(detail::rans_read_header(p, avail, x, &words));
+  // Opens stream q of a unit whose layout detail::parse_unit has checked.
+  Status open(const uint8_t* unit, const detail::UnitLayout& ul, uint32_t q) {
+    const uint8_t* p = unit + ul.stream[q];
+    for (uint32_t j = 0; j < kRansLanes; ++j) {
+      x[j] = detail::load_le32(p + 4 + 4 * j);
+      if (x[j] < detail::kRansL) return CorruptData("rANS lane state below the renormalisation bound");
+    }
     wp = p + detail::kLaneStreamHeader;
-    we = wp + 2 * size_t(words);
-    *used = (detail::kLaneStreamHeader + 2 * size_t(words) + 3) & ~size_t(3);
-    if (*used > avail) return CorruptData("rANS stream padding truncated");
+    we = wp + 2 * size_t(ul.words[q]);
     return Status::Ok();
   }
   // Decodes the next symbol with table tb.
-  uint32_t next(const DecTable& tb) {
+  uint32_t next(const SlotTable& tb) {
     uint32_t& xs = x[lane];
     lane = (lane + 1) & (kRansLanes - 1);
     const uint32_t e = tb.entry[xs & (kRansM - 1)];
@@ -324,7 +330,7 @@ template <typename RowOf>
 __attribute__((target("avx2,popcnt"))) Status decode_plane_avx2(const DecLayer& dl, uint32_t plane, uint32_t tokens,
                                                                  uint32_t C, size_t es, LaneReader& rd, RowOf&& row) {
   std::vector<uint32_t> tab_word(C);
-  for (uint32_t c = 0; c < C; ++c) tab_word[c] = uint32_t((dl.table_base[c] + plane) * (sizeof(DecTable) / 4));
+  for (uint32_t c = 0; c < C; ++c) tab_word[c] = uint32_t((dl.table_base[c] + plane) * (sizeof(SlotTable) / 4));
   AvxLanes lanes;
   lanes.load(rd, dl);
   alignas(32) uint32_t sym[8];
@@ -353,7 +359,7 @@ Status decode_lossy(const DecLayer& dl, uint32_t tokens, uint32_t C, uint32_t GT
     if (GT == 1 && C % 8 == 0 && cpu_has_avx2()) return decode_anchors_avx2<ES>(dl, tokens, C, dt, rd, esc, n_esc, row);
   }
 #endif
-  std::vector<const DecTable*> role_tab(size_t(C) * dl.slots);
+  std::vector<const SlotTable*> role_tab(size_t(C) * dl.slots);
   for (uint32_t c = 0; c < C; ++c)
     for (uint32_t r = 0; r < dl.slots; ++r) role_tab[size_t(r) * C + c] = &dl.tables[dl.table_base[c] + r];
   std::vector<int32_t> ref(GT > 1 ? C : 0, 0);
@@ -363,9 +369,9 @@ Status decode_lossy(const DecLayer& dl, uint32_t tokens, uint32_t C, uint32_t GT
   for (uint32_t t = 0; t < tokens; ++t) {
     uint8_t* out = row(t);
     if (t % GT == 0) {
-      const DecTable* const* tabs = role_tab.data();
+      const SlotTable* const* tabs = role_tab.data();
       for (uint32_t c = 0; c < C; ++c) {
-        const DecTable& tb = *tabs[c];
+        const SlotTable& tb = *tabs[c];
         const uint32_t s = rd.next(tb);
         const uint8_t* src;
         if (s == tb.esc) {
@@ -380,9 +386,9 @@ Status decode_lossy(const DecLayer& dl, uint32_t tokens, uint32_t C, uint32_t GT
       }
       continue;
     }
-    const DecTable* const* tabs = role_tab.data() + C;
+    const SlotTable* const* tabs = role_tab.data() + C;
     for (uint32_t c = 0; c < C; ++c) {
-      const DecTable& tb = *tabs[c];
+      const SlotTable& tb = *tabs[c];
       const uint32_t s = rd.next(tb);
       if (s == tb.esc) {
         if (esc_used == n_esc) return CorruptData("escape stream exhausted");
@@ -397,25 +403,52 @@ Status decode_lossy(const DecLayer& dl, uint32_t tokens, uint32_t C, uint32_t GT
   return rd.finish();
 }
 
-// Decodes the unit of (layer l, K/V kv) of one chunk; row(t) is where token t's elements go.
+// The layout of unit (l, kv) of a chunk body of `tokens` tokens (common/unit.hpp checks every
+// size), or the error. *stored: the unit is stored raw (ul->size bytes, docs/format.md 4.4).
+Status locate(const Decoder& d, const uint8_t* body, size_t body_size, uint32_t l, uint32_t kv, uint32_t tokens,
+              const uint8_t** unit, detail::UnitLayout* ul, bool* stored) {
+  detail::HostWarp w;
+  uint64_t off = 0, size = 0;
+  const uint32_t units = 2 * d.info.shape.layers;
+  const bool v3 = d.info.format_version >= kStoredUnitsFormatVersion;
+  uint32_t e = detail::locate_unit(w, body, body_size, units, 2 * l + kv, &off, &size, v3, stored);
+  const bool lossless = detail::is_lossless(d.info);
+  if (!e && *stored) {
+    ul->size = size;
+    if (size != detail::stored_unit_bytes(uint64_t(tokens) * d.info.shape.channels(), uint32_t(d.es)))
+      e = detail::kUnitSizeMismatch;
+  } else if (!e) {
+    e = detail::parse_unit(body + off, size, lossless ? uint32_t(d.es) : 1u, lossless, uint32_t(d.es), ul);
+  }
+  if (e) return CorruptData(detail::unit_error_message(e));
+  *unit = body + off;
+  return Status::Ok();
+}
+
+// Decodes the unit of (layer l, K/V kv) of one chunk body; row(t) is where token t's elements go.
 template <typename RowOf>
-Status decode_unit(const Decoder& d, uint32_t l, uint32_t kv, uint32_t tokens, const uint8_t* p, size_t size,
+Status decode_unit(const Decoder& d, uint32_t l, uint32_t kv, uint32_t tokens, std::span<const uint8_t> body,
                    RowOf&& row) {
+  const uint8_t* p = nullptr;
+  detail::UnitLayout ul;
+  bool stored = false;
+  KVCODEC_RETURN_IF_ERROR(locate(d, body.data(), body.size(), l, kv, tokens, &p, &ul, &stored));
   const DecLayer& dl = d.layers[size_t(l) * 2 + kv];
   const uint32_t C = uint32_t(d.info.shape.channels());
   const size_t es = d.es;
+  if (stored) {  // the raw elements [tokens][C]
+    for (uint32_t t = 0; t < tokens; ++t) std::memcpy(row(t), p + size_t(t) * C * es, C * es);
+    return Status::Ok();
+  }
   if (detail::is_lossless(d.info)) {
-    size_t off = 0;
-    std::vector<const DecTable*> tab(C);
+    std::vector<const SlotTable*> tab(C);
     for (uint32_t plane = 0; plane < es; ++plane) {
       for (uint32_t c = 0; c < C; ++c) tab[c] = &dl.tables[dl.table_base[c] + plane];
       LaneReader rd;
-      size_t used = 0;
-      KVCODEC_RETURN_IF_ERROR(rd.open(p + off, size - off, &used));
+      KVCODEC_RETURN_IF_ERROR(rd.open(p, ul, plane));
 #if defined(__x86_64__)
       if (C % 8 == 0 && cpu_has_avx2()) {
         KVCODEC_RETURN_IF_ERROR(decode_plane_avx2(dl, plane, tokens, C, es, rd, row));
-        off += used;
         continue;
       }
 #endif
@@ -424,20 +457,14 @@ Status decode_unit(const Decoder& d, uint32_t l, uint32_t kv, uint32_t tokens, c
         for (uint32_t c = 0; c < C; ++c) out[c * es] = uint8_t(rd.next(*tab[c]));
       }
       KVCODEC_RETURN_IF_ERROR(rd.finish());
-      off += used;
     }
-    if (off != size) return CorruptData("unit has trailing bytes");
     return Status::Ok();
   }
   // Lossy: the lane stream, then u32 escape count and the escaped raw elements.
   LaneReader rd;
-  size_t lane_bytes = 0;
-  KVCODEC_RETURN_IF_ERROR(rd.open(p, size, &lane_bytes));
-  if (lane_bytes + 4 > size) return CorruptData("unit truncated before its escapes");
-  const uint32_t n_esc = detail::get_u32(p + lane_bytes);
-  const uint8_t* esc = p + lane_bytes + 4;
-  if ((size - lane_bytes - 4) / es < n_esc) return CorruptData("escape block truncated");
-  if (((lane_bytes + 4 + size_t(n_esc) * es + 3) & ~size_t(3)) != size) return CorruptData("unit size mismatch");
+  KVCODEC_RETURN_IF_ERROR(rd.open(p, ul, 0));
+  const uint8_t* esc = p + ul.escapes;
+  const uint32_t n_esc = ul.n_esc;
   const uint32_t GT = d.info.group_tokens;
   const uint8_t dt = uint8_t(d.info.dtype);
   switch (es) {
@@ -447,17 +474,6 @@ Status decode_unit(const Decoder& d, uint32_t l, uint32_t kv, uint32_t tokens, c
   }
 }
 
-// A unit directory entry: the unit's size and whether it is stored raw (version 3, format.md 4.4).
-struct UnitEntry {
-  uint32_t size;
-  bool stored;
-};
-UnitEntry unit_entry(const FrameInfo& f, const uint8_t* p) {
-  const uint32_t v = detail::get_u32(p);
-  if (f.format_version < kStoredUnitsFormatVersion) return {v, false};
-  return {v & ~kStoredUnitFlag, (v & kStoredUnitFlag) != 0};
-}
-
 // Decodes the layers [lb, le) of chunk k from its body.
 Status decode_chunk(const Decoder& d, uint32_t k, std::span<const uint8_t> body, const KVView& dst, uint32_t lb,
                     uint32_t le, bool verify, int threads) {
@@ -465,41 +481,21 @@ Status decode_chunk(const Decoder& d, uint32_t k, std::span<const uint8_t> body,
   if (body.size() != ci.size) return CorruptData("chunk " + std::to_string(k) + " has the wrong size");
   if (verify && detail::frame_checksum(d.info.format_version, body.data(), body.size()) != ci.checksum)
     return ChecksumMismatch("chunk " + std::to_string(k) + " checksum mismatch");
-  const uint32_t L = d.info.shape.layers;
-  const size_t dir = size_t(L) * 2 * 4;
-  if (body.size() < dir) return CorruptData("chunk shorter than its unit directory");
-  std::vector<uint64_t> off(size_t(L) * 2 + 1, dir);
-  std::vector<uint8_t> stored(size_t(L) * 2);
-  for (size_t i = 0; i < size_t(L) * 2; ++i) {
-    const UnitEntry e = unit_entry(d.info, body.data() + 4 * i);
-    off[i + 1] = off[i] + e.size;
-    stored[i] = e.stored;
-  }
-  if (off.back() != body.size()) return CorruptData("chunk " + std::to_string(k) + " unit sizes do not add up");
-  const uint64_t stored_size = detail::stored_unit_bytes(uint64_t(ci.tokens) * d.info.shape.channels(), uint32_t(d.es));
   const size_t row_bytes = size_t(d.info.shape.channels()) * d.es;
   const bool in_place = rows_in_place(dst);
   std::vector<Status> st(size_t(le - lb) * 2);
-  detail::parallel_for(st.size(), threads, [&](size_t task) {
+  KVCODEC_RETURN_IF_ERROR(detail::parallel_for(st.size(), threads, [&](size_t task) {
     const uint32_t l = lb + uint32_t(task / 2), kv = uint32_t(task % 2);
-    const size_t u = size_t(l) * 2 + kv;
-    const uint8_t* p = body.data() + off[u];
-    const size_t size = off[u + 1] - off[u];
-    if (stored[u]) {  // the raw elements [tokens][C]
-      if (size != stored_size) st[task] = CorruptData("stored unit of the wrong size");
-      else scatter(dst, l, kv, ci.token_begin, ci.tokens, p);
-      return;
-    }
     if (in_place) {
-      st[task] = decode_unit(d, l, kv, ci.tokens, p, size, [&](uint32_t t) {
+      st[task] = decode_unit(d, l, kv, ci.tokens, body, [&](uint32_t t) {
         return static_cast<uint8_t*>(dst.element(l, kv, ci.token_begin + t, 0, 0));
       });
       return;
     }
     std::vector<uint8_t> rows(row_bytes * ci.tokens);
-    st[task] = decode_unit(d, l, kv, ci.tokens, p, size, [&](uint32_t t) { return rows.data() + t * row_bytes; });
+    st[task] = decode_unit(d, l, kv, ci.tokens, body, [&](uint32_t t) { return rows.data() + t * row_bytes; });
     if (st[task].ok()) scatter(dst, l, kv, ci.token_begin, ci.tokens, rows.data());
-  });
+  }));
   for (size_t i = 0; i < st.size(); ++i)
     if (!st[i].ok())
       return st[i].with_context("chunk " + std::to_string(k) + " layer " + std::to_string(lb + i / 2));
@@ -512,6 +508,14 @@ Status check_destination(const FrameInfo& f, const KVView& dst) {
                            dtype_name(f.dtype));
   if (!(dst.shape == f.shape)) return InvalidArgument("destination shape differs from the frame's");
   return validate_view(dst);
+}
+
+Status check_decode_limit(const FrameInfo& f, const DecodeOptions& o) {
+  const uint64_t bytes = decoded_bytes(f, o);
+  if (o.max_decoded_bytes && bytes > o.max_decoded_bytes)
+    return ResourceExhausted("the frame decodes to " + std::to_string(bytes) + " bytes, over the limit of " +
+                             std::to_string(o.max_decoded_bytes) + " (max_decoded_bytes)");
+  return Status::Ok();
 }
 
 }  // namespace
@@ -533,6 +537,10 @@ Status FrameDecoder::decode_chunk(uint32_t chunk, std::span<const uint8_t> body,
                       std::to_string(impl_->info.chunks.size()));
   const uint32_t L = impl_->info.shape.layers, le = std::min(o.layer_end, L);
   if (o.layer_begin >= le) return OutOfRange("empty layer range");
+  DecodeOptions one = o;
+  one.chunk_begin = chunk;
+  one.chunk_end = chunk + 1;
+  KVCODEC_RETURN_IF_ERROR(check_decode_limit(impl_->info, one));
   return kvcodec::decode_chunk(*impl_, chunk, body, dst, o.layer_begin, le, o.verify_checksums, o.threads);
 }
 
@@ -547,50 +555,47 @@ StatusOr<FrameStats> analyze_frame(std::span<const uint8_t> frame) {
   std::vector<std::vector<uint64_t>> counts(d->layers.size());  // [layer model][table * 256 + symbol]
   for (size_t u = 0; u < d->layers.size(); ++u) counts[u].assign(d->layers[u].tables.size() * 256, 0);
   for (const ChunkInfo& ci : f.chunks) {
-    const uint8_t* body = frame.data() + ci.offset;
+    const std::span<const uint8_t> body = frame.subspan(ci.offset, ci.size);
     st.directory_bytes += size_t(L) * 2 * 4;
-    const uint8_t* p = body + size_t(L) * 2 * 4;
-    for (size_t u = 0; u < size_t(L) * 2; ++u) {
-      const UnitEntry entry = unit_entry(f, body + 4 * u);
-      const size_t unit = entry.size;
-      if (entry.stored) {
+    for (uint32_t u = 0; u < 2 * L; ++u) {
+      const uint8_t* p = nullptr;
+      detail::UnitLayout ul;
+      bool stored = false;
+      KVCODEC_RETURN_IF_ERROR(locate(*d, body.data(), body.size(), u / 2, u % 2, ci.tokens, &p, &ul, &stored));
+      if (stored) {
         ++st.stored_units;
-        st.stored_bytes += unit;
-        p += unit;
+        st.stored_bytes += ul.size;
         continue;
       }
       const DecLayer& dl = d->layers[u];
-      const DecTable* tables = dl.tables.data();
-      size_t off = 0;
+      const SlotTable* tables = dl.tables.data();
+      uint64_t escapes = 0;  // escape symbols decoded: must be the unit's escape count
       for (uint32_t plane = 0; plane < (lossless ? es : 1); ++plane) {
         LaneReader rd;
-        size_t used = 0;
-        KVCODEC_RETURN_IF_ERROR(rd.open(p + off, unit - off, &used));
+        KVCODEC_RETURN_IF_ERROR(rd.open(p, ul, plane));
         for (uint32_t t = 0; t < ci.tokens; ++t)
           for (uint32_t c = 0; c < C; ++c) {
             const uint32_t slot = lossless ? plane : (t % f.group_tokens == 0 ? 0 : 1);
             const size_t ti = dl.table_base[c] + slot;
-            ++counts[u][ti * 256 + rd.next(tables[ti])];
+            const uint32_t s = rd.next(tables[ti]);
+            escapes += s == tables[ti].esc;
+            ++counts[u][ti * 256 + s];
           }
         KVCODEC_RETURN_IF_ERROR(rd.finish());
-        st.word_bytes += size_t(rd.we - (p + off)) - detail::kLaneStreamHeader;
-        st.lane_bytes += used;
-        off += used;
+        st.word_bytes += 2 * uint64_t(ul.words[plane]);
       }
-      if (!lossless) {
-        const uint32_t n_esc = detail::get_u32(p + off);
-        st.escapes += n_esc;
-        st.escape_bytes += unit - off;
-      }
+      if (!lossless && escapes != ul.n_esc) return CorruptData("escape count differs from the escapes coded");
+      st.lane_bytes += ul.streams_end;
+      st.escapes += ul.n_esc;
+      st.escape_bytes += ul.size - ul.streams_end;
       st.symbols += uint64_t(ci.tokens) * C * (lossless ? es : 1);
-      p += unit;
     }
   }
   for (size_t u = 0; u < counts.size(); ++u)
     for (size_t ti = 0; ti < d->layers[u].tables.size(); ++ti) {
       std::span<const uint64_t> c(&counts[u][ti * 256], 256);
       st.entropy_bits += entropy_bits(c);
-      const DecTable& tb = d->layers[u].tables[ti];
+      const SlotTable& tb = d->layers[u].tables[ti];
       for (uint32_t s = 0; s < 256; ++s) {
         if (!c[s]) continue;
         uint32_t freq = 0;  // the symbol's frequency: entries whose symbol byte is s
@@ -605,24 +610,36 @@ StatusOr<FrameStats> analyze_frame(std::span<const uint8_t> frame) {
   return st;
 }
 
+uint64_t decoded_bytes(const FrameInfo& f, const DecodeOptions& o) noexcept {
+  const uint32_t ce = std::min<size_t>(o.chunk_end, f.chunks.size()), le = std::min(o.layer_end, f.shape.layers);
+  if (o.chunk_begin >= ce || o.layer_begin >= le) return 0;
+  uint64_t tokens = 0;
+  for (uint32_t k = o.chunk_begin; k < ce; ++k) tokens += f.chunks[k].tokens;
+  return uint64_t(le - o.layer_begin) * 2 * tokens * f.shape.channels() * dtype_size(f.dtype);
+}
+
 Status decode_into(std::span<const uint8_t> frame, const KVView& dst, const DecodeOptions& o) {
   KVCODEC_ASSIGN_OR_RETURN(auto d, make_decoder(frame));
   KVCODEC_RETURN_IF_ERROR(check_destination(d->info, dst));
   if (frame.size() < d->info.frame_bytes)
     return BufferTooSmall("frame truncated: " + std::to_string(frame.size()) + " of " +
                           std::to_string(d->info.frame_bytes) + " bytes");
+  if (frame.size() > d->info.frame_bytes)
+    return CorruptData(std::to_string(frame.size() - d->info.frame_bytes) + " bytes after the frame's " +
+                       std::to_string(d->info.frame_bytes));
   const uint32_t n = uint32_t(d->info.chunks.size()), L = d->info.shape.layers;
   const uint32_t ce = std::min(o.chunk_end, n), le = std::min(o.layer_end, L);
   if (o.chunk_begin >= ce || o.layer_begin >= le) return OutOfRange("empty chunk or layer range");
+  KVCODEC_RETURN_IF_ERROR(check_decode_limit(d->info, o));
   // Parallelise across chunks when there are several; a single chunk parallelises its layers.
   std::vector<Status> st(ce - o.chunk_begin);
   const bool across_chunks = st.size() > 1;
-  detail::parallel_for(st.size(), across_chunks ? o.threads : 1, [&](size_t i) {
+  KVCODEC_RETURN_IF_ERROR(detail::parallel_for(st.size(), across_chunks ? o.threads : 1, [&](size_t i) {
     const uint32_t k = o.chunk_begin + uint32_t(i);
     const ChunkInfo& ci = d->info.chunks[k];
     st[i] = decode_chunk(*d, k, frame.subspan(ci.offset, ci.size), dst, o.layer_begin, le, o.verify_checksums,
                          across_chunks ? 1 : o.threads);
-  });
+  }));
   for (const Status& s : st) KVCODEC_RETURN_IF_ERROR(s);
   return Status::Ok();
 }

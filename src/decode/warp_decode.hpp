@@ -22,130 +22,17 @@
 
 #include <cstdint>
 
+#include "common/bytes.hpp"
 #include "common/dtype.hpp"
-#include "common/stored_unit.hpp"
-#include "kvcodec/format.hpp"
-#include "decode/packed_model.hpp"
 #include "common/quant.hpp"
 #include "common/rans.hpp"
+#include "common/stored_unit.hpp"
+#include "common/unit.hpp"
 #include "common/warp.hpp"
+#include "decode/packed_model.hpp"
 #include "kvcodec/tensor.hpp"
 
 namespace kvcodec::detail {
-
-enum UnitError : uint32_t {
-  kUnitOk = 0,
-  kUnitBadDirectory = 1,
-  kUnitTruncated = 2,
-  kUnitSizeMismatch = 3,
-  kUnitBadInitialState = 4,
-  kUnitWordOverrun = 5,
-  kUnitUnreadWords = 6,
-  kUnitBadFinalState = 7,
-  kUnitEscapeOverrun = 8,
-  kUnitUnusedEscapes = 9,
-  kUnitBadBlock = 10,
-};
-
-inline const char* unit_error_message(uint32_t e) {
-  switch (e) {
-    case kUnitOk: return "ok";
-    case kUnitBadDirectory: return "unit sizes do not add up to the chunk size";
-    case kUnitTruncated: return "rANS stream or escape block truncated";
-    case kUnitSizeMismatch: return "unit size mismatch";
-    case kUnitBadInitialState: return "rANS lane state below the renormalisation bound";
-    case kUnitWordOverrun: return "rANS stream ran out of words";
-    case kUnitUnreadWords: return "rANS stream has unread words";
-    case kUnitBadFinalState: return "rANS lane did not end in its initial state";
-    case kUnitEscapeOverrun: return "escape stream exhausted";
-    case kUnitUnusedEscapes: return "unused escaped values";
-    case kUnitBadBlock: return "paged destination: block table or slot mapping entry out of range";
-  }
-  return "unknown unit error";
-}
-
-// Little-endian loads from byte addresses of any alignment (chunk bodies sit at arbitrary
-// offsets of a frame).
-KVCODEC_HD uint32_t ld_u16(const uint8_t* p) { return uint32_t(p[0]) | uint32_t(p[1]) << 8; }
-KVCODEC_HD uint32_t ld_u32(const uint8_t* p) { return ld_u16(p) | ld_u16(p + 2) << 16; }
-KVCODEC_HD uint64_t pad4(uint64_t n) { return (n + 3) & ~uint64_t(3); }
-
-inline constexpr uint32_t kLaneHeaderBytes = 4 + 4 * kWarpLanes;  // word count + states
-
-// Where the elements of one (layer, K/V) of a KVView live: base pointer + per-token and
-// per-channel element offsets. Mirrors KVView::element for views whose pointers (data,
-// layer arrays, block table) are valid where this runs.
-struct UnitDst {
-  char* base;
-  KVView::Kind kind;
-  uint32_t es;
-  int64_t s_tok, s_head, s_dim, slot_stride;
-  uint32_t head_dim, block_size, num_blocks;
-  bool flat_channels;  // channel c is at c * s_dim (heads packed: s_head == head_dim * s_dim)
-  const int32_t* block_table;
-  const int64_t* slot_mapping;  // paged: token -> slot instead of the block table, or null
-
-  KVCODEC_HD static UnitDst make(const KVView& v, uint32_t l, uint32_t kv) {
-    UnitDst u;
-    u.kind = v.kind;
-    u.es = v.dtype == DType::kF32 ? 4u : v.dtype == DType::kF8E4M3 ? 1u : 2u;
-    int64_t off = 0;
-    switch (v.kind) {
-      case KVView::Kind::kStrided:
-        u.base = static_cast<char*>(v.data);
-        off = int64_t(l) * v.stride[0] + int64_t(kv) * v.stride[1];
-        break;
-      case KVView::Kind::kPerLayer: u.base = static_cast<char*>(kv ? v.layer_v[l] : v.layer_k[l]); break;
-      default:  // paged; separate K and V pools when layer_v is set
-        u.base = static_cast<char*>(v.layer_v && kv ? v.layer_v[l] : v.layer_k[l]);
-        off = v.layer_v ? 0 : int64_t(kv) * v.stride[1];
-        break;
-    }
-    u.base += off * int64_t(u.es);
-    u.s_tok = v.stride[2];
-    u.s_head = v.stride[3];
-    u.s_dim = v.stride[4];
-    u.slot_stride = v.slot_stride;
-    u.head_dim = v.shape.head_dim;
-    u.block_size = v.block_size;
-    u.num_blocks = v.num_blocks;
-    u.block_table = v.block_table;
-    u.slot_mapping = v.slot_mapping;
-    u.flat_channels = v.stride[3] == int64_t(v.shape.head_dim) * v.stride[4];
-    return u;
-  }
-  // Element offset of token t of the context; false when a paged block (or slot) entry is out of range.
-  KVCODEC_HD bool token_offset(uint32_t t, int64_t* off) const {
-    if (kind != KVView::Kind::kPaged) {
-      *off = int64_t(t) * s_tok;
-      return true;
-    }
-    if (slot_mapping) {
-      const int64_t slot = slot_mapping[t];
-      if (slot < 0 || slot >= int64_t(num_blocks) * block_size) return false;
-      *off = (slot / block_size) * s_tok + (slot % block_size) * slot_stride;
-      return true;
-    }
-    const int32_t b = block_table[t / block_size];
-    if (b < 0 || uint32_t(b) >= num_blocks) return false;
-    *off = int64_t(b) * s_tok + int64_t(t % block_size) * slot_stride;
-    return true;
-  }
-  KVCODEC_HD int64_t channel_offset(uint32_t c) const {
-    if (flat_channels) return int64_t(c) * s_dim;
-    return int64_t(c / head_dim) * s_head + int64_t(c % head_dim) * s_dim;
-  }
-};
-
-// Stores the low es bytes of `bits` (an element's raw encoding) at p.
-KVCODEC_HD void store_raw(void* p, uint32_t es, uint32_t bits) {
-  if (es == 4) *static_cast<uint32_t*>(p) = bits;
-  else if (es == 2) *static_cast<uint16_t*>(p) = uint16_t(bits);
-  else *static_cast<uint8_t*>(p) = uint8_t(bits);
-}
-KVCODEC_HD uint32_t load_raw(const uint8_t* p, uint32_t es) {
-  return es == 4 ? ld_u32(p) : es == 2 ? ld_u16(p) : uint32_t(p[0]);
-}
 
 // One lane stream being decoded by a warp: a state per lane and the word window.
 template <typename W>
@@ -156,15 +43,15 @@ struct WarpStream {
   uint32_t pos = 0;    // words consumed
   uint32_t base = 0;   // stream index of win's lane 0 (next holds base + 32 ..)
 
-  KVCODEC_HD uint32_t word(uint32_t k) const { return k < count ? ld_u16(words + 2 * uint64_t(k)) : 0u; }
+  KVCODEC_HD uint32_t word(uint32_t k) const { return k < count ? load_le16(words + 2 * uint64_t(k)) : 0u; }
 
   // Reads the stream header at p (validated by the caller to lie inside the unit).
   KVCODEC_HD uint32_t init(W& w, const uint8_t* p) {
-    count = ld_u32(p);
+    count = load_le32(p);
     words = p + kLaneHeaderBytes;
     typename W::template Lanes<bool> bad;
     for (uint32_t j : w.lanes()) {
-      x[j] = ld_u32(p + 4 + 4 * j);
+      x[j] = load_le32(p + 4 + 4 * j);
       bad[j] = x[j] < kRansL;
       win[j] = word(j);
       next[j] = word(kWarpLanes + j);
@@ -252,48 +139,19 @@ KVCODEC_HD uint32_t warp_decode_unit_planes(W& w, const UnitJob& job) {
   const uint32_t C = pl.channels, es = pl.elem_size;
   const bool lossless = pl.lossless != 0;
 
-  // Unit directory: this unit's offset and size; the sizes must add up to the body. In version
-  // 3 bit 31 of an entry marks a stored unit.
-  const uint64_t dir = 4ull * units;
-  if (job.body_size < dir) return kUnitBadDirectory;
-  const uint32_t size_mask = pl.stored_units ? ~kStoredUnitFlag : 0xffffffffu;
-  typename W::template Lanes<uint64_t> before, total;
-  for (uint32_t j : w.lanes()) {
-    before[j] = total[j] = 0;
-    for (uint32_t k = j; k < units; k += kWarpLanes) {
-      const uint32_t s = ld_u32(job.body + 4ull * k) & size_mask;
-      total[j] += s;
-      if (k < u) before[j] += s;
-    }
-  }
-  if (dir + w.sum(total) != job.body_size) return kUnitBadDirectory;
-  const uint8_t* p = job.body + dir + w.sum(before);
-  const uint32_t entry = ld_u32(job.body + 4ull * u);
-  const uint64_t size = entry & size_mask;
-  if (entry & ~size_mask) return warp_copy_stored_unit(w, job, p, size);
-
-  // Stream layout: one lane stream per byte plane (lossless) or one stream + escapes (lossy).
+  // The unit's place in the chunk body and its streams (common/unit.hpp checks every size).
+  uint64_t unit_off = 0, size = 0;
+  bool stored = false;
+  if (uint32_t e = locate_unit(w, job.body, job.body_size, units, u, &unit_off, &size, pl.stored_units != 0, &stored))
+    return e;
+  const uint8_t* p = job.body + unit_off;
+  if (stored) return warp_copy_stored_unit(w, job, p, size);
+  UnitLayout ul;
+  if (uint32_t e = parse_unit(p, size, P, lossless, es, &ul)) return e;
   const uint8_t* stream_at[P];
-  uint64_t used = 0;
-  for (uint32_t q = 0; q < P; ++q) {
-    if (size - used < kLaneHeaderBytes) return kUnitTruncated;
-    const uint64_t n_words = ld_u32(p + used);
-    if ((size - used - kLaneHeaderBytes) / 2 < n_words) return kUnitTruncated;
-    stream_at[q] = p + used;
-    used += pad4(kLaneHeaderBytes + 2 * n_words);
-    if (used > size) return kUnitTruncated;
-  }
-  const uint8_t* esc = nullptr;
-  uint32_t n_esc = 0;
-  if (lossless) {
-    if (used != size) return kUnitSizeMismatch;
-  } else {
-    if (used + 4 > size) return kUnitTruncated;
-    n_esc = ld_u32(p + used);
-    esc = p + used + 4;
-    if ((size - used - 4) / es < n_esc) return kUnitTruncated;
-    if (pad4(used + 4 + uint64_t(n_esc) * es) != size) return kUnitSizeMismatch;
-  }
+  for (uint32_t q = 0; q < P; ++q) stream_at[q] = p + ul.stream[q];
+  const uint8_t* esc = p + ul.escapes;
+  const uint32_t n_esc = ul.n_esc;
 
   WarpStream<W> st[P];
   for (uint32_t q = 0; q < P; ++q)

@@ -36,7 +36,7 @@
 #include "common/block.hpp"
 #include "encode/encode_values.hpp"
 #include "common/log2.hpp"
-#include "common/model_values.hpp"
+#include "encode/model_values.hpp"
 #include "common/warp.hpp"
 #include "encode/warp_encode.hpp"
 #include "kvcodec/format.hpp"
@@ -339,7 +339,7 @@ KVCODEC_HD void warp_write_table(W& w, bool lossless, const uint16_t* freq, cons
 #endif
 template <typename B>
 KVCODEC_HD bool block_build_model(B& blk, const EncodeLayout& el, const ModelLayout& ml, const ModelArgs& a,
-                                  uint32_t u, ModelShared& sh, uint64_t* sums) {
+                                  uint32_t u, ModelShared& sh, uint64_t* sums, bool keep_groups = false) {
   const uint32_t C = el.channels, S = el.slots, bins = el.bins, G = ml.groups, fs = ml.first_slot;
   const bool lossless = el.lossless != 0;
   const uint32_t* hist = a.hist + uint64_t(u) * el.hist_per_unit();
@@ -381,8 +381,15 @@ KVCODEC_HD bool block_build_model(B& blk, const EncodeLayout& el, const ModelLay
     for (uint32_t s = 0; s < S; ++s) sh.bin_hi[s] = sh.bin_lo[s] < bins ? bins - 1 - sh.bin_hi[s] : 0;
   });
 
+  // keep_groups (the second pass of recount_deltas_channel): the groups of the first pass, which
+  // left table_base = group * slots; dense in order of first use, so step 3 keeps them.
+  if (keep_groups) {
+    blk.for_range(C, [&](uint32_t c) { group[c] = uint16_t(group[c] / S); });
+    blk.sync();
+  }
+
   // 1. Bitonic sort of the keys (ascending), then quantile groups.
-  for (uint32_t k = 2; k <= ml.sort_n; k <<= 1)
+  for (uint32_t k = 2; !keep_groups && k <= ml.sort_n; k <<= 1)
     for (uint32_t j = k >> 1; j > 0; j >>= 1) {
       blk.for_range(ml.sort_n / 2, [&](uint32_t t) {
         const uint32_t i = (t / j) * 2 * j + t % j, l = i + j;
@@ -396,11 +403,11 @@ KVCODEC_HD bool block_build_model(B& blk, const EncodeLayout& el, const ModelLay
       blk.sync();
     }
   blk.sync();
-  blk.for_range(C, [&](uint32_t i) { group[keys[i] & 0xffff] = uint16_t(uint64_t(i) * G / C); });
+  if (!keep_groups) blk.for_range(C, [&](uint32_t i) { group[keys[i] & 0xffff] = uint16_t(uint64_t(i) * G / C); });
   blk.sync();
 
   // 2. Refinement rounds. Row r = (s - fs) * bins + b of group g lives at sums[g * rows + r].
-  if (G > 1) {
+  if (G > 1 && !keep_groups) {
     const uint32_t rows = (S - fs) * bins;
     for (int round = 0; round < 4; ++round) {
       blk.for_range(G * rows, [&](uint32_t i) { sums[i] = 0; });

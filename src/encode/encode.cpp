@@ -99,6 +99,52 @@ void encode_lossless(const Context& cx, const uint8_t* raw, LayerOutput& out) {
   }
 }
 
+// Counts the lossy symbol values val[t][c] of slots [slot0, slot1) into hs and (slot 0) the
+// clustering feature. Counted in blocks of 64 channels over all tokens: the counters one block
+// touches stay in L1 (a token-major pass hits a different cache line of the 2 x 512 x C table per
+// channel).
+void count_lossy(const int16_t* val, uint32_t T, uint32_t C, uint32_t CT, uint32_t GT, uint32_t slot0, uint32_t slot1,
+                 const Histograms& hs, uint64_t* feature) {
+  for (uint32_t c0 = 0; c0 < C; c0 += 64) {
+    const uint32_t c1 = std::min(C, c0 + 64);
+    for (uint32_t t = 0; t < T; ++t) {
+      const uint32_t slot = (t % CT) % GT == 0 ? 0 : 1;
+      if (slot < slot0 || slot >= slot1) continue;
+      const int16_t* vr = &val[size_t(t) * C];
+      for (uint32_t c = c0; c < c1; ++c) {
+        const int16_t v = vr[c];
+        ++hs.row(slot, detail::lossy_bin(v))[c];
+        if (slot == 0 && v != detail::kEscapeQ) feature[c] += uint64_t(v < 0 ? -v : v);
+      }
+    }
+  }
+}
+
+// Escapes the deltas of every anchor that its table codes as the escape symbol although it has a
+// grid value (outside the table's window): the decoder then resets the channel's reference to 0
+// (docs/format.md 4.3), and the deltas were taken against the anchor's grid value. True if any
+// delta changed (its histograms must then be counted again).
+bool escape_orphaned_deltas(int16_t* val, uint32_t T, uint32_t C, uint32_t CT, uint32_t GT, const LayerModel& m,
+                            const std::vector<uint32_t>& fc_lut) {
+  bool changed = false;
+  for (uint32_t t = 0; t < T; ++t) {
+    const uint32_t local = t % CT;
+    if (local % GT) continue;
+    const uint32_t end = std::min({T, t - local + CT, t + GT});  // the group ends with its chunk
+    const int16_t* ar = &val[size_t(t) * C];
+    for (uint32_t c = 0; c < C; ++c) {
+      const uint32_t code = fc_lut[size_t(m.channel_group[c]) * 2 * detail::kLossyBins + detail::lossy_bin(ar[c])];
+      if (!detail::orphans_deltas(ar[c], code)) continue;
+      for (uint32_t d = t + 1; d < end; ++d) {
+        int16_t& v = val[size_t(d) * C + c];
+        changed |= v != detail::kEscapeQ;
+        v = detail::kEscapeQ;
+      }
+    }
+  }
+  return changed;
+}
+
 // Lossy: grids, symbols (anchors and deltas), windows, tables, lanes + escapes per chunk.
 void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, LayerOutput& out) {
   const KVShape& sh = cx.src.shape;
@@ -143,24 +189,19 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, LayerOu
   std::vector<uint32_t> counts(size_t(slots) * detail::kLossyBins * C, 0);
   const Histograms hs{C, slots, detail::kLossyBins, counts.data()};
   std::vector<uint64_t> feature(C, 0);
-  // Counted in blocks of 64 channels over all tokens: the counters one block touches stay in L1
-  // (a token-major pass hits a different cache line of the 2 x 512 x C table per channel).
-  for (uint32_t c0 = 0; c0 < C; c0 += 64) {
-    const uint32_t c1 = std::min(C, c0 + 64);
-    for (uint32_t t = 0; t < T; ++t) {
-      const uint32_t slot = (t % CT) % GT == 0 ? 0 : 1;
-      const int16_t* vr = &val[size_t(t) * C];
-      for (uint32_t c = c0; c < c1; ++c) {
-        const int16_t v = vr[c];
-        ++hs.row(slot, detail::lossy_bin(v))[c];
-        if (slot == 0 && v != kEsc) feature[c] += uint64_t(v < 0 ? -v : v);
-      }
-    }
-  }
+  count_lossy(val.get(), T, C, CT, GT, 0, slots, hs, feature.data());
   LayerModel& m = out.model;
   std::vector<uint32_t> fc_lut;  // [group * slots + role][value bin]: lane code
   out.status = detail::build_layer_model(hs, feature.data(), false, cx.opt.table_groups, m, fc_lut);
   if (!out.status.ok()) return;
+  if (GT > 1 && escape_orphaned_deltas(val.get(), T, C, CT, GT, m, fc_lut)) {
+    // Second pass: the delta histograms again, the tables rebuilt on the same channel groups (so
+    // the anchor tables, and which anchors escape, stay as they are).
+    std::fill(counts.begin() + size_t(detail::kLossyBins) * C, counts.end(), 0u);
+    count_lossy(val.get(), T, C, CT, GT, 1, 2, hs, nullptr);
+    out.status = detail::build_layer_tables(hs, false, m, fc_lut);
+    if (!out.status.ok()) return;
+  }
   m.step_code.resize(C);
   m.center.resize(C);
   for (uint32_t c = 0; c < C; ++c) {
@@ -197,7 +238,7 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, LayerOu
     // The escaped values' raw elements, in symbol order, after their count.
     const size_t base = unit.size();
     unit.resize(pad4(base + 4 + esc_at.size() * cx.es), 0);
-    detail::put_u32(unit.data() + base, uint32_t(esc_at.size()));
+    detail::store_le32(unit.data() + base, uint32_t(esc_at.size()));
     uint8_t* e = unit.data() + base + 4;
     for (uint32_t j : esc_at) {
       std::memcpy(e, raw + (size_t(t0) * C + j) * cx.es, cx.es);
@@ -255,14 +296,14 @@ StatusOr<size_t> encode_into(const KVView& src, const EncodeOptions& o, std::spa
   const Context cx{src, o, chunks, dtype_size(src.dtype)};
 
   std::vector<LayerOutput> outs(size_t(L) * 2);
-  detail::parallel_for(outs.size(), o.threads, [&](size_t task) {
+  KVCODEC_RETURN_IF_ERROR(detail::parallel_for(outs.size(), o.threads, [&](size_t task) {
     const uint32_t l = uint32_t(task / 2), kv = uint32_t(task % 2);
     const std::unique_ptr<uint8_t[]> raw(new uint8_t[size_t(sh.tokens) * sh.channels() * cx.es]);  // gathered next
     gather(src, l, kv, raw.get());
     if (o.level == 0) encode_lossless(cx, raw.get(), outs[task]);
     else encode_lossy(cx, l, raw.get(), outs[task]);
     if (outs[task].status.ok()) store_large_units(cx, raw.get(), outs[task]);
-  });
+  }));
   for (size_t i = 0; i < outs.size(); ++i)
     if (!outs[i].status.ok())
       return outs[i].status.with_context("layer " + std::to_string(i / 2) + (i % 2 ? " V" : " K"));
@@ -292,17 +333,17 @@ StatusOr<size_t> encode_into(const KVView& src, const EncodeOptions& o, std::spa
   if (f.frame_bytes > dst.size())
     return BufferTooSmall("frame needs " + std::to_string(f.frame_bytes) + " bytes, buffer has " +
                           std::to_string(dst.size()));
-  detail::parallel_for(chunks, o.threads, [&](size_t k) {
+  KVCODEC_RETURN_IF_ERROR(detail::parallel_for(chunks, o.threads, [&](size_t k) {
     uint8_t* p = dst.data() + f.chunks[k].offset;
     uint8_t* unit = p + dir_bytes;
     for (size_t i = 0; i < outs.size(); ++i) {
       const auto& u = outs[i].units[k];
-      detail::put_u32(p + 4 * i, uint32_t(u.size()) | (outs[i].stored[k] ? kStoredUnitFlag : 0));
+      detail::store_le32(p + 4 * i, uint32_t(u.size()) | (outs[i].stored[k] ? kStoredUnitFlag : 0));
       std::memcpy(unit, u.data(), u.size());
       unit += u.size();
     }
     f.chunks[k].checksum = detail::frame_checksum(f.format_version, p, f.chunks[k].size);
-  });
+  }));
   detail::write_head(f, model, head);
   std::memcpy(dst.data(), head.data(), head.size());
   return size_t(f.frame_bytes);

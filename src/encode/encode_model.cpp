@@ -8,7 +8,7 @@
 
 #include "encode/encode_values.hpp"
 #include "common/log2.hpp"
-#include "common/model_values.hpp"
+#include "encode/model_values.hpp"
 
 namespace kvcodec::detail {
 namespace {
@@ -134,6 +134,10 @@ Status build_layer_model(const Histograms& hs, const uint64_t* feature, bool los
                          LayerModel& m, std::vector<uint32_t>& codes) {
   m.slots = hs.slots;
   m.channel_group = cluster_channels(hs, feature, table_groups, lossless ? hs.slots - 1 : 0, &m.groups);
+  return build_layer_tables(hs, lossless, m, codes);
+}
+
+Status build_layer_tables(const Histograms& hs, bool lossless, LayerModel& m, std::vector<uint32_t>& codes) {
   const auto gh = group_histograms(hs, m.channel_group, m.groups);
   m.tables.resize(size_t(m.groups) * m.slots);
   codes.resize(m.tables.size() * hs.bins);

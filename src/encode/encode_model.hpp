@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "common/frame.hpp"
-#include "common/model_values.hpp"  // max_layer_model_bytes
+#include "encode/model_values.hpp"  // max_layer_model_bytes
 #include "kvcodec/status.hpp"
 
 namespace kvcodec::detail {
@@ -31,6 +31,10 @@ struct Histograms {
 // Per-channel grids (lossy) are the caller's.
 Status build_layer_model(const Histograms& hs, const uint64_t* feature, bool lossless, uint32_t table_groups,
                          LayerModel& m, std::vector<uint32_t>& codes);
+
+// Rebuilds m.tables and `codes` from new histograms, keeping m's channel groups (the second
+// pass of a lossy encoding whose anchors escaped: see encode.cpp, escape_orphaned_deltas).
+Status build_layer_tables(const Histograms& hs, bool lossless, LayerModel& m, std::vector<uint32_t>& codes);
 
 // The frame parameters of an encoding of `shape` and `dtype` with options `o` (no chunks yet).
 FrameInfo frame_info_for(const KVShape& shape, DType dtype, const EncodeOptions& o);

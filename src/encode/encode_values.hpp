@@ -110,6 +110,16 @@ KVCODEC_HD int32_t delta_value(int32_t q, int32_t q_anchor) {
 
 KVCODEC_HD uint32_t lossy_bin(int32_t v) { return v == kEscapeValue ? kEscBin : uint32_t(v + kQLimit); }
 
+// Whether the deltas of an anchor with symbol value `a` and lane code `anchor_code` (in its
+// anchor table) must be escaped: when the table codes the anchor as the escape symbol although it
+// has a grid value (a outside the table's window). The decoder then resets the channel's
+// reference to 0 (docs/format.md 4.3) while the deltas were taken against a; both encoders escape
+// them, count them as escapes and rebuild the delta tables on the same channel groups. (An anchor
+// without a grid value counts as 0 in delta_value already.)
+KVCODEC_HD bool orphans_deltas(int32_t a, uint32_t anchor_code) {
+  return a != kEscapeValue && (anchor_code & kEscFlag) != 0;
+}
+
 // Token t (counted from the start of the context) is an anchor when it opens a group of its chunk.
 KVCODEC_HD bool is_anchor(uint32_t t, uint32_t chunk_tokens, uint32_t group_tokens) {
   return (t % chunk_tokens) % group_tokens == 0;

@@ -37,16 +37,17 @@
 
 #include <cstdint>
 
-#include "kvcodec/config.hpp"
+#include "common/checksum.hpp"
 #include "common/dtype.hpp"
-#include "encode/encode_values.hpp"
 #include "common/quant.hpp"
 #include "common/rans.hpp"
+#include "common/unit.hpp"
 #include "common/warp.hpp"
-#include "decode/warp_decode.hpp"
-#include "common/checksum.hpp"
 #include "common/stored_unit.hpp"
+#include "encode/encode_values.hpp"
 #include "encode/quantize.hpp"
+#include "kvcodec/config.hpp"
+#include "kvcodec/format.hpp"
 #include "kvcodec/tensor.hpp"
 
 namespace kvcodec::detail {
@@ -145,9 +146,10 @@ KVCODEC_HD void grid_channel(const EncodeLayout& el, double rel_step, double lay
 }
 
 // Symbol value (lossy) of token t (of the context), channel c: its grid offset, or for a delta
-// token the difference to its anchor's.
-KVCODEC_HD bool lossy_value(const EncodeLayout& el, const UnitDst& s, const LaneGrid& g, uint32_t t, uint32_t c,
-                            int32_t* v, const uint8_t** elem) {
+// token the difference to its anchor's (escaped when the anchor's code in anchor_codes, the
+// channel's anchor table, orphans it: encode_values.hpp, orphans_deltas).
+KVCODEC_HD bool lossy_value(const EncodeLayout& el, const UnitDst& s, const LaneGrid& g, const uint32_t* anchor_codes,
+                            uint32_t t, uint32_t c, int32_t* v, const uint8_t** elem) {
   if (!element_at(s, t, c, elem)) return false;
   const int32_t q = grid_offset(load_as_f32(*elem, el.dtype), g.step, g.inv_step, g.center, el.dtype);
   const uint32_t in_group = (t % el.chunk_tokens) % el.group_tokens;
@@ -157,7 +159,8 @@ KVCODEC_HD bool lossy_value(const EncodeLayout& el, const UnitDst& s, const Lane
   }
   const uint8_t* a;
   if (!element_at(s, t - in_group, c, &a)) return false;
-  *v = delta_value(q, grid_offset(load_as_f32(a, el.dtype), g.step, g.inv_step, g.center, el.dtype));
+  const int32_t qa = grid_offset(load_as_f32(a, el.dtype), g.step, g.inv_step, g.center, el.dtype);
+  *v = orphans_deltas(qa, anchor_codes[lossy_bin(qa)]) ? kEscapeValue : delta_value(q, qa);
   return true;
 }
 
@@ -194,6 +197,36 @@ KVCODEC_HD bool histogram_channel(const EncodeLayout& el, const KVView& src, uin
     }
   }
   feature[uint64_t(u) * C + c] = f;
+  return true;
+}
+
+// The second pass over the deltas of channel c of unit u (lossy, group_tokens > 1), after the
+// model: its delta histogram counted again with the deltas of the anchors the anchor table
+// escapes also escaped (orphans_deltas). `codes` and `table_base` are the model's (table_base
+// holds group * slots). The model is then rebuilt on the same groups (block_build_model with
+// keep_groups), as the CPU encoder does; nothing changes for a unit none of whose anchors escape.
+KVCODEC_HD bool recount_deltas_channel(const EncodeLayout& el, const KVView& src, uint32_t u, uint32_t c,
+                                       const LaneGrid* lane, const uint32_t* codes, const uint16_t* table_base,
+                                       uint32_t* hist) {
+  const UnitDst s = UnitDst::make(src, u / 2, u % 2);
+  const uint32_t C = el.channels;
+  uint32_t* h = hist + uint64_t(u) * el.hist_per_unit() + uint64_t(el.bins) * C + c;  // slot 1
+  for (uint32_t b = 0; b < el.bins; ++b) h[uint64_t(b) * C] = 0;
+  const LaneGrid g = lane[uint64_t(u) * C + c];
+  const uint32_t* anchor_codes = codes + (uint64_t(u) * el.max_tables + table_base[uint64_t(u) * C + c]) * el.bins;
+  int32_t anchor = 0;
+  bool orphaned = false;
+  for (uint32_t t = 0; t < el.tokens; ++t) {
+    const uint8_t* e;
+    if (!element_at(s, t, c, &e)) return false;
+    const int32_t v = grid_offset(load_as_f32(e, el.dtype), g.step, g.inv_step, g.center, el.dtype);
+    if (is_anchor(t, el.chunk_tokens, el.group_tokens)) {
+      anchor = v;
+      orphaned = orphans_deltas(v, anchor_codes[lossy_bin(v)]);
+      continue;
+    }
+    ++h[uint64_t(lossy_bin(orphaned ? kEscapeValue : delta_value(v, anchor))) * C];
+  }
   return true;
 }
 
@@ -280,7 +313,7 @@ KVCODEC_HD uint32_t warp_encode_unit_planes(W& w, const EncodeLayout& el, const 
         for (uint32_t p = 0; p < P; ++p) code[p][j] = codes[(uint64_t(tbase[c]) + p) * bins + ((raw[j] >> (8 * p)) & 0xff)];
       } else {
         int32_t v;
-        bad[j] = !lossy_value(el, s, lane[c], t, c, &v, &e);
+        bad[j] = !lossy_value(el, s, lane[c], codes + uint64_t(tbase[c]) * bins, t, c, &v, &e);
         if (bad[j]) continue;
         raw[j] = load_raw(e, es);
         const uint32_t slot = is_anchor(t, el.chunk_tokens, el.group_tokens) ? 0u : 1u;

@@ -24,6 +24,7 @@
 #include <unordered_set>
 #include <utility>
 
+#include "common/bytes.hpp"
 #include "io/json.hpp"
 
 namespace kvcodec {
@@ -40,15 +41,6 @@ constexpr uint8_t kNpyMagic[6] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
 
 std::string errno_text(int err) { return std::strerror(err); }
 
-// Little-endian loads and stores, independent of the host's byte order.
-uint64_t load_le(const uint8_t* p, int bytes) {
-  uint64_t v = 0;
-  for (int i = bytes - 1; i >= 0; --i) v = (v << 8) | p[i];
-  return v;
-}
-void store_le(uint8_t* p, uint64_t v, int bytes) {
-  for (int i = 0; i < bytes; ++i) p[i] = uint8_t(v >> (8 * i));
-}
 
 // a * b, or false on uint64 overflow.
 bool mul_overflows(uint64_t a, uint64_t b, uint64_t* out) { return __builtin_mul_overflow(a, b, out); }
@@ -341,7 +333,7 @@ StatusOr<std::vector<HostTensor>> read_safetensors_file(const std::string& path)
   if (f.size() < 8) return CorruptData("file too short for a safetensors header");
   uint8_t len_bytes[8];
   KVCODEC_RETURN_IF_ERROR(f.read_at(0, len_bytes, 8));
-  const uint64_t header_len = load_le(len_bytes, 8);
+  const uint64_t header_len = detail::load_le64(len_bytes);
   if (header_len > f.size() - 8)
     return CorruptData("header length " + std::to_string(header_len) + " exceeds the file");
   if (header_len > kMaxSafetensorsHeader)
@@ -406,7 +398,7 @@ Status write_safetensors_refs(const std::string& path, std::span<const TensorRef
   text.append((8 - text.size() % 8) % 8, ' ');
 
   uint8_t len_bytes[8];
-  store_le(len_bytes, text.size(), 8);
+  detail::store_le64(len_bytes, text.size());
   AtomicFile f;
   KVCODEC_RETURN_IF_ERROR(f.open(path));
   KVCODEC_RETURN_IF_ERROR(f.write(len_bytes, 8));
@@ -554,7 +546,7 @@ StatusOr<HostTensor> read_npy_file(const std::string& path) {
                               " (reads 1.0 and 2.0)");
   const int len_bytes = major == 1 ? 2 : 4;
   if (f.size() < uint64_t(8 + len_bytes)) return CorruptData("file too short for an npy header");
-  const uint64_t header_len = load_le(pre + 8, len_bytes);
+  const uint64_t header_len = len_bytes == 2 ? detail::load_le16(pre + 8) : detail::load_le32(pre + 8);
   const uint64_t data_start = 8 + len_bytes + header_len;
   if (data_start > f.size()) return CorruptData("npy header length exceeds the file");
   if (header_len > kMaxNpyHeader) return ResourceExhausted("npy header longer than 1 MB");
@@ -614,7 +606,8 @@ Status write_npy_ref(const std::string& path, const TensorRef& t) {
   std::memcpy(pre, kNpyMagic, sizeof(kNpyMagic));
   pre[6] = v1 ? 1 : 2;
   pre[7] = 0;
-  store_le(pre + 8, dict.size(), v1 ? 2 : 4);
+  if (v1) detail::store_le16(pre + 8, uint16_t(dict.size()));
+  else detail::store_le32(pre + 8, uint32_t(dict.size()));
   AtomicFile f;
   KVCODEC_RETURN_IF_ERROR(f.open(path));
   KVCODEC_RETURN_IF_ERROR(f.write(pre, prefix));

@@ -21,12 +21,15 @@
 #include <thread>
 
 #include "common/dtype.hpp"
-#include "parallel.hpp"
+#include "common/parallel.hpp"
 
 namespace kvcodec {
 namespace {
 
-using model_detail::parallel_for;
+// Threads are started per call. A prefill of a few hundred tokens does milliseconds of work per
+// call, against tens of microseconds to start a thread, so a pool would buy nothing; calls pass
+// a minimum amount of work per thread so that small ones stay on the calling thread.
+using detail::parallel_ranges;
 using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using ConstMatrixMap = Eigen::Map<const RowMatrix>;
 using MatrixMap = Eigen::Map<RowMatrix>;
@@ -66,10 +69,10 @@ struct Weights {
 
 // y[n, out] = x[n, in] * w^T with w row-major [out, in] (PyTorch's Linear.weight), split over
 // row blocks of x.
-void matmul(unsigned threads, const float* x, size_t n, const float* w, size_t out, size_t in,
-            float* y) {
+Status matmul(unsigned threads, const float* x, size_t n, const float* w, size_t out, size_t in,
+              float* y) {
   ConstMatrixMap wm(w, Eigen::Index(out), Eigen::Index(in));
-  parallel_for(threads, n, kMinRowsPerThread, [&](size_t b, size_t e) {
+  return parallel_ranges(n, int(threads), kMinRowsPerThread, [&](size_t b, size_t e) {
     ConstMatrixMap xm(x + b * in, Eigen::Index(e - b), Eigen::Index(in));
     MatrixMap ym(y + b * out, Eigen::Index(e - b), Eigen::Index(out));
     ym.noalias() = xm * wm.transpose();
@@ -116,7 +119,7 @@ void apply_rope(float* rows, size_t n, size_t width, uint32_t head_dim, uint32_t
 
 // Causal attention of one layer for n query rows (positions first_position + i) over kv's
 // cached rows; see Model::attention_output for the masking rule. q and out are [n, dim].
-void attend(const ModelConfig& c, unsigned threads, uint32_t layer, const float* q, size_t n,
+Status attend(const ModelConfig& c, unsigned threads, uint32_t layer, const float* q, size_t n,
             uint32_t first_position, const KVState& kv, float* out) {
   const Eigen::Index hs = c.head_dim(), dim = c.dim, kv_dim = c.kv_dim();
   const uint32_t group = c.heads / c.kv_heads;
@@ -125,7 +128,7 @@ void attend(const ModelConfig& c, unsigned threads, uint32_t layer, const float*
   // row may see: in a prefill this skips most of the masked upper triangle.
   constexpr Eigen::Index kQueryBlock = 64;
   // Heads are independent: each thread takes whole heads.
-  parallel_for(threads, c.heads, 1, [&](size_t hb, size_t he) {
+  return parallel_ranges(c.heads, int(threads), 1, [&](size_t hb, size_t he) {
     RowMatrix scores;
     for (size_t h = hb; h < he; ++h) {
       const Eigen::Index g = Eigen::Index(h / group);
@@ -370,7 +373,8 @@ Status Model::forward(std::span<const int32_t> tokens, KVState& kv, std::vector<
                       " exceed the model's seq_len " + std::to_string(c.seq_len));
 
   const size_t n = tokens.size(), dim = c.dim, kv_dim = c.kv_dim(), hidden = c.hidden_dim;
-  try {
+  // The layers, run on the state grown by n positions; any failure leaves the state as it was.
+  auto run = [&]() -> Status {
     std::vector<float> x(n * dim), xn(n * dim), q(n * dim), att(n * dim), h1(n * hidden),
         h3(n * hidden);
     for (size_t i = 0; i < n; ++i)
@@ -382,39 +386,44 @@ Status Model::forward(std::span<const int32_t> tokens, KVState& kv, std::vector<
       rmsnorm(x.data(), n, dim, w.rms_att + l * dim, xn.data());
       float* k_rows = kv.keys(l) + size_t(first) * kv_dim;
       float* v_rows = kv.values(l) + size_t(first) * kv_dim;
-      matmul(threads, xn.data(), n, w.wq + size_t(l) * dim * dim, dim, dim, q.data());
-      matmul(threads, xn.data(), n, w.wk + size_t(l) * kv_dim * dim, kv_dim, dim, k_rows);
-      matmul(threads, xn.data(), n, w.wv + size_t(l) * kv_dim * dim, kv_dim, dim, v_rows);
+      KVCODEC_RETURN_IF_ERROR(matmul(threads, xn.data(), n, w.wq + size_t(l) * dim * dim, dim, dim, q.data()));
+      KVCODEC_RETURN_IF_ERROR(matmul(threads, xn.data(), n, w.wk + size_t(l) * kv_dim * dim, kv_dim, dim, k_rows));
+      KVCODEC_RETURN_IF_ERROR(matmul(threads, xn.data(), n, w.wv + size_t(l) * kv_dim * dim, kv_dim, dim, v_rows));
       apply_rope(q.data(), n, dim, c.head_dim(), first);
       apply_rope(k_rows, n, kv_dim, c.head_dim(), first);
-      attend(c, threads, l, q.data(), n, first, kv, att.data());
+      KVCODEC_RETURN_IF_ERROR(attend(c, threads, l, q.data(), n, first, kv, att.data()));
       if (hooks) hooks->on_attention({l, first, uint32_t(n), q, att});
-      matmul(threads, att.data(), n, w.wo + size_t(l) * dim * dim, dim, dim, xn.data());
+      KVCODEC_RETURN_IF_ERROR(matmul(threads, att.data(), n, w.wo + size_t(l) * dim * dim, dim, dim, xn.data()));
       for (size_t i = 0; i < n * dim; ++i) x[i] += xn[i];
 
       // Feed-forward block: w2(silu(w1 x) * w3 x).
       rmsnorm(x.data(), n, dim, w.rms_ffn + l * dim, xn.data());
-      matmul(threads, xn.data(), n, w.w1 + size_t(l) * hidden * dim, hidden, dim, h1.data());
-      matmul(threads, xn.data(), n, w.w3 + size_t(l) * hidden * dim, hidden, dim, h3.data());
+      KVCODEC_RETURN_IF_ERROR(matmul(threads, xn.data(), n, w.w1 + size_t(l) * hidden * dim, hidden, dim, h1.data()));
+      KVCODEC_RETURN_IF_ERROR(matmul(threads, xn.data(), n, w.w3 + size_t(l) * hidden * dim, hidden, dim, h3.data()));
       for (size_t i = 0; i < n * hidden; ++i) {
         float v = h1[i];
         v *= 1.0f / (1.0f + std::exp(-v));
         h1[i] = v * h3[i];
       }
-      matmul(threads, h1.data(), n, w.w2 + size_t(l) * dim * hidden, dim, hidden, xn.data());
+      KVCODEC_RETURN_IF_ERROR(matmul(threads, h1.data(), n, w.w2 + size_t(l) * dim * hidden, dim, hidden, xn.data()));
       for (size_t i = 0; i < n * dim; ++i) x[i] += xn[i];
     }
 
     if (logits) {
       rmsnorm(x.data(), n, dim, w.rms_final, xn.data());
       logits->resize(n * c.vocab_size);
-      matmul(threads, xn.data(), n, w.wcls, c.vocab_size, dim, logits->data());
+      KVCODEC_RETURN_IF_ERROR(matmul(threads, xn.data(), n, w.wcls, c.vocab_size, dim, logits->data()));
     }
+    return Status::Ok();
+  };
+  Status status;
+  try {
+    status = run();
   } catch (const std::bad_alloc&) {
-    kv.truncate(first);
-    return ResourceExhausted("forward: out of memory");
+    status = ResourceExhausted("forward: out of memory");
   }
-  return Status::Ok();
+  if (!status.ok()) kv.truncate(first);
+  return status;
 }
 
 Status Model::attention_output(uint32_t layer, std::span<const float> queries,
@@ -432,8 +441,7 @@ Status Model::attention_output(uint32_t layer, std::span<const float> queries,
   } catch (const std::bad_alloc&) {
     return ResourceExhausted("attention_output: out of memory");
   }
-  attend(c, impl_->threads, layer, queries.data(), n, first_position, kv, out.data());
-  return Status::Ok();
+  return attend(c, impl_->threads, layer, queries.data(), n, first_position, kv, out.data());
 }
 
 int32_t argmax(std::span<const float> row) noexcept {

@@ -7,7 +7,7 @@
 #include <thread>
 
 #include "common/dtype.hpp"
-#include "parallel.hpp"
+#include "common/parallel.hpp"
 
 namespace kvcodec {
 namespace {
@@ -382,14 +382,14 @@ StatusOr<KVCache> make_synthetic(const KVShape& shape, DType dtype, uint64_t see
   // One task per (layer, K/V) tensor, each with its own seeded stream: the output does not
   // depend on how tasks are spread over threads.
   const unsigned threads = std::max(1u, std::thread::hardware_concurrency());
-  model_detail::parallel_for(threads, size_t(shape.layers) * 2, 1, [&](size_t b, size_t e) {
+  KVCODEC_RETURN_IF_ERROR(detail::parallel_ranges(size_t(shape.layers) * 2, int(threads), 1, [&](size_t b, size_t e) {
     for (size_t task = b; task < e; ++task) {
       const uint32_t layer = uint32_t(task / 2);
       const int kind = int(task % 2);
       const double depth = shape.layers > 1 ? double(layer) / double(shape.layers - 1) : 0.0;
       generate_tensor(cache, layer, kind, at_depth(stats, kind, depth), seed, cs, sn);
     }
-  });
+  }));
   return cache;
 }
 

@@ -7,6 +7,7 @@
 // pair wins ties), and entries whose symbols changed since they were queued are skipped.
 #include "kvcodec/tokenizer.hpp"
 
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -19,6 +20,8 @@ namespace {
 // A tokenizer file larger than this is not a tokenizer (tok512.bin is 6 KB; Llama's 32000-piece
 // vocabulary is under 500 KB).
 constexpr uint64_t kMaxTokenizerBytes = 64ull << 20;
+// Longest piece (bytes) and max_token_length a tokenizer may declare (Llama's longest is 16).
+constexpr int32_t kMaxPieceBytes = 1024;
 // run.c starts its best-score search at this value, so pieces scoring at or below it never merge.
 constexpr float kNoMergeScore = -1e10f;
 
@@ -66,7 +69,11 @@ StatusOr<Tokenizer> Tokenizer::load(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   std::string buf(size, '\0');
   if (!f || !f.read(buf.data(), std::streamsize(size))) return IoError("cannot read tokenizer " + path);
+  return parse(buf, path);
+}
 
+StatusOr<Tokenizer> Tokenizer::parse(std::string_view buf, const std::string& path) {
+  if (buf.size() > kMaxTokenizerBytes) return CorruptData("tokenizer file too large: " + path);
   size_t pos = 0;
   auto read_i32 = [&](int32_t& v) {
     if (buf.size() - pos < 4) return false;
@@ -74,8 +81,10 @@ StatusOr<Tokenizer> Tokenizer::load(const std::string& path) {
     pos += 4;
     return true;
   };
+  // max_token_length sizes run.c's merge buffer: it must cover the longest piece and stay small.
   int32_t max_len = 0;
-  if (!read_i32(max_len) || max_len < 0) return CorruptData("tokenizer header is malformed: " + path);
+  if (!read_i32(max_len) || max_len < 0 || max_len > kMaxPieceBytes)
+    return CorruptData("tokenizer header is malformed (max_token_length " + std::to_string(max_len) + "): " + path);
 
   Tokenizer t;
   while (pos < buf.size()) {
@@ -85,8 +94,11 @@ StatusOr<Tokenizer> Tokenizer::load(const std::string& path) {
     std::memcpy(&score, buf.data() + pos, 4);
     pos += 4;
     read_i32(len);
-    if (len < 0 || uint64_t(len) > buf.size() - pos)
+    if (len < 0 || uint64_t(len) > buf.size() - pos || len > max_len)
       return CorruptData("tokenizer piece length out of range: " + path);
+    // Scores order the merges (a strict weak order: NaN would break it) and are compared with
+    // kNoMergeScore: they must be finite.
+    if (!std::isfinite(score)) return CorruptData("tokenizer piece score is not finite: " + path);
     t.pieces_.emplace_back(buf.data() + pos, size_t(len));
     t.scores_.push_back(score);
     pos += size_t(len);

@@ -91,7 +91,88 @@ Status ControllerConfig::validate() const {
 
 // ---- Controller ---------------------------------------------------------------------------------
 
-Controller::Controller(ContextProfile profile, ControllerConfig config)
+struct Controller::Impl {
+  std::optional<Decision> next_request(double now_s);
+  Status on_chunk_received(uint32_t chunk, uint64_t bytes, double transfer_s, double now_s);
+  Status on_progress(uint32_t chunk, uint64_t bytes_received, double now_s);
+  Status on_chunk_ready(uint32_t chunk, double now_s);
+  StatusOr<Decision> fall_back_to_text(uint32_t chunk, double now_s);
+  std::optional<double> wake_s() const noexcept;
+  bool all_requested() const noexcept { return front_ == back_; }
+  bool all_ready() const noexcept;
+
+  struct ChunkState {
+    int option = kTextOption;
+    uint64_t bytes = 0;                                    // requested, setup included
+    uint64_t received = 0;                                 // on_progress
+    double request_s = -1, arrival_s = -1, ready_s = -1;  // -1: not yet
+  };
+  struct Prediction;  // every decided chunk replayed at the current estimate
+  Impl(ContextProfile profile, ControllerConfig config);
+  Prediction predict(double now_s) const;
+  // Every decided chunk replayed over a constant link of `gbps` (predict() at its estimate).
+  Prediction replay(double now_s, double gbps) const;
+  bool link_full(const Prediction& p) const;
+  // Cold start: the time the first KV bytes can be timed; probing while before it, unmeasured.
+  double probe_end_s(double now_s) const noexcept;
+  bool probing(double now_s) const noexcept;
+  bool guessing() const noexcept;  // nothing measured, and the prior is a guess
+  bool defer_text(double now_s, const Prediction& p) const;
+  double decoder_bound_gbps(uint32_t chunk, int option) const noexcept;
+  detail::PlanScore score_shape(double now_s, const Prediction& p,
+                                const detail::PlanShape& shape) const;
+  int equal_budget_choice(uint32_t chunk) const;
+  int smallest_option(uint32_t chunk) const;  // fewest bytes on the wire
+  detail::PlanShape plan_rest(double now_s, const Prediction& p, detail::PlanScore* score) const;
+  Decision decide(uint32_t chunk, int option, double now_s, double predicted_ttft_s);
+  std::optional<Decision> abandon_late_kv(double now_s, const Prediction& p);
+  // Bytes a request brings: the body, plus the option's setup bytes on its first use.
+  uint64_t request_bytes(uint32_t chunk, int option, uint64_t used_mask) const noexcept;
+
+  ContextProfile profile_;
+  ControllerConfig config_;
+  BandwidthEstimator estimator_;
+  bool text_allowed_ = false;
+  std::vector<int> by_quality_;              // option indices, best quality first
+  std::vector<std::vector<double>> work_s_;  // [chunk][option + 1]: decode / prefill seconds
+  std::vector<ChunkState> state_;
+  std::vector<uint32_t> request_order_;
+  std::vector<Decision> decisions_;
+  uint64_t used_mask_ = 0;  // options fetched at least once (setup paid)
+  double first_kv_request_s_ = -1;  // -1: no KV requested yet
+  double text_deferred_until_s_ = -1;  // a TEXT decision waits for the probe until then
+  // Undecided chunks are [front_, back_): decisions take the front (TEXT, and every decision
+  // of the in-order policies) or the back (the adaptive policy's KV requests).
+  uint32_t front_ = 0;
+  uint32_t back_ = 0;
+};
+
+Controller::Controller(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Controller::Controller(Controller&&) noexcept = default;
+Controller& Controller::operator=(Controller&&) noexcept = default;
+Controller::~Controller() = default;
+
+std::optional<Decision> Controller::next_request(double now_s) { return impl_->next_request(now_s); }
+Status Controller::on_chunk_received(uint32_t chunk, uint64_t bytes, double transfer_s, double now_s) {
+  return impl_->on_chunk_received(chunk, bytes, transfer_s, now_s);
+}
+Status Controller::on_progress(uint32_t chunk, uint64_t bytes_received, double now_s) {
+  return impl_->on_progress(chunk, bytes_received, now_s);
+}
+Status Controller::on_chunk_ready(uint32_t chunk, double now_s) { return impl_->on_chunk_ready(chunk, now_s); }
+StatusOr<Decision> Controller::fall_back_to_text(uint32_t chunk, double now_s) {
+  return impl_->fall_back_to_text(chunk, now_s);
+}
+std::optional<double> Controller::wake_s() const noexcept { return impl_->wake_s(); }
+bool Controller::all_requested() const noexcept { return impl_->all_requested(); }
+bool Controller::all_ready() const noexcept { return impl_->all_ready(); }
+const ContextProfile& Controller::profile() const noexcept { return impl_->profile_; }
+const ControllerConfig& Controller::config() const noexcept { return impl_->config_; }
+const BandwidthEstimator& Controller::estimator() const noexcept { return impl_->estimator_; }
+const std::vector<Decision>& Controller::decisions() const noexcept { return impl_->decisions_; }
+
+
+Controller::Impl::Impl(ContextProfile profile, ControllerConfig config)
     : profile_(std::move(profile)), config_(std::move(config)), estimator_(config_.estimator) {}
 
 StatusOr<Controller> Controller::create(ContextProfile profile, ControllerConfig config) {
@@ -110,7 +191,8 @@ StatusOr<Controller> Controller::create(ContextProfile profile, ControllerConfig
   } else if (profile.options.empty() && !text_ok) {
     return InvalidArgument("no way to fetch the context: no options and no prefill");
   }
-  Controller c(std::move(profile), std::move(config));
+  auto impl = std::make_unique<Impl>(std::move(profile), std::move(config));
+  Impl& c = *impl;
   c.text_allowed_ = text_ok;
   c.by_quality_ = detail::options_by_quality(c.profile_);
   c.state_.resize(n);
@@ -122,10 +204,10 @@ StatusOr<Controller> Controller::create(ContextProfile profile, ControllerConfig
     for (int o = kTextOption; o < int(c.profile_.options.size()); ++o)
       c.work_s_[i][size_t(o + 1)] = detail::chunk_work_seconds(c.profile_, c.config_.cost, i, o);
   }
-  return c;
+  return Controller(std::move(impl));
 }
 
-struct Controller::Prediction {
+struct Controller::Impl::Prediction {
   double gbps = 0;  // the bandwidth planned with
   detail::PipelineState state;
   std::vector<double> ready_s;  // per chunk; -1 for undecided
@@ -133,19 +215,19 @@ struct Controller::Prediction {
   double last_arrival_s = -1;
 };
 
-bool Controller::all_ready() const noexcept {
+bool Controller::Impl::all_ready() const noexcept {
   if (!all_requested()) return false;
   return std::all_of(state_.begin(), state_.end(), [](const ChunkState& s) { return s.ready_s >= 0; });
 }
 
-uint64_t Controller::request_bytes(uint32_t chunk, int option, uint64_t used_mask) const noexcept {
+uint64_t Controller::Impl::request_bytes(uint32_t chunk, int option, uint64_t used_mask) const noexcept {
   if (option == kTextOption) return 0;  // token ids are at the client already
   uint64_t b = profile_.chunk_bytes(chunk, option);
   if (!(used_mask >> option & 1)) b += profile_.options[size_t(option)].setup_bytes;
   return b;
 }
 
-Controller::Prediction Controller::predict(double now_s) const {
+Controller::Impl::Prediction Controller::Impl::predict(double now_s) const {
   // The bandwidth planned with: the estimate, or what the first KV chunk still arriving has
   // delivered so far (received bytes / time on the link) when that says more. The estimator only
   // learns from complete chunks; without this a link that collapses mid-chunk would go unnoticed
@@ -178,7 +260,7 @@ Controller::Prediction Controller::predict(double now_s) const {
   return replay(now_s, gbps);
 }
 
-Controller::Prediction Controller::replay(double now_s, double gbps) const {
+Controller::Impl::Prediction Controller::Impl::replay(double now_s, double gbps) const {
   // Replays every decided chunk at `gbps`, keeping what has been observed: measured arrivals
   // and ready times replace predictions, and nothing still pending is predicted to happen
   // before now.
@@ -223,14 +305,14 @@ Controller::Prediction Controller::replay(double now_s, double gbps) const {
   return p;
 }
 
-bool Controller::link_full(const Prediction& p) const {
+bool Controller::Impl::link_full(const Prediction& p) const {
   if (p.first_arrival_s < 0) return false;  // nothing outstanding
   // A request sent when the next chunk arrives reaches the server rtt/2 later; the link stays
   // busy if what is already outstanding lasts until then.
   return p.last_arrival_s >= p.first_arrival_s + config_.cost.rtt_s;
 }
 
-int Controller::equal_budget_choice(uint32_t c) const {
+int Controller::Impl::equal_budget_choice(uint32_t c) const {
   // CacheGen: each chunk gets slo / n; the best option whose transfer at the last measured
   // throughput fits it, else TEXT (else the smallest option when TEXT is unavailable).
   const double budget = config_.slo_s / profile_.chunks();
@@ -241,13 +323,13 @@ int Controller::equal_budget_choice(uint32_t c) const {
   return smallest_option(c);
 }
 
-int Controller::smallest_option(uint32_t c) const {
+int Controller::Impl::smallest_option(uint32_t c) const {
   return *std::min_element(by_quality_.begin(), by_quality_.end(), [&](int x, int y) {
     return profile_.chunk_bytes(c, x) < profile_.chunk_bytes(c, y);
   });
 }
 
-detail::PlanScore Controller::score_shape(double now_s, const Prediction& p,
+detail::PlanScore Controller::Impl::score_shape(double now_s, const Prediction& p,
                                           const detail::PlanShape& shape) const {
   // The undecided chunks [front_, back_) as if all were decided now and the bandwidth stayed
   // at p.gbps: shape.text TEXT chunks from the front (the GPU prefills in context order), the
@@ -272,7 +354,7 @@ detail::PlanScore Controller::score_shape(double now_s, const Prediction& p,
   return r;
 }
 
-detail::PlanShape Controller::plan_rest(double now_s, const Prediction& p,
+detail::PlanShape Controller::Impl::plan_rest(double now_s, const Prediction& p,
                                         detail::PlanScore* score_out) const {
   // Re-plans every undecided chunk at the estimate (score_shape).
   return detail::search_plans(
@@ -281,7 +363,7 @@ detail::PlanShape Controller::plan_rest(double now_s, const Prediction& p,
       [&](const detail::PlanShape& shape) { return score_shape(now_s, p, shape); }, score_out);
 }
 
-double Controller::probe_end_s(double now_s) const noexcept {
+double Controller::Impl::probe_end_s(double now_s) const noexcept {
   // The first KV request's bytes start arriving a round trip after it was sent; by the time
   // min_sample_bytes would take at the prior, their rate says whether the link is faster or
   // slower than the prior.
@@ -290,7 +372,7 @@ double Controller::probe_end_s(double now_s) const noexcept {
   return sent + config_.cost.rtt_s + double(e.min_sample_bytes) / detail::bytes_per_second(e.prior_gbps);
 }
 
-bool Controller::probing(double now_s) const noexcept {
+bool Controller::Impl::probing(double now_s) const noexcept {
   // Only for the lowest TTFT. Within an SLO the prior's caution is what the objective wants:
   // TEXT is exact, and probe requests committed at the cheapest option before the link is
   // known would cost quality wherever the link turns out fast.
@@ -298,11 +380,11 @@ bool Controller::probing(double now_s) const noexcept {
          now_s < probe_end_s(now_s);
 }
 
-bool Controller::guessing() const noexcept {
+bool Controller::Impl::guessing() const noexcept {
   return estimator_.samples() == 0 && !config_.estimator.prior_measured;
 }
 
-bool Controller::defer_text(double now_s, const Prediction& p) const {
+bool Controller::Impl::defer_text(double now_s, const Prediction& p) const {
   // Committing the front chunk to TEXT now puts a floor of its prefill under TTFT; waiting for
   // the probe delays the prefill queue by at most the wait. Wait only when the floor could cost
   // more than the wait: when fetching every undecided chunk as KV over an infinitely fast link
@@ -318,7 +400,7 @@ bool Controller::defer_text(double now_s, const Prediction& p) const {
   return floor_s - best_s > probe_end_s(now_s) - now_s;
 }
 
-Decision Controller::decide(uint32_t chunk, int option, double now_s, double predicted_ttft_s) {
+Decision Controller::Impl::decide(uint32_t chunk, int option, double now_s, double predicted_ttft_s) {
   Decision d;
   d.chunk = chunk;
   d.option = option;
@@ -336,7 +418,7 @@ Decision Controller::decide(uint32_t chunk, int option, double now_s, double pre
   return d;
 }
 
-std::optional<Decision> Controller::next_request(double now_s) {
+std::optional<Decision> Controller::Impl::next_request(double now_s) {
   if (all_requested() && config_.policy != Policy::kAdaptive) return std::nullopt;
   switch (config_.policy) {
     case Policy::kFixed:  // the plan needs no feedback: everything at once, in order
@@ -381,7 +463,7 @@ std::optional<Decision> Controller::next_request(double now_s) {
   return std::nullopt;
 }
 
-double Controller::decoder_bound_gbps(uint32_t chunk, int option) const noexcept {
+double Controller::Impl::decoder_bound_gbps(uint32_t chunk, int option) const noexcept {
   // The link rate beyond which the decoder, not the link, limits KV at this option.
   const double work = work_s_[chunk][size_t(option + 1)];
   if (!(work > 0)) return INFINITY;
@@ -389,12 +471,12 @@ double Controller::decoder_bound_gbps(uint32_t chunk, int option) const noexcept
   return std::max(estimator_.estimate_gbps(), gbps);
 }
 
-std::optional<double> Controller::wake_s() const noexcept {
+std::optional<double> Controller::Impl::wake_s() const noexcept {
   if (text_deferred_until_s_ < 0) return std::nullopt;
   return text_deferred_until_s_;
 }
 
-std::optional<Decision> Controller::abandon_late_kv(double now_s, const Prediction& p) {
+std::optional<Decision> Controller::Impl::abandon_late_kv(double now_s, const Prediction& p) {
   // The first chunk not yet ready is the one the prefill queue would take next. If it is a KV
   // chunk still on its way and recomputing it (every earlier chunk being ready) is predicted
   // to finish first, recompute it.
@@ -422,7 +504,7 @@ std::optional<Decision> Controller::abandon_late_kv(double now_s, const Predicti
   return std::nullopt;
 }
 
-Status Controller::on_chunk_received(uint32_t chunk, uint64_t bytes, double transfer_s, double now_s) {
+Status Controller::Impl::on_chunk_received(uint32_t chunk, uint64_t bytes, double transfer_s, double now_s) {
   if (chunk >= state_.size() || state_[chunk].request_s < 0)
     return OutOfRange("received a chunk that was not requested");
   ChunkState& st = state_[chunk];
@@ -433,7 +515,7 @@ Status Controller::on_chunk_received(uint32_t chunk, uint64_t bytes, double tran
   return Status::Ok();
 }
 
-Status Controller::on_progress(uint32_t chunk, uint64_t bytes_received, double /*now_s*/) {
+Status Controller::Impl::on_progress(uint32_t chunk, uint64_t bytes_received, double /*now_s*/) {
   if (chunk >= state_.size() || state_[chunk].request_s < 0)
     return OutOfRange("progress on a chunk that was not requested");
   ChunkState& st = state_[chunk];
@@ -443,7 +525,7 @@ Status Controller::on_progress(uint32_t chunk, uint64_t bytes_received, double /
   return Status::Ok();
 }
 
-Status Controller::on_chunk_ready(uint32_t chunk, double now_s) {
+Status Controller::Impl::on_chunk_ready(uint32_t chunk, double now_s) {
   if (chunk >= state_.size() || state_[chunk].request_s < 0)
     return OutOfRange("ready chunk was not requested");
   ChunkState& st = state_[chunk];
@@ -454,7 +536,7 @@ Status Controller::on_chunk_ready(uint32_t chunk, double now_s) {
   return Status::Ok();
 }
 
-StatusOr<Decision> Controller::fall_back_to_text(uint32_t chunk, double now_s) {
+StatusOr<Decision> Controller::Impl::fall_back_to_text(uint32_t chunk, double now_s) {
   if (chunk >= state_.size() || state_[chunk].request_s < 0)
     return OutOfRange("fallback for a chunk that was not requested");
   if (!text_allowed_) return Unavailable("no text fallback: the context has no text or no prefill");

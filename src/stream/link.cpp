@@ -17,7 +17,7 @@ constexpr uint64_t kMaxSlice = 4u << 20;
 }  // namespace
 
 Status LinkConfig::validate() const {
-  if (!std::isfinite(rtt_s) || rtt_s < 0 || rtt_s > 60) return InvalidArgument("rtt must be in [0, 60] s");
+  KVCODEC_RETURN_IF_ERROR(check_seconds(rtt_s, 60, "rtt"));
   if (trace) KVCODEC_RETURN_IF_ERROR(trace->validate());
   return Status::Ok();
 }

@@ -35,6 +35,17 @@ Status line_error(size_t line, std::string_view what) {
 
 }  // namespace
 
+Status check_link_gbps(double gbps, std::string_view what) {
+  if (std::isfinite(gbps) && gbps >= kMinLinkGbps && gbps <= kMaxLinkGbps) return Status::Ok();
+  return InvalidArgument(std::string(what) + " must be a bandwidth in [1e-6, 1e6] Gb/s, got " + std::to_string(gbps));
+}
+
+Status check_seconds(double s, double max_s, std::string_view what) {
+  if (std::isfinite(s) && s >= 0 && s <= max_s && (s == 0 || std::isnormal(s))) return Status::Ok();
+  return InvalidArgument(std::string(what) + " must be a time in [0, " + std::to_string(max_s) + "] s, got " +
+                         std::to_string(s));
+}
+
 LinkTrace LinkTrace::constant(double gbps) { return LinkTrace{{{0.0, gbps}}}; }
 
 Status LinkTrace::validate() const {
@@ -42,10 +53,10 @@ Status LinkTrace::validate() const {
   if (steps.size() > kMaxTraceSteps) return ResourceExhausted("trace has too many steps");
   if (steps.front().time_s != 0) return InvalidArgument("trace must start at time 0");
   for (size_t i = 0; i < steps.size(); ++i) {
-    if (!(steps[i].gbps > 0) || !std::isfinite(steps[i].gbps))
-      return InvalidArgument("trace bandwidth must be > 0 and finite");
-    if ((i > 0 && !(steps[i].time_s > steps[i - 1].time_s)) || !std::isfinite(steps[i].time_s))
-      return InvalidArgument("trace times must be finite and strictly increasing");
+    KVCODEC_RETURN_IF_ERROR(check_link_gbps(steps[i].gbps, "trace bandwidth"));
+    KVCODEC_RETURN_IF_ERROR(check_seconds(steps[i].time_s, kMaxTraceSeconds, "trace time"));
+    if (i > 0 && !(steps[i].time_s > steps[i - 1].time_s))
+      return InvalidArgument("trace times must strictly increase");
   }
   return Status::Ok();
 }
@@ -64,10 +75,8 @@ StatusOr<LinkTrace> LinkTrace::parse(std::string_view text) {
     if (!take_number(line, &step.time_s) || !take_number(line, &step.gbps))
       return line_error(line_no, "expected \"time_s gbps\"");
     if (!trim(line).empty()) return line_error(line_no, "unexpected text after \"time_s gbps\"");
-    if (!std::isfinite(step.time_s) || step.time_s < 0)
-      return line_error(line_no, "time must be finite and >= 0");
-    if (!(step.gbps > 0) || !std::isfinite(step.gbps))
-      return line_error(line_no, "bandwidth must be > 0 and finite");
+    if (Status s = check_seconds(step.time_s, kMaxTraceSeconds, "time"); !s.ok()) return line_error(line_no, s.message());
+    if (Status s = check_link_gbps(step.gbps, "bandwidth"); !s.ok()) return line_error(line_no, s.message());
     if (trace.steps.empty() && step.time_s != 0) return line_error(line_no, "first step must be at time 0");
     if (!trace.steps.empty() && !(step.time_s > trace.steps.back().time_s))
       return line_error(line_no, "times must strictly increase");

@@ -2,6 +2,7 @@
 #include "kvcodec/simulator.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <queue>
 #include <tuple>
 
@@ -38,31 +39,75 @@ void summarize(const ContextProfile& p, const ControllerConfig& config, SimResul
     r->bits_per_element = 8.0 * double(r->bytes) / (double(p.elements_per_token) * tokens);
 }
 
-// Scores a whole plan with every chunk decided at time 0, in context order, as Policy::kFixed
-// runs it.
+// Adds chunk c at option o to a plan whose chunks 0..c-1 are in `s` (every chunk decided at
+// time 0, in context order, as Policy::kFixed runs it); `used` marks the options whose frame
+// head is already fetched; r.distortion accumulates.
+void add_fixed_chunk(const ContextProfile& p, const CostModel& cost, const std::vector<std::vector<double>>& work_s,
+                     const LinkTrace& link, uint32_t c, int o, detail::PipelineState& s, uint64_t& used,
+                     detail::PlanScore& r) {
+  const double work = work_s[c][size_t(o + 1)];
+  if (o == kTextOption) {
+    // In context order, every earlier chunk is already in s.ready_max_s.
+    detail::advance_text(s, 0.0, s.ready_max_s, work);
+    return;
+  }
+  uint64_t bytes = p.chunk_bytes(c, o);
+  if (!(used >> o & 1)) bytes += p.options[size_t(o)].setup_bytes;
+  used |= uint64_t(1) << o;
+  detail::advance_kv(s, link, cost.rtt_s, 0.0, bytes, work);
+  r.distortion += p.chunk_tokens[c] * p.distortion(o);
+}
+
+// Scores a whole plan.
 detail::PlanScore score_fixed(const ContextProfile& p, const CostModel& cost,
                               const std::vector<std::vector<double>>& work_s,
                               const LinkTrace& link, const std::vector<int>& plan) {
   detail::PipelineState s;
   detail::PlanScore r;
   uint64_t used = 0;
-  for (uint32_t c = 0; c < p.chunks(); ++c) {
-    const int o = plan[c];
-    const double work = work_s[c][size_t(o + 1)];
-    if (o == kTextOption) {
-      // In context order, every earlier chunk is already in s.ready_max_s.
-      detail::advance_text(s, 0.0, s.ready_max_s, work);
-    } else {
-      uint64_t bytes = p.chunk_bytes(c, o);
-      if (!(used >> o & 1)) bytes += p.options[size_t(o)].setup_bytes;
-      used |= uint64_t(1) << o;
-      detail::advance_kv(s, link, cost.rtt_s, 0.0, bytes, work);
-      r.distortion += p.chunk_tokens[c] * p.distortion(o);
-    }
-  }
+  for (uint32_t c = 0; c < p.chunks(); ++c) add_fixed_chunk(p, cost, work_s, link, c, plan[c], s, used, r);
   r.ttft_s = s.ready_max_s + cost.first_token_s;
   return r;
 }
+
+// Plans at most this many (choices^chunks) are searched exactly.
+constexpr double kExactPlans = 1 << 22;
+
+// Exact search: every plan, depth first in context order with the pipeline state carried
+// along. A branch is cut as soon as the best plan so far is better than what the branch has
+// already spent (its ready time and distortion only grow as chunks are added), so the result is
+// the best plan of all, found in far fewer steps than choices^chunks.
+struct ExactSearch {
+  const ContextProfile& p;
+  const CostModel& cost;
+  const std::vector<std::vector<double>>& work_s;
+  const LinkTrace& link;
+  const std::vector<int>& choices;
+  Objective objective;
+  double target_s;
+  std::vector<int> plan, best_plan;
+  detail::PlanScore best;
+
+  void run(uint32_t c, const detail::PipelineState& s, uint64_t used, const detail::PlanScore& spent) {
+    const detail::PlanScore so_far{s.ready_max_s + cost.first_token_s, spent.distortion};
+    if (detail::better(best, so_far, objective, target_s)) return;
+    if (c == p.chunks()) {
+      if (detail::better(so_far, best, objective, target_s)) {
+        best = so_far;
+        best_plan = plan;
+      }
+      return;
+    }
+    for (int o : choices) {
+      detail::PipelineState next = s;
+      uint64_t next_used = used;
+      detail::PlanScore next_spent = spent;
+      add_fixed_chunk(p, cost, work_s, link, c, o, next, next_used, next_spent);
+      plan[c] = o;
+      run(c + 1, next, next_used, next_spent);
+    }
+  }
+};
 
 }  // namespace
 
@@ -195,6 +240,13 @@ StatusOr<std::vector<int>> oracle_plan(const ContextProfile& profile,
       }
     }
     if (!improved) break;
+  }
+  // Few enough plans: search them all, starting from the plan found above (it cuts most
+  // branches at once).
+  if (std::pow(double(choices.size()), double(n)) <= kExactPlans) {
+    ExactSearch exact{profile, config.cost, work_s, link, choices, config.objective, target, plan, plan, best};
+    exact.run(0, detail::PipelineState{}, 0, detail::PlanScore{});
+    plan = exact.best_plan;
   }
   return plan;
 }

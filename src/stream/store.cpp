@@ -3,49 +3,88 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <chrono>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <map>
 #include <mutex>
+#include <optional>
 
 #include "kvcodec/store.hpp"
+#include "percent.hpp"
 #include "store_redis.hpp"
 
 namespace kvcodec {
 
 namespace {
 
+// Values with an optional expiry, checked when a key is read (lazy, like Redis' passive expiry).
 class MemStore final : public Store {
  public:
   Status put(std::string_view key, std::span<const uint8_t> value) override {
+    KeyValue kv{key, value};
+    return put_many({&kv, 1}, {});
+  }
+  Status put_many(std::span<const KeyValue> items, const WriteOptions& options) override {
+    const auto expires = options.ttl_seconds ? Clock::now() + std::chrono::seconds(options.ttl_seconds)
+                                             : Clock::time_point::max();
     std::lock_guard lock(mu_);
-    map_[std::string(key)].assign(value.begin(), value.end());
+    for (const KeyValue& kv : items) {
+      Entry& e = map_[std::string(kv.key)];
+      e.value.assign(kv.value.begin(), kv.value.end());
+      e.expires = expires;
+    }
     return Status::Ok();
   }
   StatusOr<std::vector<uint8_t>> get(std::string_view key) override {
     std::lock_guard lock(mu_);
-    auto it = map_.find(std::string(key));
+    auto it = live(key);
     if (it == map_.end()) return NotFound("mem: no key " + std::string(key));
-    return it->second;
+    return it->second.value;
   }
   StatusOr<bool> exists(std::string_view key) override {
     std::lock_guard lock(mu_);
-    return map_.count(std::string(key)) > 0;
+    return live(key) != map_.end();
   }
   Status remove(std::string_view key) override {
     std::lock_guard lock(mu_);
     map_.erase(std::string(key));
     return Status::Ok();
   }
+  StatusOr<std::vector<std::string>> list_keys(std::string_view prefix) override {
+    std::lock_guard lock(mu_);
+    std::vector<std::string> keys;
+    const auto now = Clock::now();
+    for (auto it = map_.lower_bound(prefix); it != map_.end() && it->first.rfind(prefix, 0) == 0; ++it)
+      if (it->second.expires > now) keys.push_back(it->first);
+    return keys;
+  }
   const std::string& uri() const noexcept override { return uri_; }
 
  private:
+  using Clock = std::chrono::steady_clock;
+  struct Entry {
+    std::vector<uint8_t> value;
+    Clock::time_point expires;
+  };
+  using Map = std::map<std::string, Entry, std::less<>>;
+  // The entry of `key` unless it is missing or expired (an expired one is erased).
+  Map::iterator live(std::string_view key) {
+    auto it = map_.find(key);
+    if (it != map_.end() && it->second.expires <= Clock::now()) {
+      map_.erase(it);
+      return map_.end();
+    }
+    return it;
+  }
+
   const std::string uri_ = "mem:";
   std::mutex mu_;
-  std::map<std::string, std::vector<uint8_t>, std::less<>> map_;
+  Map map_;
 };
 
 std::string errno_text(const std::string& what) { return what + ": " + std::strerror(errno); }
@@ -117,6 +156,25 @@ class FileStore final : public Store {
     return Status::Ok();
   }
 
+  Status put_many(std::span<const KeyValue> items, const WriteOptions& options) override {
+    if (options.ttl_seconds) return InvalidArgument("file store: values cannot expire (no TTL support)");
+    return Store::put_many(items, options);
+  }
+
+  StatusOr<std::vector<std::string>> list_keys(std::string_view prefix) override {
+    std::vector<std::string> keys;
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(dir_, ec)) {
+      const std::string name = entry.path().filename().string();
+      if (name.rfind(".tmp.", 0) == 0) continue;  // a write in progress
+      auto key = percent_decode(name);  // path_of's inverse
+      if (key && key->rfind(prefix, 0) == 0) keys.push_back(std::move(*key));
+    }
+    if (ec) return IoError("file store: list " + dir_.string() + ": " + ec.message());
+    std::sort(keys.begin(), keys.end());
+    return keys;
+  }
+
   const std::string& uri() const noexcept override { return uri_; }
 
  private:
@@ -153,6 +211,24 @@ class FileStore final : public Store {
 
 }  // namespace
 
+Status Store::put_many(std::span<const KeyValue> items, const WriteOptions& options) {
+  if (options.ttl_seconds) return InvalidArgument(uri() + ": this store cannot expire values");
+  for (const KeyValue& kv : items) KVCODEC_RETURN_IF_ERROR(put(kv.key, kv.value));
+  return Status::Ok();
+}
+
+std::vector<StatusOr<std::vector<uint8_t>>> Store::get_many(std::span<const std::string> keys) {
+  std::vector<StatusOr<std::vector<uint8_t>>> out;
+  out.reserve(keys.size());
+  for (const std::string& k : keys) out.push_back(get(k));
+  return out;
+}
+
+Status Store::remove_many(std::span<const std::string> keys) {
+  for (const std::string& k : keys) KVCODEC_RETURN_IF_ERROR(remove(k));
+  return Status::Ok();
+}
+
 StatusOr<std::unique_ptr<Store>> open_store(std::string_view uri, const StoreOptions& options) {
   if (uri == "mem:") return std::unique_ptr<Store>(new MemStore());
   if (uri.rfind("file:", 0) == 0) {
@@ -164,9 +240,12 @@ StatusOr<std::unique_ptr<Store>> open_store(std::string_view uri, const StoreOpt
       return IoError("file store: cannot create directory " + dir.string());
     return std::unique_ptr<Store>(new FileStore(std::string(uri), dir));
   }
-  if (uri.rfind("redis://", 0) == 0) return open_redis_store(uri, options);
+  for (std::string_view scheme : {"redis://", "valkey://"})
+    if (uri.rfind(scheme, 0) == 0) return open_redis_store(uri, options);
+  for (std::string_view scheme : {"redis-cluster://", "valkey-cluster://"})
+    if (uri.rfind(scheme, 0) == 0) return open_redis_cluster_store(uri, options);
   return InvalidArgument("unknown store URI '" + std::string(uri) +
-                         "' (expected mem:, file:DIR or redis://HOST:PORT)");
+                         "' (expected mem:, file:DIR, redis://HOST:PORT or redis-cluster://HOST:PORT,...)");
 }
 
 }  // namespace kvcodec

@@ -59,6 +59,7 @@ StatusOr<Manifest> put_context(Store& store, std::string_view id, const KVView& 
   m.chunk_tokens = options.chunk_tokens;
   m.text_tokens = options.text_tokens;
 
+  const WriteOptions write{options.ttl_seconds};
   std::vector<uint8_t> frame;
   KVCache scratch;  // decoded level, when measuring
   for (int level : levels) {
@@ -82,14 +83,20 @@ StatusOr<Manifest> put_context(Store& store, std::string_view id, const KVView& 
     ml.head_bytes = info.head_bytes;
     auto head = bytes.first(info.head_bytes);
     ml.head_checksum = detail::xxh64(head.data(), head.size());
-    KVCODEC_RETURN_IF_ERROR(store.put(head_key(id, level), head).with_context(where));
+    // The level's head and bodies in one batch (one pipelined round trip on Redis).
+    std::vector<std::string> keys;
+    keys.reserve(info.chunks.size() + 1);  // items point into keys: no reallocation below
+    keys.push_back(head_key(id, level));
+    std::vector<KeyValue> items = {{keys[0], head}};
     for (uint32_t c = 0; c < info.chunks.size(); ++c) {
       const ChunkInfo& ci = info.chunks[c];
       if (ci.offset + ci.size > n) return Internal(where + ": chunk outside the frame");
       auto body = bytes.subspan(ci.offset, ci.size);
       ml.chunks.push_back({ci.size, detail::xxh64(body.data(), body.size())});
-      KVCODEC_RETURN_IF_ERROR(store.put(chunk_key(id, level, c), body).with_context(where));
+      keys.push_back(chunk_key(id, level, c));
+      items.push_back({keys.back(), body});
     }
+    KVCODEC_RETURN_IF_ERROR(store.put_many(items, write).with_context(where));
     if (options.measure) {
       if (!scratch.data.size()) {
         KVCODEC_ASSIGN_OR_RETURN(scratch, KVCache::allocate(kv.dtype, kv.shape));
@@ -108,7 +115,10 @@ StatusOr<Manifest> put_context(Store& store, std::string_view id, const KVView& 
     m.levels.push_back(std::move(ml));
   }
   // Last: a manifest that can be read always describes pieces that are all in the store.
-  KVCODEC_RETURN_IF_ERROR(store.put(manifest_key(id), serialize_manifest(m)).with_context("put manifest"));
+  const std::string key = manifest_key(id);
+  const std::vector<uint8_t> manifest = serialize_manifest(m);
+  const KeyValue item{key, manifest};
+  KVCODEC_RETURN_IF_ERROR(store.put_many({&item, 1}, write).with_context("put manifest"));
   return m;
 }
 
@@ -137,13 +147,26 @@ StatusOr<std::vector<uint8_t>> get_chunk(Store& store, std::string_view id, cons
 
 Status remove_context(Store& store, std::string_view id) {
   KVCODEC_ASSIGN_OR_RETURN(Manifest m, get_manifest(store, id));
-  KVCODEC_RETURN_IF_ERROR(store.remove(manifest_key(id)));
+  std::vector<std::string> keys = {manifest_key(id)};  // first: the context disappears at once
   for (const auto& l : m.levels) {
-    KVCODEC_RETURN_IF_ERROR(store.remove(head_key(id, l.level)));
-    for (uint32_t c = 0; c < l.chunks.size(); ++c)
-      KVCODEC_RETURN_IF_ERROR(store.remove(chunk_key(id, l.level, c)));
+    keys.push_back(head_key(id, l.level));
+    for (uint32_t c = 0; c < l.chunks.size(); ++c) keys.push_back(chunk_key(id, l.level, c));
   }
-  return Status::Ok();
+  return store.remove_many(keys);
+}
+
+StatusOr<std::vector<std::string>> list_contexts(Store& store) {
+  constexpr std::string_view kPrefix = "kvc:{", kSuffix = "}:manifest";
+  KVCODEC_ASSIGN_OR_RETURN(auto keys, store.list_keys(kPrefix));
+  std::vector<std::string> ids;
+  for (const std::string& k : keys) {
+    if (k.size() <= kPrefix.size() + kSuffix.size() || k.compare(k.size() - kSuffix.size(), kSuffix.size(), kSuffix) != 0)
+      continue;
+    std::string id = k.substr(kPrefix.size(), k.size() - kPrefix.size() - kSuffix.size());
+    if (validate_context_id(id).ok() && manifest_key(id) == k) ids.push_back(std::move(id));
+  }
+  std::sort(ids.begin(), ids.end());
+  return ids;
 }
 
 }  // namespace kvcodec

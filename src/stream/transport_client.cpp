@@ -307,6 +307,11 @@ Status Fetcher::fetch_manifest() {
   uint8_t hdr[kMessageHeaderBytes];
   KVCODEC_RETURN_IF_ERROR(recv_exact(fd_, hdr, o_.io_timeout_ms));
   KVCODEC_ASSIGN_OR_RETURN(MessageHeader h, decode_header(hdr));
+  // Bounded before allocating: a server (or whatever answers on its port) may claim 4 GiB.
+  const uint64_t limit = h.type == MsgType::kError ? kMaxErrorPayload : o_.max_manifest_bytes;
+  if (h.payload_bytes > limit)
+    return ResourceExhausted("manifest response of " + std::to_string(h.payload_bytes) + " bytes, over the limit of " +
+                             std::to_string(limit));
   std::vector<uint8_t> payload(h.payload_bytes);
   KVCODEC_RETURN_IF_ERROR(recv_exact(fd_, payload, o_.io_timeout_ms));
   report_->bytes += kMessageHeaderBytes + payload.size();
@@ -419,7 +424,7 @@ Status Fetcher::pump_socket() {
         return reconnect(CorruptData("response to a request that is not outstanding"));
       const Outstanding& q = outstanding_.front();
       const uint64_t limit =
-          h->type == MsgType::kError ? 4096
+          h->type == MsgType::kError ? kMaxErrorPayload
                                      : 8 + (q.with_head ? manifest_.find_level(q.level)->head_bytes : 0) +
                                            manifest_.find_level(q.level)->chunks[q.chunk].size;
       if (h->payload_bytes > limit || (h->type != MsgType::kChunk && h->type != MsgType::kError))

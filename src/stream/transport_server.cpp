@@ -4,6 +4,12 @@
 // from the store at once, so store latency overlaps the link) and a sender (releases responses
 // in request order on the emulated link's schedule). stop() shuts every socket down, which
 // unblocks all of them.
+//
+// Hostile peers (issue 11): the reader stops reading while its connection's unsent responses,
+// or all connections', are at their limit (TCP backpressure instead of an unbounded queue); a
+// request must arrive, and a response leave, without a pause over request_timeout_ms (sockets
+// have SO_SNDTIMEO); idle connections are closed after idle_timeout_ms, and when the
+// connection limits are reached the idlest idle connection makes room for the new one.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -12,6 +18,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -30,6 +37,11 @@ using namespace stream_detail;
 
 namespace {
 constexpr int kPollMs = 100;  // how often blocked threads look at the stop flag
+
+int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
 }  // namespace
 
 struct Server::Impl {
@@ -53,16 +65,28 @@ struct Server::Impl {
 
   struct Connection {
     int fd = -1;
+    uint32_t peer = 0;  // IPv4 address
     std::thread thread;
     std::atomic<bool> done{false};
+    std::atomic<bool> evicted{false};
+    std::atomic<int64_t> last_active_ms{0};  // last request received or response sent
+    uint64_t inflight = 0;                   // unsent response bytes (budget_mu)
   };
   std::mutex conns_mu;
   std::list<Connection> conns;
+
+  // Response bytes answered but not yet sent (Connection::inflight and their sum).
+  std::mutex budget_mu;
+  std::condition_variable budget_cv;
+  uint64_t inflight_total = 0;
 
   explicit Impl(std::shared_ptr<Store> s, const ServerOptions& o)
       : store(std::move(s)), options(o), link(o.link) {}
 
   void accept_loop();
+  bool admit(uint32_t peer);
+  bool wait_for_room(Connection& c);
+  void hold(Connection& c, int64_t bytes);
   void serve(Connection& c);
   std::vector<uint8_t> answer(const MessageHeader& h, std::span<const uint8_t> payload, MsgType* type);
   StatusOr<Manifest> manifest_for(const std::string& id);
@@ -78,7 +102,12 @@ struct Server::Impl {
 StatusOr<std::unique_ptr<Server>> Server::start(std::shared_ptr<Store> store, const ServerOptions& options) {
   if (!store) return InvalidArgument("server: no store");
   KVCODEC_RETURN_IF_ERROR(options.link.validate().with_context("server link"));
-  if (options.max_connections < 1) return InvalidArgument("server: max_connections must be >= 1");
+  if (options.max_connections < 1 || options.max_connections_per_peer < 1)
+    return InvalidArgument("server: max_connections and max_connections_per_peer must be >= 1");
+  if (options.idle_timeout_ms < 1 || options.request_timeout_ms < 1)
+    return InvalidArgument("server: idle_timeout_ms and request_timeout_ms must be >= 1");
+  if (options.max_inflight_bytes_per_connection < 1 || options.max_inflight_bytes < 1)
+    return InvalidArgument("server: in-flight byte limits must be >= 1");
   auto impl = std::make_unique<Impl>(std::move(store), options);
 
   sockaddr_in addr{};
@@ -90,7 +119,7 @@ StatusOr<std::unique_ptr<Server>> Server::start(std::shared_ptr<Store> store, co
   if (fd < 0) return IoError(std::string("server: socket: ") + std::strerror(errno));
   int one = 1;
   ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(fd, 64) != 0) {
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(fd, SOMAXCONN) != 0) {
     Status s = Unavailable("server: cannot listen on " + options.host + ":" + std::to_string(options.port) +
                            ": " + std::strerror(errno));
     ::close(fd);
@@ -130,7 +159,10 @@ void Server::stop() {
   ::close(impl_->listen_fd);
   std::lock_guard lock(impl_->conns_mu);
   for (auto& c : impl_->conns) ::shutdown(c.fd, SHUT_RDWR);
-  for (auto& c : impl_->conns) c.thread.join();
+  for (auto& c : impl_->conns) {
+    c.thread.join();
+    ::close(c.fd);
+  }
   impl_->conns.clear();
 }
 
@@ -138,22 +170,29 @@ void Server::Impl::accept_loop() {
   while (!stopping) {
     pollfd p{listen_fd, POLLIN, 0};
     if (::poll(&p, 1, kPollMs) <= 0) continue;
-    int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+    sockaddr_in peer_addr{};
+    socklen_t peer_len = sizeof peer_addr;
+    int fd = ::accept4(listen_fd, reinterpret_cast<sockaddr*>(&peer_addr), &peer_len, SOCK_CLOEXEC);
     if (fd < 0) continue;
     int one = 1;
     ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    const timeval send_timeout{options.request_timeout_ms / 1000, (options.request_timeout_ms % 1000) * 1000};
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &send_timeout, sizeof send_timeout);
     std::lock_guard lock(conns_mu);
     // Reap finished connections.
     for (auto it = conns.begin(); it != conns.end();) {
       if (it->done) {
         it->thread.join();
+        ::close(it->fd);
         it = conns.erase(it);
       } else {
         ++it;
       }
     }
-    if (int(conns.size()) >= options.max_connections) {
+    if (!admit(peer_addr.sin_addr.s_addr)) {
       ::close(fd);  // refused: the client sees the connection closed and reports it
+      std::lock_guard s(stats_mu);
+      ++stats.refused;
       continue;
     }
     {
@@ -162,8 +201,63 @@ void Server::Impl::accept_loop() {
     }
     Connection& c = conns.emplace_back();
     c.fd = fd;
+    c.peer = peer_addr.sin_addr.s_addr;
+    c.last_active_ms = now_ms();
     c.thread = std::thread([this, &c] { serve(c); });
   }
+}
+
+// Whether a new connection from `peer` may be served (conns_mu held): within the limits, or after
+// closing the idlest connection without responses in flight in the scope that is full (the
+// peer's own connections first, else all). False when every connection of that scope is busy.
+bool Server::Impl::admit(uint32_t peer) {
+  int total = 0, same = 0;
+  for (const Connection& c : conns)
+    if (!c.done && !c.evicted) {
+      ++total;
+      same += c.peer == peer;
+    }
+  const bool peer_full = same >= options.max_connections_per_peer;
+  if (!peer_full && total < options.max_connections) return true;
+  Connection* victim = nullptr;
+  {
+    std::lock_guard budget(budget_mu);
+    for (Connection& c : conns)
+      if (!c.done && !c.evicted && (!peer_full || c.peer == peer) && c.inflight == 0 &&
+          (!victim || c.last_active_ms < victim->last_active_ms))
+        victim = &c;
+  }
+  if (!victim) return false;
+  victim->evicted = true;
+  ::shutdown(victim->fd, SHUT_RDWR);  // its reader and sender end; reaped later
+  std::lock_guard s(stats_mu);
+  ++stats.evicted;
+  return true;
+}
+
+// Waits until connection c may read another request: its unsent responses and everyone's below
+// their limits. False when the server stops or c is evicted.
+bool Server::Impl::wait_for_room(Connection& c) {
+  std::unique_lock lock(budget_mu);
+  while (c.inflight >= options.max_inflight_bytes_per_connection || inflight_total >= options.max_inflight_bytes) {
+    if (stopping || c.evicted) return false;
+    budget_cv.wait_for(lock, std::chrono::milliseconds(kPollMs));
+  }
+  return !stopping && !c.evicted;
+}
+
+// Adds (bytes > 0: answered) or removes (< 0: sent or dropped) unsent response bytes of c.
+void Server::Impl::hold(Connection& c, int64_t bytes) {
+  {
+    std::lock_guard lock(budget_mu);
+    c.inflight += uint64_t(bytes);
+    inflight_total += uint64_t(bytes);
+    if (bytes > 0) {
+      std::lock_guard s(stats_mu);
+      stats.peak_inflight_bytes = std::max(stats.peak_inflight_bytes, inflight_total);
+    }
+  }
+  if (bytes < 0) budget_cv.notify_all();
 }
 
 StatusOr<Manifest> Server::Impl::manifest_for(const std::string& id) {
@@ -186,7 +280,7 @@ std::vector<uint8_t> Server::Impl::answer(const MessageHeader& h, std::span<cons
     out.type = MsgType::kError;
     out.code = uint32_t(s.code());
     *type = out.type;
-    const std::string text = s.message();
+    const std::string text = std::string(s.message()).substr(0, kMaxErrorPayload);  // what clients accept
     return make_message(out, std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size()));
   };
   auto req = decode_request_payload(h.type, payload);
@@ -305,29 +399,46 @@ void Server::Impl::serve(Connection& c) {
         queue.pop_front();
       }
       send_response(c.fd, p.msg, p.arrival_s, p.is_chunk, &dropped);
+      hold(c, -int64_t(p.msg.size()));
+      c.last_active_ms = now_ms();
     }
     if (dropped) ::shutdown(c.fd, SHUT_RDWR);  // unblocks the reader
   });
 
   uint8_t hdr[kMessageHeaderBytes];
-  while (!stopping) {
-    // Wait for a request, looking at the stop flag now and then.
+  const int timeout = options.request_timeout_ms;
+  while (!stopping && wait_for_room(c)) {
+    // Wait for a request, looking at the stop flag and the idle time now and then.
     pollfd p{c.fd, POLLIN, 0};
     int rc = ::poll(&p, 1, kPollMs);
-    if (rc == 0) continue;
-    if (rc < 0 || !recv_exact(c.fd, hdr, 5000).ok()) break;
+    if (rc == 0) {
+      bool idle;
+      {
+        std::lock_guard lock(budget_mu);
+        idle = c.inflight == 0;
+      }
+      if (idle && now_ms() - c.last_active_ms > options.idle_timeout_ms) {
+        std::lock_guard s(stats_mu);
+        ++stats.idle_closed;
+        break;
+      }
+      continue;
+    }
+    if (rc < 0 || !recv_exact(c.fd, hdr, timeout).ok()) break;
     auto h = decode_header(hdr);
     if (!h.ok() || h->payload_bytes > kMaxRequestPayload ||
         (h->type != MsgType::kGetManifest && h->type != MsgType::kGetChunk))
       break;  // a peer that does not speak the protocol: close
     std::vector<uint8_t> payload(h->payload_bytes);
-    if (!recv_exact(c.fd, payload, 5000).ok()) break;
+    if (!recv_exact(c.fd, payload, timeout).ok()) break;
+    c.last_active_ms = now_ms();
     // Chunk requests go through the emulated link (and start its clock); manifest requests are
     // the client's setup and are answered at once.
     const double arrival = h->type == MsgType::kGetChunk ? link.now_s() : -1;
     MsgType type = MsgType::kError;
     std::vector<uint8_t> msg = answer(*h, payload, &type);
     count(1, type == MsgType::kError ? 1 : 0, 0);
+    hold(c, int64_t(msg.size()));
     std::lock_guard lock(mu);
     queue.push_back({std::move(msg), arrival, type == MsgType::kChunk});
     cv.notify_one();
@@ -335,13 +446,13 @@ void Server::Impl::serve(Connection& c) {
   {
     std::lock_guard lock(mu);
     reader_done = true;
+    for (const Pending& p : queue) hold(c, -int64_t(p.msg.size()));
     queue.clear();
   }
   cv.notify_one();
   ::shutdown(c.fd, SHUT_RDWR);
   sender.join();
-  ::close(c.fd);
-  link.connection_closed();
+  link.connection_closed();  // the fd is closed when the connection is reaped (under conns_mu)
   c.done = true;
 }
 

@@ -30,6 +30,8 @@ inline constexpr uint16_t kWireVersion = 1;
 inline constexpr size_t kMessageHeaderBytes = 32;
 inline constexpr uint64_t kMaxRequestPayload = 1024;
 inline constexpr uint64_t kMaxResponsePayload = 4ull << 30;
+// An error response's message (the client rejects longer ones before reading them).
+inline constexpr uint64_t kMaxErrorPayload = 4096;
 
 enum class MsgType : uint16_t {
   kGetManifest = 1,

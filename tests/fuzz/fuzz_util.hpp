@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "common/xxh64.hpp"
+#include "common/checksum.hpp"
 #include "kvcodec/format.hpp"
 #include "kvcodec/io.hpp"
 
@@ -33,20 +33,42 @@ inline std::optional<KVCache> small_destination(const FrameInfo& info) {
 }
 
 // A copy of `in` whose frame-head checksum is correct, so that mutations of the head reach the
-// model-section and chunk-index parsers instead of stopping at the checksum. The checksum is
-// XXH64 (seed 0) of header bytes 0..55 then bytes 64..head_bytes-1, stored at bytes 56..63
-// (docs/format.md, "Header"). Inputs whose header does not parse are returned unchanged.
+// model-section and chunk-index parsers instead of stopping at the checksum. The checksum covers
+// header bytes 0..55 then bytes 64..head_bytes-1 and is stored at bytes 56..63; version 2 frames
+// (every seed) checksum that string in 4 KiB segments, version 1 frames with one XXH64
+// (docs/format.md, "Checksums"; common/checksum.hpp). Inputs whose header does not parse are
+// returned unchanged. (Until issue 11 this repaired every frame the version-1 way, so mutated
+// version-2 heads never got past the checksum.)
 inline std::vector<uint8_t> with_valid_head_checksum(std::span<const uint8_t> in) {
-  constexpr size_t kChecksumOffset = 56;
+  constexpr size_t kChecksumOffset = 56, kVersionOffset = 4;
   std::vector<uint8_t> out(in.begin(), in.end());
   auto head = frame_head_size(in.first(std::min<size_t>(in.size(), kHeaderBytes)));
   if (!head.ok() || *head > in.size()) return out;
-  detail::Xxh64State st;
-  st.update(out.data(), kChecksumOffset);
-  st.update(out.data() + kHeaderBytes, size_t(*head) - kHeaderBytes);
-  const uint64_t sum = st.digest();
+  const uint16_t version = uint16_t(out[kVersionOffset] | out[kVersionOffset + 1] << 8);
+  const uint64_t sum = detail::frame_checksum(
+      version, detail::ChecksumInput{out.data(), kChecksumOffset, out.data() + kHeaderBytes, *head - kHeaderBytes});
   for (int i = 0; i < 8; ++i) out[kChecksumOffset + i] = uint8_t(sum >> (8 * i));
   return out;
+}
+
+// A copy of `in` with every chunk checksum in the index made correct as well (version-aware),
+// for targets that verify chunks: mutations of chunk bodies then reach the decoder. Inputs whose
+// head does not parse are returned with the head checksum repaired only.
+inline std::vector<uint8_t> with_valid_checksums(std::span<const uint8_t> in) {
+  std::vector<uint8_t> out = with_valid_head_checksum(in);
+  auto info = read_frame_info(out);
+  if (!info.ok() || info->frame_bytes > out.size()) return out;
+  // The index entries: 24 bytes each after the header and model section (docs/format.md 3):
+  // offset u64, size u32, reserved u32, checksum u64.
+  const uint64_t index_at = kHeaderBytes + info->model_bytes;
+  for (size_t k = 0; k < info->chunks.size(); ++k) {
+    const ChunkInfo& c = info->chunks[k];
+    const uint64_t entry = index_at + k * 24 + 16;
+    if (entry + 8 > info->head_bytes) return out;
+    const uint64_t sum = detail::frame_checksum(info->format_version, out.data() + c.offset, c.size);
+    for (int i = 0; i < 8; ++i) out[entry + i] = uint8_t(sum >> (8 * i));
+  }
+  return with_valid_head_checksum(out);
 }
 
 // The file readers take paths: each input is written to an in-memory file (memfd), reachable

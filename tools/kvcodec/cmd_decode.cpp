@@ -11,14 +11,17 @@
 namespace kvcodec::cli {
 
 int cmd_decode(int argc, char** argv) {
-  Args a("decode", "kvcodec decode IN.kvc -o OUT.safetensors [--threads N]");
+  Args a("decode", "kvcodec decode IN.kvc -o OUT.safetensors [--threads N] [--max-decoded-bytes B]");
   a.positional("IN.kvc", "frame written by kvcodec encode")
       .option("--output", "output: .safetensors (any dtype) or .npy (f32, f16); one tensor 'kv'", "-o")
-      .option("--threads", "worker threads, 0 = all cores (default 0)");
+      .option("--threads", "worker threads, 0 = all cores (default 0)")
+      .option("--max-decoded-bytes", "refuse frames that decode to more bytes, 0 = no limit (default 4 GiB)");
   if (!a.parse(argc, argv)) return a.exit_code();
   const int64_t threads = a.get_int("--threads", 0);
+  const int64_t max_decoded = a.get_int("--max-decoded-bytes", int64_t(4) << 30);
   if (a.failed()) return 2;
   if (threads < 0 || threads > 4096) return a.fail("--threads must be in 0..4096");
+  if (max_decoded < 0) return a.fail("--max-decoded-bytes must be >= 0");
   if (!a.has("--output")) return a.fail("missing -o OUT.safetensors");
   const std::string in = a.positionals()[0], out = a.get("--output");
 
@@ -26,11 +29,15 @@ int cmd_decode(int argc, char** argv) {
   if (!frame.ok()) return a.fail(frame.status());
   StatusOr<FrameInfo> info = read_frame_info(*frame);
   if (!info.ok()) return a.fail(info.status().with_context(in));
+  DecodeOptions o;
+  o.threads = int(threads);
+  o.max_decoded_bytes = uint64_t(max_decoded);
+  if (o.max_decoded_bytes && decoded_bytes(*info, o) > o.max_decoded_bytes)  // before allocating
+    return a.fail(ResourceExhausted(in + " decodes to " + std::to_string(decoded_bytes(*info, o)) +
+                                    " bytes, over --max-decoded-bytes " + std::to_string(o.max_decoded_bytes)));
   StatusOr<KVCache> kv = KVCache::allocate(info->dtype, info->shape);
   if (!kv.ok()) return a.fail(kv.status());
 
-  DecodeOptions o;
-  o.threads = int(threads);
   const auto start = std::chrono::steady_clock::now();
   if (Status s = decode_into(*frame, kv->view(), o); !s.ok()) return a.fail(s.with_context(in));
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

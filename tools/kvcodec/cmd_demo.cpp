@@ -199,6 +199,10 @@ int cmd_demo(int argc, char** argv) {
   if (tokens < 1 || chunk_tokens < 1 || chunk_tokens > kMaxChunkTokens || !(high > 0) || !(low > 0) ||
       !(drop_s > 0) || rtt_s < 0 || slo_s < 0 || prefill_tps < 0 || threads < 0 || offset < 0)
     return a.fail("sizes, bandwidths, times and rates must be positive");
+  for (const Status& s : {check_link_gbps(high, "--high-gbps"), check_link_gbps(low, "--low-gbps"),
+                          check_seconds(drop_s, kMaxTraceSeconds, "--drop-ms / 1000"),
+                          check_seconds(rtt_s, 60, "--rtt-ms / 1000"), check_seconds(slo_s, 3600, "--slo-ms / 1000")})
+    if (!s.ok()) return a.fail(std::string(s.message()));
   const std::string out_dir = a.get("--out", "kvcodec-demo-out");
   const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
   const int workers = threads ? threads : int(hw);
@@ -254,7 +258,7 @@ int cmd_demo(int argc, char** argv) {
               kv.shape.head_dim, kv.shape.tokens, dtype_name(kv.dtype), double(kv.data.size()) / 1048576.0);
 
   // ---- 2. Encode the levels and store them -------------------------------------------------------
-  auto store_or = open_store(a.get("--store", "mem:"));
+  auto store_or = open_cli_store(a.get("--store", "mem:"));
   if (!store_or.ok()) return a.fail(store_or.status());
   std::shared_ptr<Store> store(std::move(*store_or));
   PutOptions po;

@@ -48,6 +48,9 @@ int cmd_fetch(int argc, char** argv) {
   fo.port = uint16_t(port);
   fo.id = a.get("--id");
   if (fo.decode_threads < 1 || fo.io_timeout_ms < 1) return a.fail("--threads and --timeout-ms must be >= 1");
+  if (Status s = check_seconds(fo.controller.cost.rtt_s, 60, "--rtt-ms / 1000"); !s.ok()) return a.fail(std::string(s.message()));
+  if (fo.decode_gbps != 0)
+    if (Status s = check_link_gbps(fo.decode_gbps, "--decode-gbps"); !s.ok()) return a.fail(std::string(s.message()));
 
   const std::string policy = a.get("--policy", "adaptive");
   std::shared_ptr<const Model> model;

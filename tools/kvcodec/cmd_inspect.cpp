@@ -72,9 +72,12 @@ void print_text(const std::string& path, const FrameInfo& f, uint64_t file_bytes
   std::printf("size          %" PRIu64 " bytes = head %" PRIu64 " (model %" PRIu64 ", of which tables %" PRIu64
               ") + payload %" PRIu64 "\n",
               f.frame_bytes, f.head_bytes, f.model_bytes, f.table_bytes, f.payload_bytes());
-  if (file_bytes != f.frame_bytes)
-    std::printf("file          %" PRIu64 " bytes (%" PRId64 " beyond the frame)\n", file_bytes,
-                int64_t(file_bytes - f.frame_bytes));
+  if (file_bytes < f.frame_bytes)
+    std::printf("file          %" PRIu64 " bytes (truncated: %" PRIu64 " bytes of the frame missing)\n", file_bytes,
+                f.frame_bytes - file_bytes);
+  else if (file_bytes > f.frame_bytes)
+    std::printf("file          %" PRIu64 " bytes (%" PRIu64 " bytes after the frame)\n", file_bytes,
+                file_bytes - f.frame_bytes);
   std::printf("rate          %.4f bits/element, %.2fx smaller than %s\n", f.bits_per_element(),
               double(raw) / double(f.frame_bytes), dtype_name(f.dtype));
   std::printf("checksums     %s\n", verified.ok() ? "ok" : verified.to_string().c_str());

@@ -1,13 +1,14 @@
 // kvcodec put: store a KV cache as multi-level chunks (store.hpp).
 //
 //   kvcodec put --store URI --id NAME IN.safetensors [--levels LIST] [--chunk-tokens N]
-//               [--text FILE --tokenizer T|bytes [--offset B]] [--threads N] [--json]
+//               [--text FILE --tokenizer T|bytes [--offset B]] [--ttl SECONDS] [--threads N] [--json]
 #include <cstdio>
 #include <fstream>
 #include <sstream>
 
 #include "cli.hpp"
 #include "commands.hpp"
+#include "stream_cli.hpp"
 #include "kvcodec/io.hpp"
 #include "kvcodec/store.hpp"
 #include "kvcodec/tokenizer.hpp"
@@ -17,15 +18,16 @@ namespace kvcodec::cli {
 int cmd_put(int argc, char** argv) {
   Args a("put",
          "kvcodec put --store URI --id NAME IN.safetensors [--levels LIST] [--chunk-tokens N] "
-         "[--text FILE --tokenizer T|bytes [--offset B]] [--threads N] [--json]");
+         "[--text FILE --tokenizer T|bytes [--offset B]] [--ttl SECONDS] [--threads N] [--json]");
   a.positional("IN", "KV cache (.safetensors or .npy, conventions in docs/file-conventions.md)")
-      .option("--store", "mem:, file:DIR or redis://HOST:PORT[/DB]")
+      .option("--store", "mem:, file:DIR, redis://HOST:PORT[/DB] or redis-cluster://HOST:PORT[,HOST:PORT...]")
       .option("--id", "context id ([A-Za-z0-9._-], 1..200 characters)")
       .option("--levels", "comma-separated levels to store (default 0,2,4,6,8)")
       .option("--chunk-tokens", "tokens per chunk (default 256)")
       .option("--text", "text the context was prefilled from: its token ids are stored for the text fallback")
       .option("--tokenizer", "tokenizer of --text: a llama2.c tokenizer .bin or 'bytes'")
       .option("--offset", "byte offset of the context in --text (default 0), as for kv-dump")
+      .option("--ttl", "every key of the context expires SECONDS after the put (default: never; not file:)")
       .option("--threads", "encoder threads (default 0 = all cores)")
       .flag("--json", "print the manifest summary as JSON");
   if (!a.parse(argc, argv)) return a.exit_code();
@@ -39,7 +41,11 @@ int cmd_put(int argc, char** argv) {
   const int64_t chunk_tokens = a.get_int("--chunk-tokens", 256);
   const int64_t offset = a.get_int("--offset", 0);
   po.threads = int(a.get_int("--threads", 0));
+  const int64_t ttl = a.get_int("--ttl", 0);
   if (a.failed()) return 2;
+  if (a.has("--ttl") && (ttl < 1 || ttl > int64_t(UINT32_MAX)))
+    return a.fail("--ttl must be in 1.." + std::to_string(UINT32_MAX) + " seconds");
+  po.ttl_seconds = uint32_t(ttl);
   if (chunk_tokens < 1 || chunk_tokens > kMaxChunkTokens)
     return a.fail("--chunk-tokens must be in 1.." + std::to_string(kMaxChunkTokens));
   if (offset < 0 || po.threads < 0) return a.fail("--offset and --threads must be >= 0");
@@ -58,7 +64,7 @@ int cmd_put(int argc, char** argv) {
     if (!ids.ok()) return a.fail(ids.status().with_context("--text"));
     po.text_tokens = std::move(*ids);
   }
-  auto store = open_store(a.get("--store"));
+  auto store = open_cli_store(a.get("--store"));
   if (!store.ok()) return a.fail(store.status());
   auto m = put_context(**store, a.get("--id"), kv->view(), po);
   if (!m.ok()) return a.fail(m.status());

@@ -14,6 +14,8 @@ int cmd_put(int argc, char** argv);
 int cmd_serve(int argc, char** argv);
 int cmd_fetch(int argc, char** argv);
 int cmd_sweep(int argc, char** argv);
+int cmd_store(int argc, char** argv);
+int cmd_loadgen(int argc, char** argv);
 int cmd_demo(int argc, char** argv);
 
 }  // namespace kvcodec::cli

@@ -25,6 +25,8 @@ const Command kCommands[] = {
     {"put", kvcodec::cli::cmd_put, "store a context as multi-level chunks"},
     {"serve", kvcodec::cli::cmd_serve, "serve stored contexts over TCP through an emulated link"},
     {"fetch", kvcodec::cli::cmd_fetch, "fetch a context with the adaptive controller"},
+    {"loadgen", kvcodec::cli::cmd_loadgen, "N concurrent clients fetching from a server: throughput, TTFT, memory"},
+    {"store", kvcodec::cli::cmd_store, "list (ls) or remove (rm) the contexts of a store"},
     {"sweep", kvcodec::cli::cmd_sweep, "simulate strategies over bandwidth/delay grids"},
 };
 

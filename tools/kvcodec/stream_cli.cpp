@@ -1,8 +1,16 @@
 #include "stream_cli.hpp"
 
+#include <cstdlib>
 #include <cstring>
 
 namespace kvcodec::cli {
+
+StatusOr<std::unique_ptr<Store>> open_cli_store(const std::string& uri) {
+  StoreOptions o;
+  if (const char* u = std::getenv("KVCODEC_STORE_USER")) o.user = u;
+  if (const char* p = std::getenv("KVCODEC_STORE_PASSWORD")) o.password = p;
+  return open_store(uri, o);
+}
 
 void declare_controller_options(Args& a) {
   a.option("--slo-ms", "time-to-first-token target, ms (default 1000)")

@@ -13,6 +13,11 @@
 
 namespace kvcodec::cli {
 
+// open_store with the Redis credentials of the environment (KVCODEC_STORE_USER,
+// KVCODEC_STORE_PASSWORD: kept out of the command line, where `ps` would show them); a URI's own
+// USER:PASSWORD@ wins.
+StatusOr<std::unique_ptr<Store>> open_cli_store(const std::string& uri);
+
 // Declares --slo-ms, --policy, --objective, --prefill-tps, --first-token-ms on `a`.
 void declare_controller_options(Args& a);
 // Reads them into `c` (SLO, policy, objective, prefill and first-token costs); --policy fixed:L

@@ -3,8 +3,12 @@
 // Both directions work on KV caches in device memory, in any layout of tensor.hpp (contiguous,
 // LMCache [2, L, T, H*D], per-layer tensors or vLLM paged blocks through a device block table),
 // and are byte-identical to the CPU codec (codec.hpp): GPU frames equal encode_into's frames,
-// GPU-decoded tensors equal decode_into's. The per-value maths is shared
-// (include/kvcodec/detail) and tests compare the backends.
+// GPU-decoded tensors equal decode_into's. The per-value maths is shared (the private
+// headers under src/common, src/encode and src/decode) and tests compare the backends.
+//
+// This header needs no CUDA header: streams and events are the CUDA runtime's own handle types
+// (CudaStream is cudaStream_t, CudaEvent is cudaEvent_t), named through their forward-declared
+// structs, so any cudaStream_t or cudaEvent_t is passed as is.
 //
 // ---- Decoding ----
 // Decoding is fused: one warp per (chunk, layer, K/V) unit runs the unit's 32 rANS lanes,
@@ -36,8 +40,6 @@
 // are reported by synchronize() as kCorruptData.
 #pragma once
 
-#include <cuda_runtime_api.h>
-
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -49,7 +51,14 @@
 #include "kvcodec/status.hpp"
 #include "kvcodec/tensor.hpp"
 
+// The CUDA runtime's opaque stream and event types (cudaStream_t is CUstream_st*).
+struct CUstream_st;
+struct CUevent_st;
+
 namespace kvcodec::cuda {
+
+using CudaStream = ::CUstream_st*;  // = cudaStream_t
+using CudaEvent = ::CUevent_st*;    // = cudaEvent_t
 
 // OK when a CUDA device is usable; kUnavailable otherwise (same as
 // backend_status(Backend::kCuda)).
@@ -79,7 +88,7 @@ class Decoder {
   // Errors: kUnavailable without a CUDA device; head errors; kBufferTooSmall for a small
   // workspace; kInvalidArgument for a misaligned workspace; kInternal for CUDA failures.
   static StatusOr<Decoder> create(std::span<const uint8_t> head, void* workspace_dev, size_t workspace_bytes,
-                                  uint32_t max_batch, cudaStream_t stream, bool verify_checksums = true);
+                                  uint32_t max_batch, CudaStream stream, bool verify_checksums = true);
 
   Decoder(Decoder&&) noexcept;
   Decoder& operator=(Decoder&&) noexcept;
@@ -101,7 +110,7 @@ class Decoder {
   // when used (an entry outside [0, num_blocks) is reported as corrupt data by synchronize).
   // Errors (nothing enqueued): kInvalidArgument for a mismatching or malformed view, too many
   // chunks or an empty layer range; kOutOfRange for a chunk index; kInternal on launch failure.
-  Status decode_async(std::span<const DeviceChunk> chunks, const KVView& dst_dev, cudaStream_t stream,
+  Status decode_async(std::span<const DeviceChunk> chunks, const KVView& dst_dev, CudaStream stream,
                       uint32_t layer_begin = 0, uint32_t layer_end = UINT32_MAX);
 
   // Device address of a uint32 that the last decode_async leaves non-zero if any unit failed,
@@ -111,7 +120,7 @@ class Decoder {
   // Waits for `stream` and returns the outcome of the last decode_async: OK; kChecksumMismatch
   // naming the first chunk whose checksum failed on the device; kCorruptData naming the first
   // failing chunk, layer and reason; kInternal for CUDA errors.
-  Status synchronize(cudaStream_t stream);
+  Status synchronize(CudaStream stream);
 
  private:
   struct Impl;
@@ -122,7 +131,7 @@ class Decoder {
 // Convenience for tools and tests (allocates and synchronises; not for hot paths): decodes a
 // whole frame held in device memory into dst_dev.
 Status decode_frame(const uint8_t* frame_dev, std::span<const uint8_t> head, const KVView& dst_dev,
-                    cudaStream_t stream, bool verify_checksums = true);
+                    CudaStream stream, bool verify_checksums = true);
 
 // ---- Encoding --------------------------------------------------------------------------------
 // A whole encode is enqueued on the caller's stream, with no host round trip:
@@ -133,8 +142,8 @@ Status decode_frame(const uint8_t* frame_dev, std::span<const uint8_t> head, con
 //   enc->encode_async(src_view, dst, capacity, stream);  // enqueue; no sync, no allocation
 //   StatusOr<size_t> n = enc->synchronize(stream);       // frame size (or frame_bytes_dev())
 //
-// encode_async runs three device phases, each a few kernels (detail/warp_encode.hpp and
-// detail/block_model.hpp hold their code):
+// encode_async runs three device phases, each a few kernels (src/encode/warp_encode.hpp and
+// src/encode/block_model.hpp hold their code):
 //  * analysis: one thread per (layer, K/V, channel) computes the channel's statistics in the
 //    CPU's order and precision, its grid, and the histograms of its symbol values;
 //  * tables: one block per (layer, K/V) clusters the channels, builds and normalises the
@@ -162,7 +171,7 @@ class Encoder {
   // misaligned (not 16-byte) workspace; kBufferTooSmall for a small workspace; kInternal for
   // CUDA failures.
   static StatusOr<Encoder> create(const KVShape& shape, DType dtype, const EncodeOptions& options,
-                                  void* workspace_dev, size_t workspace_bytes, cudaStream_t stream);
+                                  void* workspace_dev, size_t workspace_bytes, CudaStream stream);
 
   Encoder(Encoder&&) noexcept;
   Encoder& operator=(Encoder&&) noexcept;
@@ -170,8 +179,8 @@ class Encoder {
 
   // For profiling (cuda::bench): events encode_async records on the stream between its phases.
   struct PhaseEvents {
-    cudaEvent_t analyzed = nullptr;  // after the analysis kernels
-    cudaEvent_t tabled = nullptr;    // after the table kernel
+    CudaEvent analyzed = nullptr;  // after the analysis kernels
+    CudaEvent tabled = nullptr;    // after the table kernel
   };
 
   // Enqueues the encoding of src_dev into the frame at dst_dev, dst_capacity bytes of device
@@ -183,7 +192,7 @@ class Encoder {
   // Errors (nothing enqueued): kInvalidArgument for a mismatching or malformed view or a null
   // destination; kBufferTooSmall when dst_capacity cannot hold even the header and chunk index;
   // kInternal on launch failure.
-  Status encode_async(const KVView& src_dev, uint8_t* dst_dev, size_t dst_capacity, cudaStream_t stream,
+  Status encode_async(const KVView& src_dev, uint8_t* dst_dev, size_t dst_capacity, CudaStream stream,
                       const PhaseEvents* events = nullptr);
 
   // Device address of the frame size that the last encode_async leaves (a uint64).
@@ -192,7 +201,7 @@ class Encoder {
   // Waits for `stream`; returns the size of the frame the last encode_async wrote, or
   // kBufferTooSmall (the frame did not fit dst_capacity; dst holds no frame), kInvalidArgument
   // (bad source block table entry), kInternal for CUDA errors.
-  StatusOr<size_t> synchronize(cudaStream_t stream);
+  StatusOr<size_t> synchronize(CudaStream stream);
 
  private:
   struct Impl;
@@ -203,7 +212,7 @@ class Encoder {
 // Convenience for tools and tests (allocates and synchronises; not for hot paths): encodes the
 // context in src_dev into dst_dev and returns the frame size.
 StatusOr<size_t> encode_frame(const KVView& src_dev, const EncodeOptions& options, uint8_t* dst_dev,
-                              size_t dst_capacity, cudaStream_t stream);
+                              size_t dst_capacity, CudaStream stream);
 
 // ---- Benchmark (kvcodec bench --backend cuda) -------------------------------------------------
 struct BenchResult {

@@ -39,6 +39,9 @@ class Tokenizer {
   // Loads a llama2.c tokenizer .bin. kCorruptData for a malformed or truncated file, kIoError
   // when it cannot be read.
   static StatusOr<Tokenizer> load(const std::string& path);
+  // load() of a file's contents already in memory (`name` for messages). The header's
+  // max_token_length must be at most 1024 and cover every piece; scores must be finite.
+  static StatusOr<Tokenizer> parse(std::string_view bytes, const std::string& name);
   // The byte-level tokenizer: id = byte value, vocab 256, no BOS.
   static Tokenizer bytes();
   // "bytes" for bytes(), anything else is a path for load().

@@ -24,6 +24,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -32,17 +33,25 @@
 #include "kvcodec/status.hpp"
 
 namespace kvcodec {
-namespace detail {
-struct PipelineState;
-struct PlanShape;
-struct PlanScore;
-}  // namespace detail
 
 // ---- Link traces ------------------------------------------------------------------------------
 
+// Range checks of every bandwidth and time a user gives (trace files, LinkConfig, the CLI's
+// flags), so a value no link has cannot reach the timing arithmetic: 1e-300 Gb/s makes a transfer
+// time infinite (an integer conversion of it is undefined behaviour), 1e300 makes it 0.
+// Bandwidths in Gb/s: finite, in [kMinLinkGbps, kMaxLinkGbps] (1 kb/s .. 1 Pb/s).
+inline constexpr double kMinLinkGbps = 1e-6;
+inline constexpr double kMaxLinkGbps = 1e6;
+Status check_link_gbps(double gbps, std::string_view what);
+// Times in seconds: finite, 0 or normal (not denormal), in [0, max_s].
+Status check_seconds(double s, double max_s, std::string_view what);
+// The longest a trace may run (its last step's start), seconds: about 115 days.
+inline constexpr double kMaxTraceSeconds = 1e7;
+
 // Piecewise-constant bandwidth over time. Text form, one step per line: "time_s gbps"
 // (whitespace separated; '#' starts a comment; blank lines ignored). Times strictly increase
-// and start at 0; bandwidths are > 0 and finite; the last step lasts forever.
+// and start at 0, up to kMaxTraceSeconds; bandwidths pass check_link_gbps; the last step lasts
+// forever.
 struct LinkTrace {
   struct Step {
     double time_s = 0;
@@ -227,6 +236,10 @@ class Controller {
  public:
   static StatusOr<Controller> create(ContextProfile profile, ControllerConfig config);
 
+  Controller(Controller&&) noexcept;
+  Controller& operator=(Controller&&) noexcept;
+  ~Controller();
+
   // The next chunk to request now, or nullopt when the pipeline is full or everything has been
   // requested.
   std::optional<Decision> next_request(double now_s);
@@ -247,59 +260,18 @@ class Controller {
   // next_request should be called again even if no other event happens; nullopt otherwise.
   std::optional<double> wake_s() const noexcept;
 
-  bool all_requested() const noexcept { return front_ == back_; }
+  bool all_requested() const noexcept;
   bool all_ready() const noexcept;
-  const ContextProfile& profile() const noexcept { return profile_; }
-  const ControllerConfig& config() const noexcept { return config_; }
-  const BandwidthEstimator& estimator() const noexcept { return estimator_; }
+  const ContextProfile& profile() const noexcept;
+  const ControllerConfig& config() const noexcept;
+  const BandwidthEstimator& estimator() const noexcept;
   // Decisions so far, one per chunk requested (a fallback replaces the chunk's entry).
-  const std::vector<Decision>& decisions() const noexcept { return decisions_; }
+  const std::vector<Decision>& decisions() const noexcept;
 
  private:
-  struct ChunkState {
-    int option = kTextOption;
-    uint64_t bytes = 0;                                    // requested, setup included
-    uint64_t received = 0;                                 // on_progress
-    double request_s = -1, arrival_s = -1, ready_s = -1;  // -1: not yet
-  };
-  struct Prediction;  // every decided chunk replayed at the current estimate (controller.cpp)
-  Controller(ContextProfile profile, ControllerConfig config);
-  Prediction predict(double now_s) const;
-  // Every decided chunk replayed over a constant link of `gbps` (predict() at its estimate).
-  Prediction replay(double now_s, double gbps) const;
-  bool link_full(const Prediction& p) const;
-  // Cold start: the time the first KV bytes can be timed; probing while before it, unmeasured.
-  double probe_end_s(double now_s) const noexcept;
-  bool probing(double now_s) const noexcept;
-  bool guessing() const noexcept;  // nothing measured, and the prior is a guess
-  bool defer_text(double now_s, const Prediction& p) const;
-  double decoder_bound_gbps(uint32_t chunk, int option) const noexcept;
-  detail::PlanScore score_shape(double now_s, const Prediction& p,
-                                const detail::PlanShape& shape) const;
-  int equal_budget_choice(uint32_t chunk) const;
-  int smallest_option(uint32_t chunk) const;  // fewest bytes on the wire
-  detail::PlanShape plan_rest(double now_s, const Prediction& p, detail::PlanScore* score) const;
-  Decision decide(uint32_t chunk, int option, double now_s, double predicted_ttft_s);
-  std::optional<Decision> abandon_late_kv(double now_s, const Prediction& p);
-  // Bytes a request brings: the body, plus the option's setup bytes on its first use.
-  uint64_t request_bytes(uint32_t chunk, int option, uint64_t used_mask) const noexcept;
-
-  ContextProfile profile_;
-  ControllerConfig config_;
-  BandwidthEstimator estimator_;
-  bool text_allowed_ = false;
-  std::vector<int> by_quality_;              // option indices, best quality first
-  std::vector<std::vector<double>> work_s_;  // [chunk][option + 1]: decode / prefill seconds
-  std::vector<ChunkState> state_;
-  std::vector<uint32_t> request_order_;
-  std::vector<Decision> decisions_;
-  uint64_t used_mask_ = 0;  // options fetched at least once (setup paid)
-  double first_kv_request_s_ = -1;  // -1: no KV requested yet
-  double text_deferred_until_s_ = -1;  // a TEXT decision waits for the probe until then
-  // Undecided chunks are [front_, back_): decisions take the front (TEXT, and every decision
-  // of the in-order policies) or the back (the adaptive policy's KV requests).
-  uint32_t front_ = 0;
-  uint32_t back_ = 0;
+  struct Impl;  // the planner's state and steps (controller.cpp)
+  explicit Controller(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
 };
 
 }  // namespace kvcodec

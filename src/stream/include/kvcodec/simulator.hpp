@@ -39,11 +39,13 @@ struct SimResult {
 StatusOr<SimResult> simulate(const ContextProfile& profile, const ControllerConfig& config,
                              const LinkTrace& link);
 
-// The plan of an oracle that knows the whole trace in advance: a search over per-chunk choices
+// The plan of an oracle that knows the whole trace in advance, each plan scored by simulating
+// it exactly. When (options + TEXT)^chunks <= 2^22 (e.g. the sweep's 8 chunks x 6 choices) it
+// is the best plan of all (an exact depth-first search; tests/oracle_test.cpp checks it against
+// a separate exhaustive enumeration); beyond, the best found by a search over per-chunk choices
 // (families of text-prefix / two-option plans, then single-chunk improvement passes until none
-// helps), each plan scored by simulating it exactly. Meets config.objective (and config.slo_s
-// for kBestQualityWithinSlo when any plan can). Returns one option per chunk; run it with
-// Policy::kFixed.
+// helps). Meets config.objective (and config.slo_s for kBestQualityWithinSlo when any plan
+// can). Returns one option per chunk; run it with Policy::kFixed.
 StatusOr<std::vector<int>> oracle_plan(const ContextProfile& profile,
                                        const ControllerConfig& config, const LinkTrace& link);
 

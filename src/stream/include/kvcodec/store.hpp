@@ -12,8 +12,10 @@
 //   kvc:{<id>}:L<level>:head   head of the level's frame
 //   kvc:{<id>}:L<level>:C<c>   body of chunk c at that level
 //
-// Stores: "mem:" (process-local map), "file:DIR" (one file per key, atomic writes) and
-// "redis://HOST:PORT[/DB]" (hiredis, with connect and command timeouts). Every value read back
+// Stores: "mem:" (process-local map), "file:DIR" (one file per key, atomic writes),
+// "redis://HOST:PORT[/DB]" (hiredis, with connect and command timeouts) and
+// "redis-cluster://HOST:PORT[,HOST:PORT...]" (a Redis Cluster or Valkey cluster: slot map,
+// MOVED/ASK, retries through a failover; docs/streaming.md "Clustered deployment"). Every value read back
 // is verified against the manifest's checksums by the readers of this header, so a store that
 // loses or corrupts a value yields an error (or a fallback), never a wrong tensor.
 #pragma once
@@ -96,7 +98,20 @@ std::string chunk_key(std::string_view id, int level, uint32_t chunk);
 
 // ---- Stores ------------------------------------------------------------------------------------
 
-// A key-value store of byte strings. Implementations are thread-safe.
+struct WriteOptions {
+  // Seconds after the write at which the value expires (0: never). Redis: SET ... EX; mem:
+  // expires lazily; file: has no expiry (kInvalidArgument when non-zero).
+  uint32_t ttl_seconds = 0;
+};
+
+struct KeyValue {
+  std::string_view key;
+  std::span<const uint8_t> value;
+};
+
+// A key-value store of byte strings. Implementations are thread-safe: any number of threads
+// may call any method of one store at once (the Redis stores give each call one of a node's
+// pooled connections, StoreOptions::connections_per_node).
 class Store {
  public:
   virtual ~Store() = default;
@@ -110,16 +125,44 @@ class Store {
   virtual Status remove(std::string_view key) = 0;
   // The URI this store was opened with.
   virtual const std::string& uri() const noexcept = 0;
+
+  // Batches (the Redis stores pipeline them: one round trip per server node). Defaults loop
+  // over the single-key calls.
+  // Stores every item, each verified as put() does; the first failure is returned (items
+  // before it may be stored).
+  virtual Status put_many(std::span<const KeyValue> items, const WriteOptions& options);
+  // One result per key, in order.
+  virtual std::vector<StatusOr<std::vector<uint8_t>>> get_many(std::span<const std::string> keys);
+  // Removes every key (in order; OK for keys that did not exist).
+  virtual Status remove_many(std::span<const std::string> keys);
+  // Every key that starts with `prefix`, sorted. Redis: SCAN over every (master) node, so a
+  // listing taken while keys are written may miss or repeat recent ones.
+  virtual StatusOr<std::vector<std::string>> list_keys(std::string_view prefix) = 0;
 };
 
 struct StoreOptions {
   // Redis: time allowed to establish the TCP connection, and for each command's reply.
   int connect_timeout_ms = 1000;
   int command_timeout_ms = 5000;
+  // Redis: connections per server node, opened when concurrent calls need them and reused
+  // (1..; values < 1 mean 1). One would make every concurrent call to a node wait for the
+  // others' transfers (docs/results/scale.md).
+  int connections_per_node = 4;
+  // Redis Cluster: how long one call keeps retrying (with backoff from 20 ms to 500 ms) while
+  // a slot's master is unreachable, the cluster is down or a slot is being moved -- long
+  // enough for a replica to be promoted (cluster-node-timeout plus the election). After it
+  // the call fails with the last error (kUnavailable / kTimeout / kIoError).
+  int failover_timeout_ms = 15000;
+  // Redis AUTH, used when the URI carries no credentials: password (empty: no AUTH) and the
+  // ACL user (empty: the default user).
+  std::string user;
+  std::string password;
 };
 
-// Opens "mem:", "file:DIR" (created if missing) or "redis://HOST:PORT[/DB]". A Redis store
-// connects (and PINGs) at open: kUnavailable when the server cannot be reached.
+// Opens "mem:", "file:DIR" (created if missing), "redis://[[USER]:PASSWORD@]HOST:PORT[/DB]" or
+// "redis-cluster://[[USER]:PASSWORD@]HOST:PORT[,HOST:PORT...]" ("valkey://" and
+// "valkey-cluster://" are the same protocols). A Redis store connects (and PINGs; a cluster
+// store reads the slot map) at open: kUnavailable when no server can be reached.
 StatusOr<std::unique_ptr<Store>> open_store(std::string_view uri, const StoreOptions& options = {});
 
 // ---- Putting and reading contexts -------------------------------------------------------------
@@ -135,10 +178,15 @@ struct PutOptions {
   // non-zero (a sample, for large contexts).
   bool measure = true;
   uint32_t measure_chunks = 0;
+  // Every key of the context expires this many seconds after it was written (0: never). The
+  // manifest is written last, so it outlives the pieces by the time the put took: a fetch of
+  // an expiring context finds missing pieces (a fallback), never a hole.
+  uint32_t ttl_seconds = 0;
 };
 
-// Encodes `kv` once per level, stores every head and chunk body and then the manifest (last, so
-// a readable manifest always describes a complete context). Returns the manifest.
+// Encodes `kv` once per level, stores every head and chunk body (one put_many per level) and
+// then the manifest (last, so a readable manifest always describes a complete context).
+// Returns the manifest.
 StatusOr<Manifest> put_context(Store& store, std::string_view id, const KVView& kv,
                                const PutOptions& options);
 // Reads and parses the manifest of `id`.
@@ -149,8 +197,11 @@ StatusOr<std::vector<uint8_t>> get_head(Store& store, std::string_view id, const
                                         int level);
 StatusOr<std::vector<uint8_t>> get_chunk(Store& store, std::string_view id, const Manifest& m,
                                          int level, uint32_t chunk);
-// Removes the manifest first (so the context stops being visible) then every head and chunk.
+// Removes the manifest first (so the context stops being visible) then every head and chunk,
+// in one remove_many. kNotFound when the context has no manifest.
 Status remove_context(Store& store, std::string_view id);
+// Ids of the contexts whose manifest is in the store, sorted.
+StatusOr<std::vector<std::string>> list_contexts(Store& store);
 
 // Checks a head or chunk body received from anywhere against the manifest.
 Status verify_head(const Manifest& m, int level, std::span<const uint8_t> head);

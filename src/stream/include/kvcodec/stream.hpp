@@ -110,7 +110,21 @@ struct ServerOptions {
   std::string host = "127.0.0.1";  // address to listen on
   uint16_t port = 0;               // 0: any free port (see Server::port)
   LinkConfig link;
+  // Connections served at once. When a new one would exceed it (or max_connections_per_peer for
+  // its address), the idlest connection of that scope with no response in flight is closed to
+  // make room; only when every one is busy is the new connection refused (closed). So idle or
+  // slow peers cannot lock real clients out.
   int max_connections = 64;
+  int max_connections_per_peer = 32;
+  // A connection with no response in flight and no request for this long is closed.
+  int idle_timeout_ms = 60000;
+  // A request must arrive whole, and a response be taken by the peer, without a pause this long.
+  int request_timeout_ms = 5000;
+  // Response bytes answered but not yet sent, per connection and over all connections: at the
+  // limit the server stops reading that connection's requests (TCP backpressure) until the peer
+  // has read enough. A limit can be exceeded by one response (at most a chunk and its head).
+  uint64_t max_inflight_bytes_per_connection = 64ull << 20;
+  uint64_t max_inflight_bytes = 1ull << 30;
 };
 
 struct ServerStats {
@@ -118,6 +132,10 @@ struct ServerStats {
   uint64_t requests = 0;
   uint64_t error_responses = 0;  // requests answered with an error (not found, store down, ...)
   uint64_t bytes_sent = 0;
+  uint64_t refused = 0;          // connections closed at once: every slot busy
+  uint64_t evicted = 0;          // idle connections closed to make room for a new one
+  uint64_t idle_closed = 0;      // connections closed by idle_timeout_ms
+  uint64_t peak_inflight_bytes = 0;  // most response bytes held at once, all connections
 };
 
 class Server {
@@ -213,6 +231,9 @@ struct FetchOptions {
   std::string host = "127.0.0.1";
   uint16_t port = 0;
   std::string id;
+  // Largest manifest accepted from the server, bytes (checked on the response header, before
+  // allocating). Chunk responses are bounded by the manifest's sizes, errors by 4 KiB.
+  uint64_t max_manifest_bytes = 256ull << 20;
   // Policy, objective, SLO, costs and estimator of the controller. cost.rtt_s is what the
   // client believes the round trip to be.
   ControllerConfig controller;
