@@ -11,7 +11,8 @@ dimension D:
 * ``"contiguous"``  one array [L, 2, T, H, D] (kvcodec's own)
 * ``"lmcache"``     one array [2, L, T, H*D] (LMCache's KV_2LTD; ``kv_heads=`` splits H*D)
 * ``"hf"``          a sequence of (key, value) per layer, each [1, H, T, D] (transformers' legacy
-                    cache; objects with ``to_legacy_cache()`` are accepted too)
+                    cache; objects with ``to_legacy_cache()`` or ``key_cache`` / ``value_cache``
+                    lists, like DynamicCache, are accepted too)
 * ``"per_layer"``   a sequence of (key, value) per layer, each [T, H, D]
 * ``"vllm"``        vLLM's paged cache: per layer (2, num_blocks, block_size, H, D), as a sequence
                     of per-layer tensors or one tensor [L, 2, num_blocks, block_size, H, D], with

@@ -105,7 +105,13 @@ void bind_per_layer(BoundView& b, py::handle obj, const LayoutArgs& args, bool w
   const bool hf = args.layout == "hf";
   const char* form = hf ? "[1, kv_heads, tokens, head_dim]" : "[tokens, kv_heads, head_dim]";
   py::object layers = py::reinterpret_borrow<py::object>(obj);
-  if (py::hasattr(layers, "to_legacy_cache")) layers = layers.attr("to_legacy_cache")();
+  // transformers' caches: the legacy tuple, or the key_cache / value_cache lists of DynamicCache.
+  if (py::hasattr(layers, "to_legacy_cache")) {
+    layers = layers.attr("to_legacy_cache")();
+  } else if (py::hasattr(layers, "key_cache") && py::hasattr(layers, "value_cache")) {
+    const py::object zip = py::module_::import("builtins").attr("zip");
+    layers = py::list(zip(layers.attr("key_cache"), layers.attr("value_cache")));
+  }
   if (is_array(layers) || !py::isinstance<py::sequence>(layers))
     raise_invalid("kv (layout '" + args.layout + "'): expected a sequence of (key, value) per layer");
   const py::sequence seq = layers;

@@ -237,6 +237,14 @@ def test_hf_dynamic_cache_like_objects():
 
     assert kvcodec.encode(LegacyCache(), layout="hf", level=0) == kvcodec.encode(x, level=0)
 
+    class ListsCache:  # DynamicCache's key_cache / value_cache lists
+        key_cache = [k for k, _ in kv]
+        value_cache = [np.zeros_like(v) for _, v in kv]
+
+    dst = ListsCache()
+    kvcodec.decode_into(kvcodec.encode(x, level=0), dst, layout="hf")
+    np.testing.assert_array_equal(from_layout(list(zip(dst.key_cache, dst.value_cache)), "hf", x.shape), x)
+
 
 def test_paged_single_tensor_with_layer_dimension():
     x = kv_values()

@@ -5,6 +5,7 @@
 // analyze_frame. tests/decode_only/no_encoder.cmake checks the archive holds no encoder symbol.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -70,7 +71,9 @@ TEST(DecodeOnly, GoldenFramesDecodeToTheirDigests) {
   ASSERT_FALSE(digests.empty());
   for (const auto& [name, expected] : digests) {
     check_frame(golden_dir() + "/" + name + ".kvc", expected);
-    check_frame(golden_dir() + "/v1/" + name + ".kvc", expected);
+    // Format version 1 records exist for the cases that predate version 2 (tests/golden/README.md).
+    if (std::filesystem::exists(golden_dir() + "/v1/" + name + ".kvc"))
+      check_frame(golden_dir() + "/v1/" + name + ".kvc", expected);
   }
 }
 
