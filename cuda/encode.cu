@@ -126,12 +126,12 @@ __global__ void __launch_bounds__(detail::kBlockThreads)
 }
 
 __global__ void __launch_bounds__(kThreadsPerBlock)
-    write_kernel(const EncodeLayout el, const EncodeStaging stg, const uint64_t* chunk_offset, uint8_t* dst,
-                 const DeviceResult* res) {
+    write_kernel(const EncodeLayout el, const KVView src, const EncodeStaging stg, const uint64_t* chunk_offset,
+                 uint8_t* dst, const DeviceResult* res) {
   const uint64_t i = uint64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   if (res->errors || i >= uint64_t(el.num_chunks) * el.units()) return;
   detail::DeviceWarp w{threadIdx.x % 32};
-  detail::warp_write_unit(w, el, stg, chunk_offset, uint32_t(i / el.units()), uint32_t(i % el.units()), dst);
+  detail::warp_write_unit(w, el, src, stg, chunk_offset, uint32_t(i / el.units()), uint32_t(i % el.units()), dst);
 }
 
 // Threads over (chunk, checksum segment): blockIdx.x is the chunk (chunks can outnumber the
@@ -345,7 +345,7 @@ Status Encoder::encode_async(const KVView& src_dev, uint8_t* dst_dev, size_t dst
   assign_kernel<<<1, 1, 0, stream>>>(el, stg.stages, args.model_size, model_offset, dst_capacity, offsets, sizes, res);
   model_copy_kernel<<<el.units(), detail::kBlockThreads, 0, stream>>>(m.header, m.ml, args.models, args.model_size,
                                                                        model_offset, dst_dev, res);
-  write_kernel<<<unit_blocks, kThreadsPerBlock, 0, stream>>>(el, stg, offsets, dst_dev, res);
+  write_kernel<<<unit_blocks, kThreadsPerBlock, 0, stream>>>(el, src_dev, stg, offsets, dst_dev, res);
   auto* digests = m.at<uint64_t>(ws.digests);
   const uint32_t segment_blocks = std::min<uint32_t>(blocks_for(ws.max_chunk_segments, kThreadsPerBlock), 65535);
   chunk_digest_kernel<<<dim3(el.num_chunks, segment_blocks), kThreadsPerBlock, 0,

@@ -62,7 +62,7 @@ step() {
   echo "cores: $(nproc)"
 } > "$OUT/env.txt"
 
-CORE_TESTS="format_test golden_test xxh64_test checksum_test json_test io_test"
+CORE_TESTS="format_test golden_test xxh64_test checksum_test io_test"
 if want build; then
 step configure 120 configure.log \
   cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \

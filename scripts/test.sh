@@ -93,7 +93,7 @@ cluster_port="${KVCODEC_TEST_CLUSTER_PORT:-7000}"
 cluster_ports=()
 for i in 0 1 2 3 4 5; do cluster_ports+=($((cluster_port + i))); done
 if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
-  echo "test: redis-server not installed: the Redis Cluster tests will skip (or fail under CI=true)"
+  skip_check "redis-server not installed: the Redis Cluster tests will skip"
 elif cluster_ok "${cluster_ports[@]}"; then
   echo "test: using the Redis Cluster already answering on 127.0.0.1:$cluster_port..$((cluster_port + 5))"
   export KVCODEC_REDIS_CLUSTER_URL="redis-cluster://127.0.0.1:$cluster_port,127.0.0.1:$((cluster_port + 1))"

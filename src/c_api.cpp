@@ -189,7 +189,7 @@ const char* kvcodec_version(void) { return kLibraryVersion; }
 uint32_t kvcodec_version_number(void) {
   return KVCODEC_VERSION_MAJOR * 10000u + KVCODEC_VERSION_MINOR * 100u + KVCODEC_VERSION_PATCH;
 }
-uint32_t kvcodec_format_version(void) { return kFormatVersion; }
+uint32_t kvcodec_format_version(void) { return kMaxFormatVersion; }
 
 const char* kvcodec_status_name(int32_t code) {
   if (code < 0 || code > int32_t(StatusCode::kInternal)) return "unknown";

@@ -113,7 +113,7 @@ StatusOr<std::vector<uint8_t>> emulate_encode(const KVView& src, const EncodeOpt
   for (uint32_t k = 0; k < el.num_chunks; ++k)
     for (uint32_t u = 0; u < units; ++u) {
       detail::HostWarp w;
-      detail::warp_write_unit(w, el, stg, offset.data(), k, u, frame.data());
+      detail::warp_write_unit(w, el, src, stg, offset.data(), k, u, frame.data());
     }
   const uint64_t max_segments = detail::max_chunk_segments(el);
   std::vector<uint64_t> digests(max_segments * el.num_chunks);
@@ -185,6 +185,24 @@ TEST(WarpEncodeEmulation, MatchesCpuEncoderByteForByte) {
     ASSERT_TRUE(frame.ok()) << frame.status().to_string();
     ASSERT_EQ(frame_difference(*frame, ref), "");
   }
+}
+
+// Units that coding would expand are stored raw (docs/format.md 4.4) by both encoders alike.
+TEST(WarpEncodeEmulation, StoredUnitsAsTheCpuEncoder) {
+  for (const auto& [dt, level] : kExpandingCases) {
+      const Case c{{2, 80, 2, 16}, dt, options(level, 16, 1)};
+      SCOPED_TRACE(describe(c));
+      KVCache kv = skewed_cache(c.shape, dt, 64, level == 0, 5);
+      const auto ref = encode(kv.view(), c.options);
+      ASSERT_EQ(read_frame_info(ref)->format_version, kStoredUnitsFormatVersion);
+      for (Layout l : {Layout::kContiguous, Layout::kPagedSlots}) {
+        Dest d(c.shape, dt, l);
+        d.scatter(kv.data);
+        auto frame = emulate_encode(d.host_view(), c.options);
+        ASSERT_TRUE(frame.ok()) << frame.status().to_string();
+        EXPECT_EQ(frame_difference(*frame, ref), "");
+      }
+    }
 }
 
 TEST(WarpEncodeEmulation, EverySourceLayout) {

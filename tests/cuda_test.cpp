@@ -132,6 +132,23 @@ TEST(WarpEmulation, EveryLayout) {
   }
 }
 
+// Frames with stored units (docs/format.md 4.4): the warp decoder copies them like the CPU.
+TEST(WarpEmulation, StoredUnits) {
+  for (const auto& [dt, level] : kExpandingCases) {
+      const Case c{{2, 80, 2, 16}, dt, level, 16, 1};
+      SCOPED_TRACE(describe(c));
+      KVCache kv = skewed_cache(c.shape, dt, 64, level == 0, 5);
+      const auto frame = encode(kv.view(), options_of(c));
+      ASSERT_EQ(read_frame_info(frame)->format_version, kStoredUnitsFormatVersion);
+      const auto ref = cpu_decode(frame, c.shape, c.dtype);
+      for (Layout l : {Layout::kContiguous, Layout::kPagedHND, Layout::kPagedSlots}) {
+        Dest d(c.shape, c.dtype, l);
+        ASSERT_TRUE(emulate_decode(frame, d.host_view()).ok());
+        EXPECT_EQ(d.difference(ref), "");
+      }
+    }
+}
+
 TEST(WarpEmulation, SyntheticLlama3Shape) {
   auto kv = make_synthetic("llama3-8b", 40, DType::kF16, 5);
   ASSERT_TRUE(kv.ok()) << kv.status().to_string();

@@ -14,6 +14,7 @@
 #include <random>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kvcodec/codec.hpp"
@@ -57,6 +58,40 @@ inline KVCache random_cache(const KVShape& s, DType dt, uint64_t seed) {
         detail::store_from_f32(p, uint8_t(dt), v);
       }
   }
+  return std::move(*kv);
+}
+
+// A cache that coding expands in its last tokens: every element of tokens [0, from) is the same
+// per channel, tokens [from, tokens) hold random values (random bits at lossless, uniform values
+// within a few hundred grid steps at lossy levels), so the tables, fitted to the whole context,
+// give those symbols long codes: their units are stored raw (docs/format.md 4.4).
+// (dtype, level) pairs whose skewed_cache has stored units: lossless random bits cost more than
+// raw under tables fitted mostly to constants. (Lossy units rarely expand: a symbol's code plus
+// an escaped value must cost more than the raw element on average.)
+inline constexpr std::pair<DType, int> kExpandingCases[] = {
+    {DType::kF32, 0}, {DType::kF16, 0}, {DType::kBF16, 0}, {DType::kF8E4M3, 0}};
+
+inline KVCache skewed_cache(const KVShape& s, DType dt, uint32_t from, bool lossless, uint64_t seed) {
+  auto kv = KVCache::allocate(dt, s);
+  EXPECT_TRUE(kv.ok());
+  std::mt19937_64 rng(seed);
+  const size_t C = s.channels(), es = dtype_size(dt);
+  for (uint32_t u = 0; u < 2 * s.layers; ++u)
+    for (uint32_t t = 0; t < s.tokens; ++t)
+      for (size_t c = 0; c < C; ++c) {
+        uint8_t* p = kv->data.data() + ((size_t(u) * s.tokens + t) * C + c) * es;
+        if (t < from) {
+          detail::store_from_f32(p, uint8_t(dt), 0.25f * float(c % 5));
+        } else if (lossless) {
+          const uint64_t r = rng();
+          std::memcpy(p, &r, es);
+        } else if (dt == DType::kF8E4M3) {  // any finite value
+          const uint8_t b = uint8_t(rng());
+          *p = (b & 0x7F) == 0x7F ? 0 : b;
+        } else {
+          detail::store_from_f32(p, uint8_t(dt), float(int(rng() % 4001) - 2000) / 64.f);
+        }
+      }
   return std::move(*kv);
 }
 

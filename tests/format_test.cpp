@@ -128,7 +128,7 @@ TEST(Format, WrongVersionAndMagic) {
   auto e = make_frame(3);
   std::vector<uint8_t> out;
   auto f = e.frame;
-  for (uint16_t version : {uint16_t(0), uint16_t(kFormatVersion + 1)}) {
+  for (uint16_t version : {uint16_t(0), uint16_t(kMaxFormatVersion + 1)}) {
     std::memcpy(&f[4], &version, 2);
     EXPECT_EQ(decode(e, f, out).code(), StatusCode::kUnsupportedVersion) << version;
   }

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <cstdio>
 #include <cstdlib>
+#include <string_view>
 #include <fstream>
 #include <map>
 #include <span>
@@ -61,7 +62,12 @@ const GoldenCase kCases[] = {
     {"f16_level3_group4_specials", DType::kF16, {4, 300, 2, 16}, 3, 256, 4, 16, StepMode::kChannel, true},
     {"bf16_level5_specials", DType::kBF16, {1, 64, 1, 16}, 5, 32, 2, 4, StepMode::kLayer, true},
     {"f8e4m3_level4_specials", DType::kF8E4M3, {1, 40, 1, 16}, 4, 16, 1, 2, StepMode::kLayer, true},
+    // Format version 3: stored units (docs/format.md 4.4), from the "stored_" input below.
+    {"stored_f32_lossless", DType::kF32, {1, 48, 2, 16}, 0, 16, 1, 1, StepMode::kChannel},
 };
+
+// "stored_" cases: constant tokens, then one chunk of random bits that coding would expand.
+bool has_stored_units(const GoldenCase& c) { return std::string_view(c.name).starts_with("stored_"); }
 
 std::string golden_dir() { return std::string(KVCODEC_TEST_DIR) + "/golden"; }
 std::string input_path(const GoldenCase& c) { return golden_dir() + "/" + c.name + ".input.safetensors"; }
@@ -120,7 +126,11 @@ KVCache make_input(const GoldenCase& c) {
             const float outlier = (r & 0x3ff) < 8 ? float(int((r >> 10) & 7) + 4) : 0.0f;
             float x = offset + drift + noise + outlier;
             if (c.specials) x = special_value(c, h * c.shape.head_dim + d, t, r, x);
-            detail::store_from_f32(v.element(l, k, t, h, d), uint8_t(c.dtype), x);
+            if (has_stored_units(c) && t + c.chunk_tokens >= c.shape.tokens) {
+              std::memcpy(v.element(l, k, t, h, d), &r, dtype_size(c.dtype));  // random bits
+              continue;
+            }
+            detail::store_from_f32(v.element(l, k, t, h, d), uint8_t(c.dtype), has_stored_units(c) ? offset : x);
           }
   return std::move(kv).value();
 }
@@ -199,7 +209,7 @@ TEST_P(GoldenFrame, DecodesToDigestAndReencodesIdentically) {
   // The frame says what it is.
   auto info = read_frame_info(*frame);
   ASSERT_TRUE(info.ok()) << info.status().to_string();
-  EXPECT_EQ(info->format_version, kFormatVersion);
+  EXPECT_EQ(info->format_version, has_stored_units(c) ? kStoredUnitsFormatVersion : kFormatVersion);
   EXPECT_EQ(info->dtype, c.dtype);
   EXPECT_EQ(info->shape, c.shape);
   EXPECT_EQ(info->level, c.level);
@@ -283,7 +293,7 @@ TEST_P(GoldenFrame, LossyFrameIsWithinTheBoundOfItsInput) {
 TEST_P(GoldenFrame, Version1RecordStillDecodes) {
   if (writing_golden()) GTEST_SKIP() << "rewriting the golden frames";
   const GoldenCase& c = GetParam();
-  if (c.specials) GTEST_SKIP() << c.name << " was added after version 1";
+  if (c.specials || has_stored_units(c)) GTEST_SKIP() << c.name << " was added after version 1";
   auto frame = read_file(golden_dir() + "/v1/" + c.name + ".kvc");
   ASSERT_TRUE(frame.ok()) << frame.status().to_string();
   auto info = read_frame_info(*frame);

@@ -21,8 +21,10 @@
 
 namespace kvcodec {
 
-// Upper bound on the size of the frame encode_into produces for this shape, dtype and options.
-// 0 when the arguments are invalid.
+// Upper bound on the size of the frame encode_into produces for this shape, dtype and options:
+// the raw bytes, plus unit directories and headers, plus a head bound that does not grow with
+// tokens (units that coding would expand are stored raw, docs/format.md 4.4). <= 1.05x the raw
+// bytes for a 256-token Llama-3-8B chunk at every level. 0 when the arguments are invalid.
 size_t max_encoded_size(const KVShape& shape, DType dtype, const EncodeOptions& options) noexcept;
 
 // Encodes the whole context in `src` into `dst`. Returns the frame size. Fails with
@@ -59,6 +61,8 @@ struct FrameStats {
   uint64_t lane_bytes = 0;    // lane streams in all: words + word counts + lane states + padding
   uint64_t escape_bytes = 0;  // escaped raw values with their counts and padding
   uint64_t directory_bytes = 0;  // per-chunk unit directories
+  uint64_t stored_units = 0;     // units stored raw (docs/format.md 4.4)
+  uint64_t stored_bytes = 0;     // their bytes
   // Sum over tables of N_t * H(empirical distribution of the symbols coded with table t).
   double entropy_bits = 0;
   // Sum over symbols of -log2(freq / 4096) with the frame's tables (what an ideal coder using

@@ -17,11 +17,18 @@ namespace kvcodec {
 
 // Bytes 0..3 of every frame.
 inline constexpr uint8_t kFrameMagic[4] = {'K', 'V', 'C', 0x1A};
-// Version of the frame format (independent of the library version) that encoders write, and
-// the oldest version readers accept; they reject others. Version 2 differs from version 1 only
-// in its checksums (segmented XXH64, docs/format.md "Checksums").
+// Versions of the frame format (independent of the library version). Encoders write
+// kFormatVersion, or kStoredUnitsFormatVersion when the frame holds a stored unit (a unit kept raw
+// because coding would have made it larger, docs/format.md 4.4); readers accept
+// kMinFormatVersion..kMaxFormatVersion and reject others. Version 2 differs from version 1 only
+// in its checksums (segmented XXH64, docs/format.md "Checksums"), version 3 from version 2 only
+// in allowing stored units.
 inline constexpr uint16_t kFormatVersion = 2;
+inline constexpr uint16_t kStoredUnitsFormatVersion = 3;
+inline constexpr uint16_t kMaxFormatVersion = 3;
 inline constexpr uint16_t kMinFormatVersion = 1;
+// Bit 31 of a unit directory entry (version 3): the unit is stored raw; bits 0..30 its size.
+inline constexpr uint32_t kStoredUnitFlag = 0x80000000u;
 // Fixed parameters of the format.
 inline constexpr uint32_t kRansLanes = 32;      // interleaved rANS states per stream
 inline constexpr uint32_t kProbBits = 12;       // probability tables sum to 1 << kProbBits

@@ -145,7 +145,7 @@ typedef struct kvcodec_chunk_info {
 /* ---- library ------------------------------------------------------------------------------- */
 KVCODEC_C_API const char* kvcodec_version(void);           /* "MAJOR.MINOR.PATCH" */
 KVCODEC_C_API uint32_t kvcodec_version_number(void);       /* MAJOR * 10000 + MINOR * 100 + PATCH */
-KVCODEC_C_API uint32_t kvcodec_format_version(void);       /* frame format version written */
+KVCODEC_C_API uint32_t kvcodec_format_version(void);       /* newest frame format version read and written */
 KVCODEC_C_API const char* kvcodec_status_name(int32_t code); /* "corrupt_data"; "unknown" if not a code */
 KVCODEC_C_API const char* kvcodec_last_error(void);        /* this thread's last error, "" if none */
 /* Copies kvcodec_last_error() into buf (NUL-terminated, truncated to cap - 1 bytes); returns its

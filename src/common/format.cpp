@@ -24,9 +24,9 @@ Status parse_header(std::span<const uint8_t> b, FrameInfo& f, uint32_t& num_chun
   const uint8_t* p = b.data();
   if (std::memcmp(p + kOffMagic, kFrameMagic, 4) != 0) return CorruptData("not a kvcodec frame (bad magic)");
   f.format_version = load_le16(p + kOffVersion);
-  if (f.format_version < kMinFormatVersion || f.format_version > kFormatVersion)
+  if (f.format_version < kMinFormatVersion || f.format_version > kMaxFormatVersion)
     return UnsupportedVersion("frame format version " + std::to_string(f.format_version) + " (this library reads versions " +
-                              std::to_string(kMinFormatVersion) + " to " + std::to_string(kFormatVersion) + ")");
+                              std::to_string(kMinFormatVersion) + " to " + std::to_string(kMaxFormatVersion) + ")");
   if (load_le16(p + kOffFlags) != 0 || load_le32(p + kOffReserved) != 0)
     return CorruptData("reserved header fields are not zero");
   if (!is_valid_dtype(p[kOffDType])) return CorruptData("unknown dtype code " + std::to_string(p[kOffDType]));

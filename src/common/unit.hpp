@@ -8,6 +8,7 @@
 #include "common/bytes.hpp"
 #include "common/host_device.hpp"
 #include "common/warp.hpp"
+#include "kvcodec/format.hpp"
 #include "kvcodec/tensor.hpp"
 
 namespace kvcodec::detail {
@@ -122,7 +123,6 @@ KVCODEC_HD uint32_t load_raw(const uint8_t* p, uint32_t es) {
   return es == 4 ? load_le32(p) : es == 2 ? load_le16(p) : uint32_t(p[0]);
 }
 
-
 // ---- Parsing a chunk body into units, and a unit into its streams ----------------------------
 // The one parser of the chunk and unit layouts (docs/format.md, "Chunk bodies"), used by the CPU
 // decoder, analyze_frame and the GPU decoder: every size is checked against the bytes that hold
@@ -132,24 +132,29 @@ KVCODEC_HD uint32_t load_raw(const uint8_t* p, uint32_t es) {
 // (2 * layers: layer-major, K then V), followed by the units in that order; the sizes add up to
 // the body exactly. Finds the offset (from the body's start) and size of unit u, or returns
 // kUnitBadDirectory. Written for a warp (each lane sums every 32nd entry); the CPU runs it with
-// HostWarp.
+// HostWarp. In frames of version 3 (stored_units) bit 31 of an entry marks a stored unit
+// (docs/format.md 4.4): it is not part of the size, and *stored says whether unit u is one.
 template <typename W>
 KVCODEC_HD uint32_t locate_unit(W& w, const uint8_t* body, uint64_t body_size, uint32_t units, uint32_t u,
-                                uint64_t* offset, uint64_t* size) {
+                                uint64_t* offset, uint64_t* size, bool stored_units = false,
+                                bool* stored = nullptr) {
   const uint64_t dir = 4ull * units;
   if (body_size < dir) return kUnitBadDirectory;
+  const uint32_t size_mask = stored_units ? ~kStoredUnitFlag : 0xffffffffu;
   typename W::template Lanes<uint64_t> before, total;
   for (uint32_t j : w.lanes()) {
     before[j] = total[j] = 0;
     for (uint32_t k = j; k < units; k += kWarpLanes) {
-      const uint32_t s = load_le32(body + 4ull * k);
+      const uint32_t s = load_le32(body + 4ull * k) & size_mask;
       total[j] += s;
       if (k < u) before[j] += s;
     }
   }
   if (dir + w.sum(total) != body_size) return kUnitBadDirectory;
   *offset = dir + w.sum(before);
-  *size = load_le32(body + 4ull * u);
+  const uint32_t entry = load_le32(body + 4ull * u);
+  *size = entry & size_mask;
+  if (stored) *stored = (entry & ~size_mask) != 0;
   return kUnitOk;
 }
 

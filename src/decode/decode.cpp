@@ -11,6 +11,7 @@
 
 #include "common/bytes.hpp"
 #include "common/frame.hpp"
+#include "common/stored_unit.hpp"
 #include "common/parallel.hpp"
 #include "common/quant.hpp"
 #include "common/rans_lanes.hpp"
@@ -402,15 +403,23 @@ Status decode_lossy(const DecLayer& dl, uint32_t tokens, uint32_t C, uint32_t GT
   return rd.finish();
 }
 
-// The layout of unit (l, kv) of a chunk body (common/unit.hpp checks every size), or the error.
-Status locate(const Decoder& d, const uint8_t* body, size_t body_size, uint32_t l, uint32_t kv,
-              const uint8_t** unit, detail::UnitLayout* ul) {
+// The layout of unit (l, kv) of a chunk body of `tokens` tokens (common/unit.hpp checks every
+// size), or the error. *stored: the unit is stored raw (ul->size bytes, docs/format.md 4.4).
+Status locate(const Decoder& d, const uint8_t* body, size_t body_size, uint32_t l, uint32_t kv, uint32_t tokens,
+              const uint8_t** unit, detail::UnitLayout* ul, bool* stored) {
   detail::HostWarp w;
   uint64_t off = 0, size = 0;
   const uint32_t units = 2 * d.info.shape.layers;
-  uint32_t e = detail::locate_unit(w, body, body_size, units, 2 * l + kv, &off, &size);
+  const bool v3 = d.info.format_version >= kStoredUnitsFormatVersion;
+  uint32_t e = detail::locate_unit(w, body, body_size, units, 2 * l + kv, &off, &size, v3, stored);
   const bool lossless = detail::is_lossless(d.info);
-  if (!e) e = detail::parse_unit(body + off, size, lossless ? uint32_t(d.es) : 1u, lossless, uint32_t(d.es), ul);
+  if (!e && *stored) {
+    ul->size = size;
+    if (size != detail::stored_unit_bytes(uint64_t(tokens) * d.info.shape.channels(), uint32_t(d.es)))
+      e = detail::kUnitSizeMismatch;
+  } else if (!e) {
+    e = detail::parse_unit(body + off, size, lossless ? uint32_t(d.es) : 1u, lossless, uint32_t(d.es), ul);
+  }
   if (e) return CorruptData(detail::unit_error_message(e));
   *unit = body + off;
   return Status::Ok();
@@ -422,10 +431,15 @@ Status decode_unit(const Decoder& d, uint32_t l, uint32_t kv, uint32_t tokens, s
                    RowOf&& row) {
   const uint8_t* p = nullptr;
   detail::UnitLayout ul;
-  KVCODEC_RETURN_IF_ERROR(locate(d, body.data(), body.size(), l, kv, &p, &ul));
+  bool stored = false;
+  KVCODEC_RETURN_IF_ERROR(locate(d, body.data(), body.size(), l, kv, tokens, &p, &ul, &stored));
   const DecLayer& dl = d.layers[size_t(l) * 2 + kv];
   const uint32_t C = uint32_t(d.info.shape.channels());
   const size_t es = d.es;
+  if (stored) {  // the raw elements [tokens][C]
+    for (uint32_t t = 0; t < tokens; ++t) std::memcpy(row(t), p + size_t(t) * C * es, C * es);
+    return Status::Ok();
+  }
   if (detail::is_lossless(d.info)) {
     std::vector<const SlotTable*> tab(C);
     for (uint32_t plane = 0; plane < es; ++plane) {
@@ -546,7 +560,13 @@ StatusOr<FrameStats> analyze_frame(std::span<const uint8_t> frame) {
     for (uint32_t u = 0; u < 2 * L; ++u) {
       const uint8_t* p = nullptr;
       detail::UnitLayout ul;
-      KVCODEC_RETURN_IF_ERROR(locate(*d, body.data(), body.size(), u / 2, u % 2, &p, &ul));
+      bool stored = false;
+      KVCODEC_RETURN_IF_ERROR(locate(*d, body.data(), body.size(), u / 2, u % 2, ci.tokens, &p, &ul, &stored));
+      if (stored) {
+        ++st.stored_units;
+        st.stored_bytes += ul.size;
+        continue;
+      }
       const DecLayer& dl = d->layers[u];
       const SlotTable* tables = dl.tables.data();
       uint64_t escapes = 0;  // escape symbols decoded: must be the unit's escape count

@@ -20,6 +20,7 @@ StatusOr<PackedModel> pack_model(std::span<const uint8_t> head) {
   PackedLayout& l = pm.layout;
   l.dtype = uint8_t(f.dtype);
   l.lossless = is_lossless(f) ? 1 : 0;
+  l.stored_units = f.format_version >= kStoredUnitsFormatVersion ? 1 : 0;
   l.elem_size = uint8_t(dtype_size(f.dtype));
   l.layers = f.shape.layers;
   l.tokens = f.shape.tokens;

@@ -46,6 +46,7 @@ struct PackedLayout {
   uint8_t dtype = 0;      // DType code
   uint8_t lossless = 0;
   uint8_t elem_size = 0;
+  uint8_t stored_units = 0;  // format version >= 3: directory bit 31 marks a stored unit
   uint32_t layers = 0, tokens = 0, kv_heads = 0, head_dim = 0, channels = 0;
   uint32_t chunk_tokens = 0, group_tokens = 0, num_chunks = 0;
   uint32_t max_layer_tables = 0;  // the most tables of one (layer, K/V)

@@ -26,6 +26,7 @@
 #include "common/dtype.hpp"
 #include "common/quant.hpp"
 #include "common/rans.hpp"
+#include "common/stored_unit.hpp"
 #include "common/unit.hpp"
 #include "common/warp.hpp"
 #include "decode/packed_model.hpp"
@@ -101,6 +102,31 @@ struct UnitJob {
   int16_t* refs;  // channels entries, scratch for anchors (group_tokens > 1)
 };
 
+// A stored unit (docs/format.md 4.4): its raw elements, in stream order, copied to the destination.
+#if defined(__CUDACC__)
+#pragma nv_exec_check_disable
+#endif
+template <typename W>
+KVCODEC_HD uint32_t warp_copy_stored_unit(W& w, const UnitJob& job, const uint8_t* p, uint64_t size) {
+  const uint32_t C = job.layout->channels, es = job.layout->elem_size;
+  const uint64_t n = uint64_t(job.tokens) * C;
+  if (size != stored_unit_bytes(n, es)) return kUnitSizeMismatch;
+  typename W::template Lanes<uint64_t> bad;
+  for (uint32_t j : w.lanes()) {
+    bad[j] = 0;
+    for (uint64_t i = j; i < n; i += kWarpLanes) {
+      int64_t row;
+      if (!job.dst.token_offset(job.token_begin + uint32_t(i / C), &row)) {
+        bad[j] = 1;
+        break;
+      }
+      char* e = job.dst.base + (row + job.dst.channel_offset(uint32_t(i % C))) * int64_t(es);
+      for (uint32_t b = 0; b < es; ++b) e[b] = char(p[i * es + b]);
+    }
+  }
+  return w.sum(bad) ? kUnitBadBlock : kUnitOk;
+}
+
 // P = lane streams per unit: 1 (lossy) or the element size (lossless byte planes). A template
 // parameter so that the per-plane state stays in registers on the device.
 #if defined(__CUDACC__)
@@ -115,8 +141,11 @@ KVCODEC_HD uint32_t warp_decode_unit_planes(W& w, const UnitJob& job) {
 
   // The unit's place in the chunk body and its streams (common/unit.hpp checks every size).
   uint64_t unit_off = 0, size = 0;
-  if (uint32_t e = locate_unit(w, job.body, job.body_size, units, u, &unit_off, &size)) return e;
+  bool stored = false;
+  if (uint32_t e = locate_unit(w, job.body, job.body_size, units, u, &unit_off, &size, pl.stored_units != 0, &stored))
+    return e;
   const uint8_t* p = job.body + unit_off;
+  if (stored) return warp_copy_stored_unit(w, job, p, size);
   UnitLayout ul;
   if (uint32_t e = parse_unit(p, size, P, lossless, es, &ul)) return e;
   const uint8_t* stream_at[P];

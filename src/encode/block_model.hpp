@@ -331,176 +331,96 @@ KVCODEC_HD void warp_write_table(W& w, bool lossless, const uint16_t* freq, cons
   }
 }
 
-// Builds the model of unit u (see the top of this file). `sums` holds ml.sums_bytes (shared
-// memory on the device when it fits, else the unit's global scratch). Every thread returns the
-// same value: false if a table could not be normalised (unreachable; see warp_build_table).
+// What the steps of block_build_model share about unit u: its shape, its histograms (count(s,
+// b, c): channel c's occurrences of bin b in slot s) and its per-channel groups.
+struct UnitModel {
+  uint32_t C, S, bins, G, fs;
+  bool lossless;
+  const uint32_t* hist;
+  uint16_t* group;
+  KVCODEC_HD uint32_t count(uint32_t s, uint32_t b, uint32_t c) const { return hist[(uint64_t(s) * bins + b) * C + c]; }
+};
+
+// Step 2 of block_build_model: refinement rounds moving each channel to the group whose
+// smoothed histogram codes it in the fewest bits, until no channel moves (at most 4 rounds).
 #if defined(__CUDACC__)
 #pragma nv_exec_check_disable
 #endif
 template <typename B>
-KVCODEC_HD bool block_build_model(B& blk, const EncodeLayout& el, const ModelLayout& ml, const ModelArgs& a,
-                                  uint32_t u, ModelShared& sh, uint64_t* sums, bool keep_groups = false) {
-  const uint32_t C = el.channels, S = el.slots, bins = el.bins, G = ml.groups, fs = ml.first_slot;
-  const bool lossless = el.lossless != 0;
-  const uint32_t* hist = a.hist + uint64_t(u) * el.hist_per_unit();
-  const uint64_t* feature = a.feature + uint64_t(u) * C;
-  uint16_t* group = a.table_base + uint64_t(u) * C;
-  uint8_t* scratch = a.scratch + uint64_t(u) * ml.scratch_stride;
-  uint64_t* keys = reinterpret_cast<uint64_t*>(scratch + ml.keys_offset);
-  uint16_t* freq = reinterpret_cast<uint16_t*>(scratch + ml.freq_offset);
-  auto count = [&](uint32_t s, uint32_t b, uint32_t c) { return hist[(uint64_t(s) * bins + b) * C + c]; };
-
-  // The bins any channel counts, per slot (every later pass reads only those rows), and the
-  // sort keys.
-  blk.single([&] {
-    for (uint32_t s = 0; s < S; ++s) {
-      sh.bin_lo[s] = bins;
-      sh.bin_hi[s] = 0;  // stored as bins - 1 - hi while the minimum is taken
-    }
-    for (uint32_t g = 0; g < G; ++g) sh.first[g] = C;
-    sh.failed = 0;
-  });
-  blk.for_range(ml.sort_n, [&](uint32_t i) { keys[i] = i < C ? feature[i] << 16 | i : ~uint64_t(0); });
-  blk.sync();
-  blk.for_range(C, [&](uint32_t c) {
-    for (uint32_t s = 0; s < S; ++s) {
-      uint32_t lo = bins, hi = 0;
-      for (uint32_t b = 0; b < bins; ++b)
-        if (count(s, b, c)) {
-          if (lo == bins) lo = b;
-          hi = b;
-        }
-      if (lo < bins) {
-        blk.atomic_min(&sh.bin_lo[s], lo);
-        blk.atomic_min(&sh.bin_hi[s], bins - 1 - hi);
-      }
-    }
-  });
-  blk.sync();
-  blk.single([&] {
-    for (uint32_t s = 0; s < S; ++s) sh.bin_hi[s] = sh.bin_lo[s] < bins ? bins - 1 - sh.bin_hi[s] : 0;
-  });
-
-  // keep_groups (the second pass of recount_deltas_channel): the groups of the first pass, which
-  // left table_base = group * slots; dense in order of first use, so step 3 keeps them.
-  if (keep_groups) {
-    blk.for_range(C, [&](uint32_t c) { group[c] = uint16_t(group[c] / S); });
+KVCODEC_HD void block_refine_groups(B& blk, const UnitModel& m, ModelShared& sh, uint64_t* sums) {
+  const uint32_t C = m.C, S = m.S, bins = m.bins, G = m.G, fs = m.fs;
+  uint16_t* group = m.group;
+  auto count = [&](uint32_t s, uint32_t b, uint32_t c) { return m.count(s, b, c); };
+  // Row r = (s - fs) * bins + b of group g lives at sums[g * rows + r].
+  const uint32_t rows = (S - fs) * bins;
+  for (int round = 0; round < 4; ++round) {
+    blk.for_range(G * rows, [&](uint32_t i) { sums[i] = 0; });
+    blk.single([&] { sh.moved = 0; });
     blk.sync();
-  }
-
-  // 1. Bitonic sort of the keys (ascending), then quantile groups.
-  for (uint32_t k = 2; !keep_groups && k <= ml.sort_n; k <<= 1)
-    for (uint32_t j = k >> 1; j > 0; j >>= 1) {
-      blk.for_range(ml.sort_n / 2, [&](uint32_t t) {
-        const uint32_t i = (t / j) * 2 * j + t % j, l = i + j;
-        const bool up = (i & k) == 0;
-        if ((keys[i] > keys[l]) == up) {
-          const uint64_t x = keys[i];
-          keys[i] = keys[l];
-          keys[l] = x;
-        }
-      });
-      blk.sync();
-    }
-  blk.sync();
-  if (!keep_groups) blk.for_range(C, [&](uint32_t i) { group[keys[i] & 0xffff] = uint16_t(uint64_t(i) * G / C); });
-  blk.sync();
-
-  // 2. Refinement rounds. Row r = (s - fs) * bins + b of group g lives at sums[g * rows + r].
-  if (G > 1 && !keep_groups) {
-    const uint32_t rows = (S - fs) * bins;
-    for (int round = 0; round < 4; ++round) {
-      blk.for_range(G * rows, [&](uint32_t i) { sums[i] = 0; });
-      blk.single([&] { sh.moved = 0; });
-      blk.sync();
-      blk.for_range(C, [&](uint32_t c) {
-        uint64_t* gs = sums + uint64_t(group[c]) * rows;
-        for (uint32_t s = fs; s < S; ++s)
-          for (uint32_t b = sh.bin_lo[s]; b <= sh.bin_hi[s]; ++b)
-            if (const uint32_t n = count(s, b, c)) blk.atomic_add(&gs[(s - fs) * bins + b], n);
-      });
-      blk.sync();
-      blk.for_warps(G * (S - fs), [&](auto& w, uint32_t r) {
-        typename std::remove_reference_t<decltype(w)>::template Lanes<uint64_t> part;
-        for (uint32_t j : w.lanes()) {
-          part[j] = 0;
-          for (uint32_t b = j; b < bins; b += kWarpLanes) part[j] += sums[uint64_t(r) * bins + b];
-        }
-        const uint64_t total = w.sum(part);
-        for (uint32_t j : w.lanes())
-          if (j == 0) sh.log_total[r] = log2_q32(2 * total + bins);
-      });
-      blk.sync();
-      // cost = -log2 of the smoothed probability, Q24 (cluster_channels' formula).
-      blk.for_range(G * rows, [&](uint32_t i) {
-        const uint64_t v = sums[i];
-        sums[i] = (sh.log_total[i / bins] - (v ? log2_q32(2 * v + 1) : 0)) >> 8;
-      });
-      blk.sync();
-      blk.for_range(C, [&](uint32_t c) {
-        uint64_t cost[kMaxTableGroups];
-        for (uint32_t g = 0; g < kMaxTableGroups; ++g) cost[g] = 0;
-        for (uint32_t s = fs; s < S; ++s)
-          for (uint32_t b = sh.bin_lo[s]; b <= sh.bin_hi[s]; ++b)
-            if (const uint64_t n = count(s, b, c)) {
-              const uint64_t* row = sums + (s - fs) * bins + b;
-              for (uint32_t g = 0; g < kMaxTableGroups; ++g)
-                if (g < G) cost[g] += n * row[uint64_t(g) * rows];
-            }
-        uint32_t best = group[c];
-        uint64_t best_cost = ~uint64_t(0);
-        for (uint32_t g = 0; g < kMaxTableGroups; ++g)
-          if (g < G && cost[g] < best_cost) {
-            best_cost = cost[g];
-            best = g;
+    blk.for_range(C, [&](uint32_t c) {
+      uint64_t* gs = sums + uint64_t(group[c]) * rows;
+      for (uint32_t s = fs; s < S; ++s)
+        for (uint32_t b = sh.bin_lo[s]; b <= sh.bin_hi[s]; ++b)
+          if (const uint32_t n = count(s, b, c)) blk.atomic_add(&gs[(s - fs) * bins + b], n);
+    });
+    blk.sync();
+    blk.for_warps(G * (S - fs), [&](auto& w, uint32_t r) {
+      typename std::remove_reference_t<decltype(w)>::template Lanes<uint64_t> part;
+      for (uint32_t j : w.lanes()) {
+        part[j] = 0;
+        for (uint32_t b = j; b < bins; b += kWarpLanes) part[j] += sums[uint64_t(r) * bins + b];
+      }
+      const uint64_t total = w.sum(part);
+      for (uint32_t j : w.lanes())
+        if (j == 0) sh.log_total[r] = log2_q32(2 * total + bins);
+    });
+    blk.sync();
+    // cost = -log2 of the smoothed probability, Q24 (cluster_channels' formula).
+    blk.for_range(G * rows, [&](uint32_t i) {
+      const uint64_t v = sums[i];
+      sums[i] = (sh.log_total[i / bins] - (v ? log2_q32(2 * v + 1) : 0)) >> 8;
+    });
+    blk.sync();
+    blk.for_range(C, [&](uint32_t c) {
+      uint64_t cost[kMaxTableGroups];
+      for (uint32_t g = 0; g < kMaxTableGroups; ++g) cost[g] = 0;
+      for (uint32_t s = fs; s < S; ++s)
+        for (uint32_t b = sh.bin_lo[s]; b <= sh.bin_hi[s]; ++b)
+          if (const uint64_t n = count(s, b, c)) {
+            const uint64_t* row = sums + (s - fs) * bins + b;
+            for (uint32_t g = 0; g < kMaxTableGroups; ++g)
+              if (g < G) cost[g] += n * row[uint64_t(g) * rows];
           }
-        if (best != group[c]) {
-          group[c] = uint16_t(best);
-          sh.moved = 1;
+      uint32_t best = group[c];
+      uint64_t best_cost = ~uint64_t(0);
+      for (uint32_t g = 0; g < kMaxTableGroups; ++g)
+        if (g < G && cost[g] < best_cost) {
+          best_cost = cost[g];
+          best = g;
         }
-      });
-      blk.sync();
-      const bool moved = sh.moved != 0;
-      blk.sync();  // everyone has read `moved` before the next round clears it
-      if (!moved) break;
-    }
+      if (best != group[c]) {
+        group[c] = uint16_t(best);
+        sh.moved = 1;
+      }
+    });
+    blk.sync();
+    const bool moved = sh.moved != 0;
+    blk.sync();  // everyone has read `moved` before the next round clears it
+    if (!moved) break;
   }
+}
 
-  // 3. Dense renumbering in order of first use.
-  blk.for_range(C, [&](uint32_t c) { blk.atomic_min(&sh.first[group[c]], c); });
-  blk.sync();
-  blk.single([&] {
-    sh.used = 0;
-    for (uint32_t g = 0; g < G; ++g) {
-      sh.remap[g] = 0;
-      if (sh.first[g] == C) continue;
-      ++sh.used;
-      for (uint32_t o = 0; o < G; ++o) sh.remap[g] += sh.first[o] < sh.first[g];
-    }
-  });
-  blk.sync();
-  blk.for_range(C, [&](uint32_t c) { group[c] = uint16_t(sh.remap[group[c]]); });
-  const uint32_t tables = sh.used * S;
-  blk.for_range(tables * bins, [&](uint32_t i) { sums[i] = 0; });
-  blk.sync();
-
-  // 4. Group histograms over all slots, [group * slots + slot][bin], and the tables.
-  blk.for_range(C, [&](uint32_t c) {
-    uint64_t* gs = sums + uint64_t(group[c]) * S * bins;
-    for (uint32_t s = 0; s < S; ++s)
-      for (uint32_t b = sh.bin_lo[s]; b <= sh.bin_hi[s]; ++b)
-        if (const uint32_t n = count(s, b, c)) blk.atomic_add(&gs[s * bins + b], n);
-  });
-  blk.sync();
-  uint32_t* codes = a.codes + uint64_t(u) * el.max_tables * bins;
-  blk.for_warps(tables, [&](auto& w, uint32_t i) {
-    if (!warp_build_table(w, lossless, sums + uint64_t(i) * bins, codes + uint64_t(i) * bins,
-                          freq + i * kLosslessBins, &sh.table[i]))
-      sh.failed = 1;
-  });
-  blk.sync();
-
-  // 5. Serialisation: group count, tables, channel groups, (lossy) step codes and centres.
+// Step 5 of block_build_model: serialises the model of unit u -- group count, tables, channel
+// groups, (lossy) step codes and centres -- into its slot of a.models; sets sh.model_bytes.
+#if defined(__CUDACC__)
+#pragma nv_exec_check_disable
+#endif
+template <typename B>
+KVCODEC_HD void block_write_model(B& blk, const UnitModel& m, const ModelLayout& ml, const ModelArgs& a, uint32_t u,
+                                  ModelShared& sh, uint16_t* freq, uint32_t tables) {
+  const uint32_t C = m.C;
+  const bool lossless = m.lossless;
+  const uint16_t* group = m.group;
   uint8_t* out = a.models + uint64_t(u) * ml.model_stride;
   blk.single([&] {
     out[0] = uint8_t(sh.used);
@@ -561,6 +481,123 @@ KVCODEC_HD bool block_build_model(B& blk, const EncodeLayout& el, const ModelLay
       }
     });
   }
+}
+
+// Builds the model of unit u (see the top of this file). `sums` holds ml.sums_bytes (shared
+// memory on the device when it fits, else the unit's global scratch). Every thread returns the
+// same value: false if a table could not be normalised (unreachable; see warp_build_table).
+#if defined(__CUDACC__)
+#pragma nv_exec_check_disable
+#endif
+template <typename B>
+KVCODEC_HD bool block_build_model(B& blk, const EncodeLayout& el, const ModelLayout& ml, const ModelArgs& a,
+                                  uint32_t u, ModelShared& sh, uint64_t* sums, bool keep_groups = false) {
+  const uint32_t C = el.channels, S = el.slots, bins = el.bins, G = ml.groups, fs = ml.first_slot;
+  const bool lossless = el.lossless != 0;
+  const uint32_t* hist = a.hist + uint64_t(u) * el.hist_per_unit();
+  const uint64_t* feature = a.feature + uint64_t(u) * C;
+  uint16_t* group = a.table_base + uint64_t(u) * C;
+  uint8_t* scratch = a.scratch + uint64_t(u) * ml.scratch_stride;
+  uint64_t* keys = reinterpret_cast<uint64_t*>(scratch + ml.keys_offset);
+  uint16_t* freq = reinterpret_cast<uint16_t*>(scratch + ml.freq_offset);
+  const UnitModel m{C, S, bins, G, fs, lossless, hist, group};
+  auto count = [&](uint32_t s, uint32_t b, uint32_t c) { return m.count(s, b, c); };
+
+  // The bins any channel counts, per slot (every later pass reads only those rows), and the
+  // sort keys.
+  blk.single([&] {
+    for (uint32_t s = 0; s < S; ++s) {
+      sh.bin_lo[s] = bins;
+      sh.bin_hi[s] = 0;  // stored as bins - 1 - hi while the minimum is taken
+    }
+    for (uint32_t g = 0; g < G; ++g) sh.first[g] = C;
+    sh.failed = 0;
+  });
+  blk.for_range(ml.sort_n, [&](uint32_t i) { keys[i] = i < C ? feature[i] << 16 | i : ~uint64_t(0); });
+  blk.sync();
+  blk.for_range(C, [&](uint32_t c) {
+    for (uint32_t s = 0; s < S; ++s) {
+      uint32_t lo = bins, hi = 0;
+      for (uint32_t b = 0; b < bins; ++b)
+        if (count(s, b, c)) {
+          if (lo == bins) lo = b;
+          hi = b;
+        }
+      if (lo < bins) {
+        blk.atomic_min(&sh.bin_lo[s], lo);
+        blk.atomic_min(&sh.bin_hi[s], bins - 1 - hi);
+      }
+    }
+  });
+  blk.sync();
+  blk.single([&] {
+    for (uint32_t s = 0; s < S; ++s) sh.bin_hi[s] = sh.bin_lo[s] < bins ? bins - 1 - sh.bin_hi[s] : 0;
+  });
+
+  // keep_groups (the second pass of recount_deltas_channel): the groups of the first pass, which
+  // left table_base = group * slots; dense in order of first use, so step 3 keeps them.
+  if (keep_groups) {
+    blk.for_range(C, [&](uint32_t c) { group[c] = uint16_t(group[c] / S); });
+    blk.sync();
+  }
+
+  // 1. Bitonic sort of the keys (ascending), then quantile groups.
+  for (uint32_t k = 2; !keep_groups && k <= ml.sort_n; k <<= 1)
+    for (uint32_t j = k >> 1; j > 0; j >>= 1) {
+      blk.for_range(ml.sort_n / 2, [&](uint32_t t) {
+        const uint32_t i = (t / j) * 2 * j + t % j, l = i + j;
+        const bool up = (i & k) == 0;
+        if ((keys[i] > keys[l]) == up) {
+          const uint64_t x = keys[i];
+          keys[i] = keys[l];
+          keys[l] = x;
+        }
+      });
+      blk.sync();
+    }
+  blk.sync();
+  if (!keep_groups) blk.for_range(C, [&](uint32_t i) { group[keys[i] & 0xffff] = uint16_t(uint64_t(i) * G / C); });
+  blk.sync();
+
+  // 2. Refinement rounds.
+  if (G > 1 && !keep_groups) block_refine_groups(blk, m, sh, sums);
+
+  // 3. Dense renumbering in order of first use.
+  blk.for_range(C, [&](uint32_t c) { blk.atomic_min(&sh.first[group[c]], c); });
+  blk.sync();
+  blk.single([&] {
+    sh.used = 0;
+    for (uint32_t g = 0; g < G; ++g) {
+      sh.remap[g] = 0;
+      if (sh.first[g] == C) continue;
+      ++sh.used;
+      for (uint32_t o = 0; o < G; ++o) sh.remap[g] += sh.first[o] < sh.first[g];
+    }
+  });
+  blk.sync();
+  blk.for_range(C, [&](uint32_t c) { group[c] = uint16_t(sh.remap[group[c]]); });
+  const uint32_t tables = sh.used * S;
+  blk.for_range(tables * bins, [&](uint32_t i) { sums[i] = 0; });
+  blk.sync();
+
+  // 4. Group histograms over all slots, [group * slots + slot][bin], and the tables.
+  blk.for_range(C, [&](uint32_t c) {
+    uint64_t* gs = sums + uint64_t(group[c]) * S * bins;
+    for (uint32_t s = 0; s < S; ++s)
+      for (uint32_t b = sh.bin_lo[s]; b <= sh.bin_hi[s]; ++b)
+        if (const uint32_t n = count(s, b, c)) blk.atomic_add(&gs[s * bins + b], n);
+  });
+  blk.sync();
+  uint32_t* codes = a.codes + uint64_t(u) * el.max_tables * bins;
+  blk.for_warps(tables, [&](auto& w, uint32_t i) {
+    if (!warp_build_table(w, lossless, sums + uint64_t(i) * bins, codes + uint64_t(i) * bins,
+                          freq + i * kLosslessBins, &sh.table[i]))
+      sh.failed = 1;
+  });
+  blk.sync();
+
+  // 5. Serialisation: group count, tables, channel groups, (lossy) step codes and centres.
+  block_write_model(blk, m, ml, a, u, sh, freq, tables);
   blk.sync();
   blk.single([&] { a.model_size[u] = sh.model_bytes; });
   blk.for_range(C, [&](uint32_t c) { group[c] = uint16_t(group[c] * S); });  // the lane encoders' table base

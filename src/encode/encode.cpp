@@ -8,6 +8,7 @@
 
 #include "encode/encode_model.hpp"
 #include "common/frame.hpp"
+#include "common/stored_unit.hpp"
 #include "common/parallel.hpp"
 #include "encode/quantize_row.hpp"
 #include "common/rans_lanes.hpp"
@@ -51,6 +52,7 @@ void encode_symbols(const std::vector<uint32_t>& fc, std::vector<uint16_t>& scra
 struct LayerOutput {
   LayerModel model;
   std::vector<std::vector<uint8_t>> units;  // per chunk
+  std::vector<uint8_t> stored;              // per chunk: 1 if the unit is stored raw
   Status status;
 };
 
@@ -172,7 +174,6 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, LayerOu
 
   // Symbol values: q = n - center for anchors, q - q_anchor for deltas; kEscape when escaped.
   const std::unique_ptr<int16_t[]> val(new int16_t[size_t(T) * C]);
-  constexpr int16_t kEsc = detail::kEscapeQ;
   for (uint32_t t = 0; t < T; ++t) {
     const uint32_t local = t % CT;
     const bool anchor = local % GT == 0;
@@ -245,6 +246,24 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, LayerOu
   }
 }
 
+// Replaces every unit whose coded form is larger than the raw elements plus its fixed headers by
+// the raw elements (a stored unit, docs/format.md 4.4). raw: the (layer, K/V)'s [tokens][C].
+void store_large_units(const Context& cx, const uint8_t* raw, LayerOutput& out) {
+  const uint64_t C = cx.src.shape.channels();
+  const bool lossless = cx.opt.level == 0;
+  const uint32_t planes = lossless ? uint32_t(cx.es) : 1;
+  out.stored.assign(cx.chunks, 0);
+  for (uint32_t k = 0; k < cx.chunks; ++k) {
+    const uint32_t t0 = k * cx.opt.chunk_tokens, t1 = std::min(cx.src.shape.tokens, t0 + cx.opt.chunk_tokens);
+    const uint64_t n = uint64_t(t1 - t0) * C;
+    if (!detail::store_unit(out.units[k].size(), n, uint32_t(cx.es), planes, lossless)) continue;
+    const uint8_t* first = raw + size_t(t0) * C * cx.es;
+    out.units[k].assign(first, first + n * cx.es);
+    out.units[k].resize(detail::stored_unit_bytes(n, uint32_t(cx.es)), 0);
+    out.stored[k] = 1;
+  }
+}
+
 }  // namespace
 
 size_t max_encoded_size(const KVShape& shape, DType dtype, const EncodeOptions& o) noexcept {
@@ -255,13 +274,14 @@ size_t max_encoded_size(const KVShape& shape, DType dtype, const EncodeOptions& 
   const uint64_t chunks = detail::num_chunks_for(shape.tokens, o.chunk_tokens);
   uint64_t total = kHeaderBytes + chunks * kIndexEntryBytes;
   total += 2 * L * detail::max_layer_model_bytes(C, o.table_groups, slots, lossless);
-  // Per chunk: unit directory; per unit: lane streams (<= one 16-bit word per symbol) + padding,
-  // and for lossy levels the escape count and up to every element raw.
-  const uint64_t planes = lossless ? es : 1;
-  const uint64_t lane_overhead = detail::kLaneStreamHeader + 3;
-  total += chunks * (2 * L * 4 + 2 * L * (planes * lane_overhead + (lossless ? 0 : 4 + 3)));
-  const uint64_t n = 2 * L * uint64_t(shape.tokens) * C;  // symbols per plane, all chunks
-  total += planes * n * 2 + (lossless ? 0 : n * es);
+  // Per chunk: unit directory; per unit at most its raw elements (padded) plus the fixed headers
+  // of a coded unit -- larger coded units are stored raw (store_large_units).
+  const uint32_t planes = lossless ? uint32_t(es) : 1;
+  const uint64_t headers = detail::coded_unit_headers(planes, lossless);
+  const uint64_t full = shape.tokens / o.chunk_tokens, rest = shape.tokens % o.chunk_tokens;
+  total += chunks * 2 * L * (4 + headers);
+  total += 2 * L * full * detail::stored_unit_bytes(uint64_t(o.chunk_tokens) * C, uint32_t(es));
+  if (rest) total += 2 * L * detail::stored_unit_bytes(rest * C, uint32_t(es));
   if (total > uint64_t(SIZE_MAX)) return 0;
   return size_t(total);
 }
@@ -281,12 +301,15 @@ StatusOr<size_t> encode_into(const KVView& src, const EncodeOptions& o, std::spa
     gather(src, l, kv, raw.get());
     if (o.level == 0) encode_lossless(cx, raw.get(), outs[task]);
     else encode_lossy(cx, l, raw.get(), outs[task]);
+    if (outs[task].status.ok()) store_large_units(cx, raw.get(), outs[task]);
   }));
   for (size_t i = 0; i < outs.size(); ++i)
     if (!outs[i].status.ok())
       return outs[i].status.with_context("layer " + std::to_string(i / 2) + (i % 2 ? " V" : " K"));
 
   FrameInfo f = detail::frame_info_for(sh, src.dtype, o);
+  for (const auto& lo : outs)
+    if (std::find(lo.stored.begin(), lo.stored.end(), 1) != lo.stored.end()) f.format_version = kStoredUnitsFormatVersion;
   std::vector<uint8_t> model;
   for (const auto& lo : outs) f.table_bytes += detail::write_layer_model(f, lo.model, model);
 
@@ -294,7 +317,11 @@ StatusOr<size_t> encode_into(const KVView& src, const EncodeOptions& o, std::spa
   const size_t dir_bytes = size_t(L) * 2 * 4;
   for (uint32_t k = 0; k < chunks; ++k) {
     uint64_t size = dir_bytes;
-    for (const auto& lo : outs) size += lo.units[k].size();
+    for (const auto& lo : outs) {
+      size += lo.units[k].size();
+      if (f.format_version == kStoredUnitsFormatVersion && lo.units[k].size() >= kStoredUnitFlag)
+        return ResourceExhausted("unit of 2 GiB or more in a frame with stored units: use smaller chunk_tokens");
+    }
     if (size > UINT32_MAX) return ResourceExhausted("chunk larger than 4 GiB: use smaller chunk_tokens");
     f.chunks[k].size = uint32_t(size);
     f.chunks[k].tokens = std::min(o.chunk_tokens, sh.tokens - k * o.chunk_tokens);
@@ -310,11 +337,11 @@ StatusOr<size_t> encode_into(const KVView& src, const EncodeOptions& o, std::spa
     uint8_t* unit = p + dir_bytes;
     for (size_t i = 0; i < outs.size(); ++i) {
       const auto& u = outs[i].units[k];
-      detail::store_le32(p + 4 * i, uint32_t(u.size()));
+      detail::store_le32(p + 4 * i, uint32_t(u.size()) | (outs[i].stored[k] ? kStoredUnitFlag : 0));
       std::memcpy(unit, u.data(), u.size());
       unit += u.size();
     }
-    f.chunks[k].checksum = detail::frame_checksum(kFormatVersion, p, f.chunks[k].size);
+    f.chunks[k].checksum = detail::frame_checksum(f.format_version, p, f.chunks[k].size);
   }));
   detail::write_head(f, model, head);
   std::memcpy(dst.data(), head.data(), head.size());

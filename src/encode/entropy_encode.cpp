@@ -32,7 +32,7 @@ StatusOr<FreqTable> FreqTable::from_counts(std::span<const uint64_t> counts) {
     sum += t.freq[s];
   }
   // Correct the rounding one unit at a time where it costs the fewest bits (the score of
-  // common/model_values.hpp). Integer fixed-point logs keep the choice identical on every
+  // encode/model_values.hpp). Integer fixed-point logs keep the choice identical on every
   // machine (common/log2.hpp); the device model builder (encode/block_model.hpp) makes the same
   // choices with one warp.
   while (sum != int64_t(kRansM)) {

@@ -45,7 +45,8 @@ size_t write_layer_model(const FrameInfo& f, const LayerModel& m, std::vector<ui
 
 void write_head(FrameInfo& f, std::span<const uint8_t> model, std::vector<uint8_t>& out) {
   const uint32_t n = uint32_t(f.chunks.size());
-  f.format_version = kFormatVersion;
+  // Version 2, or 3 when the encoder put a stored unit in the frame (docs/format.md 4.4).
+  if (f.format_version != kStoredUnitsFormatVersion) f.format_version = kFormatVersion;
   f.model_bytes = model.size();
   f.head_bytes = kHeaderBytes + model.size() + uint64_t(n) * kIndexEntryBytes;
   uint64_t offset = f.head_bytes;
@@ -59,7 +60,7 @@ void write_head(FrameInfo& f, std::span<const uint8_t> model, std::vector<uint8_
   out.assign(f.head_bytes, 0);
   uint8_t* p = out.data();
   std::memcpy(p + kOffMagic, kFrameMagic, 4);
-  store_le16(p + kOffVersion, kFormatVersion);
+  store_le16(p + kOffVersion, f.format_version);
   p[kOffDType] = uint8_t(f.dtype);
   p[kOffLevel] = uint8_t(f.level);
   p[kOffLanes] = uint8_t(kRansLanes);

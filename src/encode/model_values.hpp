@@ -92,10 +92,11 @@ KVCODEC_HD uint32_t zigzag32(int32_t v) { return (uint32_t(v) << 1) ^ uint32_t(v
 
 // Worst-case size of one (layer, K/V) model in the model section: group count, tables (n - 1,
 // lossy qmin, frequencies <= 4096 in <= 2 varint bytes), channel-group nibbles and, lossy, step
-// codes and centres (<= 5 varint bytes each).
+// codes (deltas of codes in [-640, 640]: zigzag < 2^14, <= 2 varint bytes) and centres
+// (|center| <= 2^22: zigzag < 2^23, <= 4 varint bytes).
 KVCODEC_HD uint64_t max_layer_model_bytes(uint64_t C, uint32_t groups, uint32_t slots, bool lossless) {
   const uint64_t table = 1 + (lossless ? 0 : 2) + 256 * 2;
-  return 1 + uint64_t(groups) * slots * table + (C + 1) / 2 + (lossless ? 0 : C * (5 + 5));
+  return 1 + uint64_t(groups) * slots * table + (C + 1) / 2 + (lossless ? 0 : C * (2 + 4));
 }
 
 }  // namespace kvcodec::detail

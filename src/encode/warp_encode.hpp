@@ -43,6 +43,7 @@
 #include "common/rans.hpp"
 #include "common/unit.hpp"
 #include "common/warp.hpp"
+#include "common/stored_unit.hpp"
 #include "encode/encode_values.hpp"
 #include "encode/quantize.hpp"
 #include "kvcodec/config.hpp"
@@ -89,7 +90,8 @@ struct LaneGrid {
 struct UnitStage {
   uint32_t words[4];
   uint32_t escapes;
-  uint32_t bytes;
+  uint32_t bytes;   // in the frame: coded, or stored (raw) when `stored`
+  uint32_t stored;  // 1: the unit is stored raw (docs/format.md 4.4; store_unit decides)
   uint32_t state[4][kWarpLanes];
 };
 
@@ -254,6 +256,11 @@ KVCODEC_HD uint64_t unit_bytes(const EncodeLayout& el, const UnitStage& st) {
   return b;
 }
 
+// Size in the frame of unit st of a chunk of n symbols per plane: stored or coded.
+KVCODEC_HD uint64_t frame_unit_bytes(const EncodeLayout& el, const UnitStage& st, uint64_t n) {
+  return st.stored ? stored_unit_bytes(n, el.elem_size) : unit_bytes(el, st);
+}
+
 // Checksum segments of the largest chunk body the layout allows (every symbol a word in every
 // lane stream and, lossy, an escape): bounds the digests of any chunk.
 KVCODEC_HD uint64_t max_chunk_segments(const EncodeLayout& el) {
@@ -342,12 +349,15 @@ KVCODEC_HD uint32_t warp_encode_unit_planes(W& w, const EncodeLayout& el, const 
   UnitStage counts;
   for (uint32_t p = 0; p < P; ++p) counts.words[p] = n - wpos[p];
   counts.escapes = n - epos;
+  const uint64_t coded = unit_bytes(el, counts);
+  const bool stored = store_unit(coded, n, el.elem_size, P, el.lossless != 0);
   for (uint32_t j : w.lanes()) {
     for (uint32_t p = 0; p < P; ++p) st->state[p][j] = x[p][j];
     if (j == 0) {
       for (uint32_t p = 0; p < P; ++p) st->words[p] = counts.words[p];
       st->escapes = counts.escapes;
-      st->bytes = uint32_t(unit_bytes(el, counts));
+      st->stored = stored ? 1u : 0u;
+      st->bytes = uint32_t(stored ? stored_unit_bytes(n, el.elem_size) : coded);
     }
   }
   return kUnitOk;
@@ -368,15 +378,25 @@ KVCODEC_HD uint32_t warp_encode_unit(W& w, const EncodeLayout& el, const KVView&
 
 // Chunk sizes (directory + units), their offsets after a head of head_bytes, and the frame size.
 // kAssignTooSmall when the frame would exceed `capacity` bytes; kAssignChunkTooLarge, with
-// nothing more written, when a chunk reaches 4 GiB (the CPU encoder's kResourceExhausted).
+// nothing more written, when a chunk reaches 4 GiB, or a unit 2 GiB in a frame with stored units
+// (the CPU encoder's kResourceExhausted).
 enum AssignResult : uint32_t { kAssignOk = 0, kAssignTooSmall = 1, kAssignChunkTooLarge = 2 };
 KVCODEC_HD uint32_t assign_chunks(const EncodeLayout& el, const UnitStage* stages, uint64_t head_bytes,
                                   uint64_t capacity, uint64_t* chunk_offset, uint32_t* chunk_size,
                                   uint64_t* frame_bytes) {
+  bool any_stored = false;
+  uint64_t largest = 0;
+  for (uint64_t i = 0; i < uint64_t(el.num_chunks) * el.units(); ++i) any_stored |= stages[i].stored != 0;
   uint64_t off = head_bytes;
   for (uint32_t k = 0; k < el.num_chunks; ++k) {
     uint64_t size = 4ull * el.units();
-    for (uint32_t u = 0; u < el.units(); ++u) size += unit_bytes(el, stages[uint64_t(k) * el.units() + u]);
+    const uint64_t n = uint64_t(el.chunk_token_count(k)) * el.channels;
+    for (uint32_t u = 0; u < el.units(); ++u) {
+      const uint64_t b = frame_unit_bytes(el, stages[uint64_t(k) * el.units() + u], n);
+      largest = b > largest ? b : largest;
+      size += b;
+    }
+    if (any_stored && largest >= kStoredUnitFlag) return kAssignChunkTooLarge;
     if (size > 0xffffffffull) return kAssignChunkTooLarge;  // the index holds u32 sizes (as encode_into)
     chunk_offset[k] = off;
     chunk_size[k] = uint32_t(size);
@@ -391,8 +411,8 @@ KVCODEC_HD uint32_t assign_chunks(const EncodeLayout& el, const UnitStage* stage
 #pragma nv_exec_check_disable
 #endif
 template <typename W>
-KVCODEC_HD void warp_write_unit(W& w, const EncodeLayout& el, const EncodeStaging& stg, const uint64_t* chunk_offset,
-                                uint32_t k, uint32_t u, uint8_t* dst) {
+KVCODEC_HD void warp_write_unit(W& w, const EncodeLayout& el, const KVView& src, const EncodeStaging& stg,
+                                const uint64_t* chunk_offset, uint32_t k, uint32_t u, uint8_t* dst) {
   const uint32_t units = el.units(), es = el.elem_size, P = el.planes;
   const UnitStage* chunk_stages = stg.stages + uint64_t(k) * units;
   const UnitStage& st = chunk_stages[u];
@@ -403,9 +423,23 @@ KVCODEC_HD void warp_write_unit(W& w, const EncodeLayout& el, const EncodeStagin
   for (uint32_t j : w.lanes()) {
     before[j] = 0;
     for (uint32_t v = j; v < u; v += kWarpLanes) before[j] += chunk_stages[v].bytes;
-    if (j == 0) st_u32(body + 4ull * u, st.bytes);
+    if (j == 0) st_u32(body + 4ull * u, st.bytes | (st.stored ? kStoredUnitFlag : 0u));
   }
   uint8_t* out = body + 4ull * units + w.sum(before);
+  if (st.stored) {  // the raw elements in stream order; the frame becomes version 3
+    const UnitDst s = UnitDst::make(src, u / 2, u % 2);
+    const uint32_t t0 = k * el.chunk_tokens;
+    for (uint32_t j : w.lanes()) {
+      if (j == 0) st_u16(dst + 4, kStoredUnitsFormatVersion);
+      for (uint64_t i = j; i < n; i += kWarpLanes) {
+        const uint8_t* e = nullptr;
+        if (element_at(s, t0 + uint32_t(i / el.channels), uint32_t(i % el.channels), &e))
+          for (uint32_t b = 0; b < es; ++b) out[i * es + b] = e[b];
+      }
+      for (uint64_t i = uint64_t(n) * es + j; i < st.bytes; i += kWarpLanes) out[i] = 0;
+    }
+    return;
+  }
   for (uint32_t p = 0; p < P; ++p) {
     const uint32_t count = st.words[p];
     const uint16_t* words = stg.words + uint64_t(P) * sym0 + uint64_t(p) * n + (n - count);

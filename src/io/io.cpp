@@ -25,13 +25,16 @@
 #include <utility>
 
 #include "common/bytes.hpp"
-#include "io/json.hpp"
+#include <nlohmann/json.hpp>
 
 namespace kvcodec {
 namespace {
 
-using detail::JsonReader;
-using detail::JsonType;
+// Safetensors headers are parsed with nlohmann/json, never throwing (parse(..., false)), into an
+// ordered_json so that tensors keep their document order.
+using Json = nlohmann::ordered_json;
+// Arrays and objects nested deeper than this are refused (safetensors headers need 3 levels).
+constexpr int kJsonMaxDepth = 64;
 
 // safetensors' own reader refuses headers above 100 MB; so do we (a KV file needs a few KB).
 constexpr uint64_t kMaxSafetensorsHeader = 100ull << 20;
@@ -219,54 +222,41 @@ struct PendingTensor {
   uint64_t begin = 0, end = 0;
 };
 
-// Moves a successfully read value into `slot`; returns the read's status.
-template <typename T>
-Status store(StatusOr<T>&& read, std::optional<T>& slot) {
-  if (read.ok()) slot = std::move(read).value();
-  return read.status();
-}
-
-// A JSON array of non-negative integers.
-StatusOr<std::vector<uint64_t>> read_uints(JsonReader& r) {
+// A JSON array of non-negative integers (below 2^64: no sign, fraction or exponent).
+StatusOr<std::vector<uint64_t>> read_uints(const Json& j, std::string_view what) {
+  if (!j.is_array()) return CorruptData(std::string(what) + ": not an array");
   std::vector<uint64_t> v;
-  KVCODEC_RETURN_IF_ERROR(r.read_array([&]() -> Status {
-    KVCODEC_ASSIGN_OR_RETURN(uint64_t x, r.read_uint());
-    v.push_back(x);
-    return Status::Ok();
-  }));
+  for (const Json& x : j) {
+    if (!x.is_number_unsigned()) return CorruptData(std::string(what) + ": not a non-negative integer");
+    v.push_back(x.get<uint64_t>());
+  }
   return v;
 }
 
-// One tensor entry, its keys in any order; other keys are skipped, as the reference reader does.
-StatusOr<PendingTensor> parse_entry(JsonReader& r, std::string name) {
+// One tensor entry, its keys in any order; other keys are ignored, as the reference reader does.
+StatusOr<PendingTensor> parse_entry(const Json& entry, std::string name) {
   const std::string where = "tensor '" + name + "'";
-  KVCODEC_ASSIGN_OR_RETURN(JsonType type, r.peek());
-  if (type != JsonType::kObject) return CorruptData(where + " is not a JSON object");
-
-  std::optional<std::string> dtype;
-  std::optional<std::vector<uint64_t>> shape, offsets;
-  Status s = r.read_object([&](std::string_view key) -> Status {
-    if (key == "dtype") return store(r.read_string(), dtype).with_context(key);
-    if (key == "shape") return store(read_uints(r), shape).with_context(key);
-    if (key == "data_offsets") return store(read_uints(r), offsets).with_context(key);
-    return r.skip();
-  });
-  if (!s.ok()) return s.with_context(where);
-  if (!dtype || !shape || !offsets) return CorruptData(where + " lacks dtype, shape or data_offsets");
-  if (offsets->size() != 2) return CorruptData(where + ": data_offsets is not [begin, end]");
+  if (!entry.is_object()) return CorruptData(where + " is not a JSON object");
+  const auto dtype = entry.find("dtype"), shape_it = entry.find("shape"), offsets_it = entry.find("data_offsets");
+  if (dtype == entry.end() || shape_it == entry.end() || offsets_it == entry.end())
+    return CorruptData(where + " lacks dtype, shape or data_offsets");
+  if (!dtype->is_string()) return CorruptData(where + ": dtype is not a string");
+  KVCODEC_ASSIGN_OR_RETURN(std::vector<uint64_t> shape, read_uints(*shape_it, where + ": shape"));
+  KVCODEC_ASSIGN_OR_RETURN(std::vector<uint64_t> offsets, read_uints(*offsets_it, where + ": data_offsets"));
+  if (offsets.size() != 2) return CorruptData(where + ": data_offsets is not [begin, end]");
 
   PendingTensor p;
   p.tensor.name = std::move(name);
-  auto parsed_dtype = parse_safetensors_dtype(*dtype);
+  auto parsed_dtype = parse_safetensors_dtype(dtype->get_ref<const std::string&>());
   if (!parsed_dtype.ok()) return parsed_dtype.status().with_context(where);
   p.tensor.dtype = *parsed_dtype;
-  for (uint64_t d : *shape) {
+  for (uint64_t d : shape) {
     if (d > uint64_t(std::numeric_limits<int64_t>::max()))
       return CorruptData(where + ": shape entries must be non-negative integers below 2^63");
     p.tensor.shape.push_back(int64_t(d));
   }
-  p.begin = (*offsets)[0];
-  p.end = (*offsets)[1];
+  p.begin = offsets[0];
+  p.end = offsets[1];
   if (p.end < p.begin) return CorruptData(where + ": data_offsets end before begin");
   auto bytes = tensor_bytes(p.tensor.shape, p.tensor.dtype);
   if (!bytes.ok()) return bytes.status().with_context(where);
@@ -276,25 +266,56 @@ StatusOr<PendingTensor> parse_entry(JsonReader& r, std::string name) {
   return p;
 }
 
+// Parses JSON text strictly: the whole grammar, valid UTF-8 (nlohmann's lexer checks it, escaped
+// surrogates included), nothing but whitespace after the document, and beyond nlohmann's
+// defaults unique keys within each object and nesting bounded by kJsonMaxDepth.
+StatusOr<Json> parse_json_strict(std::string_view text) {
+  std::vector<std::vector<std::string>> keys;  // per open object: the keys seen so far
+  const char* problem = nullptr;
+  const Json::parser_callback_t check = [&](int depth, Json::parse_event_t event, Json& parsed) {
+    switch (event) {
+      case Json::parse_event_t::object_start:
+      case Json::parse_event_t::array_start:
+        if (depth >= kJsonMaxDepth && !problem) problem = "nested too deeply";
+        if (event == Json::parse_event_t::object_start) keys.emplace_back();
+        break;
+      case Json::parse_event_t::object_end:
+        if (!keys.empty()) keys.pop_back();
+        break;
+      case Json::parse_event_t::key: {
+        auto& seen = keys.back();
+        const std::string& k = parsed.get_ref<const std::string&>();
+        if (std::find(seen.begin(), seen.end(), k) != seen.end() && !problem) problem = "repeated key";
+        seen.push_back(k);
+        break;
+      }
+      default: break;
+    }
+    return problem == nullptr;  // after a problem, build nothing more
+  };
+  Json j = Json::parse(text.begin(), text.end(), check, /*allow_exceptions=*/false);
+  if (problem) return CorruptData(std::string("JSON: ") + problem);
+  if (j.is_discarded()) return CorruptData("not valid JSON");
+  return j;
+}
+
 // Parses the header's JSON: an object of tensor entries and an optional "__metadata__" object of
 // strings, in file order.
 StatusOr<std::vector<PendingTensor>> parse_header_json(std::string_view text) {
-  JsonReader r(text);
-  KVCODEC_ASSIGN_OR_RETURN(JsonType type, r.peek());
-  if (type != JsonType::kObject) return CorruptData("safetensors header is not a JSON object");
+  KVCODEC_ASSIGN_OR_RETURN(Json j, parse_json_strict(text));
+  if (!j.is_object()) return CorruptData("safetensors header is not a JSON object");
   std::vector<PendingTensor> tensors;
-  KVCODEC_RETURN_IF_ERROR(r.read_object([&](std::string_view name) -> Status {
+  for (auto& [name, value] : j.items()) {
     if (name == "__metadata__") {
       // A string -> string map, as the reference requires; kvcodec keeps nothing from it.
-      KVCODEC_ASSIGN_OR_RETURN(JsonType t, r.peek());
-      if (t != JsonType::kObject) return CorruptData("__metadata__ is not a JSON object");
-      return r.read_object([&](std::string_view) { return r.read_string().status(); }).with_context("__metadata__");
+      if (!value.is_object()) return CorruptData("__metadata__ is not a JSON object");
+      for (const Json& v : value)
+        if (!v.is_string()) return CorruptData("__metadata__: a value is not a string");
+      continue;
     }
-    KVCODEC_ASSIGN_OR_RETURN(PendingTensor p, parse_entry(r, std::string(name)));
+    KVCODEC_ASSIGN_OR_RETURN(PendingTensor p, parse_entry(value, name));
     tensors.push_back(std::move(p));
-    return Status::Ok();
-  }));
-  KVCODEC_RETURN_IF_ERROR(r.finish());
+  }
   return tensors;
 }
 
@@ -370,6 +391,16 @@ Status check_tensor_ref(const TensorRef& t) {
   return Status::Ok();
 }
 
+// `s` as a JSON string literal: quoted, '"', '\\' and control characters escaped, other characters
+// as they are. kInvalidArgument when s is not valid UTF-8.
+StatusOr<std::string> json_string(std::string_view s) {
+  try {
+    return Json(std::string(s)).dump(-1, ' ', false, Json::error_handler_t::strict);
+  } catch (const Json::exception&) {
+    return InvalidArgument("tensor names must be valid UTF-8");
+  }
+}
+
 Status write_safetensors_refs(const std::string& path, std::span<const TensorRef> tensors) {
   // Compact JSON, tensors in the given order, each {"dtype":..,"shape":[..],"data_offsets":[b,e]}.
   std::string text = "{";
@@ -382,7 +413,8 @@ Status write_safetensors_refs(const std::string& path, std::span<const TensorRef
     Status s = check_tensor_ref(t);
     if (!s.ok()) return s.with_context("tensor '" + name + "'");
     if (text.size() > 1) text += ',';
-    if (!detail::append_json_string(text, t.name)) return InvalidArgument("tensor names must be valid UTF-8");
+    KVCODEC_ASSIGN_OR_RETURN(std::string quoted, json_string(t.name));
+    text += quoted;
     text += ":{\"dtype\":\"";
     text += safetensors_dtype(t.dtype);
     text += "\",\"shape\":[";

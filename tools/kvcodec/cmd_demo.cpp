@@ -154,13 +154,20 @@ std::string make_svg(const FetchReport& r, const LinkTrace& trace, const std::ve
   return s.str();
 }
 
-}  // namespace
+// The demo's settings, parsed and checked once.
+struct DemoOptions {
+  bool real = false;  // --model: a real model's KV and recompute
+  int64_t tokens = 0, chunk_tokens = 0, offset = 0;
+  double high = 0, low = 0, drop_s = 0, rtt_s = 0;
+  double slo_s = 0;        // 0: derived from the prefill rate
+  double prefill_tps = 0;  // 0: measured (--model) or assumed
+  int workers = 1;         // encoder / decoder threads
+  std::vector<int> levels = {2, 5, 8};
+  std::string store, out_dir, model, tokenizer, text;
+};
 
-int cmd_demo(int argc, char** argv) {
-  Args a("demo",
-         "kvcodec demo [--tokens N] [--levels LIST] [--chunk-tokens N] [--store URI] [--out DIR] "
-         "[--high-gbps X --low-gbps Y --drop-ms T] [--rtt-ms R] [--slo-ms S] [--prefill-tps P] "
-         "[--model M --tokenizer T --text FILE [--offset B]]");
+// Declares and parses the options; -1 when the demo should run, else the exit code.
+int parse_demo_options(Args& a, int argc, char** argv, DemoOptions& o) {
   a.option("--tokens", "context tokens (default 4096 synthetic; real model: up to its context length)")
       .option("--levels", "levels to store (default 2,5,8)")
       .option("--chunk-tokens", "tokens per chunk (default 256; 64 with --model)")
@@ -179,133 +186,135 @@ int cmd_demo(int argc, char** argv) {
       .option("--text", "text to prefill the context from (with --model)")
       .option("--offset", "byte offset of the context in --text (default 0)");
   if (!a.parse(argc, argv)) return a.exit_code();
-  const bool real = a.has("--model");
-  if (real && (!a.has("--tokenizer") || !a.has("--text"))) return a.fail("--model needs --tokenizer and --text");
-  if (!real && (a.has("--tokenizer") || a.has("--text"))) return a.fail("--tokenizer and --text need --model");
-  int64_t tokens = a.get_int("--tokens", real ? 1 << 20 : 4096);
-  const int64_t chunk_tokens = a.get_int("--chunk-tokens", real ? 64 : 256);
-  const double high = a.get_double("--high-gbps", 10), low = a.get_double("--low-gbps", 1);
-  const double drop_s = a.get_double("--drop-ms", 100) / 1e3, rtt_s = a.get_double("--rtt-ms", 2) / 1e3;
-  double slo_s = a.get_double("--slo-ms", 0) / 1e3;  // 0: derived from the prefill rate below
-  double prefill_tps = a.get_double("--prefill-tps", 0);
+  o.real = a.has("--model");
+  if (o.real && (!a.has("--tokenizer") || !a.has("--text"))) return a.fail("--model needs --tokenizer and --text");
+  if (!o.real && (a.has("--tokenizer") || a.has("--text"))) return a.fail("--tokenizer and --text need --model");
+  o.tokens = a.get_int("--tokens", o.real ? 1 << 20 : 4096);
+  o.chunk_tokens = a.get_int("--chunk-tokens", o.real ? 64 : 256);
+  o.high = a.get_double("--high-gbps", 10);
+  o.low = a.get_double("--low-gbps", 1);
+  o.drop_s = a.get_double("--drop-ms", 100) / 1e3;
+  o.rtt_s = a.get_double("--rtt-ms", 2) / 1e3;
+  o.slo_s = a.get_double("--slo-ms", 0) / 1e3;
+  o.prefill_tps = a.get_double("--prefill-tps", 0);
   const int threads = int(a.get_int("--threads", 0));
-  const int64_t offset = a.get_int("--offset", 0);
-  std::vector<int> levels = {2, 5, 8};
+  o.offset = a.get_int("--offset", 0);
   if (a.has("--levels")) {
-    levels.clear();
-    for (int64_t l : a.get_int_list("--levels")) levels.push_back(int(l));
+    o.levels.clear();
+    for (int64_t l : a.get_int_list("--levels")) o.levels.push_back(int(l));
   }
   if (a.failed()) return 2;
-  if (tokens < 1 || chunk_tokens < 1 || chunk_tokens > kMaxChunkTokens || !(high > 0) || !(low > 0) ||
-      !(drop_s > 0) || rtt_s < 0 || slo_s < 0 || prefill_tps < 0 || threads < 0 || offset < 0)
+  if (o.tokens < 1 || o.chunk_tokens < 1 || o.chunk_tokens > kMaxChunkTokens || !(o.high > 0) || !(o.low > 0) ||
+      !(o.drop_s > 0) || o.rtt_s < 0 || o.slo_s < 0 || o.prefill_tps < 0 || threads < 0 || o.offset < 0)
     return a.fail("sizes, bandwidths, times and rates must be positive");
-  for (const Status& s : {check_link_gbps(high, "--high-gbps"), check_link_gbps(low, "--low-gbps"),
-                          check_seconds(drop_s, kMaxTraceSeconds, "--drop-ms / 1000"),
-                          check_seconds(rtt_s, 60, "--rtt-ms / 1000"), check_seconds(slo_s, 3600, "--slo-ms / 1000")})
+  for (const Status& s : {check_link_gbps(o.high, "--high-gbps"), check_link_gbps(o.low, "--low-gbps"),
+                          check_seconds(o.drop_s, kMaxTraceSeconds, "--drop-ms / 1000"),
+                          check_seconds(o.rtt_s, 60, "--rtt-ms / 1000"),
+                          check_seconds(o.slo_s, 3600, "--slo-ms / 1000")})
     if (!s.ok()) return a.fail(std::string(s.message()));
-  const std::string out_dir = a.get("--out", "kvcodec-demo-out");
-  const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
-  const int workers = threads ? threads : int(hw);
-  const auto t_start = Clock::now();
+  o.out_dir = a.get("--out", "kvcodec-demo-out");
+  o.store = a.get("--store", "mem:");
+  o.model = a.get("--model");
+  o.tokenizer = a.get("--tokenizer");
+  o.text = a.get("--text");
+  o.workers = threads ? threads : int(std::max(1u, std::thread::hardware_concurrency()));
+  return -1;
+}
 
-  // ---- 1. The context --------------------------------------------------------------------------
+// The context to stream: its KV, its token ids (for TEXT chunks), and with a real model the
+// tokens that follow it (to measure quality).
+struct DemoContext {
   KVCache kv;
   std::vector<int32_t> text_tokens, continuation;
   std::shared_ptr<const Model> model;
   std::string label;
-  if (real) {
-    auto m = Model::load(a.get("--model"));
-    if (!m.ok()) return a.fail(m.status());
-    model = std::make_shared<const Model>(std::move(*m));
-    auto tok = Tokenizer::open(a.get("--tokenizer"));
-    if (!tok.ok()) return a.fail(tok.status());
-    std::ifstream f(a.get("--text"), std::ios::binary);
-    if (!f) return a.fail(NotFound("cannot read " + a.get("--text")));
-    std::stringstream text;
-    text << f.rdbuf();
-    constexpr uint32_t kContinuation = 64;  // tokens whose perplexity measures quality
-    const uint32_t seq = model->config().seq_len;
-    if (seq <= kContinuation + 16) return a.fail("the model's context is too short for the demo");
-    tokens = std::min<int64_t>(tokens, seq - kContinuation);
-    auto ids = context_tokens(*tok, text.str(), uint64_t(offset), uint32_t(tokens + kContinuation));
-    if (!ids.ok()) return a.fail(ids.status().with_context("--text"));
-    text_tokens.assign(ids->begin(), ids->begin() + tokens);
-    continuation.assign(ids->begin() + tokens, ids->end());
-    KVState state = model->new_state();
-    if (Status s = model->forward(text_tokens, state, nullptr); !s.ok()) return a.fail(s);
-    auto cache = state.to_cache(DType::kF16);
-    if (!cache.ok()) return a.fail(cache.status());
-    kv = std::move(*cache);
-    label = "REAL KV of " + std::filesystem::path(a.get("--model")).filename().string() + " on " +
-            std::filesystem::path(a.get("--text")).filename().string();
-    if (prefill_tps == 0) {
-      auto tps = measure_prefill_throughput(*model, uint32_t(std::min<int64_t>(chunk_tokens, seq)));
-      if (!tps.ok()) return a.fail(tps.status());
-      prefill_tps = *tps;
-    }
-  } else {
-    auto cache = make_synthetic("llama3-8b", uint32_t(tokens), DType::kF16, 1);
-    if (!cache.ok()) return a.fail(cache.status());
-    kv = std::move(*cache);
-    // A synthetic context has no text. Placeholder token ids let the demo exercise the TEXT
-    // option; its recompute is emulated (below).
-    for (int64_t t = 0; t < tokens; ++t) text_tokens.push_back(int32_t(t % 32000));
-    label = "SYNTHETIC Llama-3-8B-shaped KV (not a real model's cache)";
-    if (prefill_tps == 0) prefill_tps = kAssumedPrefillTps;
-  }
-  std::printf("kvcodec demo -- %s\n", label.c_str());
-  std::printf("context: %u layers x %u kv heads x %u, %u tokens, %s, %.1f MiB\n", kv.shape.layers, kv.shape.kv_heads,
-              kv.shape.head_dim, kv.shape.tokens, dtype_name(kv.dtype), double(kv.data.size()) / 1048576.0);
+};
 
-  // ---- 2. Encode the levels and store them -------------------------------------------------------
-  auto store_or = open_cli_store(a.get("--store", "mem:"));
-  if (!store_or.ok()) return a.fail(store_or.status());
-  std::shared_ptr<Store> store(std::move(*store_or));
+// Tokens after the context whose perplexity measures quality.
+constexpr uint32_t kContinuation = 64;
+
+// Step 1 with --model: prefills the model on the text; measures its prefill rate unless given.
+Status real_context(DemoOptions& o, DemoContext& c) {
+  KVCODEC_ASSIGN_OR_RETURN(Tokenizer tok, Tokenizer::open(o.tokenizer));
+  std::ifstream f(o.text, std::ios::binary);
+  if (!f) return NotFound("cannot read " + o.text);
+  std::stringstream text;
+  text << f.rdbuf();
+  const uint32_t seq = c.model->config().seq_len;
+  o.tokens = std::min<int64_t>(o.tokens, seq - kContinuation);
+  auto ids = context_tokens(tok, text.str(), uint64_t(o.offset), uint32_t(o.tokens + kContinuation));
+  if (!ids.ok()) return ids.status().with_context("--text");
+  c.text_tokens.assign(ids->begin(), ids->begin() + o.tokens);
+  c.continuation.assign(ids->begin() + o.tokens, ids->end());
+  KVState state = c.model->new_state();
+  KVCODEC_RETURN_IF_ERROR(c.model->forward(c.text_tokens, state, nullptr));
+  KVCODEC_ASSIGN_OR_RETURN(c.kv, state.to_cache(DType::kF16));
+  c.label = "REAL KV of " + std::filesystem::path(o.model).filename().string() + " on " +
+            std::filesystem::path(o.text).filename().string();
+  if (o.prefill_tps == 0) {
+    KVCODEC_ASSIGN_OR_RETURN(o.prefill_tps,
+                             measure_prefill_throughput(*c.model, uint32_t(std::min<int64_t>(o.chunk_tokens, seq))));
+  }
+  return Status::Ok();
+}
+
+// Step 1 without a model: a synthetic Llama-3-8B-shaped cache.
+Status synthetic_context(DemoOptions& o, DemoContext& c) {
+  KVCODEC_ASSIGN_OR_RETURN(c.kv, make_synthetic("llama3-8b", uint32_t(o.tokens), DType::kF16, 1));
+  // A synthetic context has no text. Placeholder token ids let the demo exercise the TEXT
+  // option; its recompute is emulated (fetch_with_controller).
+  for (int64_t t = 0; t < o.tokens; ++t) c.text_tokens.push_back(int32_t(t % 32000));
+  c.label = "SYNTHETIC Llama-3-8B-shaped KV (not a real model's cache)";
+  if (o.prefill_tps == 0) o.prefill_tps = kAssumedPrefillTps;
+  return Status::Ok();
+}
+
+// Step 2: encodes the levels and stores them; prints what each costs.
+StatusOr<Manifest> store_levels(const DemoOptions& o, DemoContext& c, std::shared_ptr<Store>& store) {
+  KVCODEC_ASSIGN_OR_RETURN(auto opened, open_cli_store(o.store));
+  store = std::move(opened);
   PutOptions po;
-  po.levels = levels;
-  po.chunk_tokens = uint32_t(chunk_tokens);
-  po.text_tokens = text_tokens;
-  po.threads = workers;
+  po.levels = o.levels;
+  po.chunk_tokens = uint32_t(o.chunk_tokens);
+  po.text_tokens = c.text_tokens;
+  po.threads = o.workers;
   po.measure_chunks = 2;  // error and decode speed measured on a sample of two chunks
   auto t_put = Clock::now();
-  auto manifest = put_context(*store, "demo", kv.view(), po);
-  if (!manifest.ok()) return a.fail(manifest.status());
-  std::printf("\nstored at %zu levels in %s (%.1f s):\n  %6s %12s %10s %10s %10s\n", manifest->levels.size(),
+  KVCODEC_ASSIGN_OR_RETURN(Manifest manifest, put_context(*store, "demo", c.kv.view(), po));
+  std::printf("\nstored at %zu levels in %s (%.1f s):\n  %6s %12s %10s %10s %10s\n", manifest.levels.size(),
               store->uri().c_str(), since(t_put), "level", "MB", "bits/elem", "rel.err", "dec GB/s");
-  for (const auto& l : manifest->levels)
+  for (const auto& l : manifest.levels)
     std::printf("  %6d %12.2f %10.3f %10.4f %10.2f\n", l.level, double(l.frame_bytes()) / 1e6,
-                8.0 * double(l.frame_bytes()) / double(kv.shape.elements()), l.rel_error, l.decode_gbps);
+                8.0 * double(l.frame_bytes()) / double(c.kv.shape.elements()), l.rel_error, l.decode_gbps);
+  return manifest;
+}
 
-  // ---- 3. Serve it through a link that drops mid-stream -------------------------------------------
-  LinkTrace trace{{{0.0, high}, {drop_s, low}}};
+// Steps 3 and 4: serves the stored context through a link that drops mid-stream and fetches it
+// with the adaptive controller into `fetched`. `base` receives the controller's settings.
+Status fetch_with_controller(DemoOptions& o, const DemoContext& c, std::shared_ptr<Store> store, const Manifest& m,
+                             const LinkTrace& trace, ControllerConfig& base, KVCache& fetched, FetchReport& report) {
   ServerOptions so;
-  so.link = LinkConfig{trace, rtt_s};
-  auto server = Server::start(store, so);
-  if (!server.ok()) return a.fail(server.status());
+  so.link = LinkConfig{trace, o.rtt_s};
+  KVCODEC_ASSIGN_OR_RETURN(auto server, Server::start(store, so));
   std::printf("\nserving on 127.0.0.1:%u through an emulated link: %g Gb/s, dropping to %g Gb/s at %g ms; rtt %g ms\n",
-              (*server)->port(), high, low, drop_s * 1e3, rtt_s * 1e3);
-
-  // ---- 4. Fetch with the adaptive controller -----------------------------------------------------
+              server->port(), o.high, o.low, o.drop_s * 1e3, o.rtt_s * 1e3);
   FetchOptions fo;
-  fo.port = (*server)->port();
+  fo.port = server->port();
   fo.id = "demo";
-  if (slo_s == 0) slo_s = 0.8 * double(kv.shape.tokens) / prefill_tps;
-  fo.controller.slo_s = slo_s;
-  fo.controller.cost.rtt_s = rtt_s;
-  fo.controller.cost.prefill_tokens_per_s = prefill_tps;
-  fo.decode_threads = workers;
-  const ControllerConfig base = fo.controller;
-  RecomputeFn real_recompute;
-  if (real) {
-    auto r = model_recompute(model, kv.shape);
-    if (!r.ok()) return a.fail(r.status());
-    real_recompute = *r;
-    fo.recompute = real_recompute;
-    std::printf("TEXT chunks are recomputed by the model (prefill measured: %.0f tokens/s)\n", prefill_tps);
+  if (o.slo_s == 0) o.slo_s = 0.8 * double(c.kv.shape.tokens) / o.prefill_tps;
+  fo.controller.slo_s = o.slo_s;
+  fo.controller.cost.rtt_s = o.rtt_s;
+  fo.controller.cost.prefill_tokens_per_s = o.prefill_tps;
+  fo.decode_threads = o.workers;
+  base = fo.controller;
+  if (o.real) {
+    KVCODEC_ASSIGN_OR_RETURN(fo.recompute, model_recompute(c.model, c.kv.shape));
+    std::printf("TEXT chunks are recomputed by the model (prefill measured: %.0f tokens/s)\n", o.prefill_tps);
   } else {
     // Emulated recompute: the prefill time of the target model is charged, and the chunk is
     // filled from the original tensor (there is no model of this size here).
     const CostModel cost = fo.controller.cost;
+    const KVCache& kv = c.kv;
     fo.recompute = [&kv, cost](uint32_t, uint32_t begin, std::span<const int32_t> ids, const KVView& dst) {
       const auto until = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(
                                             cost.prefill_seconds(uint32_t(ids.size()), begin)));
@@ -314,63 +323,60 @@ int cmd_demo(int argc, char** argv) {
       return Status::Ok();
     };
     std::printf("TEXT chunks: recompute EMULATED -- charged %.0f tokens/s (an assumed GPU prefill rate), "
-                "filled from the original tensor\n", prefill_tps);
+                "filled from the original tensor\n", o.prefill_tps);
   }
-  const uint32_t n_chunks = manifest->num_chunks();
-  fo.observer.on_chunk_ready = [n_chunks](const ChunkReport& c) { print_chunk_line(stdout, c, n_chunks); };
+  const uint32_t n_chunks = m.num_chunks();
+  fo.observer.on_chunk_ready = [n_chunks](const ChunkReport& r) { print_chunk_line(stdout, r, n_chunks); };
   fo.observer.on_failure = [](const FetchFailure& f) { print_failure_line(stdout, f); };
   std::printf("\nfetching %u chunks, SLO %.0f ms (adaptive controller; ready order shows the two-ended plan):\n",
-              n_chunks, slo_s * 1e3);
+              n_chunks, o.slo_s * 1e3);
   // The destination is prepared before the fetch, as a server's KV memory would be.
-  auto fetched_or = KVCache::allocate(kv.dtype, kv.shape);
-  if (!fetched_or.ok()) return a.fail(fetched_or.status());
-  KVCache fetched = std::move(*fetched_or);
-  FetchReport report;
-  Status fs = fetch_context(fo, &fetched, &report);
-  (*server)->stop();
-  if (!fs.ok()) return a.fail(fs);
+  KVCODEC_ASSIGN_OR_RETURN(fetched, KVCache::allocate(c.kv.dtype, c.kv.shape));
+  const Status fs = fetch_context(fo, &fetched, &report);
+  server->stop();
+  return fs;
+}
 
-  // ---- 5. The same context, link and costs in the simulator --------------------------------------
-  // The stored levels, as the real client saw them; raw fp16 is an extra option for its own
-  // fixed row only (the server does not hold it).
-  const ContextProfile profile = profile_from_manifest(*manifest, 0, true);
+// Step 5: the real fetch, then the same context, link and costs in the simulator for the fixed
+// strategies; raw fp16 is an extra option for its own row only (the server does not hold it).
+StatusOr<std::vector<Row>> compare_strategies(const DemoContext& c, const Manifest& m, const LinkTrace& trace,
+                                              const ControllerConfig& base, const FetchReport& report) {
+  const ContextProfile profile = profile_from_manifest(m, 0, true);
   ContextProfile with_fp16 = profile;
   with_fp16.options.push_back(ChunkOption{"fp16", -1, 0.0, 0.0, 0});  // raw bytes: nothing to decode
-  for (uint32_t c = 0; c < n_chunks; ++c) with_fp16.bytes[c].push_back(manifest->raw_chunk_bytes(c));
+  for (uint32_t k = 0; k < m.num_chunks(); ++k) with_fp16.bytes[k].push_back(m.raw_chunk_bytes(k));
   const int fp16_option = int(with_fp16.options.size()) - 1;
   std::vector<Row> rows;
-  auto simulate_row = [&](const std::string& name, ControllerConfig c) -> Status {
-    KVCODEC_ASSIGN_OR_RETURN(SimResult r, simulate(c.plan == std::vector<int>{fp16_option} ? with_fp16 : profile, c, trace));
+  auto simulate_row = [&](const std::string& name, ControllerConfig cc) -> Status {
+    KVCODEC_ASSIGN_OR_RETURN(SimResult r, simulate(cc.plan == std::vector<int>{fp16_option} ? with_fp16 : profile, cc, trace));
     rows.push_back({name, "simulated", r.ttft_s, r.bits_per_element, r.distortion, r.text_chunks, r.slo_met});
     return Status::Ok();
   };
   auto fixed = [&](std::vector<int> plan) {
-    ControllerConfig c = base;
-    c.policy = Policy::kFixed;
-    c.plan = std::move(plan);
-    return c;
+    ControllerConfig cc = base;
+    cc.policy = Policy::kFixed;
+    cc.plan = std::move(plan);
+    return cc;
   };
   double fetched_error = 0;
-  for (const auto& c : report.chunks)
-    if (c.level >= 0) fetched_error += manifest->find_level(c.level)->rel_error * manifest->chunk_token_count(c.chunk);
+  for (const auto& r : report.chunks)
+    if (r.level >= 0) fetched_error += m.find_level(r.level)->rel_error * m.chunk_token_count(r.chunk);
   rows.push_back({"kvcodec adaptive", "real TCP", report.ttft_s, report.bits_per_element,
-                  fetched_error / kv.shape.tokens, report.text_chunks, report.slo_met});
-  Status ss = simulate_row("kvcodec adaptive", base);
-  {
-    ControllerConfig c = base;
-    c.policy = Policy::kEqualBudget;
-    if (ss.ok()) ss = simulate_row("CacheGen equal-budget", c);
-  }
-  if (ss.ok()) {
-    auto plan = oracle_plan(profile, base, trace);
-    ss = plan.ok() ? simulate_row("oracle (knows the trace)", fixed(*plan)) : plan.status();
-  }
-  for (size_t i = 0; i < manifest->levels.size() && ss.ok(); ++i)
-    ss = simulate_row("kvcodec L" + std::to_string(manifest->levels[i].level) + " fixed", fixed({int(i)}));
-  if (ss.ok()) ss = simulate_row("fp16 raw", fixed({fp16_option}));
-  if (ss.ok()) ss = simulate_row("text only (recompute all)", fixed({kTextOption}));
-  if (!ss.ok()) return a.fail(ss.with_context("simulation"));
+                  fetched_error / c.kv.shape.tokens, report.text_chunks, report.slo_met});
+  KVCODEC_RETURN_IF_ERROR(simulate_row("kvcodec adaptive", base));
+  ControllerConfig equal = base;
+  equal.policy = Policy::kEqualBudget;
+  KVCODEC_RETURN_IF_ERROR(simulate_row("CacheGen equal-budget", equal));
+  KVCODEC_ASSIGN_OR_RETURN(std::vector<int> plan, oracle_plan(profile, base, trace));
+  KVCODEC_RETURN_IF_ERROR(simulate_row("oracle (knows the trace)", fixed(plan)));
+  for (size_t i = 0; i < m.levels.size(); ++i)
+    KVCODEC_RETURN_IF_ERROR(simulate_row("kvcodec L" + std::to_string(m.levels[i].level) + " fixed", fixed({int(i)})));
+  KVCODEC_RETURN_IF_ERROR(simulate_row("fp16 raw", fixed({fp16_option})));
+  KVCODEC_RETURN_IF_ERROR(simulate_row("text only (recompute all)", fixed({kTextOption})));
+  return rows;
+}
 
+void print_strategies(const std::vector<Row>& rows, const FetchReport& report, const ControllerConfig& base) {
   std::printf("\n%-28s %-10s %10s %10s %10s %6s %5s\n", "strategy", "source", "TTFT ms", "bits/elem", "rel.err",
               "text", "SLO");
   for (const auto& r : rows)
@@ -383,45 +389,103 @@ int cmd_demo(int argc, char** argv) {
   std::printf("real TCP stream %.1f ms vs simulated %.1f ms: %+.1f%% (plus %.1f ms of setup in the real TTFT)\n",
               real_stream * 1e3, sim_adaptive * 1e3, 100.0 * (real_stream - sim_adaptive) / sim_adaptive,
               report.setup_s * 1e3);
+}
 
-  // ---- 6. Quality on a real model ------------------------------------------------------------------
-  nlohmann::json quality;
-  if (real) {
-    auto base_nll = continuation_nll(*model, kv, continuation);
-    auto got_nll = continuation_nll(*model, fetched, continuation);
-    if (!base_nll.ok()) return a.fail(base_nll.status());
-    if (!got_nll.ok()) return a.fail(got_nll.status());
-    const double ppl0 = std::exp(*base_nll), ppl1 = std::exp(*got_nll);
-    std::printf("quality: perplexity of the next %zu tokens %.4f with the original KV, %.4f with the fetched KV (%+.3f%%)\n",
-                continuation.size() - 1, ppl0, ppl1, 100 * (ppl1 / ppl0 - 1));
-    quality = {{"continuation_tokens", continuation.size() - 1}, {"ppl_base", ppl0}, {"ppl", ppl1},
-               {"ppl_delta_pct", 100 * (ppl1 / ppl0 - 1)}};
-  } else {
+// Step 6: with a real model, the perplexity of the continuation with the original and the
+// fetched KV (null JSON for a synthetic context).
+StatusOr<nlohmann::json> measure_quality(const DemoContext& c, const KVCache& fetched) {
+  if (!c.model) {
     std::printf("quality: synthetic context -- only tensor error (rel.err) is meaningful; run with --model for perplexity\n");
+    return nlohmann::json();
   }
+  KVCODEC_ASSIGN_OR_RETURN(double base_nll, continuation_nll(*c.model, c.kv, c.continuation));
+  KVCODEC_ASSIGN_OR_RETURN(double got_nll, continuation_nll(*c.model, fetched, c.continuation));
+  const double ppl0 = std::exp(base_nll), ppl1 = std::exp(got_nll);
+  std::printf("quality: perplexity of the next %zu tokens %.4f with the original KV, %.4f with the fetched KV (%+.3f%%)\n",
+              c.continuation.size() - 1, ppl0, ppl1, 100 * (ppl1 / ppl0 - 1));
+  return nlohmann::json{{"continuation_tokens", c.continuation.size() - 1}, {"ppl_base", ppl0}, {"ppl", ppl1},
+                        {"ppl_delta_pct", 100 * (ppl1 / ppl0 - 1)}};
+}
 
-  // ---- 7. Reports ------------------------------------------------------------------------------------
+// Step 7: demo.json and demo.svg in the report directory; returns their paths.
+StatusOr<std::pair<std::string, std::string>> write_reports(const DemoOptions& o, const DemoContext& c,
+                                                            const Manifest& m, const LinkTrace& trace,
+                                                            const FetchReport& report, const std::vector<Row>& rows,
+                                                            const nlohmann::json& quality) {
   std::error_code ec;
-  std::filesystem::create_directories(out_dir, ec);
-  if (ec) return a.fail(IoError("cannot create " + out_dir + ": " + ec.message()));
+  std::filesystem::create_directories(o.out_dir, ec);
+  if (ec) return IoError("cannot create " + o.out_dir + ": " + ec.message());
+  const KVShape& sh = c.kv.shape;
   nlohmann::json j;
-  j["context"] = {{"label", label}, {"synthetic", !real}, {"layers", kv.shape.layers}, {"kv_heads", kv.shape.kv_heads},
-                  {"head_dim", kv.shape.head_dim}, {"tokens", kv.shape.tokens}, {"chunk_tokens", chunk_tokens}};
-  j["link"] = {{"high_gbps", high}, {"low_gbps", low}, {"drop_ms", drop_s * 1e3}, {"rtt_ms", rtt_s * 1e3}};
-  j["costs"] = {{"prefill_tokens_per_s", prefill_tps}, {"recompute", real ? "model" : "emulated"}, {"slo_ms", slo_s * 1e3}};
-  j["manifest"] = nlohmann::json::parse(manifest_json(*manifest, "demo"));
+  j["context"] = {{"label", c.label}, {"synthetic", !o.real}, {"layers", sh.layers}, {"kv_heads", sh.kv_heads},
+                  {"head_dim", sh.head_dim}, {"tokens", sh.tokens}, {"chunk_tokens", o.chunk_tokens}};
+  j["link"] = {{"high_gbps", o.high}, {"low_gbps", o.low}, {"drop_ms", o.drop_s * 1e3}, {"rtt_ms", o.rtt_s * 1e3}};
+  j["costs"] = {{"prefill_tokens_per_s", o.prefill_tps}, {"recompute", o.real ? "model" : "emulated"},
+                {"slo_ms", o.slo_s * 1e3}};
+  j["manifest"] = nlohmann::json::parse(manifest_json(m, "demo"));
   j["fetch"] = nlohmann::json::parse(report.to_json());
   for (const auto& r : rows)
     j["strategies"].push_back({{"strategy", r.strategy}, {"source", r.source}, {"ttft_ms", r.ttft_s * 1e3},
                                {"bits_per_element", r.bits_per_element}, {"rel_error", r.rel_error},
                                {"text_chunks", r.text_chunks}, {"slo_met", r.slo_met}});
-  if (real) j["quality"] = quality;
-  const std::string json_path = out_dir + "/demo.json", svg_path = out_dir + "/demo.svg";
+  if (o.real) j["quality"] = quality;
+  const std::string json_path = o.out_dir + "/demo.json", svg_path = o.out_dir + "/demo.svg";
   std::ofstream(json_path) << j.dump(2) << "\n";
-  std::ofstream(svg_path) << make_svg(report, trace, rows, slo_s, "kvcodec demo: " + label);
+  std::ofstream(svg_path) << make_svg(report, trace, rows, o.slo_s, "kvcodec demo: " + c.label);
   if (!std::filesystem::exists(json_path) || !std::filesystem::exists(svg_path))
-    return a.fail(IoError("cannot write the report into " + out_dir));
-  std::printf("\nwrote %s and %s (%.1f s in all)\n", json_path.c_str(), svg_path.c_str(), since(t_start));
+    return IoError("cannot write the report into " + o.out_dir);
+  return std::pair{json_path, svg_path};
+}
+
+}  // namespace
+
+int cmd_demo(int argc, char** argv) {
+  Args a("demo",
+         "kvcodec demo [--tokens N] [--levels LIST] [--chunk-tokens N] [--store URI] [--out DIR] "
+         "[--high-gbps X --low-gbps Y --drop-ms T] [--rtt-ms R] [--slo-ms S] [--prefill-tps P] "
+         "[--model M --tokenizer T --text FILE [--offset B]]");
+  DemoOptions o;
+  if (int code = parse_demo_options(a, argc, argv, o); code >= 0) return code;
+  const auto t_start = Clock::now();
+
+  // 1. The context.
+  DemoContext c;
+  if (o.real) {
+    auto m = Model::load(o.model);
+    if (!m.ok()) return a.fail(m.status());
+    c.model = std::make_shared<const Model>(std::move(*m));
+    if (c.model->config().seq_len <= kContinuation + 16) return a.fail("the model's context is too short for the demo");
+  }
+  if (Status s = o.real ? real_context(o, c) : synthetic_context(o, c); !s.ok()) return a.fail(s);
+  std::printf("kvcodec demo -- %s\n", c.label.c_str());
+  std::printf("context: %u layers x %u kv heads x %u, %u tokens, %s, %.1f MiB\n", c.kv.shape.layers,
+              c.kv.shape.kv_heads, c.kv.shape.head_dim, c.kv.shape.tokens, dtype_name(c.kv.dtype),
+              double(c.kv.data.size()) / 1048576.0);
+
+  // 2. Encode the levels and store them.
+  std::shared_ptr<Store> store;
+  auto manifest = store_levels(o, c, store);
+  if (!manifest.ok()) return a.fail(manifest.status());
+
+  // 3-4. Serve it through a link that drops mid-stream; fetch with the adaptive controller.
+  const LinkTrace trace{{{0.0, o.high}, {o.drop_s, o.low}}};
+  ControllerConfig base;
+  KVCache fetched;
+  FetchReport report;
+  if (Status s = fetch_with_controller(o, c, store, *manifest, trace, base, fetched, report); !s.ok())
+    return a.fail(s);
+
+  // 5. The same context, link and costs in the simulator.
+  auto rows = compare_strategies(c, *manifest, trace, base, report);
+  if (!rows.ok()) return a.fail(rows.status().with_context("simulation"));
+  print_strategies(*rows, report, base);
+
+  // 6. Quality on a real model; 7. reports.
+  auto quality = measure_quality(c, fetched);
+  if (!quality.ok()) return a.fail(quality.status());
+  auto paths = write_reports(o, c, *manifest, trace, report, *rows, *quality);
+  if (!paths.ok()) return a.fail(paths.status());
+  std::printf("\nwrote %s and %s (%.1f s in all)\n", paths->first.c_str(), paths->second.c_str(), since(t_start));
   return 0;
 }
 

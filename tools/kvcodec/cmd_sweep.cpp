@@ -239,6 +239,164 @@ std::string render_svg(const std::vector<Row>& rows, const std::vector<std::stri
   return svg;
 }
 
+// The profile of the measured options [begin, end) over chunks of chunk_sizes tokens.
+ContextProfile profile_of(const std::vector<Measured>& measured, size_t begin, size_t end,
+                          const std::vector<uint32_t>& chunk_sizes, uint64_t elements_per_token, DType dtype) {
+  ContextProfile p;
+  p.chunk_tokens = chunk_sizes;
+  p.raw_bytes_per_token = elements_per_token * dtype_size(dtype);
+  p.elements_per_token = elements_per_token;
+  p.bytes.assign(chunk_sizes.size(), {});
+  for (size_t i = begin; i < end; ++i) {
+    p.options.push_back(measured[i].option);
+    for (size_t c = 0; c < chunk_sizes.size(); ++c) p.bytes[c].push_back(measured[i].chunk_bytes[c]);
+  }
+  return p;
+}
+
+// The strategies of the sweep: text only, every measured option fixed (baselines, then the
+// stored levels), and the controller's policies and the oracle over the stored levels.
+std::vector<Strategy> sweep_strategies(const std::vector<Measured>& measured, size_t first_level, size_t end_level) {
+  std::vector<Strategy> strategies;
+  strategies.push_back({"text-only", Policy::kFixed, Objective::kMinTtft, kTextOption, false});
+  for (size_t i = 0; i < measured.size(); ++i)
+    if (i < first_level || i >= end_level) strategies.push_back({measured[i].option.name, Policy::kFixed, Objective::kMinTtft, int(i), false});
+  for (size_t i = first_level; i < end_level; ++i)
+    strategies.push_back({measured[i].option.name, Policy::kFixed, Objective::kMinTtft, int(i), false});
+  strategies.push_back({"equal-budget", Policy::kEqualBudget, Objective::kBestQualityWithinSlo, 0, false});
+  strategies.push_back({"adaptive-ttft", Policy::kAdaptive, Objective::kMinTtft, 0, false});
+  strategies.push_back({"adaptive-quality", Policy::kAdaptive, Objective::kBestQualityWithinSlo, 0, false});
+  strategies.push_back({"oracle-ttft", Policy::kFixed, Objective::kMinTtft, 0, true});
+  strategies.push_back({"oracle-quality", Policy::kFixed, Objective::kBestQualityWithinSlo, 0, true});
+  return strategies;
+}
+
+// The links of the sweep and the controller's settings common to every point.
+struct SweepGrid {
+  const std::vector<double>& bandwidths;
+  const std::vector<double>& rtts;
+  const std::vector<std::pair<std::string, LinkTrace>>& traces;
+  const ControllerConfig& base;
+  bool warm_prior;
+};
+
+// Simulates every strategy at every point of the grid: constant links at each bandwidth, then the
+// traces, at each RTT. Adaptive rows also get their TTFT relative to the oracle's.
+StatusOr<std::vector<Row>> run_grid(const SweepGrid& g, const std::vector<Strategy>& strategies,
+                                    const ContextProfile& all, const ContextProfile& stored) {
+  const ControllerConfig& base = g.base;
+  const bool warm_prior = g.warm_prior;
+  std::vector<Row> rows;
+  auto run_point = [&](double gbps, double rtt_ms, const std::string& trace_name, const LinkTrace& link) -> Status {
+    std::map<std::string, double> oracle_ttft;
+    const size_t first_row = rows.size();
+    for (const Strategy& s : strategies) {
+      ControllerConfig c = base;
+      c.cost.rtt_s = rtt_ms / 1e3;
+      if (warm_prior) {
+        c.estimator.prior_gbps = link.steps.front().gbps;
+        c.estimator.prior_measured = true;
+      }
+      c.policy = s.policy;
+      c.objective = s.objective;
+      const bool fixed_baseline = s.policy == Policy::kFixed && !s.oracle;
+      const ContextProfile& p = fixed_baseline ? all : stored;
+      if (fixed_baseline) c.plan = {s.option};
+      if (s.oracle) {
+        KVCODEC_ASSIGN_OR_RETURN(c.plan, oracle_plan(p, c, link));
+      }
+      KVCODEC_ASSIGN_OR_RETURN(SimResult r, simulate(p, c, link));
+      if (s.oracle) oracle_ttft[s.name.substr(std::string("oracle").size())] = r.ttft_s;
+      rows.push_back({gbps, rtt_ms, trace_name, s.name, std::move(r)});
+    }
+    for (size_t i = first_row; i < rows.size(); ++i)
+      if (rows[i].strategy.rfind("adaptive", 0) == 0)
+        rows[i].oracle_ratio = rows[i].r.ttft_s / oracle_ttft[rows[i].strategy.substr(std::string("adaptive").size())];
+    return Status::Ok();
+  };
+  for (double rtt : g.rtts) {
+    for (double gbps : g.bandwidths)
+      KVCODEC_RETURN_IF_ERROR(run_point(gbps, rtt, "", LinkTrace::constant(gbps)));
+    for (const auto& [name, t] : g.traces) KVCODEC_RETURN_IF_ERROR(run_point(t.steps.front().gbps, rtt, name, t));
+  }
+
+  return rows;
+}
+
+// The table of every row, and the targets of docs/results/streaming.md.
+void print_sweep(const std::vector<Row>& rows, bool has_traces, const std::string& context_name, int64_t chunk_tokens,
+                 double slo_ms, const ControllerConfig& base, bool warm_prior) {
+  std::printf("%s; chunks of %lld tokens; SLO %.0f ms; prefill %.0f tokens/s; prior %s\n",
+              context_name.c_str(), (long long)chunk_tokens, slo_ms, base.cost.prefill_tokens_per_s,
+              warm_prior ? "warm" : (std::to_string(base.estimator.prior_gbps) + " Gb/s").c_str());
+  std::printf("%-10s %7s %-22s %-18s %10s %8s %9s %5s %4s\n", "Gb/s", "RTT ms", "trace", "strategy", "TTFT ms",
+              "bits/el", "rel.err", "text", "SLO");
+  for (const Row& r : rows)
+    std::printf("%-10g %7g %-22s %-18s %10.2f %8.3f %9.5f %5u %4s\n", r.bandwidth_gbps, r.rtt_ms,
+                r.trace.empty() ? "constant" : r.trace.c_str(), r.strategy.c_str(), r.r.ttft_s * 1e3,
+                r.r.bits_per_element, r.r.distortion, r.r.text_chunks, r.r.slo_met ? "yes" : "no");
+
+  // The targets of docs/results/streaming.md (the README's bound: 3%).
+  double worst = 0;
+  int within = 0, points = 0;
+  for (const Row& r : rows)
+    if (r.trace.empty() && r.strategy == "adaptive-ttft") {
+      ++points;
+      within += r.oracle_ratio <= 1.03;
+      worst = std::max(worst, r.oracle_ratio);
+    }
+  std::printf("\nadaptive-ttft within 3%% of oracle-ttft at %d of %d constant points (worst ratio %.3f)\n",
+              within, points, worst);
+  if (has_traces) {
+    for (const char* name : {"adaptive-quality", "equal-budget", "oracle-quality"}) {
+      int met = 0, n = 0;
+      double distortion = 0;
+      for (const Row& r : rows)
+        if (!r.trace.empty() && r.strategy == name) {
+          ++n;
+          met += r.r.slo_met;
+          distortion += r.r.distortion;
+        }
+      std::printf("traces: %-17s met the SLO %d/%d times, mean rel. error %.5f\n", name, met, n,
+                  n ? distortion / n : 0.0);
+    }
+  }
+}
+
+// The sweep's JSON report: the context, the settings, every option and every row.
+nlohmann::json sweep_json(const std::string& context_name, int64_t chunk_tokens, double slo_ms,
+                          const ControllerConfig& base, bool warm_prior, const std::vector<Measured>& measured, const std::vector<Row>& rows) {
+  nlohmann::json j;
+  j["context"] = context_name;
+  j["chunk_tokens"] = chunk_tokens;
+  j["slo_ms"] = slo_ms;
+  j["prefill_tokens_per_s"] = base.cost.prefill_tokens_per_s;
+  j["prefill_attention_tokens"] = base.cost.prefill_attention_tokens;
+  j["prior_gbps"] = warm_prior ? nlohmann::json("warm") : nlohmann::json(base.estimator.prior_gbps);
+  for (const Measured& m : measured)
+    j["options"].push_back({{"name", m.option.name},
+                            {"bits_per_element", m.bits_per_element},
+                            {"rel_error", m.option.distortion},
+                            {"decode_gbps", m.option.decode_gbps},
+                            {"setup_bytes", m.option.setup_bytes},
+                            {"source", m.note}});
+  for (const Row& r : rows) {
+    nlohmann::json row = {{"bandwidth_gbps", r.bandwidth_gbps},
+                          {"rtt_ms", r.rtt_ms},
+                          {"trace", r.trace.empty() ? nlohmann::json(nullptr) : nlohmann::json(r.trace)},
+                          {"strategy", r.strategy},
+                          {"ttft_ms", r.r.ttft_s * 1e3},
+                          {"bits_per_element", r.r.bits_per_element},
+                          {"slo_met", r.r.slo_met},
+                          {"rel_error", r.r.distortion},
+                          {"text_chunks", r.r.text_chunks},
+                          {"bytes", r.r.bytes}};
+    if (r.oracle_ratio > 0) row["ttft_vs_oracle"] = r.oracle_ratio;
+    j["rows"].push_back(std::move(row));
+  }
+  return j;
+}
+
 }  // namespace
 
 int cmd_sweep(int argc, char** argv) {
@@ -358,140 +516,26 @@ int cmd_sweep(int argc, char** argv) {
 
   // Every option in one profile (fixed strategies), and the stored levels alone (what a store
   // holds: the adaptive controller, CacheGen's heuristic and the oracle choose among them).
-  auto profile_of = [&](size_t begin, size_t end) {
-    ContextProfile p;
-    p.chunk_tokens = chunk_sizes;
-    p.raw_bytes_per_token = elements_per_token * dtype_size(kv->dtype);
-    p.elements_per_token = elements_per_token;
-    p.bytes.assign(chunk_sizes.size(), {});
-    for (size_t i = begin; i < end; ++i) {
-      p.options.push_back(measured[i].option);
-      for (size_t c = 0; c < chunk_sizes.size(); ++c) p.bytes[c].push_back(measured[i].chunk_bytes[c]);
-    }
-    return p;
-  };
-  const ContextProfile all = profile_of(0, measured.size());
-  const ContextProfile stored = profile_of(first_level, end_level);
+  const ContextProfile all = profile_of(measured, 0, measured.size(), chunk_sizes, elements_per_token, kv->dtype);
+  const ContextProfile stored = profile_of(measured, first_level, end_level, chunk_sizes, elements_per_token, kv->dtype);
 
-  std::vector<Strategy> strategies;
-  strategies.push_back({"text-only", Policy::kFixed, Objective::kMinTtft, kTextOption, false});
-  for (size_t i = 0; i < measured.size(); ++i)
-    if (i < first_level || i >= end_level) strategies.push_back({measured[i].option.name, Policy::kFixed, Objective::kMinTtft, int(i), false});
-  for (size_t i = first_level; i < end_level; ++i)
-    strategies.push_back({measured[i].option.name, Policy::kFixed, Objective::kMinTtft, int(i), false});
-  strategies.push_back({"equal-budget", Policy::kEqualBudget, Objective::kBestQualityWithinSlo, 0, false});
-  strategies.push_back({"adaptive-ttft", Policy::kAdaptive, Objective::kMinTtft, 0, false});
-  strategies.push_back({"adaptive-quality", Policy::kAdaptive, Objective::kBestQualityWithinSlo, 0, false});
-  strategies.push_back({"oracle-ttft", Policy::kFixed, Objective::kMinTtft, 0, true});
-  strategies.push_back({"oracle-quality", Policy::kFixed, Objective::kBestQualityWithinSlo, 0, true});
+  const std::vector<Strategy> strategies = sweep_strategies(measured, first_level, end_level);
 
   // ---- The grid ----
-  std::vector<Row> rows;
-  auto run_point = [&](double gbps, double rtt_ms, const std::string& trace_name, const LinkTrace& link) -> Status {
-    std::map<std::string, double> oracle_ttft;
-    const size_t first_row = rows.size();
-    for (const Strategy& s : strategies) {
-      ControllerConfig c = base;
-      c.cost.rtt_s = rtt_ms / 1e3;
-      if (warm_prior) {
-        c.estimator.prior_gbps = link.steps.front().gbps;
-        c.estimator.prior_measured = true;
-      }
-      c.policy = s.policy;
-      c.objective = s.objective;
-      const bool fixed_baseline = s.policy == Policy::kFixed && !s.oracle;
-      const ContextProfile& p = fixed_baseline ? all : stored;
-      if (fixed_baseline) c.plan = {s.option};
-      if (s.oracle) {
-        KVCODEC_ASSIGN_OR_RETURN(c.plan, oracle_plan(p, c, link));
-      }
-      KVCODEC_ASSIGN_OR_RETURN(SimResult r, simulate(p, c, link));
-      if (s.oracle) oracle_ttft[s.name.substr(std::string("oracle").size())] = r.ttft_s;
-      rows.push_back({gbps, rtt_ms, trace_name, s.name, std::move(r)});
-    }
-    for (size_t i = first_row; i < rows.size(); ++i)
-      if (rows[i].strategy.rfind("adaptive", 0) == 0)
-        rows[i].oracle_ratio = rows[i].r.ttft_s / oracle_ttft[rows[i].strategy.substr(std::string("adaptive").size())];
-    return Status::Ok();
-  };
-  for (double rtt : rtts) {
-    for (double g : bandwidths)
-      if (Status s = run_point(g, rtt, "", LinkTrace::constant(g)); !s.ok()) return a.fail(s);
-    for (const auto& [name, t] : traces)
-      if (Status s = run_point(t.steps.front().gbps, rtt, name, t); !s.ok()) return a.fail(s);
-  }
+  const SweepGrid grid{bandwidths, rtts, traces, base, warm_prior};
+  auto rows = run_grid(grid, strategies, all, stored);
+  if (!rows.ok()) return a.fail(rows.status());
 
   // ---- Outputs ----
-  std::printf("%s; chunks of %lld tokens; SLO %.0f ms; prefill %.0f tokens/s; prior %s\n",
-              context_name.c_str(), (long long)chunk_tokens, slo_ms, base.cost.prefill_tokens_per_s,
-              warm_prior ? "warm" : (std::to_string(base.estimator.prior_gbps) + " Gb/s").c_str());
-  std::printf("%-10s %7s %-22s %-18s %10s %8s %9s %5s %4s\n", "Gb/s", "RTT ms", "trace", "strategy", "TTFT ms",
-              "bits/el", "rel.err", "text", "SLO");
-  for (const Row& r : rows)
-    std::printf("%-10g %7g %-22s %-18s %10.2f %8.3f %9.5f %5u %4s\n", r.bandwidth_gbps, r.rtt_ms,
-                r.trace.empty() ? "constant" : r.trace.c_str(), r.strategy.c_str(), r.r.ttft_s * 1e3,
-                r.r.bits_per_element, r.r.distortion, r.r.text_chunks, r.r.slo_met ? "yes" : "no");
+  print_sweep(*rows, !traces.empty(), context_name, chunk_tokens, slo_ms, base, warm_prior);
 
-  // The targets of docs/results/streaming.md (the README's bound: 3%).
-  double worst = 0;
-  int within = 0, points = 0;
-  for (const Row& r : rows)
-    if (r.trace.empty() && r.strategy == "adaptive-ttft") {
-      ++points;
-      within += r.oracle_ratio <= 1.03;
-      worst = std::max(worst, r.oracle_ratio);
-    }
-  std::printf("\nadaptive-ttft within 3%% of oracle-ttft at %d of %d constant points (worst ratio %.3f)\n",
-              within, points, worst);
-  if (!traces.empty()) {
-    for (const char* name : {"adaptive-quality", "equal-budget", "oracle-quality"}) {
-      int met = 0, n = 0;
-      double distortion = 0;
-      for (const Row& r : rows)
-        if (!r.trace.empty() && r.strategy == name) {
-          ++n;
-          met += r.r.slo_met;
-          distortion += r.r.distortion;
-        }
-      std::printf("traces: %-17s met the SLO %d/%d times, mean rel. error %.5f\n", name, met, n,
-                  n ? distortion / n : 0.0);
-    }
-  }
-
-  nlohmann::json j;
-  j["context"] = context_name;
-  j["chunk_tokens"] = chunk_tokens;
-  j["slo_ms"] = slo_ms;
-  j["prefill_tokens_per_s"] = base.cost.prefill_tokens_per_s;
-  j["prefill_attention_tokens"] = base.cost.prefill_attention_tokens;
-  j["prior_gbps"] = warm_prior ? nlohmann::json("warm") : nlohmann::json(base.estimator.prior_gbps);
-  for (const Measured& m : measured)
-    j["options"].push_back({{"name", m.option.name},
-                            {"bits_per_element", m.bits_per_element},
-                            {"rel_error", m.option.distortion},
-                            {"decode_gbps", m.option.decode_gbps},
-                            {"setup_bytes", m.option.setup_bytes},
-                            {"source", m.note}});
-  for (const Row& r : rows) {
-    nlohmann::json row = {{"bandwidth_gbps", r.bandwidth_gbps},
-                          {"rtt_ms", r.rtt_ms},
-                          {"trace", r.trace.empty() ? nlohmann::json(nullptr) : nlohmann::json(r.trace)},
-                          {"strategy", r.strategy},
-                          {"ttft_ms", r.r.ttft_s * 1e3},
-                          {"bits_per_element", r.r.bits_per_element},
-                          {"slo_met", r.r.slo_met},
-                          {"rel_error", r.r.distortion},
-                          {"text_chunks", r.r.text_chunks},
-                          {"bytes", r.r.bytes}};
-    if (r.oracle_ratio > 0) row["ttft_vs_oracle"] = r.oracle_ratio;
-    j["rows"].push_back(std::move(row));
-  }
+  const nlohmann::json j = sweep_json(context_name, chunk_tokens, slo_ms, base, warm_prior, measured, *rows);
   const std::string json = j.dump(1) + "\n";
   if (Status s = write_file(a.get("--json"), reinterpret_cast<const uint8_t*>(json.data()), json.size()); !s.ok())
     return a.fail(s);
   std::vector<std::string> names;
   for (const Strategy& s : strategies) names.push_back(s.name);
-  const std::string svg = render_svg(rows, names, rtts, context_name);
+  const std::string svg = render_svg(*rows, names, rtts, context_name);
   if (Status s = write_file(a.get("--svg"), reinterpret_cast<const uint8_t*>(svg.data()), svg.size()); !s.ok())
     return a.fail(s);
   return 0;
