@@ -218,12 +218,15 @@ TEST(MemStore, Basics) {
 class FileStoreTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() /
-           ("kvcodec-store-test-" + std::to_string(::getpid()));
-    std::filesystem::remove_all(dir_);
+    // The store's directory sits in a private parent, so an escape to ../x is seen there (and a
+    // /tmp/x of someone else's cannot fail the test).
+    parent_ = std::filesystem::temp_directory_path() /
+              ("kvcodec-store-test-" + std::to_string(::getpid()));
+    std::filesystem::remove_all(parent_);
+    dir_ = parent_ / "store";
   }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-  std::filesystem::path dir_;
+  void TearDown() override { std::filesystem::remove_all(parent_); }
+  std::filesystem::path parent_, dir_;
 };
 
 TEST_F(FileStoreTest, BasicsAndNoTemporaryFilesLeft) {
