@@ -223,10 +223,12 @@ Status ConnectionPool::with_connection(const std::function<Status(Connection&)>&
 
 StatusOr<std::vector<Reply>> ConnectionPool::exchange(const std::vector<Args>& commands) {
   StatusOr<std::vector<Reply>> out = Internal("redis: no exchange");
-  Status s = with_connection([&](Connection& c) {
-    out = c.exchange(commands);
-    return out.ok() ? Status::Ok() : out.status();
-  });
+  if (Status s = with_connection([&](Connection& c) {
+        out = c.exchange(commands);
+        return out.ok() ? Status::Ok() : out.status();
+      });
+      !s.ok())
+    return s;
   return out;
 }
 
