@@ -28,6 +28,7 @@
 #include "kvcodec/codec.hpp"
 #include "common/dtype.hpp"
 #include "common/xxh64.hpp"
+#include "golden_digests.hpp"
 #include "kvcodec/io.hpp"
 #include "roundtrip_check.hpp"
 #include "test_util.hpp"
@@ -69,7 +70,8 @@ const GoldenCase kCases[] = {
 // "stored_" cases: constant tokens, then one chunk of random bits that coding would expand.
 bool has_stored_units(const GoldenCase& c) { return std::string_view(c.name).starts_with("stored_"); }
 
-std::string golden_dir() { return std::string(KVCODEC_TEST_DIR) + "/golden"; }
+using test::golden_dir;
+using test::read_digests;
 std::string input_path(const GoldenCase& c) { return golden_dir() + "/" + c.name + ".input.safetensors"; }
 
 uint64_t splitmix64(uint64_t x) {
@@ -155,21 +157,6 @@ std::vector<uint8_t> encode(const GoldenCase& c, KVCache& input) {
 }
 
 uint64_t digest(const std::vector<uint8_t>& bytes) { return detail::xxh64(bytes.data(), bytes.size()); }
-
-// digests.txt: "name xxh64-of-the-decoded-cache" per line; '#' starts a comment.
-std::map<std::string, uint64_t> read_digests() {
-  std::map<std::string, uint64_t> out;
-  std::ifstream in(golden_dir() + "/digests.txt");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    std::istringstream fields(line);
-    std::string name, hex;
-    fields >> name >> hex;
-    out[name] = std::strtoull(hex.c_str(), nullptr, 16);
-  }
-  return out;
-}
 
 bool writing_golden() {
   const char* e = std::getenv("KVCODEC_WRITE_GOLDEN");

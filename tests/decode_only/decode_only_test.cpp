@@ -13,27 +13,15 @@
 #include <vector>
 
 #include "common/xxh64.hpp"
+#include "../golden_digests.hpp"
 #include "kvcodec/codec.hpp"
 #include "kvcodec/io.hpp"
 
 namespace kvcodec {
 namespace {
 
-std::string golden_dir() { return std::string(KVCODEC_TEST_DIR) + "/golden"; }
-
-std::map<std::string, uint64_t> read_digests() {
-  std::map<std::string, uint64_t> out;
-  std::ifstream in(golden_dir() + "/digests.txt");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    std::istringstream fields(line);
-    std::string name, hex;
-    fields >> name >> hex;
-    out[name] = std::strtoull(hex.c_str(), nullptr, 16);
-  }
-  return out;
-}
+using test::golden_dir;
+using test::read_digests;
 
 uint64_t digest(const std::vector<uint8_t>& bytes) { return detail::xxh64(bytes.data(), bytes.size()); }
 
