@@ -8,10 +8,11 @@
 #   3. the libFuzzer targets for a bounded time each (scripts/fuzz.sh), when clang is installed;
 #   4. a compile-only build of the CUDA backend in build-cuda/, when nvcc is installed
 #      (KVCODEC_TEST_CUDA_BUILD=0 skips it, =1 requires it);
-#   5. with KVCODEC_TEST_SANITIZERS=1: the whole ctest suite under ASan+UBSan in build-asan/, and
-#      the threaded and streaming tests under TSan in build-tsan/ (opt-in until a full run fits
-#      the CI budget: see docs/results/reliability.md). Only the test targets are built, through
-#      ccache when it is installed.
+#   5. the whole ctest suite under ASan+UBSan in build-asan/, and the threaded and streaming
+#      tests under TSan in build-tsan/ (KVCODEC_TEST_SANITIZERS=0 skips them). Only the test
+#      targets are built, at -O1, through ccache when it is installed. Timings:
+#      docs/results/reliability.md.
+# Every step line shows the CPU time (user + system, s) of the checks so far.
 # Exits non-zero on the first failing step. Under CI=true nothing may be skipped for want of a
 # tool: a missing redis-server, clang++ or nvcc is an error (KVCODEC_TEST_CUDA_BUILD=0 still
 # skips the CUDA build on purpose), and the tests fail on missing shared data
@@ -20,12 +21,15 @@
 # Environment: KVCODEC_JOBS (parallel jobs, default: all cores), KVCODEC_TEST_REDIS_PORT,
 #              KVCODEC_TEST_CLUSTER_PORT,
 #              KVCODEC_FUZZ_SECONDS (per fuzz target, see scripts/fuzz.sh),
-#              KVCODEC_TEST_CUDA_BUILD (0 / 1; default: build when nvcc exists).
+#              KVCODEC_TEST_CUDA_BUILD (0 / 1; default: build when nvcc exists),
+#              KVCODEC_TEST_SANITIZERS (1 default / 0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs="${KVCODEC_JOBS:-$(nproc)}"
 
-step() { echo "== test: $* ($(date +%T))"; }
+# CPU seconds (user + system) used by the finished child processes of this script.
+cpu_s() { times | tail -n 1 | awk '{ split($1, u, /[ms]/); split($2, y, /[ms]/); printf "%.0f", u[1] * 60 + u[2] + y[1] * 60 + y[2] }'; }
+step() { echo "== test: $* ($(date +%T), cpu $(cpu_s) s)"; }
 in_ci() { [[ "${CI:-}" == true ]]; }
 # Skipping a check is a warning on a developer's machine and an error under CI=true.
 skip_check() {
@@ -145,15 +149,17 @@ else
 fi
 
 # ---- sanitizers -------------------------------------------------------------------------------
-if [[ "${KVCODEC_TEST_SANITIZERS:-0}" != 1 ]]; then
-  echo "test: sanitizer builds not requested (KVCODEC_TEST_SANITIZERS=1 runs them)"
+if [[ "${KVCODEC_TEST_SANITIZERS:-1}" == 0 ]]; then
+  echo "test: KVCODEC_TEST_SANITIZERS=0: skipping the ASan+UBSan and TSan runs"
 else
   launcher=()
   if command -v ccache >/dev/null; then launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache); fi
   sanitizer_build() {  # dir option targets...
     local dir="$1" option="$2"
     shift 2
-    cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo "-D$option=ON" "${launcher[@]}" \
+    # -O1 with line tables: half the compile time of -O2 -g, stack traces still name lines.
+    cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" \
+      -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O1 -g1" "-D$option=ON" "${launcher[@]}" \
       -DKVCODEC_BUILD_TESTS=ON -DKVCODEC_BUILD_BENCH=OFF -DKVCODEC_BUILD_EXAMPLES=OFF >/dev/null
     cmake --build "$dir" -j "$jobs" --target "$@"
   }

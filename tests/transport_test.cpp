@@ -542,5 +542,55 @@ TEST_F(TransportTest, ClientBuffersWhatArrivesNotWhatIsClaimed) {
   EXPECT_LT(peak - std::min<uint64_t>(peak, rss0), 256ull << 20);
 }
 
+// Issue 11 (found by the chaos run, scripts/chaos.sh): a connection lost, stalled or corrupted
+// during the manifest exchange ended the fetch, while the same faults on chunks are retried. Now
+// the manifest is asked for again on a new connection (counted as a reconnection).
+TEST_F(TransportTest, ManifestExchangeIsRetriedOnANewConnection) {
+  auto server = serve();
+  const int lfd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&a), len), 0);
+  ASSERT_EQ(::listen(lfd, 4), 0);
+  ::getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &len);
+  // The first connection is closed once its request arrived; the second is relayed to the server.
+  std::thread relay([lfd, port = server->port()] {
+    int c = ::accept(lfd, nullptr, nullptr);
+    uint8_t buf[65536];
+    (void)::recv(c, buf, sizeof buf, 0);
+    ::close(c);
+    pollfd l{lfd, POLLIN, 0};
+    if (::poll(&l, 1, 5000) <= 0) return;  // the client gave up (as it did before the fix)
+    c = ::accept(lfd, nullptr, nullptr);
+    auto s = stream_detail::connect_tcp("127.0.0.1", port, 2000);
+    if (!s.ok()) return ::close(c), void();
+    for (bool open = true; open;) {
+      pollfd p[2] = {{c, POLLIN, 0}, {*s, POLLIN, 0}};
+      if (::poll(p, 2, 5000) <= 0) break;
+      for (int d = 0; d < 2 && open; ++d)
+        if (p[d].revents & (POLLIN | POLLHUP | POLLERR)) {
+          const ssize_t n = ::recv(p[d].fd, buf, sizeof buf, 0);
+          open = n > 0 && stream_detail::send_all(d == 0 ? *s : c, std::span(buf, size_t(n))).ok();
+        }
+    }
+    ::close(c);
+    ::close(*s);
+  });
+  FetchOptions fo = fetch_options(*server);
+  fo.port = ntohs(a.sin_port);
+  KVCache out;
+  FetchReport r;
+  const Status s = fetch_context(fo, &out, &r);
+  relay.join();
+  ::close(lfd);
+  ASSERT_TRUE(s.ok()) << s.to_string();
+  ASSERT_FALSE(r.failures.empty());
+  EXPECT_EQ(r.failures.front().action, "reconnect");
+  EXPECT_EQ(r.failures.front().chunk, -1);
+  expect_exact(out, r);
+}
+
 }  // namespace
 }  // namespace kvcodec

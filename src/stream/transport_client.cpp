@@ -584,9 +584,23 @@ Status Fetcher::run() {
   if (o_.io_timeout_ms <= 0 || o_.connect_timeout_ms <= 0 || o_.attempts_per_level < 1 || o_.max_reconnects < 0)
     return InvalidArgument("fetch: timeouts must be > 0, attempts >= 1, reconnects >= 0");
 
-  // The manifest: without it nothing can be planned, so failures here end the fetch.
+  // The manifest: without it nothing can be planned. A lost connection, a timeout or corrupt
+  // bytes are retried on a new connection (as reconnections: max_reconnects in all); a server's
+  // answer that the context is missing or too large, or any other error, ends the fetch.
   Status ms = connect();
   if (ms.ok()) ms = fetch_manifest();
+  auto transient = [](StatusCode c) {
+    return c == StatusCode::kUnavailable || c == StatusCode::kTimeout || c == StatusCode::kIoError ||
+           c == StatusCode::kChecksumMismatch || c == StatusCode::kCorruptData;
+  };
+  while (!ms.ok() && transient(ms.code()) && reconnects_ < o_.max_reconnects) {
+    ++reconnects_;
+    fail(-1, -1, ms.with_context("manifest"), "reconnect");
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+    ms = connect();
+    if (ms.ok()) ms = fetch_manifest();
+  }
   if (!ms.ok()) {
     fail(-1, -1, ms, "abort");
     return ms.with_context("manifest");

@@ -124,18 +124,6 @@ const fuzz::FixtureContext* known(const Manifest& m) {
   return nullptr;
 }
 
-// Bytes of tokens [begin, end) of every layer and K/V of a [layers, 2, tokens, heads, dim] cache.
-bool rows_equal(const KVCache& a, const KVCache& b, uint32_t begin, uint32_t end) {
-  const KVShape& s = a.shape;
-  const size_t row = size_t(s.kv_heads) * s.head_dim * dtype_size(a.dtype);
-  for (uint32_t l = 0; l < s.layers; ++l)
-    for (uint32_t kv = 0; kv < 2; ++kv) {
-      const size_t at = ((size_t(l) * 2 + kv) * s.tokens + begin) * row;
-      if (std::memcmp(a.data.data() + at, b.data.data() + at, (end - begin) * row) != 0) return false;
-    }
-  return true;
-}
-
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -167,15 +155,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // Text chunks are "recomputed" as the original cache (what a model's prefill would give).
   KVCache out;
   o.recompute = [&](uint32_t, uint32_t begin, std::span<const int32_t> tokens, const KVView&) {
-    if (context) {
-      const size_t row = size_t(context->original.shape.kv_heads) * context->original.shape.head_dim *
-                         dtype_size(context->original.dtype);
-      for (uint32_t l = 0; l < context->original.shape.layers; ++l)
-        for (uint32_t kv = 0; kv < 2; ++kv) {
-          const size_t at = ((size_t(l) * 2 + kv) * context->original.shape.tokens + begin) * row;
-          std::memcpy(out.data.data() + at, context->original.data.data() + at, tokens.size() * row);
-        }
-    }
+    if (context) fuzz::copy_token_rows(context->original, out, begin, begin + uint32_t(tokens.size()));
     return Status::Ok();
   };
 
@@ -198,7 +178,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const uint32_t begin = c.chunk * context->manifest.chunk_tokens;
     const uint32_t end = std::min(begin + context->manifest.chunk_tokens, context->manifest.shape.tokens);
     const KVCache& want = c.level < 0 ? context->original : context->exact.at(c.level);
-    if (!rows_equal(out, want, begin, end)) std::abort();  // a wrong tensor accepted
+    if (!fuzz::token_rows_equal(out, want, begin, end)) std::abort();  // a wrong tensor accepted
   }
   return 0;
 }

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <span>
 #include <string>
@@ -34,6 +35,64 @@ inline void fixture_check(const Status& s, const char* what) {
   std::abort();
 }
 
+// Puts `original` into `store` as context `id` and decodes every level back from the store.
+inline FixtureContext put_and_decode(Store& store, const std::string& id, KVCache original, const PutOptions& po) {
+  FixtureContext c;
+  c.id = id;
+  c.original = std::move(original);
+  auto m = put_context(store, c.id, c.original.view(), po);
+  fixture_check(m.status(), "put_context");
+  c.manifest = *m;
+  for (const auto& l : m->levels) {
+    auto head = get_head(store, c.id, *m, l.level);
+    fixture_check(head.status(), "get_head");
+    auto dst = KVCache::allocate(c.original.dtype, c.original.shape);
+    fixture_check(dst.status(), "allocate");
+    for (uint32_t ch = 0; ch < m->num_chunks(); ++ch) {
+      auto body = get_chunk(store, c.id, *m, l.level, ch);
+      fixture_check(body.status(), "get_chunk");
+      fixture_check(decode_chunk_into(*head, ch, *body, dst->view()), "decode_chunk_into");
+    }
+    c.exact.emplace(l.level, std::move(*dst));
+  }
+  return c;
+}
+
+// A cache of `shape` with smooth values and a few outliers (deterministic).
+inline KVCache fixture_cache(DType dtype, const KVShape& shape) {
+  auto kv = KVCache::allocate(dtype, shape);
+  fixture_check(kv.status(), "allocate");
+  for (size_t e = 0; e < shape.elements(); ++e)
+    detail::store_from_f32(kv->data.data() + dtype_size(dtype) * e, uint8_t(dtype),
+                           std::sin(0.1f * float(e)) * (e % 17 == 3 ? 40.f : 1.f));
+  return std::move(*kv);
+}
+
+// Bytes of tokens [begin, end) of every layer and K/V of two [layers, 2, tokens, heads, dim]
+// caches of the same dtype and shape.
+inline bool token_rows_equal(const KVCache& a, const KVCache& b, uint32_t begin, uint32_t end) {
+  const KVShape& s = a.shape;
+  const size_t row = size_t(s.kv_heads) * s.head_dim * dtype_size(a.dtype);
+  for (uint32_t l = 0; l < s.layers; ++l)
+    for (uint32_t kv = 0; kv < 2; ++kv) {
+      const size_t at = ((size_t(l) * 2 + kv) * s.tokens + begin) * row;
+      if (std::memcmp(a.data.data() + at, b.data.data() + at, (end - begin) * row) != 0) return false;
+    }
+  return true;
+}
+
+// Copies tokens [begin, end) of `from` into `to` (same dtype and shape): the "recompute from
+// text" of the fuzz and chaos clients, which gives back the original cache as a model would.
+inline void copy_token_rows(const KVCache& from, KVCache& to, uint32_t begin, uint32_t end) {
+  const KVShape& s = from.shape;
+  const size_t row = size_t(s.kv_heads) * s.head_dim * dtype_size(from.dtype);
+  for (uint32_t l = 0; l < s.layers; ++l)
+    for (uint32_t kv = 0; kv < 2; ++kv) {
+      const size_t at = ((size_t(l) * 2 + kv) * s.tokens + begin) * row;
+      std::memcpy(to.data.data() + at, from.data.data() + at, (end - begin) * row);
+    }
+}
+
 // Puts the fixture contexts into `store` and returns them with their exact decodes.
 inline std::vector<FixtureContext> put_fixture_contexts(Store& store) {
   struct Spec {
@@ -48,36 +107,13 @@ inline std::vector<FixtureContext> put_fixture_contexts(Store& store) {
                         {"ctx1", DType::kBF16, {1, 20, 2, 4}, {3}, 8, false}};
   std::vector<FixtureContext> out;
   for (const Spec& s : specs) {
-    FixtureContext c;
-    c.id = s.id;
-    auto kv = KVCache::allocate(s.dtype, s.shape);
-    fixture_check(kv.status(), "allocate");
-    for (size_t e = 0; e < s.shape.elements(); ++e)
-      detail::store_from_f32(kv->data.data() + dtype_size(s.dtype) * e, uint8_t(s.dtype),
-                             std::sin(0.1f * float(e)) * (e % 17 == 3 ? 40.f : 1.f));
-    c.original = std::move(*kv);
     PutOptions po;
     po.levels = s.levels;
     po.chunk_tokens = s.chunk_tokens;
     po.measure = false;  // manifests byte-identical in every process (captured seeds replay)
     if (s.text)
       for (uint32_t t = 0; t < s.shape.tokens; ++t) po.text_tokens.push_back(int32_t(7 + t));
-    auto m = put_context(store, c.id, c.original.view(), po);
-    fixture_check(m.status(), "put_context");
-    c.manifest = *m;
-    for (const auto& l : m->levels) {
-      auto head = get_head(store, c.id, *m, l.level);
-      fixture_check(head.status(), "get_head");
-      auto dst = KVCache::allocate(s.dtype, s.shape);
-      fixture_check(dst.status(), "allocate");
-      for (uint32_t ch = 0; ch < m->num_chunks(); ++ch) {
-        auto body = get_chunk(store, c.id, *m, l.level, ch);
-        fixture_check(body.status(), "get_chunk");
-        fixture_check(decode_chunk_into(*head, ch, *body, dst->view()), "decode_chunk_into");
-      }
-      c.exact.emplace(l.level, std::move(*dst));
-    }
-    out.push_back(std::move(c));
+    out.push_back(put_and_decode(store, s.id, fixture_cache(s.dtype, s.shape), po));
   }
   return out;
 }

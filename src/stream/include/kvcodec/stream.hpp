@@ -252,7 +252,8 @@ struct FetchOptions {
   int io_timeout_ms = 5000;
   // Requests per chunk at one level before it is fetched at another level / recomputed.
   int attempts_per_level = 2;
-  // Reconnections allowed over the whole fetch before giving up.
+  // Reconnections allowed over the whole fetch before giving up (the manifest exchange included:
+  // a lost connection, timeout or corrupt response there is retried too).
   int max_reconnects = 5;
   FetchObserver observer;
   // Called once the manifest is read, before planning: may adjust the controller's
