@@ -182,6 +182,72 @@ TEST_F(CliTest, BadOptionsAreUsageErrors) {
   EXPECT_FALSE(fs::exists(path("a.kvc")));
 }
 
+// Issue 13 item 4: every command's options are parsed by CLI11 (tools/kvcodec/cli.hpp) under one
+// contract: --help prints the usage on stdout and exits 0; an unknown option, a malformed number,
+// an option without its value and a value out of range are each one line on stderr that names
+// the option, and exit code 2.
+TEST_F(CliTest, EveryCommandHasHelp) {
+  for (const std::string cmd : {"encode", "decode", "inspect", "bench", "kv-dump", "eval", "put", "serve", "fetch",
+                                "loadgen", "store", "sweep", "demo"}) {
+    SCOPED_TRACE(cmd);
+    for (const char* help : {"--help", "-h"}) {
+      RunResult r = run({cmd, help});
+      EXPECT_EQ(r.exit_code, 0);
+      EXPECT_TRUE(r.err.empty()) << r.err;
+      EXPECT_EQ(r.out.rfind("usage: kvcodec " + cmd, 0), 0u) << r.out;
+    }
+  }
+}
+
+TEST_F(CliTest, UsageErrorsNameTheOption) {
+  const std::string in = make_cache("in.safetensors", DType::kF16, kShape), out = path("a.kvc");
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      // unknown options (also after '=')
+      {{"encode", in, "-o", out, "--frobnicate"}, "unknown option '--frobnicate'"},
+      {{"encode", in, "-o", out, "--frobnicate=3"}, "unknown option '--frobnicate'"},
+      {{"decode", out, "-o", path("b.npy"), "-q"}, "unknown option '-q'"},
+      // malformed numbers: trailing junk, hexadecimal, overflow, a word
+      {{"decode", out, "-o", path("b.npy"), "--threads", "2x"}, "--threads expects an integer, got '2x'"},
+      {{"encode", in, "-o", out, "--level", "0x3"}, "--level expects an integer, got '0x3'"},
+      {{"encode", in, "-o", out, "--chunk-tokens", "99999999999999999999"}, "--chunk-tokens expects an integer"},
+      {{"encode", in, "-o", out, "--level", "four"}, "--level expects an integer, got 'four'"},
+      // an option that ends the command line
+      {{"encode", in, "-o"}, "option --output needs a value"},
+      {{"encode", in, "-o", out, "--level"}, "option --level needs a value"},
+      {{"decode", out, "-o", path("b.npy"), "--max-decoded-bytes"}, "option --max-decoded-bytes needs a value"},
+      // out of range
+      {{"encode", in, "-o", out, "--level", "10"}, "--level must be in 0..9, got 10"},
+      {{"encode", in, "-o", out, "--level", "-1"}, "--level must be in 0..9, got -1"},
+      {{"encode", in, "-o", out, "--table-groups", "17"}, "--table-groups must be in 1..16, got 17"},
+      {{"decode", out, "-o", path("b.npy"), "--max-decoded-bytes", "-5"}, "--max-decoded-bytes must be >= 0"},
+      // positionals
+      {{"inspect", out, "extra"}, "unexpected argument 'extra'"},
+      {{"inspect"}, "missing IN.kvc"},
+  };
+  for (const auto& [args, message] : cases) {
+    std::string joined;
+    for (const auto& a : args) joined += a + " ";
+    SCOPED_TRACE(joined);
+    RunResult r = run(args);
+    expect_error(r, args[0], 2);
+    EXPECT_NE(r.err.find(message), std::string::npos) << r.err;
+    EXPECT_TRUE(r.out.empty()) << r.out;
+  }
+  EXPECT_FALSE(fs::exists(out));
+}
+
+TEST_F(CliTest, AnOptionGivenTwiceKeepsItsLastValue) {
+  const std::string in = make_cache("in.safetensors", DType::kF16, kShape);
+  ASSERT_EQ(run({"encode", in, "-o", path("a.kvc"), "--level", "12", "--level=3", "--output", path("b.kvc")}).exit_code,
+            0);
+  EXPECT_FALSE(fs::exists(path("a.kvc")));
+  RunResult r = run({"inspect", path("b.kvc"), "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << r.out;
+  EXPECT_EQ(j["level"], 3);
+}
+
 // Issue 11, items 7-9: an expansion limit on decode, bytes after the frame, a truncated frame
 // described without negative sizes, and rates and times no link has.
 TEST_F(CliTest, HostileInputsAreRefused) {
