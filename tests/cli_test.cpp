@@ -223,6 +223,19 @@ TEST_F(CliTest, UsageErrorsNameTheOption) {
       // positionals
       {{"inspect", out, "extra"}, "unexpected argument 'extra'"},
       {{"inspect"}, "missing IN.kvc"},
+      // the streaming commands (checked before any store is opened or server contacted)
+      {{"put", "--store", "mem:", "--id", "x", in, "--levels", "2,x"}, "--levels expects a comma-separated list"},
+      {{"put", "--store", "mem:", "--id", "x", in, "--levels", "2,10"}, "--levels must be in 0..9, got 10"},
+      {{"put", "--store", "mem:", "--id", "x", in, "--ttl", "0"}, "--ttl must be in 1..4294967295, got 0"},
+      {{"put", "--store", "mem:", in, "--id"}, "option --id needs a value"},
+      {{"serve", "--store", "file:" + path("s"), "--port", "70000"}, "--port must be in 0..65535, got 70000"},
+      {{"serve", "--store", "file:" + path("s"), "--port", "1", "--rtt-ms", "1ms"}, "--rtt-ms expects a number"},
+      {{"serve", "--store", "file:" + path("s"), "--port"}, "option --port needs a value"},
+      {{"fetch", "--server", "127.0.0.1:1", "--id", "x", "-o", path("o.npy"), "--slo-ms", "fast"},
+       "--slo-ms expects a number, got 'fast'"},
+      {{"fetch", "--server", "127.0.0.1:1", "--id", "x", "-o", path("o.npy"), "--timeout-ms", "0"},
+       "--timeout-ms must be in 1.."},
+      {{"fetch", "--server", "127.0.0.1:1", "--id", "x", "-o", path("o.npy"), "--bogus", "1"}, "unknown option '--bogus'"},
   };
   for (const auto& [args, message] : cases) {
     std::string joined;
@@ -234,6 +247,13 @@ TEST_F(CliTest, UsageErrorsNameTheOption) {
     EXPECT_TRUE(r.out.empty()) << r.out;
   }
   EXPECT_FALSE(fs::exists(out));
+  // `store ls` / `store rm` name their subcommand.
+  RunResult r = run({"store", "ls", "--store"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_EQ(r.err, "kvcodec store ls: error: option --store needs a value\n");
+  r = run({"store", "rm", "--store", "file:" + path("s"), "--id", "x", "--force"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_EQ(r.err, "kvcodec store rm: error: unknown option '--force' (see --help)\n");
 }
 
 TEST_F(CliTest, AnOptionGivenTwiceKeepsItsLastValue) {
