@@ -236,6 +236,18 @@ TEST_F(CliTest, UsageErrorsNameTheOption) {
       {{"fetch", "--server", "127.0.0.1:1", "--id", "x", "-o", path("o.npy"), "--timeout-ms", "0"},
        "--timeout-ms must be in 1.."},
       {{"fetch", "--server", "127.0.0.1:1", "--id", "x", "-o", path("o.npy"), "--bogus", "1"}, "unknown option '--bogus'"},
+      // the measuring commands
+      {{"bench", "--levels", "0,12"}, "--levels must be in 0..9, got 12"},
+      {{"bench", "--levels", "0,,4"}, "--levels expects a comma-separated list of numbers"},
+      {{"bench", "--reps", "0"}, "--reps must be in 1..1000000, got 0"},
+      {{"bench", "--tokens"}, "option --tokens needs a value"},
+      {{"kv-dump", "--synthetic", "llama3-8b", "--tokens", "1e3x", "-o", out}, "--tokens expects an integer, got '1e3x'"},
+      {{"kv-dump", "--fit-stats", in, "--rope-theta", "ten"}, "--rope-theta expects a number, got 'ten'"},
+      {{"eval", "--model", "m.bin", "--text", "t.txt", "--json", out, "--contexts", "0"},
+       "--contexts must be in 1..100000, got 0"},
+      {{"loadgen", "--store", "mem:", "--put", in, "--clients", "1,300"}, "--clients must be in 1..256, got 300"},
+      {{"loadgen", "--store", "mem:", "--put", in, "--seconds", "soon"}, "--seconds expects a number, got 'soon'"},
+      {{"loadgen", "--store", "mem:", "--put", in, "--levels", "4.5"}, "--levels expects integers"},
   };
   for (const auto& [args, message] : cases) {
     std::string joined;
