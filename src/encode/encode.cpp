@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "encode/encode_model.hpp"
@@ -63,67 +64,177 @@ struct Context {
   size_t es;
 };
 
+// A task's scratch memory, reused by the next task (and the next encoding) so that its pages are
+// not faulted in again per (layer, K/V). Every array is fully written before it is read, except
+// `local`, which is all zero between uses.
+struct Workspace {
+  std::vector<uint8_t> raw;      // the task's elements [tokens][channels]
+  std::vector<int16_t> val;      // lossy symbol values [tokens][channels]
+  std::vector<uint32_t> local;   // one column block's counts [slot][bin][kColumnBlock]
+  detail::ChannelCounts counts;
+  std::vector<uint64_t> feature;
+  std::vector<double> sum, sq, inv_step, center;
+  std::vector<uint32_t> count;
+  std::vector<float> step, row;
+  std::vector<int32_t> center_i;
+  std::vector<ChannelGrid> grids;
+  std::vector<uint32_t> codes, fc, esc_at;
+  std::vector<const uint32_t*> chan_lut;
+  std::vector<uint16_t> scratch;
+};
+
+// Workspaces of the tasks running now, and of finished ones kept for reuse. Large ones (long
+// contexts of wide models) are freed rather than kept.
+class WorkspacePool {
+ public:
+  std::unique_ptr<Workspace> take() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (free_.empty()) return std::make_unique<Workspace>();
+    auto w = std::move(free_.back());
+    free_.pop_back();
+    return w;
+  }
+  void give(std::unique_ptr<Workspace> w, size_t bytes) {
+    if (bytes > kKeepBytes) return;
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (free_.size() < kKeep) free_.push_back(std::move(w));
+  }
+
+ private:
+  static constexpr size_t kKeep = 16, kKeepBytes = size_t(64) << 20;
+  std::mutex mutex_;
+  std::vector<std::unique_ptr<Workspace>> free_;
+};
+
+WorkspacePool& workspace_pool() {
+  static WorkspacePool pool;
+  return pool;
+}
+
 // Lossless: each byte plane of the elements is coded with per-(group, plane) tables.
-void encode_lossless(const Context& cx, const uint8_t* raw, LayerOutput& out) {
+constexpr uint32_t kLosslessBlock = 32;  // channels counted at once: P x 256 x 32 counters
+
+// Counts the byte planes of channels [c0, c0 + n) into ws.counts (appended in channel order) and
+// the clustering feature (magnitude bits of the top byte).
+void count_lossless_block(const uint8_t* raw, uint32_t T, uint32_t C, uint32_t P, uint32_t c0, uint32_t n,
+                          Workspace& ws) {
+  uint32_t* loc = ws.local.data();  // [plane][byte][kLosslessBlock]
+  uint64_t feature[kLosslessBlock] = {};
+  for (uint32_t t = 0; t < T; ++t) {
+    const uint8_t* e = raw + (size_t(t) * C + c0) * P;
+    for (uint32_t j = 0; j < n; ++j, e += P) {
+      for (uint32_t p = 0; p < P; ++p) ++loc[(p * detail::kLosslessBins + e[p]) * kLosslessBlock + j];
+      feature[j] += e[P - 1] & 0x7f;
+    }
+  }
+  detail::ChannelCounts& cc = ws.counts;
+  for (uint32_t j = 0; j < n; ++j) {
+    for (uint32_t i = 0; i < P * detail::kLosslessBins; ++i)
+      if (uint32_t& k = loc[i * kLosslessBlock + j]) {
+        cc.index.push_back(i);
+        cc.count.push_back(k);
+        k = 0;
+      }
+    cc.begin.push_back(uint32_t(cc.index.size()));
+    ws.feature[c0 + j] = feature[j];
+  }
+}
+
+void encode_lossless(const Context& cx, const uint8_t* raw, Workspace& ws, LayerOutput& out) {
   const KVShape& sh = cx.src.shape;
   const uint32_t T = sh.tokens, C = uint32_t(sh.channels());
   const uint32_t P = uint32_t(cx.es);
-  std::vector<uint32_t> counts(size_t(P) * detail::kLosslessBins * C, 0);
-  const Histograms hs{C, P, detail::kLosslessBins, counts.data()};
-  std::vector<uint64_t> feature(C, 0);
-  for (uint32_t t = 0; t < T; ++t)
-    for (uint32_t c = 0; c < C; ++c) {
-      const uint8_t* e = raw + (size_t(t) * C + c) * P;
-      for (uint32_t p = 0; p < P; ++p) ++hs.row(p, e[p])[c];
-      feature[c] += e[P - 1] & 0x7f;  // magnitude bits of the top byte
-    }
+  ws.local.resize(size_t(P) * detail::kLosslessBins * kLosslessBlock, 0);
+  ws.feature.resize(C);
+  ws.counts.reset(C, P, detail::kLosslessBins);
+  for (uint32_t c0 = 0; c0 < C; c0 += kLosslessBlock)
+    count_lossless_block(raw, T, C, P, c0, std::min(kLosslessBlock, C - c0), ws);
   LayerModel& m = out.model;
-  std::vector<uint32_t> codes;  // [group * P + plane][byte]: lane code
-  out.status = detail::build_layer_model(hs, feature.data(), true, cx.opt.table_groups, m, codes);
+  std::vector<uint32_t>& codes = ws.codes;  // [group * P + plane][byte]: lane code
+  out.status = detail::build_layer_model(ws.counts, ws.feature.data(), true, cx.opt.table_groups, m, codes);
   if (!out.status.ok()) return;
-  std::vector<uint16_t> scratch;
-  std::vector<uint32_t> fc;
+  // Per plane and channel, its table's byte -> code map.
+  ws.chan_lut.resize(size_t(P) * C);
+  for (uint32_t p = 0; p < P; ++p)
+    for (uint32_t c = 0; c < C; ++c)
+      ws.chan_lut[size_t(p) * C + c] = &codes[(size_t(m.channel_group[c]) * P + p) * detail::kLosslessBins];
   out.units.resize(cx.chunks);
   for (uint32_t k = 0; k < cx.chunks; ++k) {
     const uint32_t t0 = k * cx.opt.chunk_tokens, t1 = std::min(T, t0 + cx.opt.chunk_tokens);
-    fc.resize(size_t(t1 - t0) * C);
+    ws.fc.resize(size_t(t1 - t0) * C);
     for (uint32_t p = 0; p < P; ++p) {
+      const uint32_t* const* lut = &ws.chan_lut[size_t(p) * C];
       const uint8_t* e = raw + size_t(t0) * C * P + p;
-      uint32_t* f = fc.data();
+      uint32_t* f = ws.fc.data();
       for (uint32_t t = t0; t < t1; ++t)
-        for (uint32_t c = 0; c < C; ++c, e += P) {
-          *f++ = codes[(size_t(m.channel_group[c]) * P + p) * detail::kLosslessBins + *e];
-        }
-      encode_symbols(fc, scratch, out.units[k]);
+        for (uint32_t c = 0; c < C; ++c, e += P) *f++ = lut[c][*e];
+      encode_symbols(ws.fc, ws.scratch, out.units[k]);
     }
   }
 }
 
-// Counts the lossy symbol values val[t][c] of slots [slot0, slot1) into hs and (slot 0) the
-// clustering feature. Counted in blocks of 64 channels over all tokens: the counters one block
-// touches stay in L1 (a token-major pass hits a different cache line of the 2 x 512 x C table per
-// channel).
-void count_lossy(const int16_t* val, uint32_t T, uint32_t C, uint32_t CT, uint32_t GT, uint32_t slot0, uint32_t slot1,
-                 const Histograms& hs, uint64_t* feature) {
-  for (uint32_t c0 = 0; c0 < C; c0 += 64) {
-    const uint32_t c1 = std::min(C, c0 + 64);
-    for (uint32_t t = 0; t < T; ++t) {
-      const uint32_t slot = (t % CT) % GT == 0 ? 0 : 1;
-      if (slot < slot0 || slot >= slot1) continue;
-      const int16_t* vr = &val[size_t(t) * C];
-      for (uint32_t c = c0; c < c1; ++c) {
-        const int16_t v = vr[c];
-        ++hs.row(slot, detail::lossy_bin(v))[c];
-        if (slot == 0 && v != detail::kEscapeQ) feature[c] += uint64_t(v < 0 ? -v : v);
-      }
+// Counts the lossy symbol values of channels [c0, c0 + n) (every token: slot 0 for anchors, 1
+// for deltas) into ws.counts, appended in channel order, and, when `feature`, the clustering
+// feature (sum of |value| over the anchors). ws.local is all zero before and after.
+void count_lossy_block(const int16_t* val, uint32_t T, uint32_t C, uint32_t CT, uint32_t GT, uint32_t c0,
+                       uint32_t n, uint32_t slots, Workspace& ws, bool feature) {
+  constexpr uint32_t B = detail::kColumnBlock, bins = detail::kLossyBins;
+  uint32_t* loc = ws.local.data();  // [slot][bin][B]
+  uint32_t feat[B] = {};            // < 2^32: at most kMaxTokens values of magnitude <= kQLimit
+  int16_t lo[2] = {0, 0}, hi[2] = {0, 0};  // per slot: the values seen (escapes as 0)
+  bool esc[2] = {false, false};
+  for (uint32_t t = 0; t < T; ++t) {
+    const uint32_t slot = (t % CT) % GT == 0 ? 0 : 1;
+    const int16_t* vr = val + size_t(t) * C + c0;
+    uint32_t* ls = loc + size_t(slot) * bins * B;
+    int16_t mn = lo[slot], mx = hi[slot];
+    bool e = false;
+    for (uint32_t j = 0; j < n; ++j) {
+      const int16_t v = vr[j];
+      const bool is_esc = v == detail::kEscapeQ;
+      const int16_t a = is_esc ? int16_t(0) : v;
+      mn = std::min(mn, a);
+      mx = std::max(mx, a);
+      e |= is_esc;
+      if (slot == 0) feat[j] += uint32_t(a < 0 ? -a : a);
     }
+    lo[slot] = mn;
+    hi[slot] = mx;
+    esc[slot] |= e;
+    for (uint32_t j = 0; j < n; ++j) ++ls[detail::lossy_bin(vr[j]) * B + j];
   }
+  detail::ChannelCounts& cc = ws.counts;
+  for (uint32_t j = 0; j < n; ++j) {
+    for (uint32_t s = 0; s < slots; ++s) {
+      uint32_t* ls = loc + size_t(s) * bins * B + j;
+      const uint32_t b0 = uint32_t(lo[s] + detail::kQLimit), b1 = uint32_t(hi[s] + detail::kQLimit);
+      auto take = [&](uint32_t b) {
+        if (uint32_t& k = ls[b * B]) {
+          cc.index.push_back(s * bins + b);
+          cc.count.push_back(k);
+          k = 0;
+        }
+      };
+      for (uint32_t b = b0; b <= b1; ++b) take(b);
+      if (esc[s]) take(detail::kEscBin);
+    }
+    cc.begin.push_back(uint32_t(cc.index.size()));
+    if (feature) ws.feature[c0 + j] = feat[j];
+  }
+}
+
+// Counts every column block of val into ws.counts (and the feature when asked).
+void count_lossy(const int16_t* val, uint32_t T, uint32_t C, uint32_t CT, uint32_t GT, uint32_t slots, Workspace& ws,
+                 bool feature) {
+  ws.counts.reset(C, slots, detail::kLossyBins);
+  for (uint32_t c0 = 0; c0 < C; c0 += detail::kColumnBlock)
+    count_lossy_block(val, T, C, CT, GT, c0, std::min(detail::kColumnBlock, C - c0), slots, ws, feature);
 }
 
 // Escapes the deltas of every anchor that its table codes as the escape symbol although it has a
 // grid value (outside the table's window): the decoder then resets the channel's reference to 0
 // (docs/format.md 4.3), and the deltas were taken against the anchor's grid value. True if any
-// delta changed (its histograms must then be counted again).
+// delta changed (its counts must then be counted again).
 bool escape_orphaned_deltas(int16_t* val, uint32_t T, uint32_t C, uint32_t CT, uint32_t GT, const LayerModel& m,
                             const std::vector<uint32_t>& fc_lut) {
   bool changed = false;
@@ -145,101 +256,113 @@ bool escape_orphaned_deltas(int16_t* val, uint32_t T, uint32_t C, uint32_t CT, u
   return changed;
 }
 
-// Lossy: grids, symbols (anchors and deltas), windows, tables, lanes + escapes per chunk.
-void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, LayerOutput& out) {
+// The grids of a lossy (layer, K/V) from its elements (one pass, token by token) and the row
+// quantizer's per-channel constants.
+void lossy_grids(const Context& cx, uint32_t layer, const uint8_t* raw, Workspace& ws) {
   const KVShape& sh = cx.src.shape;
-  const DType dt = cx.src.dtype;
+  const uint32_t T = sh.tokens, C = uint32_t(sh.channels());
+  ws.sum.assign(C, 0.0);
+  ws.sq.assign(C, 0.0);
+  ws.count.assign(C, 0);
+  ws.row.resize(C);
+  const detail::ChannelSumsSoA sums{ws.sum.data(), ws.sq.data(), ws.count.data()};
+  for (uint32_t t = 0; t < T; ++t) {
+    detail::widen_to_f32(raw + size_t(t) * C * cx.es, uint8_t(cx.src.dtype), C, ws.row.data());
+    detail::add_row_sums(ws.row.data(), C, sums);
+  }
+  ws.grids.resize(C);
+  const double rel = double(kLevelStep[cx.opt.level]) * layer_factor(layer, sh.layers);
+  detail::grids_from_sums(sums, C, rel, cx.opt.step_mode, ws.grids.data());
+  ws.step.resize(C);
+  ws.inv_step.resize(C);
+  ws.center.resize(C);
+  ws.center_i.resize(C);
+  for (uint32_t c = 0; c < C; ++c) {
+    ws.step[c] = step_from_code(ws.grids[c].step_code);
+    ws.inv_step[c] = 1.0 / double(ws.step[c]);
+    ws.center[c] = ws.grids[c].center;
+    ws.center_i[c] = ws.grids[c].center;
+  }
+}
+
+// The lane codes of chunk [t0, t1) into ws.fc, and the symbol indices of its escapes.
+void lossy_chunk_codes(const int16_t* val, uint32_t t0, uint32_t t1, uint32_t C, uint32_t GT, Workspace& ws) {
+  ws.fc.resize(size_t(t1 - t0) * C);
+  ws.esc_at.clear();
+  uint32_t* const f = ws.fc.data();
+  size_t i = 0;
+  for (uint32_t t = t0; t < t1; ++t) {
+    const uint32_t* const* row_lut = &ws.chan_lut[(t - t0) % GT == 0 ? 0 : C];
+    const int16_t* vr = &val[size_t(t) * C];
+    uint32_t any = 0;
+    for (uint32_t c = 0; c < C; ++c) {
+      const uint32_t code = row_lut[c][detail::lossy_bin(vr[c])];
+      f[i + c] = code & ~kEscFlag;
+      any |= code;
+    }
+    if (any & kEscFlag) [[unlikely]]
+      for (uint32_t c = 0; c < C; ++c)
+        if (row_lut[c][detail::lossy_bin(vr[c])] & kEscFlag) ws.esc_at.push_back(uint32_t(i + c));
+    i += C;
+  }
+}
+
+// Lossy: grids, symbols (anchors and deltas), windows, tables, lanes + escapes per chunk.
+void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, Workspace& ws, LayerOutput& out) {
+  const KVShape& sh = cx.src.shape;
   const uint32_t T = sh.tokens, C = uint32_t(sh.channels());
   const uint32_t GT = cx.opt.group_tokens, CT = cx.opt.chunk_tokens;
   const uint32_t slots = GT > 1 ? 2 : 1;
-
-  // Scratch arrays are fully written before being read: no zero-initialisation (it showed up as
-  // ~8% of encode time in profiles).
-  const std::unique_ptr<float[]> x(new float[size_t(T) * C]);
-  detail::widen_to_f32(raw, uint8_t(dt), size_t(T) * C, x.get());
-
-  std::vector<ChannelGrid> grids(C);
-  const double rel = double(kLevelStep[cx.opt.level]) * layer_factor(layer, sh.layers);
-  compute_grids(x.get(), T, C, rel, cx.opt.step_mode, grids.data());
-  std::vector<float> step(C);
-  std::vector<double> inv_step(C), center(C);
-  std::vector<int32_t> center_i(C);
-  for (uint32_t c = 0; c < C; ++c) {
-    step[c] = step_from_code(grids[c].step_code);
-    inv_step[c] = 1.0 / double(step[c]);
-    center[c] = grids[c].center;
-    center_i[c] = grids[c].center;
-  }
-  const detail::RowGrid rg{step.data(), inv_step.data(), center.data(), center_i.data()};
+  lossy_grids(cx, layer, raw, ws);
+  const detail::RowGrid rg{ws.step.data(), ws.inv_step.data(), ws.center.data(), ws.center_i.data()};
 
   // Symbol values: q = n - center for anchors, q - q_anchor for deltas; kEscape when escaped.
-  const std::unique_ptr<int16_t[]> val(new int16_t[size_t(T) * C]);
-  for (uint32_t t = 0; t < T; ++t) {
-    const uint32_t local = t % CT;
-    const bool anchor = local % GT == 0;
-    const int16_t* aval = anchor ? nullptr : &val[size_t(t - local % GT) * C];
-    const float* xr = &x[size_t(t) * C];
-    int16_t* vr = &val[size_t(t) * C];
-    detail::quantize_row(xr, rg, C, uint8_t(dt), vr);
-    if (anchor) continue;
-    for (uint32_t c = 0; c < C; ++c) vr[c] = int16_t(detail::delta_value(vr[c], aval[c]));  // deltas to the anchor
+  // Column block by column block: each block's values are counted while they are in cache.
+  ws.val.resize(size_t(T) * C);
+  int16_t* val = ws.val.data();
+  ws.local.resize(size_t(slots) * detail::kLossyBins * detail::kColumnBlock, 0);
+  ws.feature.resize(C);
+  ws.counts.reset(C, slots, detail::kLossyBins);
+  for (uint32_t c0 = 0; c0 < C; c0 += detail::kColumnBlock) {
+    const uint32_t n = std::min(detail::kColumnBlock, C - c0);
+    detail::quantize_columns(raw, uint8_t(cx.src.dtype), T, C, c0, n, rg, CT, GT, val);
+    count_lossy_block(val, T, C, CT, GT, c0, n, slots, ws, true);
   }
-
-  std::vector<uint32_t> counts(size_t(slots) * detail::kLossyBins * C, 0);
-  const Histograms hs{C, slots, detail::kLossyBins, counts.data()};
-  std::vector<uint64_t> feature(C, 0);
-  count_lossy(val.get(), T, C, CT, GT, 0, slots, hs, feature.data());
   LayerModel& m = out.model;
-  std::vector<uint32_t> fc_lut;  // [group * slots + role][value bin]: lane code
-  out.status = detail::build_layer_model(hs, feature.data(), false, cx.opt.table_groups, m, fc_lut);
+  std::vector<uint32_t>& fc_lut = ws.codes;  // [group * slots + role][value bin]: lane code
+  out.status = detail::build_layer_model(ws.counts, ws.feature.data(), false, cx.opt.table_groups, m, fc_lut);
   if (!out.status.ok()) return;
-  if (GT > 1 && escape_orphaned_deltas(val.get(), T, C, CT, GT, m, fc_lut)) {
-    // Second pass: the delta histograms again, the tables rebuilt on the same channel groups (so
-    // the anchor tables, and which anchors escape, stay as they are).
-    std::fill(counts.begin() + size_t(detail::kLossyBins) * C, counts.end(), 0u);
-    count_lossy(val.get(), T, C, CT, GT, 1, 2, hs, nullptr);
-    out.status = detail::build_layer_tables(hs, false, m, fc_lut);
+  if (GT > 1 && escape_orphaned_deltas(val, T, C, CT, GT, m, fc_lut)) {
+    // Second pass: the counts again (the anchors' are unchanged), the tables rebuilt on the same
+    // channel groups (so the anchor tables, and which anchors escape, stay as they are).
+    count_lossy(val, T, C, CT, GT, slots, ws, false);
+    out.status = detail::build_layer_tables(ws.counts, false, m, fc_lut);
     if (!out.status.ok()) return;
   }
   m.step_code.resize(C);
   m.center.resize(C);
   for (uint32_t c = 0; c < C; ++c) {
-    m.step_code[c] = grids[c].step_code;
-    m.center[c] = grids[c].center;
+    m.step_code[c] = ws.grids[c].step_code;
+    m.center[c] = ws.grids[c].center;
   }
 
   // Per channel and role, its table's bin -> code map.
-  std::vector<const uint32_t*> chan_lut(size_t(slots) * C);
+  ws.chan_lut.resize(size_t(slots) * C);
   for (uint32_t r = 0; r < slots; ++r)
     for (uint32_t c = 0; c < C; ++c)
-      chan_lut[size_t(r) * C + c] = &fc_lut[(size_t(m.channel_group[c]) * slots + r) * detail::kLossyBins];
-  std::vector<uint16_t> scratch;
-  std::vector<uint32_t> fc;  // per symbol of the chunk: freq << 16 | cum
-  std::vector<uint32_t> esc_at;  // symbol indices (in the chunk) of escaped values
+      ws.chan_lut[size_t(r) * C + c] = &fc_lut[(size_t(m.channel_group[c]) * slots + r) * detail::kLossyBins];
   out.units.resize(cx.chunks);
   for (uint32_t k = 0; k < cx.chunks; ++k) {
     const uint32_t t0 = k * CT, t1 = std::min(T, t0 + CT);
-    fc.resize(size_t(t1 - t0) * C);
-    esc_at.clear();
-    uint32_t* const f = fc.data();
-    size_t i = 0;
-    for (uint32_t t = t0; t < t1; ++t) {
-      const uint32_t* const* row_lut = &chan_lut[(t - t0) % GT == 0 ? 0 : C];
-      const int16_t* vr = &val[size_t(t) * C];
-      for (uint32_t c = 0; c < C; ++c, ++i) {
-        const uint32_t code = row_lut[c][detail::lossy_bin(vr[c])];
-        f[i] = code & ~kEscFlag;
-        if (code & kEscFlag) [[unlikely]] esc_at.push_back(uint32_t(i));
-      }
-    }
+    lossy_chunk_codes(val, t0, t1, C, GT, ws);
     auto& unit = out.units[k];
-    encode_symbols(fc, scratch, unit);
+    encode_symbols(ws.fc, ws.scratch, unit);
     // The escaped values' raw elements, in symbol order, after their count.
     const size_t base = unit.size();
-    unit.resize(pad4(base + 4 + esc_at.size() * cx.es), 0);
-    detail::store_le32(unit.data() + base, uint32_t(esc_at.size()));
+    unit.resize(pad4(base + 4 + ws.esc_at.size() * cx.es), 0);
+    detail::store_le32(unit.data() + base, uint32_t(ws.esc_at.size()));
     uint8_t* e = unit.data() + base + 4;
-    for (uint32_t j : esc_at) {
+    for (uint32_t j : ws.esc_at) {
       std::memcpy(e, raw + (size_t(t0) * C + j) * cx.es, cx.es);
       e += cx.es;
     }
@@ -297,11 +420,15 @@ StatusOr<size_t> encode_into(const KVView& src, const EncodeOptions& o, std::spa
   std::vector<LayerOutput> outs(size_t(L) * 2);
   KVCODEC_RETURN_IF_ERROR(detail::parallel_for(outs.size(), o.threads, [&](size_t task) {
     const uint32_t l = uint32_t(task / 2), kv = uint32_t(task % 2);
-    const std::unique_ptr<uint8_t[]> raw(new uint8_t[size_t(sh.tokens) * sh.channels() * cx.es]);  // gathered next
-    gather(src, l, kv, raw.get());
-    if (o.level == 0) encode_lossless(cx, raw.get(), outs[task]);
-    else encode_lossy(cx, l, raw.get(), outs[task]);
-    if (outs[task].status.ok()) store_large_units(cx, raw.get(), outs[task]);
+    std::unique_ptr<Workspace> ws = workspace_pool().take();
+    ws->raw.resize(size_t(sh.tokens) * sh.channels() * cx.es);  // gathered next
+    const uint8_t* raw = ws->raw.data();
+    gather(src, l, kv, ws->raw.data());
+    if (o.level == 0) encode_lossless(cx, raw, *ws, outs[task]);
+    else encode_lossy(cx, l, raw, *ws, outs[task]);
+    if (outs[task].status.ok()) store_large_units(cx, raw, outs[task]);
+    const size_t ws_bytes = ws->raw.capacity() * 4;  // about: raw, values, counts
+    workspace_pool().give(std::move(ws), ws_bytes);
   }));
   for (size_t i = 0; i < outs.size(); ++i)
     if (!outs[i].status.ok())
