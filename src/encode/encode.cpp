@@ -6,6 +6,9 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "encode/encode_model.hpp"
 #include "common/frame.hpp"
@@ -18,6 +21,7 @@
 #include "encode/encode_values.hpp"
 #include "common/quant.hpp"
 #include "encode/quantize.hpp"
+#include "common/simd.hpp"
 
 namespace kvcodec {
 namespace {
@@ -78,7 +82,7 @@ struct Workspace {
   std::vector<float> step, row;
   std::vector<int32_t> center_i;
   std::vector<ChannelGrid> grids;
-  std::vector<uint32_t> codes, fc, esc_at;
+  std::vector<uint32_t> codes, fc, esc_at, chan_off;
   std::vector<const uint32_t*> chan_lut;
   std::vector<uint16_t> scratch;
 };
@@ -173,6 +177,64 @@ void encode_lossless(const Context& cx, const uint8_t* raw, Workspace& ws, Layer
   }
 }
 
+// Widens [*lo, *hi] to the values of v[0, n) (escapes count as 0), adds their magnitudes to
+// feat[j] (when given) and says whether any is an escape.
+bool row_range_scalar(const int16_t* v, uint32_t n, int16_t* lo, int16_t* hi, uint32_t* feat) {
+  int16_t mn = *lo, mx = *hi;
+  bool e = false;
+  for (uint32_t j = 0; j < n; ++j) {
+    const bool is_esc = v[j] == detail::kEscapeQ;
+    const int16_t a = is_esc ? int16_t(0) : v[j];
+    mn = std::min(mn, a);
+    mx = std::max(mx, a);
+    e |= is_esc;
+    if (feat) feat[j] += uint32_t(a < 0 ? -a : a);
+  }
+  *lo = mn;
+  *hi = mx;
+  return e;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) bool row_range_avx2(const int16_t* v, uint32_t n, int16_t* lo, int16_t* hi,
+                                                     uint32_t* feat) {
+  const __m256i escq = _mm256_set1_epi16(detail::kEscapeQ);
+  __m256i mn = _mm256_set1_epi16(*lo), mx = _mm256_set1_epi16(*hi), e = _mm256_setzero_si256();
+  uint32_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + j));
+    const __m256i is_esc = _mm256_cmpeq_epi16(x, escq);
+    const __m256i a = _mm256_andnot_si256(is_esc, x);
+    mn = _mm256_min_epi16(mn, a);
+    mx = _mm256_max_epi16(mx, a);
+    e = _mm256_or_si256(e, is_esc);
+    if (feat) {
+      const __m256i m = _mm256_abs_epi16(a);
+      __m256i* f = reinterpret_cast<__m256i*>(feat + j);
+      _mm256_storeu_si256(f, _mm256_add_epi32(_mm256_loadu_si256(f), _mm256_cvtepu16_epi32(_mm256_castsi256_si128(m))));
+      _mm256_storeu_si256(f + 1, _mm256_add_epi32(_mm256_loadu_si256(f + 1),
+                                                  _mm256_cvtepu16_epi32(_mm256_extracti128_si256(m, 1))));
+    }
+  }
+  alignas(32) int16_t a[16], b[16];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(a), mn);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(b), mx);
+  for (int k = 0; k < 16; ++k) {
+    *lo = std::min(*lo, a[k]);
+    *hi = std::max(*hi, b[k]);
+  }
+  const bool any = !_mm256_testz_si256(e, e);
+  return row_range_scalar(v + j, n - j, lo, hi, feat ? feat + j : nullptr) || any;
+}
+#endif
+
+bool row_range(const int16_t* v, uint32_t n, int16_t* lo, int16_t* hi, uint32_t* feat) {
+#if defined(__x86_64__)
+  if (detail::avx2_enabled()) return row_range_avx2(v, n, lo, hi, feat);
+#endif
+  return row_range_scalar(v, n, lo, hi, feat);
+}
+
 // Counts the lossy symbol values of channels [c0, c0 + n) (every token: slot 0 for anchors, 1
 // for deltas) into ws.counts, appended in channel order, and, when `feature`, the clustering
 // feature (sum of |value| over the anchors). ws.local is all zero before and after.
@@ -187,20 +249,7 @@ void count_lossy_block(const int16_t* val, uint32_t T, uint32_t C, uint32_t CT, 
     const uint32_t slot = (t % CT) % GT == 0 ? 0 : 1;
     const int16_t* vr = val + size_t(t) * C + c0;
     uint32_t* ls = loc + size_t(slot) * bins * B;
-    int16_t mn = lo[slot], mx = hi[slot];
-    bool e = false;
-    for (uint32_t j = 0; j < n; ++j) {
-      const int16_t v = vr[j];
-      const bool is_esc = v == detail::kEscapeQ;
-      const int16_t a = is_esc ? int16_t(0) : v;
-      mn = std::min(mn, a);
-      mx = std::max(mx, a);
-      e |= is_esc;
-      if (slot == 0) feat[j] += uint32_t(a < 0 ? -a : a);
-    }
-    lo[slot] = mn;
-    hi[slot] = mx;
-    esc[slot] |= e;
+    esc[slot] |= row_range(vr, n, &lo[slot], &hi[slot], slot == 0 ? feat : nullptr);
     for (uint32_t j = 0; j < n; ++j) ++ls[detail::lossy_bin(vr[j]) * B + j];
   }
   detail::ChannelCounts& cc = ws.counts;
@@ -285,26 +334,62 @@ void lossy_grids(const Context& cx, uint32_t layer, const uint8_t* raw, Workspac
   }
 }
 
+// Lane codes of one token's values: f[c] = lut[off[c] + lossy_bin(v[c])] without the escape
+// flag; returns the OR of the codes (the flag says whether any escapes).
+uint32_t row_codes_scalar(const int16_t* v, const uint32_t* off, uint32_t n, const uint32_t* lut, uint32_t* f) {
+  uint32_t any = 0;
+  for (uint32_t c = 0; c < n; ++c) {
+    const uint32_t code = lut[off[c] + detail::lossy_bin(v[c])];
+    f[c] = code & ~kEscFlag;
+    any |= code;
+  }
+  return any;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) uint32_t row_codes_avx2(const int16_t* v, const uint32_t* off, uint32_t n,
+                                                         const uint32_t* lut, uint32_t* f) {
+  const __m256i escq = _mm256_set1_epi32(detail::kEscapeQ), qlim = _mm256_set1_epi32(detail::kQLimit);
+  const __m256i esc_bin = _mm256_set1_epi32(int32_t(detail::kEscBin)), clear = _mm256_set1_epi32(int32_t(~kEscFlag));
+  __m256i any = _mm256_setzero_si256();
+  uint32_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    const __m256i x = _mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v + c)));
+    const __m256i bin = _mm256_blendv_epi8(_mm256_add_epi32(x, qlim), esc_bin, _mm256_cmpeq_epi32(x, escq));
+    const __m256i idx = _mm256_add_epi32(bin, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(off + c)));
+    const __m256i code = _mm256_i32gather_epi32(reinterpret_cast<const int*>(lut), idx, 4);
+    any = _mm256_or_si256(any, code);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(f + c), _mm256_and_si256(code, clear));
+  }
+  alignas(32) uint32_t a[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(a), any);
+  uint32_t r = row_codes_scalar(v + c, off + c, n - c, lut, f + c);
+  for (uint32_t k = 0; k < 8; ++k) r |= a[k];
+  return r;
+}
+#endif
+
 // The lane codes of chunk [t0, t1) into ws.fc, and the symbol indices of its escapes.
-void lossy_chunk_codes(const int16_t* val, uint32_t t0, uint32_t t1, uint32_t C, uint32_t GT, Workspace& ws) {
+// ws.chan_off[role * C + c]: the offset of channel c's table for the role in lut.
+void lossy_chunk_codes(const int16_t* val, uint32_t t0, uint32_t t1, uint32_t C, uint32_t GT, const uint32_t* lut,
+                       Workspace& ws) {
   ws.fc.resize(size_t(t1 - t0) * C);
   ws.esc_at.clear();
-  uint32_t* const f = ws.fc.data();
-  size_t i = 0;
+  const bool avx2 = detail::avx2_enabled();
   for (uint32_t t = t0; t < t1; ++t) {
-    const uint32_t* const* row_lut = &ws.chan_lut[(t - t0) % GT == 0 ? 0 : C];
+    const uint32_t* off = &ws.chan_off[(t - t0) % GT == 0 ? 0 : C];
     const int16_t* vr = &val[size_t(t) * C];
-    uint32_t any = 0;
-    for (uint32_t c = 0; c < C; ++c) {
-      const uint32_t code = row_lut[c][detail::lossy_bin(vr[c])];
-      f[i + c] = code & ~kEscFlag;
-      any |= code;
-    }
+    uint32_t* f = ws.fc.data() + size_t(t - t0) * C;
+#if defined(__x86_64__)
+    const uint32_t any = avx2 ? row_codes_avx2(vr, off, C, lut, f) : row_codes_scalar(vr, off, C, lut, f);
+#else
+    const uint32_t any = row_codes_scalar(vr, off, C, lut, f);
+#endif
     if (any & kEscFlag) [[unlikely]]
       for (uint32_t c = 0; c < C; ++c)
-        if (row_lut[c][detail::lossy_bin(vr[c])] & kEscFlag) ws.esc_at.push_back(uint32_t(i + c));
-    i += C;
+        if (lut[off[c] + detail::lossy_bin(vr[c])] & kEscFlag) ws.esc_at.push_back(uint32_t((t - t0) * C + c));
   }
+  (void)avx2;
 }
 
 // Lossy: grids, symbols (anchors and deltas), windows, tables, lanes + escapes per chunk.
@@ -346,15 +431,15 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, Workspa
     m.center[c] = ws.grids[c].center;
   }
 
-  // Per channel and role, its table's bin -> code map.
-  ws.chan_lut.resize(size_t(slots) * C);
+  // Per role and channel, where its table's bin -> code map starts in fc_lut.
+  ws.chan_off.resize(size_t(slots) * C);
   for (uint32_t r = 0; r < slots; ++r)
     for (uint32_t c = 0; c < C; ++c)
-      ws.chan_lut[size_t(r) * C + c] = &fc_lut[(size_t(m.channel_group[c]) * slots + r) * detail::kLossyBins];
+      ws.chan_off[size_t(r) * C + c] = (uint32_t(m.channel_group[c]) * slots + r) * detail::kLossyBins;
   out.units.resize(cx.chunks);
   for (uint32_t k = 0; k < cx.chunks; ++k) {
     const uint32_t t0 = k * CT, t1 = std::min(T, t0 + CT);
-    lossy_chunk_codes(val, t0, t1, C, GT, ws);
+    lossy_chunk_codes(val, t0, t1, C, GT, fc_lut.data(), ws);
     auto& unit = out.units[k];
     encode_symbols(ws.fc, ws.scratch, unit);
     // The escaped values' raw elements, in symbol order, after their count.

@@ -5,10 +5,14 @@
 
 #include <algorithm>
 #include <numeric>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "encode/encode_values.hpp"
 #include "common/log2.hpp"
 #include "encode/model_values.hpp"
+#include "common/simd.hpp"
 
 namespace kvcodec::detail {
 namespace {
@@ -17,6 +21,43 @@ namespace {
 // (slot, bin) that any channel counts, Q24. Fits 32 bits: totals are below 2^41, so the log2 is
 // below 42 (Q32), and the smoothing keeps every cost >= 0.
 constexpr uint32_t kCostRow = kMaxTableGroups;
+
+// sum[g] = the cost of a channel's entries [e0, e1) (dense numbers kof, counts cnt) under each
+// group g < kCostRow: exact integer sums (counts < 2^25, costs < 2^30).
+void channel_costs_scalar(const uint32_t* kof, const uint32_t* cnt, uint32_t e0, uint32_t e1, const uint32_t* cost,
+                          uint64_t* sum) {
+  for (uint32_t g = 0; g < kCostRow; ++g) sum[g] = 0;
+  for (uint32_t e = e0; e < e1; ++e) {
+    const uint64_t n = cnt[e];
+    const uint32_t* row = &cost[size_t(kof[e]) * kCostRow];
+    for (uint32_t g = 0; g < kCostRow; ++g) sum[g] += n * row[g];
+  }
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) void channel_costs_avx2(const uint32_t* kof, const uint32_t* cnt, uint32_t e0,
+                                                         uint32_t e1, const uint32_t* cost, uint64_t* sum) {
+  static_assert(kCostRow == 16, "four vectors of four 64-bit sums");
+  __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+  for (uint32_t e = e0; e < e1; ++e) {
+    const __m256i n = _mm256_set1_epi64x(cnt[e]);
+    const uint32_t* row = &cost[size_t(kof[e]) * kCostRow];
+    for (int q = 0; q < 4; ++q) {
+      const __m256i r = _mm256_cvtepu32_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 4 * q)));
+      acc[q] = _mm256_add_epi64(acc[q], _mm256_mul_epu32(r, n));
+    }
+  }
+  for (int q = 0; q < 4; ++q) _mm256_storeu_si256(reinterpret_cast<__m256i*>(sum + 4 * q), acc[q]);
+}
+#endif
+
+void channel_costs(const uint32_t* kof, const uint32_t* cnt, uint32_t e0, uint32_t e1, const uint32_t* cost,
+                   uint64_t* sum) {
+#if defined(__x86_64__)
+  if (avx2_enabled()) return channel_costs_avx2(kof, cnt, e0, e1, cost, sum);
+#endif
+  channel_costs_scalar(kof, cnt, e0, e1, cost, sum);
+}
 
 // Refines `group` (G groups) by rounds of "move each channel to the group whose smoothed table
 // codes its counts in the fewest bits" (ties to the lowest group) until nothing moves, at most 4
@@ -63,12 +104,8 @@ void refine_groups(const ChannelCounts& cc, uint32_t G, uint32_t first_slot, std
       }
     bool moved = false;
     for (uint32_t c = 0; c < C; ++c) {
-      uint64_t sum[kCostRow] = {};
-      for (uint32_t e = first[c]; e < cc.begin[c + 1]; ++e) {
-        const uint64_t n = cc.count[e];
-        const uint32_t* row = &cost[size_t(kof[e]) * kCostRow];
-        for (uint32_t g = 0; g < kCostRow; ++g) sum[g] += n * row[g];
-      }
+      uint64_t sum[kCostRow];
+      channel_costs(kof.data(), cc.count.data(), first[c], cc.begin[c + 1], cost.data(), sum);
       uint32_t best = 0;
       for (uint32_t g = 1; g < G; ++g)
         if (sum[g] < sum[best]) best = g;

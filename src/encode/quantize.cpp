@@ -150,14 +150,7 @@ __attribute__((target("avx2"))) void quantize_row_avx2(const float* x, const Row
 }
 #endif
 
-bool use_avx2() {
-#if defined(__x86_64__)
-  static const bool avx2 = __builtin_cpu_supports("avx2");  // every AVX2 CPU has F16C
-  return avx2 && simd_enabled();
-#else
-  return false;
-#endif
-}
+bool use_avx2() { return avx2_enabled(); }
 
 void quantize_row(const float* x, const RowGrid& g, uint32_t C, uint8_t dt, int16_t* q) {
 #if defined(__x86_64__)
