@@ -235,68 +235,79 @@ bool row_range(const int16_t* v, uint32_t n, int16_t* lo, int16_t* hi, uint32_t*
   return row_range_scalar(v, n, lo, hi, feat);
 }
 
-// Counts the lossy symbol values of channels [c0, c0 + n) (every token: slot 0 for anchors, 1
-// for deltas) into ws.counts, appended in channel order, and, when `feature`, the clustering
-// feature (sum of |value| over the anchors). ws.local is all zero before and after.
-void count_lossy_block(const int16_t* val, uint32_t T, uint32_t C, uint32_t CT, uint32_t GT, uint32_t c0,
-                       uint32_t n, uint32_t slots, Workspace& ws, bool feature) {
-  constexpr uint32_t B = detail::kColumnBlock, bins = detail::kLossyBins;
-  uint32_t* loc = ws.local.data();  // [slot][bin][B]
-  uint32_t feat[B] = {};            // < 2^32: at most kMaxTokens values of magnitude <= kQLimit
+// Counts the lossy symbol values of one column block, channels [c0, c0 + n) (slot 0 for anchors,
+// 1 for deltas), a range of tokens at a time, then appends them to ws.counts (finish). Also the
+// clustering feature: the sum of |value| over the anchors. ws.local is all zero before and after.
+struct BlockCounter {
+  static constexpr uint32_t B = detail::kColumnBlock, bins = detail::kLossyBins;
+  const int16_t* val;  // the block's first value: val[t * VP + j]
+  size_t VP;
+  uint32_t CT, GT, n;
+  uint32_t* loc;                            // [slot][bin][B]
+  uint32_t feat[B] = {};                    // < 2^32: at most kMaxTokens values of magnitude <= kQLimit
   int16_t lo[2] = {0, 0}, hi[2] = {0, 0};  // per slot: the values seen (escapes as 0)
   bool esc[2] = {false, false};
-  for (uint32_t t = 0; t < T; ++t) {
-    const uint32_t slot = (t % CT) % GT == 0 ? 0 : 1;
-    const int16_t* vr = val + size_t(t) * C + c0;
-    uint32_t* ls = loc + size_t(slot) * bins * B;
-    esc[slot] |= row_range(vr, n, &lo[slot], &hi[slot], slot == 0 ? feat : nullptr);
-    for (uint32_t j = 0; j < n; ++j) ++ls[detail::lossy_bin(vr[j]) * B + j];
-  }
-  detail::ChannelCounts& cc = ws.counts;
-  for (uint32_t j = 0; j < n; ++j) {
-    for (uint32_t s = 0; s < slots; ++s) {
-      uint32_t* ls = loc + size_t(s) * bins * B + j;
-      const uint32_t b0 = uint32_t(lo[s] + detail::kQLimit), b1 = uint32_t(hi[s] + detail::kQLimit);
-      auto take = [&](uint32_t b) {
-        if (uint32_t& k = ls[b * B]) {
-          cc.index.push_back(s * bins + b);
-          cc.count.push_back(k);
-          k = 0;
-        }
-      };
-      for (uint32_t b = b0; b <= b1; ++b) take(b);
-      if (esc[s]) take(detail::kEscBin);
-    }
-    cc.begin.push_back(uint32_t(cc.index.size()));
-    if (feature) ws.feature[c0 + j] = feat[j];
-  }
-}
 
-// Counts every column block of val into ws.counts (and the feature when asked).
-void count_lossy(const int16_t* val, uint32_t T, uint32_t C, uint32_t CT, uint32_t GT, uint32_t slots, Workspace& ws,
-                 bool feature) {
+  void add(uint32_t t0, uint32_t t1) {
+    for (uint32_t t = t0; t < t1; ++t) {
+      const uint32_t slot = (t % CT) % GT == 0 ? 0 : 1;
+      const int16_t* vr = val + size_t(t) * VP;
+      uint32_t* ls = loc + size_t(slot) * bins * B;
+      esc[slot] |= row_range(vr, n, &lo[slot], &hi[slot], slot == 0 ? feat : nullptr);
+      for (uint32_t j = 0; j < n; ++j) ++ls[detail::lossy_bin(vr[j]) * B + j];
+    }
+  }
+
+  void finish(uint32_t c0, uint32_t slots, Workspace& ws, bool feature) {
+    detail::ChannelCounts& cc = ws.counts;
+    for (uint32_t j = 0; j < n; ++j) {
+      for (uint32_t s = 0; s < slots; ++s) {
+        uint32_t* ls = loc + size_t(s) * bins * B + j;
+        const uint32_t b0 = uint32_t(lo[s] + detail::kQLimit), b1 = uint32_t(hi[s] + detail::kQLimit);
+        auto take = [&](uint32_t b) {
+          if (uint32_t& k = ls[b * B]) {
+            cc.index.push_back(s * bins + b);
+            cc.count.push_back(k);
+            k = 0;
+          }
+        };
+        for (uint32_t b = b0; b <= b1; ++b) take(b);
+        if (esc[s]) take(detail::kEscBin);
+      }
+      cc.begin.push_back(uint32_t(cc.index.size()));
+      if (feature) ws.feature[c0 + j] = feat[j];
+    }
+  }
+};
+
+// Counts every column block of val into ws.counts (the second pass of escape_orphaned_deltas).
+void count_lossy(const int16_t* val, uint32_t T, uint32_t C, size_t VP, uint32_t CT, uint32_t GT, uint32_t slots,
+                 Workspace& ws) {
   ws.counts.reset(C, slots, detail::kLossyBins);
-  for (uint32_t c0 = 0; c0 < C; c0 += detail::kColumnBlock)
-    count_lossy_block(val, T, C, CT, GT, c0, std::min(detail::kColumnBlock, C - c0), slots, ws, feature);
+  for (uint32_t c0 = 0; c0 < C; c0 += detail::kColumnBlock) {
+    BlockCounter bc{val + c0, VP, CT, GT, std::min(detail::kColumnBlock, C - c0), ws.local.data()};
+    bc.add(0, T);
+    bc.finish(c0, slots, ws, false);
+  }
 }
 
 // Escapes the deltas of every anchor that its table codes as the escape symbol although it has a
 // grid value (outside the table's window): the decoder then resets the channel's reference to 0
 // (docs/format.md 4.3), and the deltas were taken against the anchor's grid value. True if any
 // delta changed (its counts must then be counted again).
-bool escape_orphaned_deltas(int16_t* val, uint32_t T, uint32_t C, uint32_t CT, uint32_t GT, const LayerModel& m,
+bool escape_orphaned_deltas(int16_t* val, uint32_t T, uint32_t C, size_t VP, uint32_t CT, uint32_t GT, const LayerModel& m,
                             const std::vector<uint32_t>& fc_lut) {
   bool changed = false;
   for (uint32_t t = 0; t < T; ++t) {
     const uint32_t local = t % CT;
     if (local % GT) continue;
     const uint32_t end = std::min({T, t - local + CT, t + GT});  // the group ends with its chunk
-    const int16_t* ar = &val[size_t(t) * C];
+    const int16_t* ar = &val[size_t(t) * VP];
     for (uint32_t c = 0; c < C; ++c) {
       const uint32_t code = fc_lut[size_t(m.channel_group[c]) * 2 * detail::kLossyBins + detail::lossy_bin(ar[c])];
       if (!detail::orphans_deltas(ar[c], code)) continue;
       for (uint32_t d = t + 1; d < end; ++d) {
-        int16_t& v = val[size_t(d) * C + c];
+        int16_t& v = val[size_t(d) * VP + c];
         changed |= v != detail::kEscapeQ;
         v = detail::kEscapeQ;
       }
@@ -371,14 +382,14 @@ __attribute__((target("avx2"))) uint32_t row_codes_avx2(const int16_t* v, const 
 
 // The lane codes of chunk [t0, t1) into ws.fc, and the symbol indices of its escapes.
 // ws.chan_off[role * C + c]: the offset of channel c's table for the role in lut.
-void lossy_chunk_codes(const int16_t* val, uint32_t t0, uint32_t t1, uint32_t C, uint32_t GT, const uint32_t* lut,
+void lossy_chunk_codes(const int16_t* val, size_t VP, uint32_t t0, uint32_t t1, uint32_t C, uint32_t GT, const uint32_t* lut,
                        Workspace& ws) {
   ws.fc.resize(size_t(t1 - t0) * C);
   ws.esc_at.clear();
   const bool avx2 = detail::avx2_enabled();
   for (uint32_t t = t0; t < t1; ++t) {
     const uint32_t* off = &ws.chan_off[(t - t0) % GT == 0 ? 0 : C];
-    const int16_t* vr = &val[size_t(t) * C];
+    const int16_t* vr = &val[size_t(t) * VP];
     uint32_t* f = ws.fc.data() + size_t(t - t0) * C;
 #if defined(__x86_64__)
     const uint32_t any = avx2 ? row_codes_avx2(vr, off, C, lut, f) : row_codes_scalar(vr, off, C, lut, f);
@@ -393,6 +404,7 @@ void lossy_chunk_codes(const int16_t* val, uint32_t t0, uint32_t t1, uint32_t C,
 }
 
 // Lossy: grids, symbols (anchors and deltas), windows, tables, lanes + escapes per chunk.
+constexpr uint32_t kTokenTile = 16;
 void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, Workspace& ws, LayerOutput& out) {
   const KVShape& sh = cx.src.shape;
   const uint32_t T = sh.tokens, C = uint32_t(sh.channels());
@@ -403,24 +415,31 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, Workspa
 
   // Symbol values: q = n - center for anchors, q - q_anchor for deltas; kEscape when escaped.
   // Column block by column block: each block's values are counted while they are in cache.
-  ws.val.resize(size_t(T) * C);
+  // Rows padded by a cache line: column blocks then do not map every row to the same cache sets.
+  const size_t VP = size_t(C) + 32;
+  ws.val.resize(size_t(T) * VP);
   int16_t* val = ws.val.data();
   ws.local.resize(size_t(slots) * detail::kLossyBins * detail::kColumnBlock, 0);
   ws.feature.resize(C);
   ws.counts.reset(C, slots, detail::kLossyBins);
   for (uint32_t c0 = 0; c0 < C; c0 += detail::kColumnBlock) {
     const uint32_t n = std::min(detail::kColumnBlock, C - c0);
-    detail::quantize_columns(raw, uint8_t(cx.src.dtype), T, C, c0, n, rg, CT, GT, val);
-    count_lossy_block(val, T, C, CT, GT, c0, n, slots, ws, true);
+    BlockCounter bc{val + c0, VP, CT, GT, n, ws.local.data()};
+    for (uint32_t t0 = 0; t0 < T; t0 += kTokenTile) {  // counted while in L1
+      const uint32_t t1 = std::min(T, t0 + kTokenTile);
+      detail::quantize_columns(raw, uint8_t(cx.src.dtype), t0, t1, C, c0, n, rg, CT, GT, val, VP);
+      bc.add(t0, t1);
+    }
+    bc.finish(c0, slots, ws, true);
   }
   LayerModel& m = out.model;
   std::vector<uint32_t>& fc_lut = ws.codes;  // [group * slots + role][value bin]: lane code
   out.status = detail::build_layer_model(ws.counts, ws.feature.data(), false, cx.opt.table_groups, m, fc_lut);
   if (!out.status.ok()) return;
-  if (GT > 1 && escape_orphaned_deltas(val, T, C, CT, GT, m, fc_lut)) {
+  if (GT > 1 && escape_orphaned_deltas(val, T, C, VP, CT, GT, m, fc_lut)) {
     // Second pass: the counts again (the anchors' are unchanged), the tables rebuilt on the same
     // channel groups (so the anchor tables, and which anchors escape, stay as they are).
-    count_lossy(val, T, C, CT, GT, slots, ws, false);
+    count_lossy(val, T, C, VP, CT, GT, slots, ws);
     out.status = detail::build_layer_tables(ws.counts, false, m, fc_lut);
     if (!out.status.ok()) return;
   }
@@ -439,7 +458,7 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, Workspa
   out.units.resize(cx.chunks);
   for (uint32_t k = 0; k < cx.chunks; ++k) {
     const uint32_t t0 = k * CT, t1 = std::min(T, t0 + CT);
-    lossy_chunk_codes(val, t0, t1, C, GT, fc_lut.data(), ws);
+    lossy_chunk_codes(val, VP, t0, t1, C, GT, fc_lut.data(), ws);
     auto& unit = out.units[k];
     encode_symbols(ws.fc, ws.scratch, unit);
     // The escaped values' raw elements, in symbol order, after their count.

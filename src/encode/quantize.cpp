@@ -212,14 +212,14 @@ void delta_row(int16_t* v, const int16_t* a, uint32_t n) {
 }
 
 template <bool kAvx2>
-void quantize_columns_impl(const uint8_t* raw, uint8_t dt, uint32_t T, uint32_t C, uint32_t c0, uint32_t n,
-                           const RowGrid& g, uint32_t CT, uint32_t GT, int16_t* val) {
+void quantize_columns_impl(const uint8_t* raw, uint8_t dt, uint32_t t0, uint32_t t1, uint32_t C, uint32_t c0, uint32_t n,
+                           const RowGrid& g, uint32_t CT, uint32_t GT, int16_t* val, size_t VP) {
   const size_t es = dtype_size(DType(dt));
   const RowGrid gb{g.step + c0, g.inv_step + c0, g.center + c0, g.center_i + c0};
   float xb[kColumnBlock];
-  for (uint32_t t = 0; t < T; ++t) {
+  for (uint32_t t = t0; t < t1; ++t) {
     const uint8_t* r = raw + (size_t(t) * C + c0) * es;
-    int16_t* vr = val + size_t(t) * C + c0;
+    int16_t* vr = val + size_t(t) * VP + c0;
 #if defined(__x86_64__)
     if constexpr (kAvx2) {
       if (dt == 2) f16_to_f32_avx2(reinterpret_cast<const uint16_t*>(r), n, xb);
@@ -232,14 +232,14 @@ void quantize_columns_impl(const uint8_t* raw, uint8_t dt, uint32_t T, uint32_t 
       quantize_row_scalar(xb, gb, n, dt, vr);
     }
     const uint32_t in_group = (t % CT) % GT;
-    if (in_group) delta_row(vr, vr - size_t(in_group) * C, n);
+    if (in_group) delta_row(vr, vr - size_t(in_group) * VP, n);
   }
 }
 
-void quantize_columns(const uint8_t* raw, uint8_t dt, uint32_t T, uint32_t C, uint32_t c0, uint32_t n,
-                      const RowGrid& g, uint32_t chunk_tokens, uint32_t group_tokens, int16_t* val) {
-  if (use_avx2()) return quantize_columns_impl<true>(raw, dt, T, C, c0, n, g, chunk_tokens, group_tokens, val);
-  quantize_columns_impl<false>(raw, dt, T, C, c0, n, g, chunk_tokens, group_tokens, val);
+void quantize_columns(const uint8_t* raw, uint8_t dt, uint32_t t0, uint32_t t1, uint32_t C, uint32_t c0, uint32_t n,
+                      const RowGrid& g, uint32_t chunk_tokens, uint32_t group_tokens, int16_t* val, size_t val_pitch) {
+  if (use_avx2()) return quantize_columns_impl<true>(raw, dt, t0, t1, C, c0, n, g, chunk_tokens, group_tokens, val, val_pitch);
+  quantize_columns_impl<false>(raw, dt, t0, t1, C, c0, n, g, chunk_tokens, group_tokens, val, val_pitch);
 }
 
 }  // namespace detail
