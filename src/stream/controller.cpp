@@ -10,6 +10,9 @@ namespace {
 
 constexpr uint32_t kMaxChunks = 1u << 20;
 constexpr size_t kMaxOptions = 64;  // options used so far are tracked in a 64-bit mask
+// Slack before a chunk still on its way counts as overdue (Impl::predict): a busy machine can
+// leave the client's thread unscheduled for about this long.
+constexpr double kOverdueSlackS = 0.005;
 
 bool finite_nonneg(double x) { return std::isfinite(x) && x >= 0; }
 
@@ -334,9 +337,16 @@ Controller::Impl::Prediction Controller::Impl::predict(double now_s) const {
     if (unmeasured) {
       // Cold: the prior is a guess. Once the probe window is over, what has come is the best
       // measurement there is, whichever way it points.
-      if (now_s >= probe_end_s(now_s)) gbps = delivered_gbps;
-    } else if (on_link_s > double(st.bytes) * 8 / (gbps * 1e9)) {
-      // A chunk still arriving long after it should have caps the estimate.
+      // (Nothing received yet is no measurement, until the silence is long: the client's
+      // thread may simply not have run.)
+      if (now_s >= probe_end_s(now_s) && (st.received > 0 || on_link_s > 4 * kOverdueSlackS))
+        gbps = delivered_gbps;
+    } else if (on_link_s > 1.5 * double(st.bytes) * 8 / (gbps * 1e9) + kOverdueSlackS &&
+               (st.received > 0 || on_link_s > 4 * kOverdueSlackS)) {
+      // A chunk still arriving long after it should have caps the estimate. "Long": half its
+      // expected time again plus a scheduling slack, so that a small chunk (tens of
+      // microseconds at the estimate) whose bytes the client has not read yet because its thread
+      // was not running is not taken for a collapsed link.
       gbps = std::min(gbps, delivered_gbps);
     }
     break;
