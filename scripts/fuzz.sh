@@ -56,9 +56,13 @@ for spec in $all; do
   [[ -d "$seeds/$kind" ]] && dirs+=("$seeds/$kind")
   extra="$(extra_seeds "$kind")"
   [[ -n "$extra" ]] && dirs+=("$extra")
+  # fuzz_serve's server threads outlive each input, so libFuzzer's per-input leak check races
+  # them (one unreproducible report in the offline run); leaks still show in the ASan ctest run.
+  leaks=()
+  [[ "$name" == serve ]] && leaks=(-detect_leaks=0)
   echo "fuzz: fuzz_$name for ${seconds}s"
   # The first directory collects new inputs; the seeds are read only.
-  if ! "$bin/fuzz_$name" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+  if ! "$bin/fuzz_$name" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 "${leaks[@]}" \
       -print_final_stats=1 -artifact_prefix="build-fuzz/crashes/$name-" \
       "${dirs[@]}" >"$log" 2>&1; then
     tail -n 60 "$log" >&2
