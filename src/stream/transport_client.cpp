@@ -474,10 +474,14 @@ Status Fetcher::pump_socket() {
       const Outstanding& q = outstanding_.front();
       const Chunk& c = chunks_[q.chunk];
       // Progress of the controller's own request (not of a retry at another level) lets it see
-      // a link that collapses in the middle of a chunk.
+      // a link that collapses in the middle of a chunk. Counted in body bytes: the client may
+      // attach the level's head to a request the controller did not count it for (the request
+      // that carried it was lost), and the head would then take the count past the chunk's
+      // size -- which ended a fetch in the chaos run.
+      const uint64_t head = q.with_head ? manifest_.find_level(q.level)->head_bytes : 0;
       if (cur_->type == MsgType::kChunk && !q.abandoned && q.level == c.decided_level &&
-          c.attempts_at_level == 1 && payload_have_ > 8)
-        KVCODEC_RETURN_IF_ERROR(controller_->on_progress(q.chunk, payload_have_ - 8, last_byte_s_));
+          c.attempts_at_level == 1 && payload_have_ > 8 + head)
+        KVCODEC_RETURN_IF_ERROR(controller_->on_progress(q.chunk, payload_have_ - 8 - head, last_byte_s_));
     }
     if (cur_ && payload_have_ == cur_->payload_bytes) {
       MessageHeader h = *cur_;
