@@ -592,5 +592,95 @@ TEST_F(TransportTest, ManifestExchangeIsRetriedOnANewConnection) {
   expect_exact(out, r);
 }
 
+// Issue 11 (found by the chaos run): a chunk's first request may carry its level's head although
+// the controller counted the head with another chunk (whose request was lost), and the client
+// counted the head as chunk progress: "progress beyond the chunk's size" ended the fetch. Here
+// chunk 0 at level 3 (with the head) is answered "not found", so it falls back to level 0, and
+// the connection drops: on the new one, chunk 1's re-sent request carries level 3's head, and
+// its response arrives in 64-byte pieces.
+TEST_F(TransportTest, ProgressIsCountedInBodyBytes) {
+  using namespace stream_detail;
+  const int lfd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&a), len), 0);
+  ASSERT_EQ(::listen(lfd, 4), 0);
+  ::getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &len);
+  std::thread fake([&] {
+    auto answer = [&](int fd, const MessageHeader& h, std::span<const uint8_t> payload, bool slow) {
+      MessageHeader out;
+      out.request_id = h.request_id;
+      std::vector<uint8_t> body;
+      if (h.type == MsgType::kGetManifest) {
+        out.type = MsgType::kManifest;
+        body = serialize_manifest(manifest_);
+      } else {
+        auto r = decode_request_payload(h.type, payload);
+        if (!r.ok()) return false;
+        std::vector<uint8_t> head;
+        if (r->with_head) head = *get_head(*store_, "ctx", manifest_, r->level);
+        const auto chunk = *get_chunk(*store_, "ctx", manifest_, r->level, r->chunk);
+        for (int i = 0; i < 8; ++i) body.push_back(uint8_t(head.size() >> (8 * i)));
+        body.insert(body.end(), head.begin(), head.end());
+        body.insert(body.end(), chunk.begin(), chunk.end());
+        out.type = MsgType::kChunk;
+      }
+      const auto msg = make_message(out, body);
+      for (size_t at = 0; at < msg.size(); at += slow ? 64 : msg.size()) {
+        if (!send_all(fd, std::span(msg).subspan(at, std::min<size_t>(slow ? 64 : msg.size(), msg.size() - at))).ok())
+          return false;
+        if (slow) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+      return true;
+    };
+    for (int conn = 0; conn < 2; ++conn) {
+      pollfd l{lfd, POLLIN, 0};
+      if (::poll(&l, 1, 5000) <= 0) return;
+      const int fd = ::accept(lfd, nullptr, nullptr);
+      for (;;) {
+        uint8_t hdr[kMessageHeaderBytes];
+        if (!recv_exact(fd, hdr, 5000).ok()) break;
+        auto h = decode_header(hdr);
+        if (!h.ok()) break;
+        std::vector<uint8_t> payload(h->payload_bytes);
+        if (!recv_exact(fd, payload, 5000).ok()) break;
+        auto r = decode_request_payload(h->type, payload);
+        if (conn == 0 && h->type == MsgType::kGetChunk && r.ok()) {
+          if (r->level != 3) break;  // chunk 0's fallback: drop the connection
+          if (r->chunk == 0) {
+            MessageHeader e;
+            e.type = MsgType::kError;
+            e.request_id = h->request_id;
+            e.code = uint32_t(StatusCode::kNotFound);
+            const std::string text = "gone";
+            (void)send_all(fd, make_message(e, std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size())));
+          }
+          continue;  // other level-3 requests stay unanswered on this connection
+        }
+        if (!answer(fd, *h, payload, conn == 1)) break;
+      }
+      ::close(fd);
+    }
+  });
+  FetchOptions fo;
+  fo.port = ntohs(a.sin_port);
+  fo.id = "ctx";
+  fo.controller.slo_s = 10;
+  fo.controller.policy = Policy::kFixed;
+  fo.controller.plan = {1};  // level 3
+  fo.io_timeout_ms = 3000;
+  KVCache out;
+  FetchReport r;
+  const Status s = fetch_context(fo, &out, &r);
+  fake.join();
+  ::close(lfd);
+  ASSERT_TRUE(s.ok()) << s.to_string() << "\n" << r.to_json();
+  EXPECT_EQ(r.chunks[0].level, 0);
+  EXPECT_EQ(r.chunks[1].level, 3);
+  expect_exact(out, r);
+}
+
 }  // namespace
 }  // namespace kvcodec
