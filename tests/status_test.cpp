@@ -98,3 +98,31 @@ TEST(Config, OptionsAndLayerFactors) {
 
 }  // namespace
 }  // namespace kvcodec
+
+// Issue 11 item 10: an exception in a worker of the one parallel loop comes back as a Status
+// (bad_alloc -> resource_exhausted, anything else -> internal) instead of ending the process.
+#include <atomic>
+#include <stdexcept>
+
+#include "common/parallel.hpp"
+
+namespace kvcodec {
+namespace {
+
+TEST(ParallelFor, ExceptionsInWorkersBecomeStatuses) {
+  std::atomic<int> visited{0};
+  EXPECT_TRUE(detail::parallel_for(100, 4, [&](size_t) { ++visited; }).ok());
+  EXPECT_EQ(visited.load(), 100);
+  const Status oom = detail::parallel_for(100, 4, [](size_t i) {
+    if (i == 37) throw std::bad_alloc();
+  });
+  EXPECT_EQ(oom.code(), StatusCode::kResourceExhausted);
+  const Status other = detail::parallel_for(100, 4, [](size_t i) {
+    if (i % 10 == 3) throw std::runtime_error("boom");
+  });
+  EXPECT_EQ(other.code(), StatusCode::kInternal);
+  EXPECT_NE(std::string(other.message()).find("boom"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace kvcodec
