@@ -431,21 +431,27 @@ TEST_F(TransportTest, ClientBoundsResponsesBeforeAllocating) {
   ::close(lfd);
 }
 
+// A listening socket on 127.0.0.1 at a free port (*port).
+int listen_loopback(uint16_t* port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), len), 0);
+  EXPECT_EQ(::listen(fd, 4), 0);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  *port = ntohs(a.sin_port);
+  return fd;
+}
+
 // A fake server on loopback answering the client's first connection: the manifest request with
 // `manifest` (serialized, checksummed), then every chunk request with a header claiming
 // `chunk_claim` payload bytes and nothing after it, until the client closes.
 class HostileServer {
  public:
   HostileServer(const Manifest& manifest, uint64_t chunk_claim) {
-    lfd_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    EXPECT_EQ(::bind(lfd_, reinterpret_cast<sockaddr*>(&a), len), 0);
-    EXPECT_EQ(::listen(lfd_, 4), 0);
-    ::getsockname(lfd_, reinterpret_cast<sockaddr*>(&a), &len);
-    port_ = ntohs(a.sin_port);
+    lfd_ = listen_loopback(&port_);
     thread_ = std::thread([this, bytes = serialize_manifest(manifest), chunk_claim] {
       using namespace stream_detail;
       const int fd = ::accept(lfd_, nullptr, nullptr);
@@ -547,14 +553,8 @@ TEST_F(TransportTest, ClientBuffersWhatArrivesNotWhatIsClaimed) {
 // the manifest is asked for again on a new connection (counted as a reconnection).
 TEST_F(TransportTest, ManifestExchangeIsRetriedOnANewConnection) {
   auto server = serve();
-  const int lfd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&a), len), 0);
-  ASSERT_EQ(::listen(lfd, 4), 0);
-  ::getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &len);
+  uint16_t port = 0;
+  const int lfd = listen_loopback(&port);
   // The first connection is closed once its request arrived; the second is relayed to the server.
   std::thread relay([lfd, port = server->port()] {
     int c = ::accept(lfd, nullptr, nullptr);
@@ -579,7 +579,7 @@ TEST_F(TransportTest, ManifestExchangeIsRetriedOnANewConnection) {
     ::close(*s);
   });
   FetchOptions fo = fetch_options(*server);
-  fo.port = ntohs(a.sin_port);
+  fo.port = port;
   KVCache out;
   FetchReport r;
   const Status s = fetch_context(fo, &out, &r);
@@ -600,14 +600,8 @@ TEST_F(TransportTest, ManifestExchangeIsRetriedOnANewConnection) {
 // its response arrives in 64-byte pieces.
 TEST_F(TransportTest, ProgressIsCountedInBodyBytes) {
   using namespace stream_detail;
-  const int lfd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&a), len), 0);
-  ASSERT_EQ(::listen(lfd, 4), 0);
-  ::getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &len);
+  uint16_t port = 0;
+  const int lfd = listen_loopback(&port);
   std::thread fake([&] {
     auto answer = [&](int fd, const MessageHeader& h, std::span<const uint8_t> payload, bool slow) {
       MessageHeader out;
@@ -665,7 +659,7 @@ TEST_F(TransportTest, ProgressIsCountedInBodyBytes) {
     }
   });
   FetchOptions fo;
-  fo.port = ntohs(a.sin_port);
+  fo.port = port;
   fo.id = "ctx";
   fo.controller.slo_s = 10;
   fo.controller.policy = Policy::kFixed;
