@@ -105,6 +105,18 @@ TEST_F(Commands, DemoStreamsASyntheticContextAndReportsEveryStrategy) {
   EXPECT_NE(slurp(path("out/demo.svg")).find("<svg"), std::string::npos);
 }
 
+TEST_F(Commands, ObjectivesAreChosenByName) {
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"demo", "--objective", "fastest"},
+        std::vector<std::string>{"fetch", "--server", "127.0.0.1:1", "--id", "x", "-o", path("x.safetensors"),
+                                 "--objective", "fastest"}}) {
+    const std::string& cmd = args[0];
+    const RunResult r = run(args);
+    EXPECT_EQ(r.exit_code, 2) << cmd;
+    EXPECT_NE(r.err.find("min-prefill, quality or ttft"), std::string::npos) << cmd << ": " << r.err;
+  }
+}
+
 // ---- put / serve / fetch ------------------------------------------------------------------------
 
 // Stores a cache at levels 2 and 8, serves it over loopback, fetches it, and checks the fetched

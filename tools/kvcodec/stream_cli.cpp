@@ -15,7 +15,10 @@ StatusOr<std::unique_ptr<Store>> open_cli_store(const std::string& uri) {
 void declare_controller_options(Args& a) {
   a.option("--slo-ms", "time-to-first-token target, ms (default 1000)")
       .option("--policy", "adaptive (default), equal-budget (CacheGen's heuristic) or fixed:L (one level)")
-      .option("--objective", "quality (best quality within the SLO, default) or ttft (lowest TTFT)")
+      .option("--objective", "min-prefill (default: meet the SLO with the least GPU prefill, levels within "
+                             "--max-distortion only), quality (best quality within the SLO) or ttft (lowest TTFT)")
+      .option("--max-distortion", "quality floor of min-prefill: the largest relative error a chunk may be "
+                                  "fetched at (default 0.1; inf: none)")
       .option("--prefill-tps", "prefill throughput for TEXT chunks, tokens/s (default: measured on --model)")
       .option("--first-token-ms", "time to the first token once the KV is in place, ms (default 0)");
 }
@@ -37,12 +40,14 @@ bool read_controller_options(Args& a, ControllerConfig* c) {
     a.fail("--policy must be adaptive, equal-budget or fixed:L");
     return false;
   }
-  const std::string objective = a.get("--objective", "quality");
-  if (objective != "quality" && objective != "ttft") {
-    a.fail("--objective must be quality or ttft");
+  auto objective = parse_objective(a.get("--objective", "min-prefill"));
+  if (!objective.ok()) {
+    a.fail("--objective: " + std::string(objective.status().message()));
     return false;
   }
-  c->objective = objective == "ttft" ? Objective::kMinTtft : Objective::kBestQualityWithinSlo;
+  c->objective = *objective;
+  c->max_distortion = a.get_double("--max-distortion", c->max_distortion);
+  if (a.failed()) return false;
   if (Status s = c->validate(); !s.ok()) {
     a.fail(s);
     return false;
