@@ -444,6 +444,10 @@ Status Fetcher::pump_socket() {
       dst = hdr_ + hdr_have_;
       want = kMessageHeaderBytes - hdr_have_;
     } else {
+      // The buffer grows with the bytes that arrive (from 64 KiB, doubling), not with what the
+      // header claims: a server cannot make the client allocate what it never sends.
+      if (payload_have_ == payload_.size())
+        payload_.resize(size_t(std::min<uint64_t>(cur_->payload_bytes, std::max<size_t>(2 * payload_have_, 64 << 10))));
       dst = payload_.data() + payload_have_;
       want = payload_.size() - payload_have_;
     }
@@ -471,7 +475,8 @@ Status Fetcher::pump_socket() {
       if (h->payload_bytes > limit || (h->type != MsgType::kChunk && h->type != MsgType::kError))
         return reconnect(CorruptData("unexpected response type or size"));
       cur_ = *h;
-      payload_ = take_buffer(size_t(h->payload_bytes));
+      // A recycled buffer (its pages already resident), grown below as the bytes arrive.
+      payload_ = take_buffer(0);
       payload_have_ = 0;
     } else {
       payload_have_ += size_t(n);
@@ -483,7 +488,7 @@ Status Fetcher::pump_socket() {
           c.attempts_at_level == 1 && payload_have_ > 8)
         KVCODEC_RETURN_IF_ERROR(controller_->on_progress(q.chunk, payload_have_ - 8, last_byte_s_));
     }
-    if (cur_ && payload_have_ == payload_.size()) {
+    if (cur_ && payload_have_ == cur_->payload_bytes) {
       MessageHeader h = *cur_;
       cur_.reset();
       hdr_have_ = 0;
@@ -661,6 +666,13 @@ Status Fetcher::run() {
   report_->chunk_tokens = manifest_.chunk_tokens;
   // A destination of the right shape and dtype is used as it is (a server's preallocated KV
   // memory); anything else is replaced.
+  const uint64_t output_bytes = manifest_.shape.elements() * dtype_size(manifest_.dtype);
+  if (output_bytes > o_.max_output_bytes) {
+    Status big = ResourceExhausted("manifest: the context decodes to " + std::to_string(output_bytes) +
+                                   " bytes, over the limit of " + std::to_string(o_.max_output_bytes));
+    fail(-1, -1, big, "abort");
+    return big;
+  }
   if (out_->dtype != manifest_.dtype || out_->shape != manifest_.shape ||
       out_->data.size() != manifest_.shape.elements() * dtype_size(manifest_.dtype)) {
     KVCODEC_ASSIGN_OR_RETURN(*out_, KVCache::allocate(manifest_.dtype, manifest_.shape));

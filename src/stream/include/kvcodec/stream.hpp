@@ -259,6 +259,10 @@ struct FetchOptions {
   // Largest manifest accepted from the server, bytes (checked on the response header, before
   // allocating). Chunk responses are bounded by the manifest's sizes, errors by 4 KiB.
   uint64_t max_manifest_bytes = 256ull << 20;
+  // Largest decoded context accepted (the manifest's shape times its dtype size), bytes: a
+  // manifest of a hundred bytes can claim terabytes. Over it the fetch fails with
+  // kResourceExhausted before allocating.
+  uint64_t max_output_bytes = 64ull << 30;
   // Policy, objective, SLO, costs and estimator of the controller. cost.rtt_s is what the
   // client believes the round trip to be.
   ControllerConfig controller;
