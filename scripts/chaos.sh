@@ -99,7 +99,13 @@ while kill -0 "$driver_pid" 2>/dev/null; do
     say "SIGKILL redis-server (pid $redis_pid) after $((done_n * 10)) fetches"
     kill -9 "$redis_pid"; wait "$redis_pid" 2>/dev/null || true
     sleep 3
-    start_redis || { echo "chaos: error: redis-server did not restart" >&2; exit 1; }
+    restarted=""
+    for _ in 1 2 3 4 5; do  # the old socket or AOF may still be busy for a moment
+      if start_redis; then restarted=1; break; fi
+      stop_pid "$redis_pid"; redis_pid=""
+      sleep 1
+    done
+    [[ -n "$restarted" ]] || { tail -n 20 "$work/redis.log" >&2; echo "chaos: error: redis-server did not restart" >&2; exit 1; }
     say "redis-server restarted (pid $redis_pid)"
     killed=1
   fi
