@@ -3,6 +3,7 @@
 
 #include <cstdint>
 
+#include "kvcodec/metrics.hpp"
 #include "kvcodec/status.hpp"
 
 namespace kvcodec {
@@ -63,6 +64,9 @@ struct EncodeOptions {
   StepMode step_mode = StepMode::kLayer;
   // Worker threads, 0 = all hardware threads. Output bytes do not depend on it.
   int threads = 1;
+  // Receives a kEncode event per frame (metrics.hpp); not owned. nullptr (default): none, no cost.
+  // Output bytes do not depend on it.
+  MetricsSink* metrics = nullptr;
 };
 
 inline constexpr uint32_t kMaxChunkTokens = 8192;
@@ -87,6 +91,9 @@ struct DecodeOptions {
   // buffers from a frame it did not make should set it (the CLI's --max-decoded-bytes does).
   // 0 = no limit (the default: the caller's destination already holds the range).
   uint64_t max_decoded_bytes = 0;
+  // Receives a kDecode event per call, kChecksumFailure when verification fails (metrics.hpp);
+  // not owned. nullptr (default): none, no cost.
+  MetricsSink* metrics = nullptr;
 };
 
 }  // namespace kvcodec

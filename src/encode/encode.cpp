@@ -8,6 +8,7 @@
 
 #include "encode/encode_model.hpp"
 #include "common/frame.hpp"
+#include "common/metrics.hpp"
 #include "common/stored_unit.hpp"
 #include "common/parallel.hpp"
 #include "encode/quantize_row.hpp"
@@ -286,7 +287,8 @@ size_t max_encoded_size(const KVShape& shape, DType dtype, const EncodeOptions& 
   return size_t(total);
 }
 
-StatusOr<size_t> encode_into(const KVView& src, const EncodeOptions& o, std::span<uint8_t> dst) {
+// encode_into without the metrics.
+static StatusOr<size_t> encode_frame(const KVView& src, const EncodeOptions& o, std::span<uint8_t> dst) {
   KVCODEC_RETURN_IF_ERROR(validate_options(o));
   KVCODEC_RETURN_IF_ERROR(validate_view(src));
   const KVShape& sh = src.shape;
@@ -346,6 +348,22 @@ StatusOr<size_t> encode_into(const KVView& src, const EncodeOptions& o, std::spa
   detail::write_head(f, model, head);
   std::memcpy(dst.data(), head.data(), head.size());
   return size_t(f.frame_bytes);
+}
+
+StatusOr<size_t> encode_into(const KVView& src, const EncodeOptions& o, std::span<uint8_t> dst) {
+  const detail::MetricTimer timer(o.metrics);
+  StatusOr<size_t> size = encode_frame(src, o, dst);
+  if (timer.sink() && size.ok()) {
+    MetricEvent e;
+    e.kind = MetricKind::kEncode;
+    e.level = o.level;
+    e.seconds = timer.seconds();
+    e.raw_bytes = src.shape.elements() * dtype_size(src.dtype);
+    e.coded_bytes = *size;
+    e.elements = src.shape.elements();
+    timer.sink()->record(e);
+  }
+  return size;
 }
 
 }  // namespace kvcodec
