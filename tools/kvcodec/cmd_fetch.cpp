@@ -131,6 +131,8 @@ int cmd_fetch(int argc, char** argv) {
   std::printf("fetched '%s': %u chunks (%u as text), %.3f bits/element, TTFT %.1f ms (SLO %.0f ms %s), %zu failure(s) handled\n",
               fo.id.c_str(), uint32_t(report.chunks.size()), report.text_chunks, report.bits_per_element,
               report.ttft_s * 1e3, report.slo_s * 1e3, report.slo_met ? "met" : "missed", report.failures.size());
+  std::printf("objective %s: prefill %llu tokens, %.3f GPU s (cost model)\n", report.objective.c_str(),
+              (unsigned long long)report.prefill_tokens, report.prefill_gpu_s);
   return 0;
 }
 
