@@ -131,8 +131,24 @@ void spill_counts(uint16_t* c16, uint32_t* c32, size_t n) {
   }
 }
 
+// Counts tokens [t0, t1) of channels [c0, c0 + n) into c16 ([j][plane][byte]) and the clustering
+// feature (magnitude bits of the top byte); P bytes per element.
+template <uint32_t P>
+void count_planes(const uint8_t* raw, size_t rp, uint32_t t0, uint32_t t1, uint32_t c0, uint32_t n, uint16_t* c16,
+                  uint64_t* feature) {
+  constexpr size_t per_channel = size_t(P) * detail::kLosslessBins;
+  for (uint32_t t = t0; t < t1; ++t) {
+    const uint8_t* e = raw + size_t(t) * rp + size_t(c0) * P;
+    for (uint32_t j = 0; j < n; ++j, e += P) {
+      uint16_t* cj = c16 + j * per_channel;
+      for (uint32_t p = 0; p < P; ++p) ++cj[p * detail::kLosslessBins + e[p]];
+      feature[j] += e[P - 1] & 0x7f;
+    }
+  }
+}
+
 // Counts the byte planes of channels [c0, c0 + n) into ws.counts (appended in channel order) and
-// the clustering feature (magnitude bits of the top byte).
+// the clustering feature.
 void count_lossless_block(const uint8_t* raw, size_t rp, uint32_t T, uint32_t P, uint32_t c0, uint32_t n,
                           Workspace& ws) {
   const size_t per_channel = size_t(P) * detail::kLosslessBins;
@@ -141,13 +157,10 @@ void count_lossless_block(const uint8_t* raw, size_t rp, uint32_t T, uint32_t P,
   uint64_t feature[kLosslessBlock] = {};
   for (uint32_t t0 = 0; t0 < T; t0 += kSpillTokens) {
     const uint32_t t1 = std::min(T, t0 + kSpillTokens);
-    for (uint32_t t = t0; t < t1; ++t) {
-      const uint8_t* e = raw + size_t(t) * rp + size_t(c0) * P;
-      for (uint32_t j = 0; j < n; ++j, e += P) {
-        uint16_t* cj = c16 + j * per_channel;
-        for (uint32_t p = 0; p < P; ++p) ++cj[p * detail::kLosslessBins + e[p]];
-        feature[j] += e[P - 1] & 0x7f;
-      }
+    switch (P) {
+      case 1: count_planes<1>(raw, rp, t0, t1, c0, n, c16, feature); break;
+      case 2: count_planes<2>(raw, rp, t0, t1, c0, n, c16, feature); break;
+      default: count_planes<4>(raw, rp, t0, t1, c0, n, c16, feature); break;
     }
     spill_counts(c16, c32, n * per_channel);
   }
@@ -199,7 +212,7 @@ void encode_lossless(const Context& cx, const uint8_t* raw, Workspace& ws, Layer
   ws.local.resize(size_t(P) * detail::kLosslessBins * kLosslessBlock, 0);
   ws.local16.resize(size_t(P) * detail::kLosslessBins * kLosslessBlock, 0);
   ws.feature.resize(C);
-  ws.counts.reset(C, P, detail::kLosslessBins);
+  ws.counts.reset(C, P, detail::kLosslessBins, size_t(C) * P * std::min<uint32_t>(T, detail::kLosslessBins));
   for (uint32_t c0 = 0; c0 < C; c0 += kLosslessBlock)
     count_lossless_block(raw, cx.rp, T, P, c0, std::min(kLosslessBlock, C - c0), ws);
   LayerModel& m = out.model;
