@@ -218,9 +218,10 @@ TEST(Codec, DeterministicAcrossThreads) {
 
 TEST(Codec, SimdAndScalarPathsAgree) {
   // C = 48: the vector loops run; 301 tokens: a partial chunk. C = 9: scalar decode, and streams
-  // whose length is not a multiple of 8 (the vector encoder's scalar tail).
-  for (const KVShape s : {KVShape{3, 301, 3, 16}, KVShape{2, 37, 1, 9}})
-  for (DType dt : {DType::kF16, DType::kBF16, DType::kF32}) {
+  // whose length is not a multiple of 8 (the vector encoder's scalar tail). C = 64: the decoder's
+  // unrolled loops (C % 32 == 0). f8: one byte plane when lossless.
+  for (const KVShape s : {KVShape{3, 301, 3, 16}, KVShape{2, 37, 1, 9}, KVShape{2, 150, 2, 32}})
+  for (DType dt : {DType::kF16, DType::kBF16, DType::kF32, DType::kF8E4M3}) {
     auto values = make_kv(s, 21);
     values[s.channels() + 5] = INFINITY;  // an escape inside a vector group
     auto raw = to_dtype(values, dt);
