@@ -234,6 +234,10 @@ TEST(Codec, SimdAndScalarPathsAgree) {
       const auto scalar_frame = encode(contiguous_view(raw.data(), dt, s), o);
       detail::set_simd_enabled(true);
       EXPECT_EQ(frame, scalar_frame) << "SIMD and scalar encoders differ";
+      detail::set_avx512_enabled(false);  // the AVX2 paths where the CPU has AVX-512
+      const auto avx2_frame = encode(contiguous_view(raw.data(), dt, s), o);
+      detail::set_avx512_enabled(true);
+      EXPECT_EQ(frame, avx2_frame) << "AVX-512 and AVX2 encoders differ";
       std::vector<uint8_t> a(raw.size()), b(raw.size());
       ASSERT_TRUE(decode_into(frame, contiguous_view(a.data(), dt, s)).ok());
       detail::set_simd_enabled(false);
