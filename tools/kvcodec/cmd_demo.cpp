@@ -47,6 +47,8 @@ struct DemoOptions {
   double drop_ms = 100, rtt_ms = 2;
   double slo_ms = 0;       // 0: derived from the prefill rate
   double prefill_tps = 0;  // 0: measured (--model) or assumed
+  std::string objective_name = "min-prefill";
+  double max_distortion = ControllerConfig{}.max_distortion;  // quality floor of min-prefill
   int threads = 0;         // 0 = all cores
   std::optional<std::string> model;  // a real model's KV and recompute
   std::string tokenizer, text;       // with --model
@@ -54,6 +56,7 @@ struct DemoOptions {
   // Derived.
   bool real = false;
   double drop_s = 0, rtt_s = 0, slo_s = 0;
+  Objective objective = Objective::kMinPrefillWithinSlo;
   int workers = 1;  // encoder / decoder threads
 };
 
@@ -72,6 +75,8 @@ void declare(Command& cmd, DemoOptions& o) {
   cmd.option("--slo-ms", o.slo_ms,
              "time-to-first-token target, ms (default: 80% of recomputing the whole context, so that neither "
              "recomputing nor fetching alone is enough)");
+  cmd.option("--objective", o.objective_name, "min-prefill (default), quality or ttft (see kvcodec fetch --help)");
+  cmd.option("--max-distortion", o.max_distortion, "quality floor of min-prefill, relative error (default 0.1)");
   cmd.option("--prefill-tps", o.prefill_tps,
              "prefill tokens/s for TEXT chunks (default: 4000, an assumption for the target GPU; measured with --model)");
   cmd.option("--threads", o.threads, "encoder / decoder threads (default 0 = all cores)", Range{0, 4096});
@@ -94,7 +99,11 @@ int parse_demo_options(Command& cmd, int argc, char** argv, DemoOptions& o) {
   o.drop_s = o.drop_ms / 1e3;
   o.rtt_s = o.rtt_ms / 1e3;
   o.slo_s = o.slo_ms / 1e3;
-  if (!(o.high > 0) || !(o.low > 0) || !(o.drop_s > 0) || o.rtt_s < 0 || o.slo_s < 0 || o.prefill_tps < 0)
+  auto objective = parse_objective(o.objective_name);
+  if (!objective.ok()) return cmd.usage_error("--objective: " + std::string(objective.status().message()));
+  o.objective = *objective;
+  if (!(o.high > 0) || !(o.low > 0) || !(o.drop_s > 0) || o.rtt_s < 0 || o.slo_s < 0 || o.prefill_tps < 0 ||
+      !(o.max_distortion >= 0))
     return cmd.usage_error("sizes, bandwidths, times and rates must be positive");
   for (const Status& s : {check_link_gbps(o.high, "--high-gbps"), check_link_gbps(o.low, "--low-gbps"),
                           check_seconds(o.drop_s, kMaxTraceSeconds, "--drop-ms / 1000"),
@@ -325,6 +334,8 @@ Status fetch_with_controller(DemoOptions& o, const DemoContext& c, std::shared_p
   fo.id = "demo";
   if (o.slo_s == 0) o.slo_s = 0.8 * double(c.kv.shape.tokens) / o.prefill_tps;
   fo.controller.slo_s = o.slo_s;
+  fo.controller.objective = o.objective;
+  fo.controller.max_distortion = o.max_distortion;
   fo.controller.cost.rtt_s = o.rtt_s;
   fo.controller.cost.prefill_tokens_per_s = o.prefill_tps;
   fo.decode_threads = o.workers;
@@ -492,8 +503,8 @@ StatusOr<std::pair<std::string, std::string>> write_reports(const DemoOptions& o
 int cmd_demo(int argc, char** argv) {
   Command cmd("demo",
               "kvcodec demo [--tokens N] [--levels LIST] [--chunk-tokens N] [--store URI] [--out DIR] "
-              "[--high-gbps X --low-gbps Y --drop-ms T] [--rtt-ms R] [--slo-ms S] [--prefill-tps P] "
-              "[--model M --tokenizer T --text FILE [--offset B]]");
+              "[--high-gbps X --low-gbps Y --drop-ms T] [--rtt-ms R] [--slo-ms S] [--objective O] [--max-distortion D] "
+              "[--prefill-tps P] [--model M --tokenizer T --text FILE [--offset B]]");
   DemoOptions o;
   if (int code = parse_demo_options(cmd, argc, argv, o); code >= 0) return code;
   const auto t_start = Clock::now();
