@@ -33,6 +33,16 @@ void compute_grids(const float* x, uint32_t tokens, uint32_t channels, double re
     const float* row = x + size_t(t) * channels;
     for (uint32_t c = 0; c < channels; ++c) add_sample(sums[c], row[c]);
   }
+  for (uint32_t c = 0; c < channels; ++c) {  // robust passes (encode_values.hpp), rare
+    ChannelSums& s = sums[c];
+    finish_sums(s);
+    double a, b;
+    for (int pass = 0; pass < kRobustPasses && outlier_range(s, &a, &b); ++pass) {
+      ChannelSums next;
+      for (uint32_t t = 0; t < tokens; ++t) add_sample_in(next, x[size_t(t) * channels + c], a, b);
+      if (!accept_pass(s, next)) break;
+    }
+  }
   const double layer_rms = mode == StepMode::kLayer ? layer_scale(sums.data(), channels) : 0.0;
   for (uint32_t c = 0; c < channels; ++c) grids[c] = channel_grid(sums[c], layer_rms, mode, rel_step);
 }
