@@ -146,6 +146,10 @@ std::string report_json(const EvalReport& r) {
   j["shape"] = {{"layers", r.shape.layers}, {"tokens", r.shape.tokens}, {"kv_heads", r.shape.kv_heads},
                 {"head_dim", r.shape.head_dim}};
   j["offsets"] = r.offsets;
+  if (!r.calib_text.empty()) {
+    j["calib_text"] = r.calib_text;
+    j["calib_offsets"] = r.calib_offsets;
+  }
   j["seconds"] = r.seconds;
   j["kl_target"] = kKlTarget;
   j["ppl_target_pct"] = kPplTargetPct;

@@ -33,6 +33,8 @@ int cmd_eval(int argc, char** argv) {
       .option("--continue-tokens", "continuation tokens scored after each context (default seq_len - context)")
       .option("--schemes", "comma-separated schemes, e.g. kvcodec:levels=2-6,cachegen,kivi (default: all)")
       .option("--threads", "contexts evaluated in parallel (default 1)")
+      .option("--calib-text", "text the calibrated schemes (kvpca, kvtc) learn from (default: --text, other offsets)")
+      .option("--calib-contexts", "calibration contexts (default 8)")
       .option("--json", "write the report as JSON")
       .option("--svg", "write the rate-distortion plot as SVG");
   if (!a.parse(argc, argv)) return a.exit_code();
@@ -45,6 +47,8 @@ int cmd_eval(int argc, char** argv) {
   const int64_t context_tokens = a.get_int("--context-tokens", 0);
   const int64_t continue_tokens = a.get_int("--continue-tokens", 0);
   const int64_t threads = a.get_int("--threads", 1);
+  const int64_t calib_contexts = a.get_int("--calib-contexts", 8);
+  o.calib_text_path = a.get("--calib-text");
   o.schemes = a.get("--schemes", std::string(eval::kDefaultSchemes));
   const std::string json_path = a.get("--json"), svg_path = a.get("--svg");
   if (a.failed()) return 2;
@@ -58,6 +62,8 @@ int cmd_eval(int argc, char** argv) {
   o.context_tokens = uint32_t(context_tokens);
   o.continue_tokens = uint32_t(continue_tokens);
   o.threads = unsigned(threads);
+  if (calib_contexts < 1 || calib_contexts > 100000) return a.fail("--calib-contexts must be in 1..100000");
+  o.calib_contexts = uint32_t(calib_contexts);
   o.progress = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
 
   StatusOr<eval::EvalReport> report = eval::run_eval(o);

@@ -1,0 +1,172 @@
+// Transform-coding schemes of the eval harness, both on a calibrated per-head PCA profile
+// (transform.hpp): kvpca (the transform in front of kvcodec's own quantizer and entropy coder:
+// issue 10's proposal, measured before it enters the format) and kvtc (a KVTC-style baseline).
+#include <zstd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "bytes.hpp"
+#include "kvcodec/codec.hpp"
+#include "schemes.hpp"
+#include "transform.hpp"
+
+namespace kvcodec::eval::internal {
+namespace {
+
+StatusOr<std::shared_ptr<const Profile>> profile_of(const Calibration& cal, bool undo_rope) {
+  return calibrate_profile(cal.caches, undo_rope, cal.rope_theta);
+}
+
+// ---- kvpca --------------------------------------------------------------------------------
+
+class KvpcaScheme final : public Scheme {
+ public:
+  KvpcaScheme(std::string name, const PcaParams& p)
+      : Scheme(std::move(name), p.options.level, level_label(p.options.level)), p_(p) {}
+
+  bool needs_calibration() const noexcept override { return true; }
+  Status calibrate(const Calibration& cal) override {
+    KVCODEC_ASSIGN_OR_RETURN(profile_, profile_of(cal, p_.undo_rope));
+    theta_ = cal.rope_theta;
+    return Status::Ok();
+  }
+
+  StatusOr<uint64_t> run(const FloatKV& in, FloatKV& out) const override {
+    if (!profile_) return Internal("kvpca: not calibrated");
+    FloatKV coef;
+    forward_transform(*profile_, theta_, in, coef);
+    const KVShape& sh = in.shape;
+    std::vector<uint16_t> half(coef.values.size());
+    for (size_t i = 0; i < half.size(); ++i) half[i] = detail::f32_to_f16(coef.values[i]);
+    std::vector<uint8_t> frame(max_encoded_size(sh, DType::kF16, p_.options));
+    KVCODEC_ASSIGN_OR_RETURN(size_t n, encode_into(contiguous_view(half.data(), DType::kF16, sh), p_.options, frame));
+    frame.resize(n);
+    KVCODEC_RETURN_IF_ERROR(decode_into(frame, contiguous_view(half.data(), DType::kF16, sh)));
+    for (size_t i = 0; i < half.size(); ++i) coef.values[i] = detail::f16_to_f32(half[i]);
+    inverse_transform(*profile_, theta_, coef, out);
+    return uint64_t(n) + (p_.basis_in_frame ? profile_->stored_bytes() : 0);
+  }
+
+ private:
+  PcaParams p_;
+  std::shared_ptr<const Profile> profile_;
+  double theta_ = 10000.0;
+};
+
+// ---- kvtc ---------------------------------------------------------------------------------
+
+// Optimal uniform quantizer of a unit Gaussian with 2^b levels (Max, 1960): step and MSE.
+constexpr int kMaxBits = 8;
+constexpr double kGaussStep[kMaxBits + 1] = {0, 1.596, 0.9957, 0.5860, 0.3352, 0.1881, 0.1041, 0.0569, 0.0308};
+constexpr double kGaussMse[kMaxBits + 1] = {1.0, 0.3634, 0.1188, 0.03744, 0.01154, 0.003490, 0.001035, 0.0003,
+                                            0.0000870};
+
+// Bits per component minimising sum var_k * mse(b_k) with sum b_k = budget (dynamic programming).
+std::vector<int> allocate_bits(const std::vector<double>& var, int budget) {
+  const size_t d = var.size();
+  const double inf = std::numeric_limits<double>::infinity();
+  std::vector<std::vector<double>> cost(d + 1, std::vector<double>(budget + 1, inf));
+  std::vector<std::vector<int>> pick(d + 1, std::vector<int>(budget + 1, 0));
+  cost[0][0] = 0;
+  for (size_t k = 0; k < d; ++k)
+    for (int used = 0; used <= budget; ++used) {
+      if (cost[k][used] == inf) continue;
+      for (int b = 0; b <= kMaxBits && used + b <= budget; ++b) {
+        const double c = cost[k][used] + var[k] * kGaussMse[b];
+        if (c < cost[k + 1][used + b]) {
+          cost[k + 1][used + b] = c;
+          pick[k + 1][used + b] = b;
+        }
+      }
+    }
+  int best = 0;
+  for (int used = 0; used <= budget; ++used)
+    if (cost[d][used] < cost[d][best]) best = used;
+  std::vector<int> bits(d);
+  for (size_t k = d; k-- > 0;) {
+    bits[k] = pick[k + 1][best];
+    best -= bits[k];
+  }
+  return bits;
+}
+
+class KvtcScheme final : public Scheme {
+ public:
+  KvtcScheme(std::string name, int level, const KvtcParams& p)
+      : Scheme(std::move(name), level, std::to_string(p.bits).substr(0, 4) + " bits"), p_(p) {}
+
+  bool needs_calibration() const noexcept override { return true; }
+  Status calibrate(const Calibration& cal) override {
+    KVCODEC_ASSIGN_OR_RETURN(profile_, profile_of(cal, p_.undo_rope));
+    theta_ = cal.rope_theta;
+    const uint32_t d = profile_->shape.head_dim;
+    bits_.clear();
+    for (const HeadBasis& h : profile_->heads) bits_.push_back(allocate_bits(h.var, int(std::lround(p_.bits * d))));
+    return Status::Ok();
+  }
+
+  StatusOr<uint64_t> run(const FloatKV& in, FloatKV& out) const override {
+    if (!profile_) return Internal("kvtc: not calibrated");
+    const KVShape& sh = in.shape;
+    const uint32_t H = sh.kv_heads, d = sh.head_dim, C = uint32_t(sh.channels()), T = sh.tokens;
+    const uint32_t sink = std::min(p_.sink, T);
+    FloatKV coef;
+    forward_transform(*profile_, theta_, in, coef);
+    // Codes component-major per head: [layer][kv][head][component][token], one byte each.
+    std::vector<uint8_t> codes;
+    codes.reserve(size_t(sh.layers) * 2 * C * T);
+    for (uint32_t l = 0; l < sh.layers; ++l)
+      for (uint32_t kv = 0; kv < 2; ++kv)
+        for (uint32_t h = 0; h < H; ++h) {
+          const size_t u = (size_t(l) * 2 + kv) * H + h;
+          for (uint32_t k = 0; k < d; ++k) {
+            const int b = bits_[u][k];
+            if (b == 0) continue;
+            const double step = kGaussStep[b] * std::sqrt(profile_->heads[u].var[k]);
+            const int lo = -(1 << (b - 1)), hi = (1 << (b - 1)) - 1;
+            float* y = coef.slice(l, kv) + size_t(h) * d + k;
+            for (uint32_t t = sink; t < T; ++t) {
+              float& v = y[size_t(t) * C];
+              const int q = step > 0 ? std::clamp(int(std::floor(double(v) / step)), lo, hi) : 0;
+              codes.push_back(uint8_t(q - lo));
+              v = float((q + 0.5) * step);
+            }
+          }
+          for (uint32_t k = 0; k < d; ++k)
+            if (bits_[u][k] == 0)
+              for (uint32_t t = sink; t < T; ++t) coef.slice(l, kv)[size_t(t) * C + size_t(h) * d + k] = 0.0f;
+        }
+    std::vector<uint8_t> packed(ZSTD_compressBound(codes.size()));
+    const size_t n = ZSTD_compress(packed.data(), packed.size(), codes.data(), codes.size(), 3);
+    if (ZSTD_isError(n)) return Internal(std::string("ZSTD_compress: ") + ZSTD_getErrorName(n));
+    std::vector<uint8_t> back(codes.size());
+    const size_t m = ZSTD_decompress(back.data(), back.size(), packed.data(), n);
+    if (ZSTD_isError(m) || m != codes.size() || back != codes) return Internal("kvtc: zstd round trip failed");
+    inverse_transform(*profile_, theta_, coef, out);
+    // The sink tokens go as fp16, exactly.
+    for (uint32_t l = 0; l < sh.layers; ++l)
+      for (uint32_t kv = 0; kv < 2; ++kv)
+        std::copy(in.slice(l, kv), in.slice(l, kv) + size_t(sink) * C, out.slice(l, kv));
+    return uint64_t(n) + uint64_t(sh.layers) * 2 * sink * C * 2 + kShapeHeaderBytes;
+  }
+
+ private:
+  KvtcParams p_;
+  std::shared_ptr<const Profile> profile_;
+  std::vector<std::vector<int>> bits_;  // [unit head][component]
+  double theta_ = 10000.0;
+};
+
+}  // namespace
+
+std::unique_ptr<Scheme> make_kvpca(std::string name, const PcaParams& params) {
+  return std::make_unique<KvpcaScheme>(std::move(name), params);
+}
+std::unique_ptr<Scheme> make_kvtc(std::string name, int level, const KvtcParams& params) {
+  return std::make_unique<KvtcScheme>(std::move(name), level, params);
+}
+
+}  // namespace kvcodec::eval::internal
