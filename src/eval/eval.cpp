@@ -280,7 +280,8 @@ std::vector<Threshold> compute_thresholds(const std::vector<SchemeRow>& rows) {
   }
   for (const std::string& name : order) {
     const auto& [kl, ppl] = curves[name];
-    out.push_back({name, interpolate_crossing(kl, kKlTarget, true), interpolate_crossing(ppl, kPplTargetPct, false)});
+    out.push_back({name, interpolate_crossing(kl, kKlTarget, true), interpolate_crossing(ppl, kPplTargetPct, false),
+                   interpolate_crossing(kl, kKlFineTarget, true)});
   }
   return out;
 }

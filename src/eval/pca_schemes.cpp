@@ -102,12 +102,13 @@ class KvtcScheme final : public Scheme {
   Status calibrate(const Calibration& cal) override {
     KVCODEC_ASSIGN_OR_RETURN(profile_, profile_of(cal, p_.undo_rope));
     theta_ = cal.rope_theta;
-    const uint32_t d = profile_->shape.head_dim;
-    bits_.clear();
-    for (const HeadBasis& h : profile_->heads) bits_.push_back(allocate_bits(h.var, int(std::lround(p_.bits * d))));
     return Status::Ok();
   }
 
+  // The basis comes from the profile (per model); everything per context is counted: per (layer,
+  // K/V, head, component) the context's mean and standard deviation (fp16 each) and its bit count
+  // (one byte), the zstd-compressed codes, the sink tokens in fp16 and the shape header. The bit
+  // allocation (dynamic programming) runs on the context's own variances.
   StatusOr<uint64_t> run(const FloatKV& in, FloatKV& out) const override {
     if (!profile_) return Internal("kvtc: not calibrated");
     const KVShape& sh = in.shape;
@@ -115,29 +116,43 @@ class KvtcScheme final : public Scheme {
     const uint32_t sink = std::min(p_.sink, T);
     FloatKV coef;
     forward_transform(*profile_, theta_, in, coef);
-    // Codes component-major per head: [layer][kv][head][component][token], one byte each.
-    std::vector<uint8_t> codes;
+    std::vector<uint8_t> codes;  // component-major per head: [layer][kv][head][component][token]
     codes.reserve(size_t(sh.layers) * 2 * C * T);
+    uint64_t side = 0;
     for (uint32_t l = 0; l < sh.layers; ++l)
       for (uint32_t kv = 0; kv < 2; ++kv)
         for (uint32_t h = 0; h < H; ++h) {
-          const size_t u = (size_t(l) * 2 + kv) * H + h;
+          std::vector<double> mean(d, 0.0), var(d, 0.0);
           for (uint32_t k = 0; k < d; ++k) {
-            const int b = bits_[u][k];
-            if (b == 0) continue;
-            const double step = kGaussStep[b] * std::sqrt(profile_->heads[u].var[k]);
-            const int lo = -(1 << (b - 1)), hi = (1 << (b - 1)) - 1;
+            const float* y = coef.slice(l, kv) + size_t(h) * d + k;
+            double s = 0, s2 = 0;
+            for (uint32_t t = sink; t < T; ++t) {
+              s += y[size_t(t) * C];
+              s2 += double(y[size_t(t) * C]) * y[size_t(t) * C];
+            }
+            const double n = std::max<uint32_t>(1, T - sink);
+            mean[k] = to_f16(float(s / n));
+            var[k] = std::max(0.0, s2 / n - (s / n) * (s / n));
+            var[k] = double(to_f16(float(std::sqrt(var[k])))) * to_f16(float(std::sqrt(var[k])));
+          }
+          const std::vector<int> bits = allocate_bits(var, int(std::lround(p_.bits * d)));
+          side += uint64_t(d) * 5;
+          for (uint32_t k = 0; k < d; ++k) {
             float* y = coef.slice(l, kv) + size_t(h) * d + k;
+            const int b = bits[k];
+            const double step = b ? kGaussStep[b] * std::sqrt(var[k]) : 0.0;
+            const int lo = b ? -(1 << (b - 1)) : 0, hi = b ? (1 << (b - 1)) - 1 : 0;
             for (uint32_t t = sink; t < T; ++t) {
               float& v = y[size_t(t) * C];
-              const int q = step > 0 ? std::clamp(int(std::floor(double(v) / step)), lo, hi) : 0;
+              if (b == 0 || !(step > 0)) {
+                v = float(mean[k]);
+                continue;
+              }
+              const int q = std::clamp(int(std::floor((double(v) - mean[k]) / step)), lo, hi);
               codes.push_back(uint8_t(q - lo));
-              v = float((q + 0.5) * step);
+              v = float(mean[k] + (q + 0.5) * step);
             }
           }
-          for (uint32_t k = 0; k < d; ++k)
-            if (bits_[u][k] == 0)
-              for (uint32_t t = sink; t < T; ++t) coef.slice(l, kv)[size_t(t) * C + size_t(h) * d + k] = 0.0f;
         }
     std::vector<uint8_t> packed(ZSTD_compressBound(codes.size()));
     const size_t n = ZSTD_compress(packed.data(), packed.size(), codes.data(), codes.size(), 3);
@@ -146,17 +161,15 @@ class KvtcScheme final : public Scheme {
     const size_t m = ZSTD_decompress(back.data(), back.size(), packed.data(), n);
     if (ZSTD_isError(m) || m != codes.size() || back != codes) return Internal("kvtc: zstd round trip failed");
     inverse_transform(*profile_, theta_, coef, out);
-    // The sink tokens go as fp16, exactly.
-    for (uint32_t l = 0; l < sh.layers; ++l)
-      for (uint32_t kv = 0; kv < 2; ++kv)
-        std::copy(in.slice(l, kv), in.slice(l, kv) + size_t(sink) * C, out.slice(l, kv));
-    return uint64_t(n) + uint64_t(sh.layers) * 2 * sink * C * 2 + kShapeHeaderBytes;
+    for (uint32_t l = 0; l < sh.layers; ++l)  // the sink tokens go as fp16, exactly
+      for (uint32_t kv = 0; kv < 2; ++kv) std::copy(in.slice(l, kv), in.slice(l, kv) + size_t(sink) * C, out.slice(l, kv));
+    return uint64_t(n) + side + uint64_t(sh.layers) * 2 * sink * C * 2 + kShapeHeaderBytes;
   }
 
  private:
+  static float to_f16(float v) { return detail::f16_to_f32(detail::f32_to_f16(v)); }
   KvtcParams p_;
   std::shared_ptr<const Profile> profile_;
-  std::vector<std::vector<int>> bits_;  // [unit head][component]
   double theta_ = 10000.0;
 };
 

@@ -123,10 +123,11 @@ inline constexpr std::string_view kDefaultSchemes = "fp16,zstd,int8,kivi,cachege
 //                               frames (one step per (layer, K/V): reverse water-filling);
 //                               basis=frame adds the fp16 basis to every context's bytes
 //   kvtc:bits=0.5/0.75/1/1.5/2/3/4:rope=undo:sink=4   KVTC-style (needs calibration): the same
-//                               PCA, integer bits per component by dynamic programming on the
-//                               calibration variances for an average of `bits` per element,
-//                               uniform quantization, zstd of the codes; the first `sink` tokens
-//                               in fp16. Bytes: codes + sink tokens + shape header
+//                               PCA basis, integer bits per component by dynamic programming on
+//                               the context's variances for an average of `bits` per element,
+//                               Gaussian-optimal uniform steps, zstd of the codes; the first
+//                               `sink` tokens in fp16. Bytes: codes + per-component mean, sd
+//                               (fp16) and bits (u8) + sink tokens + shape header
 // The option listing a curve's points (level, bits, levels, tol) is not part of its name.
 // Each entry expands to one Scheme per setting. kInvalidArgument names the bad entry.
 StatusOr<SchemeList> make_schemes(std::string_view list);

@@ -102,8 +102,10 @@ struct Threshold {
   std::string scheme;
   Crossing kl;   // bits at which mean KL reaches kKlTarget
   Crossing ppl;  // bits at which ppl_delta_pct reaches kPplTargetPct
+  Crossing kl_fine;  // bits at which mean KL reaches kKlFineTarget
 };
 inline constexpr double kKlTarget = 0.01;     // nats/token
+inline constexpr double kKlFineTarget = 0.001;  // nats/token: near-lossless
 inline constexpr double kPplTargetPct = 1.0;  // percent
 
 struct EvalReport {
