@@ -16,26 +16,36 @@
 namespace kvcodec::eval::internal {
 namespace {
 
-StatusOr<std::shared_ptr<const Profile>> profile_of(const Calibration& cal, bool undo_rope) {
-  return calibrate_profile(cal.caches, undo_rope, cal.rope_theta);
-}
-
-// ---- kvpca --------------------------------------------------------------------------------
-
-class KvpcaScheme final : public Scheme {
+// A scheme on a calibrated profile: calibrate() builds it, run() needs it.
+class ProfileScheme : public Scheme {
  public:
-  KvpcaScheme(std::string name, const PcaParams& p)
-      : Scheme(std::move(name), p.options.level, level_label(p.options.level)), p_(p) {}
-
   bool needs_calibration() const noexcept override { return true; }
   Status calibrate(const Calibration& cal) override {
-    KVCODEC_ASSIGN_OR_RETURN(profile_, profile_of(cal, p_.undo_rope));
+    KVCODEC_ASSIGN_OR_RETURN(profile_, calibrate_profile(cal.caches, undo_rope_, cal.rope_theta));
     theta_ = cal.rope_theta;
     return Status::Ok();
   }
 
+ protected:
+  ProfileScheme(std::string name, int level, std::string setting, bool undo_rope)
+      : Scheme(std::move(name), level, std::move(setting)), undo_rope_(undo_rope) {}
+  Status check_calibrated() const { return profile_ ? Status::Ok() : Internal(name() + ": not calibrated"); }
+  std::shared_ptr<const Profile> profile_;
+  double theta_ = 10000.0;
+
+ private:
+  bool undo_rope_;
+};
+
+// ---- kvpca --------------------------------------------------------------------------------
+
+class KvpcaScheme final : public ProfileScheme {
+ public:
+  KvpcaScheme(std::string name, const PcaParams& p)
+      : ProfileScheme(std::move(name), p.options.level, level_label(p.options.level), p.undo_rope), p_(p) {}
+
   StatusOr<uint64_t> run(const FloatKV& in, FloatKV& out) const override {
-    if (!profile_) return Internal("kvpca: not calibrated");
+    KVCODEC_RETURN_IF_ERROR(check_calibrated());
     FloatKV coef;
     forward_transform(*profile_, theta_, in, coef);
     const KVShape& sh = in.shape;
@@ -52,8 +62,6 @@ class KvpcaScheme final : public Scheme {
 
  private:
   PcaParams p_;
-  std::shared_ptr<const Profile> profile_;
-  double theta_ = 10000.0;
 };
 
 // ---- kvtc ---------------------------------------------------------------------------------
@@ -93,24 +101,17 @@ std::vector<int> allocate_bits(const std::vector<double>& var, int budget) {
   return bits;
 }
 
-class KvtcScheme final : public Scheme {
+class KvtcScheme final : public ProfileScheme {
  public:
   KvtcScheme(std::string name, int level, const KvtcParams& p)
-      : Scheme(std::move(name), level, std::to_string(p.bits).substr(0, 4) + " bits"), p_(p) {}
-
-  bool needs_calibration() const noexcept override { return true; }
-  Status calibrate(const Calibration& cal) override {
-    KVCODEC_ASSIGN_OR_RETURN(profile_, profile_of(cal, p_.undo_rope));
-    theta_ = cal.rope_theta;
-    return Status::Ok();
-  }
+      : ProfileScheme(std::move(name), level, std::to_string(p.bits).substr(0, 4) + " bits", p.undo_rope), p_(p) {}
 
   // The basis comes from the profile (per model); everything per context is counted: per (layer,
   // K/V, head, component) the context's mean and standard deviation (fp16 each) and its bit count
   // (one byte), the zstd-compressed codes, the sink tokens in fp16 and the shape header. The bit
   // allocation (dynamic programming) runs on the context's own variances.
   StatusOr<uint64_t> run(const FloatKV& in, FloatKV& out) const override {
-    if (!profile_) return Internal("kvtc: not calibrated");
+    KVCODEC_RETURN_IF_ERROR(check_calibrated());
     const KVShape& sh = in.shape;
     const uint32_t H = sh.kv_heads, d = sh.head_dim, C = uint32_t(sh.channels()), T = sh.tokens;
     const uint32_t sink = std::min(p_.sink, T);
@@ -169,8 +170,6 @@ class KvtcScheme final : public Scheme {
  private:
   static float to_f16(float v) { return detail::f16_to_f32(detail::f32_to_f16(v)); }
   KvtcParams p_;
-  std::shared_ptr<const Profile> profile_;
-  double theta_ = 10000.0;
 };
 
 }  // namespace

@@ -67,47 +67,50 @@ StatusOr<std::shared_ptr<const Profile>> calibrate_profile(const std::vector<Flo
   return std::shared_ptr<const Profile>(std::move(p));
 }
 
-void forward_transform(const Profile& p, double rope_theta, const FloatKV& in, FloatKV& coef) {
-  coef = FloatKV::zeros(in.shape);
-  const uint32_t H = in.shape.kv_heads, d = in.shape.head_dim, C = uint32_t(in.shape.channels());
-  std::vector<double> row(d);
-  for (uint32_t l = 0; l < in.shape.layers; ++l)
+namespace {
+
+// Calls f(basis, row of `from`, row of `to`, token) for every (layer, K/V, head, token); rows
+// are head_dim floats.
+template <class F>
+void for_each_head_row(const Profile& p, const FloatKV& from, FloatKV& to, F f) {
+  to = FloatKV::zeros(from.shape);
+  const uint32_t H = from.shape.kv_heads, d = from.shape.head_dim, C = uint32_t(from.shape.channels());
+  for (uint32_t l = 0; l < from.shape.layers; ++l)
     for (uint32_t kv = 0; kv < 2; ++kv)
-      for (uint32_t h = 0; h < H; ++h) {
-        const HeadBasis& b = p.head(l, kv, h);
-        for (uint32_t t = 0; t < in.shape.tokens; ++t) {
-          const float* x = in.slice(l, kv) + size_t(t) * C + size_t(h) * d;
-          for (uint32_t i = 0; i < d; ++i) row[i] = x[i];
-          if (kv == 0 && p.keys_before_rope) rotate(row.data(), d, t, rope_theta, -1.0);
-          for (uint32_t i = 0; i < d; ++i) row[i] -= b.mean[i];
-          float* y = coef.slice(l, kv) + size_t(t) * C + size_t(h) * d;
-          for (uint32_t k = 0; k < d; ++k) {
-            double s = 0;
-            for (uint32_t i = 0; i < d; ++i) s += b.axes[size_t(k) * d + i] * row[i];
-            y[k] = float(s);
-          }
+      for (uint32_t h = 0; h < H; ++h)
+        for (uint32_t t = 0; t < from.shape.tokens; ++t) {
+          const size_t at = size_t(t) * C + size_t(h) * d;
+          f(p.head(l, kv, h), kv, from.slice(l, kv) + at, to.slice(l, kv) + at, t);
         }
-      }
+}
+
+}  // namespace
+
+void forward_transform(const Profile& p, double rope_theta, const FloatKV& in, FloatKV& coef) {
+  const uint32_t d = in.shape.head_dim;
+  std::vector<double> row(d);
+  for_each_head_row(p, in, coef, [&](const HeadBasis& b, uint32_t kv, const float* x, float* y, uint32_t t) {
+    for (uint32_t i = 0; i < d; ++i) row[i] = x[i];
+    if (kv == 0 && p.keys_before_rope) rotate(row.data(), d, t, rope_theta, -1.0);
+    for (uint32_t i = 0; i < d; ++i) row[i] -= b.mean[i];
+    for (uint32_t k = 0; k < d; ++k) {
+      double s = 0;
+      for (uint32_t i = 0; i < d; ++i) s += b.axes[size_t(k) * d + i] * row[i];
+      y[k] = float(s);
+    }
+  });
 }
 
 void inverse_transform(const Profile& p, double rope_theta, const FloatKV& coef, FloatKV& out) {
-  out = FloatKV::zeros(coef.shape);
-  const uint32_t H = coef.shape.kv_heads, d = coef.shape.head_dim, C = uint32_t(coef.shape.channels());
+  const uint32_t d = coef.shape.head_dim;
   std::vector<double> row(d);
-  for (uint32_t l = 0; l < coef.shape.layers; ++l)
-    for (uint32_t kv = 0; kv < 2; ++kv)
-      for (uint32_t h = 0; h < H; ++h) {
-        const HeadBasis& b = p.head(l, kv, h);
-        for (uint32_t t = 0; t < coef.shape.tokens; ++t) {
-          const float* y = coef.slice(l, kv) + size_t(t) * C + size_t(h) * d;
-          for (uint32_t i = 0; i < d; ++i) row[i] = b.mean[i];
-          for (uint32_t k = 0; k < d; ++k)
-            for (uint32_t i = 0; i < d; ++i) row[i] += b.axes[size_t(k) * d + i] * double(y[k]);
-          if (kv == 0 && p.keys_before_rope) rotate(row.data(), d, t, rope_theta, 1.0);
-          float* x = out.slice(l, kv) + size_t(t) * C + size_t(h) * d;
-          for (uint32_t i = 0; i < d; ++i) x[i] = float(row[i]);
-        }
-      }
+  for_each_head_row(p, coef, out, [&](const HeadBasis& b, uint32_t kv, const float* y, float* x, uint32_t t) {
+    for (uint32_t i = 0; i < d; ++i) row[i] = b.mean[i];
+    for (uint32_t k = 0; k < d; ++k)
+      for (uint32_t i = 0; i < d; ++i) row[i] += b.axes[size_t(k) * d + i] * double(y[k]);
+    if (kv == 0 && p.keys_before_rope) rotate(row.data(), d, t, rope_theta, 1.0);
+    for (uint32_t i = 0; i < d; ++i) x[i] = float(row[i]);
+  });
 }
 
 }  // namespace kvcodec::eval::internal
