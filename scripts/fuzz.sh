@@ -5,7 +5,10 @@
 # limit; the input that did it is kept in build-fuzz/crashes/ (rerun: build-fuzz/tests/fuzz/
 # fuzz_<name> <file>).
 #
-# Environment: KVCODEC_FUZZ_SECONDS (per target, default 12: 13 targets stay under ~3 minutes),
+# serve and fetch fuzz the whole server loop and client over loopback, from captured traffic
+# (tests/fuzz/corpus/, written by build-fuzz/tests/fuzz/kvcodec_fuzz_capture).
+#
+# Environment: KVCODEC_FUZZ_SECONDS (per target, default 12: 15 targets stay under ~3.5 minutes),
 #              KVCODEC_FUZZ_TARGETS (space-separated names, default all), KVCODEC_JOBS (build jobs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +30,7 @@ data="${KVCODEC_DATA_DIR:-../shared/data}"
 extra_seeds() {
   case "$1" in
     frame) echo tests/golden ;;
+    serve | fetch) echo "tests/fuzz/corpus/$1" ;;
     trace) echo docs/results/traces ;;
     tokenizer) [[ -d "$data/models" ]] && mkdir -p build-fuzz/seeds-tok && cp -f "$data"/models/tok*.bin build-fuzz/seeds-tok/ 2>/dev/null && echo build-fuzz/seeds-tok ;;
     model) [[ -f "$data/models/stories260K.bin" ]] && mkdir -p build-fuzz/seeds-model && cp -f "$data/models/stories260K.bin" build-fuzz/seeds-model/ && echo build-fuzz/seeds-model ;;
@@ -35,7 +39,8 @@ extra_seeds() {
 }
 # target:seed corpus
 all="frame_info:frame verify_frame:frame decode:frame decode_chunk:frame analyze_frame:frame roundtrip:none
-     safetensors:safetensors npy:npy tokenizer:tokenizer model:model wire:wire manifest:manifest link_trace:trace"
+     safetensors:safetensors npy:npy tokenizer:tokenizer model:model wire:wire manifest:manifest link_trace:trace
+     serve:serve fetch:fetch"
 for spec in $all; do
   name="${spec%%:*}"
   kind="${spec##*:}"

@@ -12,7 +12,7 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config
   libgtest-dev libgmock-dev libbenchmark-dev
   libzstd-dev zstd libeigen3-dev libfmt-dev libhiredis-dev redis-server
-  libzfp-dev libxxhash-dev nlohmann-json3-dev clang
+  libzfp-dev libxxhash-dev nlohmann-json3-dev libcli11-dev clang
   python3-dev python3-pybind11 pybind11-dev python3-numpy python3-torch python3-pytest
   python3-pip python3-setuptools python3-wheel python3-venv
 )

@@ -182,6 +182,104 @@ TEST_F(CliTest, BadOptionsAreUsageErrors) {
   EXPECT_FALSE(fs::exists(path("a.kvc")));
 }
 
+// Issue 13 item 4: every command's options are parsed by CLI11 (tools/kvcodec/cli.hpp) under one
+// contract: --help prints the usage on stdout and exits 0; an unknown option, a malformed number,
+// an option without its value and a value out of range are each one line on stderr that names
+// the option, and exit code 2.
+TEST_F(CliTest, EveryCommandHasHelp) {
+  for (const std::string cmd : {"encode", "decode", "inspect", "bench", "kv-dump", "eval", "put", "serve", "fetch",
+                                "loadgen", "store", "sweep", "demo"}) {
+    SCOPED_TRACE(cmd);
+    for (const char* help : {"--help", "-h"}) {
+      RunResult r = run({cmd, help});
+      EXPECT_EQ(r.exit_code, 0);
+      EXPECT_TRUE(r.err.empty()) << r.err;
+      EXPECT_EQ(r.out.rfind("usage: kvcodec " + cmd, 0), 0u) << r.out;
+    }
+  }
+}
+
+TEST_F(CliTest, UsageErrorsNameTheOption) {
+  const std::string in = make_cache("in.safetensors", DType::kF16, kShape), out = path("a.kvc");
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      // unknown options (also after '=')
+      {{"encode", in, "-o", out, "--frobnicate"}, "unknown option '--frobnicate'"},
+      {{"encode", in, "-o", out, "--frobnicate=3"}, "unknown option '--frobnicate'"},
+      {{"decode", out, "-o", path("b.npy"), "-q"}, "unknown option '-q'"},
+      // malformed numbers: trailing junk, hexadecimal, overflow, a word
+      {{"decode", out, "-o", path("b.npy"), "--threads", "2x"}, "--threads expects an integer, got '2x'"},
+      {{"encode", in, "-o", out, "--level", "0x3"}, "--level expects an integer, got '0x3'"},
+      {{"encode", in, "-o", out, "--chunk-tokens", "99999999999999999999"}, "--chunk-tokens expects an integer"},
+      {{"encode", in, "-o", out, "--level", "four"}, "--level expects an integer, got 'four'"},
+      // an option that ends the command line
+      {{"encode", in, "-o"}, "option --output needs a value"},
+      {{"encode", in, "-o", out, "--level"}, "option --level needs a value"},
+      {{"decode", out, "-o", path("b.npy"), "--max-decoded-bytes"}, "option --max-decoded-bytes needs a value"},
+      // out of range
+      {{"encode", in, "-o", out, "--level", "10"}, "--level must be in 0..9, got 10"},
+      {{"encode", in, "-o", out, "--level", "-1"}, "--level must be in 0..9, got -1"},
+      {{"encode", in, "-o", out, "--table-groups", "17"}, "--table-groups must be in 1..16, got 17"},
+      {{"decode", out, "-o", path("b.npy"), "--max-decoded-bytes", "-5"}, "--max-decoded-bytes must be >= 0"},
+      // positionals
+      {{"inspect", out, "extra"}, "unexpected argument 'extra'"},
+      {{"inspect"}, "missing IN.kvc"},
+      // the streaming commands (checked before any store is opened or server contacted)
+      {{"put", "--store", "mem:", "--id", "x", in, "--levels", "2,x"}, "--levels expects a comma-separated list"},
+      {{"put", "--store", "mem:", "--id", "x", in, "--levels", "2,10"}, "--levels must be in 0..9, got 10"},
+      {{"put", "--store", "mem:", "--id", "x", in, "--ttl", "0"}, "--ttl must be in 1..4294967295, got 0"},
+      {{"put", "--store", "mem:", in, "--id"}, "option --id needs a value"},
+      {{"serve", "--store", "file:" + path("s"), "--port", "70000"}, "--port must be in 0..65535, got 70000"},
+      {{"serve", "--store", "file:" + path("s"), "--port", "1", "--rtt-ms", "1ms"}, "--rtt-ms expects a number"},
+      {{"serve", "--store", "file:" + path("s"), "--port"}, "option --port needs a value"},
+      {{"fetch", "--server", "127.0.0.1:1", "--id", "x", "-o", path("o.npy"), "--slo-ms", "fast"},
+       "--slo-ms expects a number, got 'fast'"},
+      {{"fetch", "--server", "127.0.0.1:1", "--id", "x", "-o", path("o.npy"), "--timeout-ms", "0"},
+       "--timeout-ms must be in 1.."},
+      {{"fetch", "--server", "127.0.0.1:1", "--id", "x", "-o", path("o.npy"), "--bogus", "1"}, "unknown option '--bogus'"},
+      // the measuring commands
+      {{"bench", "--levels", "0,12"}, "--levels must be in 0..9, got 12"},
+      {{"bench", "--levels", "0,,4"}, "--levels expects a comma-separated list of numbers"},
+      {{"bench", "--reps", "0"}, "--reps must be in 1..1000000, got 0"},
+      {{"bench", "--tokens"}, "option --tokens needs a value"},
+      {{"kv-dump", "--synthetic", "llama3-8b", "--tokens", "1e3x", "-o", out}, "--tokens expects an integer, got '1e3x'"},
+      {{"kv-dump", "--fit-stats", in, "--rope-theta", "ten"}, "--rope-theta expects a number, got 'ten'"},
+      {{"eval", "--model", "m.bin", "--text", "t.txt", "--json", out, "--contexts", "0"},
+       "--contexts must be in 1..100000, got 0"},
+      {{"loadgen", "--store", "mem:", "--put", in, "--clients", "1,300"}, "--clients must be in 1..256, got 300"},
+      {{"loadgen", "--store", "mem:", "--put", in, "--seconds", "soon"}, "--seconds expects a number, got 'soon'"},
+      {{"loadgen", "--store", "mem:", "--put", in, "--levels", "4.5"}, "--levels expects integers"},
+  };
+  for (const auto& [args, message] : cases) {
+    std::string joined;
+    for (const auto& a : args) joined += a + " ";
+    SCOPED_TRACE(joined);
+    RunResult r = run(args);
+    expect_error(r, args[0], 2);
+    EXPECT_NE(r.err.find(message), std::string::npos) << r.err;
+    EXPECT_TRUE(r.out.empty()) << r.out;
+  }
+  EXPECT_FALSE(fs::exists(out));
+  // `store ls` / `store rm` name their subcommand.
+  RunResult r = run({"store", "ls", "--store"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_EQ(r.err, "kvcodec store ls: error: option --store needs a value\n");
+  r = run({"store", "rm", "--store", "file:" + path("s"), "--id", "x", "--force"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_EQ(r.err, "kvcodec store rm: error: unknown option '--force' (see --help)\n");
+}
+
+TEST_F(CliTest, AnOptionGivenTwiceKeepsItsLastValue) {
+  const std::string in = make_cache("in.safetensors", DType::kF16, kShape);
+  ASSERT_EQ(run({"encode", in, "-o", path("a.kvc"), "--level", "12", "--level=3", "--output", path("b.kvc")}).exit_code,
+            0);
+  EXPECT_FALSE(fs::exists(path("a.kvc")));
+  RunResult r = run({"inspect", path("b.kvc"), "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << r.out;
+  EXPECT_EQ(j["level"], 3);
+}
+
 // Issue 11, items 7-9: an expansion limit on decode, bytes after the frame, a truncated frame
 // described without negative sizes, and rates and times no link has.
 TEST_F(CliTest, HostileInputsAreRefused) {

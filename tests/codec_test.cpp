@@ -218,9 +218,10 @@ TEST(Codec, DeterministicAcrossThreads) {
 
 TEST(Codec, SimdAndScalarPathsAgree) {
   // C = 48: the vector loops run; 301 tokens: a partial chunk. C = 9: scalar decode, and streams
-  // whose length is not a multiple of 8 (the vector encoder's scalar tail).
-  for (const KVShape s : {KVShape{3, 301, 3, 16}, KVShape{2, 37, 1, 9}})
-  for (DType dt : {DType::kF16, DType::kBF16, DType::kF32}) {
+  // whose length is not a multiple of 8 (the vector encoder's scalar tail). C = 64: the decoder's
+  // unrolled loops (C % 32 == 0). f8: one byte plane when lossless.
+  for (const KVShape s : {KVShape{3, 301, 3, 16}, KVShape{2, 37, 1, 9}, KVShape{2, 150, 2, 32}})
+  for (DType dt : {DType::kF16, DType::kBF16, DType::kF32, DType::kF8E4M3}) {
     auto values = make_kv(s, 21);
     values[s.channels() + 5] = INFINITY;  // an escape inside a vector group
     auto raw = to_dtype(values, dt);
@@ -233,6 +234,10 @@ TEST(Codec, SimdAndScalarPathsAgree) {
       const auto scalar_frame = encode(contiguous_view(raw.data(), dt, s), o);
       detail::set_simd_enabled(true);
       EXPECT_EQ(frame, scalar_frame) << "SIMD and scalar encoders differ";
+      detail::set_avx512_enabled(false);  // the AVX2 paths where the CPU has AVX-512
+      const auto avx2_frame = encode(contiguous_view(raw.data(), dt, s), o);
+      detail::set_avx512_enabled(true);
+      EXPECT_EQ(frame, avx2_frame) << "AVX-512 and AVX2 encoders differ";
       std::vector<uint8_t> a(raw.size()), b(raw.size());
       ASSERT_TRUE(decode_into(frame, contiguous_view(a.data(), dt, s)).ok());
       detail::set_simd_enabled(false);

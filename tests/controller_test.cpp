@@ -287,5 +287,148 @@ TEST(Controller, ProtocolErrorsAreReported) {
   EXPECT_EQ(n->fall_back_to_text(0, 0).status().code(), StatusCode::kUnavailable);
 }
 
+
+// ---- Objectives ---------------------------------------------------------------------------------
+
+TEST(Objective, NamesRoundTrip) {
+  for (Objective o : {Objective::kMinPrefillWithinSlo, Objective::kBestQualityWithinSlo, Objective::kMinTtft}) {
+    auto p = parse_objective(objective_name(o));
+    ASSERT_TRUE(p.ok());
+    EXPECT_EQ(*p, o);
+  }
+  EXPECT_EQ(parse_objective("fastest").status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ControllerConfig{}.objective, Objective::kMinPrefillWithinSlo);  // the default
+  ControllerConfig bad;
+  bad.max_distortion = -1;
+  EXPECT_EQ(bad.validate().code(), StatusCode::kInvalidArgument);
+}
+
+// Runs an adaptive controller to the end over a constant link of `gbps` that it knows, with the
+// decoder as fast as the profile says (a small event loop: every KV chunk arrives and is decoded
+// when the timing model says; TEXT chunks are ready when prefilled).
+struct Outcome {
+  std::vector<int> options;  // per chunk
+  double prefill_s = 0;
+};
+Outcome run_to_end(const ContextProfile& p, const ControllerConfig& cfg, double gbps) {
+  auto made = Controller::create(p, cfg);
+  EXPECT_TRUE(made.ok()) << made.status().to_string();
+  Outcome out;
+  if (!made.ok()) return out;
+  Controller& c = *made;
+  // Crude but sufficient: serve every decision at once in virtual time.
+  double now = 0, gpu_free = 0, link_free = 0;
+  for (int guard = 0; guard < 10000 && !c.all_ready(); ++guard) {
+    auto d = c.next_request(now);
+    if (!d) {
+      now += 0.001;
+      continue;
+    }
+    if (d->option == kTextOption) {
+      gpu_free = std::max(gpu_free, now) + cfg.cost.prefill_seconds(p.chunk_tokens[d->chunk], p.token_begin(d->chunk));
+      out.prefill_s += cfg.cost.prefill_seconds(p.chunk_tokens[d->chunk], p.token_begin(d->chunk));
+      EXPECT_TRUE(c.on_chunk_ready(d->chunk, gpu_free).ok());
+    } else {
+      link_free = std::max(link_free, now) + double(d->bytes) * 8 / (gbps * 1e9);
+      EXPECT_TRUE(c.on_chunk_received(d->chunk, d->bytes, double(d->bytes) * 8 / (gbps * 1e9), link_free).ok());
+      EXPECT_TRUE(c.on_chunk_decoded(d->chunk, 0.01).ok());
+      EXPECT_TRUE(c.on_chunk_ready(d->chunk, link_free + 0.01).ok());
+    }
+    now = std::max(now, 0.0);
+  }
+  for (const Decision& d : c.decisions()) {
+    if (out.options.size() <= d.chunk) out.options.resize(d.chunk + 1, -2);
+    out.options[d.chunk] = d.option;
+  }
+  return out;
+}
+
+TEST(Objective, QualityFillsTheSloWithRecomputeMinPrefillFetches) {
+  const ContextProfile p = test_profile(16);
+  // The link and decoder could deliver lossless KV well within the SLO, and so could recompute.
+  EXPECT_EQ(first_choice(10, Objective::kBestQualityWithinSlo), kTextOption);
+  const int kv = first_choice(10, Objective::kMinPrefillWithinSlo);
+  ASSERT_GE(kv, 0);
+  EXPECT_EQ(p.options[size_t(kv)].distortion, 0.0) << p.options[size_t(kv)].name;
+}
+
+TEST(Objective, MinPrefillKeepsToItsQualityFloor) {
+  const ContextProfile p = test_profile(16);
+  ControllerConfig cfg;
+  cfg.slo_s = 2.0;
+  cfg.cost = test_cost();
+  cfg.estimator.prior_gbps = 0.5;  // L2 alone would take ~2.1 s, L4 ~1.4 s, L8 ~0.8 s
+  cfg.estimator.prior_measured = true;
+  cfg.max_distortion = 0.05;       // L8 (0.10) is out, L4 (0.03) is in: no recompute needed
+  const Outcome within = run_to_end(p, cfg, 0.5);
+  ASSERT_EQ(within.options.size(), 16u);
+  for (int o : within.options) {
+    ASSERT_GE(o, 0) << "recomputed although L4 fits the SLO";
+    EXPECT_LE(p.options[size_t(o)].distortion, 0.05) << p.options[size_t(o)].name;
+  }
+  cfg.max_distortion = 0.02;       // only fp16, L0 and L2: some recompute is the price
+  const Outcome strict = run_to_end(p, cfg, 0.5);
+  ASSERT_EQ(strict.options.size(), 16u);
+  EXPECT_GT(strict.prefill_s, 0);
+  for (int o : strict.options)
+    if (o >= 0) EXPECT_LE(p.options[size_t(o)].distortion, 0.02) << p.options[size_t(o)].name;
+}
+
+// ---- Decode throughput as a measured resource ---------------------------------------------------
+
+TEST(DecodeEstimate, LearnsFromDecodedChunksAndScalesUnmeasuredOptions) {
+  const ContextProfile p = test_profile(4);
+  const int l2 = option_named(p, "L2"), l4 = option_named(p, "L4"), fp16 = option_named(p, "fp16");
+  ControllerConfig cfg;
+  cfg.policy = Policy::kFixed;
+  cfg.plan = {l2};
+  auto c = Controller::create(p, cfg);
+  ASSERT_TRUE(c.ok());
+  EXPECT_DOUBLE_EQ(c->decode_gbps(l2), 2.0);  // the seed
+  EXPECT_EQ(c->on_chunk_decoded(0, 0.1).code(), StatusCode::kOutOfRange);  // not requested
+  auto d = c->next_request(0);
+  ASSERT_TRUE(d);
+  // The chunk (32 MiB of KV) took 4x its seed's time: this machine decodes at 0.5 GB/s now.
+  const double raw = 256.0 * double(test::kRawPerToken);
+  ASSERT_TRUE(c->on_chunk_decoded(0, 4 * raw / 2e9).ok());
+  EXPECT_NEAR(c->decode_gbps(l2), 0.5, 1e-9);
+  EXPECT_NEAR(c->decode_gbps(l4), 0.5, 1e-9);  // seeded 2.0, scaled by the load seen
+  EXPECT_LE(c->decode_gbps(fp16), 0);          // raw bytes: no decoder
+  EXPECT_EQ(c->decode_samples(), 1u);
+  // A chunk recomputed from text has no decode time.
+  cfg.plan = {kTextOption};
+  cfg.cost = test_cost();
+  auto t = Controller::create(p, cfg);
+  ASSERT_TRUE(t.ok());
+  ASSERT_TRUE(t->next_request(0));
+  EXPECT_EQ(t->on_chunk_decoded(0, 0.1).code(), StatusCode::kInvalidArgument);
+}
+
+TEST(DecodeEstimate, APlanSeesTheSlowerDecoder) {
+  // A fast link, the decoder the bottleneck: predicted TTFT follows the measured decode speed.
+  const ContextProfile p = test_profile(16);
+  ControllerConfig cfg;
+  cfg.objective = Objective::kMinTtft;
+  cfg.cost = test_cost();
+  cfg.cost.prefill_tokens_per_s = 0;  // KV only
+  cfg.estimator.prior_gbps = 1000;
+  cfg.estimator.prior_measured = true;
+  ContextProfile slow_raw = p;  // no raw option: every KV option has to be decoded
+  slow_raw.options.erase(slow_raw.options.begin());
+  for (auto& row : slow_raw.bytes) row.erase(row.begin());
+  auto c = Controller::create(slow_raw, cfg);
+  ASSERT_TRUE(c.ok());
+  auto d1 = c->next_request(0);
+  ASSERT_TRUE(d1);
+  const double before = d1->predicted_ttft_s;
+  ASSERT_TRUE(c->on_chunk_received(d1->chunk, d1->bytes, 0.001, 0.002).ok());
+  const double raw = 256.0 * double(test::kRawPerToken);
+  ASSERT_TRUE(c->on_chunk_decoded(d1->chunk, 10 * raw / 2e9).ok());  // 10x slower than seeded
+  ASSERT_TRUE(c->on_chunk_ready(d1->chunk, 0.002 + 10 * raw / 2e9).ok());
+  auto d2 = c->next_request(0.002 + 10 * raw / 2e9);
+  ASSERT_TRUE(d2);
+  EXPECT_GT(d2->predicted_ttft_s, 5 * before);
+}
+
 }  // namespace
 }  // namespace kvcodec

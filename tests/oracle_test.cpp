@@ -29,6 +29,7 @@ namespace {
 struct Score {
   double ttft_s = 0;
   double distortion = 0;  // mean over tokens
+  double prefill_s = 0;   // GPU seconds of the TEXT chunks
 };
 
 // The state of a plan after its first chunks, every chunk requested at time 0 in context order
@@ -40,6 +41,7 @@ struct Score {
 struct Prefix {
   double link_free = 0, decoder_free = 0, gpu_free = 0, all_ready = 0;
   double distortion = 0;  // token-weighted sum
+  double prefill_s = 0;
   uint64_t position = 0;  // tokens so far
   uint64_t heads_sent = 0;  // bit o: option o's frame head is on the link
 };
@@ -48,6 +50,7 @@ Prefix add_chunk(Prefix s, const ContextProfile& p, const CostModel& cost, const
   const uint32_t n = p.chunk_tokens[c];
   double ready;
   if (o == kTextOption) {
+    s.prefill_s += cost.prefill_seconds(n, s.position);
     ready = s.gpu_free = std::max(s.gpu_free, s.all_ready) + cost.prefill_seconds(n, s.position);
   } else {
     const ChunkOption& opt = p.options[size_t(o)];
@@ -66,7 +69,7 @@ Prefix add_chunk(Prefix s, const ContextProfile& p, const CostModel& cost, const
 }
 
 Score score_of(const Prefix& s, const CostModel& cost) {
-  return {s.all_ready + cost.first_token_s, s.distortion / double(s.position)};
+  return {s.all_ready + cost.first_token_s, s.distortion / double(s.position), s.prefill_s};
 }
 
 Score score_plan(const ContextProfile& p, const CostModel& cost, const LinkTrace& link, const std::vector<int>& plan) {
@@ -80,7 +83,8 @@ bool close(double a, double b) { return std::abs(a - b) <= 1e-9 * std::max({1.0,
 // The best plan over all (options + TEXT)^chunks plans, every one scored to the end (a plain
 // enumeration, sharing only the prefixes' state): kMinTtft = lowest TTFT;
 // kBestQualityWithinSlo = lowest distortion among the plans that meet the SLO, or the lowest
-// TTFT when none does.
+// TTFT when none does; kMinPrefillWithinSlo = among the plans that meet the SLO with options
+// within the quality floor only, the least prefill, then the lowest distortion.
 struct Exhaustive {
   Score best{std::numeric_limits<double>::infinity(), 0};
   bool feasible = false;  // some plan meets the SLO
@@ -94,7 +98,15 @@ void enumerate(const ContextProfile& p, const ControllerConfig& config, const Li
     ++e.plans;
     e.best.ttft_s = std::min(e.best.ttft_s, x.ttft_s);
     if (x.ttft_s <= config.slo_s) {
-      e.best.distortion = e.feasible ? std::min(e.best.distortion, x.distortion) : x.distortion;
+      if (config.objective == Objective::kMinPrefillWithinSlo) {
+        const bool first = !e.feasible || x.prefill_s < e.best.prefill_s * (1 - 1e-12);
+        if (first || (x.prefill_s <= e.best.prefill_s * (1 + 1e-12) && x.distortion < e.best.distortion)) {
+          e.best.prefill_s = x.prefill_s;
+          e.best.distortion = x.distortion;
+        }
+      } else {
+        e.best.distortion = e.feasible ? std::min(e.best.distortion, x.distortion) : x.distortion;
+      }
       e.feasible = true;
     }
     return;
@@ -105,7 +117,11 @@ void enumerate(const ContextProfile& p, const ControllerConfig& config, const Li
 Exhaustive exhaustive(const ContextProfile& p, const ControllerConfig& config, const LinkTrace& link) {
   std::vector<int> choices;
   if (p.text_available && config.cost.prefill_tokens_per_s > 0) choices.push_back(kTextOption);
-  for (int o = 0; o < int(p.options.size()); ++o) choices.push_back(o);
+  const bool floor = config.objective == Objective::kMinPrefillWithinSlo;
+  for (int o = 0; o < int(p.options.size()); ++o)
+    if (!floor || p.options[size_t(o)].distortion <= config.max_distortion) choices.push_back(o);
+  if (choices.empty())  // no TEXT and nothing within the floor: the floor gives way
+    for (int o = 0; o < int(p.options.size()); ++o) choices.push_back(o);
   Exhaustive e;
   enumerate(p, config, link, choices, 0, Prefix{}, e);
   return e;
@@ -155,7 +171,10 @@ Case random_case(std::mt19937_64& rng) {
     p.bytes.push_back(row);
   }
   ControllerConfig& c = k.config;
-  c.objective = rng() % 2 ? Objective::kMinTtft : Objective::kBestQualityWithinSlo;
+  const Objective objectives[] = {Objective::kMinTtft, Objective::kBestQualityWithinSlo,
+                                  Objective::kMinPrefillWithinSlo};
+  c.objective = objectives[rng() % 3];
+  c.max_distortion = rng() % 3 == 0 ? INFINITY : uni(0, 0.3);
   c.cost.rtt_s = rng() % 4 == 0 ? 0.0 : log_uni(1e-4, 0.03);
   c.cost.prefill_tokens_per_s = log_uni(2e3, 1e5);
   c.cost.prefill_attention_tokens = rng() % 2 ? 0.0 : log_uni(256, 32768);
@@ -190,8 +209,8 @@ TEST(ExhaustiveOracle, ScoresAFixedPlanAsTheSimulatorDoes) {
 
 TEST(ExhaustiveOracle, SweepOracleFindsTheBestPlanOnSmallCases) {
   std::mt19937_64 rng(1616);
-  int feasible = 0, with_text = 0;
-  for (int i = 0; i < 400; ++i) {
+  int feasible = 0, with_text = 0, min_prefill = 0;
+  for (int i = 0; i < 600; ++i) {
     const Case k = random_case(rng);
     const Exhaustive e = exhaustive(k.profile, k.config, k.link);
     auto plan = oracle_plan(k.profile, k.config, k.link);
@@ -206,11 +225,17 @@ TEST(ExhaustiveOracle, SweepOracleFindsTheBestPlanOnSmallCases) {
     } else {
       ++feasible;
       EXPECT_TRUE(r.slo_met) << where;
+      if (k.config.objective == Objective::kMinPrefillWithinSlo) {
+        ++min_prefill;
+        EXPECT_LE(r.prefill_s, e.best.prefill_s * (1 + 1e-9) + 1e-12) << where;
+        if (r.prefill_s < e.best.prefill_s * (1 - 1e-9)) continue;
+      }
       EXPECT_LE(r.distortion, e.best.distortion + 1e-12) << where << ": " << r.distortion << " vs " << e.best.distortion;
     }
   }
   // The cases exercise both objectives' interesting branches.
   EXPECT_GT(feasible, 50);
+  EXPECT_GT(min_prefill, 30);
   EXPECT_GT(with_text, 50);
 }
 

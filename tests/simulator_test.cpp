@@ -260,5 +260,27 @@ TEST(LinkTrace, RatesAndTimesNoLinkHasAreRejected) {
   EXPECT_FALSE(lc.validate().ok());
 }
 
+TEST(Simulator, MinPrefillMeetsTheSloWithTheLeastRecompute) {
+  // Where the link can carry near-lossless KV in time, the default objective fetches it; the
+  // quality objective, to which TEXT is exact and free, recomputes up to the SLO instead.
+  const ContextProfile p = test_profile(8);
+  for (double gbps : {1.0, 3.0, 10.0}) {
+    const ControllerConfig quality = config_for(Policy::kAdaptive, Objective::kBestQualityWithinSlo, 0.25, 0.002);
+    const ControllerConfig min_prefill = config_for(Policy::kAdaptive, Objective::kMinPrefillWithinSlo, 0.25, 0.002);
+    const SimResult q = run(p, quality, LinkTrace::constant(gbps));
+    const SimResult m = run(p, min_prefill, LinkTrace::constant(gbps));
+    const SimResult o = run_oracle(p, min_prefill, LinkTrace::constant(gbps));
+    EXPECT_TRUE(m.slo_met) << gbps;
+    EXPECT_TRUE(o.slo_met) << gbps;
+    EXPECT_LE(m.prefill_s, q.prefill_s) << gbps;
+    EXPECT_LE(o.prefill_s, m.prefill_s + 1e-12) << gbps;
+    EXPECT_EQ(m.prefill_tokens, 256u * m.text_chunks);
+    for (const ChunkTimeline& t : m.chunks)
+      if (t.option >= 0) EXPECT_LE(p.options[size_t(t.option)].distortion, min_prefill.max_distortion);
+    if (gbps >= 3) EXPECT_EQ(m.text_chunks, 0u) << gbps;
+    if (gbps >= 3) EXPECT_GT(q.prefill_s, 0) << gbps;
+  }
+}
+
 }  // namespace
 }  // namespace kvcodec

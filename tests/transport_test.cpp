@@ -431,5 +431,116 @@ TEST_F(TransportTest, ClientBoundsResponsesBeforeAllocating) {
   ::close(lfd);
 }
 
+// A fake server on loopback answering the client's first connection: the manifest request with
+// `manifest` (serialized, checksummed), then every chunk request with a header claiming
+// `chunk_claim` payload bytes and nothing after it, until the client closes.
+class HostileServer {
+ public:
+  HostileServer(const Manifest& manifest, uint64_t chunk_claim) {
+    lfd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    EXPECT_EQ(::bind(lfd_, reinterpret_cast<sockaddr*>(&a), len), 0);
+    EXPECT_EQ(::listen(lfd_, 4), 0);
+    ::getsockname(lfd_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    thread_ = std::thread([this, bytes = serialize_manifest(manifest), chunk_claim] {
+      using namespace stream_detail;
+      const int fd = ::accept(lfd_, nullptr, nullptr);
+      for (;;) {
+        uint8_t hdr[kMessageHeaderBytes];
+        if (!recv_exact(fd, hdr, 5000).ok()) break;
+        auto h = decode_header(hdr);
+        if (!h.ok()) break;
+        std::vector<uint8_t> payload(h->payload_bytes);
+        if (!recv_exact(fd, payload, 5000).ok()) break;
+        MessageHeader out;
+        out.request_id = h->request_id;
+        out.type = h->type == MsgType::kGetManifest ? MsgType::kManifest : MsgType::kChunk;
+        out.payload_bytes = h->type == MsgType::kGetManifest ? bytes.size() : chunk_claim;
+        uint8_t ob[kMessageHeaderBytes];
+        encode_header(out, ob);
+        (void)send_all(fd, ob);
+        if (h->type == MsgType::kGetManifest) (void)send_all(fd, bytes);
+      }
+      ::close(fd);
+    });
+  }
+  ~HostileServer() {
+    thread_.join();
+    ::close(lfd_);
+  }
+  uint16_t port() const { return port_; }
+
+ private:
+  int lfd_ = -1;
+  uint16_t port_ = 0;
+  std::thread thread_;
+};
+
+// A manifest for an f16 context of `shape`, one level, chunk sizes `chunk_size`.
+Manifest claimed_manifest(const KVShape& shape, uint32_t chunk_size) {
+  Manifest m;
+  m.dtype = DType::kF16;
+  m.shape = shape;
+  m.chunk_tokens = 16;
+  ManifestLevel l;
+  l.level = 4;
+  l.head_bytes = 100;
+  l.chunks.assign(m.num_chunks(), ManifestChunk{chunk_size, 0});
+  m.levels.push_back(l);
+  return m;
+}
+
+// Issue 11 (found by fuzz_fetch's design review): a manifest of a hundred bytes may claim a
+// context of any size, and the client allocated the whole destination before anything else.
+TEST_F(TransportTest, ClientBoundsTheContextAManifestClaims) {
+  HostileServer fake(claimed_manifest({4, 4096, 8, 128}, 1000), 0);  // 64 MiB of f16
+  FetchOptions fo;
+  fo.port = fake.port();
+  fo.id = "ctx";
+  fo.max_reconnects = 0;
+  fo.max_output_bytes = 1 << 20;
+  KVCache out;
+  FetchReport r;
+  const Status s = fetch_context(fo, &out, &r);
+  EXPECT_EQ(s.code(), StatusCode::kResourceExhausted) << s.to_string();
+  EXPECT_TRUE(out.data.empty());
+  ASSERT_FALSE(r.failures.empty());
+  EXPECT_EQ(r.failures.back().action, "abort");
+}
+
+// A chunk response header claiming 1 GiB (the manifest allows it) and then silence: the client
+// allocated the claimed size at the header (zero-filled: 1 GiB resident) while waiting for bytes
+// that never came. Now its buffer grows with the bytes received.
+TEST_F(TransportTest, ClientBuffersWhatArrivesNotWhatIsClaimed) {
+  const uint32_t claim = 1u << 30;
+  HostileServer fake(claimed_manifest({1, 32, 1, 8}, claim - 8), claim);
+  FetchOptions fo;
+  fo.port = fake.port();
+  fo.id = "ctx";
+  fo.io_timeout_ms = 1500;
+  fo.max_reconnects = 0;
+  fo.decode_gbps = 1;
+  const uint64_t rss0 = rss_bytes();
+  std::atomic<bool> done{false};
+  std::atomic<uint64_t> peak{rss0};
+  std::thread sampler([&] {
+    while (!done) {
+      peak = std::max<uint64_t>(peak, rss_bytes());
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  });
+  KVCache out;
+  FetchReport r;
+  const Status s = fetch_context(fo, &out, &r);
+  done = true;
+  sampler.join();
+  EXPECT_FALSE(s.ok());  // the connection timed out and reconnecting is not allowed
+  EXPECT_LT(peak - std::min<uint64_t>(peak, rss0), 256ull << 20);
+}
+
 }  // namespace
 }  // namespace kvcodec

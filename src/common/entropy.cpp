@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "common/rans_lanes.hpp"
+#include "common/rans_step.hpp"
 
 namespace kvcodec {
 
@@ -39,22 +40,17 @@ StatusOr<size_t> rans_decode(std::span<const uint8_t> stream, const FreqTable& t
   uint32_t x[kRansLanes];
   uint32_t words;
   KVCODEC_RETURN_IF_ERROR(detail::rans_read_header(stream.data(), stream.size(), x, &words));
-  // slot -> symbol lookup
-  std::vector<uint8_t> slot_sym(kRansM);
+  // slot -> packed decode entry
+  std::vector<uint32_t> entry(kRansM);
   for (size_t s = 0; s < table.size(); ++s)
-    for (uint32_t k = 0; k < table.freq[s]; ++k) slot_sym[table.cum[s] + k] = uint8_t(s);
-  std::vector<uint16_t> w(words);
-  std::memcpy(w.data(), stream.data() + detail::kLaneStreamHeader, 2 * size_t(words));
-  const uint16_t* wp = w.data();
-  const uint16_t* we = wp + words;
+    for (uint32_t k = 0; k < table.freq[s]; ++k)
+      entry[table.cum[s] + k] = detail::rans_pack_entry(table.freq[s], k, uint32_t(s));
+  const uint8_t* wp = stream.data() + detail::kLaneStreamHeader;
+  const uint8_t* we = wp + 2 * size_t(words);
+  bool overrun = false;
   for (size_t i = 0; i < out.size(); ++i) {
-    uint32_t& xs = x[i % kRansLanes];
-    const uint8_t s = slot_sym[xs & (kRansM - 1)];
-    out[i] = s;
-    if (detail::rans_dec_advance(xs, table.freq[s], table.cum[s])) {
-      if (wp == we) return CorruptData("rANS stream ran out of words");
-      xs = (xs << 16) | *wp++;
-    }
+    out[i] = uint8_t(detail::rans_decode_symbol(x[i % kRansLanes], entry.data(), wp, we, overrun));
+    if (overrun) return CorruptData("rANS stream ran out of words");
   }
   KVCODEC_RETURN_IF_ERROR(detail::rans_check_end(x, wp == we));
   return detail::kLaneStreamHeader + 2 * size_t(words);

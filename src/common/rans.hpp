@@ -42,11 +42,6 @@ KVCODEC_HD bool rans_enc_put(uint32_t& x, uint32_t freq, uint32_t cum, uint16_t*
   return emitted;
 }
 
-// Decoder state update for the symbol (freq, cum) found from slot = x & (kRansM - 1).
-// Returns true when the caller must shift in the next word: x = (x << 16) | word.
-KVCODEC_HD bool rans_dec_advance(uint32_t& x, uint32_t freq, uint32_t cum) {
-  x = freq * (x >> kRansProbBits) + (x & (kRansM - 1)) - cum;
-  return x < kRansL;
-}
+// The decoder's per-symbol step (slot lookup, state update, renormalisation) is rans_step.hpp.
 
 }  // namespace kvcodec::detail

@@ -15,6 +15,7 @@
 #include "common/parallel.hpp"
 #include "common/quant.hpp"
 #include "common/rans_lanes.hpp"
+#include "common/rans_step.hpp"
 #include "common/simd.hpp"
 #include "common/unit.hpp"
 #include "common/warp.hpp"
@@ -24,7 +25,7 @@ namespace kvcodec {
 namespace detail {
 
 // The CPU decoder's form of a probability table: for every slot x & (M-1), one packed entry
-// (freq-1) << 20 | (slot-cum) << 8 | symbol, so one load yields the symbol and the state update.
+// (common/rans_step.hpp's rans_pack_entry), so one load yields the symbol and the state update.
 // (The warp decoder's table, laid out for the GPU, is decode/packed_model.hpp's DecTable.)
 struct SlotTable {
   uint32_t entry[kRansM];
@@ -82,7 +83,7 @@ StatusOr<std::shared_ptr<Decoder>> make_decoder(std::span<const uint8_t> head) {
       SlotTable& tb = dl.tables[t];
       for (size_t s = 0; s < ft.size(); ++s)
         for (uint32_t k = 0; k < ft.freq[s]; ++k)
-          tb.entry[ft.cum[s] + k] = uint32_t(ft.freq[s] - 1) << 20 | k << 8 | uint32_t(s);
+          tb.entry[ft.cum[s] + k] = detail::rans_pack_entry(ft.freq[s], k, uint32_t(s));
       tb.qmin = m.tables[t].qmin;
       tb.esc = lossless ? 256u : uint32_t(ft.size() - 1);
     }
@@ -158,23 +159,12 @@ struct LaneReader {
     we = wp + 2 * size_t(ul.words[q]);
     return Status::Ok();
   }
-  // Decodes the next symbol with table tb.
+  // Decodes the next symbol with table tb. A stream that runs out of words sets `overrun`,
+  // reported by finish(); decoding goes on without reading past the stream.
   uint32_t next(const SlotTable& tb) {
     uint32_t& xs = x[lane];
     lane = (lane + 1) & (kRansLanes - 1);
-    const uint32_t e = tb.entry[xs & (kRansM - 1)];
-    xs = ((e >> 20) + 1) * (xs >> detail::kRansProbBits) + ((e >> 8) & (kRansM - 1));
-    if (xs < detail::kRansL) {
-      if (wp < we) {
-        uint16_t w;
-        std::memcpy(&w, wp, 2);
-        wp += 2;
-        xs = (xs << 16) | w;
-      } else {
-        overrun = true;  // reported by finish(); keep going without reading past the stream
-      }
-    }
-    return e & 0xff;
+    return detail::rans_decode_symbol(xs, tb.entry, wp, we, overrun);
   }
   Status finish() const {
     if (overrun) return CorruptData("rANS stream ran out of words");
@@ -187,17 +177,15 @@ struct LaneReader {
 // lane j with its bit set takes word popcount(mask & ((1 << j) - 1)).
 struct WordPerm {
   alignas(32) uint32_t idx[256][8];
-  WordPerm() {
+  constexpr WordPerm() : idx{} {
     for (uint32_t m = 0; m < 256; ++m) {
       uint32_t k = 0;
       for (uint32_t j = 0; j < 8; ++j) idx[m][j] = (m >> j & 1) ? k++ : 0;
     }
   }
 };
-const WordPerm& word_perm() {
-  static const WordPerm p;
-  return p;
-}
+// A constant table (no function-local static: its guard would sit in the step's hot path).
+constexpr WordPerm kWordPerm;
 
 bool cpu_has_avx2() {
   // Every AVX2 processor also has F16C (Intel since Ivy Bridge, AMD since Piledriver); clang's
@@ -206,9 +194,14 @@ bool cpu_has_avx2() {
   return has && detail::simd_enabled();
 }
 
+// 8 lanes of uint32_t as a GCC/clang vector: the type common/rans_step.hpp's step runs on here.
+typedef uint32_t U32x8 __attribute__((vector_size(32)));
+typedef int32_t I32x8 __attribute__((vector_size(32)));
+
 // 32 rANS lanes as four 8-lane AVX2 registers, stepping through a lane stream 8 symbols at a time
-// exactly as LaneReader does one at a time: entries gathered from the tables, words expanded into
-// the lanes that renormalise (in ascending lane order, as the format reads them).
+// exactly as LaneReader does one at a time (the same step, common/rans_step.hpp): entries
+// gathered from the tables, words expanded into the lanes that renormalise (in ascending lane
+// order, as the format reads them).
 struct AvxLanes {
   __m256i X[4];
   uint32_t r = 0;  // register of the next group of 8 lanes
@@ -226,26 +219,25 @@ struct AvxLanes {
     for (int q = 0; q < 4; ++q) _mm256_storeu_si256(reinterpret_cast<__m256i*>(rd.x + 8 * q), X[q]);
     rd.wp = wp;
   }
-  // Decodes the next 8 symbols, lane j using the table at 32-bit word offset toff[j]. False when
-  // the stream runs out of words (corrupt).
-  // kSkipIdle: branch over the word read when no lane renormalises (pays off when most steps
-  // read, as in lossless byte planes; a branch-free read wins at low rates).
+  // Decodes the next 8 symbols with the lanes of register xr, lane j using the table at 32-bit
+  // word offset toff[j]. False when the stream runs out of words (corrupt).
+  // kSkipIdle: branch over the word read when no lane renormalises (pays off when few steps
+  // read; a branch-free read wins when most do).
   template <bool kSkipIdle>
-  __attribute__((target("avx2,popcnt"))) bool step(__m256i toff, __m256i* sym) {
-    const __m256i k4095 = _mm256_set1_epi32(4095);
-    __m256i x = X[r];
-    const __m256i e = _mm256_i32gather_epi32(tbase, _mm256_add_epi32(toff, _mm256_and_si256(x, k4095)), 4);
-    const __m256i freq = _mm256_add_epi32(_mm256_srli_epi32(e, 20), _mm256_set1_epi32(1));
-    const __m256i bias = _mm256_and_si256(_mm256_srli_epi32(e, 8), k4095);
-    *sym = _mm256_and_si256(e, _mm256_set1_epi32(255));
-    x = _mm256_add_epi32(_mm256_mullo_epi32(freq, _mm256_srli_epi32(x, 12)), bias);
-    const __m256i need = _mm256_cmpeq_epi32(_mm256_min_epu32(x, _mm256_set1_epi32(65535)), x);
-    const uint32_t m = uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(need)));
+  __attribute__((target("avx2,popcnt"), always_inline)) inline bool step_lanes(__m256i& xr, __m256i toff,
+                                                                              __m256i* sym) {
+    U32x8 x = U32x8(xr), slot, s;
+    detail::rans_slot(x, slot);
+    const U32x8 e = U32x8(_mm256_i32gather_epi32(tbase, _mm256_add_epi32(toff, __m256i(slot)), 4));
+    detail::rans_apply_entry(x, e, s);
+    *sym = __m256i(s);
+    I32x8 need;
+    detail::rans_needs_word(x, need);
+    const uint32_t m = uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(__m256i(need))));
     // Branch-free renormalisation (whether a lane reads is data-dependent and unpredictable):
     // with m == 0 the permutation and blend change nothing and no word is consumed.
     if (kSkipIdle && !m) {
-      X[r] = x;
-      r = (r + 1) & 3;
+      xr = __m256i(x);
       return true;
     }
     const uint32_t n = uint32_t(__builtin_popcount(m));
@@ -258,94 +250,181 @@ struct AvxLanes {
       std::memcpy(tmp, wp, size_t(we - wp));
       w16 = _mm_load_si128(reinterpret_cast<const __m128i*>(tmp));
     }
-    const __m256i w = _mm256_permutevar8x32_epi32(
-        _mm256_cvtepu16_epi32(w16), _mm256_load_si256(reinterpret_cast<const __m256i*>(word_perm().idx[m])));
-    x = _mm256_blendv_epi8(x, _mm256_or_si256(_mm256_slli_epi32(x, 16), w), need);
+    const U32x8 w = U32x8(_mm256_permutevar8x32_epi32(
+        _mm256_cvtepu16_epi32(w16), _mm256_load_si256(reinterpret_cast<const __m256i*>(kWordPerm.idx[m]))));
+    U32x8 shifted = x;
+    detail::rans_shift_in(shifted, w);
+    xr = _mm256_blendv_epi8(__m256i(x), __m256i(shifted), __m256i(need));
     wp += 2 * n;
-    X[r] = x;
-    r = (r + 1) & 3;
     return true;
+  }
+  // The next 8 symbols in stream order (register r, then the next).
+  template <bool kSkipIdle>
+  __attribute__((target("avx2,popcnt"))) bool step(__m256i toff, __m256i* sym) {
+    const bool ok = step_lanes<kSkipIdle>(X[r], toff, sym);
+    r = (r + 1) & 3;
+    return ok;
   }
 };
 
-// The anchor-only lossy loop (group_tokens == 1) with AVX2; output values gathered from the
-// per-channel lookup table. Produces exactly what decode_lossy's scalar loop produces. Requires
-// C % 8 == 0 (every group of 8 channels is 8 consecutive lanes) and ES of 2 or 4.
-template <size_t ES, typename RowOf>
-__attribute__((target("avx2,f16c,popcnt"))) Status decode_anchors_avx2(const DecLayer& dl, uint32_t tokens,
-                                                                        uint32_t C, uint8_t dt, LaneReader& rd,
-                                                                        const uint8_t* esc, uint32_t n_esc,
-                                                                        RowOf&& row) {
-  static_assert(ES == 2 || ES == 4);
-  // f32 and f16 values are computed; bf16 ones are looked up (no bf16 conversion in AVX2).
-  const bool compute = dt != uint8_t(DType::kBF16);
-  AvxLanes lanes;
-  lanes.load(rd, dl);
-  const int* lut = reinterpret_cast<const int*>(dl.anchor_lut.data());
-  const __m256i k65535 = _mm256_set1_epi32(65535);
+// The anchor-only lossy loop (group_tokens == 1) with AVX2; output values computed (f16, f32)
+// or gathered from the per-channel lookup table (bf16). Produces exactly what decode_lossy's
+// scalar loop produces. Requires C % 8 == 0 (every group of 8 channels is 8 consecutive lanes)
+// and ES of 2 or 4.
+template <size_t ES>
+struct AnchorsAvx2 {
+  const DecLayer& dl;
+  bool compute;  // f32 and f16 values are computed; bf16 ones are looked up (no bf16 in AVX2)
+  const uint8_t* esc;
+  uint32_t n_esc;
   uint32_t esc_used = 0;
-  for (uint32_t t = 0; t < tokens; ++t) {
-    uint8_t* out = row(t);
-    for (uint32_t c = 0; c < C; c += 8) {
-      __m256i sym;
-      if (!lanes.step<false>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dl.anchor_tab_word.data() + c)), &sym))
-        return CorruptData("rANS stream ran out of words");
-      if (compute) {
-        // value = float(center + qmin + sym) * step, rounded to the output: the scalar maths,
-        // vectorised (F16C's conversion rounds to nearest even, as f32_to_f16 does).
-        const __m256i n =
-            _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dl.anchor_base.data() + c)), sym);
-        const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(n), _mm256_loadu_ps(dl.step.data() + c));
-        if constexpr (ES == 2) {
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c * ES), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
-        } else {
-          _mm256_storeu_ps(reinterpret_cast<float*>(out + c * ES), v);
-        }
+
+  enum : int { kOk = 0, kOutOfWords, kEscapesExhausted };
+
+  // The 8 channels c.. of one token with the lanes of register xr; out is the token's row.
+  __attribute__((target("avx2,f16c,popcnt"), always_inline)) inline int group(AvxLanes& lanes, __m256i& xr,
+                                                                             uint32_t c, uint8_t* out) {
+    __m256i sym;
+    if (!lanes.step_lanes<false>(xr, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(dl.anchor_tab_word.data() + c)),
+                                 &sym))
+      return kOutOfWords;
+    if (compute) {
+      // value = float(center + qmin + sym) * step, rounded to the output: the scalar maths,
+      // vectorised (F16C's conversion rounds to nearest even, as f32_to_f16 does).
+      const __m256i n =
+          _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dl.anchor_base.data() + c)), sym);
+      const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(n), _mm256_loadu_ps(dl.step.data() + c));
+      if constexpr (ES == 2) {
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c * ES), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
       } else {
-        const __m256i lidx =
-            _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dl.anchor_off.data() + c)), sym);
-        const __m256i v = _mm256_i32gather_epi32(lut, lidx, int(ES));
-        const __m256i lo = _mm256_and_si256(v, k65535);
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c * ES),
-                         _mm_packus_epi32(_mm256_castsi256_si128(lo), _mm256_extracti128_si256(lo, 1)));
+        _mm256_storeu_ps(reinterpret_cast<float*>(out + c * ES), v);
       }
-      const __m256i is_esc =
-          _mm256_cmpeq_epi32(sym, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(dl.anchor_esc.data() + c)));
-      uint32_t em = uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(is_esc)));
-      while (em) {  // escapes are rare: copy them in lane order from the escape block
-        const uint32_t j = uint32_t(__builtin_ctz(em));
-        em &= em - 1;
-        if (esc_used == n_esc) return CorruptData("escape stream exhausted");
-        std::memcpy(out + (c + j) * ES, esc + size_t(esc_used++) * ES, ES);
+    } else {
+      const __m256i lidx =
+          _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dl.anchor_off.data() + c)), sym);
+      const __m256i v = _mm256_i32gather_epi32(reinterpret_cast<const int*>(dl.anchor_lut.data()), lidx, int(ES));
+      const __m256i lo = _mm256_and_si256(v, _mm256_set1_epi32(65535));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c * ES),
+                       _mm_packus_epi32(_mm256_castsi256_si128(lo), _mm256_extracti128_si256(lo, 1)));
+    }
+    const __m256i is_esc =
+        _mm256_cmpeq_epi32(sym, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(dl.anchor_esc.data() + c)));
+    uint32_t em = uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(is_esc)));
+    while (em) {  // escapes are rare: copy them in lane order from the escape block
+      const uint32_t j = uint32_t(__builtin_ctz(em));
+      em &= em - 1;
+      if (esc_used == n_esc) return kEscapesExhausted;
+      std::memcpy(out + (c + j) * ES, esc + size_t(esc_used++) * ES, ES);
+    }
+    return kOk;
+  }
+
+  // k32 (C % 32 == 0): every token starts at lane 0, so each group's register is known at
+  // compile time and the lane states stay in registers.
+  template <bool k32, typename RowOf>
+  __attribute__((target("avx2,f16c,popcnt"))) Status run(uint32_t tokens, uint32_t C, LaneReader& rd, RowOf&& row) {
+    AvxLanes lanes;
+    lanes.load(rd, dl);
+    int e = kOk;
+    uint32_t g = 0;  // !k32: the register of the next group
+    for (uint32_t t = 0; t < tokens && e == kOk; ++t) {
+      uint8_t* out = row(t);
+      if constexpr (k32) {
+        for (uint32_t c = 0; c < C && e == kOk; c += 32)
+          if (!(e = group(lanes, lanes.X[0], c, out)) && !(e = group(lanes, lanes.X[1], c + 8, out)) &&
+              !(e = group(lanes, lanes.X[2], c + 16, out)))
+            e = group(lanes, lanes.X[3], c + 24, out);
+      } else {
+        for (uint32_t c = 0; c < C && e == kOk; c += 8, g = (g + 1) & 3) e = group(lanes, lanes.X[g], c, out);
       }
     }
+    if (e == kOutOfWords) return CorruptData("rANS stream ran out of words");
+    if (e == kEscapesExhausted) return CorruptData("escape stream exhausted");
+    lanes.store(rd);
+    if (esc_used != n_esc) return CorruptData("unused escaped values");
+    return rd.finish();
   }
-  lanes.store(rd);
-  if (esc_used != n_esc) return CorruptData("unused escaped values");
-  return rd.finish();
+};
+
+template <size_t ES, typename RowOf>
+Status decode_anchors_avx2(const DecLayer& dl, uint32_t tokens, uint32_t C, uint8_t dt, LaneReader& rd,
+                           const uint8_t* esc, uint32_t n_esc, RowOf&& row) {
+  static_assert(ES == 2 || ES == 4);
+  AnchorsAvx2<ES> a{dl, dt != uint8_t(DType::kBF16), esc, n_esc};
+  if (C % 32 == 0) return a.template run<true>(tokens, C, rd, row);
+  return a.template run<false>(tokens, C, rd, row);
 }
 
-// One byte plane of a lossless unit with AVX2 (C % 8 == 0): byte `plane` of every element.
-template <typename RowOf>
-__attribute__((target("avx2,popcnt"))) Status decode_plane_avx2(const DecLayer& dl, uint32_t plane, uint32_t tokens,
-                                                                 uint32_t C, size_t es, LaneReader& rd, RowOf&& row) {
-  std::vector<uint32_t> tab_word(C);
-  for (uint32_t c = 0; c < C; ++c) tab_word[c] = uint32_t((dl.table_base[c] + plane) * (sizeof(SlotTable) / 4));
-  AvxLanes lanes;
-  lanes.load(rd, dl);
-  alignas(32) uint32_t sym[8];
-  for (uint32_t t = 0; t < tokens; ++t) {
-    uint8_t* out = row(t) + plane;
-    for (uint32_t c = 0; c < C; c += 8) {
-      __m256i s;
-      if (!lanes.step<true>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(tab_word.data() + c)), &s))
-        return CorruptData("rANS stream ran out of words");
-      _mm256_store_si256(reinterpret_cast<__m256i*>(sym), s);
-      for (uint32_t j = 0; j < 8; ++j) out[(c + j) * es] = uint8_t(sym[j]);
+// Stores the 8 elements whose P byte planes are s[0..P-1] (one byte per 32-bit lane) at out.
+template <uint32_t P>
+__attribute__((target("avx2"), always_inline)) inline void store_interleaved(const __m256i* s, uint8_t* out) {
+  __m256i v = s[0];
+  for (uint32_t q = 1; q < P; ++q) v = _mm256_or_si256(v, _mm256_slli_epi32(s[q], int(8 * q)));
+  if constexpr (P == 4) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), v);
+  } else {
+    const __m128i h = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    if constexpr (P == 2) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out), h);
+    } else {
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm_packus_epi16(h, h));
     }
   }
-  lanes.store(rd);
-  return rd.finish();
+}
+
+// One step of every plane for the 8 channels c.. of one token, with register g of each plane's
+// lanes; the elements' bytes interleaved and stored at once. False when a stream ran out.
+template <uint32_t P>
+__attribute__((target("avx2,popcnt"), always_inline)) inline bool plane_group(AvxLanes* lanes, uint32_t g,
+                                                                             const uint32_t* tab_word, uint32_t C,
+                                                                             uint32_t c, uint8_t* out) {
+  __m256i s[P];
+  for (uint32_t q = 0; q < P; ++q)
+    if (!lanes[q].step_lanes<false>(lanes[q].X[g],
+                                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tab_word + q * C + c)), &s[q]))
+      return false;
+  store_interleaved<P>(s, out + size_t(c) * P);
+  return true;
+}
+
+// A lossless unit's P byte planes with AVX2 (C % 8 == 0) in one pass over the elements: each
+// group of 8 elements takes one step of every plane's lanes. k32 (C % 32 == 0): every token
+// starts at lane 0, so the register of each group is known at compile time and the lane states
+// stay in registers.
+template <uint32_t P, bool k32, typename RowOf>
+__attribute__((target("avx2,popcnt"))) Status decode_planes_avx2(const DecLayer& dl, uint32_t tokens, uint32_t C,
+                                                                  LaneReader* rd, RowOf&& row) {
+  std::vector<uint32_t> tab_word(P * size_t(C));  // [plane][channel]: table offsets in 32-bit words
+  for (uint32_t q = 0; q < P; ++q)
+    for (uint32_t c = 0; c < C; ++c)
+      tab_word[size_t(q) * C + c] = uint32_t((dl.table_base[c] + q) * (sizeof(SlotTable) / 4));
+  const uint32_t* tw = tab_word.data();
+  AvxLanes lanes[P];
+  for (uint32_t q = 0; q < P; ++q) lanes[q].load(rd[q], dl);
+  uint32_t g = 0;  // !k32: the register of the next group
+  for (uint32_t t = 0; t < tokens; ++t) {
+    uint8_t* out = row(t);
+    if constexpr (k32) {
+      for (uint32_t c = 0; c < C; c += 32)
+        if (!(plane_group<P>(lanes, 0, tw, C, c, out) && plane_group<P>(lanes, 1, tw, C, c + 8, out) &&
+              plane_group<P>(lanes, 2, tw, C, c + 16, out) && plane_group<P>(lanes, 3, tw, C, c + 24, out)))
+          return CorruptData("rANS stream ran out of words");
+    } else {
+      for (uint32_t c = 0; c < C; c += 8, g = (g + 1) & 3)
+        if (!plane_group<P>(lanes, g, tw, C, c, out)) return CorruptData("rANS stream ran out of words");
+    }
+  }
+  for (uint32_t q = 0; q < P; ++q) {
+    lanes[q].store(rd[q]);
+    KVCODEC_RETURN_IF_ERROR(rd[q].finish());
+  }
+  return Status::Ok();
+}
+
+template <uint32_t P, typename RowOf>
+Status decode_planes_avx2(const DecLayer& dl, uint32_t tokens, uint32_t C, LaneReader* rd, RowOf&& row) {
+  if (C % 32 == 0) return decode_planes_avx2<P, true>(dl, tokens, C, rd, row);
+  return decode_planes_avx2<P, false>(dl, tokens, C, rd, row);
 }
 #endif
 
@@ -403,6 +482,35 @@ Status decode_lossy(const DecLayer& dl, uint32_t tokens, uint32_t C, uint32_t GT
   return rd.finish();
 }
 
+// Lossless unit body: es byte planes, each its own lane stream (plane q = byte q of every
+// element), decoded together element by element.
+template <typename RowOf>
+Status decode_lossless(const DecLayer& dl, const uint8_t* unit, const detail::UnitLayout& ul, uint32_t tokens,
+                       uint32_t C, uint32_t es, RowOf&& row) {
+  LaneReader rd[4];
+  for (uint32_t q = 0; q < es; ++q) KVCODEC_RETURN_IF_ERROR(rd[q].open(unit, ul, q));
+#if defined(__x86_64__)
+  if (C % 8 == 0 && cpu_has_avx2()) {
+    switch (es) {
+      case 1: return decode_planes_avx2<1>(dl, tokens, C, rd, row);
+      case 2: return decode_planes_avx2<2>(dl, tokens, C, rd, row);
+      case 4: return decode_planes_avx2<4>(dl, tokens, C, rd, row);
+      default: break;
+    }
+  }
+#endif
+  std::vector<const SlotTable*> tab(size_t(es) * C);  // [plane][channel]
+  for (uint32_t q = 0; q < es; ++q)
+    for (uint32_t c = 0; c < C; ++c) tab[size_t(q) * C + c] = &dl.tables[dl.table_base[c] + q];
+  for (uint32_t t = 0; t < tokens; ++t) {
+    uint8_t* out = row(t);
+    for (uint32_t c = 0; c < C; ++c)
+      for (uint32_t q = 0; q < es; ++q) out[size_t(c) * es + q] = uint8_t(rd[q].next(*tab[size_t(q) * C + c]));
+  }
+  for (uint32_t q = 0; q < es; ++q) KVCODEC_RETURN_IF_ERROR(rd[q].finish());
+  return Status::Ok();
+}
+
 // The layout of unit (l, kv) of a chunk body of `tokens` tokens (common/unit.hpp checks every
 // size), or the error. *stored: the unit is stored raw (ul->size bytes, docs/format.md 4.4).
 Status locate(const Decoder& d, const uint8_t* body, size_t body_size, uint32_t l, uint32_t kv, uint32_t tokens,
@@ -440,26 +548,7 @@ Status decode_unit(const Decoder& d, uint32_t l, uint32_t kv, uint32_t tokens, s
     for (uint32_t t = 0; t < tokens; ++t) std::memcpy(row(t), p + size_t(t) * C * es, C * es);
     return Status::Ok();
   }
-  if (detail::is_lossless(d.info)) {
-    std::vector<const SlotTable*> tab(C);
-    for (uint32_t plane = 0; plane < es; ++plane) {
-      for (uint32_t c = 0; c < C; ++c) tab[c] = &dl.tables[dl.table_base[c] + plane];
-      LaneReader rd;
-      KVCODEC_RETURN_IF_ERROR(rd.open(p, ul, plane));
-#if defined(__x86_64__)
-      if (C % 8 == 0 && cpu_has_avx2()) {
-        KVCODEC_RETURN_IF_ERROR(decode_plane_avx2(dl, plane, tokens, C, es, rd, row));
-        continue;
-      }
-#endif
-      for (uint32_t t = 0; t < tokens; ++t) {
-        uint8_t* out = row(t) + plane;
-        for (uint32_t c = 0; c < C; ++c) out[c * es] = uint8_t(rd.next(*tab[c]));
-      }
-      KVCODEC_RETURN_IF_ERROR(rd.finish());
-    }
-    return Status::Ok();
-  }
+  if (detail::is_lossless(d.info)) return decode_lossless(dl, p, ul, tokens, C, uint32_t(es), row);
   // Lossy: the lane stream, then u32 escape count and the escaped raw elements.
   LaneReader rd;
   KVCODEC_RETURN_IF_ERROR(rd.open(p, ul, 0));

@@ -26,6 +26,7 @@
 #include "common/dtype.hpp"
 #include "common/quant.hpp"
 #include "common/rans.hpp"
+#include "common/rans_step.hpp"
 #include "common/stored_unit.hpp"
 #include "common/unit.hpp"
 #include "common/warp.hpp"
@@ -69,7 +70,7 @@ struct WarpStream {
     const auto a = w.shfl(win, rel);
     const auto b = w.shfl(next, rel);
     for (uint32_t j : w.lanes())
-      if (need[j]) x[j] = (x[j] << 16) | (rel[j] < kWarpLanes ? a[j] : b[j]);
+      if (need[j]) rans_shift_in(x[j], rel[j] < kWarpLanes ? a[j] : b[j]);
     pos += k;
     if (pos - base >= kWarpLanes) {
       base += kWarpLanes;
@@ -190,9 +191,12 @@ KVCODEC_HD uint32_t warp_decode_unit_planes(W& w, const UnitJob& job) {
         if (!active[j]) continue;
         const uint32_t slot = lossless ? pq : (t[j] % GT == 0 ? 0u : 1u);
         const DecTable& tb = tables[tbase[c[j]] + slot];
-        const uint32_t s = tb.slot_sym[st[pq].x[j] & (kRansM - 1)];
-        sym[pq][j] = s;
-        need[j] = rans_dec_advance(st[pq].x[j], tb.freq[s], tb.cum[s]);
+        uint32_t& x = st[pq].x[j];
+        uint32_t at, freq, bias;  // the step of common/rans_step.hpp, on the compact table
+        rans_slot(x, at);
+        sym[pq][j] = rans_compact_lookup(tb.slot_sym, tb.freq, tb.cum, at, freq, bias);
+        rans_update(x, freq, bias);
+        rans_needs_word(x, need[j]);
       }
       if (uint32_t e = st[pq].refill(w, need)) return e;
     }

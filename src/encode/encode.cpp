@@ -2,9 +2,14 @@
 // rANS lanes per chunk -> frame. Each (layer, K/V) is one task; tasks run in parallel and are
 // assembled in a fixed order, so the bytes never depend on the thread count.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <string>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "encode/encode_model.hpp"
 #include "common/frame.hpp"
@@ -17,6 +22,7 @@
 #include "encode/encode_values.hpp"
 #include "common/quant.hpp"
 #include "encode/quantize.hpp"
+#include "common/simd.hpp"
 
 namespace kvcodec {
 namespace {
@@ -63,80 +69,247 @@ struct Context {
   size_t es;
 };
 
+// A task's scratch memory, reused by the next task (and the next encoding) so that its pages are
+// not faulted in again per (layer, K/V). Every array is fully written before it is read, except
+// `local`, which is all zero between uses.
+struct Workspace {
+  std::vector<uint8_t> raw;      // the task's elements [tokens][channels]
+  std::vector<int16_t> val;      // lossy symbol values [tokens][channels]
+  std::vector<uint32_t> local;   // one column block's counts [slot][bin][kColumnBlock]
+  detail::ChannelCounts counts;
+  std::vector<uint64_t> feature;
+  std::vector<double> sum, sq, inv_step, center;
+  std::vector<uint32_t> count;
+  std::vector<float> lo, hi;  // finite range per channel (robust scales)
+  std::vector<float> step, row;
+  std::vector<int32_t> center_i;
+  std::vector<ChannelGrid> grids;
+  std::vector<uint32_t> codes, fc, esc_at, chan_off;
+  std::vector<const uint32_t*> chan_lut;
+  std::vector<uint16_t> scratch;
+};
+
+// Workspaces of the tasks running now, and of finished ones kept for reuse. Large ones (long
+// contexts of wide models) are freed rather than kept.
+class WorkspacePool {
+ public:
+  std::unique_ptr<Workspace> take() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (free_.empty()) return std::make_unique<Workspace>();
+    auto w = std::move(free_.back());
+    free_.pop_back();
+    return w;
+  }
+  void give(std::unique_ptr<Workspace> w, size_t bytes) {
+    if (bytes > kKeepBytes) return;
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (free_.size() < kKeep) free_.push_back(std::move(w));
+  }
+
+ private:
+  static constexpr size_t kKeep = 16, kKeepBytes = size_t(64) << 20;
+  std::mutex mutex_;
+  std::vector<std::unique_ptr<Workspace>> free_;
+};
+
+WorkspacePool& workspace_pool() {
+  static WorkspacePool pool;
+  return pool;
+}
+
 // Lossless: each byte plane of the elements is coded with per-(group, plane) tables.
-void encode_lossless(const Context& cx, const uint8_t* raw, LayerOutput& out) {
+constexpr uint32_t kLosslessBlock = 32;  // channels counted at once: P x 256 x 32 counters
+
+// Counts the byte planes of channels [c0, c0 + n) into ws.counts (appended in channel order) and
+// the clustering feature (magnitude bits of the top byte).
+void count_lossless_block(const uint8_t* raw, uint32_t T, uint32_t C, uint32_t P, uint32_t c0, uint32_t n,
+                          Workspace& ws) {
+  uint32_t* loc = ws.local.data();  // [plane][byte][kLosslessBlock]
+  uint64_t feature[kLosslessBlock] = {};
+  for (uint32_t t = 0; t < T; ++t) {
+    const uint8_t* e = raw + (size_t(t) * C + c0) * P;
+    for (uint32_t j = 0; j < n; ++j, e += P) {
+      for (uint32_t p = 0; p < P; ++p) ++loc[(p * detail::kLosslessBins + e[p]) * kLosslessBlock + j];
+      feature[j] += e[P - 1] & 0x7f;
+    }
+  }
+  detail::ChannelCounts& cc = ws.counts;
+  for (uint32_t j = 0; j < n; ++j) {
+    for (uint32_t i = 0; i < P * detail::kLosslessBins; ++i)
+      if (uint32_t& k = loc[i * kLosslessBlock + j]) {
+        cc.index.push_back(i);
+        cc.count.push_back(k);
+        k = 0;
+      }
+    cc.begin.push_back(uint32_t(cc.index.size()));
+    ws.feature[c0 + j] = feature[j];
+  }
+}
+
+void encode_lossless(const Context& cx, const uint8_t* raw, Workspace& ws, LayerOutput& out) {
   const KVShape& sh = cx.src.shape;
   const uint32_t T = sh.tokens, C = uint32_t(sh.channels());
   const uint32_t P = uint32_t(cx.es);
-  std::vector<uint32_t> counts(size_t(P) * detail::kLosslessBins * C, 0);
-  const Histograms hs{C, P, detail::kLosslessBins, counts.data()};
-  std::vector<uint64_t> feature(C, 0);
-  for (uint32_t t = 0; t < T; ++t)
-    for (uint32_t c = 0; c < C; ++c) {
-      const uint8_t* e = raw + (size_t(t) * C + c) * P;
-      for (uint32_t p = 0; p < P; ++p) ++hs.row(p, e[p])[c];
-      feature[c] += e[P - 1] & 0x7f;  // magnitude bits of the top byte
-    }
+  ws.local.resize(size_t(P) * detail::kLosslessBins * kLosslessBlock, 0);
+  ws.feature.resize(C);
+  ws.counts.reset(C, P, detail::kLosslessBins);
+  for (uint32_t c0 = 0; c0 < C; c0 += kLosslessBlock)
+    count_lossless_block(raw, T, C, P, c0, std::min(kLosslessBlock, C - c0), ws);
   LayerModel& m = out.model;
-  std::vector<uint32_t> codes;  // [group * P + plane][byte]: lane code
-  out.status = detail::build_layer_model(hs, feature.data(), true, cx.opt.table_groups, m, codes);
+  std::vector<uint32_t>& codes = ws.codes;  // [group * P + plane][byte]: lane code
+  out.status = detail::build_layer_model(ws.counts, ws.feature.data(), true, cx.opt.table_groups, m, codes);
   if (!out.status.ok()) return;
-  std::vector<uint16_t> scratch;
-  std::vector<uint32_t> fc;
+  // Per plane and channel, its table's byte -> code map.
+  ws.chan_lut.resize(size_t(P) * C);
+  for (uint32_t p = 0; p < P; ++p)
+    for (uint32_t c = 0; c < C; ++c)
+      ws.chan_lut[size_t(p) * C + c] = &codes[(size_t(m.channel_group[c]) * P + p) * detail::kLosslessBins];
   out.units.resize(cx.chunks);
   for (uint32_t k = 0; k < cx.chunks; ++k) {
     const uint32_t t0 = k * cx.opt.chunk_tokens, t1 = std::min(T, t0 + cx.opt.chunk_tokens);
-    fc.resize(size_t(t1 - t0) * C);
+    ws.fc.resize(size_t(t1 - t0) * C);
     for (uint32_t p = 0; p < P; ++p) {
+      const uint32_t* const* lut = &ws.chan_lut[size_t(p) * C];
       const uint8_t* e = raw + size_t(t0) * C * P + p;
-      uint32_t* f = fc.data();
+      uint32_t* f = ws.fc.data();
       for (uint32_t t = t0; t < t1; ++t)
-        for (uint32_t c = 0; c < C; ++c, e += P) {
-          *f++ = codes[(size_t(m.channel_group[c]) * P + p) * detail::kLosslessBins + *e];
-        }
-      encode_symbols(fc, scratch, out.units[k]);
+        for (uint32_t c = 0; c < C; ++c, e += P) *f++ = lut[c][*e];
+      encode_symbols(ws.fc, ws.scratch, out.units[k]);
     }
   }
 }
 
-// Counts the lossy symbol values val[t][c] of slots [slot0, slot1) into hs and (slot 0) the
-// clustering feature. Counted in blocks of 64 channels over all tokens: the counters one block
-// touches stay in L1 (a token-major pass hits a different cache line of the 2 x 512 x C table per
-// channel).
-void count_lossy(const int16_t* val, uint32_t T, uint32_t C, uint32_t CT, uint32_t GT, uint32_t slot0, uint32_t slot1,
-                 const Histograms& hs, uint64_t* feature) {
-  for (uint32_t c0 = 0; c0 < C; c0 += 64) {
-    const uint32_t c1 = std::min(C, c0 + 64);
-    for (uint32_t t = 0; t < T; ++t) {
-      const uint32_t slot = (t % CT) % GT == 0 ? 0 : 1;
-      if (slot < slot0 || slot >= slot1) continue;
-      const int16_t* vr = &val[size_t(t) * C];
-      for (uint32_t c = c0; c < c1; ++c) {
-        const int16_t v = vr[c];
-        ++hs.row(slot, detail::lossy_bin(v))[c];
-        if (slot == 0 && v != detail::kEscapeQ) feature[c] += uint64_t(v < 0 ? -v : v);
-      }
+// Widens [*lo, *hi] to the values of v[0, n) (escapes count as 0), adds their magnitudes to
+// feat[j] (when given) and says whether any is an escape.
+bool row_range_scalar(const int16_t* v, uint32_t n, int16_t* lo, int16_t* hi, uint32_t* feat) {
+  int16_t mn = *lo, mx = *hi;
+  bool e = false;
+  for (uint32_t j = 0; j < n; ++j) {
+    const bool is_esc = v[j] == detail::kEscapeQ;
+    const int16_t a = is_esc ? int16_t(0) : v[j];
+    mn = std::min(mn, a);
+    mx = std::max(mx, a);
+    e |= is_esc;
+    if (feat) feat[j] += uint32_t(a < 0 ? -a : a);
+  }
+  *lo = mn;
+  *hi = mx;
+  return e;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) bool row_range_avx2(const int16_t* v, uint32_t n, int16_t* lo, int16_t* hi,
+                                                     uint32_t* feat) {
+  const __m256i escq = _mm256_set1_epi16(detail::kEscapeQ);
+  __m256i mn = _mm256_set1_epi16(*lo), mx = _mm256_set1_epi16(*hi), e = _mm256_setzero_si256();
+  uint32_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + j));
+    const __m256i is_esc = _mm256_cmpeq_epi16(x, escq);
+    const __m256i a = _mm256_andnot_si256(is_esc, x);
+    mn = _mm256_min_epi16(mn, a);
+    mx = _mm256_max_epi16(mx, a);
+    e = _mm256_or_si256(e, is_esc);
+    if (feat) {
+      const __m256i m = _mm256_abs_epi16(a);
+      __m256i* f = reinterpret_cast<__m256i*>(feat + j);
+      _mm256_storeu_si256(f, _mm256_add_epi32(_mm256_loadu_si256(f), _mm256_cvtepu16_epi32(_mm256_castsi256_si128(m))));
+      _mm256_storeu_si256(f + 1, _mm256_add_epi32(_mm256_loadu_si256(f + 1),
+                                                  _mm256_cvtepu16_epi32(_mm256_extracti128_si256(m, 1))));
     }
+  }
+  alignas(32) int16_t a[16], b[16];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(a), mn);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(b), mx);
+  for (int k = 0; k < 16; ++k) {
+    *lo = std::min(*lo, a[k]);
+    *hi = std::max(*hi, b[k]);
+  }
+  const bool any = !_mm256_testz_si256(e, e);
+  return row_range_scalar(v + j, n - j, lo, hi, feat ? feat + j : nullptr) || any;
+}
+#endif
+
+bool row_range(const int16_t* v, uint32_t n, int16_t* lo, int16_t* hi, uint32_t* feat) {
+#if defined(__x86_64__)
+  if (detail::avx2_enabled()) return row_range_avx2(v, n, lo, hi, feat);
+#endif
+  return row_range_scalar(v, n, lo, hi, feat);
+}
+
+// Counts the lossy symbol values of one column block, channels [c0, c0 + n) (slot 0 for anchors,
+// 1 for deltas), a range of tokens at a time, then appends them to ws.counts (finish). Also the
+// clustering feature: the sum of |value| over the anchors. ws.local is all zero before and after.
+struct BlockCounter {
+  static constexpr uint32_t B = detail::kColumnBlock, bins = detail::kLossyBins;
+  const int16_t* val;  // the block's first value: val[t * VP + j]
+  size_t VP;
+  uint32_t CT, GT, n;
+  uint32_t* loc;                            // [slot][bin][B]
+  uint32_t feat[B] = {};                    // < 2^32: at most kMaxTokens values of magnitude <= kQLimit
+  int16_t lo[2] = {0, 0}, hi[2] = {0, 0};  // per slot: the values seen (escapes as 0)
+  bool esc[2] = {false, false};
+
+  void add(uint32_t t0, uint32_t t1) {
+    for (uint32_t t = t0; t < t1; ++t) {
+      const uint32_t slot = (t % CT) % GT == 0 ? 0 : 1;
+      const int16_t* vr = val + size_t(t) * VP;
+      uint32_t* ls = loc + size_t(slot) * bins * B;
+      esc[slot] |= row_range(vr, n, &lo[slot], &hi[slot], slot == 0 ? feat : nullptr);
+      for (uint32_t j = 0; j < n; ++j) ++ls[detail::lossy_bin(vr[j]) * B + j];
+    }
+  }
+
+  void finish(uint32_t c0, uint32_t slots, Workspace& ws, bool feature) {
+    detail::ChannelCounts& cc = ws.counts;
+    for (uint32_t j = 0; j < n; ++j) {
+      for (uint32_t s = 0; s < slots; ++s) {
+        uint32_t* ls = loc + size_t(s) * bins * B + j;
+        const uint32_t b0 = uint32_t(lo[s] + detail::kQLimit), b1 = uint32_t(hi[s] + detail::kQLimit);
+        auto take = [&](uint32_t b) {
+          if (uint32_t& k = ls[b * B]) {
+            cc.index.push_back(s * bins + b);
+            cc.count.push_back(k);
+            k = 0;
+          }
+        };
+        for (uint32_t b = b0; b <= b1; ++b) take(b);
+        if (esc[s]) take(detail::kEscBin);
+      }
+      cc.begin.push_back(uint32_t(cc.index.size()));
+      if (feature) ws.feature[c0 + j] = feat[j];
+    }
+  }
+};
+
+// Counts every column block of val into ws.counts (the second pass of escape_orphaned_deltas).
+void count_lossy(const int16_t* val, uint32_t T, uint32_t C, size_t VP, uint32_t CT, uint32_t GT, uint32_t slots,
+                 Workspace& ws) {
+  ws.counts.reset(C, slots, detail::kLossyBins);
+  for (uint32_t c0 = 0; c0 < C; c0 += detail::kColumnBlock) {
+    BlockCounter bc{val + c0, VP, CT, GT, std::min(detail::kColumnBlock, C - c0), ws.local.data()};
+    bc.add(0, T);
+    bc.finish(c0, slots, ws, false);
   }
 }
 
 // Escapes the deltas of every anchor that its table codes as the escape symbol although it has a
 // grid value (outside the table's window): the decoder then resets the channel's reference to 0
 // (docs/format.md 4.3), and the deltas were taken against the anchor's grid value. True if any
-// delta changed (its histograms must then be counted again).
-bool escape_orphaned_deltas(int16_t* val, uint32_t T, uint32_t C, uint32_t CT, uint32_t GT, const LayerModel& m,
+// delta changed (its counts must then be counted again).
+bool escape_orphaned_deltas(int16_t* val, uint32_t T, uint32_t C, size_t VP, uint32_t CT, uint32_t GT, const LayerModel& m,
                             const std::vector<uint32_t>& fc_lut) {
   bool changed = false;
   for (uint32_t t = 0; t < T; ++t) {
     const uint32_t local = t % CT;
     if (local % GT) continue;
     const uint32_t end = std::min({T, t - local + CT, t + GT});  // the group ends with its chunk
-    const int16_t* ar = &val[size_t(t) * C];
+    const int16_t* ar = &val[size_t(t) * VP];
     for (uint32_t c = 0; c < C; ++c) {
       const uint32_t code = fc_lut[size_t(m.channel_group[c]) * 2 * detail::kLossyBins + detail::lossy_bin(ar[c])];
       if (!detail::orphans_deltas(ar[c], code)) continue;
       for (uint32_t d = t + 1; d < end; ++d) {
-        int16_t& v = val[size_t(d) * C + c];
+        int16_t& v = val[size_t(d) * VP + c];
         changed |= v != detail::kEscapeQ;
         v = detail::kEscapeQ;
       }
@@ -145,101 +318,167 @@ bool escape_orphaned_deltas(int16_t* val, uint32_t T, uint32_t C, uint32_t CT, u
   return changed;
 }
 
-// Lossy: grids, symbols (anchors and deltas), windows, tables, lanes + escapes per chunk.
-void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, LayerOutput& out) {
+// The grids of a lossy (layer, K/V) from its elements (one pass, token by token) and the row
+// quantizer's per-channel constants.
+void lossy_grids(const Context& cx, uint32_t layer, const uint8_t* raw, Workspace& ws) {
   const KVShape& sh = cx.src.shape;
-  const DType dt = cx.src.dtype;
+  const uint32_t T = sh.tokens, C = uint32_t(sh.channels());
+  ws.sum.assign(C, 0.0);
+  ws.sq.assign(C, 0.0);
+  ws.count.assign(C, 0);
+  ws.lo.assign(C, INFINITY);
+  ws.hi.assign(C, -INFINITY);
+  ws.row.resize(C);
+  const detail::ChannelSumsSoA sums{ws.sum.data(), ws.sq.data(), ws.count.data()};
+  for (uint32_t t = 0; t < T; ++t) {
+    detail::widen_to_f32(raw + size_t(t) * C * cx.es, uint8_t(cx.src.dtype), C, ws.row.data());
+    detail::add_row_sums(ws.row.data(), C, sums);
+    detail::add_row_range(ws.row.data(), C, ws.lo.data(), ws.hi.data());
+  }
+  ws.grids.resize(C);
+  const double rel = double(kLevelStep[cx.opt.level]) * layer_factor(layer, sh.layers);
+  // The robust passes read columns of the raw elements (the values widen_to_f32 gives).
+  static constexpr float (*kLoad[4])(const void*, size_t) = {
+      [](const void* p, size_t i) { return static_cast<const float*>(p)[i]; },
+      [](const void* p, size_t i) { return detail::f16_to_f32(static_cast<const uint16_t*>(p)[i]); },
+      [](const void* p, size_t i) { return detail::bf16_to_f32(static_cast<const uint16_t*>(p)[i]); },
+      [](const void* p, size_t i) { return detail::f8e4m3_to_f32(static_cast<const uint8_t*>(p)[i]); }};
+  const detail::Columns cols{raw, C, kLoad[uint8_t(cx.src.dtype) - 1]};
+  detail::grids_from_sums(sums, ws.lo.data(), ws.hi.data(), C, T, cols, rel, cx.opt.step_mode, ws.grids.data());
+  ws.step.resize(C);
+  ws.inv_step.resize(C);
+  ws.center.resize(C);
+  ws.center_i.resize(C);
+  for (uint32_t c = 0; c < C; ++c) {
+    ws.step[c] = step_from_code(ws.grids[c].step_code);
+    ws.inv_step[c] = 1.0 / double(ws.step[c]);
+    ws.center[c] = ws.grids[c].center;
+    ws.center_i[c] = ws.grids[c].center;
+  }
+}
+
+// Lane codes of one token's values: f[c] = lut[off[c] + lossy_bin(v[c])] without the escape
+// flag; returns the OR of the codes (the flag says whether any escapes).
+uint32_t row_codes_scalar(const int16_t* v, const uint32_t* off, uint32_t n, const uint32_t* lut, uint32_t* f) {
+  uint32_t any = 0;
+  for (uint32_t c = 0; c < n; ++c) {
+    const uint32_t code = lut[off[c] + detail::lossy_bin(v[c])];
+    f[c] = code & ~kEscFlag;
+    any |= code;
+  }
+  return any;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) uint32_t row_codes_avx2(const int16_t* v, const uint32_t* off, uint32_t n,
+                                                         const uint32_t* lut, uint32_t* f) {
+  const __m256i escq = _mm256_set1_epi32(detail::kEscapeQ), qlim = _mm256_set1_epi32(detail::kQLimit);
+  const __m256i esc_bin = _mm256_set1_epi32(int32_t(detail::kEscBin)), clear = _mm256_set1_epi32(int32_t(~kEscFlag));
+  __m256i any = _mm256_setzero_si256();
+  uint32_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    const __m256i x = _mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v + c)));
+    const __m256i bin = _mm256_blendv_epi8(_mm256_add_epi32(x, qlim), esc_bin, _mm256_cmpeq_epi32(x, escq));
+    const __m256i idx = _mm256_add_epi32(bin, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(off + c)));
+    const __m256i code = _mm256_i32gather_epi32(reinterpret_cast<const int*>(lut), idx, 4);
+    any = _mm256_or_si256(any, code);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(f + c), _mm256_and_si256(code, clear));
+  }
+  alignas(32) uint32_t a[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(a), any);
+  uint32_t r = row_codes_scalar(v + c, off + c, n - c, lut, f + c);
+  for (uint32_t k = 0; k < 8; ++k) r |= a[k];
+  return r;
+}
+#endif
+
+// The lane codes of chunk [t0, t1) into ws.fc, and the symbol indices of its escapes.
+// ws.chan_off[role * C + c]: the offset of channel c's table for the role in lut.
+void lossy_chunk_codes(const int16_t* val, size_t VP, uint32_t t0, uint32_t t1, uint32_t C, uint32_t GT, const uint32_t* lut,
+                       Workspace& ws) {
+  ws.fc.resize(size_t(t1 - t0) * C);
+  ws.esc_at.clear();
+  const bool avx2 = detail::avx2_enabled();
+  for (uint32_t t = t0; t < t1; ++t) {
+    const uint32_t* off = &ws.chan_off[(t - t0) % GT == 0 ? 0 : C];
+    const int16_t* vr = &val[size_t(t) * VP];
+    uint32_t* f = ws.fc.data() + size_t(t - t0) * C;
+#if defined(__x86_64__)
+    const uint32_t any = avx2 ? row_codes_avx2(vr, off, C, lut, f) : row_codes_scalar(vr, off, C, lut, f);
+#else
+    const uint32_t any = row_codes_scalar(vr, off, C, lut, f);
+#endif
+    if (any & kEscFlag) [[unlikely]]
+      for (uint32_t c = 0; c < C; ++c)
+        if (lut[off[c] + detail::lossy_bin(vr[c])] & kEscFlag) ws.esc_at.push_back(uint32_t((t - t0) * C + c));
+  }
+  (void)avx2;
+}
+
+// Lossy: grids, symbols (anchors and deltas), windows, tables, lanes + escapes per chunk.
+constexpr uint32_t kTokenTile = 16;
+void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, Workspace& ws, LayerOutput& out) {
+  const KVShape& sh = cx.src.shape;
   const uint32_t T = sh.tokens, C = uint32_t(sh.channels());
   const uint32_t GT = cx.opt.group_tokens, CT = cx.opt.chunk_tokens;
   const uint32_t slots = GT > 1 ? 2 : 1;
-
-  // Scratch arrays are fully written before being read: no zero-initialisation (it showed up as
-  // ~8% of encode time in profiles).
-  const std::unique_ptr<float[]> x(new float[size_t(T) * C]);
-  detail::widen_to_f32(raw, uint8_t(dt), size_t(T) * C, x.get());
-
-  std::vector<ChannelGrid> grids(C);
-  const double rel = double(kLevelStep[cx.opt.level]) * layer_factor(layer, sh.layers);
-  compute_grids(x.get(), T, C, rel, cx.opt.step_mode, grids.data());
-  std::vector<float> step(C);
-  std::vector<double> inv_step(C), center(C);
-  std::vector<int32_t> center_i(C);
-  for (uint32_t c = 0; c < C; ++c) {
-    step[c] = step_from_code(grids[c].step_code);
-    inv_step[c] = 1.0 / double(step[c]);
-    center[c] = grids[c].center;
-    center_i[c] = grids[c].center;
-  }
-  const detail::RowGrid rg{step.data(), inv_step.data(), center.data(), center_i.data()};
+  lossy_grids(cx, layer, raw, ws);
+  const detail::RowGrid rg{ws.step.data(), ws.inv_step.data(), ws.center.data(), ws.center_i.data()};
 
   // Symbol values: q = n - center for anchors, q - q_anchor for deltas; kEscape when escaped.
-  const std::unique_ptr<int16_t[]> val(new int16_t[size_t(T) * C]);
-  for (uint32_t t = 0; t < T; ++t) {
-    const uint32_t local = t % CT;
-    const bool anchor = local % GT == 0;
-    const int16_t* aval = anchor ? nullptr : &val[size_t(t - local % GT) * C];
-    const float* xr = &x[size_t(t) * C];
-    int16_t* vr = &val[size_t(t) * C];
-    detail::quantize_row(xr, rg, C, uint8_t(dt), vr);
-    if (anchor) continue;
-    for (uint32_t c = 0; c < C; ++c) vr[c] = int16_t(detail::delta_value(vr[c], aval[c]));  // deltas to the anchor
+  // Column block by column block: each block's values are counted while they are in cache.
+  // Rows padded by a cache line: column blocks then do not map every row to the same cache sets.
+  const size_t VP = size_t(C) + 32;
+  ws.val.resize(size_t(T) * VP);
+  int16_t* val = ws.val.data();
+  ws.local.resize(size_t(slots) * detail::kLossyBins * detail::kColumnBlock, 0);
+  ws.feature.resize(C);
+  ws.counts.reset(C, slots, detail::kLossyBins);
+  for (uint32_t c0 = 0; c0 < C; c0 += detail::kColumnBlock) {
+    const uint32_t n = std::min(detail::kColumnBlock, C - c0);
+    BlockCounter bc{val + c0, VP, CT, GT, n, ws.local.data()};
+    for (uint32_t t0 = 0; t0 < T; t0 += kTokenTile) {  // counted while in L1
+      const uint32_t t1 = std::min(T, t0 + kTokenTile);
+      detail::quantize_columns(raw, uint8_t(cx.src.dtype), t0, t1, C, c0, n, rg, CT, GT, val, VP);
+      bc.add(t0, t1);
+    }
+    bc.finish(c0, slots, ws, true);
   }
-
-  std::vector<uint32_t> counts(size_t(slots) * detail::kLossyBins * C, 0);
-  const Histograms hs{C, slots, detail::kLossyBins, counts.data()};
-  std::vector<uint64_t> feature(C, 0);
-  count_lossy(val.get(), T, C, CT, GT, 0, slots, hs, feature.data());
   LayerModel& m = out.model;
-  std::vector<uint32_t> fc_lut;  // [group * slots + role][value bin]: lane code
-  out.status = detail::build_layer_model(hs, feature.data(), false, cx.opt.table_groups, m, fc_lut);
+  std::vector<uint32_t>& fc_lut = ws.codes;  // [group * slots + role][value bin]: lane code
+  out.status = detail::build_layer_model(ws.counts, ws.feature.data(), false, cx.opt.table_groups, m, fc_lut);
   if (!out.status.ok()) return;
-  if (GT > 1 && escape_orphaned_deltas(val.get(), T, C, CT, GT, m, fc_lut)) {
-    // Second pass: the delta histograms again, the tables rebuilt on the same channel groups (so
-    // the anchor tables, and which anchors escape, stay as they are).
-    std::fill(counts.begin() + size_t(detail::kLossyBins) * C, counts.end(), 0u);
-    count_lossy(val.get(), T, C, CT, GT, 1, 2, hs, nullptr);
-    out.status = detail::build_layer_tables(hs, false, m, fc_lut);
+  if (GT > 1 && escape_orphaned_deltas(val, T, C, VP, CT, GT, m, fc_lut)) {
+    // Second pass: the counts again (the anchors' are unchanged), the tables rebuilt on the same
+    // channel groups (so the anchor tables, and which anchors escape, stay as they are).
+    count_lossy(val, T, C, VP, CT, GT, slots, ws);
+    out.status = detail::build_layer_tables(ws.counts, false, m, fc_lut);
     if (!out.status.ok()) return;
   }
   m.step_code.resize(C);
   m.center.resize(C);
   for (uint32_t c = 0; c < C; ++c) {
-    m.step_code[c] = grids[c].step_code;
-    m.center[c] = grids[c].center;
+    m.step_code[c] = ws.grids[c].step_code;
+    m.center[c] = ws.grids[c].center;
   }
 
-  // Per channel and role, its table's bin -> code map.
-  std::vector<const uint32_t*> chan_lut(size_t(slots) * C);
+  // Per role and channel, where its table's bin -> code map starts in fc_lut.
+  ws.chan_off.resize(size_t(slots) * C);
   for (uint32_t r = 0; r < slots; ++r)
     for (uint32_t c = 0; c < C; ++c)
-      chan_lut[size_t(r) * C + c] = &fc_lut[(size_t(m.channel_group[c]) * slots + r) * detail::kLossyBins];
-  std::vector<uint16_t> scratch;
-  std::vector<uint32_t> fc;  // per symbol of the chunk: freq << 16 | cum
-  std::vector<uint32_t> esc_at;  // symbol indices (in the chunk) of escaped values
+      ws.chan_off[size_t(r) * C + c] = (uint32_t(m.channel_group[c]) * slots + r) * detail::kLossyBins;
   out.units.resize(cx.chunks);
   for (uint32_t k = 0; k < cx.chunks; ++k) {
     const uint32_t t0 = k * CT, t1 = std::min(T, t0 + CT);
-    fc.resize(size_t(t1 - t0) * C);
-    esc_at.clear();
-    uint32_t* const f = fc.data();
-    size_t i = 0;
-    for (uint32_t t = t0; t < t1; ++t) {
-      const uint32_t* const* row_lut = &chan_lut[(t - t0) % GT == 0 ? 0 : C];
-      const int16_t* vr = &val[size_t(t) * C];
-      for (uint32_t c = 0; c < C; ++c, ++i) {
-        const uint32_t code = row_lut[c][detail::lossy_bin(vr[c])];
-        f[i] = code & ~kEscFlag;
-        if (code & kEscFlag) [[unlikely]] esc_at.push_back(uint32_t(i));
-      }
-    }
+    lossy_chunk_codes(val, VP, t0, t1, C, GT, fc_lut.data(), ws);
     auto& unit = out.units[k];
-    encode_symbols(fc, scratch, unit);
+    encode_symbols(ws.fc, ws.scratch, unit);
     // The escaped values' raw elements, in symbol order, after their count.
     const size_t base = unit.size();
-    unit.resize(pad4(base + 4 + esc_at.size() * cx.es), 0);
-    detail::store_le32(unit.data() + base, uint32_t(esc_at.size()));
+    unit.resize(pad4(base + 4 + ws.esc_at.size() * cx.es), 0);
+    detail::store_le32(unit.data() + base, uint32_t(ws.esc_at.size()));
     uint8_t* e = unit.data() + base + 4;
-    for (uint32_t j : esc_at) {
+    for (uint32_t j : ws.esc_at) {
       std::memcpy(e, raw + (size_t(t0) * C + j) * cx.es, cx.es);
       e += cx.es;
     }
@@ -297,11 +536,15 @@ StatusOr<size_t> encode_into(const KVView& src, const EncodeOptions& o, std::spa
   std::vector<LayerOutput> outs(size_t(L) * 2);
   KVCODEC_RETURN_IF_ERROR(detail::parallel_for(outs.size(), o.threads, [&](size_t task) {
     const uint32_t l = uint32_t(task / 2), kv = uint32_t(task % 2);
-    const std::unique_ptr<uint8_t[]> raw(new uint8_t[size_t(sh.tokens) * sh.channels() * cx.es]);  // gathered next
-    gather(src, l, kv, raw.get());
-    if (o.level == 0) encode_lossless(cx, raw.get(), outs[task]);
-    else encode_lossy(cx, l, raw.get(), outs[task]);
-    if (outs[task].status.ok()) store_large_units(cx, raw.get(), outs[task]);
+    std::unique_ptr<Workspace> ws = workspace_pool().take();
+    ws->raw.resize(size_t(sh.tokens) * sh.channels() * cx.es);  // gathered next
+    const uint8_t* raw = ws->raw.data();
+    gather(src, l, kv, ws->raw.data());
+    if (o.level == 0) encode_lossless(cx, raw, *ws, outs[task]);
+    else encode_lossy(cx, l, raw, *ws, outs[task]);
+    if (outs[task].status.ok()) store_large_units(cx, raw, outs[task]);
+    const size_t ws_bytes = ws->raw.capacity() * 4;  // about: raw, values, counts
+    workspace_pool().give(std::move(ws), ws_bytes);
   }));
   for (size_t i = 0; i < outs.size(); ++i)
     if (!outs[i].status.ok())

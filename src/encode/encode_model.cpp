@@ -5,76 +5,133 @@
 
 #include <algorithm>
 #include <numeric>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "encode/encode_values.hpp"
 #include "common/log2.hpp"
 #include "encode/model_values.hpp"
+#include "common/simd.hpp"
 
 namespace kvcodec::detail {
 namespace {
 
+// The clustering's cost table: cost[k][g] = -log2 of group g's smoothed probability of the k-th
+// (slot, bin) that any channel counts, Q24. Fits 32 bits: totals are below 2^41, so the log2 is
+// below 42 (Q32), and the smoothing keeps every cost >= 0.
+constexpr uint32_t kCostRow = kMaxTableGroups;
+
+// sum[g] = the cost of a channel's entries [e0, e1) (dense numbers kof, counts cnt) under each
+// group g < kCostRow: exact integer sums (counts < 2^25, costs < 2^30).
+void channel_costs_scalar(const uint32_t* kof, const uint32_t* cnt, uint32_t e0, uint32_t e1, const uint32_t* cost,
+                          uint64_t* sum) {
+  for (uint32_t g = 0; g < kCostRow; ++g) sum[g] = 0;
+  for (uint32_t e = e0; e < e1; ++e) {
+    const uint64_t n = cnt[e];
+    const uint32_t* row = &cost[size_t(kof[e]) * kCostRow];
+    for (uint32_t g = 0; g < kCostRow; ++g) sum[g] += n * row[g];
+  }
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) void channel_costs_avx2(const uint32_t* kof, const uint32_t* cnt, uint32_t e0,
+                                                         uint32_t e1, const uint32_t* cost, uint64_t* sum) {
+  static_assert(kCostRow == 16, "four vectors of four 64-bit sums");
+  __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+  for (uint32_t e = e0; e < e1; ++e) {
+    const __m256i n = _mm256_set1_epi64x(cnt[e]);
+    const uint32_t* row = &cost[size_t(kof[e]) * kCostRow];
+    for (int q = 0; q < 4; ++q) {
+      const __m256i r = _mm256_cvtepu32_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 4 * q)));
+      acc[q] = _mm256_add_epi64(acc[q], _mm256_mul_epu32(r, n));
+    }
+  }
+  for (int q = 0; q < 4; ++q) _mm256_storeu_si256(reinterpret_cast<__m256i*>(sum + 4 * q), acc[q]);
+}
+#endif
+
+void channel_costs(const uint32_t* kof, const uint32_t* cnt, uint32_t e0, uint32_t e1, const uint32_t* cost,
+                   uint64_t* sum) {
+#if defined(__x86_64__)
+  if (avx2_enabled()) return channel_costs_avx2(kof, cnt, e0, e1, cost, sum);
+#endif
+  channel_costs_scalar(kof, cnt, e0, e1, cost, sum);
+}
+
+// Refines `group` (G groups) by rounds of "move each channel to the group whose smoothed table
+// codes its counts in the fewest bits" (ties to the lowest group) until nothing moves, at most 4
+// rounds. Only the entries from slot first_slot on count. Every sum is an exact integer, so the
+// order of the additions does not matter.
+void refine_groups(const ChannelCounts& cc, uint32_t G, uint32_t first_slot, std::vector<uint8_t>& group) {
+  const uint32_t C = cc.channels, bins = cc.bins;
+  const uint32_t from = first_slot * bins;
+  // The (slot, bin) pairs any channel counts, numbered densely (k), and each entry's k.
+  std::vector<uint32_t> pos(size_t(cc.slots) * bins, UINT32_MAX);
+  for (uint32_t i : cc.index)
+    if (i >= from) pos[i] = 0;
+  std::vector<uint32_t> used;  // k -> slot * bins + bin
+  for (uint32_t i = from; i < pos.size(); ++i)
+    if (pos[i] == 0) {
+      pos[i] = uint32_t(used.size());
+      used.push_back(i);
+    }
+  const uint32_t K = uint32_t(used.size());
+  std::vector<uint32_t> first(C), kof(cc.index.size());  // each channel's first clustering entry
+  for (uint32_t c = 0; c < C; ++c) {
+    uint32_t e = cc.begin[c];
+    while (e < cc.begin[c + 1] && cc.index[e] < from) ++e;
+    first[c] = e;
+    for (; e < cc.begin[c + 1]; ++e) kof[e] = pos[cc.index[e]];
+  }
+  std::vector<uint64_t> gsum(size_t(G) * K), log_total(size_t(G) * cc.slots);
+  std::vector<uint32_t> cost(size_t(K) * kCostRow, 0);
+  for (int round = 0; round < 4; ++round) {
+    std::fill(gsum.begin(), gsum.end(), 0);
+    for (uint32_t c = 0; c < C; ++c) {
+      uint64_t* gs = &gsum[size_t(group[c]) * K];
+      for (uint32_t e = first[c]; e < cc.begin[c + 1]; ++e) gs[kof[e]] += cc.count[e];
+    }
+    std::fill(log_total.begin(), log_total.end(), 0);
+    for (uint32_t g = 0; g < G; ++g)
+      for (uint32_t k = 0; k < K; ++k) log_total[g * cc.slots + used[k] / bins] += gsum[size_t(g) * K + k];
+    for (uint64_t& t : log_total) t = log2_q32(2 * t + bins);
+    for (uint32_t g = 0; g < G; ++g)
+      for (uint32_t k = 0; k < K; ++k) {
+        const uint64_t v = gsum[size_t(g) * K + k];
+        cost[size_t(k) * kCostRow + g] =
+            uint32_t((log_total[g * cc.slots + used[k] / bins] - (v ? log2_q32(2 * v + 1) : 0)) >> 8);
+      }
+    bool moved = false;
+    for (uint32_t c = 0; c < C; ++c) {
+      uint64_t sum[kCostRow];
+      channel_costs(kof.data(), cc.count.data(), first[c], cc.begin[c + 1], cost.data(), sum);
+      uint32_t best = 0;
+      for (uint32_t g = 1; g < G; ++g)
+        if (sum[g] < sum[best]) best = g;
+      if (best != group[c]) {
+        group[c] = uint8_t(best);
+        moved = true;
+      }
+    }
+    if (!moved) break;
+  }
+}
+
 // Assigns channels to at most max_groups groups: an initial split by an integer feature
-// (quantiles), refined by a few rounds of "move each channel to the group whose smoothed table
-// codes it in the fewest bits", counting the slots from first_slot on. (Lossless frames cluster on
-// the top byte plane alone: sign and exponent differ between channels, the low mantissa bytes are
-// near-uniform everywhere and would only make clustering slow.)
-std::vector<uint8_t> cluster_channels(const Histograms& hs, const uint64_t* feature, uint32_t max_groups,
+// (quantiles), refined by refine_groups counting the slots from first_slot on. (Lossless frames
+// cluster on the top byte plane alone: sign and exponent differ between channels, the low
+// mantissa bytes are near-uniform everywhere and would only make clustering slow.)
+std::vector<uint8_t> cluster_channels(const ChannelCounts& cc, const uint64_t* feature, uint32_t max_groups,
                                       uint32_t first_slot, uint32_t* groups_out) {
-  const uint32_t C = hs.channels;
+  const uint32_t C = cc.channels;
   std::vector<uint32_t> order(C);
   std::iota(order.begin(), order.end(), 0u);
   std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return feature[a] < feature[b]; });
   const uint32_t G = std::min<uint32_t>(max_groups, C);
   std::vector<uint8_t> group(C);
   for (uint32_t i = 0; i < C; ++i) group[order[i]] = uint8_t(uint64_t(i) * G / C);
-
-  if (G > 1) {
-    // Non-zero bins of each channel, for fast cost evaluation.
-    struct Entry {
-      uint32_t index;  // slot * bins + bin
-      uint32_t count;
-    };
-    std::vector<std::vector<Entry>> nz(C);
-    for (uint32_t s = first_slot; s < hs.slots; ++s)
-      for (uint32_t b = 0; b < hs.bins; ++b)
-        for (uint32_t c = 0; c < C; ++c)
-          if (uint32_t n = hs.count(c, s, b)) nz[c].push_back({s * hs.bins + b, n});
-    const size_t table_len = size_t(hs.slots) * hs.bins;
-    std::vector<uint64_t> gsum(G * table_len), cost(G * table_len);
-    for (int round = 0; round < 4; ++round) {
-      std::fill(gsum.begin(), gsum.end(), 0);
-      for (uint32_t c = 0; c < C; ++c)
-        for (const Entry& e : nz[c]) gsum[group[c] * table_len + e.index] += e.count;
-      // cost[g][slot][bin] = -log2 of the smoothed probability, Q24 fixed point.
-      for (uint32_t g = 0; g < G; ++g)
-        for (uint32_t s = first_slot; s < hs.slots; ++s) {
-          uint64_t total = 0;
-          const uint64_t* gs = &gsum[g * table_len + s * hs.bins];
-          for (uint32_t b = 0; b < hs.bins; ++b) total += gs[b];
-          const uint64_t log_total = log2_q32(2 * total + hs.bins);
-          for (uint32_t b = 0; b < hs.bins; ++b)  // log2(2 * 0 + 1) = 0 for the many empty bins
-            cost[g * table_len + s * hs.bins + b] = (log_total - (gs[b] ? log2_q32(2 * gs[b] + 1) : 0)) >> 8;
-        }
-      bool moved = false;
-      for (uint32_t c = 0; c < C; ++c) {
-        uint32_t best = group[c];
-        uint64_t best_cost = UINT64_MAX;
-        for (uint32_t g = 0; g < G; ++g) {
-          uint64_t sum = 0;
-          for (const Entry& e : nz[c]) sum += uint64_t(e.count) * cost[g * table_len + e.index];
-          if (sum < best_cost) {
-            best_cost = sum;
-            best = g;
-          }
-        }
-        if (best != group[c]) {
-          group[c] = uint8_t(best);
-          moved = true;
-        }
-      }
-      if (!moved) break;
-    }
-  }
+  if (G > 1) refine_groups(cc, G, first_slot, group);
   // Renumber used groups densely, in order of first use.
   std::vector<int> remap(G, -1);
   uint32_t used = 0;
@@ -86,13 +143,31 @@ std::vector<uint8_t> cluster_channels(const Histograms& hs, const uint64_t* feat
   return group;
 }
 
-// Sums the histograms of each group's channels.
-std::vector<uint64_t> group_histograms(const Histograms& hs, const std::vector<uint8_t>& group, uint32_t G) {
-  std::vector<uint64_t> out(size_t(G) * hs.slots * hs.bins, 0);
-  for (uint32_t s = 0; s < hs.slots; ++s)
-    for (uint32_t b = 0; b < hs.bins; ++b)
-      for (uint32_t c = 0; c < hs.channels; ++c) out[(size_t(group[c]) * hs.slots + s) * hs.bins + b] += hs.count(c, s, b);
+// Sums the counts of each group's channels: [group * slots + slot][bin].
+std::vector<uint64_t> group_histograms(const ChannelCounts& cc, const std::vector<uint8_t>& group, uint32_t G) {
+  const size_t per_group = size_t(cc.slots) * cc.bins;
+  std::vector<uint64_t> out(G * per_group, 0);
+  for (uint32_t c = 0; c < cc.channels; ++c) {
+    uint64_t* gh = &out[group[c] * per_group];
+    for (uint32_t e = cc.begin[c]; e < cc.begin[c + 1]; ++e) gh[cc.index[e]] += cc.count[e];
+  }
   return out;
+}
+
+// The sparse form of dense histograms.
+ChannelCounts sparse_counts(const Histograms& hs) {
+  ChannelCounts cc;
+  cc.reset(hs.channels, hs.slots, hs.bins);
+  for (uint32_t c = 0; c < hs.channels; ++c) {
+    for (uint32_t s = 0; s < hs.slots; ++s)
+      for (uint32_t b = 0; b < hs.bins; ++b)
+        if (const uint32_t n = hs.count(c, s, b)) {
+          cc.index.push_back(s * hs.bins + b);
+          cc.count.push_back(n);
+        }
+    cc.begin.push_back(uint32_t(cc.index.size()));
+  }
+  return cc;
 }
 
 // Lossless: one table per byte value seen; trailing absent symbols are not stored.
@@ -130,23 +205,32 @@ Status lossy_table(const uint64_t* h, TableSpec& spec, uint32_t* codes) {
 
 }  // namespace
 
+Status build_layer_model(const ChannelCounts& cc, const uint64_t* feature, bool lossless, uint32_t table_groups,
+                         LayerModel& m, std::vector<uint32_t>& codes) {
+  m.slots = cc.slots;
+  m.channel_group = cluster_channels(cc, feature, table_groups, lossless ? cc.slots - 1 : 0, &m.groups);
+  return build_layer_tables(cc, lossless, m, codes);
+}
+
+Status build_layer_tables(const ChannelCounts& cc, bool lossless, LayerModel& m, std::vector<uint32_t>& codes) {
+  const auto gh = group_histograms(cc, m.channel_group, m.groups);
+  m.tables.resize(size_t(m.groups) * m.slots);
+  codes.resize(m.tables.size() * cc.bins);
+  for (size_t i = 0; i < m.tables.size(); ++i) {
+    const uint64_t* h = &gh[i * cc.bins];
+    KVCODEC_RETURN_IF_ERROR(lossless ? lossless_table(h, m.tables[i], &codes[i * cc.bins])
+                                     : lossy_table(h, m.tables[i], &codes[i * cc.bins]));
+  }
+  return Status::Ok();
+}
+
 Status build_layer_model(const Histograms& hs, const uint64_t* feature, bool lossless, uint32_t table_groups,
                          LayerModel& m, std::vector<uint32_t>& codes) {
-  m.slots = hs.slots;
-  m.channel_group = cluster_channels(hs, feature, table_groups, lossless ? hs.slots - 1 : 0, &m.groups);
-  return build_layer_tables(hs, lossless, m, codes);
+  return build_layer_model(sparse_counts(hs), feature, lossless, table_groups, m, codes);
 }
 
 Status build_layer_tables(const Histograms& hs, bool lossless, LayerModel& m, std::vector<uint32_t>& codes) {
-  const auto gh = group_histograms(hs, m.channel_group, m.groups);
-  m.tables.resize(size_t(m.groups) * m.slots);
-  codes.resize(m.tables.size() * hs.bins);
-  for (size_t i = 0; i < m.tables.size(); ++i) {
-    const uint64_t* h = &gh[i * hs.bins];
-    KVCODEC_RETURN_IF_ERROR(lossless ? lossless_table(h, m.tables[i], &codes[i * hs.bins])
-                                     : lossy_table(h, m.tables[i], &codes[i * hs.bins]));
-  }
-  return Status::Ok();
+  return build_layer_tables(sparse_counts(hs), lossless, m, codes);
 }
 
 FrameInfo frame_info_for(const KVShape& shape, DType dtype, const EncodeOptions& o) {

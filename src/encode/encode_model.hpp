@@ -24,6 +24,24 @@ struct Histograms {
   uint32_t count(uint32_t c, uint32_t slot, uint32_t bin) const { return h[(size_t(slot) * bins + bin) * channels + c]; }
 };
 
+// The same counts, sparse: per channel its non-zero (slot * bins + bin, count) entries in
+// ascending order, channel c's at [begin[c], begin[c + 1]). What the CPU encoder counts (a dense
+// [slot][bin][channel] array would be mostly zeros, and scanning it cost as much as counting).
+struct ChannelCounts {
+  uint32_t channels = 0, slots = 0, bins = 0;
+  std::vector<uint32_t> begin{0};  // channels + 1 once complete
+  std::vector<uint32_t> index;     // slot * bins + bin
+  std::vector<uint32_t> count;
+  void reset(uint32_t c, uint32_t s, uint32_t b) {
+    channels = c;
+    slots = s;
+    bins = b;
+    begin.assign(1, 0);
+    index.clear();
+    count.clear();
+  }
+};
+
 // Builds m.groups, m.slots, m.channel_group and m.tables from the histograms of a lossless
 // (slots = byte planes, bins = 256) or lossy (slots = anchor[, delta], bins = kLossyBins) unit
 // and the clustering feature of each channel. `codes` receives, per table and bin, the lane
@@ -35,6 +53,12 @@ Status build_layer_model(const Histograms& hs, const uint64_t* feature, bool los
 // Rebuilds m.tables and `codes` from new histograms, keeping m's channel groups (the second
 // pass of a lossy encoding whose anchors escaped: see encode.cpp, escape_orphaned_deltas).
 Status build_layer_tables(const Histograms& hs, bool lossless, LayerModel& m, std::vector<uint32_t>& codes);
+
+// The same two steps from sparse counts (the CPU encoder's path; the dense forms above convert
+// their histograms and call these, so there is one algorithm).
+Status build_layer_model(const ChannelCounts& cc, const uint64_t* feature, bool lossless, uint32_t table_groups,
+                         LayerModel& m, std::vector<uint32_t>& codes);
+Status build_layer_tables(const ChannelCounts& cc, bool lossless, LayerModel& m, std::vector<uint32_t>& codes);
 
 // The frame parameters of an encoding of `shape` and `dtype` with options `o` (no chunks yet).
 FrameInfo frame_info_for(const KVShape& shape, DType dtype, const EncodeOptions& o);

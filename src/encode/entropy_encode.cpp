@@ -16,6 +16,23 @@ namespace kvcodec {
 
 using detail::kRansM;
 
+namespace {
+
+// detail::freq_step_dlog for the frequencies of a table (1..kRansM), from a table of log2_q32.
+uint64_t freq_step_dlog_small(uint32_t f, bool add) {
+  struct Logs {
+    uint64_t v[kRansM + 2];
+    Logs() {
+      v[0] = 0;
+      for (uint32_t i = 1; i < kRansM + 2; ++i) v[i] = detail::log2_q32(i);
+    }
+  };
+  static const Logs logs;
+  return add ? logs.v[f + 1] - logs.v[f] : logs.v[f] - logs.v[f - 1];
+}
+
+}  // namespace
+
 StatusOr<FreqTable> FreqTable::from_counts(std::span<const uint64_t> counts) {
   const size_t n = counts.size();
   if (n == 0 || n > 256) return InvalidArgument("a table has 1..256 symbols");
@@ -34,27 +51,32 @@ StatusOr<FreqTable> FreqTable::from_counts(std::span<const uint64_t> counts) {
   // Correct the rounding one unit at a time where it costs the fewest bits (the score of
   // encode/model_values.hpp). Integer fixed-point logs keep the choice identical on every
   // machine (common/log2.hpp); the device model builder (encode/block_model.hpp) makes the same
-  // choices with one warp.
-  while (sum != int64_t(kRansM)) {
-    const bool add = sum < int64_t(kRansM);
-    size_t best = n;
-    unsigned __int128 best_score = 0;
-    for (size_t s = 0; s < n; ++s) {
-      if (!detail::freq_step_allowed(counts[s], t.freq[s], add)) continue;
-      const unsigned __int128 score = (unsigned __int128)counts[s] * detail::freq_step_dlog(t.freq[s], add);
-      // add: the largest saving; remove: the smallest loss. Ties go to the lowest symbol.
-      if (best == n || (add ? score > best_score : score < best_score)) {
-        best = s;
-        best_score = score;
+  // choices with one warp. Each step changes one symbol's frequency, so only its score is
+  // computed again.
+  if (sum != int64_t(kRansM)) {
+    const bool add = sum < int64_t(kRansM);  // the direction never changes on the way to kRansM
+    unsigned __int128 score[256];
+    bool allowed[256];
+    auto rescore = [&](size_t s) {
+      allowed[s] = detail::freq_step_allowed(counts[s], t.freq[s], add);
+      score[s] = allowed[s] ? (unsigned __int128)counts[s] * freq_step_dlog_small(t.freq[s], add) : 0;
+    };
+    for (size_t s = 0; s < n; ++s) rescore(s);
+    while (sum != int64_t(kRansM)) {
+      size_t best = n;
+      for (size_t s = 0; s < n; ++s) {
+        // add: the largest saving; remove: the smallest loss. Ties go to the lowest symbol.
+        if (allowed[s] && (best == n || (add ? score[s] > score[best] : score[s] < score[best]))) best = s;
       }
-    }
-    if (best == n) return InvalidArgument("more distinct symbols than probability slots");
-    if (add) {
-      ++t.freq[best];
-      ++sum;
-    } else {
-      --t.freq[best];
-      --sum;
+      if (best == n) return InvalidArgument("more distinct symbols than probability slots");
+      if (add) {
+        ++t.freq[best];
+        ++sum;
+      } else {
+        --t.freq[best];
+        --sum;
+      }
+      rescore(best);
     }
   }
   t.cum.assign(n, 0);

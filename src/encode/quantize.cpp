@@ -28,23 +28,16 @@ double error_bound(double step, float x_hat, DType dt) noexcept {
 
 void compute_grids(const float* x, uint32_t tokens, uint32_t channels, double rel_step, StepMode mode,
                    ChannelGrid* grids) noexcept {
-  std::vector<ChannelSums> sums(channels);
+  std::vector<double> sum(channels, 0.0), sq(channels, 0.0);
+  std::vector<uint32_t> count(channels, 0);
+  std::vector<float> lo(channels, INFINITY), hi(channels, -INFINITY);
+  const detail::ChannelSumsSoA s{sum.data(), sq.data(), count.data()};
   for (uint32_t t = 0; t < tokens; ++t) {
-    const float* row = x + size_t(t) * channels;
-    for (uint32_t c = 0; c < channels; ++c) add_sample(sums[c], row[c]);
+    detail::add_row_sums(x + size_t(t) * channels, channels, s);
+    detail::add_row_range(x + size_t(t) * channels, channels, lo.data(), hi.data());
   }
-  for (uint32_t c = 0; c < channels; ++c) {  // robust passes (encode_values.hpp), rare
-    ChannelSums& s = sums[c];
-    finish_sums(s);
-    double a, b;
-    for (int pass = 0; pass < kRobustPasses && outlier_range(s, &a, &b); ++pass) {
-      ChannelSums next;
-      for (uint32_t t = 0; t < tokens; ++t) add_sample_in(next, x[size_t(t) * channels + c], a, b);
-      if (!accept_pass(s, next)) break;
-    }
-  }
-  const double layer_rms = mode == StepMode::kLayer ? layer_scale(sums.data(), channels) : 0.0;
-  for (uint32_t c = 0; c < channels; ++c) grids[c] = channel_grid(sums[c], layer_rms, mode, rel_step);
+  const detail::Columns cols{x, channels, [](const void* p, size_t i) { return static_cast<const float*>(p)[i]; }};
+  detail::grids_from_sums(s, lo.data(), hi.data(), channels, tokens, cols, rel_step, mode, grids);
 }
 
 int32_t quantize_value(float x, float step, int32_t center, DType dt) noexcept {
@@ -54,13 +47,12 @@ int32_t quantize_value(float x, float step, int32_t center, DType dt) noexcept {
 
 namespace detail {
 
-// The fast path of quantize_grid for a whole row, written in double arithmetic without branches
-// so the compiler vectorises it (an AVX2 clone is selected at run time where available; the
-// operations are the same IEEE ones either way, so the result does not depend on the clone).
-// q[c] is the grid offset as a double, or kMiss where the element needs the exact scalar path.
+// The fast path of quantize_grid, in double arithmetic without branches: the grid offset as a
+// double, or kMiss where the element needs the exact scalar path. The vector versions below do
+// the same IEEE operations, so their results do not depend on the path taken.
 constexpr double kMiss = 1e9;
 
-// One element of the fast path (also the reference for the vector version below).
+// One element of the fast path (also the reference for the vector versions).
 inline double quantize_fast_one(float x, float step, double inv, double center, float maxf) {
   const double xd = double(x);
   const double n0 = __builtin_nearbyint(xd * inv);
@@ -71,46 +63,6 @@ inline double quantize_fast_one(float x, float step, double inv, double center, 
   const double half = 0.5 * double(step);
   const bool good = in_range & (err <= half) & (-err <= half) & (p <= maxf) & (-p <= maxf);
   return good ? d : kMiss;
-}
-
-void quantize_row_fast_scalar(const float* x, const RowGrid& g, uint32_t C, float maxf, double* q) {
-  for (uint32_t c = 0; c < C; ++c) q[c] = quantize_fast_one(x[c], g.step[c], g.inv_step[c], g.center[c], maxf);
-}
-
-#if defined(__x86_64__)
-// The same operations, four at a time (round-to-nearest-even rounding, exact conversions).
-__attribute__((target("avx2"))) void quantize_row_fast_avx2(const float* x, const RowGrid& g, uint32_t C, float maxf,
-                                                             double* q) {
-  const __m256d lo = _mm256_set1_pd(-255.0), hi = _mm256_set1_pd(255.0), halfc = _mm256_set1_pd(0.5);
-  const __m256d miss = _mm256_set1_pd(kMiss);
-  const __m128 maxv = _mm_set1_ps(maxf), absmask = _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff));
-  uint32_t c = 0;
-  for (; c + 4 <= C; c += 4) {
-    const __m256d xd = _mm256_cvtps_pd(_mm_loadu_ps(x + c));
-    const __m256d n0 = _mm256_round_pd(_mm256_mul_pd(xd, _mm256_loadu_pd(g.inv_step + c)),
-                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m256d d = _mm256_sub_pd(n0, _mm256_loadu_pd(g.center + c));
-    const __m256d in_range = _mm256_and_pd(_mm256_cmp_pd(d, lo, _CMP_GE_OQ), _mm256_cmp_pd(d, hi, _CMP_LE_OQ));
-    const __m128 step = _mm_loadu_ps(g.step + c);
-    const __m128 p = _mm_mul_ps(_mm256_cvtpd_ps(_mm256_and_pd(n0, in_range)), step);
-    const __m256d err = _mm256_sub_pd(xd, _mm256_cvtps_pd(p));
-    const __m256d half = _mm256_mul_pd(_mm256_cvtps_pd(step), halfc);
-    const __m256d abs_err = _mm256_max_pd(err, _mm256_sub_pd(_mm256_setzero_pd(), err));
-    const __m128 p_ok = _mm_cmp_ps(_mm_and_ps(p, absmask), maxv, _CMP_LE_OQ);
-    __m256d good = _mm256_and_pd(in_range, _mm256_cmp_pd(abs_err, half, _CMP_LE_OQ));
-    good = _mm256_and_pd(good, _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm_castps_si128(p_ok))));
-    _mm256_storeu_pd(q + c, _mm256_blendv_pd(miss, d, good));
-  }
-  for (; c < C; ++c) q[c] = quantize_fast_one(x[c], g.step[c], g.inv_step[c], g.center[c], maxf);
-}
-#endif
-
-void quantize_row_fast(const float* x, const RowGrid& g, uint32_t C, float maxf, double* q) {
-#if defined(__x86_64__)
-  static const bool avx2 = __builtin_cpu_supports("avx2");
-  if (avx2 && simd_enabled()) return quantize_row_fast_avx2(x, g, C, maxf, q);
-#endif
-  quantize_row_fast_scalar(x, g, C, maxf, q);
 }
 
 #if defined(__x86_64__)
@@ -146,18 +98,244 @@ void widen_to_f32(const uint8_t* raw, uint8_t dt, size_t n, float* out) {
   }
 }
 
-void quantize_row(const float* x, const RowGrid& g, uint32_t C, uint8_t dt, int16_t* q) {
-  thread_local std::vector<double> d;
-  d.resize(C);
-  quantize_row_fast(x, g, C, max_finite(dt), d.data());
-  for (uint32_t c = 0; c < C; ++c) {
-    if (d[c] != kMiss) {
-      q[c] = int16_t(d[c]);
-      continue;
+void add_row_sums_scalar(const float* x, uint32_t n, const ChannelSumsSoA& s);
+
+// The scalar path of one element: the fast test, then quantize_grid's full search.
+inline int16_t quantize_one(float x, const RowGrid& g, uint32_t c, uint8_t dt, float maxf) {
+  const double d = quantize_fast_one(x, g.step[c], g.inv_step[c], g.center[c], maxf);
+  if (d != kMiss) return int16_t(d);
+  const int32_t n = quantize_grid(x, g.step[c], g.inv_step[c], g.center_i[c], dt);
+  return n == kEscapeIndex ? kEscapeQ : int16_t(n - g.center_i[c]);
+}
+
+void quantize_row_scalar(const float* x, const RowGrid& g, uint32_t C, uint8_t dt, int16_t* q) {
+  const float maxf = max_finite(dt);
+  for (uint32_t c = 0; c < C; ++c) q[c] = quantize_one(x[c], g, c, dt, maxf);
+}
+
+#if defined(__x86_64__)
+// The fast path for 4 channels from c: the offsets as int32 (0 where missed) and the mask of
+// the misses.
+__attribute__((target("avx2"))) inline uint32_t quantize4_avx2(const float* x, const RowGrid& g, uint32_t c,
+                                                                __m128 maxv, __m128i* d_out) {
+  const __m256d lo = _mm256_set1_pd(-255.0), hi = _mm256_set1_pd(255.0), halfc = _mm256_set1_pd(0.5);
+  const __m128 absmask = _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff));
+  const __m256d xd = _mm256_cvtps_pd(_mm_loadu_ps(x + c));
+  const __m256d n0 = _mm256_round_pd(_mm256_mul_pd(xd, _mm256_loadu_pd(g.inv_step + c)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256d d = _mm256_sub_pd(n0, _mm256_loadu_pd(g.center + c));
+  const __m256d in_range = _mm256_and_pd(_mm256_cmp_pd(d, lo, _CMP_GE_OQ), _mm256_cmp_pd(d, hi, _CMP_LE_OQ));
+  const __m128 step = _mm_loadu_ps(g.step + c);
+  const __m128 p = _mm_mul_ps(_mm256_cvtpd_ps(_mm256_and_pd(n0, in_range)), step);
+  const __m256d err = _mm256_sub_pd(xd, _mm256_cvtps_pd(p));
+  const __m256d half = _mm256_mul_pd(_mm256_cvtps_pd(step), halfc);
+  const __m256d abs_err = _mm256_max_pd(err, _mm256_sub_pd(_mm256_setzero_pd(), err));
+  const __m128 p_ok = _mm_cmp_ps(_mm_and_ps(p, absmask), maxv, _CMP_LE_OQ);
+  __m256d good = _mm256_and_pd(in_range, _mm256_cmp_pd(abs_err, half, _CMP_LE_OQ));
+  good = _mm256_and_pd(good, _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm_castps_si128(p_ok))));
+  *d_out = _mm256_cvtpd_epi32(_mm256_and_pd(d, good));  // integral values, exact
+  return uint32_t(_mm256_movemask_pd(good)) ^ 0xfu;
+}
+
+// quantize_fast_one eight at a time, packed to int16; the elements the fast test misses go
+// through quantize_one.
+__attribute__((target("avx2"))) void quantize_row_avx2(const float* x, const RowGrid& g, uint32_t C, uint8_t dt,
+                                                        int16_t* q) {
+  const float maxf = max_finite(dt);
+  const __m128 maxv = _mm_set1_ps(maxf);
+  uint32_t c = 0;
+  for (; c + 8 <= C; c += 8) {
+    __m128i a, b;
+    const uint32_t miss = quantize4_avx2(x, g, c, maxv, &a) | quantize4_avx2(x, g, c + 4, maxv, &b) << 4;
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + c), _mm_packs_epi32(a, b));
+    for (uint32_t m = miss; m; m &= m - 1) {
+      const uint32_t k = c + uint32_t(__builtin_ctz(m));
+      q[k] = quantize_one(x[k], g, k, dt, maxf);
     }
-    const int32_t n = quantize_grid(x[c], g.step[c], g.inv_step[c], g.center_i[c], dt);
-    q[c] = n == kEscapeIndex ? kEscapeQ : int16_t(n - g.center_i[c]);
   }
+  for (; c < C; ++c) q[c] = quantize_one(x[c], g, c, dt, maxf);
+}
+#endif
+
+#if defined(__x86_64__)
+// GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own _mm512_undefined_* operands.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#define KVCODEC_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,f16c")))
+
+// The fast path for 8 channels from c with AVX-512: the offsets as int32 (0 where missed) and
+// the mask of the misses. The same IEEE operations as quantize_fast_one.
+KVCODEC_AVX512 inline uint32_t quantize8_avx512(const float* x, const RowGrid& g, uint32_t c, __m256 maxv,
+                                                __m256i* d_out) {
+  const __m512d xd = _mm512_cvtps_pd(_mm256_loadu_ps(x + c));
+  const __m512d n0 = _mm512_roundscale_pd(_mm512_mul_pd(xd, _mm512_loadu_pd(g.inv_step + c)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512d d = _mm512_sub_pd(n0, _mm512_loadu_pd(g.center + c));
+  const __mmask8 in_range = _mm512_cmp_pd_mask(d, _mm512_set1_pd(-255.0), _CMP_GE_OQ) &
+                            _mm512_cmp_pd_mask(d, _mm512_set1_pd(255.0), _CMP_LE_OQ);
+  const __m256 step = _mm256_loadu_ps(g.step + c);
+  const __m256 p = _mm256_mul_ps(_mm512_cvtpd_ps(_mm512_maskz_mov_pd(in_range, n0)), step);
+  const __m512d err = _mm512_sub_pd(xd, _mm512_cvtps_pd(p));
+  const __m512d half = _mm512_mul_pd(_mm512_cvtps_pd(step), _mm512_set1_pd(0.5));
+  const __m512d abs_err = _mm512_max_pd(err, _mm512_sub_pd(_mm512_setzero_pd(), err));
+  const __m256 abs_p = _mm256_and_ps(p, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)));
+  const __mmask8 good = in_range & _mm512_cmp_pd_mask(abs_err, half, _CMP_LE_OQ) &
+                        _mm256_cmp_ps_mask(abs_p, maxv, _CMP_LE_OQ);
+  *d_out = _mm512_cvtpd_epi32(_mm512_maskz_mov_pd(good, d));  // integral values, exact
+  return uint32_t(good) ^ 0xffu;
+}
+
+KVCODEC_AVX512 void quantize_row_avx512(const float* x, const RowGrid& g, uint32_t C, uint8_t dt, int16_t* q) {
+  const float maxf = max_finite(dt);
+  const __m256 maxv = _mm256_set1_ps(maxf);
+  uint32_t c = 0;
+  for (; c + 16 <= C; c += 16) {
+    __m256i a, b;
+    const uint32_t miss = quantize8_avx512(x, g, c, maxv, &a) | quantize8_avx512(x, g, c + 8, maxv, &b) << 8;
+    const __m512i ab = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + c), _mm512_cvtepi32_epi16(ab));
+    for (uint32_t m = miss; m; m &= m - 1) {
+      const uint32_t k = c + uint32_t(__builtin_ctz(m));
+      q[k] = quantize_one(x[k], g, k, dt, maxf);
+    }
+  }
+  for (; c < C; ++c) q[c] = quantize_one(x[c], g, c, dt, maxf);
+}
+
+// add_row_sums_avx2 eight channels at a time (masked adds leave a non-finite value's channel as
+// it is).
+KVCODEC_AVX512 void add_row_sums_avx512(const float* x, uint32_t n, const ChannelSumsSoA& s) {
+  uint32_t c = 0;
+  const __m256i one = _mm256_set1_epi32(1);
+  for (; c + 8 <= n; c += 8) {
+    const __m256 v = _mm256_loadu_ps(x + c);
+    const __mmask8 m = _mm256_cmp_ps_mask(_mm256_sub_ps(v, v), _mm256_setzero_ps(), _CMP_EQ_OQ);
+    const __m512d vd = _mm512_cvtps_pd(v);
+    const __m512d sum = _mm512_loadu_pd(s.sum + c), sq = _mm512_loadu_pd(s.sq + c);
+    _mm512_storeu_pd(s.sum + c, _mm512_mask_add_pd(sum, m, sum, vd));
+    _mm512_storeu_pd(s.sq + c, _mm512_mask_add_pd(sq, m, sq, _mm512_mul_pd(vd, vd)));
+    __m256i* cnt = reinterpret_cast<__m256i*>(s.count + c);
+    _mm256_storeu_si256(cnt, _mm256_mask_add_epi32(_mm256_loadu_si256(cnt), m, _mm256_loadu_si256(cnt), one));
+  }
+  add_row_sums_scalar(x + c, n - c, ChannelSumsSoA{s.sum + c, s.sq + c, s.count + c});
+}
+#pragma GCC diagnostic pop
+#endif
+
+bool use_avx2() { return avx2_enabled(); }
+
+void quantize_row(const float* x, const RowGrid& g, uint32_t C, uint8_t dt, int16_t* q) {
+#if defined(__x86_64__)
+  if (avx512_enabled()) return quantize_row_avx512(x, g, C, dt, q);
+  if (use_avx2()) return quantize_row_avx2(x, g, C, dt, q);
+#endif
+  quantize_row_scalar(x, g, C, dt, q);
+}
+
+void add_row_sums_scalar(const float* x, uint32_t n, const ChannelSumsSoA& s) {
+  for (uint32_t c = 0; c < n; ++c) {
+    const float v = x[c];
+    if (!(v - v == 0.0f)) continue;  // add_sample's test
+    s.sum[c] += v;
+    s.sq[c] += double(v) * v;
+    ++s.count[c];
+  }
+}
+
+#if defined(__x86_64__)
+// Four channels per step; a non-finite value leaves its channel's sums as they are (blend).
+__attribute__((target("avx2"))) void add_row_sums_avx2(const float* x, uint32_t n, const ChannelSumsSoA& s) {
+  uint32_t c = 0;
+  for (; c + 4 <= n; c += 4) {
+    const __m128 v = _mm_loadu_ps(x + c);
+    const __m128 finite = _mm_cmp_ps(_mm_sub_ps(v, v), _mm_setzero_ps(), _CMP_EQ_OQ);
+    const __m256d m = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm_castps_si128(finite)));
+    const __m256d vd = _mm256_cvtps_pd(v);
+    const __m256d sum = _mm256_loadu_pd(s.sum + c), sq = _mm256_loadu_pd(s.sq + c);
+    _mm256_storeu_pd(s.sum + c, _mm256_blendv_pd(sum, _mm256_add_pd(sum, vd), m));
+    _mm256_storeu_pd(s.sq + c, _mm256_blendv_pd(sq, _mm256_add_pd(sq, _mm256_mul_pd(vd, vd)), m));
+    const __m128i cnt = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s.count + c));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(s.count + c), _mm_sub_epi32(cnt, _mm_castps_si128(finite)));
+  }
+  add_row_sums_scalar(x + c, n - c, ChannelSumsSoA{s.sum + c, s.sq + c, s.count + c});
+}
+#endif
+
+void add_row_sums(const float* x, uint32_t n, const ChannelSumsSoA& s) {
+#if defined(__x86_64__)
+  if (avx512_enabled()) return add_row_sums_avx512(x, n, s);
+  if (use_avx2()) return add_row_sums_avx2(x, n, s);
+#endif
+  add_row_sums_scalar(x, n, s);
+}
+
+void add_row_range(const float* x, uint32_t n, float* lo, float* hi) {
+  for (uint32_t c = 0; c < n; ++c) {
+    const float v = x[c];
+    const bool finite = v - v == 0.0f;
+    lo[c] = finite && v < lo[c] ? v : lo[c];
+    hi[c] = finite && v > hi[c] ? v : hi[c];
+  }
+}
+
+void grids_from_sums(const ChannelSumsSoA& s, const float* lo, const float* hi, uint32_t channels, uint32_t tokens,
+                     const Columns& cols, double rel_step, StepMode mode, ChannelGrid* grids) {
+  std::vector<ChannelSums> sums(channels);
+  for (uint32_t c = 0; c < channels; ++c) {
+    ChannelSums& cs = sums[c];
+    cs = ChannelSums{s.sum[c], s.sq[c], s.count[c], 0, lo[c], hi[c]};
+    finish_sums(cs);
+    double a, b;  // robust passes (encode_values.hpp): rare, so column-wise
+    for (int pass = 0; pass < kRobustPasses && outlier_range(cs, &a, &b); ++pass) {
+      ChannelSums next;
+      for (uint32_t t = 0; t < tokens; ++t) add_sample_in(next, cols.value(cols.base, size_t(t) * cols.pitch + c), a, b);
+      if (!accept_pass(cs, next)) break;
+    }
+  }
+  const double layer_rms = mode == StepMode::kLayer ? layer_scale(sums.data(), channels) : 0.0;
+  for (uint32_t c = 0; c < channels; ++c) grids[c] = channel_grid(sums[c], layer_rms, mode, rel_step);
+}
+
+// Deltas of one token's block to its anchor's (delta_value, on int16 so it vectorises).
+void delta_row(int16_t* v, const int16_t* a, uint32_t n) {
+  for (uint32_t j = 0; j < n; ++j) {
+    const int16_t q = v[j], qa = a[j] == kEscapeQ ? int16_t(0) : a[j];
+    const int16_t d = int16_t(q - qa);  // |q|, |qa| <= 255: no overflow
+    v[j] = q == kEscapeQ || d < -kQLimit || d > kQLimit ? kEscapeQ : d;
+  }
+}
+
+template <int kIsa>  // 0 scalar, 1 AVX2, 2 AVX-512
+void quantize_columns_impl(const uint8_t* raw, uint8_t dt, uint32_t t0, uint32_t t1, uint32_t C, uint32_t c0, uint32_t n,
+                           const RowGrid& g, uint32_t CT, uint32_t GT, int16_t* val, size_t VP) {
+  const size_t es = dtype_size(DType(dt));
+  const RowGrid gb{g.step + c0, g.inv_step + c0, g.center + c0, g.center_i + c0};
+  float xb[kColumnBlock];
+  for (uint32_t t = t0; t < t1; ++t) {
+    const uint8_t* r = raw + (size_t(t) * C + c0) * es;
+    int16_t* vr = val + size_t(t) * VP + c0;
+#if defined(__x86_64__)
+    if constexpr (kIsa > 0) {
+      if (dt == 2) f16_to_f32_avx2(reinterpret_cast<const uint16_t*>(r), n, xb);
+      else widen_to_f32(r, dt, n, xb);
+      if constexpr (kIsa == 2) quantize_row_avx512(xb, gb, n, dt, vr);
+      else quantize_row_avx2(xb, gb, n, dt, vr);
+    } else
+#endif
+    {
+      widen_to_f32(r, dt, n, xb);
+      quantize_row_scalar(xb, gb, n, dt, vr);
+    }
+    const uint32_t in_group = (t % CT) % GT;
+    if (in_group) delta_row(vr, vr - size_t(in_group) * VP, n);
+  }
+}
+
+void quantize_columns(const uint8_t* raw, uint8_t dt, uint32_t t0, uint32_t t1, uint32_t C, uint32_t c0, uint32_t n,
+                      const RowGrid& g, uint32_t chunk_tokens, uint32_t group_tokens, int16_t* val, size_t val_pitch) {
+  if (avx512_enabled()) return quantize_columns_impl<2>(raw, dt, t0, t1, C, c0, n, g, chunk_tokens, group_tokens, val, val_pitch);
+  if (use_avx2()) return quantize_columns_impl<1>(raw, dt, t0, t1, C, c0, n, g, chunk_tokens, group_tokens, val, val_pitch);
+  quantize_columns_impl<0>(raw, dt, t0, t1, C, c0, n, g, chunk_tokens, group_tokens, val, val_pitch);
 }
 
 }  // namespace detail

@@ -10,10 +10,28 @@ namespace {
 
 constexpr uint32_t kMaxChunks = 1u << 20;
 constexpr size_t kMaxOptions = 64;  // options used so far are tracked in a 64-bit mask
+// Slack before a chunk still on its way counts as overdue (Impl::predict): a busy machine can
+// leave the client's thread unscheduled for about this long.
+constexpr double kOverdueSlackS = 0.005;
 
 bool finite_nonneg(double x) { return std::isfinite(x) && x >= 0; }
 
 }  // namespace
+
+std::string_view objective_name(Objective objective) noexcept {
+  switch (objective) {
+    case Objective::kBestQualityWithinSlo: return "quality";
+    case Objective::kMinTtft: return "ttft";
+    case Objective::kMinPrefillWithinSlo: return "min-prefill";
+  }
+  return "unknown";
+}
+
+StatusOr<Objective> parse_objective(std::string_view name) {
+  for (Objective o : {Objective::kMinPrefillWithinSlo, Objective::kBestQualityWithinSlo, Objective::kMinTtft})
+    if (name == objective_name(o)) return o;
+  return InvalidArgument("objective must be min-prefill, quality or ttft");
+}
 
 // ---- CostModel ----------------------------------------------------------------------------------
 
@@ -85,6 +103,7 @@ Status ContextProfile::validate() const {
 Status ControllerConfig::validate() const {
   if (!(slo_s > 0) || !std::isfinite(slo_s)) return InvalidArgument("SLO must be > 0 and finite");
   if (!(slo_headroom >= 0 && slo_headroom < 1)) return InvalidArgument("SLO headroom must be in [0, 1)");
+  if (!(max_distortion >= 0)) return InvalidArgument("max distortion must be >= 0");
   KVCODEC_RETURN_IF_ERROR(cost.validate());
   return estimator.validate();
 }
@@ -96,6 +115,9 @@ struct Controller::Impl {
   Status on_chunk_received(uint32_t chunk, uint64_t bytes, double transfer_s, double now_s);
   Status on_progress(uint32_t chunk, uint64_t bytes_received, double now_s);
   Status on_chunk_ready(uint32_t chunk, double now_s);
+  Status on_chunk_decoded(uint32_t chunk, double decode_s);
+  double decode_gbps(int option) const noexcept;
+  void refresh_work();  // work_s_ of the KV options from the decode estimates
   StatusOr<Decision> fall_back_to_text(uint32_t chunk, double now_s);
   std::optional<double> wake_s() const noexcept;
   bool all_requested() const noexcept { return front_ == back_; }
@@ -134,6 +156,13 @@ struct Controller::Impl {
   BandwidthEstimator estimator_;
   bool text_allowed_ = false;
   std::vector<int> by_quality_;              // option indices, best quality first
+  std::vector<int> plannable_;               // by_quality_ within the objective's quality floor
+  // Decode throughput, measured online: per option (its own chunks) and the machine's load (each
+  // sample's speed over its option's seed, for options not measured yet). In "Gb/s", i.e. 8 x
+  // GB/s (resp. 8 x the ratio), to reuse the bandwidth estimator's window and fast paths.
+  std::vector<BandwidthEstimator> decode_est_;
+  BandwidthEstimator load_est_;
+  uint32_t decode_samples_ = 0;
   std::vector<std::vector<double>> work_s_;  // [chunk][option + 1]: decode / prefill seconds
   std::vector<ChunkState> state_;
   std::vector<uint32_t> request_order_;
@@ -160,6 +189,11 @@ Status Controller::on_progress(uint32_t chunk, uint64_t bytes_received, double n
   return impl_->on_progress(chunk, bytes_received, now_s);
 }
 Status Controller::on_chunk_ready(uint32_t chunk, double now_s) { return impl_->on_chunk_ready(chunk, now_s); }
+Status Controller::on_chunk_decoded(uint32_t chunk, double decode_s) {
+  return impl_->on_chunk_decoded(chunk, decode_s);
+}
+double Controller::decode_gbps(int option) const noexcept { return impl_->decode_gbps(option); }
+uint32_t Controller::decode_samples() const noexcept { return impl_->decode_samples_; }
 StatusOr<Decision> Controller::fall_back_to_text(uint32_t chunk, double now_s) {
   return impl_->fall_back_to_text(chunk, now_s);
 }
@@ -172,8 +206,60 @@ const BandwidthEstimator& Controller::estimator() const noexcept { return impl_-
 const std::vector<Decision>& Controller::decisions() const noexcept { return impl_->decisions_; }
 
 
+namespace {
+// A throughput estimator with the bandwidth estimator's window and fast paths, for decode
+// speeds: every sample counts (no minimum size), and the prior is the seed's measurement.
+EstimatorConfig decode_estimator_config(const EstimatorConfig& link, double prior) {
+  EstimatorConfig e = link;
+  e.prior_gbps = prior > 0 ? prior : 1.0;
+  e.prior_measured = true;
+  e.min_sample_bytes = 0;
+  return e;
+}
+}  // namespace
+
 Controller::Impl::Impl(ContextProfile profile, ControllerConfig config)
-    : profile_(std::move(profile)), config_(std::move(config)), estimator_(config_.estimator) {}
+    : profile_(std::move(profile)),
+      config_(std::move(config)),
+      estimator_(config_.estimator),
+      load_est_(decode_estimator_config(config_.estimator, 8.0)) {
+  for (const ChunkOption& o : profile_.options)
+    decode_est_.emplace_back(decode_estimator_config(config_.estimator, 8.0 * o.decode_gbps));
+}
+
+double Controller::Impl::decode_gbps(int option) const noexcept {
+  if (option < 0 || size_t(option) >= profile_.options.size()) return 0;
+  const double seed = profile_.options[size_t(option)].decode_gbps;
+  if (seed <= 0) return seed;
+  const BandwidthEstimator& own = decode_est_[size_t(option)];
+  if (own.samples() > 0) return own.estimate_gbps() / 8;
+  return seed * load_est_.estimate_gbps() / 8;
+}
+
+void Controller::Impl::refresh_work() {
+  for (int o = 0; o < int(profile_.options.size()); ++o) {
+    const double gbps = decode_gbps(o);
+    if (!(gbps > 0)) continue;
+    for (uint32_t c = 0; c < profile_.chunks(); ++c)
+      work_s_[c][size_t(o + 1)] = double(profile_.chunk_tokens[c]) * double(profile_.raw_bytes_per_token) / (gbps * 1e9);
+  }
+}
+
+Status Controller::Impl::on_chunk_decoded(uint32_t chunk, double decode_s) {
+  if (chunk >= state_.size() || state_[chunk].request_s < 0)
+    return OutOfRange("decoded a chunk that was not requested");
+  const int o = state_[chunk].option;
+  if (o == kTextOption) return InvalidArgument("decode time of a chunk recomputed from text");
+  if (!(decode_s > 0) || !std::isfinite(decode_s)) return Status::Ok();  // nothing to learn
+  const double seed = profile_.options[size_t(o)].decode_gbps;
+  if (seed <= 0) return Status::Ok();  // raw bytes: no decoder
+  const uint64_t raw = uint64_t(profile_.chunk_tokens[chunk]) * profile_.raw_bytes_per_token;
+  decode_est_[size_t(o)].add_sample(raw, decode_s);
+  load_est_.add_sample(raw, decode_s * seed);  // 8 x (measured GB/s / seed GB/s)
+  ++decode_samples_;
+  refresh_work();
+  return Status::Ok();
+}
 
 StatusOr<Controller> Controller::create(ContextProfile profile, ControllerConfig config) {
   KVCODEC_RETURN_IF_ERROR(profile.validate());
@@ -195,6 +281,7 @@ StatusOr<Controller> Controller::create(ContextProfile profile, ControllerConfig
   Impl& c = *impl;
   c.text_allowed_ = text_ok;
   c.by_quality_ = detail::options_by_quality(c.profile_);
+  c.plannable_ = detail::plannable_options(c.profile_, c.config_, text_ok);
   c.state_.resize(n);
   c.decisions_.reserve(n);
   c.back_ = n;
@@ -250,9 +337,16 @@ Controller::Impl::Prediction Controller::Impl::predict(double now_s) const {
     if (unmeasured) {
       // Cold: the prior is a guess. Once the probe window is over, what has come is the best
       // measurement there is, whichever way it points.
-      if (now_s >= probe_end_s(now_s)) gbps = delivered_gbps;
-    } else if (on_link_s > double(st.bytes) * 8 / (gbps * 1e9)) {
-      // A chunk still arriving long after it should have caps the estimate.
+      // (Nothing received yet is no measurement, until the silence is long: the client's
+      // thread may simply not have run.)
+      if (now_s >= probe_end_s(now_s) && (st.received > 0 || on_link_s > 4 * kOverdueSlackS))
+        gbps = delivered_gbps;
+    } else if (on_link_s > 1.5 * double(st.bytes) * 8 / (gbps * 1e9) + kOverdueSlackS &&
+               (st.received > 0 || on_link_s > 4 * kOverdueSlackS)) {
+      // A chunk still arriving long after it should have caps the estimate. "Long": half its
+      // expected time again plus a scheduling slack, so that a small chunk (tens of
+      // microseconds at the estimate) whose bytes the client has not read yet because its thread
+      // was not running is not taken for a collapsed link.
       gbps = std::min(gbps, delivered_gbps);
     }
     break;
@@ -339,8 +433,10 @@ detail::PlanScore Controller::Impl::score_shape(double now_s, const Prediction& 
   for (uint32_t c = 0; c < front_; ++c) ready = std::max(ready, p.ready_s[c]);
   detail::PipelineState s = p.state;
   detail::PlanScore r;
-  for (uint32_t i = 0; i < shape.text; ++i)
+  for (uint32_t i = 0; i < shape.text; ++i) {
     ready = detail::advance_text(s, now_s, ready, work_s_[front_ + i][0]);
+    r.prefill_s += work_s_[front_ + i][0];
+  }
   uint64_t used = used_mask_;
   for (uint32_t j = 0; j < back_ - front_ - shape.text; ++j) {
     const uint32_t c = back_ - 1 - j;
@@ -358,7 +454,7 @@ detail::PlanShape Controller::Impl::plan_rest(double now_s, const Prediction& p,
                                         detail::PlanScore* score_out) const {
   // Re-plans every undecided chunk at the estimate (score_shape).
   return detail::search_plans(
-      back_ - front_, by_quality_, text_allowed_, config_.objective,
+      back_ - front_, plannable_, text_allowed_, config_.objective,
       config_.slo_s * (1 - config_.slo_headroom),
       [&](const detail::PlanShape& shape) { return score_shape(now_s, p, shape); }, score_out);
 }
@@ -395,7 +491,7 @@ bool Controller::Impl::defer_text(double now_s, const Prediction& p) const {
                          config_.cost.first_token_s;
   const Prediction fastest = replay(now_s, INFINITY);
   double best_s = INFINITY;
-  for (int o : by_quality_)
+  for (int o : plannable_)
     best_s = std::min(best_s, score_shape(now_s, fastest, {0, o, o, back_ - front_}).ttft_s);
   return floor_s - best_s > probe_end_s(now_s) - now_s;
 }
@@ -490,6 +586,10 @@ std::optional<Decision> Controller::Impl::abandon_late_kv(double now_s, const Pr
     if (st.request_s < 0 || st.option == kTextOption || st.arrival_s >= 0) return std::nullopt;
     const double recompute_ready = std::max(now_s, deps) + work_s_[c][0];
     if (!(recompute_ready < p.ready_s[c])) return std::nullopt;
+    // Recompute costs GPU work: under kMinPrefillWithinSlo, only to save the SLO.
+    if (config_.objective == Objective::kMinPrefillWithinSlo &&
+        p.state.ready_max_s + config_.cost.first_token_s <= config_.slo_s * (1 - config_.slo_headroom))
+      return std::nullopt;
     Decision d;
     d.chunk = c;
     d.option = kTextOption;

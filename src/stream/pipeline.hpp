@@ -94,6 +94,7 @@ struct PlanShape {
 struct PlanScore {
   double ttft_s = 0;
   double distortion = 0;  // token-weighted sum over the planned chunks
+  double prefill_s = 0;   // GPU seconds of the planned TEXT chunks
 };
 
 // True when `x` is better than `y` for the objective; `target_s` is the TTFT to meet.
@@ -101,10 +102,14 @@ inline bool better(const PlanScore& x, const PlanScore& y, Objective objective,
                    double target_s) noexcept {
   constexpr double kRel = 1e-9;
   auto less = [](double u, double v) { return u < v - kRel * std::max(std::abs(u), std::abs(v)); };
-  if (objective == Objective::kBestQualityWithinSlo) {
+  if (objective != Objective::kMinTtft) {
     const bool fx = x.ttft_s <= target_s, fy = y.ttft_s <= target_s;
     if (fx != fy) return fx;
     if (!fx) return less(x.ttft_s, y.ttft_s);
+    if (objective == Objective::kMinPrefillWithinSlo) {
+      if (less(x.prefill_s, y.prefill_s)) return true;
+      if (less(y.prefill_s, x.prefill_s)) return false;
+    }
     if (less(x.distortion, y.distortion)) return true;
     if (less(y.distortion, x.distortion)) return false;
     return less(x.ttft_s, y.ttft_s);
@@ -127,6 +132,19 @@ inline std::vector<int> options_by_quality(const ContextProfile& p) {
     return mean[x] < mean[y];
   });
   return order;
+}
+
+// The options a plan may use under `config`, best quality first: all of them, except that
+// kMinPrefillWithinSlo drops those above its quality floor (unless nothing else could fetch the
+// context: no option within the floor and no TEXT).
+inline std::vector<int> plannable_options(const ContextProfile& p, const ControllerConfig& config,
+                                          bool text_ok) {
+  std::vector<int> order = options_by_quality(p);
+  if (config.objective != Objective::kMinPrefillWithinSlo) return order;
+  std::vector<int> kept;
+  for (int o : order)
+    if (p.options[size_t(o)].distortion <= config.max_distortion) kept.push_back(o);
+  return kept.empty() && !text_ok ? order : kept;
 }
 
 // Best PlanShape for `remaining` chunks under `objective`. `score(shape)` predicts a plan.
@@ -153,7 +171,7 @@ PlanShape search_plans(uint32_t remaining, const std::vector<int>& by_quality, b
   for (uint32_t text = 0; text <= max_text; ++text) {
     const uint32_t rest = remaining - text;
     if (rest == 0 || by_quality.empty()) {
-      consider({text, 0, 0, 0});
+      if (rest == 0) consider({text, 0, 0, 0});  // no option to fetch the rest with otherwise
       continue;
     }
     for (size_t ia = 0; ia < by_quality.size(); ++ia) {
@@ -163,7 +181,7 @@ PlanShape search_plans(uint32_t remaining, const std::vector<int>& by_quality, b
         const int b = by_quality[ib];
         auto at = [&](uint32_t k) { return PlanShape{text, a, b, k}; };
         uint32_t lo = 0, hi = rest;  // count_a in [lo, hi]
-        if (objective == Objective::kBestQualityWithinSlo) {
+        if (objective != Objective::kMinTtft) {
           // More chunks at the better option cost more time: find the largest count that fits.
           if (score(at(0)).ttft_s > target_s) continue;
           while (lo < hi) {

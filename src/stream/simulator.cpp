@@ -30,6 +30,10 @@ void summarize(const ContextProfile& p, const ControllerConfig& config, SimResul
     r->bytes += t.bytes;
     distortion += p.chunk_tokens[t.chunk] * p.distortion(t.option);
     r->text_chunks += t.option == kTextOption;
+    if (t.option == kTextOption) {
+      r->prefill_tokens += p.chunk_tokens[t.chunk];
+      r->prefill_s += config.cost.prefill_seconds(p.chunk_tokens[t.chunk], p.token_begin(t.chunk));
+    }
   }
   const double tokens = double(p.tokens());
   r->ttft_s = ready + config.cost.first_token_s;
@@ -49,6 +53,7 @@ void add_fixed_chunk(const ContextProfile& p, const CostModel& cost, const std::
   if (o == kTextOption) {
     // In context order, every earlier chunk is already in s.ready_max_s.
     detail::advance_text(s, 0.0, s.ready_max_s, work);
+    r.prefill_s += work;
     return;
   }
   uint64_t bytes = p.chunk_bytes(c, o);
@@ -89,7 +94,7 @@ struct ExactSearch {
   detail::PlanScore best;
 
   void run(uint32_t c, const detail::PipelineState& s, uint64_t used, const detail::PlanScore& spent) {
-    const detail::PlanScore so_far{s.ready_max_s + cost.first_token_s, spent.distortion};
+    const detail::PlanScore so_far{s.ready_max_s + cost.first_token_s, spent.distortion, spent.prefill_s};
     if (detail::better(best, so_far, objective, target_s)) return;
     if (c == p.chunks()) {
       if (detail::better(so_far, best, objective, target_s)) {
@@ -169,6 +174,10 @@ StatusOr<SimResult> simulate(const ContextProfile& profile, const ControllerConf
       KVCODEC_RETURN_IF_ERROR(controller.on_chunk_received(e.chunk, result.chunks[e.chunk].bytes,
                                                            busy_s[e.chunk], e.time_s));
     } else if (e.kind == 1 && e.generation == generation[e.chunk]) {
+      const int option = result.chunks[e.chunk].option;
+      if (option != kTextOption)  // the decoder's time, as a client measures it
+        KVCODEC_RETURN_IF_ERROR(controller.on_chunk_decoded(
+            e.chunk, detail::chunk_work_seconds(profile, config.cost, e.chunk, option)));
       KVCODEC_RETURN_IF_ERROR(controller.on_chunk_ready(e.chunk, e.time_s));
     }
     // The client can count the bytes of the chunk it is receiving.
@@ -214,14 +223,14 @@ StatusOr<std::vector<int>> oracle_plan(const ContextProfile& profile,
   const double target = config.slo_s;
   detail::PlanScore best;
   std::vector<int> plan = expand(detail::search_plans(
-      n, detail::options_by_quality(profile), text_ok, config.objective, target,
+      n, detail::plannable_options(profile, config, text_ok), text_ok, config.objective, target,
       [&](const detail::PlanShape& shape) { return score_plan(expand(shape)); }, &best));
 
   // Refine chunk by chunk: any single change that improves the plan is kept, until none does.
   // Each pass costs chunks x (options + 1) exact simulations.
   std::vector<int> choices;
   if (text_ok) choices.push_back(kTextOption);
-  for (int o = 0; o < int(profile.options.size()); ++o) choices.push_back(o);
+  for (int o : detail::plannable_options(profile, config, text_ok)) choices.push_back(o);
   constexpr int kMaxPasses = 64;
   for (int pass = 0; pass < kMaxPasses; ++pass) {
     bool improved = false;

@@ -84,6 +84,14 @@ std::string FetchReport::to_json() const {
   j["bytes"] = bytes;
   j["bits_per_element"] = bits_per_element;
   j["text_chunks"] = text_chunks;
+  j["objective"] = objective;
+  j["prefill_tokens"] = prefill_tokens;
+  j["prefill_gpu_s"] = prefill_gpu_s;
+  j["decode"] = nlohmann::json::array();
+  for (const auto& d : decode)
+    j["decode"].push_back({{"level", d.level}, {"seed_gbps", d.seed_gbps}, {"measured_gbps", d.measured_gbps},
+                           {"effective_gbps", d.effective_gbps},
+                           {"final_gbps", d.final_gbps}, {"chunks", d.chunks}});
   j["setup_ms"] = setup_s * 1e3;
   j["stream_ms"] = stream_s * 1e3;
   j["chunks"] = nlohmann::json::array();
@@ -97,6 +105,8 @@ std::string FetchReport::to_json() const {
                            {"arrival_ms", c.arrival_s * 1e3},
                            {"ready_ms", c.ready_s * 1e3},
                            {"estimate_gbps", c.estimate_gbps},
+                           {"work_ms", c.work_s * 1e3},
+                           {"service_ms", c.service_s * 1e3},
                            {"attempts", c.attempts},
                            {"fallback", c.fallback},
                            {"abandoned_kv", c.abandoned_kv}});
@@ -123,6 +133,11 @@ class Worker {
   struct Done {
     uint32_t chunk;
     Status status;
+    double work_s;     // the job's own time on the worker
+    // From when the worker could have taken the job (queued, and the previous job done) until it
+    // was done: work_s plus the wait for the thread to be scheduled -- what the job cost the
+    // queue on this machine, as the timing model counts a FIFO server's time.
+    double service_s;
   };
 
   Worker(int event_fd, std::mutex& done_mu, std::deque<Done>& done)
@@ -138,7 +153,7 @@ class Worker {
   void submit(uint32_t chunk, Job job) {
     {
       std::lock_guard lock(mu_);
-      jobs_.push_back({chunk, std::move(job)});
+      jobs_.push_back({chunk, std::move(job), std::chrono::steady_clock::now()});
     }
     cv_.notify_one();
   }
@@ -146,7 +161,7 @@ class Worker {
  private:
   void run() {
     for (;;) {
-      std::pair<uint32_t, Job> job;
+      Queued job;
       {
         std::unique_lock lock(mu_);
         cv_.wait(lock, [&] { return quit_ || !jobs_.empty(); });
@@ -154,10 +169,15 @@ class Worker {
         job = std::move(jobs_.front());
         jobs_.pop_front();
       }
-      Status s = job.second();
+      const auto t0 = std::chrono::steady_clock::now();
+      Status s = job.run();
+      const auto t1 = std::chrono::steady_clock::now();
+      const double work_s = std::chrono::duration<double>(t1 - t0).count();
+      const double service_s = std::chrono::duration<double>(t1 - std::max(job.queued, last_done_)).count();
+      last_done_ = t1;
       {
         std::lock_guard lock(done_mu_);
-        done_.push_back({job.first, s});
+        done_.push_back({job.chunk, s, work_s, service_s});
       }
       const uint64_t one = 1;
       [[maybe_unused]] ssize_t n = ::write(event_fd_, &one, sizeof one);
@@ -168,7 +188,13 @@ class Worker {
   std::deque<Done>& done_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<std::pair<uint32_t, Job>> jobs_;
+  struct Queued {
+    uint32_t chunk = 0;
+    Job run;
+    std::chrono::steady_clock::time_point queued;
+  };
+  std::deque<Queued> jobs_;
+  std::chrono::steady_clock::time_point last_done_{};  // the worker's thread only
   bool quit_ = false;
   std::thread thread_;
 };
@@ -240,6 +266,12 @@ class Fetcher {
   Manifest manifest_;
   std::optional<Controller> controller_;
   std::map<int, std::vector<uint8_t>> heads_;  // verified heads by level
+  std::map<int, FrameDecoder> decoders_;       // opened once per level (tables built once)
+  // Response buffers, recycled once their chunk is decoded: after the first few chunks no
+  // response lands in freshly mapped memory (no first-touch page faults per chunk).
+  std::vector<uint8_t> take_buffer(size_t bytes);
+  std::shared_ptr<std::mutex> pool_mu_ = std::make_shared<std::mutex>();
+  std::shared_ptr<std::vector<std::vector<uint8_t>>> pool_ = std::make_shared<std::vector<std::vector<uint8_t>>>();
   std::vector<Chunk> chunks_;
   std::deque<Outstanding> outstanding_;
   std::set<uint32_t> text_pending_;  // TEXT chunks waiting for every earlier chunk
@@ -404,6 +436,10 @@ Status Fetcher::pump_socket() {
       dst = hdr_ + hdr_have_;
       want = kMessageHeaderBytes - hdr_have_;
     } else {
+      // The buffer grows with the bytes that arrive (from 64 KiB, doubling), not with what the
+      // header claims: a server cannot make the client allocate what it never sends.
+      if (payload_have_ == payload_.size())
+        payload_.resize(size_t(std::min<uint64_t>(cur_->payload_bytes, std::max<size_t>(2 * payload_have_, 64 << 10))));
       dst = payload_.data() + payload_have_;
       want = payload_.size() - payload_have_;
     }
@@ -430,7 +466,8 @@ Status Fetcher::pump_socket() {
       if (h->payload_bytes > limit || (h->type != MsgType::kChunk && h->type != MsgType::kError))
         return reconnect(CorruptData("unexpected response type or size"));
       cur_ = *h;
-      payload_.assign(h->payload_bytes, 0);
+      // A recycled buffer (its pages already resident), grown below as the bytes arrive.
+      payload_ = take_buffer(0);
       payload_have_ = 0;
     } else {
       payload_have_ += size_t(n);
@@ -442,7 +479,7 @@ Status Fetcher::pump_socket() {
           c.attempts_at_level == 1 && payload_have_ > 8)
         KVCODEC_RETURN_IF_ERROR(controller_->on_progress(q.chunk, payload_have_ - 8, last_byte_s_));
     }
-    if (cur_ && payload_have_ == payload_.size()) {
+    if (cur_ && payload_have_ == cur_->payload_bytes) {
       MessageHeader h = *cur_;
       cur_.reset();
       hdr_have_ = 0;
@@ -482,7 +519,10 @@ Status Fetcher::on_response(const MessageHeader& h, std::vector<uint8_t>& payloa
   if (q.with_head) {
     Status hs = verify_head(manifest_, q.level, head);
     if (!hs.ok()) return chunk_failed(q.chunk, q.level, hs, true);
+    auto decoder = FrameDecoder::open(head);
+    if (!decoder.ok()) return chunk_failed(q.chunk, q.level, decoder.status().with_context("head"), false);
     heads_[q.level].assign(head.begin(), head.end());
+    decoders_.insert_or_assign(q.level, std::move(*decoder));
   }
   Status bs = verify_chunk(manifest_, q.level, q.chunk, body);
   if (!bs.ok()) return chunk_failed(q.chunk, q.level, bs, true);
@@ -495,15 +535,21 @@ Status Fetcher::on_response(const MessageHeader& h, std::vector<uint8_t>& payloa
   c.rep.bytes = kMessageHeaderBytes + payload.size();
   KVCODEC_RETURN_IF_ERROR(controller_->on_chunk_received(q.chunk, c.rep.bytes, t - first_byte_s, t));
   c.phase = Phase::kWorking;
-  // The job owns the body; the head stays in heads_ (never erased once verified).
-  auto owned = std::make_shared<std::vector<uint8_t>>(body.begin(), body.end());
-  const std::vector<uint8_t>* head_ptr = &heads_[q.level];
+  // The job owns the response buffer (the body is in it) and gives it back to the pool once the
+  // chunk is decoded; the decoder stays in decoders_ (never erased once opened).
+  auto owned = std::make_shared<std::vector<uint8_t>>(std::move(payload));
+  const size_t body_offset = size_t(body.data() - owned->data());
+  const size_t body_size = body.size();
+  const FrameDecoder* decoder = &decoders_.at(q.level);
   DecodeOptions dopt;
   dopt.threads = o_.decode_threads;
   KVView dst = out_->view();
   const uint32_t chunk = q.chunk;
-  decoder_->submit(chunk, [head_ptr, owned, chunk, dst, dopt] {
-    return decode_chunk_into(*head_ptr, chunk, *owned, dst, dopt);
+  decoder_->submit(chunk, [decoder, owned, body_offset, body_size, chunk, dst, dopt, mu = pool_mu_, pool = pool_] {
+    Status s = decoder->decode_chunk(chunk, std::span<const uint8_t>(owned->data() + body_offset, body_size), dst, dopt);
+    std::lock_guard lock(*mu);
+    pool->push_back(std::move(*owned));
+    return s;
   });
   return Status::Ok();
 }
@@ -544,6 +590,22 @@ Status Fetcher::chunk_failed(uint32_t chunk, int level, const Status& why, bool 
                           (manifest_.has_text() && o_.recompute ? "" : " and has no text fallback"));
 }
 
+std::vector<uint8_t> Fetcher::take_buffer(size_t bytes) {
+  std::vector<uint8_t> b;
+  {
+    std::lock_guard lock(*pool_mu_);
+    // The largest buffer: it already holds the most pages in memory.
+    auto it = std::max_element(pool_->begin(), pool_->end(),
+                               [](const auto& x, const auto& y) { return x.capacity() < y.capacity(); });
+    if (it != pool_->end()) {
+      b = std::move(*it);
+      pool_->erase(it);
+    }
+  }
+  b.resize(bytes);  // within the capacity: no allocation, only the growth is written
+  return b;
+}
+
 Status Fetcher::drain_workers() {
   uint64_t count;
   [[maybe_unused]] ssize_t n = ::read(event_fd_, &count, sizeof count);
@@ -562,6 +624,9 @@ Status Fetcher::drain_workers() {
     }
     c.phase = Phase::kReady;
     c.rep.ready_s = now();
+    c.rep.work_s = d.work_s;
+    c.rep.service_s = d.service_s;
+    if (c.level >= 0) KVCODEC_RETURN_IF_ERROR(controller_->on_chunk_decoded(d.chunk, d.service_s));
     c.rep.chunk = d.chunk;
     c.rep.level = c.level;
     c.rep.via = c.level < 0 ? std::string("text") : level_name(c.level);
@@ -592,15 +657,33 @@ Status Fetcher::run() {
   report_->chunk_tokens = manifest_.chunk_tokens;
   // A destination of the right shape and dtype is used as it is (a server's preallocated KV
   // memory); anything else is replaced.
+  const uint64_t output_bytes = manifest_.shape.elements() * dtype_size(manifest_.dtype);
+  if (output_bytes > o_.max_output_bytes) {
+    Status big = ResourceExhausted("manifest: the context decodes to " + std::to_string(output_bytes) +
+                                   " bytes, over the limit of " + std::to_string(o_.max_output_bytes));
+    fail(-1, -1, big, "abort");
+    return big;
+  }
   if (out_->dtype != manifest_.dtype || out_->shape != manifest_.shape ||
       out_->data.size() != manifest_.shape.elements() * dtype_size(manifest_.dtype)) {
     KVCODEC_ASSIGN_OR_RETURN(*out_, KVCache::allocate(manifest_.dtype, manifest_.shape));
   }
   const bool text_ok = bool(o_.recompute);
   ContextProfile profile = profile_from_manifest(manifest_, o_.decode_gbps, text_ok);
+  if (o_.decode_gbps <= 0 && o_.calibrate_decoder) {
+    // The seed of the online decode estimate: this machine's warm decode speed (memoized).
+    for (size_t i = 0; i < manifest_.levels.size(); ++i) {
+      KVCODEC_ASSIGN_OR_RETURN(profile.options[i].decode_gbps,
+                               calibrate_decode_gbps(manifest_.dtype, manifest_.shape, manifest_.levels[i].level,
+                                                     o_.decode_threads));
+    }
+  }
+  for (size_t i = 0; i < manifest_.levels.size(); ++i)
+    report_->decode.push_back({manifest_.levels[i].level, profile.options[i].decode_gbps, 0, 0, 0});
   ControllerConfig cc = o_.controller;
   if (o_.on_manifest) KVCODEC_RETURN_IF_ERROR(o_.on_manifest(manifest_, cc));
   if (!text_ok) cc.cost.prefill_tokens_per_s = 0;  // TEXT is not an option without recompute
+  report_->objective = std::string(objective_name(cc.objective));
   KVCODEC_ASSIGN_OR_RETURN(Controller ctl, Controller::create(std::move(profile), cc));
   controller_.emplace(std::move(ctl));
   chunks_.resize(manifest_.num_chunks());
@@ -641,10 +724,31 @@ Status Fetcher::run() {
   report_->slo_met = report_->ttft_s <= o_.controller.slo_s;
   report_->complete = true;
   uint64_t delivered = 0;
+  std::vector<double> decode_s(manifest_.levels.size(), 0), service_s(decode_s), raw(decode_s);
+  const CostModel& cost = controller_->config().cost;
   for (const Chunk& c : chunks_) {
     report_->chunks.push_back(c.rep);
-    if (c.level < 0) ++report_->text_chunks;
-    if (c.level >= 0) delivered += c.rep.bytes;
+    const uint32_t tokens = manifest_.chunk_token_count(c.rep.chunk);
+    if (c.level < 0) {
+      ++report_->text_chunks;
+      report_->prefill_tokens += tokens;
+      report_->prefill_gpu_s += cost.prefill_seconds(tokens, manifest_.chunk_token_begin(c.rep.chunk));
+      continue;
+    }
+    delivered += c.rep.bytes;
+    for (size_t i = 0; i < manifest_.levels.size(); ++i) {
+      if (manifest_.levels[i].level != c.level) continue;
+      decode_s[i] += c.rep.work_s;
+      service_s[i] += c.rep.service_s;
+      raw[i] += double(manifest_.raw_chunk_bytes(c.rep.chunk));
+      ++report_->decode[i].chunks;
+    }
+  }
+  for (size_t i = 0; i < manifest_.levels.size(); ++i) {
+    DecodeSpeed& d = report_->decode[i];
+    d.measured_gbps = decode_s[i] > 0 ? raw[i] / decode_s[i] / 1e9 : 0;
+    d.effective_gbps = service_s[i] > 0 ? raw[i] / service_s[i] / 1e9 : 0;
+    d.final_gbps = controller_->decode_gbps(int(i));
   }
   report_->bits_per_element = 8.0 * double(delivered) / double(manifest_.shape.elements());
   return Status::Ok();

@@ -47,6 +47,9 @@ struct Row {
   double rel_error = 0;
   uint32_t text_chunks = 0;
   bool slo_met = false;
+  uint64_t prefill_tokens = 0;  // recomputed from text
+  double prefill_gpu_s = 0;     // their GPU seconds by the cost model
+  bool within_floor = true;     // every fetched chunk within the objective's quality floor
 };
 
 // Copies tokens [begin, begin + count) of every layer and K/V from `from` into `to`.
@@ -132,13 +135,18 @@ std::string make_svg(const FetchReport& r, const LinkTrace& trace, const std::ve
   s << "<text x='10' y='" << tl_top + bw_h + tl_h + 16
     << "'>solid: transfer, light: decode, black tick: recomputed from text (ready time)</text>\n";
   // TTFT per strategy.
-  s << "<text x='10' y='" << bars_top - 12 << "' font-weight='bold'>TTFT per strategy (same context, link and costs)</text>\n";
+  s << "<text x='10' y='" << bars_top - 26 << "' font-weight='bold'>TTFT per strategy (same context, link and costs)</text>\n"
+    << "<text x='10' y='" << bars_top - 12 << "'><tspan fill='#d95f02' font-weight='bold'>orange: the REAL fetch over "
+    << "loopback TCP</tspan>; purple: simulated, with the decode speeds the real fetch measured</text>\n";
   for (size_t i = 0; i < rows.size(); ++i) {
     const double y = bars_top + bar_h * double(i);
-    s << "<text x='" << left - 6 << "' y='" << y + bar_h - 5 << "' text-anchor='end'>" << svg_escape(rows[i].strategy)
+    const bool real = rows[i].source == "real TCP";
+    s << "<text x='" << left - 6 << "' y='" << y + bar_h - 5 << "' text-anchor='end'"
+      << (real ? " font-weight='bold'" : "") << ">" << svg_escape(rows[i].strategy + (real ? " [REAL fetch]" : ""))
       << "</text>\n<rect x='" << left << "' y='" << y + 2 << "' width='" << x(rows[i].ttft_s) - left << "' height='"
       << bar_h - 4 << "' fill='" << (rows[i].source == "real TCP" ? "#d95f02" : "#7570b3") << "'/>\n<text x='"
-      << x(rows[i].ttft_s) + 4 << "' y='" << y + bar_h - 5 << "'>" << std::lround(rows[i].ttft_s * 1e3) << " ms</text>\n";
+      << x(rows[i].ttft_s) + 4 << "' y='" << y + bar_h - 5 << "'>" << std::lround(rows[i].ttft_s * 1e3) << " ms, prefill "
+      << rows[i].prefill_tokens << " tokens</text>\n";
   }
   s << "<line x1='" << x(slo_s) << "' x2='" << x(slo_s) << "' y1='" << bars_top - 4 << "' y2='"
     << bars_top + bar_h * double(rows.size()) << "' stroke='red' stroke-dasharray='4'/>\n<text x='" << x(slo_s) + 3
@@ -162,14 +170,14 @@ struct DemoOptions {
   double slo_s = 0;        // 0: derived from the prefill rate
   double prefill_tps = 0;  // 0: measured (--model) or assumed
   int workers = 1;         // encoder / decoder threads
-  std::vector<int> levels = {2, 5, 8};
+  std::vector<int> levels = {1, 2, 5, 8};  // 1: near-lossless
   std::string store, out_dir, model, tokenizer, text;
 };
 
 // Declares and parses the options; -1 when the demo should run, else the exit code.
 int parse_demo_options(Args& a, int argc, char** argv, DemoOptions& o) {
   a.option("--tokens", "context tokens (default 4096 synthetic; real model: up to its context length)")
-      .option("--levels", "levels to store (default 2,5,8)")
+      .option("--levels", "levels to store (default 1,2,5,8; 1 is near-lossless)")
       .option("--chunk-tokens", "tokens per chunk (default 256; 64 with --model)")
       .option("--store", "mem: (default), file:DIR or redis://HOST:PORT")
       .option("--out", "report directory (default ./kvcodec-demo-out)")
@@ -281,11 +289,22 @@ StatusOr<Manifest> store_levels(const DemoOptions& o, DemoContext& c, std::share
   po.measure_chunks = 2;  // error and decode speed measured on a sample of two chunks
   auto t_put = Clock::now();
   KVCODEC_ASSIGN_OR_RETURN(Manifest manifest, put_context(*store, "demo", c.kv.view(), po));
-  std::printf("\nstored at %zu levels in %s (%.1f s):\n  %6s %12s %10s %10s %10s\n", manifest.levels.size(),
-              store->uri().c_str(), since(t_put), "level", "MB", "bits/elem", "rel.err", "dec GB/s");
-  for (const auto& l : manifest.levels)
+  const double put_s = since(t_put);
+  // The decoder's seed speeds: warm (reused decoder and destination), on this machine with the
+  // fetch's thread count, before the fetch (memoized: the fetch's setup finds them).
+  std::vector<double> warm;
+  for (const auto& l : manifest.levels) {
+    KVCODEC_ASSIGN_OR_RETURN(double g, calibrate_decode_gbps(c.kv.dtype, c.kv.shape, l.level, o.workers));
+    warm.push_back(g);
+  }
+  std::printf("\nstored at %zu levels in %s (%.1f s); decode speed: warm calibration, %d threads:\n"
+              "  %6s %12s %10s %10s %10s\n", manifest.levels.size(), store->uri().c_str(), put_s, o.workers,
+              "level", "MB", "bits/elem", "rel.err", "dec GB/s");
+  for (size_t i = 0; i < manifest.levels.size(); ++i) {
+    const auto& l = manifest.levels[i];
     std::printf("  %6d %12.2f %10.3f %10.4f %10.2f\n", l.level, double(l.frame_bytes()) / 1e6,
-                8.0 * double(l.frame_bytes()) / double(c.kv.shape.elements()), l.rel_error, l.decode_gbps);
+                8.0 * double(l.frame_bytes()) / double(c.kv.shape.elements()), l.rel_error, warm[i]);
+  }
   return manifest;
 }
 
@@ -341,15 +360,25 @@ Status fetch_with_controller(DemoOptions& o, const DemoContext& c, std::shared_p
 // strategies; raw fp16 is an extra option for its own row only (the server does not hold it).
 StatusOr<std::vector<Row>> compare_strategies(const DemoContext& c, const Manifest& m, const LinkTrace& trace,
                                               const ControllerConfig& base, const FetchReport& report) {
-  const ContextProfile profile = profile_from_manifest(m, 0, true);
+  // Decode speeds: what the real fetch measured (its final estimate for levels it did not fetch),
+  // so the simulation describes this machine as the fetch found it.
+  ContextProfile profile = profile_from_manifest(m, 0, true);
+  for (size_t i = 0; i < report.decode.size() && i < profile.options.size(); ++i) {
+    const DecodeSpeed& d = report.decode[i];
+    profile.options[i].decode_gbps = d.chunks > 0 ? d.effective_gbps : d.final_gbps > 0 ? d.final_gbps : d.seed_gbps;
+  }
   ContextProfile with_fp16 = profile;
   with_fp16.options.push_back(ChunkOption{"fp16", -1, 0.0, 0.0, 0});  // raw bytes: nothing to decode
   for (uint32_t k = 0; k < m.num_chunks(); ++k) with_fp16.bytes[k].push_back(m.raw_chunk_bytes(k));
   const int fp16_option = int(with_fp16.options.size()) - 1;
   std::vector<Row> rows;
   auto simulate_row = [&](const std::string& name, ControllerConfig cc) -> Status {
-    KVCODEC_ASSIGN_OR_RETURN(SimResult r, simulate(cc.plan == std::vector<int>{fp16_option} ? with_fp16 : profile, cc, trace));
-    rows.push_back({name, "simulated", r.ttft_s, r.bits_per_element, r.distortion, r.text_chunks, r.slo_met});
+    const ContextProfile& p = cc.plan == std::vector<int>{fp16_option} ? with_fp16 : profile;
+    KVCODEC_ASSIGN_OR_RETURN(SimResult r, simulate(p, cc, trace));
+    bool within = true;
+    for (const ChunkTimeline& t : r.chunks) within &= t.option < 0 || p.options[size_t(t.option)].distortion <= base.max_distortion;
+    rows.push_back({name, "simulated", r.ttft_s, r.bits_per_element, r.distortion, r.text_chunks, r.slo_met,
+                    r.prefill_tokens, r.prefill_s, within});
     return Status::Ok();
   };
   auto fixed = [&](std::vector<int> plan) {
@@ -359,10 +388,15 @@ StatusOr<std::vector<Row>> compare_strategies(const DemoContext& c, const Manife
     return cc;
   };
   double fetched_error = 0;
-  for (const auto& r : report.chunks)
-    if (r.level >= 0) fetched_error += m.find_level(r.level)->rel_error * m.chunk_token_count(r.chunk);
+  bool within = true;
+  for (const auto& r : report.chunks) {
+    if (r.level < 0) continue;
+    fetched_error += m.find_level(r.level)->rel_error * m.chunk_token_count(r.chunk);
+    within &= m.find_level(r.level)->rel_error <= base.max_distortion;
+  }
   rows.push_back({"kvcodec adaptive", "real TCP", report.ttft_s, report.bits_per_element,
-                  fetched_error / c.kv.shape.tokens, report.text_chunks, report.slo_met});
+                  fetched_error / c.kv.shape.tokens, report.text_chunks, report.slo_met, report.prefill_tokens,
+                  report.prefill_gpu_s, within});
   KVCODEC_RETURN_IF_ERROR(simulate_row("kvcodec adaptive", base));
   ControllerConfig equal = base;
   equal.policy = Policy::kEqualBudget;
@@ -377,11 +411,22 @@ StatusOr<std::vector<Row>> compare_strategies(const DemoContext& c, const Manife
 }
 
 void print_strategies(const std::vector<Row>& rows, const FetchReport& report, const ControllerConfig& base) {
-  std::printf("\n%-28s %-10s %10s %10s %10s %6s %5s\n", "strategy", "source", "TTFT ms", "bits/elem", "rel.err",
-              "text", "SLO");
+  std::printf("\ndecode GB/s per level (%s objective): seed = warm calibration; in the fetch: warm decode "
+              "(work) and effective (with the decoder thread's scheduling waits, what the plan used)\n",
+              report.objective.c_str());
+  for (const DecodeSpeed& d : report.decode) {
+    if (d.chunks)
+      std::printf("  L%d  seed %5.2f   fetch: warm %5.2f  effective %5.2f  (%u chunks)\n", d.level, d.seed_gbps,
+                  d.measured_gbps, d.effective_gbps, d.chunks);
+    else
+      std::printf("  L%d  seed %5.2f   not fetched (planned at %.2f)\n", d.level, d.seed_gbps, d.final_gbps);
+  }
+  std::printf("\n%-28s %-10s %9s %9s %9s %5s %8s %7s %5s\n", "strategy", "source", "TTFT ms", "bits/elem", "rel.err",
+              "text", "prefill", "GPU s", "SLO");
   for (const auto& r : rows)
-    std::printf("%-28s %-10s %10.1f %10.3f %10.4f %6u %5s\n", r.strategy.c_str(), r.source.c_str(), r.ttft_s * 1e3,
-                r.bits_per_element, r.rel_error, r.text_chunks, r.slo_met ? "met" : "miss");
+    std::printf("%-28s %-10s %9.1f %9.3f %9.4f %5u %8llu %7.3f %5s\n", r.strategy.c_str(), r.source.c_str(),
+                r.ttft_s * 1e3, r.bits_per_element, r.rel_error, r.text_chunks, (unsigned long long)r.prefill_tokens,
+                r.prefill_gpu_s, r.slo_met ? "met" : "miss");
   // The simulator predicts the stream (first chunk request to all ready); the real TTFT also
   // holds the client's setup (manifest, allocating the destination).
   const double sim_adaptive = rows[1].ttft_s;
@@ -411,7 +456,7 @@ StatusOr<nlohmann::json> measure_quality(const DemoContext& c, const KVCache& fe
 StatusOr<std::pair<std::string, std::string>> write_reports(const DemoOptions& o, const DemoContext& c,
                                                             const Manifest& m, const LinkTrace& trace,
                                                             const FetchReport& report, const std::vector<Row>& rows,
-                                                            const nlohmann::json& quality) {
+                                                            const nlohmann::json& quality, double max_distortion) {
   std::error_code ec;
   std::filesystem::create_directories(o.out_dir, ec);
   if (ec) return IoError("cannot create " + o.out_dir + ": " + ec.message());
@@ -421,13 +466,15 @@ StatusOr<std::pair<std::string, std::string>> write_reports(const DemoOptions& o
                   {"head_dim", sh.head_dim}, {"tokens", sh.tokens}, {"chunk_tokens", o.chunk_tokens}};
   j["link"] = {{"high_gbps", o.high}, {"low_gbps", o.low}, {"drop_ms", o.drop_s * 1e3}, {"rtt_ms", o.rtt_s * 1e3}};
   j["costs"] = {{"prefill_tokens_per_s", o.prefill_tps}, {"recompute", o.real ? "model" : "emulated"},
-                {"slo_ms", o.slo_s * 1e3}};
+                {"slo_ms", o.slo_s * 1e3}, {"objective", report.objective}, {"max_distortion", max_distortion}};
   j["manifest"] = nlohmann::json::parse(manifest_json(m, "demo"));
   j["fetch"] = nlohmann::json::parse(report.to_json());
   for (const auto& r : rows)
     j["strategies"].push_back({{"strategy", r.strategy}, {"source", r.source}, {"ttft_ms", r.ttft_s * 1e3},
                                {"bits_per_element", r.bits_per_element}, {"rel_error", r.rel_error},
-                               {"text_chunks", r.text_chunks}, {"slo_met", r.slo_met}});
+                               {"text_chunks", r.text_chunks}, {"slo_met", r.slo_met},
+                               {"prefill_tokens", r.prefill_tokens}, {"prefill_gpu_s", r.prefill_gpu_s},
+                               {"within_quality_floor", r.within_floor}});
   if (o.real) j["quality"] = quality;
   const std::string json_path = o.out_dir + "/demo.json", svg_path = o.out_dir + "/demo.svg";
   std::ofstream(json_path) << j.dump(2) << "\n";
@@ -483,7 +530,7 @@ int cmd_demo(int argc, char** argv) {
   // 6. Quality on a real model; 7. reports.
   auto quality = measure_quality(c, fetched);
   if (!quality.ok()) return a.fail(quality.status());
-  auto paths = write_reports(o, c, *manifest, trace, report, *rows, *quality);
+  auto paths = write_reports(o, c, *manifest, trace, report, *rows, *quality, base.max_distortion);
   if (!paths.ok()) return a.fail(paths.status());
   std::printf("\nwrote %s and %s (%.1f s in all)\n", paths->first.c_str(), paths->second.c_str(), since(t_start));
   return 0;

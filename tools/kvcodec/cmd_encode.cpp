@@ -11,51 +11,54 @@
 namespace kvcodec::cli {
 namespace {
 
-// An integer option that must lie in [lo, hi]; reports through Args::fail otherwise.
-int64_t int_in_range(Args& a, const char* name, int64_t fallback, int64_t lo, int64_t hi) {
-  const int64_t v = a.get_int(name, fallback);
-  if (!a.failed() && (v < lo || v > hi))
-    a.fail(std::string(name) + " must be in " + std::to_string(lo) + ".." + std::to_string(hi) + ", got " +
-           std::to_string(v));
-  return v;
+// The options of `kvcodec encode`; the codec's settings are bound straight to EncodeOptions.
+struct EncodeArgs {
+  std::string in, output;
+  EncodeOptions codec = [] {
+    EncodeOptions o;
+    o.threads = 0;  // all cores: the output does not depend on it
+    return o;
+  }();
+};
+
+void declare(Command& cmd, EncodeArgs& o) {
+  cmd.positional("IN", o.in, "KV cache, .safetensors or .npy (docs/file-conventions.md)");
+  cmd.option("-o,--output", o.output, "output frame (.kvc), written atomically");
+  cmd.option("--level", o.codec.level, "quality level: 0 lossless, 1..9 lossy (default 4)", Range{0, kMaxLevel});
+  cmd.option("--chunk-tokens", o.codec.chunk_tokens, "tokens per independently decodable chunk (default 256)",
+             Range{1, kMaxChunkTokens});
+  cmd.option("--group-tokens", o.codec.group_tokens, "tokens per anchor/delta group, 1 = no deltas (default 1)",
+             Range{1, kMaxGroupTokens});
+  cmd.option("--table-groups", o.codec.table_groups, "probability tables per layer and K/V, 1..16 (default 8)",
+             Range{1, kMaxTableGroups});
+  cmd.option("--threads", o.codec.threads, "worker threads, 0 = all cores (default 0); output does not depend on it",
+             Range{0, 4096});
 }
 
 }  // namespace
 
 int cmd_encode(int argc, char** argv) {
-  Args a("encode",
-         "kvcodec encode IN -o OUT.kvc [--level N] [--chunk-tokens N] [--group-tokens N] "
-         "[--table-groups N] [--threads N]");
-  a.positional("IN", "KV cache, .safetensors or .npy (docs/file-conventions.md)")
-      .option("--output", "output frame (.kvc), written atomically", "-o")
-      .option("--level", "quality level: 0 lossless, 1..9 lossy (default 4)")
-      .option("--chunk-tokens", "tokens per independently decodable chunk (default 256)")
-      .option("--group-tokens", "tokens per anchor/delta group, 1 = no deltas (default 1)")
-      .option("--table-groups", "probability tables per layer and K/V, 1..16 (default 8)")
-      .option("--threads", "worker threads, 0 = all cores (default 0); output does not depend on it");
-  if (!a.parse(argc, argv)) return a.exit_code();
-
-  const EncodeOptions defaults;
-  EncodeOptions o;
-  o.level = int(int_in_range(a, "--level", defaults.level, 0, kMaxLevel));
-  o.chunk_tokens = uint32_t(int_in_range(a, "--chunk-tokens", defaults.chunk_tokens, 1, kMaxChunkTokens));
-  o.group_tokens = uint32_t(int_in_range(a, "--group-tokens", defaults.group_tokens, 1, kMaxGroupTokens));
-  o.table_groups = uint32_t(int_in_range(a, "--table-groups", defaults.table_groups, 1, kMaxTableGroups));
-  o.threads = int(int_in_range(a, "--threads", 0, 0, 4096));
-  if (a.failed()) return 2;
-  if (!a.has("--output")) return a.fail("missing -o OUT.kvc");
-  const std::string in = a.positionals()[0], out = a.get("--output");
+  Command cmd("encode",
+              "kvcodec encode IN -o OUT.kvc [--level N] [--chunk-tokens N] [--group-tokens N] "
+              "[--table-groups N] [--threads N]");
+  EncodeArgs a;
+  declare(cmd, a);
+  if (auto exit = cmd.parse(argc, argv)) return *exit;
+  if (a.output.empty()) return cmd.usage_error("missing -o OUT.kvc");
+  const std::string& in = a.in;
+  const std::string& out = a.output;
+  const EncodeOptions& o = a.codec;
 
   StatusOr<KVCache> kv = load_kv(in);
-  if (!kv.ok()) return a.fail(kv.status());
-  if (Status s = validate_options(o); !s.ok()) return a.fail(s);
+  if (!kv.ok()) return cmd.fail(kv.status());
+  if (Status s = validate_options(o); !s.ok()) return cmd.fail(s);
 
   const auto start = std::chrono::steady_clock::now();
   std::vector<uint8_t> frame(max_encoded_size(kv->shape, kv->dtype, o));
   StatusOr<size_t> size = encode_into(kv->view(), o, frame);
-  if (!size.ok()) return a.fail(size.status());
+  if (!size.ok()) return cmd.fail(size.status());
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  if (Status s = write_file(out, frame.data(), *size); !s.ok()) return a.fail(s);
+  if (Status s = write_file(out, frame.data(), *size); !s.ok()) return cmd.fail(s);
 
   const KVShape& sh = kv->shape;
   std::printf("%s: %s [%u layers x 2 x %u tokens x %u kv_heads x %u head_dim], %zu bytes\n", in.c_str(),

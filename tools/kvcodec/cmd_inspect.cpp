@@ -17,6 +17,19 @@
 namespace kvcodec::cli {
 namespace {
 
+// The options of `kvcodec inspect`.
+struct InspectArgs {
+  std::string in;
+  bool json = false;     // one JSON object instead of text
+  bool entropy = false;  // decode every stream and compare with the empirical entropy
+};
+
+void declare(Command& cmd, InspectArgs& o) {
+  cmd.positional("IN.kvc", o.in, "frame written by kvcodec encode");
+  cmd.flag("--json", o.json, "print one JSON object instead of text");
+  cmd.flag("--entropy", o.entropy, "decode every stream and compare the payload with the symbols' empirical entropy");
+}
+
 const char* step_mode_name(StepMode m) { return m == StepMode::kLayer ? "layer" : "channel"; }
 
 // Shortest decimal that reads back as the same double (valid JSON for finite values).
@@ -100,31 +113,30 @@ void print_text(const std::string& path, const FrameInfo& f, uint64_t file_bytes
 }  // namespace
 
 int cmd_inspect(int argc, char** argv) {
-  Args a("inspect", "kvcodec inspect IN.kvc [--json] [--entropy]");
-  a.positional("IN.kvc", "frame written by kvcodec encode")
-      .flag("--json", "print one JSON object instead of text")
-      .flag("--entropy", "decode every stream and compare the payload with the symbols' empirical entropy");
-  if (!a.parse(argc, argv)) return a.exit_code();
-  const std::string in = a.positionals()[0];
+  Command cmd("inspect", "kvcodec inspect IN.kvc [--json] [--entropy]");
+  InspectArgs a;
+  declare(cmd, a);
+  if (auto exit = cmd.parse(argc, argv)) return *exit;
+  const std::string& in = a.in;
 
   StatusOr<std::vector<uint8_t>> frame = read_file(in);
-  if (!frame.ok()) return a.fail(frame.status());
+  if (!frame.ok()) return cmd.fail(frame.status());
   StatusOr<FrameInfo> info = read_frame_info(*frame);
-  if (!info.ok()) return a.fail(info.status().with_context(in));
+  if (!info.ok()) return cmd.fail(info.status().with_context(in));
   const Status verified = verify_frame(*frame);
   std::optional<FrameStats> stats;
-  if (a.has("--entropy") && verified.ok()) {
+  if (a.entropy && verified.ok()) {
     auto s = analyze_frame(*frame);
-    if (!s.ok()) return a.fail(s.status().with_context(in));
+    if (!s.ok()) return cmd.fail(s.status().with_context(in));
     stats = *s;
   }
   const FrameStats* st = stats ? &*stats : nullptr;
-  if (a.has("--json"))
+  if (a.json)
     print_json(*info, frame->size(), verified, st);
   else
     print_text(in, *info, frame->size(), verified, st);
   std::fflush(stdout);
-  return verified.ok() ? 0 : a.fail(verified.with_context(in));
+  return verified.ok() ? 0 : cmd.fail(verified.with_context(in));
 }
 
 }  // namespace kvcodec::cli

@@ -21,6 +21,7 @@
 #include <fstream>
 #include <iterator>
 #include <mutex>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -39,6 +40,54 @@ namespace kvcodec::cli {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// The options of `kvcodec loadgen`: a running server (--server, --ids) or an in-process one
+// (--store, --put), exactly one.
+struct LoadgenArgs {
+  std::optional<std::string> server, ids;
+  std::optional<long> server_pid;  // default: this process
+  std::optional<std::string> store, put;
+  int contexts = 4;
+  std::vector<int> levels = {4};
+  uint32_t chunk_tokens = 256;
+  int max_connections = 1024;
+  std::vector<int> clients = {1, 4, 16, 64};
+  std::optional<int64_t> total;    // default 64
+  std::optional<double> seconds;   // instead of --total
+  std::string policy = "fixed:lowest";
+  int timeout_ms = 10000;
+  std::optional<std::string> json;
+};
+
+void declare(Command& cmd, LoadgenArgs& o) {
+  cmd.option("--server", o.server, "HOST:PORT of a running `kvcodec serve`");
+  cmd.option("--ids", o.ids, "comma-separated context ids to fetch (with --server)");
+  cmd.option("--server-pid", o.server_pid, "pid of that server, for its memory (VmRSS, VmHWM)", Range{1, INT32_MAX});
+  cmd.option("--store", o.store, "serve this store in-process instead (e.g. mem:), filled from --put");
+  cmd.option("--put", o.put, "KV cache put --contexts times into --store");
+  cmd.option("--contexts", o.contexts, "copies of --put (default 4)", Range{1, 10000});
+  cmd.option("--levels", o.levels, "levels of the copies (default 4)", Range{0, kMaxLevel});
+  cmd.option("--chunk-tokens", o.chunk_tokens, "chunk tokens of the copies (default 256)", Range{1, kMaxChunkTokens});
+  cmd.option("--max-connections", o.max_connections, "in-process server's connection limit (default 1024)",
+             Range{1, 65536});
+  cmd.option("--clients", o.clients, "comma-separated client counts, 1..256 (default 1,4,16,64)", Range{1, 256});
+  cmd.option("--total", o.total, "fetches per round, split evenly over the clients (default 64)", Range{1});
+  cmd.option("--seconds", o.seconds, "instead of --total: clients start fetches for this long");
+  cmd.option("--policy", o.policy, "fixed:L (default: the lowest stored level) or adaptive");
+  cmd.option("--timeout-ms", o.timeout_ms, "client connect and io timeout (default 10000)", Range{1, INT32_MAX});
+  cmd.option("--json", o.json, "write every round as JSON");
+}
+
+// The usage errors no single option shows; "" when there is none.
+std::string check(const LoadgenArgs& a) {
+  if (a.server.has_value() == a.store.has_value()) return "give --server (with --ids) or --store (with --put)";
+  if (a.server && !a.ids) return "--server needs --ids";
+  if (a.store && !a.put) return "--store needs --put";
+  if (a.seconds && a.total) return "give --total or --seconds, not both";
+  if (a.seconds && !(*a.seconds > 0 && *a.seconds < 1e9)) return "--seconds, --total and --timeout-ms must be positive";
+  if (a.clients.empty()) return "--clients is empty";
+  return "";
+}
 
 // A field of /proc/PID/status in kB ("VmRSS", "VmHWM"); -1 when unreadable.
 long proc_status_kb(long pid, const char* field) {
@@ -162,103 +211,77 @@ nlohmann::json round_json(const Round& r) {
 }
 
 // --store mode: K copies of IN put into URI and served in this process.
-StatusOr<std::unique_ptr<Server>> start_local(Args& a, std::vector<std::string>* ids, std::shared_ptr<Store>* keep) {
-  KVCODEC_ASSIGN_OR_RETURN(auto store, open_cli_store(a.get("--store")));
-  KVCODEC_ASSIGN_OR_RETURN(KVCache kv, load_kv(a.get("--put")));
+StatusOr<std::unique_ptr<Server>> start_local(const LoadgenArgs& a, std::vector<std::string>* ids,
+                                              std::shared_ptr<Store>* keep) {
+  KVCODEC_ASSIGN_OR_RETURN(auto store, open_cli_store(*a.store));
+  KVCODEC_ASSIGN_OR_RETURN(KVCache kv, load_kv(*a.put));
   PutOptions po;
-  po.levels.clear();
-  for (int64_t l : a.get_int_list("--levels")) po.levels.push_back(int(l));
-  if (po.levels.empty()) po.levels = {4};
-  po.chunk_tokens = uint32_t(a.get_int("--chunk-tokens", 256));
+  po.levels = a.levels.empty() ? std::vector<int>{4} : a.levels;
+  po.chunk_tokens = a.chunk_tokens;
   po.measure = false;
-  const int64_t contexts = a.get_int("--contexts", 4);
-  if (a.failed() || contexts < 1 || contexts > 10000) return InvalidArgument("--contexts must be in 1..10000");
-  for (int64_t i = 0; i < contexts; ++i) {
+  for (int i = 0; i < a.contexts; ++i) {
     ids->push_back("loadgen-" + std::to_string(i));
     KVCODEC_RETURN_IF_ERROR(put_context(*store, ids->back(), kv.view(), po).status());
   }
   *keep = std::shared_ptr<Store>(std::move(store));
   ServerOptions so;
-  so.max_connections = int(a.get_int("--max-connections", 1024));
+  so.max_connections = a.max_connections;
   return Server::start(*keep, so);
 }
 
 }  // namespace
 
 int cmd_loadgen(int argc, char** argv) {
-  Args a("loadgen",
-         "kvcodec loadgen (--server HOST:PORT --ids A,B,... [--server-pid PID] | --store URI --put IN "
-         "[--contexts K] [--levels L] [--chunk-tokens N]) [--clients LIST] [--total F | --seconds S] [--policy fixed:L] [--json OUT]");
-  a.option("--server", "HOST:PORT of a running `kvcodec serve`")
-      .option("--ids", "comma-separated context ids to fetch (with --server)")
-      .option("--server-pid", "pid of that server, for its memory (VmRSS, VmHWM)")
-      .option("--store", "serve this store in-process instead (e.g. mem:), filled from --put")
-      .option("--put", "KV cache put --contexts times into --store")
-      .option("--contexts", "copies of --put (default 4)")
-      .option("--levels", "levels of the copies (default 4)")
-      .option("--chunk-tokens", "chunk tokens of the copies (default 256)")
-      .option("--max-connections", "in-process server's connection limit (default 1024)")
-      .option("--clients", "comma-separated client counts, 1..256 (default 1,4,16,64)")
-      .option("--total", "fetches per round, split evenly over the clients (default 64)")
-      .option("--seconds", "instead of --total: clients start fetches for this long")
-      .option("--policy", "fixed:L (default: the lowest stored level) or adaptive")
-      .option("--timeout-ms", "client connect and io timeout (default 10000)")
-      .option("--json", "write every round as JSON");
-  if (!a.parse(argc, argv)) return a.exit_code();
-  if (a.has("--server") == a.has("--store")) return a.fail("give --server (with --ids) or --store (with --put)");
-  if (a.has("--server") && !a.has("--ids")) return a.fail("--server needs --ids");
-  if (a.has("--store") && !a.has("--put")) return a.fail("--store needs --put");
-  std::vector<int64_t> clients = {1, 4, 16, 64};
-  if (a.has("--clients")) clients = a.get_int_list("--clients");
-  const double seconds = a.get_double("--seconds", 0);
-  const int64_t total = a.get_int("--total", 64);
-  const int64_t timeout_ms = a.get_int("--timeout-ms", 10000);
-  long server_pid = long(a.get_int("--server-pid", long(::getpid())));
-  if (a.failed()) return 2;
-  for (int64_t n : clients)
-    if (n < 1 || n > 256) return a.fail("--clients must be in 1..256");
-  if (a.has("--seconds") && a.has("--total")) return a.fail("give --total or --seconds, not both");
-  if ((a.has("--seconds") && !(seconds > 0)) || total < 1 || timeout_ms < 1)
-    return a.fail("--seconds, --total and --timeout-ms must be positive");
+  Command cmd("loadgen",
+              "kvcodec loadgen (--server HOST:PORT --ids A,B,... [--server-pid PID] | --store URI --put IN "
+              "[--contexts K] [--levels L] [--chunk-tokens N]) [--clients LIST] [--total F | --seconds S] "
+              "[--policy fixed:L] [--json OUT]");
+  LoadgenArgs a;
+  declare(cmd, a);
+  if (auto exit = cmd.parse(argc, argv)) return *exit;
+  if (std::string error = check(a); !error.empty()) return cmd.usage_error(error);
+  const double seconds = a.seconds.value_or(0);
+  const int64_t total = a.total.value_or(64);
+  long server_pid = a.server_pid.value_or(long(::getpid()));
 
   FetchOptions base;
   std::vector<std::string> ids;
   std::shared_ptr<Store> local_store;
   std::unique_ptr<Server> local;
-  if (a.has("--store")) {
+  if (a.store) {
     auto s = start_local(a, &ids, &local_store);
-    if (!s.ok()) return a.fail(s.status());
+    if (!s.ok()) return cmd.fail(s.status());
     local = std::move(*s);
     base.port = local->port();
     server_pid = long(::getpid());
   } else {
-    const std::string server = a.get("--server");
+    const std::string& server = *a.server;
     const auto colon = server.rfind(':');
-    if (colon == std::string::npos) return a.fail("--server must be HOST:PORT");
+    if (colon == std::string::npos) return cmd.usage_error("--server must be HOST:PORT");
     base.host = server.substr(0, colon);
     base.port = uint16_t(std::atoi(server.c_str() + colon + 1));
-    std::string list = a.get("--ids");
+    const std::string& list = *a.ids;
     for (size_t p = 0; p <= list.size();) {
       size_t q = std::min(list.find(',', p), list.size());
       if (q > p) ids.push_back(list.substr(p, q - p));
       p = q + 1;
     }
-    if (ids.empty()) return a.fail("--ids is empty");
+    if (ids.empty()) return cmd.usage_error("--ids is empty");
   }
   base.controller.slo_s = 10;
   base.controller.policy = Policy::kFixed;
   base.controller.plan = {0};  // the lowest stored level unless --policy fixed:L names another
-  const std::string policy = a.get("--policy", "fixed:lowest");
+  const std::string& policy = a.policy;
   if (policy == "adaptive") base.controller.policy = Policy::kAdaptive;
-  base.io_timeout_ms = int(timeout_ms);
-  base.connect_timeout_ms = int(timeout_ms);  // hundreds of clients on a few cores: accept is slow too
+  base.io_timeout_ms = a.timeout_ms;
+  base.connect_timeout_ms = a.timeout_ms;  // hundreds of clients on a few cores: accept is slow too
 
   nlohmann::json rounds = nlohmann::json::array();
   std::printf("%7s %7s %6s %7s %8s %9s %9s %9s %11s %13s %9s %8s\n", "clients", "fetches", "failed", "ctx/s", "KV GB/s",
               "wire GB/s", "TTFT p50", "TTFT p99", "per-client", "client done", "server MB", "srv ms/ctx");
-  for (int64_t n : clients) {
-    const uint64_t per_client = a.has("--seconds") ? 0 : uint64_t((total + n - 1) / n);
-    Round r = run_round(base, ids, int(n), per_client, seconds, server_pid, policy);
+  for (const int n : a.clients) {
+    const uint64_t per_client = a.seconds ? 0 : uint64_t((total + n - 1) / n);
+    Round r = run_round(base, ids, n, per_client, seconds, server_pid, policy);
     nlohmann::json j = round_json(r);
     rounds.push_back(j);
     std::printf("%7d %7llu %6llu %7.1f %8.3f %9.3f %7.0fms %7.0fms %5llu..%-5llu %5.1f..%5.1fs %9.1f %8.1f\n",
@@ -271,10 +294,10 @@ int cmd_loadgen(int argc, char** argv) {
     if (!r.first_error.empty()) std::printf("        first error: %s\n", r.first_error.c_str());
     std::fflush(stdout);
   }
-  if (a.has("--json")) {
-    std::ofstream f(a.get("--json"));
+  if (a.json) {
+    std::ofstream f(*a.json);
     f << nlohmann::json{{"ids", ids}, {"seconds", seconds}, {"total", total}, {"rounds", rounds}}.dump(1) << "\n";
-    if (!f) return a.fail(IoError("cannot write " + a.get("--json")));
+    if (!f) return cmd.fail(IoError("cannot write " + *a.json));
   }
   return 0;
 }

@@ -16,44 +16,55 @@ namespace kvcodec::cli {
 
 namespace {
 
+constexpr const char* kStoreHelp = "file:DIR, redis://HOST:PORT[/DB] or redis-cluster://HOST:PORT[,...]";
+
+// The options of `kvcodec store ls` and `kvcodec store rm`.
+struct StoreArgs {
+  std::string store;
+  std::string id;     // rm
+  bool json = false;  // ls
+};
+
 int store_ls(int argc, char** argv) {
-  Args a("store ls", "kvcodec store ls --store URI [--json]");
-  a.option("--store", "file:DIR, redis://HOST:PORT[/DB] or redis-cluster://HOST:PORT[,...]")
-      .flag("--json", "one JSON object: {\"contexts\": [{\"id\", \"tokens\", \"levels\", \"bytes\"}...]}");
-  if (!a.parse(argc, argv)) return a.exit_code();
-  if (!a.has("--store")) return a.fail("--store is required");
-  auto store = open_cli_store(a.get("--store"));
-  if (!store.ok()) return a.fail(store.status());
+  Command cmd("store ls", "kvcodec store ls --store URI [--json]");
+  StoreArgs a;
+  cmd.option("--store", a.store, kStoreHelp);
+  cmd.flag("--json", a.json, "one JSON object: {\"contexts\": [{\"id\", \"tokens\", \"levels\", \"bytes\"}...]}");
+  if (auto exit = cmd.parse(argc, argv)) return *exit;
+  if (a.store.empty()) return cmd.usage_error("--store is required");
+  auto store = open_cli_store(a.store);
+  if (!store.ok()) return cmd.fail(store.status());
   auto ids = list_contexts(**store);
-  if (!ids.ok()) return a.fail(ids.status());
+  if (!ids.ok()) return cmd.fail(ids.status());
   nlohmann::json out = {{"store", (*store)->uri()}, {"contexts", nlohmann::json::array()}};
-  if (!a.has("--json")) std::printf("%-32s %8s %8s %14s\n", "id", "tokens", "levels", "bytes");
+  if (!a.json) std::printf("%-32s %8s %8s %14s\n", "id", "tokens", "levels", "bytes");
   for (const std::string& id : *ids) {
     auto m = get_manifest(**store, id);
     if (!m.ok()) continue;  // removed or expired since the listing
     uint64_t bytes = 0;
     for (const auto& l : m->levels) bytes += l.frame_bytes();
-    if (a.has("--json")) {
+    if (a.json) {
       out["contexts"].push_back({{"id", id}, {"tokens", m->shape.tokens}, {"levels", m->levels.size()}, {"bytes", bytes}});
     } else {
       std::printf("%-32s %8u %8zu %14llu\n", id.c_str(), m->shape.tokens, m->levels.size(),
                   static_cast<unsigned long long>(bytes));
     }
   }
-  if (a.has("--json")) std::printf("%s\n", out.dump().c_str());
+  if (a.json) std::printf("%s\n", out.dump().c_str());
   return 0;
 }
 
 int store_rm(int argc, char** argv) {
-  Args a("store rm", "kvcodec store rm --store URI --id NAME");
-  a.option("--store", "file:DIR, redis://HOST:PORT[/DB] or redis-cluster://HOST:PORT[,...]")
-      .option("--id", "context to remove (its manifest first, then every level's head and chunks)");
-  if (!a.parse(argc, argv)) return a.exit_code();
-  if (!a.has("--store") || !a.has("--id")) return a.fail("--store and --id are required");
-  auto store = open_cli_store(a.get("--store"));
-  if (!store.ok()) return a.fail(store.status());
-  if (Status s = remove_context(**store, a.get("--id")); !s.ok()) return a.fail(s);
-  std::printf("removed '%s' from %s\n", a.get("--id").c_str(), (*store)->uri().c_str());
+  Command cmd("store rm", "kvcodec store rm --store URI --id NAME");
+  StoreArgs a;
+  cmd.option("--store", a.store, kStoreHelp);
+  cmd.option("--id", a.id, "context to remove (its manifest first, then every level's head and chunks)");
+  if (auto exit = cmd.parse(argc, argv)) return *exit;
+  if (a.store.empty() || a.id.empty()) return cmd.usage_error("--store and --id are required");
+  auto store = open_cli_store(a.store);
+  if (!store.ok()) return cmd.fail(store.status());
+  if (Status s = remove_context(**store, a.id); !s.ok()) return cmd.fail(s);
+  std::printf("removed '%s' from %s\n", a.id.c_str(), (*store)->uri().c_str());
   return 0;
 }
 

@@ -266,8 +266,10 @@ std::vector<Strategy> sweep_strategies(const std::vector<Measured>& measured, si
   strategies.push_back({"equal-budget", Policy::kEqualBudget, Objective::kBestQualityWithinSlo, 0, false});
   strategies.push_back({"adaptive-ttft", Policy::kAdaptive, Objective::kMinTtft, 0, false});
   strategies.push_back({"adaptive-quality", Policy::kAdaptive, Objective::kBestQualityWithinSlo, 0, false});
+  strategies.push_back({"adaptive-min-prefill", Policy::kAdaptive, Objective::kMinPrefillWithinSlo, 0, false});
   strategies.push_back({"oracle-ttft", Policy::kFixed, Objective::kMinTtft, 0, true});
   strategies.push_back({"oracle-quality", Policy::kFixed, Objective::kBestQualityWithinSlo, 0, true});
+  strategies.push_back({"oracle-min-prefill", Policy::kFixed, Objective::kMinPrefillWithinSlo, 0, true});
   return strategies;
 }
 
@@ -329,12 +331,13 @@ void print_sweep(const std::vector<Row>& rows, bool has_traces, const std::strin
   std::printf("%s; chunks of %lld tokens; SLO %.0f ms; prefill %.0f tokens/s; prior %s\n",
               context_name.c_str(), (long long)chunk_tokens, slo_ms, base.cost.prefill_tokens_per_s,
               warm_prior ? "warm" : (std::to_string(base.estimator.prior_gbps) + " Gb/s").c_str());
-  std::printf("%-10s %7s %-22s %-18s %10s %8s %9s %5s %4s\n", "Gb/s", "RTT ms", "trace", "strategy", "TTFT ms",
-              "bits/el", "rel.err", "text", "SLO");
+  std::printf("%-10s %7s %-22s %-20s %10s %8s %9s %5s %8s %7s %4s\n", "Gb/s", "RTT ms", "trace", "strategy",
+              "TTFT ms", "bits/el", "rel.err", "text", "prefill", "GPU s", "SLO");
   for (const Row& r : rows)
-    std::printf("%-10g %7g %-22s %-18s %10.2f %8.3f %9.5f %5u %4s\n", r.bandwidth_gbps, r.rtt_ms,
+    std::printf("%-10g %7g %-22s %-20s %10.2f %8.3f %9.5f %5u %8llu %7.4f %4s\n", r.bandwidth_gbps, r.rtt_ms,
                 r.trace.empty() ? "constant" : r.trace.c_str(), r.strategy.c_str(), r.r.ttft_s * 1e3,
-                r.r.bits_per_element, r.r.distortion, r.r.text_chunks, r.r.slo_met ? "yes" : "no");
+                r.r.bits_per_element, r.r.distortion, r.r.text_chunks, (unsigned long long)r.r.prefill_tokens,
+                r.r.prefill_s, r.r.slo_met ? "yes" : "no");
 
   // The targets of docs/results/streaming.md (the README's bound: 3%).
   double worst = 0;
@@ -348,17 +351,19 @@ void print_sweep(const std::vector<Row>& rows, bool has_traces, const std::strin
   std::printf("\nadaptive-ttft within 3%% of oracle-ttft at %d of %d constant points (worst ratio %.3f)\n",
               within, points, worst);
   if (has_traces) {
-    for (const char* name : {"adaptive-quality", "equal-budget", "oracle-quality"}) {
+    for (const char* name : {"adaptive-quality", "adaptive-min-prefill", "equal-budget", "oracle-quality",
+                             "oracle-min-prefill"}) {
       int met = 0, n = 0;
-      double distortion = 0;
+      double distortion = 0, prefill = 0;
       for (const Row& r : rows)
         if (!r.trace.empty() && r.strategy == name) {
           ++n;
           met += r.r.slo_met;
           distortion += r.r.distortion;
+          prefill += r.r.prefill_s;
         }
-      std::printf("traces: %-17s met the SLO %d/%d times, mean rel. error %.5f\n", name, met, n,
-                  n ? distortion / n : 0.0);
+      std::printf("traces: %-20s met the SLO %d/%d times, mean rel. error %.5f, mean prefill %.4f GPU s\n", name, met,
+                  n, n ? distortion / n : 0.0, n ? prefill / n : 0.0);
     }
   }
 }
@@ -390,6 +395,8 @@ nlohmann::json sweep_json(const std::string& context_name, int64_t chunk_tokens,
                           {"slo_met", r.r.slo_met},
                           {"rel_error", r.r.distortion},
                           {"text_chunks", r.r.text_chunks},
+                          {"prefill_tokens", r.r.prefill_tokens},
+                          {"prefill_gpu_s", r.r.prefill_s},
                           {"bytes", r.r.bytes}};
     if (r.oracle_ratio > 0) row["ttft_vs_oracle"] = r.oracle_ratio;
     j["rows"].push_back(std::move(row));

@@ -12,42 +12,32 @@ StatusOr<std::unique_ptr<Store>> open_cli_store(const std::string& uri) {
   return open_store(uri, o);
 }
 
-void declare_controller_options(Args& a) {
-  a.option("--slo-ms", "time-to-first-token target, ms (default 1000)")
-      .option("--policy", "adaptive (default), equal-budget (CacheGen's heuristic) or fixed:L (one level)")
-      .option("--objective", "quality (best quality within the SLO, default) or ttft (lowest TTFT)")
-      .option("--prefill-tps", "prefill throughput for TEXT chunks, tokens/s (default: measured on --model)")
-      .option("--first-token-ms", "time to the first token once the KV is in place, ms (default 0)");
+void declare_controller_options(Command& cmd, ControllerArgs& o) {
+  cmd.option("--slo-ms", o.slo_ms, "time-to-first-token target, ms (default 1000)");
+  cmd.option("--policy", o.policy, "adaptive (default), equal-budget (CacheGen's heuristic) or fixed:L (one level)");
+  cmd.option("--objective", o.objective, "quality (best quality within the SLO, default) or ttft (lowest TTFT)");
+  cmd.option("--prefill-tps", o.prefill_tps, "prefill throughput for TEXT chunks, tokens/s (default: measured on --model)");
+  cmd.option("--first-token-ms", o.first_token_ms, "time to the first token once the KV is in place, ms (default 0)");
 }
 
-bool read_controller_options(Args& a, ControllerConfig* c) {
-  c->slo_s = a.get_double("--slo-ms", 1000) / 1e3;
-  c->cost.prefill_tokens_per_s = a.get_double("--prefill-tps", 0);
-  c->cost.first_token_s = a.get_double("--first-token-ms", 0) / 1e3;
-  if (a.failed()) return false;
-  const std::string policy = a.get("--policy", "adaptive");
-  if (policy == "adaptive") {
+std::string read_controller_options(const ControllerArgs& o, ControllerConfig* c) {
+  c->slo_s = o.slo_ms / 1e3;
+  c->cost.prefill_tokens_per_s = o.prefill_tps.value_or(0);
+  c->cost.first_token_s = o.first_token_ms / 1e3;
+  if (o.policy == "adaptive") {
     c->policy = Policy::kAdaptive;
-  } else if (policy == "equal-budget") {
+  } else if (o.policy == "equal-budget") {
     c->policy = Policy::kEqualBudget;
-  } else if (policy.rfind("fixed:", 0) == 0) {
+  } else if (o.policy.rfind("fixed:", 0) == 0) {
     c->policy = Policy::kFixed;
     c->plan = {0};  // replaced by resolve_fixed_level once the stored levels are known
   } else {
-    a.fail("--policy must be adaptive, equal-budget or fixed:L");
-    return false;
+    return "--policy must be adaptive, equal-budget or fixed:L";
   }
-  const std::string objective = a.get("--objective", "quality");
-  if (objective != "quality" && objective != "ttft") {
-    a.fail("--objective must be quality or ttft");
-    return false;
-  }
-  c->objective = objective == "ttft" ? Objective::kMinTtft : Objective::kBestQualityWithinSlo;
-  if (Status s = c->validate(); !s.ok()) {
-    a.fail(s);
-    return false;
-  }
-  return true;
+  if (o.objective != "quality" && o.objective != "ttft") return "--objective must be quality or ttft";
+  c->objective = o.objective == "ttft" ? Objective::kMinTtft : Objective::kBestQualityWithinSlo;
+  if (Status s = c->validate(); !s.ok()) return s.to_string();
+  return "";
 }
 
 Status resolve_fixed_level(const std::string& policy, const Manifest& m, ControllerConfig* c) {

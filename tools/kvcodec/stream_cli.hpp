@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "cli.hpp"
@@ -18,12 +19,20 @@ namespace kvcodec::cli {
 // USER:PASSWORD@ wins.
 StatusOr<std::unique_ptr<Store>> open_cli_store(const std::string& uri);
 
-// Declares --slo-ms, --policy, --objective, --prefill-tps, --first-token-ms on `a`.
-void declare_controller_options(Args& a);
-// Reads them into `c` (SLO, policy, objective, prefill and first-token costs); --policy fixed:L
-// is completed by resolve_fixed_level once the manifest is known. False after reporting an
-// error through `a`.
-bool read_controller_options(Args& a, ControllerConfig* c);
+// The controller's options of a fetching command.
+struct ControllerArgs {
+  double slo_ms = 1000;
+  std::string policy = "adaptive";  // adaptive, equal-budget or fixed:L
+  std::string objective = "quality";  // quality or ttft
+  std::optional<double> prefill_tps;  // not given: measured on the model (or 0: no model)
+  double first_token_ms = 0;
+};
+
+// Declares --slo-ms, --policy, --objective, --prefill-tps, --first-token-ms, bound to `o`.
+void declare_controller_options(Command& cmd, ControllerArgs& o);
+// Fills `c` from `o` (SLO, policy, objective, prefill and first-token costs); --policy fixed:L
+// is completed by resolve_fixed_level once the manifest is known. The usage error, or "".
+std::string read_controller_options(const ControllerArgs& o, ControllerConfig* c);
 // Resolves "fixed:L" against the manifest's levels (option index); other policies pass through.
 Status resolve_fixed_level(const std::string& policy, const Manifest& m, ControllerConfig* c);
 

@@ -15,8 +15,10 @@
 //   * link: one FIFO bottleneck. A request sent at t reaches the server at t + rtt/2; the
 //     server sends the chunk's bytes as soon as the link is free, at the link's bandwidth; the
 //     last byte reaches the client rtt/2 after it left. Requests may be pipelined.
-//   * decode: one decoder, FIFO in arrival order; a chunk at option o takes
-//     raw_bytes / decode_gbps. Raw encodings (decode_gbps <= 0) are free.
+//   * decode: one decoder (a pool of threads working on one chunk at a time), FIFO in arrival
+//     order; a chunk at option o takes raw_bytes / decode_gbps, where decode_gbps is measured
+//     online (Controller::on_chunk_decoded), seeded by the profile's figure. Raw encodings
+//     (decode_gbps <= 0) are free.
 //   * prefill: TEXT chunks need no transfer (the client knows the tokens) and run on one GPU
 //     queue in chunk order, each only once every earlier chunk is ready (their KV is the
 //     attention context of its prefill).
@@ -146,7 +148,9 @@ struct ChunkOption {
   // Quality loss, lower is better, 0 = exact; the same unit for every option of a profile (e.g.
   // relative RMS error of the decoded tensor, or KL). TEXT counts as 0 (recompute is exact).
   double distortion = 0;
-  double decode_gbps = 0;    // decoder throughput (GB/s of decoded KV); <= 0: free (raw bytes)
+  // Decoder throughput (GB/s of decoded KV) on this machine; <= 0: free (raw bytes). The
+  // controller's seed: it plans with its online estimate (Controller::decode_gbps).
+  double decode_gbps = 0;
   uint64_t setup_bytes = 0;  // fetched once before the first chunk at this option (frame head)
 };
 
@@ -174,10 +178,21 @@ struct ContextProfile {
 
 // ---- Controller -------------------------------------------------------------------------------
 
+// What the planner optimizes. When no plan meets the SLO, every SLO objective takes the lowest
+// predicted TTFT.
 enum class Objective : uint8_t {
-  kBestQualityWithinSlo = 0,  // lowest mean distortion whose predicted TTFT meets the SLO
-  kMinTtft = 1,               // lowest predicted TTFT (ties: lower distortion)
+  kBestQualityWithinSlo = 0,  // "quality": lowest mean distortion whose predicted TTFT meets the
+                              // SLO (TEXT counts as exact and free: it fills the SLO with prefill)
+  kMinTtft = 1,               // "ttft": lowest predicted TTFT (ties: lower distortion)
+  kMinPrefillWithinSlo = 2,   // "min-prefill" (default): meets the SLO with the least GPU prefill
+                              // (seconds), using only options within ControllerConfig::
+                              // max_distortion; then the lowest distortion; then the lowest TTFT
 };
+
+// "quality", "ttft", "min-prefill".
+std::string_view objective_name(Objective objective) noexcept;
+// The inverse of objective_name; kInvalidArgument naming the accepted names otherwise.
+StatusOr<Objective> parse_objective(std::string_view name);
 
 enum class Policy : uint8_t {
   kAdaptive = 0,     // kvcodec's planner: re-plans the rest of the context at every chunk
@@ -188,11 +203,17 @@ enum class Policy : uint8_t {
 
 struct ControllerConfig {
   Policy policy = Policy::kAdaptive;
-  Objective objective = Objective::kBestQualityWithinSlo;
+  Objective objective = Objective::kMinPrefillWithinSlo;
   double slo_s = 1.0;           // TTFT target, > 0
   double slo_headroom = 0.05;   // plan to finish by slo_s * (1 - headroom), in [0, 1)
   // kFixed: the option of every chunk (size = chunks), or one entry applied to all chunks.
   std::vector<int> plan;
+  // The quality floor of kMinPrefillWithinSlo: the largest distortion (the profile's unit, e.g.
+  // relative RMS error) a chunk may be fetched at; options above it are not planned (unless the
+  // context has no other way to be fetched: no option within it and no TEXT). >= 0; +inf: none.
+  // The default, 0.1, admits CacheGen-like sizes (level 5 of a Llama-class cache: ~0.09) and
+  // keeps the coarsest levels (level 8: ~0.28) out.
+  double max_distortion = 0.1;
   CostModel cost;
   EstimatorConfig estimator;
 
@@ -250,6 +271,10 @@ class Controller {
   // Bytes of KV chunk `chunk` received so far, while it is arriving. Optional, but it lets a
   // link that collapses in the middle of a chunk be noticed before the chunk ends.
   Status on_progress(uint32_t chunk, uint64_t bytes_received, double now_s);
+  // KV chunk `chunk` took `decode_s` seconds of decoder time (its own decode, not the wait in
+  // the decoder's queue). Feeds the decode-throughput estimate of its option (call it before
+  // on_chunk_ready). Optional: without it the options' decode_gbps are planned with as given.
+  Status on_chunk_decoded(uint32_t chunk, double decode_s);
   // Chunk `chunk` has been decoded (or prefilled) into the destination at now_s.
   Status on_chunk_ready(uint32_t chunk, double now_s);
   // A requested chunk could not be delivered (lost, corrupt, store error): re-request it as
@@ -265,6 +290,12 @@ class Controller {
   const ContextProfile& profile() const noexcept;
   const ControllerConfig& config() const noexcept;
   const BandwidthEstimator& estimator() const noexcept;
+  // The decode throughput (GB/s) the controller plans option `option` with now: the harmonic
+  // mean of its own last chunks' measured speeds (on_chunk_decoded) once it has any, else its
+  // profile figure (the seed: a calibration) scaled by how the last chunks of any option
+  // decoded against their seeds (the machine's load). <= 0 for raw options (free).
+  double decode_gbps(int option) const noexcept;
+  uint32_t decode_samples() const noexcept;
   // Decisions so far, one per chunk requested (a fallback replaces the chunk's entry).
   const std::vector<Decision>& decisions() const noexcept;
 

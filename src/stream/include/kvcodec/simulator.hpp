@@ -32,6 +32,8 @@ struct SimResult {
   double bits_per_element = 0;      // 8 * bytes / KV elements of the context
   double distortion = 0;            // token-weighted mean of the chunks' option distortion
   uint32_t text_chunks = 0;
+  uint64_t prefill_tokens = 0;      // tokens recomputed from TEXT
+  double prefill_s = 0;             // their GPU seconds (config.cost.prefill_seconds)
   std::vector<ChunkTimeline> chunks;
 };
 
@@ -44,8 +46,8 @@ StatusOr<SimResult> simulate(const ContextProfile& profile, const ControllerConf
 // is the best plan of all (an exact depth-first search; tests/oracle_test.cpp checks it against
 // a separate exhaustive enumeration); beyond, the best found by a search over per-chunk choices
 // (families of text-prefix / two-option plans, then single-chunk improvement passes until none
-// helps). Meets config.objective (and config.slo_s for kBestQualityWithinSlo when any plan
-// can). Returns one option per chunk; run it with Policy::kFixed.
+// helps). Meets config.objective (and config.slo_s for the SLO objectives when any plan can),
+// with kMinPrefillWithinSlo's quality floor. Returns one option per chunk; run it with Policy::kFixed.
 StatusOr<std::vector<int>> oracle_plan(const ContextProfile& profile,
                                        const ControllerConfig& config, const LinkTrace& link);
 

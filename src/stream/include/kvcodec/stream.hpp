@@ -183,6 +183,24 @@ struct ChunkReport {
   int attempts = 0;          // requests sent for this chunk
   bool fallback = false;     // delivered another way than first chosen, after a failure
   bool abandoned_kv = false; // the controller gave up waiting for its KV and recomputed it
+  // Seconds of decoder work (KV: its decode alone, not the wait in the decoder's queue) or of
+  // recompute (text), measured on the worker.
+  double work_s = 0;
+  // work_s plus the time the worker, free and with the job queued, took to start it (thread
+  // scheduling on a busy machine): the decoder time the controller learns from.
+  double service_s = 0;
+};
+
+// Decode throughput of one stored level in a fetch: the seed the controller started from and
+// what the fetch's own chunks measured (warm: reused decoder and buffers).
+struct DecodeSpeed {
+  int level = -1;
+  double seed_gbps = 0;      // calibration (or the manifest's / FetchOptions::decode_gbps)
+  double measured_gbps = 0;  // decoded bytes / decode seconds (work_s) over this fetch's chunks; 0: none
+  double effective_gbps = 0; // decoded bytes / decoder service seconds (service_s): what the
+                             // decoder delivered, scheduling delays included
+  double final_gbps = 0;     // the controller's estimate when the fetch ended
+  uint32_t chunks = 0;
 };
 
 struct FetchFailure {
@@ -211,6 +229,13 @@ struct FetchReport {
   uint64_t bytes = 0;             // everything received (manifest, retries, abandoned requests)
   double bits_per_element = 0;    // 8 * bytes of the chunks delivered as KV / elements
   uint32_t text_chunks = 0;
+  // The GPU work the plan cost: tokens recomputed from text and their prefill seconds by the
+  // controller's cost model (an estimate for the target GPU; the measured recompute time of
+  // each chunk is its ChunkReport::work_s).
+  uint64_t prefill_tokens = 0;
+  double prefill_gpu_s = 0;
+  std::string objective;          // objective_name() of the controller's objective
+  std::vector<DecodeSpeed> decode;  // per stored level
   std::vector<ChunkReport> chunks;
   std::vector<FetchFailure> failures;
   std::string error;              // the final error when !complete
@@ -234,11 +259,20 @@ struct FetchOptions {
   // Largest manifest accepted from the server, bytes (checked on the response header, before
   // allocating). Chunk responses are bounded by the manifest's sizes, errors by 4 KiB.
   uint64_t max_manifest_bytes = 256ull << 20;
+  // Largest decoded context accepted (the manifest's shape times its dtype size), bytes: a
+  // manifest of a hundred bytes can claim terabytes. Over it the fetch fails with
+  // kResourceExhausted before allocating.
+  uint64_t max_output_bytes = 64ull << 30;
   // Policy, objective, SLO, costs and estimator of the controller. cost.rtt_s is what the
   // client believes the round trip to be.
   ControllerConfig controller;
-  // Decoder throughput the controller plans with, GB/s; 0: the manifest's measured figure.
+  // Decoder throughput the controller starts from (the seed of its online estimate), GB/s;
+  // 0: calibrate_decode_gbps() for each stored level when calibrate_decoder is set (memoized
+  // per process), else the manifest's figure (measured once when the context was stored).
   double decode_gbps = 0;
+  bool calibrate_decoder = true;
+  // Decoder threads (a pool working on one chunk at a time, while the fetching thread reads the
+  // next chunks from the socket); 0 = all hardware threads.
   int decode_threads = 1;
   // Recompute TEXT chunks; empty: TEXT is not an option (only levels are fetched).
   RecomputeFn recompute;
@@ -269,5 +303,17 @@ Status fetch_context(const FetchOptions& options, KVCache* out, FetchReport* rep
 // and decode_gbps (0: the manifest's measured figure). TEXT is available when the manifest has
 // token ids and `text_available`.
 ContextProfile profile_from_manifest(const Manifest& m, double decode_gbps, bool text_available);
+
+// Tokens of the synthetic chunk calibrate_decode_gbps decodes.
+inline constexpr uint32_t kCalibrationTokens = 32;
+
+// This machine's decode throughput, GB/s of decoded KV, at `level` with `threads` decoder
+// threads, for KV of `dtype` and per_token's layers / kv_heads / head_dim (its tokens are
+// ignored): a synthetic chunk of kCalibrationTokens tokens (Gaussian channels) is encoded once
+// and decoded warm (decoder and destination reused, no first-touch faults; median of three
+// after a warm-up). Memoized per process for the same arguments; the first call costs about
+// an encode and four decodes of the chunk (4 MiB for a Llama-3-8B shape: ~0.1 s idle). The seed of
+// the controller's online estimate (Controller::on_chunk_decoded).
+StatusOr<double> calibrate_decode_gbps(DType dtype, const KVShape& per_token, int level, int threads);
 
 }  // namespace kvcodec
