@@ -306,13 +306,13 @@ void delta_row(int16_t* v, const int16_t* a, uint32_t n) {
 }
 
 template <int kIsa>  // 0 scalar, 1 AVX2, 2 AVX-512
-void quantize_columns_impl(const uint8_t* raw, uint8_t dt, uint32_t t0, uint32_t t1, uint32_t C, uint32_t c0, uint32_t n,
+void quantize_columns_impl(const uint8_t* raw, size_t rp, uint8_t dt, uint32_t t0, uint32_t t1, uint32_t c0, uint32_t n,
                            const RowGrid& g, uint32_t CT, uint32_t GT, int16_t* val, size_t VP) {
   const size_t es = dtype_size(DType(dt));
   const RowGrid gb{g.step + c0, g.inv_step + c0, g.center + c0, g.center_i + c0};
   float xb[kColumnBlock];
   for (uint32_t t = t0; t < t1; ++t) {
-    const uint8_t* r = raw + (size_t(t) * C + c0) * es;
+    const uint8_t* r = raw + size_t(t) * rp + c0 * es;
     int16_t* vr = val + size_t(t) * VP + c0;
 #if defined(__x86_64__)
     if constexpr (kIsa > 0) {
@@ -331,11 +331,11 @@ void quantize_columns_impl(const uint8_t* raw, uint8_t dt, uint32_t t0, uint32_t
   }
 }
 
-void quantize_columns(const uint8_t* raw, uint8_t dt, uint32_t t0, uint32_t t1, uint32_t C, uint32_t c0, uint32_t n,
+void quantize_columns(const uint8_t* raw, size_t raw_pitch, uint8_t dt, uint32_t t0, uint32_t t1, uint32_t c0, uint32_t n,
                       const RowGrid& g, uint32_t chunk_tokens, uint32_t group_tokens, int16_t* val, size_t val_pitch) {
-  if (avx512_enabled()) return quantize_columns_impl<2>(raw, dt, t0, t1, C, c0, n, g, chunk_tokens, group_tokens, val, val_pitch);
-  if (use_avx2()) return quantize_columns_impl<1>(raw, dt, t0, t1, C, c0, n, g, chunk_tokens, group_tokens, val, val_pitch);
-  quantize_columns_impl<0>(raw, dt, t0, t1, C, c0, n, g, chunk_tokens, group_tokens, val, val_pitch);
+  if (avx512_enabled()) return quantize_columns_impl<2>(raw, raw_pitch, dt, t0, t1, c0, n, g, chunk_tokens, group_tokens, val, val_pitch);
+  if (use_avx2()) return quantize_columns_impl<1>(raw, raw_pitch, dt, t0, t1, c0, n, g, chunk_tokens, group_tokens, val, val_pitch);
+  quantize_columns_impl<0>(raw, raw_pitch, dt, t0, t1, c0, n, g, chunk_tokens, group_tokens, val, val_pitch);
 }
 
 }  // namespace detail

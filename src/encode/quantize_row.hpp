@@ -47,12 +47,14 @@ struct Columns {
 void grids_from_sums(const ChannelSumsSoA& s, const float* lo, const float* hi, uint32_t channels, uint32_t tokens,
                      const Columns& cols, double rel_step, StepMode mode, ChannelGrid* grids);
 
-// Channels [c0, c0 + n) (n <= kColumnBlock) of tokens [t0, t1) of a (layer, K/V) tensor raw[T][C]
-// of dtype `dtype` (the anchors of these tokens' deltas are done already): val[t * val_pitch + c] = the symbol value -- the grid offset q (quantize_row) for an
+// Channels [c0, c0 + n) (n <= kColumnBlock) of tokens [t0, t1) of a (layer, K/V) tensor of dtype
+// `dtype` whose token rows start raw_pitch bytes apart (the anchors of these tokens' deltas are
+// done already): val[t * val_pitch + c] = the symbol value -- the grid offset q (quantize_row) for an
 // anchor token, delta_value(q, q_anchor) for the others (token groups of group_tokens inside
 // chunks of chunk_tokens) -- or kEscapeQ. g: the grids of all C channels.
 inline constexpr uint32_t kColumnBlock = 64;
-void quantize_columns(const uint8_t* raw, uint8_t dtype, uint32_t t0, uint32_t t1, uint32_t C, uint32_t c0, uint32_t n,
+void quantize_columns(const uint8_t* raw, size_t raw_pitch, uint8_t dtype, uint32_t t0, uint32_t t1, uint32_t c0,
+                      uint32_t n,
                       const RowGrid& g, uint32_t chunk_tokens, uint32_t group_tokens, int16_t* val, size_t val_pitch);
 
 // out[i] = the value of raw element i of dtype `dtype` as fp32 (F16C where available). Values

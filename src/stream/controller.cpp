@@ -103,6 +103,7 @@ Status ContextProfile::validate() const {
 Status ControllerConfig::validate() const {
   if (!(slo_s > 0) || !std::isfinite(slo_s)) return InvalidArgument("SLO must be > 0 and finite");
   if (!(slo_headroom >= 0 && slo_headroom < 1)) return InvalidArgument("SLO headroom must be in [0, 1)");
+  if (prefill_queue < 1) return InvalidArgument("prefill queue must be >= 1");
   if (!(max_distortion >= 0)) return InvalidArgument("max distortion must be >= 0");
   KVCODEC_RETURN_IF_ERROR(cost.validate());
   return estimator.validate();
@@ -528,9 +529,12 @@ std::optional<Decision> Controller::Impl::next_request(double now_s) {
   if (now_s >= text_deferred_until_s_) text_deferred_until_s_ = -1;
   // Decide as late as possible: the front chunk only when the GPU would otherwise idle, a
   // back chunk only when the link would.
-  const bool gpu_idle = std::none_of(state_.begin(), state_.end(), [](const ChunkState& s) {
+  const auto text_queued = std::count_if(state_.begin(), state_.end(), [](const ChunkState& s) {
     return s.option == kTextOption && s.request_s >= 0 && s.ready_s < 0;
   });
+  const bool gpu_idle = text_queued == 0;
+  // Room for one more TEXT decision: the GPU queue holds fewer than prefill_queue chunks.
+  const bool gpu_room = uint32_t(text_queued) < config_.prefill_queue;
   if (all_requested() && !(gpu_idle && text_allowed_)) return std::nullopt;
   const Prediction p = predict(now_s);
   if (all_requested()) return abandon_late_kv(now_s, p);
@@ -541,10 +545,10 @@ std::optional<Decision> Controller::Impl::next_request(double now_s) {
   // may wait for the measurement (defer_text).
   const bool probe = probing(now_s);
   const bool link_room = probe || !link_full(p);
-  if (!(gpu_idle && text_allowed_) && !link_room) return std::nullopt;
+  if (!(gpu_room && text_allowed_) && !link_room) return std::nullopt;
   detail::PlanScore score;
   const detail::PlanShape plan = plan_rest(now_s, p, &score);
-  if (gpu_idle && plan.text > 0) {
+  if (gpu_room && plan.text > 0) {
     if (!probe || !defer_text(now_s, p)) return decide(front_, kTextOption, now_s, score.ttft_s);
     text_deferred_until_s_ = probe_end_s(now_s);
   }

@@ -409,27 +409,35 @@ Status Fetcher::on_decision(const Decision& d) {
   return request_chunk(d.chunk, c.decided_level);
 }
 
-// Starts the recompute of the first pending TEXT chunk once every earlier chunk is ready (its
-// prefill attends to them). One at a time: prefill runs in chunk order.
+// Queues the recompute of pending TEXT chunks, in chunk order, once every earlier chunk is ready
+// or is itself queued for recompute (its prefill attends to them): the prefill worker runs its
+// queue in order, so a chunk queued behind the recompute of the chunks before it starts only
+// once they are in place -- without waiting for this thread to see them finish.
 Status Fetcher::dispatch_text() {
-  if (text_pending_.empty()) return Status::Ok();
-  const uint32_t chunk = *text_pending_.begin();
-  for (uint32_t i = 0; i < chunk; ++i)
-    if (chunks_[i].phase != Phase::kReady) return Status::Ok();
-  for (uint32_t i = chunk + 1; i < chunks_.size(); ++i)
-    if (chunks_[i].phase == Phase::kWorking && chunks_[i].level < 0) return Status::Ok();
-  text_pending_.erase(text_pending_.begin());
-  chunks_[chunk].phase = Phase::kWorking;
-  const uint32_t begin = manifest_.chunk_token_begin(chunk);
-  std::span<const int32_t> tokens(manifest_.text_tokens.data() + begin, manifest_.chunk_token_count(chunk));
-  KVView dst = out_->view();
-  prefiller_->submit(chunk, [this, chunk, begin, tokens, dst] { return o_.recompute(chunk, begin, tokens, dst); });
+  while (!text_pending_.empty()) {
+    const uint32_t chunk = *text_pending_.begin();
+    for (uint32_t i = 0; i < chunk; ++i)
+      if (chunks_[i].phase != Phase::kReady && !(chunks_[i].phase == Phase::kWorking && chunks_[i].level < 0))
+        return Status::Ok();
+    for (uint32_t i = chunk + 1; i < chunks_.size(); ++i)
+      if (chunks_[i].phase == Phase::kWorking && chunks_[i].level < 0) return Status::Ok();
+    text_pending_.erase(text_pending_.begin());
+    chunks_[chunk].phase = Phase::kWorking;
+    const uint32_t begin = manifest_.chunk_token_begin(chunk);
+    std::span<const int32_t> tokens(manifest_.text_tokens.data() + begin, manifest_.chunk_token_count(chunk));
+    KVView dst = out_->view();
+    prefiller_->submit(chunk, [this, chunk, begin, tokens, dst] { return o_.recompute(chunk, begin, tokens, dst); });
+  }
   return Status::Ok();
 }
 
 // Reads what the socket has, handling every complete response. Errors returned are fatal.
 Status Fetcher::pump_socket() {
+  // Bounded: back to the event loop after a complete response or about 1 MiB, so that workers'
+  // completions and new decisions are not held up while a large chunk streams in.
+  size_t budget = 1u << 20;
   for (;;) {
+    if (budget == 0) return Status::Ok();
     uint8_t* dst;
     size_t want;
     if (!cur_) {
@@ -450,6 +458,7 @@ Status Fetcher::pump_socket() {
       return reconnect(n == 0 ? Unavailable("connection closed by the server")
                               : IoError(std::string("recv: ") + std::strerror(errno)));
     last_byte_s_ = now();
+    budget -= std::min(budget, size_t(n));
     if (!cur_) {
       if (hdr_have_ == 0) first_byte_s_ = last_byte_s_;
       hdr_have_ += size_t(n);
@@ -485,7 +494,7 @@ Status Fetcher::pump_socket() {
       hdr_have_ = 0;
       report_->bytes += kMessageHeaderBytes + payload_.size();
       KVCODEC_RETURN_IF_ERROR(on_response(h, payload_, first_byte_s_));
-      if (fd_ < 0) return Status::Ok();
+      return Status::Ok();  // a response is complete: let the loop hand it on
     }
   }
 }

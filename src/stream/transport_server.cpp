@@ -90,7 +90,8 @@ struct Server::Impl {
   void serve(Connection& c);
   std::vector<uint8_t> answer(const MessageHeader& h, std::span<const uint8_t> payload, MsgType* type);
   StatusOr<Manifest> manifest_for(const std::string& id);
-  void send_response(int fd, std::vector<uint8_t>& msg, double arrival_s, bool is_chunk, bool* dropped);
+  void send_response(int fd, std::vector<uint8_t>& msg, double arrival_s, double ready_s, bool is_chunk,
+                     bool* dropped);
   void count(uint64_t requests, uint64_t errors, uint64_t bytes) {
     std::lock_guard lock(stats_mu);
     stats.requests += requests;
@@ -329,8 +330,8 @@ std::vector<uint8_t> Server::Impl::answer(const MessageHeader& h, std::span<cons
   return make_message(out, p);
 }
 
-void Server::Impl::send_response(int fd, std::vector<uint8_t>& msg, double arrival_s, bool is_chunk,
-                                 bool* dropped) {
+void Server::Impl::send_response(int fd, std::vector<uint8_t>& msg, double arrival_s, double ready_s,
+                                 bool is_chunk, bool* dropped) {
   bool corrupt = false, drop = false, stall = false;
   int stall_ms = 0;
   if (is_chunk) {
@@ -347,7 +348,10 @@ void Server::Impl::send_response(int fd, std::vector<uint8_t>& msg, double arriv
     else *dropped = true;
     return;
   }
-  const LinkEmulator::Slot slot = link.schedule(arrival_s, link.now_s(), msg.size());
+  // Ready when the reader had the bytes, not when this thread got to them: a sender thread that a
+  // busy machine wakes late must not leave the emulated link idle (release times are absolute,
+  // so it catches up).
+  const LinkEmulator::Slot slot = link.schedule(arrival_s, ready_s, msg.size());
   // The header leaves when transmission starts, so the client's first-to-last-byte time is the
   // link time of the whole response.
   uint64_t sent = 0;
@@ -380,6 +384,7 @@ void Server::Impl::serve(Connection& c) {
   struct Pending {
     std::vector<uint8_t> msg;
     double arrival_s;
+    double ready_s;  // the response existed (trace clock)
     bool is_chunk;
   };
   std::mutex mu;
@@ -398,7 +403,7 @@ void Server::Impl::serve(Connection& c) {
         p = std::move(queue.front());
         queue.pop_front();
       }
-      send_response(c.fd, p.msg, p.arrival_s, p.is_chunk, &dropped);
+      send_response(c.fd, p.msg, p.arrival_s, p.ready_s, p.is_chunk, &dropped);
       hold(c, -int64_t(p.msg.size()));
       c.last_active_ms = now_ms();
     }
@@ -440,7 +445,8 @@ void Server::Impl::serve(Connection& c) {
     count(1, type == MsgType::kError ? 1 : 0, 0);
     hold(c, int64_t(msg.size()));
     std::lock_guard lock(mu);
-    queue.push_back({std::move(msg), arrival, type == MsgType::kChunk});
+    const double ready = arrival >= 0 ? link.now_s() : -1;
+    queue.push_back({std::move(msg), arrival, ready, type == MsgType::kChunk});
     cv.notify_one();
   }
   {

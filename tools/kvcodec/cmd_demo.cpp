@@ -169,6 +169,8 @@ struct DemoOptions {
   double high = 0, low = 0, drop_s = 0, rtt_s = 0;
   double slo_s = 0;        // 0: derived from the prefill rate
   double prefill_tps = 0;  // 0: measured (--model) or assumed
+  Objective objective = Objective::kMinPrefillWithinSlo;
+  double max_distortion = ControllerConfig{}.max_distortion;
   int workers = 1;         // encoder / decoder threads
   std::vector<int> levels = {1, 2, 5, 8};  // 1: near-lossless
   std::string store, out_dir, model, tokenizer, text;
@@ -187,6 +189,8 @@ int parse_demo_options(Args& a, int argc, char** argv, DemoOptions& o) {
       .option("--rtt-ms", "round-trip time of the emulated link, ms (default 2)")
       .option("--slo-ms", "time-to-first-token target, ms (default: 80% of recomputing the whole context, so that "
                           "neither recomputing nor fetching alone is enough)")
+      .option("--objective", "min-prefill (default), quality or ttft (see kvcodec fetch --help)")
+      .option("--max-distortion", "quality floor of min-prefill, relative error (default 0.1)")
       .option("--prefill-tps", "prefill tokens/s for TEXT chunks (default: 4000, an assumption for the target GPU; measured with --model)")
       .option("--threads", "encoder / decoder threads (default 0 = all cores)")
       .option("--model", "reference model (llama2.c .bin): real KV and real recompute")
@@ -205,6 +209,10 @@ int parse_demo_options(Args& a, int argc, char** argv, DemoOptions& o) {
   o.rtt_s = a.get_double("--rtt-ms", 2) / 1e3;
   o.slo_s = a.get_double("--slo-ms", 0) / 1e3;
   o.prefill_tps = a.get_double("--prefill-tps", 0);
+  auto objective = parse_objective(a.get("--objective", "min-prefill"));
+  if (!objective.ok()) return a.fail("--objective: " + std::string(objective.status().message()));
+  o.objective = *objective;
+  o.max_distortion = a.get_double("--max-distortion", o.max_distortion);
   const int threads = int(a.get_int("--threads", 0));
   o.offset = a.get_int("--offset", 0);
   if (a.has("--levels")) {
@@ -213,7 +221,8 @@ int parse_demo_options(Args& a, int argc, char** argv, DemoOptions& o) {
   }
   if (a.failed()) return 2;
   if (o.tokens < 1 || o.chunk_tokens < 1 || o.chunk_tokens > kMaxChunkTokens || !(o.high > 0) || !(o.low > 0) ||
-      !(o.drop_s > 0) || o.rtt_s < 0 || o.slo_s < 0 || o.prefill_tps < 0 || threads < 0 || o.offset < 0)
+      !(o.drop_s > 0) || o.rtt_s < 0 || o.slo_s < 0 || o.prefill_tps < 0 || threads < 0 || o.offset < 0 ||
+      !(o.max_distortion >= 0))
     return a.fail("sizes, bandwidths, times and rates must be positive");
   for (const Status& s : {check_link_gbps(o.high, "--high-gbps"), check_link_gbps(o.low, "--low-gbps"),
                           check_seconds(o.drop_s, kMaxTraceSeconds, "--drop-ms / 1000"),
@@ -322,6 +331,8 @@ Status fetch_with_controller(DemoOptions& o, const DemoContext& c, std::shared_p
   fo.id = "demo";
   if (o.slo_s == 0) o.slo_s = 0.8 * double(c.kv.shape.tokens) / o.prefill_tps;
   fo.controller.slo_s = o.slo_s;
+  fo.controller.objective = o.objective;
+  fo.controller.max_distortion = o.max_distortion;
   fo.controller.cost.rtt_s = o.rtt_s;
   fo.controller.cost.prefill_tokens_per_s = o.prefill_tps;
   fo.decode_threads = o.workers;
@@ -489,7 +500,7 @@ StatusOr<std::pair<std::string, std::string>> write_reports(const DemoOptions& o
 int cmd_demo(int argc, char** argv) {
   Args a("demo",
          "kvcodec demo [--tokens N] [--levels LIST] [--chunk-tokens N] [--store URI] [--out DIR] "
-         "[--high-gbps X --low-gbps Y --drop-ms T] [--rtt-ms R] [--slo-ms S] [--prefill-tps P] "
+         "[--high-gbps X --low-gbps Y --drop-ms T] [--rtt-ms R] [--slo-ms S] [--objective O] [--max-distortion D] [--prefill-tps P] "
          "[--model M --tokenizer T --text FILE [--offset B]]");
   DemoOptions o;
   if (int code = parse_demo_options(a, argc, argv, o); code >= 0) return code;

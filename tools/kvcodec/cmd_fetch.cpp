@@ -1,7 +1,7 @@
 // kvcodec fetch: fetch a stored context from `kvcodec serve` with the adaptive controller.
 //
 //   kvcodec fetch --server HOST:PORT --id NAME -o OUT.safetensors [--slo-ms X] [--json REPORT]
-//                 [--policy adaptive|equal-budget|fixed:L] [--objective quality|ttft]
+//                 [--policy adaptive|equal-budget|fixed:L] [--objective min-prefill|quality|ttft]
 //                 [--rtt-ms Y] [--model M.bin [--prefill-tps N]] [--timeout-ms T]
 #include <cstdio>
 #include <optional>

@@ -15,7 +15,11 @@ StatusOr<std::unique_ptr<Store>> open_cli_store(const std::string& uri) {
 void declare_controller_options(Command& cmd, ControllerArgs& o) {
   cmd.option("--slo-ms", o.slo_ms, "time-to-first-token target, ms (default 1000)");
   cmd.option("--policy", o.policy, "adaptive (default), equal-budget (CacheGen's heuristic) or fixed:L (one level)");
-  cmd.option("--objective", o.objective, "quality (best quality within the SLO, default) or ttft (lowest TTFT)");
+  cmd.option("--objective", o.objective,
+             "min-prefill (default: meet the SLO with the least GPU prefill, levels within --max-distortion "
+             "only), quality (best quality within the SLO) or ttft (lowest TTFT)");
+  cmd.option("--max-distortion", o.max_distortion,
+             "quality floor of min-prefill: the largest relative error a chunk may be fetched at (default 0.1)");
   cmd.option("--prefill-tps", o.prefill_tps, "prefill throughput for TEXT chunks, tokens/s (default: measured on --model)");
   cmd.option("--first-token-ms", o.first_token_ms, "time to the first token once the KV is in place, ms (default 0)");
 }
@@ -34,8 +38,10 @@ std::string read_controller_options(const ControllerArgs& o, ControllerConfig* c
   } else {
     return "--policy must be adaptive, equal-budget or fixed:L";
   }
-  if (o.objective != "quality" && o.objective != "ttft") return "--objective must be quality or ttft";
-  c->objective = o.objective == "ttft" ? Objective::kMinTtft : Objective::kBestQualityWithinSlo;
+  auto objective = parse_objective(o.objective);
+  if (!objective.ok()) return "--objective: " + std::string(objective.status().message());
+  c->objective = *objective;
+  c->max_distortion = o.max_distortion;
   if (Status s = c->validate(); !s.ok()) return s.to_string();
   return "";
 }

@@ -23,12 +23,14 @@ StatusOr<std::unique_ptr<Store>> open_cli_store(const std::string& uri);
 struct ControllerArgs {
   double slo_ms = 1000;
   std::string policy = "adaptive";  // adaptive, equal-budget or fixed:L
-  std::string objective = "quality";  // quality or ttft
+  std::string objective = "min-prefill";  // min-prefill, quality or ttft (parse_objective)
+  double max_distortion = ControllerConfig{}.max_distortion;  // min-prefill's quality floor
   std::optional<double> prefill_tps;  // not given: measured on the model (or 0: no model)
   double first_token_ms = 0;
 };
 
-// Declares --slo-ms, --policy, --objective, --prefill-tps, --first-token-ms, bound to `o`.
+// Declares --slo-ms, --policy, --objective, --max-distortion, --prefill-tps, --first-token-ms,
+// bound to `o`.
 void declare_controller_options(Command& cmd, ControllerArgs& o);
 // Fills `c` from `o` (SLO, policy, objective, prefill and first-token costs); --policy fixed:L
 // is completed by resolve_fixed_level once the manifest is known. The usage error, or "".

@@ -214,6 +214,12 @@ struct ControllerConfig {
   // The default, 0.1, admits CacheGen-like sizes (level 5 of a Llama-class cache: ~0.09) and
   // keeps the coarsest levels (level 8: ~0.28) out.
   double max_distortion = 0.1;
+  // kAdaptive: TEXT chunks decided but not yet prefilled, at most (>= 1). 1 decides the next
+  // front chunk only once the GPU is idle (the latest possible decision); 2 (the default) decides
+  // it while the previous one runs, so a real GPU queue never waits for the client's thread to
+  // come back (on a busy machine, tens of milliseconds per chunk). The timing model is the same
+  // (the GPU takes its queue in order); only the commitment comes one chunk earlier.
+  uint32_t prefill_queue = 2;
   CostModel cost;
   EstimatorConfig estimator;
 
@@ -243,7 +249,7 @@ struct Decision {
 // The prefill queue runs TEXT chunks in the order decided, each once every earlier chunk of
 // the context is ready. Decisions come in this order:
 //   * kAdaptive decides as late as possible: TEXT for the front chunk only when the prefill
-//     queue is idle, KV for the back chunk only when the link needs more work, so the GPU
+//     queue has room (ControllerConfig::prefill_queue), KV for the back chunk only when the link needs more work, so the GPU
 //     recomputes from the front while the link fills in from the back; they meet where the
 //     current plan says. The plan is recomputed at every decision. When the prefill queue
 //     would idle waiting for a requested KV chunk that is predicted to be ready later than
