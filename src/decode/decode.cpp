@@ -65,7 +65,10 @@ using detail::SlotTable;
 using detail::Decoder;
 using detail::kRansM;
 
-StatusOr<std::shared_ptr<Decoder>> make_decoder(std::span<const uint8_t> head) {
+// Parses the head and builds the decode tables of the layers [lb, le) (the others stay empty:
+// a decode of a layer range builds only what it uses).
+StatusOr<std::shared_ptr<Decoder>> make_decoder(std::span<const uint8_t> head, uint32_t lb = 0,
+                                                uint32_t le = UINT32_MAX) {
   KVCODEC_ASSIGN_OR_RETURN(detail::FrameHead h, detail::parse_head(head));
   auto d = std::make_shared<Decoder>();
   d->info = std::move(h.info);
@@ -74,6 +77,7 @@ StatusOr<std::shared_ptr<Decoder>> make_decoder(std::span<const uint8_t> head) {
   const uint8_t dt = uint8_t(d->info.dtype);
   d->layers.resize(h.layers.size());
   for (size_t i = 0; i < h.layers.size(); ++i) {
+    if (i / 2 < lb || i / 2 >= le) continue;
     const detail::LayerModel& m = h.layers[i];
     DecLayer& dl = d->layers[i];
     dl.slots = m.slots;
@@ -708,7 +712,7 @@ uint64_t decoded_bytes(const FrameInfo& f, const DecodeOptions& o) noexcept {
 }
 
 Status decode_into(std::span<const uint8_t> frame, const KVView& dst, const DecodeOptions& o) {
-  KVCODEC_ASSIGN_OR_RETURN(auto d, make_decoder(frame));
+  KVCODEC_ASSIGN_OR_RETURN(auto d, make_decoder(frame, o.layer_begin, o.layer_end));
   KVCODEC_RETURN_IF_ERROR(check_destination(d->info, dst));
   if (frame.size() < d->info.frame_bytes)
     return BufferTooSmall("frame truncated: " + std::to_string(frame.size()) + " of " +
