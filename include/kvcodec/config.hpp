@@ -19,6 +19,9 @@ namespace kvcodec {
 //     |x - x_hat| <= step(l, kv, c) / 2 + ulp(x_hat) / 2
 // where ulp is that of the output dtype (the rounding of the fp32 reconstruction to it).
 // Values too far from the channel's centre to code on the grid are escaped and come back exact.
+// Scales and centres are robust: values more than 8 standard deviations from their channel's
+// mean are left out of its statistics (up to three passes), so a few outliers are escaped or
+// coded far out instead of flattening the tensor; the robust scale never exceeds the plain RMS.
 inline constexpr int kMaxLevel = 9;
 inline constexpr int kDefaultLevel = 4;
 inline constexpr float kLevelStep[kMaxLevel + 1] = {

@@ -2,6 +2,7 @@
 // rANS lanes per chunk -> frame. Each (layer, K/V) is one task; tasks run in parallel and are
 // assembled in a fixed order, so the bytes never depend on the thread count.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -84,6 +85,7 @@ struct Workspace {
   std::vector<uint64_t> feature;
   std::vector<double> sum, sq, inv_step, center;
   std::vector<uint32_t> count;
+  std::vector<float> lo, hi;  // finite range per channel (robust scales)
   std::vector<float> step, row;
   std::vector<int32_t> center_i;
   std::vector<ChannelGrid> grids;
@@ -396,15 +398,25 @@ void lossy_grids(const Context& cx, uint32_t layer, const uint8_t* raw, Workspac
   ws.sum.assign(C, 0.0);
   ws.sq.assign(C, 0.0);
   ws.count.assign(C, 0);
+  ws.lo.assign(C, INFINITY);
+  ws.hi.assign(C, -INFINITY);
   ws.row.resize(C);
   const detail::ChannelSumsSoA sums{ws.sum.data(), ws.sq.data(), ws.count.data()};
   for (uint32_t t = 0; t < T; ++t) {
     detail::widen_to_f32(raw + size_t(t) * cx.rp, uint8_t(cx.src.dtype), C, ws.row.data());
     detail::add_row_sums(ws.row.data(), C, sums);
+    detail::add_row_range(ws.row.data(), C, ws.lo.data(), ws.hi.data());
   }
   ws.grids.resize(C);
   const double rel = double(kLevelStep[cx.opt.level]) * layer_factor(layer, sh.layers);
-  detail::grids_from_sums(sums, C, rel, cx.opt.step_mode, ws.grids.data());
+  // The robust passes read columns of the raw elements (the values widen_to_f32 gives).
+  static constexpr float (*kLoad[4])(const void*, size_t) = {
+      [](const void* p, size_t i) { return static_cast<const float*>(p)[i]; },
+      [](const void* p, size_t i) { return detail::f16_to_f32(static_cast<const uint16_t*>(p)[i]); },
+      [](const void* p, size_t i) { return detail::bf16_to_f32(static_cast<const uint16_t*>(p)[i]); },
+      [](const void* p, size_t i) { return detail::f8e4m3_to_f32(static_cast<const uint8_t*>(p)[i]); }};
+  const detail::Columns cols{raw, cx.rp / cx.es, kLoad[uint8_t(cx.src.dtype) - 1]};  // rows rp bytes apart
+  detail::grids_from_sums(sums, ws.lo.data(), ws.hi.data(), C, T, cols, rel, cx.opt.step_mode, ws.grids.data());
   ws.step.resize(C);
   ws.inv_step.resize(C);
   ws.center.resize(C);

@@ -1,6 +1,7 @@
 // The CPU quantizer's row loop (internal): vectorised fast path, exact per-element fallback.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "encode/quantize.hpp"
@@ -31,8 +32,20 @@ struct ChannelSumsSoA {
   uint32_t* count;
 };
 void add_row_sums(const float* x, uint32_t n, const ChannelSumsSoA& s);
-// The grids of `channels` channels from their sums (compute_grids' last step).
-void grids_from_sums(const ChannelSumsSoA& s, uint32_t channels, double rel_step, StepMode mode, ChannelGrid* grids);
+// lo[c] / hi[c]: the smallest / largest finite value of channel c so far, updated with one
+// token's values of n channels (start at +inf / -inf).
+void add_row_range(const float* x, uint32_t n, float* lo, float* hi);
+// Element i = t * pitch + c of a (layer, K/V) tensor as fp32, for the robust passes.
+struct Columns {
+  const void* base;
+  size_t pitch;
+  float (*value)(const void* base, size_t i);
+};
+// The grids of `channels` channels from their sums and ranges (compute_grids' last step),
+// with the robust passes of encode_values.hpp over `tokens` tokens of `cols` where a channel
+// has a value beyond kOutlierSigmas standard deviations.
+void grids_from_sums(const ChannelSumsSoA& s, const float* lo, const float* hi, uint32_t channels, uint32_t tokens,
+                     const Columns& cols, double rel_step, StepMode mode, ChannelGrid* grids);
 
 // Channels [c0, c0 + n) (n <= kColumnBlock) of tokens [t0, t1) of a (layer, K/V) tensor of dtype
 // `dtype` whose token rows start raw_pitch bytes apart (the anchors of these tokens' deltas are
