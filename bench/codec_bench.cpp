@@ -6,6 +6,10 @@
 #include <random>
 #include <vector>
 
+#include "common/block.hpp"
+#include "common/frame.hpp"
+#include "encode/block_model.hpp"
+#include "encode/encode_model.hpp"
 #include "encode/quantize_row.hpp"
 #include "kvcodec/codec.hpp"
 #include "common/quant.hpp"
@@ -89,6 +93,118 @@ void BM_Quantize(benchmark::State& st) {
   st.SetBytesProcessed(int64_t(st.iterations()) * int64_t(x.size() * 2));
 }
 
+// The model builder alone (issue 13, "one model builder"): the histograms of layer 0 K of the
+// 1024-token cache at level range(1) (0 = lossless byte planes), built into channel groups,
+// tables, lane codes and the serialised model by the CPU builder (range(0) = 0: sparse counts,
+// build_layer_model + write_layer_model) or by the device algorithm run on a host block
+// (range(0) = 1: block_build_model on HostBlock, dense [slot][bin][channel] histograms).
+struct ModelInput {
+  uint32_t C = 0, slots = 1, bins = 0;
+  bool lossless = false;
+  std::vector<uint32_t> hist;  // [slot][bin][channel]
+  std::vector<uint64_t> feature;
+  std::vector<ChannelGrid> grids;
+};
+
+ModelInput model_input(int level) {
+  const KVCache& kv = cache(1024);
+  ModelInput in;
+  in.C = uint32_t(kv.shape.channels());
+  const uint32_t C = in.C, T = kv.shape.tokens;
+  const uint16_t* h = reinterpret_cast<const uint16_t*>(kv.data.data());  // layer 0 K: the first T x C
+  in.lossless = level == 0;
+  in.bins = in.lossless ? detail::kLosslessBins : detail::kLossyBins;
+  in.slots = in.lossless ? 2 : 1;
+  in.hist.assign(size_t(in.slots) * in.bins * C, 0);
+  in.feature.assign(C, 0);
+  if (in.lossless) {
+    for (size_t i = 0; i < size_t(T) * C; ++i)
+      for (uint32_t p = 0; p < 2; ++p) ++in.hist[(p * in.bins + ((h[i] >> (8 * p)) & 0xff)) * C + i % C];
+    for (size_t i = 0; i < size_t(T) * C; ++i) in.feature[i % C] += (h[i] >> 8) & 0x7f;
+    return in;
+  }
+  std::vector<float> x(size_t(T) * C);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = detail::f16_to_f32(h[i]);
+  in.grids.resize(C);
+  compute_grids(x.data(), T, C, kLevelStep[level] * layer_factor(0, kv.shape.layers), StepMode::kLayer,
+                in.grids.data());
+  std::vector<float> step(C);
+  std::vector<double> inv(C), center(C);
+  std::vector<int32_t> center_i(C);
+  for (uint32_t c = 0; c < C; ++c) {
+    step[c] = step_from_code(in.grids[c].step_code);
+    inv[c] = 1.0 / step[c];
+    center[c] = center_i[c] = in.grids[c].center;
+  }
+  const detail::RowGrid rg{step.data(), inv.data(), center.data(), center_i.data()};
+  std::vector<int16_t> q(C);
+  for (uint32_t t = 0; t < T; ++t) {
+    detail::quantize_row(&x[size_t(t) * C], rg, C, 2, q.data());
+    for (uint32_t c = 0; c < C; ++c) {
+      ++in.hist[size_t(detail::lossy_bin(q[c])) * C + c];
+      if (q[c] != detail::kEscapeQ) in.feature[c] += uint64_t(q[c] < 0 ? -q[c] : q[c]);
+    }
+  }
+  return in;
+}
+
+void BM_ModelBuild(benchmark::State& st) {
+  const ModelInput in = model_input(int(st.range(1)));
+  const uint32_t C = in.C, groups = 8;
+  if (st.range(0) == 0) {
+    detail::ChannelCounts cc;  // the CPU encoder counts into this form directly
+    cc.reset(C, in.slots, in.bins);
+    for (uint32_t c = 0; c < C; ++c) {
+      for (uint32_t i = 0; i < in.slots * in.bins; ++i)
+        if (const uint32_t n = in.hist[size_t(i) * C + c]) {
+          cc.index.push_back(i);
+          cc.count.push_back(n);
+        }
+      cc.begin.push_back(uint32_t(cc.index.size()));
+    }
+    FrameInfo f;
+    f.level = in.lossless ? 0 : 4;
+    std::vector<uint32_t> codes;
+    std::vector<uint8_t> bytes;
+    for (auto _ : st) {
+      detail::LayerModel m;
+      if (!detail::build_layer_model(cc, in.feature.data(), in.lossless, groups, m, codes).ok())
+        return st.SkipWithError("build_layer_model failed");
+      for (const ChannelGrid& g : in.grids) {
+        m.step_code.push_back(g.step_code);
+        m.center.push_back(g.center);
+      }
+      bytes.clear();
+      detail::write_layer_model(f, m, bytes);
+      benchmark::DoNotOptimize(bytes.data());
+    }
+    st.counters["model_bytes"] = double(bytes.size());
+    return;
+  }
+  detail::EncodeLayout el;
+  el.lossless = in.lossless;
+  el.layers = 1;
+  el.channels = C;
+  el.slots = in.slots;
+  el.bins = in.bins;
+  el.max_tables = groups * in.slots;
+  const detail::ModelLayout ml = detail::model_layout(el);
+  std::vector<uint32_t> codes(el.max_tables * el.bins);
+  std::vector<uint16_t> table_base(C);
+  std::vector<uint8_t> model(ml.model_stride), scratch(ml.scratch_stride);
+  std::vector<uint64_t> sums(ml.sums_bytes / 8);
+  uint32_t model_size = 0;
+  const detail::ModelArgs args{in.hist.data(), in.feature.data(), in.grids.data(), codes.data(), table_base.data(),
+                               model.data(),   &model_size,       scratch.data()};
+  for (auto _ : st) {
+    detail::HostBlock blk;
+    detail::ModelShared sh;
+    if (!detail::block_build_model(blk, el, ml, args, 0, sh, sums.data())) return st.SkipWithError("block model failed");
+    benchmark::DoNotOptimize(model.data());
+  }
+  st.counters["model_bytes"] = double(model_size);
+}
+
 // rANS alone on a geometric-like symbol distribution (~2.5 bits/symbol); bytes are 2 per symbol,
 // as for fp16 elements.
 std::vector<uint8_t> symbols(size_t n, std::vector<uint64_t>& counts) {
@@ -129,6 +245,7 @@ void BM_RansDecode(benchmark::State& st) {
 
 BENCHMARK(BM_Quantize)->Arg(4)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_RansEncode)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_ModelBuild)->ArgsProduct({{0, 1}, {0, 4}})->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_RansDecode)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Encode)->ArgsProduct({{0, 4, 8}, {1024}})->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Decode)->ArgsProduct({{0, 4, 8}, {1024}})->Unit(benchmark::kMillisecond);

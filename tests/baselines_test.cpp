@@ -383,5 +383,135 @@ TEST(Kvcodec, LevelZeroIsLosslessAndLossyLevelsShrink) {
   EXPECT_NE(out.values, in.values);
 }
 
+// ---- Continuous CacheGen sweep and the calibrated transform schemes (issue 10) -------------
+
+double rel_error(const FloatKV& a, const FloatKV& b) {
+  double e = 0, r = 0;
+  for (size_t i = 0; i < a.values.size(); ++i) {
+    const double d = double(a.values[i]) - b.values[i];
+    e += d * d;
+    r += double(a.values[i]) * a.values[i];
+  }
+  return std::sqrt(e / r);
+}
+
+TEST(CacheGen, ContinuousBinsSweepShrinksTheErrorAsBinsGrow) {
+  const FloatKV in = make_cache(kShape, 21);
+  SchemeList s = schemes_or_die("cachegen:bins=4/8/16/32");
+  ASSERT_EQ(s.size(), 4u);
+  double last_err = 1e9;
+  uint64_t last_bytes = 0;
+  for (const auto& scheme : s) {
+    EXPECT_EQ(scheme->name(), "cachegen:bins");
+    FloatKV out;
+    auto bytes = scheme->run(in, out);
+    ASSERT_TRUE(bytes.ok()) << bytes.status().to_string();
+    const double err = rel_error(in, out);
+    EXPECT_LT(err, last_err) << scheme->setting();
+    EXPECT_GT(*bytes, last_bytes) << scheme->setting();
+    last_err = err;
+    last_bytes = *bytes;
+  }
+  EXPECT_FALSE(make_schemes("cachegen:bins=8:levels=2").ok());
+  EXPECT_FALSE(make_schemes("cachegen:bins=3").ok());
+}
+
+// Caches whose channels inside a head are strongly correlated: each head's vector is a random
+// mix of a few latent factors plus a little noise, as PCA assumes.
+FloatKV make_correlated_cache(const KVShape& shape, uint32_t seed, uint32_t mix_seed) {
+  FloatKV kv = FloatKV::zeros(shape);
+  std::mt19937 rng(seed), mix_rng(mix_seed);  // the mixing matrices are the "model"
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const uint32_t d = shape.head_dim, C = uint32_t(shape.channels()), factors = 3;
+  for (uint32_t l = 0; l < shape.layers; ++l)
+    for (uint32_t k = 0; k < 2; ++k)
+      for (uint32_t h = 0; h < shape.kv_heads; ++h) {
+        std::vector<float> mix(size_t(d) * factors);
+        for (float& m : mix) m = normal(mix_rng);
+        for (uint32_t t = 0; t < shape.tokens; ++t) {
+          float z[factors];
+          for (float& f : z) f = normal(rng);
+          for (uint32_t i = 0; i < d; ++i) {
+            float v = 0.05f * normal(rng);
+            for (uint32_t f = 0; f < factors; ++f) v += mix[size_t(i) * factors + f] * z[f];
+            kv.slice(l, k)[size_t(t) * C + h * d + i] = to_f16(v);
+          }
+        }
+      }
+  return kv;
+}
+
+Calibration calibration_of(const KVShape& shape) {
+  Calibration cal;
+  for (uint32_t i = 0; i < 3; ++i) cal.caches.push_back(make_correlated_cache(shape, 100 + i, 7));
+  return cal;
+}
+
+TEST(Kvpca, NeedsCalibrationAndSavesBitsOnCorrelatedChannels) {
+  const KVShape shape{2, 256, 2, 16};
+  const FloatKV in = make_correlated_cache(shape, 1, 7);
+  SchemeList s = schemes_or_die("kvcodec:levels=5,kvpca:levels=5:rope=keep,kvpca:levels=5:rope=keep:basis=frame");
+  ASSERT_EQ(s.size(), 3u);
+  EXPECT_FALSE(s[0]->needs_calibration());
+  EXPECT_TRUE(s[1]->needs_calibration());
+  FloatKV out;
+  EXPECT_FALSE(s[1]->run(in, out).ok());  // not calibrated
+  const Calibration cal = calibration_of(shape);
+  ASSERT_TRUE(s[1]->calibrate(cal).ok());
+  ASSERT_TRUE(s[2]->calibrate(cal).ok());
+  auto plain = s[0]->run(in, out);
+  ASSERT_TRUE(plain.ok());
+  const double plain_err = rel_error(in, out);
+  auto pca = s[1]->run(in, out);
+  ASSERT_TRUE(pca.ok()) << pca.status().to_string();
+  const double pca_err = rel_error(in, out);
+  EXPECT_LT(*pca, *plain * 0.8) << "3 factors in 16 channels: the transform must pay";
+  EXPECT_LT(pca_err, plain_err * 1.5);
+  auto framed = s[2]->run(in, out);
+  ASSERT_TRUE(framed.ok());
+  EXPECT_EQ(*framed, *pca + uint64_t(2 * 2 * 2) * (16 * 16 + 16) * 2);  // fp16 basis and mean per head
+}
+
+TEST(Kvpca, UndoingRopeRoundTripsTheKeys) {
+  // At the finest level the round trip through un-RoPE, PCA and back is accurate.
+  const KVShape shape{1, 128, 1, 8};
+  const FloatKV in = make_correlated_cache(shape, 2, 9);
+  SchemeList s = schemes_or_die("kvpca:levels=1");
+  Calibration cal;
+  cal.caches.push_back(make_correlated_cache(shape, 3, 9));
+  ASSERT_TRUE(s[0]->calibrate(cal).ok());
+  FloatKV out;
+  ASSERT_TRUE(s[0]->run(in, out).ok());
+  EXPECT_LT(rel_error(in, out), 0.02);
+}
+
+TEST(Kvtc, MoreBitsLessErrorAndSinkTokensExact) {
+  const KVShape shape{2, 200, 2, 16};
+  const FloatKV in = make_correlated_cache(shape, 4, 7);
+  SchemeList s = schemes_or_die("kvtc:bits=0.5/1/2/4:rope=keep:sink=4");
+  ASSERT_EQ(s.size(), 4u);
+  const Calibration cal = calibration_of(shape);
+  double last_err = 1e9;
+  uint64_t last_bytes = 0;
+  for (const auto& scheme : s) {
+    FloatKV out;
+    EXPECT_FALSE(scheme->run(in, out).ok());  // not calibrated yet
+    ASSERT_TRUE(scheme->calibrate(cal).ok());
+    auto bytes = scheme->run(in, out);
+    ASSERT_TRUE(bytes.ok()) << bytes.status().to_string();
+    const double err = rel_error(in, out);
+    EXPECT_LT(err, last_err) << scheme->setting();
+    EXPECT_GT(*bytes, last_bytes) << scheme->setting();
+    // Sink tokens, per-component side information and the shape header are counted.
+    EXPECT_GE(*bytes, uint64_t(2 * 2 * 4 * 32 * 2 + 16 + 2 * 2 * 2 * 16 * 5));
+    for (uint32_t l = 0; l < 2; ++l)
+      for (uint32_t k = 0; k < 2; ++k)
+        for (size_t i = 0; i < 4 * 32; ++i) ASSERT_EQ(out.slice(l, k)[i], in.slice(l, k)[i]);
+    last_err = err;
+    last_bytes = *bytes;
+  }
+  EXPECT_LT(last_err, 0.05);
+}
+
 }  // namespace
 }  // namespace kvcodec::eval

@@ -248,6 +248,15 @@ TEST_F(CliTest, UsageErrorsNameTheOption) {
       {{"loadgen", "--store", "mem:", "--put", in, "--clients", "1,300"}, "--clients must be in 1..256, got 300"},
       {{"loadgen", "--store", "mem:", "--put", in, "--seconds", "soon"}, "--seconds expects a number, got 'soon'"},
       {{"loadgen", "--store", "mem:", "--put", in, "--levels", "4.5"}, "--levels expects integers"},
+      // sweep and demo
+      {{"sweep", "--json", out, "--svg", out, "--levels", "2,10"}, "--levels must be in 0..9, got 10"},
+      {{"sweep", "--json", out, "--svg", out, "--rtt-ms", "1,x"}, "--rtt-ms expects a comma-separated list"},
+      {{"sweep", "--json", out, "--svg", out, "--chunk-tokens", "9000"}, "--chunk-tokens must be in 1..8192, got 9000"},
+      {{"sweep", "--json", out, "--svg", out, "--slo-ms"}, "option --slo-ms needs a value"},
+      {{"demo", "--out", path("d"), "--levels", "11"}, "--levels must be in 0..9, got 11"},
+      {{"demo", "--out", path("d"), "--tokens", "0"}, "--tokens must be >= 1, got 0"},
+      {{"demo", "--out", path("d"), "--low-gbps", "fast"}, "--low-gbps expects a number, got 'fast'"},
+      {{"demo", "--out", path("d"), "--verbose"}, "unknown option '--verbose'"},
   };
   for (const auto& [args, message] : cases) {
     std::string joined;

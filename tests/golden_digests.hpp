@@ -13,10 +13,12 @@ namespace kvcodec::test {
 
 inline std::string golden_dir() { return std::string(KVCODEC_TEST_DIR) + "/golden"; }
 
-// digests.txt: "name xxh64-of-the-decoded-cache" per line; '#' starts a comment.
-inline std::map<std::string, uint64_t> read_digests() {
+// digests.txt: "name xxh64-of-the-decoded-cache" per line; '#' starts a comment. records.txt
+// (the same syntax, names are paths under golden_dir()): frames of earlier encoders kept as
+// decode tests after a deliberate encoder change.
+inline std::map<std::string, uint64_t> read_digests(const std::string& file = "digests.txt") {
   std::map<std::string, uint64_t> out;
-  std::ifstream in(golden_dir() + "/digests.txt");
+  std::ifstream in(golden_dir() + "/" + file);
   std::string line;
   while (std::getline(in, line)) {
     if (line.empty() || line[0] == '#') continue;

@@ -293,6 +293,33 @@ TEST_P(GoldenFrame, Version1RecordStillDecodes) {
   EXPECT_EQ(digest(out->data), read_digests().at(c.name));
 }
 
+// tests/golden/records.txt: frames of earlier encoders (before a deliberate encoder change) still
+// decode to the values they decoded to, within the documented bound of their inputs.
+TEST(Golden, EarlierEncodersRecordsStillDecode) {
+  if (writing_golden()) GTEST_SKIP() << "rewriting the golden frames";
+  const auto records = read_digests("records.txt");
+  ASSERT_FALSE(records.empty());
+  for (const auto& [path, expected] : records) {
+    SCOPED_TRACE(path);
+    const std::string name = path.substr(path.rfind('/') + 1);
+    const GoldenCase* c = nullptr;
+    for (const GoldenCase& k : kCases)
+      if (name == k.name) c = &k;
+    ASSERT_NE(c, nullptr) << "no golden case named " << name;
+    auto frame = read_file(golden_dir() + "/" + path + ".kvc");
+    ASSERT_TRUE(frame.ok()) << frame.status().to_string();
+    ASSERT_TRUE(verify_frame(*frame).ok());
+    auto out = KVCache::allocate(c->dtype, c->shape);
+    ASSERT_TRUE(out.ok());
+    ASSERT_TRUE(decode_into(*frame, out->view()).ok());
+    EXPECT_EQ(digest(out->data), expected);
+    if (c->level == 0) continue;
+    const KVCache input = make_input(*c);
+    const test::BoundReport r = test::check_bound(*frame, input, *out);
+    EXPECT_EQ(r.violations, 0u) << r.first;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(All, GoldenFrame, ::testing::ValuesIn(kCases),
                          [](const ::testing::TestParamInfo<GoldenCase>& i) { return std::string(i.param.name); });
 

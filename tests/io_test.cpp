@@ -555,5 +555,122 @@ TEST_F(IoTest, WriteFileReportsErrors) {
   EXPECT_EQ(read_file(path("missing")).status().code(), StatusCode::kNotFound);
 }
 
+// A view's elements copied into the contiguous layout.
+KVCache contiguous_copy(const KVView& v) {
+  auto kv = KVCache::allocate(v.dtype, v.shape);
+  EXPECT_TRUE(kv.ok());
+  const KVView out = kv->view();
+  const size_t es = dtype_size(v.dtype);
+  for (uint32_t l = 0; l < v.shape.layers; ++l)
+    for (uint32_t k = 0; k < 2; ++k)
+      for (uint32_t t = 0; t < v.shape.tokens; ++t)
+        for (uint32_t h = 0; h < v.shape.kv_heads; ++h)
+          for (uint32_t d = 0; d < v.shape.head_dim; ++d)
+            std::memcpy(out.element(l, k, t, h, d), v.element(l, k, t, h, d), es);
+  return std::move(kv).value();
+}
+
+TEST_F(IoTest, KVFileViewsEveryConventionInPlace) {
+  const KVCache kv = tagged_cache();
+  ASSERT_TRUE(save_kv(path("kv.safetensors"), kv).ok());
+  ASSERT_TRUE(save_kv(path("kv.npy"), kv).ok());
+  for (bool hf : {false, true}) {
+    auto tensors = per_layer_tensors(hf);
+    std::reverse(tensors.begin(), tensors.end());
+    ASSERT_TRUE(write_safetensors(path(hf ? "hf.safetensors" : "layers.safetensors"), tensors).ok());
+  }
+  for (const char* name : {"kv.safetensors", "kv.npy", "layers.safetensors", "hf.safetensors"}) {
+    auto f = KVFile::open(path(name));
+    ASSERT_TRUE(f.ok()) << name << ": " << f.status().to_string();
+    EXPECT_EQ(f->bytes(), kShape.elements() * 4);
+    ASSERT_TRUE(validate_view(f->view()).ok());
+    KVFile moved = std::move(f).value();  // the view stays valid when the object moves
+    expect_tagged(contiguous_copy(moved.view()));
+  }
+}
+
+TEST_F(IoTest, KVFileReportsWhatLoadKvReports) {
+  EXPECT_EQ(KVFile::open(path("missing.safetensors")).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(KVFile::open(path("kv.bin")).status().code(), StatusCode::kInvalidArgument);
+  write_safetensors_raw("bad.safetensors", R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 8);
+  EXPECT_EQ(KVFile::open(path("bad.safetensors")).status().code(), load_kv(path("bad.safetensors")).status().code());
+  write_safetensors_raw("short.safetensors", R"({"kv":{"dtype":"F32","shape":[1,2,1,1,2],"data_offsets":[0,16]}})", 8);
+  const Status s = KVFile::open(path("short.safetensors")).status();
+  EXPECT_EQ(s.code(), StatusCode::kCorruptData);
+  EXPECT_NE(std::string(s.message()).find("short.safetensors"), std::string::npos);
+}
+
+TEST_F(IoTest, FileBytesReadsTheWholeFile) {
+  std::vector<uint8_t> a(5 << 20);  // above the huge-page threshold
+  for (size_t i = 0; i < a.size(); ++i) a[i] = uint8_t(i * 7 + i / 4096);
+  ASSERT_TRUE(write_file(path("f"), a.data(), a.size()).ok());
+  auto b = FileBytes::read(path("f"));
+  ASSERT_TRUE(b.ok());
+  EXPECT_TRUE(std::equal(a.begin(), a.end(), b->bytes().begin(), b->bytes().end()));
+  ASSERT_TRUE(write_file(path("empty"), nullptr, 0).ok());
+  auto e = FileBytes::read(path("empty"));
+  ASSERT_TRUE(e.ok());
+  EXPECT_TRUE(e->bytes().empty());
+  EXPECT_EQ(FileBytes::read(path("missing")).status().code(), StatusCode::kNotFound);
+}
+
+TEST_F(IoTest, WriteFileWithWritesWhatFillUsed) {
+  ASSERT_TRUE(write_file_with(path("f"), 100, [](std::span<uint8_t> buf) -> StatusOr<size_t> {
+                EXPECT_EQ(buf.size(), 100u);
+                for (size_t i = 0; i < 10; ++i) buf[i] = uint8_t(i + 1);
+                return size_t(10);
+              }).ok());
+  auto back = read_file(path("f"));
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(*back, (std::vector<uint8_t>{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}));
+  // fill's error comes back unchanged and no file (nor temporary) is written.
+  const Status s = write_file_with(path("g"), 10, [](std::span<uint8_t>) -> StatusOr<size_t> {
+    return CorruptData("bad frame");
+  });
+  EXPECT_EQ(s.code(), StatusCode::kCorruptData);
+  EXPECT_EQ(std::string(s.message()), "bad frame");
+  EXPECT_EQ(write_file_with(path("h"), 10, [](std::span<uint8_t>) -> StatusOr<size_t> { return size_t(11); }).code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir_), fs::directory_iterator()), 1);
+}
+
+TEST_F(IoTest, SaveKvByLayersWritesWhatSaveKvWrites) {
+  const KVCache kv = tagged_cache();
+  const size_t layer_bytes = kv.data.size() / kShape.layers;
+  for (const char* ext : {".safetensors", ".npy"}) {
+    ASSERT_TRUE(save_kv(path(std::string("a") + ext), kv).ok());
+    // Buffers of 1, 2 and all layers: every slab is filled in order with its layers only.
+    for (size_t buffer : {layer_bytes, 2 * layer_bytes + 1, size_t(1) << 20}) {
+      uint32_t next = 0;
+      const Status s = save_kv_by_layers(
+          path(std::string("b") + ext), kv.dtype, kv.shape,
+          [&](uint32_t lb, uint32_t le, const KVView& v) {
+            EXPECT_EQ(lb, next);
+            EXPECT_LE(size_t(le - lb) * layer_bytes, std::max(buffer, layer_bytes));
+            next = le;
+            const KVView src = contiguous_view(const_cast<uint8_t*>(kv.data.data()), kv.dtype, kv.shape);
+            for (uint32_t l = lb; l < le; ++l)
+              for (uint32_t k = 0; k < 2; ++k)
+                for (uint32_t t = 0; t < kShape.tokens; ++t)
+                  for (uint32_t h = 0; h < kShape.kv_heads; ++h)
+                    std::memcpy(v.element(l, k, t, h, 0), src.element(l, k, t, h, 0), kShape.head_dim * 4);
+            return Status::Ok();
+          },
+          buffer);
+      ASSERT_TRUE(s.ok()) << s.to_string();
+      EXPECT_EQ(next, kShape.layers);
+      EXPECT_EQ(read_raw(std::string("a") + ext), read_raw(std::string("b") + ext)) << ext << " buffer " << buffer;
+    }
+  }
+  const Status s = save_kv_by_layers(path("c.safetensors"), kv.dtype, kv.shape,
+                                     [](uint32_t, uint32_t, const KVView&) { return CorruptData("bad unit"); });
+  EXPECT_EQ(s.code(), StatusCode::kCorruptData);
+  EXPECT_FALSE(fs::exists(path("c.safetensors")));
+  EXPECT_EQ(save_kv_by_layers(path("c.bin"), kv.dtype, kv.shape,
+                              [](uint32_t, uint32_t, const KVView&) { return Status::Ok(); })
+                .code(),
+            StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace kvcodec

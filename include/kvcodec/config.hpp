@@ -3,6 +3,7 @@
 
 #include <cstdint>
 
+#include "kvcodec/metrics.hpp"
 #include "kvcodec/status.hpp"
 
 namespace kvcodec {
@@ -18,6 +19,9 @@ namespace kvcodec {
 //     |x - x_hat| <= step(l, kv, c) / 2 + ulp(x_hat) / 2
 // where ulp is that of the output dtype (the rounding of the fp32 reconstruction to it).
 // Values too far from the channel's centre to code on the grid are escaped and come back exact.
+// Scales and centres are robust: values more than 8 standard deviations from their channel's
+// mean are left out of its statistics (up to three passes), so a few outliers are escaped or
+// coded far out instead of flattening the tensor; the robust scale never exceeds the plain RMS.
 inline constexpr int kMaxLevel = 9;
 inline constexpr int kDefaultLevel = 4;
 inline constexpr float kLevelStep[kMaxLevel + 1] = {
@@ -63,6 +67,9 @@ struct EncodeOptions {
   StepMode step_mode = StepMode::kLayer;
   // Worker threads, 0 = all hardware threads. Output bytes do not depend on it.
   int threads = 1;
+  // Receives a kEncode event per frame (metrics.hpp); not owned. nullptr (default): none, no cost.
+  // Output bytes do not depend on it.
+  MetricsSink* metrics = nullptr;
 };
 
 inline constexpr uint32_t kMaxChunkTokens = 8192;
@@ -87,6 +94,9 @@ struct DecodeOptions {
   // buffers from a frame it did not make should set it (the CLI's --max-decoded-bytes does).
   // 0 = no limit (the default: the caller's destination already holds the range).
   uint64_t max_decoded_bytes = 0;
+  // Receives a kDecode event per call, kChecksumFailure when verification fails (metrics.hpp);
+  // not owned. nullptr (default): none, no cost.
+  MetricsSink* metrics = nullptr;
 };
 
 }  // namespace kvcodec

@@ -10,6 +10,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -52,5 +55,58 @@ Status save_kv(const std::string& path, const KVCache& kv);
 // Whole-file helpers.
 StatusOr<std::vector<uint8_t>> read_file(const std::string& path);
 Status write_file(const std::string& path, const uint8_t* data, size_t size);
+
+// ---- Files without extra copies or page faults (large caches) ------------------------------
+// The buffers below are not zero-filled first and, from 2 MiB, ask the kernel for huge pages,
+// so a 512 MiB file costs hundreds of page faults rather than a hundred thousand.
+
+// A whole file read once into one buffer.
+class FileBytes {
+ public:
+  static StatusOr<FileBytes> read(const std::string& path);
+  std::span<const uint8_t> bytes() const noexcept { return {data_.get(), size_}; }
+
+ private:
+  std::shared_ptr<uint8_t> data_;
+  size_t size_ = 0;
+};
+
+// A KV cache file (any accepted convention) read for encoding: its tensor bytes read once into
+// one buffer and viewed where they lie -- per-layer files as a per-layer view, not gathered
+// into the contiguous layout. view() is read-only use (encode_into); the object is move-only.
+class KVFile {
+ public:
+  static StatusOr<KVFile> open(const std::string& path);
+  KVFile() = default;
+  KVFile(KVFile&&) = default;
+  KVFile& operator=(KVFile&&) = default;
+  KVFile(const KVFile&) = delete;
+  KVFile& operator=(const KVFile&) = delete;
+
+  const KVView& view() const noexcept { return view_; }
+  DType dtype() const noexcept { return view_.dtype; }
+  const KVShape& shape() const noexcept { return view_.shape; }
+  uint64_t bytes() const noexcept { return shape().elements() * dtype_size(dtype()); }
+
+ private:
+  std::shared_ptr<void> hold_;       // the bytes the view points into
+  std::vector<void*> keys_, values_;  // per-layer views: the layers' pointers
+  KVView view_;
+};
+
+// Writes `path` atomically from a buffer of `capacity` bytes that fill() writes and whose first
+// *fill() bytes become the file. Untouched capacity costs no memory. An error of fill() is
+// returned as it is (nothing is written); I/O errors name the path.
+Status write_file_with(const std::string& path, size_t capacity,
+                       const std::function<StatusOr<size_t>(std::span<uint8_t>)>& fill);
+
+// Writes the file save_kv would write for a cache of `dtype` and `shape`, a few layers at a time
+// through one buffer of about buffer_bytes (at least one layer): fill(lb, le, view) must write
+// layers [lb, le) of `view` (a view of the whole shape whose other layers are not backed by
+// memory: never touch them). Layers are filled in order. An error of fill() is returned as it
+// is (nothing is written).
+Status save_kv_by_layers(const std::string& path, DType dtype, const KVShape& shape,
+                         const std::function<Status(uint32_t, uint32_t, const KVView&)>& fill,
+                         size_t buffer_bytes = size_t(32) << 20);
 
 }  // namespace kvcodec

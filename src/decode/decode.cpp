@@ -11,6 +11,7 @@
 
 #include "common/bytes.hpp"
 #include "common/frame.hpp"
+#include "common/metrics.hpp"
 #include "common/stored_unit.hpp"
 #include "common/parallel.hpp"
 #include "common/quant.hpp"
@@ -65,7 +66,10 @@ using detail::SlotTable;
 using detail::Decoder;
 using detail::kRansM;
 
-StatusOr<std::shared_ptr<Decoder>> make_decoder(std::span<const uint8_t> head) {
+// Parses the head and builds the decode tables of the layers [lb, le) (the others stay empty:
+// a decode of a layer range builds only what it uses).
+StatusOr<std::shared_ptr<Decoder>> make_decoder(std::span<const uint8_t> head, uint32_t lb = 0,
+                                                uint32_t le = UINT32_MAX) {
   KVCODEC_ASSIGN_OR_RETURN(detail::FrameHead h, detail::parse_head(head));
   auto d = std::make_shared<Decoder>();
   d->info = std::move(h.info);
@@ -74,6 +78,7 @@ StatusOr<std::shared_ptr<Decoder>> make_decoder(std::span<const uint8_t> head) {
   const uint8_t dt = uint8_t(d->info.dtype);
   d->layers.resize(h.layers.size());
   for (size_t i = 0; i < h.layers.size(); ++i) {
+    if (i / 2 < lb || i / 2 >= le) continue;
     const detail::LayerModel& m = h.layers[i];
     DecLayer& dl = d->layers[i];
     dl.slots = m.slots;
@@ -630,7 +635,13 @@ Status FrameDecoder::decode_chunk(uint32_t chunk, std::span<const uint8_t> body,
   one.chunk_begin = chunk;
   one.chunk_end = chunk + 1;
   KVCODEC_RETURN_IF_ERROR(check_decode_limit(impl_->info, one));
-  return kvcodec::decode_chunk(*impl_, chunk, body, dst, o.layer_begin, le, o.verify_checksums, o.threads);
+  const detail::MetricTimer timer(o.metrics);
+  const Status s = kvcodec::decode_chunk(*impl_, chunk, body, dst, o.layer_begin, le, o.verify_checksums, o.threads);
+  if (timer.sink()) {
+    const uint64_t raw = decoded_bytes(impl_->info, one);
+    detail::record_decode(timer, s, impl_->info.level, raw, body.size(), raw / dtype_size(impl_->info.dtype));
+  }
+  return s;
 }
 
 StatusOr<FrameStats> analyze_frame(std::span<const uint8_t> frame) {
@@ -708,7 +719,7 @@ uint64_t decoded_bytes(const FrameInfo& f, const DecodeOptions& o) noexcept {
 }
 
 Status decode_into(std::span<const uint8_t> frame, const KVView& dst, const DecodeOptions& o) {
-  KVCODEC_ASSIGN_OR_RETURN(auto d, make_decoder(frame));
+  KVCODEC_ASSIGN_OR_RETURN(auto d, make_decoder(frame, o.layer_begin, o.layer_end));
   KVCODEC_RETURN_IF_ERROR(check_destination(d->info, dst));
   if (frame.size() < d->info.frame_bytes)
     return BufferTooSmall("frame truncated: " + std::to_string(frame.size()) + " of " +
@@ -721,6 +732,7 @@ Status decode_into(std::span<const uint8_t> frame, const KVView& dst, const Deco
   if (o.chunk_begin >= ce || o.layer_begin >= le) return OutOfRange("empty chunk or layer range");
   KVCODEC_RETURN_IF_ERROR(check_decode_limit(d->info, o));
   // Parallelise across chunks when there are several; a single chunk parallelises its layers.
+  const detail::MetricTimer timer(o.metrics);
   std::vector<Status> st(ce - o.chunk_begin);
   const bool across_chunks = st.size() > 1;
   KVCODEC_RETURN_IF_ERROR(detail::parallel_for(st.size(), across_chunks ? o.threads : 1, [&](size_t i) {
@@ -729,8 +741,19 @@ Status decode_into(std::span<const uint8_t> frame, const KVView& dst, const Deco
     st[i] = decode_chunk(*d, k, frame.subspan(ci.offset, ci.size), dst, o.layer_begin, le, o.verify_checksums,
                          across_chunks ? 1 : o.threads);
   }));
-  for (const Status& s : st) KVCODEC_RETURN_IF_ERROR(s);
-  return Status::Ok();
+  Status result;
+  for (const Status& s : st)
+    if (!s.ok()) {
+      result = s;
+      break;
+    }
+  if (timer.sink()) {
+    uint64_t coded = 0;
+    for (uint32_t k = o.chunk_begin; k < ce; ++k) coded += d->info.chunks[k].size;
+    const uint64_t raw = decoded_bytes(d->info, o);
+    detail::record_decode(timer, result, d->info.level, raw, coded, raw / dtype_size(d->info.dtype));
+  }
+  return result;
 }
 
 Status decode_chunk_into(std::span<const uint8_t> head, uint32_t chunk, std::span<const uint8_t> body,

@@ -2,6 +2,7 @@
 // rANS lanes per chunk -> frame. Each (layer, K/V) is one task; tasks run in parallel and are
 // assembled in a fixed order, so the bytes never depend on the thread count.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -12,6 +13,7 @@
 
 #include "encode/encode_model.hpp"
 #include "common/frame.hpp"
+#include "common/metrics.hpp"
 #include "common/stored_unit.hpp"
 #include "common/parallel.hpp"
 #include "encode/quantize_row.hpp"
@@ -32,13 +34,13 @@ using detail::LayerModel;
 
 size_t pad4(size_t n) { return (n + 3) & ~size_t(3); }
 
-// Copies the raw elements of (layer l, K/V kv) into out[t][h][d].
-void gather(const KVView& v, uint32_t l, uint32_t kv, uint8_t* out) {
+// Copies the raw elements of (layer l, K/V kv) into out[t][h][d], rows `pitch` bytes apart.
+void gather(const KVView& v, uint32_t l, uint32_t kv, uint8_t* out, size_t pitch) {
   const size_t es = dtype_size(v.dtype);
   const uint32_t H = v.shape.kv_heads, D = v.shape.head_dim;
   for (uint32_t t = 0; t < v.shape.tokens; ++t)
     for (uint32_t h = 0; h < H; ++h) {
-      uint8_t* dst = out + (size_t(t) * H + h) * D * es;
+      uint8_t* dst = out + size_t(t) * pitch + size_t(h) * D * es;
       if (v.rows_contiguous()) {
         std::memcpy(dst, v.element(l, kv, t, h, 0), D * es);
       } else {
@@ -66,19 +68,24 @@ struct Context {
   const EncodeOptions& opt;
   uint32_t chunks;
   size_t es;
+  // Bytes from one token's row of gathered elements to the next: a cache line more than the
+  // row, so that column blocks do not map every row to the same cache sets.
+  size_t rp;
 };
 
 // A task's scratch memory, reused by the next task (and the next encoding) so that its pages are
 // not faulted in again per (layer, K/V). Every array is fully written before it is read, except
 // `local`, which is all zero between uses.
 struct Workspace {
-  std::vector<uint8_t> raw;      // the task's elements [tokens][channels]
+  std::vector<uint8_t> raw;      // the task's elements [tokens][channels], rows Context::rp apart
   std::vector<int16_t> val;      // lossy symbol values [tokens][channels]
-  std::vector<uint32_t> local;   // one column block's counts [slot][bin][kColumnBlock]
+  std::vector<uint32_t> local;   // one column block's counts (lossy: [slot][bin][kColumnBlock])
+  std::vector<uint16_t> local16; // lossless: one column block's counts between spills
   detail::ChannelCounts counts;
   std::vector<uint64_t> feature;
   std::vector<double> sum, sq, inv_step, center;
   std::vector<uint32_t> count;
+  std::vector<float> lo, hi;  // finite range per channel (robust scales)
   std::vector<float> step, row;
   std::vector<int32_t> center_i;
   std::vector<ChannelGrid> grids;
@@ -116,65 +123,132 @@ WorkspacePool& workspace_pool() {
 }
 
 // Lossless: each byte plane of the elements is coded with per-(group, plane) tables.
-constexpr uint32_t kLosslessBlock = 32;  // channels counted at once: P x 256 x 32 counters
+// Byte planes are counted kLosslessBlock channels at a time in 16-bit counters (in L1), spilled
+// into 32-bit ones every kSpillTokens tokens and at the end of the block.
+constexpr uint32_t kLosslessBlock = 16, kSpillTokens = 65535;
 
-// Counts the byte planes of channels [c0, c0 + n) into ws.counts (appended in channel order) and
-// the clustering feature (magnitude bits of the top byte).
-void count_lossless_block(const uint8_t* raw, uint32_t T, uint32_t C, uint32_t P, uint32_t c0, uint32_t n,
-                          Workspace& ws) {
-  uint32_t* loc = ws.local.data();  // [plane][byte][kLosslessBlock]
-  uint64_t feature[kLosslessBlock] = {};
-  for (uint32_t t = 0; t < T; ++t) {
-    const uint8_t* e = raw + (size_t(t) * C + c0) * P;
+void spill_counts(uint16_t* c16, uint32_t* c32, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    c32[i] += c16[i];
+    c16[i] = 0;
+  }
+}
+
+// Counts tokens [t0, t1) of channels [c0, c0 + n) into c16 ([j][plane][byte]) and the clustering
+// feature (magnitude bits of the top byte); P bytes per element.
+template <uint32_t P>
+void count_planes(const uint8_t* raw, size_t rp, uint32_t t0, uint32_t t1, uint32_t c0, uint32_t n, uint16_t* c16,
+                  uint64_t* feature) {
+  constexpr size_t per_channel = size_t(P) * detail::kLosslessBins;
+  for (uint32_t t = t0; t < t1; ++t) {
+    const uint8_t* e = raw + size_t(t) * rp + size_t(c0) * P;
     for (uint32_t j = 0; j < n; ++j, e += P) {
-      for (uint32_t p = 0; p < P; ++p) ++loc[(p * detail::kLosslessBins + e[p]) * kLosslessBlock + j];
+      uint16_t* cj = c16 + j * per_channel;
+      for (uint32_t p = 0; p < P; ++p) ++cj[p * detail::kLosslessBins + e[p]];
       feature[j] += e[P - 1] & 0x7f;
     }
   }
+}
+
+// Counts the byte planes of channels [c0, c0 + n) into ws.counts (appended in channel order) and
+// the clustering feature.
+void count_lossless_block(const uint8_t* raw, size_t rp, uint32_t T, uint32_t P, uint32_t c0, uint32_t n,
+                          Workspace& ws) {
+  const size_t per_channel = size_t(P) * detail::kLosslessBins;
+  uint16_t* c16 = ws.local16.data();  // [j][plane][byte]
+  uint32_t* c32 = ws.local.data();    // the same, 32-bit
+  uint64_t feature[kLosslessBlock] = {};
+  for (uint32_t t0 = 0; t0 < T; t0 += kSpillTokens) {
+    const uint32_t t1 = std::min(T, t0 + kSpillTokens);
+    switch (P) {
+      case 1: count_planes<1>(raw, rp, t0, t1, c0, n, c16, feature); break;
+      case 2: count_planes<2>(raw, rp, t0, t1, c0, n, c16, feature); break;
+      default: count_planes<4>(raw, rp, t0, t1, c0, n, c16, feature); break;
+    }
+    spill_counts(c16, c32, n * per_channel);
+  }
   detail::ChannelCounts& cc = ws.counts;
   for (uint32_t j = 0; j < n; ++j) {
-    for (uint32_t i = 0; i < P * detail::kLosslessBins; ++i)
-      if (uint32_t& k = loc[i * kLosslessBlock + j]) {
+    uint32_t* cj = c32 + j * per_channel;
+    for (uint32_t i = 0; i < per_channel; ++i)
+      if (cj[i]) {
         cc.index.push_back(i);
-        cc.count.push_back(k);
-        k = 0;
+        cc.count.push_back(cj[i]);
+        cj[i] = 0;
       }
     cc.begin.push_back(uint32_t(cc.index.size()));
     ws.feature[c0 + j] = feature[j];
   }
 }
 
+// Lane codes of plane p of one token's n elements e[c * P + p]: f[c] = codes[off[c] + byte].
+void plane_codes_scalar(const uint8_t* e, uint32_t P, uint32_t p, const uint32_t* off, uint32_t n,
+                        const uint32_t* codes, uint32_t* f) {
+  for (uint32_t c = 0; c < n; ++c) f[c] = codes[off[c] + e[size_t(c) * P + p]];
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) void plane_codes_avx2(const uint8_t* e, uint32_t P, uint32_t p, const uint32_t* off,
+                                                       uint32_t n, const uint32_t* codes, uint32_t* f) {
+  const __m256i low = _mm256_set1_epi32(0xff);
+  const __m128i shift = _mm_cvtsi32_si128(int(8 * p));
+  uint32_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    const uint8_t* q = e + size_t(c) * P;
+    __m256i x;  // element c + i's bytes in 32-bit lane i
+    if (P == 1) x = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q)));
+    else if (P == 2) x = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
+    else x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+    const __m256i byte = _mm256_and_si256(_mm256_srl_epi32(x, shift), low);
+    const __m256i idx = _mm256_add_epi32(byte, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(off + c)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(f + c),
+                        _mm256_i32gather_epi32(reinterpret_cast<const int*>(codes), idx, 4));
+  }
+  plane_codes_scalar(e + size_t(c) * P, P, p, off + c, n - c, codes, f + c);
+}
+#endif
+
 void encode_lossless(const Context& cx, const uint8_t* raw, Workspace& ws, LayerOutput& out) {
   const KVShape& sh = cx.src.shape;
   const uint32_t T = sh.tokens, C = uint32_t(sh.channels());
   const uint32_t P = uint32_t(cx.es);
   ws.local.resize(size_t(P) * detail::kLosslessBins * kLosslessBlock, 0);
+  ws.local16.resize(size_t(P) * detail::kLosslessBins * kLosslessBlock, 0);
   ws.feature.resize(C);
-  ws.counts.reset(C, P, detail::kLosslessBins);
+  ws.counts.reset(C, P, detail::kLosslessBins, size_t(C) * P * std::min<uint32_t>(T, detail::kLosslessBins));
   for (uint32_t c0 = 0; c0 < C; c0 += kLosslessBlock)
-    count_lossless_block(raw, T, C, P, c0, std::min(kLosslessBlock, C - c0), ws);
+    count_lossless_block(raw, cx.rp, T, P, c0, std::min(kLosslessBlock, C - c0), ws);
   LayerModel& m = out.model;
   std::vector<uint32_t>& codes = ws.codes;  // [group * P + plane][byte]: lane code
   out.status = detail::build_layer_model(ws.counts, ws.feature.data(), true, cx.opt.table_groups, m, codes);
   if (!out.status.ok()) return;
-  // Per plane and channel, its table's byte -> code map.
-  ws.chan_lut.resize(size_t(P) * C);
+  // Per plane and channel, where its table's byte -> code map starts in codes.
+  ws.chan_off.resize(size_t(P) * C);
   for (uint32_t p = 0; p < P; ++p)
     for (uint32_t c = 0; c < C; ++c)
-      ws.chan_lut[size_t(p) * C + c] = &codes[(size_t(m.channel_group[c]) * P + p) * detail::kLosslessBins];
+      ws.chan_off[size_t(p) * C + c] = (uint32_t(m.channel_group[c]) * P + p) * detail::kLosslessBins;
+  const bool avx2 = detail::avx2_enabled();
   out.units.resize(cx.chunks);
   for (uint32_t k = 0; k < cx.chunks; ++k) {
     const uint32_t t0 = k * cx.opt.chunk_tokens, t1 = std::min(T, t0 + cx.opt.chunk_tokens);
     ws.fc.resize(size_t(t1 - t0) * C);
     for (uint32_t p = 0; p < P; ++p) {
-      const uint32_t* const* lut = &ws.chan_lut[size_t(p) * C];
-      const uint8_t* e = raw + size_t(t0) * C * P + p;
-      uint32_t* f = ws.fc.data();
-      for (uint32_t t = t0; t < t1; ++t)
-        for (uint32_t c = 0; c < C; ++c, e += P) *f++ = lut[c][*e];
+      const uint32_t* off = &ws.chan_off[size_t(p) * C];
+      for (uint32_t t = t0; t < t1; ++t) {
+        const uint8_t* e = raw + size_t(t) * cx.rp;
+        uint32_t* f = ws.fc.data() + size_t(t - t0) * C;
+#if defined(__x86_64__)
+        if (avx2) {
+          plane_codes_avx2(e, P, p, off, C, codes.data(), f);
+          continue;
+        }
+#endif
+        plane_codes_scalar(e, P, p, off, C, codes.data(), f);
+      }
       encode_symbols(ws.fc, ws.scratch, out.units[k]);
     }
   }
+  (void)avx2;
 }
 
 // Widens [*lo, *hi] to the values of v[0, n) (escapes count as 0), adds their magnitudes to
@@ -324,15 +398,25 @@ void lossy_grids(const Context& cx, uint32_t layer, const uint8_t* raw, Workspac
   ws.sum.assign(C, 0.0);
   ws.sq.assign(C, 0.0);
   ws.count.assign(C, 0);
+  ws.lo.assign(C, INFINITY);
+  ws.hi.assign(C, -INFINITY);
   ws.row.resize(C);
   const detail::ChannelSumsSoA sums{ws.sum.data(), ws.sq.data(), ws.count.data()};
   for (uint32_t t = 0; t < T; ++t) {
-    detail::widen_to_f32(raw + size_t(t) * C * cx.es, uint8_t(cx.src.dtype), C, ws.row.data());
+    detail::widen_to_f32(raw + size_t(t) * cx.rp, uint8_t(cx.src.dtype), C, ws.row.data());
     detail::add_row_sums(ws.row.data(), C, sums);
+    detail::add_row_range(ws.row.data(), C, ws.lo.data(), ws.hi.data());
   }
   ws.grids.resize(C);
   const double rel = double(kLevelStep[cx.opt.level]) * layer_factor(layer, sh.layers);
-  detail::grids_from_sums(sums, C, rel, cx.opt.step_mode, ws.grids.data());
+  // The robust passes read columns of the raw elements (the values widen_to_f32 gives).
+  static constexpr float (*kLoad[4])(const void*, size_t) = {
+      [](const void* p, size_t i) { return static_cast<const float*>(p)[i]; },
+      [](const void* p, size_t i) { return detail::f16_to_f32(static_cast<const uint16_t*>(p)[i]); },
+      [](const void* p, size_t i) { return detail::bf16_to_f32(static_cast<const uint16_t*>(p)[i]); },
+      [](const void* p, size_t i) { return detail::f8e4m3_to_f32(static_cast<const uint8_t*>(p)[i]); }};
+  const detail::Columns cols{raw, cx.rp / cx.es, kLoad[uint8_t(cx.src.dtype) - 1]};  // rows rp bytes apart
+  detail::grids_from_sums(sums, ws.lo.data(), ws.hi.data(), C, T, cols, rel, cx.opt.step_mode, ws.grids.data());
   ws.step.resize(C);
   ws.inv_step.resize(C);
   ws.center.resize(C);
@@ -427,7 +511,7 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, Workspa
     BlockCounter bc{val + c0, VP, CT, GT, n, ws.local.data()};
     for (uint32_t t0 = 0; t0 < T; t0 += kTokenTile) {  // counted while in L1
       const uint32_t t1 = std::min(T, t0 + kTokenTile);
-      detail::quantize_columns(raw, uint8_t(cx.src.dtype), t0, t1, C, c0, n, rg, CT, GT, val, VP);
+      detail::quantize_columns(raw, cx.rp, uint8_t(cx.src.dtype), t0, t1, c0, n, rg, CT, GT, val, VP);
       bc.add(t0, t1);
     }
     bc.finish(c0, slots, ws, true);
@@ -467,7 +551,7 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, Workspa
     detail::store_le32(unit.data() + base, uint32_t(ws.esc_at.size()));
     uint8_t* e = unit.data() + base + 4;
     for (uint32_t j : ws.esc_at) {
-      std::memcpy(e, raw + (size_t(t0) * C + j) * cx.es, cx.es);
+      std::memcpy(e, raw + size_t(t0 + j / C) * cx.rp + size_t(j % C) * cx.es, cx.es);
       e += cx.es;
     }
   }
@@ -484,9 +568,9 @@ void store_large_units(const Context& cx, const uint8_t* raw, LayerOutput& out) 
     const uint32_t t0 = k * cx.opt.chunk_tokens, t1 = std::min(cx.src.shape.tokens, t0 + cx.opt.chunk_tokens);
     const uint64_t n = uint64_t(t1 - t0) * C;
     if (!detail::store_unit(out.units[k].size(), n, uint32_t(cx.es), planes, lossless)) continue;
-    const uint8_t* first = raw + size_t(t0) * C * cx.es;
-    out.units[k].assign(first, first + n * cx.es);
-    out.units[k].resize(detail::stored_unit_bytes(n, uint32_t(cx.es)), 0);
+    const size_t row = size_t(C) * cx.es;
+    out.units[k].assign(detail::stored_unit_bytes(n, uint32_t(cx.es)), 0);
+    for (uint32_t t = t0; t < t1; ++t) std::memcpy(out.units[k].data() + (t - t0) * row, raw + t * cx.rp, row);
     out.stored[k] = 1;
   }
 }
@@ -513,21 +597,22 @@ size_t max_encoded_size(const KVShape& shape, DType dtype, const EncodeOptions& 
   return size_t(total);
 }
 
-StatusOr<size_t> encode_into(const KVView& src, const EncodeOptions& o, std::span<uint8_t> dst) {
+// encode_into without the metrics.
+static StatusOr<size_t> encode_frame(const KVView& src, const EncodeOptions& o, std::span<uint8_t> dst) {
   KVCODEC_RETURN_IF_ERROR(validate_options(o));
   KVCODEC_RETURN_IF_ERROR(validate_view(src));
   const KVShape& sh = src.shape;
   const uint32_t L = sh.layers;
   const uint32_t chunks = detail::num_chunks_for(sh.tokens, o.chunk_tokens);
-  const Context cx{src, o, chunks, dtype_size(src.dtype)};
+  const Context cx{src, o, chunks, dtype_size(src.dtype), sh.channels() * dtype_size(src.dtype) + 64};
 
   std::vector<LayerOutput> outs(size_t(L) * 2);
   KVCODEC_RETURN_IF_ERROR(detail::parallel_for(outs.size(), o.threads, [&](size_t task) {
     const uint32_t l = uint32_t(task / 2), kv = uint32_t(task % 2);
     std::unique_ptr<Workspace> ws = workspace_pool().take();
-    ws->raw.resize(size_t(sh.tokens) * sh.channels() * cx.es);  // gathered next
+    ws->raw.resize(size_t(sh.tokens) * cx.rp);  // gathered next
     const uint8_t* raw = ws->raw.data();
-    gather(src, l, kv, ws->raw.data());
+    gather(src, l, kv, ws->raw.data(), cx.rp);
     if (o.level == 0) encode_lossless(cx, raw, *ws, outs[task]);
     else encode_lossy(cx, l, raw, *ws, outs[task]);
     if (outs[task].status.ok()) store_large_units(cx, raw, outs[task]);
@@ -577,6 +662,22 @@ StatusOr<size_t> encode_into(const KVView& src, const EncodeOptions& o, std::spa
   detail::write_head(f, model, head);
   std::memcpy(dst.data(), head.data(), head.size());
   return size_t(f.frame_bytes);
+}
+
+StatusOr<size_t> encode_into(const KVView& src, const EncodeOptions& o, std::span<uint8_t> dst) {
+  const detail::MetricTimer timer(o.metrics);
+  StatusOr<size_t> size = encode_frame(src, o, dst);
+  if (timer.sink() && size.ok()) {
+    MetricEvent e;
+    e.kind = MetricKind::kEncode;
+    e.level = o.level;
+    e.seconds = timer.seconds();
+    e.raw_bytes = src.shape.elements() * dtype_size(src.dtype);
+    e.coded_bytes = *size;
+    e.elements = src.shape.elements();
+    timer.sink()->record(e);
+  }
+  return size;
 }
 
 }  // namespace kvcodec

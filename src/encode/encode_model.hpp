@@ -32,13 +32,17 @@ struct ChannelCounts {
   std::vector<uint32_t> begin{0};  // channels + 1 once complete
   std::vector<uint32_t> index;     // slot * bins + bin
   std::vector<uint32_t> count;
-  void reset(uint32_t c, uint32_t s, uint32_t b) {
+  // Empties the counts for c channels; `expect` entries are reserved.
+  void reset(uint32_t c, uint32_t s, uint32_t b, size_t expect = 0) {
     channels = c;
     slots = s;
     bins = b;
     begin.assign(1, 0);
+    begin.reserve(size_t(c) + 1);
     index.clear();
     count.clear();
+    index.reserve(expect);
+    count.reserve(expect);
   }
 };
 

@@ -30,9 +30,14 @@ void compute_grids(const float* x, uint32_t tokens, uint32_t channels, double re
                    ChannelGrid* grids) noexcept {
   std::vector<double> sum(channels, 0.0), sq(channels, 0.0);
   std::vector<uint32_t> count(channels, 0);
+  std::vector<float> lo(channels, INFINITY), hi(channels, -INFINITY);
   const detail::ChannelSumsSoA s{sum.data(), sq.data(), count.data()};
-  for (uint32_t t = 0; t < tokens; ++t) detail::add_row_sums(x + size_t(t) * channels, channels, s);
-  detail::grids_from_sums(s, channels, rel_step, mode, grids);
+  for (uint32_t t = 0; t < tokens; ++t) {
+    detail::add_row_sums(x + size_t(t) * channels, channels, s);
+    detail::add_row_range(x + size_t(t) * channels, channels, lo.data(), hi.data());
+  }
+  const detail::Columns cols{x, channels, [](const void* p, size_t i) { return static_cast<const float*>(p)[i]; }};
+  detail::grids_from_sums(s, lo.data(), hi.data(), channels, tokens, cols, rel_step, mode, grids);
 }
 
 int32_t quantize_value(float x, float step, int32_t center, DType dt) noexcept {
@@ -264,9 +269,29 @@ void add_row_sums(const float* x, uint32_t n, const ChannelSumsSoA& s) {
   add_row_sums_scalar(x, n, s);
 }
 
-void grids_from_sums(const ChannelSumsSoA& s, uint32_t channels, double rel_step, StepMode mode, ChannelGrid* grids) {
+void add_row_range(const float* x, uint32_t n, float* lo, float* hi) {
+  for (uint32_t c = 0; c < n; ++c) {
+    const float v = x[c];
+    const bool finite = v - v == 0.0f;
+    lo[c] = finite && v < lo[c] ? v : lo[c];
+    hi[c] = finite && v > hi[c] ? v : hi[c];
+  }
+}
+
+void grids_from_sums(const ChannelSumsSoA& s, const float* lo, const float* hi, uint32_t channels, uint32_t tokens,
+                     const Columns& cols, double rel_step, StepMode mode, ChannelGrid* grids) {
   std::vector<ChannelSums> sums(channels);
-  for (uint32_t c = 0; c < channels; ++c) sums[c] = ChannelSums{s.sum[c], s.sq[c], s.count[c]};
+  for (uint32_t c = 0; c < channels; ++c) {
+    ChannelSums& cs = sums[c];
+    cs = ChannelSums{s.sum[c], s.sq[c], s.count[c], 0, lo[c], hi[c]};
+    finish_sums(cs);
+    double a, b;  // robust passes (encode_values.hpp): rare, so column-wise
+    for (int pass = 0; pass < kRobustPasses && outlier_range(cs, &a, &b); ++pass) {
+      ChannelSums next;
+      for (uint32_t t = 0; t < tokens; ++t) add_sample_in(next, cols.value(cols.base, size_t(t) * cols.pitch + c), a, b);
+      if (!accept_pass(cs, next)) break;
+    }
+  }
   const double layer_rms = mode == StepMode::kLayer ? layer_scale(sums.data(), channels) : 0.0;
   for (uint32_t c = 0; c < channels; ++c) grids[c] = channel_grid(sums[c], layer_rms, mode, rel_step);
 }
@@ -281,13 +306,13 @@ void delta_row(int16_t* v, const int16_t* a, uint32_t n) {
 }
 
 template <int kIsa>  // 0 scalar, 1 AVX2, 2 AVX-512
-void quantize_columns_impl(const uint8_t* raw, uint8_t dt, uint32_t t0, uint32_t t1, uint32_t C, uint32_t c0, uint32_t n,
+void quantize_columns_impl(const uint8_t* raw, size_t rp, uint8_t dt, uint32_t t0, uint32_t t1, uint32_t c0, uint32_t n,
                            const RowGrid& g, uint32_t CT, uint32_t GT, int16_t* val, size_t VP) {
   const size_t es = dtype_size(DType(dt));
   const RowGrid gb{g.step + c0, g.inv_step + c0, g.center + c0, g.center_i + c0};
   float xb[kColumnBlock];
   for (uint32_t t = t0; t < t1; ++t) {
-    const uint8_t* r = raw + (size_t(t) * C + c0) * es;
+    const uint8_t* r = raw + size_t(t) * rp + c0 * es;
     int16_t* vr = val + size_t(t) * VP + c0;
 #if defined(__x86_64__)
     if constexpr (kIsa > 0) {
@@ -306,11 +331,11 @@ void quantize_columns_impl(const uint8_t* raw, uint8_t dt, uint32_t t0, uint32_t
   }
 }
 
-void quantize_columns(const uint8_t* raw, uint8_t dt, uint32_t t0, uint32_t t1, uint32_t C, uint32_t c0, uint32_t n,
+void quantize_columns(const uint8_t* raw, size_t raw_pitch, uint8_t dt, uint32_t t0, uint32_t t1, uint32_t c0, uint32_t n,
                       const RowGrid& g, uint32_t chunk_tokens, uint32_t group_tokens, int16_t* val, size_t val_pitch) {
-  if (avx512_enabled()) return quantize_columns_impl<2>(raw, dt, t0, t1, C, c0, n, g, chunk_tokens, group_tokens, val, val_pitch);
-  if (use_avx2()) return quantize_columns_impl<1>(raw, dt, t0, t1, C, c0, n, g, chunk_tokens, group_tokens, val, val_pitch);
-  quantize_columns_impl<0>(raw, dt, t0, t1, C, c0, n, g, chunk_tokens, group_tokens, val, val_pitch);
+  if (avx512_enabled()) return quantize_columns_impl<2>(raw, raw_pitch, dt, t0, t1, c0, n, g, chunk_tokens, group_tokens, val, val_pitch);
+  if (use_avx2()) return quantize_columns_impl<1>(raw, raw_pitch, dt, t0, t1, c0, n, g, chunk_tokens, group_tokens, val, val_pitch);
+  quantize_columns_impl<0>(raw, raw_pitch, dt, t0, t1, c0, n, g, chunk_tokens, group_tokens, val, val_pitch);
 }
 
 }  // namespace detail

@@ -1,6 +1,7 @@
 // The CPU quantizer's row loop (internal): vectorised fast path, exact per-element fallback.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "encode/quantize.hpp"
@@ -31,15 +32,29 @@ struct ChannelSumsSoA {
   uint32_t* count;
 };
 void add_row_sums(const float* x, uint32_t n, const ChannelSumsSoA& s);
-// The grids of `channels` channels from their sums (compute_grids' last step).
-void grids_from_sums(const ChannelSumsSoA& s, uint32_t channels, double rel_step, StepMode mode, ChannelGrid* grids);
+// lo[c] / hi[c]: the smallest / largest finite value of channel c so far, updated with one
+// token's values of n channels (start at +inf / -inf).
+void add_row_range(const float* x, uint32_t n, float* lo, float* hi);
+// Element i = t * pitch + c of a (layer, K/V) tensor as fp32, for the robust passes.
+struct Columns {
+  const void* base;
+  size_t pitch;
+  float (*value)(const void* base, size_t i);
+};
+// The grids of `channels` channels from their sums and ranges (compute_grids' last step),
+// with the robust passes of encode_values.hpp over `tokens` tokens of `cols` where a channel
+// has a value beyond kOutlierSigmas standard deviations.
+void grids_from_sums(const ChannelSumsSoA& s, const float* lo, const float* hi, uint32_t channels, uint32_t tokens,
+                     const Columns& cols, double rel_step, StepMode mode, ChannelGrid* grids);
 
-// Channels [c0, c0 + n) (n <= kColumnBlock) of tokens [t0, t1) of a (layer, K/V) tensor raw[T][C]
-// of dtype `dtype` (the anchors of these tokens' deltas are done already): val[t * val_pitch + c] = the symbol value -- the grid offset q (quantize_row) for an
+// Channels [c0, c0 + n) (n <= kColumnBlock) of tokens [t0, t1) of a (layer, K/V) tensor of dtype
+// `dtype` whose token rows start raw_pitch bytes apart (the anchors of these tokens' deltas are
+// done already): val[t * val_pitch + c] = the symbol value -- the grid offset q (quantize_row) for an
 // anchor token, delta_value(q, q_anchor) for the others (token groups of group_tokens inside
 // chunks of chunk_tokens) -- or kEscapeQ. g: the grids of all C channels.
 inline constexpr uint32_t kColumnBlock = 64;
-void quantize_columns(const uint8_t* raw, uint8_t dtype, uint32_t t0, uint32_t t1, uint32_t C, uint32_t c0, uint32_t n,
+void quantize_columns(const uint8_t* raw, size_t raw_pitch, uint8_t dtype, uint32_t t0, uint32_t t1, uint32_t c0,
+                      uint32_t n,
                       const RowGrid& g, uint32_t chunk_tokens, uint32_t group_tokens, int16_t* val, size_t val_pitch);
 
 // out[i] = the value of raw element i of dtype `dtype` as fp32 (F16C where available). Values

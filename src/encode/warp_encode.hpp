@@ -131,6 +131,17 @@ KVCODEC_HD bool stats_channel(const EncodeLayout& el, const KVView& src, uint32_
     if (!element_at(s, t, c, &e)) return false;
     add_sample(acc, load_as_f32(e, el.dtype));
   }
+  finish_sums(acc);
+  double a, b;  // robust passes, as compute_grids takes them (encode_values.hpp)
+  for (int pass = 0; pass < kRobustPasses && outlier_range(acc, &a, &b); ++pass) {
+    ChannelSums next;
+    for (uint32_t t = 0; t < el.tokens; ++t) {
+      const uint8_t* e;
+      if (!element_at(s, t, c, &e)) return false;
+      add_sample_in(next, load_as_f32(e, el.dtype), a, b);
+    }
+    if (!accept_pass(acc, next)) break;
+  }
   sums[uint64_t(u) * el.channels + c] = acc;
   return true;
 }

@@ -3,7 +3,10 @@
 // Quantization: for each (layer, K/V, token), over all channels (heads merged),
 //   m = max|x|,  Q = bins/2 - 1,  q = round(x * Q / m + Q) in [0, 2Q],  x_hat = (q - Q) * m / Q.
 // Bins per layer: the CacheGen repository's three levels for 32-layer models, with layer
-// boundaries scaled to the model (see bins_for_layer). Level 2 is LMCache's only setting.
+// boundaries scaled to the model (see bins_for_layer). Level 2 is LMCache's only setting. The
+// continuous sweep (cachegen:bins=4-32) uses one bin count B in every layer and for K and V, with
+// tables over B symbols (smaller than LMCache's 33-entry tables: it favours CacheGen), so its
+// rate-distortion curve has a point every bin count instead of three far-apart levels.
 // Entropy coding, per chunk of `chunk_tokens` tokens: one CDF per (layer, K/V, channel) built
 // from the chunk itself over the full alphabet of the largest bin count (B symbols, B + 1 16-bit
 // entries), and one range-coded stream per (layer, K/V, channel) whose int32 length is shipped.
@@ -44,7 +47,10 @@ uint32_t scaled_boundary(uint32_t boundary, uint32_t layers) {
   return std::clamp<uint32_t>(b, 1, layers);
 }
 
+// level > 0: the repository's schedule of that level; level <= 0: -level bins in every layer
+// (the continuous sweep, cachegen:bins=...).
 int bins_for_layer(int level, uint32_t kv, uint32_t layer, uint32_t layers) {
+  if (level <= 0) return -level;
   const BinSchedule& s = kLevels[level - 1];
   if (kv == 0) {
     if (layer < scaled_boundary(10, layers)) return s.key[0];
@@ -62,9 +68,11 @@ int max_bins(int level, uint32_t kv, uint32_t layers) {
 
 class CacheGenScheme final : public Scheme {
  public:
+  // level 1..3: a shipped schedule; level <= 0: -level bins in every layer (setting "B bins").
   CacheGenScheme(std::string name, int level, uint32_t chunk_tokens)
-      : Scheme(std::move(name), level, level_label(level)), level_(level),
-        chunk_tokens_(chunk_tokens) {}
+      : Scheme(std::move(name), level > 0 ? level : -level,
+               level > 0 ? level_label(level) : std::to_string(-level) + " bins"),
+        level_(level), chunk_tokens_(chunk_tokens) {}
 
   StatusOr<uint64_t> run(const FloatKV& in, FloatKV& out) const override {
     std::vector<uint8_t> bytes;
@@ -179,7 +187,7 @@ class CacheGenScheme final : public Scheme {
 
 }  // namespace
 
-std::unique_ptr<const Scheme> make_cachegen(std::string name, int level, uint32_t chunk_tokens) {
+std::unique_ptr<Scheme> make_cachegen(std::string name, int level, uint32_t chunk_tokens) {
   return std::make_unique<CacheGenScheme>(std::move(name), level, chunk_tokens);
 }
 

@@ -234,6 +234,39 @@ std::string format_seconds(double s) {
   return buf;
 }
 
+// Calibrates the schemes that need it on caches of other contexts (EvalOptions::calib_*).
+Status calibrate_schemes(const EvalOptions& o, const Model& model, const Tokenizer& tok, const std::string& text,
+                         uint32_t needed, SchemeList& schemes, EvalReport& report) {
+  bool any = false;
+  for (const auto& s : schemes) any |= s->needs_calibration();
+  if (!any) return Status::Ok();
+  if (o.calib_contexts == 0) return InvalidArgument("calibrated schemes need calib_contexts >= 1");
+  std::string other;
+  if (!o.calib_text_path.empty()) {
+    KVCODEC_ASSIGN_OR_RETURN(other, read_text(o.calib_text_path));
+  }
+  const std::string& ctext = o.calib_text_path.empty() ? text : other;
+  KVCODEC_ASSIGN_OR_RETURN(uint64_t last, last_offset(tok, ctext, needed));
+  const uint32_t k = o.calib_contexts;
+  for (uint32_t i = 0; i < k; ++i) {
+    // Same text: midway between two test offsets (2i+1 of 2k half-steps); another text: spread.
+    report.calib_offsets.push_back(o.calib_text_path.empty() ? last * (2 * i + 1) / (2 * k) : (k > 1 ? last * i / (k - 1) : 0));
+  }
+  report.calib_text = o.calib_text_path.empty() ? o.text_path : o.calib_text_path;
+  const uint32_t n = o.context_tokens ? o.context_tokens : model.config().seq_len * 3 / 4;
+  Calibration cal;
+  for (uint64_t off : report.calib_offsets) {
+    KVCODEC_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, context_tokens(tok, ctext, off, needed));
+    KVState st = model.new_state();
+    KVCODEC_RETURN_IF_ERROR(model.forward(std::span<const int32_t>(tokens).first(n), st, nullptr));
+    cal.caches.push_back(float_kv_of(st));
+    round_to_f16(cal.caches.back());
+  }
+  for (auto& s : schemes)
+    if (s->needs_calibration()) KVCODEC_RETURN_IF_ERROR(s->calibrate(cal));
+  return Status::Ok();
+}
+
 }  // namespace
 
 std::vector<Threshold> compute_thresholds(const std::vector<SchemeRow>& rows) {
@@ -247,7 +280,8 @@ std::vector<Threshold> compute_thresholds(const std::vector<SchemeRow>& rows) {
   }
   for (const std::string& name : order) {
     const auto& [kl, ppl] = curves[name];
-    out.push_back({name, interpolate_crossing(kl, kKlTarget, true), interpolate_crossing(ppl, kPplTargetPct, false)});
+    out.push_back({name, interpolate_crossing(kl, kKlTarget, true), interpolate_crossing(ppl, kPplTargetPct, false),
+                   interpolate_crossing(kl, kKlFineTarget, true)});
   }
   return out;
 }
@@ -287,6 +321,7 @@ StatusOr<EvalReport> run_eval(const EvalOptions& o) {
 
   // Contexts run concurrently; results land in their slot, so the report does not depend on
   // the thread count.
+  KVCODEC_RETURN_IF_ERROR(calibrate_schemes(o, model, tok, text, needed, schemes, report));
   const Evaluator evaluator(model, schemes, n, m);
   std::vector<ContextResult> results(o.contexts);
   std::vector<Status> statuses(o.contexts);

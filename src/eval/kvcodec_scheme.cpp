@@ -59,7 +59,7 @@ class KvcodecScheme final : public Scheme {
 
 }  // namespace
 
-std::unique_ptr<const Scheme> make_kvcodec(std::string name, const KvcodecParams& params) {
+std::unique_ptr<Scheme> make_kvcodec(std::string name, const KvcodecParams& params) {
   return std::make_unique<KvcodecScheme>(std::move(name), params);
 }
 

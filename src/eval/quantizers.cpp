@@ -277,12 +277,12 @@ class KiviScheme final : public Scheme {
 
 }  // namespace
 
-std::unique_ptr<const Scheme> make_fp16(std::string name) { return std::make_unique<Fp16Scheme>(std::move(name)); }
-std::unique_ptr<const Scheme> make_zstd(std::string name, int zstd_level) {
+std::unique_ptr<Scheme> make_fp16(std::string name) { return std::make_unique<Fp16Scheme>(std::move(name)); }
+std::unique_ptr<Scheme> make_zstd(std::string name, int zstd_level) {
   return std::make_unique<ZstdScheme>(std::move(name), zstd_level);
 }
-std::unique_ptr<const Scheme> make_int8(std::string name) { return std::make_unique<Int8Scheme>(std::move(name)); }
-std::unique_ptr<const Scheme> make_kivi(std::string name, const KiviParams& p) {
+std::unique_ptr<Scheme> make_int8(std::string name) { return std::make_unique<Int8Scheme>(std::move(name)); }
+std::unique_ptr<Scheme> make_kivi(std::string name, const KiviParams& p) {
   return std::make_unique<KiviScheme>(std::move(name), p);
 }
 

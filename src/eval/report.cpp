@@ -146,6 +146,10 @@ std::string report_json(const EvalReport& r) {
   j["shape"] = {{"layers", r.shape.layers}, {"tokens", r.shape.tokens}, {"kv_heads", r.shape.kv_heads},
                 {"head_dim", r.shape.head_dim}};
   j["offsets"] = r.offsets;
+  if (!r.calib_text.empty()) {
+    j["calib_text"] = r.calib_text;
+    j["calib_offsets"] = r.calib_offsets;
+  }
   j["seconds"] = r.seconds;
   j["kl_target"] = kKlTarget;
   j["ppl_target_pct"] = kPplTargetPct;
@@ -176,7 +180,9 @@ std::string report_json(const EvalReport& r) {
                                {"bits_at_kl", crossing_json(t.kl)},
                                {"kl_note", t.kl.note},
                                {"bits_at_ppl", crossing_json(t.ppl)},
-                               {"ppl_note", t.ppl.note}});
+                               {"ppl_note", t.ppl.note},
+                               {"bits_at_kl_0.001", crossing_json(t.kl_fine)},
+                               {"kl_0.001_note", t.kl_fine.note}});
   }
   return j.dump(1) + "\n";
 }
@@ -197,12 +203,14 @@ std::string report_table(const EvalReport& r) {
                   row.kl_stderr, row.attn_rel_err);
     s += buf;
   }
-  std::snprintf(buf, sizeof buf, "\nbits per element at which mean KL reaches %g nats/token / perplexity rises %g%%:\n",
-                kKlTarget, kPplTargetPct);
+  std::snprintf(buf, sizeof buf,
+                "\nbits per element at which mean KL reaches %g nats/token / perplexity rises %g%% / KL reaches %g:\n",
+                kKlTarget, kPplTargetPct, kKlFineTarget);
   s += buf;
   for (const Threshold& t : r.thresholds) {
-    std::snprintf(buf, sizeof buf, "  %-22s KL: %-30s ppl: %s\n", t.scheme.c_str(), crossing_text(t.kl).c_str(),
-                  crossing_text(t.ppl).c_str());
+    std::snprintf(buf, sizeof buf, "  %-22s KL: %-30s ppl: %-30s KL %g: %s\n", t.scheme.c_str(),
+                  crossing_text(t.kl).c_str(), crossing_text(t.ppl).c_str(), kKlFineTarget,
+                  crossing_text(t.kl_fine).c_str());
     s += buf;
   }
   return s;

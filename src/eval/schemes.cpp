@@ -125,9 +125,15 @@ Status add_entry(Entry& e, SchemeList& out) {
       out.push_back(make_kivi(e.curve_name("bits"), p));
     }
   } else if (e.family == "cachegen") {
-    KVCODEC_ASSIGN_OR_RETURN(std::vector<long long> levels, e.ints("levels", "1-3", 1, 3));
     KVCODEC_ASSIGN_OR_RETURN(long long chunk, e.one_int("chunk", 256, 1, kMaxTokens));
-    for (long long lv : levels) out.push_back(make_cachegen(e.curve_name("levels"), int(lv), uint32_t(chunk)));
+    if (e.has("bins")) {  // continuous sweep: one bin count in every layer
+      if (e.has("levels")) return e.error("bins and levels exclude each other");
+      KVCODEC_ASSIGN_OR_RETURN(std::vector<long long> bins, e.ints("bins", "", 4, 64));
+      for (long long b : bins) out.push_back(make_cachegen(e.curve_name("bins") + ":bins", -int(b), uint32_t(chunk)));
+    } else {
+      KVCODEC_ASSIGN_OR_RETURN(std::vector<long long> levels, e.ints("levels", "1-3", 1, 3));
+      for (long long lv : levels) out.push_back(make_cachegen(e.curve_name("levels"), int(lv), uint32_t(chunk)));
+    }
   } else if (e.family == "zfp") {
     std::string text = e.value("tol", "4/2/1/0.5/0.25/0.125");
     int index = 0;
@@ -160,8 +166,38 @@ Status add_entry(Entry& e, SchemeList& out) {
       o.level = int(lv);
       out.push_back(make_kvcodec(e.curve_name("levels"), params));
     }
+  } else if (e.family == "kvpca") {
+    PcaParams p;
+    EncodeOptions& o = p.options;
+    KVCODEC_ASSIGN_OR_RETURN(std::vector<long long> levels, e.ints("levels", "1-" + std::to_string(kMaxLevel), 1, kMaxLevel));
+    KVCODEC_ASSIGN_OR_RETURN(long long tables, e.one_int("tables", o.table_groups, 1, kMaxTableGroups));
+    o.table_groups = uint32_t(tables);
+    const std::string rope = e.value("rope", "undo"), basis = e.value("basis", "profile");
+    if (rope != "undo" && rope != "keep") return e.error("rope: expected undo or keep");
+    if (basis != "profile" && basis != "frame") return e.error("basis: expected profile or frame");
+    p.undo_rope = rope == "undo";
+    p.basis_in_frame = basis == "frame";
+    for (long long lv : levels) {
+      o.level = int(lv);
+      out.push_back(make_kvpca(e.curve_name("levels"), p));
+    }
+  } else if (e.family == "kvtc") {
+    KvtcParams p;
+    const std::string text = e.value("bits", "0.5/0.75/1/1.5/2/3/4");
+    KVCODEC_ASSIGN_OR_RETURN(long long sink, e.one_int("sink", p.sink, 0, kMaxTokens));
+    const std::string rope = e.value("rope", "undo");
+    if (rope != "undo" && rope != "keep") return e.error("rope: expected undo or keep");
+    p.undo_rope = rope == "undo";
+    p.sink = uint32_t(sink);
+    int index = 0;
+    for (std::string_view item : split(text, '/')) {
+      double b = 0;
+      if (!parse_double(item, b) || !(b > 0.0) || b > 8) return e.error("bits: expected averages in (0, 8], got '" + text + "'");
+      p.bits = b;
+      out.push_back(make_kvtc(e.curve_name("bits"), index++, p));
+    }
   } else {
-    return e.error("unknown family (known: fp16, zstd, int8, kivi, cachegen, zfp, kvcodec)");
+    return e.error("unknown family (known: fp16, zstd, int8, kivi, cachegen, zfp, kvcodec, kvpca, kvtc)");
   }
   return e.check_all_used();
 }

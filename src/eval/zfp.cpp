@@ -117,7 +117,7 @@ class ZfpScheme final : public Scheme {
 
 }  // namespace
 
-std::unique_ptr<const Scheme> make_zfp(std::string name, int level, double rms_fraction) {
+std::unique_ptr<Scheme> make_zfp(std::string name, int level, double rms_fraction) {
   return std::make_unique<ZfpScheme>(std::move(name), level, rms_fraction);
 }
 

@@ -8,6 +8,7 @@
 #include "kvcodec/io.hpp"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -16,6 +17,8 @@
 #include <cctype>
 #include <cerrno>
 #include <cstring>
+#include <functional>
+#include <memory>
 #include <limits>
 #include <new>
 #include <optional>
@@ -68,6 +71,19 @@ Status resize_bytes(std::vector<uint8_t>& v, uint64_t n) {
     return ResourceExhausted("out of memory allocating " + std::to_string(n) + " bytes");
   }
   return Status::Ok();
+}
+
+// `n` bytes that are not zero-filled by us (the kernel maps zero pages on first touch only):
+// untouched capacity costs nothing, and buffers of 2 MiB or more ask for transparent huge pages,
+// so filling them takes one page fault per 2 MiB instead of one per 4 KiB.
+StatusOr<std::shared_ptr<uint8_t>> alloc_pages(size_t n) {
+  const size_t len = std::max<size_t>(n, 1);
+  void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return ResourceExhausted("out of memory allocating " + std::to_string(n) + " bytes");
+#if defined(MADV_HUGEPAGE)
+  if (len >= (size_t(2) << 20)) ::madvise(p, len, MADV_HUGEPAGE);  // advice only: failure is harmless
+#endif
+  return std::shared_ptr<uint8_t>(static_cast<uint8_t*>(p), [len](uint8_t* q) { ::munmap(q, len); });
 }
 
 // ---- files ----------------------------------------------------------------------------------
@@ -192,12 +208,14 @@ Status in_file(const Status& s, const std::string& path) { return path.empty() ?
 // an optional "__metadata__" object. The data section must be exactly covered by the tensors,
 // without holes or overlaps, as the reference implementation requires.
 
-// A tensor to write: borrowed bytes, so save_kv writes a cache without copying it.
+// A tensor to write: borrowed bytes, so save_kv writes a cache without copying it. `data` may be
+// empty when the bytes come later (save_kv_by_layers): `bytes` is the tensor's size either way.
 struct TensorRef {
   std::string_view name;
   DType dtype;
   std::span<const int64_t> shape;
   std::span<const uint8_t> data;
+  uint64_t bytes = 0;
 };
 
 const char* safetensors_dtype(DType t) {
@@ -348,9 +366,14 @@ StatusOr<std::vector<PendingTensor>> parse_safetensors_header(std::string_view t
   return tensors;
 }
 
-StatusOr<std::vector<HostTensor>> read_safetensors_file(const std::string& path) {
-  InputFile f;
-  KVCODEC_RETURN_IF_ERROR(f.open(path));
+// The tensors of a file (metadata; data empty) and where each lies: bytes [data_start + begin,
+// data_start + end) of the file. The data section [data_start, file end) holds exactly them.
+struct FileTensors {
+  std::vector<PendingTensor> tensors;
+  uint64_t data_start = 0;
+};
+
+StatusOr<FileTensors> safetensors_layout(const InputFile& f) {
   if (f.size() < 8) return CorruptData("file too short for a safetensors header");
   uint8_t len_bytes[8];
   KVCODEC_RETURN_IF_ERROR(f.read_at(0, len_bytes, 8));
@@ -367,14 +390,19 @@ StatusOr<std::vector<HostTensor>> read_safetensors_file(const std::string& path)
     return ResourceExhausted("out of memory reading the safetensors header");
   }
   KVCODEC_RETURN_IF_ERROR(f.read_at(8, reinterpret_cast<uint8_t*>(text.data()), header_len));
-  const uint64_t data_start = 8 + header_len;
-  KVCODEC_ASSIGN_OR_RETURN(std::vector<PendingTensor> pending,
-                           parse_safetensors_header(text, f.size() - data_start));
+  FileTensors ft;
+  ft.data_start = 8 + header_len;
+  KVCODEC_ASSIGN_OR_RETURN(ft.tensors, parse_safetensors_header(text, f.size() - ft.data_start));
+  return ft;
+}
 
+// Reads every tensor of a layout into its own buffer.
+StatusOr<std::vector<HostTensor>> read_tensors(const InputFile& f, FileTensors& ft) {
   // Every size is now known to fit in the file: allocating it is bounded by the file size.
+  const uint64_t data_start = ft.data_start;
   std::vector<HostTensor> out;
-  out.reserve(pending.size());
-  for (PendingTensor& p : pending) {
+  out.reserve(ft.tensors.size());
+  for (PendingTensor& p : ft.tensors) {
     KVCODEC_RETURN_IF_ERROR(resize_bytes(p.tensor.data, p.end - p.begin));
     KVCODEC_RETURN_IF_ERROR(f.read_at(data_start + p.begin, p.tensor.data.data(), p.end - p.begin));
     out.push_back(std::move(p.tensor));
@@ -382,11 +410,18 @@ StatusOr<std::vector<HostTensor>> read_safetensors_file(const std::string& path)
   return out;
 }
 
+StatusOr<std::vector<HostTensor>> read_safetensors_file(const std::string& path) {
+  InputFile f;
+  KVCODEC_RETURN_IF_ERROR(f.open(path));
+  KVCODEC_ASSIGN_OR_RETURN(FileTensors ft, safetensors_layout(f));
+  return read_tensors(f, ft);
+}
+
 Status check_tensor_ref(const TensorRef& t) {
   if (!is_valid_dtype(uint8_t(t.dtype))) return InvalidArgument("tensor has an unknown dtype");
   KVCODEC_ASSIGN_OR_RETURN(uint64_t bytes, tensor_bytes({t.shape.begin(), t.shape.end()}, t.dtype));
-  if (bytes != t.data.size())
-    return InvalidArgument("tensor holds " + std::to_string(t.data.size()) + " bytes, its shape and dtype need " +
+  if (bytes != t.bytes || (!t.data.empty() && t.data.size() != t.bytes))
+    return InvalidArgument("tensor holds " + std::to_string(t.bytes) + " bytes, its shape and dtype need " +
                            std::to_string(bytes));
   return Status::Ok();
 }
@@ -401,7 +436,8 @@ StatusOr<std::string> json_string(std::string_view s) {
   }
 }
 
-Status write_safetensors_refs(const std::string& path, std::span<const TensorRef> tensors) {
+// The header of a safetensors file of `tensors`: length, then compact JSON.
+StatusOr<std::string> safetensors_head(std::span<const TensorRef> tensors) {
   // Compact JSON, tensors in the given order, each {"dtype":..,"shape":[..],"data_offsets":[b,e]}.
   std::string text = "{";
   std::unordered_set<std::string_view> names;
@@ -422,8 +458,8 @@ Status write_safetensors_refs(const std::string& path, std::span<const TensorRef
       if (i > 0) text += ',';
       text += std::to_string(t.shape[i]);
     }
-    text += "],\"data_offsets\":[" + std::to_string(offset) + "," + std::to_string(offset + t.data.size()) + "]}";
-    offset += t.data.size();
+    text += "],\"data_offsets\":[" + std::to_string(offset) + "," + std::to_string(offset + t.bytes) + "]}";
+    offset += t.bytes;
   }
   text += '}';
   // Pad with spaces so the data section starts 8-byte aligned, as the reference writer does.
@@ -431,10 +467,14 @@ Status write_safetensors_refs(const std::string& path, std::span<const TensorRef
 
   uint8_t len_bytes[8];
   detail::store_le64(len_bytes, text.size());
+  return std::string(reinterpret_cast<const char*>(len_bytes), 8) + text;
+}
+
+Status write_safetensors_refs(const std::string& path, std::span<const TensorRef> tensors) {
+  KVCODEC_ASSIGN_OR_RETURN(std::string head, safetensors_head(tensors));
   AtomicFile f;
   KVCODEC_RETURN_IF_ERROR(f.open(path));
-  KVCODEC_RETURN_IF_ERROR(f.write(len_bytes, 8));
-  KVCODEC_RETURN_IF_ERROR(f.write(text));
+  KVCODEC_RETURN_IF_ERROR(f.write(head));
   for (const TensorRef& t : tensors) KVCODEC_RETURN_IF_ERROR(f.write(t.data.data(), t.data.size()));
   return f.commit();
 }
@@ -565,9 +605,7 @@ StatusOr<DType> parse_npy_descr(const std::string& d) {
   return InvalidArgument("unsupported npy dtype '" + d + "' (only '<f4' and '<f2')");
 }
 
-StatusOr<HostTensor> read_npy_file(const std::string& path) {
-  InputFile f;
-  KVCODEC_RETURN_IF_ERROR(f.open(path));
+StatusOr<FileTensors> npy_layout(const InputFile& f) {
   uint8_t pre[12];
   if (f.size() < 10) return CorruptData("file too short for an npy header");
   KVCODEC_RETURN_IF_ERROR(f.read_at(0, pre, std::min<uint64_t>(f.size(), sizeof(pre))));
@@ -603,19 +641,33 @@ StatusOr<HostTensor> read_npy_file(const std::string& path) {
   if (fortran->boolean)
     return InvalidArgument("Fortran-order npy arrays are not supported; save in C order");
 
-  HostTensor t;
-  KVCODEC_ASSIGN_OR_RETURN(t.dtype, parse_npy_descr(descr->str));
-  t.shape = shape->ints;
-  KVCODEC_ASSIGN_OR_RETURN(uint64_t bytes, tensor_bytes(t.shape, t.dtype));
+  PendingTensor t;
+  t.tensor.name = "kv";
+  KVCODEC_ASSIGN_OR_RETURN(t.tensor.dtype, parse_npy_descr(descr->str));
+  t.tensor.shape = shape->ints;
+  KVCODEC_ASSIGN_OR_RETURN(uint64_t bytes, tensor_bytes(t.tensor.shape, t.tensor.dtype));
   if (bytes != f.size() - data_start)
     return CorruptData("npy data holds " + std::to_string(f.size() - data_start) + " bytes, shape needs " +
                        std::to_string(bytes));
-  KVCODEC_RETURN_IF_ERROR(resize_bytes(t.data, bytes));
-  KVCODEC_RETURN_IF_ERROR(f.read_at(data_start, t.data.data(), bytes));
-  return t;
+  t.end = bytes;
+  FileTensors ft;
+  ft.data_start = data_start;
+  ft.tensors.push_back(std::move(t));
+  return ft;
 }
 
-Status write_npy_ref(const std::string& path, const TensorRef& t) {
+StatusOr<HostTensor> read_npy_file(const std::string& path) {
+  InputFile f;
+  KVCODEC_RETURN_IF_ERROR(f.open(path));
+  KVCODEC_ASSIGN_OR_RETURN(FileTensors ft, npy_layout(f));
+  KVCODEC_ASSIGN_OR_RETURN(std::vector<HostTensor> t, read_tensors(f, ft));
+  HostTensor out = std::move(t[0]);
+  out.name.clear();
+  return out;
+}
+
+// The header of an npy file of t: magic, version, length and the padded dict.
+StatusOr<std::string> npy_head(const TensorRef& t) {
   KVCODEC_RETURN_IF_ERROR(check_tensor_ref(t));
   const char* descr = t.dtype == DType::kF32 ? "<f4" : t.dtype == DType::kF16 ? "<f2" : nullptr;
   if (!descr)
@@ -640,10 +692,14 @@ Status write_npy_ref(const std::string& path, const TensorRef& t) {
   pre[7] = 0;
   if (v1) detail::store_le16(pre + 8, uint16_t(dict.size()));
   else detail::store_le32(pre + 8, uint32_t(dict.size()));
+  return std::string(reinterpret_cast<const char*>(pre), prefix) + dict;
+}
+
+Status write_npy_ref(const std::string& path, const TensorRef& t) {
+  KVCODEC_ASSIGN_OR_RETURN(std::string head, npy_head(t));
   AtomicFile f;
   KVCODEC_RETURN_IF_ERROR(f.open(path));
-  KVCODEC_RETURN_IF_ERROR(f.write(pre, prefix));
-  KVCODEC_RETURN_IF_ERROR(f.write(dict));
+  KVCODEC_RETURN_IF_ERROR(f.write(head));
   KVCODEC_RETURN_IF_ERROR(f.write(t.data.data(), t.data.size()));
   return f.commit();
 }
@@ -676,16 +732,26 @@ StatusOr<KVShape> kv_shape(int64_t layers, int64_t tokens, int64_t heads, int64_
   return s;
 }
 
-// A single [layers, 2, tokens, kv_heads, head_dim] tensor, taken over without a copy.
-StatusOr<KVCache> kv_from_single(HostTensor&& t) {
+// How a file's tensors (metadata only) form a KV cache: one [layers, 2, tokens, kv_heads,
+// head_dim] tensor "kv", or per-layer tensors "layers.{i}.key" / "layers.{i}.value", each
+// [tokens, kv_heads, head_dim] or HF's [1, kv_heads, tokens, head_dim].
+struct KVLayout {
+  DType dtype = DType::kF16;
+  KVShape shape;
+  bool single = false;  // the one tensor "kv"
+  bool hf = false;
+  std::vector<size_t> key, value;  // per-layer: the index of layer l's K and V tensor
+};
+
+StatusOr<KVLayout> single_layout(const HostTensor& t) {
   const auto& d = t.shape;
   if (d.size() != 5 || d[1] != 2)
     return InvalidArgument("tensor 'kv' must be [layers, 2, tokens, kv_heads, head_dim]");
-  KVCache kv;
-  KVCODEC_ASSIGN_OR_RETURN(kv.shape, kv_shape(d[0], d[2], d[3], d[4]));
-  kv.dtype = t.dtype;
-  kv.data = std::move(t.data);
-  return kv;
+  KVLayout k;
+  KVCODEC_ASSIGN_OR_RETURN(k.shape, kv_shape(d[0], d[2], d[3], d[4]));
+  k.dtype = t.dtype;
+  k.single = true;
+  return k;
 }
 
 // Parses "layers.{i}.key" / "layers.{i}.value" (decimal i without leading zeros).
@@ -708,6 +774,70 @@ bool parse_layer_name(const std::string& name, uint64_t* layer, bool* is_value) 
   return true;
 }
 
+// Per-layer tensors: layer indices must form 0..L-1 with both halves, all of one dtype and shape.
+StatusOr<KVLayout> layers_layout(const std::vector<const HostTensor*>& tensors) {
+  std::vector<const HostTensor*> slots;  // slot 2*l + is_value
+  std::vector<size_t> index;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const HostTensor& t = *tensors[i];
+    uint64_t layer = 0;
+    bool is_value = false;
+    if (!parse_layer_name(t.name, &layer, &is_value))
+      return InvalidArgument("unexpected tensor '" + t.name + "' (expected 'kv' or 'layers.{i}.key/value')");
+    if (layer >= kMaxLayers) return ResourceExhausted("layer index " + std::to_string(layer) + " beyond the limit");
+    if (slots.size() <= 2 * layer + 1) {
+      slots.resize(2 * layer + 2, nullptr);
+      index.resize(2 * layer + 2, 0);
+    }
+    slots[2 * layer + is_value] = &t;
+    index[2 * layer + is_value] = i;
+  }
+  for (size_t i = 0; i < slots.size(); ++i)
+    if (!slots[i])
+      return InvalidArgument("missing tensor 'layers." + std::to_string(i / 2) + (i % 2 ? ".value'" : ".key'"));
+
+  const HostTensor& first = *slots[0];
+  KVLayout k;
+  k.hf = first.shape.size() == 4;
+  if (!(first.shape.size() == 3 || (k.hf && first.shape[0] == 1)))
+    return InvalidArgument("per-layer tensors must be [tokens, kv_heads, head_dim] or [1, kv_heads, tokens, head_dim]");
+  for (const HostTensor* t : slots)
+    if (t->dtype != first.dtype || t->shape != first.shape)
+      return InvalidArgument("tensor '" + t->name + "' differs in dtype or shape from 'layers.0.key'");
+  const auto& d = first.shape;
+  KVCODEC_ASSIGN_OR_RETURN(k.shape, k.hf ? kv_shape(int64_t(slots.size() / 2), d[2], d[1], d[3])
+                                         : kv_shape(int64_t(slots.size() / 2), d[0], d[1], d[2]));
+  k.dtype = first.dtype;
+  for (size_t l = 0; l < k.shape.layers; ++l) {
+    k.key.push_back(index[2 * l]);
+    k.value.push_back(index[2 * l + 1]);
+  }
+  return k;
+}
+
+// The layout of a file's tensors (at least one).
+StatusOr<KVLayout> kv_layout(const std::vector<const HostTensor*>& tensors) {
+  if (tensors.empty()) return InvalidArgument("file holds no tensors");
+  for (const HostTensor* t : tensors) {
+    if (t->name != "kv") continue;
+    if (tensors.size() != 1) return InvalidArgument("tensor 'kv' must be the only tensor of the file");
+    return single_layout(*t);
+  }
+  return layers_layout(tensors);
+}
+
+// The per-layer view of a KVLayout's tensors whose bytes start at data[i] (tensor i).
+KVView layers_view(const KVLayout& k, const std::vector<uint8_t*>& data, std::vector<void*>& keys,
+                   std::vector<void*>& values) {
+  keys.clear();
+  values.clear();
+  for (size_t l = 0; l < k.shape.layers; ++l) {
+    keys.push_back(data[k.key[l]]);
+    values.push_back(data[k.value[l]]);
+  }
+  return per_layer_view(keys.data(), values.data(), k.dtype, k.shape, k.hf);
+}
+
 // Copies any view into a contiguous cache of the same dtype and shape, one head row at a time.
 void gather(const KVView& src, KVCache& dst) {
   const KVView out = dst.view();
@@ -719,61 +849,36 @@ void gather(const KVView& src, KVCache& dst) {
           std::memcpy(out.element(l, kv, t, h, 0), src.element(l, kv, t, h, 0), row);
 }
 
-// Per-layer tensors, each [tokens, kv_heads, head_dim] or HF's [1, kv_heads, tokens, head_dim].
-StatusOr<KVCache> kv_from_layers(std::vector<HostTensor>& tensors) {
-  // Slot 2*l + is_value of each tensor; layer indices must form 0..L-1 with both halves.
-  std::vector<HostTensor*> slots;
-  for (HostTensor& t : tensors) {
-    uint64_t layer = 0;
-    bool is_value = false;
-    if (!parse_layer_name(t.name, &layer, &is_value))
-      return InvalidArgument("unexpected tensor '" + t.name + "' (expected 'kv' or 'layers.{i}.key/value')");
-    if (layer >= kMaxLayers) return ResourceExhausted("layer index " + std::to_string(layer) + " beyond the limit");
-    if (slots.size() <= 2 * layer + 1) slots.resize(2 * layer + 2, nullptr);
-    slots[2 * layer + is_value] = &t;
+StatusOr<KVCache> load_kv_file(const std::string& path) {
+  KVCODEC_ASSIGN_OR_RETURN(FileKind kind, file_kind(path));
+  std::vector<HostTensor> tensors;
+  if (kind == FileKind::kNpy) {
+    KVCODEC_ASSIGN_OR_RETURN(HostTensor t, read_npy_file(path));
+    t.name = "kv";
+    tensors.push_back(std::move(t));
+  } else {
+    KVCODEC_ASSIGN_OR_RETURN(tensors, read_safetensors_file(path));
   }
-  for (size_t i = 0; i < slots.size(); ++i)
-    if (!slots[i])
-      return InvalidArgument("missing tensor 'layers." + std::to_string(i / 2) + (i % 2 ? ".value'" : ".key'"));
-
-  const HostTensor& first = *slots[0];
-  const bool hf = first.shape.size() == 4;
-  if (!(first.shape.size() == 3 || (hf && first.shape[0] == 1)))
-    return InvalidArgument("per-layer tensors must be [tokens, kv_heads, head_dim] or [1, kv_heads, tokens, head_dim]");
-  for (const HostTensor* t : slots)
-    if (t->dtype != first.dtype || t->shape != first.shape)
-      return InvalidArgument("tensor '" + t->name + "' differs in dtype or shape from 'layers.0.key'");
-
-  const auto& d = first.shape;
-  KVCODEC_ASSIGN_OR_RETURN(KVShape shape, hf ? kv_shape(int64_t(slots.size() / 2), d[2], d[1], d[3])
-                                             : kv_shape(int64_t(slots.size() / 2), d[0], d[1], d[2]));
+  std::vector<const HostTensor*> meta;
+  for (const HostTensor& t : tensors) meta.push_back(&t);
+  KVCODEC_ASSIGN_OR_RETURN(KVLayout k, kv_layout(meta));
+  KVCache kv;
+  if (k.single) {  // taken over without a copy
+    kv.dtype = k.dtype;
+    kv.shape = k.shape;
+    kv.data = std::move(tensors[0].data);
+    return kv;
+  }
+  std::vector<uint8_t*> data;
+  for (HostTensor& t : tensors) data.push_back(t.data.data());
   std::vector<void*> keys, values;
-  for (size_t l = 0; l < shape.layers; ++l) {
-    keys.push_back(slots[2 * l]->data.data());
-    values.push_back(slots[2 * l + 1]->data.data());
-  }
-  KVCODEC_ASSIGN_OR_RETURN(KVCache kv, KVCache::allocate(first.dtype, shape));
-  gather(per_layer_view(keys.data(), values.data(), first.dtype, shape, hf), kv);
+  const KVView src = layers_view(k, data, keys, values);
+  KVCODEC_ASSIGN_OR_RETURN(kv, KVCache::allocate(k.dtype, k.shape));
+  gather(src, kv);
   return kv;
 }
 
-StatusOr<KVCache> load_kv_file(const std::string& path) {
-  KVCODEC_ASSIGN_OR_RETURN(FileKind kind, file_kind(path));
-  if (kind == FileKind::kNpy) {
-    KVCODEC_ASSIGN_OR_RETURN(HostTensor t, read_npy_file(path));
-    return kv_from_single(std::move(t));
-  }
-  KVCODEC_ASSIGN_OR_RETURN(std::vector<HostTensor> tensors, read_safetensors_file(path));
-  if (tensors.empty()) return InvalidArgument("file holds no tensors");
-  for (HostTensor& t : tensors) {
-    if (t.name != "kv") continue;
-    if (tensors.size() != 1) return InvalidArgument("tensor 'kv' must be the only tensor of the file");
-    return kv_from_single(std::move(t));
-  }
-  return kv_from_layers(tensors);
-}
-
-TensorRef ref_of(const HostTensor& t) { return {t.name, t.dtype, t.shape, t.data}; }
+TensorRef ref_of(const HostTensor& t) { return {t.name, t.dtype, t.shape, t.data, t.data.size()}; }
 
 }  // namespace
 
@@ -818,7 +923,7 @@ StatusOr<KVCache> load_kv(const std::string& path) {
 Status save_kv(const std::string& path, const KVCache& kv) {
   KVCODEC_RETURN_IF_ERROR(validate_shape(kv.shape));
   const int64_t shape[5] = {kv.shape.layers, 2, kv.shape.tokens, kv.shape.kv_heads, kv.shape.head_dim};
-  const TensorRef ref{"kv", kv.dtype, shape, kv.data};
+  const TensorRef ref{"kv", kv.dtype, shape, kv.data, kv.data.size()};
   auto kind = file_kind(path);
   if (!kind.ok()) return kind.status();
   return in_file(*kind == FileKind::kNpy ? write_npy_ref(path, ref) : write_safetensors_refs(path, {&ref, 1}),
@@ -841,6 +946,100 @@ Status write_file(const std::string& path, const uint8_t* data, size_t size) {
   if (s.ok()) s = f.write(data, size);
   if (s.ok()) s = f.commit();
   return in_file(s, path);
+}
+
+StatusOr<FileBytes> FileBytes::read(const std::string& path) {
+  InputFile f;
+  FileBytes b;
+  Status s = f.open(path);
+  if (s.ok()) {
+    auto mem = alloc_pages(size_t(f.size()));
+    if (mem.ok()) {
+      b.data_ = std::move(mem).value();
+      b.size_ = size_t(f.size());
+      s = f.read_at(0, b.data_.get(), b.size_);
+    } else {
+      s = mem.status();
+    }
+  }
+  if (!s.ok()) return in_file(s, path);
+  return b;
+}
+
+StatusOr<KVFile> KVFile::open(const std::string& path) {
+  auto kind = file_kind(path);
+  if (!kind.ok()) return kind.status();
+  InputFile f;
+  if (Status s = f.open(path); !s.ok()) return in_file(s, path);
+  auto layout = *kind == FileKind::kNpy ? npy_layout(f) : safetensors_layout(f);
+  if (!layout.ok()) return in_file(layout.status(), path);
+  std::vector<const HostTensor*> meta;
+  for (const PendingTensor& p : layout->tensors) meta.push_back(&p.tensor);
+  auto k = kv_layout(meta);
+  if (!k.ok()) return in_file(k.status(), path);
+
+  // Elements are aligned for their dtype: the buffer is page-aligned and the tensors (one, or
+  // per-layer ones of equal dtype and size) cover the data section from offset 0 without holes.
+  KVFile out;
+  const uint64_t n = f.size() - layout->data_start;
+  auto mem = alloc_pages(size_t(n));
+  if (!mem.ok()) return in_file(mem.status(), path);
+  if (Status s = f.read_at(layout->data_start, mem->get(), n); !s.ok()) return in_file(s, path);
+  uint8_t* base = mem->get();
+  if (k->single) {
+    out.view_ = contiguous_view(base + layout->tensors[0].begin, k->dtype, k->shape);
+  } else {
+    std::vector<uint8_t*> data;
+    for (const PendingTensor& p : layout->tensors) data.push_back(base + p.begin);
+    out.view_ = layers_view(*k, data, out.keys_, out.values_);
+  }
+  out.hold_ = std::move(mem).value();
+  return out;
+}
+
+Status write_file_with(const std::string& path, size_t capacity,
+                       const std::function<StatusOr<size_t>(std::span<uint8_t>)>& fill) {
+  auto mem = alloc_pages(capacity);
+  if (!mem.ok()) return in_file(mem.status(), path);
+  StatusOr<size_t> n = fill({mem->get(), capacity});
+  if (!n.ok()) return n.status();
+  if (*n > capacity) return InvalidArgument("write_file_with: fill() used more than the buffer's capacity");
+  return write_file(path, mem->get(), *n);
+}
+
+Status save_kv_by_layers(const std::string& path, DType dtype, const KVShape& shape,
+                         const std::function<Status(uint32_t, uint32_t, const KVView&)>& fill,
+                         size_t buffer_bytes) {
+  KVCODEC_RETURN_IF_ERROR(validate_shape(shape));
+  if (!is_valid_dtype(uint8_t(dtype))) return InvalidArgument("unknown dtype");
+  auto kind = file_kind(path);
+  if (!kind.ok()) return kind.status();
+  const int64_t dims[5] = {shape.layers, 2, shape.tokens, shape.kv_heads, shape.head_dim};
+  const uint64_t layer_bytes = 2ull * shape.tokens * shape.channels() * dtype_size(dtype);
+  const TensorRef ref{"kv", dtype, dims, {}, layer_bytes * shape.layers};
+  auto head = *kind == FileKind::kNpy ? npy_head(ref) : safetensors_head({&ref, 1});
+  if (!head.ok()) return in_file(head.status(), path);
+
+  const uint32_t L = shape.layers;
+  const uint32_t per = uint32_t(std::clamp<uint64_t>(buffer_bytes / layer_bytes, 1, L));
+  auto mem = alloc_pages(size_t(per * layer_bytes));
+  if (!mem.ok()) return in_file(mem.status(), path);
+  uint8_t* base = mem->get();
+  AtomicFile f;
+  if (Status s = f.open(path); !s.ok()) return in_file(s, path);
+  if (Status s = f.write(*head); !s.ok()) return in_file(s, path);
+  std::vector<void*> keys(L), values(L);
+  for (uint32_t lb = 0; lb < L; lb += per) {
+    const uint32_t le = std::min(L, lb + per);
+    for (uint32_t l = 0; l < L; ++l) {  // layers outside [lb, le) alias the buffer: never written
+      uint8_t* k = base + (l >= lb && l < le ? (l - lb) * layer_bytes : 0);
+      keys[l] = k;
+      values[l] = k + layer_bytes / 2;
+    }
+    KVCODEC_RETURN_IF_ERROR(fill(lb, le, per_layer_view(keys.data(), values.data(), dtype, shape, false)));
+    if (Status s = f.write(base, (le - lb) * layer_bytes); !s.ok()) return in_file(s, path);
+  }
+  return in_file(f.commit(), path);
 }
 
 }  // namespace kvcodec

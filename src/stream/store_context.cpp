@@ -6,6 +6,7 @@
 
 #include "kvcodec/codec.hpp"
 #include "common/dtype.hpp"
+#include "common/metrics.hpp"
 #include "common/xxh64.hpp"
 #include "kvcodec/format.hpp"
 #include "kvcodec/io.hpp"
@@ -34,6 +35,18 @@ double relative_error(const KVView& a, const KVView& b, uint32_t tokens) {
           }
         }
   return ref > 0 ? std::sqrt(err / ref) : std::sqrt(err);
+}
+
+// A failed store write, recorded (kStoreError) before it is returned.
+Status recorded(MetricsSink* sink, Status s) {
+  if (!s.ok()) {
+    MetricEvent e;
+    e.kind = MetricKind::kStoreError;
+    e.code = s.code();
+    e.what = "put";
+    detail::record(sink, e);
+  }
+  return s;
 }
 
 }  // namespace
@@ -67,6 +80,7 @@ StatusOr<Manifest> put_context(Store& store, std::string_view id, const KVView& 
     eo.level = level;
     eo.chunk_tokens = options.chunk_tokens;
     eo.threads = options.threads;
+    eo.metrics = options.metrics;
     KVCODEC_RETURN_IF_ERROR(validate_options(eo).with_context("put"));
     const size_t bound = max_encoded_size(kv.shape, kv.dtype, eo);
     if (bound == 0) return InvalidArgument("put: shape or options rejected by the encoder");
@@ -96,7 +110,7 @@ StatusOr<Manifest> put_context(Store& store, std::string_view id, const KVView& 
       keys.push_back(chunk_key(id, level, c));
       items.push_back({keys.back(), body});
     }
-    KVCODEC_RETURN_IF_ERROR(store.put_many(items, write).with_context(where));
+    KVCODEC_RETURN_IF_ERROR(recorded(options.metrics, store.put_many(items, write)).with_context(where));
     if (options.measure) {
       if (!scratch.data.size()) {
         KVCODEC_ASSIGN_OR_RETURN(scratch, KVCache::allocate(kv.dtype, kv.shape));
@@ -118,7 +132,7 @@ StatusOr<Manifest> put_context(Store& store, std::string_view id, const KVView& 
   const std::string key = manifest_key(id);
   const std::vector<uint8_t> manifest = serialize_manifest(m);
   const KeyValue item{key, manifest};
-  KVCODEC_RETURN_IF_ERROR(store.put_many({&item, 1}, write).with_context("put manifest"));
+  KVCODEC_RETURN_IF_ERROR(recorded(options.metrics, store.put_many({&item, 1}, write)).with_context("put manifest"));
   return m;
 }
 

@@ -236,9 +236,31 @@ class Fetcher {
   // first chunk could be requested (the controller's and the server's link clock's origin).
   double now() const { return std::chrono::duration<double>(Clock::now() - t0_).count(); }
   void fail(int chunk, int level, const Status& s, std::string action) {
+    if (s.code() == StatusCode::kChecksumMismatch && o_.metrics) {
+      MetricEvent e;
+      e.kind = MetricKind::kChecksumFailure;
+      e.level = level;
+      e.code = s.code();
+      e.what = "fetch";
+      o_.metrics->record(e);
+    }
     FetchFailure f{now(), chunk, level, s, std::move(action)};
     report_->failures.push_back(f);
     if (o_.observer.on_failure) o_.observer.on_failure(f);
+  }
+
+  // kChunkFetched (and kTextFallback for a recomputed chunk) into o_.metrics.
+  void record_chunk(const ChunkReport& r) const {
+    MetricEvent e;
+    e.kind = MetricKind::kChunkFetched;
+    e.level = r.level;
+    e.seconds = r.ready_s - r.request_s;
+    e.coded_bytes = r.bytes;
+    o_.metrics->record(e);
+    if (r.level < 0) {
+      e.kind = MetricKind::kTextFallback;
+      o_.metrics->record(e);
+    }
   }
 
   Status connect();
@@ -556,6 +578,7 @@ Status Fetcher::on_response(const MessageHeader& h, std::vector<uint8_t>& payloa
   const FrameDecoder* decoder = &decoders_.at(q.level);
   DecodeOptions dopt;
   dopt.threads = o_.decode_threads;
+  dopt.metrics = o_.metrics;
   KVView dst = out_->view();
   const uint32_t chunk = q.chunk;
   decoder_->submit(chunk, [decoder, owned, body_offset, body_size, chunk, dst, dopt, mu = pool_mu_, pool = pool_] {
@@ -644,6 +667,7 @@ Status Fetcher::drain_workers() {
     c.rep.level = c.level;
     c.rep.via = c.level < 0 ? std::string("text") : level_name(c.level);
     KVCODEC_RETURN_IF_ERROR(controller_->on_chunk_ready(d.chunk, c.rep.ready_s));
+    if (o_.metrics) record_chunk(c.rep);
     if (o_.observer.on_chunk_ready) o_.observer.on_chunk_ready(c.rep);
   }
   return Status::Ok();

@@ -88,7 +88,9 @@ struct Server::Impl {
   bool wait_for_room(Connection& c);
   void hold(Connection& c, int64_t bytes);
   void serve(Connection& c);
-  std::vector<uint8_t> answer(const MessageHeader& h, std::span<const uint8_t> payload, MsgType* type);
+  std::vector<uint8_t> answer(const MessageHeader& h, std::span<const uint8_t> payload, MsgType* type,
+                              StatusCode* code);
+  void record_request(const MessageHeader& h, StatusCode code, double seconds, uint64_t bytes) const;
   StatusOr<Manifest> manifest_for(const std::string& id);
   void send_response(int fd, std::vector<uint8_t>& msg, double arrival_s, double ready_s, bool is_chunk,
                      bool* dropped);
@@ -272,15 +274,41 @@ StatusOr<Manifest> Server::Impl::manifest_for(const std::string& id) {
   return m;
 }
 
-// The response to one request, as a whole message (header + payload); *type is its type.
+// kRequest for one request answered, and kStoreError / kChecksumFailure when the store failed or
+// held corrupt bytes (a missing context or level, or a bad request, is neither).
+void Server::Impl::record_request(const MessageHeader& h, StatusCode code, double seconds, uint64_t bytes) const {
+  MetricEvent e;
+  e.kind = MetricKind::kRequest;
+  e.what = h.type == MsgType::kGetManifest ? "manifest" : "chunk";
+  e.code = code;
+  e.seconds = seconds;
+  e.coded_bytes = bytes;
+  options.metrics->record(e);
+  MetricEvent f;
+  f.code = code;
+  f.what = "get";
+  if (code == StatusCode::kChecksumMismatch || code == StatusCode::kCorruptData) {
+    f.kind = MetricKind::kChecksumFailure;
+    options.metrics->record(f);
+  } else if (code == StatusCode::kUnavailable || code == StatusCode::kTimeout || code == StatusCode::kIoError ||
+             code == StatusCode::kInternal) {
+    f.kind = MetricKind::kStoreError;
+    options.metrics->record(f);
+  }
+}
+
+// The response to one request, as a whole message (header + payload); *type is its type and
+// *code the error's code (kOk unless *type is kError).
 std::vector<uint8_t> Server::Impl::answer(const MessageHeader& h, std::span<const uint8_t> payload,
-                                          MsgType* type) {
+                                          MsgType* type, StatusCode* code) {
   MessageHeader out;
   out.request_id = h.request_id;
+  *code = StatusCode::kOk;
   auto error = [&](const Status& s) {
     out.type = MsgType::kError;
     out.code = uint32_t(s.code());
     *type = out.type;
+    *code = s.code();
     const std::string text = std::string(s.message()).substr(0, kMaxErrorPayload);  // what clients accept
     return make_message(out, std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size()));
   };
@@ -441,8 +469,13 @@ void Server::Impl::serve(Connection& c) {
     // the client's setup and are answered at once.
     const double arrival = h->type == MsgType::kGetChunk ? link.now_s() : -1;
     MsgType type = MsgType::kError;
-    std::vector<uint8_t> msg = answer(*h, payload, &type);
+    StatusCode code = StatusCode::kOk;
+    const auto started = options.metrics ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
+    std::vector<uint8_t> msg = answer(*h, payload, &type, &code);
     count(1, type == MsgType::kError ? 1 : 0, 0);
+    if (options.metrics)
+      record_request(*h, code, std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count(),
+                     msg.size());
     hold(c, int64_t(msg.size()));
     std::lock_guard lock(mu);
     const double ready = arrival >= 0 ? link.now_s() : -1;

@@ -63,6 +63,7 @@ TEST(DecodeOnly, GoldenFramesDecodeToTheirDigests) {
     if (std::filesystem::exists(golden_dir() + "/v1/" + name + ".kvc"))
       check_frame(golden_dir() + "/v1/" + name + ".kvc", expected);
   }
+  for (const auto& [path, expected] : read_digests("records.txt")) check_frame(golden_dir() + "/" + path + ".kvc", expected);
 }
 
 }  // namespace

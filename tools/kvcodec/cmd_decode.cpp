@@ -37,9 +37,9 @@ int cmd_decode(int argc, char** argv) {
   const std::string& in = a.in;
   const std::string& out = a.output;
 
-  StatusOr<std::vector<uint8_t>> frame = read_file(in);
+  StatusOr<FileBytes> frame = FileBytes::read(in);
   if (!frame.ok()) return cmd.fail(frame.status());
-  StatusOr<FrameInfo> info = read_frame_info(*frame);
+  StatusOr<FrameInfo> info = read_frame_info(frame->bytes());
   if (!info.ok()) return cmd.fail(info.status().with_context(in));
   DecodeOptions o;
   o.threads = a.threads;
@@ -47,18 +47,27 @@ int cmd_decode(int argc, char** argv) {
   if (o.max_decoded_bytes && decoded_bytes(*info, o) > o.max_decoded_bytes)  // before allocating
     return cmd.fail(ResourceExhausted(in + " decodes to " + std::to_string(decoded_bytes(*info, o)) +
                                     " bytes, over --max-decoded-bytes " + std::to_string(o.max_decoded_bytes)));
-  StatusOr<KVCache> kv = KVCache::allocate(info->dtype, info->shape);
-  if (!kv.ok()) return cmd.fail(kv.status());
+  // Decoded a few layers at a time into one buffer and written as they come (no whole-cache copy).
+  double seconds = 0;
+  bool decode_failed = false;
+  const Status st = save_kv_by_layers(out, info->dtype, info->shape, [&](uint32_t lb, uint32_t le, const KVView& v) {
+    DecodeOptions layers = o;
+    layers.layer_begin = lb;
+    layers.layer_end = le;
+    layers.verify_checksums = lb == 0;  // chunk checksums cover every layer: checked with the first
+    const auto start = std::chrono::steady_clock::now();
+    Status s = decode_into(frame->bytes(), v, layers);
+    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    decode_failed = !s.ok();
+    return s;
+  });
+  if (!st.ok()) return cmd.fail(decode_failed ? st.with_context(in) : st);
 
-  const auto start = std::chrono::steady_clock::now();
-  if (Status s = decode_into(*frame, kv->view(), o); !s.ok()) return cmd.fail(s.with_context(in));
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  if (Status s = save_kv(out, *kv); !s.ok()) return cmd.fail(s);
-
-  const KVShape& sh = kv->shape;
+  const KVShape& sh = info->shape;
+  const size_t bytes = size_t(decoded_bytes(*info, o));
   std::printf("%s: %s [%u layers x 2 x %u tokens x %u kv_heads x %u head_dim], %zu bytes, decoded in %.3f s (%.1f MB/s)\n",
-              out.c_str(), dtype_name(kv->dtype), sh.layers, sh.tokens, sh.kv_heads, sh.head_dim,
-              kv->data.size(), seconds, double(kv->data.size()) / 1e6 / seconds);
+              out.c_str(), dtype_name(info->dtype), sh.layers, sh.tokens, sh.kv_heads, sh.head_dim, bytes, seconds,
+              double(bytes) / 1e6 / seconds);
   return 0;
 }
 

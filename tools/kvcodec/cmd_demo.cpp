@@ -13,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -34,6 +35,84 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// The demo's settings: the options as given (bound by declare), then what parse_demo_options
+// derives from them.
+struct DemoOptions {
+  std::optional<int64_t> tokens;        // default 4096 synthetic, the model's context with --model
+  std::optional<uint32_t> chunk_tokens;  // default 256, 64 with --model
+  std::vector<int> levels = {1, 2, 5, 8};  // 1: near-lossless
+  std::string store = "mem:", out_dir = "kvcodec-demo-out";
+  double high = 10, low = 1;  // link Gb/s before and after the drop
+  double drop_ms = 100, rtt_ms = 2;
+  double slo_ms = 0;       // 0: derived from the prefill rate
+  double prefill_tps = 0;  // 0: measured (--model) or assumed
+  std::string objective_name = "min-prefill";
+  double max_distortion = ControllerConfig{}.max_distortion;  // quality floor of min-prefill
+  int threads = 0;         // 0 = all cores
+  std::optional<std::string> model;  // a real model's KV and recompute
+  std::string tokenizer, text;       // with --model
+  int64_t offset = 0;
+  // Derived.
+  bool real = false;
+  double drop_s = 0, rtt_s = 0, slo_s = 0;
+  Objective objective = Objective::kMinPrefillWithinSlo;
+  int workers = 1;  // encoder / decoder threads
+};
+
+void declare(Command& cmd, DemoOptions& o) {
+  cmd.option("--tokens", o.tokens, "context tokens (default 4096 synthetic; real model: up to its context length)",
+             Range{1});
+  cmd.option("--levels", o.levels, "levels to store (default 1,2,5,8; 1 is near-lossless)", Range{0, kMaxLevel});
+  cmd.option("--chunk-tokens", o.chunk_tokens, "tokens per chunk (default 256; 64 with --model)",
+             Range{1, kMaxChunkTokens});
+  cmd.option("--store", o.store, "mem: (default), file:DIR or redis://HOST:PORT");
+  cmd.option("--out", o.out_dir, "report directory (default ./kvcodec-demo-out)");
+  cmd.option("--high-gbps", o.high, "link bandwidth before the drop, Gb/s (default 10)");
+  cmd.option("--low-gbps", o.low, "link bandwidth after the drop, Gb/s (default 1)");
+  cmd.option("--drop-ms", o.drop_ms, "time of the drop after the fetch starts, ms (default 100)");
+  cmd.option("--rtt-ms", o.rtt_ms, "round-trip time of the emulated link, ms (default 2)");
+  cmd.option("--slo-ms", o.slo_ms,
+             "time-to-first-token target, ms (default: 80% of recomputing the whole context, so that neither "
+             "recomputing nor fetching alone is enough)");
+  cmd.option("--objective", o.objective_name, "min-prefill (default), quality or ttft (see kvcodec fetch --help)");
+  cmd.option("--max-distortion", o.max_distortion, "quality floor of min-prefill, relative error (default 0.1)");
+  cmd.option("--prefill-tps", o.prefill_tps,
+             "prefill tokens/s for TEXT chunks (default: 4000, an assumption for the target GPU; measured with --model)");
+  cmd.option("--threads", o.threads, "encoder / decoder threads (default 0 = all cores)", Range{0, 4096});
+  cmd.option("--model", o.model, "reference model (llama2.c .bin): real KV and real recompute");
+  cmd.option("--tokenizer", o.tokenizer, "tokenizer of --model (.bin or 'bytes')");
+  cmd.option("--text", o.text, "text to prefill the context from (with --model)");
+  cmd.option("--offset", o.offset, "byte offset of the context in --text (default 0)", Range{0});
+}
+
+// Parses and checks the options, and derives the rest; -1 when the demo should run, else the
+// exit code.
+int parse_demo_options(Command& cmd, int argc, char** argv, DemoOptions& o) {
+  declare(cmd, o);
+  if (auto exit = cmd.parse(argc, argv)) return *exit;
+  o.real = o.model.has_value();
+  if (o.real && (o.tokenizer.empty() || o.text.empty())) return cmd.usage_error("--model needs --tokenizer and --text");
+  if (!o.real && (!o.tokenizer.empty() || !o.text.empty())) return cmd.usage_error("--tokenizer and --text need --model");
+  if (!o.tokens) o.tokens = o.real ? 1 << 20 : 4096;
+  if (!o.chunk_tokens) o.chunk_tokens = o.real ? 64 : 256;
+  o.drop_s = o.drop_ms / 1e3;
+  o.rtt_s = o.rtt_ms / 1e3;
+  o.slo_s = o.slo_ms / 1e3;
+  auto objective = parse_objective(o.objective_name);
+  if (!objective.ok()) return cmd.usage_error("--objective: " + std::string(objective.status().message()));
+  o.objective = *objective;
+  if (!(o.high > 0) || !(o.low > 0) || !(o.drop_s > 0) || o.rtt_s < 0 || o.slo_s < 0 || o.prefill_tps < 0 ||
+      !(o.max_distortion >= 0))
+    return cmd.usage_error("sizes, bandwidths, times and rates must be positive");
+  for (const Status& s : {check_link_gbps(o.high, "--high-gbps"), check_link_gbps(o.low, "--low-gbps"),
+                          check_seconds(o.drop_s, kMaxTraceSeconds, "--drop-ms / 1000"),
+                          check_seconds(o.rtt_s, 60, "--rtt-ms / 1000"),
+                          check_seconds(o.slo_s, 3600, "--slo-ms / 1000")})
+    if (!s.ok()) return cmd.usage_error(std::string(s.message()));
+  o.workers = o.threads ? o.threads : int(std::max(1u, std::thread::hardware_concurrency()));
+  return -1;
+}
 
 // Assumed prefill throughput of Llama-3-8B on one data-centre GPU at a few thousand tokens of
 // context, used to charge TEXT chunks of the synthetic context (override with --prefill-tps).
@@ -162,82 +241,6 @@ std::string make_svg(const FetchReport& r, const LinkTrace& trace, const std::ve
   return s.str();
 }
 
-// The demo's settings, parsed and checked once.
-struct DemoOptions {
-  bool real = false;  // --model: a real model's KV and recompute
-  int64_t tokens = 0, chunk_tokens = 0, offset = 0;
-  double high = 0, low = 0, drop_s = 0, rtt_s = 0;
-  double slo_s = 0;        // 0: derived from the prefill rate
-  double prefill_tps = 0;  // 0: measured (--model) or assumed
-  Objective objective = Objective::kMinPrefillWithinSlo;
-  double max_distortion = ControllerConfig{}.max_distortion;
-  int workers = 1;         // encoder / decoder threads
-  std::vector<int> levels = {1, 2, 5, 8};  // 1: near-lossless
-  std::string store, out_dir, model, tokenizer, text;
-};
-
-// Declares and parses the options; -1 when the demo should run, else the exit code.
-int parse_demo_options(Args& a, int argc, char** argv, DemoOptions& o) {
-  a.option("--tokens", "context tokens (default 4096 synthetic; real model: up to its context length)")
-      .option("--levels", "levels to store (default 1,2,5,8; 1 is near-lossless)")
-      .option("--chunk-tokens", "tokens per chunk (default 256; 64 with --model)")
-      .option("--store", "mem: (default), file:DIR or redis://HOST:PORT")
-      .option("--out", "report directory (default ./kvcodec-demo-out)")
-      .option("--high-gbps", "link bandwidth before the drop, Gb/s (default 10)")
-      .option("--low-gbps", "link bandwidth after the drop, Gb/s (default 1)")
-      .option("--drop-ms", "time of the drop after the fetch starts, ms (default 100)")
-      .option("--rtt-ms", "round-trip time of the emulated link, ms (default 2)")
-      .option("--slo-ms", "time-to-first-token target, ms (default: 80% of recomputing the whole context, so that "
-                          "neither recomputing nor fetching alone is enough)")
-      .option("--objective", "min-prefill (default), quality or ttft (see kvcodec fetch --help)")
-      .option("--max-distortion", "quality floor of min-prefill, relative error (default 0.1)")
-      .option("--prefill-tps", "prefill tokens/s for TEXT chunks (default: 4000, an assumption for the target GPU; measured with --model)")
-      .option("--threads", "encoder / decoder threads (default 0 = all cores)")
-      .option("--model", "reference model (llama2.c .bin): real KV and real recompute")
-      .option("--tokenizer", "tokenizer of --model (.bin or 'bytes')")
-      .option("--text", "text to prefill the context from (with --model)")
-      .option("--offset", "byte offset of the context in --text (default 0)");
-  if (!a.parse(argc, argv)) return a.exit_code();
-  o.real = a.has("--model");
-  if (o.real && (!a.has("--tokenizer") || !a.has("--text"))) return a.fail("--model needs --tokenizer and --text");
-  if (!o.real && (a.has("--tokenizer") || a.has("--text"))) return a.fail("--tokenizer and --text need --model");
-  o.tokens = a.get_int("--tokens", o.real ? 1 << 20 : 4096);
-  o.chunk_tokens = a.get_int("--chunk-tokens", o.real ? 64 : 256);
-  o.high = a.get_double("--high-gbps", 10);
-  o.low = a.get_double("--low-gbps", 1);
-  o.drop_s = a.get_double("--drop-ms", 100) / 1e3;
-  o.rtt_s = a.get_double("--rtt-ms", 2) / 1e3;
-  o.slo_s = a.get_double("--slo-ms", 0) / 1e3;
-  o.prefill_tps = a.get_double("--prefill-tps", 0);
-  auto objective = parse_objective(a.get("--objective", "min-prefill"));
-  if (!objective.ok()) return a.fail("--objective: " + std::string(objective.status().message()));
-  o.objective = *objective;
-  o.max_distortion = a.get_double("--max-distortion", o.max_distortion);
-  const int threads = int(a.get_int("--threads", 0));
-  o.offset = a.get_int("--offset", 0);
-  if (a.has("--levels")) {
-    o.levels.clear();
-    for (int64_t l : a.get_int_list("--levels")) o.levels.push_back(int(l));
-  }
-  if (a.failed()) return 2;
-  if (o.tokens < 1 || o.chunk_tokens < 1 || o.chunk_tokens > kMaxChunkTokens || !(o.high > 0) || !(o.low > 0) ||
-      !(o.drop_s > 0) || o.rtt_s < 0 || o.slo_s < 0 || o.prefill_tps < 0 || threads < 0 || o.offset < 0 ||
-      !(o.max_distortion >= 0))
-    return a.fail("sizes, bandwidths, times and rates must be positive");
-  for (const Status& s : {check_link_gbps(o.high, "--high-gbps"), check_link_gbps(o.low, "--low-gbps"),
-                          check_seconds(o.drop_s, kMaxTraceSeconds, "--drop-ms / 1000"),
-                          check_seconds(o.rtt_s, 60, "--rtt-ms / 1000"),
-                          check_seconds(o.slo_s, 3600, "--slo-ms / 1000")})
-    if (!s.ok()) return a.fail(std::string(s.message()));
-  o.out_dir = a.get("--out", "kvcodec-demo-out");
-  o.store = a.get("--store", "mem:");
-  o.model = a.get("--model");
-  o.tokenizer = a.get("--tokenizer");
-  o.text = a.get("--text");
-  o.workers = threads ? threads : int(std::max(1u, std::thread::hardware_concurrency()));
-  return -1;
-}
-
 // The context to stream: its KV, its token ids (for TEXT chunks), and with a real model the
 // tokens that follow it (to measure quality).
 struct DemoContext {
@@ -258,29 +261,29 @@ Status real_context(DemoOptions& o, DemoContext& c) {
   std::stringstream text;
   text << f.rdbuf();
   const uint32_t seq = c.model->config().seq_len;
-  o.tokens = std::min<int64_t>(o.tokens, seq - kContinuation);
-  auto ids = context_tokens(tok, text.str(), uint64_t(o.offset), uint32_t(o.tokens + kContinuation));
+  o.tokens = std::min<int64_t>(*o.tokens, seq - kContinuation);
+  auto ids = context_tokens(tok, text.str(), uint64_t(o.offset), uint32_t(*o.tokens + kContinuation));
   if (!ids.ok()) return ids.status().with_context("--text");
-  c.text_tokens.assign(ids->begin(), ids->begin() + o.tokens);
-  c.continuation.assign(ids->begin() + o.tokens, ids->end());
+  c.text_tokens.assign(ids->begin(), ids->begin() + *o.tokens);
+  c.continuation.assign(ids->begin() + *o.tokens, ids->end());
   KVState state = c.model->new_state();
   KVCODEC_RETURN_IF_ERROR(c.model->forward(c.text_tokens, state, nullptr));
   KVCODEC_ASSIGN_OR_RETURN(c.kv, state.to_cache(DType::kF16));
-  c.label = "REAL KV of " + std::filesystem::path(o.model).filename().string() + " on " +
+  c.label = "REAL KV of " + std::filesystem::path(*o.model).filename().string() + " on " +
             std::filesystem::path(o.text).filename().string();
   if (o.prefill_tps == 0) {
     KVCODEC_ASSIGN_OR_RETURN(o.prefill_tps,
-                             measure_prefill_throughput(*c.model, uint32_t(std::min<int64_t>(o.chunk_tokens, seq))));
+                             measure_prefill_throughput(*c.model, std::min<uint32_t>(*o.chunk_tokens, seq)));
   }
   return Status::Ok();
 }
 
 // Step 1 without a model: a synthetic Llama-3-8B-shaped cache.
 Status synthetic_context(DemoOptions& o, DemoContext& c) {
-  KVCODEC_ASSIGN_OR_RETURN(c.kv, make_synthetic("llama3-8b", uint32_t(o.tokens), DType::kF16, 1));
+  KVCODEC_ASSIGN_OR_RETURN(c.kv, make_synthetic("llama3-8b", uint32_t(*o.tokens), DType::kF16, 1));
   // A synthetic context has no text. Placeholder token ids let the demo exercise the TEXT
   // option; its recompute is emulated (fetch_with_controller).
-  for (int64_t t = 0; t < o.tokens; ++t) c.text_tokens.push_back(int32_t(t % 32000));
+  for (int64_t t = 0; t < *o.tokens; ++t) c.text_tokens.push_back(int32_t(t % 32000));
   c.label = "SYNTHETIC Llama-3-8B-shaped KV (not a real model's cache)";
   if (o.prefill_tps == 0) o.prefill_tps = kAssumedPrefillTps;
   return Status::Ok();
@@ -292,7 +295,7 @@ StatusOr<Manifest> store_levels(const DemoOptions& o, DemoContext& c, std::share
   store = std::move(opened);
   PutOptions po;
   po.levels = o.levels;
-  po.chunk_tokens = uint32_t(o.chunk_tokens);
+  po.chunk_tokens = *o.chunk_tokens;
   po.text_tokens = c.text_tokens;
   po.threads = o.workers;
   po.measure_chunks = 2;  // error and decode speed measured on a sample of two chunks
@@ -474,7 +477,7 @@ StatusOr<std::pair<std::string, std::string>> write_reports(const DemoOptions& o
   const KVShape& sh = c.kv.shape;
   nlohmann::json j;
   j["context"] = {{"label", c.label}, {"synthetic", !o.real}, {"layers", sh.layers}, {"kv_heads", sh.kv_heads},
-                  {"head_dim", sh.head_dim}, {"tokens", sh.tokens}, {"chunk_tokens", o.chunk_tokens}};
+                  {"head_dim", sh.head_dim}, {"tokens", sh.tokens}, {"chunk_tokens", *o.chunk_tokens}};
   j["link"] = {{"high_gbps", o.high}, {"low_gbps", o.low}, {"drop_ms", o.drop_s * 1e3}, {"rtt_ms", o.rtt_s * 1e3}};
   j["costs"] = {{"prefill_tokens_per_s", o.prefill_tps}, {"recompute", o.real ? "model" : "emulated"},
                 {"slo_ms", o.slo_s * 1e3}, {"objective", report.objective}, {"max_distortion", max_distortion}};
@@ -498,23 +501,23 @@ StatusOr<std::pair<std::string, std::string>> write_reports(const DemoOptions& o
 }  // namespace
 
 int cmd_demo(int argc, char** argv) {
-  Args a("demo",
-         "kvcodec demo [--tokens N] [--levels LIST] [--chunk-tokens N] [--store URI] [--out DIR] "
-         "[--high-gbps X --low-gbps Y --drop-ms T] [--rtt-ms R] [--slo-ms S] [--objective O] [--max-distortion D] [--prefill-tps P] "
-         "[--model M --tokenizer T --text FILE [--offset B]]");
+  Command cmd("demo",
+              "kvcodec demo [--tokens N] [--levels LIST] [--chunk-tokens N] [--store URI] [--out DIR] "
+              "[--high-gbps X --low-gbps Y --drop-ms T] [--rtt-ms R] [--slo-ms S] [--objective O] [--max-distortion D] "
+              "[--prefill-tps P] [--model M --tokenizer T --text FILE [--offset B]]");
   DemoOptions o;
-  if (int code = parse_demo_options(a, argc, argv, o); code >= 0) return code;
+  if (int code = parse_demo_options(cmd, argc, argv, o); code >= 0) return code;
   const auto t_start = Clock::now();
 
   // 1. The context.
   DemoContext c;
   if (o.real) {
-    auto m = Model::load(o.model);
-    if (!m.ok()) return a.fail(m.status());
+    auto m = Model::load(*o.model);
+    if (!m.ok()) return cmd.fail(m.status());
     c.model = std::make_shared<const Model>(std::move(*m));
-    if (c.model->config().seq_len <= kContinuation + 16) return a.fail("the model's context is too short for the demo");
+    if (c.model->config().seq_len <= kContinuation + 16) return cmd.usage_error("the model's context is too short for the demo");
   }
-  if (Status s = o.real ? real_context(o, c) : synthetic_context(o, c); !s.ok()) return a.fail(s);
+  if (Status s = o.real ? real_context(o, c) : synthetic_context(o, c); !s.ok()) return cmd.fail(s);
   std::printf("kvcodec demo -- %s\n", c.label.c_str());
   std::printf("context: %u layers x %u kv heads x %u, %u tokens, %s, %.1f MiB\n", c.kv.shape.layers,
               c.kv.shape.kv_heads, c.kv.shape.head_dim, c.kv.shape.tokens, dtype_name(c.kv.dtype),
@@ -523,7 +526,7 @@ int cmd_demo(int argc, char** argv) {
   // 2. Encode the levels and store them.
   std::shared_ptr<Store> store;
   auto manifest = store_levels(o, c, store);
-  if (!manifest.ok()) return a.fail(manifest.status());
+  if (!manifest.ok()) return cmd.fail(manifest.status());
 
   // 3-4. Serve it through a link that drops mid-stream; fetch with the adaptive controller.
   const LinkTrace trace{{{0.0, o.high}, {o.drop_s, o.low}}};
@@ -531,18 +534,18 @@ int cmd_demo(int argc, char** argv) {
   KVCache fetched;
   FetchReport report;
   if (Status s = fetch_with_controller(o, c, store, *manifest, trace, base, fetched, report); !s.ok())
-    return a.fail(s);
+    return cmd.fail(s);
 
   // 5. The same context, link and costs in the simulator.
   auto rows = compare_strategies(c, *manifest, trace, base, report);
-  if (!rows.ok()) return a.fail(rows.status().with_context("simulation"));
+  if (!rows.ok()) return cmd.fail(rows.status().with_context("simulation"));
   print_strategies(*rows, report, base);
 
   // 6. Quality on a real model; 7. reports.
   auto quality = measure_quality(c, fetched);
-  if (!quality.ok()) return a.fail(quality.status());
+  if (!quality.ok()) return cmd.fail(quality.status());
   auto paths = write_reports(o, c, *manifest, trace, report, *rows, *quality, base.max_distortion);
-  if (!paths.ok()) return a.fail(paths.status());
+  if (!paths.ok()) return cmd.fail(paths.status());
   std::printf("\nwrote %s and %s (%.1f s in all)\n", paths->first.c_str(), paths->second.c_str(), since(t_start));
   return 0;
 }

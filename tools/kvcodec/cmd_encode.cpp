@@ -49,23 +49,28 @@ int cmd_encode(int argc, char** argv) {
   const std::string& out = a.output;
   const EncodeOptions& o = a.codec;
 
-  StatusOr<KVCache> kv = load_kv(in);
+  StatusOr<KVFile> kv = KVFile::open(in);  // the file read once, viewed in place
   if (!kv.ok()) return cmd.fail(kv.status());
   if (Status s = validate_options(o); !s.ok()) return cmd.fail(s);
 
-  const auto start = std::chrono::steady_clock::now();
-  std::vector<uint8_t> frame(max_encoded_size(kv->shape, kv->dtype, o));
-  StatusOr<size_t> size = encode_into(kv->view(), o, frame);
-  if (!size.ok()) return cmd.fail(size.status());
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  if (Status s = write_file(out, frame.data(), *size); !s.ok()) return cmd.fail(s);
+  size_t size = 0;
+  double seconds = 0;
+  const Status st = write_file_with(out, max_encoded_size(kv->shape(), kv->dtype(), o), [&](std::span<uint8_t> frame) {
+    const auto start = std::chrono::steady_clock::now();
+    StatusOr<size_t> n = encode_into(kv->view(), o, frame);
+    seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (n.ok()) size = *n;
+    return n;
+  });
+  if (!st.ok()) return cmd.fail(st);
 
-  const KVShape& sh = kv->shape;
+  const KVShape& sh = kv->shape();
+  const double bytes = double(kv->bytes());
   std::printf("%s: %s [%u layers x 2 x %u tokens x %u kv_heads x %u head_dim], %zu bytes\n", in.c_str(),
-              dtype_name(kv->dtype), sh.layers, sh.tokens, sh.kv_heads, sh.head_dim, kv->data.size());
+              dtype_name(kv->dtype()), sh.layers, sh.tokens, sh.kv_heads, sh.head_dim, size_t(kv->bytes()));
   std::printf("%s: %zu bytes, level %d, %.3f bits/element, %.2fx smaller, encoded in %.3f s (%.1f MB/s)\n",
-              out.c_str(), *size, o.level, 8.0 * double(*size) / double(sh.elements()),
-              double(kv->data.size()) / double(*size), seconds, double(kv->data.size()) / 1e6 / seconds);
+              out.c_str(), size, o.level, 8.0 * double(size) / double(sh.elements()), bytes / double(size), seconds,
+              bytes / 1e6 / seconds);
   return 0;
 }
 

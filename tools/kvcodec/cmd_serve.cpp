@@ -1,7 +1,7 @@
 // kvcodec serve: serve stored contexts over TCP through an emulated link (stream.hpp).
 //
 //   kvcodec serve --store URI --port P [--host ADDR] [--bandwidth-gbps X | --trace FILE] [--rtt-ms Y]
-//                 [--max-connections N]
+//                 [--max-connections N] [--metrics-port N]
 #include <csignal>
 #include <cstdio>
 #include <optional>
@@ -10,6 +10,7 @@
 
 #include "cli.hpp"
 #include "commands.hpp"
+#include "metrics_http.hpp"
 #include "stream_cli.hpp"
 #include "kvcodec/stream.hpp"
 
@@ -28,6 +29,7 @@ struct ServeArgs {
   std::optional<std::string> trace;
   double rtt_ms = 0;
   int max_connections = ServerOptions{}.max_connections;
+  std::optional<int> metrics_port;  // Prometheus text on http://127.0.0.1:PORT/metrics (0: any free port)
 };
 
 void declare(Command& cmd, ServeArgs& o) {
@@ -39,6 +41,21 @@ void declare(Command& cmd, ServeArgs& o) {
   cmd.option("--rtt-ms", o.rtt_ms, "emulated round-trip time added to every response (default 0)");
   cmd.option("--max-connections", o.max_connections, "connections served at once; more are closed at accept (default 64)",
              Range{1, 65536});
+  cmd.option("--metrics-port", o.metrics_port,
+             "serve Prometheus metrics on http://127.0.0.1:PORT/metrics (0: any free port, printed)", Range{0, 65535});
+}
+
+// The server's own counters (ServerStats), next to the sink's families in the exposition.
+std::string server_stats_text(const ServerStats& st) {
+  auto counter = [](const char* name, const char* help, uint64_t v) {
+    return prometheus_family(name, "counter", help, std::string(name) + " " + std::to_string(v) + "\n");
+  };
+  return counter("kvcodec_server_bytes_sent_total", "Bytes sent to clients (responses, headers included).", st.bytes_sent) +
+         counter("kvcodec_server_connections_total", "Connections accepted.", st.connections) +
+         counter("kvcodec_server_connections_refused_total", "Connections closed at accept: every slot busy.", st.refused) +
+         counter("kvcodec_server_connections_evicted_total", "Idle connections closed to make room.", st.evicted) +
+         counter("kvcodec_server_connections_idle_closed_total", "Connections closed after the idle timeout.",
+                 st.idle_closed);
 }
 
 // The usage errors no single option shows; "" when there is none.
@@ -57,7 +74,7 @@ std::string check(const ServeArgs& a) {
 int cmd_serve(int argc, char** argv) {
   Command cmd("serve",
               "kvcodec serve --store URI --port P [--host ADDR] [--bandwidth-gbps X | --trace FILE] [--rtt-ms Y] "
-              "[--max-connections N]");
+              "[--max-connections N] [--metrics-port N]");
   ServeArgs a;
   declare(cmd, a);
   if (auto exit = cmd.parse(argc, argv)) return *exit;
@@ -77,16 +94,28 @@ int cmd_serve(int argc, char** argv) {
   }
   auto store = open_cli_store(a.store);
   if (!store.ok()) return cmd.fail(store.status());
+  PrometheusSink metrics;
+  if (a.metrics_port) so.metrics = &metrics;
   auto server = Server::start(std::shared_ptr<Store>(std::move(*store)), so);
   if (!server.ok()) return cmd.fail(server.status());
+  std::unique_ptr<MetricsHttpServer> http;
+  if (a.metrics_port) {
+    const Server* srv = server->get();
+    auto h = MetricsHttpServer::start("127.0.0.1", uint16_t(*a.metrics_port),
+                                      [&metrics, srv] { return metrics.render() + server_stats_text(srv->stats()); });
+    if (!h.ok()) return cmd.fail(h.status());
+    http = std::move(*h);
+  }
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
   char bandwidth[64] = "unlimited";
   if (a.bandwidth_gbps) std::snprintf(bandwidth, sizeof bandwidth, "%g Gb/s", *a.bandwidth_gbps);
   std::printf("serving %s on %s:%u (link: %s, rtt %.3g ms); Ctrl-C stops\n", a.store.c_str(), so.host.c_str(),
               (*server)->port(), a.trace ? a.trace->c_str() : bandwidth, a.rtt_ms);
+  if (http) std::printf("metrics on http://127.0.0.1:%u/metrics\n", http->port());
   std::fflush(stdout);
   while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  if (http) http->stop();
   (*server)->stop();
   const ServerStats st = (*server)->stats();
   std::printf("stopped: %llu connections, %llu requests (%llu errors), %.1f MB sent\n",

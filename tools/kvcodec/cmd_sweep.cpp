@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -30,6 +31,50 @@ namespace kvcodec::cli {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// The options of `kvcodec sweep`.
+struct SweepArgs {
+  std::vector<double> bandwidths = {0.1, 0.3, 1, 3, 10, 30, 100};  // Gb/s, constant links
+  std::vector<double> rtts = {1, 10};                              // ms
+  std::optional<std::string> trace;                                // comma-separated trace files
+  double slo_ms = 80;
+  std::optional<std::string> context, synthetic;  // a KV file, or a synthetic shape (default llama3-8b)
+  int64_t tokens = 2048;                          // of the synthetic context
+  std::vector<int> levels = {0, 2, 4, 6, 8};
+  uint32_t chunk_tokens = 256;
+  double prefill_tps = 20000, prefill_attention_tokens = 32768, first_token_ms = 0;
+  double decode_gbps = 0;  // 0: measured
+  double prior_gbps = 1;
+  bool warm_prior = false;
+  uint32_t baseline_tokens = 512;
+  int threads = 1;
+  std::string json, svg;  // required
+};
+
+void declare(Command& cmd, SweepArgs& o) {
+  cmd.option("--bandwidth-gbps", o.bandwidths, "constant link bandwidths, comma-separated (default 0.1,0.3,1,3,10,30,100)");
+  cmd.option("--rtt-ms", o.rtts, "round-trip times, comma-separated (default 1,10)");
+  cmd.option("--trace", o.trace, "comma-separated trace files (\"time_s gbps\" lines), simulated at every RTT");
+  cmd.option("--slo-ms", o.slo_ms, "TTFT target for the quality objective and for slo_met (default 80)");
+  cmd.option("--context", o.context, "KV cache file (.safetensors / .npy)");
+  cmd.option("--synthetic", o.synthetic, "synthetic cache shape: llama3-8b, mistral-7b, llama3-70b (default llama3-8b)");
+  cmd.option("--tokens", o.tokens, "tokens of the synthetic context (default 2048)", Range{1, kMaxTokens});
+  cmd.option("--levels", o.levels, "kvcodec levels to store, comma-separated (default 0,2,4,6,8)", Range{0, kMaxLevel});
+  cmd.option("--chunk-tokens", o.chunk_tokens, "tokens per chunk (default 256)", Range{1, kMaxChunkTokens});
+  cmd.option("--prefill-tps", o.prefill_tps, "prefill throughput of the serving model, tokens/s (default 20000)");
+  cmd.option("--prefill-attention-tokens", o.prefill_attention_tokens,
+             "context position at which attention doubles the per-token prefill cost (default 32768)");
+  cmd.option("--first-token-ms", o.first_token_ms, "time to run the first token once the KV is in place (default 0)");
+  cmd.option("--decode-gbps", o.decode_gbps, "decoder throughput to plan and simulate with (default: measured)");
+  cmd.option("--prior-gbps", o.prior_gbps, "bandwidth estimate before the first measured chunk (default 1)");
+  cmd.flag("--warm-prior", o.warm_prior,
+           "start from the link's bandwidth at time 0, as a client that just fetched over the same path would");
+  cmd.option("--baseline-tokens", o.baseline_tokens, "tokens the int8 / CacheGen baselines are measured on (default 512)",
+             Range{1, UINT32_MAX});
+  cmd.option("--threads", o.threads, "encode / decode threads, 0 = all cores (default 1)", Range{0, 4096});
+  cmd.option("--json", o.json, "output JSON");
+  cmd.option("--svg", o.svg, "output SVG plot");
+}
 
 double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
@@ -404,147 +449,140 @@ nlohmann::json sweep_json(const std::string& context_name, int64_t chunk_tokens,
   return j;
 }
 
-}  // namespace
-
-int cmd_sweep(int argc, char** argv) {
-  Args a("sweep",
-         "kvcodec sweep --bandwidth-gbps LIST --rtt-ms LIST [--trace FILES] [--slo-ms X] "
-         "[--context FILE | --synthetic SHAPE --tokens N] [--levels LIST] [--chunk-tokens N] "
-         "[--prefill-tps X] --json OUT.json --svg OUT.svg");
-  a.option("--bandwidth-gbps", "constant link bandwidths, comma-separated (default 0.1,0.3,1,3,10,30,100)")
-      .option("--rtt-ms", "round-trip times, comma-separated (default 1,10)")
-      .option("--trace", "comma-separated trace files (\"time_s gbps\" lines), simulated at every RTT")
-      .option("--slo-ms", "TTFT target for the quality objective and for slo_met (default 80)")
-      .option("--context", "KV cache file (.safetensors / .npy)")
-      .option("--synthetic", "synthetic cache shape: llama3-8b, mistral-7b, llama3-70b (default llama3-8b)")
-      .option("--tokens", "tokens of the synthetic context (default 2048)")
-      .option("--levels", "kvcodec levels to store, comma-separated (default 0,2,4,6,8)")
-      .option("--chunk-tokens", "tokens per chunk (default 256)")
-      .option("--prefill-tps", "prefill throughput of the serving model, tokens/s (default 20000)")
-      .option("--prefill-attention-tokens",
-              "context position at which attention doubles the per-token prefill cost (default 32768)")
-      .option("--first-token-ms", "time to run the first token once the KV is in place (default 0)")
-      .option("--decode-gbps", "decoder throughput to plan and simulate with (default: measured)")
-      .option("--prior-gbps", "bandwidth estimate before the first measured chunk (default 1)")
-      .flag("--warm-prior",
-            "start from the link's bandwidth at time 0, as a client that just fetched over the same path would")
-      .option("--baseline-tokens", "tokens the int8 / CacheGen baselines are measured on (default 512)")
-      .option("--threads", "encode / decode threads, 0 = all cores (default 1)")
-      .option("--json", "output JSON")
-      .option("--svg", "output SVG plot");
-  if (!a.parse(argc, argv)) return a.exit_code();
-  std::vector<double> bandwidths = a.has("--bandwidth-gbps") ? a.get_double_list("--bandwidth-gbps")
-                                                             : std::vector<double>{0.1, 0.3, 1, 3, 10, 30, 100};
-  std::vector<double> rtts = a.has("--rtt-ms") ? a.get_double_list("--rtt-ms") : std::vector<double>{1, 10};
-  std::vector<int64_t> levels = a.has("--levels") ? a.get_int_list("--levels") : std::vector<int64_t>{0, 2, 4, 6, 8};
-  const double slo_ms = a.get_double("--slo-ms", 80);
-  const int64_t tokens = a.get_int("--tokens", 2048);
-  const int64_t chunk_tokens = a.get_int("--chunk-tokens", 256);
-  const int64_t baseline_tokens = a.get_int("--baseline-tokens", 512);
-  const int64_t threads = a.get_int("--threads", 1);
-  const double decode_override = a.get_double("--decode-gbps", 0);
+// The controller's settings common to every point; the usage error (or "") in `error`.
+ControllerConfig base_config(const SweepArgs& a, std::string* error) {
   ControllerConfig base;
-  base.slo_s = slo_ms / 1e3;
-  base.cost.prefill_tokens_per_s = a.get_double("--prefill-tps", 20000);
-  base.cost.prefill_attention_tokens = a.get_double("--prefill-attention-tokens", 32768);
-  base.cost.first_token_s = a.get_double("--first-token-ms", 0) / 1e3;
-  base.estimator.prior_gbps = a.get_double("--prior-gbps", 1);
-  const bool warm_prior = a.has("--warm-prior");
-  if (a.failed()) return 2;
-  if (!a.has("--json") || !a.has("--svg")) return a.fail("--json OUT.json and --svg OUT.svg are required");
-  for (double b : bandwidths)
-    if (Status s = check_link_gbps(b, "--bandwidth-gbps"); !s.ok()) return a.fail(std::string(s.message()));
-  for (double r : rtts)
-    if (Status s = check_seconds(r / 1e3, 60, "--rtt-ms / 1000"); !s.ok()) return a.fail(std::string(s.message()));
-  if (Status s = check_link_gbps(base.estimator.prior_gbps, "--prior-gbps"); !s.ok()) return a.fail(std::string(s.message()));
-  for (int64_t l : levels)
-    if (l < 0 || l > kMaxLevel) return a.fail("levels must be in 0.." + std::to_string(kMaxLevel));
-  if (levels.empty()) return a.fail("--levels is empty");
-  if (chunk_tokens < 1 || chunk_tokens > kMaxChunkTokens) return a.fail("--chunk-tokens out of range");
-  if (tokens < 1 || tokens > kMaxTokens) return a.fail("--tokens out of range");
-  if (baseline_tokens < 1) return a.fail("--baseline-tokens must be >= 1");
-  if (threads < 0 || threads > 4096) return a.fail("--threads out of range");
-  if (decode_override < 0) return a.fail("--decode-gbps must be >= 0");
-  if (Status s = base.validate(); !s.ok()) return a.fail(s);
-  if (!(base.cost.prefill_tokens_per_s > 0)) return a.fail("--prefill-tps must be > 0");
-  if (a.has("--context") && a.has("--synthetic")) return a.fail("give --context or --synthetic, not both");
+  base.slo_s = a.slo_ms / 1e3;
+  base.cost.prefill_tokens_per_s = a.prefill_tps;
+  base.cost.prefill_attention_tokens = a.prefill_attention_tokens;
+  base.cost.first_token_s = a.first_token_ms / 1e3;
+  base.estimator.prior_gbps = a.prior_gbps;
+  auto message = [](const Status& s) { return s.ok() ? std::string() : std::string(s.message()); };
+  *error = "";
+  if (a.json.empty() || a.svg.empty()) *error = "--json OUT.json and --svg OUT.svg are required";
+  for (double b : a.bandwidths)
+    if (error->empty()) *error = message(check_link_gbps(b, "--bandwidth-gbps"));
+  for (double r : a.rtts)
+    if (error->empty()) *error = message(check_seconds(r / 1e3, 60, "--rtt-ms / 1000"));
+  if (error->empty()) *error = message(check_link_gbps(a.prior_gbps, "--prior-gbps"));
+  if (!error->empty()) return base;
+  if (a.levels.empty()) *error = "--levels is empty";
+  else if (a.decode_gbps < 0) *error = "--decode-gbps must be >= 0";
+  else if (Status s = base.validate(); !s.ok()) *error = s.to_string();
+  else if (!(base.cost.prefill_tokens_per_s > 0)) *error = "--prefill-tps must be > 0";
+  else if (a.context && a.synthetic) *error = "give --context or --synthetic, not both";
+  return base;
+}
 
+StatusOr<std::vector<std::pair<std::string, LinkTrace>>> load_traces(const std::optional<std::string>& list) {
   std::vector<std::pair<std::string, LinkTrace>> traces;
-  for (const std::string& path : split(a.get("--trace"), ',')) {
-    StatusOr<LinkTrace> t = LinkTrace::load(path);
-    if (!t.ok()) return a.fail(t.status());
-    traces.emplace_back(path.substr(path.find_last_of('/') + 1), std::move(*t));
+  for (const std::string& path : split(list.value_or(""), ',')) {
+    KVCODEC_ASSIGN_OR_RETURN(LinkTrace t, LinkTrace::load(path));
+    traces.emplace_back(path.substr(path.find_last_of('/') + 1), std::move(t));
   }
+  return traces;
+}
 
-  // ---- The context, measured ----
-  std::string context_name;
-  StatusOr<KVCache> kv = Unavailable("no context");
-  if (a.has("--context")) {
-    context_name = a.get("--context");
-    kv = load_kv(context_name);
-  } else {
-    const std::string shape = a.get("--synthetic", "llama3-8b");
-    context_name = "synthetic " + shape + ", " + std::to_string(tokens) + " tokens, fp16";
-    kv = make_synthetic(shape, uint32_t(tokens), DType::kF16, 1);
+// The context: --context's file, or a synthetic cache; its name for the reports in `name`.
+StatusOr<KVCache> load_context(const SweepArgs& a, std::string* name) {
+  if (a.context) {
+    *name = *a.context;
+    return load_kv(*a.context);
   }
-  if (!kv.ok()) return a.fail(kv.status());
-  std::fprintf(stderr, "sweep: %s, %.0f MiB of KV; encoding %zu levels...\n", context_name.c_str(),
-               double(kv->data.size()) / (1 << 20), levels.size());
+  const std::string shape = a.synthetic.value_or("llama3-8b");
+  *name = "synthetic " + shape + ", " + std::to_string(a.tokens) + " tokens, fp16";
+  return make_synthetic(shape, uint32_t(a.tokens), DType::kF16, 1);
+}
 
+// Every way of shipping the context's chunks, measured: raw fp16, each stored level (encoded
+// for real), then the eval baselines.
+struct MeasuredContext {
   std::vector<Measured> measured;
+  size_t first_level = 0, end_level = 0;  // the stored levels: measured[first_level, end_level)
+  std::vector<uint32_t> chunk_sizes;
+  uint64_t elements_per_token = 0;
+};
+
+StatusOr<MeasuredContext> measure_context(KVCache& kv, const SweepArgs& a) {
+  MeasuredContext mc;
   Measured raw;
   raw.option.name = "fp16";
   raw.option.decode_gbps = 0;
   raw.note = "raw 16-bit elements";
-  std::vector<uint32_t> chunk_sizes;
-  for (uint32_t t = 0; t < kv->shape.tokens; t += uint32_t(chunk_tokens))
-    chunk_sizes.push_back(std::min<uint32_t>(uint32_t(chunk_tokens), kv->shape.tokens - t));
-  const uint64_t elements_per_token = 2ull * kv->shape.layers * kv->shape.channels();
-  for (uint32_t t : chunk_sizes) raw.chunk_bytes.push_back(uint64_t(t) * elements_per_token * 2);
+  for (uint32_t t = 0; t < kv.shape.tokens; t += a.chunk_tokens)
+    mc.chunk_sizes.push_back(std::min<uint32_t>(a.chunk_tokens, kv.shape.tokens - t));
+  mc.elements_per_token = 2ull * kv.shape.layers * kv.shape.channels();
+  for (uint32_t t : mc.chunk_sizes) raw.chunk_bytes.push_back(uint64_t(t) * mc.elements_per_token * 2);
   raw.bits_per_element = 16;
-  measured.push_back(raw);
-  const size_t first_level = measured.size();
+  mc.measured.push_back(raw);
+  mc.first_level = mc.measured.size();
   double level_decode_gbps = 0;
-  for (int64_t l : levels) {
-    StatusOr<Measured> m = measure_level(*kv, int(l), uint32_t(chunk_tokens), int(threads));
-    if (!m.ok()) return a.fail(m.status().with_context("level " + std::to_string(l)));
-    if (decode_override > 0) m->option.decode_gbps = decode_override;
-    level_decode_gbps += m->option.decode_gbps / double(levels.size());
-    std::fprintf(stderr, "  L%-2lld %6.3f bits/element  rel. error %.4f  decode %.2f GB/s\n", (long long)l,
-                 m->bits_per_element, m->option.distortion, m->option.decode_gbps);
-    measured.push_back(std::move(*m));
+  for (int l : a.levels) {
+    StatusOr<Measured> m = measure_level(kv, l, a.chunk_tokens, a.threads);
+    if (!m.ok()) return m.status().with_context("level " + std::to_string(l));
+    if (a.decode_gbps > 0) m->option.decode_gbps = a.decode_gbps;
+    level_decode_gbps += m->option.decode_gbps / double(a.levels.size());
+    std::fprintf(stderr, "  L%-2d %6.3f bits/element  rel. error %.4f  decode %.2f GB/s\n", l, m->bits_per_element,
+                 m->option.distortion, m->option.decode_gbps);
+    mc.measured.push_back(std::move(*m));
   }
-  const size_t end_level = measured.size();
-  std::fprintf(stderr, "  baselines on %lld tokens...\n", (long long)std::min<int64_t>(baseline_tokens, kv->shape.tokens));
-  if (Status s = measure_baselines(*kv, uint32_t(baseline_tokens), uint32_t(chunk_tokens), chunk_sizes,
-                                   level_decode_gbps, &measured);
+  mc.end_level = mc.measured.size();
+  std::fprintf(stderr, "  baselines on %u tokens...\n", std::min(a.baseline_tokens, kv.shape.tokens));
+  if (Status s = measure_baselines(kv, a.baseline_tokens, a.chunk_tokens, mc.chunk_sizes, level_decode_gbps, &mc.measured);
       !s.ok())
-    return a.fail(s.with_context("baselines"));
+    return s.with_context("baselines");
+  return mc;
+}
+
+Status write_text(const std::string& path, const std::string& text) {
+  return write_file(path, reinterpret_cast<const uint8_t*>(text.data()), text.size());
+}
+
+}  // namespace
+
+int cmd_sweep(int argc, char** argv) {
+  Command cmd("sweep",
+              "kvcodec sweep --bandwidth-gbps LIST --rtt-ms LIST [--trace FILES] [--slo-ms X] "
+              "[--context FILE | --synthetic SHAPE --tokens N] [--levels LIST] [--chunk-tokens N] "
+              "[--prefill-tps X] --json OUT.json --svg OUT.svg");
+  SweepArgs a;
+  declare(cmd, a);
+  if (auto exit = cmd.parse(argc, argv)) return *exit;
+  std::string error;
+  const ControllerConfig base = base_config(a, &error);
+  if (!error.empty()) return cmd.usage_error(error);
+  auto traces = load_traces(a.trace);
+  if (!traces.ok()) return cmd.fail(traces.status());
+
+  // ---- The context, measured ----
+  std::string context_name;
+  StatusOr<KVCache> kv = load_context(a, &context_name);
+  if (!kv.ok()) return cmd.fail(kv.status());
+  std::fprintf(stderr, "sweep: %s, %.0f MiB of KV; encoding %zu levels...\n", context_name.c_str(),
+               double(kv->data.size()) / (1 << 20), a.levels.size());
+  auto mc = measure_context(*kv, a);
+  if (!mc.ok()) return cmd.fail(mc.status());
 
   // Every option in one profile (fixed strategies), and the stored levels alone (what a store
   // holds: the adaptive controller, CacheGen's heuristic and the oracle choose among them).
-  const ContextProfile all = profile_of(measured, 0, measured.size(), chunk_sizes, elements_per_token, kv->dtype);
-  const ContextProfile stored = profile_of(measured, first_level, end_level, chunk_sizes, elements_per_token, kv->dtype);
-
-  const std::vector<Strategy> strategies = sweep_strategies(measured, first_level, end_level);
+  const ContextProfile all =
+      profile_of(mc->measured, 0, mc->measured.size(), mc->chunk_sizes, mc->elements_per_token, kv->dtype);
+  const ContextProfile stored =
+      profile_of(mc->measured, mc->first_level, mc->end_level, mc->chunk_sizes, mc->elements_per_token, kv->dtype);
+  const std::vector<Strategy> strategies = sweep_strategies(mc->measured, mc->first_level, mc->end_level);
 
   // ---- The grid ----
-  const SweepGrid grid{bandwidths, rtts, traces, base, warm_prior};
+  const SweepGrid grid{a.bandwidths, a.rtts, *traces, base, a.warm_prior};
   auto rows = run_grid(grid, strategies, all, stored);
-  if (!rows.ok()) return a.fail(rows.status());
+  if (!rows.ok()) return cmd.fail(rows.status());
 
   // ---- Outputs ----
-  print_sweep(*rows, !traces.empty(), context_name, chunk_tokens, slo_ms, base, warm_prior);
-
-  const nlohmann::json j = sweep_json(context_name, chunk_tokens, slo_ms, base, warm_prior, measured, *rows);
-  const std::string json = j.dump(1) + "\n";
-  if (Status s = write_file(a.get("--json"), reinterpret_cast<const uint8_t*>(json.data()), json.size()); !s.ok())
-    return a.fail(s);
+  print_sweep(*rows, !traces->empty(), context_name, a.chunk_tokens, a.slo_ms, base, a.warm_prior);
+  const nlohmann::json j = sweep_json(context_name, a.chunk_tokens, a.slo_ms, base, a.warm_prior, mc->measured, *rows);
+  if (Status s = write_text(a.json, j.dump(1) + "\n"); !s.ok()) return cmd.fail(s);
   std::vector<std::string> names;
   for (const Strategy& s : strategies) names.push_back(s.name);
-  const std::string svg = render_svg(*rows, names, rtts, context_name);
-  if (Status s = write_file(a.get("--svg"), reinterpret_cast<const uint8_t*>(svg.data()), svg.size()); !s.ok())
-    return a.fail(s);
+  if (Status s = write_text(a.svg, render_svg(*rows, names, a.rtts, context_name)); !s.ok()) return cmd.fail(s);
   return 0;
 }
 

@@ -59,6 +59,14 @@ struct FloatKV {
 // caches being compared. Schemes expect fp16-representable input.
 void round_to_f16(FloatKV& kv) noexcept;
 
+// What schemes calibrated per model (kvpca, kvtc) learn from: caches of OTHER contexts than the
+// ones measured (the harness takes them from other offsets or another text), with the model's
+// RoPE base (keys are cached with RoPE applied at positions 0..tokens-1).
+struct Calibration {
+  std::vector<FloatKV> caches;
+  double rope_theta = 10000.0;
+};
+
 // One setting of one scheme: a point on that scheme's rate-distortion curve.
 class Scheme {
  public:
@@ -72,6 +80,11 @@ class Scheme {
   const std::string& setting() const noexcept { return setting_; }
   // True when decoding returns the input bit for bit.
   virtual bool lossless() const noexcept { return false; }
+  // True for schemes that must be calibrated (calibrate) before run.
+  virtual bool needs_calibration() const noexcept { return false; }
+  // Learns the scheme's per-model side information (e.g. a PCA profile) from `cal`; called once,
+  // before any run(). The result is not counted in run()'s bytes unless the scheme says so.
+  virtual Status calibrate(const Calibration& cal) { (void)cal; return Status::Ok(); }
 
   // Encodes `in` (fp16-representable values) into bytes and decodes those bytes into `out`
   // (resized to in's shape). Returns the encoded size in bytes, everything included.
@@ -87,7 +100,7 @@ class Scheme {
   std::string setting_;
 };
 
-using SchemeList = std::vector<std::unique_ptr<const Scheme>>;
+using SchemeList = std::vector<std::unique_ptr<Scheme>>;
 
 // The default list: every family at its default settings.
 inline constexpr std::string_view kDefaultSchemes = "fp16,zstd,int8,kivi,cachegen,zfp,kvcodec";
@@ -98,11 +111,23 @@ inline constexpr std::string_view kDefaultSchemes = "fp16,zstd,int8,kivi,cachege
 //   zstd:level=3                          zstd level, 1..19
 //   kivi:bits=2/3/4:group=32:residual=0
 //   cachegen:levels=1-3:chunk=256
+//   cachegen:bins=4-32:chunk=256          continuous sweep: B bins in every layer (curve "cachegen:bins")
 //   zfp:tol=4/2/1/0.5/0.25/0.125          tolerances as fractions of each array's RMS
 //   kvcodec:levels=0-9:chunk=256:group=1:tables=8:step=layer   (step=channel|layer; the
 //                               defaults are those of EncodeOptions)
 //   kvcodec:layerlevels=a/b/c   experiment: every layer a frame of its own, at the level plus
 //                               a, b or c for the first, middle and last third of the layers
+//   kvpca:levels=1-9:rope=undo:basis=profile:tables=8   transform coding (needs calibration): per
+//                               (layer, K/V, kv head) PCA of head_dim from a calibrated profile
+//                               (keys before RoPE with rope=undo), coefficients coded by kvcodec
+//                               frames (one step per (layer, K/V): reverse water-filling);
+//                               basis=frame adds the fp16 basis to every context's bytes
+//   kvtc:bits=0.5/0.75/1/1.5/2/3/4:rope=undo:sink=4   KVTC-style (needs calibration): the same
+//                               PCA basis, integer bits per component by dynamic programming on
+//                               the context's variances for an average of `bits` per element,
+//                               Gaussian-optimal uniform steps, zstd of the codes; the first
+//                               `sink` tokens in fp16. Bytes: codes + per-component mean, sd
+//                               (fp16) and bits (u8) + sink tokens + shape header
 // The option listing a curve's points (level, bits, levels, tol) is not part of its name.
 // Each entry expands to one Scheme per setting. kInvalidArgument names the bad entry.
 StatusOr<SchemeList> make_schemes(std::string_view list);

@@ -70,6 +70,11 @@ struct EvalOptions {
   uint32_t continue_tokens = 0;  // m; 0 = seq_len - n (n + m must not exceed seq_len)
   std::string schemes = std::string(kDefaultSchemes);  // make_schemes syntax
   unsigned threads = 1;          // contexts evaluated in parallel (the model uses 1 thread each)
+  // Calibration of the schemes that need it (kvpca, kvtc): caches of `calib_contexts` contexts of
+  // the same length cut from `calib_text_path` (default: the test text, at offsets midway between
+  // the test contexts' -- disjoint only when the text is long enough; another text always is).
+  std::string calib_text_path;
+  uint32_t calib_contexts = 8;
   // Called from the calling thread or a worker (serialized) with one progress line.
   std::function<void(const std::string&)> progress;
 };
@@ -97,8 +102,10 @@ struct Threshold {
   std::string scheme;
   Crossing kl;   // bits at which mean KL reaches kKlTarget
   Crossing ppl;  // bits at which ppl_delta_pct reaches kPplTargetPct
+  Crossing kl_fine;  // bits at which mean KL reaches kKlFineTarget
 };
 inline constexpr double kKlTarget = 0.01;     // nats/token
+inline constexpr double kKlFineTarget = 0.001;  // nats/token: near-lossless
 inline constexpr double kPplTargetPct = 1.0;  // percent
 
 struct EvalReport {
@@ -106,6 +113,8 @@ struct EvalReport {
   uint32_t contexts = 0, context_tokens = 0, continue_tokens = 0;
   KVShape shape;  // of one context's cache
   std::vector<uint64_t> offsets;
+  std::string calib_text;               // empty when no scheme was calibrated
+  std::vector<uint64_t> calib_offsets;
   double seconds = 0;
   std::vector<SchemeRow> rows;
   std::vector<Threshold> thresholds;

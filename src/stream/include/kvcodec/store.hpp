@@ -182,6 +182,9 @@ struct PutOptions {
   // manifest is written last, so it outlives the pieces by the time the put took: a fetch of
   // an expiring context finds missing pieces (a fallback), never a hole.
   uint32_t ttl_seconds = 0;
+  // Receives the encoder's kEncode events and kStoreError when a write fails (metrics.hpp); not
+  // owned. nullptr (default): none.
+  MetricsSink* metrics = nullptr;
 };
 
 // Encodes `kv` once per level, stores every head and chunk body (one put_many per level) and

@@ -125,6 +125,9 @@ struct ServerOptions {
   // has read enough. A limit can be exceeded by one response (at most a chunk and its head).
   uint64_t max_inflight_bytes_per_connection = 64ull << 20;
   uint64_t max_inflight_bytes = 1ull << 30;
+  // Receives a kRequest event per request answered, kStoreError / kChecksumFailure when the store
+  // fails or holds corrupt bytes (metrics.hpp); not owned, must outlive the server. nullptr: none.
+  MetricsSink* metrics = nullptr;
 };
 
 struct ServerStats {
@@ -290,6 +293,9 @@ struct FetchOptions {
   // configuration from it (e.g. resolve "fixed at level L" to an option index). An error ends
   // the fetch.
   std::function<Status(const Manifest&, ControllerConfig&)> on_manifest;
+  // Receives kChunkFetched per chunk (the level delivered), kTextFallback, kChecksumFailure and
+  // the decoder's kDecode events (metrics.hpp); not owned. nullptr (default): none.
+  MetricsSink* metrics = nullptr;
 };
 
 // Fetches context `options.id` into `out`: used as it is when it already has the manifest's

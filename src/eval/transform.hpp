@@ -1,0 +1,47 @@
+// Per-head decorrelating transforms for the transform-coding schemes of the eval harness
+// (issue 10, items 1-3 and 5): a PROFILE holds, per (layer, K/V, kv head), the mean and the
+// principal axes (KLT / PCA) of the head_dim channels, calibrated on caches of OTHER contexts.
+// Keys may be taken before RoPE: the cache's keys (RoPE applied at positions 0..T-1, as the
+// reference model caches them) are rotated back first and RoPE is re-applied after decoding.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "kvcodec/baselines.hpp"
+
+namespace kvcodec::eval::internal {
+
+struct HeadBasis {
+  std::vector<double> mean;    // [head_dim]
+  std::vector<double> axes;    // [component][head_dim], components by decreasing variance
+  std::vector<double> var;     // [component]: the calibration variance along each axis
+};
+
+struct Profile {
+  KVShape shape;             // layers, kv_heads, head_dim (tokens unused)
+  bool keys_before_rope = false;
+  std::vector<HeadBasis> heads;  // [(layer * 2 + kv) * kv_heads + head]
+
+  const HeadBasis& head(uint32_t layer, uint32_t kv, uint32_t h) const {
+    return heads[(size_t(layer) * 2 + kv) * shape.kv_heads + h];
+  }
+  // Bytes of the profile stored as fp16 (means and axes), as a per-model file or in a frame.
+  uint64_t stored_bytes() const {
+    return uint64_t(heads.size()) * (uint64_t(shape.head_dim) * shape.head_dim + shape.head_dim) * 2;
+  }
+};
+
+// Calibrates a profile from caches of the same model (same layers, heads, head_dim).
+StatusOr<std::shared_ptr<const Profile>> calibrate_profile(const std::vector<FloatKV>& caches, bool keys_before_rope,
+                                                           double rope_theta);
+
+// y = axes * (x - mean) per head, keys un-rotated first when the profile says so. `coef` gets
+// in's shape: channel h * head_dim + i is component i of head h.
+void forward_transform(const Profile& p, double rope_theta, const FloatKV& in, FloatKV& coef);
+// The inverse: x = axes^T y + mean, RoPE re-applied to keys when the profile says so.
+void inverse_transform(const Profile& p, double rope_theta, const FloatKV& coef, FloatKV& out);
+
+}  // namespace kvcodec::eval::internal
