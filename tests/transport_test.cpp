@@ -8,6 +8,7 @@
 
 #include <cstring>
 #include <fstream>
+#include <optional>
 
 #include "kvcodec/codec.hpp"
 #include "stream/transport_wire.hpp"
@@ -445,6 +446,19 @@ int listen_loopback(uint16_t* port) {
   return fd;
 }
 
+// Reads one whole message (header, then its payload) from a fake server's connection; nullopt
+// when the peer closed, stalled 5 s or sent a malformed header.
+std::optional<stream_detail::MessageHeader> recv_request(int fd, std::vector<uint8_t>* payload) {
+  using namespace stream_detail;
+  uint8_t hdr[kMessageHeaderBytes];
+  if (!recv_exact(fd, hdr, 5000).ok()) return std::nullopt;
+  auto h = decode_header(hdr);
+  if (!h.ok()) return std::nullopt;
+  payload->resize(h->payload_bytes);
+  if (!recv_exact(fd, *payload, 5000).ok()) return std::nullopt;
+  return *h;
+}
+
 // A fake server on loopback answering the client's first connection: the manifest request with
 // `manifest` (serialized, checksummed), then every chunk request with a header claiming
 // `chunk_claim` payload bytes and nothing after it, until the client closes.
@@ -456,12 +470,9 @@ class HostileServer {
       using namespace stream_detail;
       const int fd = ::accept(lfd_, nullptr, nullptr);
       for (;;) {
-        uint8_t hdr[kMessageHeaderBytes];
-        if (!recv_exact(fd, hdr, 5000).ok()) break;
-        auto h = decode_header(hdr);
-        if (!h.ok()) break;
-        std::vector<uint8_t> payload(h->payload_bytes);
-        if (!recv_exact(fd, payload, 5000).ok()) break;
+        std::vector<uint8_t> payload;
+        const auto h = recv_request(fd, &payload);
+        if (!h) break;
         MessageHeader out;
         out.request_id = h->request_id;
         out.type = h->type == MsgType::kGetManifest ? MsgType::kManifest : MsgType::kChunk;
@@ -634,12 +645,9 @@ TEST_F(TransportTest, ProgressIsCountedInBodyBytes) {
       if (::poll(&l, 1, 5000) <= 0) return;
       const int fd = ::accept(lfd, nullptr, nullptr);
       for (;;) {
-        uint8_t hdr[kMessageHeaderBytes];
-        if (!recv_exact(fd, hdr, 5000).ok()) break;
-        auto h = decode_header(hdr);
-        if (!h.ok()) break;
-        std::vector<uint8_t> payload(h->payload_bytes);
-        if (!recv_exact(fd, payload, 5000).ok()) break;
+        std::vector<uint8_t> payload;
+        const auto h = recv_request(fd, &payload);
+        if (!h) break;
         auto r = decode_request_payload(h->type, payload);
         if (conn == 0 && h->type == MsgType::kGetChunk && r.ok()) {
           if (r->level != 3) break;  // chunk 0's fallback: drop the connection
