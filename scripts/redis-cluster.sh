@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # A local Redis Cluster for the tests: 3 masters + 3 replicas of Debian's redis-server 7 on
 # 127.0.0.1 ports BASE..BASE+5, no persistence, cluster-node-timeout 1000 ms (a killed master's
-# replica is promoted within a few seconds).
+# replica is promoted within a few seconds). A replica can only be promoted once it has synced
+# with its master (otherwise: "Disconnected from master for longer than allowed"), so the
+# masters sync replicas at once (no diskless-sync delay, Redis 7 waits 5 s by default) and
+# cluster_start returns only when every replica's link to its master is up.
 #
 # As a library (scripts/test.sh, tests/cluster_failover.sh):
 #   source scripts/redis-cluster.sh
-#   cluster_start BASE DIR    # starts, creates, waits for cluster_state:ok; sets CLUSTER_URL
+#   cluster_start BASE DIR    # starts, creates, waits for cluster_state:ok and every replica
+#                             # synced (master_link_status:up); sets CLUSTER_URL
 #                             # (redis-cluster://127.0.0.1:BASE,...) and writes DIR/pids
 #   cluster_master_pid_of_slot DIR SLOT  # the pid of the master serving SLOT (failover tests)
 #   cluster_ok PORT...        # true when every node says cluster_state:ok, 16384 slots ok
@@ -35,6 +39,7 @@ cluster_start() {
     mkdir -p "$dir/$port"
     redis-server --bind 127.0.0.1 --port "$port" --cluster-enabled yes \
       --cluster-config-file "$dir/$port/nodes.conf" --cluster-node-timeout 1000 \
+      --repl-diskless-sync-delay 0 \
       --save "" --appendonly no --dir "$dir/$port" --logfile "$dir/$port/redis.log" &
     echo "$! $port" >>"$dir/pids"
   done
@@ -56,8 +61,23 @@ cluster_start() {
     echo "redis-cluster: the cluster did not reach cluster_state:ok in 20 s" >&2
     return 1
   fi
+  for _ in $(seq 200); do cluster_replicas_synced "${ports[@]}" && break; sleep 0.1; done
+  if ! cluster_replicas_synced "${ports[@]}"; then
+    echo "redis-cluster: a replica did not sync with its master in 20 s" >&2
+    return 1
+  fi
   CLUSTER_URL="redis-cluster://$(IFS=,; echo "${addrs[*]}")"
   export CLUSTER_URL
+}
+
+# True when every listed node that is a replica has its link to its master up.
+cluster_replicas_synced() {
+  local port info
+  for port in "$@"; do
+    info="$(redis-cli -h 127.0.0.1 -p "$port" info replication 2>/dev/null | tr -d '\r')" || return 1
+    grep -q '^role:slave$' <<<"$info" || continue
+    grep -q '^master_link_status:up$' <<<"$info" || return 1
+  done
 }
 
 # The pid of the live master serving SLOT (from CLUSTER NODES of any live node).
