@@ -12,6 +12,8 @@
 // parse; chunk responses whose head and body verify against the stored manifest for exactly the
 // level and chunk requested; error responses within the 4 KiB limit. A crash, hang, leak or
 // sanitizer report in any server thread fails as well.
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -19,6 +21,7 @@
 #include <cstring>
 #include <deque>
 #include <memory>
+#include <optional>
 
 #include "stream/byte_io.hpp"
 #include "fuzz/stream_fixture.hpp"
@@ -53,39 +56,105 @@ Fixture& fixture() {
   return *f;
 }
 
+// The harness opens thousands of loopback connections a second, so the kernel holds tens of
+// thousands of them in TIME-WAIT (its table overflows) and a new connection now and then meets
+// an old one's state: its SYN is answered only after a 1 s retransmission, or it is lost before
+// the server's accept loop ever sees it while the client's side looks connected. So connections
+// come from 4096 loopback source addresses (127.0.16.0/20, the port picked per address pair),
+// are closed with a reset (no TIME-WAIT on either side), and a connection the server has not
+// accepted is retried; a hang is a server that accepted the connection and then went quiet.
+uint64_t g_opened = 0;  // connections of this harness that reached the server
+
+bool server_accepted(uint64_t n) {
+  const ServerStats st = fixture().server->stats();
+  return st.connections + st.refused >= n;
+}
+
+void close_with_reset(int fd) {
+  const linger l{1, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+  ::close(fd);
+}
+
+int connect_to_server() {
+  static uint32_t next = 0;
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int one = 1;
+  sockaddr_in from{}, to{};
+  from.sin_family = to.sin_family = AF_INET;
+  from.sin_addr.s_addr = htonl((127u << 24) | (16u << 8) | (next++ % 4096));
+  to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  to.sin_port = htons(fixture().server->port());
+  if (fd < 0 || ::setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one) != 0 ||
+      ::bind(fd, reinterpret_cast<sockaddr*>(&from), sizeof from) != 0)
+    fuzz::fixture_check(Unavailable(std::string("socket: ") + std::strerror(errno)), "connect");
+  // A blocking connect that waits for a retransmitted SYN sees libFuzzer's timer signal (EINTR)
+  // and goes on in the background: wait for it.
+  int err = ::connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to) == 0 ? 0 : errno;
+  if (err == EINTR || err == EINPROGRESS) {
+    pollfd p{fd, POLLOUT, 0};
+    while (::poll(&p, 1, 10000) < 0 && errno == EINTR) {
+    }
+    socklen_t len = sizeof err;
+    if (p.revents == 0) err = ETIMEDOUT;
+    else ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+  }
+  if (err != 0) fuzz::fixture_check(Unavailable(std::string("connect: ") + std::strerror(err)), "connect");
+  return fd;
+}
+
 // Sends `in` on a fresh connection while reading what the server sends: until it closes when
 // `half_close` (then the write side is shut after the input, so a server waiting for the rest of
-// a request sees the end at once), else until `responses` whole messages have arrived.
-std::vector<uint8_t> exchange(std::span<const uint8_t> in, bool half_close, size_t responses) {
-  auto fd = connect_tcp("127.0.0.1", fixture().server->port(), 2000);
-  fuzz::fixture_check(fd.status(), "connect");
+// a request sees the end at once), else until `responses` whole messages have arrived. Nothing
+// when the connection never reached the server.
+std::optional<std::vector<uint8_t>> try_exchange(std::span<const uint8_t> in, bool half_close, size_t responses) {
+  const int fd = connect_to_server();
+  const uint64_t number = ++g_opened;
   std::vector<uint8_t> out;
   size_t sent = 0, got = 0;
   bool write_open = true;
   auto finish_writing = [&] {
-    if (half_close) ::shutdown(*fd, SHUT_WR);
+    if (half_close) ::shutdown(fd, SHUT_WR);
     write_open = false;
   };
   if (in.empty()) finish_writing();
+  int quiet_ms = 0;
   while (half_close || got < responses) {
-    pollfd p{*fd, short(POLLIN | (write_open ? POLLOUT : 0)), 0};
-    if (::poll(&p, 1, 10000) <= 0) std::abort();  // the server neither answers nor closes: a hang
+    pollfd p{fd, short(POLLIN | (write_open ? POLLOUT : 0)), 0};
+    const int rc = ::poll(&p, 1, 1000);
+    if (rc < 0) continue;  // a signal
+    if (rc == 0) {
+      if (!server_accepted(number)) {  // lost before the server saw it
+        --g_opened;
+        close_with_reset(fd);
+        return std::nullopt;
+      }
+      if ((quiet_ms += 1000) >= 10000) std::abort();  // the server neither answers nor closes: a hang
+      continue;
+    }
+    quiet_ms = 0;
     if (p.revents & (POLLIN | POLLHUP | POLLERR)) {
       uint8_t buf[65536];
-      const ssize_t n = ::recv(*fd, buf, sizeof buf, 0);
+      const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
       if (n <= 0) break;
       out.insert(out.end(), buf, buf + n);
       fuzz::whole_messages(out, &got);
     }
     if (write_open && (p.revents & POLLOUT)) {
-      const ssize_t n = ::send(*fd, in.data() + sent, in.size() - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+      const ssize_t n = ::send(fd, in.data() + sent, in.size() - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
       if (n > 0) sent += size_t(n);
       if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) write_open = false;  // reset by the server
       if (sent == in.size() && write_open) finish_writing();
     }
   }
-  ::close(*fd);
+  close_with_reset(fd);
   return out;
+}
+
+std::vector<uint8_t> exchange(std::span<const uint8_t> in, bool half_close, size_t responses) {
+  for (int attempt = 0; attempt < 3; ++attempt)
+    if (auto out = try_exchange(in, half_close, responses)) return std::move(*out);
+  std::abort();  // three connections in a row never reached the server's accept loop
 }
 
 const fuzz::FixtureContext* find_context(const std::string& id) {
