@@ -676,23 +676,23 @@ static StatusOr<size_t> encode_frame(const KVView& src, const EncodeOptions& o, 
   if (f.frame_bytes > dst.size())
     return BufferTooSmall("frame needs " + std::to_string(f.frame_bytes) + " bytes, buffer has " +
                           std::to_string(dst.size()));
-  // Chunk bodies, a batch of chunks (one per thread) at a time; after each batch the pages of
-  // the units copied are handed back, so the units and the frame are never both held in full.
-  const uint32_t batch = uint32_t(std::min<size_t>(detail::resolve_threads(o.threads), chunks));
-  for (uint32_t k0 = 0; k0 < chunks; k0 += batch) {
-    KVCODEC_RETURN_IF_ERROR(detail::parallel_for(std::min(batch, chunks - k0), o.threads, [&](size_t j) {
-      const uint32_t k = k0 + uint32_t(j);
-      uint8_t* p = dst.data() + f.chunks[k].offset;
-      uint8_t* unit = p + dir_bytes;
-      for (size_t i = 0; i < outs.size(); ++i) {
-        const detail::UnitStore& u = outs[i].units;
-        detail::store_le32(p + 4 * i, uint32_t(u.size(k)) | (u.stored(k) ? kStoredUnitFlag : 0));
-        std::memcpy(unit, u.data(k), u.size(k));
-        unit += u.size(k);
-      }
-      f.chunks[k].checksum = detail::frame_checksum(f.format_version, p, f.chunks[k].size);
+  // Chunk bodies one at a time (its units copied in parallel); after each chunk the pages of its
+  // units are handed back, so the units and the frame are never both held in full.
+  std::vector<size_t> at(outs.size());  // where each unit of the chunk goes in its body
+  for (uint32_t k = 0; k < chunks; ++k) {
+    uint8_t* p = dst.data() + f.chunks[k].offset;
+    size_t pos = dir_bytes;
+    for (size_t i = 0; i < outs.size(); ++i) {
+      const detail::UnitStore& u = outs[i].units;
+      detail::store_le32(p + 4 * i, uint32_t(u.size(k)) | (u.stored(k) ? kStoredUnitFlag : 0));
+      at[i] = pos;
+      pos += u.size(k);
+    }
+    KVCODEC_RETURN_IF_ERROR(detail::parallel_ranges(outs.size(), o.threads, 1, [&](size_t b, size_t e) {
+      for (size_t i = b; i < e; ++i) std::memcpy(p + at[i], outs[i].units.data(k), outs[i].units.size(k));
     }));
-    for (auto& lo : outs) lo.units.release_below(k0 + batch);
+    f.chunks[k].checksum = detail::frame_checksum(f.format_version, p, f.chunks[k].size);
+    for (auto& lo : outs) lo.units.release_below(k + 1);
   }
   detail::write_head(f, model, head);
   std::memcpy(dst.data(), head.data(), head.size());
