@@ -676,8 +676,9 @@ static StatusOr<size_t> encode_frame(const KVView& src, const EncodeOptions& o, 
   if (f.frame_bytes > dst.size())
     return BufferTooSmall("frame needs " + std::to_string(f.frame_bytes) + " bytes, buffer has " +
                           std::to_string(dst.size()));
-  // Chunk bodies one at a time (its units copied in parallel); after each chunk the pages of its
-  // units are handed back, so the units and the frame are never both held in full.
+  // Chunk bodies one at a time, its units copied in parallel (each task's store by one thread);
+  // the pages of each unit are handed back once it is copied, so the units and the frame are
+  // never both held in full, even when the frame is one chunk.
   std::vector<size_t> at(outs.size());  // where each unit of the chunk goes in its body
   for (uint32_t k = 0; k < chunks; ++k) {
     uint8_t* p = dst.data() + f.chunks[k].offset;
@@ -689,10 +690,12 @@ static StatusOr<size_t> encode_frame(const KVView& src, const EncodeOptions& o, 
       pos += u.size(k);
     }
     KVCODEC_RETURN_IF_ERROR(detail::parallel_ranges(outs.size(), o.threads, 1, [&](size_t b, size_t e) {
-      for (size_t i = b; i < e; ++i) std::memcpy(p + at[i], outs[i].units.data(k), outs[i].units.size(k));
+      for (size_t i = b; i < e; ++i) {
+        std::memcpy(p + at[i], outs[i].units.data(k), outs[i].units.size(k));
+        outs[i].units.release_below(k + 1);
+      }
     }));
     f.chunks[k].checksum = detail::frame_checksum(f.format_version, p, f.chunks[k].size);
-    for (auto& lo : outs) lo.units.release_below(k + 1);
   }
   detail::write_head(f, model, head);
   std::memcpy(dst.data(), head.data(), head.size());
