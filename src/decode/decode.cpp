@@ -71,6 +71,7 @@ using detail::kRansM;
 StatusOr<std::shared_ptr<Decoder>> make_decoder(std::span<const uint8_t> head, uint32_t lb = 0,
                                                 uint32_t le = UINT32_MAX) {
   KVCODEC_ASSIGN_OR_RETURN(detail::FrameHead h, detail::parse_head(head));
+  KVCODEC_RETURN_IF_ERROR(detail::require_plain_frame(h.info));
   auto d = std::make_shared<Decoder>();
   d->info = std::move(h.info);
   d->es = dtype_size(d->info.dtype);
