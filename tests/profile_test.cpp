@@ -14,6 +14,7 @@
 
 #include "common/dtype.hpp"
 #include "common/xxh64.hpp"
+#include "decode/packed_model.hpp"
 #include "kvcodec/codec.hpp"
 #include "kvcodec/io.hpp"
 #include "kvcodec/profile.hpp"
@@ -226,6 +227,8 @@ TEST(Profile, MissingOrWrongProfileIsAnErrorAndWritesNothing) {
   EXPECT_EQ(FrameDecoder::open(*frame).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(analyze_frame(*frame).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(decode_into(*frame, other, v).code(), StatusCode::kInvalidArgument);
+  // The GPU decoder's model packing (what the CUDA Decoder is built from) refuses it.
+  EXPECT_EQ(detail::pack_model(*frame).status().code(), StatusCode::kUnavailable);
   for (uint16_t x : out) ASSERT_EQ(x, 0x1234);
   // A profile of another shape at encode time, level 0, non-finite input.
   const KVShape small{2, 70, 2, 16};
