@@ -32,4 +32,8 @@ void inverse_row(const Profile& p, size_t head, uint32_t kv, uint32_t pos, const
 void reframe(std::span<const uint8_t> in, uint32_t remove, std::span<const uint8_t> insert, uint16_t version,
              uint16_t flags, uint8_t dtype, std::span<uint8_t> out);
 
+// The version 3 frame of a version 4 frame's fp32 coefficients (transform block removed); `frame`
+// must be exactly frame_bytes long (kBufferTooSmall / kCorruptData otherwise).
+StatusOr<std::vector<uint8_t>> coefficient_frame(std::span<const uint8_t> frame);
+
 }  // namespace kvcodec::detail

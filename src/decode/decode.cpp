@@ -14,6 +14,7 @@
 #include "common/metrics.hpp"
 #include "common/stored_unit.hpp"
 #include "common/parallel.hpp"
+#include "common/profile_rows.hpp"
 #include "common/quant.hpp"
 #include "common/rans_lanes.hpp"
 #include "common/rans_step.hpp"
@@ -647,6 +648,10 @@ Status FrameDecoder::decode_chunk(uint32_t chunk, std::span<const uint8_t> body,
 
 StatusOr<FrameStats> analyze_frame(std::span<const uint8_t> frame) {
   KVCODEC_RETURN_IF_ERROR(verify_frame(frame));
+  if (read_frame_info(frame)->transformed) {  // its coefficients' frame (decode_transform.cpp)
+    KVCODEC_ASSIGN_OR_RETURN(std::vector<uint8_t> coefficients, detail::coefficient_frame(frame));
+    return analyze_frame(coefficients);
+  }
   KVCODEC_ASSIGN_OR_RETURN(auto d, make_decoder(frame));
   const FrameInfo& f = d->info;
   const uint32_t C = uint32_t(f.shape.channels()), L = f.shape.layers;

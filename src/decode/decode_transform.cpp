@@ -45,13 +45,25 @@ Status check_transform_decode(const FrameInfo& f, std::span<const uint8_t> frame
 
 }  // namespace
 
+namespace detail {
+
+StatusOr<std::vector<uint8_t>> coefficient_frame(std::span<const uint8_t> frame) {
+  KVCODEC_ASSIGN_OR_RETURN(FrameInfo f, read_frame_info(frame));
+  if (!f.transformed) return InvalidArgument("not a transform-coded frame");
+  if (frame.size() < f.frame_bytes) return BufferTooSmall("frame truncated");
+  if (frame.size() > f.frame_bytes) return CorruptData("bytes after the frame");
+  std::vector<uint8_t> inner(f.frame_bytes - kTransformBlockBytes);
+  reframe(frame, kTransformBlockBytes, {}, kStoredUnitsFormatVersion, 0, uint8_t(DType::kF32), inner);
+  return inner;
+}
+
+}  // namespace detail
+
 Status decode_into(std::span<const uint8_t> frame, const Profile& profile, const KVView& dst, const DecodeOptions& o) {
   KVCODEC_ASSIGN_OR_RETURN(FrameInfo f, read_frame_info(frame));
   if (!f.transformed) return decode_into(frame, dst, o);
   KVCODEC_RETURN_IF_ERROR(check_transform_decode(f, frame, profile, dst, o));
-  std::vector<uint8_t> inner(f.frame_bytes - kTransformBlockBytes);
-  detail::reframe(frame.first(f.frame_bytes), kTransformBlockBytes, {}, kStoredUnitsFormatVersion, 0,
-                  uint8_t(DType::kF32), inner);
+  KVCODEC_ASSIGN_OR_RETURN(std::vector<uint8_t> inner, detail::coefficient_frame(frame));
   const KVShape& s = f.shape;
   const uint32_t lb = o.layer_begin, le = std::min(o.layer_end, s.layers);
   const uint32_t ce = std::min<size_t>(o.chunk_end, f.chunks.size());

@@ -136,8 +136,6 @@ int cmd_inspect(int argc, char** argv) {
     if (!p.ok()) return cmd.fail(p.status());
     if (Status s = check_frame_profile(*info, &*p); !s.ok()) return cmd.fail(s.with_context(in));
   }
-  if (a.entropy && info->transformed)
-    return cmd.fail(InvalidArgument("--entropy does not analyse transform-coded frames (format version 4) yet"));
   const Status verified = verify_frame(*frame);
   std::optional<FrameStats> stats;
   if (a.entropy && verified.ok()) {
