@@ -225,7 +225,7 @@ void reframe(std::span<const uint8_t> in, uint32_t remove, std::span<const uint8
   const int64_t shift = int64_t(insert.size()) - int64_t(remove);
   uint8_t* o = out.data();
   std::memcpy(o, in.data(), kHeaderBytes);
-  std::memcpy(o + kHeaderBytes, insert.data(), insert.size());
+  if (!insert.empty()) std::memcpy(o + kHeaderBytes, insert.data(), insert.size());
   std::memcpy(o + kHeaderBytes + insert.size(), in.data() + kHeaderBytes + remove, in.size() - kHeaderBytes - remove);
   store_le16(o + kOffVersion, version);
   store_le16(o + kOffFlags, flags);
