@@ -189,19 +189,30 @@ Status check_profile_shape(const Profile& p, const KVShape& s) {
   return Status::Ok();
 }
 
-void forward_row(const Profile& p, size_t head, uint32_t kv, uint32_t pos, const float* x, float* y) {
+void transposed_axes(const Profile& p, size_t head, std::vector<double>& at) {
   const size_t d = p.head_dim;
-  double row[kMaxHeadDim];
+  const float* a = p.axes.data() + head * d * d;
+  at.resize(d * d);
+  for (size_t k = 0; k < d; ++k)
+    for (size_t i = 0; i < d; ++i) at[i * d + k] = double(a[k * d + i]);
+}
+
+void forward_row(const Profile& p, size_t head, const double* at, uint32_t kv, uint32_t pos, const float* x, float* y) {
+  const size_t d = p.head_dim;
+  double row[kMaxHeadDim], s[kMaxHeadDim];
   for (size_t i = 0; i < d; ++i) row[i] = x[i];
   if (kv == 0 && p.keys_before_rope) rotate(p, row, pos, -1.0);
   const float* mean = p.means.data() + head * d;
   for (size_t i = 0; i < d; ++i) row[i] -= double(mean[i]);
-  const float* a = p.axes.data() + head * d * d;
-  for (size_t k = 0; k < d; ++k) {
-    double s = 0.0;
-    for (size_t i = 0; i < d; ++i) s += double(a[k * d + i]) * row[i];
-    y[k] = float(s);
+  // s[k] = sum over i ascending of axes[k][i] * row[i]: the i loop outside, so the k loop runs
+  // over contiguous memory (vectorised) while every s[k] adds its terms in the same order.
+  for (size_t k = 0; k < d; ++k) s[k] = 0.0;
+  for (size_t i = 0; i < d; ++i) {
+    const double r = row[i];
+    const double* col = at + i * d;
+    for (size_t k = 0; k < d; ++k) s[k] += col[k] * r;
   }
+  for (size_t k = 0; k < d; ++k) y[k] = float(s[k]);
 }
 
 void inverse_row(const Profile& p, size_t head, uint32_t kv, uint32_t pos, const float* y, float* x) {

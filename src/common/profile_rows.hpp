@@ -19,8 +19,11 @@ inline size_t profile_head(const Profile& p, uint32_t l, uint32_t kv, uint32_t h
 // Checks that the profile fits a frame or tensor of this shape (kInvalidArgument otherwise).
 Status check_profile_shape(const Profile& p, const KVShape& shape);
 
-// y = A (x - mean) of one row; keys (kv == 0) rotated by -pos first when keys_before_rope.
-void forward_row(const Profile& p, size_t head, uint32_t kv, uint32_t pos, const float* x, float* y);
+// The axes of one head transposed to double, at[i * d + k] = axes[k][i]: what forward_row reads.
+void transposed_axes(const Profile& p, size_t head, std::vector<double>& at);
+// y = A (x - mean) of one row; keys (kv == 0) rotated by -pos first when keys_before_rope. `at`
+// from transposed_axes (each y[k] still sums over i in ascending order: the order of the spec).
+void forward_row(const Profile& p, size_t head, const double* at, uint32_t kv, uint32_t pos, const float* x, float* y);
 // x = mean + A^T y of one row, accumulated in component order, RoPE re-applied at pos for keys
 // when keys_before_rope; rounded to fp32.
 void inverse_row(const Profile& p, size_t head, uint32_t kv, uint32_t pos, const float* y, float* x);

@@ -26,10 +26,13 @@ Status profile_forward(const Profile& p, const KVView& src, uint32_t first_posit
   std::vector<float> row(d);
   const uint8_t dt = uint8_t(src.dtype);
   const size_t es = dtype_size(src.dtype);
+  std::vector<double> at;
   for (uint32_t l = 0; l < s.layers; ++l)
     for (uint32_t kv = 0; kv < 2; ++kv)
-      for (uint32_t t = 0; t < s.tokens; ++t)
-        for (uint32_t h = 0; h < s.kv_heads; ++h) {
+      for (uint32_t h = 0; h < s.kv_heads; ++h) {
+        const size_t head = detail::profile_head(p, l, kv, h);
+        detail::transposed_axes(p, head, at);
+        for (uint32_t t = 0; t < s.tokens; ++t) {
           const uint8_t* base = static_cast<const uint8_t*>(src.element(l, kv, t, h, 0));
           for (uint32_t i = 0; i < d; ++i) {
             row[i] = detail::load_as_f32(base + int64_t(i) * src.stride[4] * int64_t(es), dt);
@@ -38,8 +41,9 @@ Status profile_forward(const Profile& p, const KVView& src, uint32_t first_posit
                                      ", token " + std::to_string(t) + ")");
           }
           float* y = coef.data() + ((size_t(l) * 2 + kv) * s.tokens + t) * C + size_t(h) * d;
-          detail::forward_row(p, detail::profile_head(p, l, kv, h), kv, first_position + t, row.data(), y);
+          detail::forward_row(p, head, at.data(), kv, first_position + t, row.data(), y);
         }
+      }
   return Status::Ok();
 }
 
