@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/dtype.hpp"
+#include "common/simd.hpp"
 #include "common/xxh64.hpp"
 #include "decode/packed_model.hpp"
 #include "kvcodec/codec.hpp"
@@ -345,6 +346,15 @@ TEST(Profile, GoldenVersion4Frame) {
   auto again = encode_with(in, s, o, *p, 100);
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(*again, frame) << "the encoder no longer writes the committed version 4 frame";
+  // The baseline (SSE2) transforms give the same bits as the AVX2 ones.
+  detail::set_simd_enabled(false);
+  auto scalar = encode_with(in, s, o, *p, 100);
+  std::vector<uint16_t> out2(in.size());
+  const Status st = decode_into(frame, *p, contiguous_view(out2.data(), DType::kF16, s));
+  detail::set_simd_enabled(true);
+  ASSERT_TRUE(scalar.ok() && st.ok());
+  EXPECT_EQ(*scalar, frame);
+  EXPECT_EQ(out2, out);
 }
 
 }  // namespace

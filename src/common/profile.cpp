@@ -8,6 +8,7 @@
 #include "common/checksum.hpp"
 #include "common/frame.hpp"
 #include "common/profile_rows.hpp"
+#include "common/simd.hpp"
 #include "kvcodec/format.hpp"
 
 namespace kvcodec {
@@ -74,6 +75,35 @@ void rotate(const Profile& p, double* row, uint32_t pos, double sign) {
     row[2 * i] = x0 * c - x1 * s;
     row[2 * i + 1] = x0 * s + x1 * c;
   }
+}
+
+// The two inner loops of the transforms: out[j] += m[j] * v over contiguous j, for each of n
+// vectors in order. Compiled twice (baseline SSE2 and AVX2); the additions into each out[j] are
+// the same, in the same order, so both give the same bits.
+template <class M>
+[[gnu::always_inline]] inline void accumulate(double* out, const M* m, const double* v, size_t n, size_t d) {
+  for (size_t k = 0; k < n; ++k) {
+    const double vk = v[k];
+    const M* row = m + k * d;
+    for (size_t j = 0; j < d; ++j) out[j] += double(row[j]) * vk;
+  }
+}
+template <class M>
+void accumulate_base(double* out, const M* m, const double* v, size_t n, size_t d) {
+  accumulate(out, m, v, n, d);
+}
+#if defined(__x86_64__)
+template <class M>
+__attribute__((target("avx2"))) void accumulate_avx2(double* out, const M* m, const double* v, size_t n, size_t d) {
+  accumulate(out, m, v, n, d);
+}
+#endif
+template <class M>
+void accumulate_any(double* out, const M* m, const double* v, size_t n, size_t d) {
+#if defined(__x86_64__)
+  if (detail::avx2_enabled()) return accumulate_avx2(out, m, v, n, d);
+#endif
+  accumulate_base(out, m, v, n, d);
 }
 
 }  // namespace
@@ -207,11 +237,7 @@ void forward_row(const Profile& p, size_t head, const double* at, uint32_t kv, u
   // s[k] = sum over i ascending of axes[k][i] * row[i]: the i loop outside, so the k loop runs
   // over contiguous memory (vectorised) while every s[k] adds its terms in the same order.
   for (size_t k = 0; k < d; ++k) s[k] = 0.0;
-  for (size_t i = 0; i < d; ++i) {
-    const double r = row[i];
-    const double* col = at + i * d;
-    for (size_t k = 0; k < d; ++k) s[k] += col[k] * r;
-  }
+  accumulate_any(s, at, row, d, d);
   for (size_t k = 0; k < d; ++k) y[k] = float(s[k]);
 }
 
@@ -220,11 +246,9 @@ void inverse_row(const Profile& p, size_t head, uint32_t kv, uint32_t pos, const
   double row[kMaxHeadDim];
   const float* mean = p.means.data() + head * d;
   for (size_t i = 0; i < d; ++i) row[i] = double(mean[i]);
-  const float* a = p.axes.data() + head * d * d;
-  for (size_t k = 0; k < d; ++k) {
-    const double yk = double(y[k]);
-    for (size_t i = 0; i < d; ++i) row[i] += double(a[k * d + i]) * yk;
-  }
+  double yd[kMaxHeadDim];
+  for (size_t k = 0; k < d; ++k) yd[k] = double(y[k]);
+  accumulate_any(row, p.axes.data() + head * d * d, yd, d, d);
   if (kv == 0 && p.keys_before_rope) rotate(p, row, pos, 1.0);
   for (size_t i = 0; i < d; ++i) x[i] = float(row[i]);
 }
