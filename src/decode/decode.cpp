@@ -14,6 +14,7 @@
 #include "common/metrics.hpp"
 #include "common/stored_unit.hpp"
 #include "common/parallel.hpp"
+#include "common/profile_rows.hpp"
 #include "common/quant.hpp"
 #include "common/rans_lanes.hpp"
 #include "common/rans_step.hpp"
@@ -71,6 +72,7 @@ using detail::kRansM;
 StatusOr<std::shared_ptr<Decoder>> make_decoder(std::span<const uint8_t> head, uint32_t lb = 0,
                                                 uint32_t le = UINT32_MAX) {
   KVCODEC_ASSIGN_OR_RETURN(detail::FrameHead h, detail::parse_head(head));
+  KVCODEC_RETURN_IF_ERROR(detail::require_plain_frame(h.info));
   auto d = std::make_shared<Decoder>();
   d->info = std::move(h.info);
   d->es = dtype_size(d->info.dtype);
@@ -673,6 +675,10 @@ Status FrameDecoder::decode_chunk(uint32_t chunk, std::span<const uint8_t> body,
 
 StatusOr<FrameStats> analyze_frame(std::span<const uint8_t> frame) {
   KVCODEC_RETURN_IF_ERROR(verify_frame(frame));
+  if (read_frame_info(frame)->transformed) {  // its coefficients' frame (decode_transform.cpp)
+    KVCODEC_ASSIGN_OR_RETURN(std::vector<uint8_t> coefficients, detail::coefficient_frame(frame));
+    return analyze_frame(coefficients);
+  }
   KVCODEC_ASSIGN_OR_RETURN(auto d, make_decoder(frame));
   const FrameInfo& f = d->info;
   const uint32_t C = uint32_t(f.shape.channels()), L = f.shape.layers;
