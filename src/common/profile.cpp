@@ -9,6 +9,10 @@
 #include "common/frame.hpp"
 #include "common/profile_rows.hpp"
 #include "common/simd.hpp"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 #include "kvcodec/format.hpp"
 
 namespace kvcodec {
@@ -104,6 +108,101 @@ void accumulate_any(double* out, const M* m, const double* v, size_t n, size_t d
   if (detail::avx2_enabled()) return accumulate_avx2(out, m, v, n, d);
 #endif
   accumulate_base(out, m, v, n, d);
+}
+
+// out[r][j] = init[j] (0.0 without init) + m[k][j] * v[r][k] added for k ascending, r < R,
+// j in [j0, j0 + 8B): the additions of accumulate() in its order, R rows x B vectors of 8
+// outputs held in registers so each loaded vector of m serves R rows.
+#if defined(__x86_64__)
+template <int R, int B>
+__attribute__((target("avx512f"), always_inline)) inline void product_block512(const double* init, const double* m,
+                                                                               const double* v, size_t d, size_t j0,
+                                                                               double* out) {
+  __m512d acc[R][B];
+#pragma GCC unroll 4
+  for (int b = 0; b < B; ++b) {
+    const __m512d i0 = init ? _mm512_loadu_pd(init + j0 + 8 * b) : _mm512_setzero_pd();
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) acc[r][b] = i0;
+  }
+  for (size_t k = 0; k < d; ++k) {
+    __m512d vk[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) vk[r] = _mm512_set1_pd(v[size_t(r) * d + k]);
+#pragma GCC unroll 4
+    for (int b = 0; b < B; ++b) {
+      const __m512d mk = _mm512_loadu_pd(m + k * d + j0 + 8 * b);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) acc[r][b] = _mm512_add_pd(acc[r][b], _mm512_mul_pd(mk, vk[r]));
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int b = 0; b < B; ++b) _mm512_storeu_pd(out + size_t(r) * d + j0 + 8 * b, acc[r][b]);
+}
+template <int R>
+__attribute__((target("avx512f"))) void product_rows512(const double* init, const double* m, const double* v, size_t d,
+                                                        double* out) {
+  size_t j = 0;
+  for (; j + 32 <= d; j += 32) product_block512<R, 4>(init, m, v, d, j, out);
+  for (; j < d; j += 8) product_block512<R, 1>(init, m, v, d, j, out);
+}
+#endif
+
+}  // namespace
+
+namespace detail {
+
+void rows_product(const double* init, const double* m, const double* v, size_t n, size_t d, double* out) {
+  size_t r = 0;
+#if defined(__x86_64__)
+  if (d % 8 == 0 && avx512_enabled()) {
+    for (; r + 4 <= n; r += 4) product_rows512<4>(init, m, v + r * d, d, out + r * d);
+    for (; r < n; ++r) product_rows512<1>(init, m, v + r * d, d, out + r * d);
+    return;
+  }
+#endif
+  for (; r < n; ++r) {
+    double* o = out + r * d;
+    for (size_t j = 0; j < d; ++j) o[j] = init ? init[j] : 0.0;
+    accumulate_any(o, m, v + r * d, d, d);
+  }
+}
+
+void rope_table(const Profile& p, uint32_t pos0, uint32_t n, std::vector<double>& cs) {
+  const uint32_t pairs = p.head_dim / 2;
+  cs.resize(size_t(n) * pairs * 2);
+  for (uint32_t t = 0; t < n; ++t) {
+    const uint32_t pos = pos0 + t;
+    for (uint32_t i = 0; i < pairs; ++i) {
+      double c = 1.0, s = 0.0;
+      for (uint32_t k = 0; k < kRopeSteps; ++k) {
+        if (!((pos >> k) & 1)) continue;
+        const double ck = p.rope_cos[size_t(i) * kRopeSteps + k], sk = p.rope_sin[size_t(i) * kRopeSteps + k];
+        const double nc = c * ck - s * sk;
+        const double ns = c * sk + s * ck;
+        c = nc;
+        s = ns;
+      }
+      cs[(size_t(t) * pairs + i) * 2] = c;
+      cs[(size_t(t) * pairs + i) * 2 + 1] = s;
+    }
+  }
+}
+
+}  // namespace detail
+
+namespace {
+
+// rotate() with (c, s) of the position taken from a rope_table row.
+void rotate_with(const double* cs, double* row, uint32_t d, double sign) {
+  for (uint32_t i = 0; i < d / 2; ++i) {
+    const double c = cs[2 * i], s = sign * cs[2 * i + 1];
+    const double x0 = row[2 * i], x1 = row[2 * i + 1];
+    row[2 * i] = x0 * c - x1 * s;
+    row[2 * i + 1] = x0 * s + x1 * c;
+  }
 }
 
 }  // namespace
@@ -251,6 +350,42 @@ void inverse_row(const Profile& p, size_t head, uint32_t kv, uint32_t pos, const
   accumulate_any(row, p.axes.data() + head * d * d, yd, d, d);
   if (kv == 0 && p.keys_before_rope) rotate(p, row, pos, 1.0);
   for (size_t i = 0; i < d; ++i) x[i] = float(row[i]);
+}
+
+void forward_rows(const Profile& p, size_t head, const double* at, uint32_t kv, const double* cs, size_t n,
+                  RowScratch& w, float* y, size_t y_stride) {
+  const size_t d = p.head_dim;
+  const float* mean = p.means.data() + head * d;
+  for (size_t r = 0; r < n; ++r) {
+    double* row = w.in.data() + r * d;
+    if (kv == 0 && p.keys_before_rope) rotate_with(cs + r * d, row, uint32_t(d), -1.0);
+    for (size_t i = 0; i < d; ++i) row[i] -= double(mean[i]);
+  }
+  rows_product(nullptr, at, w.in.data(), n, d, w.out.data());
+  for (size_t r = 0; r < n; ++r)
+    for (size_t k = 0; k < d; ++k) y[r * y_stride + k] = float(w.out[r * d + k]);
+}
+
+void head_axes(const Profile& p, size_t head, std::vector<double>& a) {
+  const size_t d = p.head_dim;
+  const float* src = p.axes.data() + head * d * d;
+  a.resize(d * d);
+  for (size_t i = 0; i < d * d; ++i) a[i] = double(src[i]);
+}
+
+void inverse_rows(const Profile& p, size_t head, const double* axes, uint32_t kv, const double* cs, const float* y,
+                  size_t y_stride, size_t n, RowScratch& w, float* x) {
+  const size_t d = p.head_dim;
+  for (size_t r = 0; r < n; ++r)
+    for (size_t k = 0; k < d; ++k) w.in[r * d + k] = double(y[r * y_stride + k]);
+  const float* mean = p.means.data() + head * d;
+  for (size_t i = 0; i < d; ++i) w.mean[i] = double(mean[i]);
+  rows_product(w.mean.data(), axes, w.in.data(), n, d, w.out.data());
+  for (size_t r = 0; r < n; ++r) {
+    double* row = w.out.data() + r * d;
+    if (kv == 0 && p.keys_before_rope) rotate_with(cs + r * d, row, uint32_t(d), 1.0);
+    for (size_t i = 0; i < d; ++i) x[r * d + i] = float(row[i]);
+  }
 }
 
 void reframe(std::span<const uint8_t> in, uint32_t remove, std::span<const uint8_t> insert, uint16_t version,

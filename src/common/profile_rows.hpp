@@ -28,6 +28,38 @@ void forward_row(const Profile& p, size_t head, const double* at, uint32_t kv, u
 // when keys_before_rope; rounded to fp32.
 void inverse_row(const Profile& p, size_t head, uint32_t kv, uint32_t pos, const float* y, float* x);
 
+// Batched forms of the two row transforms, row for row the same bits as forward_row /
+// inverse_row (each output keeps its additions in the specified order; rows and blocks of
+// outputs are what run side by side, in AVX-512 registers when the CPU has it and d % 8 == 0).
+//
+// out[r][j] = init[j] (0.0 when init is null) + m[k * d + j] * v[r * d + k] for k ascending.
+void rows_product(const double* init, const double* m, const double* v, size_t n, size_t d, double* out);
+// RoPE (cos, sin) of positions pos0 .. pos0 + n - 1, composed as rotate() does: cs[(t * d/2 + i) * 2
+// + {0, 1}] for pair i of token t (the same for every head and layer: computed once per call).
+void rope_table(const Profile& p, uint32_t pos0, uint32_t n, std::vector<double>& cs);
+// Scratch of one task: n rows of head_dim doubles in and out (sized by the caller).
+struct RowScratch {
+  std::vector<double> in, out, mean;
+  void size_for(size_t rows, size_t d) {
+    in.resize(rows * d);
+    out.resize(rows * d);
+    mean.resize(d);
+  }
+};
+// forward_row of n rows already loaded as doubles into w.in (overwritten); cs: rope_table rows
+// of their positions (keys with keys_before_rope); y row r at y + r * y_stride.
+void forward_rows(const Profile& p, size_t head, const double* at, uint32_t kv, const double* cs, size_t n,
+                  RowScratch& w, float* y, size_t y_stride);
+// The head's axes as doubles, a[k * d + i] = axes[k][i]: what inverse_rows reads.
+void head_axes(const Profile& p, size_t head, std::vector<double>& a);
+// inverse_row of n coefficient rows (row r at y + r * y_stride) into x[r * head_dim + i].
+void inverse_rows(const Profile& p, size_t head, const double* axes, uint32_t kv, const double* cs, const float* y,
+                  size_t y_stride, size_t n, RowScratch& w, float* x);
+
+// profile_forward on `threads` threads (tasks of one (layer, K/V, head)); same coefficients.
+Status profile_forward(const Profile& p, const KVView& src, uint32_t first_position, std::vector<float>& coef,
+                       int threads);
+
 // Copies a frame `in` (head already validated) into `out`, replacing the first `remove` bytes
 // of its model section by `insert`, writing version, flags and dtype code into the header,
 // shifting the chunk index and recomputing the head checksum. out.size() must be

@@ -2,6 +2,7 @@
 // frame is re-framed as the version 3 frame of its fp32 coefficients (transform block removed),
 // decoded by the ordinary decoder into fp32 scratch, and every (token, head) row of the
 // requested range is transformed back and rounded to the frame's dtype.
+#include <algorithm>
 #include <cstdio>
 #include <string>
 
@@ -43,6 +44,31 @@ Status check_transform_decode(const FrameInfo& f, std::span<const uint8_t> frame
   return Status::Ok();
 }
 
+// Transforms back the coefficient rows of one (layer, K/V, head) for tokens [t0, t1) (row t at
+// y + t * C) and stores them in dst's dtype, a block of rows at a time.
+void inverse_head(const Profile& p, uint32_t l, uint32_t kv, uint32_t h, const float* y, size_t C, uint32_t t0,
+                  uint32_t t1, const std::vector<double>& cs, const KVView& dst) {
+  constexpr uint32_t kRows = 16;
+  const uint32_t d = p.head_dim;
+  const size_t head = detail::profile_head(p, l, kv, h);
+  std::vector<double> axes;
+  detail::head_axes(p, head, axes);
+  detail::RowScratch w;
+  w.size_for(kRows, d);
+  std::vector<float> x(size_t(kRows) * d);
+  const uint8_t dt = uint8_t(dst.dtype);
+  const int64_t step = dst.stride[4] * int64_t(dtype_size(dst.dtype));
+  for (uint32_t t = t0; t < t1; t += kRows) {
+    const uint32_t n = std::min(kRows, t1 - t);
+    const double* c = cs.empty() ? nullptr : cs.data() + size_t(t - t0) * d;
+    detail::inverse_rows(p, head, axes.data(), kv, c, y + size_t(t) * C, C, n, w, x.data());
+    for (uint32_t r = 0; r < n; ++r) {
+      uint8_t* out = static_cast<uint8_t*>(dst.element(l, kv, t + r, h, 0));
+      for (uint32_t j = 0; j < d; ++j) detail::store_from_f32(out + int64_t(j) * step, dt, x[size_t(r) * d + j]);
+    }
+  }
+}
+
 }  // namespace
 
 namespace detail {
@@ -68,35 +94,38 @@ Status decode_into(std::span<const uint8_t> frame, const Profile& profile, const
   const uint32_t lb = o.layer_begin, le = std::min(o.layer_end, s.layers);
   const uint32_t ce = std::min<size_t>(o.chunk_end, f.chunks.size());
   const uint32_t t0 = f.chunks[o.chunk_begin].token_begin, t1 = f.chunks[ce - 1].token_begin + f.chunks[ce - 1].tokens;
-  const uint32_t d = s.head_dim, C = uint32_t(s.channels());
-  // fp32 scratch for the requested layers only: a per-layer view whose other layers (never
-  // written: the decode is limited to [lb, le)) point at the scratch's start.
+  const uint32_t C = uint32_t(s.channels());
+  // RoPE's (cos, sin) per (token, pair): the same for every layer and head, composed once.
+  std::vector<double> cs;
+  if (profile.keys_before_rope) detail::rope_table(profile, f.first_position + t0, t1 - t0, cs);
+  // Layers are decoded a group at a time (one per thread) into fp32 scratch of that group, then
+  // transformed back per (layer, K/V, head) task; checksums are verified on the first pass.
+  const uint32_t group = uint32_t(std::min<size_t>(le - lb, detail::resolve_threads(o.threads)));
   const size_t plane = size_t(s.tokens) * C;
-  std::vector<float> coef(size_t(le - lb) * 2 * plane);
+  std::vector<float> coef(size_t(group) * 2 * plane);
   std::vector<void*> keys(s.layers, coef.data()), values(s.layers, coef.data());
-  auto coef_plane = [&](uint32_t l, uint32_t kv) { return coef.data() + (size_t(l - lb) * 2 + kv) * plane; };
-  for (uint32_t l = lb; l < le; ++l) {
-    keys[l] = coef_plane(l, 0);
-    values[l] = coef_plane(l, 1);
+  for (uint32_t g = lb; g < le; g += group) {
+    const uint32_t ge = std::min(le, g + group);
+    auto coef_plane = [&](uint32_t l, uint32_t kv) { return coef.data() + (size_t(l - g) * 2 + kv) * plane; };
+    for (uint32_t l = g; l < ge; ++l) {
+      keys[l] = coef_plane(l, 0);
+      values[l] = coef_plane(l, 1);
+    }
+    KVView scratch = per_layer_view(keys.data(), values.data(), DType::kF32, s, false);
+    DecodeOptions io = o;
+    io.layer_begin = g;
+    io.layer_end = ge;
+    io.verify_checksums = o.verify_checksums && g == lb;
+    io.max_decoded_bytes = 0;
+    io.metrics = nullptr;
+    KVCODEC_RETURN_IF_ERROR(decode_into(inner, scratch, io));
+    for (uint32_t l = g; l < ge; ++l) keys[l] = values[l] = coef.data();
+    KVCODEC_RETURN_IF_ERROR(detail::parallel_for(size_t(ge - g) * 2 * s.kv_heads, o.threads, [&](size_t i) {
+      const uint32_t l = g + uint32_t(i / (2 * s.kv_heads)), kv = uint32_t(i / s.kv_heads % 2), h = uint32_t(i % s.kv_heads);
+      inverse_head(profile, l, kv, h, coef_plane(l, kv) + size_t(h) * s.head_dim, C, t0, t1, cs, dst);
+    }));
   }
-  KVView scratch = per_layer_view(keys.data(), values.data(), DType::kF32, s, false);
-  DecodeOptions io = o;
-  io.max_decoded_bytes = 0;
-  io.metrics = nullptr;
-  KVCODEC_RETURN_IF_ERROR(decode_into(inner, scratch, io));
-  const uint8_t dt = uint8_t(f.dtype);
-  const size_t es = dtype_size(f.dtype);
-  return detail::parallel_for(size_t(le - lb) * 2, o.threads, [&](size_t i) {
-    const uint32_t l = lb + uint32_t(i / 2), kv = uint32_t(i % 2);
-    std::vector<float> x(d);
-    for (uint32_t t = t0; t < t1; ++t)
-      for (uint32_t h = 0; h < s.kv_heads; ++h) {
-        const float* y = coef_plane(l, kv) + size_t(t) * C + size_t(h) * d;
-        detail::inverse_row(profile, detail::profile_head(profile, l, kv, h), kv, f.first_position + t, y, x.data());
-        uint8_t* out = static_cast<uint8_t*>(dst.element(l, kv, t, h, 0));
-        for (uint32_t j = 0; j < d; ++j) detail::store_from_f32(out + int64_t(j) * dst.stride[4] * int64_t(es), dt, x[j]);
-      }
-  });
+  return Status::Ok();
 }
 
 }  // namespace kvcodec

@@ -2,6 +2,7 @@
 // transform into fp32 coefficients, today's encoder on them (a version 2/3 frame of dtype f32),
 // then the frame rewritten as version 4: header flag, the input's dtype, the transform block in
 // front of the model section. The chunk bodies (and their checksums) are the coefficient frame's.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -9,42 +10,79 @@
 #include "common/bytes.hpp"
 #include "common/dtype.hpp"
 #include "common/frame.hpp"
+#include "common/parallel.hpp"
 #include "common/profile_rows.hpp"
 #include "kvcodec/codec.hpp"
 #include "kvcodec/profile.hpp"
 
 namespace kvcodec {
 
-Status profile_forward(const Profile& p, const KVView& src, uint32_t first_position, std::vector<float>& coef) {
+namespace {
+
+// Forward transform of one (layer, K/V, head)'s rows, a block of tokens at a time; returns the
+// first token with a non-finite value (tokens when none).
+uint32_t forward_head(const Profile& p, const KVView& src, uint32_t l, uint32_t kv, uint32_t h,
+                      const std::vector<double>& cs, float* coef) {
+  constexpr uint32_t kRows = 16;
+  const KVShape& s = src.shape;
+  const uint32_t d = s.head_dim;
+  const size_t C = s.channels();
+  const size_t head = detail::profile_head(p, l, kv, h);
+  std::vector<double> at;
+  detail::transposed_axes(p, head, at);
+  detail::RowScratch w;
+  w.size_for(kRows, d);
+  const uint8_t dt = uint8_t(src.dtype);
+  const int64_t step = src.stride[4] * int64_t(dtype_size(src.dtype));
+  for (uint32_t t = 0; t < s.tokens; t += kRows) {
+    const uint32_t n = std::min(kRows, s.tokens - t);
+    for (uint32_t r = 0; r < n; ++r) {
+      const uint8_t* base = static_cast<const uint8_t*>(src.element(l, kv, t + r, h, 0));
+      double* row = w.in.data() + size_t(r) * d;
+      for (uint32_t i = 0; i < d; ++i) {
+        const float v = detail::load_as_f32(base + int64_t(i) * step, dt);
+        if (!std::isfinite(v)) return t + r;
+        row[i] = v;
+      }
+    }
+    const double* c = cs.empty() ? nullptr : cs.data() + size_t(t) * d;
+    float* y = coef + ((size_t(l) * 2 + kv) * s.tokens + t) * C + size_t(h) * d;
+    detail::forward_rows(p, head, at.data(), kv, c, n, w, y, C);
+  }
+  return s.tokens;
+}
+
+}  // namespace
+
+namespace detail {
+
+Status profile_forward(const Profile& p, const KVView& src, uint32_t first_position, std::vector<float>& coef,
+                       int threads) {
   KVCODEC_RETURN_IF_ERROR(validate_view(src));
   KVCODEC_RETURN_IF_ERROR(detail::check_profile_shape(p, src.shape));
   const KVShape& s = src.shape;
   if (p.keys_before_rope && uint64_t(first_position) + s.tokens > (uint64_t(1) << kRopePositionBits))
     return InvalidArgument("first_position + tokens exceeds 2^24");
-  const uint32_t d = s.head_dim, C = uint32_t(s.channels());
   coef.resize(size_t(s.elements()));
-  std::vector<float> row(d);
-  const uint8_t dt = uint8_t(src.dtype);
-  const size_t es = dtype_size(src.dtype);
-  std::vector<double> at;
-  for (uint32_t l = 0; l < s.layers; ++l)
-    for (uint32_t kv = 0; kv < 2; ++kv)
-      for (uint32_t h = 0; h < s.kv_heads; ++h) {
-        const size_t head = detail::profile_head(p, l, kv, h);
-        detail::transposed_axes(p, head, at);
-        for (uint32_t t = 0; t < s.tokens; ++t) {
-          const uint8_t* base = static_cast<const uint8_t*>(src.element(l, kv, t, h, 0));
-          for (uint32_t i = 0; i < d; ++i) {
-            row[i] = detail::load_as_f32(base + int64_t(i) * src.stride[4] * int64_t(es), dt);
-            if (!std::isfinite(row[i]))
-              return InvalidArgument("encoding with a profile needs finite values (layer " + std::to_string(l) +
-                                     ", token " + std::to_string(t) + ")");
-          }
-          float* y = coef.data() + ((size_t(l) * 2 + kv) * s.tokens + t) * C + size_t(h) * d;
-          detail::forward_row(p, head, at.data(), kv, first_position + t, row.data(), y);
-        }
-      }
+  std::vector<double> cs;  // RoPE's (cos, sin) per (token, pair), shared by every head
+  if (p.keys_before_rope) detail::rope_table(p, first_position, s.tokens, cs);
+  const size_t tasks = size_t(s.layers) * 2 * s.kv_heads;
+  std::vector<uint32_t> bad(tasks, s.tokens);  // first non-finite token per task
+  KVCODEC_RETURN_IF_ERROR(detail::parallel_for(tasks, threads, [&](size_t i) {
+    const uint32_t l = uint32_t(i / (2 * s.kv_heads)), kv = uint32_t(i / s.kv_heads % 2), h = uint32_t(i % s.kv_heads);
+    bad[i] = forward_head(p, src, l, kv, h, cs, coef.data());
+  }));
+  for (size_t i = 0; i < tasks; ++i)  // the first in (layer, K/V, head, token) order, as one thread finds it
+    if (bad[i] < s.tokens)
+      return InvalidArgument("encoding with a profile needs finite values (layer " +
+                             std::to_string(i / (2 * s.kv_heads)) + ", token " + std::to_string(bad[i]) + ")");
   return Status::Ok();
+}
+
+}  // namespace detail
+
+Status profile_forward(const Profile& p, const KVView& src, uint32_t first_position, std::vector<float>& coef) {
+  return detail::profile_forward(p, src, first_position, coef, 1);
 }
 
 size_t max_encoded_size(const KVShape& shape, DType dtype, const EncodeOptions& options, const Profile&) noexcept {
@@ -58,7 +96,7 @@ StatusOr<size_t> encode_into(const KVView& src, const EncodeOptions& options, co
   KVCODEC_RETURN_IF_ERROR(validate_options(options));
   if (options.level == 0) return InvalidArgument("level 0 (lossless) has no transform: encode without a profile");
   std::vector<float> coef;
-  KVCODEC_RETURN_IF_ERROR(profile_forward(profile, src, first_position, coef));
+  KVCODEC_RETURN_IF_ERROR(detail::profile_forward(profile, src, first_position, coef, options.threads));
   std::vector<uint8_t> inner(max_encoded_size(src.shape, DType::kF32, options));
   KVCODEC_ASSIGN_OR_RETURN(size_t n, encode_into(contiguous_view(coef.data(), DType::kF32, src.shape), options, inner));
   const size_t total = n + kTransformBlockBytes;
