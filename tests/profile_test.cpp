@@ -2,6 +2,7 @@
 // round trips within the documented bound, range decodes, keys before RoPE, version 1-3
 // compatibility, the errors of a missing / wrong / corrupt profile or frame, determinism, and
 // the committed version 4 golden frame (tests/golden/v4/).
+#include <bit>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "common/dtype.hpp"
+#include "common/profile_rows.hpp"
 #include "common/simd.hpp"
 #include "common/xxh64.hpp"
 #include "decode/packed_model.hpp"
@@ -315,6 +317,62 @@ void write_all(const std::string& path, std::span<const uint8_t> b) {
 
 // f16, 2 layers x 40 tokens x 2 heads x 16, level 4, chunks of 16, keys before RoPE from
 // position 100. The profile file is committed (its RoPE tables came from libm once).
+// The batched transforms (rows side by side, AVX-512 register blocks when d % 8 == 0) give the
+// bits of the row-by-row reference on every SIMD path: AVX-512, AVX2 and the baseline.
+TEST(Profile, BatchedTransformsMatchTheRowByRowReference) {
+  for (uint32_t d : {6u, 40u, 64u, 128u}) {
+    const KVShape s{1, 1, 2, d};
+    const Profile p = make_test_profile(s, true, 7 + d);
+    const size_t head = detail::profile_head(p, 0, 0, 1), n = 7, stride = d + 3;
+    const uint32_t pos0 = 1000003;
+    std::vector<float> x(n * stride), ref_y(n * stride), ref_x(n * d);
+    for (size_t i = 0; i < x.size(); ++i) x[i] = 3.0f * uniform(d * 100000 + i);
+    std::vector<double> at, axes, cs;
+    detail::transposed_axes(p, head, at);
+    detail::head_axes(p, head, axes);
+    detail::rope_table(p, pos0, uint32_t(n), cs);
+    for (size_t r = 0; r < n; ++r) {
+      detail::forward_row(p, head, at.data(), 0, pos0 + uint32_t(r), x.data() + r * stride, ref_y.data() + r * stride);
+      detail::inverse_row(p, head, 0, pos0 + uint32_t(r), ref_y.data() + r * stride, ref_x.data() + r * d);
+    }
+    // The product alone, on doubles with full mantissas (float inputs make its products exact).
+    std::vector<double> m(size_t(d) * d), v(n * d), init(d), ref(n * d, 0.0);
+    for (size_t i = 0; i < m.size(); ++i) m[i] = double(uniform(i + 11)) / 3.0;
+    for (size_t i = 0; i < v.size(); ++i) v[i] = double(uniform(i + 99999)) / 7.0;
+    for (size_t i = 0; i < d; ++i) init[i] = double(uniform(i + 555)) / 11.0;
+    for (size_t r = 0; r < n; ++r)
+      for (size_t j = 0; j < d; ++j) {
+        double acc = init[j];
+        for (size_t k = 0; k < d; ++k) acc += m[k * d + j] * v[r * d + k];
+        ref[r * d + j] = acc;
+      }
+    for (int path = 0; path < 3; ++path) {
+      detail::set_avx512_enabled(path == 0);
+      detail::set_simd_enabled(path < 2);
+      detail::RowScratch w;
+      w.size_for(n, d);
+      for (size_t r = 0; r < n; ++r)
+        for (size_t i = 0; i < d; ++i) w.in[r * d + i] = x[r * stride + i];
+      std::vector<float> y(n * stride), back(n * d);
+      std::vector<double> out(n * d);
+      detail::rows_product(init.data(), m.data(), v.data(), n, d, out.data());
+      for (size_t i = 0; i < out.size(); ++i)
+        ASSERT_EQ(std::bit_cast<uint64_t>(out[i]), std::bit_cast<uint64_t>(ref[i])) << "product, d " << d << " path " << path;
+      detail::forward_rows(p, head, at.data(), 0, cs.data(), n, w, y.data(), stride);
+      detail::inverse_rows(p, head, axes.data(), 0, cs.data(), ref_y.data(), stride, n, w, back.data());
+      for (size_t r = 0; r < n; ++r)
+        for (size_t i = 0; i < d; ++i) {
+          ASSERT_EQ(std::bit_cast<uint32_t>(y[r * stride + i]), std::bit_cast<uint32_t>(ref_y[r * stride + i]))
+              << "forward, d " << d << " path " << path << " row " << r << " component " << i;
+          ASSERT_EQ(std::bit_cast<uint32_t>(back[r * d + i]), std::bit_cast<uint32_t>(ref_x[r * d + i]))
+              << "inverse, d " << d << " path " << path << " row " << r << " channel " << i;
+        }
+    }
+    detail::set_avx512_enabled(true);
+    detail::set_simd_enabled(true);
+  }
+}
+
 TEST(Profile, GoldenVersion4Frame) {
   const KVShape s{2, 40, 2, 16};
   const std::vector<uint16_t> in = to_f16(make_cache(s, 21));
