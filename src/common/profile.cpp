@@ -1,5 +1,6 @@
 // Transform-coding profiles (include/kvcodec/profile.hpp): the profile file (docs/format.md 8),
 // the per-row transforms (2.1) and the re-framing shared by the profile encoder and decoder.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -173,20 +174,31 @@ void rows_product(const double* init, const double* m, const double* v, size_t n
 void rope_table(const Profile& p, uint32_t pos0, uint32_t n, std::vector<double>& cs) {
   const uint32_t pairs = p.head_dim / 2;
   cs.resize(size_t(n) * pairs * 2);
+  // The tables as [step][pair], so the pairs (independent) run side by side for each step.
+  std::vector<double> tc(size_t(kRopeSteps) * pairs), ts(tc.size()), c(pairs), s(pairs);
+  for (uint32_t i = 0; i < pairs; ++i)
+    for (uint32_t k = 0; k < kRopeSteps; ++k) {
+      tc[size_t(k) * pairs + i] = p.rope_cos[size_t(i) * kRopeSteps + k];
+      ts[size_t(k) * pairs + i] = p.rope_sin[size_t(i) * kRopeSteps + k];
+    }
   for (uint32_t t = 0; t < n; ++t) {
     const uint32_t pos = pos0 + t;
-    for (uint32_t i = 0; i < pairs; ++i) {
-      double c = 1.0, s = 0.0;
-      for (uint32_t k = 0; k < kRopeSteps; ++k) {
-        if (!((pos >> k) & 1)) continue;
-        const double ck = p.rope_cos[size_t(i) * kRopeSteps + k], sk = p.rope_sin[size_t(i) * kRopeSteps + k];
-        const double nc = c * ck - s * sk;
-        const double ns = c * sk + s * ck;
-        c = nc;
-        s = ns;
+    std::fill(c.begin(), c.end(), 1.0);
+    std::fill(s.begin(), s.end(), 0.0);
+    for (uint32_t k = 0; k < kRopeSteps; ++k) {
+      if (!((pos >> k) & 1)) continue;
+      const double* ck = tc.data() + size_t(k) * pairs;
+      const double* sk = ts.data() + size_t(k) * pairs;
+      for (uint32_t i = 0; i < pairs; ++i) {
+        const double nc = c[i] * ck[i] - s[i] * sk[i];
+        const double ns = c[i] * sk[i] + s[i] * ck[i];
+        c[i] = nc;
+        s[i] = ns;
       }
-      cs[(size_t(t) * pairs + i) * 2] = c;
-      cs[(size_t(t) * pairs + i) * 2 + 1] = s;
+    }
+    for (uint32_t i = 0; i < pairs; ++i) {
+      cs[(size_t(t) * pairs + i) * 2] = c[i];
+      cs[(size_t(t) * pairs + i) * 2 + 1] = s[i];
     }
   }
 }
