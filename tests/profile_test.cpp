@@ -355,9 +355,22 @@ TEST(Profile, BatchedTransformsMatchTheRowByRowReference) {
         for (size_t i = 0; i < d; ++i) w.in[r * d + i] = x[r * stride + i];
       std::vector<float> y(n * stride), back(n * d);
       std::vector<double> out(n * d);
-      detail::rows_product(init.data(), m.data(), v.data(), n, d, out.data());
+      detail::rows_product(init.data(), m.data(), v.data(), n, d, out.data(), false);
       for (size_t i = 0; i < out.size(); ++i)
         ASSERT_EQ(std::bit_cast<uint64_t>(out[i]), std::bit_cast<uint64_t>(ref[i])) << "product, d " << d << " path " << path;
+      // Factors that are floats with full 24-bit significands (exact products): the fused path.
+      std::vector<double> mf(m.size()), vf(v.size()), reff(ref.size());
+      for (size_t i = 0; i < m.size(); ++i) mf[i] = double(float(m[i] * 1.0000001));
+      for (size_t i = 0; i < v.size(); ++i) vf[i] = double(float(v[i] * 0.9999999 * 1000.0));
+      for (size_t r = 0; r < n; ++r)
+        for (size_t j = 0; j < d; ++j) {
+          double acc = init[j];
+          for (size_t k = 0; k < d; ++k) acc += mf[k * d + j] * vf[r * d + k];
+          reff[r * d + j] = acc;
+        }
+      detail::rows_product(init.data(), mf.data(), vf.data(), n, d, out.data(), true);
+      for (size_t i = 0; i < out.size(); ++i)
+        ASSERT_EQ(std::bit_cast<uint64_t>(out[i]), std::bit_cast<uint64_t>(reff[i])) << "exact product, d " << d << " path " << path;
       detail::forward_rows(p, head, at.data(), 0, cs.data(), n, w, y.data(), stride);
       detail::inverse_rows(p, head, axes.data(), 0, cs.data(), ref_y.data(), stride, n, w, back.data());
       for (size_t r = 0; r < n; ++r)

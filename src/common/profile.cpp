@@ -115,7 +115,7 @@ void accumulate_any(double* out, const M* m, const double* v, size_t n, size_t d
 // j in [j0, j0 + 8B): the additions of accumulate() in its order, R rows x B vectors of 8
 // outputs held in registers so each loaded vector of m serves R rows.
 #if defined(__x86_64__)
-template <int R, int B>
+template <int R, int B, bool Fma>
 __attribute__((target("avx512f"), always_inline)) inline void product_block512(const double* init, const double* m,
                                                                                const double* v, size_t d, size_t j0,
                                                                                double* out) {
@@ -134,7 +134,8 @@ __attribute__((target("avx512f"), always_inline)) inline void product_block512(c
     for (int b = 0; b < B; ++b) {
       const __m512d mk = _mm512_loadu_pd(m + k * d + j0 + 8 * b);
 #pragma GCC unroll 4
-      for (int r = 0; r < R; ++r) acc[r][b] = _mm512_add_pd(acc[r][b], _mm512_mul_pd(mk, vk[r]));
+      for (int r = 0; r < R; ++r)
+        acc[r][b] = Fma ? _mm512_fmadd_pd(mk, vk[r], acc[r][b]) : _mm512_add_pd(acc[r][b], _mm512_mul_pd(mk, vk[r]));
     }
   }
 #pragma GCC unroll 4
@@ -142,12 +143,12 @@ __attribute__((target("avx512f"), always_inline)) inline void product_block512(c
 #pragma GCC unroll 4
     for (int b = 0; b < B; ++b) _mm512_storeu_pd(out + size_t(r) * d + j0 + 8 * b, acc[r][b]);
 }
-template <int R>
+template <int R, bool Fma>
 __attribute__((target("avx512f"))) void product_rows512(const double* init, const double* m, const double* v, size_t d,
                                                         double* out) {
   size_t j = 0;
-  for (; j + 32 <= d; j += 32) product_block512<R, 4>(init, m, v, d, j, out);
-  for (; j < d; j += 8) product_block512<R, 1>(init, m, v, d, j, out);
+  for (; j + 32 <= d; j += 32) product_block512<R, 4, Fma>(init, m, v, d, j, out);
+  for (; j < d; j += 8) product_block512<R, 1, Fma>(init, m, v, d, j, out);
 }
 #endif
 
@@ -155,12 +156,20 @@ __attribute__((target("avx512f"))) void product_rows512(const double* init, cons
 
 namespace detail {
 
-void rows_product(const double* init, const double* m, const double* v, size_t n, size_t d, double* out) {
+void rows_product(const double* init, const double* m, const double* v, size_t n, size_t d, double* out,
+                  bool exact_products) {
   size_t r = 0;
 #if defined(__x86_64__)
   if (d % 8 == 0 && avx512_enabled()) {
-    for (; r + 4 <= n; r += 4) product_rows512<4>(init, m, v + r * d, d, out + r * d);
-    for (; r < n; ++r) product_rows512<1>(init, m, v + r * d, d, out + r * d);
+    // Exact products: round(a * b + c) = round(round(a * b) + c), so a fused multiply-add gives
+    // the bits of the multiply then add, at one instruction instead of two.
+    if (exact_products) {
+      for (; r + 4 <= n; r += 4) product_rows512<4, true>(init, m, v + r * d, d, out + r * d);
+      for (; r < n; ++r) product_rows512<1, true>(init, m, v + r * d, d, out + r * d);
+    } else {
+      for (; r + 4 <= n; r += 4) product_rows512<4, false>(init, m, v + r * d, d, out + r * d);
+      for (; r < n; ++r) product_rows512<1, false>(init, m, v + r * d, d, out + r * d);
+    }
     return;
   }
 #endif
@@ -373,7 +382,7 @@ void forward_rows(const Profile& p, size_t head, const double* at, uint32_t kv, 
     if (kv == 0 && p.keys_before_rope) rotate_with(cs + r * d, row, uint32_t(d), -1.0);
     for (size_t i = 0; i < d; ++i) row[i] -= double(mean[i]);
   }
-  rows_product(nullptr, at, w.in.data(), n, d, w.out.data());
+  rows_product(nullptr, at, w.in.data(), n, d, w.out.data(), false);
   for (size_t r = 0; r < n; ++r)
     for (size_t k = 0; k < d; ++k) y[r * y_stride + k] = float(w.out[r * d + k]);
 }
@@ -392,7 +401,8 @@ void inverse_rows(const Profile& p, size_t head, const double* axes, uint32_t kv
     for (size_t k = 0; k < d; ++k) w.in[r * d + k] = double(y[r * y_stride + k]);
   const float* mean = p.means.data() + head * d;
   for (size_t i = 0; i < d; ++i) w.mean[i] = double(mean[i]);
-  rows_product(w.mean.data(), axes, w.in.data(), n, d, w.out.data());
+  // Products of two floats (axes, coefficients) are exact in double: the FMA path applies.
+  rows_product(w.mean.data(), axes, w.in.data(), n, d, w.out.data(), true);
   for (size_t r = 0; r < n; ++r) {
     double* row = w.out.data() + r * d;
     if (kv == 0 && p.keys_before_rope) rotate_with(cs + r * d, row, uint32_t(d), 1.0);

@@ -32,8 +32,12 @@ void inverse_row(const Profile& p, size_t head, uint32_t kv, uint32_t pos, const
 // inverse_row (each output keeps its additions in the specified order; rows and blocks of
 // outputs are what run side by side, in AVX-512 registers when the CPU has it and d % 8 == 0).
 //
-// out[r][j] = init[j] (0.0 when init is null) + m[k * d + j] * v[r * d + k] for k ascending.
-void rows_product(const double* init, const double* m, const double* v, size_t n, size_t d, double* out);
+// out[r][j] = init[j] (0.0 when init is null) + m[k * d + j] * v[r * d + k] for k ascending, each
+// product rounded, then added. exact_products: the caller guarantees every product is exact in
+// double (both factors are floats widened: 24 + 24 significant bits, exponents far from the
+// limits), so fused multiply-adds give the same bits and are used where the CPU has them.
+void rows_product(const double* init, const double* m, const double* v, size_t n, size_t d, double* out,
+                  bool exact_products);
 // RoPE (cos, sin) of positions pos0 .. pos0 + n - 1, composed as rotate() does: cs[(t * d/2 + i) * 2
 // + {0, 1}] for pair i of token t (the same for every head and layer: computed once per call).
 void rope_table(const Profile& p, uint32_t pos0, uint32_t n, std::vector<double>& cs);
