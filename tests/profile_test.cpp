@@ -204,6 +204,26 @@ TEST(Profile, RangeDecodesMatchTheWholeDecodeAndLeaveTheRestAlone) {
   EXPECT_EQ(inside, size_t(2) * 32 * C);
 }
 
+// A buffer of max_encoded_size is encoded into in place; a smaller one through a copy: same
+// bytes, and one byte short of the frame is kBufferTooSmall with nothing else wrong.
+TEST(Profile, SmallerBuffersGiveTheSameFrame) {
+  const std::vector<uint16_t> in = to_f16(make_cache(kShape, 5));
+  const Profile p = make_test_profile(kShape, true, 6);
+  EncodeOptions o;
+  o.chunk_tokens = 16;
+  const auto frame = encode_with(in, kShape, o, p, 9);
+  ASSERT_TRUE(frame.ok());
+  const KVView v = contiguous_view(const_cast<uint16_t*>(in.data()), DType::kF16, kShape);
+  std::vector<uint8_t> exact(frame->size());
+  auto n = encode_into(v, o, p, exact, 9);
+  ASSERT_TRUE(n.ok()) << n.status().to_string();
+  EXPECT_EQ(exact, *frame);
+  exact.pop_back();
+  EXPECT_EQ(encode_into(v, o, p, exact, 9).status().code(), StatusCode::kBufferTooSmall);
+  std::vector<uint16_t> out(in.size());
+  EXPECT_TRUE(decode_into(*frame, p, contiguous_view(out.data(), DType::kF16, kShape)).ok());
+}
+
 TEST(Profile, BytesDoNotDependOnThreads) {
   const std::vector<uint16_t> in = to_f16(make_cache(kShape, 7));
   const Profile p = make_test_profile(kShape, true, 8);

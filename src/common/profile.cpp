@@ -412,19 +412,23 @@ void inverse_rows(const Profile& p, size_t head, const double* axes, uint32_t kv
 
 void reframe(std::span<const uint8_t> in, uint32_t remove, std::span<const uint8_t> insert, uint16_t version,
              uint16_t flags, uint8_t dtype, std::span<uint8_t> out) {
+  // Every field of `in` is read before anything is written: `out` may be `in` moved back by
+  // insert.size() (remove == 0; what encode_into does to avoid a copy of the frame).
   const uint32_t model_bytes = load_le32(in.data() + kOffModelBytes);
   const uint32_t num_chunks = load_le32(in.data() + kOffNumChunks);
+  const uint64_t frame_bytes = load_le64(in.data() + kOffFrameBytes);
   const int64_t shift = int64_t(insert.size()) - int64_t(remove);
   uint8_t* o = out.data();
-  std::memcpy(o, in.data(), kHeaderBytes);
+  std::memmove(o, in.data(), kHeaderBytes);
   if (!insert.empty()) std::memcpy(o + kHeaderBytes, insert.data(), insert.size());
-  std::memcpy(o + kHeaderBytes + insert.size(), in.data() + kHeaderBytes + remove, in.size() - kHeaderBytes - remove);
+  if (o + kHeaderBytes + insert.size() != in.data() + kHeaderBytes + remove)
+    std::memmove(o + kHeaderBytes + insert.size(), in.data() + kHeaderBytes + remove, in.size() - kHeaderBytes - remove);
   store_le16(o + kOffVersion, version);
   store_le16(o + kOffFlags, flags);
   o[kOffDType] = dtype;
   const uint32_t new_model = uint32_t(int64_t(model_bytes) + shift);
   store_le32(o + kOffModelBytes, new_model);
-  store_le64(o + kOffFrameBytes, uint64_t(int64_t(load_le64(in.data() + kOffFrameBytes)) + shift));
+  store_le64(o + kOffFrameBytes, uint64_t(int64_t(frame_bytes) + shift));
   uint8_t* idx = o + kHeaderBytes + new_model;
   for (uint32_t i = 0; i < num_chunks; ++i, idx += kIndexEntryBytes)
     store_le64(idx, uint64_t(int64_t(load_le64(idx)) + shift));

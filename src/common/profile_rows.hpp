@@ -61,13 +61,13 @@ void inverse_rows(const Profile& p, size_t head, const double* axes, uint32_t kv
                   size_t y_stride, size_t n, RowScratch& w, float* x);
 
 // profile_forward on `threads` threads (tasks of one (layer, K/V, head)); same coefficients.
-Status profile_forward(const Profile& p, const KVView& src, uint32_t first_position, std::vector<float>& coef,
-                       int threads);
+// coef: src.shape.elements() floats.
+Status profile_forward(const Profile& p, const KVView& src, uint32_t first_position, float* coef, int threads);
 
 // Copies a frame `in` (head already validated) into `out`, replacing the first `remove` bytes
 // of its model section by `insert`, writing version, flags and dtype code into the header,
 // shifting the chunk index and recomputing the head checksum. out.size() must be
-// in.size() - remove + insert.size().
+// in.size() - remove + insert.size(); with remove == 0, out may start insert.size() bytes before in.
 void reframe(std::span<const uint8_t> in, uint32_t remove, std::span<const uint8_t> insert, uint16_t version,
              uint16_t flags, uint8_t dtype, std::span<uint8_t> out);
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <string>
 
 #include "common/bytes.hpp"
@@ -56,21 +57,19 @@ uint32_t forward_head(const Profile& p, const KVView& src, uint32_t l, uint32_t 
 
 namespace detail {
 
-Status profile_forward(const Profile& p, const KVView& src, uint32_t first_position, std::vector<float>& coef,
-                       int threads) {
+Status profile_forward(const Profile& p, const KVView& src, uint32_t first_position, float* coef, int threads) {
   KVCODEC_RETURN_IF_ERROR(validate_view(src));
   KVCODEC_RETURN_IF_ERROR(detail::check_profile_shape(p, src.shape));
   const KVShape& s = src.shape;
   if (p.keys_before_rope && uint64_t(first_position) + s.tokens > (uint64_t(1) << kRopePositionBits))
     return InvalidArgument("first_position + tokens exceeds 2^24");
-  coef.resize(size_t(s.elements()));
   std::vector<double> cs;  // RoPE's (cos, sin) per (token, pair), shared by every head
   if (p.keys_before_rope) detail::rope_table(p, first_position, s.tokens, cs);
   const size_t tasks = size_t(s.layers) * 2 * s.kv_heads;
   std::vector<uint32_t> bad(tasks, s.tokens);  // first non-finite token per task
   KVCODEC_RETURN_IF_ERROR(detail::parallel_for(tasks, threads, [&](size_t i) {
     const uint32_t l = uint32_t(i / (2 * s.kv_heads)), kv = uint32_t(i / s.kv_heads % 2), h = uint32_t(i % s.kv_heads);
-    bad[i] = forward_head(p, src, l, kv, h, cs, coef.data());
+    bad[i] = forward_head(p, src, l, kv, h, cs, coef);
   }));
   for (size_t i = 0; i < tasks; ++i)  // the first in (layer, K/V, head, token) order, as one thread finds it
     if (bad[i] < s.tokens)
@@ -82,7 +81,9 @@ Status profile_forward(const Profile& p, const KVView& src, uint32_t first_posit
 }  // namespace detail
 
 Status profile_forward(const Profile& p, const KVView& src, uint32_t first_position, std::vector<float>& coef) {
-  return detail::profile_forward(p, src, first_position, coef, 1);
+  KVCODEC_RETURN_IF_ERROR(validate_view(src));
+  coef.resize(size_t(src.shape.elements()));
+  return detail::profile_forward(p, src, first_position, coef.data(), 1);
 }
 
 size_t max_encoded_size(const KVShape& shape, DType dtype, const EncodeOptions& options, const Profile&) noexcept {
@@ -95,17 +96,30 @@ StatusOr<size_t> encode_into(const KVView& src, const EncodeOptions& options, co
                              std::span<uint8_t> dst, uint32_t first_position) {
   KVCODEC_RETURN_IF_ERROR(validate_options(options));
   if (options.level == 0) return InvalidArgument("level 0 (lossless) has no transform: encode without a profile");
-  std::vector<float> coef;
-  KVCODEC_RETURN_IF_ERROR(detail::profile_forward(profile, src, first_position, coef, options.threads));
-  std::vector<uint8_t> inner(max_encoded_size(src.shape, DType::kF32, options));
-  KVCODEC_ASSIGN_OR_RETURN(size_t n, encode_into(contiguous_view(coef.data(), DType::kF32, src.shape), options, inner));
-  const size_t total = n + kTransformBlockBytes;
-  if (dst.size() < total)
-    return BufferTooSmall("frame needs " + std::to_string(total) + " bytes, buffer has " + std::to_string(dst.size()));
+  KVCODEC_RETURN_IF_ERROR(validate_view(src));
+  KVCODEC_RETURN_IF_ERROR(detail::check_profile_shape(profile, src.shape));
+  // The coefficients (every one written by the transform: not zero-filled first).
+  std::unique_ptr<float[]> coef(new float[size_t(src.shape.elements())]);
+  KVCODEC_RETURN_IF_ERROR(detail::profile_forward(profile, src, first_position, coef.get(), options.threads));
+  const KVView cv = contiguous_view(coef.get(), DType::kF32, src.shape);
   uint8_t block[kTransformBlockBytes] = {};
   detail::store_le64(block, profile.digest);
   detail::store_le32(block + 8, first_position);
   block[12] = uint8_t(DType::kF32);
+  const size_t bound = max_encoded_size(src.shape, DType::kF32, options);
+  if (dst.size() >= bound + kTransformBlockBytes) {
+    // The coefficients' frame straight into dst, kTransformBlockBytes in; re-framed in place
+    // (its header moved back, the block inserted), so the frame is never copied.
+    KVCODEC_ASSIGN_OR_RETURN(size_t n, encode_into(cv, options, dst.subspan(kTransformBlockBytes)));
+    detail::reframe(dst.subspan(kTransformBlockBytes, n), 0, block, kTransformFormatVersion, kFrameFlagTransform,
+                    uint8_t(src.dtype), dst.first(n + kTransformBlockBytes));
+    return n + kTransformBlockBytes;
+  }
+  std::vector<uint8_t> inner(bound);
+  KVCODEC_ASSIGN_OR_RETURN(size_t n, encode_into(cv, options, inner));
+  const size_t total = n + kTransformBlockBytes;
+  if (dst.size() < total)
+    return BufferTooSmall("frame needs " + std::to_string(total) + " bytes, buffer has " + std::to_string(dst.size()));
   detail::reframe(std::span<const uint8_t>(inner).first(n), 0, block, kTransformFormatVersion, kFrameFlagTransform,
                   uint8_t(src.dtype), dst.first(total));
   return total;
