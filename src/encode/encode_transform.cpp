@@ -8,17 +8,40 @@
 #include <memory>
 #include <string>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "common/bytes.hpp"
 #include "common/dtype.hpp"
 #include "common/frame.hpp"
 #include "common/parallel.hpp"
 #include "common/profile_rows.hpp"
+#include "common/simd.hpp"
 #include "kvcodec/codec.hpp"
 #include "kvcodec/profile.hpp"
 
 namespace kvcodec {
 
 namespace {
+
+// A contiguous f16 row widened to double (F16C: exact, as f16_to_f32); false when a value is
+// not finite (exponent bits all ones), as the scalar path finds it.
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) bool load_f16_row_avx512(const uint16_t* in, uint32_t d, double* row) {
+  uint32_t bad = 0;
+  for (uint32_t i = 0; i < d; ++i) bad |= uint32_t((in[i] & 0x7c00u) == 0x7c00u);
+  if (bad) return false;
+  uint32_t i = 0;
+  for (; i + 16 <= d; i += 16) {
+    const __m512 f = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + i)));
+    _mm512_storeu_pd(row + i, _mm512_cvtps_pd(_mm512_castps512_ps256(f)));
+    _mm512_storeu_pd(row + i + 8, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1))));
+  }
+  for (; i < d; ++i) row[i] = double(detail::f16_to_f32(in[i]));
+  return true;
+}
+#endif
 
 // Forward transform of one (layer, K/V, head)'s rows, a block of tokens at a time; returns the
 // first token with a non-finite value (tokens when none).
@@ -35,11 +58,18 @@ uint32_t forward_head(const Profile& p, const KVView& src, uint32_t l, uint32_t 
   w.size_for(kRows, d);
   const uint8_t dt = uint8_t(src.dtype);
   const int64_t step = src.stride[4] * int64_t(dtype_size(src.dtype));
+  [[maybe_unused]] const bool fast_f16 = src.dtype == DType::kF16 && step == 2 && detail::avx512_enabled();
   for (uint32_t t = 0; t < s.tokens; t += kRows) {
     const uint32_t n = std::min(kRows, s.tokens - t);
     for (uint32_t r = 0; r < n; ++r) {
       const uint8_t* base = static_cast<const uint8_t*>(src.element(l, kv, t + r, h, 0));
       double* row = w.in.data() + size_t(r) * d;
+#if defined(__x86_64__)
+      if (fast_f16) {
+        if (!load_f16_row_avx512(reinterpret_cast<const uint16_t*>(base), d, row)) return t + r;
+        continue;
+      }
+#endif
       for (uint32_t i = 0; i < d; ++i) {
         const float v = detail::load_as_f32(base + int64_t(i) * step, dt);
         if (!std::isfinite(v)) return t + r;
