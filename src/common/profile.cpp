@@ -150,6 +150,50 @@ __attribute__((target("avx512f"))) void product_rows512(const double* init, cons
   for (; j + 32 <= d; j += 32) product_block512<R, 4, Fma>(init, m, v, d, j, out);
   for (; j < d; j += 8) product_block512<R, 1, Fma>(init, m, v, d, j, out);
 }
+// The same on AVX2 (16 vector registers): 4 rows x 2 vectors of 4 outputs.
+template <int R, int B, bool Fma>
+__attribute__((target("avx2,fma"), always_inline)) inline void product_block256(const double* init, const double* m,
+                                                                                const double* v, size_t d, size_t j0,
+                                                                                double* out) {
+  __m256d acc[R][B];
+#pragma GCC unroll 4
+  for (int b = 0; b < B; ++b) {
+    const __m256d i0 = init ? _mm256_loadu_pd(init + j0 + 4 * b) : _mm256_setzero_pd();
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) acc[r][b] = i0;
+  }
+  for (size_t k = 0; k < d; ++k) {
+    __m256d vk[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) vk[r] = _mm256_set1_pd(v[size_t(r) * d + k]);
+#pragma GCC unroll 4
+    for (int b = 0; b < B; ++b) {
+      const __m256d mk = _mm256_loadu_pd(m + k * d + j0 + 4 * b);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r)
+        acc[r][b] = Fma ? _mm256_fmadd_pd(mk, vk[r], acc[r][b]) : _mm256_add_pd(acc[r][b], _mm256_mul_pd(mk, vk[r]));
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int b = 0; b < B; ++b) _mm256_storeu_pd(out + size_t(r) * d + j0 + 4 * b, acc[r][b]);
+}
+template <int R, bool Fma>
+__attribute__((target("avx2,fma"))) void product_rows256(const double* init, const double* m, const double* v, size_t d,
+                                                         double* out) {
+  size_t j = 0;
+  for (; j + 8 <= d; j += 8) product_block256<R, 2, Fma>(init, m, v, d, j, out);
+  for (; j < d; j += 4) product_block256<R, 1, Fma>(init, m, v, d, j, out);
+}
+// The rows of rows_product in blocks of 4 (K4), then one at a time (K1).
+template <void (*K4)(const double*, const double*, const double*, size_t, double*),
+          void (*K1)(const double*, const double*, const double*, size_t, double*)>
+void product_all(const double* init, const double* m, const double* v, size_t n, size_t d, double* out) {
+  size_t r = 0;
+  for (; r + 4 <= n; r += 4) K4(init, m, v + r * d, d, out + r * d);
+  for (; r < n; ++r) K1(init, m, v + r * d, d, out + r * d);
+}
 #endif
 
 }  // namespace
@@ -158,22 +202,17 @@ namespace detail {
 
 void rows_product(const double* init, const double* m, const double* v, size_t n, size_t d, double* out,
                   bool exact_products) {
-  size_t r = 0;
 #if defined(__x86_64__)
-  if (d % 8 == 0 && avx512_enabled()) {
-    // Exact products: round(a * b + c) = round(round(a * b) + c), so a fused multiply-add gives
-    // the bits of the multiply then add, at one instruction instead of two.
-    if (exact_products) {
-      for (; r + 4 <= n; r += 4) product_rows512<4, true>(init, m, v + r * d, d, out + r * d);
-      for (; r < n; ++r) product_rows512<1, true>(init, m, v + r * d, d, out + r * d);
-    } else {
-      for (; r + 4 <= n; r += 4) product_rows512<4, false>(init, m, v + r * d, d, out + r * d);
-      for (; r < n; ++r) product_rows512<1, false>(init, m, v + r * d, d, out + r * d);
-    }
-    return;
-  }
+  // Exact products: round(a * b + c) = round(round(a * b) + c), so a fused multiply-add gives
+  // the bits of the multiply then add, at one instruction instead of two.
+  if (d % 8 == 0 && avx512_enabled())
+    return exact_products ? product_all<product_rows512<4, true>, product_rows512<1, true>>(init, m, v, n, d, out)
+                          : product_all<product_rows512<4, false>, product_rows512<1, false>>(init, m, v, n, d, out);
+  if (d % 4 == 0 && avx2_enabled() && __builtin_cpu_supports("fma"))
+    return exact_products ? product_all<product_rows256<4, true>, product_rows256<1, true>>(init, m, v, n, d, out)
+                          : product_all<product_rows256<4, false>, product_rows256<1, false>>(init, m, v, n, d, out);
 #endif
-  for (; r < n; ++r) {
+  for (size_t r = 0; r < n; ++r) {
     double* o = out + r * d;
     for (size_t j = 0; j < d; ++j) o[j] = init ? init[j] : 0.0;
     accumulate_any(o, m, v + r * d, d, d);

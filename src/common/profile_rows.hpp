@@ -21,7 +21,8 @@ Status check_profile_shape(const Profile& p, const KVShape& shape);
 
 // The axes of one head transposed to double, at[i * d + k] = axes[k][i]: what forward_row reads.
 void transposed_axes(const Profile& p, size_t head, std::vector<double>& at);
-// y = A (x - mean) of one row; keys (kv == 0) rotated by -pos first when keys_before_rope. `at`
+// The row-by-row transforms, as the spec reads (the reference the tests hold the batched forms
+// below to). y = A (x - mean) of one row; keys (kv == 0) rotated by -pos first when keys_before_rope. `at`
 // from transposed_axes (each y[k] still sums over i in ascending order: the order of the spec).
 void forward_row(const Profile& p, size_t head, const double* at, uint32_t kv, uint32_t pos, const float* x, float* y);
 // x = mean + A^T y of one row, accumulated in component order, RoPE re-applied at pos for keys

@@ -52,10 +52,10 @@ Status check_transform_decode(const FrameInfo& f, std::span<const uint8_t> frame
 // Rows of fp32 to f16 with F16C's round-to-nearest-even (what f32_to_f16 computes; decode.cpp
 // converts its f16 output the same way).
 #if defined(__x86_64__)
-__attribute__((target("avx512f"))) void store_f16_avx512(const float* x, size_t n, uint16_t* out) {
+__attribute__((target("avx2,f16c"))) void store_f16_f16c(const float* x, size_t n, uint16_t* out) {
   size_t j = 0;
-  for (; j + 16 <= n; j += 16)
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j), _mm512_cvtps_ph(_mm512_loadu_ps(x + j), _MM_FROUND_TO_NEAREST_INT));
+  for (; j + 8 <= n; j += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j), _mm256_cvtps_ph(_mm256_loadu_ps(x + j), _MM_FROUND_TO_NEAREST_INT));
   for (; j < n; ++j) out[j] = detail::f32_to_f16(x[j]);
 }
 #endif
@@ -74,7 +74,7 @@ void inverse_head(const Profile& p, uint32_t l, uint32_t kv, uint32_t h, const f
   std::vector<float> x(size_t(kRows) * d);
   const uint8_t dt = uint8_t(dst.dtype);
   const int64_t step = dst.stride[4] * int64_t(dtype_size(dst.dtype));
-  [[maybe_unused]] const bool fast_f16 = dst.dtype == DType::kF16 && step == 2 && detail::avx512_enabled();
+  [[maybe_unused]] const bool fast_f16 = dst.dtype == DType::kF16 && step == 2 && detail::avx2_enabled();
   for (uint32_t t = t0; t < t1; t += kRows) {
     const uint32_t n = std::min(kRows, t1 - t);
     const double* c = cs.empty() ? nullptr : cs.data() + size_t(t - t0) * d;
@@ -83,7 +83,7 @@ void inverse_head(const Profile& p, uint32_t l, uint32_t kv, uint32_t h, const f
       uint8_t* out = static_cast<uint8_t*>(dst.element(l, kv, t + r, h, 0));
 #if defined(__x86_64__)
       if (fast_f16) {
-        store_f16_avx512(x.data() + size_t(r) * d, d, reinterpret_cast<uint16_t*>(out));
+        store_f16_f16c(x.data() + size_t(r) * d, d, reinterpret_cast<uint16_t*>(out));
         continue;
       }
 #endif

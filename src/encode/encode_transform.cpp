@@ -28,15 +28,15 @@ namespace {
 // A contiguous f16 row widened to double (F16C: exact, as f16_to_f32); false when a value is
 // not finite (exponent bits all ones), as the scalar path finds it.
 #if defined(__x86_64__)
-__attribute__((target("avx512f"))) bool load_f16_row_avx512(const uint16_t* in, uint32_t d, double* row) {
+__attribute__((target("avx2,f16c"))) bool load_f16_row_f16c(const uint16_t* in, uint32_t d, double* row) {
   uint32_t bad = 0;
   for (uint32_t i = 0; i < d; ++i) bad |= uint32_t((in[i] & 0x7c00u) == 0x7c00u);
   if (bad) return false;
   uint32_t i = 0;
-  for (; i + 16 <= d; i += 16) {
-    const __m512 f = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + i)));
-    _mm512_storeu_pd(row + i, _mm512_cvtps_pd(_mm512_castps512_ps256(f)));
-    _mm512_storeu_pd(row + i + 8, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1))));
+  for (; i + 8 <= d; i += 8) {
+    const __m256 f = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i)));
+    _mm256_storeu_pd(row + i, _mm256_cvtps_pd(_mm256_castps256_ps128(f)));
+    _mm256_storeu_pd(row + i + 4, _mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)));
   }
   for (; i < d; ++i) row[i] = double(detail::f16_to_f32(in[i]));
   return true;
@@ -58,7 +58,7 @@ uint32_t forward_head(const Profile& p, const KVView& src, uint32_t l, uint32_t 
   w.size_for(kRows, d);
   const uint8_t dt = uint8_t(src.dtype);
   const int64_t step = src.stride[4] * int64_t(dtype_size(src.dtype));
-  [[maybe_unused]] const bool fast_f16 = src.dtype == DType::kF16 && step == 2 && detail::avx512_enabled();
+  [[maybe_unused]] const bool fast_f16 = src.dtype == DType::kF16 && step == 2 && detail::avx2_enabled();
   for (uint32_t t = 0; t < s.tokens; t += kRows) {
     const uint32_t n = std::min(kRows, s.tokens - t);
     for (uint32_t r = 0; r < n; ++r) {
@@ -66,7 +66,7 @@ uint32_t forward_head(const Profile& p, const KVView& src, uint32_t l, uint32_t 
       double* row = w.in.data() + size_t(r) * d;
 #if defined(__x86_64__)
       if (fast_f16) {
-        if (!load_f16_row_avx512(reinterpret_cast<const uint16_t*>(base), d, row)) return t + r;
+        if (!load_f16_row_f16c(reinterpret_cast<const uint16_t*>(base), d, row)) return t + r;
         continue;
       }
 #endif
