@@ -113,25 +113,39 @@ struct CompressPerm {
   }
 };
 
-// floor(x / f) for 4 lanes, x unsigned 32-bit, exact in double (see below).
-__attribute__((target("avx2"))) inline __m128i quotient4(__m128i xi, __m128i fi, __m256d two32) {
-  __m256d xd = _mm256_cvtepi32_pd(xi);
-  xd = _mm256_add_pd(xd, _mm256_and_pd(_mm256_cmp_pd(xd, _mm256_setzero_pd(), _CMP_LT_OQ), two32));
-  return _mm256_cvttpd_epi32(_mm256_div_pd(xd, _mm256_cvtepi32_pd(fi)));
+// floor(x / f) and x mod f for 8 lanes, x < f * 2^20 (x unsigned 32-bit) and 1 <= f <= 4096: an
+// estimate in float (x rounded to float, a reciprocal with one Newton step: relative error below
+// 2^-21, so the estimate of the quotient, below 2^20, is off by less than 1) truncated, then
+// corrected by at most one in either direction from the remainder, which is exact in integers
+// (mod 2^32). The result is the exact quotient: no division instruction.
+__attribute__((target("avx2"))) inline __m256i quotient8(__m256i x, __m256i f, __m256i* rem) {
+  const __m256 two16 = _mm256_set1_ps(65536.0f), two = _mm256_set1_ps(2.0f);
+  const __m256 xf = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(x, 16)), two16),
+                                  _mm256_cvtepi32_ps(_mm256_and_si256(x, _mm256_set1_epi32(0xffff))));
+  const __m256 ff = _mm256_cvtepi32_ps(f);
+  __m256 r = _mm256_rcp_ps(ff);
+  r = _mm256_mul_ps(r, _mm256_sub_ps(two, _mm256_mul_ps(ff, r)));
+  __m256i q = _mm256_cvttps_epi32(_mm256_mul_ps(xf, r));
+  __m256i m = _mm256_sub_epi32(x, _mm256_mullo_epi32(q, f));  // x - q * f, in (-f, 2f)
+  const __m256i neg = _mm256_cmpgt_epi32(_mm256_setzero_si256(), m);
+  q = _mm256_add_epi32(q, neg);  // -1 where m < 0
+  m = _mm256_add_epi32(m, _mm256_and_si256(neg, f));
+  const __m256i big = _mm256_cmpgt_epi32(m, _mm256_sub_epi32(f, _mm256_set1_epi32(1)));
+  q = _mm256_sub_epi32(q, big);  // +1 where m >= f
+  *rem = _mm256_sub_epi32(m, _mm256_and_si256(big, f));
+  return q;
 }
 
 // The backward lane loop 8 lanes at a time. Scalar rans_enc_put per lane, same order of words:
 // within a step the scalar loop pushes lane i0+7 first and i0 last onto a downward-growing
 // buffer, so the step's words end up in ascending lane order just below the previous ones.
-// The quotient x / freq is exact in double (x < 2^32, and x / freq is never within 2^-32
-// relative of an integer it is below), so floor(x / freq) needs no integer division.
+// The quotient x / freq comes from quotient8 (exact, no division).
 __attribute__((target("avx2,popcnt"))) void encode_codes_avx2(const uint32_t* codes, size_t n, uint32_t* x,
                                                                uint16_t*& w) {
   static const CompressPerm perm;
   __m256i X[4];
   for (int q = 0; q < 4; ++q) X[q] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 8 * q));
   const __m256i kLow16 = _mm256_set1_epi32(0xffff), kOne = _mm256_set1_epi32(1);
-  const __m256d two32 = _mm256_set1_pd(4294967296.0);
   for (size_t i0 = n; i0 >= 8;) {
     i0 -= 8;
     const uint32_t r = uint32_t(i0 / 8) & 3;
@@ -151,11 +165,8 @@ __attribute__((target("avx2,popcnt"))) void encode_codes_avx2(const uint32_t* co
       w -= cnt;
       xs = _mm256_blendv_epi8(xs, _mm256_srli_epi32(xs, 16), emit);
     }
-    // q = floor(x / freq), in two halves of 4 doubles (x read as unsigned).
-    const __m128i qlo = quotient4(_mm256_castsi256_si128(xs), _mm256_castsi256_si128(freq), two32);
-    const __m128i qhi = quotient4(_mm256_extracti128_si256(xs, 1), _mm256_extracti128_si256(freq, 1), two32);
-    const __m256i q = _mm256_inserti128_si256(_mm256_castsi128_si256(qlo), qhi, 1);
-    const __m256i rem = _mm256_sub_epi32(xs, _mm256_mullo_epi32(q, freq));
+    __m256i rem;
+    const __m256i q = quotient8(xs, freq, &rem);
     X[r] = _mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32(q, 12), rem), cum);
   }
   for (int q = 0; q < 4; ++q) _mm256_storeu_si256(reinterpret_cast<__m256i*>(x + 8 * q), X[q]);

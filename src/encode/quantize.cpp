@@ -100,6 +100,15 @@ void widen_to_f32(const uint8_t* raw, uint8_t dt, size_t n, float* out) {
 
 void add_row_sums_scalar(const float* x, uint32_t n, const ChannelSumsSoA& s);
 
+void add_row_range_scalar(const float* x, uint32_t n, float* lo, float* hi) {
+  for (uint32_t c = 0; c < n; ++c) {
+    const float v = x[c];
+    const bool finite = v - v == 0.0f;
+    lo[c] = finite && v < lo[c] ? v : lo[c];
+    hi[c] = finite && v > hi[c] ? v : hi[c];
+  }
+}
+
 // The scalar path of one element: the fast test, then quantize_grid's full search.
 inline int16_t quantize_one(float x, const RowGrid& g, uint32_t c, uint8_t dt, float maxf) {
   const double d = quantize_fast_one(x, g.step[c], g.inv_step[c], g.center[c], maxf);
@@ -219,10 +228,97 @@ KVCODEC_AVX512 void add_row_sums_avx512(const float* x, uint32_t n, const Channe
   }
   add_row_sums_scalar(x + c, n - c, ChannelSumsSoA{s.sum + c, s.sq + c, s.count + c});
 }
+
+// add_row_sums and add_row_range for channels [c0, c0 + 32) of tokens [0, T), the accumulators
+// held in registers across the tokens (each channel still summed in token order, so the doubles
+// are add_row_sums' bit for bit). Elements are widened 32 at a time (F16C for fp16).
+KVCODEC_AVX512 void column_stats32_avx512(const uint8_t* raw, size_t rp, uint8_t dt, uint32_t T, uint32_t c0,
+                                           const ChannelSumsSoA& s, float* lo, float* hi) {
+  const size_t es = dtype_size(DType(dt));
+  __m512d sum[4], sq[4];
+  for (int k = 0; k < 4; ++k) {
+    sum[k] = _mm512_loadu_pd(s.sum + c0 + 8 * k);
+    sq[k] = _mm512_loadu_pd(s.sq + c0 + 8 * k);
+  }
+  __m512i cnt[2];
+  __m512 mn[2], mx[2];
+  for (int k = 0; k < 2; ++k) {
+    cnt[k] = _mm512_loadu_si512(s.count + c0 + 16 * k);
+    mn[k] = _mm512_loadu_ps(lo + c0 + 16 * k);
+    mx[k] = _mm512_loadu_ps(hi + c0 + 16 * k);
+  }
+  const __m512i one = _mm512_set1_epi32(1);
+  alignas(64) float xb[32];
+  for (uint32_t t = 0; t < T; ++t) {
+    const uint8_t* r = raw + size_t(t) * rp + size_t(c0) * es;
+    __m512 v[2];
+    if (dt == 2) {
+      v[0] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r)));
+      v[1] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r + 32)));
+    } else {
+      widen_to_f32(r, dt, 32, xb);
+      v[0] = _mm512_load_ps(xb);
+      v[1] = _mm512_load_ps(xb + 16);
+    }
+    for (int k = 0; k < 2; ++k) {
+      const __mmask16 m = _mm512_cmp_ps_mask(_mm512_sub_ps(v[k], v[k]), _mm512_setzero_ps(), _CMP_EQ_OQ);
+      cnt[k] = _mm512_mask_add_epi32(cnt[k], m, cnt[k], one);
+      mn[k] = _mm512_mask_min_ps(mn[k], m, v[k], mn[k]);  // v < lo ? v : lo
+      mx[k] = _mm512_mask_max_ps(mx[k], m, v[k], mx[k]);  // v > hi ? v : hi
+      for (int h = 0; h < 2; ++h) {
+        const __m512d vd = _mm512_cvtps_pd(h ? _mm512_extractf32x8_ps(v[k], 1) : _mm512_castps512_ps256(v[k]));
+        const __mmask8 mh = __mmask8(m >> (8 * h));
+        __m512d& su = sum[2 * k + h];
+        __m512d& sqr = sq[2 * k + h];
+        su = _mm512_mask_add_pd(su, mh, su, vd);
+        sqr = _mm512_mask_add_pd(sqr, mh, sqr, _mm512_mul_pd(vd, vd));
+      }
+    }
+  }
+  for (int k = 0; k < 4; ++k) {
+    _mm512_storeu_pd(s.sum + c0 + 8 * k, sum[k]);
+    _mm512_storeu_pd(s.sq + c0 + 8 * k, sq[k]);
+  }
+  for (int k = 0; k < 2; ++k) {
+    _mm512_storeu_si512(s.count + c0 + 16 * k, cnt[k]);
+    _mm512_storeu_ps(lo + c0 + 16 * k, mn[k]);
+    _mm512_storeu_ps(hi + c0 + 16 * k, mx[k]);
+  }
+}
 #pragma GCC diagnostic pop
+
+// add_row_range eight channels at a time: min_ps(v, lo) is v < lo ? v : lo, as the scalar test.
+__attribute__((target("avx2"))) void add_row_range_avx2(const float* x, uint32_t n, float* lo, float* hi) {
+  uint32_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    const __m256 v = _mm256_loadu_ps(x + c);
+    const __m256 finite = _mm256_cmp_ps(_mm256_sub_ps(v, v), _mm256_setzero_ps(), _CMP_EQ_OQ);
+    const __m256 l = _mm256_loadu_ps(lo + c), h = _mm256_loadu_ps(hi + c);
+    _mm256_storeu_ps(lo + c, _mm256_blendv_ps(l, _mm256_min_ps(v, l), finite));
+    _mm256_storeu_ps(hi + c, _mm256_blendv_ps(h, _mm256_max_ps(v, h), finite));
+  }
+  add_row_range_scalar(x + c, n - c, lo + c, hi + c);
+}
 #endif
 
 bool use_avx2() { return avx2_enabled(); }
+
+void column_stats(const uint8_t* raw, size_t rp, uint8_t dt, uint32_t T, uint32_t C, float* row,
+                  const ChannelSumsSoA& s, float* lo, float* hi) {
+  uint32_t c0 = 0;
+#if defined(__x86_64__)
+  if (avx512_enabled())
+    for (; c0 + 32 <= C; c0 += 32) column_stats32_avx512(raw, rp, dt, T, c0, s, lo, hi);
+#endif
+  if (c0 == C) return;
+  const size_t es = dtype_size(DType(dt));
+  const ChannelSumsSoA rest{s.sum + c0, s.sq + c0, s.count + c0};
+  for (uint32_t t = 0; t < T; ++t) {
+    widen_to_f32(raw + size_t(t) * rp + size_t(c0) * es, dt, C - c0, row);
+    add_row_sums(row, C - c0, rest);
+    add_row_range(row, C - c0, lo + c0, hi + c0);
+  }
+}
 
 void quantize_row(const float* x, const RowGrid& g, uint32_t C, uint8_t dt, int16_t* q) {
 #if defined(__x86_64__)
@@ -270,12 +366,10 @@ void add_row_sums(const float* x, uint32_t n, const ChannelSumsSoA& s) {
 }
 
 void add_row_range(const float* x, uint32_t n, float* lo, float* hi) {
-  for (uint32_t c = 0; c < n; ++c) {
-    const float v = x[c];
-    const bool finite = v - v == 0.0f;
-    lo[c] = finite && v < lo[c] ? v : lo[c];
-    hi[c] = finite && v > hi[c] ? v : hi[c];
-  }
+#if defined(__x86_64__)
+  if (use_avx2()) return add_row_range_avx2(x, n, lo, hi);
+#endif
+  add_row_range_scalar(x, n, lo, hi);
 }
 
 void grids_from_sums(const ChannelSumsSoA& s, const float* lo, const float* hi, uint32_t channels, uint32_t tokens,
