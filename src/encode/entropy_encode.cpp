@@ -177,48 +177,52 @@ __attribute__((target("avx2,popcnt"))) void encode_codes_avx2(const uint32_t* co
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #define KVCODEC_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,popcnt")))
 
-// quotient8 for 16 lanes: x converted as unsigned, a 14-bit reciprocal with one Newton step
-// (relative error of the estimate below 2^-21 again), the same correction.
+// quotient8 for 16 lanes, with one correction: x converted as unsigned, a 14-bit reciprocal and
+// one Newton step put the float estimate of x / f within 2^-22 relative of it (within 1/4 for a
+// quotient below 2^20); 1/2 less, truncated, is q or q - 1, and the exact remainder says which.
 KVCODEC_AVX512 inline __m512i quotient16(__m512i x, __m512i f, __m512i* rem) {
   const __m512 ff = _mm512_cvtepi32_ps(f);
   __m512 r = _mm512_rcp14_ps(ff);
   r = _mm512_mul_ps(r, _mm512_sub_ps(_mm512_set1_ps(2.0f), _mm512_mul_ps(ff, r)));
-  __m512i q = _mm512_cvttps_epi32(_mm512_mul_ps(_mm512_cvtepu32_ps(x), r));
-  __m512i m = _mm512_sub_epi32(x, _mm512_mullo_epi32(q, f));  // x - q * f, in (-f, 2f)
-  const __m512i one = _mm512_set1_epi32(1);
-  const __mmask16 neg = _mm512_cmplt_epi32_mask(m, _mm512_setzero_si512());
-  q = _mm512_mask_sub_epi32(q, neg, q, one);
-  m = _mm512_mask_add_epi32(m, neg, m, f);
+  const __m512 est = _mm512_sub_ps(_mm512_mul_ps(_mm512_cvtepu32_ps(x), r), _mm512_set1_ps(0.5f));
+  __m512i q = _mm512_cvttps_epi32(est);                       // truncation: -1/2 < est gives 0
+  const __m512i m = _mm512_sub_epi32(x, _mm512_mullo_epi32(q, f));  // x - q * f, in [0, 2f)
   const __mmask16 big = _mm512_cmpge_epi32_mask(m, f);
-  q = _mm512_mask_add_epi32(q, big, q, one);
+  q = _mm512_mask_add_epi32(q, big, q, _mm512_set1_epi32(1));
   *rem = _mm512_mask_sub_epi32(m, big, m, f);
   return q;
 }
 
-// encode_codes_avx2 16 lanes at a time (two vectors of lane states): the emitted words are
-// compressed to the bottom in ascending lane order and stored under a mask just below the
-// previous ones.
-KVCODEC_AVX512 void encode_codes_avx512(const uint32_t* codes, size_t n, uint32_t* x, uint16_t*& w) {
-  __m512i X[2] = {_mm512_loadu_si512(x), _mm512_loadu_si512(x + 16)};
+// One step of encode_codes_avx512: symbols [i0, i0 + 16), lane states X.
+KVCODEC_AVX512 inline void encode_step16(const uint32_t* codes, size_t i0, __m512i& X, uint16_t*& w) {
   const __m512i kLow16 = _mm512_set1_epi32(0xffff);
-  for (size_t i0 = n; i0 >= 16;) {
-    i0 -= 16;
-    const uint32_t r = uint32_t(i0 / 16) & 1;
-    __m512i xs = X[r];
-    const __m512i code = _mm512_loadu_si512(codes + i0);
-    const __m512i freq = _mm512_srli_epi32(code, 16);
-    const __mmask16 emit = _mm512_cmpge_epu32_mask(_mm512_srli_epi32(xs, 20), freq);
-    const uint32_t cnt = uint32_t(__builtin_popcount(uint32_t(emit)));
-    const __m256i words = _mm512_cvtepi32_epi16(_mm512_maskz_compress_epi32(emit, _mm512_and_si512(xs, kLow16)));
-    _mm256_mask_storeu_epi16(w - cnt, __mmask16((1u << cnt) - 1), words);
-    w -= cnt;
-    xs = _mm512_mask_srli_epi32(xs, emit, xs, 16);
-    __m512i rem;
-    const __m512i q = quotient16(xs, freq, &rem);
-    X[r] = _mm512_add_epi32(_mm512_add_epi32(_mm512_slli_epi32(q, 12), rem), _mm512_and_si512(code, kLow16));
+  __m512i xs = X;
+  const __m512i code = _mm512_loadu_si512(codes + i0);
+  const __m512i freq = _mm512_srli_epi32(code, 16);
+  const __mmask16 emit = _mm512_cmpge_epu32_mask(_mm512_srli_epi32(xs, 20), freq);
+  const uint32_t cnt = uint32_t(__builtin_popcount(uint32_t(emit)));
+  const __m256i words = _mm512_cvtepi32_epi16(_mm512_maskz_compress_epi32(emit, _mm512_and_si512(xs, kLow16)));
+  _mm256_mask_storeu_epi16(w - cnt, __mmask16((1u << cnt) - 1), words);
+  w -= cnt;
+  xs = _mm512_mask_srli_epi32(xs, emit, xs, 16);
+  __m512i rem;
+  const __m512i q = quotient16(xs, freq, &rem);
+  X = _mm512_add_epi32(_mm512_add_epi32(_mm512_slli_epi32(q, 12), rem), _mm512_and_si512(code, kLow16));
+}
+
+// encode_codes_avx2 16 lanes at a time (two vectors of lane states, lanes 0-15 and 16-31): the
+// emitted words are compressed to the bottom in ascending lane order and stored under a mask
+// just below the previous ones. n is a multiple of 16.
+KVCODEC_AVX512 void encode_codes_avx512(const uint32_t* codes, size_t n, uint32_t* x, uint16_t*& w) {
+  __m512i X0 = _mm512_loadu_si512(x), X1 = _mm512_loadu_si512(x + 16);
+  size_t i0 = n;
+  if (i0 % 32) encode_step16(codes, i0 -= 16, X0, w);  // symbols i0.. are lanes 0-15
+  while (i0 >= 32) {
+    encode_step16(codes, i0 -= 16, X1, w);
+    encode_step16(codes, i0 -= 16, X0, w);
   }
-  _mm512_storeu_si512(x, X[0]);
-  _mm512_storeu_si512(x + 16, X[1]);
+  _mm512_storeu_si512(x, X0);
+  _mm512_storeu_si512(x + 16, X1);
 }
 #pragma GCC diagnostic pop
 #endif
