@@ -271,10 +271,15 @@ bool row_range_scalar(const int16_t* v, uint32_t n, int16_t* lo, int16_t* hi, ui
 
 #if defined(__x86_64__)
 // row_range for the first n & ~15 values, widening per-lane accumulators acc_lo / acc_hi (16
-// lanes, reduced by the caller) instead of *lo / *hi; the rest goes to row_range_scalar.
+// lanes, reduced by the caller) instead of *lo / *hi; the rest goes to row_range_scalar. Also
+// each value's counter in a column block's [bin][kColumnBlock] counts: idx[j] = bin * B + j.
 __attribute__((target("avx2"))) bool row_range_avx2(const int16_t* v, uint32_t n, int16_t* acc_lo, int16_t* acc_hi,
-                                                     int16_t* lo, int16_t* hi, uint32_t* feat) {
-  const __m256i escq = _mm256_set1_epi16(detail::kEscapeQ);
+                                                     int16_t* lo, int16_t* hi, uint32_t* feat, uint16_t* idx) {
+  constexpr uint32_t B = detail::kColumnBlock;
+  static_assert(detail::kLossyBins * B <= 65536 && B == 64, "counter index as uint16, bin << 6");
+  const __m256i escq = _mm256_set1_epi16(detail::kEscapeQ), qlim = _mm256_set1_epi16(int16_t(detail::kQLimit));
+  const __m256i esc_bin = _mm256_set1_epi16(int16_t(detail::kEscBin));
+  const __m256i lane = _mm256_setr_epi16(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   __m256i mn = _mm256_load_si256(reinterpret_cast<const __m256i*>(acc_lo));
   __m256i mx = _mm256_load_si256(reinterpret_cast<const __m256i*>(acc_hi)), e = _mm256_setzero_si256();
   uint32_t j = 0;
@@ -282,6 +287,9 @@ __attribute__((target("avx2"))) bool row_range_avx2(const int16_t* v, uint32_t n
     const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + j));
     const __m256i is_esc = _mm256_cmpeq_epi16(x, escq);
     const __m256i a = _mm256_andnot_si256(is_esc, x);
+    const __m256i bin = _mm256_blendv_epi8(_mm256_add_epi16(a, qlim), esc_bin, is_esc);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(idx + j),
+                        _mm256_add_epi16(_mm256_slli_epi16(bin, 6), _mm256_add_epi16(lane, _mm256_set1_epi16(int16_t(j)))));
     mn = _mm256_min_epi16(mn, a);
     mx = _mm256_max_epi16(mx, a);
     e = _mm256_or_si256(e, is_esc);
@@ -297,6 +305,7 @@ __attribute__((target("avx2"))) bool row_range_avx2(const int16_t* v, uint32_t n
   _mm256_store_si256(reinterpret_cast<__m256i*>(acc_hi), mx);
   const bool any = !_mm256_testz_si256(e, e);
   if (j == n) return any;
+  for (uint32_t k = j; k < n; ++k) idx[k] = uint16_t(detail::lossy_bin(v[k]) * B + k);
   return row_range_scalar(v + j, n - j, lo, hi, feat ? feat + j : nullptr) || any;
 }
 #endif
@@ -325,10 +334,14 @@ struct BlockCounter {
       uint32_t* ls = loc + size_t(slot) * bins * B;
       uint32_t* f = slot == 0 ? feat : nullptr;
 #if defined(__x86_64__)
-      if (avx2) esc[slot] |= row_range_avx2(vr, n, acc_lo[slot], acc_hi[slot], &lo[slot], &hi[slot], f);
-      else
+      if (avx2) {
+        alignas(32) uint16_t idx[B];
+        esc[slot] |= row_range_avx2(vr, n, acc_lo[slot], acc_hi[slot], &lo[slot], &hi[slot], f, idx);
+        for (uint32_t j = 0; j < n; ++j) ++ls[idx[j]];
+        continue;
+      }
 #endif
-        esc[slot] |= row_range_scalar(vr, n, &lo[slot], &hi[slot], f);
+      esc[slot] |= row_range_scalar(vr, n, &lo[slot], &hi[slot], f);
       for (uint32_t j = 0; j < n; ++j) ++ls[detail::lossy_bin(vr[j]) * B + j];
     }
   }
