@@ -430,7 +430,7 @@ void lossy_grids(const Context& cx, uint32_t layer, const uint8_t* raw, Workspac
       [](const void* p, size_t i) { return detail::f16_to_f32(static_cast<const uint16_t*>(p)[i]); },
       [](const void* p, size_t i) { return detail::bf16_to_f32(static_cast<const uint16_t*>(p)[i]); },
       [](const void* p, size_t i) { return detail::f8e4m3_to_f32(static_cast<const uint8_t*>(p)[i]); }};
-  const detail::Columns cols{raw, cx.rp / cx.es, kLoad[uint8_t(cx.src.dtype) - 1]};  // rows rp bytes apart
+  const detail::Columns cols{raw, cx.rp / cx.es, kLoad[uint8_t(cx.src.dtype) - 1], uint8_t(cx.src.dtype)};  // rows rp bytes apart
   detail::grids_from_sums(sums, ws.lo.data(), ws.hi.data(), C, T, cols, rel, cx.opt.step_mode, ws.grids.data());
   ws.step.resize(C);
   ws.inv_step.resize(C);

@@ -376,15 +376,42 @@ void grids_from_sums(const ChannelSumsSoA& s, const float* lo, const float* hi, 
                      const Columns& cols, double rel_step, StepMode mode, ChannelGrid* grids) {
   std::vector<ChannelSums> sums(channels);
   for (uint32_t c = 0; c < channels; ++c) {
-    ChannelSums& cs = sums[c];
-    cs = ChannelSums{s.sum[c], s.sq[c], s.count[c], 0, lo[c], hi[c]};
-    finish_sums(cs);
-    double a, b;  // robust passes (encode_values.hpp): rare, so column-wise
-    for (int pass = 0; pass < kRobustPasses && outlier_range(cs, &a, &b); ++pass) {
-      ChannelSums next;
-      for (uint32_t t = 0; t < tokens; ++t) add_sample_in(next, cols.value(cols.base, size_t(t) * cols.pitch + c), a, b);
-      if (!accept_pass(cs, next)) break;
+    sums[c] = ChannelSums{s.sum[c], s.sq[c], s.count[c], 0, lo[c], hi[c]};
+    finish_sums(sums[c]);
+  }
+  // Robust passes (encode_values.hpp), per channel: up to kRobustPasses while outlier_range finds
+  // an outlier and accept_pass takes the pass. All channels' k-th passes are taken in one sweep
+  // over the tokens, row by row (each channel's samples still in token order).
+  struct Pass {
+    uint32_t c;
+    double a, b;
+    ChannelSums next;
+  };
+  std::vector<Pass> passes;
+  std::vector<float> row;
+  std::vector<uint32_t> active(channels);
+  for (uint32_t c = 0; c < channels; ++c) active[c] = c;
+  for (int pass = 0; pass < kRobustPasses && !active.empty(); ++pass) {
+    passes.clear();
+    for (uint32_t c : active) {
+      double a, b;
+      if (outlier_range(sums[c], &a, &b)) passes.push_back(Pass{c, a, b, ChannelSums{}});
     }
+    // Many channels: each row widened at once (the same values as cols.value gives).
+    const bool rows = cols.dtype != 0 && passes.size() * 16 >= channels;
+    if (rows) row.resize(channels);
+    for (uint32_t t = 0; t < tokens; ++t) {
+      if (rows) {
+        const size_t es = dtype_size(DType(cols.dtype));
+        widen_to_f32(static_cast<const uint8_t*>(cols.base) + size_t(t) * cols.pitch * es, cols.dtype, channels, row.data());
+        for (Pass& p : passes) add_sample_in(p.next, row[p.c], p.a, p.b);
+      } else {
+        for (Pass& p : passes) add_sample_in(p.next, cols.value(cols.base, size_t(t) * cols.pitch + p.c), p.a, p.b);
+      }
+    }
+    active.clear();
+    for (const Pass& p : passes)
+      if (accept_pass(sums[p.c], p.next)) active.push_back(p.c);
   }
   const double layer_rms = mode == StepMode::kLayer ? layer_scale(sums.data(), channels) : 0.0;
   for (uint32_t c = 0; c < channels; ++c) grids[c] = channel_grid(sums[c], layer_rms, mode, rel_step);

@@ -45,6 +45,7 @@ struct Columns {
   const void* base;
   size_t pitch;
   float (*value)(const void* base, size_t i);
+  uint8_t dtype = 0;  // when set: the elements' dtype, so that whole rows can be widened at once
 };
 // The grids of `channels` channels from their sums and ranges (compute_grids' last step),
 // with the robust passes of encode_values.hpp over `tokens` tokens of `cols` where a channel
