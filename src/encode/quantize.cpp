@@ -174,9 +174,9 @@ __attribute__((target("avx2"))) void quantize_row_avx2(const float* x, const Row
 
 // The fast path for 8 channels from c with AVX-512: the offsets as int32 (0 where missed) and
 // the mask of the misses. The same IEEE operations as quantize_fast_one.
-KVCODEC_AVX512 inline uint32_t quantize8_avx512(const float* x, const RowGrid& g, uint32_t c, __m256 maxv,
+KVCODEC_AVX512 inline uint32_t quantize8_avx512(__m256 xv, const RowGrid& g, uint32_t c, __m256 maxv,
                                                 __m256i* d_out) {
-  const __m512d xd = _mm512_cvtps_pd(_mm256_loadu_ps(x + c));
+  const __m512d xd = _mm512_cvtps_pd(xv);
   const __m512d n0 = _mm512_roundscale_pd(_mm512_mul_pd(xd, _mm512_loadu_pd(g.inv_step + c)),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512d d = _mm512_sub_pd(n0, _mm512_loadu_pd(g.center + c));
@@ -194,21 +194,36 @@ KVCODEC_AVX512 inline uint32_t quantize8_avx512(const float* x, const RowGrid& g
   return uint32_t(good) ^ 0xffu;
 }
 
-KVCODEC_AVX512 void quantize_row_avx512(const float* x, const RowGrid& g, uint32_t C, uint8_t dt, int16_t* q) {
+// Eight elements from c of an fp32 row, or of an fp16 row widened in registers (F16C).
+KVCODEC_AVX512 inline __m256 load8(const float* x, uint32_t c) { return _mm256_loadu_ps(x + c); }
+KVCODEC_AVX512 inline __m256 load8(const uint16_t* h, uint32_t c) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + c)));
+}
+inline float value_of(const float* x, uint32_t k) { return x[k]; }
+inline float value_of(const uint16_t* h, uint32_t k) { return f16_to_f32(h[k]); }
+
+// quantize_row on the C values of x (fp32, or fp16 of dtype dt = 2).
+template <typename T>
+KVCODEC_AVX512 void quantize_row_avx512_t(const T* x, const RowGrid& g, uint32_t C, uint8_t dt, int16_t* q) {
   const float maxf = max_finite(dt);
   const __m256 maxv = _mm256_set1_ps(maxf);
   uint32_t c = 0;
   for (; c + 16 <= C; c += 16) {
     __m256i a, b;
-    const uint32_t miss = quantize8_avx512(x, g, c, maxv, &a) | quantize8_avx512(x, g, c + 8, maxv, &b) << 8;
+    const uint32_t miss =
+        quantize8_avx512(load8(x, c), g, c, maxv, &a) | quantize8_avx512(load8(x, c + 8), g, c + 8, maxv, &b) << 8;
     const __m512i ab = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + c), _mm512_cvtepi32_epi16(ab));
     for (uint32_t m = miss; m; m &= m - 1) {
       const uint32_t k = c + uint32_t(__builtin_ctz(m));
-      q[k] = quantize_one(x[k], g, k, dt, maxf);
+      q[k] = quantize_one(value_of(x, k), g, k, dt, maxf);
     }
   }
-  for (; c < C; ++c) q[c] = quantize_one(x[c], g, c, dt, maxf);
+  for (; c < C; ++c) q[c] = quantize_one(value_of(x, c), g, c, dt, maxf);
+}
+
+KVCODEC_AVX512 void quantize_row_avx512(const float* x, const RowGrid& g, uint32_t C, uint8_t dt, int16_t* q) {
+  quantize_row_avx512_t(x, g, C, dt, q);
 }
 
 // add_row_sums_avx2 eight channels at a time (masked adds leave a non-finite value's channel as
@@ -436,11 +451,16 @@ void quantize_columns_impl(const uint8_t* raw, size_t rp, uint8_t dt, uint32_t t
     const uint8_t* r = raw + size_t(t) * rp + c0 * es;
     int16_t* vr = val + size_t(t) * VP + c0;
 #if defined(__x86_64__)
-    if constexpr (kIsa > 0) {
+    if constexpr (kIsa == 2) {
+      if (dt == 2) quantize_row_avx512_t(reinterpret_cast<const uint16_t*>(r), gb, n, dt, vr);
+      else {
+        widen_to_f32(r, dt, n, xb);
+        quantize_row_avx512(xb, gb, n, dt, vr);
+      }
+    } else if constexpr (kIsa == 1) {
       if (dt == 2) f16_to_f32_avx2(reinterpret_cast<const uint16_t*>(r), n, xb);
       else widen_to_f32(r, dt, n, xb);
-      if constexpr (kIsa == 2) quantize_row_avx512(xb, gb, n, dt, vr);
-      else quantize_row_avx2(xb, gb, n, dt, vr);
+      quantize_row_avx2(xb, gb, n, dt, vr);
     } else
 #endif
     {
