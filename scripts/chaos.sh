@@ -65,8 +65,12 @@ start_redis() {
   done
   return 1
 }
+# Below the kernel's ephemeral range: while redis-server is down, no outgoing connection of a
+# test running beside this one may take its port (the restart would fail to bind).
+ephemeral_low="$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)"
+(( ephemeral_low > 30006 )) || ephemeral_low=50006  # an unusual range: any port will have to do
 for _ in 1 2 3 4 5; do
-  redis_port=$((20000 + RANDOM % 30000))
+  redis_port=$((10000 + RANDOM % (ephemeral_low - 10000)))
   if start_redis; then break; fi
   stop_pid "$redis_pid"; redis_pid=""
 done

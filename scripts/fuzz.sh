@@ -5,6 +5,10 @@
 # limit; the input that did it is kept in build-fuzz/crashes/ (rerun: build-fuzz/tests/fuzz/
 # fuzz_<name> <file>).
 #
+# `scripts/fuzz.sh build` only builds, and builds everything there: build-fuzz/ is also the
+# ASan+UBSan build of the library, the CLI and the test suite, which scripts/test.sh runs
+# (ctest --test-dir build-fuzz). One build at -O1 -g1 serves both.
+#
 # serve and fetch fuzz the whole server loop and client over loopback, from captured traffic
 # (tests/fuzz/corpus/, written by build-fuzz/tests/fuzz/kvcodec_fuzz_capture).
 #
@@ -17,8 +21,15 @@ jobs="${KVCODEC_JOBS:-$(nproc)}"
 
 launcher=()
 if command -v ccache >/dev/null; then launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache); fi
-cmake -S . -B build-fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo "${launcher[@]}" \
-  -DKVCODEC_FUZZ=ON -DKVCODEC_BUILD_TOOLS=OFF -DKVCODEC_BUILD_BENCH=OFF -DKVCODEC_BUILD_EXAMPLES=OFF
+# -O1 with line tables: half the compile time of -O2 -g; stack traces still name lines.
+cmake -S . -B build-fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_C_COMPILER=clang "${launcher[@]}" \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O1 -g1" \
+  -DKVCODEC_FUZZ=ON -DKVCODEC_BUILD_TESTS=ON -DKVCODEC_BUILD_TOOLS=ON -DKVCODEC_BUILD_BENCH=OFF \
+  -DKVCODEC_BUILD_EXAMPLES=OFF >/dev/null
+if [[ "${1:-}" == build ]]; then
+  cmake --build build-fuzz -j "$jobs"
+  exit 0
+fi
 cmake --build build-fuzz -j "$jobs" --target kvcodec_fuzz
 
 bin=build-fuzz/tests/fuzz

@@ -5,24 +5,24 @@
 #      and a 3-master + 3-replica Redis Cluster on ports $KVCODEC_TEST_CLUSTER_PORT..+5 (default
 #      7000; scripts/redis-cluster.sh) for the cluster store tests (the same way);
 #   2. the Python package installed by pip, offline, into a fresh venv (scripts/pip-check.sh);
-#   3. the libFuzzer targets for a bounded time each (scripts/fuzz.sh), when clang is installed;
-#   4. a compile-only build of the CUDA backend in build-cuda/, when nvcc is installed
-#      (KVCODEC_TEST_CUDA_BUILD=0 skips it, =1 requires it);
-#   5. with KVCODEC_TEST_SANITIZERS=1: the whole ctest suite under ASan+UBSan in build-asan/, and
-#      the threaded and streaming tests under TSan in build-tsan/. Only the test targets are
-#      built, at -O1, through ccache when it is installed. Opt-in: with them a clean-clone run
-#      does not fit CI's 25 minutes on 2 cores (figures in docs/results/reliability.md).
+#   3. under ASan+UBSan (clang, -O1, build-fuzz/, scripts/fuzz.sh build): the ctest suite again
+#      (not the timing test, whose point is wall-clock agreement, nor the downstream builds),
+#      then the libFuzzer targets for a bounded time each (scripts/fuzz.sh);
+#   4. under TSan (build-tsan/, -O1, only these test targets): the threaded and streaming tests;
+#   5. a compile-only build of the CUDA backend in build-cuda/, when nvcc is installed
+#      (KVCODEC_TEST_CUDA_BUILD=0 skips it, =1 requires it).
+# KVCODEC_TEST_SANITIZERS=0 skips steps 3 and 4 (a developer's quick run; not under CI=true).
 # Every step line shows the CPU time (user + system, s) of the checks so far.
 # Exits non-zero on the first failing step. Under CI=true nothing may be skipped for want of a
 # tool: a missing redis-server, clang++ or nvcc is an error (KVCODEC_TEST_CUDA_BUILD=0 still
-# skips the CUDA build on purpose), and the tests fail on missing shared data
-# (tests/test_util.hpp). ctest reports a test binary whose cases all skipped as Skipped.
+# skips the CUDA build on purpose; KVCODEC_TEST_SANITIZERS=0 is refused), and the tests fail on
+# missing shared data (tests/test_util.hpp). ctest reports a test binary whose cases all skipped as Skipped.
 #
 # Environment: KVCODEC_JOBS (parallel jobs, default: all cores), KVCODEC_TEST_REDIS_PORT,
 #              KVCODEC_TEST_CLUSTER_PORT,
 #              KVCODEC_FUZZ_SECONDS (per fuzz target, see scripts/fuzz.sh),
 #              KVCODEC_TEST_CUDA_BUILD (0 / 1; default: build when nvcc exists),
-#              KVCODEC_TEST_SANITIZERS (0 default / 1).
+#              KVCODEC_TEST_SANITIZERS (1 default / 0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs="${KVCODEC_JOBS:-$(nproc)}"
@@ -115,12 +115,37 @@ ctest --test-dir build --output-on-failure -j "$jobs"
 step "pip install into a fresh venv"
 bash scripts/pip-check.sh build
 
-# ---- fuzzing --------------------------------------------------------------------------------
-if command -v clang++ >/dev/null; then
+# ---- sanitizers and fuzzing -------------------------------------------------------------------
+sanitizers="${KVCODEC_TEST_SANITIZERS:-1}"
+if [[ "$sanitizers" == 0 ]]; then
+  if in_ci; then
+    echo "test: error (CI=true): KVCODEC_TEST_SANITIZERS=0: the sanitizer runs are part of the tests" >&2
+    exit 1
+  fi
+  echo "test: KVCODEC_TEST_SANITIZERS=0: skipping the ASan+UBSan and TSan runs and the fuzz targets"
+elif ! command -v clang++ >/dev/null; then
+  skip_check "clang++ not found: skipping the ASan+UBSan run and the fuzz targets"
+else
+  step "ASan+UBSan build (clang) in build-fuzz/"
+  bash scripts/fuzz.sh build
+  step "ASan+UBSan: the ctest suite in build-fuzz/"
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+    ctest --test-dir build-fuzz --output-on-failure -j "$jobs" -E '^(downstream|stream_timing_test)$'
   step "fuzz"
   bash scripts/fuzz.sh
-else
-  skip_check "clang++ not found: skipping the fuzz targets"
+fi
+if [[ "$sanitizers" != 0 ]]; then
+  step "TSan: threaded and streaming tests in build-tsan/"
+  tsan_tests=(codec_test transport_test stream_fault_test store_test store_cluster_test controller_test
+              simulator_test metrics_test)
+  launcher=()
+  if command -v ccache >/dev/null; then launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache); fi
+  cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" \
+    -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O1 -g1" -DKVCODEC_SANITIZE_THREAD=ON "${launcher[@]}" \
+    -DKVCODEC_BUILD_TESTS=ON -DKVCODEC_BUILD_BENCH=OFF -DKVCODEC_BUILD_EXAMPLES=OFF >/dev/null
+  cmake --build build-tsan -j "$jobs" --target "${tsan_tests[@]}"
+  TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+    ctest --test-dir build-tsan --output-on-failure -j "$jobs" -R "^($(IFS='|'; echo "${tsan_tests[*]}"))\$"
 fi
 
 # ---- CUDA backend, compile only --------------------------------------------------------------
@@ -146,32 +171,6 @@ else
     -DKVCODEC_BUILD_EXAMPLES=ON
   cmake --build build-cuda -j "$jobs" --target kvcodec_cli cuda_test cuda_encode_test kvcodec_cuda_bench \
     example_cuda_paged
-fi
-
-# ---- sanitizers -------------------------------------------------------------------------------
-if [[ "${KVCODEC_TEST_SANITIZERS:-0}" != 1 ]]; then
-  echo "test: sanitizer builds not requested (KVCODEC_TEST_SANITIZERS=1 runs them)"
-else
-  launcher=()
-  if command -v ccache >/dev/null; then launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache); fi
-  sanitizer_build() {  # dir option targets...
-    local dir="$1" option="$2"
-    shift 2
-    # -O1 with line tables: half the compile time of -O2 -g, stack traces still name lines.
-    cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" \
-      -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O1 -g1" "-D$option=ON" "${launcher[@]}" \
-      -DKVCODEC_BUILD_TESTS=ON -DKVCODEC_BUILD_BENCH=OFF -DKVCODEC_BUILD_EXAMPLES=OFF >/dev/null
-    cmake --build "$dir" -j "$jobs" --target "$@"
-  }
-  step "ASan+UBSan: the ctest suite in build-asan/"
-  export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
-  sanitizer_build build-asan KVCODEC_SANITIZE all
-  ctest --test-dir build-asan --output-on-failure -j "$jobs" -E '^downstream'
-  step "TSan: threaded and streaming tests in build-tsan/"
-  tsan_tests=(codec_test transport_test stream_fault_test store_test controller_test simulator_test)
-  sanitizer_build build-tsan KVCODEC_SANITIZE_THREAD "${tsan_tests[@]}"
-  export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
-  ctest --test-dir build-tsan --output-on-failure -j "$jobs" -R "^($(IFS='|'; echo "${tsan_tests[*]}"))\$"
 fi
 
 step "all checks passed"

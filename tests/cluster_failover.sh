@@ -29,10 +29,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Ports BASE..BASE+5 and their bus ports (+10000) must be free: try a few random bases.
+# Ports BASE..BASE+5 and their bus ports (+10000) must be free: try a few random bases, all
+# below the kernel's ephemeral range (a killed node's port is not taken by an outgoing
+# connection before it restarts).
+ephemeral_low="$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)"
+(( ephemeral_low > 30006 )) || ephemeral_low=50006  # an unusual range: any port will have to do
 started=""
 for _ in 1 2 3; do
-  base=$((20000 + RANDOM % 20000))
+  base=$((10000 + RANDOM % (ephemeral_low - 20006)))
   if cluster_start "$base" "$work/cluster" 2>"$work/start.err"; then started=1; break; fi
   cluster_stop "$work/cluster"
 done

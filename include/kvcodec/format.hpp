@@ -25,7 +25,15 @@ inline constexpr uint8_t kFrameMagic[4] = {'K', 'V', 'C', 0x1A};
 // in allowing stored units.
 inline constexpr uint16_t kFormatVersion = 2;
 inline constexpr uint16_t kStoredUnitsFormatVersion = 3;
-inline constexpr uint16_t kMaxFormatVersion = 3;
+// Version 4: transform-coded frames (docs/format.md 2.1): header flag kFrameFlagTransform, the
+// model section starts with a transform block naming the profile (include/kvcodec/profile.hpp)
+// by digest; encoders write it only for frames encoded with a profile.
+inline constexpr uint16_t kTransformFormatVersion = 4;
+inline constexpr uint16_t kMaxFormatVersion = 4;
+inline constexpr uint16_t kFrameFlagTransform = 1;
+inline constexpr uint32_t kTransformBlockBytes = 16;
+// RoPE positions of a transform-coded frame with keys before RoPE: first_position + tokens <= 2^24.
+inline constexpr uint32_t kRopePositionBits = 24;
 inline constexpr uint16_t kMinFormatVersion = 1;
 // Bit 31 of a unit directory entry (version 3): the unit is stored raw; bits 0..30 its size.
 inline constexpr uint32_t kStoredUnitFlag = 0x80000000u;
@@ -57,6 +65,10 @@ struct FrameInfo {
   uint64_t table_bytes = 0;   // the probability tables inside the model section
   uint64_t frame_bytes = 0;   // whole frame
   std::vector<ChunkInfo> chunks;
+  // Version 4 transform-coded frames: decode needs the profile of this digest (profile.hpp).
+  bool transformed = false;
+  uint64_t profile_digest = 0;
+  uint32_t first_position = 0;  // RoPE position of token 0 (profiles with keys before RoPE)
 
   uint64_t payload_bytes() const noexcept { return frame_bytes - head_bytes; }
   double bits_per_element() const noexcept {

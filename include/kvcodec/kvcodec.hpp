@@ -5,6 +5,7 @@
 #include "kvcodec/config.hpp"
 #include "kvcodec/format.hpp"
 #include "kvcodec/metrics.hpp"
+#include "kvcodec/profile.hpp"
 #include "kvcodec/status.hpp"
 #include "kvcodec/tensor.hpp"
 #include "kvcodec/version.hpp"

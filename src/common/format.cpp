@@ -1,5 +1,6 @@
 // Frame head: header, model section, chunk index (docs/format.md is the normative spec) -- the
 // reading side, with every check; the encoder writes heads with encode/frame_writer.cpp.
+#include <cstdio>
 #include <cstring>
 #include <string>
 
@@ -27,7 +28,9 @@ Status parse_header(std::span<const uint8_t> b, FrameInfo& f, uint32_t& num_chun
   if (f.format_version < kMinFormatVersion || f.format_version > kMaxFormatVersion)
     return UnsupportedVersion("frame format version " + std::to_string(f.format_version) + " (this library reads versions " +
                               std::to_string(kMinFormatVersion) + " to " + std::to_string(kMaxFormatVersion) + ")");
-  if (load_le16(p + kOffFlags) != 0 || load_le32(p + kOffReserved) != 0)
+  const uint16_t flags = load_le16(p + kOffFlags);
+  f.transformed = f.format_version == kTransformFormatVersion;
+  if (flags != (f.transformed ? kFrameFlagTransform : 0) || load_le32(p + kOffReserved) != 0)
     return CorruptData("reserved header fields are not zero");
   if (!is_valid_dtype(p[kOffDType])) return CorruptData("unknown dtype code " + std::to_string(p[kOffDType]));
   f.dtype = DType(p[kOffDType]);
@@ -48,6 +51,7 @@ Status parse_header(std::span<const uint8_t> b, FrameInfo& f, uint32_t& num_chun
       f.group_tokens > kMaxGroupTokens || f.table_groups < 1 || f.table_groups > kMaxTableGroups || mode > 1)
     return CorruptData("frame parameters out of range");
   f.step_mode = StepMode(mode);
+  if (f.transformed && f.level == 0) return CorruptData("a transform-coded frame at level 0");
   num_chunks = load_le32(p + kOffNumChunks);
   if (num_chunks != num_chunks_for(f.shape.tokens, f.chunk_tokens))
     return CorruptData("chunk count does not match tokens / chunk_tokens");
@@ -114,7 +118,29 @@ Status parse_layer_model(ByteReader& r, const FrameInfo& f, LayerModel& m, uint6
   return Status::Ok();
 }
 
+// The transform block of a version 4 model section: u64 profile digest, u32 first position,
+// u8 coefficient dtype (1 = f32), three zero bytes.
+Status parse_transform_block(ByteReader& r, FrameInfo& f, FrameInfo& coded) {
+  f.profile_digest = r.u64();
+  f.first_position = r.u32();
+  const uint8_t coef_dtype = r.u8();
+  const uint8_t z0 = r.u8(), z1 = r.u8(), z2 = r.u8();
+  if (!r.ok()) return CorruptData("transform block truncated");
+  if (coef_dtype != uint8_t(DType::kF32) || z0 || z1 || z2) return CorruptData("bad transform block");
+  if (uint64_t(f.first_position) + f.shape.tokens > (uint64_t(1) << kRopePositionBits))
+    return CorruptData("transform block: positions beyond 2^24");
+  coded.dtype = DType::kF32;
+  return Status::Ok();
+}
+
 }  // namespace
+
+Status require_plain_frame(const FrameInfo& f) {
+  if (!f.transformed) return Status::Ok();
+  char digest[17];
+  std::snprintf(digest, sizeof digest, "%016llx", static_cast<unsigned long long>(f.profile_digest));
+  return InvalidArgument(std::string("transform-coded frame (format version 4): decode it with its profile, digest ") + digest);
+}
 
 uint64_t head_checksum(uint16_t version, const uint8_t* head, size_t head_bytes) {
   return frame_checksum(version, ChecksumInput{head, kOffHeadChecksum, head + kHeaderBytes, head_bytes - kHeaderBytes});
@@ -149,11 +175,14 @@ StatusOr<FrameHead> parse_head(std::span<const uint8_t> b) {
   // header with a huge shape cannot make us allocate more than a small multiple of the input.
   const uint64_t C = f.shape.channels();
   const uint64_t min_layer_model = (C + 1) / 2 + (is_lossless(f) ? 0 : 2 * C);
-  if (f.model_bytes < 2ull * f.shape.layers * min_layer_model)
+  const uint32_t block = f.transformed ? kTransformBlockBytes : 0;
+  if (f.model_bytes < block + 2ull * f.shape.layers * min_layer_model)
     return CorruptData("model section too small for the frame's shape");
   ByteReader r(b.subspan(kHeaderBytes, f.model_bytes));
+  FrameInfo coded = f;  // a transform-coded frame codes fp32 coefficients (docs/format.md 2.1)
+  if (f.transformed) KVCODEC_RETURN_IF_ERROR(parse_transform_block(r, f, coded));
   h.layers.resize(size_t(f.shape.layers) * 2);
-  for (auto& m : h.layers) KVCODEC_RETURN_IF_ERROR(parse_layer_model(r, f, m, f.table_bytes));
+  for (auto& m : h.layers) KVCODEC_RETURN_IF_ERROR(parse_layer_model(r, coded, m, f.table_bytes));
   if (!r.at_end()) return CorruptData("model section has trailing bytes");
   return h;
 }

@@ -75,6 +75,9 @@ size_t write_layer_model(const FrameInfo& f, const LayerModel& m, std::vector<ui
 // Writes header, model section and chunk index (checksummed) into `out` (resized to head_bytes).
 // f.chunks must hold sizes and checksums; offsets are assigned here, as are head/frame sizes.
 void write_head(FrameInfo& f, std::span<const uint8_t> model_section, std::vector<uint8_t>& out);
+// kInvalidArgument for a transform-coded frame (version 4), which only the profile decoder
+// (decode/decode_transform.cpp) reads; OK otherwise.
+Status require_plain_frame(const FrameInfo& f);
 // Parses and validates a head, including the model section.
 StatusOr<FrameHead> parse_head(std::span<const uint8_t> bytes);
 

@@ -17,8 +17,10 @@ KVCODEC_HD uint32_t clz64(uint64_t x) {
 #endif
 }
 
-// log2(x) * 2^32 for x >= 1, truncated (digit-by-digit squaring; error < 2^-28).
+// log2(x) * 2^32 for x >= 1, truncated (digit-by-digit squaring; error < 2^-28); 0 for x = 0
+// (callers weigh it by a count that is then 0; clz of 0 is undefined).
 KVCODEC_HD uint64_t log2_q32(uint64_t x) {
+  if (x == 0) return 0;
   const uint32_t e = 63 - clz64(x);
   uint64_t y = (x << (63 - e)) >> 32;  // mantissa in Q31, [2^31, 2^32)
   uint64_t frac = 0;

@@ -14,6 +14,7 @@
 #include "common/metrics.hpp"
 #include "common/stored_unit.hpp"
 #include "common/parallel.hpp"
+#include "common/profile_rows.hpp"
 #include "common/quant.hpp"
 #include "common/rans_lanes.hpp"
 #include "common/rans_step.hpp"
@@ -71,6 +72,7 @@ using detail::kRansM;
 StatusOr<std::shared_ptr<Decoder>> make_decoder(std::span<const uint8_t> head, uint32_t lb = 0,
                                                 uint32_t le = UINT32_MAX) {
   KVCODEC_ASSIGN_OR_RETURN(detail::FrameHead h, detail::parse_head(head));
+  KVCODEC_RETURN_IF_ERROR(detail::require_plain_frame(h.info));
   auto d = std::make_shared<Decoder>();
   d->info = std::move(h.info);
   d->es = dtype_size(d->info.dtype);
@@ -227,8 +229,9 @@ struct AvxLanes {
   // Decodes the next 8 symbols with the lanes of register xr, lane j using the table at 32-bit
   // word offset toff[j]. False when the stream runs out of words (corrupt).
   // kSkipIdle: branch over the word read when no lane renormalises (pays off when few steps
-  // read; a branch-free read wins when most do).
-  template <bool kSkipIdle>
+  // read; a branch-free read wins when most do). kChecked: the stream may end within the next
+  // 16 bytes (unchecked steps are for callers that know at least 16 bytes remain: words_left()).
+  template <bool kSkipIdle, bool kChecked = true>
   __attribute__((target("avx2,popcnt"), always_inline)) inline bool step_lanes(__m256i& xr, __m256i toff,
                                                                               __m256i* sym) {
     U32x8 x = U32x8(xr), slot, s;
@@ -247,7 +250,7 @@ struct AvxLanes {
     }
     const uint32_t n = uint32_t(__builtin_popcount(m));
     __m128i w16;
-    if (__builtin_expect(we - wp >= 16, 1)) {
+    if (!kChecked || __builtin_expect(we - wp >= 16, 1)) {
       w16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wp));
     } else {  // the stream's last words: never read past its end
       if (size_t(we - wp) < 2 * size_t(n)) return false;
@@ -263,6 +266,8 @@ struct AvxLanes {
     wp += 2 * n;
     return true;
   }
+  // Whether `steps` more steps can run unchecked: each consumes at most 8 words and reads 16 bytes.
+  bool room_for(uint32_t steps) const { return size_t(we - wp) >= 16 * size_t(steps); }
   // The next 8 symbols in stream order (register r, then the next).
   template <bool kSkipIdle>
   __attribute__((target("avx2,popcnt"))) bool step(__m256i toff, __m256i* sym) {
@@ -287,10 +292,11 @@ struct AnchorsAvx2 {
   enum : int { kOk = 0, kOutOfWords, kEscapesExhausted };
 
   // The 8 channels c.. of one token with the lanes of register xr; out is the token's row.
+  template <bool kChecked = true>
   __attribute__((target("avx2,f16c,popcnt"), always_inline)) inline int group(AvxLanes& lanes, __m256i& xr,
                                                                              uint32_t c, uint8_t* out) {
     __m256i sym;
-    if (!lanes.step_lanes<false>(xr, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(dl.anchor_tab_word.data() + c)),
+    if (!lanes.step_lanes<false, kChecked>(xr, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(dl.anchor_tab_word.data() + c)),
                                  &sym))
       return kOutOfWords;
     if (compute) {
@@ -324,8 +330,21 @@ struct AnchorsAvx2 {
     return kOk;
   }
 
+  // One token when C % 32 == 0 (it starts at register 0).
+  template <bool kChecked>
+  __attribute__((target("avx2,f16c,popcnt"), always_inline)) inline int token32(AvxLanes& lanes, uint32_t C,
+                                                                               uint8_t* out) {
+    int e = kOk;
+    for (uint32_t c = 0; c < C && e == kOk; c += 32)
+      if (!(e = group<kChecked>(lanes, lanes.X[0], c, out)) && !(e = group<kChecked>(lanes, lanes.X[1], c + 8, out)) &&
+          !(e = group<kChecked>(lanes, lanes.X[2], c + 16, out)))
+        e = group<kChecked>(lanes, lanes.X[3], c + 24, out);
+    return e;
+  }
+
   // k32 (C % 32 == 0): every token starts at lane 0, so each group's register is known at
-  // compile time and the lane states stay in registers.
+  // compile time and the lane states stay in registers; tokens whose every step is sure to find
+  // 16 bytes of words skip the per-step check.
   template <bool k32, typename RowOf>
   __attribute__((target("avx2,f16c,popcnt"))) Status run(uint32_t tokens, uint32_t C, LaneReader& rd, RowOf&& row) {
     AvxLanes lanes;
@@ -335,10 +354,7 @@ struct AnchorsAvx2 {
     for (uint32_t t = 0; t < tokens && e == kOk; ++t) {
       uint8_t* out = row(t);
       if constexpr (k32) {
-        for (uint32_t c = 0; c < C && e == kOk; c += 32)
-          if (!(e = group(lanes, lanes.X[0], c, out)) && !(e = group(lanes, lanes.X[1], c + 8, out)) &&
-              !(e = group(lanes, lanes.X[2], c + 16, out)))
-            e = group(lanes, lanes.X[3], c + 24, out);
+        e = lanes.room_for(C / 8) ? token32<false>(lanes, C, out) : token32<true>(lanes, C, out);
       } else {
         for (uint32_t c = 0; c < C && e == kOk; c += 8, g = (g + 1) & 3) e = group(lanes, lanes.X[g], c, out);
       }
@@ -379,16 +395,28 @@ __attribute__((target("avx2"), always_inline)) inline void store_interleaved(con
 
 // One step of every plane for the 8 channels c.. of one token, with register g of each plane's
 // lanes; the elements' bytes interleaved and stored at once. False when a stream ran out.
-template <uint32_t P>
+template <uint32_t P, bool kChecked = true>
 __attribute__((target("avx2,popcnt"), always_inline)) inline bool plane_group(AvxLanes* lanes, uint32_t g,
                                                                              const uint32_t* tab_word, uint32_t C,
                                                                              uint32_t c, uint8_t* out) {
   __m256i s[P];
   for (uint32_t q = 0; q < P; ++q)
-    if (!lanes[q].step_lanes<false>(lanes[q].X[g],
+    if (!lanes[q].step_lanes<false, kChecked>(lanes[q].X[g],
                                     _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tab_word + q * C + c)), &s[q]))
       return false;
   store_interleaved<P>(s, out + size_t(c) * P);
+  return true;
+}
+
+// One token's C elements when C % 32 == 0 (the token starts at register 0 of every plane).
+template <uint32_t P, bool kChecked>
+__attribute__((target("avx2,popcnt"), always_inline)) inline bool plane_token32(AvxLanes* lanes, const uint32_t* tw,
+                                                                               uint32_t C, uint8_t* out) {
+  for (uint32_t c = 0; c < C; c += 32)
+    if (!(plane_group<P, kChecked>(lanes, 0, tw, C, c, out) && plane_group<P, kChecked>(lanes, 1, tw, C, c + 8, out) &&
+          plane_group<P, kChecked>(lanes, 2, tw, C, c + 16, out) &&
+          plane_group<P, kChecked>(lanes, 3, tw, C, c + 24, out)))
+      return false;
   return true;
 }
 
@@ -410,10 +438,11 @@ __attribute__((target("avx2,popcnt"))) Status decode_planes_avx2(const DecLayer&
   for (uint32_t t = 0; t < tokens; ++t) {
     uint8_t* out = row(t);
     if constexpr (k32) {
-      for (uint32_t c = 0; c < C; c += 32)
-        if (!(plane_group<P>(lanes, 0, tw, C, c, out) && plane_group<P>(lanes, 1, tw, C, c + 8, out) &&
-              plane_group<P>(lanes, 2, tw, C, c + 16, out) && plane_group<P>(lanes, 3, tw, C, c + 24, out)))
-          return CorruptData("rANS stream ran out of words");
+      // Tokens whose every step is sure to find 16 bytes of words skip the per-step check.
+      bool room = true;
+      for (uint32_t q = 0; q < P; ++q) room &= lanes[q].room_for(C / 8);
+      if (!(room ? plane_token32<P, false>(lanes, tw, C, out) : plane_token32<P, true>(lanes, tw, C, out)))
+        return CorruptData("rANS stream ran out of words");
     } else {
       for (uint32_t c = 0; c < C; c += 8, g = (g + 1) & 3)
         if (!plane_group<P>(lanes, g, tw, C, c, out)) return CorruptData("rANS stream ran out of words");
@@ -646,6 +675,10 @@ Status FrameDecoder::decode_chunk(uint32_t chunk, std::span<const uint8_t> body,
 
 StatusOr<FrameStats> analyze_frame(std::span<const uint8_t> frame) {
   KVCODEC_RETURN_IF_ERROR(verify_frame(frame));
+  if (read_frame_info(frame)->transformed) {  // its coefficients' frame (decode_transform.cpp)
+    KVCODEC_ASSIGN_OR_RETURN(std::vector<uint8_t> coefficients, detail::coefficient_frame(frame));
+    return analyze_frame(coefficients);
+  }
   KVCODEC_ASSIGN_OR_RETURN(auto d, make_decoder(frame));
   const FrameInfo& f = d->info;
   const uint32_t C = uint32_t(f.shape.channels()), L = f.shape.layers;

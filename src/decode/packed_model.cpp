@@ -16,6 +16,8 @@ uint64_t align16(uint64_t n) { return (n + 15) & ~uint64_t(15); }
 StatusOr<PackedModel> pack_model(std::span<const uint8_t> head) {
   KVCODEC_ASSIGN_OR_RETURN(FrameHead h, parse_head(head));
   const FrameInfo& f = h.info;
+  // The GPU kernels do not apply the inverse transform yet (docs/design.md, "Not done").
+  if (f.transformed) return Unavailable("transform-coded frames (format version 4) are not decoded by the GPU backend yet");
   PackedModel pm;
   PackedLayout& l = pm.layout;
   l.dtype = uint8_t(f.dtype);

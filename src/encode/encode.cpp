@@ -23,6 +23,7 @@
 #include "encode/encode_values.hpp"
 #include "common/quant.hpp"
 #include "encode/quantize.hpp"
+#include "encode/unit_store.hpp"
 #include "common/simd.hpp"
 
 namespace kvcodec {
@@ -58,8 +59,7 @@ void encode_symbols(const std::vector<uint32_t>& fc, std::vector<uint16_t>& scra
 // Everything one (layer, K/V) task produces.
 struct LayerOutput {
   LayerModel model;
-  std::vector<std::vector<uint8_t>> units;  // per chunk
-  std::vector<uint8_t> stored;              // per chunk: 1 if the unit is stored raw
+  detail::UnitStore units;  // per chunk: its coded (or stored) unit
   Status status;
 };
 
@@ -92,6 +92,7 @@ struct Workspace {
   std::vector<uint32_t> codes, fc, esc_at, chan_off;
   std::vector<const uint32_t*> chan_lut;
   std::vector<uint16_t> scratch;
+  std::vector<uint8_t> unit;  // the unit being coded (then copied to the task's UnitStore)
 };
 
 // Workspaces of the tasks running now, and of finished ones kept for reuse. Large ones (long
@@ -120,6 +121,44 @@ class WorkspacePool {
 WorkspacePool& workspace_pool() {
   static WorkspacePool pool;
   return pool;
+}
+
+// Chunk [t0, t1) of the tokens, and the most bytes its unit can take (stored raw, or coded with
+// no more than the raw elements plus the fixed headers: common/stored_unit.hpp).
+void chunk_tokens(const Context& cx, uint32_t k, uint32_t* t0, uint32_t* t1) {
+  *t0 = k * cx.opt.chunk_tokens;
+  *t1 = std::min(cx.src.shape.tokens, *t0 + cx.opt.chunk_tokens);
+}
+uint64_t max_unit_bytes(const Context& cx, uint32_t k) {
+  uint32_t t0, t1;
+  chunk_tokens(cx, k, &t0, &t1);
+  const bool lossless = cx.opt.level == 0;
+  return detail::stored_unit_bytes(uint64_t(t1 - t0) * cx.src.shape.channels(), uint32_t(cx.es)) +
+         detail::coded_unit_headers(lossless ? uint32_t(cx.es) : 1, lossless);
+}
+
+// Appends chunk k's unit to the task's store: its coded bytes, or the raw elements when coding
+// adds more than they take (a stored unit, docs/format.md 4.4). raw: the (layer, K/V)'s
+// [tokens][C], rows cx.rp apart.
+Status commit_unit(const Context& cx, const uint8_t* raw, uint32_t k, const std::vector<uint8_t>& unit,
+                   detail::UnitStore& store) {
+  uint32_t t0, t1;
+  chunk_tokens(cx, k, &t0, &t1);
+  const uint64_t n = uint64_t(t1 - t0) * cx.src.shape.channels();
+  const bool lossless = cx.opt.level == 0;
+  const bool stored = detail::store_unit(unit.size(), n, uint32_t(cx.es), lossless ? uint32_t(cx.es) : 1, lossless);
+  const size_t bytes = stored ? size_t(detail::stored_unit_bytes(n, uint32_t(cx.es))) : unit.size();
+  uint8_t* p = store.extend(bytes);
+  if (!p) return Internal("coded unit larger than its bound");
+  if (stored) {
+    const size_t row = size_t(cx.src.shape.channels()) * cx.es;
+    for (uint32_t t = t0; t < t1; ++t) std::memcpy(p + (t - t0) * row, raw + t * cx.rp, row);
+    std::memset(p + (t1 - t0) * row, 0, bytes - (t1 - t0) * row);
+  } else {
+    std::memcpy(p, unit.data(), bytes);
+  }
+  store.commit(bytes, stored);
+  return Status::Ok();
 }
 
 // Lossless: each byte plane of the elements is coded with per-(group, plane) tables.
@@ -228,10 +267,10 @@ void encode_lossless(const Context& cx, const uint8_t* raw, Workspace& ws, Layer
     for (uint32_t c = 0; c < C; ++c)
       ws.chan_off[size_t(p) * C + c] = (uint32_t(m.channel_group[c]) * P + p) * detail::kLosslessBins;
   const bool avx2 = detail::avx2_enabled();
-  out.units.resize(cx.chunks);
   for (uint32_t k = 0; k < cx.chunks; ++k) {
     const uint32_t t0 = k * cx.opt.chunk_tokens, t1 = std::min(T, t0 + cx.opt.chunk_tokens);
     ws.fc.resize(size_t(t1 - t0) * C);
+    ws.unit.clear();
     for (uint32_t p = 0; p < P; ++p) {
       const uint32_t* off = &ws.chan_off[size_t(p) * C];
       for (uint32_t t = t0; t < t1; ++t) {
@@ -245,8 +284,9 @@ void encode_lossless(const Context& cx, const uint8_t* raw, Workspace& ws, Layer
 #endif
         plane_codes_scalar(e, P, p, off, C, codes.data(), f);
       }
-      encode_symbols(ws.fc, ws.scratch, out.units[k]);
+      encode_symbols(ws.fc, ws.scratch, ws.unit);
     }
+    if (!(out.status = commit_unit(cx, raw, k, ws.unit, out.units)).ok()) return;
   }
   (void)avx2;
 }
@@ -554,11 +594,11 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, Workspa
   for (uint32_t r = 0; r < slots; ++r)
     for (uint32_t c = 0; c < C; ++c)
       ws.chan_off[size_t(r) * C + c] = (uint32_t(m.channel_group[c]) * slots + r) * detail::kLossyBins;
-  out.units.resize(cx.chunks);
   for (uint32_t k = 0; k < cx.chunks; ++k) {
     const uint32_t t0 = k * CT, t1 = std::min(T, t0 + CT);
     lossy_chunk_codes(val, VP, t0, t1, C, GT, fc_lut.data(), ws);
-    auto& unit = out.units[k];
+    auto& unit = ws.unit;
+    unit.clear();
     encode_symbols(ws.fc, ws.scratch, unit);
     // The escaped values' raw elements, in symbol order, after their count.
     const size_t base = unit.size();
@@ -569,24 +609,7 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, Workspa
       std::memcpy(e, raw + size_t(t0 + j / C) * cx.rp + size_t(j % C) * cx.es, cx.es);
       e += cx.es;
     }
-  }
-}
-
-// Replaces every unit whose coded form is larger than the raw elements plus its fixed headers by
-// the raw elements (a stored unit, docs/format.md 4.4). raw: the (layer, K/V)'s [tokens][C].
-void store_large_units(const Context& cx, const uint8_t* raw, LayerOutput& out) {
-  const uint64_t C = cx.src.shape.channels();
-  const bool lossless = cx.opt.level == 0;
-  const uint32_t planes = lossless ? uint32_t(cx.es) : 1;
-  out.stored.assign(cx.chunks, 0);
-  for (uint32_t k = 0; k < cx.chunks; ++k) {
-    const uint32_t t0 = k * cx.opt.chunk_tokens, t1 = std::min(cx.src.shape.tokens, t0 + cx.opt.chunk_tokens);
-    const uint64_t n = uint64_t(t1 - t0) * C;
-    if (!detail::store_unit(out.units[k].size(), n, uint32_t(cx.es), planes, lossless)) continue;
-    const size_t row = size_t(C) * cx.es;
-    out.units[k].assign(detail::stored_unit_bytes(n, uint32_t(cx.es)), 0);
-    for (uint32_t t = t0; t < t1; ++t) std::memcpy(out.units[k].data() + (t - t0) * row, raw + t * cx.rp, row);
-    out.stored[k] = 1;
+    if (!(out.status = commit_unit(cx, raw, k, unit, out.units)).ok()) return;
   }
 }
 
@@ -601,7 +624,7 @@ size_t max_encoded_size(const KVShape& shape, DType dtype, const EncodeOptions& 
   uint64_t total = kHeaderBytes + chunks * kIndexEntryBytes;
   total += 2 * L * detail::max_layer_model_bytes(C, o.table_groups, slots, lossless);
   // Per chunk: unit directory; per unit at most its raw elements (padded) plus the fixed headers
-  // of a coded unit -- larger coded units are stored raw (store_large_units).
+  // of a coded unit -- larger coded units are stored raw (commit_unit).
   const uint32_t planes = lossless ? uint32_t(es) : 1;
   const uint64_t headers = detail::coded_unit_headers(planes, lossless);
   const uint64_t full = shape.tokens / o.chunk_tokens, rest = shape.tokens % o.chunk_tokens;
@@ -624,13 +647,18 @@ static StatusOr<size_t> encode_frame(const KVView& src, const EncodeOptions& o, 
   std::vector<LayerOutput> outs(size_t(L) * 2);
   KVCODEC_RETURN_IF_ERROR(detail::parallel_for(outs.size(), o.threads, [&](size_t task) {
     const uint32_t l = uint32_t(task / 2), kv = uint32_t(task % 2);
+    uint64_t reserve = 0;
+    for (uint32_t k = 0; k < chunks; ++k) reserve += max_unit_bytes(cx, k);
+    if (reserve > SIZE_MAX || !(outs[task].status = outs[task].units.reserve(size_t(reserve))).ok()) {
+      if (outs[task].status.ok()) outs[task].status = ResourceExhausted("coded units larger than the address space");
+      return;
+    }
     std::unique_ptr<Workspace> ws = workspace_pool().take();
     ws->raw.resize(size_t(sh.tokens) * cx.rp);  // gathered next
     const uint8_t* raw = ws->raw.data();
     gather(src, l, kv, ws->raw.data(), cx.rp);
     if (o.level == 0) encode_lossless(cx, raw, *ws, outs[task]);
     else encode_lossy(cx, l, raw, *ws, outs[task]);
-    if (outs[task].status.ok()) store_large_units(cx, raw, outs[task]);
     const size_t ws_bytes = ws->raw.capacity() * 4;  // about: raw, values, counts
     workspace_pool().give(std::move(ws), ws_bytes);
   }));
@@ -640,7 +668,7 @@ static StatusOr<size_t> encode_frame(const KVView& src, const EncodeOptions& o, 
 
   FrameInfo f = detail::frame_info_for(sh, src.dtype, o);
   for (const auto& lo : outs)
-    if (std::find(lo.stored.begin(), lo.stored.end(), 1) != lo.stored.end()) f.format_version = kStoredUnitsFormatVersion;
+    if (lo.units.any_stored()) f.format_version = kStoredUnitsFormatVersion;
   std::vector<uint8_t> model;
   for (const auto& lo : outs) f.table_bytes += detail::write_layer_model(f, lo.model, model);
 
@@ -649,8 +677,8 @@ static StatusOr<size_t> encode_frame(const KVView& src, const EncodeOptions& o, 
   for (uint32_t k = 0; k < chunks; ++k) {
     uint64_t size = dir_bytes;
     for (const auto& lo : outs) {
-      size += lo.units[k].size();
-      if (f.format_version == kStoredUnitsFormatVersion && lo.units[k].size() >= kStoredUnitFlag)
+      size += lo.units.size(k);
+      if (f.format_version == kStoredUnitsFormatVersion && lo.units.size(k) >= kStoredUnitFlag)
         return ResourceExhausted("unit of 2 GiB or more in a frame with stored units: use smaller chunk_tokens");
     }
     if (size > UINT32_MAX) return ResourceExhausted("chunk larger than 4 GiB: use smaller chunk_tokens");
@@ -663,17 +691,27 @@ static StatusOr<size_t> encode_frame(const KVView& src, const EncodeOptions& o, 
   if (f.frame_bytes > dst.size())
     return BufferTooSmall("frame needs " + std::to_string(f.frame_bytes) + " bytes, buffer has " +
                           std::to_string(dst.size()));
-  KVCODEC_RETURN_IF_ERROR(detail::parallel_for(chunks, o.threads, [&](size_t k) {
+  // Chunk bodies one at a time, its units copied in parallel (each task's store by one thread);
+  // the pages of each unit are handed back once it is copied, so the units and the frame are
+  // never both held in full, even when the frame is one chunk.
+  std::vector<size_t> at(outs.size());  // where each unit of the chunk goes in its body
+  for (uint32_t k = 0; k < chunks; ++k) {
     uint8_t* p = dst.data() + f.chunks[k].offset;
-    uint8_t* unit = p + dir_bytes;
+    size_t pos = dir_bytes;
     for (size_t i = 0; i < outs.size(); ++i) {
-      const auto& u = outs[i].units[k];
-      detail::store_le32(p + 4 * i, uint32_t(u.size()) | (outs[i].stored[k] ? kStoredUnitFlag : 0));
-      std::memcpy(unit, u.data(), u.size());
-      unit += u.size();
+      const detail::UnitStore& u = outs[i].units;
+      detail::store_le32(p + 4 * i, uint32_t(u.size(k)) | (u.stored(k) ? kStoredUnitFlag : 0));
+      at[i] = pos;
+      pos += u.size(k);
     }
+    KVCODEC_RETURN_IF_ERROR(detail::parallel_ranges(outs.size(), o.threads, 1, [&](size_t b, size_t e) {
+      for (size_t i = b; i < e; ++i) {
+        std::memcpy(p + at[i], outs[i].units.data(k), outs[i].units.size(k));
+        outs[i].units.release_below(k + 1);
+      }
+    }));
     f.chunks[k].checksum = detail::frame_checksum(f.format_version, p, f.chunks[k].size);
-  }));
+  }
   detail::write_head(f, model, head);
   std::memcpy(dst.data(), head.data(), head.size());
   return size_t(f.frame_bytes);

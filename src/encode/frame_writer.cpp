@@ -76,7 +76,7 @@ void write_head(FrameInfo& f, std::span<const uint8_t> model, std::vector<uint8_
   store_le32(p + kOffNumChunks, n);
   store_le32(p + kOffModelBytes, uint32_t(model.size()));
   store_le64(p + kOffFrameBytes, f.frame_bytes);
-  std::memcpy(p + kHeaderBytes, model.data(), model.size());
+  if (!model.empty()) std::memcpy(p + kHeaderBytes, model.data(), model.size());
   uint8_t* idx = p + kHeaderBytes + model.size();
   for (uint32_t i = 0; i < n; ++i, idx += kIndexEntryBytes) {
     store_le64(idx, f.chunks[i].offset);

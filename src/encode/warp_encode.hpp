@@ -295,7 +295,7 @@ KVCODEC_HD uint32_t warp_encode_unit_planes(W& w, const EncodeLayout& el, const 
   const uint32_t n = el.chunk_token_count(k) * C;  // < 2^29: chunk_tokens * channels
   const uint64_t sym0 = el.stage_symbol(k, u);
   uint16_t* words = stg.words + uint64_t(P) * sym0;
-  uint8_t* escapes = stg.escapes + uint64_t(es) * sym0;
+  uint8_t* escapes = el.lossless ? nullptr : stg.escapes + uint64_t(es) * sym0;  // none staged when lossless
   const uint32_t* codes = tab.codes + uint64_t(u) * el.max_tables * bins;
   const uint16_t* tbase = tab.table_base + uint64_t(u) * C;
   const LaneGrid* lane = tab.lane + uint64_t(u) * C;

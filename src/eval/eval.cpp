@@ -13,6 +13,7 @@
 #include "kvcodec/eval.hpp"
 #include "kvcodec/model.hpp"
 #include "kvcodec/tokenizer.hpp"
+#include "transform.hpp"
 
 namespace kvcodec::eval {
 namespace {
@@ -356,6 +357,29 @@ StatusOr<EvalReport> run_eval(const EvalOptions& o) {
   report.thresholds = compute_thresholds(report.rows);
   report.seconds = elapsed();
   return report;
+}
+
+StatusOr<Profile> calibrate_model_profile(const CalibrateOptions& o) {
+  if (o.contexts == 0) return InvalidArgument("contexts must be at least 1");
+  KVCODEC_ASSIGN_OR_RETURN(Model model, Model::load(o.model_path));
+  KVCODEC_ASSIGN_OR_RETURN(Tokenizer tok, Tokenizer::open(o.tokenizer));
+  if (tok.vocab_size() != model.config().vocab_size) return InvalidArgument("tokenizer vocabulary differs from the model's");
+  const uint32_t n = o.context_tokens ? o.context_tokens : model.config().seq_len * 3 / 4;
+  if (n < 1 || n > model.config().seq_len)
+    return InvalidArgument("context tokens must be 1.." + std::to_string(model.config().seq_len));
+  KVCODEC_ASSIGN_OR_RETURN(std::string text, read_text(o.text_path));
+  KVCODEC_ASSIGN_OR_RETURN(uint64_t last, last_offset(tok, text, n));
+  Calibration cal;
+  for (uint32_t i = 0; i < o.contexts; ++i) {
+    const uint64_t off = o.contexts > 1 ? last * i / (o.contexts - 1) : 0;
+    KVCODEC_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, context_tokens(tok, text, off, n));
+    KVState st = model.new_state();
+    KVCODEC_RETURN_IF_ERROR(model.forward(tokens, st, nullptr));
+    cal.caches.push_back(float_kv_of(st));
+    round_to_f16(cal.caches.back());
+  }
+  KVCODEC_ASSIGN_OR_RETURN(auto p, internal::calibrate_profile(cal.caches, o.keys_before_rope, cal.rope_theta));
+  return internal::to_library_profile(*p, cal.rope_theta);
 }
 
 }  // namespace kvcodec::eval

@@ -44,8 +44,17 @@ class KvpcaScheme final : public ProfileScheme {
   KvpcaScheme(std::string name, const PcaParams& p)
       : ProfileScheme(std::move(name), p.options.level, level_label(p.options.level), p.undo_rope), p_(p) {}
 
+  Status calibrate(const Calibration& cal) override {
+    KVCODEC_RETURN_IF_ERROR(ProfileScheme::calibrate(cal));
+    if (p_.library) {
+      KVCODEC_ASSIGN_OR_RETURN(library_, to_library_profile(*profile_, theta_));
+    }
+    return Status::Ok();
+  }
+
   StatusOr<uint64_t> run(const FloatKV& in, FloatKV& out) const override {
     KVCODEC_RETURN_IF_ERROR(check_calibrated());
+    if (p_.library) return run_library(in, out);
     FloatKV coef;
     forward_transform(*profile_, theta_, in, coef);
     const KVShape& sh = in.shape;
@@ -61,7 +70,23 @@ class KvpcaScheme final : public ProfileScheme {
   }
 
  private:
+  // The format itself: the f16 cache encoded with the library's profile (format version 4) and
+  // decoded with it; bytes = the whole frame.
+  StatusOr<uint64_t> run_library(const FloatKV& in, FloatKV& out) const {
+    const KVShape& sh = in.shape;
+    std::vector<uint16_t> half(in.values.size());
+    for (size_t i = 0; i < half.size(); ++i) half[i] = detail::f32_to_f16(in.values[i]);
+    std::vector<uint8_t> frame(max_encoded_size(sh, DType::kF16, p_.options, library_));
+    KVCODEC_ASSIGN_OR_RETURN(size_t n, encode_into(contiguous_view(half.data(), DType::kF16, sh), p_.options, library_, frame));
+    frame.resize(n);
+    KVCODEC_RETURN_IF_ERROR(decode_into(frame, library_, contiguous_view(half.data(), DType::kF16, sh)));
+    out = FloatKV::zeros(sh);
+    for (size_t i = 0; i < half.size(); ++i) out.values[i] = detail::f16_to_f32(half[i]);
+    return uint64_t(n);
+  }
+
   PcaParams p_;
+  kvcodec::Profile library_;
 };
 
 // ---- kvtc ---------------------------------------------------------------------------------

@@ -177,6 +177,10 @@ Status add_entry(Entry& e, SchemeList& out) {
     if (basis != "profile" && basis != "frame") return e.error("basis: expected profile or frame");
     p.undo_rope = rope == "undo";
     p.basis_in_frame = basis == "frame";
+    const std::string format = e.value("format", "eval");
+    if (format != "eval" && format != "v4") return e.error("format: expected eval or v4");
+    p.library = format == "v4";
+    if (p.library && p.basis_in_frame) return e.error("format=v4 takes its basis from the profile");
     for (long long lv : levels) {
       o.level = int(lv);
       out.push_back(make_kvpca(e.curve_name("levels"), p));

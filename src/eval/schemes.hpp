@@ -53,6 +53,7 @@ struct PcaParams {
   EncodeOptions options;        // kvcodec options for the coefficients (options.level the level)
   bool undo_rope = true;        // keys decorrelated before RoPE
   bool basis_in_frame = false;  // count the fp16 basis in every context's bytes
+  bool library = false;         // format=v4: the library's profile frames (encode_into with a profile)
 };
 std::unique_ptr<Scheme> make_kvpca(std::string name, const PcaParams& params);
 struct KvtcParams {

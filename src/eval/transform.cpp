@@ -67,6 +67,16 @@ StatusOr<std::shared_ptr<const Profile>> calibrate_profile(const std::vector<Flo
   return std::shared_ptr<const Profile>(std::move(p));
 }
 
+StatusOr<kvcodec::Profile> to_library_profile(const Profile& p, double rope_theta) {
+  std::vector<float> means, axes;
+  for (const HeadBasis& b : p.heads) {
+    for (double v : b.mean) means.push_back(float(v));
+    for (double v : b.axes) axes.push_back(float(v));
+  }
+  return make_profile(p.shape.layers, p.shape.kv_heads, p.shape.head_dim, std::move(means), std::move(axes),
+                      p.keys_before_rope, rope_theta);
+}
+
 namespace {
 
 // Calls f(basis, row of `from`, row of `to`, token) for every (layer, K/V, head, token); rows

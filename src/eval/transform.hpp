@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kvcodec/baselines.hpp"
+#include "kvcodec/profile.hpp"
 
 namespace kvcodec::eval::internal {
 
@@ -37,6 +38,10 @@ struct Profile {
 // Calibrates a profile from caches of the same model (same layers, heads, head_dim).
 StatusOr<std::shared_ptr<const Profile>> calibrate_profile(const std::vector<FloatKV>& caches, bool keys_before_rope,
                                                            double rope_theta);
+
+// The library's profile (fp32 means and axes, RoPE tables) of an eval profile: what frames of
+// format version 4 are coded with.
+StatusOr<kvcodec::Profile> to_library_profile(const Profile& p, double rope_theta);
 
 // y = axes * (x - mean) per head, keys un-rotated first when the profile says so. `coef` gets
 // in's shape: channel h * head_dim + i is component i of head h.

@@ -5,6 +5,7 @@
 #include <span>
 
 #include "fuzz_util.hpp"
+#include "identity_profile.hpp"
 #include "kvcodec/codec.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -19,5 +20,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   (void)decode_into(frame, dst->view(), o);
   o.verify_checksums = true;
   (void)decode_into(frame, lmcache_view(dst->data.data(), dst->dtype, dst->shape), o);
+  if (info->transformed) {  // version 4: through the transform, with a profile the frame names
+    auto p = fuzz_identity_profile(info->shape, true);
+    if (!p.ok()) return 0;
+    p->digest = info->profile_digest;
+    o.verify_checksums = false;
+    (void)decode_into(frame, *p, dst->view(), o);
+  }
   return 0;
 }

@@ -12,6 +12,9 @@
 #include "kvcodec/codec.hpp"
 #include "common/dtype.hpp"
 #include "kvcodec/io.hpp"
+#include "kvcodec/profile.hpp"
+
+#include "identity_profile.hpp"
 
 namespace {
 
@@ -73,6 +76,18 @@ void write_frames(const std::filesystem::path& dir) {
     const std::string path = (dir / ("seed" + std::to_string(i++) + ".kvc")).string();
     check(write_file(path, frame.data(), *size), "write " + path);
   }
+  // Version 4 (transform-coded, docs/format.md 2.1): the fuzzers' identity_profile decodes it.
+  const KVShape shape{2, 24, 2, 8};
+  KVCache kv = make_cache(DType::kF16, shape);
+  auto profile = kvcodec::fuzz_identity_profile(shape, true);
+  check(profile.status(), "profile");
+  EncodeOptions o;
+  o.chunk_tokens = 8;
+  std::vector<uint8_t> frame(max_encoded_size(shape, DType::kF16, o, *profile));
+  auto size = encode_into(kv.view(), o, *profile, frame, 7);
+  check(size.status(), "encode v4");
+  const std::string path = (dir / "seed_v4.kvc").string();
+  check(write_file(path, frame.data(), *size), "write " + path);
 }
 
 void write_files(const std::filesystem::path& st_dir, const std::filesystem::path& npy_dir) {

@@ -1,19 +1,21 @@
 // kvcodec decode: decompresses a .kvc frame into a single "kv" tensor file.
 #include <chrono>
 #include <cstdio>
+#include <optional>
 #include <vector>
 
 #include "cli.hpp"
 #include "commands.hpp"
 #include "kvcodec/codec.hpp"
 #include "kvcodec/io.hpp"
+#include "profile_file.hpp"
 
 namespace kvcodec::cli {
 namespace {
 
 // The options of `kvcodec decode`.
 struct DecodeArgs {
-  std::string in, output;
+  std::string in, output, profile;
   int threads = 0;                              // all cores
   int64_t max_decoded_bytes = int64_t(4) << 30;  // 0 = no limit
 };
@@ -24,12 +26,13 @@ void declare(Command& cmd, DecodeArgs& o) {
   cmd.option("--threads", o.threads, "worker threads, 0 = all cores (default 0)", Range{0, 4096});
   cmd.option("--max-decoded-bytes", o.max_decoded_bytes,
              "refuse frames that decode to more bytes, 0 = no limit (default 4 GiB)", Range{0, INT64_MAX});
+  cmd.option("--profile", o.profile, "the profile a transform-coded frame (format version 4) was encoded with");
 }
 
 }  // namespace
 
 int cmd_decode(int argc, char** argv) {
-  Command cmd("decode", "kvcodec decode IN.kvc -o OUT.safetensors [--threads N] [--max-decoded-bytes B]");
+  Command cmd("decode", "kvcodec decode IN.kvc -o OUT.safetensors [--threads N] [--max-decoded-bytes B] [--profile P.kvprofile]");
   DecodeArgs a;
   declare(cmd, a);
   if (auto exit = cmd.parse(argc, argv)) return *exit;
@@ -41,6 +44,13 @@ int cmd_decode(int argc, char** argv) {
   if (!frame.ok()) return cmd.fail(frame.status());
   StatusOr<FrameInfo> info = read_frame_info(frame->bytes());
   if (!info.ok()) return cmd.fail(info.status().with_context(in));
+  std::optional<Profile> profile;
+  if (!a.profile.empty()) {
+    StatusOr<Profile> p = load_profile(a.profile);
+    if (!p.ok()) return cmd.fail(p.status());
+    profile = std::move(*p);
+  }
+  if (Status s = check_frame_profile(*info, profile ? &*profile : nullptr); !s.ok()) return cmd.fail(s.with_context(in));
   DecodeOptions o;
   o.threads = a.threads;
   o.max_decoded_bytes = uint64_t(a.max_decoded_bytes);
@@ -56,7 +66,7 @@ int cmd_decode(int argc, char** argv) {
     layers.layer_end = le;
     layers.verify_checksums = lb == 0;  // chunk checksums cover every layer: checked with the first
     const auto start = std::chrono::steady_clock::now();
-    Status s = decode_into(frame->bytes(), v, layers);
+    Status s = profile ? decode_into(frame->bytes(), *profile, v, layers) : decode_into(frame->bytes(), v, layers);
     seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     decode_failed = !s.ok();
     return s;

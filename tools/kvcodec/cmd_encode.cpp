@@ -1,19 +1,22 @@
 // kvcodec encode: compresses a KV cache file (.safetensors / .npy) into a .kvc frame.
 #include <chrono>
 #include <cstdio>
+#include <optional>
 #include <vector>
 
 #include "cli.hpp"
 #include "commands.hpp"
 #include "kvcodec/codec.hpp"
 #include "kvcodec/io.hpp"
+#include "profile_file.hpp"
 
 namespace kvcodec::cli {
 namespace {
 
 // The options of `kvcodec encode`; the codec's settings are bound straight to EncodeOptions.
 struct EncodeArgs {
-  std::string in, output;
+  std::string in, output, profile;
+  uint32_t first_position = 0;
   EncodeOptions codec = [] {
     EncodeOptions o;
     o.threads = 0;  // all cores: the output does not depend on it
@@ -33,6 +36,9 @@ void declare(Command& cmd, EncodeArgs& o) {
              Range{1, kMaxTableGroups});
   cmd.option("--threads", o.codec.threads, "worker threads, 0 = all cores (default 0); output does not depend on it",
              Range{0, 4096});
+  cmd.option("--profile", o.profile, "transform-code with this profile (kvcodec calibrate; format version 4, levels 1..9)");
+  cmd.option("--first-position", o.first_position, "RoPE position of the first token (with --profile; default 0)",
+             Range{0, kMaxTokens - 1});
 }
 
 }  // namespace
@@ -40,7 +46,7 @@ void declare(Command& cmd, EncodeArgs& o) {
 int cmd_encode(int argc, char** argv) {
   Command cmd("encode",
               "kvcodec encode IN -o OUT.kvc [--level N] [--chunk-tokens N] [--group-tokens N] "
-              "[--table-groups N] [--threads N]");
+              "[--table-groups N] [--threads N] [--profile P.kvprofile [--first-position N]]");
   EncodeArgs a;
   declare(cmd, a);
   if (auto exit = cmd.parse(argc, argv)) return *exit;
@@ -52,12 +58,21 @@ int cmd_encode(int argc, char** argv) {
   StatusOr<KVFile> kv = KVFile::open(in);  // the file read once, viewed in place
   if (!kv.ok()) return cmd.fail(kv.status());
   if (Status s = validate_options(o); !s.ok()) return cmd.fail(s);
+  std::optional<Profile> profile;
+  if (!a.profile.empty()) {
+    StatusOr<Profile> p = load_profile(a.profile);
+    if (!p.ok()) return cmd.fail(p.status());
+    profile = std::move(*p);
+  }
+  const size_t capacity = profile ? max_encoded_size(kv->shape(), kv->dtype(), o, *profile)
+                                  : max_encoded_size(kv->shape(), kv->dtype(), o);
 
   size_t size = 0;
   double seconds = 0;
-  const Status st = write_file_with(out, max_encoded_size(kv->shape(), kv->dtype(), o), [&](std::span<uint8_t> frame) {
+  const Status st = write_file_with(out, capacity, [&](std::span<uint8_t> frame) {
     const auto start = std::chrono::steady_clock::now();
-    StatusOr<size_t> n = encode_into(kv->view(), o, frame);
+    StatusOr<size_t> n = profile ? encode_into(kv->view(), o, *profile, frame, a.first_position)
+                                 : encode_into(kv->view(), o, frame);
     seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (n.ok()) size = *n;
     return n;

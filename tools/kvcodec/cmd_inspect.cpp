@@ -13,13 +13,14 @@
 #include "kvcodec/codec.hpp"
 #include "kvcodec/format.hpp"
 #include "kvcodec/io.hpp"
+#include "profile_file.hpp"
 
 namespace kvcodec::cli {
 namespace {
 
 // The options of `kvcodec inspect`.
 struct InspectArgs {
-  std::string in;
+  std::string in, profile;
   bool json = false;     // one JSON object instead of text
   bool entropy = false;  // decode every stream and compare with the empirical entropy
 };
@@ -28,6 +29,7 @@ void declare(Command& cmd, InspectArgs& o) {
   cmd.positional("IN.kvc", o.in, "frame written by kvcodec encode");
   cmd.flag("--json", o.json, "print one JSON object instead of text");
   cmd.flag("--entropy", o.entropy, "decode every stream and compare the payload with the symbols' empirical entropy");
+  cmd.option("--profile", o.profile, "check a transform-coded frame (format version 4) against this profile");
 }
 
 const char* step_mode_name(StepMode m) { return m == StepMode::kLayer ? "layer" : "channel"; }
@@ -63,6 +65,9 @@ void print_json(const FrameInfo& f, uint64_t file_bytes, const Status& verified,
                 st->word_bytes, st->lane_bytes, st->escape_bytes,
                 number(excess_pct(8.0 * double(st->word_bytes), st->entropy_bits)).c_str(),
                 number(excess_pct(8.0 * double(st->lane_bytes), st->entropy_bits)).c_str());
+  if (f.transformed)
+    std::printf("\"profile_digest\": \"%s\", \"first_position\": %u, ", digest_hex(f.profile_digest).c_str(),
+                f.first_position);
   std::printf("\"chunk_list\": [");
   for (size_t i = 0; i < f.chunks.size(); ++i) {
     const ChunkInfo& c = f.chunks[i];
@@ -93,6 +98,9 @@ void print_text(const std::string& path, const FrameInfo& f, uint64_t file_bytes
                 file_bytes - f.frame_bytes);
   std::printf("rate          %.4f bits/element, %.2fx smaller than %s\n", f.bits_per_element(),
               double(raw) / double(f.frame_bytes), dtype_name(f.dtype));
+  if (f.transformed)
+    std::printf("transform     per-head PCA with profile %s, first position %u (decode needs --profile)\n",
+                digest_hex(f.profile_digest).c_str(), f.first_position);
   std::printf("checksums     %s\n", verified.ok() ? "ok" : verified.to_string().c_str());
   std::printf("tables        %.3f%% of the frame\n", 100.0 * double(f.table_bytes) / double(f.frame_bytes));
   if (st) {
@@ -113,7 +121,7 @@ void print_text(const std::string& path, const FrameInfo& f, uint64_t file_bytes
 }  // namespace
 
 int cmd_inspect(int argc, char** argv) {
-  Command cmd("inspect", "kvcodec inspect IN.kvc [--json] [--entropy]");
+  Command cmd("inspect", "kvcodec inspect IN.kvc [--json] [--entropy] [--profile P.kvprofile]");
   InspectArgs a;
   declare(cmd, a);
   if (auto exit = cmd.parse(argc, argv)) return *exit;
@@ -123,6 +131,11 @@ int cmd_inspect(int argc, char** argv) {
   if (!frame.ok()) return cmd.fail(frame.status());
   StatusOr<FrameInfo> info = read_frame_info(*frame);
   if (!info.ok()) return cmd.fail(info.status().with_context(in));
+  if (!a.profile.empty()) {
+    StatusOr<Profile> p = load_profile(a.profile);
+    if (!p.ok()) return cmd.fail(p.status());
+    if (Status s = check_frame_profile(*info, &*p); !s.ok()) return cmd.fail(s.with_context(in));
+  }
   const Status verified = verify_frame(*frame);
   std::optional<FrameStats> stats;
   if (a.entropy && verified.ok()) {

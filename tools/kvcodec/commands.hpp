@@ -17,5 +17,6 @@ int cmd_sweep(int argc, char** argv);
 int cmd_store(int argc, char** argv);
 int cmd_loadgen(int argc, char** argv);
 int cmd_demo(int argc, char** argv);
+int cmd_calibrate(int argc, char** argv);
 
 }  // namespace kvcodec::cli

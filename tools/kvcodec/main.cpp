@@ -21,6 +21,7 @@ const Command kCommands[] = {
     {"inspect", kvcodec::cli::cmd_inspect, "describe a .kvc frame (--json)"},
     {"bench", kvcodec::cli::cmd_bench, "measure encode/decode speed and size against zstd"},
     {"kv-dump", kvcodec::cli::cmd_kv_dump, "prefill a model on text (or synthesize) and export its KV"},
+    {"calibrate", kvcodec::cli::cmd_calibrate, "calibrate a transform-coding profile of a model (--profile)"},
     {"eval", kvcodec::cli::cmd_eval, "measure model quality of every scheme on real caches"},
     {"put", kvcodec::cli::cmd_put, "store a context as multi-level chunks"},
     {"serve", kvcodec::cli::cmd_serve, "serve stored contexts over TCP through an emulated link"},

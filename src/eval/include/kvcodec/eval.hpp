@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "kvcodec/baselines.hpp"
+#include "kvcodec/profile.hpp"
 #include "kvcodec/status.hpp"
 #include "kvcodec/tensor.hpp"
 
@@ -132,5 +133,18 @@ std::vector<Threshold> compute_thresholds(const std::vector<SchemeRow>& rows);
 std::string report_json(const EvalReport& report);
 std::string report_table(const EvalReport& report);
 std::string report_svg(const EvalReport& report);
+
+// `kvcodec calibrate`: a transform-coding profile (include/kvcodec/profile.hpp) of a model from
+// the caches of `contexts` contexts of `context_tokens` tokens spread over a text, f16-rounded
+// as eval's caches are (per (layer, K/V, kv head) PCA, keys before RoPE unless told otherwise).
+struct CalibrateOptions {
+  std::string model_path;
+  std::string tokenizer = "bytes";
+  std::string text_path;
+  uint32_t contexts = 8;
+  uint32_t context_tokens = 0;  // 0 = 3/4 of the model's seq_len
+  bool keys_before_rope = true;
+};
+StatusOr<Profile> calibrate_model_profile(const CalibrateOptions& options);
 
 }  // namespace kvcodec::eval

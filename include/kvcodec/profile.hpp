@@ -1,0 +1,70 @@
+// Transform coding with a per-model PROFILE (issue 10; spec: docs/format.md 2.1 and 8).
+//
+// A profile holds, per (layer, K/V, kv head), the mean and the principal axes (PCA / KLT) of
+// the head_dim channels, calibrated once per model on caches of other contexts (`kvcodec
+// calibrate`). Encoding with a profile codes the coefficients y = A (x - mean) of every (token,
+// head) row -- keys rotated back to before RoPE first when the profile says so -- with the
+// ordinary quantizer and entropy coder; the frame (format version 4) names the profile by its
+// digest, and decoding needs that profile: without it, or with another, decode fails with
+// kInvalidArgument and writes nothing. Level 0 (lossless) has no transform.
+//
+// Determinism: the transforms are fixed sequences of IEEE double operations (no FMA, no libm:
+// RoPE uses the profile's cos/sin tables of 2^k * frequency, composed bit by bit of the
+// position), so encoder and decoder give the same bytes and values on every machine.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "kvcodec/config.hpp"
+#include "kvcodec/status.hpp"
+#include "kvcodec/tensor.hpp"
+
+namespace kvcodec {
+
+inline constexpr uint8_t kProfileMagic[4] = {'K', 'V', 'P', 'F'};
+inline constexpr uint16_t kProfileVersion = 1;
+
+struct Profile {
+  uint32_t layers = 0, kv_heads = 0, head_dim = 0;
+  bool keys_before_rope = false;
+  double rope_theta = 0;       // informational (the tables below are what is applied)
+  std::vector<float> means;    // [(l * 2 + kv) * kv_heads + h][head_dim]
+  std::vector<float> axes;     // [(l * 2 + kv) * kv_heads + h][component][head_dim]
+  // keys_before_rope: cos / sin of 2^k * theta^(-2i / head_dim), [pair i][k], k < 24.
+  std::vector<double> rope_cos, rope_sin;
+  uint64_t digest = 0;         // checksum of the serialized profile (set by make / parse)
+
+  size_t heads() const noexcept { return size_t(layers) * 2 * kv_heads; }
+};
+
+// Builds a profile from means and axes (rows of unit length), computing its RoPE tables (with
+// libm, once: afterwards only the stored tables are used) and digest. kInvalidArgument for
+// inconsistent sizes, non-finite values, an odd head_dim with keys_before_rope.
+StatusOr<Profile> make_profile(uint32_t layers, uint32_t kv_heads, uint32_t head_dim, std::vector<float> means,
+                               std::vector<float> axes, bool keys_before_rope, double rope_theta);
+// The profile file (docs/format.md 8) and its parser: kCorruptData for anything malformed
+// (magic, sizes, non-finite values, digest mismatch), kUnsupportedVersion for another version.
+std::vector<uint8_t> serialize_profile(const Profile& p);
+StatusOr<Profile> parse_profile(std::span<const uint8_t> bytes);
+
+// Forward transform of every (layer, K/V, token, head) row of src into fp32 coefficients,
+// contiguous [layer][kv][token][channel] (channel h * head_dim + k is component k of head h).
+// kInvalidArgument when the shape differs from the profile's or a value is not finite.
+Status profile_forward(const Profile& p, const KVView& src, uint32_t first_position, std::vector<float>& coef);
+
+// max_encoded_size for a frame encoded with a profile (coefficients are coded as fp32).
+size_t max_encoded_size(const KVShape& shape, DType dtype, const EncodeOptions& options,
+                        const Profile& profile) noexcept;
+// Encodes with the profile (levels 1..9). first_position: RoPE position of token 0 (profiles
+// with keys before RoPE; first_position + tokens <= 2^24).
+StatusOr<size_t> encode_into(const KVView& src, const EncodeOptions& options, const Profile& profile,
+                             std::span<uint8_t> dst, uint32_t first_position = 0);
+// Decodes a frame encoded with `profile` (chunk / layer ranges as decode_into). Frames of
+// versions 1-3 decode as without a profile (the profile is not used).
+Status decode_into(std::span<const uint8_t> frame, const Profile& profile, const KVView& dst,
+                   const DecodeOptions& options = {});
+
+}  // namespace kvcodec

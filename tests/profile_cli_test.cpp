@@ -1,0 +1,108 @@
+// `kvcodec calibrate` and `--profile` on encode, decode and inspect (tools/kvcodec): the CLI
+// round trip equals the library's, and a missing, wrong or corrupt profile is one error line.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "cli_test_util.hpp"
+#include "kvcodec/codec.hpp"
+#include "kvcodec/io.hpp"
+#include "kvcodec/profile.hpp"
+#include "test_util.hpp"
+
+namespace kvcodec {
+namespace {
+
+using test::CliTest;
+
+constexpr KVShape kShape{2, 40, 2, 16};
+
+// An orthonormal profile (a permutation with sign flips per head), keys before RoPE.
+std::vector<uint8_t> write_profile(const std::string& path, uint32_t seed) {
+  const size_t d = kShape.head_dim, heads = size_t(kShape.layers) * 2 * kShape.kv_heads;
+  std::vector<float> means(heads * d), axes(heads * d * d, 0.0f);
+  for (size_t h = 0; h < heads; ++h)
+    for (size_t k = 0; k < d; ++k) {
+      means[h * d + k] = 0.01f * float((k + seed) % 7);
+      axes[(h * d + k) * d + (k * 5 + h + seed) % d] = (k + seed) % 3 ? 1.0f : -1.0f;
+    }
+  auto p = make_profile(kShape.layers, kShape.kv_heads, kShape.head_dim, means, axes, true, 10000.0);
+  EXPECT_TRUE(p.ok());
+  const std::vector<uint8_t> bytes = serialize_profile(*p);
+  std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
+  return bytes;
+}
+
+TEST_F(CliTest, ProfileRoundTripMatchesTheLibrary) {
+  const std::string in = make_cache("in.safetensors", DType::kF16, kShape);
+  const std::vector<uint8_t> pbytes = write_profile(path("p.kvprofile"), 1);
+  auto enc = run({"encode", in, "-o", path("a.kvc"), "--level", "5", "--chunk-tokens", "16", "--profile",
+                  path("p.kvprofile"), "--first-position", "9"});
+  ASSERT_EQ(enc.exit_code, 0) << enc.err;
+  auto ins = run({"inspect", path("a.kvc"), "--json", "--profile", path("p.kvprofile")});
+  ASSERT_EQ(ins.exit_code, 0) << ins.err;
+  EXPECT_NE(ins.out.find("\"format_version\": 4"), std::string::npos) << ins.out;
+  EXPECT_NE(ins.out.find("\"first_position\": 9"), std::string::npos) << ins.out;
+  auto dec = run({"decode", path("a.kvc"), "-o", path("out.safetensors"), "--profile", path("p.kvprofile")});
+  ASSERT_EQ(dec.exit_code, 0) << dec.err;
+
+  // The same frame and values as the library's.
+  auto p = parse_profile(pbytes);
+  ASSERT_TRUE(p.ok());
+  auto kv = load_kv(in);
+  ASSERT_TRUE(kv.ok());
+  EncodeOptions o;
+  o.level = 5;
+  o.chunk_tokens = 16;
+  std::vector<uint8_t> frame(max_encoded_size(kShape, DType::kF16, o, *p));
+  auto n = encode_into(kv->view(), o, *p, frame, 9);
+  ASSERT_TRUE(n.ok());
+  frame.resize(*n);
+  auto file = read_file(path("a.kvc"));
+  ASSERT_TRUE(file.ok());
+  EXPECT_EQ(*file, frame);
+  auto out = load_kv(path("out.safetensors"));
+  ASSERT_TRUE(out.ok());
+  std::vector<uint8_t> want(out->data.size());
+  ASSERT_TRUE(decode_into(frame, *p, contiguous_view(want.data(), DType::kF16, kShape)).ok());
+  EXPECT_EQ(out->data, want);
+}
+
+TEST_F(CliTest, MissingWrongOrCorruptProfileIsOneErrorLine) {
+  const std::string in = make_cache("in.safetensors", DType::kF16, kShape);
+  write_profile(path("p.kvprofile"), 1);
+  std::vector<uint8_t> other = write_profile(path("q.kvprofile"), 2);
+  ASSERT_EQ(run({"encode", in, "-o", path("a.kvc"), "--profile", path("p.kvprofile")}).exit_code, 0);
+  expect_error(run({"decode", path("a.kvc"), "-o", path("out.safetensors")}), "decode");
+  expect_error(run({"decode", path("a.kvc"), "-o", path("out.safetensors"), "--profile", path("q.kvprofile")}), "decode");
+  expect_error(run({"inspect", path("a.kvc"), "--profile", path("q.kvprofile")}), "inspect");
+  other[100] ^= 1;
+  std::ofstream(path("bad.kvprofile"), std::ios::binary)
+      .write(reinterpret_cast<const char*>(other.data()), std::streamsize(other.size()));
+  auto r = run({"encode", in, "-o", path("b.kvc"), "--profile", path("bad.kvprofile")});
+  expect_error(r, "encode");
+  EXPECT_NE(r.err.find("checksum"), std::string::npos) << r.err;
+  expect_error(run({"encode", in, "-o", path("b.kvc"), "--profile", path("missing.kvprofile")}), "encode");
+  expect_error(run({"encode", in, "-o", path("b.kvc"), "--level", "0", "--profile", path("p.kvprofile")}), "encode");
+  EXPECT_FALSE(std::filesystem::exists(path("out.safetensors")));
+}
+
+TEST_F(CliTest, CalibrateWritesAProfileThatEncodesRealCaches) {
+  KVCODEC_REQUIRE_DATA("models/stories260K.bin");
+  const std::string model = test::data_path("models/stories260K.bin"), tok = test::data_path("models/tok512.bin");
+  auto cal = run({"calibrate", "--model", model, "--tokenizer", tok, "--text", test::data_path("text/tinyshakespeare.txt"),
+                  "--contexts", "2", "--context-tokens", "64", "-o", path("m.kvprofile")});
+  ASSERT_EQ(cal.exit_code, 0) << cal.err;
+  auto dump = run({"kv-dump", "--model", model, "--tokenizer", tok, "--text",
+                   test::data_path("text/tinystories_valid_sample.txt"), "--tokens", "96", "-o", path("kv.safetensors")});
+  ASSERT_EQ(dump.exit_code, 0) << dump.err;
+  ASSERT_EQ(run({"encode", path("kv.safetensors"), "-o", path("a.kvc"), "--profile", path("m.kvprofile")}).exit_code, 0);
+  ASSERT_EQ(run({"decode", path("a.kvc"), "-o", path("o.safetensors"), "--profile", path("m.kvprofile")}).exit_code, 0);
+  expect_error(run({"calibrate", "--model", model, "--tokenizer", tok, "--text", path("none.txt"), "-o", path("x")}),
+               "calibrate");
+}
+
+}  // namespace
+}  // namespace kvcodec

@@ -1,0 +1,84 @@
+// kvcodec calibrate: a transform-coding profile (include/kvcodec/profile.hpp, docs/format.md 8)
+// of a model, from the caches of contexts of a calibration text; `encode --profile` uses it.
+#include <cinttypes>
+#include <cstdio>
+#include <string>
+
+#include "cli.hpp"
+#include "commands.hpp"
+#include "kvcodec/eval.hpp"
+#include "kvcodec/io.hpp"
+#include "profile_file.hpp"
+
+namespace kvcodec::cli {
+
+StatusOr<Profile> load_profile(const std::string& path) {
+  StatusOr<FileBytes> bytes = FileBytes::read(path);
+  if (!bytes.ok()) return bytes.status();
+  StatusOr<Profile> p = parse_profile(bytes->bytes());
+  if (!p.ok()) return p.status().with_context(path);
+  return p;
+}
+
+std::string digest_hex(uint64_t digest) {
+  char b[17];
+  std::snprintf(b, sizeof b, "%016" PRIx64, digest);
+  return b;
+}
+
+Status check_frame_profile(const FrameInfo& f, const Profile* p) {
+  if (!f.transformed) return Status::Ok();
+  if (!p) return InvalidArgument("transform-coded frame (format version 4): pass --profile, the one of digest " +
+                                 digest_hex(f.profile_digest));
+  if (p->digest != f.profile_digest)
+    return InvalidArgument("--profile has digest " + digest_hex(p->digest) + ", the frame needs " + digest_hex(f.profile_digest));
+  return Status::Ok();
+}
+
+namespace {
+
+struct CalibrateArgs {
+  eval::CalibrateOptions cal;
+  std::string output;
+  std::string keys = "before-rope";
+};
+
+void declare(Command& cmd, CalibrateArgs& o) {
+  eval::CalibrateOptions& c = o.cal;
+  cmd.option("--model", c.model_path, "llama2.c checkpoint (e.g. ../shared/data/models/kvc-bytes-a.bin)");
+  cmd.option("--tokenizer", c.tokenizer, "llama2.c tokenizer .bin, or 'bytes' for byte-level models (default bytes)");
+  cmd.option("--text", c.text_path, "calibration text (use another text than the caches the profile will code)");
+  cmd.option("--contexts", c.contexts, "contexts spread evenly over the text (default 8)", Range{1, 100000});
+  cmd.option("--context-tokens", c.context_tokens, "tokens per context (default 3/4 of seq_len)", Range{0, kMaxTokens});
+  cmd.option("--keys", o.keys, "before-rope (keys decorrelated with RoPE undone, the default) or after-rope");
+  cmd.option("-o,--output", o.output, "output profile (.kvprofile), written atomically");
+}
+
+}  // namespace
+
+int cmd_calibrate(int argc, char** argv) {
+  Command cmd("calibrate",
+              "kvcodec calibrate --model M.bin --tokenizer T.bin|bytes --text FILE -o OUT.kvprofile [--contexts N] "
+              "[--context-tokens N] [--keys before-rope|after-rope]");
+  CalibrateArgs a;
+  declare(cmd, a);
+  if (auto exit = cmd.parse(argc, argv)) return *exit;
+  if (a.cal.model_path.empty() || a.cal.text_path.empty()) return cmd.usage_error("--model and --text are required");
+  if (a.output.empty()) return cmd.usage_error("missing -o OUT.kvprofile");
+  if (a.keys != "before-rope" && a.keys != "after-rope") return cmd.usage_error("--keys: expected before-rope or after-rope");
+  a.cal.keys_before_rope = a.keys == "before-rope";
+  StatusOr<Profile> p = eval::calibrate_model_profile(a.cal);
+  if (!p.ok()) return cmd.fail(p.status());
+  const std::vector<uint8_t> bytes = serialize_profile(*p);
+  const Status st = write_file_with(a.output, bytes.size(), [&](std::span<uint8_t> out) -> StatusOr<size_t> {
+    std::copy(bytes.begin(), bytes.end(), out.begin());
+    return bytes.size();
+  });
+  if (!st.ok()) return cmd.fail(st);
+  std::printf("%s: profile of %u layers x 2 x %u kv_heads x %u head_dim, keys %s, %zu bytes, digest %016" PRIx64 "\n",
+              a.output.c_str(), p->layers, p->kv_heads, p->head_dim, a.cal.keys_before_rope ? "before RoPE" : "after RoPE",
+              bytes.size(), p->digest);
+  return 0;
+}
+
+}  // namespace kvcodec::cli
