@@ -174,7 +174,9 @@ __attribute__((target("avx2,popcnt"))) void encode_codes_avx2(const uint32_t* co
 
 // GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own _mm512_undefined_* operands.
 #pragma GCC diagnostic push
+#if !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #define KVCODEC_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,popcnt")))
 
 // quotient8 for 16 lanes, with one correction: x converted as unsigned, a 14-bit reciprocal and
