@@ -27,8 +27,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs="${KVCODEC_JOBS:-$(nproc)}"
 
-# CPU seconds (user + system) used by the finished child processes of this script.
-cpu_s() { times | tail -n 1 | awk '{ split($1, u, /[ms]/); split($2, y, /[ms]/); printf "%.0f", u[1] * 60 + u[2] + y[1] * 60 + y[2] }'; }
+# CPU seconds (user + system) used by the finished child processes of this script: read from
+# /proc for the script's own PID ($$), since `times` in a $(...) subshell sees only its own.
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.0f", ($16 + $17) / hz }' "/proc/$$/stat"; }
 step() { echo "== test: $* ($(date +%T), cpu $(cpu_s) s)"; }
 in_ci() { [[ "${CI:-}" == true ]]; }
 # Skipping a check is a warning on a developer's machine and an error under CI=true.

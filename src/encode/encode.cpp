@@ -310,15 +310,26 @@ bool row_range_scalar(const int16_t* v, uint32_t n, int16_t* lo, int16_t* hi, ui
 }
 
 #if defined(__x86_64__)
-__attribute__((target("avx2"))) bool row_range_avx2(const int16_t* v, uint32_t n, int16_t* lo, int16_t* hi,
-                                                     uint32_t* feat) {
-  const __m256i escq = _mm256_set1_epi16(detail::kEscapeQ);
-  __m256i mn = _mm256_set1_epi16(*lo), mx = _mm256_set1_epi16(*hi), e = _mm256_setzero_si256();
+// row_range for the first n & ~15 values, widening per-lane accumulators acc_lo / acc_hi (16
+// lanes, reduced by the caller) instead of *lo / *hi; the rest goes to row_range_scalar. Also
+// each value's counter in a column block's [bin][kColumnBlock] counts: idx[j] = bin * B + j.
+__attribute__((target("avx2"))) bool row_range_avx2(const int16_t* v, uint32_t n, int16_t* acc_lo, int16_t* acc_hi,
+                                                     int16_t* lo, int16_t* hi, uint32_t* feat, uint16_t* idx) {
+  constexpr uint32_t B = detail::kColumnBlock;
+  static_assert(detail::kLossyBins * B <= 65536 && B == 64, "counter index as uint16, bin << 6");
+  const __m256i escq = _mm256_set1_epi16(detail::kEscapeQ), qlim = _mm256_set1_epi16(int16_t(detail::kQLimit));
+  const __m256i esc_bin = _mm256_set1_epi16(int16_t(detail::kEscBin));
+  const __m256i lane = _mm256_setr_epi16(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  __m256i mn = _mm256_load_si256(reinterpret_cast<const __m256i*>(acc_lo));
+  __m256i mx = _mm256_load_si256(reinterpret_cast<const __m256i*>(acc_hi)), e = _mm256_setzero_si256();
   uint32_t j = 0;
   for (; j + 16 <= n; j += 16) {
     const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + j));
     const __m256i is_esc = _mm256_cmpeq_epi16(x, escq);
     const __m256i a = _mm256_andnot_si256(is_esc, x);
+    const __m256i bin = _mm256_blendv_epi8(_mm256_add_epi16(a, qlim), esc_bin, is_esc);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(idx + j),
+                        _mm256_add_epi16(_mm256_slli_epi16(bin, 6), _mm256_add_epi16(lane, _mm256_set1_epi16(int16_t(j)))));
     mn = _mm256_min_epi16(mn, a);
     mx = _mm256_max_epi16(mx, a);
     e = _mm256_or_si256(e, is_esc);
@@ -330,24 +341,14 @@ __attribute__((target("avx2"))) bool row_range_avx2(const int16_t* v, uint32_t n
                                                   _mm256_cvtepu16_epi32(_mm256_extracti128_si256(m, 1))));
     }
   }
-  alignas(32) int16_t a[16], b[16];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(a), mn);
-  _mm256_store_si256(reinterpret_cast<__m256i*>(b), mx);
-  for (int k = 0; k < 16; ++k) {
-    *lo = std::min(*lo, a[k]);
-    *hi = std::max(*hi, b[k]);
-  }
+  _mm256_store_si256(reinterpret_cast<__m256i*>(acc_lo), mn);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(acc_hi), mx);
   const bool any = !_mm256_testz_si256(e, e);
+  if (j == n) return any;
+  for (uint32_t k = j; k < n; ++k) idx[k] = uint16_t(detail::lossy_bin(v[k]) * B + k);
   return row_range_scalar(v + j, n - j, lo, hi, feat ? feat + j : nullptr) || any;
 }
 #endif
-
-bool row_range(const int16_t* v, uint32_t n, int16_t* lo, int16_t* hi, uint32_t* feat) {
-#if defined(__x86_64__)
-  if (detail::avx2_enabled()) return row_range_avx2(v, n, lo, hi, feat);
-#endif
-  return row_range_scalar(v, n, lo, hi, feat);
-}
 
 // Counts the lossy symbol values of one column block, channels [c0, c0 + n) (slot 0 for anchors,
 // 1 for deltas), a range of tokens at a time, then appends them to ws.counts (finish). Also the
@@ -360,19 +361,37 @@ struct BlockCounter {
   uint32_t* loc;                            // [slot][bin][B]
   uint32_t feat[B] = {};                    // < 2^32: at most kMaxTokens values of magnitude <= kQLimit
   int16_t lo[2] = {0, 0}, hi[2] = {0, 0};  // per slot: the values seen (escapes as 0)
+  alignas(32) int16_t acc_lo[2][16] = {}, acc_hi[2][16] = {};  // the same per vector lane (AVX2)
   bool esc[2] = {false, false};
 
   void add(uint32_t t0, uint32_t t1) {
+#if defined(__x86_64__)
+    const bool avx2 = detail::avx2_enabled();
+#endif
     for (uint32_t t = t0; t < t1; ++t) {
       const uint32_t slot = (t % CT) % GT == 0 ? 0 : 1;
       const int16_t* vr = val + size_t(t) * VP;
       uint32_t* ls = loc + size_t(slot) * bins * B;
-      esc[slot] |= row_range(vr, n, &lo[slot], &hi[slot], slot == 0 ? feat : nullptr);
+      uint32_t* f = slot == 0 ? feat : nullptr;
+#if defined(__x86_64__)
+      if (avx2) {
+        alignas(32) uint16_t idx[B];
+        esc[slot] |= row_range_avx2(vr, n, acc_lo[slot], acc_hi[slot], &lo[slot], &hi[slot], f, idx);
+        for (uint32_t j = 0; j < n; ++j) ++ls[idx[j]];
+        continue;
+      }
+#endif
+      esc[slot] |= row_range_scalar(vr, n, &lo[slot], &hi[slot], f);
       for (uint32_t j = 0; j < n; ++j) ++ls[detail::lossy_bin(vr[j]) * B + j];
     }
   }
 
   void finish(uint32_t c0, uint32_t slots, Workspace& ws, bool feature) {
+    for (uint32_t s = 0; s < 2; ++s)
+      for (uint32_t k = 0; k < 16; ++k) {
+        lo[s] = std::min(lo[s], acc_lo[s][k]);
+        hi[s] = std::max(hi[s], acc_hi[s][k]);
+      }
     detail::ChannelCounts& cc = ws.counts;
     for (uint32_t j = 0; j < n; ++j) {
       for (uint32_t s = 0; s < slots; ++s) {
@@ -442,11 +461,7 @@ void lossy_grids(const Context& cx, uint32_t layer, const uint8_t* raw, Workspac
   ws.hi.assign(C, -INFINITY);
   ws.row.resize(C);
   const detail::ChannelSumsSoA sums{ws.sum.data(), ws.sq.data(), ws.count.data()};
-  for (uint32_t t = 0; t < T; ++t) {
-    detail::widen_to_f32(raw + size_t(t) * cx.rp, uint8_t(cx.src.dtype), C, ws.row.data());
-    detail::add_row_sums(ws.row.data(), C, sums);
-    detail::add_row_range(ws.row.data(), C, ws.lo.data(), ws.hi.data());
-  }
+  detail::column_stats(raw, cx.rp, uint8_t(cx.src.dtype), T, C, ws.row.data(), sums, ws.lo.data(), ws.hi.data());
   ws.grids.resize(C);
   const double rel = double(kLevelStep[cx.opt.level]) * layer_factor(layer, sh.layers);
   // The robust passes read columns of the raw elements (the values widen_to_f32 gives).
@@ -455,7 +470,7 @@ void lossy_grids(const Context& cx, uint32_t layer, const uint8_t* raw, Workspac
       [](const void* p, size_t i) { return detail::f16_to_f32(static_cast<const uint16_t*>(p)[i]); },
       [](const void* p, size_t i) { return detail::bf16_to_f32(static_cast<const uint16_t*>(p)[i]); },
       [](const void* p, size_t i) { return detail::f8e4m3_to_f32(static_cast<const uint8_t*>(p)[i]); }};
-  const detail::Columns cols{raw, cx.rp / cx.es, kLoad[uint8_t(cx.src.dtype) - 1]};  // rows rp bytes apart
+  const detail::Columns cols{raw, cx.rp / cx.es, kLoad[uint8_t(cx.src.dtype) - 1], uint8_t(cx.src.dtype)};  // rows rp bytes apart
   detail::grids_from_sums(sums, ws.lo.data(), ws.hi.data(), C, T, cols, rel, cx.opt.step_mode, ws.grids.data());
   ws.step.resize(C);
   ws.inv_step.resize(C);

@@ -113,25 +113,39 @@ struct CompressPerm {
   }
 };
 
-// floor(x / f) for 4 lanes, x unsigned 32-bit, exact in double (see below).
-__attribute__((target("avx2"))) inline __m128i quotient4(__m128i xi, __m128i fi, __m256d two32) {
-  __m256d xd = _mm256_cvtepi32_pd(xi);
-  xd = _mm256_add_pd(xd, _mm256_and_pd(_mm256_cmp_pd(xd, _mm256_setzero_pd(), _CMP_LT_OQ), two32));
-  return _mm256_cvttpd_epi32(_mm256_div_pd(xd, _mm256_cvtepi32_pd(fi)));
+// floor(x / f) and x mod f for 8 lanes, x < f * 2^20 (x unsigned 32-bit) and 1 <= f <= 4096: an
+// estimate in float (x rounded to float, a reciprocal with one Newton step: relative error below
+// 2^-21, so the estimate of the quotient, below 2^20, is off by less than 1) truncated, then
+// corrected by at most one in either direction from the remainder, which is exact in integers
+// (mod 2^32). The result is the exact quotient: no division instruction.
+__attribute__((target("avx2"))) inline __m256i quotient8(__m256i x, __m256i f, __m256i* rem) {
+  const __m256 two16 = _mm256_set1_ps(65536.0f), two = _mm256_set1_ps(2.0f);
+  const __m256 xf = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(x, 16)), two16),
+                                  _mm256_cvtepi32_ps(_mm256_and_si256(x, _mm256_set1_epi32(0xffff))));
+  const __m256 ff = _mm256_cvtepi32_ps(f);
+  __m256 r = _mm256_rcp_ps(ff);
+  r = _mm256_mul_ps(r, _mm256_sub_ps(two, _mm256_mul_ps(ff, r)));
+  __m256i q = _mm256_cvttps_epi32(_mm256_mul_ps(xf, r));
+  __m256i m = _mm256_sub_epi32(x, _mm256_mullo_epi32(q, f));  // x - q * f, in (-f, 2f)
+  const __m256i neg = _mm256_cmpgt_epi32(_mm256_setzero_si256(), m);
+  q = _mm256_add_epi32(q, neg);  // -1 where m < 0
+  m = _mm256_add_epi32(m, _mm256_and_si256(neg, f));
+  const __m256i big = _mm256_cmpgt_epi32(m, _mm256_sub_epi32(f, _mm256_set1_epi32(1)));
+  q = _mm256_sub_epi32(q, big);  // +1 where m >= f
+  *rem = _mm256_sub_epi32(m, _mm256_and_si256(big, f));
+  return q;
 }
 
 // The backward lane loop 8 lanes at a time. Scalar rans_enc_put per lane, same order of words:
 // within a step the scalar loop pushes lane i0+7 first and i0 last onto a downward-growing
 // buffer, so the step's words end up in ascending lane order just below the previous ones.
-// The quotient x / freq is exact in double (x < 2^32, and x / freq is never within 2^-32
-// relative of an integer it is below), so floor(x / freq) needs no integer division.
+// The quotient x / freq comes from quotient8 (exact, no division).
 __attribute__((target("avx2,popcnt"))) void encode_codes_avx2(const uint32_t* codes, size_t n, uint32_t* x,
                                                                uint16_t*& w) {
   static const CompressPerm perm;
   __m256i X[4];
   for (int q = 0; q < 4; ++q) X[q] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 8 * q));
   const __m256i kLow16 = _mm256_set1_epi32(0xffff), kOne = _mm256_set1_epi32(1);
-  const __m256d two32 = _mm256_set1_pd(4294967296.0);
   for (size_t i0 = n; i0 >= 8;) {
     i0 -= 8;
     const uint32_t r = uint32_t(i0 / 8) & 3;
@@ -151,15 +165,68 @@ __attribute__((target("avx2,popcnt"))) void encode_codes_avx2(const uint32_t* co
       w -= cnt;
       xs = _mm256_blendv_epi8(xs, _mm256_srli_epi32(xs, 16), emit);
     }
-    // q = floor(x / freq), in two halves of 4 doubles (x read as unsigned).
-    const __m128i qlo = quotient4(_mm256_castsi256_si128(xs), _mm256_castsi256_si128(freq), two32);
-    const __m128i qhi = quotient4(_mm256_extracti128_si256(xs, 1), _mm256_extracti128_si256(freq, 1), two32);
-    const __m256i q = _mm256_inserti128_si256(_mm256_castsi128_si256(qlo), qhi, 1);
-    const __m256i rem = _mm256_sub_epi32(xs, _mm256_mullo_epi32(q, freq));
+    __m256i rem;
+    const __m256i q = quotient8(xs, freq, &rem);
     X[r] = _mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32(q, 12), rem), cum);
   }
   for (int q = 0; q < 4; ++q) _mm256_storeu_si256(reinterpret_cast<__m256i*>(x + 8 * q), X[q]);
 }
+
+// GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own _mm512_undefined_* operands.
+#pragma GCC diagnostic push
+#if !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#define KVCODEC_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,popcnt")))
+
+// quotient8 for 16 lanes, with one correction: x converted as unsigned, a 14-bit reciprocal and
+// one Newton step put the float estimate of x / f within 2^-22 relative of it (within 1/4 for a
+// quotient below 2^20); 1/2 less, truncated, is q or q - 1, and the exact remainder says which.
+KVCODEC_AVX512 inline __m512i quotient16(__m512i x, __m512i f, __m512i* rem) {
+  const __m512 ff = _mm512_cvtepi32_ps(f);
+  __m512 r = _mm512_rcp14_ps(ff);
+  r = _mm512_mul_ps(r, _mm512_sub_ps(_mm512_set1_ps(2.0f), _mm512_mul_ps(ff, r)));
+  const __m512 est = _mm512_sub_ps(_mm512_mul_ps(_mm512_cvtepu32_ps(x), r), _mm512_set1_ps(0.5f));
+  __m512i q = _mm512_cvttps_epi32(est);                       // truncation: -1/2 < est gives 0
+  const __m512i m = _mm512_sub_epi32(x, _mm512_mullo_epi32(q, f));  // x - q * f, in [0, 2f)
+  const __mmask16 big = _mm512_cmpge_epi32_mask(m, f);
+  q = _mm512_mask_add_epi32(q, big, q, _mm512_set1_epi32(1));
+  *rem = _mm512_mask_sub_epi32(m, big, m, f);
+  return q;
+}
+
+// One step of encode_codes_avx512: symbols [i0, i0 + 16), lane states X.
+KVCODEC_AVX512 inline void encode_step16(const uint32_t* codes, size_t i0, __m512i& X, uint16_t*& w) {
+  const __m512i kLow16 = _mm512_set1_epi32(0xffff);
+  __m512i xs = X;
+  const __m512i code = _mm512_loadu_si512(codes + i0);
+  const __m512i freq = _mm512_srli_epi32(code, 16);
+  const __mmask16 emit = _mm512_cmpge_epu32_mask(_mm512_srli_epi32(xs, 20), freq);
+  const uint32_t cnt = uint32_t(__builtin_popcount(uint32_t(emit)));
+  const __m256i words = _mm512_cvtepi32_epi16(_mm512_maskz_compress_epi32(emit, _mm512_and_si512(xs, kLow16)));
+  _mm256_mask_storeu_epi16(w - cnt, __mmask16((1u << cnt) - 1), words);
+  w -= cnt;
+  xs = _mm512_mask_srli_epi32(xs, emit, xs, 16);
+  __m512i rem;
+  const __m512i q = quotient16(xs, freq, &rem);
+  X = _mm512_add_epi32(_mm512_add_epi32(_mm512_slli_epi32(q, 12), rem), _mm512_and_si512(code, kLow16));
+}
+
+// encode_codes_avx2 16 lanes at a time (two vectors of lane states, lanes 0-15 and 16-31): the
+// emitted words are compressed to the bottom in ascending lane order and stored under a mask
+// just below the previous ones. n is a multiple of 16.
+KVCODEC_AVX512 void encode_codes_avx512(const uint32_t* codes, size_t n, uint32_t* x, uint16_t*& w) {
+  __m512i X0 = _mm512_loadu_si512(x), X1 = _mm512_loadu_si512(x + 16);
+  size_t i0 = n;
+  if (i0 % 32) encode_step16(codes, i0 -= 16, X0, w);  // symbols i0.. are lanes 0-15
+  while (i0 >= 32) {
+    encode_step16(codes, i0 -= 16, X1, w);
+    encode_step16(codes, i0 -= 16, X0, w);
+  }
+  _mm512_storeu_si512(x, X0);
+  _mm512_storeu_si512(x + 16, X1);
+}
+#pragma GCC diagnostic pop
 #endif
 
 }  // namespace
@@ -173,13 +240,15 @@ void rans_encode_codes(const uint32_t* codes, size_t n, std::vector<uint16_t>& s
     scratch.resize(n + 8);  // <= one word per symbol, and 8 words of room below for the vector stores
     uint16_t* const end = scratch.data() + scratch.size();
     uint16_t* w = end;
-    // The partial last group first (the loop runs backwards), then whole groups of 8.
-    const size_t whole = n & ~size_t(7);
+    // The partial last group first (the loop runs backwards), then whole groups of 8 (16).
+    const bool avx512 = avx512_enabled();
+    const size_t whole = n & ~size_t(avx512 ? 15 : 7);
     for (size_t i = n; i-- > whole;) {
       uint16_t word;
       if (rans_enc_put(x[i % kRansLanes], codes[i] >> 16, codes[i] & 0xffff, &word)) *--w = word;
     }
-    encode_codes_avx2(codes, whole, x, w);
+    if (avx512) encode_codes_avx512(codes, whole, x, w);
+    else encode_codes_avx2(codes, whole, x, w);
     append_lane_stream(x, w, size_t(end - w), out);
     return;
   }

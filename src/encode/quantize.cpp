@@ -100,6 +100,15 @@ void widen_to_f32(const uint8_t* raw, uint8_t dt, size_t n, float* out) {
 
 void add_row_sums_scalar(const float* x, uint32_t n, const ChannelSumsSoA& s);
 
+void add_row_range_scalar(const float* x, uint32_t n, float* lo, float* hi) {
+  for (uint32_t c = 0; c < n; ++c) {
+    const float v = x[c];
+    const bool finite = v - v == 0.0f;
+    lo[c] = finite && v < lo[c] ? v : lo[c];
+    hi[c] = finite && v > hi[c] ? v : hi[c];
+  }
+}
+
 // The scalar path of one element: the fast test, then quantize_grid's full search.
 inline int16_t quantize_one(float x, const RowGrid& g, uint32_t c, uint8_t dt, float maxf) {
   const double d = quantize_fast_one(x, g.step[c], g.inv_step[c], g.center[c], maxf);
@@ -165,9 +174,9 @@ __attribute__((target("avx2"))) void quantize_row_avx2(const float* x, const Row
 
 // The fast path for 8 channels from c with AVX-512: the offsets as int32 (0 where missed) and
 // the mask of the misses. The same IEEE operations as quantize_fast_one.
-KVCODEC_AVX512 inline uint32_t quantize8_avx512(const float* x, const RowGrid& g, uint32_t c, __m256 maxv,
+KVCODEC_AVX512 inline uint32_t quantize8_avx512(__m256 xv, const RowGrid& g, uint32_t c, __m256 maxv,
                                                 __m256i* d_out) {
-  const __m512d xd = _mm512_cvtps_pd(_mm256_loadu_ps(x + c));
+  const __m512d xd = _mm512_cvtps_pd(xv);
   const __m512d n0 = _mm512_roundscale_pd(_mm512_mul_pd(xd, _mm512_loadu_pd(g.inv_step + c)),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512d d = _mm512_sub_pd(n0, _mm512_loadu_pd(g.center + c));
@@ -185,21 +194,36 @@ KVCODEC_AVX512 inline uint32_t quantize8_avx512(const float* x, const RowGrid& g
   return uint32_t(good) ^ 0xffu;
 }
 
-KVCODEC_AVX512 void quantize_row_avx512(const float* x, const RowGrid& g, uint32_t C, uint8_t dt, int16_t* q) {
+// Eight elements from c of an fp32 row, or of an fp16 row widened in registers (F16C).
+KVCODEC_AVX512 inline __m256 load8(const float* x, uint32_t c) { return _mm256_loadu_ps(x + c); }
+KVCODEC_AVX512 inline __m256 load8(const uint16_t* h, uint32_t c) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + c)));
+}
+inline float value_of(const float* x, uint32_t k) { return x[k]; }
+inline float value_of(const uint16_t* h, uint32_t k) { return f16_to_f32(h[k]); }
+
+// quantize_row on the C values of x (fp32, or fp16 of dtype dt = 2).
+template <typename T>
+KVCODEC_AVX512 void quantize_row_avx512_t(const T* x, const RowGrid& g, uint32_t C, uint8_t dt, int16_t* q) {
   const float maxf = max_finite(dt);
   const __m256 maxv = _mm256_set1_ps(maxf);
   uint32_t c = 0;
   for (; c + 16 <= C; c += 16) {
     __m256i a, b;
-    const uint32_t miss = quantize8_avx512(x, g, c, maxv, &a) | quantize8_avx512(x, g, c + 8, maxv, &b) << 8;
+    const uint32_t miss =
+        quantize8_avx512(load8(x, c), g, c, maxv, &a) | quantize8_avx512(load8(x, c + 8), g, c + 8, maxv, &b) << 8;
     const __m512i ab = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + c), _mm512_cvtepi32_epi16(ab));
     for (uint32_t m = miss; m; m &= m - 1) {
       const uint32_t k = c + uint32_t(__builtin_ctz(m));
-      q[k] = quantize_one(x[k], g, k, dt, maxf);
+      q[k] = quantize_one(value_of(x, k), g, k, dt, maxf);
     }
   }
-  for (; c < C; ++c) q[c] = quantize_one(x[c], g, c, dt, maxf);
+  for (; c < C; ++c) q[c] = quantize_one(value_of(x, c), g, c, dt, maxf);
+}
+
+KVCODEC_AVX512 void quantize_row_avx512(const float* x, const RowGrid& g, uint32_t C, uint8_t dt, int16_t* q) {
+  quantize_row_avx512_t(x, g, C, dt, q);
 }
 
 // add_row_sums_avx2 eight channels at a time (masked adds leave a non-finite value's channel as
@@ -219,10 +243,97 @@ KVCODEC_AVX512 void add_row_sums_avx512(const float* x, uint32_t n, const Channe
   }
   add_row_sums_scalar(x + c, n - c, ChannelSumsSoA{s.sum + c, s.sq + c, s.count + c});
 }
+
+// add_row_sums and add_row_range for channels [c0, c0 + 32) of tokens [0, T), the accumulators
+// held in registers across the tokens (each channel still summed in token order, so the doubles
+// are add_row_sums' bit for bit). Elements are widened 32 at a time (F16C for fp16).
+KVCODEC_AVX512 void column_stats32_avx512(const uint8_t* raw, size_t rp, uint8_t dt, uint32_t T, uint32_t c0,
+                                           const ChannelSumsSoA& s, float* lo, float* hi) {
+  const size_t es = dtype_size(DType(dt));
+  __m512d sum[4], sq[4];
+  for (int k = 0; k < 4; ++k) {
+    sum[k] = _mm512_loadu_pd(s.sum + c0 + 8 * k);
+    sq[k] = _mm512_loadu_pd(s.sq + c0 + 8 * k);
+  }
+  __m512i cnt[2];
+  __m512 mn[2], mx[2];
+  for (int k = 0; k < 2; ++k) {
+    cnt[k] = _mm512_loadu_si512(s.count + c0 + 16 * k);
+    mn[k] = _mm512_loadu_ps(lo + c0 + 16 * k);
+    mx[k] = _mm512_loadu_ps(hi + c0 + 16 * k);
+  }
+  const __m512i one = _mm512_set1_epi32(1);
+  alignas(64) float xb[32];
+  for (uint32_t t = 0; t < T; ++t) {
+    const uint8_t* r = raw + size_t(t) * rp + size_t(c0) * es;
+    __m512 v[2];
+    if (dt == 2) {
+      v[0] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r)));
+      v[1] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r + 32)));
+    } else {
+      widen_to_f32(r, dt, 32, xb);
+      v[0] = _mm512_load_ps(xb);
+      v[1] = _mm512_load_ps(xb + 16);
+    }
+    for (int k = 0; k < 2; ++k) {
+      const __mmask16 m = _mm512_cmp_ps_mask(_mm512_sub_ps(v[k], v[k]), _mm512_setzero_ps(), _CMP_EQ_OQ);
+      cnt[k] = _mm512_mask_add_epi32(cnt[k], m, cnt[k], one);
+      mn[k] = _mm512_mask_min_ps(mn[k], m, v[k], mn[k]);  // v < lo ? v : lo
+      mx[k] = _mm512_mask_max_ps(mx[k], m, v[k], mx[k]);  // v > hi ? v : hi
+      for (int h = 0; h < 2; ++h) {
+        const __m512d vd = _mm512_cvtps_pd(h ? _mm512_extractf32x8_ps(v[k], 1) : _mm512_castps512_ps256(v[k]));
+        const __mmask8 mh = __mmask8(m >> (8 * h));
+        __m512d& su = sum[2 * k + h];
+        __m512d& sqr = sq[2 * k + h];
+        su = _mm512_mask_add_pd(su, mh, su, vd);
+        sqr = _mm512_mask_add_pd(sqr, mh, sqr, _mm512_mul_pd(vd, vd));
+      }
+    }
+  }
+  for (int k = 0; k < 4; ++k) {
+    _mm512_storeu_pd(s.sum + c0 + 8 * k, sum[k]);
+    _mm512_storeu_pd(s.sq + c0 + 8 * k, sq[k]);
+  }
+  for (int k = 0; k < 2; ++k) {
+    _mm512_storeu_si512(s.count + c0 + 16 * k, cnt[k]);
+    _mm512_storeu_ps(lo + c0 + 16 * k, mn[k]);
+    _mm512_storeu_ps(hi + c0 + 16 * k, mx[k]);
+  }
+}
 #pragma GCC diagnostic pop
+
+// add_row_range eight channels at a time: min_ps(v, lo) is v < lo ? v : lo, as the scalar test.
+__attribute__((target("avx2"))) void add_row_range_avx2(const float* x, uint32_t n, float* lo, float* hi) {
+  uint32_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    const __m256 v = _mm256_loadu_ps(x + c);
+    const __m256 finite = _mm256_cmp_ps(_mm256_sub_ps(v, v), _mm256_setzero_ps(), _CMP_EQ_OQ);
+    const __m256 l = _mm256_loadu_ps(lo + c), h = _mm256_loadu_ps(hi + c);
+    _mm256_storeu_ps(lo + c, _mm256_blendv_ps(l, _mm256_min_ps(v, l), finite));
+    _mm256_storeu_ps(hi + c, _mm256_blendv_ps(h, _mm256_max_ps(v, h), finite));
+  }
+  add_row_range_scalar(x + c, n - c, lo + c, hi + c);
+}
 #endif
 
 bool use_avx2() { return avx2_enabled(); }
+
+void column_stats(const uint8_t* raw, size_t rp, uint8_t dt, uint32_t T, uint32_t C, float* row,
+                  const ChannelSumsSoA& s, float* lo, float* hi) {
+  uint32_t c0 = 0;
+#if defined(__x86_64__)
+  if (avx512_enabled())
+    for (; c0 + 32 <= C; c0 += 32) column_stats32_avx512(raw, rp, dt, T, c0, s, lo, hi);
+#endif
+  if (c0 == C) return;
+  const size_t es = dtype_size(DType(dt));
+  const ChannelSumsSoA rest{s.sum + c0, s.sq + c0, s.count + c0};
+  for (uint32_t t = 0; t < T; ++t) {
+    widen_to_f32(raw + size_t(t) * rp + size_t(c0) * es, dt, C - c0, row);
+    add_row_sums(row, C - c0, rest);
+    add_row_range(row, C - c0, lo + c0, hi + c0);
+  }
+}
 
 void quantize_row(const float* x, const RowGrid& g, uint32_t C, uint8_t dt, int16_t* q) {
 #if defined(__x86_64__)
@@ -270,27 +381,52 @@ void add_row_sums(const float* x, uint32_t n, const ChannelSumsSoA& s) {
 }
 
 void add_row_range(const float* x, uint32_t n, float* lo, float* hi) {
-  for (uint32_t c = 0; c < n; ++c) {
-    const float v = x[c];
-    const bool finite = v - v == 0.0f;
-    lo[c] = finite && v < lo[c] ? v : lo[c];
-    hi[c] = finite && v > hi[c] ? v : hi[c];
-  }
+#if defined(__x86_64__)
+  if (use_avx2()) return add_row_range_avx2(x, n, lo, hi);
+#endif
+  add_row_range_scalar(x, n, lo, hi);
 }
 
 void grids_from_sums(const ChannelSumsSoA& s, const float* lo, const float* hi, uint32_t channels, uint32_t tokens,
                      const Columns& cols, double rel_step, StepMode mode, ChannelGrid* grids) {
   std::vector<ChannelSums> sums(channels);
   for (uint32_t c = 0; c < channels; ++c) {
-    ChannelSums& cs = sums[c];
-    cs = ChannelSums{s.sum[c], s.sq[c], s.count[c], 0, lo[c], hi[c]};
-    finish_sums(cs);
-    double a, b;  // robust passes (encode_values.hpp): rare, so column-wise
-    for (int pass = 0; pass < kRobustPasses && outlier_range(cs, &a, &b); ++pass) {
-      ChannelSums next;
-      for (uint32_t t = 0; t < tokens; ++t) add_sample_in(next, cols.value(cols.base, size_t(t) * cols.pitch + c), a, b);
-      if (!accept_pass(cs, next)) break;
+    sums[c] = ChannelSums{s.sum[c], s.sq[c], s.count[c], 0, lo[c], hi[c]};
+    finish_sums(sums[c]);
+  }
+  // Robust passes (encode_values.hpp), per channel: up to kRobustPasses while outlier_range finds
+  // an outlier and accept_pass takes the pass. All channels' k-th passes are taken in one sweep
+  // over the tokens, row by row (each channel's samples still in token order).
+  struct Pass {
+    uint32_t c;
+    double a, b;
+    ChannelSums next;
+  };
+  std::vector<Pass> passes;
+  std::vector<float> row;
+  std::vector<uint32_t> active(channels);
+  for (uint32_t c = 0; c < channels; ++c) active[c] = c;
+  for (int pass = 0; pass < kRobustPasses && !active.empty(); ++pass) {
+    passes.clear();
+    for (uint32_t c : active) {
+      double a, b;
+      if (outlier_range(sums[c], &a, &b)) passes.push_back(Pass{c, a, b, ChannelSums{}});
     }
+    // Many channels: each row widened at once (the same values as cols.value gives).
+    const bool rows = cols.dtype != 0 && passes.size() * 16 >= channels;
+    if (rows) row.resize(channels);
+    for (uint32_t t = 0; t < tokens; ++t) {
+      if (rows) {
+        const size_t es = dtype_size(DType(cols.dtype));
+        widen_to_f32(static_cast<const uint8_t*>(cols.base) + size_t(t) * cols.pitch * es, cols.dtype, channels, row.data());
+        for (Pass& p : passes) add_sample_in(p.next, row[p.c], p.a, p.b);
+      } else {
+        for (Pass& p : passes) add_sample_in(p.next, cols.value(cols.base, size_t(t) * cols.pitch + p.c), p.a, p.b);
+      }
+    }
+    active.clear();
+    for (const Pass& p : passes)
+      if (accept_pass(sums[p.c], p.next)) active.push_back(p.c);
   }
   const double layer_rms = mode == StepMode::kLayer ? layer_scale(sums.data(), channels) : 0.0;
   for (uint32_t c = 0; c < channels; ++c) grids[c] = channel_grid(sums[c], layer_rms, mode, rel_step);
@@ -315,11 +451,16 @@ void quantize_columns_impl(const uint8_t* raw, size_t rp, uint8_t dt, uint32_t t
     const uint8_t* r = raw + size_t(t) * rp + c0 * es;
     int16_t* vr = val + size_t(t) * VP + c0;
 #if defined(__x86_64__)
-    if constexpr (kIsa > 0) {
+    if constexpr (kIsa == 2) {
+      if (dt == 2) quantize_row_avx512_t(reinterpret_cast<const uint16_t*>(r), gb, n, dt, vr);
+      else {
+        widen_to_f32(r, dt, n, xb);
+        quantize_row_avx512(xb, gb, n, dt, vr);
+      }
+    } else if constexpr (kIsa == 1) {
       if (dt == 2) f16_to_f32_avx2(reinterpret_cast<const uint16_t*>(r), n, xb);
       else widen_to_f32(r, dt, n, xb);
-      if constexpr (kIsa == 2) quantize_row_avx512(xb, gb, n, dt, vr);
-      else quantize_row_avx2(xb, gb, n, dt, vr);
+      quantize_row_avx2(xb, gb, n, dt, vr);
     } else
 #endif
     {

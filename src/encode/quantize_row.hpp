@@ -35,11 +35,17 @@ void add_row_sums(const float* x, uint32_t n, const ChannelSumsSoA& s);
 // lo[c] / hi[c]: the smallest / largest finite value of channel c so far, updated with one
 // token's values of n channels (start at +inf / -inf).
 void add_row_range(const float* x, uint32_t n, float* lo, float* hi);
+// add_row_sums and add_row_range of every token [0, T) of C channels whose raw elements (dtype
+// dt) are rows rp bytes apart: column blocks at a time, accumulators in registers (AVX-512), the
+// same sums bit for bit. row: scratch of C floats.
+void column_stats(const uint8_t* raw, size_t rp, uint8_t dt, uint32_t T, uint32_t C, float* row,
+                  const ChannelSumsSoA& s, float* lo, float* hi);
 // Element i = t * pitch + c of a (layer, K/V) tensor as fp32, for the robust passes.
 struct Columns {
   const void* base;
   size_t pitch;
   float (*value)(const void* base, size_t i);
+  uint8_t dtype = 0;  // when set: the elements' dtype, so that whole rows can be widened at once
 };
 // The grids of `channels` channels from their sums and ranges (compute_grids' last step),
 // with the robust passes of encode_values.hpp over `tokens` tokens of `cols` where a channel
