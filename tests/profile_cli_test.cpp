@@ -89,6 +89,36 @@ TEST_F(CliTest, MissingWrongOrCorruptProfileIsOneErrorLine) {
   EXPECT_FALSE(std::filesystem::exists(path("out.safetensors")));
 }
 
+TEST_F(CliTest, CalibrateFromKVFiles) {
+  const std::string a = make_cache("a.safetensors", DType::kF16, kShape);
+  const std::string b = make_cache("b.safetensors", DType::kF32, KVShape{kShape.layers, 24, kShape.kv_heads, kShape.head_dim});
+  auto after = run({"calibrate", a, b, "--keys", "after-rope", "-o", path("after.kvprofile")});
+  ASSERT_EQ(after.exit_code, 0) << after.err;
+  EXPECT_NE(after.out.find("bytes, digest"), std::string::npos) << after.out;  // its size is reported
+  auto before = run({"calibrate", a, b, "--rope-theta", "10000", "-o", path("before.kvprofile")});
+  ASSERT_EQ(before.exit_code, 0) << before.err;
+  auto pa = read_file(path("after.kvprofile")), pb = read_file(path("before.kvprofile"));
+  ASSERT_TRUE(pa.ok() && pb.ok());
+  auto qa = parse_profile(*pa), qb = parse_profile(*pb);
+  ASSERT_TRUE(qa.ok() && qb.ok());
+  EXPECT_EQ(qa->layers, kShape.layers);
+  EXPECT_EQ(qa->kv_heads, kShape.kv_heads);
+  EXPECT_EQ(qa->head_dim, kShape.head_dim);
+  EXPECT_FALSE(qa->keys_before_rope);
+  EXPECT_TRUE(qb->keys_before_rope);
+  EXPECT_NE(qa->means, qb->means);  // the keys were rotated back before the statistics
+  ASSERT_EQ(run({"encode", a, "-o", path("a.kvc"), "--profile", path("before.kvprofile")}).exit_code, 0);
+  ASSERT_EQ(run({"decode", path("a.kvc"), "-o", path("o.safetensors"), "--profile", path("before.kvprofile")}).exit_code, 0);
+
+  EXPECT_EQ(run({"calibrate", a, "-o", path("x.kvprofile")}).exit_code, 2);  // keys before RoPE need a base
+  EXPECT_EQ(run({"calibrate", a, "--model", "m.bin", "--keys", "after-rope", "-o", path("x.kvprofile")}).exit_code, 2);
+  const std::string other = make_cache("c.safetensors", DType::kF16, KVShape{kShape.layers, 8, kShape.kv_heads, 8});
+  expect_error(run({"calibrate", a, other, "--keys", "after-rope", "-o", path("x.kvprofile")}), "calibrate");
+  expect_error(run({"calibrate", path("none.safetensors"), "--keys", "after-rope", "-o", path("x.kvprofile")}),
+               "calibrate");
+  EXPECT_FALSE(std::filesystem::exists(path("x.kvprofile")));
+}
+
 TEST_F(CliTest, CalibrateWritesAProfileThatEncodesRealCaches) {
   KVCODEC_REQUIRE_DATA("models/stories260K.bin");
   const std::string model = test::data_path("models/stories260K.bin"), tok = test::data_path("models/tok512.bin");

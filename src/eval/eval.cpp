@@ -10,6 +10,7 @@
 #include <sstream>
 #include <thread>
 
+#include "common/dtype.hpp"
 #include "kvcodec/eval.hpp"
 #include "kvcodec/model.hpp"
 #include "kvcodec/tokenizer.hpp"
@@ -380,6 +381,27 @@ StatusOr<Profile> calibrate_model_profile(const CalibrateOptions& o) {
   }
   KVCODEC_ASSIGN_OR_RETURN(auto p, internal::calibrate_profile(cal.caches, o.keys_before_rope, cal.rope_theta));
   return internal::to_library_profile(*p, cal.rope_theta);
+}
+
+StatusOr<Profile> calibrate_kv_profile(const std::vector<KVCache>& caches, bool keys_before_rope, double rope_theta) {
+  if (caches.empty()) return InvalidArgument("no KV caches to calibrate on");
+  if (keys_before_rope && !(rope_theta > 1 && std::isfinite(rope_theta)))
+    return InvalidArgument("keys before RoPE need the model's RoPE base (rope_theta > 1)");
+  std::vector<FloatKV> floats;
+  for (size_t c = 0; c < caches.size(); ++c) {
+    const KVCache& kv = caches[c];
+    FloatKV f = FloatKV::zeros(kv.shape);
+    const size_t es = dtype_size(kv.dtype);
+    for (size_t i = 0; i < f.values.size(); ++i) {
+      f.values[i] = detail::load_as_f32(kv.data.data() + i * es, uint8_t(kv.dtype));
+      if (!std::isfinite(f.values[i]))
+        return InvalidArgument("KV cache " + std::to_string(c + 1) + ": a non-finite value (element " +
+                               std::to_string(i) + ")");
+    }
+    floats.push_back(std::move(f));
+  }
+  KVCODEC_ASSIGN_OR_RETURN(auto p, internal::calibrate_profile(floats, keys_before_rope, rope_theta));
+  return internal::to_library_profile(*p, rope_theta);
 }
 
 }  // namespace kvcodec::eval

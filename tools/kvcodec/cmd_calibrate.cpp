@@ -1,8 +1,11 @@
 // kvcodec calibrate: a transform-coding profile (include/kvcodec/profile.hpp, docs/format.md 8)
-// of a model, from the caches of contexts of a calibration text; `encode --profile` uses it.
+// of a model, from the caches of contexts of a calibration text, or from KV cache files already
+// dumped; `encode --profile` uses it.
 #include <cinttypes>
 #include <cstdio>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "cli.hpp"
 #include "commands.hpp"
@@ -39,6 +42,8 @@ namespace {
 
 struct CalibrateArgs {
   eval::CalibrateOptions cal;
+  std::vector<std::string> kv_files;
+  std::optional<double> rope_theta;
   std::string output;
   std::string keys = "before-rope";
 };
@@ -51,6 +56,8 @@ void declare(Command& cmd, CalibrateArgs& o) {
   cmd.option("--contexts", c.contexts, "contexts spread evenly over the text (default 8)", Range{1, 100000});
   cmd.option("--context-tokens", c.context_tokens, "tokens per context (default 3/4 of seq_len)", Range{0, kMaxTokens});
   cmd.option("--keys", o.keys, "before-rope (keys decorrelated with RoPE undone, the default) or after-rope");
+  cmd.option("--rope-theta", o.rope_theta, "the model's RoPE base, for KV files with --keys before-rope");
+  cmd.app().add_option("KV", o.kv_files, "KV cache files (.safetensors or .npy) of the model, instead of --model");
   cmd.option("-o,--output", o.output, "output profile (.kvprofile), written atomically");
 }
 
@@ -59,15 +66,31 @@ void declare(Command& cmd, CalibrateArgs& o) {
 int cmd_calibrate(int argc, char** argv) {
   Command cmd("calibrate",
               "kvcodec calibrate --model M.bin --tokenizer T.bin|bytes --text FILE -o OUT.kvprofile [--contexts N] "
-              "[--context-tokens N] [--keys before-rope|after-rope]");
+              "[--context-tokens N] [--keys before-rope|after-rope], or kvcodec calibrate KV1 [KV2 ...] "
+              "-o OUT.kvprofile [--keys after-rope | --rope-theta X]");
   CalibrateArgs a;
   declare(cmd, a);
   if (auto exit = cmd.parse(argc, argv)) return *exit;
-  if (a.cal.model_path.empty() || a.cal.text_path.empty()) return cmd.usage_error("--model and --text are required");
+  const bool from_files = !a.kv_files.empty();
+  if (from_files && !a.cal.model_path.empty()) return cmd.usage_error("give KV files or --model, not both");
+  if (!from_files && (a.cal.model_path.empty() || a.cal.text_path.empty()))
+    return cmd.usage_error("--model and --text are required (or KV cache files)");
   if (a.output.empty()) return cmd.usage_error("missing -o OUT.kvprofile");
   if (a.keys != "before-rope" && a.keys != "after-rope") return cmd.usage_error("--keys: expected before-rope or after-rope");
   a.cal.keys_before_rope = a.keys == "before-rope";
-  StatusOr<Profile> p = eval::calibrate_model_profile(a.cal);
+  if (from_files && a.cal.keys_before_rope && !a.rope_theta)
+    return cmd.usage_error("KV files with --keys before-rope need --rope-theta (the model's RoPE base), or use --keys after-rope");
+  auto calibrate = [&]() -> StatusOr<Profile> {
+    if (!from_files) return eval::calibrate_model_profile(a.cal);
+    std::vector<KVCache> caches;
+    for (const std::string& path : a.kv_files) {
+      StatusOr<KVCache> kv = load_kv(path);
+      if (!kv.ok()) return kv.status();  // names the file
+      caches.push_back(std::move(*kv));
+    }
+    return eval::calibrate_kv_profile(caches, a.cal.keys_before_rope, a.rope_theta.value_or(0));
+  };
+  StatusOr<Profile> p = calibrate();
   if (!p.ok()) return cmd.fail(p.status());
   const std::vector<uint8_t> bytes = serialize_profile(*p);
   const Status st = write_file_with(a.output, bytes.size(), [&](std::span<uint8_t> out) -> StatusOr<size_t> {

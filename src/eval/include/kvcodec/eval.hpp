@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "kvcodec/baselines.hpp"
+#include "kvcodec/io.hpp"
 #include "kvcodec/profile.hpp"
 #include "kvcodec/status.hpp"
 #include "kvcodec/tensor.hpp"
@@ -146,5 +147,10 @@ struct CalibrateOptions {
   bool keys_before_rope = true;
 };
 StatusOr<Profile> calibrate_model_profile(const CalibrateOptions& options);
+// The same from KV caches already dumped (`kvcodec kv-dump`, a server's export): all of one
+// model (layers, kv heads, head_dim; any token counts), keys cached with RoPE at positions
+// 0..T-1. keys_before_rope needs the model's RoPE base (rope_theta > 1). kInvalidArgument for
+// no caches, different shapes or a non-finite value.
+StatusOr<Profile> calibrate_kv_profile(const std::vector<KVCache>& caches, bool keys_before_rope, double rope_theta);
 
 }  // namespace kvcodec::eval
