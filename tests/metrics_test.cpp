@@ -9,6 +9,7 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -17,6 +18,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cli_test_util.hpp"
@@ -231,10 +233,22 @@ TEST_F(CliTest, ServeExportsPrometheusMetricsOverHttp) {
   int chunk_requests = 0;
   for (const auto& c : report["chunks"]) chunk_requests += c["attempts"].get<int>();
 
-  r = http(metrics_port, "GET /metrics HTTP/1.0\r\n\r\n");
-  ASSERT_EQ(r.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << r;
-  const std::string text = body_of(r);
-  const Exposition after = parse_exposition(text);
+  // Bytes count as sent once send() has returned, which can be after the client has read them
+  // and exited: scrape until the last response is counted (at most ~2 s), then check.
+  auto answered_of = [](const Exposition& e) {
+    return e.at("kvcodec_server_response_bytes_total{type=\"manifest\"}") +
+           e.at("kvcodec_server_response_bytes_total{type=\"chunk\"}");
+  };
+  std::string text;
+  Exposition after;
+  for (int i = 0; i < 100; ++i) {
+    r = http(metrics_port, "GET /metrics HTTP/1.0\r\n\r\n");
+    ASSERT_EQ(r.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << r;
+    text = body_of(r);
+    after = parse_exposition(text);
+    if (after.at("kvcodec_server_bytes_sent_total") >= answered_of(after)) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
   EXPECT_EQ(after.at("kvcodec_server_requests_total{type=\"manifest\"}"), 2);
   EXPECT_EQ(after.at("kvcodec_server_requests_total{type=\"chunk\"}"), chunk_requests);
   EXPECT_EQ(after.at("kvcodec_server_errors_total{code=\"not_found\"}"), 1);
@@ -243,8 +257,7 @@ TEST_F(CliTest, ServeExportsPrometheusMetricsOverHttp) {
   EXPECT_EQ(after.at("kvcodec_store_errors_total"), 0);
   EXPECT_EQ(after.at("kvcodec_checksum_failures_total"), 0);
   // Every byte answered was sent: the responses' bytes by type add up to the bytes sent.
-  const double answered = after.at("kvcodec_server_response_bytes_total{type=\"manifest\"}") +
-                          after.at("kvcodec_server_response_bytes_total{type=\"chunk\"}");
+  const double answered = answered_of(after);
   EXPECT_GT(answered, report["bytes"].get<double>() * 0.5);
   EXPECT_EQ(after.at("kvcodec_server_bytes_sent_total"), answered);
   expect_histograms_consistent(text);
