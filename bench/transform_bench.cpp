@@ -13,12 +13,11 @@
 
 #include "common/dtype.hpp"
 #include "common/profile_rows.hpp"
-#include "kvcodec/baselines.hpp"
 #include "kvcodec/codec.hpp"
+#include "kvcodec/eval.hpp"
 #include "kvcodec/io.hpp"
 #include "kvcodec/profile.hpp"
 #include "kvcodec/synthetic.hpp"
-#include "../src/eval/transform.hpp"
 
 namespace {
 
@@ -28,13 +27,6 @@ using Clock = std::chrono::steady_clock;
 [[noreturn]] void die(const std::string& what) {
   std::fprintf(stderr, "transform_bench: %s\n", what.c_str());
   std::exit(1);
-}
-
-eval::FloatKV to_float(const KVCache& kv) {
-  eval::FloatKV f = eval::FloatKV::zeros(kv.shape);
-  const size_t es = dtype_size(kv.dtype);
-  for (size_t i = 0; i < f.values.size(); ++i) f.values[i] = detail::load_as_f32(kv.data.data() + i * es, uint8_t(kv.dtype));
-  return f;
 }
 
 KVCache synthetic(const std::string& name, uint32_t tokens, uint32_t layers, uint64_t seed) {
@@ -76,10 +68,9 @@ int main(int argc, char** argv) {
   Profile profile;
   if (!synth.empty()) {
     kv = synthetic(synth, tokens, layers, 1);
-    const KVCache calib = synthetic(synth, tokens, layers, 2);
-    auto ep = eval::internal::calibrate_profile({to_float(calib)}, true, 500000.0);
-    if (!ep.ok()) die(ep.status().to_string());
-    auto lp = eval::internal::to_library_profile(**ep, 500000.0);
+    std::vector<KVCache> calib;
+    calib.push_back(synthetic(synth, tokens, layers, 2));
+    auto lp = eval::calibrate_kv_profile(calib, true, 500000.0);
     if (!lp.ok()) die(lp.status().to_string());
     profile = std::move(*lp);
   } else {
