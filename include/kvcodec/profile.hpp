@@ -66,5 +66,9 @@ StatusOr<size_t> encode_into(const KVView& src, const EncodeOptions& options, co
 // versions 1-3 decode as without a profile (the profile is not used).
 Status decode_into(std::span<const uint8_t> frame, const Profile& profile, const KVView& dst,
                    const DecodeOptions& options = {});
+// decode_chunk_into (codec.hpp) for frames encoded with `profile`; streaming clients that decode
+// many chunks of one frame open a FrameDecoder with the profile once instead.
+Status decode_chunk_into(std::span<const uint8_t> head, uint32_t chunk, std::span<const uint8_t> chunk_body,
+                         const Profile& profile, const KVView& dst, const DecodeOptions& options = {});
 
 }  // namespace kvcodec
