@@ -51,6 +51,7 @@ struct LayerModel {
   std::vector<uint8_t> channel_group; // per channel
   std::vector<int32_t> step_code;     // per channel (lossy)
   std::vector<int32_t> center;        // per channel (lossy)
+  bool from_profile = false;          // kFrameFlagProfileModels: the profile's model (nothing parsed)
 };
 
 struct FrameHead {
@@ -78,6 +79,11 @@ void write_head(FrameInfo& f, std::span<const uint8_t> model_section, std::vecto
 // kInvalidArgument for a transform-coded frame (version 4), which only the profile decoder
 // (decode/decode_transform.cpp) reads; OK otherwise.
 Status require_plain_frame(const FrameInfo& f);
+// Parses one layer model of `channels` channels as a profile stores it (docs/format.md 8: lossy,
+// fp32, one slot, at most kMaxTableGroups groups), consuming all of `bytes`.
+Status parse_profile_model(std::span<const uint8_t> bytes, uint32_t channels, LayerModel& m);
+// The FrameInfo a profile's layer models are written and parsed with (fp32, lossy, one slot).
+FrameInfo profile_model_info(uint32_t channels);
 // Parses and validates a head, including the model section.
 StatusOr<FrameHead> parse_head(std::span<const uint8_t> bytes);
 

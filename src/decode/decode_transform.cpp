@@ -4,6 +4,7 @@
 // requested range is transformed back and rounded to the frame's dtype.
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <string>
 
 #if defined(__x86_64__)
@@ -96,11 +97,48 @@ void inverse_head(const Profile& p, uint32_t l, uint32_t kv, uint32_t h, const f
 
 namespace detail {
 
-StatusOr<std::vector<uint8_t>> coefficient_frame(std::span<const uint8_t> frame) {
+namespace {
+
+// The coefficients' version 3 frame of a frame with profile models (docs/format.md 2.2): every
+// referenced layer model replaced by the profile's, written out as in version 3; bodies as they are.
+StatusOr<std::vector<uint8_t>> expand_profile_models(std::span<const uint8_t> frame, const Profile* profile) {
+  KVCODEC_ASSIGN_OR_RETURN(FrameHead h, parse_head(frame));
+  FrameInfo f = h.info;
+  if (!profile || profile->digest != f.profile_digest)
+    return InvalidArgument("frame needs the layer models of profile " + hex64(f.profile_digest));
+  if (profile->models.size() != size_t(kMaxLevel) * 2 * f.shape.layers)
+    return InvalidArgument("frame references the layer models of its profile, which has none (profile version 1)");
+  f.format_version = kStoredUnitsFormatVersion;
+  f.dtype = DType::kF32;
+  f.table_groups = kMaxTableGroups;  // a profile's model may have up to 16 groups
+  f.transformed = f.profile_models = false;
+  std::vector<uint8_t> model;
+  for (size_t i = 0; i < h.layers.size(); ++i) {
+    if (h.layers[i].from_profile) {
+      const auto& m = profile->models[size_t(f.level - 1) * 2 * f.shape.layers + i];
+      model.insert(model.end(), m.begin(), m.end());
+    } else {
+      write_layer_model(f, h.layers[i], model);
+    }
+  }
+  if (model.size() > UINT32_MAX) return ResourceExhausted("model section over 4 GiB");
+  std::vector<uint8_t> head;
+  const uint64_t body = h.info.frame_bytes - h.info.head_bytes;
+  write_head(f, model, head);
+  std::vector<uint8_t> inner(head.size() + body);
+  std::memcpy(inner.data(), head.data(), head.size());
+  std::memcpy(inner.data() + head.size(), frame.data() + h.info.head_bytes, body);
+  return inner;
+}
+
+}  // namespace
+
+StatusOr<std::vector<uint8_t>> coefficient_frame(std::span<const uint8_t> frame, const Profile* profile) {
   KVCODEC_ASSIGN_OR_RETURN(FrameInfo f, read_frame_info(frame));
   if (!f.transformed) return InvalidArgument("not a transform-coded frame");
   if (frame.size() < f.frame_bytes) return BufferTooSmall("frame truncated");
   if (frame.size() > f.frame_bytes) return CorruptData("bytes after the frame");
+  if (f.profile_models) return expand_profile_models(frame, profile);
   std::vector<uint8_t> inner(f.frame_bytes - kTransformBlockBytes);
   reframe(frame, kTransformBlockBytes, {}, kStoredUnitsFormatVersion, 0, uint8_t(DType::kF32), inner);
   return inner;
@@ -112,7 +150,7 @@ Status decode_into(std::span<const uint8_t> frame, const Profile& profile, const
   KVCODEC_ASSIGN_OR_RETURN(FrameInfo f, read_frame_info(frame));
   if (!f.transformed) return decode_into(frame, dst, o);
   KVCODEC_RETURN_IF_ERROR(check_transform_decode(f, frame, profile, dst, o));
-  KVCODEC_ASSIGN_OR_RETURN(std::vector<uint8_t> inner, detail::coefficient_frame(frame));
+  KVCODEC_ASSIGN_OR_RETURN(std::vector<uint8_t> inner, detail::coefficient_frame(frame, &profile));
   const KVShape& s = f.shape;
   const uint32_t lb = o.layer_begin, le = std::min(o.layer_end, s.layers);
   const uint32_t ce = std::min<size_t>(o.chunk_end, f.chunks.size());
