@@ -64,7 +64,9 @@ Status parse_header(std::span<const uint8_t> b, FrameInfo& f, uint32_t& num_chun
   return Status::Ok();
 }
 
-Status parse_layer_model(ByteReader& r, const FrameInfo& f, LayerModel& m, uint64_t& table_bytes) {
+// grids = false: a layer model of a frame with profile models (docs/format.md 2.2), whose step
+// codes and centres are the profile's and not in the frame.
+Status parse_layer_model(ByteReader& r, const FrameInfo& f, LayerModel& m, uint64_t& table_bytes, bool grids = true) {
   const size_t es = dtype_size(f.dtype);
   const uint32_t C = uint32_t(f.shape.channels());
   m.groups = r.u8();
@@ -102,7 +104,7 @@ Status parse_layer_model(ByteReader& r, const FrameInfo& f, LayerModel& m, uint6
   if (!r.ok()) return CorruptData("model section truncated or malformed in channel groups");
   for (uint8_t g : m.channel_group)
     if (g >= m.groups) return CorruptData("channel assigned to a missing group");
-  if (!is_lossless(f)) {
+  if (!is_lossless(f) && grids) {
     m.step_code.resize(C);
     m.center.resize(C);
     int32_t prev = 0;
@@ -194,7 +196,7 @@ StatusOr<FrameHead> parse_head(std::span<const uint8_t> b) {
   // Model section. Its smallest possible size bounds what parsing may allocate, so a forged
   // header with a huge shape cannot make us allocate more than a small multiple of the input.
   const uint64_t C = f.shape.channels();
-  const uint64_t min_layer_model = f.profile_models ? 1 : (C + 1) / 2 + (is_lossless(f) ? 0 : 2 * C);
+  const uint64_t min_layer_model = f.profile_models ? 1 : (C + 1) / 2 + (is_lossless(f) ? 0 : 2 * C);  // 2.2: a source byte
   const uint32_t block = f.transformed ? kTransformBlockBytes : 0;
   if (f.model_bytes < block + 2ull * f.shape.layers * min_layer_model)
     return CorruptData("model section too small for the frame's shape");
@@ -212,7 +214,7 @@ StatusOr<FrameHead> parse_head(std::span<const uint8_t> b) {
         continue;
       }
     }
-    KVCODEC_RETURN_IF_ERROR(parse_layer_model(r, coded, m, f.table_bytes));
+    KVCODEC_RETURN_IF_ERROR(parse_layer_model(r, coded, m, f.table_bytes, !f.profile_models));
   }
   if (!r.at_end()) return CorruptData("model section has trailing bytes");
   return h;

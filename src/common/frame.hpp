@@ -71,8 +71,9 @@ inline uint32_t num_chunks_for(uint32_t tokens, uint32_t chunk_tokens) {
 
 // Checksum of a head (header with its checksum field skipped, model section, chunk index).
 uint64_t head_checksum(uint16_t version, const uint8_t* head, size_t head_bytes);
-// Appends the serialized model of one (layer, K/V); returns the bytes spent on tables.
-size_t write_layer_model(const FrameInfo& f, const LayerModel& m, std::vector<uint8_t>& out);
+// Appends the serialized model of one (layer, K/V); returns the bytes spent on tables. grids =
+// false: without step codes and centres (a frame with profile models, docs/format.md 2.2).
+size_t write_layer_model(const FrameInfo& f, const LayerModel& m, std::vector<uint8_t>& out, bool grids = true);
 // Writes header, model section and chunk index (checksummed) into `out` (resized to head_bytes).
 // f.chunks must hold sizes and checksums; offsets are assigned here, as are head/frame sizes.
 void write_head(FrameInfo& f, std::span<const uint8_t> model_section, std::vector<uint8_t>& out);

@@ -114,12 +114,16 @@ StatusOr<std::vector<uint8_t>> expand_profile_models(std::span<const uint8_t> fr
   f.transformed = f.profile_models = false;
   std::vector<uint8_t> model;
   for (size_t i = 0; i < h.layers.size(); ++i) {
+    const auto& m = profile->models[size_t(f.level - 1) * 2 * f.shape.layers + i];
     if (h.layers[i].from_profile) {
-      const auto& m = profile->models[size_t(f.level - 1) * 2 * f.shape.layers + i];
       model.insert(model.end(), m.begin(), m.end());
-    } else {
-      write_layer_model(f, h.layers[i], model);
+      continue;
     }
+    LayerModel pm;  // the frame's groups and tables on the profile model's grids
+    KVCODEC_RETURN_IF_ERROR(parse_profile_model(m, uint32_t(f.shape.channels()), pm));
+    h.layers[i].step_code = std::move(pm.step_code);
+    h.layers[i].center = std::move(pm.center);
+    write_layer_model(f, h.layers[i], model);
   }
   if (model.size() > UINT32_MAX) return ResourceExhausted("model section over 4 GiB");
   std::vector<uint8_t> head;

@@ -506,11 +506,9 @@ void choose_fixed_model(const Context& cx, uint32_t layer, uint32_t kv, Workspac
   detail::lossy_model_codes(fm, fixed_lut);
   const uint64_t fixed_cost = detail::lossy_model_cost(ws.counts, fm, fixed_lut);
   if (fixed_cost == UINT64_MAX) return;
-  std::vector<uint8_t> bytes;
+  std::vector<uint8_t> bytes;  // the own model as the frame would carry it: no grids (the profile's)
   const FrameInfo f = detail::frame_info_for(cx.src.shape, cx.src.dtype, cx.opt);
-  m.step_code = fm.step_code;
-  m.center = fm.center;
-  detail::write_layer_model(f, m, bytes);
+  detail::write_layer_model(f, m, bytes, false);
   const uint64_t own_cost = detail::lossy_model_cost(ws.counts, m, fc_lut) + (uint64_t(bytes.size()) * 8 << 16);
   if (fixed_cost >= own_cost) return;
   m = fm;
@@ -708,9 +706,10 @@ static StatusOr<size_t> encode_frame(const KVView& src, const EncodeOptions& o, 
   for (const auto& lo : outs)
     if (lo.units.any_stored()) f.format_version = kStoredUnitsFormatVersion;
   std::vector<uint8_t> model;
+  const bool sources = fixed && !fixed->front().tables.empty();  // docs/format.md 2.2
   for (const auto& lo : outs) {
-    if (fixed && !fixed->front().tables.empty()) model.push_back(lo.model.from_profile ? 1 : 0);  // source (format.md 2.2)
-    if (!lo.model.from_profile) f.table_bytes += detail::write_layer_model(f, lo.model, model);
+    if (sources) model.push_back(lo.model.from_profile ? 1 : 0);
+    if (!lo.model.from_profile) f.table_bytes += detail::write_layer_model(f, lo.model, model, !sources);
   }
 
   f.chunks.resize(chunks);
