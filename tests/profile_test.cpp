@@ -576,6 +576,36 @@ TEST(ProfileModels, NeedTheProfileWithModelsAndRejectBadSources) {
   ASSERT_TRUE(decode_into(*grouped, p, v).ok());
 }
 
+TEST(ProfileModels, SensitivityAllocatesTheSteps) {
+  // Rate-distortion allocation: step ~ 1 / sqrt(sensitivity), the geometric mean kept. Raising one
+  // tensor's sensitivity 16x makes its step 4x smaller (32 codes) relative to every other tensor's.
+  Profile a = make_test_profile(kShape, false, 71), b = a;
+  const KVShape cs{kShape.layers, 90, kShape.kv_heads, kShape.head_dim};
+  std::vector<uint16_t> cache = to_f16(make_cache(cs, 72));
+  const std::vector<KVView> views = {contiguous_view(cache.data(), DType::kF16, cs)};
+  std::vector<double> w(size_t(kShape.layers) * 2, 1.0);
+  ASSERT_TRUE(calibrate_profile_models(a, views, w).ok());
+  w[1] = 16.0;
+  ASSERT_TRUE(calibrate_profile_models(b, views, w).ok());
+  const uint32_t C = uint32_t(kShape.channels());
+  for (int level = 2; level <= kMaxLevel; level += 3) {
+    std::vector<int32_t> shift;
+    for (size_t u = 0; u < w.size(); ++u) {
+      detail::LayerModel ma, mb;
+      const size_t i = size_t(level - 1) * w.size() + u;
+      ASSERT_TRUE(detail::parse_profile_model(a.models[i], C, ma).ok());
+      ASSERT_TRUE(detail::parse_profile_model(b.models[i], C, mb).ok());
+      shift.push_back(mb.step_code[0] - ma.step_code[0]);
+    }
+    for (size_t u = 2; u < shift.size(); ++u) EXPECT_NEAR(shift[u], shift[0], 1) << "level " << level;
+    EXPECT_NEAR(shift[1] - shift[0], -32, 1) << "level " << level;
+  }
+  std::vector<double> bad(size_t(kShape.layers) * 2, 1.0);
+  bad[0] = -1;
+  EXPECT_EQ(calibrate_profile_models(a, views, bad).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(calibrate_profile_models(a, views, std::vector<double>(3, 1.0)).code(), StatusCode::kInvalidArgument);
+}
+
 TEST(ProfileModels, GoldenFrame) {
   const KVShape s{2, 40, 2, 16};
   const std::vector<uint16_t> in = to_f16(make_cache(s, 61));

@@ -139,6 +139,15 @@ Status parse_transform_block(ByteReader& r, FrameInfo& f, FrameInfo& coded) {
 
 }  // namespace
 
+size_t layer_model_prefix_bytes(const LayerModel& m, bool lossless) {
+  size_t n = 1 + (m.channel_group.size() + 1) / 2;
+  for (const TableSpec& t : m.tables) {
+    n += lossless ? 1 : 3;
+    for (uint16_t f : t.table.freq) n += f < 128 ? 1 : 2;  // varints of values <= 4096
+  }
+  return n;
+}
+
 FrameInfo profile_model_info(uint32_t channels) {
   FrameInfo f;
   f.dtype = DType::kF32;

@@ -80,6 +80,9 @@ void write_head(FrameInfo& f, std::span<const uint8_t> model_section, std::vecto
 // kInvalidArgument for a transform-coded frame (version 4), which only the profile decoder
 // (decode/decode_transform.cpp) reads; OK otherwise.
 Status require_plain_frame(const FrameInfo& f);
+// Bytes of a parsed layer model's serialization before its step codes and centres: groups,
+// tables, channel groups (all of it for lossless models).
+size_t layer_model_prefix_bytes(const LayerModel& m, bool lossless);
 // Parses one layer model of `channels` channels as a profile stores it (docs/format.md 8: lossy,
 // fp32, one slot, at most kMaxTableGroups groups), consuming all of `bytes`.
 Status parse_profile_model(std::span<const uint8_t> bytes, uint32_t channels, LayerModel& m);

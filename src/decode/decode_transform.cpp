@@ -11,6 +11,7 @@
 #include <immintrin.h>
 #endif
 
+#include "common/bytes.hpp"
 #include "common/dtype.hpp"
 #include "common/frame.hpp"
 #include "common/parallel.hpp"
@@ -99,39 +100,42 @@ namespace detail {
 
 namespace {
 
-// The coefficients' version 3 frame of a frame with profile models (docs/format.md 2.2): every
-// referenced layer model replaced by the profile's, written out as in version 3; bodies as they are.
+// The coefficients' version 3 frame of a frame with profile models (docs/format.md 2.2): the
+// model section rebuilt from the frame's own models (their groups, tables and channel groups, then
+// the profile model's step codes and centres) and the profile's referenced ones; bodies as they
+// are. Byte splicing only (the decoder has no frame writer).
 StatusOr<std::vector<uint8_t>> expand_profile_models(std::span<const uint8_t> frame, const Profile* profile) {
   KVCODEC_ASSIGN_OR_RETURN(FrameHead h, parse_head(frame));
-  FrameInfo f = h.info;
+  const FrameInfo& f = h.info;
   if (!profile || profile->digest != f.profile_digest)
     return InvalidArgument("frame needs the layer models of profile " + hex64(f.profile_digest));
   if (profile->models.size() != size_t(kMaxLevel) * 2 * f.shape.layers)
     return InvalidArgument("frame references the layer models of its profile, which has none (profile version 1)");
-  f.format_version = kStoredUnitsFormatVersion;
-  f.dtype = DType::kF32;
-  f.table_groups = kMaxTableGroups;  // a profile's model may have up to 16 groups
-  f.transformed = f.profile_models = false;
+  const uint32_t C = uint32_t(f.shape.channels());
+  const uint8_t* section = frame.data() + kHeaderBytes;
+  size_t pos = kTransformBlockBytes;
   std::vector<uint8_t> model;
   for (size_t i = 0; i < h.layers.size(); ++i) {
-    const auto& m = profile->models[size_t(f.level - 1) * 2 * f.shape.layers + i];
+    const std::vector<uint8_t>& pm = profile->models[size_t(f.level - 1) * 2 * f.shape.layers + i];
+    ++pos;  // the source byte
     if (h.layers[i].from_profile) {
-      model.insert(model.end(), m.begin(), m.end());
+      model.insert(model.end(), pm.begin(), pm.end());
       continue;
     }
-    LayerModel pm;  // the frame's groups and tables on the profile model's grids
-    KVCODEC_RETURN_IF_ERROR(parse_profile_model(m, uint32_t(f.shape.channels()), pm));
-    h.layers[i].step_code = std::move(pm.step_code);
-    h.layers[i].center = std::move(pm.center);
-    write_layer_model(f, h.layers[i], model);
+    const size_t own = layer_model_prefix_bytes(h.layers[i], false);
+    model.insert(model.end(), section + pos, section + pos + own);
+    pos += own;
+    LayerModel grids;
+    KVCODEC_RETURN_IF_ERROR(parse_profile_model(pm, C, grids));
+    model.insert(model.end(), pm.begin() + std::ptrdiff_t(layer_model_prefix_bytes(grids, false)), pm.end());
   }
+  if (pos != f.model_bytes) return Internal("profile models: model section sizes disagree");
   if (model.size() > UINT32_MAX) return ResourceExhausted("model section over 4 GiB");
-  std::vector<uint8_t> head;
-  const uint64_t body = h.info.frame_bytes - h.info.head_bytes;
-  write_head(f, model, head);
-  std::vector<uint8_t> inner(head.size() + body);
-  std::memcpy(inner.data(), head.data(), head.size());
-  std::memcpy(inner.data() + head.size(), frame.data() + h.info.head_bytes, body);
+  std::vector<uint8_t> inner(f.frame_bytes - f.model_bytes + model.size());
+  reframe(frame, uint32_t(f.model_bytes), model, kStoredUnitsFormatVersion, 0, uint8_t(DType::kF32), inner);
+  inner[kOffTableGroups] = uint8_t(kMaxTableGroups);  // a profile's model may have up to 16 groups
+  store_le64(inner.data() + kOffHeadChecksum,
+             head_checksum(kStoredUnitsFormatVersion, inner.data(), inner.size() - (f.frame_bytes - f.head_bytes)));
   return inner;
 }
 

@@ -430,20 +430,27 @@ StatusOr<Profile> calibrate_model_profile(const CalibrateOptions& o) {
   const uint32_t n = o.context_tokens ? o.context_tokens : model.config().seq_len * 3 / 4;
   if (n < 1 || n > model.config().seq_len)
     return InvalidArgument("context tokens must be 1.." + std::to_string(model.config().seq_len));
+  if (o.rd && !o.models) return InvalidArgument("rate-distortion steps need the profile's layer models");
+  const uint32_t m = o.rd ? std::min<uint32_t>(64, model.config().seq_len - n) : 0;  // continuation (sensitivity)
+  if (o.rd && m == 0) return InvalidArgument("rate-distortion steps need context tokens below seq_len (a continuation)");
+  const uint32_t needed = n + (m ? m + 1 : 0);
   KVCODEC_ASSIGN_OR_RETURN(std::string text, read_text(o.text_path));
-  KVCODEC_ASSIGN_OR_RETURN(uint64_t last, last_offset(tok, text, n));
+  KVCODEC_ASSIGN_OR_RETURN(uint64_t last, last_offset(tok, text, needed));
   Calibration cal;
+  std::vector<std::vector<int32_t>> contexts;
   for (uint32_t i = 0; i < o.contexts; ++i) {
     const uint64_t off = o.contexts > 1 ? last * i / (o.contexts - 1) : 0;
-    KVCODEC_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, context_tokens(tok, text, off, n));
+    KVCODEC_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, context_tokens(tok, text, off, needed));
     KVState st = model.new_state();
-    KVCODEC_RETURN_IF_ERROR(model.forward(tokens, st, nullptr));
+    KVCODEC_RETURN_IF_ERROR(model.forward(std::span<const int32_t>(tokens).first(n), st, nullptr));
     cal.caches.push_back(float_kv_of(st));
     round_to_f16(cal.caches.back());
+    contexts.push_back(std::move(tokens));
   }
+  if (o.rd) KVCODEC_RETURN_IF_ERROR(measure_sensitivity(model, contexts, n, cal));
   KVCODEC_ASSIGN_OR_RETURN(auto p, internal::calibrate_profile(cal.caches, o.keys_before_rope, cal.rope_theta));
   KVCODEC_ASSIGN_OR_RETURN(Profile lp, internal::to_library_profile(*p, cal.rope_theta));
-  if (o.models) KVCODEC_RETURN_IF_ERROR(internal::add_profile_models(lp, cal.caches));
+  if (o.models) KVCODEC_RETURN_IF_ERROR(internal::add_profile_models(lp, cal.caches, cal.sensitivity));
   return lp;
 }
 

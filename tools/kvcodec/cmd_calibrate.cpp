@@ -47,6 +47,7 @@ struct CalibrateArgs {
   std::string output;
   std::string keys = "before-rope";
   std::string models = "on";
+  std::string steps = "rd";
 };
 
 void declare(Command& cmd, CalibrateArgs& o) {
@@ -59,6 +60,9 @@ void declare(Command& cmd, CalibrateArgs& o) {
   cmd.option("--keys", o.keys, "before-rope (keys decorrelated with RoPE undone, the default) or after-rope");
   cmd.option("--models", o.models, "on (default): also the stored layer models (profile version 2: frames reference "
              "their tables instead of carrying them), or off (version 1)");
+  cmd.option("--steps", o.steps, "rd (default with --model): the layer models' steps allocated on each (layer, K/V)'s "
+             "measured sensitivity (next-token KL under noise); rms: layer_factor and RMS as without a profile "
+             "(the only choice for KV files)");
   cmd.option("--rope-theta", o.rope_theta, "the model's RoPE base, for KV files with --keys before-rope");
   cmd.app().add_option("KV", o.kv_files, "KV cache files (.safetensors or .npy) of the model, instead of --model");
   cmd.option("-o,--output", o.output, "output profile (.kvprofile), written atomically");
@@ -83,6 +87,8 @@ int cmd_calibrate(int argc, char** argv) {
   a.cal.keys_before_rope = a.keys == "before-rope";
   if (a.models != "on" && a.models != "off") return cmd.usage_error("--models: expected on or off");
   a.cal.models = a.models == "on";
+  if (a.steps != "rd" && a.steps != "rms") return cmd.usage_error("--steps: expected rd or rms");
+  a.cal.rd = a.cal.models && !from_files && a.steps == "rd";
   if (from_files && a.cal.keys_before_rope && !a.rope_theta)
     return cmd.usage_error("KV files with --keys before-rope need --rope-theta (the model's RoPE base), or use --keys after-rope");
   auto calibrate = [&]() -> StatusOr<Profile> {

@@ -148,6 +148,11 @@ struct CalibrateOptions {
   // Also calibrate the stored layer models (profile version 2, docs/format.md 8): frames coded
   // with the profile then reference its tables instead of carrying their own where that is smaller.
   bool models = false;
+  // With models: steps allocated by rate-distortion on each (layer, K/V)'s measured sensitivity
+  // (next-token KL per unit of squared error, noise added to the first 4 contexts and their
+  // continuations of up to 64 tokens: context_tokens must leave room for them within seq_len)
+  // instead of layer_factor and the calibration RMS (calibrate_profile_models).
+  bool rd = false;
 };
 StatusOr<Profile> calibrate_model_profile(const CalibrateOptions& options);
 // The same from KV caches already dumped (`kvcodec kv-dump`, a server's export): all of one
