@@ -600,6 +600,15 @@ TEST(ProfileModels, SensitivityAllocatesTheSteps) {
     for (size_t u = 2; u < shift.size(); ++u) EXPECT_NEAR(shift[u], shift[0], 1) << "level " << level;
     EXPECT_NEAR(shift[1] - shift[0], -32, 1) << "level " << level;
   }
+  // Component weights: a channel of 4x the weight gets a step 2x smaller (16 codes) than the others.
+  std::vector<double> cw(w.size() * C, 1.0);
+  cw[0] = 4.0;
+  ASSERT_TRUE(calibrate_profile_models(b, views, w, cw).ok());
+  detail::LayerModel m;
+  ASSERT_TRUE(detail::parse_profile_model(b.models[size_t(4) * w.size()], C, m).ok());  // level 5, layer 0 K
+  EXPECT_NEAR(m.step_code[0] - m.step_code[1], -16, 1);
+  for (uint32_t c = 2; c < C; ++c) EXPECT_EQ(m.step_code[c], m.step_code[1]);
+  EXPECT_EQ(calibrate_profile_models(b, views, {}, cw).code(), StatusCode::kInvalidArgument);  // needs sensitivity
   std::vector<double> bad(size_t(kShape.layers) * 2, 1.0);
   bad[0] = -1;
   EXPECT_EQ(calibrate_profile_models(a, views, bad).code(), StatusCode::kInvalidArgument);

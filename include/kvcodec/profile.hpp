@@ -70,7 +70,12 @@ Status set_profile_models(Profile& p, std::vector<std::vector<uint8_t>> models);
 // the steps are allocated by rate-distortion theory instead of by layer_factor and the tensor's
 // RMS: step(l, kv) = kLevelStep[n] * K / sqrt(sensitivity), K keeping the geometric mean of the
 // steps that of the default allocation (levels keep their average rate).
-Status calibrate_profile_models(Profile& p, std::span<const KVView> caches, std::span<const double> sensitivity = {});
+// component_weight (optional, with sensitivity; 2 * layers * kv_heads * head_dim values, index
+// (l * 2 + kv) * C + h * head_dim + k): the relative cost of an error in component k of head h
+// (e.g. for keys, the queries' energy along the component's axis); steps within a (layer, K/V)
+// then scale with 1 / sqrt(weight / mean weight of the (layer, K/V)).
+Status calibrate_profile_models(Profile& p, std::span<const KVView> caches, std::span<const double> sensitivity = {},
+                                std::span<const double> component_weight = {});
 
 // Forward transform of every (layer, K/V, token, head) row of src into fp32 coefficients,
 // contiguous [layer][kv][token][channel] (channel h * head_dim + k is component k of head h).
