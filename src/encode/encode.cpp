@@ -86,7 +86,7 @@ struct Workspace {
   std::vector<double> sum, sq, inv_step, center;
   std::vector<uint32_t> count;
   std::vector<float> lo, hi;  // finite range per channel (robust scales)
-  std::vector<float> step, row;
+  std::vector<float> step, row, inv_f, half_f;
   std::vector<int32_t> center_i;
   std::vector<ChannelGrid> grids;
   std::vector<uint32_t> codes, fc, esc_at, chan_off;
@@ -482,6 +482,9 @@ void lossy_grids(const Context& cx, uint32_t layer, const uint8_t* raw, Workspac
     ws.center[c] = ws.grids[c].center;
     ws.center_i[c] = ws.grids[c].center;
   }
+  ws.inv_f.resize(C);
+  ws.half_f.resize(C);
+  detail::screen_constants(ws.step.data(), ws.inv_step.data(), C, ws.inv_f.data(), ws.half_f.data());
 }
 
 // Lane codes of one token's values: f[c] = lut[off[c] + lossy_bin(v[c])] without the escape
@@ -550,7 +553,8 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, Workspa
   const uint32_t GT = cx.opt.group_tokens, CT = cx.opt.chunk_tokens;
   const uint32_t slots = GT > 1 ? 2 : 1;
   lossy_grids(cx, layer, raw, ws);
-  const detail::RowGrid rg{ws.step.data(), ws.inv_step.data(), ws.center.data(), ws.center_i.data()};
+  const detail::RowGrid rg{ws.step.data(), ws.inv_step.data(), ws.center.data(), ws.center_i.data(), ws.inv_f.data(),
+                          ws.half_f.data()};
 
   // Symbol values: q = n - center for anchors, q - q_anchor for deltas; kEscape when escaped.
   // Column block by column block: each block's values are counted while they are in cache.
