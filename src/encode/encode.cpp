@@ -81,6 +81,7 @@ struct Workspace {
   std::vector<int16_t> val;      // lossy symbol values [tokens][channels]
   std::vector<uint32_t> local;   // one column block's counts (lossy: [slot][bin][kColumnBlock])
   std::vector<uint16_t> local16; // lossless: one column block's counts between spills
+  std::vector<uint64_t> bin_mask; // lossy: per (slot, bin) of a block, the channels counting it
   detail::ChannelCounts counts;
   std::vector<uint64_t> feature;
   std::vector<double> sum, sq, inv_step, center;
@@ -359,6 +360,7 @@ struct BlockCounter {
   size_t VP;
   uint32_t CT, GT, n;
   uint32_t* loc;                            // [slot][bin][B]
+  uint64_t* bin_mask;                       // scratch of 2 * bins masks
   uint32_t feat[B] = {};                    // < 2^32: at most kMaxTokens values of magnitude <= kQLimit
   int16_t lo[2] = {0, 0}, hi[2] = {0, 0};  // per slot: the values seen (escapes as 0)
   alignas(32) int16_t acc_lo[2][16] = {}, acc_hi[2][16] = {};  // the same per vector lane (AVX2)
@@ -392,24 +394,45 @@ struct BlockCounter {
         lo[s] = std::min(lo[s], acc_lo[s][k]);
         hi[s] = std::max(hi[s], acc_hi[s][k]);
       }
-    detail::ChannelCounts& cc = ws.counts;
-    for (uint32_t j = 0; j < n; ++j) {
+    // Each channel's non-zero counts in (slot, bin) order, bins [lo + kQLimit, hi + kQLimit] then
+    // the escape bin (above every value bin). The bins are scanned once, row by row: a mask of
+    // the channels counting each, the channels' entry counts, then every entry written in place.
+    uint32_t nnz[B] = {}, at[B];
+    auto for_bins = [&](auto&& fn) {
       for (uint32_t s = 0; s < slots; ++s) {
-        uint32_t* ls = loc + size_t(s) * bins * B + j;
         const uint32_t b0 = uint32_t(lo[s] + detail::kQLimit), b1 = uint32_t(hi[s] + detail::kQLimit);
-        auto take = [&](uint32_t b) {
-          if (uint32_t& k = ls[b * B]) {
-            cc.index.push_back(s * bins + b);
-            cc.count.push_back(k);
-            k = 0;
-          }
-        };
-        for (uint32_t b = b0; b <= b1; ++b) take(b);
-        if (esc[s]) take(detail::kEscBin);
+        for (uint32_t b = b0; b <= b1; ++b) fn(s, b);
+        if (esc[s]) fn(s, detail::kEscBin);
       }
-      cc.begin.push_back(uint32_t(cc.index.size()));
+    };
+    uint64_t* mask = bin_mask;
+    for_bins([&](uint32_t s, uint32_t b) {
+      const uint32_t* row = loc + (size_t(s) * bins + b) * B;
+      uint64_t m = 0;
+      for (uint32_t j = 0; j < n; ++j) m |= uint64_t(row[j] != 0) << j;
+      *mask++ = m;
+      for (; m; m &= m - 1) ++nnz[__builtin_ctzll(m)];
+    });
+    detail::ChannelCounts& cc = ws.counts;
+    size_t end = cc.index.size();
+    for (uint32_t j = 0; j < n; ++j) {
+      at[j] = uint32_t(end);
+      end += nnz[j];
+      cc.begin.push_back(uint32_t(end));
       if (feature) ws.feature[c0 + j] = feat[j];
     }
+    cc.index.resize(end);
+    cc.count.resize(end);
+    mask = bin_mask;
+    for_bins([&](uint32_t s, uint32_t b) {
+      uint32_t* row = loc + (size_t(s) * bins + b) * B;
+      for (uint64_t m = *mask++; m; m &= m - 1) {
+        const uint32_t j = uint32_t(__builtin_ctzll(m)), i = at[j]++;
+        cc.index[i] = s * bins + b;
+        cc.count[i] = row[j];
+        row[j] = 0;
+      }
+    });
   }
 };
 
@@ -418,7 +441,7 @@ void count_lossy(const int16_t* val, uint32_t T, uint32_t C, size_t VP, uint32_t
                  Workspace& ws) {
   ws.counts.reset(C, slots, detail::kLossyBins);
   for (uint32_t c0 = 0; c0 < C; c0 += detail::kColumnBlock) {
-    BlockCounter bc{val + c0, VP, CT, GT, std::min(detail::kColumnBlock, C - c0), ws.local.data()};
+    BlockCounter bc{val + c0, VP, CT, GT, std::min(detail::kColumnBlock, C - c0), ws.local.data(), ws.bin_mask.data()};
     bc.add(0, T);
     bc.finish(c0, slots, ws, false);
   }
@@ -563,11 +586,12 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, Workspa
   ws.val.resize(size_t(T) * VP);
   int16_t* val = ws.val.data();
   ws.local.resize(size_t(slots) * detail::kLossyBins * detail::kColumnBlock, 0);
+  ws.bin_mask.resize(2 * detail::kLossyBins);
   ws.feature.resize(C);
   ws.counts.reset(C, slots, detail::kLossyBins);
   for (uint32_t c0 = 0; c0 < C; c0 += detail::kColumnBlock) {
     const uint32_t n = std::min(detail::kColumnBlock, C - c0);
-    BlockCounter bc{val + c0, VP, CT, GT, n, ws.local.data()};
+    BlockCounter bc{val + c0, VP, CT, GT, n, ws.local.data(), ws.bin_mask.data()};
     for (uint32_t t0 = 0; t0 < T; t0 += kTokenTile) {  // counted while in L1
       const uint32_t t1 = std::min(T, t0 + kTokenTile);
       detail::quantize_columns(raw, cx.rp, uint8_t(cx.src.dtype), t0, t1, c0, n, rg, CT, GT, val, VP);

@@ -321,6 +321,7 @@ KVCODEC_AVX512 void column_stats32_avx512(const uint8_t* raw, size_t rp, uint8_t
   alignas(64) float xb[32];
   for (uint32_t t = 0; t < T; ++t) {
     const uint8_t* r = raw + size_t(t) * rp + size_t(c0) * es;
+    for (size_t b = 0; b < 32 * es; b += 64) __builtin_prefetch(r + 16 * rp + b);  // a hint (rows far apart)
     __m512 v[2];
     if (dt == 2) {
       v[0] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r)));
@@ -504,6 +505,8 @@ void delta_row(int16_t* v, const int16_t* a, uint32_t n) {
   }
 }
 
+constexpr size_t kPrefetchRows = 16;
+
 template <int kIsa>  // 0 scalar, 1 AVX2, 2 AVX-512
 void quantize_columns_impl(const uint8_t* raw, size_t rp, uint8_t dt, uint32_t t0, uint32_t t1, uint32_t c0, uint32_t n,
                            const RowGrid& g, uint32_t CT, uint32_t GT, int16_t* val, size_t VP) {
@@ -511,9 +514,13 @@ void quantize_columns_impl(const uint8_t* raw, size_t rp, uint8_t dt, uint32_t t
   const RowGrid gb{g.step + c0, g.inv_step + c0, g.center + c0, g.center_i + c0, g.inv_f ? g.inv_f + c0 : nullptr,
                    g.half_f ? g.half_f + c0 : nullptr};
   float xb[kColumnBlock];
+  const size_t block_bytes = size_t(n) * es;
   for (uint32_t t = t0; t < t1; ++t) {
     const uint8_t* r = raw + size_t(t) * rp + c0 * es;
     int16_t* vr = val + size_t(t) * VP + c0;
+    // The block's row kPrefetchRows tokens on (rows are far apart: the hardware prefetcher
+    // does not follow them). A hint only: the address may be past the tensor's end.
+    for (size_t b = 0; b < block_bytes; b += 64) __builtin_prefetch(r + kPrefetchRows * rp + b);
 #if defined(__x86_64__)
     if constexpr (kIsa == 2) {
       if (dt == 2) quantize_row_avx512_t(reinterpret_cast<const uint16_t*>(r), gb, n, dt, vr);
