@@ -50,6 +50,17 @@ void gather(const KVView& v, uint32_t l, uint32_t kv, uint8_t* out, size_t pitch
     }
 }
 
+// Where the elements of (layer l, K/V kv) already are [tokens][channels] with rows a fixed
+// distance apart (strided or per-layer views whose channels are contiguous within a token):
+// their first element and the row pitch in bytes, read in place instead of gathered. Else null.
+const uint8_t* rows_in_place(const KVView& v, uint32_t l, uint32_t kv, size_t* pitch) {
+  if (v.kind == KVView::Kind::kPaged || v.stride[4] != 1 || (v.shape.kv_heads > 1 && v.stride[3] != v.shape.head_dim) ||
+      v.stride[2] <= 0)
+    return nullptr;
+  *pitch = size_t(v.stride[2]) * dtype_size(v.dtype);
+  return static_cast<const uint8_t*>(v.element(l, kv, 0, 0, 0));
+}
+
 // rANS-codes symbols given as freq << 16 | cum (in stream order) and pads the unit to 4 bytes.
 void encode_symbols(const std::vector<uint32_t>& fc, std::vector<uint16_t>& scratch, std::vector<uint8_t>& unit) {
   detail::rans_encode_codes(fc.data(), fc.size(), scratch, unit);
@@ -68,8 +79,9 @@ struct Context {
   const EncodeOptions& opt;
   uint32_t chunks;
   size_t es;
-  // Bytes from one token's row of gathered elements to the next: a cache line more than the
-  // row, so that column blocks do not map every row to the same cache sets.
+  // Bytes from one token's row of elements to the next: the view's own pitch where the rows
+  // are read in place (rows_in_place), else that of the gathered rows, a cache line more than
+  // the row, so that column blocks do not map every row to the same cache sets.
   size_t rp;
 };
 
@@ -682,12 +694,18 @@ static StatusOr<size_t> encode_frame(const KVView& src, const EncodeOptions& o, 
       return;
     }
     std::unique_ptr<Workspace> ws = workspace_pool().take();
-    ws->raw.resize(size_t(sh.tokens) * cx.rp);  // gathered next
-    const uint8_t* raw = ws->raw.data();
-    gather(src, l, kv, ws->raw.data(), cx.rp);
-    if (o.level == 0) encode_lossless(cx, raw, *ws, outs[task]);
-    else encode_lossy(cx, l, raw, *ws, outs[task]);
-    const size_t ws_bytes = ws->raw.capacity() * 4;  // about: raw, values, counts
+    size_t pitch = cx.rp;
+    const uint8_t* raw = rows_in_place(src, l, kv, &pitch);
+    if (!raw) {
+      ws->raw.resize(size_t(sh.tokens) * cx.rp);  // gathered next
+      gather(src, l, kv, ws->raw.data(), cx.rp);
+      raw = ws->raw.data();
+    }
+    const Context tcx{cx.src, cx.opt, cx.chunks, cx.es, pitch};
+    if (o.level == 0) encode_lossless(tcx, raw, *ws, outs[task]);
+    else encode_lossy(tcx, l, raw, *ws, outs[task]);
+    const size_t ws_bytes = ws->raw.capacity() + ws->val.capacity() * 2 + ws->fc.capacity() * 4 +
+                            ws->scratch.capacity() * 2 + ws->unit.capacity();  // the large arrays
     workspace_pool().give(std::move(ws), ws_bytes);
   }));
   for (size_t i = 0; i < outs.size(); ++i)

@@ -386,8 +386,15 @@ void column_stats(const uint8_t* raw, size_t rp, uint8_t dt, uint32_t T, uint32_
                   const ChannelSumsSoA& s, float* lo, float* hi) {
   uint32_t c0 = 0;
 #if defined(__x86_64__)
-  if (avx512_enabled())
-    for (; c0 + 32 <= C; c0 += 32) column_stats32_avx512(raw, rp, dt, T, c0, s, lo, hi);
+  // Tiles of 16 tokens, all column blocks of a tile in turn: the rows are read about in order
+  // (each channel's sums still in token order: the accumulators go to memory between tiles).
+  if (avx512_enabled()) {
+    const uint32_t blocks = C / 32 * 32;
+    for (uint32_t t0 = 0; t0 < T; t0 += 16)
+      for (c0 = 0; c0 < blocks; c0 += 32)
+        column_stats32_avx512(raw + size_t(t0) * rp, rp, dt, std::min(T - t0, 16u), c0, s, lo, hi);
+    c0 = blocks;
+  }
 #endif
   if (c0 == C) return;
   const size_t es = dtype_size(DType(dt));
