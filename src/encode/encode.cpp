@@ -6,6 +6,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <numeric>
 #include <string>
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -61,9 +62,26 @@ const uint8_t* rows_in_place(const KVView& v, uint32_t l, uint32_t kv, size_t* p
   return static_cast<const uint8_t*>(v.element(l, kv, 0, 0, 0));
 }
 
-// rANS-codes symbols given as freq << 16 | cum (in stream order) and pads the unit to 4 bytes.
-void encode_symbols(const std::vector<uint32_t>& fc, std::vector<uint16_t>& scratch, std::vector<uint8_t>& unit) {
-  detail::rans_encode_codes(fc.data(), fc.size(), scratch, unit);
+// rANS-codes the symbols of `rows` token rows of C symbols each (stream order: row by row) and
+// pads the unit to 4 bytes. row_codes(r0, r1, f) writes the lane codes (freq << 16 | cum) of
+// rows [r0, r1) to f; it is called for pieces of about kPieceSymbols symbols, the last piece
+// first (the coder runs backwards), so only one piece of codes is held at a time.
+constexpr size_t kPieceSymbols = size_t(1) << 16;
+template <typename RowCodes>
+void encode_rows(uint32_t rows, uint32_t C, RowCodes&& row_codes, detail::LaneStreamEncoder& lanes,
+                 std::vector<uint32_t>& fc, std::vector<uint8_t>& unit) {
+  // Pieces start at multiples of R rows, R * C a multiple of the lane count.
+  const uint32_t R0 = kRansLanes / std::gcd(C, kRansLanes);
+  const uint32_t R = std::max<uint32_t>(R0, uint32_t(kPieceSymbols / C) / R0 * R0);
+  lanes.begin(size_t(rows) * C);
+  fc.resize(size_t(std::min(R, rows)) * C);
+  for (uint32_t r1 = rows; r1 > 0;) {
+    const uint32_t r0 = (r1 - 1) / R * R;
+    row_codes(r0, r1, fc.data());
+    lanes.put(fc.data(), size_t(r0) * C, size_t(r1) * C);
+    r1 = r0;
+  }
+  lanes.finish(unit);
   unit.resize(pad4(unit.size()), 0);
 }
 
@@ -104,7 +122,7 @@ struct Workspace {
   std::vector<ChannelGrid> grids;
   std::vector<uint32_t> codes, fc, esc_at, chan_off;
   std::vector<const uint32_t*> chan_lut;
-  std::vector<uint16_t> scratch;
+  detail::LaneStreamEncoder lanes;
   std::vector<uint8_t> unit;  // the unit being coded (then copied to the task's UnitStore)
 };
 
@@ -282,22 +300,23 @@ void encode_lossless(const Context& cx, const uint8_t* raw, Workspace& ws, Layer
   const bool avx2 = detail::avx2_enabled();
   for (uint32_t k = 0; k < cx.chunks; ++k) {
     const uint32_t t0 = k * cx.opt.chunk_tokens, t1 = std::min(T, t0 + cx.opt.chunk_tokens);
-    ws.fc.resize(size_t(t1 - t0) * C);
     ws.unit.clear();
     for (uint32_t p = 0; p < P; ++p) {
       const uint32_t* off = &ws.chan_off[size_t(p) * C];
-      for (uint32_t t = t0; t < t1; ++t) {
-        const uint8_t* e = raw + size_t(t) * cx.rp;
-        uint32_t* f = ws.fc.data() + size_t(t - t0) * C;
+      auto row_codes = [&](uint32_t r0, uint32_t r1, uint32_t* fc) {
+        for (uint32_t t = t0 + r0; t < t0 + r1; ++t) {
+          const uint8_t* e = raw + size_t(t) * cx.rp;
+          uint32_t* f = fc + size_t(t - t0 - r0) * C;
 #if defined(__x86_64__)
-        if (avx2) {
-          plane_codes_avx2(e, P, p, off, C, codes.data(), f);
-          continue;
-        }
+          if (avx2) {
+            plane_codes_avx2(e, P, p, off, C, codes.data(), f);
+            continue;
+          }
 #endif
-        plane_codes_scalar(e, P, p, off, C, codes.data(), f);
-      }
-      encode_symbols(ws.fc, ws.scratch, ws.unit);
+          plane_codes_scalar(e, P, p, off, C, codes.data(), f);
+        }
+      };
+      encode_rows(t1 - t0, C, row_codes, ws.lanes, ws.fc, ws.unit);
     }
     if (!(out.status = commit_unit(cx, raw, k, ws.unit, out.units)).ok()) return;
   }
@@ -557,17 +576,16 @@ __attribute__((target("avx2"))) uint32_t row_codes_avx2(const int16_t* v, const 
 }
 #endif
 
-// The lane codes of chunk [t0, t1) into ws.fc, and the symbol indices of its escapes.
+// The lane codes of tokens [ta, tb) of the chunk that starts at t0 into fc, and the symbol
+// indices (in the chunk) of their escapes appended to ws.esc_at.
 // ws.chan_off[role * C + c]: the offset of channel c's table for the role in lut.
-void lossy_chunk_codes(const int16_t* val, size_t VP, uint32_t t0, uint32_t t1, uint32_t C, uint32_t GT, const uint32_t* lut,
-                       Workspace& ws) {
-  ws.fc.resize(size_t(t1 - t0) * C);
-  ws.esc_at.clear();
+void lossy_chunk_codes(const int16_t* val, size_t VP, uint32_t t0, uint32_t ta, uint32_t tb, uint32_t C, uint32_t GT,
+                       const uint32_t* lut, uint32_t* fc, Workspace& ws) {
   const bool avx2 = detail::avx2_enabled();
-  for (uint32_t t = t0; t < t1; ++t) {
+  for (uint32_t t = ta; t < tb; ++t) {
     const uint32_t* off = &ws.chan_off[(t - t0) % GT == 0 ? 0 : C];
     const int16_t* vr = &val[size_t(t) * VP];
-    uint32_t* f = ws.fc.data() + size_t(t - t0) * C;
+    uint32_t* f = fc + size_t(t - ta) * C;
 #if defined(__x86_64__)
     const uint32_t any = avx2 ? row_codes_avx2(vr, off, C, lut, f) : row_codes_scalar(vr, off, C, lut, f);
 #else
@@ -636,10 +654,14 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, Workspa
       ws.chan_off[size_t(r) * C + c] = (uint32_t(m.channel_group[c]) * slots + r) * detail::kLossyBins;
   for (uint32_t k = 0; k < cx.chunks; ++k) {
     const uint32_t t0 = k * CT, t1 = std::min(T, t0 + CT);
-    lossy_chunk_codes(val, VP, t0, t1, C, GT, fc_lut.data(), ws);
     auto& unit = ws.unit;
     unit.clear();
-    encode_symbols(ws.fc, ws.scratch, unit);
+    ws.esc_at.clear();
+    auto row_codes = [&](uint32_t r0, uint32_t r1, uint32_t* fc) {
+      lossy_chunk_codes(val, VP, t0, t0 + r0, t0 + r1, C, GT, fc_lut.data(), fc, ws);
+    };
+    encode_rows(t1 - t0, C, row_codes, ws.lanes, ws.fc, unit);
+    std::sort(ws.esc_at.begin(), ws.esc_at.end());  // the pieces came last first
     // The escaped values' raw elements, in symbol order, after their count.
     const size_t base = unit.size();
     unit.resize(pad4(base + 4 + ws.esc_at.size() * cx.es), 0);
@@ -705,7 +727,7 @@ static StatusOr<size_t> encode_frame(const KVView& src, const EncodeOptions& o, 
     if (o.level == 0) encode_lossless(tcx, raw, *ws, outs[task]);
     else encode_lossy(tcx, l, raw, *ws, outs[task]);
     const size_t ws_bytes = ws->raw.capacity() + ws->val.capacity() * 2 + ws->fc.capacity() * 4 +
-                            ws->scratch.capacity() * 2 + ws->unit.capacity();  // the large arrays
+                            ws->unit.capacity();  // the large arrays (and the lanes' words, as large as the unit)
     workspace_pool().give(std::move(ws), ws_bytes);
   }));
   for (size_t i = 0; i < outs.size(); ++i)
