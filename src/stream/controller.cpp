@@ -149,6 +149,9 @@ struct Controller::Impl {
   detail::PlanShape plan_rest(double now_s, const Prediction& p, detail::PlanScore* score) const;
   Decision decide(uint32_t chunk, int option, double now_s, double predicted_ttft_s);
   std::optional<Decision> abandon_late_kv(double now_s, const Prediction& p);
+  // When predict() may next see more than the events tell: while a KV chunk is on its way,
+  // every kOverdueSlackS once it could be late (-1: nothing on the way).
+  double late_kv_wake_s() const noexcept;
   // Bytes a request brings: the body, plus the option's setup bytes on its first use.
   uint64_t request_bytes(uint32_t chunk, int option, uint64_t used_mask) const noexcept;
 
@@ -171,6 +174,7 @@ struct Controller::Impl {
   uint64_t used_mask_ = 0;  // options fetched at least once (setup paid)
   double first_kv_request_s_ = -1;  // -1: no KV requested yet
   double text_deferred_until_s_ = -1;  // a TEXT decision waits for the probe until then
+  double last_asked_s_ = 0;  // now_s of the latest next_request (wake_s counts from it)
   // Undecided chunks are [front_, back_): decisions take the front (TEXT, and every decision
   // of the in-order policies) or the back (the adaptive policy's KV requests).
   uint32_t front_ = 0;
@@ -342,12 +346,14 @@ Controller::Impl::Prediction Controller::Impl::predict(double now_s) const {
       // thread may simply not have run.)
       if (now_s >= probe_end_s(now_s) && (st.received > 0 || on_link_s > 4 * kOverdueSlackS))
         gbps = delivered_gbps;
-    } else if (on_link_s > 1.5 * double(st.bytes) * 8 / (gbps * 1e9) + kOverdueSlackS &&
+    } else if (on_link_s > 1.5 * double(st.received) * 8 / (gbps * 1e9) + kOverdueSlackS &&
                (st.received > 0 || on_link_s > 4 * kOverdueSlackS)) {
-      // A chunk still arriving long after it should have caps the estimate. "Long": half its
-      // expected time again plus a scheduling slack, so that a small chunk (tens of
-      // microseconds at the estimate) whose bytes the client has not read yet because its thread
-      // was not running is not taken for a collapsed link.
+      // A chunk arriving at less than 2/3 of the estimate's pace caps the estimate: its bytes so
+      // far took half their expected time again plus a scheduling slack, so that a small chunk
+      // (tens of microseconds at the estimate) whose bytes the client has not read yet because
+      // its thread was not running is not taken for a collapsed link. Measured on the bytes
+      // received, not the whole chunk, a link that collapses mid-chunk is seen within a few
+      // slacks instead of after the chunk's whole expected time.
       gbps = std::min(gbps, delivered_gbps);
     }
     break;
@@ -526,6 +532,7 @@ std::optional<Decision> Controller::Impl::next_request(double now_s) {
     case Policy::kAdaptive:
       break;
   }
+  last_asked_s_ = now_s;
   if (now_s >= text_deferred_until_s_) text_deferred_until_s_ = -1;
   // Decide as late as possible: the front chunk only when the GPU would otherwise idle, a
   // back chunk only when the link would.
@@ -572,8 +579,38 @@ double Controller::Impl::decoder_bound_gbps(uint32_t chunk, int option) const no
 }
 
 std::optional<double> Controller::Impl::wake_s() const noexcept {
-  if (text_deferred_until_s_ < 0) return std::nullopt;
-  return text_deferred_until_s_;
+  double wake = text_deferred_until_s_;
+  if (config_.policy == Policy::kAdaptive && !all_ready()) {
+    const double late = late_kv_wake_s();
+    if (late >= 0 && (wake < 0 || late < wake)) wake = late;
+  }
+  if (wake < 0) return std::nullopt;
+  return wake;
+}
+
+double Controller::Impl::late_kv_wake_s() const noexcept {
+  // The same chunk as predict(): the first KV chunk still on its way, which can be found late
+  // from a slack after its first byte could arrive (cold: once the probe window is over).
+  // Without being asked then, a client that hears nothing until the chunk ends (the
+  // simulator; a real client whose socket is quiet) would plan on a bandwidth the link no
+  // longer has until it is too late to recompute.
+  const double rtt = config_.cost.rtt_s;
+  double link_free = 0;
+  for (uint32_t c : request_order_) {
+    const ChunkState& st = state_[c];
+    if (st.option == kTextOption) continue;
+    if (st.arrival_s >= 0) {
+      link_free = std::max(link_free, st.arrival_s - rtt / 2);
+      continue;
+    }
+    // Earliest moment the test can pass; after it, the bytes received decide, so ask again
+    // every slack while the chunk is on its way.
+    const double on_link_from = std::max(link_free, st.request_s + rtt / 2) + rtt / 2;
+    const double first = guessing() ? std::max(probe_end_s(last_asked_s_), on_link_from + 4 * kOverdueSlackS)
+                                    : on_link_from + kOverdueSlackS;
+    return std::max(first, last_asked_s_ + kOverdueSlackS);
+  }
+  return -1;
 }
 
 std::optional<Decision> Controller::Impl::abandon_late_kv(double now_s, const Prediction& p) {
