@@ -382,6 +382,29 @@ __attribute__((target("avx2"))) bool row_range_avx2(const int16_t* v, uint32_t n
 }
 #endif
 
+// Bit j set where row[j] != 0, j < n <= 64.
+uint64_t nonzero_mask_scalar(const uint32_t* row, uint32_t n) {
+  uint64_t m = 0;
+  for (uint32_t j = 0; j < n; ++j) m |= uint64_t(row[j] != 0) << j;
+  return m;
+}
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) uint64_t nonzero_mask64_avx512(const uint32_t* row) {
+  uint64_t m = 0;
+  for (int k = 0; k < 4; ++k) {
+    const __m512i v = _mm512_loadu_si512(row + 16 * k);
+    m |= uint64_t(_mm512_test_epi32_mask(v, v)) << (16 * k);
+  }
+  return m;
+}
+#endif
+uint64_t nonzero_mask(const uint32_t* row, uint32_t n) {
+#if defined(__x86_64__)
+  if (n == 64 && detail::avx512_enabled()) return nonzero_mask64_avx512(row);
+#endif
+  return nonzero_mask_scalar(row, n);
+}
+
 // Counts the lossy symbol values of one column block, channels [c0, c0 + n) (slot 0 for anchors,
 // 1 for deltas), a range of tokens at a time, then appends them to ws.counts (finish). Also the
 // clustering feature: the sum of |value| over the anchors. ws.local is all zero before and after.
@@ -401,8 +424,11 @@ struct BlockCounter {
 #if defined(__x86_64__)
     const bool avx2 = detail::avx2_enabled();
 #endif
+    uint32_t in_chunk = t0 % CT, in_group = in_chunk % GT;  // of token t, stepped (no division per row)
     for (uint32_t t = t0; t < t1; ++t) {
-      const uint32_t slot = (t % CT) % GT == 0 ? 0 : 1;
+      const uint32_t slot = in_group == 0 ? 0 : 1;
+      if (++in_chunk == CT) in_chunk = in_group = 0;
+      else if (++in_group == GT) in_group = 0;
       const int16_t* vr = val + size_t(t) * VP;
       uint32_t* ls = loc + size_t(slot) * bins * B;
       uint32_t* f = slot == 0 ? feat : nullptr;
@@ -438,9 +464,7 @@ struct BlockCounter {
     };
     uint64_t* mask = bin_mask;
     for_bins([&](uint32_t s, uint32_t b) {
-      const uint32_t* row = loc + (size_t(s) * bins + b) * B;
-      uint64_t m = 0;
-      for (uint32_t j = 0; j < n; ++j) m |= uint64_t(row[j] != 0) << j;
+      uint64_t m = nonzero_mask(loc + (size_t(s) * bins + b) * B, n);
       *mask++ = m;
       for (; m; m &= m - 1) ++nnz[__builtin_ctzll(m)];
     });

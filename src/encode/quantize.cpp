@@ -522,6 +522,7 @@ void quantize_columns_impl(const uint8_t* raw, size_t rp, uint8_t dt, uint32_t t
                    g.half_f ? g.half_f + c0 : nullptr};
   float xb[kColumnBlock];
   const size_t block_bytes = size_t(n) * es;
+  uint32_t in_chunk = t0 % CT, in_group = in_chunk % GT;  // of token t, stepped (no division per row)
   for (uint32_t t = t0; t < t1; ++t) {
     const uint8_t* r = raw + size_t(t) * rp + c0 * es;
     int16_t* vr = val + size_t(t) * VP + c0;
@@ -545,8 +546,9 @@ void quantize_columns_impl(const uint8_t* raw, size_t rp, uint8_t dt, uint32_t t
       widen_to_f32(r, dt, n, xb);
       quantize_row_scalar(xb, gb, n, dt, vr);
     }
-    const uint32_t in_group = (t % CT) % GT;
     if (in_group) delta_row(vr, vr - size_t(in_group) * VP, n);
+    if (++in_chunk == CT) in_chunk = in_group = 0;
+    else if (++in_group == GT) in_group = 0;
   }
 }
 
