@@ -6,6 +6,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <numeric>
 #include <string>
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -50,9 +51,37 @@ void gather(const KVView& v, uint32_t l, uint32_t kv, uint8_t* out, size_t pitch
     }
 }
 
-// rANS-codes symbols given as freq << 16 | cum (in stream order) and pads the unit to 4 bytes.
-void encode_symbols(const std::vector<uint32_t>& fc, std::vector<uint16_t>& scratch, std::vector<uint8_t>& unit) {
-  detail::rans_encode_codes(fc.data(), fc.size(), scratch, unit);
+// Where the elements of (layer l, K/V kv) already are [tokens][channels] with rows a fixed
+// distance apart (strided or per-layer views whose channels are contiguous within a token):
+// their first element and the row pitch in bytes, read in place instead of gathered. Else null.
+const uint8_t* rows_in_place(const KVView& v, uint32_t l, uint32_t kv, size_t* pitch) {
+  if (v.kind == KVView::Kind::kPaged || v.stride[4] != 1 || (v.shape.kv_heads > 1 && v.stride[3] != v.shape.head_dim) ||
+      v.stride[2] <= 0)
+    return nullptr;
+  *pitch = size_t(v.stride[2]) * dtype_size(v.dtype);
+  return static_cast<const uint8_t*>(v.element(l, kv, 0, 0, 0));
+}
+
+// rANS-codes the symbols of `rows` token rows of C symbols each (stream order: row by row) and
+// pads the unit to 4 bytes. row_codes(r0, r1, f) writes the lane codes (freq << 16 | cum) of
+// rows [r0, r1) to f; it is called for pieces of about kPieceSymbols symbols, the last piece
+// first (the coder runs backwards), so only one piece of codes is held at a time.
+constexpr size_t kPieceSymbols = size_t(1) << 16;
+template <typename RowCodes>
+void encode_rows(uint32_t rows, uint32_t C, RowCodes&& row_codes, detail::LaneStreamEncoder& lanes,
+                 std::vector<uint32_t>& fc, std::vector<uint8_t>& unit) {
+  // Pieces start at multiples of R rows, R * C a multiple of the lane count.
+  const uint32_t R0 = kRansLanes / std::gcd(C, kRansLanes);
+  const uint32_t R = std::max<uint32_t>(R0, uint32_t(kPieceSymbols / C) / R0 * R0);
+  lanes.begin(size_t(rows) * C);
+  fc.resize(size_t(std::min(R, rows)) * C);
+  for (uint32_t r1 = rows; r1 > 0;) {
+    const uint32_t r0 = (r1 - 1) / R * R;
+    row_codes(r0, r1, fc.data());
+    lanes.put(fc.data(), size_t(r0) * C, size_t(r1) * C);
+    r1 = r0;
+  }
+  lanes.finish(unit);
   unit.resize(pad4(unit.size()), 0);
 }
 
@@ -71,8 +100,9 @@ struct Context {
   const std::vector<LayerModel>* fixed;
   uint32_t chunks;
   size_t es;
-  // Bytes from one token's row of gathered elements to the next: a cache line more than the
-  // row, so that column blocks do not map every row to the same cache sets.
+  // Bytes from one token's row of elements to the next: the view's own pitch where the rows
+  // are read in place (rows_in_place), else that of the gathered rows, a cache line more than
+  // the row, so that column blocks do not map every row to the same cache sets.
   size_t rp;
 };
 
@@ -84,17 +114,18 @@ struct Workspace {
   std::vector<int16_t> val;      // lossy symbol values [tokens][channels]
   std::vector<uint32_t> local;   // one column block's counts (lossy: [slot][bin][kColumnBlock])
   std::vector<uint16_t> local16; // lossless: one column block's counts between spills
+  std::vector<uint64_t> bin_mask; // lossy: per (slot, bin) of a block, the channels counting it
   detail::ChannelCounts counts;
   std::vector<uint64_t> feature;
   std::vector<double> sum, sq, inv_step, center;
   std::vector<uint32_t> count;
   std::vector<float> lo, hi;  // finite range per channel (robust scales)
-  std::vector<float> step, row;
+  std::vector<float> step, row, inv_f, half_f;
   std::vector<int32_t> center_i;
   std::vector<ChannelGrid> grids;
   std::vector<uint32_t> codes, fc, esc_at, chan_off;
   std::vector<const uint32_t*> chan_lut;
-  std::vector<uint16_t> scratch;
+  detail::LaneStreamEncoder lanes;
   std::vector<uint8_t> unit;  // the unit being coded (then copied to the task's UnitStore)
 };
 
@@ -272,22 +303,23 @@ void encode_lossless(const Context& cx, const uint8_t* raw, Workspace& ws, Layer
   const bool avx2 = detail::avx2_enabled();
   for (uint32_t k = 0; k < cx.chunks; ++k) {
     const uint32_t t0 = k * cx.opt.chunk_tokens, t1 = std::min(T, t0 + cx.opt.chunk_tokens);
-    ws.fc.resize(size_t(t1 - t0) * C);
     ws.unit.clear();
     for (uint32_t p = 0; p < P; ++p) {
       const uint32_t* off = &ws.chan_off[size_t(p) * C];
-      for (uint32_t t = t0; t < t1; ++t) {
-        const uint8_t* e = raw + size_t(t) * cx.rp;
-        uint32_t* f = ws.fc.data() + size_t(t - t0) * C;
+      auto row_codes = [&](uint32_t r0, uint32_t r1, uint32_t* fc) {
+        for (uint32_t t = t0 + r0; t < t0 + r1; ++t) {
+          const uint8_t* e = raw + size_t(t) * cx.rp;
+          uint32_t* f = fc + size_t(t - t0 - r0) * C;
 #if defined(__x86_64__)
-        if (avx2) {
-          plane_codes_avx2(e, P, p, off, C, codes.data(), f);
-          continue;
-        }
+          if (avx2) {
+            plane_codes_avx2(e, P, p, off, C, codes.data(), f);
+            continue;
+          }
 #endif
-        plane_codes_scalar(e, P, p, off, C, codes.data(), f);
-      }
-      encode_symbols(ws.fc, ws.scratch, ws.unit);
+          plane_codes_scalar(e, P, p, off, C, codes.data(), f);
+        }
+      };
+      encode_rows(t1 - t0, C, row_codes, ws.lanes, ws.fc, ws.unit);
     }
     if (!(out.status = commit_unit(cx, raw, k, ws.unit, out.units)).ok()) return;
   }
@@ -353,6 +385,29 @@ __attribute__((target("avx2"))) bool row_range_avx2(const int16_t* v, uint32_t n
 }
 #endif
 
+// Bit j set where row[j] != 0, j < n <= 64.
+uint64_t nonzero_mask_scalar(const uint32_t* row, uint32_t n) {
+  uint64_t m = 0;
+  for (uint32_t j = 0; j < n; ++j) m |= uint64_t(row[j] != 0) << j;
+  return m;
+}
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) uint64_t nonzero_mask64_avx512(const uint32_t* row) {
+  uint64_t m = 0;
+  for (int k = 0; k < 4; ++k) {
+    const __m512i v = _mm512_loadu_si512(row + 16 * k);
+    m |= uint64_t(_mm512_test_epi32_mask(v, v)) << (16 * k);
+  }
+  return m;
+}
+#endif
+uint64_t nonzero_mask(const uint32_t* row, uint32_t n) {
+#if defined(__x86_64__)
+  if (n == 64 && detail::avx512_enabled()) return nonzero_mask64_avx512(row);
+#endif
+  return nonzero_mask_scalar(row, n);
+}
+
 // Counts the lossy symbol values of one column block, channels [c0, c0 + n) (slot 0 for anchors,
 // 1 for deltas), a range of tokens at a time, then appends them to ws.counts (finish). Also the
 // clustering feature: the sum of |value| over the anchors. ws.local is all zero before and after.
@@ -362,6 +417,7 @@ struct BlockCounter {
   size_t VP;
   uint32_t CT, GT, n;
   uint32_t* loc;                            // [slot][bin][B]
+  uint64_t* bin_mask;                       // scratch of 2 * bins masks
   uint32_t feat[B] = {};                    // < 2^32: at most kMaxTokens values of magnitude <= kQLimit
   int16_t lo[2] = {0, 0}, hi[2] = {0, 0};  // per slot: the values seen (escapes as 0)
   alignas(32) int16_t acc_lo[2][16] = {}, acc_hi[2][16] = {};  // the same per vector lane (AVX2)
@@ -371,8 +427,11 @@ struct BlockCounter {
 #if defined(__x86_64__)
     const bool avx2 = detail::avx2_enabled();
 #endif
+    uint32_t in_chunk = t0 % CT, in_group = in_chunk % GT;  // of token t, stepped (no division per row)
     for (uint32_t t = t0; t < t1; ++t) {
-      const uint32_t slot = (t % CT) % GT == 0 ? 0 : 1;
+      const uint32_t slot = in_group == 0 ? 0 : 1;
+      if (++in_chunk == CT) in_chunk = in_group = 0;
+      else if (++in_group == GT) in_group = 0;
       const int16_t* vr = val + size_t(t) * VP;
       uint32_t* ls = loc + size_t(slot) * bins * B;
       uint32_t* f = slot == 0 ? feat : nullptr;
@@ -395,24 +454,43 @@ struct BlockCounter {
         lo[s] = std::min(lo[s], acc_lo[s][k]);
         hi[s] = std::max(hi[s], acc_hi[s][k]);
       }
-    detail::ChannelCounts& cc = ws.counts;
-    for (uint32_t j = 0; j < n; ++j) {
+    // Each channel's non-zero counts in (slot, bin) order, bins [lo + kQLimit, hi + kQLimit] then
+    // the escape bin (above every value bin). The bins are scanned once, row by row: a mask of
+    // the channels counting each, the channels' entry counts, then every entry written in place.
+    uint32_t nnz[B] = {}, at[B];
+    auto for_bins = [&](auto&& fn) {
       for (uint32_t s = 0; s < slots; ++s) {
-        uint32_t* ls = loc + size_t(s) * bins * B + j;
         const uint32_t b0 = uint32_t(lo[s] + detail::kQLimit), b1 = uint32_t(hi[s] + detail::kQLimit);
-        auto take = [&](uint32_t b) {
-          if (uint32_t& k = ls[b * B]) {
-            cc.index.push_back(s * bins + b);
-            cc.count.push_back(k);
-            k = 0;
-          }
-        };
-        for (uint32_t b = b0; b <= b1; ++b) take(b);
-        if (esc[s]) take(detail::kEscBin);
+        for (uint32_t b = b0; b <= b1; ++b) fn(s, b);
+        if (esc[s]) fn(s, detail::kEscBin);
       }
-      cc.begin.push_back(uint32_t(cc.index.size()));
+    };
+    uint64_t* mask = bin_mask;
+    for_bins([&](uint32_t s, uint32_t b) {
+      uint64_t m = nonzero_mask(loc + (size_t(s) * bins + b) * B, n);
+      *mask++ = m;
+      for (; m; m &= m - 1) ++nnz[__builtin_ctzll(m)];
+    });
+    detail::ChannelCounts& cc = ws.counts;
+    size_t end = cc.index.size();
+    for (uint32_t j = 0; j < n; ++j) {
+      at[j] = uint32_t(end);
+      end += nnz[j];
+      cc.begin.push_back(uint32_t(end));
       if (feature) ws.feature[c0 + j] = feat[j];
     }
+    cc.index.resize(end);
+    cc.count.resize(end);
+    mask = bin_mask;
+    for_bins([&](uint32_t s, uint32_t b) {
+      uint32_t* row = loc + (size_t(s) * bins + b) * B;
+      for (uint64_t m = *mask++; m; m &= m - 1) {
+        const uint32_t j = uint32_t(__builtin_ctzll(m)), i = at[j]++;
+        cc.index[i] = s * bins + b;
+        cc.count[i] = row[j];
+        row[j] = 0;
+      }
+    });
   }
 };
 
@@ -421,7 +499,7 @@ void count_lossy(const int16_t* val, uint32_t T, uint32_t C, size_t VP, uint32_t
                  Workspace& ws) {
   ws.counts.reset(C, slots, detail::kLossyBins);
   for (uint32_t c0 = 0; c0 < C; c0 += detail::kColumnBlock) {
-    BlockCounter bc{val + c0, VP, CT, GT, std::min(detail::kColumnBlock, C - c0), ws.local.data()};
+    BlockCounter bc{val + c0, VP, CT, GT, std::min(detail::kColumnBlock, C - c0), ws.local.data(), ws.bin_mask.data()};
     bc.add(0, T);
     bc.finish(c0, slots, ws, false);
   }
@@ -465,6 +543,9 @@ void grid_constants(uint32_t C, Workspace& ws) {
     ws.center[c] = ws.grids[c].center;
     ws.center_i[c] = ws.grids[c].center;
   }
+  ws.inv_f.resize(C);
+  ws.half_f.resize(C);
+  detail::screen_constants(ws.step.data(), ws.inv_step.data(), C, ws.inv_f.data(), ws.half_f.data());
 }
 
 void lossy_grids(const Context& cx, uint32_t layer, uint32_t kv, const uint8_t* raw, Workspace& ws) {
@@ -551,17 +632,16 @@ __attribute__((target("avx2"))) uint32_t row_codes_avx2(const int16_t* v, const 
 }
 #endif
 
-// The lane codes of chunk [t0, t1) into ws.fc, and the symbol indices of its escapes.
+// The lane codes of tokens [ta, tb) of the chunk that starts at t0 into fc, and the symbol
+// indices (in the chunk) of their escapes appended to ws.esc_at.
 // ws.chan_off[role * C + c]: the offset of channel c's table for the role in lut.
-void lossy_chunk_codes(const int16_t* val, size_t VP, uint32_t t0, uint32_t t1, uint32_t C, uint32_t GT, const uint32_t* lut,
-                       Workspace& ws) {
-  ws.fc.resize(size_t(t1 - t0) * C);
-  ws.esc_at.clear();
+void lossy_chunk_codes(const int16_t* val, size_t VP, uint32_t t0, uint32_t ta, uint32_t tb, uint32_t C, uint32_t GT,
+                       const uint32_t* lut, uint32_t* fc, Workspace& ws) {
   const bool avx2 = detail::avx2_enabled();
-  for (uint32_t t = t0; t < t1; ++t) {
+  for (uint32_t t = ta; t < tb; ++t) {
     const uint32_t* off = &ws.chan_off[(t - t0) % GT == 0 ? 0 : C];
     const int16_t* vr = &val[size_t(t) * VP];
-    uint32_t* f = ws.fc.data() + size_t(t - t0) * C;
+    uint32_t* f = fc + size_t(t - ta) * C;
 #if defined(__x86_64__)
     const uint32_t any = avx2 ? row_codes_avx2(vr, off, C, lut, f) : row_codes_scalar(vr, off, C, lut, f);
 #else
@@ -582,7 +662,8 @@ void encode_lossy(const Context& cx, uint32_t layer, uint32_t kv, const uint8_t*
   const uint32_t GT = cx.opt.group_tokens, CT = cx.opt.chunk_tokens;
   const uint32_t slots = GT > 1 ? 2 : 1;
   lossy_grids(cx, layer, kv, raw, ws);
-  const detail::RowGrid rg{ws.step.data(), ws.inv_step.data(), ws.center.data(), ws.center_i.data()};
+  const detail::RowGrid rg{ws.step.data(), ws.inv_step.data(), ws.center.data(), ws.center_i.data(), ws.inv_f.data(),
+                          ws.half_f.data()};
 
   // Symbol values: q = n - center for anchors, q - q_anchor for deltas; kEscape when escaped.
   // Column block by column block: each block's values are counted while they are in cache.
@@ -591,11 +672,12 @@ void encode_lossy(const Context& cx, uint32_t layer, uint32_t kv, const uint8_t*
   ws.val.resize(size_t(T) * VP);
   int16_t* val = ws.val.data();
   ws.local.resize(size_t(slots) * detail::kLossyBins * detail::kColumnBlock, 0);
+  ws.bin_mask.resize(2 * detail::kLossyBins);
   ws.feature.resize(C);
   ws.counts.reset(C, slots, detail::kLossyBins);
   for (uint32_t c0 = 0; c0 < C; c0 += detail::kColumnBlock) {
     const uint32_t n = std::min(detail::kColumnBlock, C - c0);
-    BlockCounter bc{val + c0, VP, CT, GT, n, ws.local.data()};
+    BlockCounter bc{val + c0, VP, CT, GT, n, ws.local.data(), ws.bin_mask.data()};
     for (uint32_t t0 = 0; t0 < T; t0 += kTokenTile) {  // counted while in L1
       const uint32_t t1 = std::min(T, t0 + kTokenTile);
       detail::quantize_columns(raw, cx.rp, uint8_t(cx.src.dtype), t0, t1, c0, n, rg, CT, GT, val, VP);
@@ -631,10 +713,14 @@ void encode_lossy(const Context& cx, uint32_t layer, uint32_t kv, const uint8_t*
       ws.chan_off[size_t(r) * C + c] = (uint32_t(m.channel_group[c]) * slots + r) * detail::kLossyBins;
   for (uint32_t k = 0; k < cx.chunks; ++k) {
     const uint32_t t0 = k * CT, t1 = std::min(T, t0 + CT);
-    lossy_chunk_codes(val, VP, t0, t1, C, GT, fc_lut.data(), ws);
     auto& unit = ws.unit;
     unit.clear();
-    encode_symbols(ws.fc, ws.scratch, unit);
+    ws.esc_at.clear();
+    auto row_codes = [&](uint32_t r0, uint32_t r1, uint32_t* fc) {
+      lossy_chunk_codes(val, VP, t0, t0 + r0, t0 + r1, C, GT, fc_lut.data(), fc, ws);
+    };
+    encode_rows(t1 - t0, C, row_codes, ws.lanes, ws.fc, unit);
+    std::sort(ws.esc_at.begin(), ws.esc_at.end());  // the pieces came last first
     // The escaped values' raw elements, in symbol order, after their count.
     const size_t base = unit.size();
     unit.resize(pad4(base + 4 + ws.esc_at.size() * cx.es), 0);
@@ -690,12 +776,18 @@ static StatusOr<size_t> encode_frame(const KVView& src, const EncodeOptions& o, 
       return;
     }
     std::unique_ptr<Workspace> ws = workspace_pool().take();
-    ws->raw.resize(size_t(sh.tokens) * cx.rp);  // gathered next
-    const uint8_t* raw = ws->raw.data();
-    gather(src, l, kv, ws->raw.data(), cx.rp);
-    if (o.level == 0) encode_lossless(cx, raw, *ws, outs[task]);
-    else encode_lossy(cx, l, kv, raw, *ws, outs[task]);
-    const size_t ws_bytes = ws->raw.capacity() * 4;  // about: raw, values, counts
+    size_t pitch = cx.rp;
+    const uint8_t* raw = rows_in_place(src, l, kv, &pitch);
+    if (!raw) {
+      ws->raw.resize(size_t(sh.tokens) * cx.rp);  // gathered next
+      gather(src, l, kv, ws->raw.data(), cx.rp);
+      raw = ws->raw.data();
+    }
+    const Context tcx{cx.src, cx.opt, cx.fixed, cx.chunks, cx.es, pitch};
+    if (o.level == 0) encode_lossless(tcx, raw, *ws, outs[task]);
+    else encode_lossy(tcx, l, kv, raw, *ws, outs[task]);
+    const size_t ws_bytes = ws->raw.capacity() + ws->val.capacity() * 2 + ws->fc.capacity() * 4 +
+                            ws->unit.capacity();  // the large arrays (and the lanes' words, as large as the unit)
     workspace_pool().give(std::move(ws), ws_bytes);
   }));
   for (size_t i = 0; i < outs.size(); ++i)
