@@ -511,6 +511,9 @@ TEST(ProfileModels, FramesReferenceTheProfileAndDecodeWithinBound) {
     std::vector<uint16_t> out(in.size());
     ASSERT_TRUE(decode_into(*frame, p, contiguous_view(out.data(), DType::kF16, kShape)).ok());
     expect_within_model_bound(in, out, kShape, p, level);
+    auto stats = analyze_frame(*frame, p);  // the coefficients' symbols, referenced models included
+    ASSERT_TRUE(stats.ok()) << stats.status().to_string();
+    EXPECT_GT(stats->entropy_bits, 0.0);
     // Threads do not change the bytes.
     o.threads = 3;
     auto again = encode_with(in, kShape, o, p, 7);
@@ -559,6 +562,14 @@ TEST(ProfileModels, NeedTheProfileWithModelsAndRejectBadSources) {
   ASSERT_TRUE(frame.ok());
   std::vector<uint16_t> out(in.size());
   const KVView v = contiguous_view(out.data(), DType::kF16, kShape);
+  // A buffer of exactly the frame's size gives the same frame; one byte less is too small.
+  const KVView src = contiguous_view(const_cast<uint16_t*>(in.data()), DType::kF16, kShape);
+  std::vector<uint8_t> exact(frame->size());
+  auto n = encode_into(src, o, p, exact);
+  ASSERT_TRUE(n.ok()) << n.status().to_string();
+  EXPECT_EQ(exact, *frame);
+  std::vector<uint8_t> small(frame->size() - 1);
+  EXPECT_EQ(encode_into(src, o, p, small).status().code(), StatusCode::kBufferTooSmall);
   Profile no_models = p;
   no_models.models.clear();  // same digest, no models: what a stale copy would be
   EXPECT_EQ(decode_into(*frame, no_models, v).code(), StatusCode::kInvalidArgument);

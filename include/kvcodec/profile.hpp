@@ -18,6 +18,7 @@
 #include <span>
 #include <vector>
 
+#include "kvcodec/codec.hpp"  // FrameStats
 #include "kvcodec/config.hpp"
 #include "kvcodec/status.hpp"
 #include "kvcodec/tensor.hpp"
@@ -93,5 +94,8 @@ StatusOr<size_t> encode_into(const KVView& src, const EncodeOptions& options, co
 // versions 1-3 decode as without a profile (the profile is not used).
 Status decode_into(std::span<const uint8_t> frame, const Profile& profile, const KVView& dst,
                    const DecodeOptions& options = {});
+// analyze_frame (codec.hpp) of a version 4 frame's coefficients, with its profile (needed when the
+// frame references the profile's layer models, docs/format.md 2.2); other frames as without.
+StatusOr<FrameStats> analyze_frame(std::span<const uint8_t> frame, const Profile& profile);
 
 }  // namespace kvcodec

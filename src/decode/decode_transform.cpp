@@ -197,4 +197,12 @@ Status decode_into(std::span<const uint8_t> frame, const Profile& profile, const
   return Status::Ok();
 }
 
+StatusOr<FrameStats> analyze_frame(std::span<const uint8_t> frame, const Profile& profile) {
+  KVCODEC_ASSIGN_OR_RETURN(FrameInfo f, read_frame_info(frame));
+  if (!f.profile_models) return analyze_frame(frame);
+  KVCODEC_RETURN_IF_ERROR(verify_frame(frame));
+  KVCODEC_ASSIGN_OR_RETURN(std::vector<uint8_t> inner, detail::coefficient_frame(frame, &profile));
+  return analyze_frame(inner);
+}
+
 }  // namespace kvcodec

@@ -134,15 +134,17 @@ int cmd_inspect(int argc, char** argv) {
   if (!frame.ok()) return cmd.fail(frame.status());
   StatusOr<FrameInfo> info = read_frame_info(*frame);
   if (!info.ok()) return cmd.fail(info.status().with_context(in));
+  std::optional<Profile> profile;
   if (!a.profile.empty()) {
     StatusOr<Profile> p = load_profile(a.profile);
     if (!p.ok()) return cmd.fail(p.status());
     if (Status s = check_frame_profile(*info, &*p); !s.ok()) return cmd.fail(s.with_context(in));
+    profile = std::move(*p);
   }
   const Status verified = verify_frame(*frame);
   std::optional<FrameStats> stats;
   if (a.entropy && verified.ok()) {
-    auto s = analyze_frame(*frame);
+    auto s = profile ? analyze_frame(*frame, *profile) : analyze_frame(*frame);
     if (!s.ok()) return cmd.fail(s.status().with_context(in));
     stats = *s;
   }
