@@ -73,7 +73,9 @@ void reframe(std::span<const uint8_t> in, uint32_t remove, std::span<const uint8
              uint16_t flags, uint8_t dtype, std::span<uint8_t> out);
 
 // The version 3 frame of a version 4 frame's fp32 coefficients (transform block removed); `frame`
-// must be exactly frame_bytes long (kBufferTooSmall / kCorruptData otherwise).
-StatusOr<std::vector<uint8_t>> coefficient_frame(std::span<const uint8_t> frame);
+// must be exactly frame_bytes long (kBufferTooSmall / kCorruptData otherwise). A frame with
+// profile models (kFrameFlagProfileModels) needs its profile (kInvalidArgument without it): the
+// referenced layer models are written out in full.
+StatusOr<std::vector<uint8_t>> coefficient_frame(std::span<const uint8_t> frame, const Profile* profile = nullptr);
 
 }  // namespace kvcodec::detail

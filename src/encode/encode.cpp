@@ -87,7 +87,7 @@ void encode_rows(uint32_t rows, uint32_t C, RowCodes&& row_codes, detail::LaneSt
 
 // Everything one (layer, K/V) task produces.
 struct LayerOutput {
-  LayerModel model;
+  LayerModel model;  // model.from_profile: the fixed model's tables were used (not written)
   detail::UnitStore units;  // per chunk: its coded (or stored) unit
   Status status;
 };
@@ -95,6 +95,9 @@ struct LayerOutput {
 struct Context {
   const KVView& src;
   const EncodeOptions& opt;
+  // Profile models (lossy, group_tokens 1): per (layer, K/V) the grids to quantize with, and
+  // tables the unit may use instead of its own (detail::encode_with_models); nullptr: none.
+  const std::vector<LayerModel>* fixed;
   uint32_t chunks;
   size_t es;
   // Bytes from one token's row of elements to the next: the view's own pitch where the rows
@@ -529,9 +532,31 @@ bool escape_orphaned_deltas(int16_t* val, uint32_t T, uint32_t C, size_t VP, uin
 
 // The grids of a lossy (layer, K/V) from its elements (one pass, token by token) and the row
 // quantizer's per-channel constants.
-void lossy_grids(const Context& cx, uint32_t layer, const uint8_t* raw, Workspace& ws) {
+void grid_constants(uint32_t C, Workspace& ws) {
+  ws.step.resize(C);
+  ws.inv_step.resize(C);
+  ws.center.resize(C);
+  ws.center_i.resize(C);
+  for (uint32_t c = 0; c < C; ++c) {
+    ws.step[c] = step_from_code(ws.grids[c].step_code);
+    ws.inv_step[c] = 1.0 / double(ws.step[c]);
+    ws.center[c] = ws.grids[c].center;
+    ws.center_i[c] = ws.grids[c].center;
+  }
+  ws.inv_f.resize(C);
+  ws.half_f.resize(C);
+  detail::screen_constants(ws.step.data(), ws.inv_step.data(), C, ws.inv_f.data(), ws.half_f.data());
+}
+
+void lossy_grids(const Context& cx, uint32_t layer, uint32_t kv, const uint8_t* raw, Workspace& ws) {
   const KVShape& sh = cx.src.shape;
   const uint32_t T = sh.tokens, C = uint32_t(sh.channels());
+  if (cx.fixed) {  // the profile model's grids
+    const LayerModel& fm = (*cx.fixed)[size_t(layer) * 2 + kv];
+    ws.grids.resize(C);
+    for (uint32_t c = 0; c < C; ++c) ws.grids[c] = ChannelGrid{fm.step_code[c], fm.center[c]};
+    return grid_constants(C, ws);
+  }
   ws.sum.assign(C, 0.0);
   ws.sq.assign(C, 0.0);
   ws.count.assign(C, 0);
@@ -550,19 +575,26 @@ void lossy_grids(const Context& cx, uint32_t layer, const uint8_t* raw, Workspac
       [](const void* p, size_t i) { return detail::f8e4m3_to_f32(static_cast<const uint8_t*>(p)[i]); }};
   const detail::Columns cols{raw, cx.rp / cx.es, kLoad[uint8_t(cx.src.dtype) - 1], uint8_t(cx.src.dtype)};  // rows rp bytes apart
   detail::grids_from_sums(sums, ws.lo.data(), ws.hi.data(), C, T, cols, rel, cx.opt.step_mode, ws.grids.data());
-  ws.step.resize(C);
-  ws.inv_step.resize(C);
-  ws.center.resize(C);
-  ws.center_i.resize(C);
-  for (uint32_t c = 0; c < C; ++c) {
-    ws.step[c] = step_from_code(ws.grids[c].step_code);
-    ws.inv_step[c] = 1.0 / double(ws.step[c]);
-    ws.center[c] = ws.grids[c].center;
-    ws.center_i[c] = ws.grids[c].center;
-  }
-  ws.inv_f.resize(C);
-  ws.half_f.resize(C);
-  detail::screen_constants(ws.step.data(), ws.inv_step.data(), C, ws.inv_f.data(), ws.half_f.data());
+  grid_constants(C, ws);
+}
+
+// With profile models: the fixed model replaces the unit's own when coding the counted values
+// with its tables costs fewer bits than with the own tables plus the own model's bytes.
+void choose_fixed_model(const Context& cx, uint32_t layer, uint32_t kv, Workspace& ws, LayerModel& m,
+                        std::vector<uint32_t>& fc_lut) {
+  const LayerModel& fm = (*cx.fixed)[size_t(layer) * 2 + kv];
+  std::vector<uint32_t> fixed_lut;
+  detail::lossy_model_codes(fm, fixed_lut);
+  const uint64_t fixed_cost = detail::lossy_model_cost(ws.counts, fm, fixed_lut);
+  if (fixed_cost == UINT64_MAX) return;
+  std::vector<uint8_t> bytes;  // the own model as the frame would carry it: no grids (the profile's)
+  const FrameInfo f = detail::frame_info_for(cx.src.shape, cx.src.dtype, cx.opt);
+  detail::write_layer_model(f, m, bytes, false);
+  const uint64_t own_cost = detail::lossy_model_cost(ws.counts, m, fc_lut) + (uint64_t(bytes.size()) * 8 << 16);
+  if (fixed_cost >= own_cost) return;
+  m = fm;
+  m.from_profile = true;
+  fc_lut = std::move(fixed_lut);
 }
 
 // Lane codes of one token's values: f[c] = lut[off[c] + lossy_bin(v[c])] without the escape
@@ -624,12 +656,12 @@ void lossy_chunk_codes(const int16_t* val, size_t VP, uint32_t t0, uint32_t ta, 
 
 // Lossy: grids, symbols (anchors and deltas), windows, tables, lanes + escapes per chunk.
 constexpr uint32_t kTokenTile = 16;
-void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, Workspace& ws, LayerOutput& out) {
+void encode_lossy(const Context& cx, uint32_t layer, uint32_t kv, const uint8_t* raw, Workspace& ws, LayerOutput& out) {
   const KVShape& sh = cx.src.shape;
   const uint32_t T = sh.tokens, C = uint32_t(sh.channels());
   const uint32_t GT = cx.opt.group_tokens, CT = cx.opt.chunk_tokens;
   const uint32_t slots = GT > 1 ? 2 : 1;
-  lossy_grids(cx, layer, raw, ws);
+  lossy_grids(cx, layer, kv, raw, ws);
   const detail::RowGrid rg{ws.step.data(), ws.inv_step.data(), ws.center.data(), ws.center_i.data(), ws.inv_f.data(),
                           ws.half_f.data()};
 
@@ -664,11 +696,14 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, Workspa
     out.status = detail::build_layer_tables(ws.counts, false, m, fc_lut);
     if (!out.status.ok()) return;
   }
-  m.step_code.resize(C);
-  m.center.resize(C);
-  for (uint32_t c = 0; c < C; ++c) {
-    m.step_code[c] = ws.grids[c].step_code;
-    m.center[c] = ws.grids[c].center;
+  if (cx.fixed && !(*cx.fixed)[size_t(layer) * 2 + kv].tables.empty()) choose_fixed_model(cx, layer, kv, ws, m, fc_lut);
+  if (!m.from_profile) {
+    m.step_code.resize(C);
+    m.center.resize(C);
+    for (uint32_t c = 0; c < C; ++c) {
+      m.step_code[c] = ws.grids[c].step_code;
+      m.center[c] = ws.grids[c].center;
+    }
   }
 
   // Per role and channel, where its table's bin -> code map starts in fc_lut.
@@ -722,13 +757,14 @@ size_t max_encoded_size(const KVShape& shape, DType dtype, const EncodeOptions& 
 }
 
 // encode_into without the metrics.
-static StatusOr<size_t> encode_frame(const KVView& src, const EncodeOptions& o, std::span<uint8_t> dst) {
+static StatusOr<size_t> encode_frame(const KVView& src, const EncodeOptions& o, std::span<uint8_t> dst,
+                                     const std::vector<LayerModel>* fixed = nullptr) {
   KVCODEC_RETURN_IF_ERROR(validate_options(o));
   KVCODEC_RETURN_IF_ERROR(validate_view(src));
   const KVShape& sh = src.shape;
   const uint32_t L = sh.layers;
   const uint32_t chunks = detail::num_chunks_for(sh.tokens, o.chunk_tokens);
-  const Context cx{src, o, chunks, dtype_size(src.dtype), sh.channels() * dtype_size(src.dtype) + 64};
+  const Context cx{src, o, fixed, chunks, dtype_size(src.dtype), sh.channels() * dtype_size(src.dtype) + 64};
 
   std::vector<LayerOutput> outs(size_t(L) * 2);
   KVCODEC_RETURN_IF_ERROR(detail::parallel_for(outs.size(), o.threads, [&](size_t task) {
@@ -747,9 +783,9 @@ static StatusOr<size_t> encode_frame(const KVView& src, const EncodeOptions& o, 
       gather(src, l, kv, ws->raw.data(), cx.rp);
       raw = ws->raw.data();
     }
-    const Context tcx{cx.src, cx.opt, cx.chunks, cx.es, pitch};
+    const Context tcx{cx.src, cx.opt, cx.fixed, cx.chunks, cx.es, pitch};
     if (o.level == 0) encode_lossless(tcx, raw, *ws, outs[task]);
-    else encode_lossy(tcx, l, raw, *ws, outs[task]);
+    else encode_lossy(tcx, l, kv, raw, *ws, outs[task]);
     const size_t ws_bytes = ws->raw.capacity() + ws->val.capacity() * 2 + ws->fc.capacity() * 4 +
                             ws->unit.capacity();  // the large arrays (and the lanes' words, as large as the unit)
     workspace_pool().give(std::move(ws), ws_bytes);
@@ -762,7 +798,11 @@ static StatusOr<size_t> encode_frame(const KVView& src, const EncodeOptions& o, 
   for (const auto& lo : outs)
     if (lo.units.any_stored()) f.format_version = kStoredUnitsFormatVersion;
   std::vector<uint8_t> model;
-  for (const auto& lo : outs) f.table_bytes += detail::write_layer_model(f, lo.model, model);
+  const bool sources = fixed && !fixed->front().tables.empty();  // docs/format.md 2.2
+  for (const auto& lo : outs) {
+    if (sources) model.push_back(lo.model.from_profile ? 1 : 0);
+    if (!lo.model.from_profile) f.table_bytes += detail::write_layer_model(f, lo.model, model, !sources);
+  }
 
   f.chunks.resize(chunks);
   const size_t dir_bytes = size_t(L) * 2 * 4;
@@ -808,6 +848,21 @@ static StatusOr<size_t> encode_frame(const KVView& src, const EncodeOptions& o, 
   std::memcpy(dst.data(), head.data(), head.size());
   return size_t(f.frame_bytes);
 }
+
+namespace detail {
+
+StatusOr<size_t> encode_with_models(const KVView& src, const EncodeOptions& o, const std::vector<LayerModel>& fixed,
+                                    std::span<uint8_t> dst) {
+  if (o.level == 0 || o.group_tokens != 1 || fixed.size() != size_t(src.shape.layers) * 2)
+    return InvalidArgument("profile models need a lossy level, group_tokens 1 and a model per (layer, K/V)");
+  for (const LayerModel& m : fixed)
+    if (m.step_code.size() != src.shape.channels() || m.center.size() != src.shape.channels() || m.slots != 1 ||
+        m.tables.empty() != fixed.front().tables.empty())
+      return InvalidArgument("profile model of another shape");
+  return encode_frame(src, o, dst, &fixed);
+}
+
+}  // namespace detail
 
 StatusOr<size_t> encode_into(const KVView& src, const EncodeOptions& o, std::span<uint8_t> dst) {
   const detail::MetricTimer timer(o.metrics);

@@ -298,6 +298,35 @@ Status build_layer_tables(const Histograms& hs, bool lossless, LayerModel& m, st
   return build_layer_tables(sparse_counts(hs), lossless, m, codes);
 }
 
+void lossy_model_codes(const LayerModel& m, std::vector<uint32_t>& codes) {
+  codes.assign(m.tables.size() * kLossyBins, 0);
+  for (size_t i = 0; i < m.tables.size(); ++i) {
+    const TableSpec& t = m.tables[i];
+    const int32_t n = int32_t(t.table.size()), esc = n - 1;
+    for (uint32_t b = 0; b < kLossyBins; ++b) {
+      const int32_t s = int32_t(b) - kQLimit - t.qmin;
+      const bool inside = b != kEscBin && s >= 0 && s < esc && t.table.freq[size_t(s)] != 0;
+      const int32_t sym = inside ? s : esc;
+      codes[i * kLossyBins + b] = uint32_t(t.table.freq[size_t(sym)]) << 16 | t.table.cum[size_t(sym)] | (inside ? 0 : kEscFlag);
+    }
+  }
+}
+
+uint64_t lossy_model_cost(const ChannelCounts& cc, const LayerModel& m, const std::vector<uint32_t>& codes) {
+  uint64_t cost = 0;
+  for (uint32_t c = 0; c < cc.channels; ++c) {
+    const uint32_t* lut = &codes[size_t(m.channel_group[c]) * m.slots * kLossyBins];
+    for (uint32_t e = cc.begin[c]; e < cc.begin[c + 1]; ++e) {
+      const uint32_t code = lut[cc.index[e]];  // index = slot * bins + bin, tables of a group adjacent
+      const uint32_t freq = (code & ~kEscFlag) >> 16;
+      if (freq == 0) return UINT64_MAX;
+      const uint64_t bits = ((uint64_t(kProbBits) << 32) - log2_q32(freq)) >> 16;
+      cost += uint64_t(cc.count[e]) * (bits + (code & kEscFlag ? uint64_t(32) << 16 : 0));
+    }
+  }
+  return cost;
+}
+
 FrameInfo frame_info_for(const KVShape& shape, DType dtype, const EncodeOptions& o) {
   FrameInfo f;
   f.dtype = dtype;

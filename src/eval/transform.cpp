@@ -123,4 +123,11 @@ void inverse_transform(const Profile& p, double rope_theta, const FloatKV& coef,
   });
 }
 
+Status add_profile_models(kvcodec::Profile& p, const std::vector<FloatKV>& caches, std::span<const double> sensitivity) {
+  std::vector<KVView> views;
+  for (const FloatKV& c : caches)
+    views.push_back(contiguous_view(const_cast<float*>(c.values.data()), DType::kF32, c.shape));  // only read
+  return calibrate_profile_models(p, views, sensitivity);
+}
+
 }  // namespace kvcodec::eval::internal
