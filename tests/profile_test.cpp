@@ -589,16 +589,16 @@ TEST(ProfileModels, NeedTheProfileWithModelsAndRejectBadSources) {
 
 TEST(ProfileModels, SensitivityAllocatesTheSteps) {
   // Rate-distortion allocation: step ~ 1 / sqrt(sensitivity), the geometric mean kept. Raising one
-  // tensor's sensitivity 16x makes its step 4x smaller (32 codes) relative to every other tensor's.
+  // tensor's sensitivity 4x makes its step 2x smaller (16 codes) relative to every other tensor's.
   Profile a = make_test_profile(kShape, false, 71), b = a;
   const KVShape cs{kShape.layers, 90, kShape.kv_heads, kShape.head_dim};
   std::vector<uint16_t> cache = to_f16(make_cache(cs, 72));
   const std::vector<KVView> views = {contiguous_view(cache.data(), DType::kF16, cs)};
   std::vector<double> w(size_t(kShape.layers) * 2, 1.0);
   ASSERT_TRUE(calibrate_profile_models(a, views, w).ok());
-  w[1] = 16.0;
-  ASSERT_TRUE(calibrate_profile_models(b, views, w).ok());
   const uint32_t C = uint32_t(kShape.channels());
+  w[1] = 4.0;
+  ASSERT_TRUE(calibrate_profile_models(b, views, w).ok());
   for (int level = 2; level <= kMaxLevel; level += 3) {
     std::vector<int32_t> shift;
     for (size_t u = 0; u < w.size(); ++u) {
@@ -609,8 +609,24 @@ TEST(ProfileModels, SensitivityAllocatesTheSteps) {
       shift.push_back(mb.step_code[0] - ma.step_code[0]);
     }
     for (size_t u = 2; u < shift.size(); ++u) EXPECT_NEAR(shift[u], shift[0], 1) << "level " << level;
-    EXPECT_NEAR(shift[1] - shift[0], -32, 1) << "level " << level;
+    EXPECT_NEAR(shift[1] - shift[0], -16, 1) << "level " << level;
   }
+  // However lopsided the sensitivity, no step moves more than 2x (16 codes) from the plain
+  // RMS-relative one (calibration without sensitivity): 1e4x wants 100x, tensor 1 gets 2x finer.
+  Profile plain = a;
+  ASSERT_TRUE(calibrate_profile_models(plain, views, {}).ok());
+  w[1] = 1e4;
+  ASSERT_TRUE(calibrate_profile_models(b, views, w).ok());
+  for (int level = 2; level <= kMaxLevel; level += 3)
+    for (size_t u = 0; u < w.size(); ++u) {
+      detail::LayerModel mp, mb;
+      const size_t i = size_t(level - 1) * w.size() + u;
+      ASSERT_TRUE(detail::parse_profile_model(plain.models[i], C, mp).ok());
+      ASSERT_TRUE(detail::parse_profile_model(b.models[i], C, mb).ok());
+      EXPECT_LE(std::abs(mb.step_code[0] - mp.step_code[0]), 17) << "level " << level << ", tensor " << u;
+      if (u == 1) EXPECT_NEAR(mb.step_code[0] - mp.step_code[0], -16, 1) << "level " << level;
+    }
+  w[1] = 16.0;
   // Component weights: a channel of 4x the weight gets a step 2x smaller (16 codes) than the others.
   std::vector<double> cw(w.size() * C, 1.0);
   cw[0] = 4.0;
