@@ -14,7 +14,11 @@
 #include <string>
 #include <vector>
 
+#include "common/bytes.hpp"
+#include "common/checksum.hpp"
 #include "common/dtype.hpp"
+#include "common/frame.hpp"
+#include "common/quant.hpp"
 #include "common/profile_rows.hpp"
 #include "common/simd.hpp"
 #include "common/xxh64.hpp"
@@ -460,6 +464,248 @@ TEST(Profile, GoldenVersion4Frame) {
   ASSERT_TRUE(scalar.ok() && st.ok());
   EXPECT_EQ(*scalar, frame);
   EXPECT_EQ(out2, out);
+}
+
+// ---- Profile models (docs/format.md 2.2, profile version 2) --------------------------------
+
+// A profile with layer models calibrated on two caches of other seeds than the tests code.
+Profile models_profile(const KVShape& s, bool rope, uint64_t seed) {
+  Profile p = make_test_profile(s, rope, seed);
+  const KVShape cs{s.layers, 90, s.kv_heads, s.head_dim};
+  std::vector<std::vector<uint16_t>> caches = {to_f16(make_cache(cs, seed + 100)), to_f16(make_cache(cs, seed + 101))};
+  std::vector<KVView> views;
+  for (auto& c : caches) views.push_back(contiguous_view(c.data(), DType::kF16, cs));
+  const Status st = calibrate_profile_models(p, views);
+  EXPECT_TRUE(st.ok()) << st.to_string();
+  return p;
+}
+
+// The bound of docs/format.md 7 with profile models: the step is the profile model's.
+void expect_within_model_bound(const std::vector<uint16_t>& in, const std::vector<uint16_t>& out, const KVShape& s,
+                               const Profile& p, int level) {
+  const uint32_t d = s.head_dim, C = uint32_t(s.channels());
+  for (uint32_t l = 0; l < s.layers; ++l)
+    for (uint32_t kv = 0; kv < 2; ++kv) {
+      detail::LayerModel m;
+      ASSERT_TRUE(detail::parse_profile_model(p.models[(size_t(level - 1) * s.layers + l) * 2 + kv], C, m).ok());
+      float step = 0;
+      for (int32_t code : m.step_code) step = std::max(step, detail::step_from_code(code));
+      for (uint32_t t = 0; t < s.tokens; ++t)
+        for (uint32_t h = 0; h < s.kv_heads; ++h) {
+          const size_t at = ((size_t(l) * 2 + kv) * s.tokens + t) * C + size_t(h) * d;
+          double e2 = 0, u2 = 0;
+          for (uint32_t i = 0; i < d; ++i) {
+            const double x = detail::f16_to_f32(in[at + i]), xh = detail::f16_to_f32(out[at + i]);
+            const double ulp = std::ldexp(1.0, std::max(-24, std::ilogb(std::max(std::fabs(xh), 1e-30)) - 10));
+            e2 += (x - xh) * (x - xh);
+            u2 += ulp * ulp / 4;
+          }
+          ASSERT_LE(std::sqrt(e2), std::sqrt(double(d)) * step / 2 * (1 + 1e-4) + std::sqrt(u2) + 1e-5)
+              << "level " << level << " layer " << l << " kv " << kv << " token " << t;
+        }
+    }
+}
+
+TEST(ProfileModels, FramesReferenceTheProfileAndDecodeWithinBound) {
+  const Profile p = models_profile(kShape, true, 31);
+  ASSERT_EQ(p.models.size(), size_t(kMaxLevel) * 2 * kShape.layers);
+  const std::vector<uint16_t> in = to_f16(make_cache(kShape, 32));
+  uint32_t refs = 0;
+  for (int level = 1; level <= kMaxLevel; ++level) {
+    EncodeOptions o;
+    o.level = level;
+    auto frame = encode_with(in, kShape, o, p, 7);
+    ASSERT_TRUE(frame.ok()) << frame.status().to_string();
+    auto info = read_frame_info(*frame);
+    ASSERT_TRUE(info.ok());
+    EXPECT_TRUE(info->profile_models);
+    refs += info->profile_model_refs;
+    if (info->profile_model_refs == 2 * kShape.layers)  // the transform block and the source bytes alone
+      EXPECT_EQ(info->model_bytes, kTransformBlockBytes + 2 * kShape.layers);
+    std::vector<uint16_t> out(in.size());
+    ASSERT_TRUE(decode_into(*frame, p, contiguous_view(out.data(), DType::kF16, kShape)).ok());
+    expect_within_model_bound(in, out, kShape, p, level);
+    auto stats = analyze_frame(*frame, p);  // the coefficients' symbols, referenced models included
+    ASSERT_TRUE(stats.ok()) << stats.status().to_string();
+    EXPECT_GT(stats->entropy_bits, 0.0);
+    // Threads do not change the bytes.
+    o.threads = 3;
+    auto again = encode_with(in, kShape, o, p, 7);
+    ASSERT_TRUE(again.ok());
+    EXPECT_EQ(*again, *frame);
+  }
+  EXPECT_GT(refs, 0u) << "no (layer, K/V) used the profile's tables";
+}
+
+TEST(ProfileModels, ProfileFilesRoundTripAndVersion1IsUnchanged) {
+  const Profile p = models_profile(kShape, false, 41);
+  const std::vector<uint8_t> bytes = serialize_profile(p);
+  EXPECT_EQ(detail::load_le16(bytes.data() + 4), 2);
+  auto back = parse_profile(bytes);
+  ASSERT_TRUE(back.ok()) << back.status().to_string();
+  EXPECT_EQ(back->models, p.models);
+  EXPECT_EQ(back->digest, p.digest);
+  Profile v1 = p;
+  v1.models.clear();
+  const std::vector<uint8_t> b1 = serialize_profile(v1);
+  EXPECT_EQ(detail::load_le16(b1.data() + 4), 1);
+  EXPECT_EQ(b1, serialize_profile(make_test_profile(kShape, false, 41)));
+  // Corruptions: a model size beyond the file, a model that does not parse, trailing bytes.
+  auto corrupt = [&](size_t at, uint8_t v) {
+    std::vector<uint8_t> b = bytes;
+    b[at] = v;
+    const uint64_t digest = detail::frame_checksum(2, b.data(), b.size() - 8);
+    detail::store_le64(b.data() + b.size() - 8, digest);
+    return parse_profile(b).status().code();
+  };
+  const size_t models_at = b1.size() - 8;
+  EXPECT_EQ(corrupt(models_at + 3, 0x7f), StatusCode::kCorruptData);  // size of the first model
+  EXPECT_EQ(corrupt(models_at + 4, 0), StatusCode::kCorruptData);     // 0 groups
+  std::vector<uint8_t> extra = bytes;
+  extra.insert(extra.end() - 8, uint8_t(0));
+  detail::store_le64(extra.data() + extra.size() - 8, detail::frame_checksum(2, extra.data(), extra.size() - 8));
+  EXPECT_EQ(parse_profile(extra).status().code(), StatusCode::kCorruptData);
+}
+
+TEST(ProfileModels, NeedTheProfileWithModelsAndRejectBadSources) {
+  const Profile p = models_profile(kShape, true, 51);
+  const std::vector<uint16_t> in = to_f16(make_cache(kShape, 52));
+  EncodeOptions o;
+  o.level = 6;
+  auto frame = encode_with(in, kShape, o, p);
+  ASSERT_TRUE(frame.ok());
+  std::vector<uint16_t> out(in.size());
+  const KVView v = contiguous_view(out.data(), DType::kF16, kShape);
+  // A buffer of exactly the frame's size gives the same frame; one byte less is too small.
+  const KVView src = contiguous_view(const_cast<uint16_t*>(in.data()), DType::kF16, kShape);
+  std::vector<uint8_t> exact(frame->size());
+  auto n = encode_into(src, o, p, exact);
+  ASSERT_TRUE(n.ok()) << n.status().to_string();
+  EXPECT_EQ(exact, *frame);
+  std::vector<uint8_t> small(frame->size() - 1);
+  EXPECT_EQ(encode_into(src, o, p, small).status().code(), StatusCode::kBufferTooSmall);
+  Profile no_models = p;
+  no_models.models.clear();  // same digest, no models: what a stale copy would be
+  EXPECT_EQ(decode_into(*frame, no_models, v).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(decode_into(*frame, v).code(), StatusCode::kInvalidArgument);
+  // A source byte of 2 (the first layer model's, after the transform block) is corrupt.
+  std::vector<uint8_t> bad = *frame;
+  bad[kHeaderBytes + kTransformBlockBytes] = 2;
+  detail::store_le64(bad.data() + detail::kOffHeadChecksum, detail::head_checksum(4, bad.data(), read_frame_info(*frame)->head_bytes));
+  EXPECT_EQ(read_frame_info(bad).status().code(), StatusCode::kCorruptData);
+  // Anchor groups: the profile's models are not used (flags 1, as with a version 1 profile).
+  o.group_tokens = 4;
+  auto grouped = encode_with(in, kShape, o, p);
+  ASSERT_TRUE(grouped.ok());
+  EXPECT_FALSE(read_frame_info(*grouped)->profile_models);
+  ASSERT_TRUE(decode_into(*grouped, p, v).ok());
+}
+
+TEST(ProfileModels, SensitivityAllocatesTheSteps) {
+  // Rate-distortion allocation: step ~ 1 / sqrt(sensitivity), the geometric mean kept. Raising one
+  // tensor's sensitivity 4x makes its step 2x smaller (16 codes) relative to every other tensor's.
+  Profile a = make_test_profile(kShape, false, 71), b = a;
+  const KVShape cs{kShape.layers, 90, kShape.kv_heads, kShape.head_dim};
+  std::vector<uint16_t> cache = to_f16(make_cache(cs, 72));
+  const std::vector<KVView> views = {contiguous_view(cache.data(), DType::kF16, cs)};
+  std::vector<double> w(size_t(kShape.layers) * 2, 1.0);
+  ASSERT_TRUE(calibrate_profile_models(a, views, w).ok());
+  const uint32_t C = uint32_t(kShape.channels());
+  w[1] = 4.0;
+  ASSERT_TRUE(calibrate_profile_models(b, views, w).ok());
+  for (int level = 2; level <= kMaxLevel; level += 3) {
+    std::vector<int32_t> shift;
+    for (size_t u = 0; u < w.size(); ++u) {
+      detail::LayerModel ma, mb;
+      const size_t i = size_t(level - 1) * w.size() + u;
+      ASSERT_TRUE(detail::parse_profile_model(a.models[i], C, ma).ok());
+      ASSERT_TRUE(detail::parse_profile_model(b.models[i], C, mb).ok());
+      shift.push_back(mb.step_code[0] - ma.step_code[0]);
+    }
+    for (size_t u = 2; u < shift.size(); ++u) EXPECT_NEAR(shift[u], shift[0], 1) << "level " << level;
+    EXPECT_NEAR(shift[1] - shift[0], -16, 1) << "level " << level;
+  }
+  // However lopsided the sensitivity, no step moves more than 2x (16 codes) from the plain
+  // RMS-relative one (calibration without sensitivity): 1e4x wants 100x, tensor 1 gets 2x finer.
+  Profile plain = a;
+  ASSERT_TRUE(calibrate_profile_models(plain, views, {}).ok());
+  w[1] = 1e4;
+  ASSERT_TRUE(calibrate_profile_models(b, views, w).ok());
+  for (int level = 2; level <= kMaxLevel; level += 3)
+    for (size_t u = 0; u < w.size(); ++u) {
+      detail::LayerModel mp, mb;
+      const size_t i = size_t(level - 1) * w.size() + u;
+      ASSERT_TRUE(detail::parse_profile_model(plain.models[i], C, mp).ok());
+      ASSERT_TRUE(detail::parse_profile_model(b.models[i], C, mb).ok());
+      EXPECT_LE(std::abs(mb.step_code[0] - mp.step_code[0]), 17) << "level " << level << ", tensor " << u;
+      if (u == 1) EXPECT_NEAR(mb.step_code[0] - mp.step_code[0], -16, 1) << "level " << level;
+    }
+  w[1] = 16.0;
+  // Component weights: a channel of 4x the weight gets a step 2x smaller (16 codes) than the others.
+  std::vector<double> cw(w.size() * C, 1.0);
+  cw[0] = 4.0;
+  ASSERT_TRUE(calibrate_profile_models(b, views, w, cw).ok());
+  detail::LayerModel m;
+  ASSERT_TRUE(detail::parse_profile_model(b.models[size_t(4) * w.size()], C, m).ok());  // level 5, layer 0 K
+  EXPECT_NEAR(m.step_code[0] - m.step_code[1], -16, 1);
+  for (uint32_t c = 2; c < C; ++c) EXPECT_EQ(m.step_code[c], m.step_code[1]);
+  EXPECT_EQ(calibrate_profile_models(b, views, {}, cw).code(), StatusCode::kInvalidArgument);  // needs sensitivity
+  std::vector<double> bad(size_t(kShape.layers) * 2, 1.0);
+  bad[0] = -1;
+  EXPECT_EQ(calibrate_profile_models(a, views, bad).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(calibrate_profile_models(a, views, std::vector<double>(3, 1.0)).code(), StatusCode::kInvalidArgument);
+}
+
+TEST(ProfileModels, GoldenFrame) {
+  const KVShape s{2, 40, 2, 16};
+  const std::vector<uint16_t> in = to_f16(make_cache(s, 61));
+  EncodeOptions o;
+  o.chunk_tokens = 16;
+  o.level = 5;
+  if (std::getenv("KVCODEC_WRITE_GOLDEN")) {
+    const Profile p = models_profile(s, true, 62);
+    auto frame = encode_with(in, s, o, p, 100);
+    ASSERT_TRUE(frame.ok());
+    write_all(golden("f16_level5_models.kvprofile"), serialize_profile(p));
+    write_all(golden("f16_level5_models.kvc"), *frame);
+    std::vector<uint16_t> out(in.size());
+    ASSERT_TRUE(decode_into(*frame, p, contiguous_view(out.data(), DType::kF16, s)).ok());
+    std::ofstream(golden("digest_models.txt")) << std::hex << detail::xxh64(out.data(), out.size() * 2, 0) << "\n";
+    GTEST_SKIP() << "rewrote tests/golden/v4 (models)";
+  }
+  auto p = parse_profile(read_all(golden("f16_level5_models.kvprofile")));
+  ASSERT_TRUE(p.ok()) << p.status().to_string();
+  ASSERT_FALSE(p->models.empty());
+  const std::vector<uint8_t> frame = read_all(golden("f16_level5_models.kvc"));
+  ASSERT_FALSE(frame.empty());
+  auto info = read_frame_info(frame);
+  ASSERT_TRUE(info.ok());
+  EXPECT_TRUE(info->profile_models);
+  EXPECT_GT(info->profile_model_refs, 0u);
+  std::vector<uint16_t> out(in.size());
+  ASSERT_TRUE(decode_into(frame, *p, contiguous_view(out.data(), DType::kF16, s)).ok());
+  std::ifstream dig(golden("digest_models.txt"));
+  uint64_t want = 0;
+  dig >> std::hex >> want;
+  EXPECT_EQ(detail::xxh64(out.data(), out.size() * 2, 0), want);
+  // Streaming: chunk by chunk from the head alone, with the profile (its models), the same values.
+  const auto shared = std::make_shared<const Profile>(*p);
+  auto dec = FrameDecoder::open(std::span<const uint8_t>(frame).first(info->head_bytes), shared);
+  ASSERT_TRUE(dec.ok()) << dec.status().to_string();
+  std::vector<uint16_t> chunked(in.size());
+  for (uint32_t k = 0; k < info->chunks.size(); ++k) {
+    const ChunkInfo& ci = info->chunks[k];
+    ASSERT_TRUE(dec->decode_chunk(k, std::span<const uint8_t>(frame).subspan(ci.offset, ci.size),
+                                  contiguous_view(chunked.data(), DType::kF16, s)).ok());
+  }
+  EXPECT_EQ(chunked, out);
+  EXPECT_EQ(FrameDecoder::open(frame, nullptr).status().code(), StatusCode::kInvalidArgument);
+  expect_within_model_bound(in, out, s, *p, o.level);
+  auto again = encode_with(in, s, o, *p, 100);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(*again, frame) << "the encoder no longer writes the committed version 4 frame with profile models";
+  // Calibrating the same models again gives the same profile (integer-deterministic encoder).
+  EXPECT_EQ(serialize_profile(models_profile(s, true, 62)), serialize_profile(*p));
 }
 
 }  // namespace

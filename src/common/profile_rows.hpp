@@ -90,7 +90,12 @@ Status decode_transformed_chunk(const Profile& p, const FrameInfo& f, const Deco
                                 bool verify, int threads);
 
 // The version 3 frame of a version 4 frame's fp32 coefficients (transform block removed); `frame`
-// must be exactly frame_bytes long (kBufferTooSmall / kCorruptData otherwise).
-StatusOr<std::vector<uint8_t>> coefficient_frame(std::span<const uint8_t> frame);
+// must be exactly frame_bytes long (kBufferTooSmall / kCorruptData otherwise). A frame with
+// profile models (kFrameFlagProfileModels) needs its profile (kInvalidArgument without it): the
+// referenced layer models are written out in full.
+StatusOr<std::vector<uint8_t>> coefficient_frame(std::span<const uint8_t> frame, const Profile* profile = nullptr);
+// The head of that coefficient frame, from a version 4 frame's head (or whole frame): what a
+// FrameDecoder opened with the profile decodes chunks with.
+StatusOr<std::vector<uint8_t>> coefficient_head(std::span<const uint8_t> head, const Profile* profile);
 
 }  // namespace kvcodec::detail

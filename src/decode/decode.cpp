@@ -667,10 +667,8 @@ StatusOr<FrameDecoder> FrameDecoder::open(std::span<const uint8_t> head, std::sh
   KVCODEC_ASSIGN_OR_RETURN(FrameInfo info, read_frame_info(head));
   if (!info.transformed) return open(head);
   KVCODEC_RETURN_IF_ERROR(detail::check_frame_profile(info, profile.get()));
-  // The coefficient frame's head: the transform block removed, version 3, fp32.
-  std::vector<uint8_t> inner(info.head_bytes - kTransformBlockBytes);
-  detail::reframe(head.first(info.head_bytes), kTransformBlockBytes, {}, kStoredUnitsFormatVersion, 0,
-                  uint8_t(DType::kF32), inner);
+  // The coefficient frame's head: version 3, fp32, with the tables (its own or the profile's).
+  KVCODEC_ASSIGN_OR_RETURN(std::vector<uint8_t> inner, detail::coefficient_head(head, profile.get()));
   KVCODEC_ASSIGN_OR_RETURN(auto coded, make_decoder(inner));
   auto d = std::make_shared<Decoder>();
   d->info = std::move(info);

@@ -4,12 +4,14 @@
 // requested range is transformed back and rounded to the frame's dtype.
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <string>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
 
+#include "common/bytes.hpp"
 #include "common/dtype.hpp"
 #include "common/frame.hpp"
 #include "common/parallel.hpp"
@@ -127,11 +129,66 @@ Status decode_transformed_chunk(const Profile& p, const FrameInfo& f, const Deco
   });
 }
 
-StatusOr<std::vector<uint8_t>> coefficient_frame(std::span<const uint8_t> frame) {
+namespace {
+
+// The coefficients' version 3 frame of a frame with profile models (docs/format.md 2.2): the
+// model section rebuilt from the frame's own models (their groups, tables and channel groups, then
+// the profile model's step codes and centres) and the profile's referenced ones; bodies as they
+// are. Byte splicing only (the decoder has no frame writer).
+StatusOr<std::vector<uint8_t>> expand_profile_models(std::span<const uint8_t> frame, const Profile* profile) {
+  KVCODEC_ASSIGN_OR_RETURN(FrameHead h, parse_head(frame));
+  const FrameInfo& f = h.info;
+  if (!profile || profile->digest != f.profile_digest)
+    return InvalidArgument("frame needs the layer models of profile " + hex64(f.profile_digest));
+  if (profile->models.size() != size_t(kMaxLevel) * 2 * f.shape.layers)
+    return InvalidArgument("frame references the layer models of its profile, which has none (profile version 1)");
+  const uint32_t C = uint32_t(f.shape.channels());
+  const uint8_t* section = frame.data() + kHeaderBytes;
+  size_t pos = kTransformBlockBytes;
+  std::vector<uint8_t> model;
+  for (size_t i = 0; i < h.layers.size(); ++i) {
+    const std::vector<uint8_t>& pm = profile->models[size_t(f.level - 1) * 2 * f.shape.layers + i];
+    ++pos;  // the source byte
+    if (h.layers[i].from_profile) {
+      model.insert(model.end(), pm.begin(), pm.end());
+      continue;
+    }
+    const size_t own = layer_model_prefix_bytes(h.layers[i], false);
+    model.insert(model.end(), section + pos, section + pos + own);
+    pos += own;
+    LayerModel grids;
+    KVCODEC_RETURN_IF_ERROR(parse_profile_model(pm, C, grids));
+    model.insert(model.end(), pm.begin() + std::ptrdiff_t(layer_model_prefix_bytes(grids, false)), pm.end());
+  }
+  if (pos != f.model_bytes) return Internal("profile models: model section sizes disagree");
+  if (model.size() > UINT32_MAX) return ResourceExhausted("model section over 4 GiB");
+  // `frame` may be the head alone (coefficient_head): the output holds what the input does.
+  std::vector<uint8_t> inner(frame.size() - f.model_bytes + model.size());
+  reframe(frame, uint32_t(f.model_bytes), model, kStoredUnitsFormatVersion, 0, uint8_t(DType::kF32), inner);
+  inner[kOffTableGroups] = uint8_t(kMaxTableGroups);  // a profile's model may have up to 16 groups
+  store_le64(inner.data() + kOffHeadChecksum,
+             head_checksum(kStoredUnitsFormatVersion, inner.data(), inner.size() - (frame.size() - f.head_bytes)));
+  return inner;
+}
+
+}  // namespace
+
+StatusOr<std::vector<uint8_t>> coefficient_head(std::span<const uint8_t> head, const Profile* profile) {
+  KVCODEC_ASSIGN_OR_RETURN(FrameInfo f, read_frame_info(head));
+  if (!f.transformed) return InvalidArgument("not a transform-coded frame");
+  head = head.first(f.head_bytes);
+  if (f.profile_models) return expand_profile_models(head, profile);
+  std::vector<uint8_t> inner(f.head_bytes - kTransformBlockBytes);
+  reframe(head, kTransformBlockBytes, {}, kStoredUnitsFormatVersion, 0, uint8_t(DType::kF32), inner);
+  return inner;
+}
+
+StatusOr<std::vector<uint8_t>> coefficient_frame(std::span<const uint8_t> frame, const Profile* profile) {
   KVCODEC_ASSIGN_OR_RETURN(FrameInfo f, read_frame_info(frame));
   if (!f.transformed) return InvalidArgument("not a transform-coded frame");
   if (frame.size() < f.frame_bytes) return BufferTooSmall("frame truncated");
   if (frame.size() > f.frame_bytes) return CorruptData("bytes after the frame");
+  if (f.profile_models) return expand_profile_models(frame, profile);
   std::vector<uint8_t> inner(f.frame_bytes - kTransformBlockBytes);
   reframe(frame, kTransformBlockBytes, {}, kStoredUnitsFormatVersion, 0, uint8_t(DType::kF32), inner);
   return inner;
@@ -143,7 +200,7 @@ Status decode_into(std::span<const uint8_t> frame, const Profile& profile, const
   KVCODEC_ASSIGN_OR_RETURN(FrameInfo f, read_frame_info(frame));
   if (!f.transformed) return decode_into(frame, dst, o);
   KVCODEC_RETURN_IF_ERROR(check_transform_decode(f, frame, profile, dst, o));
-  KVCODEC_ASSIGN_OR_RETURN(std::vector<uint8_t> inner, detail::coefficient_frame(frame));
+  KVCODEC_ASSIGN_OR_RETURN(std::vector<uint8_t> inner, detail::coefficient_frame(frame, &profile));
   const KVShape& s = f.shape;
   const uint32_t lb = o.layer_begin, le = std::min(o.layer_end, s.layers);
   const uint32_t ce = std::min<size_t>(o.chunk_end, f.chunks.size());
@@ -189,6 +246,14 @@ Status decode_chunk_into(std::span<const uint8_t> head, uint32_t chunk, std::spa
   KVCODEC_ASSIGN_OR_RETURN(FrameDecoder f,
                            FrameDecoder::open(head, std::shared_ptr<const Profile>(std::shared_ptr<const Profile>(), &profile)));
   return f.decode_chunk(chunk, body, dst, o);
+}
+
+StatusOr<FrameStats> analyze_frame(std::span<const uint8_t> frame, const Profile& profile) {
+  KVCODEC_ASSIGN_OR_RETURN(FrameInfo f, read_frame_info(frame));
+  if (!f.profile_models) return analyze_frame(frame);
+  KVCODEC_RETURN_IF_ERROR(verify_frame(frame));
+  KVCODEC_ASSIGN_OR_RETURN(std::vector<uint8_t> inner, detail::coefficient_frame(frame, &profile));
+  return analyze_frame(inner);
 }
 
 }  // namespace kvcodec
