@@ -36,6 +36,21 @@ std::vector<uint8_t> write_profile(const std::string& path, uint32_t seed) {
   return bytes;
 }
 
+// The library's frame of `in` at level 5, chunks of 16 tokens, first position 9 (empty on error).
+std::vector<uint8_t> library_frame(const std::string& in, const Profile& p) {
+  auto kv = load_kv(in);
+  EXPECT_TRUE(kv.ok());
+  if (!kv.ok()) return {};
+  EncodeOptions o;
+  o.level = 5;
+  o.chunk_tokens = 16;
+  std::vector<uint8_t> frame(max_encoded_size(kShape, DType::kF16, o, p));
+  auto n = encode_into(kv->view(), o, p, frame, 9);
+  EXPECT_TRUE(n.ok());
+  frame.resize(n.ok() ? *n : 0);
+  return frame;
+}
+
 TEST_F(CliTest, ProfileRoundTripMatchesTheLibrary) {
   const std::string in = make_cache("in.safetensors", DType::kF16, kShape);
   const std::vector<uint8_t> pbytes = write_profile(path("p.kvprofile"), 1);
@@ -52,15 +67,8 @@ TEST_F(CliTest, ProfileRoundTripMatchesTheLibrary) {
   // The same frame and values as the library's.
   auto p = parse_profile(pbytes);
   ASSERT_TRUE(p.ok());
-  auto kv = load_kv(in);
-  ASSERT_TRUE(kv.ok());
-  EncodeOptions o;
-  o.level = 5;
-  o.chunk_tokens = 16;
-  std::vector<uint8_t> frame(max_encoded_size(kShape, DType::kF16, o, *p));
-  auto n = encode_into(kv->view(), o, *p, frame, 9);
-  ASSERT_TRUE(n.ok());
-  frame.resize(*n);
+  const std::vector<uint8_t> frame = library_frame(in, *p);
+  ASSERT_FALSE(frame.empty());
   auto file = read_file(path("a.kvc"));
   ASSERT_TRUE(file.ok());
   EXPECT_EQ(*file, frame);
@@ -129,16 +137,9 @@ TEST_F(CliTest, PutServeFetchWithAProfile) {
     expect_error(*r, "fetch");
     EXPECT_NE(r->err.find(need), std::string::npos) << r->err;
   }
-  auto kv = load_kv(in);
-  ASSERT_TRUE(kv.ok());
-  EncodeOptions o;
-  o.level = 5;
-  o.chunk_tokens = 16;
-  std::vector<uint8_t> frame(max_encoded_size(kShape, DType::kF16, o, *p));
-  auto n = encode_into(kv->view(), o, *p, frame, 9);
-  ASSERT_TRUE(n.ok());
-  frame.resize(*n);
-  std::vector<uint8_t> want(kv->data.size());
+  const std::vector<uint8_t> frame = library_frame(in, *p);
+  ASSERT_FALSE(frame.empty());
+  std::vector<uint8_t> want(kShape.elements() * 2);
   ASSERT_TRUE(decode_into(frame, *p, contiguous_view(want.data(), DType::kF16, kShape)).ok());
   auto out = load_kv(path("f.safetensors"));
   ASSERT_TRUE(out.ok());
