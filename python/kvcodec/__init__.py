@@ -209,21 +209,23 @@ def _stream():
 
 
 def put(store, id, kv, *, levels=(0, 2, 4, 6, 8), chunk_tokens=256, text_tokens=(), threads=0, measure=True,
-        layout="contiguous", dtype=None, kv_heads=None, block_table=None, tokens=None, slot_mapping=None):
+        layout="contiguous", dtype=None, kv_heads=None, block_table=None, tokens=None, slot_mapping=None,
+        profile=None, first_position=0):
     """Stores context `id` at each level (head and chunk bodies apart, manifest last) and returns
-    its manifest (dict). text_tokens: the context's token ids, for clients that recompute chunks."""
+    its manifest (dict). text_tokens: the context's token ids, for clients that recompute chunks.
+    profile: transform-code the lossy levels with this Profile (load and fetch then need it)."""
     return _stream().put(store, id, kv, levels=list(levels), chunk_tokens=chunk_tokens,
                          text_tokens=[int(t) for t in text_tokens], threads=threads, measure=measure, layout=layout,
                          dtype=_dtype_name(dtype), kv_heads=kv_heads, block_table=block_table,
-                         slot_mapping=slot_mapping, tokens=tokens)
+                         slot_mapping=slot_mapping, tokens=tokens, profile=profile, first_position=first_position)
 
 
 def load(store, id, dst, *, level=None, layout="contiguous", dtype=None, block_table=None, threads=0,
-         slot_mapping=None):
+         slot_mapping=None, profile=None):
     """Decodes context `id` from `store` into dst in place, at `level` (default: the lowest stored,
     the most faithful). Every head and chunk is verified against the manifest's checksums."""
     _stream().load(store, id, dst, level=level, layout=layout, dtype=_dtype_name(dtype), block_table=block_table,
-                   slot_mapping=slot_mapping, threads=threads)
+                   slot_mapping=slot_mapping, threads=threads, profile=profile)
 
 
 def manifest(store, id):
@@ -237,7 +239,8 @@ def remove(store, id):
 
 
 def fetch(host, port, id, dst=None, *, layout="contiguous", dtype=None, block_table=None, slo_s=1.0,
-          decode_threads=1, policy="adaptive", connect_timeout_ms=2000, io_timeout_ms=5000, slot_mapping=None):
+          decode_threads=1, policy="adaptive", connect_timeout_ms=2000, io_timeout_ms=5000, slot_mapping=None,
+          profile=None):
     """Streams context `id` from a kvcodec Server, the controller choosing each chunk's level
     within the TTFT objective slo_s. Returns (kv, report): kv is dst (written in place) or a new
     [L, 2, T, H, D] array (numpy; torch for bf16 when importable), report the fetch's account
@@ -245,7 +248,8 @@ def fetch(host, port, id, dst=None, *, layout="contiguous", dtype=None, block_ta
     kv, report = _stream().fetch(host, port, id, dst=dst, layout=layout, dtype=_dtype_name(dtype),
                                  block_table=block_table, slot_mapping=slot_mapping, slo_s=slo_s,
                                  decode_threads=decode_threads, policy=policy,
-                                 connect_timeout_ms=connect_timeout_ms, io_timeout_ms=io_timeout_ms)
+                                 connect_timeout_ms=connect_timeout_ms, io_timeout_ms=io_timeout_ms,
+                                 profile=profile)
     if dst is None and kv.dtype.itemsize != 4 and kv.dtype.kind == "u":
         try:
             import numpy as np

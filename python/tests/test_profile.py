@@ -79,3 +79,23 @@ def test_missing_or_corrupt_profile_raises():
     mismatched = kv_values(layers=p.layers + 1, tokens=8, heads=p.kv_heads, dim=p.head_dim)
     with pytest.raises(kvcodec.InvalidArgument):
         kvcodec.encode(mismatched, level=4, profile=p)
+
+
+def test_put_load_fetch_with_the_profile():
+    if not kvcodec.HAS_STREAM:
+        pytest.skip("no streaming library")
+    p = golden_profile()
+    kv = torch.from_numpy(kv_values(layers=p.layers, tokens=48, heads=p.kv_heads, dim=p.head_dim)).half()
+    store = kvcodec.Store("mem:")
+    kvcodec.put(store, "c", kv, levels=[4], chunk_tokens=16, profile=p, first_position=7)
+    loaded = torch.zeros_like(kv)
+    kvcodec.load(store, "c", loaded, profile=p)
+    err = (loaded.float() - kv.float()).norm() / kv.float().norm()
+    assert 0 < err < 0.2
+    with pytest.raises(kvcodec.InvalidArgument, match=p.digest):
+        kvcodec.load(store, "c", torch.zeros_like(kv))
+    with kvcodec.Server(store) as server:
+        fetched, report = kvcodec.fetch("127.0.0.1", server.port, "c", torch.zeros_like(kv), slo_s=10.0, profile=p)
+        assert report["complete"] and torch.equal(fetched, loaded)
+        with pytest.raises(kvcodec.InvalidArgument, match=p.digest):
+            kvcodec.fetch("127.0.0.1", server.port, "c", slo_s=10.0)
