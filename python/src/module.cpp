@@ -186,7 +186,7 @@ py::dict frame_info_py(py::handle frame_obj, bool verify) {
     chunks.append(py::dict("index"_a = i, "token_begin"_a = c.token_begin, "tokens"_a = c.tokens, "offset"_a = c.offset,
                            "bytes"_a = c.size, "checksum"_a = std::string(hex)));
   }
-  return py::dict("format_version"_a = f.format_version, "dtype"_a = dtype_name(f.dtype), "layers"_a = f.shape.layers,
+  py::dict d("format_version"_a = f.format_version, "dtype"_a = dtype_name(f.dtype), "layers"_a = f.shape.layers,
                   "kv_heads"_a = f.shape.kv_heads, "head_dim"_a = f.shape.head_dim, "tokens"_a = f.shape.tokens,
                   "chunks"_a = f.chunks.size(), "level"_a = f.level, "chunk_tokens"_a = f.chunk_tokens,
                   "group_tokens"_a = f.group_tokens, "table_groups"_a = f.table_groups,
@@ -195,7 +195,13 @@ py::dict frame_info_py(py::handle frame_obj, bool verify) {
                   "uncompressed_bytes"_a = f.shape.elements() * dtype_size(f.dtype), "table_bytes"_a = f.table_bytes,
                   "model_bytes"_a = f.model_bytes, "head_bytes"_a = f.head_bytes, "payload_bytes"_a = f.payload_bytes(),
                   "frame_bytes"_a = f.frame_bytes, "file_bytes"_a = frame.size(), "checksum_ok"_a = checksum_ok,
-                  "chunk_list"_a = chunks, "profile_digest"_a = f.transformed ? hex64(f.profile_digest) : std::string());
+                  "chunk_list"_a = chunks);
+  if (f.transformed) {  // the keys `kvcodec inspect --json` adds for a transform-coded frame
+    d["profile_digest"] = hex64(f.profile_digest);
+    d["first_position"] = f.first_position;
+    d["profile_model_refs"] = f.profile_model_refs;
+  }
+  return d;
 }
 
 size_t max_encoded_size_py(uint32_t layers, uint32_t tokens, uint32_t kv_heads, uint32_t head_dim,

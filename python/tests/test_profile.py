@@ -69,7 +69,7 @@ def test_missing_or_corrupt_profile_raises():
     frame = kvcodec.encode(kv, level=4, profile=p)
     with pytest.raises(kvcodec.InvalidArgument, match=p.digest):
         kvcodec.decode(frame)
-    assert kvcodec.frame_info(kvcodec.encode(kv, level=4))["profile_digest"] == ""
+    assert "profile_digest" not in kvcodec.frame_info(kvcodec.encode(kv, level=4))
     data = bytearray((GOLDEN / "f16_level4_rope.kvprofile").read_bytes())
     data[len(data) // 2] ^= 1
     with pytest.raises(kvcodec.CorruptData):
