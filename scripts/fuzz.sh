@@ -12,7 +12,7 @@
 # serve and fetch fuzz the whole server loop and client over loopback, from captured traffic
 # (tests/fuzz/corpus/, written by build-fuzz/tests/fuzz/kvcodec_fuzz_capture).
 #
-# Environment: KVCODEC_FUZZ_SECONDS (per target, default 12: 15 targets stay under ~3.5 minutes),
+# Environment: KVCODEC_FUZZ_SECONDS (per target, default 12: 16 targets stay under ~4 minutes),
 #              KVCODEC_FUZZ_TARGETS (space-separated names, default all), KVCODEC_JOBS (build jobs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +41,7 @@ data="${KVCODEC_DATA_DIR:-../shared/data}"
 extra_seeds() {
   case "$1" in
     frame) echo tests/golden ;;
+    profile) echo tests/golden/v4 ;;
     serve | fetch) echo "tests/fuzz/corpus/$1" ;;
     trace) echo docs/results/traces ;;
     tokenizer) [[ -d "$data/models" ]] && mkdir -p build-fuzz/seeds-tok && cp -f "$data"/models/tok*.bin build-fuzz/seeds-tok/ 2>/dev/null && echo build-fuzz/seeds-tok ;;
@@ -50,7 +51,7 @@ extra_seeds() {
 }
 # target:seed corpus
 all="frame_info:frame verify_frame:frame decode:frame decode_chunk:frame analyze_frame:frame roundtrip:none
-     safetensors:safetensors npy:npy tokenizer:tokenizer model:model wire:wire manifest:manifest link_trace:trace
+     safetensors:safetensors npy:npy profile:profile tokenizer:tokenizer model:model wire:wire manifest:manifest link_trace:trace
      serve:serve fetch:fetch"
 for spec in $all; do
   name="${spec%%:*}"

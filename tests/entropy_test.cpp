@@ -76,6 +76,40 @@ TEST_P(RansRoundTrip, DecodesWhatWasEncoded) {
 }
 INSTANTIATE_TEST_SUITE_P(Sizes, RansRoundTrip, ::testing::Values(0, 1, 31, 32, 33, 1000, 100000, 300001));
 
+// The piecewise lane encoder (the encoder's: codes given a piece at a time, last piece first)
+// writes rans_encode_codes' bytes, for pieces of any multiple of the lane count, on every path.
+TEST(Rans, PiecewiseLaneEncoderMatchesWholeStream) {
+  std::mt19937 rng(5);
+  for (int path = 0; path < 3; ++path) {
+    detail::set_simd_enabled(path != 2);
+    detail::set_avx512_enabled(path == 0);
+    for (size_t n : {size_t(0), size_t(17), size_t(32), size_t(1000), size_t(100003)}) {
+      std::vector<uint32_t> codes(n);
+      for (auto& c : codes) {
+        const uint32_t f = 1 + (rng() % detail::kRansM) / (1 + rng() % 64);
+        c = f << 16 | uint32_t(rng() % (detail::kRansM - f + 1));
+      }
+      std::vector<uint16_t> scratch;
+      std::vector<uint8_t> whole, pieces;
+      detail::rans_encode_codes(codes.data(), n, scratch, whole);
+      detail::LaneStreamEncoder e;
+      for (int again = 0; again < 2; ++again) {  // the word buffer reused
+        pieces.clear();
+        e.begin(n);
+        for (size_t s1 = n; s1 > 0;) {
+          const size_t s0 = s1 > 32 ? (s1 - 1 - (rng() % std::min<size_t>(s1 - 1, 5000))) / 32 * 32 : 0;
+          e.put(codes.data() + s0, s0, s1);
+          s1 = s0;
+        }
+        e.finish(pieces);
+        EXPECT_EQ(pieces, whole) << "path " << path << " n " << n;
+      }
+    }
+  }
+  detail::set_simd_enabled(true);
+  detail::set_avx512_enabled(true);
+}
+
 // The vector lane encoders (AVX-512, AVX2; the quotient from a float reciprocal, corrected in
 // integers) write the scalar lanes' bytes for every frequency 1..4096, in long streams (lane
 // states over the whole range) whose length is not a multiple of 8 or 16.

@@ -282,5 +282,27 @@ TEST(Simulator, MinPrefillMeetsTheSloWithTheLeastRecompute) {
   }
 }
 
+TEST(Simulator, ALinkThatDropsMidChunkIsSeenBeforeTheChunkEnds) {
+  // 20 Gb/s known from a previous fetch, 10x less from 20 ms on, while the first big KV chunks
+  // are on the wire. The controller must see the drop from the bytes still arriving (a client
+  // hears no event until the chunk ends) and recompute in time: every SLO objective then ends
+  // near recomputing everything, where it used to end at twice that.
+  auto trace = LinkTrace::parse("0 20\n0.02 2\n");
+  ASSERT_TRUE(trace.ok());
+  const ContextProfile p = test_profile(8);
+  for (Objective objective : {Objective::kMinPrefillWithinSlo, Objective::kBestQualityWithinSlo}) {
+    ControllerConfig c = config_for(Policy::kAdaptive, objective, 0.08, 0.01);
+    c.cost.prefill_tokens_per_s = 20000;
+    c.estimator.prior_gbps = 20;
+    c.estimator.prior_measured = true;
+    ControllerConfig text = c;
+    text.policy = Policy::kFixed;
+    text.plan = {kTextOption};
+    const SimResult r = run(p, c, *trace);
+    const SimResult t = run(p, text, *trace);
+    EXPECT_LT(r.ttft_s, 1.1 * t.ttft_s) << objective_name(objective);
+  }
+}
+
 }  // namespace
 }  // namespace kvcodec

@@ -31,6 +31,10 @@ inline constexpr uint16_t kStoredUnitsFormatVersion = 3;
 inline constexpr uint16_t kTransformFormatVersion = 4;
 inline constexpr uint16_t kMaxFormatVersion = 4;
 inline constexpr uint16_t kFrameFlagTransform = 1;
+// Version 4, bit 1 (with bit 0): every layer model starts with a source byte, 0 = the model
+// follows as in version 3, 1 = the profile's stored model of (level, layer, K/V) (docs/format.md
+// 2.2; profiles of version 2): the frame carries no tables, steps or centres for it.
+inline constexpr uint16_t kFrameFlagProfileModels = 2;
 inline constexpr uint32_t kTransformBlockBytes = 16;
 // RoPE positions of a transform-coded frame with keys before RoPE: first_position + tokens <= 2^24.
 inline constexpr uint32_t kRopePositionBits = 24;
@@ -69,6 +73,8 @@ struct FrameInfo {
   bool transformed = false;
   uint64_t profile_digest = 0;
   uint32_t first_position = 0;  // RoPE position of token 0 (profiles with keys before RoPE)
+  bool profile_models = false;  // kFrameFlagProfileModels: layer models may be the profile's
+  uint32_t profile_model_refs = 0;  // how many layer models are the profile's (not in the frame)
 
   uint64_t payload_bytes() const noexcept { return frame_bytes - head_bytes; }
   double bits_per_element() const noexcept {

@@ -30,7 +30,8 @@ Status parse_header(std::span<const uint8_t> b, FrameInfo& f, uint32_t& num_chun
                               std::to_string(kMinFormatVersion) + " to " + std::to_string(kMaxFormatVersion) + ")");
   const uint16_t flags = load_le16(p + kOffFlags);
   f.transformed = f.format_version == kTransformFormatVersion;
-  if (flags != (f.transformed ? kFrameFlagTransform : 0) || load_le32(p + kOffReserved) != 0)
+  f.profile_models = f.transformed && flags == (kFrameFlagTransform | kFrameFlagProfileModels);
+  if ((flags != (f.transformed ? kFrameFlagTransform : 0) && !f.profile_models) || load_le32(p + kOffReserved) != 0)
     return CorruptData("reserved header fields are not zero");
   if (!is_valid_dtype(p[kOffDType])) return CorruptData("unknown dtype code " + std::to_string(p[kOffDType]));
   f.dtype = DType(p[kOffDType]);
@@ -52,6 +53,7 @@ Status parse_header(std::span<const uint8_t> b, FrameInfo& f, uint32_t& num_chun
     return CorruptData("frame parameters out of range");
   f.step_mode = StepMode(mode);
   if (f.transformed && f.level == 0) return CorruptData("a transform-coded frame at level 0");
+  if (f.profile_models && f.group_tokens != 1) return CorruptData("profile models in a frame with anchor groups");
   num_chunks = load_le32(p + kOffNumChunks);
   if (num_chunks != num_chunks_for(f.shape.tokens, f.chunk_tokens))
     return CorruptData("chunk count does not match tokens / chunk_tokens");
@@ -62,7 +64,9 @@ Status parse_header(std::span<const uint8_t> b, FrameInfo& f, uint32_t& num_chun
   return Status::Ok();
 }
 
-Status parse_layer_model(ByteReader& r, const FrameInfo& f, LayerModel& m, uint64_t& table_bytes) {
+// grids = false: a layer model of a frame with profile models (docs/format.md 2.2), whose step
+// codes and centres are the profile's and not in the frame.
+Status parse_layer_model(ByteReader& r, const FrameInfo& f, LayerModel& m, uint64_t& table_bytes, bool grids = true) {
   const size_t es = dtype_size(f.dtype);
   const uint32_t C = uint32_t(f.shape.channels());
   m.groups = r.u8();
@@ -100,7 +104,7 @@ Status parse_layer_model(ByteReader& r, const FrameInfo& f, LayerModel& m, uint6
   if (!r.ok()) return CorruptData("model section truncated or malformed in channel groups");
   for (uint8_t g : m.channel_group)
     if (g >= m.groups) return CorruptData("channel assigned to a missing group");
-  if (!is_lossless(f)) {
+  if (!is_lossless(f) && grids) {
     m.step_code.resize(C);
     m.center.resize(C);
     int32_t prev = 0;
@@ -134,6 +138,33 @@ Status parse_transform_block(ByteReader& r, FrameInfo& f, FrameInfo& coded) {
 }
 
 }  // namespace
+
+size_t layer_model_prefix_bytes(const LayerModel& m, bool lossless) {
+  size_t n = 1 + (m.channel_group.size() + 1) / 2;
+  for (const TableSpec& t : m.tables) {
+    n += lossless ? 1 : 3;
+    for (uint16_t f : t.table.freq) n += f < 128 ? 1 : 2;  // varints of values <= 4096
+  }
+  return n;
+}
+
+FrameInfo profile_model_info(uint32_t channels) {
+  FrameInfo f;
+  f.dtype = DType::kF32;
+  f.level = 1;
+  f.group_tokens = 1;
+  f.table_groups = kMaxTableGroups;
+  f.shape = KVShape{1, 1, 1, channels};
+  return f;
+}
+
+Status parse_profile_model(std::span<const uint8_t> bytes, uint32_t channels, LayerModel& m) {
+  ByteReader r(bytes);
+  uint64_t table_bytes = 0;
+  KVCODEC_RETURN_IF_ERROR(parse_layer_model(r, profile_model_info(channels), m, table_bytes));
+  if (!r.at_end()) return CorruptData("profile layer model has trailing bytes");
+  return Status::Ok();
+}
 
 Status require_plain_frame(const FrameInfo& f) {
   if (!f.transformed) return Status::Ok();
@@ -174,7 +205,7 @@ StatusOr<FrameHead> parse_head(std::span<const uint8_t> b) {
   // Model section. Its smallest possible size bounds what parsing may allocate, so a forged
   // header with a huge shape cannot make us allocate more than a small multiple of the input.
   const uint64_t C = f.shape.channels();
-  const uint64_t min_layer_model = (C + 1) / 2 + (is_lossless(f) ? 0 : 2 * C);
+  const uint64_t min_layer_model = f.profile_models ? 1 : (C + 1) / 2 + (is_lossless(f) ? 0 : 2 * C);  // 2.2: a source byte
   const uint32_t block = f.transformed ? kTransformBlockBytes : 0;
   if (f.model_bytes < block + 2ull * f.shape.layers * min_layer_model)
     return CorruptData("model section too small for the frame's shape");
@@ -182,7 +213,18 @@ StatusOr<FrameHead> parse_head(std::span<const uint8_t> b) {
   FrameInfo coded = f;  // a transform-coded frame codes fp32 coefficients (docs/format.md 2.1)
   if (f.transformed) KVCODEC_RETURN_IF_ERROR(parse_transform_block(r, f, coded));
   h.layers.resize(size_t(f.shape.layers) * 2);
-  for (auto& m : h.layers) KVCODEC_RETURN_IF_ERROR(parse_layer_model(r, coded, m, f.table_bytes));
+  for (auto& m : h.layers) {
+    if (f.profile_models) {  // the source byte (docs/format.md 2.2)
+      const uint8_t source = r.u8();
+      if (!r.ok() || source > 1) return CorruptData("bad layer model source");
+      if (source == 1) {
+        m.from_profile = true;
+        ++f.profile_model_refs;
+        continue;
+      }
+    }
+    KVCODEC_RETURN_IF_ERROR(parse_layer_model(r, coded, m, f.table_bytes, !f.profile_models));
+  }
   if (!r.at_end()) return CorruptData("model section has trailing bytes");
   return h;
 }

@@ -51,6 +51,7 @@ struct LayerModel {
   std::vector<uint8_t> channel_group; // per channel
   std::vector<int32_t> step_code;     // per channel (lossy)
   std::vector<int32_t> center;        // per channel (lossy)
+  bool from_profile = false;          // kFrameFlagProfileModels: the profile's model (nothing parsed)
 };
 
 struct FrameHead {
@@ -70,14 +71,23 @@ inline uint32_t num_chunks_for(uint32_t tokens, uint32_t chunk_tokens) {
 
 // Checksum of a head (header with its checksum field skipped, model section, chunk index).
 uint64_t head_checksum(uint16_t version, const uint8_t* head, size_t head_bytes);
-// Appends the serialized model of one (layer, K/V); returns the bytes spent on tables.
-size_t write_layer_model(const FrameInfo& f, const LayerModel& m, std::vector<uint8_t>& out);
+// Appends the serialized model of one (layer, K/V); returns the bytes spent on tables. grids =
+// false: without step codes and centres (a frame with profile models, docs/format.md 2.2).
+size_t write_layer_model(const FrameInfo& f, const LayerModel& m, std::vector<uint8_t>& out, bool grids = true);
 // Writes header, model section and chunk index (checksummed) into `out` (resized to head_bytes).
 // f.chunks must hold sizes and checksums; offsets are assigned here, as are head/frame sizes.
 void write_head(FrameInfo& f, std::span<const uint8_t> model_section, std::vector<uint8_t>& out);
 // kInvalidArgument for a transform-coded frame (version 4), which only the profile decoder
 // (decode/decode_transform.cpp) reads; OK otherwise.
 Status require_plain_frame(const FrameInfo& f);
+// Bytes of a parsed layer model's serialization before its step codes and centres: groups,
+// tables, channel groups (all of it for lossless models).
+size_t layer_model_prefix_bytes(const LayerModel& m, bool lossless);
+// Parses one layer model of `channels` channels as a profile stores it (docs/format.md 8: lossy,
+// fp32, one slot, at most kMaxTableGroups groups), consuming all of `bytes`.
+Status parse_profile_model(std::span<const uint8_t> bytes, uint32_t channels, LayerModel& m);
+// The FrameInfo a profile's layer models are written and parsed with (fp32, lossy, one slot).
+FrameInfo profile_model_info(uint32_t channels);
 // Parses and validates a head, including the model section.
 StatusOr<FrameHead> parse_head(std::span<const uint8_t> bytes);
 

@@ -37,6 +37,26 @@ Status check_dims(uint32_t layers, uint32_t kv_heads, uint32_t d, bool rope) {
   return Status::Ok();
 }
 
+// Version 2's stored layer models, from `at` to `end` (the digest): u32 size, then the model.
+Status parse_models(Profile& p, const uint8_t* at, const uint8_t* end) {
+  const uint32_t C = p.kv_heads * p.head_dim;
+  const size_t n = size_t(kMaxLevel) * 2 * p.layers;
+  p.models.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    if (end - at < 4) return CorruptData("profile: layer models truncated");
+    const uint32_t size = detail::load_le32(at);
+    at += 4;
+    if (uint64_t(end - at) < size) return CorruptData("profile: layer models truncated");
+    p.models[i].assign(at, at + size);
+    at += size;
+    detail::LayerModel lm;
+    if (Status s = detail::parse_profile_model(p.models[i], C, lm); !s.ok())
+      return CorruptData(std::string("profile: layer model ") + std::to_string(i) + ": " + s.message());
+  }
+  if (at != end) return CorruptData("profile: bytes after its layer models");
+  return Status::Ok();
+}
+
 uint64_t digest_of(std::span<const uint8_t> bytes) { return detail::frame_checksum(2, bytes.data(), bytes.size()); }
 
 void put_f32(std::vector<uint8_t>& out, float v) {
@@ -331,7 +351,7 @@ StatusOr<Profile> make_profile(uint32_t layers, uint32_t kv_heads, uint32_t head
 std::vector<uint8_t> serialize_profile(const Profile& p) {
   std::vector<uint8_t> out(kFileHeaderBytes, 0);
   std::memcpy(out.data(), kProfileMagic, 4);
-  detail::store_le16(out.data() + 4, kProfileVersion);
+  detail::store_le16(out.data() + 4, p.models.empty() ? 1 : 2);
   detail::store_le16(out.data() + 6, p.keys_before_rope ? 1 : 0);
   detail::store_le32(out.data() + 8, p.layers);
   detail::store_le32(out.data() + 12, p.kv_heads);
@@ -345,6 +365,12 @@ std::vector<uint8_t> serialize_profile(const Profile& p) {
   }
   for (double v : p.rope_cos) put_f64(out, v);
   for (double v : p.rope_sin) put_f64(out, v);
+  for (const auto& m : p.models) {  // version 2
+    uint8_t b[4];
+    detail::store_le32(b, uint32_t(m.size()));
+    out.insert(out.end(), b, b + 4);
+    out.insert(out.end(), m.begin(), m.end());
+  }
   const uint64_t digest = digest_of(out);
   out.resize(out.size() + 8);
   detail::store_le64(out.data() + out.size() - 8, digest);
@@ -356,7 +382,7 @@ StatusOr<Profile> parse_profile(std::span<const uint8_t> b) {
     return CorruptData("not a kvcodec profile (bad magic or too short)");
   const uint8_t* q = b.data();
   const uint16_t version = detail::load_le16(q + 4), flags = detail::load_le16(q + 6);
-  if (version != kProfileVersion) return UnsupportedVersion("profile version " + std::to_string(version));
+  if (version != 1 && version != 2) return UnsupportedVersion("profile version " + std::to_string(version));
   Profile p;
   p.layers = detail::load_le32(q + 8);
   p.kv_heads = detail::load_le32(q + 12);
@@ -366,7 +392,8 @@ StatusOr<Profile> parse_profile(std::span<const uint8_t> b) {
   if ((flags & ~1u) || detail::load_le32(q + 20) != 0) return CorruptData("profile: reserved fields not zero");
   if (Status s = check_dims(p.layers, p.kv_heads, p.head_dim, p.keys_before_rope); !s.ok())
     return CorruptData(std::string("profile: ") + s.message());
-  if (b.size() != profile_file_bytes(p.layers, p.kv_heads, p.head_dim, p.keys_before_rope))
+  const uint64_t fixed = profile_file_bytes(p.layers, p.kv_heads, p.head_dim, p.keys_before_rope);
+  if (version == 1 ? b.size() != fixed : b.size() < fixed + uint64_t(kMaxLevel) * 2 * p.layers * 4)
     return CorruptData("profile: size does not match its shape");
   p.digest = detail::load_le64(q + b.size() - 8);
   if (digest_of(b.first(b.size() - 8)) != p.digest) return CorruptData("profile: checksum mismatch");
@@ -390,7 +417,23 @@ StatusOr<Profile> parse_profile(std::span<const uint8_t> b) {
       if (!(v >= -1.0 && v <= 1.0)) return CorruptData("profile: RoPE table entry outside [-1, 1]");
   if (p.keys_before_rope && !(p.rope_theta > 1.0 && std::isfinite(p.rope_theta)))
     return CorruptData("profile: bad RoPE theta");
+  if (version == 2) KVCODEC_RETURN_IF_ERROR(parse_models(p, at, q + b.size() - 8));
+  else if (at != q + b.size() - 8) return CorruptData("profile: size does not match its shape");
   return p;
+}
+
+Status set_profile_models(Profile& p, std::vector<std::vector<uint8_t>> models) {
+  if (models.size() != size_t(kMaxLevel) * 2 * p.layers) return InvalidArgument("profile models: wrong count");
+  const uint32_t C = p.kv_heads * p.head_dim;
+  for (const auto& m : models) {
+    detail::LayerModel lm;
+    if (m.size() > UINT32_MAX || !detail::parse_profile_model(m, C, lm).ok())
+      return InvalidArgument("profile models: a model does not parse");
+  }
+  p.models = std::move(models);
+  const std::vector<uint8_t> bytes = serialize_profile(p);
+  p.digest = detail::load_le64(bytes.data() + bytes.size() - 8);
+  return Status::Ok();
 }
 
 namespace detail {

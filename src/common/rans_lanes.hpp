@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "common/bytes.hpp"
@@ -70,6 +71,25 @@ void rans_encode_lanes(size_t n, SymOf&& sym_of, std::vector<uint16_t>& scratch,
 // Encodes symbols given as codes freq << 16 | cum (freq in 1..4096), in stream order; the same
 // bytes as rans_encode_lanes. Uses AVX2 (8 lanes per step) where the CPU has it.
 void rans_encode_codes(const uint32_t* codes, size_t n, std::vector<uint16_t>& scratch, std::vector<uint8_t>& out);
+
+// The stream of rans_encode_codes (the same bytes) from codes given a piece at a time, the last
+// piece first, so that a caller need not hold the codes of a whole unit: begin(n), then
+// put(codes, s0, s1) for symbols [s0, s1) (codes[i - s0] is symbol i's), s1 = n first and the
+// previous piece's s0 after, each s0 a multiple of kRansLanes (or 0); then finish(out). The word
+// buffer is kept across streams and never cleared, so only the pages written are resident.
+class LaneStreamEncoder {
+ public:
+  void begin(size_t n);
+  void put(const uint32_t* codes, size_t s0, size_t s1);
+  void finish(std::vector<uint8_t>& out);
+
+ private:
+  std::unique_ptr<uint16_t[]> buf_;
+  size_t cap_ = 0;
+  uint16_t *end_ = nullptr, *w_ = nullptr;
+  uint32_t x_[kRansLanes];
+  bool avx2_ = false, avx512_ = false;
+};
 
 // Reads the lane header; returns the word count, or an error if the stream is too short.
 inline Status rans_read_header(const uint8_t* p, size_t avail, uint32_t* x, uint32_t* words) {

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <numeric>
 #include <string>
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -50,15 +51,43 @@ void gather(const KVView& v, uint32_t l, uint32_t kv, uint8_t* out, size_t pitch
     }
 }
 
-// rANS-codes symbols given as freq << 16 | cum (in stream order) and pads the unit to 4 bytes.
-void encode_symbols(const std::vector<uint32_t>& fc, std::vector<uint16_t>& scratch, std::vector<uint8_t>& unit) {
-  detail::rans_encode_codes(fc.data(), fc.size(), scratch, unit);
+// Where the elements of (layer l, K/V kv) already are [tokens][channels] with rows a fixed
+// distance apart (strided or per-layer views whose channels are contiguous within a token):
+// their first element and the row pitch in bytes, read in place instead of gathered. Else null.
+const uint8_t* rows_in_place(const KVView& v, uint32_t l, uint32_t kv, size_t* pitch) {
+  if (v.kind == KVView::Kind::kPaged || v.stride[4] != 1 || (v.shape.kv_heads > 1 && v.stride[3] != v.shape.head_dim) ||
+      v.stride[2] <= 0)
+    return nullptr;
+  *pitch = size_t(v.stride[2]) * dtype_size(v.dtype);
+  return static_cast<const uint8_t*>(v.element(l, kv, 0, 0, 0));
+}
+
+// rANS-codes the symbols of `rows` token rows of C symbols each (stream order: row by row) and
+// pads the unit to 4 bytes. row_codes(r0, r1, f) writes the lane codes (freq << 16 | cum) of
+// rows [r0, r1) to f; it is called for pieces of about kPieceSymbols symbols, the last piece
+// first (the coder runs backwards), so only one piece of codes is held at a time.
+constexpr size_t kPieceSymbols = size_t(1) << 16;
+template <typename RowCodes>
+void encode_rows(uint32_t rows, uint32_t C, RowCodes&& row_codes, detail::LaneStreamEncoder& lanes,
+                 std::vector<uint32_t>& fc, std::vector<uint8_t>& unit) {
+  // Pieces start at multiples of R rows, R * C a multiple of the lane count.
+  const uint32_t R0 = kRansLanes / std::gcd(C, kRansLanes);
+  const uint32_t R = std::max<uint32_t>(R0, uint32_t(kPieceSymbols / C) / R0 * R0);
+  lanes.begin(size_t(rows) * C);
+  fc.resize(size_t(std::min(R, rows)) * C);
+  for (uint32_t r1 = rows; r1 > 0;) {
+    const uint32_t r0 = (r1 - 1) / R * R;
+    row_codes(r0, r1, fc.data());
+    lanes.put(fc.data(), size_t(r0) * C, size_t(r1) * C);
+    r1 = r0;
+  }
+  lanes.finish(unit);
   unit.resize(pad4(unit.size()), 0);
 }
 
 // Everything one (layer, K/V) task produces.
 struct LayerOutput {
-  LayerModel model;
+  LayerModel model;  // model.from_profile: the fixed model's tables were used (not written)
   detail::UnitStore units;  // per chunk: its coded (or stored) unit
   Status status;
 };
@@ -66,10 +95,14 @@ struct LayerOutput {
 struct Context {
   const KVView& src;
   const EncodeOptions& opt;
+  // Profile models (lossy, group_tokens 1): per (layer, K/V) the grids to quantize with, and
+  // tables the unit may use instead of its own (detail::encode_with_models); nullptr: none.
+  const std::vector<LayerModel>* fixed;
   uint32_t chunks;
   size_t es;
-  // Bytes from one token's row of gathered elements to the next: a cache line more than the
-  // row, so that column blocks do not map every row to the same cache sets.
+  // Bytes from one token's row of elements to the next: the view's own pitch where the rows
+  // are read in place (rows_in_place), else that of the gathered rows, a cache line more than
+  // the row, so that column blocks do not map every row to the same cache sets.
   size_t rp;
 };
 
@@ -81,17 +114,18 @@ struct Workspace {
   std::vector<int16_t> val;      // lossy symbol values [tokens][channels]
   std::vector<uint32_t> local;   // one column block's counts (lossy: [slot][bin][kColumnBlock])
   std::vector<uint16_t> local16; // lossless: one column block's counts between spills
+  std::vector<uint64_t> bin_mask; // lossy: per (slot, bin) of a block, the channels counting it
   detail::ChannelCounts counts;
   std::vector<uint64_t> feature;
   std::vector<double> sum, sq, inv_step, center;
   std::vector<uint32_t> count;
   std::vector<float> lo, hi;  // finite range per channel (robust scales)
-  std::vector<float> step, row;
+  std::vector<float> step, row, inv_f, half_f;
   std::vector<int32_t> center_i;
   std::vector<ChannelGrid> grids;
   std::vector<uint32_t> codes, fc, esc_at, chan_off;
   std::vector<const uint32_t*> chan_lut;
-  std::vector<uint16_t> scratch;
+  detail::LaneStreamEncoder lanes;
   std::vector<uint8_t> unit;  // the unit being coded (then copied to the task's UnitStore)
 };
 
@@ -269,22 +303,23 @@ void encode_lossless(const Context& cx, const uint8_t* raw, Workspace& ws, Layer
   const bool avx2 = detail::avx2_enabled();
   for (uint32_t k = 0; k < cx.chunks; ++k) {
     const uint32_t t0 = k * cx.opt.chunk_tokens, t1 = std::min(T, t0 + cx.opt.chunk_tokens);
-    ws.fc.resize(size_t(t1 - t0) * C);
     ws.unit.clear();
     for (uint32_t p = 0; p < P; ++p) {
       const uint32_t* off = &ws.chan_off[size_t(p) * C];
-      for (uint32_t t = t0; t < t1; ++t) {
-        const uint8_t* e = raw + size_t(t) * cx.rp;
-        uint32_t* f = ws.fc.data() + size_t(t - t0) * C;
+      auto row_codes = [&](uint32_t r0, uint32_t r1, uint32_t* fc) {
+        for (uint32_t t = t0 + r0; t < t0 + r1; ++t) {
+          const uint8_t* e = raw + size_t(t) * cx.rp;
+          uint32_t* f = fc + size_t(t - t0 - r0) * C;
 #if defined(__x86_64__)
-        if (avx2) {
-          plane_codes_avx2(e, P, p, off, C, codes.data(), f);
-          continue;
-        }
+          if (avx2) {
+            plane_codes_avx2(e, P, p, off, C, codes.data(), f);
+            continue;
+          }
 #endif
-        plane_codes_scalar(e, P, p, off, C, codes.data(), f);
-      }
-      encode_symbols(ws.fc, ws.scratch, ws.unit);
+          plane_codes_scalar(e, P, p, off, C, codes.data(), f);
+        }
+      };
+      encode_rows(t1 - t0, C, row_codes, ws.lanes, ws.fc, ws.unit);
     }
     if (!(out.status = commit_unit(cx, raw, k, ws.unit, out.units)).ok()) return;
   }
@@ -350,6 +385,29 @@ __attribute__((target("avx2"))) bool row_range_avx2(const int16_t* v, uint32_t n
 }
 #endif
 
+// Bit j set where row[j] != 0, j < n <= 64.
+uint64_t nonzero_mask_scalar(const uint32_t* row, uint32_t n) {
+  uint64_t m = 0;
+  for (uint32_t j = 0; j < n; ++j) m |= uint64_t(row[j] != 0) << j;
+  return m;
+}
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) uint64_t nonzero_mask64_avx512(const uint32_t* row) {
+  uint64_t m = 0;
+  for (int k = 0; k < 4; ++k) {
+    const __m512i v = _mm512_loadu_si512(row + 16 * k);
+    m |= uint64_t(_mm512_test_epi32_mask(v, v)) << (16 * k);
+  }
+  return m;
+}
+#endif
+uint64_t nonzero_mask(const uint32_t* row, uint32_t n) {
+#if defined(__x86_64__)
+  if (n == 64 && detail::avx512_enabled()) return nonzero_mask64_avx512(row);
+#endif
+  return nonzero_mask_scalar(row, n);
+}
+
 // Counts the lossy symbol values of one column block, channels [c0, c0 + n) (slot 0 for anchors,
 // 1 for deltas), a range of tokens at a time, then appends them to ws.counts (finish). Also the
 // clustering feature: the sum of |value| over the anchors. ws.local is all zero before and after.
@@ -359,6 +417,7 @@ struct BlockCounter {
   size_t VP;
   uint32_t CT, GT, n;
   uint32_t* loc;                            // [slot][bin][B]
+  uint64_t* bin_mask;                       // scratch of 2 * bins masks
   uint32_t feat[B] = {};                    // < 2^32: at most kMaxTokens values of magnitude <= kQLimit
   int16_t lo[2] = {0, 0}, hi[2] = {0, 0};  // per slot: the values seen (escapes as 0)
   alignas(32) int16_t acc_lo[2][16] = {}, acc_hi[2][16] = {};  // the same per vector lane (AVX2)
@@ -368,8 +427,11 @@ struct BlockCounter {
 #if defined(__x86_64__)
     const bool avx2 = detail::avx2_enabled();
 #endif
+    uint32_t in_chunk = t0 % CT, in_group = in_chunk % GT;  // of token t, stepped (no division per row)
     for (uint32_t t = t0; t < t1; ++t) {
-      const uint32_t slot = (t % CT) % GT == 0 ? 0 : 1;
+      const uint32_t slot = in_group == 0 ? 0 : 1;
+      if (++in_chunk == CT) in_chunk = in_group = 0;
+      else if (++in_group == GT) in_group = 0;
       const int16_t* vr = val + size_t(t) * VP;
       uint32_t* ls = loc + size_t(slot) * bins * B;
       uint32_t* f = slot == 0 ? feat : nullptr;
@@ -392,24 +454,43 @@ struct BlockCounter {
         lo[s] = std::min(lo[s], acc_lo[s][k]);
         hi[s] = std::max(hi[s], acc_hi[s][k]);
       }
-    detail::ChannelCounts& cc = ws.counts;
-    for (uint32_t j = 0; j < n; ++j) {
+    // Each channel's non-zero counts in (slot, bin) order, bins [lo + kQLimit, hi + kQLimit] then
+    // the escape bin (above every value bin). The bins are scanned once, row by row: a mask of
+    // the channels counting each, the channels' entry counts, then every entry written in place.
+    uint32_t nnz[B] = {}, at[B];
+    auto for_bins = [&](auto&& fn) {
       for (uint32_t s = 0; s < slots; ++s) {
-        uint32_t* ls = loc + size_t(s) * bins * B + j;
         const uint32_t b0 = uint32_t(lo[s] + detail::kQLimit), b1 = uint32_t(hi[s] + detail::kQLimit);
-        auto take = [&](uint32_t b) {
-          if (uint32_t& k = ls[b * B]) {
-            cc.index.push_back(s * bins + b);
-            cc.count.push_back(k);
-            k = 0;
-          }
-        };
-        for (uint32_t b = b0; b <= b1; ++b) take(b);
-        if (esc[s]) take(detail::kEscBin);
+        for (uint32_t b = b0; b <= b1; ++b) fn(s, b);
+        if (esc[s]) fn(s, detail::kEscBin);
       }
-      cc.begin.push_back(uint32_t(cc.index.size()));
+    };
+    uint64_t* mask = bin_mask;
+    for_bins([&](uint32_t s, uint32_t b) {
+      uint64_t m = nonzero_mask(loc + (size_t(s) * bins + b) * B, n);
+      *mask++ = m;
+      for (; m; m &= m - 1) ++nnz[__builtin_ctzll(m)];
+    });
+    detail::ChannelCounts& cc = ws.counts;
+    size_t end = cc.index.size();
+    for (uint32_t j = 0; j < n; ++j) {
+      at[j] = uint32_t(end);
+      end += nnz[j];
+      cc.begin.push_back(uint32_t(end));
       if (feature) ws.feature[c0 + j] = feat[j];
     }
+    cc.index.resize(end);
+    cc.count.resize(end);
+    mask = bin_mask;
+    for_bins([&](uint32_t s, uint32_t b) {
+      uint32_t* row = loc + (size_t(s) * bins + b) * B;
+      for (uint64_t m = *mask++; m; m &= m - 1) {
+        const uint32_t j = uint32_t(__builtin_ctzll(m)), i = at[j]++;
+        cc.index[i] = s * bins + b;
+        cc.count[i] = row[j];
+        row[j] = 0;
+      }
+    });
   }
 };
 
@@ -418,7 +499,7 @@ void count_lossy(const int16_t* val, uint32_t T, uint32_t C, size_t VP, uint32_t
                  Workspace& ws) {
   ws.counts.reset(C, slots, detail::kLossyBins);
   for (uint32_t c0 = 0; c0 < C; c0 += detail::kColumnBlock) {
-    BlockCounter bc{val + c0, VP, CT, GT, std::min(detail::kColumnBlock, C - c0), ws.local.data()};
+    BlockCounter bc{val + c0, VP, CT, GT, std::min(detail::kColumnBlock, C - c0), ws.local.data(), ws.bin_mask.data()};
     bc.add(0, T);
     bc.finish(c0, slots, ws, false);
   }
@@ -451,9 +532,31 @@ bool escape_orphaned_deltas(int16_t* val, uint32_t T, uint32_t C, size_t VP, uin
 
 // The grids of a lossy (layer, K/V) from its elements (one pass, token by token) and the row
 // quantizer's per-channel constants.
-void lossy_grids(const Context& cx, uint32_t layer, const uint8_t* raw, Workspace& ws) {
+void grid_constants(uint32_t C, Workspace& ws) {
+  ws.step.resize(C);
+  ws.inv_step.resize(C);
+  ws.center.resize(C);
+  ws.center_i.resize(C);
+  for (uint32_t c = 0; c < C; ++c) {
+    ws.step[c] = step_from_code(ws.grids[c].step_code);
+    ws.inv_step[c] = 1.0 / double(ws.step[c]);
+    ws.center[c] = ws.grids[c].center;
+    ws.center_i[c] = ws.grids[c].center;
+  }
+  ws.inv_f.resize(C);
+  ws.half_f.resize(C);
+  detail::screen_constants(ws.step.data(), ws.inv_step.data(), C, ws.inv_f.data(), ws.half_f.data());
+}
+
+void lossy_grids(const Context& cx, uint32_t layer, uint32_t kv, const uint8_t* raw, Workspace& ws) {
   const KVShape& sh = cx.src.shape;
   const uint32_t T = sh.tokens, C = uint32_t(sh.channels());
+  if (cx.fixed) {  // the profile model's grids
+    const LayerModel& fm = (*cx.fixed)[size_t(layer) * 2 + kv];
+    ws.grids.resize(C);
+    for (uint32_t c = 0; c < C; ++c) ws.grids[c] = ChannelGrid{fm.step_code[c], fm.center[c]};
+    return grid_constants(C, ws);
+  }
   ws.sum.assign(C, 0.0);
   ws.sq.assign(C, 0.0);
   ws.count.assign(C, 0);
@@ -472,16 +575,26 @@ void lossy_grids(const Context& cx, uint32_t layer, const uint8_t* raw, Workspac
       [](const void* p, size_t i) { return detail::f8e4m3_to_f32(static_cast<const uint8_t*>(p)[i]); }};
   const detail::Columns cols{raw, cx.rp / cx.es, kLoad[uint8_t(cx.src.dtype) - 1], uint8_t(cx.src.dtype)};  // rows rp bytes apart
   detail::grids_from_sums(sums, ws.lo.data(), ws.hi.data(), C, T, cols, rel, cx.opt.step_mode, ws.grids.data());
-  ws.step.resize(C);
-  ws.inv_step.resize(C);
-  ws.center.resize(C);
-  ws.center_i.resize(C);
-  for (uint32_t c = 0; c < C; ++c) {
-    ws.step[c] = step_from_code(ws.grids[c].step_code);
-    ws.inv_step[c] = 1.0 / double(ws.step[c]);
-    ws.center[c] = ws.grids[c].center;
-    ws.center_i[c] = ws.grids[c].center;
-  }
+  grid_constants(C, ws);
+}
+
+// With profile models: the fixed model replaces the unit's own when coding the counted values
+// with its tables costs fewer bits than with the own tables plus the own model's bytes.
+void choose_fixed_model(const Context& cx, uint32_t layer, uint32_t kv, Workspace& ws, LayerModel& m,
+                        std::vector<uint32_t>& fc_lut) {
+  const LayerModel& fm = (*cx.fixed)[size_t(layer) * 2 + kv];
+  std::vector<uint32_t> fixed_lut;
+  detail::lossy_model_codes(fm, fixed_lut);
+  const uint64_t fixed_cost = detail::lossy_model_cost(ws.counts, fm, fixed_lut);
+  if (fixed_cost == UINT64_MAX) return;
+  std::vector<uint8_t> bytes;  // the own model as the frame would carry it: no grids (the profile's)
+  const FrameInfo f = detail::frame_info_for(cx.src.shape, cx.src.dtype, cx.opt);
+  detail::write_layer_model(f, m, bytes, false);
+  const uint64_t own_cost = detail::lossy_model_cost(ws.counts, m, fc_lut) + (uint64_t(bytes.size()) * 8 << 16);
+  if (fixed_cost >= own_cost) return;
+  m = fm;
+  m.from_profile = true;
+  fc_lut = std::move(fixed_lut);
 }
 
 // Lane codes of one token's values: f[c] = lut[off[c] + lossy_bin(v[c])] without the escape
@@ -519,17 +632,16 @@ __attribute__((target("avx2"))) uint32_t row_codes_avx2(const int16_t* v, const 
 }
 #endif
 
-// The lane codes of chunk [t0, t1) into ws.fc, and the symbol indices of its escapes.
+// The lane codes of tokens [ta, tb) of the chunk that starts at t0 into fc, and the symbol
+// indices (in the chunk) of their escapes appended to ws.esc_at.
 // ws.chan_off[role * C + c]: the offset of channel c's table for the role in lut.
-void lossy_chunk_codes(const int16_t* val, size_t VP, uint32_t t0, uint32_t t1, uint32_t C, uint32_t GT, const uint32_t* lut,
-                       Workspace& ws) {
-  ws.fc.resize(size_t(t1 - t0) * C);
-  ws.esc_at.clear();
+void lossy_chunk_codes(const int16_t* val, size_t VP, uint32_t t0, uint32_t ta, uint32_t tb, uint32_t C, uint32_t GT,
+                       const uint32_t* lut, uint32_t* fc, Workspace& ws) {
   const bool avx2 = detail::avx2_enabled();
-  for (uint32_t t = t0; t < t1; ++t) {
+  for (uint32_t t = ta; t < tb; ++t) {
     const uint32_t* off = &ws.chan_off[(t - t0) % GT == 0 ? 0 : C];
     const int16_t* vr = &val[size_t(t) * VP];
-    uint32_t* f = ws.fc.data() + size_t(t - t0) * C;
+    uint32_t* f = fc + size_t(t - ta) * C;
 #if defined(__x86_64__)
     const uint32_t any = avx2 ? row_codes_avx2(vr, off, C, lut, f) : row_codes_scalar(vr, off, C, lut, f);
 #else
@@ -544,13 +656,14 @@ void lossy_chunk_codes(const int16_t* val, size_t VP, uint32_t t0, uint32_t t1, 
 
 // Lossy: grids, symbols (anchors and deltas), windows, tables, lanes + escapes per chunk.
 constexpr uint32_t kTokenTile = 16;
-void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, Workspace& ws, LayerOutput& out) {
+void encode_lossy(const Context& cx, uint32_t layer, uint32_t kv, const uint8_t* raw, Workspace& ws, LayerOutput& out) {
   const KVShape& sh = cx.src.shape;
   const uint32_t T = sh.tokens, C = uint32_t(sh.channels());
   const uint32_t GT = cx.opt.group_tokens, CT = cx.opt.chunk_tokens;
   const uint32_t slots = GT > 1 ? 2 : 1;
-  lossy_grids(cx, layer, raw, ws);
-  const detail::RowGrid rg{ws.step.data(), ws.inv_step.data(), ws.center.data(), ws.center_i.data()};
+  lossy_grids(cx, layer, kv, raw, ws);
+  const detail::RowGrid rg{ws.step.data(), ws.inv_step.data(), ws.center.data(), ws.center_i.data(), ws.inv_f.data(),
+                          ws.half_f.data()};
 
   // Symbol values: q = n - center for anchors, q - q_anchor for deltas; kEscape when escaped.
   // Column block by column block: each block's values are counted while they are in cache.
@@ -559,11 +672,12 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, Workspa
   ws.val.resize(size_t(T) * VP);
   int16_t* val = ws.val.data();
   ws.local.resize(size_t(slots) * detail::kLossyBins * detail::kColumnBlock, 0);
+  ws.bin_mask.resize(2 * detail::kLossyBins);
   ws.feature.resize(C);
   ws.counts.reset(C, slots, detail::kLossyBins);
   for (uint32_t c0 = 0; c0 < C; c0 += detail::kColumnBlock) {
     const uint32_t n = std::min(detail::kColumnBlock, C - c0);
-    BlockCounter bc{val + c0, VP, CT, GT, n, ws.local.data()};
+    BlockCounter bc{val + c0, VP, CT, GT, n, ws.local.data(), ws.bin_mask.data()};
     for (uint32_t t0 = 0; t0 < T; t0 += kTokenTile) {  // counted while in L1
       const uint32_t t1 = std::min(T, t0 + kTokenTile);
       detail::quantize_columns(raw, cx.rp, uint8_t(cx.src.dtype), t0, t1, c0, n, rg, CT, GT, val, VP);
@@ -582,11 +696,14 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, Workspa
     out.status = detail::build_layer_tables(ws.counts, false, m, fc_lut);
     if (!out.status.ok()) return;
   }
-  m.step_code.resize(C);
-  m.center.resize(C);
-  for (uint32_t c = 0; c < C; ++c) {
-    m.step_code[c] = ws.grids[c].step_code;
-    m.center[c] = ws.grids[c].center;
+  if (cx.fixed && !(*cx.fixed)[size_t(layer) * 2 + kv].tables.empty()) choose_fixed_model(cx, layer, kv, ws, m, fc_lut);
+  if (!m.from_profile) {
+    m.step_code.resize(C);
+    m.center.resize(C);
+    for (uint32_t c = 0; c < C; ++c) {
+      m.step_code[c] = ws.grids[c].step_code;
+      m.center[c] = ws.grids[c].center;
+    }
   }
 
   // Per role and channel, where its table's bin -> code map starts in fc_lut.
@@ -596,10 +713,14 @@ void encode_lossy(const Context& cx, uint32_t layer, const uint8_t* raw, Workspa
       ws.chan_off[size_t(r) * C + c] = (uint32_t(m.channel_group[c]) * slots + r) * detail::kLossyBins;
   for (uint32_t k = 0; k < cx.chunks; ++k) {
     const uint32_t t0 = k * CT, t1 = std::min(T, t0 + CT);
-    lossy_chunk_codes(val, VP, t0, t1, C, GT, fc_lut.data(), ws);
     auto& unit = ws.unit;
     unit.clear();
-    encode_symbols(ws.fc, ws.scratch, unit);
+    ws.esc_at.clear();
+    auto row_codes = [&](uint32_t r0, uint32_t r1, uint32_t* fc) {
+      lossy_chunk_codes(val, VP, t0, t0 + r0, t0 + r1, C, GT, fc_lut.data(), fc, ws);
+    };
+    encode_rows(t1 - t0, C, row_codes, ws.lanes, ws.fc, unit);
+    std::sort(ws.esc_at.begin(), ws.esc_at.end());  // the pieces came last first
     // The escaped values' raw elements, in symbol order, after their count.
     const size_t base = unit.size();
     unit.resize(pad4(base + 4 + ws.esc_at.size() * cx.es), 0);
@@ -636,13 +757,14 @@ size_t max_encoded_size(const KVShape& shape, DType dtype, const EncodeOptions& 
 }
 
 // encode_into without the metrics.
-static StatusOr<size_t> encode_frame(const KVView& src, const EncodeOptions& o, std::span<uint8_t> dst) {
+static StatusOr<size_t> encode_frame(const KVView& src, const EncodeOptions& o, std::span<uint8_t> dst,
+                                     const std::vector<LayerModel>* fixed = nullptr) {
   KVCODEC_RETURN_IF_ERROR(validate_options(o));
   KVCODEC_RETURN_IF_ERROR(validate_view(src));
   const KVShape& sh = src.shape;
   const uint32_t L = sh.layers;
   const uint32_t chunks = detail::num_chunks_for(sh.tokens, o.chunk_tokens);
-  const Context cx{src, o, chunks, dtype_size(src.dtype), sh.channels() * dtype_size(src.dtype) + 64};
+  const Context cx{src, o, fixed, chunks, dtype_size(src.dtype), sh.channels() * dtype_size(src.dtype) + 64};
 
   std::vector<LayerOutput> outs(size_t(L) * 2);
   KVCODEC_RETURN_IF_ERROR(detail::parallel_for(outs.size(), o.threads, [&](size_t task) {
@@ -654,12 +776,18 @@ static StatusOr<size_t> encode_frame(const KVView& src, const EncodeOptions& o, 
       return;
     }
     std::unique_ptr<Workspace> ws = workspace_pool().take();
-    ws->raw.resize(size_t(sh.tokens) * cx.rp);  // gathered next
-    const uint8_t* raw = ws->raw.data();
-    gather(src, l, kv, ws->raw.data(), cx.rp);
-    if (o.level == 0) encode_lossless(cx, raw, *ws, outs[task]);
-    else encode_lossy(cx, l, raw, *ws, outs[task]);
-    const size_t ws_bytes = ws->raw.capacity() * 4;  // about: raw, values, counts
+    size_t pitch = cx.rp;
+    const uint8_t* raw = rows_in_place(src, l, kv, &pitch);
+    if (!raw) {
+      ws->raw.resize(size_t(sh.tokens) * cx.rp);  // gathered next
+      gather(src, l, kv, ws->raw.data(), cx.rp);
+      raw = ws->raw.data();
+    }
+    const Context tcx{cx.src, cx.opt, cx.fixed, cx.chunks, cx.es, pitch};
+    if (o.level == 0) encode_lossless(tcx, raw, *ws, outs[task]);
+    else encode_lossy(tcx, l, kv, raw, *ws, outs[task]);
+    const size_t ws_bytes = ws->raw.capacity() + ws->val.capacity() * 2 + ws->fc.capacity() * 4 +
+                            ws->unit.capacity();  // the large arrays (and the lanes' words, as large as the unit)
     workspace_pool().give(std::move(ws), ws_bytes);
   }));
   for (size_t i = 0; i < outs.size(); ++i)
@@ -670,7 +798,11 @@ static StatusOr<size_t> encode_frame(const KVView& src, const EncodeOptions& o, 
   for (const auto& lo : outs)
     if (lo.units.any_stored()) f.format_version = kStoredUnitsFormatVersion;
   std::vector<uint8_t> model;
-  for (const auto& lo : outs) f.table_bytes += detail::write_layer_model(f, lo.model, model);
+  const bool sources = fixed && !fixed->front().tables.empty();  // docs/format.md 2.2
+  for (const auto& lo : outs) {
+    if (sources) model.push_back(lo.model.from_profile ? 1 : 0);
+    if (!lo.model.from_profile) f.table_bytes += detail::write_layer_model(f, lo.model, model, !sources);
+  }
 
   f.chunks.resize(chunks);
   const size_t dir_bytes = size_t(L) * 2 * 4;
@@ -716,6 +848,21 @@ static StatusOr<size_t> encode_frame(const KVView& src, const EncodeOptions& o, 
   std::memcpy(dst.data(), head.data(), head.size());
   return size_t(f.frame_bytes);
 }
+
+namespace detail {
+
+StatusOr<size_t> encode_with_models(const KVView& src, const EncodeOptions& o, const std::vector<LayerModel>& fixed,
+                                    std::span<uint8_t> dst) {
+  if (o.level == 0 || o.group_tokens != 1 || fixed.size() != size_t(src.shape.layers) * 2)
+    return InvalidArgument("profile models need a lossy level, group_tokens 1 and a model per (layer, K/V)");
+  for (const LayerModel& m : fixed)
+    if (m.step_code.size() != src.shape.channels() || m.center.size() != src.shape.channels() || m.slots != 1 ||
+        m.tables.empty() != fixed.front().tables.empty())
+      return InvalidArgument("profile model of another shape");
+  return encode_frame(src, o, dst, &fixed);
+}
+
+}  // namespace detail
 
 StatusOr<size_t> encode_into(const KVView& src, const EncodeOptions& o, std::span<uint8_t> dst) {
   const detail::MetricTimer timer(o.metrics);

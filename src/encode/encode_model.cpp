@@ -49,11 +49,75 @@ __attribute__((target("avx2"))) void channel_costs_avx2(const uint32_t* kof, con
   }
   for (int q = 0; q < 4; ++q) _mm256_storeu_si256(reinterpret_cast<__m256i*>(sum + 4 * q), acc[q]);
 }
+
+// The same with AVX-512: a cost row is one vector, the 16 sums two. (GCC 12's AVX-512 headers
+// trip -Wmaybe-uninitialized on their own _mm512_undefined_* operands.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+__attribute__((target("avx512f"))) void channel_costs_avx512(const uint32_t* kof, const uint32_t* cnt, uint32_t e0,
+                                                             uint32_t e1, const uint32_t* cost, uint64_t* sum) {
+  __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
+  for (uint32_t e = e0; e < e1; ++e) {
+    const __m512i n = _mm512_set1_epi64(cnt[e]);
+    const __m512i row = _mm512_loadu_si512(&cost[size_t(kof[e]) * kCostRow]);
+    lo = _mm512_add_epi64(lo, _mm512_mul_epu32(_mm512_cvtepu32_epi64(_mm512_castsi512_si256(row)), n));
+    hi = _mm512_add_epi64(hi, _mm512_mul_epu32(_mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(row, 1)), n));
+  }
+  _mm512_storeu_si512(sum, lo);
+  _mm512_storeu_si512(sum + 8, hi);
+}
+#pragma GCC diagnostic pop
 #endif
+
+// out[i] = log2_q32(x[i]) for x[i] >= 1 (the clustering's costs). The AVX2 form runs log2_q32's
+// 32 squaring steps on 16 values at once (the mantissa stays below 2^32, so vpmuludq squares it
+// exactly); the same integer steps, so the same bits.
+void log2_q32_scalar(const uint64_t* x, size_t n, uint64_t* out) {
+  for (size_t i = 0; i < n; ++i) out[i] = log2_q32(x[i]);
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) void log2_q32_avx2(const uint64_t* x, size_t n, uint64_t* out) {
+  constexpr size_t kV = 4;  // vectors of 4 lanes per batch
+  size_t i = 0;
+  for (; i + 4 * kV <= n; i += 4 * kV) {
+    alignas(32) uint64_t y0[4 * kV], e[4 * kV];
+    for (size_t k = 0; k < 4 * kV; ++k) {
+      const uint32_t ex = 63 - clz64(x[i + k]);
+      e[k] = uint64_t(ex) << 32;
+      y0[k] = (x[i + k] << (63 - ex)) >> 32;
+    }
+    __m256i y[kV], frac[kV];
+    for (size_t v = 0; v < kV; ++v) {
+      y[v] = _mm256_load_si256(reinterpret_cast<const __m256i*>(y0 + 4 * v));
+      frac[v] = _mm256_load_si256(reinterpret_cast<const __m256i*>(e + 4 * v));
+    }
+    for (int s = 1; s <= 32; ++s) {
+      const __m128i at = _mm_cvtsi32_si128(32 - s);
+      for (size_t v = 0; v < kV; ++v) {
+        const __m256i sq = _mm256_srli_epi64(_mm256_mul_epu32(y[v], y[v]), 31);  // [2^31, 2^33)
+        const __m256i top = _mm256_srli_epi64(sq, 32);                           // 0 or 1
+        frac[v] = _mm256_or_si256(frac[v], _mm256_sll_epi64(top, at));
+        y[v] = _mm256_srlv_epi64(sq, top);
+      }
+    }
+    for (size_t v = 0; v < kV; ++v) _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i + 4 * v), frac[v]);
+  }
+  log2_q32_scalar(x + i, n - i, out + i);
+}
+#endif
+
+void log2_q32_many(const uint64_t* x, size_t n, uint64_t* out) {
+#if defined(__x86_64__)
+  if (avx2_enabled()) return log2_q32_avx2(x, n, out);
+#endif
+  log2_q32_scalar(x, n, out);
+}
 
 void channel_costs(const uint32_t* kof, const uint32_t* cnt, uint32_t e0, uint32_t e1, const uint32_t* cost,
                    uint64_t* sum) {
 #if defined(__x86_64__)
+  if (avx512_enabled()) return channel_costs_avx512(kof, cnt, e0, e1, cost, sum);
   if (avx2_enabled()) return channel_costs_avx2(kof, cnt, e0, e1, cost, sum);
 #endif
   channel_costs_scalar(kof, cnt, e0, e1, cost, sum);
@@ -84,7 +148,7 @@ void refine_groups(const ChannelCounts& cc, uint32_t G, uint32_t first_slot, std
     first[c] = e;
     for (; e < cc.begin[c + 1]; ++e) kof[e] = pos[cc.index[e]];
   }
-  std::vector<uint64_t> gsum(size_t(G) * K), log_total(size_t(G) * cc.slots);
+  std::vector<uint64_t> gsum(size_t(G) * K), glog(size_t(G) * K), log_total(size_t(G) * cc.slots);
   std::vector<uint32_t> cost(size_t(K) * kCostRow, 0);
   for (int round = 0; round < 4; ++round) {
     std::fill(gsum.begin(), gsum.end(), 0);
@@ -96,12 +160,13 @@ void refine_groups(const ChannelCounts& cc, uint32_t G, uint32_t first_slot, std
     for (uint32_t g = 0; g < G; ++g)
       for (uint32_t k = 0; k < K; ++k) log_total[g * cc.slots + used[k] / bins] += gsum[size_t(g) * K + k];
     for (uint64_t& t : log_total) t = log2_q32(2 * t + bins);
+    // log2_q32(2 * v + 1) of every group's count (log2_q32(1) = 0 for the absent ones).
+    for (uint64_t& v : gsum) v = 2 * v + 1;
+    log2_q32_many(gsum.data(), gsum.size(), glog.data());
     for (uint32_t g = 0; g < G; ++g)
-      for (uint32_t k = 0; k < K; ++k) {
-        const uint64_t v = gsum[size_t(g) * K + k];
+      for (uint32_t k = 0; k < K; ++k)
         cost[size_t(k) * kCostRow + g] =
-            uint32_t((log_total[g * cc.slots + used[k] / bins] - (v ? log2_q32(2 * v + 1) : 0)) >> 8);
-      }
+            uint32_t((log_total[g * cc.slots + used[k] / bins] - glog[size_t(g) * K + k]) >> 8);
     bool moved = false;
     for (uint32_t c = 0; c < C; ++c) {
       uint64_t sum[kCostRow];
@@ -231,6 +296,35 @@ Status build_layer_model(const Histograms& hs, const uint64_t* feature, bool los
 
 Status build_layer_tables(const Histograms& hs, bool lossless, LayerModel& m, std::vector<uint32_t>& codes) {
   return build_layer_tables(sparse_counts(hs), lossless, m, codes);
+}
+
+void lossy_model_codes(const LayerModel& m, std::vector<uint32_t>& codes) {
+  codes.assign(m.tables.size() * kLossyBins, 0);
+  for (size_t i = 0; i < m.tables.size(); ++i) {
+    const TableSpec& t = m.tables[i];
+    const int32_t n = int32_t(t.table.size()), esc = n - 1;
+    for (uint32_t b = 0; b < kLossyBins; ++b) {
+      const int32_t s = int32_t(b) - kQLimit - t.qmin;
+      const bool inside = b != kEscBin && s >= 0 && s < esc && t.table.freq[size_t(s)] != 0;
+      const int32_t sym = inside ? s : esc;
+      codes[i * kLossyBins + b] = uint32_t(t.table.freq[size_t(sym)]) << 16 | t.table.cum[size_t(sym)] | (inside ? 0 : kEscFlag);
+    }
+  }
+}
+
+uint64_t lossy_model_cost(const ChannelCounts& cc, const LayerModel& m, const std::vector<uint32_t>& codes) {
+  uint64_t cost = 0;
+  for (uint32_t c = 0; c < cc.channels; ++c) {
+    const uint32_t* lut = &codes[size_t(m.channel_group[c]) * m.slots * kLossyBins];
+    for (uint32_t e = cc.begin[c]; e < cc.begin[c + 1]; ++e) {
+      const uint32_t code = lut[cc.index[e]];  // index = slot * bins + bin, tables of a group adjacent
+      const uint32_t freq = (code & ~kEscFlag) >> 16;
+      if (freq == 0) return UINT64_MAX;
+      const uint64_t bits = ((uint64_t(kProbBits) << 32) - log2_q32(freq)) >> 16;
+      cost += uint64_t(cc.count[e]) * (bits + (code & kEscFlag ? uint64_t(32) << 16 : 0));
+    }
+  }
+  return cost;
 }
 
 FrameInfo frame_info_for(const KVShape& shape, DType dtype, const EncodeOptions& o) {

@@ -5,11 +5,14 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "common/frame.hpp"
 #include "encode/model_values.hpp"  // max_layer_model_bytes
+#include "kvcodec/config.hpp"
 #include "kvcodec/status.hpp"
+#include "kvcodec/tensor.hpp"
 
 namespace kvcodec::detail {
 
@@ -63,6 +66,19 @@ Status build_layer_tables(const Histograms& hs, bool lossless, LayerModel& m, st
 Status build_layer_model(const ChannelCounts& cc, const uint64_t* feature, bool lossless, uint32_t table_groups,
                          LayerModel& m, std::vector<uint32_t>& codes);
 Status build_layer_tables(const ChannelCounts& cc, bool lossless, LayerModel& m, std::vector<uint32_t>& codes);
+// The lane codes of a given lossy model's tables ([table][value bin], as build_layer_tables
+// fills them): a value outside its table's window, or of frequency 0 there, codes as the escape.
+void lossy_model_codes(const LayerModel& m, std::vector<uint32_t>& codes);
+// What coding the counted lossy values with model m and its codes costs, in bits * 2^16 (integer:
+// -log2 of each frequency, 32 bits more per escape, as fp32 coefficients escape); UINT64_MAX when
+// a value would need an escape of frequency 0.
+// encode_into with profile models (docs/format.md 2.2): every (layer, K/V) quantized on the grids
+// of fixed[l * 2 + kv]; each unit codes with that model's tables (the model section then holds
+// the source byte 1 alone) or, when cheaper, its own tables (source byte 0, then its model).
+// Models without tables (all of them) fix only the grids: a version 2/3 frame, no source bytes.
+StatusOr<size_t> encode_with_models(const KVView& src, const EncodeOptions& o, const std::vector<LayerModel>& fixed,
+                                    std::span<uint8_t> dst);
+uint64_t lossy_model_cost(const ChannelCounts& cc, const LayerModel& m, const std::vector<uint32_t>& codes);
 
 // The frame parameters of an encoding of `shape` and `dtype` with options `o` (no chunks yet).
 FrameInfo frame_info_for(const KVShape& shape, DType dtype, const EncodeOptions& o);

@@ -231,25 +231,44 @@ KVCODEC_AVX512 void encode_codes_avx512(const uint32_t* codes, size_t n, uint32_
 
 }  // namespace
 
+void LaneStreamEncoder::begin(size_t n) {
+#if defined(__x86_64__)
+  static const bool avx2 = __builtin_cpu_supports("avx2");
+  avx2_ = avx2 && simd_enabled();
+  avx512_ = avx2_ && avx512_enabled();
+#endif
+  for (auto& s : x_) s = kRansL;
+  if (cap_ < n + 8) {  // <= one word per symbol, and 8 words of room below for the vector stores
+    cap_ = n + 8;
+    buf_.reset(new uint16_t[cap_]);  // not initialised: pages are touched only where written
+  }
+  end_ = w_ = buf_.get() + cap_;
+}
+
+void LaneStreamEncoder::put(const uint32_t* codes, size_t s0, size_t s1) {
+  const size_t n = s1 - s0;  // local index i is symbol s0 + i, in the same lane (s0 % kRansLanes == 0)
+  // The partial last group first (the loop runs backwards), then whole groups of 8 (16).
+  const size_t whole = !avx2_ ? 0 : n & ~size_t(avx512_ ? 15 : 7);
+  for (size_t i = n; i-- > whole;) {
+    uint16_t word;
+    if (rans_enc_put(x_[i % kRansLanes], codes[i] >> 16, codes[i] & 0xffff, &word)) *--w_ = word;
+  }
+#if defined(__x86_64__)
+  if (avx512_) encode_codes_avx512(codes, whole, x_, w_);
+  else if (avx2_) encode_codes_avx2(codes, whole, x_, w_);
+#endif
+}
+
+void LaneStreamEncoder::finish(std::vector<uint8_t>& out) { append_lane_stream(x_, w_, size_t(end_ - w_), out); }
+
 void rans_encode_codes(const uint32_t* codes, size_t n, std::vector<uint16_t>& scratch, std::vector<uint8_t>& out) {
 #if defined(__x86_64__)
   static const bool avx2 = __builtin_cpu_supports("avx2");
   if (avx2 && simd_enabled()) {
-    uint32_t x[kRansLanes];
-    for (auto& s : x) s = kRansL;
-    scratch.resize(n + 8);  // <= one word per symbol, and 8 words of room below for the vector stores
-    uint16_t* const end = scratch.data() + scratch.size();
-    uint16_t* w = end;
-    // The partial last group first (the loop runs backwards), then whole groups of 8 (16).
-    const bool avx512 = avx512_enabled();
-    const size_t whole = n & ~size_t(avx512 ? 15 : 7);
-    for (size_t i = n; i-- > whole;) {
-      uint16_t word;
-      if (rans_enc_put(x[i % kRansLanes], codes[i] >> 16, codes[i] & 0xffff, &word)) *--w = word;
-    }
-    if (avx512) encode_codes_avx512(codes, whole, x, w);
-    else encode_codes_avx2(codes, whole, x, w);
-    append_lane_stream(x, w, size_t(end - w), out);
+    LaneStreamEncoder e;
+    e.begin(n);
+    e.put(codes, 0, n);
+    e.finish(out);
     return;
   }
 #endif

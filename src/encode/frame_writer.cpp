@@ -17,7 +17,7 @@ void put_varint(std::vector<uint8_t>& out, uint32_t v) {
 
 }  // namespace
 
-size_t write_layer_model(const FrameInfo& f, const LayerModel& m, std::vector<uint8_t>& out) {
+size_t write_layer_model(const FrameInfo& f, const LayerModel& m, std::vector<uint8_t>& out, bool grids) {
   out.push_back(uint8_t(m.groups));
   const size_t tables_begin = out.size();
   for (const auto& t : m.tables) {
@@ -32,7 +32,7 @@ size_t write_layer_model(const FrameInfo& f, const LayerModel& m, std::vector<ui
   const size_t C = m.channel_group.size();
   for (size_t c = 0; c < C; c += 2)
     out.push_back(uint8_t(m.channel_group[c] | (c + 1 < C ? m.channel_group[c + 1] << 4 : 0)));
-  if (!is_lossless(f)) {
+  if (!is_lossless(f) && grids) {
     int32_t prev = 0;
     for (int32_t code : m.step_code) {
       put_varint(out, zigzag32(code - prev));

@@ -194,30 +194,85 @@ KVCODEC_AVX512 inline uint32_t quantize8_avx512(__m256 xv, const RowGrid& g, uin
   return uint32_t(good) ^ 0xffu;
 }
 
-// Eight elements from c of an fp32 row, or of an fp16 row widened in registers (F16C).
+// Eight or sixteen elements from c of an fp32 row, or of an fp16 row widened in registers (F16C).
 KVCODEC_AVX512 inline __m256 load8(const float* x, uint32_t c) { return _mm256_loadu_ps(x + c); }
 KVCODEC_AVX512 inline __m256 load8(const uint16_t* h, uint32_t c) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + c)));
 }
+KVCODEC_AVX512 inline __m512 load16(const float* x, uint32_t c) { return _mm512_loadu_ps(x + c); }
+KVCODEC_AVX512 inline __m512 load16(const uint16_t* h, uint32_t c) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + c)));
+}
 inline float value_of(const float* x, uint32_t k) { return x[k]; }
 inline float value_of(const uint16_t* h, uint32_t k) { return f16_to_f32(h[k]); }
 
-// quantize_row on the C values of x (fp32, or fp16 of dtype dt = 2).
+// The float screen for 16 channels from c (needs g.inv_f, g.half_f): the offsets as int32 and
+// the mask of the lanes it cannot decide. Where it decides, the double-precision fast path
+// (quantize_fast_one) takes the same decision and gives the same offset:
+// - y = fl32(x * fl32(inv)) is within 2^-23 |y| (1 + 2^-22) + 2^-149 of the double path's
+//   r = fl64(x * inv) (two float roundings and one double one). The screen requires y to be at
+//   least 2^-22 |y| + 2^-24 (less 2^-27 for rounding 0.5 - m) from the nearest half-integer, so
+//   r rounds to the same integer k = rint(y), with |k| < 2^20 (else the margin exceeds 0.5).
+// - d = k - center and the range test are exact integer operations; p = fl32(float(k) * step)
+//   is the double path's p; its |p| <= maxf test is the same test.
+// - x - p is exact in double (two floats within a factor of 4 of each other, or p = 0), so the
+//   double path tests |x - p| <= step / 2. Rounding is monotone and step / 2 is a float (steps
+//   in [2^-100, 2^100], else half_f < 0 and nothing passes), so |fl32(x - p)| < step / 2
+//   implies |x - p| < step / 2.
+// NaN and infinite x or y fail the first test. (-ffp-contract=off: no fused multiply-adds.)
+KVCODEC_AVX512 inline uint32_t screen16_avx512(__m512 x, const RowGrid& g, uint32_t c, __m512 maxv, __m512i* d_out) {
+  const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+  const __m512 y = _mm512_mul_ps(x, _mm512_loadu_ps(g.inv_f + c));
+  const __m512 k = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 frac = _mm512_and_ps(_mm512_sub_ps(y, k), absmask);
+  const __m512 margin = _mm512_add_ps(_mm512_mul_ps(_mm512_and_ps(y, absmask), _mm512_set1_ps(0x1p-22f)),
+                                      _mm512_set1_ps(0x1p-24f));
+  const __mmask16 clear = _mm512_cmp_ps_mask(frac, _mm512_sub_ps(_mm512_set1_ps(0.5f), margin), _CMP_LE_OQ);
+  const __m512i ki = _mm512_cvtps_epi32(k);
+  const __m512i d = _mm512_sub_epi32(ki, _mm512_loadu_si512(g.center_i + c));
+  const __mmask16 in_range = _mm512_cmp_epi32_mask(d, _mm512_set1_epi32(-255), _MM_CMPINT_NLT) &
+                             _mm512_cmp_epi32_mask(d, _mm512_set1_epi32(255), _MM_CMPINT_LE);
+  const __m512 p = _mm512_mul_ps(_mm512_cvtepi32_ps(ki), _mm512_loadu_ps(g.step + c));
+  const __m512 abs_err = _mm512_and_ps(_mm512_sub_ps(x, p), absmask);
+  const __mmask16 good = clear & in_range & _mm512_cmp_ps_mask(abs_err, _mm512_loadu_ps(g.half_f + c), _CMP_LT_OQ) &
+                         _mm512_cmp_ps_mask(_mm512_and_ps(p, absmask), maxv, _CMP_LE_OQ);
+  *d_out = d;
+  return uint32_t(__mmask16(~good));
+}
+
+// quantize_row for the 16 channels from c: the double-precision fast path, then the exact
+// scalar search for its misses.
+template <typename T>
+KVCODEC_AVX512 inline void quantize16_avx512(const T* x, const RowGrid& g, uint32_t c, uint8_t dt, float maxf,
+                                             int16_t* q) {
+  const __m256 maxv = _mm256_set1_ps(maxf);
+  __m256i a, b;
+  const uint32_t miss =
+      quantize8_avx512(load8(x, c), g, c, maxv, &a) | quantize8_avx512(load8(x, c + 8), g, c + 8, maxv, &b) << 8;
+  const __m512i ab = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + c), _mm512_cvtepi32_epi16(ab));
+  for (uint32_t m = miss; m; m &= m - 1) {
+    const uint32_t k = c + uint32_t(__builtin_ctz(m));
+    q[k] = quantize_one(value_of(x, k), g, k, dt, maxf);
+  }
+}
+
+// quantize_row on the C values of x (fp32, or fp16 of dtype dt = 2): 16 channels at a time by the
+// float screen where the grid has its constants, the double path for the vectors it leaves.
 template <typename T>
 KVCODEC_AVX512 void quantize_row_avx512_t(const T* x, const RowGrid& g, uint32_t C, uint8_t dt, int16_t* q) {
   const float maxf = max_finite(dt);
-  const __m256 maxv = _mm256_set1_ps(maxf);
+  const __m512 maxv = _mm512_set1_ps(maxf);
   uint32_t c = 0;
   for (; c + 16 <= C; c += 16) {
-    __m256i a, b;
-    const uint32_t miss =
-        quantize8_avx512(load8(x, c), g, c, maxv, &a) | quantize8_avx512(load8(x, c + 8), g, c + 8, maxv, &b) << 8;
-    const __m512i ab = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + c), _mm512_cvtepi32_epi16(ab));
-    for (uint32_t m = miss; m; m &= m - 1) {
-      const uint32_t k = c + uint32_t(__builtin_ctz(m));
-      q[k] = quantize_one(value_of(x, k), g, k, dt, maxf);
+    if (g.inv_f) {
+      __m512i d;
+      if (screen16_avx512(load16(x, c), g, c, maxv, &d) == 0) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + c), _mm512_cvtepi32_epi16(d));
+        continue;
+      }
     }
+    quantize16_avx512(x, g, c, dt, maxf, q);
   }
   for (; c < C; ++c) q[c] = quantize_one(value_of(x, c), g, c, dt, maxf);
 }
@@ -266,6 +321,7 @@ KVCODEC_AVX512 void column_stats32_avx512(const uint8_t* raw, size_t rp, uint8_t
   alignas(64) float xb[32];
   for (uint32_t t = 0; t < T; ++t) {
     const uint8_t* r = raw + size_t(t) * rp + size_t(c0) * es;
+    for (size_t b = 0; b < 32 * es; b += 64) __builtin_prefetch(r + 16 * rp + b);  // a hint (rows far apart)
     __m512 v[2];
     if (dt == 2) {
       v[0] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r)));
@@ -318,12 +374,27 @@ __attribute__((target("avx2"))) void add_row_range_avx2(const float* x, uint32_t
 
 bool use_avx2() { return avx2_enabled(); }
 
+void screen_constants(const float* step, const double* inv_step, uint32_t C, float* inv_f, float* half_f) {
+  for (uint32_t c = 0; c < C; ++c) {
+    inv_f[c] = float(inv_step[c]);
+    const bool ok = step[c] >= 0x1p-100f && step[c] <= 0x1p100f;  // also false for NaN
+    half_f[c] = ok ? 0.5f * step[c] : -1.0f;
+  }
+}
+
 void column_stats(const uint8_t* raw, size_t rp, uint8_t dt, uint32_t T, uint32_t C, float* row,
                   const ChannelSumsSoA& s, float* lo, float* hi) {
   uint32_t c0 = 0;
 #if defined(__x86_64__)
-  if (avx512_enabled())
-    for (; c0 + 32 <= C; c0 += 32) column_stats32_avx512(raw, rp, dt, T, c0, s, lo, hi);
+  // Tiles of 16 tokens, all column blocks of a tile in turn: the rows are read about in order
+  // (each channel's sums still in token order: the accumulators go to memory between tiles).
+  if (avx512_enabled()) {
+    const uint32_t blocks = C / 32 * 32;
+    for (uint32_t t0 = 0; t0 < T; t0 += 16)
+      for (c0 = 0; c0 < blocks; c0 += 32)
+        column_stats32_avx512(raw + size_t(t0) * rp, rp, dt, std::min(T - t0, 16u), c0, s, lo, hi);
+    c0 = blocks;
+  }
 #endif
   if (c0 == C) return;
   const size_t es = dtype_size(DType(dt));
@@ -441,15 +512,23 @@ void delta_row(int16_t* v, const int16_t* a, uint32_t n) {
   }
 }
 
+constexpr size_t kPrefetchRows = 16;
+
 template <int kIsa>  // 0 scalar, 1 AVX2, 2 AVX-512
 void quantize_columns_impl(const uint8_t* raw, size_t rp, uint8_t dt, uint32_t t0, uint32_t t1, uint32_t c0, uint32_t n,
                            const RowGrid& g, uint32_t CT, uint32_t GT, int16_t* val, size_t VP) {
   const size_t es = dtype_size(DType(dt));
-  const RowGrid gb{g.step + c0, g.inv_step + c0, g.center + c0, g.center_i + c0};
+  const RowGrid gb{g.step + c0, g.inv_step + c0, g.center + c0, g.center_i + c0, g.inv_f ? g.inv_f + c0 : nullptr,
+                   g.half_f ? g.half_f + c0 : nullptr};
   float xb[kColumnBlock];
+  const size_t block_bytes = size_t(n) * es;
+  uint32_t in_chunk = t0 % CT, in_group = in_chunk % GT;  // of token t, stepped (no division per row)
   for (uint32_t t = t0; t < t1; ++t) {
     const uint8_t* r = raw + size_t(t) * rp + c0 * es;
     int16_t* vr = val + size_t(t) * VP + c0;
+    // The block's row kPrefetchRows tokens on (rows are far apart: the hardware prefetcher
+    // does not follow them). A hint only: the address may be past the tensor's end.
+    for (size_t b = 0; b < block_bytes; b += 64) __builtin_prefetch(r + kPrefetchRows * rp + b);
 #if defined(__x86_64__)
     if constexpr (kIsa == 2) {
       if (dt == 2) quantize_row_avx512_t(reinterpret_cast<const uint16_t*>(r), gb, n, dt, vr);
@@ -467,8 +546,9 @@ void quantize_columns_impl(const uint8_t* raw, size_t rp, uint8_t dt, uint32_t t
       widen_to_f32(r, dt, n, xb);
       quantize_row_scalar(xb, gb, n, dt, vr);
     }
-    const uint32_t in_group = (t % CT) % GT;
     if (in_group) delta_row(vr, vr - size_t(in_group) * VP, n);
+    if (++in_chunk == CT) in_chunk = in_group = 0;
+    else if (++in_group == GT) in_group = 0;
   }
 }
 

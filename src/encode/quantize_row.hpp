@@ -14,7 +14,15 @@ struct RowGrid {
   const double* inv_step;  // 1 / step
   const double* center;    // grid centre as a double
   const int32_t* center_i;
+  // Optional (screen_constants): float 1 / step and step / 2 for the AVX-512 float screen, which
+  // takes the fast path's decision in single precision where it provably equals the double one.
+  const float* inv_f = nullptr;
+  const float* half_f = nullptr;
 };
+
+// inv_f[c] = float(inv_step[c]); half_f[c] = step[c] / 2, or -1 where the screen must not be
+// used (a step outside [2^-100, 2^100]: then every element takes the double-precision path).
+void screen_constants(const float* step, const double* inv_step, uint32_t C, float* inv_f, float* half_f);
 
 // Sentinel for an escaped value in quantize_row's output.
 inline constexpr int16_t kEscapeQ = INT16_MIN;

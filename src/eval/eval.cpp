@@ -236,6 +236,74 @@ std::string format_seconds(double s) {
   return buf;
 }
 
+// Calibration::sensitivity from the first kSensitivityContexts calibration contexts: per (layer,
+// K/V), noise uniform in [-a, a] (a = sqrt(3) * kNoise * the tensor's RMS, from a fixed hash) added
+// to that tensor alone, the continuation's KL against the clean cache per unit of the mean squared
+// error added, averaged over the contexts.
+constexpr uint32_t kSensitivityContexts = 4;
+constexpr double kNoise = 0.2;
+
+uint64_t noise_hash(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+Status measure_sensitivity(const Model& model, const std::vector<std::vector<int32_t>>& contexts, uint32_t n,
+                           Calibration& cal) {
+  const uint32_t L = model.config().layers;
+  const size_t vocab = model.config().vocab_size;
+  std::vector<double> kl(size_t(L) * 2, 0.0), mse(size_t(L) * 2, 0.0);
+  std::vector<float> ref, logits;
+  const ModelConfig& cfg = model.config();
+  const uint32_t d = cfg.head_dim(), group = cfg.heads / cfg.kv_heads;
+  cal.query_pair_energy.assign(size_t(L) * cfg.kv_heads * (d / 2), 0.0);
+  for (size_t c = 0; c < std::min<size_t>(kSensitivityContexts, contexts.size()); ++c) {
+    const FloatKV& clean = cal.caches[c];
+    const std::span<const int32_t> input = std::span<const int32_t>(contexts[c]).subspan(n, contexts[c].size() - n - 1);
+    KVCODEC_ASSIGN_OR_RETURN(KVState st, state_of(clean));
+    AttentionRecorder rec;
+    KVCODEC_RETURN_IF_ERROR(model.forward(input, st, &ref, &rec));
+    for (uint32_t l = 0; l < L; ++l)  // RoPE rotates pairs: their energy is that of the un-rotated query
+      for (size_t t = 0; t < input.size(); ++t)
+        for (uint32_t h = 0; h < cfg.heads; ++h)
+          for (uint32_t i = 0; i < d / 2; ++i) {
+            const float* q = rec.queries[l].data() + (t * cfg.heads + h) * d + 2 * i;
+            cal.query_pair_energy[(size_t(l) * cfg.kv_heads + h / group) * (d / 2) + i] += double(q[0]) * q[0] + double(q[1]) * q[1];
+          }
+    for (uint32_t u = 0; u < 2 * L; ++u) {
+      FloatKV noisy = clean;
+      float* x = noisy.slice(u / 2, u % 2);
+      double ss = 0, sum = 0;
+      for (size_t i = 0; i < noisy.slice_size(); ++i) {
+        ss += double(x[i]) * x[i];
+        sum += x[i];
+      }
+      const double size = double(noisy.slice_size());
+      const double a = std::sqrt(3.0) * kNoise * std::sqrt(std::max(0.0, ss / size - (sum / size) * (sum / size)));
+      double err = 0;
+      for (size_t i = 0; i < noisy.slice_size(); ++i) {
+        const double r = double(noise_hash((uint64_t(c) * 64 + u) << 32 | i) >> 11) / double(1ull << 53);
+        const float y = float(x[i] + a * (2 * r - 1));
+        err += (double(y) - x[i]) * (double(y) - x[i]);
+        x[i] = y;
+      }
+      KVCODEC_ASSIGN_OR_RETURN(KVState ns, state_of(noisy));
+      KVCODEC_RETURN_IF_ERROR(model.forward(input, ns, &logits));
+      double k = 0;
+      for (size_t i = 0; i < input.size(); ++i)
+        k += kl_divergence(std::span<const float>(ref.data() + i * vocab, vocab),
+                           std::span<const float>(logits.data() + i * vocab, vocab));
+      kl[u] += k / double(input.size());
+      mse[u] += err / size;
+    }
+  }
+  cal.sensitivity.assign(size_t(L) * 2, 0.0);
+  for (size_t u = 0; u < kl.size(); ++u) cal.sensitivity[u] = mse[u] > 0 ? std::max(kl[u], 0.0) / mse[u] : 0.0;
+  return Status::Ok();
+}
+
 // Calibrates the schemes that need it on caches of other contexts (EvalOptions::calib_*).
 Status calibrate_schemes(const EvalOptions& o, const Model& model, const Tokenizer& tok, const std::string& text,
                          uint32_t needed, SchemeList& schemes, EvalReport& report) {
@@ -257,13 +325,18 @@ Status calibrate_schemes(const EvalOptions& o, const Model& model, const Tokeniz
   report.calib_text = o.calib_text_path.empty() ? o.text_path : o.calib_text_path;
   const uint32_t n = o.context_tokens ? o.context_tokens : model.config().seq_len * 3 / 4;
   Calibration cal;
+  std::vector<std::vector<int32_t>> contexts;
   for (uint64_t off : report.calib_offsets) {
     KVCODEC_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, context_tokens(tok, ctext, off, needed));
     KVState st = model.new_state();
     KVCODEC_RETURN_IF_ERROR(model.forward(std::span<const int32_t>(tokens).first(n), st, nullptr));
     cal.caches.push_back(float_kv_of(st));
     round_to_f16(cal.caches.back());
+    contexts.push_back(std::move(tokens));
   }
+  bool sensitivity = false;
+  for (const auto& s : schemes) sensitivity |= s->needs_sensitivity();
+  if (sensitivity) KVCODEC_RETURN_IF_ERROR(measure_sensitivity(model, contexts, n, cal));
   for (auto& s : schemes)
     if (s->needs_calibration()) KVCODEC_RETURN_IF_ERROR(s->calibrate(cal));
   return Status::Ok();
@@ -368,22 +441,32 @@ StatusOr<Profile> calibrate_model_profile(const CalibrateOptions& o) {
   const uint32_t n = o.context_tokens ? o.context_tokens : model.config().seq_len * 3 / 4;
   if (n < 1 || n > model.config().seq_len)
     return InvalidArgument("context tokens must be 1.." + std::to_string(model.config().seq_len));
+  if (o.rd && !o.models) return InvalidArgument("rate-distortion steps need the profile's layer models");
+  const uint32_t m = o.rd ? std::min<uint32_t>(64, model.config().seq_len - n) : 0;  // continuation (sensitivity)
+  if (o.rd && m == 0) return InvalidArgument("rate-distortion steps need context tokens below seq_len (a continuation)");
+  const uint32_t needed = n + (m ? m + 1 : 0);
   KVCODEC_ASSIGN_OR_RETURN(std::string text, read_text(o.text_path));
-  KVCODEC_ASSIGN_OR_RETURN(uint64_t last, last_offset(tok, text, n));
+  KVCODEC_ASSIGN_OR_RETURN(uint64_t last, last_offset(tok, text, needed));
   Calibration cal;
+  std::vector<std::vector<int32_t>> contexts;
   for (uint32_t i = 0; i < o.contexts; ++i) {
     const uint64_t off = o.contexts > 1 ? last * i / (o.contexts - 1) : 0;
-    KVCODEC_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, context_tokens(tok, text, off, n));
+    KVCODEC_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, context_tokens(tok, text, off, needed));
     KVState st = model.new_state();
-    KVCODEC_RETURN_IF_ERROR(model.forward(tokens, st, nullptr));
+    KVCODEC_RETURN_IF_ERROR(model.forward(std::span<const int32_t>(tokens).first(n), st, nullptr));
     cal.caches.push_back(float_kv_of(st));
     round_to_f16(cal.caches.back());
+    contexts.push_back(std::move(tokens));
   }
+  if (o.rd) KVCODEC_RETURN_IF_ERROR(measure_sensitivity(model, contexts, n, cal));
   KVCODEC_ASSIGN_OR_RETURN(auto p, internal::calibrate_profile(cal.caches, o.keys_before_rope, cal.rope_theta));
-  return internal::to_library_profile(*p, cal.rope_theta);
+  KVCODEC_ASSIGN_OR_RETURN(Profile lp, internal::to_library_profile(*p, cal.rope_theta));
+  if (o.models) KVCODEC_RETURN_IF_ERROR(internal::add_profile_models(lp, cal.caches, cal.sensitivity));
+  return lp;
 }
 
-StatusOr<Profile> calibrate_kv_profile(const std::vector<KVCache>& caches, bool keys_before_rope, double rope_theta) {
+StatusOr<Profile> calibrate_kv_profile(const std::vector<KVCache>& caches, bool keys_before_rope, double rope_theta,
+                                       bool models) {
   if (caches.empty()) return InvalidArgument("no KV caches to calibrate on");
   if (keys_before_rope && !(rope_theta > 1 && std::isfinite(rope_theta)))
     return InvalidArgument("keys before RoPE need the model's RoPE base (rope_theta > 1)");
@@ -401,7 +484,9 @@ StatusOr<Profile> calibrate_kv_profile(const std::vector<KVCache>& caches, bool 
     floats.push_back(std::move(f));
   }
   KVCODEC_ASSIGN_OR_RETURN(auto p, internal::calibrate_profile(floats, keys_before_rope, rope_theta));
-  return internal::to_library_profile(*p, rope_theta);
+  KVCODEC_ASSIGN_OR_RETURN(Profile lp, internal::to_library_profile(*p, rope_theta));
+  if (models) KVCODEC_RETURN_IF_ERROR(internal::add_profile_models(lp, floats));
+  return lp;
 }
 
 }  // namespace kvcodec::eval

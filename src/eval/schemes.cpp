@@ -181,6 +181,18 @@ Status add_entry(Entry& e, SchemeList& out) {
     if (format != "eval" && format != "v4") return e.error("format: expected eval or v4");
     p.library = format == "v4";
     if (p.library && p.basis_in_frame) return e.error("format=v4 takes its basis from the profile");
+    const std::string models = e.value("models", "off");
+    if (models != "off" && models != "on") return e.error("models: expected off or on");
+    p.profile_models = models == "on";
+    if (p.profile_models && !p.library) return e.error("models=on needs format=v4");
+    const std::string rd = e.value("rd", "off");
+    if (rd != "off" && rd != "on") return e.error("rd: expected off or on");
+    p.rd = rd == "on";
+    if (p.rd && !p.profile_models) return e.error("rd=on needs models=on");
+    const std::string kw = e.value("kw", "off");
+    if (kw != "off" && kw != "on") return e.error("kw: expected off or on");
+    p.key_weights = kw == "on";
+    if (p.key_weights && (!p.rd || !p.undo_rope)) return e.error("kw=on needs rd=on and keys before RoPE");
     for (long long lv : levels) {
       o.level = int(lv);
       out.push_back(make_kvpca(e.curve_name("levels"), p));

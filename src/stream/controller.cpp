@@ -149,6 +149,12 @@ struct Controller::Impl {
   detail::PlanShape plan_rest(double now_s, const Prediction& p, detail::PlanScore* score) const;
   Decision decide(uint32_t chunk, int option, double now_s, double predicted_ttft_s);
   std::optional<Decision> abandon_late_kv(double now_s, const Prediction& p);
+  // When predict() may next see more than the events tell: while a KV chunk is on its way,
+  // every kOverdueSlackS once it could be late (-1: nothing on the way).
+  double late_kv_wake_s() const noexcept;
+  // The first KV chunk still on its way, in request order (-1: none), and the time its first
+  // byte could reach the client (the chunks before it off the link, half a round trip each way).
+  int first_kv_on_way(double* first_byte_s) const noexcept;
   // Bytes a request brings: the body, plus the option's setup bytes on its first use.
   uint64_t request_bytes(uint32_t chunk, int option, uint64_t used_mask) const noexcept;
 
@@ -171,6 +177,7 @@ struct Controller::Impl {
   uint64_t used_mask_ = 0;  // options fetched at least once (setup paid)
   double first_kv_request_s_ = -1;  // -1: no KV requested yet
   double text_deferred_until_s_ = -1;  // a TEXT decision waits for the probe until then
+  double last_asked_s_ = 0;  // now_s of the latest next_request (wake_s counts from it)
   // Undecided chunks are [front_, back_): decisions take the front (TEXT, and every decision
   // of the in-order policies) or the back (the adaptive policy's KV requests).
   uint32_t front_ = 0;
@@ -315,14 +322,8 @@ uint64_t Controller::Impl::request_bytes(uint32_t chunk, int option, uint64_t us
   return b;
 }
 
-Controller::Impl::Prediction Controller::Impl::predict(double now_s) const {
-  // The bandwidth planned with: the estimate, or what the first KV chunk still arriving has
-  // delivered so far (received bytes / time on the link) when that says more. The estimator only
-  // learns from complete chunks; without this a link that collapses mid-chunk would go unnoticed
-  // until the chunk ends, and a cold start would plan on the prior until the first chunk ends.
+int Controller::Impl::first_kv_on_way(double* first_byte_s) const noexcept {
   const double rtt = config_.cost.rtt_s;
-  const bool unmeasured = guessing();
-  double gbps = estimator_.estimate_gbps();
   double link_free = 0;
   for (uint32_t c : request_order_) {
     const ChunkState& st = state_[c];
@@ -331,26 +332,40 @@ Controller::Impl::Prediction Controller::Impl::predict(double now_s) const {
       link_free = std::max(link_free, st.arrival_s - rtt / 2);
       continue;
     }
-    // Seconds since its first byte could have reached the client.
-    const double on_link_s = now_s - (std::max(link_free, st.request_s + rtt / 2) + rtt / 2);
-    if (on_link_s <= 0) break;
-    const double delivered_gbps = std::max<double>(double(st.received), 1.0) * 8 / on_link_s / 1e9;
-    if (unmeasured) {
-      // Cold: the prior is a guess. Once the probe window is over, what has come is the best
-      // measurement there is, whichever way it points.
-      // (Nothing received yet is no measurement, until the silence is long: the client's
-      // thread may simply not have run.)
-      if (now_s >= probe_end_s(now_s) && (st.received > 0 || on_link_s > 4 * kOverdueSlackS))
-        gbps = delivered_gbps;
-    } else if (on_link_s > 1.5 * double(st.bytes) * 8 / (gbps * 1e9) + kOverdueSlackS &&
-               (st.received > 0 || on_link_s > 4 * kOverdueSlackS)) {
-      // A chunk still arriving long after it should have caps the estimate. "Long": half its
-      // expected time again plus a scheduling slack, so that a small chunk (tens of
-      // microseconds at the estimate) whose bytes the client has not read yet because its thread
-      // was not running is not taken for a collapsed link.
-      gbps = std::min(gbps, delivered_gbps);
-    }
-    break;
+    *first_byte_s = std::max(link_free, st.request_s + rtt / 2) + rtt / 2;
+    return int(c);
+  }
+  return -1;
+}
+
+Controller::Impl::Prediction Controller::Impl::predict(double now_s) const {
+  // The bandwidth planned with: the estimate, or what the first KV chunk still arriving has
+  // delivered so far (received bytes / time on the link) when that says more. The estimator only
+  // learns from complete chunks; without this a link that collapses mid-chunk would go unnoticed
+  // until the chunk ends, and a cold start would plan on the prior until the first chunk ends.
+  double gbps = estimator_.estimate_gbps();
+  double first_byte_s = 0;
+  const int c = first_kv_on_way(&first_byte_s);
+  const double on_link_s = now_s - first_byte_s;  // since its first byte could have come
+  if (c < 0 || on_link_s <= 0) return replay(now_s, gbps);
+  const ChunkState& st = state_[size_t(c)];
+  const double delivered_gbps = std::max<double>(double(st.received), 1.0) * 8 / on_link_s / 1e9;
+  if (guessing()) {
+    // Cold: the prior is a guess. Once the probe window is over, what has come is the best
+    // measurement there is, whichever way it points.
+    // (Nothing received yet is no measurement, until the silence is long: the client's
+    // thread may simply not have run.)
+    if (now_s >= probe_end_s(now_s) && (st.received > 0 || on_link_s > 4 * kOverdueSlackS))
+      gbps = delivered_gbps;
+  } else if (on_link_s > 1.5 * double(st.received) * 8 / (gbps * 1e9) + kOverdueSlackS &&
+             (st.received > 0 || on_link_s > 4 * kOverdueSlackS)) {
+    // A chunk arriving at less than 2/3 of the estimate's pace caps the estimate: its bytes so
+    // far took half their expected time again plus a scheduling slack, so that a small chunk
+    // (tens of microseconds at the estimate) whose bytes the client has not read yet because
+    // its thread was not running is not taken for a collapsed link. Measured on the bytes
+    // received, not the whole chunk, a link that collapses mid-chunk is seen within a few
+    // slacks instead of after the chunk's whole expected time.
+    gbps = std::min(gbps, delivered_gbps);
   }
   return replay(now_s, gbps);
 }
@@ -526,6 +541,7 @@ std::optional<Decision> Controller::Impl::next_request(double now_s) {
     case Policy::kAdaptive:
       break;
   }
+  last_asked_s_ = now_s;
   if (now_s >= text_deferred_until_s_) text_deferred_until_s_ = -1;
   // Decide as late as possible: the front chunk only when the GPU would otherwise idle, a
   // back chunk only when the link would.
@@ -572,8 +588,26 @@ double Controller::Impl::decoder_bound_gbps(uint32_t chunk, int option) const no
 }
 
 std::optional<double> Controller::Impl::wake_s() const noexcept {
-  if (text_deferred_until_s_ < 0) return std::nullopt;
-  return text_deferred_until_s_;
+  double wake = text_deferred_until_s_;
+  if (config_.policy == Policy::kAdaptive && !all_ready()) {
+    const double late = late_kv_wake_s();
+    if (late >= 0 && (wake < 0 || late < wake)) wake = late;
+  }
+  if (wake < 0) return std::nullopt;
+  return wake;
+}
+
+double Controller::Impl::late_kv_wake_s() const noexcept {
+  // The chunk predict() watches can be found late from a slack after its first byte could
+  // arrive (cold: once the probe window is over); after that the bytes received decide, so ask
+  // again every slack while it is on its way. Without being asked then, a client that hears
+  // nothing until the chunk ends (the simulator; a real client whose socket is quiet) would
+  // plan on a bandwidth the link no longer has until it is too late to recompute.
+  double first_byte_s = 0;
+  if (first_kv_on_way(&first_byte_s) < 0) return -1;
+  const double first = guessing() ? std::max(probe_end_s(last_asked_s_), first_byte_s + 4 * kOverdueSlackS)
+                                  : first_byte_s + kOverdueSlackS;
+  return std::max(first, last_asked_s_ + kOverdueSlackS);
 }
 
 std::optional<Decision> Controller::Impl::abandon_late_kv(double now_s, const Prediction& p) {

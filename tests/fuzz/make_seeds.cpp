@@ -90,6 +90,29 @@ void write_frames(const std::filesystem::path& dir) {
   check(write_file(path, frame.data(), *size), "write " + path);
 }
 
+// Profiles (docs/format.md 8): identity ones of a few shapes, with and without RoPE tables.
+void write_profiles(const std::filesystem::path& dir) {
+  int i = 0;
+  for (const KVShape& s : {KVShape{1, 1, 1, 4}, KVShape{2, 24, 2, 8}, KVShape{1, 1, 3, 6}})
+    for (bool rope : {false, true}) {
+      auto profile = kvcodec::fuzz_identity_profile(s, rope);
+      check(profile.status(), "profile");
+      const std::vector<uint8_t> bytes = serialize_profile(*profile);
+      const std::string path = (dir / ("seed" + std::to_string(i++) + ".kvprofile")).string();
+      check(write_file(path, bytes.data(), bytes.size()), "write " + path);
+    }
+  // Version 2 (layer models, docs/format.md 2.2 and 8), calibrated on a seed cache.
+  const KVShape shape{2, 24, 2, 8};
+  auto profile = kvcodec::fuzz_identity_profile(shape, true);
+  check(profile.status(), "profile");
+  KVCache kv = make_cache(DType::kF16, shape);
+  const KVView view = kv.view();
+  check(calibrate_profile_models(*profile, std::span<const KVView>(&view, 1)), "profile models");
+  const std::vector<uint8_t> bytes = serialize_profile(*profile);
+  const std::string path = (dir / "seed_v2.kvprofile").string();
+  check(write_file(path, bytes.data(), bytes.size()), "write " + path);
+}
+
 void write_files(const std::filesystem::path& st_dir, const std::filesystem::path& npy_dir) {
   const KVShape shape{2, 3, 2, 4};
   for (DType t : {DType::kF32, DType::kF16, DType::kBF16, DType::kF8E4M3})
@@ -126,8 +149,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::filesystem::path root = argv[1];
-  for (const char* sub : {"frame", "safetensors", "npy"}) std::filesystem::create_directories(root / sub);
+  for (const char* sub : {"frame", "safetensors", "npy", "profile"}) std::filesystem::create_directories(root / sub);
   write_frames(root / "frame");
+  write_profiles(root / "profile");
   write_files(root / "safetensors", root / "npy");
   return 0;
 }

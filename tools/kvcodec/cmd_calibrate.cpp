@@ -46,6 +46,8 @@ struct CalibrateArgs {
   std::optional<double> rope_theta;
   std::string output;
   std::string keys = "before-rope";
+  std::string models = "on";
+  std::string steps = "rd";
 };
 
 void declare(Command& cmd, CalibrateArgs& o) {
@@ -56,6 +58,11 @@ void declare(Command& cmd, CalibrateArgs& o) {
   cmd.option("--contexts", c.contexts, "contexts spread evenly over the text (default 8)", Range{1, 100000});
   cmd.option("--context-tokens", c.context_tokens, "tokens per context (default 3/4 of seq_len)", Range{0, kMaxTokens});
   cmd.option("--keys", o.keys, "before-rope (keys decorrelated with RoPE undone, the default) or after-rope");
+  cmd.option("--models", o.models, "on (default): also the stored layer models (profile version 2: frames reference "
+             "their tables instead of carrying them), or off (version 1)");
+  cmd.option("--steps", o.steps, "rd (default with --model): the layer models' steps allocated on each (layer, K/V)'s "
+             "measured sensitivity (next-token KL under noise); rms: layer_factor and RMS as without a profile "
+             "(the only choice for KV files)");
   cmd.option("--rope-theta", o.rope_theta, "the model's RoPE base, for KV files with --keys before-rope");
   cmd.app().add_option("KV", o.kv_files, "KV cache files (.safetensors or .npy) of the model, instead of --model");
   cmd.option("-o,--output", o.output, "output profile (.kvprofile), written atomically");
@@ -78,6 +85,10 @@ int cmd_calibrate(int argc, char** argv) {
   if (a.output.empty()) return cmd.usage_error("missing -o OUT.kvprofile");
   if (a.keys != "before-rope" && a.keys != "after-rope") return cmd.usage_error("--keys: expected before-rope or after-rope");
   a.cal.keys_before_rope = a.keys == "before-rope";
+  if (a.models != "on" && a.models != "off") return cmd.usage_error("--models: expected on or off");
+  a.cal.models = a.models == "on";
+  if (a.steps != "rd" && a.steps != "rms") return cmd.usage_error("--steps: expected rd or rms");
+  a.cal.rd = a.cal.models && !from_files && a.steps == "rd";
   if (from_files && a.cal.keys_before_rope && !a.rope_theta)
     return cmd.usage_error("KV files with --keys before-rope need --rope-theta (the model's RoPE base), or use --keys after-rope");
   auto calibrate = [&]() -> StatusOr<Profile> {
@@ -88,7 +99,7 @@ int cmd_calibrate(int argc, char** argv) {
       if (!kv.ok()) return kv.status();  // names the file
       caches.push_back(std::move(*kv));
     }
-    return eval::calibrate_kv_profile(caches, a.cal.keys_before_rope, a.rope_theta.value_or(0));
+    return eval::calibrate_kv_profile(caches, a.cal.keys_before_rope, a.rope_theta.value_or(0), a.cal.models);
   };
   StatusOr<Profile> p = calibrate();
   if (!p.ok()) return cmd.fail(p.status());
@@ -98,9 +109,9 @@ int cmd_calibrate(int argc, char** argv) {
     return bytes.size();
   });
   if (!st.ok()) return cmd.fail(st);
-  std::printf("%s: profile of %u layers x 2 x %u kv_heads x %u head_dim, keys %s, %zu bytes, digest %016" PRIx64 "\n",
-              a.output.c_str(), p->layers, p->kv_heads, p->head_dim, a.cal.keys_before_rope ? "before RoPE" : "after RoPE",
-              bytes.size(), p->digest);
+  std::printf("%s: profile version %d of %u layers x 2 x %u kv_heads x %u head_dim, keys %s, %zu bytes, digest %016" PRIx64
+              "\n", a.output.c_str(), p->models.empty() ? 1 : 2, p->layers, p->kv_heads, p->head_dim,
+              a.cal.keys_before_rope ? "before RoPE" : "after RoPE", bytes.size(), p->digest);
   return 0;
 }
 

@@ -65,6 +65,14 @@ void round_to_f16(FloatKV& kv) noexcept;
 struct Calibration {
   std::vector<FloatKV> caches;
   double rope_theta = 10000.0;
+  // When a scheme asks for it (needs_sensitivity): per (layer, K/V), index l * 2 + kv, the mean
+  // next-token KL of the calibration contexts' continuations per unit of mean squared error
+  // added to that tensor alone (measured with noise, see eval.cpp): what the error of each
+  // tensor costs, for rate-distortion allocation.
+  std::vector<double> sensitivity;
+  // With sensitivity: the continuation queries' mean energy per (layer, kv head, RoPE pair i):
+  // q[2i]^2 + q[2i+1]^2 summed over the query heads of the kv head; [layer][kv_head][pair].
+  std::vector<double> query_pair_energy;
 };
 
 // One setting of one scheme: a point on that scheme's rate-distortion curve.
@@ -82,6 +90,8 @@ class Scheme {
   virtual bool lossless() const noexcept { return false; }
   // True for schemes that must be calibrated (calibrate) before run.
   virtual bool needs_calibration() const noexcept { return false; }
+  // True for calibrated schemes that also need Calibration::sensitivity.
+  virtual bool needs_sensitivity() const noexcept { return false; }
   // Learns the scheme's per-model side information (e.g. a PCA profile) from `cal`; called once,
   // before any run(). The result is not counted in run()'s bytes unless the scheme says so.
   virtual Status calibrate(const Calibration& cal) { (void)cal; return Status::Ok(); }

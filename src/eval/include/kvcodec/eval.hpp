@@ -145,12 +145,22 @@ struct CalibrateOptions {
   uint32_t contexts = 8;
   uint32_t context_tokens = 0;  // 0 = 3/4 of the model's seq_len
   bool keys_before_rope = true;
+  // Also calibrate the stored layer models (profile version 2, docs/format.md 8): frames coded
+  // with the profile then reference its tables instead of carrying their own where that is smaller.
+  bool models = false;
+  // With models: steps allocated by rate-distortion on each (layer, K/V)'s measured sensitivity
+  // (next-token KL per unit of squared error, noise added to the first 4 contexts and their
+  // continuations of up to 64 tokens: context_tokens must leave room for them within seq_len)
+  // instead of layer_factor and the calibration RMS (calibrate_profile_models).
+  bool rd = false;
 };
 StatusOr<Profile> calibrate_model_profile(const CalibrateOptions& options);
 // The same from KV caches already dumped (`kvcodec kv-dump`, a server's export): all of one
 // model (layers, kv heads, head_dim; any token counts), keys cached with RoPE at positions
 // 0..T-1. keys_before_rope needs the model's RoPE base (rope_theta > 1). kInvalidArgument for
 // no caches, different shapes or a non-finite value.
-StatusOr<Profile> calibrate_kv_profile(const std::vector<KVCache>& caches, bool keys_before_rope, double rope_theta);
+// models: as CalibrateOptions::models.
+StatusOr<Profile> calibrate_kv_profile(const std::vector<KVCache>& caches, bool keys_before_rope, double rope_theta,
+                                       bool models = false);
 
 }  // namespace kvcodec::eval
