@@ -361,7 +361,7 @@ TEST(Profile, BatchedTransformsMatchTheRowByRowReference) {
   for (uint32_t d : {6u, 40u, 64u, 128u}) {
     const KVShape s{1, 1, 2, d};
     const Profile p = make_test_profile(s, true, 7 + d);
-    const size_t head = detail::profile_head(p, 0, 0, 1), n = 7, stride = d + 3;
+    const size_t head = detail::profile_head(p, 0, 0, 1), n = 37, stride = d + 3;
     const uint32_t pos0 = 1000003;
     std::vector<float> x(n * stride), ref_y(n * stride), ref_x(n * d);
     for (size_t i = 0; i < x.size(); ++i) x[i] = 3.0f * uniform(d * 100000 + i);

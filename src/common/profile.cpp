@@ -135,10 +135,13 @@ void accumulate_any(double* out, const M* m, const double* v, size_t n, size_t d
 // j in [j0, j0 + 8B): the additions of accumulate() in its order, R rows x B vectors of 8
 // outputs held in registers so each loaded vector of m serves R rows.
 #if defined(__x86_64__)
+// m_stride: the distance between m's rows k (0: d, m as given, columns from j0; else m is the
+// block already packed, columns from 0).
 template <int R, int B, bool Fma>
 __attribute__((target("avx512f"), always_inline)) inline void product_block512(const double* init, const double* m,
                                                                                const double* v, size_t d, size_t j0,
-                                                                               double* out) {
+                                                                               double* out, size_t m_stride = 0) {
+  const size_t ms = m_stride ? m_stride : d, mj = m_stride ? 0 : j0;
   __m512d acc[R][B];
 #pragma GCC unroll 4
   for (int b = 0; b < B; ++b) {
@@ -152,7 +155,7 @@ __attribute__((target("avx512f"), always_inline)) inline void product_block512(c
     for (int r = 0; r < R; ++r) vk[r] = _mm512_set1_pd(v[size_t(r) * d + k]);
 #pragma GCC unroll 4
     for (int b = 0; b < B; ++b) {
-      const __m512d mk = _mm512_loadu_pd(m + k * d + j0 + 8 * b);
+      const __m512d mk = _mm512_loadu_pd(m + k * ms + mj + 8 * b);
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r)
         acc[r][b] = Fma ? _mm512_fmadd_pd(mk, vk[r], acc[r][b]) : _mm512_add_pd(acc[r][b], _mm512_mul_pd(mk, vk[r]));
@@ -163,12 +166,36 @@ __attribute__((target("avx512f"), always_inline)) inline void product_block512(c
 #pragma GCC unroll 4
     for (int b = 0; b < B; ++b) _mm512_storeu_pd(out + size_t(r) * d + j0 + 8 * b, acc[r][b]);
 }
-template <int R, bool Fma>
-__attribute__((target("avx512f"))) void product_rows512(const double* init, const double* m, const double* v, size_t d,
-                                                        double* out) {
+// All n rows, a block of 32 outputs at a time (then 8): the block's columns of m (d x 32
+// doubles, 32 KiB at head_dim 128) stay in L1 while every row passes over them, instead of all
+// of m (128 KiB) streaming from L2 once per 4 rows.
+// The block is first copied to contiguous rows of 32 (its rows d * 8 bytes apart would map
+// onto a quarter of L1's sets at head_dim 128 and evict each other).
+template <bool Fma>
+__attribute__((target("avx512f"))) void product_all512(const double* init, const double* m, const double* v, size_t n,
+                                                       size_t d, double* out) {
+  // Packing costs d / n copies per output: worth it for enough rows and where rows collide.
+  const bool pack = n >= 32 && d >= 128;
+  thread_local std::vector<double> packed;
+  if (pack) packed.resize(d * 32);
   size_t j = 0;
-  for (; j + 32 <= d; j += 32) product_block512<R, 4, Fma>(init, m, v, d, j, out);
-  for (; j < d; j += 8) product_block512<R, 1, Fma>(init, m, v, d, j, out);
+  for (; j + 32 <= d; j += 32) {
+    const double* mb = m;
+    size_t ms = 0;
+    if (pack) {
+      for (size_t k = 0; k < d; ++k) std::memcpy(packed.data() + k * 32, m + k * d + j, 32 * sizeof(double));
+      mb = packed.data();
+      ms = 32;
+    }
+    size_t r = 0;
+    for (; r + 4 <= n; r += 4) product_block512<4, 4, Fma>(init, mb, v + r * d, d, j, out + r * d, ms);
+    for (; r < n; ++r) product_block512<1, 4, Fma>(init, mb, v + r * d, d, j, out + r * d, ms);
+  }
+  for (; j < d; j += 8) {
+    size_t r = 0;
+    for (; r + 4 <= n; r += 4) product_block512<4, 1, Fma>(init, m, v + r * d, d, j, out + r * d);
+    for (; r < n; ++r) product_block512<1, 1, Fma>(init, m, v + r * d, d, j, out + r * d);
+  }
 }
 // The same on AVX2 (16 vector registers): 4 rows x 2 vectors of 4 outputs.
 template <int R, int B, bool Fma>
@@ -226,8 +253,7 @@ void rows_product(const double* init, const double* m, const double* v, size_t n
   // Exact products: round(a * b + c) = round(round(a * b) + c), so a fused multiply-add gives
   // the bits of the multiply then add, at one instruction instead of two.
   if (d % 8 == 0 && avx512_enabled())
-    return exact_products ? product_all<product_rows512<4, true>, product_rows512<1, true>>(init, m, v, n, d, out)
-                          : product_all<product_rows512<4, false>, product_rows512<1, false>>(init, m, v, n, d, out);
+    return exact_products ? product_all512<true>(init, m, v, n, d, out) : product_all512<false>(init, m, v, n, d, out);
   if (d % 4 == 0 && avx2_enabled() && __builtin_cpu_supports("fma"))
     return exact_products ? product_all<product_rows256<4, true>, product_rows256<1, true>>(init, m, v, n, d, out)
                           : product_all<product_rows256<4, false>, product_rows256<1, false>>(init, m, v, n, d, out);

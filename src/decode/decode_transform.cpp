@@ -64,7 +64,7 @@ __attribute__((target("avx2,f16c"))) void store_f16_f16c(const float* x, size_t 
 // y + (t - t0) * C) and stores them in dst's dtype, a block of rows at a time.
 void inverse_head(const Profile& p, uint32_t l, uint32_t kv, uint32_t h, const float* y, size_t C, uint32_t t0,
                   uint32_t t1, const std::vector<double>& cs, const KVView& dst) {
-  constexpr uint32_t kRows = 16;
+  constexpr uint32_t kRows = 64;  // enough rows for rows_product to pack the axes' column blocks
   const uint32_t d = p.head_dim;
   const size_t head = detail::profile_head(p, l, kv, h);
   std::vector<double> axes;
