@@ -424,6 +424,17 @@ TEST(Profile, BatchedTransformsMatchTheRowByRowReference) {
   }
 }
 
+// KVCODEC_WRITE_GOLDEN: a golden profile and frame (STEM.kvprofile, STEM.kvc) and the digest of
+// the frame's decode.
+void write_golden(const std::string& stem, const std::string& digest_file, const Profile& p,
+                  const std::vector<uint8_t>& frame, const KVShape& s) {
+  write_all(golden(stem + ".kvprofile"), serialize_profile(p));
+  write_all(golden(stem + ".kvc"), frame);
+  std::vector<uint16_t> out(s.elements());
+  ASSERT_TRUE(decode_into(frame, p, contiguous_view(out.data(), DType::kF16, s)).ok());
+  std::ofstream(golden(digest_file)) << std::hex << detail::xxh64(out.data(), out.size() * 2, 0) << "\n";
+}
+
 TEST(Profile, GoldenVersion4Frame) {
   const KVShape s{2, 40, 2, 16};
   const std::vector<uint16_t> in = to_f16(make_cache(s, 21));
@@ -433,11 +444,7 @@ TEST(Profile, GoldenVersion4Frame) {
     const Profile p = make_test_profile(s, true, 22);
     auto frame = encode_with(in, s, o, p, 100);
     ASSERT_TRUE(frame.ok());
-    write_all(golden("f16_level4_rope.kvprofile"), serialize_profile(p));
-    write_all(golden("f16_level4_rope.kvc"), *frame);
-    std::vector<uint16_t> out(in.size());
-    ASSERT_TRUE(decode_into(*frame, p, contiguous_view(out.data(), DType::kF16, s)).ok());
-    std::ofstream(golden("digest.txt")) << std::hex << detail::xxh64(out.data(), out.size() * 2, 0) << "\n";
+    write_golden("f16_level4_rope", "digest.txt", p, *frame, s);
     GTEST_SKIP() << "rewrote tests/golden/v4";
   }
   auto p = parse_profile(read_all(golden("f16_level4_rope.kvprofile")));
@@ -666,11 +673,7 @@ TEST(ProfileModels, GoldenFrame) {
     const Profile p = models_profile(s, true, 62);
     auto frame = encode_with(in, s, o, p, 100);
     ASSERT_TRUE(frame.ok());
-    write_all(golden("f16_level5_models.kvprofile"), serialize_profile(p));
-    write_all(golden("f16_level5_models.kvc"), *frame);
-    std::vector<uint16_t> out(in.size());
-    ASSERT_TRUE(decode_into(*frame, p, contiguous_view(out.data(), DType::kF16, s)).ok());
-    std::ofstream(golden("digest_models.txt")) << std::hex << detail::xxh64(out.data(), out.size() * 2, 0) << "\n";
+    write_golden("f16_level5_models", "digest_models.txt", p, *frame, s);
     GTEST_SKIP() << "rewrote tests/golden/v4 (models)";
   }
   auto p = parse_profile(read_all(golden("f16_level5_models.kvprofile")));
