@@ -141,6 +141,8 @@ void refine_groups(const ChannelCounts& cc, uint32_t G, uint32_t first_slot, std
       used.push_back(i);
     }
   const uint32_t K = uint32_t(used.size());
+  std::vector<uint32_t> kslot(K);  // k -> its slot (one division per k, not per group and round)
+  for (uint32_t k = 0; k < K; ++k) kslot[k] = used[k] / bins;
   std::vector<uint32_t> first(C), kof(cc.index.size());  // each channel's first clustering entry
   for (uint32_t c = 0; c < C; ++c) {
     uint32_t e = cc.begin[c];
@@ -148,25 +150,28 @@ void refine_groups(const ChannelCounts& cc, uint32_t G, uint32_t first_slot, std
     first[c] = e;
     for (; e < cc.begin[c + 1]; ++e) kof[e] = pos[cc.index[e]];
   }
-  std::vector<uint64_t> gsum(size_t(G) * K), glog(size_t(G) * K), log_total(size_t(G) * cc.slots);
+  // gsum: each group's summed counts, kept current as channels move (exact integers, so the
+  // same sums as a recount every round).
+  std::vector<uint64_t> gsum(size_t(G) * K, 0), g2(size_t(G) * K), glog(size_t(G) * K);
+  std::vector<uint64_t> log_total(size_t(G) * cc.slots);
   std::vector<uint32_t> cost(size_t(K) * kCostRow, 0);
+  for (uint32_t c = 0; c < C; ++c) {
+    uint64_t* gs = &gsum[size_t(group[c]) * K];
+    for (uint32_t e = first[c]; e < cc.begin[c + 1]; ++e) gs[kof[e]] += cc.count[e];
+  }
   for (int round = 0; round < 4; ++round) {
-    std::fill(gsum.begin(), gsum.end(), 0);
-    for (uint32_t c = 0; c < C; ++c) {
-      uint64_t* gs = &gsum[size_t(group[c]) * K];
-      for (uint32_t e = first[c]; e < cc.begin[c + 1]; ++e) gs[kof[e]] += cc.count[e];
-    }
     std::fill(log_total.begin(), log_total.end(), 0);
     for (uint32_t g = 0; g < G; ++g)
-      for (uint32_t k = 0; k < K; ++k) log_total[g * cc.slots + used[k] / bins] += gsum[size_t(g) * K + k];
+      for (uint32_t k = 0; k < K; ++k) log_total[g * cc.slots + kslot[k]] += gsum[size_t(g) * K + k];
     for (uint64_t& t : log_total) t = log2_q32(2 * t + bins);
     // log2_q32(2 * v + 1) of every group's count (log2_q32(1) = 0 for the absent ones).
-    for (uint64_t& v : gsum) v = 2 * v + 1;
-    log2_q32_many(gsum.data(), gsum.size(), glog.data());
-    for (uint32_t g = 0; g < G; ++g)
-      for (uint32_t k = 0; k < K; ++k)
-        cost[size_t(k) * kCostRow + g] =
-            uint32_t((log_total[g * cc.slots + used[k] / bins] - glog[size_t(g) * K + k]) >> 8);
+    for (size_t i = 0; i < gsum.size(); ++i) g2[i] = 2 * gsum[i] + 1;
+    log2_q32_many(g2.data(), g2.size(), glog.data());
+    for (uint32_t g = 0; g < G; ++g) {
+      const uint64_t* lt = &log_total[size_t(g) * cc.slots];
+      const uint64_t* gl = &glog[size_t(g) * K];
+      for (uint32_t k = 0; k < K; ++k) cost[size_t(k) * kCostRow + g] = uint32_t((lt[kslot[k]] - gl[k]) >> 8);
+    }
     bool moved = false;
     for (uint32_t c = 0; c < C; ++c) {
       uint64_t sum[kCostRow];
@@ -175,6 +180,12 @@ void refine_groups(const ChannelCounts& cc, uint32_t G, uint32_t first_slot, std
       for (uint32_t g = 1; g < G; ++g)
         if (sum[g] < sum[best]) best = g;
       if (best != group[c]) {
+        uint64_t* from_gs = &gsum[size_t(group[c]) * K];
+        uint64_t* to_gs = &gsum[size_t(best) * K];
+        for (uint32_t e = first[c]; e < cc.begin[c + 1]; ++e) {
+          from_gs[kof[e]] -= cc.count[e];
+          to_gs[kof[e]] += cc.count[e];
+        }
         group[c] = uint8_t(best);
         moved = true;
       }
