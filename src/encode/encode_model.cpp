@@ -50,21 +50,26 @@ __attribute__((target("avx2"))) void channel_costs_avx2(const uint32_t* kof, con
   for (int q = 0; q < 4; ++q) _mm256_storeu_si256(reinterpret_cast<__m256i*>(sum + 4 * q), acc[q]);
 }
 
-// The same with AVX-512: a cost row is one vector, the 16 sums two. (GCC 12's AVX-512 headers
+// The same with AVX-512: a cost row is one vector, the 16 sums two. vpmuludq reads the low 32
+// bits of each 64-bit lane, so the row's even groups multiply in place and its odd groups after
+// one shift (no widening shuffles), and the count is a 32-bit broadcast straight from memory;
+// the two sums are interleaved back into group order at the end. (GCC 12's AVX-512 headers
 // trip -Wmaybe-uninitialized on their own _mm512_undefined_* operands.)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 __attribute__((target("avx512f"))) void channel_costs_avx512(const uint32_t* kof, const uint32_t* cnt, uint32_t e0,
                                                              uint32_t e1, const uint32_t* cost, uint64_t* sum) {
-  __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
+  __m512i even = _mm512_setzero_si512(), odd = _mm512_setzero_si512();
   for (uint32_t e = e0; e < e1; ++e) {
-    const __m512i n = _mm512_set1_epi64(cnt[e]);
+    const __m512i n = _mm512_set1_epi32(int(cnt[e]));
     const __m512i row = _mm512_loadu_si512(&cost[size_t(kof[e]) * kCostRow]);
-    lo = _mm512_add_epi64(lo, _mm512_mul_epu32(_mm512_cvtepu32_epi64(_mm512_castsi512_si256(row)), n));
-    hi = _mm512_add_epi64(hi, _mm512_mul_epu32(_mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(row, 1)), n));
+    even = _mm512_add_epi64(even, _mm512_mul_epu32(row, n));
+    odd = _mm512_add_epi64(odd, _mm512_mul_epu32(_mm512_srli_epi64(row, 32), n));
   }
-  _mm512_storeu_si512(sum, lo);
-  _mm512_storeu_si512(sum + 8, hi);
+  const __m512i first = _mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0);
+  const __m512i second = _mm512_set_epi64(15, 7, 14, 6, 13, 5, 12, 4);
+  _mm512_storeu_si512(sum, _mm512_permutex2var_epi64(even, first, odd));
+  _mm512_storeu_si512(sum + 8, _mm512_permutex2var_epi64(even, second, odd));
 }
 #pragma GCC diagnostic pop
 #endif
