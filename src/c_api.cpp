@@ -4,12 +4,16 @@
 
 #include <algorithm>
 #include <cstring>
+#include <fstream>
+#include <iterator>
+#include <memory>
 #include <new>
 #include <span>
 #include <string>
 
 #include "kvcodec/codec.hpp"
 #include "kvcodec/format.hpp"
+#include "kvcodec/profile.hpp"
 #include "kvcodec/status.hpp"
 #include "kvcodec/tensor.hpp"
 #include "kvcodec/version.hpp"
@@ -183,6 +187,23 @@ struct kvcodec_decoder {
   FrameDecoder decoder;
 };
 
+struct kvcodec_profile {
+  std::shared_ptr<const Profile> profile;
+  size_t bytes = 0;
+};
+
+namespace {
+
+int32_t new_profile(StatusOr<Profile> p, size_t bytes, kvcodec_profile** out) {
+  if (!p.ok()) return record(p.status());
+  auto* h = new (std::nothrow) kvcodec_profile{std::make_shared<const Profile>(std::move(*p)), bytes};
+  if (!h) return record(ResourceExhausted("kvcodec_profile: out of memory"));
+  *out = h;
+  return ok();
+}
+
+}  // namespace
+
 extern "C" {
 
 const char* kvcodec_version(void) { return kLibraryVersion; }
@@ -337,6 +358,86 @@ int32_t kvcodec_decoder_decode_chunk(const kvcodec_decoder* decoder, uint32_t ch
   if (!o.ok()) return record(o.status());
   const Status s = decoder->decoder.decode_chunk(chunk, bytes_of(body, size), *v, *o);
   return s.ok() ? ok() : record(s);
+}
+
+int32_t kvcodec_profile_parse(const void* bytes, size_t size, kvcodec_profile** out) {
+  if (!out) return invalid("kvcodec_profile_parse: out is NULL");
+  *out = nullptr;
+  if (!bytes) return invalid("kvcodec_profile_parse: bytes is NULL");
+  return new_profile(parse_profile(bytes_of(bytes, size)), size, out);
+}
+
+int32_t kvcodec_profile_load(const char* path, kvcodec_profile** out) {
+  if (!out) return invalid("kvcodec_profile_load: out is NULL");
+  *out = nullptr;
+  if (!path) return invalid("kvcodec_profile_load: path is NULL");
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return record(NotFound(std::string("cannot open profile ") + path));
+  std::vector<uint8_t> b((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  if (f.bad()) return record(IoError(std::string("cannot read profile ") + path));
+  auto p = parse_profile(b);
+  if (!p.ok()) return record(p.status().with_context(path));
+  return new_profile(std::move(p), b.size(), out);
+}
+
+void kvcodec_profile_free(kvcodec_profile* profile) { delete profile; }
+uint64_t kvcodec_profile_digest(const kvcodec_profile* profile) { return profile ? profile->profile->digest : 0; }
+size_t kvcodec_profile_size(const kvcodec_profile* profile) { return profile ? profile->bytes : 0; }
+
+int32_t kvcodec_frame_profile_digest(const void* bytes, size_t size, uint64_t* digest) {
+  if (!bytes || !digest) return invalid("kvcodec_frame_profile_digest: bytes or digest is NULL");
+  auto f = read_frame_info(bytes_of(bytes, size));
+  if (!f.ok()) return record(f.status());
+  *digest = f->transformed ? f->profile_digest : 0;
+  return ok();
+}
+
+size_t kvcodec_max_encoded_size_profile(const kvcodec_shape* shape, int32_t dtype, const kvcodec_encode_options* options,
+                                        const kvcodec_profile* profile) {
+  if (!profile) return no_size(InvalidArgument("kvcodec_max_encoded_size_profile: profile is NULL"));
+  const size_t n = kvcodec_max_encoded_size(shape, dtype, options);
+  if (!n) return 0;
+  return max_encoded_size(to_shape(*shape), DType(dtype), to_options(options), *profile->profile);
+}
+
+int32_t kvcodec_encode_into_profile(const kvcodec_view* src, const kvcodec_encode_options* options,
+                                    const kvcodec_profile* profile, uint32_t first_position, void* dst, size_t capacity,
+                                    size_t* written) {
+  if (!written) return invalid("kvcodec_encode_into_profile: written is NULL");
+  *written = 0;
+  if (!profile) return invalid("kvcodec_encode_into_profile: profile is NULL");
+  if (!dst && capacity) return invalid("kvcodec_encode_into_profile: dst is NULL");
+  auto v = checked_view(src);
+  if (!v.ok()) return record(v.status());
+  auto n = encode_into(*v, to_options(options), *profile->profile, {static_cast<uint8_t*>(dst), dst ? capacity : 0},
+                       first_position);
+  if (!n.ok()) return record(n.status());
+  *written = *n;
+  return ok();
+}
+
+int32_t kvcodec_decode_into_profile(const void* frame, size_t size, const kvcodec_profile* profile,
+                                    const kvcodec_view* dst, const kvcodec_decode_options* options) {
+  if (!frame || !profile) return invalid("kvcodec_decode_into_profile: frame or profile is NULL");
+  auto v = checked_view(dst);
+  if (!v.ok()) return record(v.status());
+  auto o = to_options(options);
+  if (!o.ok()) return record(o.status());
+  const Status s = decode_into(bytes_of(frame, size), *profile->profile, *v, *o);
+  return s.ok() ? ok() : record(s);
+}
+
+int32_t kvcodec_decoder_open_profile(const void* head, size_t size, const kvcodec_profile* profile,
+                                     kvcodec_decoder** out) {
+  if (!out) return invalid("kvcodec_decoder_open_profile: out is NULL");
+  *out = nullptr;
+  if (!head) return invalid("kvcodec_decoder_open_profile: head is NULL");
+  auto d = FrameDecoder::open(bytes_of(head, size), profile ? profile->profile : nullptr);
+  if (!d.ok()) return record(d.status());
+  auto* h = new (std::nothrow) kvcodec_decoder{std::move(*d)};
+  if (!h) return record(ResourceExhausted("kvcodec_decoder_open_profile: out of memory"));
+  *out = h;
+  return ok();
 }
 
 }  // extern "C"

@@ -456,12 +456,111 @@ static void test_thread_local_error(void) {
 }
 #endif
 
+/* Reads a whole file into a malloc'd buffer (NULL on failure). */
+static unsigned char* read_whole(const char* path, size_t* n) {
+  FILE* f = fopen(path, "rb");
+  if (!f) return NULL;
+  fseek(f, 0, SEEK_END);
+  const long len = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  unsigned char* b = len > 0 ? (unsigned char*)malloc((size_t)len) : NULL;
+  if (b && fread(b, 1, (size_t)len, f) != (size_t)len) {
+    free(b);
+    b = NULL;
+  }
+  fclose(f);
+  *n = b ? (size_t)len : 0;
+  return b;
+}
+
+/* Profiles: load / parse / free, digest and size, the golden version 4 frame decoded whole and
+ * chunk by chunk with it (a decoder outlives the freed profile handle), encode with it, and the
+ * errors of a missing or corrupt profile. */
+static void test_profile(void) {
+  size_t pn = 0, fn = 0;
+  unsigned char* pbytes = read_whole(KVCODEC_TEST_DIR "/golden/v4/f16_level4_rope.kvprofile", &pn);
+  unsigned char* frame = read_whole(KVCODEC_TEST_DIR "/golden/v4/f16_level4_rope.kvc", &fn);
+  CHECK(pbytes && frame);
+  if (!pbytes || !frame) return;
+  kvcodec_profile *p = NULL, *q = NULL;
+  CHECK(kvcodec_profile_load(KVCODEC_TEST_DIR "/golden/v4/f16_level4_rope.kvprofile", &p) == KVCODEC_OK && p);
+  CHECK(kvcodec_profile_parse(pbytes, pn, &q) == KVCODEC_OK && q);
+  CHECK(kvcodec_profile_digest(p) != 0 && kvcodec_profile_digest(p) == kvcodec_profile_digest(q));
+  CHECK(kvcodec_profile_size(p) == pn && kvcodec_profile_size(NULL) == 0);
+  uint64_t digest = 0;
+  CHECK(kvcodec_frame_profile_digest(frame, fn, &digest) == KVCODEC_OK && digest == kvcodec_profile_digest(p));
+  char hex[17];
+  snprintf(hex, sizeof hex, "%016llx", (unsigned long long)digest);
+  kvcodec_frame_info info;
+  CHECK(kvcodec_frame_info_get(frame, fn, &info) == KVCODEC_OK && info.format_version == 4);
+  const size_t n = (size_t)2 * info.shape.layers * info.shape.tokens * info.shape.kv_heads * info.shape.head_dim;
+  uint16_t* whole = (uint16_t*)calloc(n, 2);
+  uint16_t* chunked = (uint16_t*)calloc(n, 2);
+  kvcodec_view v;
+  memset(&v, 0, sizeof v);
+  v.layout = KVCODEC_LAYOUT_CONTIGUOUS;
+  v.dtype = KVCODEC_DTYPE_F16;
+  v.shape = info.shape;
+  v.data = whole;
+  CHECK(kvcodec_decode_into_profile(frame, fn, p, &v, NULL) == KVCODEC_OK);
+  /* Missing profile: an error naming the digest the frame needs. */
+  CHECK_ERR(kvcodec_decode_into(frame, fn, &v, NULL), KVCODEC_INVALID_ARGUMENT, hex);
+  kvcodec_decoder* d = NULL;
+  CHECK_ERR(kvcodec_decoder_open(frame, info.head_bytes, &d), KVCODEC_INVALID_ARGUMENT, hex);
+  CHECK_ERR(kvcodec_decoder_open_profile(frame, info.head_bytes, NULL, &d), KVCODEC_INVALID_ARGUMENT, hex);
+  CHECK(d == NULL);
+  CHECK_ERR(kvcodec_decode_into_profile(frame, fn, NULL, &v, NULL), KVCODEC_INVALID_ARGUMENT, "profile");
+  CHECK(kvcodec_decoder_open_profile(frame, info.head_bytes, q, &d) == KVCODEC_OK && d);
+  kvcodec_profile_free(q); /* the decoder shares it */
+  v.data = chunked;
+  for (uint32_t c = 0; d && c < info.num_chunks; ++c) {
+    kvcodec_chunk_info ci;
+    CHECK(kvcodec_decoder_chunk_info(d, c, &ci) == KVCODEC_OK);
+    CHECK(kvcodec_decoder_decode_chunk(d, c, frame + ci.offset, ci.size, &v, NULL) == KVCODEC_OK);
+  }
+  kvcodec_decoder_free(d);
+  CHECK(memcmp(whole, chunked, n * 2) == 0);
+  /* Encode the decoded tensor with the profile: a version 4 frame naming it, which round-trips. */
+  kvcodec_encode_options eo;
+  kvcodec_encode_options_init(&eo);
+  eo.chunk_tokens = info.chunk_tokens;
+  const size_t cap = kvcodec_max_encoded_size_profile(&info.shape, KVCODEC_DTYPE_F16, &eo, p);
+  CHECK(cap > 0 && kvcodec_max_encoded_size_profile(&info.shape, KVCODEC_DTYPE_F16, &eo, NULL) == 0);
+  unsigned char* out = (unsigned char*)malloc(cap ? cap : 1);
+  size_t written = 0;
+  v.data = whole;
+  CHECK(kvcodec_encode_into_profile(&v, &eo, p, 0, out, cap, &written) == KVCODEC_OK && written > 0);
+  CHECK(kvcodec_frame_profile_digest(out, written, &digest) == KVCODEC_OK && digest == kvcodec_profile_digest(p));
+  v.data = chunked;
+  CHECK(kvcodec_decode_into_profile(out, written, p, &v, NULL) == KVCODEC_OK);
+  eo.level = 0;
+  CHECK_ERR(kvcodec_encode_into_profile(&v, &eo, p, 0, out, cap, &written), KVCODEC_INVALID_ARGUMENT, "level 0");
+  /* A plain frame: digest 0, and it decodes with a profile as without one. */
+  eo.level = 4;
+  CHECK(kvcodec_encode_into(&v, &eo, out, cap, &written) == KVCODEC_OK);
+  CHECK(kvcodec_frame_profile_digest(out, written, &digest) == KVCODEC_OK && digest == 0);
+  CHECK(kvcodec_decode_into_profile(out, written, p, &v, NULL) == KVCODEC_OK);
+  /* Corrupt or missing profiles. */
+  pbytes[pn / 2] ^= 1;
+  CHECK_ERR(kvcodec_profile_parse(pbytes, pn, &q), KVCODEC_CORRUPT_DATA, "");
+  CHECK(q == NULL);
+  CHECK_ERR(kvcodec_profile_load("/nonexistent/x.kvprofile", &q), KVCODEC_NOT_FOUND, "x.kvprofile");
+  kvcodec_profile_free(p);
+  kvcodec_profile_free(NULL);
+  free(out);
+  free(whole);
+  free(chunked);
+  free(pbytes);
+  free(frame);
+}
+
 int main(void) {
   test_version();
   test_lossless_layouts();
   test_engine_layouts();
   test_lossy_bound();
   test_errors();
+  test_profile();
 #ifndef __STDC_NO_THREADS__
   test_thread_local_error();
 #endif

@@ -2,6 +2,7 @@
 // round trip equals the library's, and a missing, wrong or corrupt profile is one error line.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -35,6 +36,21 @@ std::vector<uint8_t> write_profile(const std::string& path, uint32_t seed) {
   return bytes;
 }
 
+// The library's frame of `in` at level 5, chunks of 16 tokens, first position 9 (empty on error).
+std::vector<uint8_t> library_frame(const std::string& in, const Profile& p) {
+  auto kv = load_kv(in);
+  EXPECT_TRUE(kv.ok());
+  if (!kv.ok()) return {};
+  EncodeOptions o;
+  o.level = 5;
+  o.chunk_tokens = 16;
+  std::vector<uint8_t> frame(max_encoded_size(kShape, DType::kF16, o, p));
+  auto n = encode_into(kv->view(), o, p, frame, 9);
+  EXPECT_TRUE(n.ok());
+  frame.resize(n.ok() ? *n : 0);
+  return frame;
+}
+
 TEST_F(CliTest, ProfileRoundTripMatchesTheLibrary) {
   const std::string in = make_cache("in.safetensors", DType::kF16, kShape);
   const std::vector<uint8_t> pbytes = write_profile(path("p.kvprofile"), 1);
@@ -51,15 +67,8 @@ TEST_F(CliTest, ProfileRoundTripMatchesTheLibrary) {
   // The same frame and values as the library's.
   auto p = parse_profile(pbytes);
   ASSERT_TRUE(p.ok());
-  auto kv = load_kv(in);
-  ASSERT_TRUE(kv.ok());
-  EncodeOptions o;
-  o.level = 5;
-  o.chunk_tokens = 16;
-  std::vector<uint8_t> frame(max_encoded_size(kShape, DType::kF16, o, *p));
-  auto n = encode_into(kv->view(), o, *p, frame, 9);
-  ASSERT_TRUE(n.ok());
-  frame.resize(*n);
+  const std::vector<uint8_t> frame = library_frame(in, *p);
+  ASSERT_FALSE(frame.empty());
   auto file = read_file(path("a.kvc"));
   ASSERT_TRUE(file.ok());
   EXPECT_EQ(*file, frame);
@@ -87,6 +96,54 @@ TEST_F(CliTest, MissingWrongOrCorruptProfileIsOneErrorLine) {
   expect_error(run({"encode", in, "-o", path("b.kvc"), "--profile", path("missing.kvprofile")}), "encode");
   expect_error(run({"encode", in, "-o", path("b.kvc"), "--level", "0", "--profile", path("p.kvprofile")}), "encode");
   EXPECT_FALSE(std::filesystem::exists(path("out.safetensors")));
+}
+
+// put --profile, serve, fetch --profile: the fetched tensor is the library's decode of the
+// stored level; fetch without the profile or with another is one error line naming its digest.
+TEST_F(CliTest, PutServeFetchWithAProfile) {
+  const std::string in = make_cache("in.safetensors", DType::kF16, kShape);
+  const std::vector<uint8_t> pbytes = write_profile(path("p.kvprofile"), 1);
+  write_profile(path("q.kvprofile"), 2);
+  const std::string store = "file:" + path("store");
+  auto put = run({"put", "--store", store, "--id", "c", in, "--levels", "0,5", "--chunk-tokens", "16", "--profile",
+                  path("p.kvprofile"), "--first-position", "9"});
+  ASSERT_EQ(put.exit_code, 0) << put.err;
+  auto p = parse_profile(pbytes);
+  ASSERT_TRUE(p.ok());
+  char need[17];
+  std::snprintf(need, sizeof need, "%016llx", static_cast<unsigned long long>(p->digest));
+  EXPECT_NE(put.err.find(need), std::string::npos) << put.err;  // the profile's digest and size
+
+  const pid_t server = start({"serve", "--store", store, "--port", "0"}, "serve");
+  const std::string banner = wait_for_output("serve", "Ctrl-C");
+  const size_t at = banner.find(" on 127.0.0.1:");
+  if (at == std::string::npos) {
+    stop(server);
+    FAIL() << "serve did not start: " << test::slurp(path("serve.err"));
+  }
+  const std::string addr = "127.0.0.1:" + std::to_string(std::stoi(banner.substr(at + 14)));
+  auto fetch = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = {"fetch", "--server", addr, "--id", "c", "-o", path("f.safetensors"), "--quiet",
+                                     "--policy", "fixed:5"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return run(args);
+  };
+  const auto good = fetch({"--profile", path("p.kvprofile")});
+  const auto missing = fetch({});
+  const auto wrong = fetch({"--profile", path("q.kvprofile")});
+  EXPECT_EQ(stop(server), 0);
+  ASSERT_EQ(good.exit_code, 0) << good.err;
+  for (const auto* r : {&missing, &wrong}) {
+    expect_error(*r, "fetch");
+    EXPECT_NE(r->err.find(need), std::string::npos) << r->err;
+  }
+  const std::vector<uint8_t> frame = library_frame(in, *p);
+  ASSERT_FALSE(frame.empty());
+  std::vector<uint8_t> want(kShape.elements() * 2);
+  ASSERT_TRUE(decode_into(frame, *p, contiguous_view(want.data(), DType::kF16, kShape)).ok());
+  auto out = load_kv(path("f.safetensors"));
+  ASSERT_TRUE(out.ok());
+  EXPECT_EQ(out->data, want);
 }
 
 TEST_F(CliTest, CalibrateFromKVFiles) {

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -25,76 +26,16 @@
 #include "kvcodec/codec.hpp"
 #include "kvcodec/io.hpp"
 #include "kvcodec/profile.hpp"
+#include "profile_test_util.hpp"
 
 namespace kvcodec {
 namespace {
 
-uint64_t splitmix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-// Uniform in [-1, 1) with 2^-20 resolution (exact in float).
-float uniform(uint64_t key) { return float(int32_t(splitmix(key) >> 43) - (1 << 20)) / float(1 << 20); }
-
-// A correlated cache: every head row is a few latent factors mixed into head_dim channels plus
-// small noise and a per-channel offset, so a PCA basis concentrates it.
-std::vector<float> make_cache(const KVShape& s, uint64_t seed) {
-  std::vector<float> x(size_t(s.elements()));
-  const uint32_t d = s.head_dim, C = uint32_t(s.channels());
-  for (uint32_t l = 0; l < s.layers; ++l)
-    for (uint32_t kv = 0; kv < 2; ++kv)
-      for (uint32_t t = 0; t < s.tokens; ++t)
-        for (uint32_t h = 0; h < s.kv_heads; ++h) {
-          const uint64_t row = ((uint64_t(l) * 2 + kv) * s.tokens + t) * s.kv_heads + h;
-          const float f0 = 4.0f * uniform(seed * 1000003 + row * 3), f1 = 2.0f * uniform(seed * 1000003 + row * 3 + 1);
-          for (uint32_t i = 0; i < d; ++i) {
-            const float mix0 = uniform(seed + 77 + (l * 64 + h) * 4096 + i), mix1 = uniform(seed + 99 + (l * 64 + h) * 4096 + i);
-            x[((size_t(l) * 2 + kv) * s.tokens + t) * C + size_t(h) * d + i] =
-                0.5f * uniform(seed + i + 17 * h) + f0 * mix0 + f1 * mix1 + 0.05f * uniform(seed * 7 + row * 4096 + i);
-          }
-        }
-  return x;
-}
-
-// A profile whose axes are a Householder reflection I - 2 v v^T / |v|^2 per head (orthonormal),
-// means from the hash; keys_before_rope as asked.
-Profile make_test_profile(const KVShape& s, bool rope, uint64_t seed) {
-  const uint32_t d = s.head_dim;
-  const size_t heads = size_t(s.layers) * 2 * s.kv_heads;
-  std::vector<float> means(heads * d), axes(heads * d * d);
-  for (size_t hd = 0; hd < heads; ++hd) {
-    std::vector<double> v(d);
-    double n2 = 0;
-    for (uint32_t i = 0; i < d; ++i) {
-      v[i] = uniform(seed + hd * 131 + i) + (i == 0 ? 2.0 : 0.0);
-      n2 += v[i] * v[i];
-      means[hd * d + i] = 0.5f * uniform(seed + 5 + i);
-    }
-    for (uint32_t k = 0; k < d; ++k)
-      for (uint32_t i = 0; i < d; ++i)
-        axes[(hd * d + k) * d + i] = float((k == i ? 1.0 : 0.0) - 2.0 * v[k] * v[i] / n2);
-  }
-  auto p = make_profile(s.layers, s.kv_heads, d, std::move(means), std::move(axes), rope, 10000.0);
-  EXPECT_TRUE(p.ok()) << p.status().to_string();
-  return *p;
-}
-
-std::vector<uint16_t> to_f16(const std::vector<float>& x) {
-  std::vector<uint16_t> h(x.size());
-  for (size_t i = 0; i < x.size(); ++i) h[i] = detail::f32_to_f16(x[i]);
-  return h;
-}
-
-StatusOr<std::vector<uint8_t>> encode_with(const std::vector<uint16_t>& in, const KVShape& s, const EncodeOptions& o,
-                                           const Profile& p, uint32_t first = 0) {
-  std::vector<uint8_t> frame(max_encoded_size(s, DType::kF16, o, p));
-  KVCODEC_ASSIGN_OR_RETURN(size_t n, encode_into(contiguous_view(const_cast<uint16_t*>(in.data()), DType::kF16, s), o, p,
-                                                 frame, first));
-  frame.resize(n);
-  return frame;
-}
+using test::encode_with;
+using test::make_cache;
+using test::make_test_profile;
+using test::to_f16;
+using test::uniform;
 
 // The documented bound (docs/format.md 7): per (layer, K/V, token, head) row,
 //   ||x - x_hat||_2 <= sqrt(d) * step / 2 * (1 + 1e-4) + ||ulp(x_hat) / 2||_2 + 1e-6 ||x||_2
@@ -270,6 +211,68 @@ TEST(Profile, MissingOrWrongProfileIsAnErrorAndWritesNothing) {
   EXPECT_EQ(encode_with(nan, kShape, o, p).status().code(), StatusCode::kInvalidArgument);
 }
 
+// Streaming decode: a FrameDecoder opened on the head with the profile decodes each chunk (in
+// any order, any layer range) to exactly the whole-frame decode; decode_chunk_into the same.
+TEST(Profile, FrameDecoderWithTheProfileDecodesChunksAsTheWholeDecode) {
+  const KVShape s{3, 150, 2, 16};
+  for (bool rope : {false, true}) {
+    SCOPED_TRACE(rope ? "keys before RoPE" : "plain");
+    const std::vector<uint16_t> in = to_f16(make_cache(s, 21));
+    const auto p = std::make_shared<const Profile>(make_test_profile(s, rope, 22));
+    EncodeOptions o;
+    o.level = 5;
+    o.chunk_tokens = 64;  // three chunks, the last one partial
+    auto frame = encode_with(in, s, o, *p, rope ? 1000 : 0);
+    ASSERT_TRUE(frame.ok()) << frame.status().to_string();
+    std::vector<uint16_t> whole(in.size());
+    ASSERT_TRUE(decode_into(*frame, *p, contiguous_view(whole.data(), DType::kF16, s)).ok());
+    auto info = read_frame_info(*frame);
+    ASSERT_TRUE(info.ok());
+    ASSERT_EQ(info->chunks.size(), 3u);
+    const std::span<const uint8_t> head = std::span<const uint8_t>(*frame).first(info->head_bytes);
+    auto body = [&](uint32_t k) { return std::span<const uint8_t>(*frame).subspan(info->chunks[k].offset, info->chunks[k].size); };
+    auto dec = FrameDecoder::open(head, p);
+    ASSERT_TRUE(dec.ok()) << dec.status().to_string();
+    EXPECT_TRUE(dec->info().transformed);
+    EXPECT_EQ(dec->info().dtype, DType::kF16);
+    EXPECT_EQ(dec->info().profile_digest, p->digest);
+    std::vector<uint16_t> chunked(in.size(), 0x1234);
+    DecodeOptions two;
+    two.threads = 2;
+    for (uint32_t k = 3; k-- > 0;)
+      ASSERT_TRUE(dec->decode_chunk(k, body(k), contiguous_view(chunked.data(), DType::kF16, s), two).ok());
+    EXPECT_EQ(chunked, whole);
+    // One chunk, one layer: exactly its rows are written.
+    std::vector<uint16_t> one(in.size(), 0x1234);
+    DecodeOptions lo;
+    lo.layer_begin = 1;
+    lo.layer_end = 2;
+    ASSERT_TRUE(decode_chunk_into(head, 1, body(1), *p, contiguous_view(one.data(), DType::kF16, s), lo).ok());
+    for (size_t i = 0; i < one.size(); ++i) {
+      const size_t t = i / s.channels() % s.tokens, l = i / (s.channels() * s.tokens * 2);
+      ASSERT_EQ(one[i], l == 1 && t >= 64 && t < 128 ? whole[i] : uint16_t(0x1234)) << i;
+    }
+    // A corrupt body is an error, not a tensor.
+    std::vector<uint8_t> bad(body(2).begin(), body(2).end());
+    bad[bad.size() / 2] ^= 1;
+    EXPECT_EQ(dec->decode_chunk(2, bad, contiguous_view(one.data(), DType::kF16, s)).code(), StatusCode::kChecksumMismatch);
+    // Missing or wrong profile: kInvalidArgument naming the digest the frame needs.
+    char need[17];
+    std::snprintf(need, sizeof need, "%016llx", static_cast<unsigned long long>(p->digest));
+    const auto other = std::make_shared<const Profile>(make_test_profile(s, rope, 23));
+    for (const auto& q : {std::shared_ptr<const Profile>(), other}) {
+      auto wrong = FrameDecoder::open(head, q);
+      ASSERT_EQ(wrong.status().code(), StatusCode::kInvalidArgument);
+      EXPECT_NE(std::string(wrong.status().message()).find(need), std::string::npos) << wrong.status().to_string();
+    }
+    EXPECT_EQ(decode_chunk_into(head, 0, body(0), *other, contiguous_view(one.data(), DType::kF16, s)).code(),
+              StatusCode::kInvalidArgument);
+    const KVShape small{2, 150, 2, 16};
+    EXPECT_EQ(FrameDecoder::open(head, std::make_shared<const Profile>(make_test_profile(small, rope, 22))).status().code(),
+              StatusCode::kInvalidArgument);
+  }
+}
+
 TEST(Profile, OlderFramesDecodeAsWithoutAProfile) {
   const std::vector<uint16_t> in = to_f16(make_cache(kShape, 12));
   const Profile p = make_test_profile(kShape, false, 13);
@@ -283,6 +286,17 @@ TEST(Profile, OlderFramesDecodeAsWithoutAProfile) {
   ASSERT_TRUE(decode_into(frame, contiguous_view(a.data(), DType::kF16, kShape)).ok());
   ASSERT_TRUE(decode_into(frame, p, contiguous_view(b.data(), DType::kF16, kShape)).ok());
   EXPECT_EQ(a, b);
+  // A plain head opens with a profile too (unused), and decodes chunks as without one.
+  auto dec = FrameDecoder::open(frame, std::make_shared<const Profile>(p));
+  ASSERT_TRUE(dec.ok()) << dec.status().to_string();
+  EXPECT_FALSE(dec->info().transformed);
+  std::vector<uint16_t> c(in.size());
+  for (uint32_t k = 0; k < dec->info().chunks.size(); ++k) {
+    const ChunkInfo& ci = dec->info().chunks[k];
+    ASSERT_TRUE(dec->decode_chunk(k, std::span<const uint8_t>(frame).subspan(ci.offset, ci.size),
+                                  contiguous_view(c.data(), DType::kF16, kShape)).ok());
+  }
+  EXPECT_EQ(a, c);
 }
 
 TEST(Profile, CorruptProfileFilesAreRejected) {
@@ -511,6 +525,9 @@ TEST(ProfileModels, FramesReferenceTheProfileAndDecodeWithinBound) {
     std::vector<uint16_t> out(in.size());
     ASSERT_TRUE(decode_into(*frame, p, contiguous_view(out.data(), DType::kF16, kShape)).ok());
     expect_within_model_bound(in, out, kShape, p, level);
+    auto stats = analyze_frame(*frame, p);  // the coefficients' symbols, referenced models included
+    ASSERT_TRUE(stats.ok()) << stats.status().to_string();
+    EXPECT_GT(stats->entropy_bits, 0.0);
     // Threads do not change the bytes.
     o.threads = 3;
     auto again = encode_with(in, kShape, o, p, 7);
@@ -559,6 +576,14 @@ TEST(ProfileModels, NeedTheProfileWithModelsAndRejectBadSources) {
   ASSERT_TRUE(frame.ok());
   std::vector<uint16_t> out(in.size());
   const KVView v = contiguous_view(out.data(), DType::kF16, kShape);
+  // A buffer of exactly the frame's size gives the same frame; one byte less is too small.
+  const KVView src = contiguous_view(const_cast<uint16_t*>(in.data()), DType::kF16, kShape);
+  std::vector<uint8_t> exact(frame->size());
+  auto n = encode_into(src, o, p, exact);
+  ASSERT_TRUE(n.ok()) << n.status().to_string();
+  EXPECT_EQ(exact, *frame);
+  std::vector<uint8_t> small(frame->size() - 1);
+  EXPECT_EQ(encode_into(src, o, p, small).status().code(), StatusCode::kBufferTooSmall);
   Profile no_models = p;
   no_models.models.clear();  // same digest, no models: what a stale copy would be
   EXPECT_EQ(decode_into(*frame, no_models, v).code(), StatusCode::kInvalidArgument);
@@ -578,16 +603,16 @@ TEST(ProfileModels, NeedTheProfileWithModelsAndRejectBadSources) {
 
 TEST(ProfileModels, SensitivityAllocatesTheSteps) {
   // Rate-distortion allocation: step ~ 1 / sqrt(sensitivity), the geometric mean kept. Raising one
-  // tensor's sensitivity 16x makes its step 4x smaller (32 codes) relative to every other tensor's.
+  // tensor's sensitivity 4x makes its step 2x smaller (16 codes) relative to every other tensor's.
   Profile a = make_test_profile(kShape, false, 71), b = a;
   const KVShape cs{kShape.layers, 90, kShape.kv_heads, kShape.head_dim};
   std::vector<uint16_t> cache = to_f16(make_cache(cs, 72));
   const std::vector<KVView> views = {contiguous_view(cache.data(), DType::kF16, cs)};
   std::vector<double> w(size_t(kShape.layers) * 2, 1.0);
   ASSERT_TRUE(calibrate_profile_models(a, views, w).ok());
-  w[1] = 16.0;
-  ASSERT_TRUE(calibrate_profile_models(b, views, w).ok());
   const uint32_t C = uint32_t(kShape.channels());
+  w[1] = 4.0;
+  ASSERT_TRUE(calibrate_profile_models(b, views, w).ok());
   for (int level = 2; level <= kMaxLevel; level += 3) {
     std::vector<int32_t> shift;
     for (size_t u = 0; u < w.size(); ++u) {
@@ -598,8 +623,33 @@ TEST(ProfileModels, SensitivityAllocatesTheSteps) {
       shift.push_back(mb.step_code[0] - ma.step_code[0]);
     }
     for (size_t u = 2; u < shift.size(); ++u) EXPECT_NEAR(shift[u], shift[0], 1) << "level " << level;
-    EXPECT_NEAR(shift[1] - shift[0], -32, 1) << "level " << level;
+    EXPECT_NEAR(shift[1] - shift[0], -16, 1) << "level " << level;
   }
+  // However lopsided the sensitivity, no step moves more than 2x (16 codes) from the plain
+  // RMS-relative one (calibration without sensitivity): 1e4x wants 100x, tensor 1 gets 2x finer.
+  Profile plain = a;
+  ASSERT_TRUE(calibrate_profile_models(plain, views, {}).ok());
+  w[1] = 1e4;
+  ASSERT_TRUE(calibrate_profile_models(b, views, w).ok());
+  for (int level = 2; level <= kMaxLevel; level += 3)
+    for (size_t u = 0; u < w.size(); ++u) {
+      detail::LayerModel mp, mb;
+      const size_t i = size_t(level - 1) * w.size() + u;
+      ASSERT_TRUE(detail::parse_profile_model(plain.models[i], C, mp).ok());
+      ASSERT_TRUE(detail::parse_profile_model(b.models[i], C, mb).ok());
+      EXPECT_LE(std::abs(mb.step_code[0] - mp.step_code[0]), 17) << "level " << level << ", tensor " << u;
+      if (u == 1) EXPECT_NEAR(mb.step_code[0] - mp.step_code[0], -16, 1) << "level " << level;
+    }
+  w[1] = 16.0;
+  // Component weights: a channel of 4x the weight gets a step 2x smaller (16 codes) than the others.
+  std::vector<double> cw(w.size() * C, 1.0);
+  cw[0] = 4.0;
+  ASSERT_TRUE(calibrate_profile_models(b, views, w, cw).ok());
+  detail::LayerModel m;
+  ASSERT_TRUE(detail::parse_profile_model(b.models[size_t(4) * w.size()], C, m).ok());  // level 5, layer 0 K
+  EXPECT_NEAR(m.step_code[0] - m.step_code[1], -16, 1);
+  for (uint32_t c = 2; c < C; ++c) EXPECT_EQ(m.step_code[c], m.step_code[1]);
+  EXPECT_EQ(calibrate_profile_models(b, views, {}, cw).code(), StatusCode::kInvalidArgument);  // needs sensitivity
   std::vector<double> bad(size_t(kShape.layers) * 2, 1.0);
   bad[0] = -1;
   EXPECT_EQ(calibrate_profile_models(a, views, bad).code(), StatusCode::kInvalidArgument);
@@ -638,6 +688,18 @@ TEST(ProfileModels, GoldenFrame) {
   uint64_t want = 0;
   dig >> std::hex >> want;
   EXPECT_EQ(detail::xxh64(out.data(), out.size() * 2, 0), want);
+  // Streaming: chunk by chunk from the head alone, with the profile (its models), the same values.
+  const auto shared = std::make_shared<const Profile>(*p);
+  auto dec = FrameDecoder::open(std::span<const uint8_t>(frame).first(info->head_bytes), shared);
+  ASSERT_TRUE(dec.ok()) << dec.status().to_string();
+  std::vector<uint16_t> chunked(in.size());
+  for (uint32_t k = 0; k < info->chunks.size(); ++k) {
+    const ChunkInfo& ci = info->chunks[k];
+    ASSERT_TRUE(dec->decode_chunk(k, std::span<const uint8_t>(frame).subspan(ci.offset, ci.size),
+                                  contiguous_view(chunked.data(), DType::kF16, s)).ok());
+  }
+  EXPECT_EQ(chunked, out);
+  EXPECT_EQ(FrameDecoder::open(frame, nullptr).status().code(), StatusCode::kInvalidArgument);
   expect_within_model_bound(in, out, s, *p, o.level);
   auto again = encode_with(in, s, o, *p, 100);
   ASSERT_TRUE(again.ok());

@@ -73,6 +73,8 @@ struct FrameStats {
 // Decodes every stream of a whole frame (checksums verified) and counts its symbols per table.
 StatusOr<FrameStats> analyze_frame(std::span<const uint8_t> frame);
 
+struct Profile;  // profile.hpp
+
 namespace detail {
 struct Decoder;
 }
@@ -84,6 +86,11 @@ class FrameDecoder {
  public:
   // `head` is the frame's first head_bytes (or the whole frame); it is copied as needed.
   static StatusOr<FrameDecoder> open(std::span<const uint8_t> head);
+  // The same for a transform-coded head (format version 4, profile.hpp): `profile` must be the
+  // one the frame names by digest (kInvalidArgument naming the expected digest when it is
+  // another one or null); the decoder shares it. Heads of versions 1-3 open as without a
+  // profile (it is not used). info() describes the frame as read_frame_info does.
+  static StatusOr<FrameDecoder> open(std::span<const uint8_t> head, std::shared_ptr<const Profile> profile);
   const FrameInfo& info() const noexcept;
   // Decodes chunk `chunk` from its body into dst (the whole context's view), layers limited by
   // options.layer_begin/end.

@@ -8,7 +8,8 @@
  *   it ""). kvcodec_last_error_copy() copies it into a caller buffer.
  * - The caller owns every buffer: frames are written into caller memory of a capacity given
  *   by kvcodec_max_encoded_size(); decoding writes into the caller's tensors through a view.
- *   Nothing returned by the library needs freeing except a kvcodec_decoder handle.
+ *   Nothing returned by the library needs freeing except kvcodec_decoder and kvcodec_profile
+ *   handles.
  * - Functions are thread-safe for distinct destinations. A kvcodec_decoder is immutable after
  *   kvcodec_decoder_open: any number of threads may decode chunks through it concurrently.
  */
@@ -195,6 +196,37 @@ KVCODEC_C_API int32_t kvcodec_decoder_chunk_info(const kvcodec_decoder* decoder,
 KVCODEC_C_API int32_t kvcodec_decoder_decode_chunk(const kvcodec_decoder* decoder, uint32_t chunk,
                                                    const void* body, size_t size, const kvcodec_view* dst,
                                                    const kvcodec_decode_options* options);
+
+/* ---- transform-coding profiles (kvcodec calibrate; include/kvcodec/profile.hpp) ------------- */
+/* A per-model profile, immutable once loaded. Frames encoded with it (format version 4) name it
+ * by digest and decode only with it: without it or with another, decoding fails with
+ * KVCODEC_INVALID_ARGUMENT and a message naming the digest needed, and writes nothing.
+ * Decoders opened with a profile share it: it may be freed before them. */
+typedef struct kvcodec_profile kvcodec_profile;
+/* From a profile file / its bytes (KVCODEC_CORRUPT_DATA, _UNSUPPORTED_VERSION, _NOT_FOUND,
+ * _IO_ERROR). *out = NULL on error. */
+KVCODEC_C_API int32_t kvcodec_profile_load(const char* path, kvcodec_profile** out);
+KVCODEC_C_API int32_t kvcodec_profile_parse(const void* bytes, size_t size, kvcodec_profile** out);
+KVCODEC_C_API void kvcodec_profile_free(kvcodec_profile* profile); /* NULL is a no-op */
+/* Its digest (what frames name) and its size in bytes as a file; 0 for NULL. */
+KVCODEC_C_API uint64_t kvcodec_profile_digest(const kvcodec_profile* profile);
+KVCODEC_C_API size_t kvcodec_profile_size(const kvcodec_profile* profile);
+/* The profile digest a frame needs (0: a frame coded without a profile). */
+KVCODEC_C_API int32_t kvcodec_frame_profile_digest(const void* bytes, size_t size, uint64_t* digest);
+/* kvcodec_max_encoded_size / kvcodec_encode_into with a profile (levels 1..9). first_position:
+ * RoPE position of token 0 (profiles with keys before RoPE). */
+KVCODEC_C_API size_t kvcodec_max_encoded_size_profile(const kvcodec_shape* shape, int32_t dtype,
+                                                      const kvcodec_encode_options* options,
+                                                      const kvcodec_profile* profile);
+KVCODEC_C_API int32_t kvcodec_encode_into_profile(const kvcodec_view* src, const kvcodec_encode_options* options,
+                                                  const kvcodec_profile* profile, uint32_t first_position,
+                                                  void* dst, size_t capacity, size_t* written);
+/* kvcodec_decode_into / kvcodec_decoder_open with a profile (frames of versions 1-3 decode as
+ * without it). */
+KVCODEC_C_API int32_t kvcodec_decode_into_profile(const void* frame, size_t size, const kvcodec_profile* profile,
+                                                  const kvcodec_view* dst, const kvcodec_decode_options* options);
+KVCODEC_C_API int32_t kvcodec_decoder_open_profile(const void* head, size_t size, const kvcodec_profile* profile,
+                                                   kvcodec_decoder** out);
 
 #ifdef __cplusplus
 }

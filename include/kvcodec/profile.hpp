@@ -18,6 +18,7 @@
 #include <span>
 #include <vector>
 
+#include "kvcodec/codec.hpp"  // FrameStats
 #include "kvcodec/config.hpp"
 #include "kvcodec/status.hpp"
 #include "kvcodec/tensor.hpp"
@@ -70,7 +71,12 @@ Status set_profile_models(Profile& p, std::vector<std::vector<uint8_t>> models);
 // the steps are allocated by rate-distortion theory instead of by layer_factor and the tensor's
 // RMS: step(l, kv) = kLevelStep[n] * K / sqrt(sensitivity), K keeping the geometric mean of the
 // steps that of the default allocation (levels keep their average rate).
-Status calibrate_profile_models(Profile& p, std::span<const KVView> caches, std::span<const double> sensitivity = {});
+// component_weight (optional, with sensitivity; 2 * layers * kv_heads * head_dim values, index
+// (l * 2 + kv) * C + h * head_dim + k): the relative cost of an error in component k of head h
+// (e.g. for keys, the queries' energy along the component's axis); steps within a (layer, K/V)
+// then scale with 1 / sqrt(weight / mean weight of the (layer, K/V)).
+Status calibrate_profile_models(Profile& p, std::span<const KVView> caches, std::span<const double> sensitivity = {},
+                                std::span<const double> component_weight = {});
 
 // Forward transform of every (layer, K/V, token, head) row of src into fp32 coefficients,
 // contiguous [layer][kv][token][channel] (channel h * head_dim + k is component k of head h).
@@ -88,5 +94,12 @@ StatusOr<size_t> encode_into(const KVView& src, const EncodeOptions& options, co
 // versions 1-3 decode as without a profile (the profile is not used).
 Status decode_into(std::span<const uint8_t> frame, const Profile& profile, const KVView& dst,
                    const DecodeOptions& options = {});
+// decode_chunk_into (codec.hpp) for frames encoded with `profile`; streaming clients that decode
+// many chunks of one frame open a FrameDecoder with the profile once instead.
+Status decode_chunk_into(std::span<const uint8_t> head, uint32_t chunk, std::span<const uint8_t> chunk_body,
+                         const Profile& profile, const KVView& dst, const DecodeOptions& options = {});
+// analyze_frame (codec.hpp) of a version 4 frame's coefficients, with its profile (needed when the
+// frame references the profile's layer models, docs/format.md 2.2); other frames as without.
+StatusOr<FrameStats> analyze_frame(std::span<const uint8_t> frame, const Profile& profile);
 
 }  // namespace kvcodec

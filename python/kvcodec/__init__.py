@@ -62,64 +62,77 @@ KVShape.__doc__ = "The logical shape of one context's KV cache (layout-independe
 HAS_STREAM = _k.HAS_STREAM
 
 __all__ = ["Store", "Server", "put", "load", "manifest", "remove", "fetch", "HAS_STREAM", "encode", "encode_into",
-           "decode", "decode_into", "max_encoded_size", "frame_info", "KVShape",
+           "decode", "decode_into", "max_encoded_size", "frame_info", "KVShape", "Profile",
            "Error", "InvalidArgument", "CorruptData", "UnsupportedVersion", "BufferTooSmall",
            "ChecksumMismatch", "OutOfRange", "Unavailable", "IoError", "NotFound", "Timeout",
            "ResourceExhausted", "InternalError", "error_class", "LAYOUTS"]
 
 
+Profile = _k.Profile
+Profile.__doc__ = """A transform-coding profile of a model (`kvcodec calibrate`; docs/format.md 8).
+
+    Profile.load(path) / Profile.from_bytes(data); .digest (hex, what frames name), .size (bytes
+    as a file), .layers, .kv_heads, .head_dim, .keys_before_rope, .to_bytes(). Pass it as
+    profile= to encode / encode_into (levels 1..9: a format version 4 frame) and to decode /
+    decode_into; decoding such a frame without it, or with another, raises InvalidArgument naming
+    the digest it needs (frame_info(frame)["profile_digest"])."""
+
+
 def encode(kv, *, level=DEFAULT_LEVEL, layout="contiguous", chunk_tokens=256, threads=0, dtype=None,
            kv_heads=None, block_table=None, tokens=None, group_tokens=1, table_groups=8, step_mode="layer",
-           slot_mapping=None):
+           slot_mapping=None, profile=None, first_position=0):
     """Encodes one context's KV cache into a new frame (bytes).
 
     level: 0 lossless, 1..9 lossy (docs/format.md bounds the error); chunk_tokens: tokens per
     independently decodable chunk; threads: 0 = all cores (the bytes do not depend on it).
     dtype: what raw uint16 / uint8 arrays hold ("bf16", "f16", "f8e4m3"). Layout arguments: see
-    the module docstring.
+    the module docstring. profile: a Profile to transform-code with (levels 1..9);
+    first_position: RoPE position of the first token (profiles with keys before RoPE).
     """
     return _k.encode(kv, level=level, layout=layout, chunk_tokens=chunk_tokens, threads=threads,
                      dtype=_dtype_name(dtype), kv_heads=kv_heads, block_table=block_table,
                      slot_mapping=slot_mapping, tokens=tokens, group_tokens=group_tokens, table_groups=table_groups,
-                     step_mode=step_mode)
+                     step_mode=step_mode, profile=profile, first_position=first_position)
 
 
 def encode_into(kv, out, *, level=DEFAULT_LEVEL, layout="contiguous", chunk_tokens=256, threads=0, dtype=None,
                 kv_heads=None, block_table=None, tokens=None, group_tokens=1, table_groups=8, step_mode="layer",
-                slot_mapping=None):
+                slot_mapping=None, profile=None, first_position=0):
     """Encodes into `out` (a writable contiguous byte buffer: bytearray, numpy/torch uint8) and
     returns the frame's size. BufferTooSmall when `out` is shorter than the frame
     (max_encoded_size always suffices)."""
     return _k.encode_into(kv, out, level=level, layout=layout, chunk_tokens=chunk_tokens, threads=threads,
                           dtype=_dtype_name(dtype), kv_heads=kv_heads, block_table=block_table,
                           slot_mapping=slot_mapping, tokens=tokens, group_tokens=group_tokens,
-                          table_groups=table_groups, step_mode=step_mode)
+                          table_groups=table_groups, step_mode=step_mode, profile=profile,
+                          first_position=first_position)
 
 
 def decode_into(frame, dst, *, layout="contiguous", dtype=None, block_table=None, threads=0, verify=True,
-                chunks=None, layers=None, slot_mapping=None):
+                chunks=None, layers=None, slot_mapping=None, profile=None):
     """Decodes `frame` (bytes-like or uint8 array) into `dst`, in place.
 
     dst must hold exactly the frame's shape and dtype in `layout` (raw uint16 / uint8 arrays are
     taken as the frame's bf16 / f16 / f8 bits). chunks=(begin, end) and layers=(begin, end)
     decode only those chunks / layers and leave the rest of dst untouched. verify=False skips the
-    chunk checksums (benchmarks only).
+    chunk checksums (benchmarks only). profile: the Profile a format version 4 frame was encoded
+    with (required for those; not used for others).
     """
     cb, ce = chunks if chunks is not None else (0, 0xFFFFFFFF)
     lb, le = layers if layers is not None else (0, 0xFFFFFFFF)
     _k.decode_into(frame, dst, layout=layout, dtype=_dtype_name(dtype), block_table=block_table,
                    slot_mapping=slot_mapping, threads=threads, verify=verify, chunk_begin=cb, chunk_end=ce,
-                   layer_begin=lb, layer_end=le)
+                   layer_begin=lb, layer_end=le, profile=profile)
 
 
-def decode(frame, *, backend="auto", threads=0):
+def decode(frame, *, backend="auto", threads=0, profile=None):
     """Decodes a whole frame into a new array [L, 2, T, H, D] of the frame's dtype.
 
     backend="numpy" returns a numpy array: float32 / float16, and for bf16 / f8e4m3 frames (numpy
     has neither) a uint16 / uint8 array of their bits. backend="torch" returns a torch tensor
     (float8 as torch.uint8 bits where torch lacks float8_e4m3fn). backend="auto" (default) returns
     numpy for f32 / f16 frames and torch for bf16 / f8e4m3 frames when torch is importable (else
-    numpy bits).
+    numpy bits). profile: as for decode_into.
     """
     if backend not in ("auto", "numpy", "torch"):
         raise InvalidArgument(f"backend must be 'auto', 'numpy' or 'torch', got {backend!r}")
@@ -141,7 +154,7 @@ def decode(frame, *, backend="auto", threads=0):
         import numpy as np
         out = np.empty(shape, dtype={"f32": np.float32, "f16": np.float16, "bf16": np.uint16,
                                      "f8e4m3": np.uint8}[dt])
-    _k.decode_into(frame, out, threads=threads)
+    _k.decode_into(frame, out, threads=threads, profile=profile)
     return out
 
 
@@ -196,21 +209,23 @@ def _stream():
 
 
 def put(store, id, kv, *, levels=(0, 2, 4, 6, 8), chunk_tokens=256, text_tokens=(), threads=0, measure=True,
-        layout="contiguous", dtype=None, kv_heads=None, block_table=None, tokens=None, slot_mapping=None):
+        layout="contiguous", dtype=None, kv_heads=None, block_table=None, tokens=None, slot_mapping=None,
+        profile=None, first_position=0):
     """Stores context `id` at each level (head and chunk bodies apart, manifest last) and returns
-    its manifest (dict). text_tokens: the context's token ids, for clients that recompute chunks."""
+    its manifest (dict). text_tokens: the context's token ids, for clients that recompute chunks.
+    profile: transform-code the lossy levels with this Profile (load and fetch then need it)."""
     return _stream().put(store, id, kv, levels=list(levels), chunk_tokens=chunk_tokens,
                          text_tokens=[int(t) for t in text_tokens], threads=threads, measure=measure, layout=layout,
                          dtype=_dtype_name(dtype), kv_heads=kv_heads, block_table=block_table,
-                         slot_mapping=slot_mapping, tokens=tokens)
+                         slot_mapping=slot_mapping, tokens=tokens, profile=profile, first_position=first_position)
 
 
 def load(store, id, dst, *, level=None, layout="contiguous", dtype=None, block_table=None, threads=0,
-         slot_mapping=None):
+         slot_mapping=None, profile=None):
     """Decodes context `id` from `store` into dst in place, at `level` (default: the lowest stored,
     the most faithful). Every head and chunk is verified against the manifest's checksums."""
     _stream().load(store, id, dst, level=level, layout=layout, dtype=_dtype_name(dtype), block_table=block_table,
-                   slot_mapping=slot_mapping, threads=threads)
+                   slot_mapping=slot_mapping, threads=threads, profile=profile)
 
 
 def manifest(store, id):
@@ -224,7 +239,8 @@ def remove(store, id):
 
 
 def fetch(host, port, id, dst=None, *, layout="contiguous", dtype=None, block_table=None, slo_s=1.0,
-          decode_threads=1, policy="adaptive", connect_timeout_ms=2000, io_timeout_ms=5000, slot_mapping=None):
+          decode_threads=1, policy="adaptive", connect_timeout_ms=2000, io_timeout_ms=5000, slot_mapping=None,
+          profile=None):
     """Streams context `id` from a kvcodec Server, the controller choosing each chunk's level
     within the TTFT objective slo_s. Returns (kv, report): kv is dst (written in place) or a new
     [L, 2, T, H, D] array (numpy; torch for bf16 when importable), report the fetch's account
@@ -232,7 +248,8 @@ def fetch(host, port, id, dst=None, *, layout="contiguous", dtype=None, block_ta
     kv, report = _stream().fetch(host, port, id, dst=dst, layout=layout, dtype=_dtype_name(dtype),
                                  block_table=block_table, slot_mapping=slot_mapping, slo_s=slo_s,
                                  decode_threads=decode_threads, policy=policy,
-                                 connect_timeout_ms=connect_timeout_ms, io_timeout_ms=io_timeout_ms)
+                                 connect_timeout_ms=connect_timeout_ms, io_timeout_ms=io_timeout_ms,
+                                 profile=profile)
     if dst is None and kv.dtype.itemsize != 4 and kv.dtype.kind == "u":
         try:
             import numpy as np

@@ -6,6 +6,9 @@
 
 #include <cinttypes>
 #include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -13,6 +16,7 @@
 #include "kvcodec/codec.hpp"
 #include "kvcodec/config.hpp"
 #include "kvcodec/format.hpp"
+#include "kvcodec/profile.hpp"
 #include "kvcodec/version.hpp"
 #include "layout.hpp"
 #include "stream.hpp"
@@ -57,8 +61,10 @@ EncodeOptions encode_options(int level, uint32_t chunk_tokens, int threads, uint
   return o;
 }
 
-size_t bound_for(const KVView& v, const EncodeOptions& o) {
-  const size_t n = max_encoded_size(v.shape, v.dtype, o);
+using ProfilePtr = std::shared_ptr<Profile>;
+
+size_t bound_for(const KVView& v, const EncodeOptions& o, const Profile* p) {
+  const size_t n = p ? max_encoded_size(v.shape, v.dtype, o, *p) : max_encoded_size(v.shape, v.dtype, o);
   if (n == 0) raise_invalid("max_encoded_size: invalid shape or options");
   return n;
 }
@@ -66,17 +72,18 @@ size_t bound_for(const KVView& v, const EncodeOptions& o) {
 py::bytes encode(py::handle kv, int level, const std::string& layout, uint32_t chunk_tokens, int threads,
                  const std::optional<std::string>& dtype, std::optional<uint32_t> kv_heads, py::object block_table,
                  py::object slot_mapping, std::optional<uint32_t> tokens, uint32_t group_tokens, uint32_t table_groups,
-                 const std::string& step_mode) {
+                 const std::string& step_mode, ProfilePtr profile, uint32_t first_position) {
   const EncodeOptions o = encode_options(level, chunk_tokens, threads, group_tokens, table_groups, step_mode);
   auto bound = bind_view(
       kv, layout_args(layout, dtype, kv_heads, std::move(block_table), tokens, std::move(slot_mapping)), false, {}, {});
-  const size_t cap = bound_for(bound->view, o);
+  const size_t cap = bound_for(bound->view, o, profile.get());
   PyObject* out = PyBytes_FromStringAndSize(nullptr, Py_ssize_t(cap));
   if (!out) throw py::error_already_set();
   StatusOr<size_t> n = Status();
   {
     py::gil_scoped_release release;
-    n = encode_into(bound->view, o, {reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(out)), cap});
+    const std::span<uint8_t> dst{reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(out)), cap};
+    n = profile ? encode_into(bound->view, o, *profile, dst, first_position) : encode_into(bound->view, o, dst);
   }
   if (!n.ok()) {
     Py_DECREF(out);
@@ -89,7 +96,8 @@ py::bytes encode(py::handle kv, int level, const std::string& layout, uint32_t c
 size_t encode_into_py(py::handle kv, py::handle out, int level, const std::string& layout, uint32_t chunk_tokens,
                       int threads, const std::optional<std::string>& dtype, std::optional<uint32_t> kv_heads,
                       py::object block_table, py::object slot_mapping, std::optional<uint32_t> tokens,
-                      uint32_t group_tokens, uint32_t table_groups, const std::string& step_mode) {
+                      uint32_t group_tokens, uint32_t table_groups, const std::string& step_mode, ProfilePtr profile,
+                      uint32_t first_position) {
   const EncodeOptions o = encode_options(level, chunk_tokens, threads, group_tokens, table_groups, step_mode);
   auto bound = bind_view(
       kv, layout_args(layout, dtype, kv_heads, std::move(block_table), tokens, std::move(slot_mapping)), false, {}, {});
@@ -98,7 +106,7 @@ size_t encode_into_py(py::handle kv, py::handle out, int level, const std::strin
   StatusOr<size_t> n = Status();
   {
     py::gil_scoped_release release;
-    n = encode_into(bound->view, o, bytes);
+    n = profile ? encode_into(bound->view, o, *profile, bytes, first_position) : encode_into(bound->view, o, bytes);
   }
   if (!n.ok()) raise(n.status());
   return *n;
@@ -113,7 +121,7 @@ FrameInfo frame_info_of(std::span<const uint8_t> frame) {
 void decode_into_py(py::handle frame_obj, py::handle dst, const std::string& layout,
                     const std::optional<std::string>& dtype, py::object block_table, py::object slot_mapping,
                     int threads, bool verify, uint32_t chunk_begin, uint32_t chunk_end, uint32_t layer_begin,
-                    uint32_t layer_end) {
+                    uint32_t layer_end, ProfilePtr profile) {
   const Array src = acquire(frame_obj, false, "frame");
   const std::span<const uint8_t> frame = byte_span(src, "frame");
   const FrameInfo info = frame_info_of(frame);
@@ -130,9 +138,31 @@ void decode_into_py(py::handle frame_obj, py::handle dst, const std::string& lay
   Status s;
   {
     py::gil_scoped_release release;
-    s = decode_into(frame, bound->view, o);
+    s = profile ? decode_into(frame, *profile, bound->view, o) : decode_into(frame, bound->view, o);
   }
   if (!s.ok()) raise(s);
+}
+
+std::string hex64(uint64_t v) {
+  char hex[17];
+  std::snprintf(hex, sizeof(hex), "%016" PRIx64, v);
+  return hex;
+}
+
+ProfilePtr profile_from_bytes(py::handle b) {
+  const Array src = acquire(b, false, "bytes");
+  StatusOr<Profile> p = parse_profile(byte_span(src, "bytes"));
+  if (!p.ok()) raise(p.status());
+  return std::make_shared<Profile>(std::move(*p));
+}
+
+ProfilePtr profile_load(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) raise(NotFound("cannot open profile " + path));
+  const std::vector<uint8_t> b((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  StatusOr<Profile> p = parse_profile(b);
+  if (!p.ok()) raise(p.status().with_context(path));
+  return std::make_shared<Profile>(std::move(*p));
 }
 
 py::dict frame_info_py(py::handle frame_obj, bool verify) {
@@ -165,7 +195,7 @@ py::dict frame_info_py(py::handle frame_obj, bool verify) {
                   "uncompressed_bytes"_a = f.shape.elements() * dtype_size(f.dtype), "table_bytes"_a = f.table_bytes,
                   "model_bytes"_a = f.model_bytes, "head_bytes"_a = f.head_bytes, "payload_bytes"_a = f.payload_bytes(),
                   "frame_bytes"_a = f.frame_bytes, "file_bytes"_a = frame.size(), "checksum_ok"_a = checksum_ok,
-                  "chunk_list"_a = chunks);
+                  "chunk_list"_a = chunks, "profile_digest"_a = f.transformed ? hex64(f.profile_digest) : std::string());
 }
 
 size_t max_encoded_size_py(uint32_t layers, uint32_t tokens, uint32_t kv_heads, uint32_t head_dim,
@@ -210,17 +240,37 @@ PYBIND11_MODULE(_kvcodec, m) {
         py::arg("layout") = "contiguous", py::arg("chunk_tokens") = 256u, py::arg("threads") = 0,
         py::arg("dtype") = py::none(), py::arg("kv_heads") = py::none(), py::arg("block_table") = py::none(),
         py::arg("slot_mapping") = py::none(), py::arg("tokens") = py::none(), py::arg("group_tokens") = 1u,
-        py::arg("table_groups") = 8u, py::arg("step_mode") = "layer");
+        py::arg("table_groups") = 8u, py::arg("step_mode") = "layer", py::arg("profile") = nullptr,
+        py::arg("first_position") = 0u);
   m.def("encode_into", &encode_into_py, py::arg("kv"), py::arg("out"), py::kw_only(),
         py::arg("level") = kvcodec::kDefaultLevel, py::arg("layout") = "contiguous", py::arg("chunk_tokens") = 256u,
         py::arg("threads") = 0, py::arg("dtype") = py::none(), py::arg("kv_heads") = py::none(),
         py::arg("block_table") = py::none(), py::arg("slot_mapping") = py::none(), py::arg("tokens") = py::none(),
-        py::arg("group_tokens") = 1u, py::arg("table_groups") = 8u, py::arg("step_mode") = "layer");
+        py::arg("group_tokens") = 1u, py::arg("table_groups") = 8u, py::arg("step_mode") = "layer",
+        py::arg("profile") = nullptr, py::arg("first_position") = 0u);
   m.def("decode_into", &decode_into_py, py::arg("frame"), py::arg("dst"), py::kw_only(),
         py::arg("layout") = "contiguous", py::arg("dtype") = py::none(), py::arg("block_table") = py::none(),
         py::arg("slot_mapping") = py::none(), py::arg("threads") = 0, py::arg("verify") = true,
         py::arg("chunk_begin") = 0u, py::arg("chunk_end") = UINT32_MAX, py::arg("layer_begin") = 0u,
-        py::arg("layer_end") = UINT32_MAX);
+        py::arg("layer_end") = UINT32_MAX, py::arg("profile") = nullptr);
+  py::class_<kvcodec::Profile, ProfilePtr>(m, "Profile")
+      .def_static("load", &profile_load, py::arg("path"))
+      .def_static("from_bytes", &profile_from_bytes, py::arg("data"))
+      .def("to_bytes",
+           [](const kvcodec::Profile& p) {
+             const std::vector<uint8_t> b = serialize_profile(p);
+             return py::bytes(reinterpret_cast<const char*>(b.data()), b.size());
+           })
+      .def_property_readonly("digest", [](const kvcodec::Profile& p) { return hex64(p.digest); })
+      .def_property_readonly("size", [](const kvcodec::Profile& p) { return serialize_profile(p).size(); })
+      .def_property_readonly("layers", [](const kvcodec::Profile& p) { return p.layers; })
+      .def_property_readonly("kv_heads", [](const kvcodec::Profile& p) { return p.kv_heads; })
+      .def_property_readonly("head_dim", [](const kvcodec::Profile& p) { return p.head_dim; })
+      .def_property_readonly("keys_before_rope", [](const kvcodec::Profile& p) { return p.keys_before_rope; })
+      .def("__repr__", [](const kvcodec::Profile& p) {
+        return "<kvcodec.Profile " + hex64(p.digest) + ": " + std::to_string(p.layers) + " layers, " +
+               std::to_string(p.kv_heads) + " kv heads, head_dim " + std::to_string(p.head_dim) + ">";
+      });
   m.def("frame_info", &frame_info_py, py::arg("frame"), py::kw_only(), py::arg("verify") = true);
   m.def("max_encoded_size", &max_encoded_size_py, py::arg("layers"), py::arg("tokens"), py::arg("kv_heads"),
         py::arg("head_dim"), py::arg("dtype"), py::kw_only(), py::arg("level") = kvcodec::kDefaultLevel,

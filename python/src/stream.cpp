@@ -11,6 +11,7 @@
 
 #include "kvcodec/codec.hpp"
 #include "kvcodec/io.hpp"
+#include "kvcodec/profile.hpp"
 #include "kvcodec/store.hpp"
 #include "kvcodec/stream.hpp"
 
@@ -57,7 +58,8 @@ PyStore open(const std::string& uri, int connect_timeout_ms, int command_timeout
 py::object put(PyStore& st, const std::string& id, py::handle kv, const std::vector<int>& levels, uint32_t chunk_tokens,
                const std::vector<int32_t>& text_tokens, int threads, bool measure, const std::string& layout,
                const std::optional<std::string>& dtype, std::optional<uint32_t> kv_heads, py::object block_table,
-               py::object slot_mapping, std::optional<uint32_t> tokens) {
+               py::object slot_mapping, std::optional<uint32_t> tokens, std::shared_ptr<Profile> profile,
+               uint32_t first_position) {
   auto bound = bind_view(
       kv, layout_args(layout, dtype, kv_heads, std::move(block_table), tokens, std::move(slot_mapping)), false, {}, {});
   PutOptions o;
@@ -66,6 +68,8 @@ py::object put(PyStore& st, const std::string& id, py::handle kv, const std::vec
   o.text_tokens = text_tokens;
   o.threads = threads;
   o.measure = measure;
+  o.profile = std::move(profile);
+  o.first_position = first_position;
   StatusOr<Manifest> m = Status();
   {
     py::gil_scoped_release release;
@@ -86,7 +90,8 @@ Manifest read_manifest(PyStore& st, const std::string& id) {
 // Decodes context `id` at one stored level (default: the lowest, i.e. the most faithful) from
 // the store into dst, chunk by chunk; every value is verified against the manifest.
 void load(PyStore& st, const std::string& id, py::handle dst, std::optional<int> level, const std::string& layout,
-          const std::optional<std::string>& dtype, py::object block_table, py::object slot_mapping, int threads) {
+          const std::optional<std::string>& dtype, py::object block_table, py::object slot_mapping, int threads,
+          std::shared_ptr<Profile> profile) {
   const Manifest m = read_manifest(st, id);
   const ManifestLevel* lv = level ? m.find_level(*level) : m.levels.empty() ? nullptr : &m.levels.front();
   if (!lv) raise(NotFound("context '" + id + "' has no level " + (level ? std::to_string(*level) : "")));
@@ -100,7 +105,7 @@ void load(PyStore& st, const std::string& id, py::handle dst, std::optional<int>
     py::gil_scoped_release release;
     s = [&]() -> Status {
       KVCODEC_ASSIGN_OR_RETURN(std::vector<uint8_t> head, get_head(*st.store, id, m, lv->level));
-      KVCODEC_ASSIGN_OR_RETURN(FrameDecoder decoder, FrameDecoder::open(head));
+      KVCODEC_ASSIGN_OR_RETURN(FrameDecoder decoder, FrameDecoder::open(head, profile));
       for (uint32_t c = 0; c < m.num_chunks(); ++c) {
         KVCODEC_ASSIGN_OR_RETURN(std::vector<uint8_t> body, get_chunk(*st.store, id, m, lv->level, c));
         KVCODEC_RETURN_IF_ERROR(decoder.decode_chunk(c, body, bound->view, o));
@@ -169,8 +174,9 @@ py::array owning_array(std::unique_ptr<KVCache> cache) {
 py::tuple fetch(const std::string& host, uint16_t port, const std::string& id, py::object dst,
                 const std::string& layout, const std::optional<std::string>& dtype, py::object block_table,
                 py::object slot_mapping, double slo_s, int decode_threads, const std::string& policy,
-                int connect_timeout_ms, int io_timeout_ms) {
+                int connect_timeout_ms, int io_timeout_ms, std::shared_ptr<Profile> profile) {
   FetchOptions fo;
+  fo.profile = std::move(profile);
   fo.host = host;
   fo.port = port;
   fo.id = id;
@@ -276,13 +282,14 @@ bool bind_stream(py::module_& m) {
         py::arg("levels") = std::vector<int>{0, 2, 4, 6, 8}, py::arg("chunk_tokens") = 256u,
         py::arg("text_tokens") = std::vector<int32_t>{}, py::arg("threads") = 0, py::arg("measure") = true,
         py::arg("layout") = "contiguous", py::arg("dtype") = py::none(), py::arg("kv_heads") = py::none(),
-        py::arg("block_table") = py::none(), py::arg("slot_mapping") = py::none(), py::arg("tokens") = py::none());
+        py::arg("block_table") = py::none(), py::arg("slot_mapping") = py::none(), py::arg("tokens") = py::none(),
+        py::arg("profile") = nullptr, py::arg("first_position") = 0u);
   m.def(
       "manifest", [](PyStore& st, const std::string& id) { return json(manifest_json(read_manifest(st, id), id)); },
       py::arg("store"), py::arg("id"));
   m.def("load", &load, py::arg("store"), py::arg("id"), py::arg("dst"), py::kw_only(), py::arg("level") = py::none(),
         py::arg("layout") = "contiguous", py::arg("dtype") = py::none(), py::arg("block_table") = py::none(),
-        py::arg("slot_mapping") = py::none(), py::arg("threads") = 0);
+        py::arg("slot_mapping") = py::none(), py::arg("threads") = 0, py::arg("profile") = nullptr);
   m.def(
       "remove",
       [](PyStore& st, const std::string& id) {
@@ -297,7 +304,8 @@ bool bind_stream(py::module_& m) {
   m.def("fetch", &fetch, py::arg("host"), py::arg("port"), py::arg("id"), py::kw_only(), py::arg("dst") = py::none(),
         py::arg("layout") = "contiguous", py::arg("dtype") = py::none(), py::arg("block_table") = py::none(),
         py::arg("slot_mapping") = py::none(), py::arg("slo_s") = 1.0, py::arg("decode_threads") = 1,
-        py::arg("policy") = "adaptive", py::arg("connect_timeout_ms") = 2000, py::arg("io_timeout_ms") = 5000);
+        py::arg("policy") = "adaptive", py::arg("connect_timeout_ms") = 2000, py::arg("io_timeout_ms") = 5000,
+        py::arg("profile") = nullptr);
   return true;
 }
 

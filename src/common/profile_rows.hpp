@@ -7,6 +7,7 @@
 #include <span>
 #include <vector>
 
+#include "kvcodec/format.hpp"
 #include "kvcodec/profile.hpp"
 #include "kvcodec/status.hpp"
 
@@ -72,10 +73,29 @@ Status profile_forward(const Profile& p, const KVView& src, uint32_t first_posit
 void reframe(std::span<const uint8_t> in, uint32_t remove, std::span<const uint8_t> insert, uint16_t version,
              uint16_t flags, uint8_t dtype, std::span<uint8_t> out);
 
+// kInvalidArgument, naming the digest the frame needs, when a transform-coded frame `f` has no
+// profile (nullptr) or another one, or the profile does not fit its shape; OK for other frames.
+Status check_frame_profile(const FrameInfo& f, const Profile* p);
+
+struct Decoder;  // decode/decode.cpp
+// Decodes the layers [lb, le) of chunk k of a plain frame from its body into dst (the decoder's
+// own chunk decode; decode.cpp).
+Status decode_plain_chunk(const Decoder& d, uint32_t k, std::span<const uint8_t> body, const KVView& dst,
+                          uint32_t lb, uint32_t le, bool verify, int threads);
+// The same for chunk k of the transform-coded frame `f` (chunk and layers in range, dst checked
+// against f): `coded` decodes its coefficients into fp32 scratch of the chunk, which are then
+// transformed back into dst (decode/decode_transform.cpp).
+Status decode_transformed_chunk(const Profile& p, const FrameInfo& f, const Decoder& coded, uint32_t k,
+                                std::span<const uint8_t> body, const KVView& dst, uint32_t lb, uint32_t le,
+                                bool verify, int threads);
+
 // The version 3 frame of a version 4 frame's fp32 coefficients (transform block removed); `frame`
 // must be exactly frame_bytes long (kBufferTooSmall / kCorruptData otherwise). A frame with
 // profile models (kFrameFlagProfileModels) needs its profile (kInvalidArgument without it): the
 // referenced layer models are written out in full.
 StatusOr<std::vector<uint8_t>> coefficient_frame(std::span<const uint8_t> frame, const Profile* profile = nullptr);
+// The head of that coefficient frame, from a version 4 frame's head (or whole frame): what a
+// FrameDecoder opened with the profile decodes chunks with.
+StatusOr<std::vector<uint8_t>> coefficient_head(std::span<const uint8_t> head, const Profile* profile);
 
 }  // namespace kvcodec::detail

@@ -56,6 +56,10 @@ struct Decoder {
   FrameInfo info;
   size_t es = 0;
   std::vector<DecLayer> layers;  // [layer * 2 + kv]
+  // Transform-coded frames (version 4): the profile, and the decoder of the coefficient frame
+  // (profile_rows.hpp's coefficient_frame) that holds the tables; `layers` stays empty.
+  std::shared_ptr<const Profile> profile;
+  std::shared_ptr<const Decoder> coded;
 };
 
 }  // namespace detail
@@ -625,6 +629,15 @@ Status decode_chunk(const Decoder& d, uint32_t k, std::span<const uint8_t> body,
   return Status::Ok();
 }
 
+}  // namespace
+
+Status detail::decode_plain_chunk(const Decoder& d, uint32_t k, std::span<const uint8_t> body, const KVView& dst,
+                                  uint32_t lb, uint32_t le, bool verify, int threads) {
+  return decode_chunk(d, k, body, dst, lb, le, verify, threads);
+}
+
+namespace {
+
 Status check_destination(const FrameInfo& f, const KVView& dst) {
   if (dst.dtype != f.dtype)
     return InvalidArgument(std::string("destination dtype ") + dtype_name(dst.dtype) + " differs from the frame's " +
@@ -650,6 +663,23 @@ StatusOr<FrameDecoder> FrameDecoder::open(std::span<const uint8_t> head) {
   return f;
 }
 
+StatusOr<FrameDecoder> FrameDecoder::open(std::span<const uint8_t> head, std::shared_ptr<const Profile> profile) {
+  KVCODEC_ASSIGN_OR_RETURN(FrameInfo info, read_frame_info(head));
+  if (!info.transformed) return open(head);
+  KVCODEC_RETURN_IF_ERROR(detail::check_frame_profile(info, profile.get()));
+  // The coefficient frame's head: version 3, fp32, with the tables (its own or the profile's).
+  KVCODEC_ASSIGN_OR_RETURN(std::vector<uint8_t> inner, detail::coefficient_head(head, profile.get()));
+  KVCODEC_ASSIGN_OR_RETURN(auto coded, make_decoder(inner));
+  auto d = std::make_shared<Decoder>();
+  d->info = std::move(info);
+  d->es = dtype_size(d->info.dtype);
+  d->profile = std::move(profile);
+  d->coded = std::move(coded);
+  FrameDecoder f;
+  f.impl_ = std::move(d);
+  return f;
+}
+
 const FrameInfo& FrameDecoder::info() const noexcept { return impl_->info; }
 
 Status FrameDecoder::decode_chunk(uint32_t chunk, std::span<const uint8_t> body, const KVView& dst,
@@ -665,7 +695,10 @@ Status FrameDecoder::decode_chunk(uint32_t chunk, std::span<const uint8_t> body,
   one.chunk_end = chunk + 1;
   KVCODEC_RETURN_IF_ERROR(check_decode_limit(impl_->info, one));
   const detail::MetricTimer timer(o.metrics);
-  const Status s = kvcodec::decode_chunk(*impl_, chunk, body, dst, o.layer_begin, le, o.verify_checksums, o.threads);
+  const Status s = impl_->coded ? detail::decode_transformed_chunk(*impl_->profile, impl_->info, *impl_->coded, chunk, body,
+                                                                   dst, o.layer_begin, le, o.verify_checksums, o.threads)
+                                : kvcodec::decode_chunk(*impl_, chunk, body, dst, o.layer_begin, le, o.verify_checksums,
+                                                        o.threads);
   if (timer.sink()) {
     const uint64_t raw = decoded_bytes(impl_->info, one);
     detail::record_decode(timer, s, impl_->info.level, raw, body.size(), raw / dtype_size(impl_->info.dtype));

@@ -31,9 +31,7 @@ std::string hex64(uint64_t v) {
 
 Status check_transform_decode(const FrameInfo& f, std::span<const uint8_t> frame, const Profile& p, const KVView& dst,
                               const DecodeOptions& o) {
-  if (f.profile_digest != p.digest)
-    return InvalidArgument("frame needs profile " + hex64(f.profile_digest) + ", got profile " + hex64(p.digest));
-  KVCODEC_RETURN_IF_ERROR(detail::check_profile_shape(p, f.shape));
+  KVCODEC_RETURN_IF_ERROR(detail::check_frame_profile(f, &p));
   if (dst.dtype != f.dtype || !(dst.shape == f.shape))
     return InvalidArgument("destination dtype or shape differs from the frame's");
   KVCODEC_RETURN_IF_ERROR(validate_view(dst));
@@ -63,7 +61,7 @@ __attribute__((target("avx2,f16c"))) void store_f16_f16c(const float* x, size_t 
 #endif
 
 // Transforms back the coefficient rows of one (layer, K/V, head) for tokens [t0, t1) (row t at
-// y + t * C) and stores them in dst's dtype, a block of rows at a time.
+// y + (t - t0) * C) and stores them in dst's dtype, a block of rows at a time.
 void inverse_head(const Profile& p, uint32_t l, uint32_t kv, uint32_t h, const float* y, size_t C, uint32_t t0,
                   uint32_t t1, const std::vector<double>& cs, const KVView& dst) {
   constexpr uint32_t kRows = 16;
@@ -80,7 +78,7 @@ void inverse_head(const Profile& p, uint32_t l, uint32_t kv, uint32_t h, const f
   for (uint32_t t = t0; t < t1; t += kRows) {
     const uint32_t n = std::min(kRows, t1 - t);
     const double* c = cs.empty() ? nullptr : cs.data() + size_t(t - t0) * d;
-    detail::inverse_rows(p, head, axes.data(), kv, c, y + size_t(t) * C, C, n, w, x.data());
+    detail::inverse_rows(p, head, axes.data(), kv, c, y + size_t(t - t0) * C, C, n, w, x.data());
     for (uint32_t r = 0; r < n; ++r) {
       uint8_t* out = static_cast<uint8_t*>(dst.element(l, kv, t + r, h, 0));
 #if defined(__x86_64__)
@@ -97,6 +95,39 @@ void inverse_head(const Profile& p, uint32_t l, uint32_t kv, uint32_t h, const f
 }  // namespace
 
 namespace detail {
+
+Status check_frame_profile(const FrameInfo& f, const Profile* p) {
+  if (!f.transformed) return Status::Ok();
+  if (!p)
+    return InvalidArgument("transform-coded frame (format version 4) needs profile " + hex64(f.profile_digest) +
+                           ": none given");
+  if (f.profile_digest != p->digest)
+    return InvalidArgument("frame needs profile " + hex64(f.profile_digest) + ", got profile " + hex64(p->digest));
+  return check_profile_shape(*p, f.shape);
+}
+
+Status decode_transformed_chunk(const Profile& p, const FrameInfo& f, const Decoder& coded, uint32_t k,
+                                std::span<const uint8_t> body, const KVView& dst, uint32_t lb, uint32_t le,
+                                bool verify, int threads) {
+  const ChunkInfo& ci = f.chunks[k];
+  const KVShape& s = f.shape;
+  const size_t C = s.channels(), plane = size_t(f.chunk_tokens) * C;
+  // fp32 scratch of the chunk's coefficients: a paged view whose single block of chunk_tokens
+  // tokens every chunk maps to, K and V of layer l at block_of[l] and block_of[l] + plane.
+  std::vector<float> coef(size_t(le - lb) * 2 * plane);
+  std::vector<void*> block_of(s.layers, coef.data());
+  for (uint32_t l = lb; l < le; ++l) block_of[l] = coef.data() + size_t(l - lb) * 2 * plane;
+  const std::vector<int32_t> table(f.chunks.size(), 0);
+  const KVView scratch = vllm_paged_view(block_of.data(), DType::kF32, s, table.data(), 1, f.chunk_tokens);
+  KVCODEC_RETURN_IF_ERROR(decode_plain_chunk(coded, k, body, scratch, lb, le, verify, threads));
+  std::vector<double> cs;
+  if (p.keys_before_rope) rope_table(p, f.first_position + ci.token_begin, ci.tokens, cs);
+  return parallel_for(size_t(le - lb) * 2 * s.kv_heads, threads, [&](size_t i) {
+    const uint32_t l = lb + uint32_t(i / (2 * s.kv_heads)), kv = uint32_t(i / s.kv_heads % 2), h = uint32_t(i % s.kv_heads);
+    const float* y = coef.data() + (size_t(l - lb) * 2 + kv) * plane + size_t(h) * s.head_dim;
+    inverse_head(p, l, kv, h, y, C, ci.token_begin, ci.token_begin + ci.tokens, cs, dst);
+  });
+}
 
 namespace {
 
@@ -131,15 +162,26 @@ StatusOr<std::vector<uint8_t>> expand_profile_models(std::span<const uint8_t> fr
   }
   if (pos != f.model_bytes) return Internal("profile models: model section sizes disagree");
   if (model.size() > UINT32_MAX) return ResourceExhausted("model section over 4 GiB");
-  std::vector<uint8_t> inner(f.frame_bytes - f.model_bytes + model.size());
+  // `frame` may be the head alone (coefficient_head): the output holds what the input does.
+  std::vector<uint8_t> inner(frame.size() - f.model_bytes + model.size());
   reframe(frame, uint32_t(f.model_bytes), model, kStoredUnitsFormatVersion, 0, uint8_t(DType::kF32), inner);
   inner[kOffTableGroups] = uint8_t(kMaxTableGroups);  // a profile's model may have up to 16 groups
   store_le64(inner.data() + kOffHeadChecksum,
-             head_checksum(kStoredUnitsFormatVersion, inner.data(), inner.size() - (f.frame_bytes - f.head_bytes)));
+             head_checksum(kStoredUnitsFormatVersion, inner.data(), inner.size() - (frame.size() - f.head_bytes)));
   return inner;
 }
 
 }  // namespace
+
+StatusOr<std::vector<uint8_t>> coefficient_head(std::span<const uint8_t> head, const Profile* profile) {
+  KVCODEC_ASSIGN_OR_RETURN(FrameInfo f, read_frame_info(head));
+  if (!f.transformed) return InvalidArgument("not a transform-coded frame");
+  head = head.first(f.head_bytes);
+  if (f.profile_models) return expand_profile_models(head, profile);
+  std::vector<uint8_t> inner(f.head_bytes - kTransformBlockBytes);
+  reframe(head, kTransformBlockBytes, {}, kStoredUnitsFormatVersion, 0, uint8_t(DType::kF32), inner);
+  return inner;
+}
 
 StatusOr<std::vector<uint8_t>> coefficient_frame(std::span<const uint8_t> frame, const Profile* profile) {
   KVCODEC_ASSIGN_OR_RETURN(FrameInfo f, read_frame_info(frame));
@@ -191,10 +233,27 @@ Status decode_into(std::span<const uint8_t> frame, const Profile& profile, const
     for (uint32_t l = g; l < ge; ++l) keys[l] = values[l] = coef.data();
     KVCODEC_RETURN_IF_ERROR(detail::parallel_for(size_t(ge - g) * 2 * s.kv_heads, o.threads, [&](size_t i) {
       const uint32_t l = g + uint32_t(i / (2 * s.kv_heads)), kv = uint32_t(i / s.kv_heads % 2), h = uint32_t(i % s.kv_heads);
-      inverse_head(profile, l, kv, h, coef_plane(l, kv) + size_t(h) * s.head_dim, C, t0, t1, cs, dst);
+      inverse_head(profile, l, kv, h, coef_plane(l, kv) + size_t(t0) * C + size_t(h) * s.head_dim, C, t0, t1, cs,
+                   dst);
     }));
   }
   return Status::Ok();
+}
+
+Status decode_chunk_into(std::span<const uint8_t> head, uint32_t chunk, std::span<const uint8_t> body,
+                         const Profile& profile, const KVView& dst, const DecodeOptions& o) {
+  // The decoder shares the profile for this call only (aliasing, not owning).
+  KVCODEC_ASSIGN_OR_RETURN(FrameDecoder f,
+                           FrameDecoder::open(head, std::shared_ptr<const Profile>(std::shared_ptr<const Profile>(), &profile)));
+  return f.decode_chunk(chunk, body, dst, o);
+}
+
+StatusOr<FrameStats> analyze_frame(std::span<const uint8_t> frame, const Profile& profile) {
+  KVCODEC_ASSIGN_OR_RETURN(FrameInfo f, read_frame_info(frame));
+  if (!f.profile_models) return analyze_frame(frame);
+  KVCODEC_RETURN_IF_ERROR(verify_frame(frame));
+  KVCODEC_ASSIGN_OR_RETURN(std::vector<uint8_t> inner, detail::coefficient_frame(frame, &profile));
+  return analyze_frame(inner);
 }
 
 }  // namespace kvcodec

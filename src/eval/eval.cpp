@@ -256,11 +256,22 @@ Status measure_sensitivity(const Model& model, const std::vector<std::vector<int
   const size_t vocab = model.config().vocab_size;
   std::vector<double> kl(size_t(L) * 2, 0.0), mse(size_t(L) * 2, 0.0);
   std::vector<float> ref, logits;
+  const ModelConfig& cfg = model.config();
+  const uint32_t d = cfg.head_dim(), group = cfg.heads / cfg.kv_heads;
+  cal.query_pair_energy.assign(size_t(L) * cfg.kv_heads * (d / 2), 0.0);
   for (size_t c = 0; c < std::min<size_t>(kSensitivityContexts, contexts.size()); ++c) {
     const FloatKV& clean = cal.caches[c];
     const std::span<const int32_t> input = std::span<const int32_t>(contexts[c]).subspan(n, contexts[c].size() - n - 1);
     KVCODEC_ASSIGN_OR_RETURN(KVState st, state_of(clean));
-    KVCODEC_RETURN_IF_ERROR(model.forward(input, st, &ref));
+    AttentionRecorder rec;
+    KVCODEC_RETURN_IF_ERROR(model.forward(input, st, &ref, &rec));
+    for (uint32_t l = 0; l < L; ++l)  // RoPE rotates pairs: their energy is that of the un-rotated query
+      for (size_t t = 0; t < input.size(); ++t)
+        for (uint32_t h = 0; h < cfg.heads; ++h)
+          for (uint32_t i = 0; i < d / 2; ++i) {
+            const float* q = rec.queries[l].data() + (t * cfg.heads + h) * d + 2 * i;
+            cal.query_pair_energy[(size_t(l) * cfg.kv_heads + h / group) * (d / 2) + i] += double(q[0]) * q[0] + double(q[1]) * q[1];
+          }
     for (uint32_t u = 0; u < 2 * L; ++u) {
       FloatKV noisy = clean;
       float* x = noisy.slice(u / 2, u % 2);

@@ -48,9 +48,12 @@ class KvpcaScheme final : public ProfileScheme {
     KVCODEC_RETURN_IF_ERROR(ProfileScheme::calibrate(cal));
     if (p_.library) {
       KVCODEC_ASSIGN_OR_RETURN(library_, to_library_profile(*profile_, theta_));
-      if (p_.profile_models)
-        KVCODEC_RETURN_IF_ERROR(add_profile_models(library_, cal.caches, p_.rd ? std::span<const double>(cal.sensitivity)
-                                                                                : std::span<const double>()));
+      if (p_.profile_models) {
+        const std::vector<double> kw = p_.key_weights ? key_component_weights(*profile_, cal.query_pair_energy)
+                                                       : std::vector<double>();
+        KVCODEC_RETURN_IF_ERROR(add_profile_models(
+            library_, cal.caches, p_.rd ? std::span<const double>(cal.sensitivity) : std::span<const double>(), kw));
+      }
     }
     return Status::Ok();
   }

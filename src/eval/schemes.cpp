@@ -189,6 +189,10 @@ Status add_entry(Entry& e, SchemeList& out) {
     if (rd != "off" && rd != "on") return e.error("rd: expected off or on");
     p.rd = rd == "on";
     if (p.rd && !p.profile_models) return e.error("rd=on needs models=on");
+    const std::string kw = e.value("kw", "off");
+    if (kw != "off" && kw != "on") return e.error("kw: expected off or on");
+    p.key_weights = kw == "on";
+    if (p.key_weights && (!p.rd || !p.undo_rope)) return e.error("kw=on needs rd=on and keys before RoPE");
     for (long long lv : levels) {
       o.level = int(lv);
       out.push_back(make_kvpca(e.curve_name("levels"), p));

@@ -56,6 +56,7 @@ struct PcaParams {
   bool library = false;         // format=v4: the library's profile frames (encode_into with a profile)
   bool profile_models = false;  // models=on: a version 2 profile (stored layer models, docs/format.md 2.2)
   bool rd = false;              // rd=on (with models=on): steps allocated on the measured sensitivity
+  bool key_weights = false;     // kw=on (with rd=on): key components weighted by the queries' energy
 };
 std::unique_ptr<Scheme> make_kvpca(std::string name, const PcaParams& params);
 struct KvtcParams {

@@ -123,11 +123,31 @@ void inverse_transform(const Profile& p, double rope_theta, const FloatKV& coef,
   });
 }
 
-Status add_profile_models(kvcodec::Profile& p, const std::vector<FloatKV>& caches, std::span<const double> sensitivity) {
+std::vector<double> key_component_weights(const Profile& p, const std::vector<double>& e) {
+  const uint32_t L = p.shape.layers, H = p.shape.kv_heads, d = p.shape.head_dim, C = H * d;
+  std::vector<double> w(size_t(L) * 2 * C, 1.0);
+  if (e.size() != size_t(L) * H * (d / 2)) return w;
+  for (uint32_t l = 0; l < L; ++l)
+    for (uint32_t h = 0; h < H; ++h) {
+      const HeadBasis& b = p.head(l, 0, h);
+      for (uint32_t k = 0; k < d; ++k) {
+        double s = 0;
+        for (uint32_t i = 0; i < d / 2; ++i) {
+          const double a0 = b.axes[size_t(k) * d + 2 * i], a1 = b.axes[size_t(k) * d + 2 * i + 1];
+          s += e[(size_t(l) * H + h) * (d / 2) + i] * (a0 * a0 + a1 * a1);
+        }
+        w[size_t(l) * 2 * C + size_t(h) * d + k] = s;
+      }
+    }
+  return w;
+}
+
+Status add_profile_models(kvcodec::Profile& p, const std::vector<FloatKV>& caches, std::span<const double> sensitivity,
+                          std::span<const double> component_weight) {
   std::vector<KVView> views;
   for (const FloatKV& c : caches)
     views.push_back(contiguous_view(const_cast<float*>(c.values.data()), DType::kF32, c.shape));  // only read
-  return calibrate_profile_models(p, views, sensitivity);
+  return calibrate_profile_models(p, views, sensitivity, component_weight);
 }
 
 }  // namespace kvcodec::eval::internal

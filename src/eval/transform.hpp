@@ -46,7 +46,11 @@ StatusOr<kvcodec::Profile> to_library_profile(const Profile& p, double rope_thet
 
 // Calibrates p's stored layer models (profile version 2) on the calibration caches.
 Status add_profile_models(kvcodec::Profile& p, const std::vector<FloatKV>& caches,
-                          std::span<const double> sensitivity = {});
+                          std::span<const double> sensitivity = {}, std::span<const double> component_weight = {});
+// Per (layer, K/V, channel) weights for calibrate_profile_models: for keys (before RoPE), the
+// queries' energy along each component's axis, sum over RoPE pairs i of E_i * (a[2i]^2 + a[2i+1]^2)
+// (RoPE averages the cross terms out); 1 for values. query_pair_energy: Calibration's.
+std::vector<double> key_component_weights(const Profile& p, const std::vector<double>& query_pair_energy);
 
 // y = axes * (x - mean) per head, keys un-rotated first when the profile says so. `coef` gets
 // in's shape: channel h * head_dim + i is component i of head h.

@@ -152,6 +152,9 @@ struct Controller::Impl {
   // When predict() may next see more than the events tell: while a KV chunk is on its way,
   // every kOverdueSlackS once it could be late (-1: nothing on the way).
   double late_kv_wake_s() const noexcept;
+  // The first KV chunk still on its way, in request order (-1: none), and the time its first
+  // byte could reach the client (the chunks before it off the link, half a round trip each way).
+  int first_kv_on_way(double* first_byte_s) const noexcept;
   // Bytes a request brings: the body, plus the option's setup bytes on its first use.
   uint64_t request_bytes(uint32_t chunk, int option, uint64_t used_mask) const noexcept;
 
@@ -319,14 +322,8 @@ uint64_t Controller::Impl::request_bytes(uint32_t chunk, int option, uint64_t us
   return b;
 }
 
-Controller::Impl::Prediction Controller::Impl::predict(double now_s) const {
-  // The bandwidth planned with: the estimate, or what the first KV chunk still arriving has
-  // delivered so far (received bytes / time on the link) when that says more. The estimator only
-  // learns from complete chunks; without this a link that collapses mid-chunk would go unnoticed
-  // until the chunk ends, and a cold start would plan on the prior until the first chunk ends.
+int Controller::Impl::first_kv_on_way(double* first_byte_s) const noexcept {
   const double rtt = config_.cost.rtt_s;
-  const bool unmeasured = guessing();
-  double gbps = estimator_.estimate_gbps();
   double link_free = 0;
   for (uint32_t c : request_order_) {
     const ChunkState& st = state_[c];
@@ -335,28 +332,40 @@ Controller::Impl::Prediction Controller::Impl::predict(double now_s) const {
       link_free = std::max(link_free, st.arrival_s - rtt / 2);
       continue;
     }
-    // Seconds since its first byte could have reached the client.
-    const double on_link_s = now_s - (std::max(link_free, st.request_s + rtt / 2) + rtt / 2);
-    if (on_link_s <= 0) break;
-    const double delivered_gbps = std::max<double>(double(st.received), 1.0) * 8 / on_link_s / 1e9;
-    if (unmeasured) {
-      // Cold: the prior is a guess. Once the probe window is over, what has come is the best
-      // measurement there is, whichever way it points.
-      // (Nothing received yet is no measurement, until the silence is long: the client's
-      // thread may simply not have run.)
-      if (now_s >= probe_end_s(now_s) && (st.received > 0 || on_link_s > 4 * kOverdueSlackS))
-        gbps = delivered_gbps;
-    } else if (on_link_s > 1.5 * double(st.received) * 8 / (gbps * 1e9) + kOverdueSlackS &&
-               (st.received > 0 || on_link_s > 4 * kOverdueSlackS)) {
-      // A chunk arriving at less than 2/3 of the estimate's pace caps the estimate: its bytes so
-      // far took half their expected time again plus a scheduling slack, so that a small chunk
-      // (tens of microseconds at the estimate) whose bytes the client has not read yet because
-      // its thread was not running is not taken for a collapsed link. Measured on the bytes
-      // received, not the whole chunk, a link that collapses mid-chunk is seen within a few
-      // slacks instead of after the chunk's whole expected time.
-      gbps = std::min(gbps, delivered_gbps);
-    }
-    break;
+    *first_byte_s = std::max(link_free, st.request_s + rtt / 2) + rtt / 2;
+    return int(c);
+  }
+  return -1;
+}
+
+Controller::Impl::Prediction Controller::Impl::predict(double now_s) const {
+  // The bandwidth planned with: the estimate, or what the first KV chunk still arriving has
+  // delivered so far (received bytes / time on the link) when that says more. The estimator only
+  // learns from complete chunks; without this a link that collapses mid-chunk would go unnoticed
+  // until the chunk ends, and a cold start would plan on the prior until the first chunk ends.
+  double gbps = estimator_.estimate_gbps();
+  double first_byte_s = 0;
+  const int c = first_kv_on_way(&first_byte_s);
+  const double on_link_s = now_s - first_byte_s;  // since its first byte could have come
+  if (c < 0 || on_link_s <= 0) return replay(now_s, gbps);
+  const ChunkState& st = state_[size_t(c)];
+  const double delivered_gbps = std::max<double>(double(st.received), 1.0) * 8 / on_link_s / 1e9;
+  if (guessing()) {
+    // Cold: the prior is a guess. Once the probe window is over, what has come is the best
+    // measurement there is, whichever way it points.
+    // (Nothing received yet is no measurement, until the silence is long: the client's
+    // thread may simply not have run.)
+    if (now_s >= probe_end_s(now_s) && (st.received > 0 || on_link_s > 4 * kOverdueSlackS))
+      gbps = delivered_gbps;
+  } else if (on_link_s > 1.5 * double(st.received) * 8 / (gbps * 1e9) + kOverdueSlackS &&
+             (st.received > 0 || on_link_s > 4 * kOverdueSlackS)) {
+    // A chunk arriving at less than 2/3 of the estimate's pace caps the estimate: its bytes so
+    // far took half their expected time again plus a scheduling slack, so that a small chunk
+    // (tens of microseconds at the estimate) whose bytes the client has not read yet because
+    // its thread was not running is not taken for a collapsed link. Measured on the bytes
+    // received, not the whole chunk, a link that collapses mid-chunk is seen within a few
+    // slacks instead of after the chunk's whole expected time.
+    gbps = std::min(gbps, delivered_gbps);
   }
   return replay(now_s, gbps);
 }
@@ -589,28 +598,16 @@ std::optional<double> Controller::Impl::wake_s() const noexcept {
 }
 
 double Controller::Impl::late_kv_wake_s() const noexcept {
-  // The same chunk as predict(): the first KV chunk still on its way, which can be found late
-  // from a slack after its first byte could arrive (cold: once the probe window is over).
-  // Without being asked then, a client that hears nothing until the chunk ends (the
-  // simulator; a real client whose socket is quiet) would plan on a bandwidth the link no
-  // longer has until it is too late to recompute.
-  const double rtt = config_.cost.rtt_s;
-  double link_free = 0;
-  for (uint32_t c : request_order_) {
-    const ChunkState& st = state_[c];
-    if (st.option == kTextOption) continue;
-    if (st.arrival_s >= 0) {
-      link_free = std::max(link_free, st.arrival_s - rtt / 2);
-      continue;
-    }
-    // Earliest moment the test can pass; after it, the bytes received decide, so ask again
-    // every slack while the chunk is on its way.
-    const double on_link_from = std::max(link_free, st.request_s + rtt / 2) + rtt / 2;
-    const double first = guessing() ? std::max(probe_end_s(last_asked_s_), on_link_from + 4 * kOverdueSlackS)
-                                    : on_link_from + kOverdueSlackS;
-    return std::max(first, last_asked_s_ + kOverdueSlackS);
-  }
-  return -1;
+  // The chunk predict() watches can be found late from a slack after its first byte could
+  // arrive (cold: once the probe window is over); after that the bytes received decide, so ask
+  // again every slack while it is on its way. Without being asked then, a client that hears
+  // nothing until the chunk ends (the simulator; a real client whose socket is quiet) would
+  // plan on a bandwidth the link no longer has until it is too late to recompute.
+  double first_byte_s = 0;
+  if (first_kv_on_way(&first_byte_s) < 0) return -1;
+  const double first = guessing() ? std::max(probe_end_s(last_asked_s_), first_byte_s + 4 * kOverdueSlackS)
+                                  : first_byte_s + kOverdueSlackS;
+  return std::max(first, last_asked_s_ + kOverdueSlackS);
 }
 
 std::optional<Decision> Controller::Impl::abandon_late_kv(double now_s, const Prediction& p) {

@@ -10,6 +10,7 @@
 #include "common/xxh64.hpp"
 #include "kvcodec/format.hpp"
 #include "kvcodec/io.hpp"
+#include "kvcodec/profile.hpp"
 #include "kvcodec/store.hpp"
 
 namespace kvcodec {
@@ -82,11 +83,14 @@ StatusOr<Manifest> put_context(Store& store, std::string_view id, const KVView& 
     eo.threads = options.threads;
     eo.metrics = options.metrics;
     KVCODEC_RETURN_IF_ERROR(validate_options(eo).with_context("put"));
-    const size_t bound = max_encoded_size(kv.shape, kv.dtype, eo);
+    const Profile* profile = level > 0 ? options.profile.get() : nullptr;  // level 0: lossless, no transform
+    const size_t bound = profile ? max_encoded_size(kv.shape, kv.dtype, eo, *profile)
+                                 : max_encoded_size(kv.shape, kv.dtype, eo);
     if (bound == 0) return InvalidArgument("put: shape or options rejected by the encoder");
     if (frame.size() < bound) frame.resize(bound);
     const std::string where = "put level " + std::to_string(level);
-    KVCODEC_ASSIGN_OR_RETURN(size_t n, encode_into(kv, eo, frame));
+    KVCODEC_ASSIGN_OR_RETURN(size_t n, profile ? encode_into(kv, eo, *profile, frame, options.first_position)
+                                               : encode_into(kv, eo, frame));
     std::span<const uint8_t> bytes(frame.data(), n);
     KVCODEC_ASSIGN_OR_RETURN(FrameInfo info, read_frame_info(bytes));
     if (info.chunks.size() != m.num_chunks())
@@ -120,7 +124,8 @@ StatusOr<Manifest> put_context(Store& store, std::string_view id, const KVView& 
       if (options.measure_chunks) dopt.chunk_end = std::min(options.measure_chunks, m.num_chunks());
       const uint32_t tokens = std::min(kv.shape.tokens, std::min(dopt.chunk_end, m.num_chunks()) * m.chunk_tokens);
       const auto t0 = std::chrono::steady_clock::now();
-      KVCODEC_RETURN_IF_ERROR(decode_into(bytes, scratch.view(), dopt).with_context(where));
+      KVCODEC_RETURN_IF_ERROR((profile ? decode_into(bytes, *profile, scratch.view(), dopt)
+                                       : decode_into(bytes, scratch.view(), dopt)).with_context(where));
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       const double decoded = double(scratch.data.size()) * tokens / kv.shape.tokens;
       ml.decode_gbps = seconds > 0 ? decoded / seconds / 1e9 : 0;

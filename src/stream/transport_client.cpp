@@ -28,7 +28,9 @@
 #include <thread>
 
 #include "byte_io.hpp"
+#include "common/profile_rows.hpp"
 #include "kvcodec/codec.hpp"
+#include "kvcodec/profile.hpp"
 #include "kvcodec/stream.hpp"
 #include "transport_wire.hpp"
 
@@ -554,7 +556,15 @@ Status Fetcher::on_response(const MessageHeader& h, std::vector<uint8_t>& payloa
   if (q.with_head) {
     Status hs = verify_head(manifest_, q.level, head);
     if (!hs.ok()) return chunk_failed(q.chunk, q.level, hs, true);
-    auto decoder = FrameDecoder::open(head);
+    // A level coded with another profile than ours (or with one when we have none) cannot be
+    // decoded by asking again or elsewhere: the fetch ends, naming the profile it needs.
+    if (auto info = read_frame_info(head); info.ok())
+      if (Status ps = detail::check_frame_profile(*info, o_.profile.get()); !ps.ok()) {
+        ps = ps.with_context("level " + std::to_string(q.level));
+        fail(int(q.chunk), q.level, ps, "abort");
+        return ps;
+      }
+    auto decoder = FrameDecoder::open(head, o_.profile);
     if (!decoder.ok()) return chunk_failed(q.chunk, q.level, decoder.status().with_context("head"), false);
     heads_[q.level].assign(head.begin(), head.end());
     decoders_.insert_or_assign(q.level, std::move(*decoder));

@@ -101,6 +101,16 @@ void write_profiles(const std::filesystem::path& dir) {
       const std::string path = (dir / ("seed" + std::to_string(i++) + ".kvprofile")).string();
       check(write_file(path, bytes.data(), bytes.size()), "write " + path);
     }
+  // Version 2 (layer models, docs/format.md 2.2 and 8), calibrated on a seed cache.
+  const KVShape shape{2, 24, 2, 8};
+  auto profile = kvcodec::fuzz_identity_profile(shape, true);
+  check(profile.status(), "profile");
+  KVCache kv = make_cache(DType::kF16, shape);
+  const KVView view = kv.view();
+  check(calibrate_profile_models(*profile, std::span<const KVView>(&view, 1)), "profile models");
+  const std::vector<uint8_t> bytes = serialize_profile(*profile);
+  const std::string path = (dir / "seed_v2.kvprofile").string();
+  check(write_file(path, bytes.data(), bytes.size()), "write " + path);
 }
 
 void write_files(const std::filesystem::path& st_dir, const std::filesystem::path& npy_dir) {

@@ -22,11 +22,13 @@
 #include "cli.hpp"
 #include "commands.hpp"
 #include "kvcodec/io.hpp"
+#include "kvcodec/profile.hpp"
 #include "kvcodec/model.hpp"
 #include "kvcodec/simulator.hpp"
 #include "kvcodec/stream.hpp"
 #include "kvcodec/synthetic.hpp"
 #include "kvcodec/tokenizer.hpp"
+#include "profile_file.hpp"
 #include "stream_cli.hpp"
 
 namespace kvcodec::cli {
@@ -53,7 +55,9 @@ struct DemoOptions {
   std::optional<std::string> model;  // a real model's KV and recompute
   std::string tokenizer, text;       // with --model
   int64_t offset = 0;
+  std::optional<std::string> profile_path;  // transform-code the lossy levels (put / fetch --profile)
   // Derived.
+  std::shared_ptr<const Profile> profile;
   bool real = false;
   double drop_s = 0, rtt_s = 0, slo_s = 0;
   Objective objective = Objective::kMinPrefillWithinSlo;
@@ -84,6 +88,8 @@ void declare(Command& cmd, DemoOptions& o) {
   cmd.option("--tokenizer", o.tokenizer, "tokenizer of --model (.bin or 'bytes')");
   cmd.option("--text", o.text, "text to prefill the context from (with --model)");
   cmd.option("--offset", o.offset, "byte offset of the context in --text (default 0)", Range{0});
+  cmd.option("--profile", o.profile_path,
+             "transform-code the stored lossy levels with this profile (kvcodec calibrate; the context's shape)");
 }
 
 // Parses and checks the options, and derives the rest; -1 when the demo should run, else the
@@ -111,6 +117,11 @@ int parse_demo_options(Command& cmd, int argc, char** argv, DemoOptions& o) {
                           check_seconds(o.slo_s, 3600, "--slo-ms / 1000")})
     if (!s.ok()) return cmd.usage_error(std::string(s.message()));
   o.workers = o.threads ? o.threads : int(std::max(1u, std::thread::hardware_concurrency()));
+  if (o.profile_path) {
+    StatusOr<Profile> p = load_profile(*o.profile_path);
+    if (!p.ok()) return cmd.fail(p.status());
+    o.profile = std::make_shared<const Profile>(std::move(*p));
+  }
   return -1;
 }
 
@@ -299,6 +310,7 @@ StatusOr<Manifest> store_levels(const DemoOptions& o, DemoContext& c, std::share
   po.text_tokens = c.text_tokens;
   po.threads = o.workers;
   po.measure_chunks = 2;  // error and decode speed measured on a sample of two chunks
+  po.profile = o.profile;
   auto t_put = Clock::now();
   KVCODEC_ASSIGN_OR_RETURN(Manifest manifest, put_context(*store, "demo", c.kv.view(), po));
   const double put_s = since(t_put);
@@ -339,6 +351,7 @@ Status fetch_with_controller(DemoOptions& o, const DemoContext& c, std::shared_p
   fo.controller.cost.rtt_s = o.rtt_s;
   fo.controller.cost.prefill_tokens_per_s = o.prefill_tps;
   fo.decode_threads = o.workers;
+  fo.profile = o.profile;
   base = fo.controller;
   if (o.real) {
     KVCODEC_ASSIGN_OR_RETURN(fo.recompute, model_recompute(c.model, c.kv.shape));

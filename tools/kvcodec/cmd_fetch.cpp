@@ -2,7 +2,7 @@
 //
 //   kvcodec fetch --server HOST:PORT --id NAME -o OUT.safetensors [--slo-ms X] [--json REPORT]
 //                 [--policy adaptive|equal-budget|fixed:L] [--objective min-prefill|quality|ttft]
-//                 [--rtt-ms Y] [--model M.bin [--prefill-tps N]] [--timeout-ms T]
+//                 [--rtt-ms Y] [--model M.bin [--prefill-tps N]] [--timeout-ms T] [--profile P.kvprofile]
 #include <cstdio>
 #include <optional>
 #include <string>
@@ -12,6 +12,7 @@
 #include "commands.hpp"
 #include "kvcodec/io.hpp"
 #include "kvcodec/stream.hpp"
+#include "profile_file.hpp"
 #include "stream_cli.hpp"
 
 namespace kvcodec::cli {
@@ -25,6 +26,7 @@ struct FetchArgs {
   double decode_gbps = 0;  // 0: the manifest's figure
   int threads = 1;
   std::optional<std::string> model;
+  std::optional<std::string> profile;
   int timeout_ms = 5000;
   bool quiet = false;
   ControllerArgs controller;
@@ -41,6 +43,7 @@ void declare(Command& cmd, FetchArgs& o) {
   cmd.option("--model", o.model, "reference model (llama2.c .bin) to recompute TEXT chunks from their tokens");
   cmd.option("--timeout-ms", o.timeout_ms, "drop and re-open a connection silent for this long (default 5000)",
              Range{1, INT32_MAX});
+  cmd.option("--profile", o.profile, "the profile the context was put with (put --profile; needed for its lossy levels)");
   cmd.flag("--quiet", o.quiet, "no per-chunk progress lines");
   declare_controller_options(cmd, o.controller);
 }
@@ -72,13 +75,18 @@ std::string fetch_options(const FetchArgs& a, FetchOptions* fo) {
 int cmd_fetch(int argc, char** argv) {
   Command cmd("fetch",
               "kvcodec fetch --server HOST:PORT --id NAME -o OUT.safetensors [--slo-ms X] [--json REPORT] "
-              "[--policy P] [--objective O] [--rtt-ms Y] [--model M.bin] [--timeout-ms T]");
+              "[--policy P] [--objective O] [--rtt-ms Y] [--model M.bin] [--timeout-ms T] [--profile P.kvprofile]");
   FetchArgs a;
   declare(cmd, a);
   if (auto exit = cmd.parse(argc, argv)) return *exit;
   FetchOptions fo;
   if (std::string error = fetch_options(a, &fo); !error.empty()) return cmd.usage_error(error);
 
+  if (a.profile) {
+    StatusOr<Profile> p = load_profile(*a.profile);
+    if (!p.ok()) return cmd.fail(p.status());
+    fo.profile = std::make_shared<const Profile>(std::move(*p));
+  }
   const std::string& policy = a.controller.policy;
   std::shared_ptr<const Model> model;
   if (a.model) {

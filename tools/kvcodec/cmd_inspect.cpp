@@ -66,8 +66,8 @@ void print_json(const FrameInfo& f, uint64_t file_bytes, const Status& verified,
                 number(excess_pct(8.0 * double(st->word_bytes), st->entropy_bits)).c_str(),
                 number(excess_pct(8.0 * double(st->lane_bytes), st->entropy_bits)).c_str());
   if (f.transformed)
-    std::printf("\"profile_digest\": \"%s\", \"first_position\": %u, ", digest_hex(f.profile_digest).c_str(),
-                f.first_position);
+    std::printf("\"profile_digest\": \"%s\", \"first_position\": %u, \"profile_model_refs\": %u, ",
+                digest_hex(f.profile_digest).c_str(), f.first_position, f.profile_model_refs);
   std::printf("\"chunk_list\": [");
   for (size_t i = 0; i < f.chunks.size(); ++i) {
     const ChunkInfo& c = f.chunks[i];
@@ -101,6 +101,9 @@ void print_text(const std::string& path, const FrameInfo& f, uint64_t file_bytes
   if (f.transformed)
     std::printf("transform     per-head PCA with profile %s, first position %u (decode needs --profile)\n",
                 digest_hex(f.profile_digest).c_str(), f.first_position);
+  if (f.profile_models)
+    std::printf("models        %u of %u (layer, K/V) reference the profile's layer model, the others carry their own "
+                "tables (steps and centres are the profile's)\n", f.profile_model_refs, 2 * f.shape.layers);
   std::printf("checksums     %s\n", verified.ok() ? "ok" : verified.to_string().c_str());
   std::printf("tables        %.3f%% of the frame\n", 100.0 * double(f.table_bytes) / double(f.frame_bytes));
   if (st) {
@@ -131,15 +134,17 @@ int cmd_inspect(int argc, char** argv) {
   if (!frame.ok()) return cmd.fail(frame.status());
   StatusOr<FrameInfo> info = read_frame_info(*frame);
   if (!info.ok()) return cmd.fail(info.status().with_context(in));
+  std::optional<Profile> profile;
   if (!a.profile.empty()) {
     StatusOr<Profile> p = load_profile(a.profile);
     if (!p.ok()) return cmd.fail(p.status());
     if (Status s = check_frame_profile(*info, &*p); !s.ok()) return cmd.fail(s.with_context(in));
+    profile = std::move(*p);
   }
   const Status verified = verify_frame(*frame);
   std::optional<FrameStats> stats;
   if (a.entropy && verified.ok()) {
-    auto s = analyze_frame(*frame);
+    auto s = profile ? analyze_frame(*frame, *profile) : analyze_frame(*frame);
     if (!s.ok()) return cmd.fail(s.status().with_context(in));
     stats = *s;
   }

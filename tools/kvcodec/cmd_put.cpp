@@ -2,6 +2,7 @@
 //
 //   kvcodec put --store URI --id NAME IN.safetensors [--levels LIST] [--chunk-tokens N]
 //               [--text FILE --tokenizer T|bytes [--offset B]] [--ttl SECONDS] [--threads N] [--json]
+//               [--profile P.kvprofile [--first-position N]]
 #include <cstdio>
 #include <optional>
 #include <fstream>
@@ -9,6 +10,7 @@
 
 #include "cli.hpp"
 #include "commands.hpp"
+#include "profile_file.hpp"
 #include "stream_cli.hpp"
 #include "kvcodec/io.hpp"
 #include "kvcodec/store.hpp"
@@ -21,6 +23,7 @@ namespace {
 struct PutArgs {
   std::string in, store, id;
   std::optional<std::string> text, tokenizer;  // the text fallback: both or neither
+  std::optional<std::string> profile;
   int64_t offset = 0;
   bool json = false;
   PutOptions put = [] {
@@ -42,6 +45,9 @@ void declare(Command& cmd, PutArgs& o) {
   cmd.option("--ttl", o.put.ttl_seconds,
              "every key of the context expires SECONDS after the put (default: never; not file:)", Range{1, UINT32_MAX});
   cmd.option("--threads", o.put.threads, "encoder threads (default 0 = all cores)", Range{0, 4096});
+  cmd.option("--profile", o.profile, "transform-code the lossy levels with this profile (kvcodec calibrate); fetch needs it too");
+  cmd.option("--first-position", o.put.first_position, "RoPE position of the first token (with --profile; default 0)",
+             Range{0, kMaxTokens - 1});
   cmd.flag("--json", o.json, "print the manifest summary as JSON");
 }
 
@@ -50,7 +56,8 @@ void declare(Command& cmd, PutArgs& o) {
 int cmd_put(int argc, char** argv) {
   Command cmd("put",
               "kvcodec put --store URI --id NAME IN.safetensors [--levels LIST] [--chunk-tokens N] "
-              "[--text FILE --tokenizer T|bytes [--offset B]] [--ttl SECONDS] [--threads N] [--json]");
+              "[--text FILE --tokenizer T|bytes [--offset B]] [--ttl SECONDS] [--threads N] [--json] "
+              "[--profile P.kvprofile [--first-position N]]");
   PutArgs a;
   declare(cmd, a);
   if (auto exit = cmd.parse(argc, argv)) return *exit;
@@ -59,6 +66,12 @@ int cmd_put(int argc, char** argv) {
   if (a.put.levels.empty()) return cmd.usage_error("--levels is empty");
   PutOptions& po = a.put;
 
+  if (a.profile) {
+    StatusOr<Profile> p = load_profile(*a.profile);
+    if (!p.ok()) return cmd.fail(p.status());
+    std::fprintf(stderr, "profile %s: %zu bytes\n", digest_hex(p->digest).c_str(), serialize_profile(*p).size());
+    po.profile = std::make_shared<const Profile>(std::move(*p));
+  }
   auto kv = load_kv(a.in);
   if (!kv.ok()) return cmd.fail(kv.status());
   if (a.text) {

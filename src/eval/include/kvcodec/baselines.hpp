@@ -70,6 +70,9 @@ struct Calibration {
   // added to that tensor alone (measured with noise, see eval.cpp): what the error of each
   // tensor costs, for rate-distortion allocation.
   std::vector<double> sensitivity;
+  // With sensitivity: the continuation queries' mean energy per (layer, kv head, RoPE pair i):
+  // q[2i]^2 + q[2i+1]^2 summed over the query heads of the kv head; [layer][kv_head][pair].
+  std::vector<double> query_pair_energy;
 };
 
 // One setting of one scheme: a point on that scheme's rate-distortion curve.

@@ -33,6 +33,8 @@
 
 namespace kvcodec {
 
+struct Profile;  // profile.hpp
+
 // ---- Manifest ----------------------------------------------------------------------------------
 
 // Version of the manifest encoding (independent of the frame format and the library version).
@@ -185,6 +187,13 @@ struct PutOptions {
   // Receives the encoder's kEncode events and kStoreError when a write fails (metrics.hpp); not
   // owned. nullptr (default): none.
   MetricsSink* metrics = nullptr;
+  // Transform-code every lossy level with this profile (profile.hpp, `kvcodec calibrate`; level
+  // 0 stays lossless and untransformed). Each level's head names the profile's digest, and
+  // readers need the same profile (FetchOptions::profile, FrameDecoder::open). nullptr: none.
+  std::shared_ptr<const Profile> profile;
+  // With a profile whose keys are coded before RoPE: the RoPE position of the context's first
+  // token (first_position + tokens <= 2^24).
+  uint32_t first_position = 0;
 };
 
 // Encodes `kv` once per level, stores every head and chunk body (one put_many per level) and

@@ -296,6 +296,11 @@ struct FetchOptions {
   // Receives kChunkFetched per chunk (the level delivered), kTextFallback, kChecksumFailure and
   // the decoder's kDecode events (metrics.hpp); not owned. nullptr (default): none.
   MetricsSink* metrics = nullptr;
+  // The profile the context was put with (PutOptions::profile). A level's head that names a
+  // profile (format version 4) other than this one, or any when this is null, ends the fetch
+  // with kInvalidArgument naming the digest it needs (an "abort" failure): no fallback, never
+  // a wrong tensor. Unused for levels coded without a profile.
+  std::shared_ptr<const Profile> profile;
 };
 
 // Fetches context `options.id` into `out`: used as it is when it already has the manifest's
