@@ -50,21 +50,26 @@ __attribute__((target("avx2"))) void channel_costs_avx2(const uint32_t* kof, con
   for (int q = 0; q < 4; ++q) _mm256_storeu_si256(reinterpret_cast<__m256i*>(sum + 4 * q), acc[q]);
 }
 
-// The same with AVX-512: a cost row is one vector, the 16 sums two. (GCC 12's AVX-512 headers
+// The same with AVX-512: a cost row is one vector, the 16 sums two. vpmuludq reads the low 32
+// bits of each 64-bit lane, so the row's even groups multiply in place and its odd groups after
+// one shift (no widening shuffles), and the count is a 32-bit broadcast straight from memory;
+// the two sums are interleaved back into group order at the end. (GCC 12's AVX-512 headers
 // trip -Wmaybe-uninitialized on their own _mm512_undefined_* operands.)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 __attribute__((target("avx512f"))) void channel_costs_avx512(const uint32_t* kof, const uint32_t* cnt, uint32_t e0,
                                                              uint32_t e1, const uint32_t* cost, uint64_t* sum) {
-  __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
+  __m512i even = _mm512_setzero_si512(), odd = _mm512_setzero_si512();
   for (uint32_t e = e0; e < e1; ++e) {
-    const __m512i n = _mm512_set1_epi64(cnt[e]);
+    const __m512i n = _mm512_set1_epi32(int(cnt[e]));
     const __m512i row = _mm512_loadu_si512(&cost[size_t(kof[e]) * kCostRow]);
-    lo = _mm512_add_epi64(lo, _mm512_mul_epu32(_mm512_cvtepu32_epi64(_mm512_castsi512_si256(row)), n));
-    hi = _mm512_add_epi64(hi, _mm512_mul_epu32(_mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(row, 1)), n));
+    even = _mm512_add_epi64(even, _mm512_mul_epu32(row, n));
+    odd = _mm512_add_epi64(odd, _mm512_mul_epu32(_mm512_srli_epi64(row, 32), n));
   }
-  _mm512_storeu_si512(sum, lo);
-  _mm512_storeu_si512(sum + 8, hi);
+  const __m512i first = _mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0);
+  const __m512i second = _mm512_set_epi64(15, 7, 14, 6, 13, 5, 12, 4);
+  _mm512_storeu_si512(sum, _mm512_permutex2var_epi64(even, first, odd));
+  _mm512_storeu_si512(sum + 8, _mm512_permutex2var_epi64(even, second, odd));
 }
 #pragma GCC diagnostic pop
 #endif
@@ -141,6 +146,8 @@ void refine_groups(const ChannelCounts& cc, uint32_t G, uint32_t first_slot, std
       used.push_back(i);
     }
   const uint32_t K = uint32_t(used.size());
+  std::vector<uint32_t> kslot(K);  // k -> its slot (one division per k, not per group and round)
+  for (uint32_t k = 0; k < K; ++k) kslot[k] = used[k] / bins;
   std::vector<uint32_t> first(C), kof(cc.index.size());  // each channel's first clustering entry
   for (uint32_t c = 0; c < C; ++c) {
     uint32_t e = cc.begin[c];
@@ -148,25 +155,28 @@ void refine_groups(const ChannelCounts& cc, uint32_t G, uint32_t first_slot, std
     first[c] = e;
     for (; e < cc.begin[c + 1]; ++e) kof[e] = pos[cc.index[e]];
   }
-  std::vector<uint64_t> gsum(size_t(G) * K), glog(size_t(G) * K), log_total(size_t(G) * cc.slots);
+  // gsum: each group's summed counts, kept current as channels move (exact integers, so the
+  // same sums as a recount every round).
+  std::vector<uint64_t> gsum(size_t(G) * K, 0), g2(size_t(G) * K), glog(size_t(G) * K);
+  std::vector<uint64_t> log_total(size_t(G) * cc.slots);
   std::vector<uint32_t> cost(size_t(K) * kCostRow, 0);
+  for (uint32_t c = 0; c < C; ++c) {
+    uint64_t* gs = &gsum[size_t(group[c]) * K];
+    for (uint32_t e = first[c]; e < cc.begin[c + 1]; ++e) gs[kof[e]] += cc.count[e];
+  }
   for (int round = 0; round < 4; ++round) {
-    std::fill(gsum.begin(), gsum.end(), 0);
-    for (uint32_t c = 0; c < C; ++c) {
-      uint64_t* gs = &gsum[size_t(group[c]) * K];
-      for (uint32_t e = first[c]; e < cc.begin[c + 1]; ++e) gs[kof[e]] += cc.count[e];
-    }
     std::fill(log_total.begin(), log_total.end(), 0);
     for (uint32_t g = 0; g < G; ++g)
-      for (uint32_t k = 0; k < K; ++k) log_total[g * cc.slots + used[k] / bins] += gsum[size_t(g) * K + k];
+      for (uint32_t k = 0; k < K; ++k) log_total[g * cc.slots + kslot[k]] += gsum[size_t(g) * K + k];
     for (uint64_t& t : log_total) t = log2_q32(2 * t + bins);
     // log2_q32(2 * v + 1) of every group's count (log2_q32(1) = 0 for the absent ones).
-    for (uint64_t& v : gsum) v = 2 * v + 1;
-    log2_q32_many(gsum.data(), gsum.size(), glog.data());
-    for (uint32_t g = 0; g < G; ++g)
-      for (uint32_t k = 0; k < K; ++k)
-        cost[size_t(k) * kCostRow + g] =
-            uint32_t((log_total[g * cc.slots + used[k] / bins] - glog[size_t(g) * K + k]) >> 8);
+    for (size_t i = 0; i < gsum.size(); ++i) g2[i] = 2 * gsum[i] + 1;
+    log2_q32_many(g2.data(), g2.size(), glog.data());
+    for (uint32_t g = 0; g < G; ++g) {
+      const uint64_t* lt = &log_total[size_t(g) * cc.slots];
+      const uint64_t* gl = &glog[size_t(g) * K];
+      for (uint32_t k = 0; k < K; ++k) cost[size_t(k) * kCostRow + g] = uint32_t((lt[kslot[k]] - gl[k]) >> 8);
+    }
     bool moved = false;
     for (uint32_t c = 0; c < C; ++c) {
       uint64_t sum[kCostRow];
@@ -175,6 +185,12 @@ void refine_groups(const ChannelCounts& cc, uint32_t G, uint32_t first_slot, std
       for (uint32_t g = 1; g < G; ++g)
         if (sum[g] < sum[best]) best = g;
       if (best != group[c]) {
+        uint64_t* from_gs = &gsum[size_t(group[c]) * K];
+        uint64_t* to_gs = &gsum[size_t(best) * K];
+        for (uint32_t e = first[c]; e < cc.begin[c + 1]; ++e) {
+          from_gs[kof[e]] -= cc.count[e];
+          to_gs[kof[e]] += cc.count[e];
+        }
         group[c] = uint8_t(best);
         moved = true;
       }
