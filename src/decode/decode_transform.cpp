@@ -171,16 +171,22 @@ StatusOr<std::vector<uint8_t>> expand_profile_models(std::span<const uint8_t> fr
   return inner;
 }
 
+// The coefficients' version 3 frame, or head, of `bytes` (a version 4 frame or head described
+// by f): the transform block removed, profile-referenced layer models written out.
+StatusOr<std::vector<uint8_t>> coefficients_of(std::span<const uint8_t> bytes, const FrameInfo& f,
+                                               const Profile* profile) {
+  if (f.profile_models) return expand_profile_models(bytes, profile);
+  std::vector<uint8_t> inner(bytes.size() - kTransformBlockBytes);
+  reframe(bytes, kTransformBlockBytes, {}, kStoredUnitsFormatVersion, 0, uint8_t(DType::kF32), inner);
+  return inner;
+}
+
 }  // namespace
 
 StatusOr<std::vector<uint8_t>> coefficient_head(std::span<const uint8_t> head, const Profile* profile) {
   KVCODEC_ASSIGN_OR_RETURN(FrameInfo f, read_frame_info(head));
   if (!f.transformed) return InvalidArgument("not a transform-coded frame");
-  head = head.first(f.head_bytes);
-  if (f.profile_models) return expand_profile_models(head, profile);
-  std::vector<uint8_t> inner(f.head_bytes - kTransformBlockBytes);
-  reframe(head, kTransformBlockBytes, {}, kStoredUnitsFormatVersion, 0, uint8_t(DType::kF32), inner);
-  return inner;
+  return coefficients_of(head.first(f.head_bytes), f, profile);
 }
 
 StatusOr<std::vector<uint8_t>> coefficient_frame(std::span<const uint8_t> frame, const Profile* profile) {
@@ -188,10 +194,7 @@ StatusOr<std::vector<uint8_t>> coefficient_frame(std::span<const uint8_t> frame,
   if (!f.transformed) return InvalidArgument("not a transform-coded frame");
   if (frame.size() < f.frame_bytes) return BufferTooSmall("frame truncated");
   if (frame.size() > f.frame_bytes) return CorruptData("bytes after the frame");
-  if (f.profile_models) return expand_profile_models(frame, profile);
-  std::vector<uint8_t> inner(f.frame_bytes - kTransformBlockBytes);
-  reframe(frame, kTransformBlockBytes, {}, kStoredUnitsFormatVersion, 0, uint8_t(DType::kF32), inner);
-  return inner;
+  return coefficients_of(frame, f, profile);
 }
 
 }  // namespace detail

@@ -204,38 +204,51 @@ StatusOr<detail::TableSpec> smoothed_table(const detail::TableSpec& t) {
 
 constexpr double kMaxRdStepRatio = 2.0;
 
-// Grids of every (layer, K/V) at `level` by rate-distortion allocation (calibrate_profile_models):
-// models without tables, step codes and centres set. coef: [layer][kv][token][channel].
-std::vector<detail::LayerModel> allocated_grids(const std::vector<float>& coef, const KVShape& s,
-                                                std::span<const double> sensitivity, std::span<const double> cw,
-                                                int level) {
+// What rate-distortion allocation needs of the calibration coefficients, the same at every level:
+// per (layer, K/V) the channel means, the RMS deviation and the sensitivity weight, and log K, the
+// log of the geometric mean of layer_factor * rms * sqrt(weight) (it keeps the levels' mean steps).
+struct RdStats {
+  std::vector<std::vector<double>> mean;
+  std::vector<double> rms, w;
+  double log_k = 0;
+};
+
+RdStats rd_stats(const std::vector<float>& coef, const KVShape& s, std::span<const double> sensitivity) {
   const uint32_t L = s.layers, T = s.tokens, C = uint32_t(s.channels());
-  std::vector<std::vector<double>> mean(size_t(L) * 2, std::vector<double>(C, 0.0));
-  std::vector<double> rms(size_t(L) * 2, 0.0), w(size_t(L) * 2);
+  RdStats r{std::vector<std::vector<double>>(size_t(L) * 2, std::vector<double>(C, 0.0)),
+            std::vector<double>(size_t(L) * 2, 0.0), std::vector<double>(size_t(L) * 2), 0.0};
   double wmax = 0;
   for (double v : sensitivity) wmax = std::max(wmax, v);
-  double log_k = 0;
   for (size_t u = 0; u < size_t(L) * 2; ++u) {
     const float* y = coef.data() + u * T * C;
+    std::vector<double>& mean = r.mean[u];
     double ss = 0;
     for (uint32_t t = 0; t < T; ++t)
-      for (uint32_t c = 0; c < C; ++c) mean[u][c] += y[size_t(t) * C + c];
-    for (double& m : mean[u]) m /= T;
+      for (uint32_t c = 0; c < C; ++c) mean[c] += y[size_t(t) * C + c];
+    for (double& m : mean) m /= T;
     for (uint32_t t = 0; t < T; ++t)
-      for (uint32_t c = 0; c < C; ++c) ss += (y[size_t(t) * C + c] - mean[u][c]) * (y[size_t(t) * C + c] - mean[u][c]);
-    rms[u] = std::max(std::sqrt(ss / (double(T) * C)), 1e-30);
-    w[u] = std::max(sensitivity[u], wmax * 1e-9 + 1e-300);
-    log_k += std::log(double(layer_factor(uint32_t(u / 2), L)) * rms[u]) + 0.5 * std::log(w[u]);
+      for (uint32_t c = 0; c < C; ++c) ss += (y[size_t(t) * C + c] - mean[c]) * (y[size_t(t) * C + c] - mean[c]);
+    r.rms[u] = std::max(std::sqrt(ss / (double(T) * C)), 1e-30);
+    r.w[u] = std::max(sensitivity[u], wmax * 1e-9 + 1e-300);
+    r.log_k += std::log(double(layer_factor(uint32_t(u / 2), L)) * r.rms[u]) + 0.5 * std::log(r.w[u]);
   }
-  log_k /= double(L) * 2;
+  r.log_k /= double(L) * 2;
+  return r;
+}
+
+// Grids of every (layer, K/V) at `level` by rate-distortion allocation (calibrate_profile_models):
+// models without tables, step codes and centres set.
+std::vector<detail::LayerModel> allocated_grids(const RdStats& r, const KVShape& s, std::span<const double> cw,
+                                                int level) {
+  const uint32_t L = s.layers, C = uint32_t(s.channels());
   std::vector<detail::LayerModel> out(size_t(L) * 2);
   for (size_t u = 0; u < out.size(); ++u) {
     // At most kMaxRdStepRatio from the RMS-relative step the frame would use without the
     // allocation: the sensitivity is one noise probe on a few calibration contexts, and followed
     // unbounded it moved stories260K's value steps 3.8x coarser and its key steps 4x finer
     // (bits at KL 0.01 +37 %); kvc-bytes-a's and babyllama105's allocations stay within 0.46-2.5x.
-    const double plain = double(kLevelStep[level]) * double(layer_factor(uint32_t(u / 2), L)) * rms[u];
-    const double step = std::clamp(double(kLevelStep[level]) * std::exp(log_k) / std::sqrt(w[u]),
+    const double plain = double(kLevelStep[level]) * double(layer_factor(uint32_t(u / 2), L)) * r.rms[u];
+    const double step = std::clamp(double(kLevelStep[level]) * std::exp(r.log_k) / std::sqrt(r.w[u]),
                                    plain / kMaxRdStepRatio, plain * kMaxRdStepRatio);
     double wsum = 0, wmax_c = 0;
     for (uint32_t c = 0; c < C && !cw.empty(); ++c) {
@@ -250,7 +263,7 @@ std::vector<detail::LayerModel> allocated_grids(const std::vector<float>& coef, 
       const int32_t code = detail::step_code_floor(step / std::sqrt(rel));
       const double st = double(detail::step_from_code(code));
       out[u].step_code[c] = code;
-      out[u].center[c] = int32_t(std::clamp(std::llround(mean[u][c] / st), -(long long)detail::kMaxCenter,
+      out[u].center[c] = int32_t(std::clamp(std::llround(r.mean[u][c] / st), -(long long)detail::kMaxCenter,
                                             (long long)detail::kMaxCenter));
     }
   }
@@ -294,6 +307,7 @@ Status calibrate_profile_models(Profile& p, std::span<const KVView> caches, std:
   const FrameInfo info = detail::profile_model_info(C);
   std::vector<std::vector<uint8_t>> models;
   std::vector<uint8_t> frame;
+  const RdStats stats = sensitivity.empty() ? RdStats{} : rd_stats(all, shape, sensitivity);
   for (int level = 1; level <= kMaxLevel; ++level) {
     EncodeOptions o;
     o.level = level;
@@ -304,7 +318,7 @@ Status calibrate_profile_models(Profile& p, std::span<const KVView> caches, std:
     if (sensitivity.empty()) {
       KVCODEC_ASSIGN_OR_RETURN(n, encode_into(cv, o, frame));
     } else {
-      KVCODEC_ASSIGN_OR_RETURN(n, detail::encode_with_models(cv, o, allocated_grids(all, shape, sensitivity, component_weight, level), frame));
+      KVCODEC_ASSIGN_OR_RETURN(n, detail::encode_with_models(cv, o, allocated_grids(stats, shape, component_weight, level), frame));
     }
     KVCODEC_ASSIGN_OR_RETURN(detail::FrameHead h, detail::parse_head(std::span<const uint8_t>(frame).first(n)));
     for (detail::LayerModel& m : h.layers) {
