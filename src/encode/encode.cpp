@@ -587,10 +587,9 @@ void choose_fixed_model(const Context& cx, uint32_t layer, uint32_t kv, Workspac
   detail::lossy_model_codes(fm, fixed_lut);
   const uint64_t fixed_cost = detail::lossy_model_cost(ws.counts, fm, fixed_lut);
   if (fixed_cost == UINT64_MAX) return;
-  std::vector<uint8_t> bytes;  // the own model as the frame would carry it: no grids (the profile's)
-  const FrameInfo f = detail::frame_info_for(cx.src.shape, cx.src.dtype, cx.opt);
-  detail::write_layer_model(f, m, bytes, false);
-  const uint64_t own_cost = detail::lossy_model_cost(ws.counts, m, fc_lut) + (uint64_t(bytes.size()) * 8 << 16);
+  // The own model as the frame would carry it: no grids (the profile's).
+  const uint64_t own_bytes = detail::layer_model_prefix_bytes(m, false);
+  const uint64_t own_cost = detail::lossy_model_cost(ws.counts, m, fc_lut) + (own_bytes * 8 << 16);
   if (fixed_cost >= own_cost) return;
   m = fm;
   m.from_profile = true;
