@@ -4,8 +4,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <fstream>
-#include <iterator>
 #include <memory>
 #include <new>
 #include <span>
@@ -13,6 +11,7 @@
 
 #include "kvcodec/codec.hpp"
 #include "kvcodec/format.hpp"
+#include "kvcodec/io.hpp"
 #include "kvcodec/profile.hpp"
 #include "kvcodec/status.hpp"
 #include "kvcodec/tensor.hpp"
@@ -371,13 +370,11 @@ int32_t kvcodec_profile_load(const char* path, kvcodec_profile** out) {
   if (!out) return invalid("kvcodec_profile_load: out is NULL");
   *out = nullptr;
   if (!path) return invalid("kvcodec_profile_load: path is NULL");
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return record(NotFound(std::string("cannot open profile ") + path));
-  std::vector<uint8_t> b((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  if (f.bad()) return record(IoError(std::string("cannot read profile ") + path));
-  auto p = parse_profile(b);
+  auto b = read_file(path);  // kept for the size (load_profile would need a re-serialization)
+  if (!b.ok()) return record(b.status());
+  auto p = parse_profile(*b);
   if (!p.ok()) return record(p.status().with_context(path));
-  return new_profile(std::move(p), b.size(), out);
+  return new_profile(std::move(p), b->size(), out);
 }
 
 void kvcodec_profile_free(kvcodec_profile* profile) { delete profile; }

@@ -54,6 +54,9 @@ Status save_kv(const std::string& path, const KVCache& kv);
 
 // Whole-file helpers.
 StatusOr<std::vector<uint8_t>> read_file(const std::string& path);
+struct Profile;  // kvcodec/profile.hpp
+// parse_profile of the file's contents (read_file's errors otherwise); every error names the path.
+StatusOr<Profile> load_profile(const std::string& path);
 Status write_file(const std::string& path, const uint8_t* data, size_t size);
 
 // ---- Files without extra copies or page faults (large caches) ------------------------------

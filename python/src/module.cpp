@@ -6,8 +6,6 @@
 
 #include <cinttypes>
 #include <cstdio>
-#include <fstream>
-#include <iterator>
 #include <memory>
 #include <optional>
 #include <string>
@@ -16,6 +14,7 @@
 #include "kvcodec/codec.hpp"
 #include "kvcodec/config.hpp"
 #include "kvcodec/format.hpp"
+#include "kvcodec/io.hpp"
 #include "kvcodec/profile.hpp"
 #include "kvcodec/version.hpp"
 #include "layout.hpp"
@@ -157,11 +156,8 @@ ProfilePtr profile_from_bytes(py::handle b) {
 }
 
 ProfilePtr profile_load(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) raise(NotFound("cannot open profile " + path));
-  const std::vector<uint8_t> b((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  StatusOr<Profile> p = parse_profile(b);
-  if (!p.ok()) raise(p.status().with_context(path));
+  StatusOr<Profile> p = load_profile(path);
+  if (!p.ok()) raise(p.status());
   return std::make_shared<Profile>(std::move(*p));
 }
 

@@ -6,6 +6,7 @@
 // straight into their final buffers. Writers go through AtomicFile: a temporary file beside the
 // target, renamed over it only once everything was written, so readers never see a half file.
 #include "kvcodec/io.hpp"
+#include "kvcodec/profile.hpp"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -938,6 +939,14 @@ StatusOr<std::vector<uint8_t>> read_file(const std::string& path) {
   if (s.ok()) s = f.read_at(0, out.data(), out.size());
   if (!s.ok()) return in_file(s, path);
   return out;
+}
+
+StatusOr<Profile> load_profile(const std::string& path) {
+  StatusOr<std::vector<uint8_t>> bytes = read_file(path);
+  if (!bytes.ok()) return bytes.status();
+  StatusOr<Profile> p = parse_profile(*bytes);
+  if (!p.ok()) return in_file(p.status(), path);
+  return p;
 }
 
 Status write_file(const std::string& path, const uint8_t* data, size_t size) {

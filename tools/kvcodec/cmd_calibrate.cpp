@@ -15,14 +15,6 @@
 
 namespace kvcodec::cli {
 
-StatusOr<Profile> load_profile(const std::string& path) {
-  StatusOr<FileBytes> bytes = FileBytes::read(path);
-  if (!bytes.ok()) return bytes.status();
-  StatusOr<Profile> p = parse_profile(bytes->bytes());
-  if (!p.ok()) return p.status().with_context(path);
-  return p;
-}
-
 std::string digest_hex(uint64_t digest) {
   char b[17];
   std::snprintf(b, sizeof b, "%016" PRIx64, digest);

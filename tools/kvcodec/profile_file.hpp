@@ -4,12 +4,11 @@
 #include <string>
 
 #include "kvcodec/format.hpp"
+#include "kvcodec/io.hpp"  // load_profile
 #include "kvcodec/profile.hpp"
 
 namespace kvcodec::cli {
 
-// The parsed profile of `path`; errors carry the path.
-StatusOr<Profile> load_profile(const std::string& path);
 // kInvalidArgument when a transform-coded frame has no profile (nullptr) or another one than it
 // names; OK for frames of versions 1-3 (a profile given for them is not used).
 Status check_frame_profile(const FrameInfo& f, const Profile* p);
