@@ -440,6 +440,7 @@ TEST(Profile, GoldenVersion4Frame) {
   const std::vector<uint16_t> in = to_f16(make_cache(s, 21));
   EncodeOptions o;
   o.chunk_tokens = 16;
+  o.rd_quantize = false;  // the default, the encoder of this frame
   if (std::getenv("KVCODEC_WRITE_GOLDEN")) {
     const Profile p = make_test_profile(s, true, 22);
     auto frame = encode_with(in, s, o, p, 100);
@@ -669,6 +670,7 @@ TEST(ProfileModels, GoldenFrame) {
   EncodeOptions o;
   o.chunk_tokens = 16;
   o.level = 5;
+  o.rd_quantize = false;  // the default, the encoder of this frame
   if (std::getenv("KVCODEC_WRITE_GOLDEN")) {
     const Profile p = models_profile(s, true, 62);
     auto frame = encode_with(in, s, o, p, 100);
@@ -709,6 +711,54 @@ TEST(ProfileModels, GoldenFrame) {
   EXPECT_EQ(*again, frame) << "the encoder no longer writes the committed version 4 frame with profile models";
   // Calibrating the same models again gives the same profile (integer-deterministic encoder).
   EXPECT_EQ(serialize_profile(models_profile(s, true, 62)), serialize_profile(*p));
+}
+
+// Frames of rate-distortion optimised quantization (EncodeOptions::rd_quantize, off by default) with
+// the committed profiles: STEM.kvc decodes to DIGEST's values within the bound and re-encoding
+// gives it byte for byte. KVCODEC_WRITE_GOLDEN writes the frame and digest (not the profile).
+void check_golden_rdq(const std::string& profile_file, const std::string& stem, const std::string& digest_file,
+                      uint64_t seed, int level, bool models) {
+  const KVShape s{2, 40, 2, 16};
+  const std::vector<uint16_t> in = to_f16(make_cache(s, seed));
+  EncodeOptions o;
+  o.chunk_tokens = 16;
+  o.level = level;
+  o.rd_quantize = true;
+  auto p = parse_profile(read_all(golden(profile_file)));
+  ASSERT_TRUE(p.ok()) << p.status().to_string();
+  auto frame = encode_with(in, s, o, *p, 100);
+  ASSERT_TRUE(frame.ok()) << frame.status().to_string();
+  if (std::getenv("KVCODEC_WRITE_GOLDEN")) {
+    write_all(golden(stem + ".kvc"), *frame);
+    std::vector<uint16_t> out(s.elements());
+    ASSERT_TRUE(decode_into(*frame, *p, contiguous_view(out.data(), DType::kF16, s)).ok());
+    std::ofstream(golden(digest_file)) << std::hex << detail::xxh64(out.data(), out.size() * 2, 0) << "\n";
+    GTEST_SKIP() << "rewrote tests/golden/v4/" << stem;
+  }
+  const std::vector<uint8_t> committed = read_all(golden(stem + ".kvc"));
+  ASSERT_FALSE(committed.empty());
+  std::vector<uint16_t> out(in.size());
+  ASSERT_TRUE(decode_into(committed, *p, contiguous_view(out.data(), DType::kF16, s)).ok());
+  std::ifstream dig(golden(digest_file));
+  uint64_t want = 0;
+  dig >> std::hex >> want;
+  EXPECT_EQ(detail::xxh64(out.data(), out.size() * 2, 0), want);
+  if (models) expect_within_model_bound(in, out, s, *p, level);
+  else expect_within_bound(in, out, s, *p, level, 100);
+  EXPECT_EQ(*frame, committed) << "the encoder no longer writes the committed frame " << stem;
+  // Smaller than the frame of the plain quantizer.
+  o.rd_quantize = false;
+  auto plain = encode_with(in, s, o, *p, 100);
+  ASSERT_TRUE(plain.ok());
+  EXPECT_LT(committed.size(), plain->size());
+}
+
+TEST(Profile, GoldenVersion4FrameRdq) {
+  check_golden_rdq("f16_level4_rope.kvprofile", "f16_level4_rope_rdq", "digest_rdq.txt", 21, 4, false);
+}
+
+TEST(ProfileModels, GoldenFrameRdq) {
+  check_golden_rdq("f16_level5_models.kvprofile", "f16_level5_models_rdq", "digest_models_rdq.txt", 61, 5, true);
 }
 
 }  // namespace

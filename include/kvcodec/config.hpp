@@ -65,6 +65,13 @@ struct EncodeOptions {
   uint32_t table_groups = 8;
   // Default kLayer (see StepMode).
   StepMode step_mode = StepMode::kLayer;
+  // With a profile (version 4 frames) only: rate-distortion optimised quantization, each
+  // coefficient coded as the nearer or the other neighbouring grid point, whichever costs less
+  // squared error + lambda * bits under the frame's tables (lambda = step^2 * 2 ln 2 / 12), within
+  // the row error bound of docs/format.md 7. Off by default: it saves 1-4 % of the bytes at equal
+  // level but raised the next-token KL more than that (docs/results/quality.md, issue 10 RDOQ).
+  // Frames without a profile are not affected.
+  bool rd_quantize = false;
   // Worker threads, 0 = all hardware threads. Output bytes do not depend on it.
   int threads = 1;
   // Receives a kEncode event per frame (metrics.hpp); not owned. nullptr (default): none, no cost.

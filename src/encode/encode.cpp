@@ -24,6 +24,7 @@
 #include "encode/encode_values.hpp"
 #include "common/quant.hpp"
 #include "encode/quantize.hpp"
+#include "encode/rd_quantize.hpp"
 #include "encode/unit_store.hpp"
 #include "common/simd.hpp"
 
@@ -104,6 +105,9 @@ struct Context {
   // are read in place (rows_in_place), else that of the gathered rows, a cache line more than
   // the row, so that column blocks do not map every row to the same cache sets.
   size_t rp;
+  // Rate-distortion optimised quantization (rd_quantize.hpp) with error blocks of this many
+  // channels: the head_dim of version 4 coefficients; 0 = off (frames without a profile).
+  uint32_t rd_block = 0;
 };
 
 // A task's scratch memory, reused by the next task (and the next encoding) so that its pages are
@@ -125,6 +129,7 @@ struct Workspace {
   std::vector<ChannelGrid> grids;
   std::vector<uint32_t> codes, fc, esc_at, chan_off;
   std::vector<const uint32_t*> chan_lut;
+  detail::RdTables rd;            // rate-distortion quantization: code lengths per (group, bin)
   detail::LaneStreamEncoder lanes;
   std::vector<uint8_t> unit;  // the unit being coded (then copied to the task's UnitStore)
 };
@@ -596,6 +601,31 @@ void choose_fixed_model(const Context& cx, uint32_t layer, uint32_t kv, Workspac
   fc_lut = std::move(fixed_lut);
 }
 
+// Rate-distortion optimised quantization of the counted values (fp32 coefficients, group_tokens
+// 1) under the tables chosen for them; the unit's own tables are then rebuilt on the moved
+// values' counts (same channel groups), the profile's stay as they are.
+Status rd_pass(const Context& cx, const uint8_t* raw, Workspace& ws, LayerModel& m, std::vector<uint32_t>& fc_lut) {
+  const uint32_t T = cx.src.shape.tokens, C = uint32_t(cx.src.shape.channels());
+  const size_t VP = size_t(C) + 32;
+  detail::rd_tables(fc_lut, ws.rd);
+  // Own tables are rebuilt after the pass and may escape other values: no value then counts as
+  // decoding exactly, so the error bound holds whatever the new tables escape.
+  if (!m.from_profile)
+    for (size_t i = 0; i < ws.rd.escape.size(); ++i)
+      if (ws.rd.escape[i]) {
+        ws.rd.escape[i] = 0;
+        ws.rd.up[i] = ws.rd.down[i] = 1.0;  // no move from or to an escaped bin
+        if (i % detail::kLossyBins + 1 < detail::kLossyBins) ws.rd.down[i + 1] = 1.0;
+        if (i % detail::kLossyBins > 0) ws.rd.up[i - 1] = 1.0;
+      }
+  const detail::RdQuantizeInput in{reinterpret_cast<const float*>(raw), cx.rp / sizeof(float), T, C, cx.rd_block,
+                                   ws.step.data(), ws.inv_step.data(), ws.center_i.data(), &ws.rd,
+                                   m.channel_group.data()};
+  if (detail::rd_quantize(in, ws.val.data(), VP) == 0 || m.from_profile) return Status::Ok();
+  count_lossy(ws.val.data(), T, C, VP, cx.opt.chunk_tokens, 1, 1, ws);
+  return detail::build_layer_tables(ws.counts, false, m, fc_lut);
+}
+
 // Lane codes of one token's values: f[c] = lut[off[c] + lossy_bin(v[c])] without the escape
 // flag; returns the OR of the codes (the flag says whether any escapes).
 uint32_t row_codes_scalar(const int16_t* v, const uint32_t* off, uint32_t n, const uint32_t* lut, uint32_t* f) {
@@ -696,6 +726,9 @@ void encode_lossy(const Context& cx, uint32_t layer, uint32_t kv, const uint8_t*
     if (!out.status.ok()) return;
   }
   if (cx.fixed && !(*cx.fixed)[size_t(layer) * 2 + kv].tables.empty()) choose_fixed_model(cx, layer, kv, ws, m, fc_lut);
+  if (cx.rd_block && GT == 1 && cx.src.dtype == DType::kF32 && cx.rp % sizeof(float) == 0 &&
+      !(out.status = rd_pass(cx, raw, ws, m, fc_lut)).ok())
+    return;
   if (!m.from_profile) {
     m.step_code.resize(C);
     m.center.resize(C);
@@ -757,13 +790,13 @@ size_t max_encoded_size(const KVShape& shape, DType dtype, const EncodeOptions& 
 
 // encode_into without the metrics.
 static StatusOr<size_t> encode_frame(const KVView& src, const EncodeOptions& o, std::span<uint8_t> dst,
-                                     const std::vector<LayerModel>* fixed = nullptr) {
+                                     const std::vector<LayerModel>* fixed = nullptr, uint32_t rd_block = 0) {
   KVCODEC_RETURN_IF_ERROR(validate_options(o));
   KVCODEC_RETURN_IF_ERROR(validate_view(src));
   const KVShape& sh = src.shape;
   const uint32_t L = sh.layers;
   const uint32_t chunks = detail::num_chunks_for(sh.tokens, o.chunk_tokens);
-  const Context cx{src, o, fixed, chunks, dtype_size(src.dtype), sh.channels() * dtype_size(src.dtype) + 64};
+  const Context cx{src, o, fixed, chunks, dtype_size(src.dtype), sh.channels() * dtype_size(src.dtype) + 64, rd_block};
 
   std::vector<LayerOutput> outs(size_t(L) * 2);
   KVCODEC_RETURN_IF_ERROR(detail::parallel_for(outs.size(), o.threads, [&](size_t task) {
@@ -782,7 +815,7 @@ static StatusOr<size_t> encode_frame(const KVView& src, const EncodeOptions& o, 
       gather(src, l, kv, ws->raw.data(), cx.rp);
       raw = ws->raw.data();
     }
-    const Context tcx{cx.src, cx.opt, cx.fixed, cx.chunks, cx.es, pitch};
+    const Context tcx{cx.src, cx.opt, cx.fixed, cx.chunks, cx.es, pitch, cx.rd_block};
     if (o.level == 0) encode_lossless(tcx, raw, *ws, outs[task]);
     else encode_lossy(tcx, l, kv, raw, *ws, outs[task]);
     const size_t ws_bytes = ws->raw.capacity() + ws->val.capacity() * 2 + ws->fc.capacity() * 4 +
@@ -851,21 +884,20 @@ static StatusOr<size_t> encode_frame(const KVView& src, const EncodeOptions& o, 
 namespace detail {
 
 StatusOr<size_t> encode_with_models(const KVView& src, const EncodeOptions& o, const std::vector<LayerModel>& fixed,
-                                    std::span<uint8_t> dst) {
+                                    std::span<uint8_t> dst, uint32_t rd_block) {
   if (o.level == 0 || o.group_tokens != 1 || fixed.size() != size_t(src.shape.layers) * 2)
     return InvalidArgument("profile models need a lossy level, group_tokens 1 and a model per (layer, K/V)");
   for (const LayerModel& m : fixed)
     if (m.step_code.size() != src.shape.channels() || m.center.size() != src.shape.channels() || m.slots != 1 ||
         m.tables.empty() != fixed.front().tables.empty())
       return InvalidArgument("profile model of another shape");
-  return encode_frame(src, o, dst, &fixed);
+  return encode_frame(src, o, dst, &fixed, rd_block);
 }
 
-}  // namespace detail
-
-StatusOr<size_t> encode_into(const KVView& src, const EncodeOptions& o, std::span<uint8_t> dst) {
+StatusOr<size_t> encode_coefficients_rd(const KVView& src, const EncodeOptions& o, std::span<uint8_t> dst,
+                                        uint32_t rd_block) {
   const detail::MetricTimer timer(o.metrics);
-  StatusOr<size_t> size = encode_frame(src, o, dst);
+  StatusOr<size_t> size = encode_frame(src, o, dst, nullptr, rd_block);
   if (timer.sink() && size.ok()) {
     MetricEvent e;
     e.kind = MetricKind::kEncode;
@@ -877,6 +909,12 @@ StatusOr<size_t> encode_into(const KVView& src, const EncodeOptions& o, std::spa
     timer.sink()->record(e);
   }
   return size;
+}
+
+}  // namespace detail
+
+StatusOr<size_t> encode_into(const KVView& src, const EncodeOptions& o, std::span<uint8_t> dst) {
+  return detail::encode_coefficients_rd(src, o, dst, 0);
 }
 
 }  // namespace kvcodec

@@ -76,8 +76,14 @@ void lossy_model_codes(const LayerModel& m, std::vector<uint32_t>& codes);
 // of fixed[l * 2 + kv]; each unit codes with that model's tables (the model section then holds
 // the source byte 1 alone) or, when cheaper, its own tables (source byte 0, then its model).
 // Models without tables (all of them) fix only the grids: a version 2/3 frame, no source bytes.
+// rd_block != 0: rate-distortion optimised quantization of fp32 coefficients (rd_quantize.hpp)
+// with error blocks of rd_block channels (version 4 frames: the head_dim).
 StatusOr<size_t> encode_with_models(const KVView& src, const EncodeOptions& o, const std::vector<LayerModel>& fixed,
-                                    std::span<uint8_t> dst);
+                                    std::span<uint8_t> dst, uint32_t rd_block = 0);
+// encode_into (its metrics event included) with rate-distortion optimised quantization when
+// rd_block != 0; no profile models.
+StatusOr<size_t> encode_coefficients_rd(const KVView& src, const EncodeOptions& o, std::span<uint8_t> dst,
+                                        uint32_t rd_block);
 uint64_t lossy_model_cost(const ChannelCounts& cc, const LayerModel& m, const std::vector<uint32_t>& codes);
 
 // The frame parameters of an encoding of `shape` and `dtype` with options `o` (no chunks yet).

@@ -127,13 +127,14 @@ bool uses_models(const EncodeOptions& o, const Profile& p) { return !p.models.em
 // The coefficients' frame (dtype f32, no transform block) into dst: with the profile's layer
 // models for the level when the profile has them.
 StatusOr<size_t> encode_coefficients(const KVView& cv, const EncodeOptions& o, const Profile& p, std::span<uint8_t> dst) {
-  if (!uses_models(o, p)) return encode_into(cv, o, dst);
+  const uint32_t rd = o.rd_quantize ? p.head_dim : 0;  // error blocks of one head's coefficients
+  if (!uses_models(o, p)) return detail::encode_coefficients_rd(cv, o, dst, rd);
   const size_t per_level = size_t(p.layers) * 2;
   std::vector<detail::LayerModel> fixed(per_level);
   for (size_t i = 0; i < per_level; ++i)
     KVCODEC_RETURN_IF_ERROR(detail::parse_profile_model(p.models[size_t(o.level - 1) * per_level + i],
                                                         uint32_t(cv.shape.channels()), fixed[i]));
-  return detail::encode_with_models(cv, o, fixed, dst);
+  return detail::encode_with_models(cv, o, fixed, dst, rd);
 }
 
 // The coefficients' frame bound: a source byte per layer model more with profile models.

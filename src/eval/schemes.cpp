@@ -193,6 +193,10 @@ Status add_entry(Entry& e, SchemeList& out) {
     if (kw != "off" && kw != "on") return e.error("kw: expected off or on");
     p.key_weights = kw == "on";
     if (p.key_weights && (!p.rd || !p.undo_rope)) return e.error("kw=on needs rd=on and keys before RoPE");
+    const std::string rdq = e.value("rdq", "off");
+    if (rdq != "off" && rdq != "on") return e.error("rdq: expected off or on");
+    o.rd_quantize = rdq == "on";
+    if (o.rd_quantize && !p.library) return e.error("rdq=on needs format=v4");
     for (long long lv : levels) {
       o.level = int(lv);
       out.push_back(make_kvpca(e.curve_name("levels"), p));
