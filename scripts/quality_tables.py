@@ -11,9 +11,12 @@ import json
 import os
 import sys
 
-ORDER = ["kvpca:format=v4:models=on:rd=on", "kvpca:format=v4", "kvcodec", "cachegen", "cachegen:bins", "kvtc", "kivi", "zfp", "int8", "zstd", "fp16"]
+ORDER = ["kvpca:format=v4:models=on:rd=on", "kvpca:format=v4:models=on:rd=on:rdq=on", "kvpca:format=v4",
+         "kvpca:format=v4:rdq=on", "kvcodec", "cachegen", "cachegen:bins", "kvtc", "kivi", "zfp", "int8", "zstd", "fp16"]
 NAMES = {"kvpca:format=v4:models=on:rd=on": "**kvcodec + v2 profile (`calibrate`'s default)**",
          "kvpca:format=v4": "kvcodec + v1 profile (transform only)", "kvcodec": "kvcodec default (no profile)",
+         "kvpca:format=v4:models=on:rd=on:rdq=on": "v2 profile + rate-distortion quantization (`rdq=on`, not adopted)",
+         "kvpca:format=v4:rdq=on": "v1 profile + rate-distortion quantization (`rdq=on`)",
          "cachegen": "CacheGen as shipped", "cachegen:bins": "CacheGen, continuous bins", "kvtc": "KVTC-style"}
 
 
@@ -54,7 +57,7 @@ def main(paths):
             if t["ppl_note"] == "not reached" and t["kl_note"] == "above target at every setting":
                 ppl_s = "n/a (ppl falls)"  # one-sided target: a damaged cache can lower perplexity
             ratio = ""
-            if s in ORDER[:3] and kl_kind == "=":
+            if s in ORDER[:5] and kl_kind == "=":
                 # CacheGen above target everywhere: its threshold is beyond its most bits, so the
                 # ratio is below kl / that; never reached: beyond its fewest bits, ratio above.
                 ratio = {"=": "", ">": "< ", "<": "> "}[shipped_kind] + f"{kl / shipped:.2f}"
