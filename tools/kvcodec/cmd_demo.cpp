@@ -79,7 +79,7 @@ void declare(Command& cmd, DemoOptions& o) {
   cmd.option("--slo-ms", o.slo_ms,
              "time-to-first-token target, ms (default: 80% of recomputing the whole context, so that neither "
              "recomputing nor fetching alone is enough)");
-  cmd.option("--objective", o.objective_name, "min-prefill (default), quality or ttft (see kvcodec fetch --help)");
+  cmd.option("--objective", o.objective_name, "min-prefill (default), quality, ttft or min-prefill-unhedged (see kvcodec fetch --help)");
   cmd.option("--max-distortion", o.max_distortion, "quality floor of min-prefill, relative error (default 0.1)");
   cmd.option("--prefill-tps", o.prefill_tps,
              "prefill tokens/s for TEXT chunks (default: 4000, an assumption for the target GPU; measured with --model)");
