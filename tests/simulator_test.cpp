@@ -361,5 +361,24 @@ TEST(Simulator, MinPrefillIsNeverSlowerThanRecomputingOnTheSweepDropTraces) {
   std::printf("min-prefill met the SLO on %d of %d drop-trace runs\n", met, runs);
 }
 
+TEST(Simulator, ColdMinPrefillProbesTheLinkInsteadOfPlanningOnTheGuess) {
+  // Cold (a 1 Gb/s guess, no history) the default objective used to commit the GPU's first two
+  // chunks on the guess before the first KV bytes were timed: 512 tokens of prefill on a link
+  // 100x faster, and a real client whose first bytes come later than the simulator's committed
+  // more (kvcodec demo: 6-9 chunks recomputed where its simulation recomputed 2). It now probes
+  // the link like the lowest-TTFT objective: at most the hedge's one chunk before it knows.
+  const ContextProfile p = test::sweep_profile();
+  for (double rtt_ms : {1.0, 10.0}) {
+    for (double gbps : {10.0, 30.0, 100.0}) {
+      const LinkTrace link = LinkTrace::constant(gbps);
+      const SimResult cold = run(p, sweep_config(Objective::kMinPrefillWithinSlo, rtt_ms / 1e3, false, gbps), link);
+      const SimResult warm = run(p, sweep_config(Objective::kMinPrefillWithinSlo, rtt_ms / 1e3, true, gbps), link);
+      EXPECT_TRUE(cold.slo_met) << gbps << " Gb/s, RTT " << rtt_ms;
+      EXPECT_LE(cold.prefill_tokens, 256u) << gbps << " Gb/s, RTT " << rtt_ms;
+      EXPECT_LE(cold.ttft_s, warm.ttft_s * 1.05) << gbps << " Gb/s, RTT " << rtt_ms;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace kvcodec

@@ -151,7 +151,8 @@ struct Controller::Impl {
   detail::PlanScore score_shape(double now_s, const Prediction& p,
                                 const detail::PlanShape& shape) const;
   int equal_budget_choice(uint32_t chunk) const;
-  int smallest_option(uint32_t chunk) const;  // fewest bytes on the wire
+  // Fewest bytes on the wire, among `options`.
+  int smallest_option(uint32_t chunk, const std::vector<int>& options) const;
   detail::PlanShape plan_rest(double now_s, const Prediction& p, detail::PlanScore* score) const;
   Decision decide(uint32_t chunk, int option, double now_s, double predicted_ttft_s);
   std::optional<Decision> abandon_late_kv(double now_s, const Prediction& p);
@@ -452,11 +453,11 @@ int Controller::Impl::equal_budget_choice(uint32_t c) const {
   for (int o : by_quality_)
     if (double(profile_.chunk_bytes(c, o)) / bps <= budget) return o;
   if (text_allowed_) return kTextOption;
-  return smallest_option(c);
+  return smallest_option(c, by_quality_);
 }
 
-int Controller::Impl::smallest_option(uint32_t c) const {
-  return *std::min_element(by_quality_.begin(), by_quality_.end(), [&](int x, int y) {
+int Controller::Impl::smallest_option(uint32_t c, const std::vector<int>& options) const {
+  return *std::min_element(options.begin(), options.end(), [&](int x, int y) {
     return profile_.chunk_bytes(c, x) < profile_.chunk_bytes(c, y);
   });
 }
@@ -510,8 +511,8 @@ bool Controller::Impl::probing(double now_s) const noexcept {
   // Only for the lowest TTFT. Within an SLO the prior's caution is what the objective wants:
   // TEXT is exact, and probe requests committed at the cheapest option before the link is
   // known would cost quality wherever the link turns out fast.
-  return config_.objective == Objective::kMinTtft && guessing() && !profile_.options.empty() &&
-         now_s < probe_end_s(now_s);
+  return (config_.objective == Objective::kMinTtft || config_.objective == Objective::kMinPrefillWithinSlo) &&
+         guessing() && !plannable_.empty() && now_s < probe_end_s(now_s);
 }
 
 bool Controller::Impl::guessing() const noexcept {
@@ -594,13 +595,14 @@ std::optional<Decision> Controller::Impl::next_request(double now_s) {
   if (link_room && (plan.text < back_ - front_ || probe)) {
     const uint32_t c = back_ - 1;
     // A probe is the cheapest request: it arrives, and measures the link, soonest.
-    int option = probe ? smallest_option(c) : plan.count_a > 0 ? plan.a : plan.b;
+    int option = probe ? smallest_option(c, plannable_) : plan.count_a > 0 ? plan.a : plan.b;
     if (!probe && hedged()) option = hedge_option(now_s, p, option, gpu_room);
     if (option != kNoOption && (!probe || !link_full(replay(now_s, decoder_bound_gbps(c, option)))))
       return decide(c, option, now_s, score.ttft_s);
   }
   // The hedge: were the link to drop now, recomputing from the front must still finish in time.
-  if (hedged() && gpu_room && front_ < back_) {
+  // One chunk at a time: the GPU's queue is not held for insurance.
+  if (hedged() && gpu_idle && front_ < back_) {
     const double slack = hedge_bound_s_ - kHedgeMarginS - drop_recovery_s(now_s, p, kNoOption);
     if (slack <= 1e-9) return decide(front_, kTextOption, now_s, score.ttft_s);
     // With no news, the slack runs out at the GPU's pace: be asked again then.
