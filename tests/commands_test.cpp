@@ -122,7 +122,7 @@ TEST_F(Commands, ObjectivesAreChosenByName) {
     const std::string& cmd = args[0];
     const RunResult r = run(args);
     EXPECT_EQ(r.exit_code, 2) << cmd;
-    EXPECT_NE(r.err.find("min-prefill, quality or ttft"), std::string::npos) << cmd << ": " << r.err;
+    EXPECT_NE(r.err.find("min-prefill, quality, ttft or min-prefill-unhedged"), std::string::npos) << cmd << ": " << r.err;
   }
 }
 
