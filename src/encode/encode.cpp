@@ -210,18 +210,41 @@ void spill_counts(uint16_t* c16, uint32_t* c32, size_t n) {
 
 // Counts tokens [t0, t1) of channels [c0, c0 + n) into c16 ([j][plane][byte]) and the clustering
 // feature (magnitude bits of the top byte); P bytes per element.
+// Not inlined: in the caller's large body its loop counters were kept on the stack (a store and
+// reload per element); on its own every pointer and counter stays in a register.
 template <uint32_t P>
-void count_planes(const uint8_t* raw, size_t rp, uint32_t t0, uint32_t t1, uint32_t c0, uint32_t n, uint16_t* c16,
-                  uint64_t* feature) {
+__attribute__((noinline)) void count_planes(const uint8_t* raw, size_t rp, uint32_t t0, uint32_t t1, uint32_t c0,
+                                            uint32_t n, uint16_t* c16, uint64_t* feature) {
   constexpr size_t per_channel = size_t(P) * detail::kLosslessBins;
   for (uint32_t t = t0; t < t1; ++t) {
     const uint8_t* e = raw + size_t(t) * rp + size_t(c0) * P;
-    for (uint32_t j = 0; j < n; ++j, e += P) {
-      uint16_t* cj = c16 + j * per_channel;
+    uint16_t* cj = c16;
+    for (uint32_t j = 0; j < n; ++j, e += P, cj += per_channel) {
       for (uint32_t p = 0; p < P; ++p) ++cj[p * detail::kLosslessBins + e[p]];
       feature[j] += e[P - 1] & 0x7f;
     }
   }
+}
+
+// Appends the non-zero counts of cj[0, n) to cc as (index, count) in ascending order and clears
+// cj. Branch-free (whether a count is zero is unpredictable) and not inlined, so that its
+// pointers stay in registers.
+__attribute__((noinline)) void append_sparse(uint32_t* cj, uint32_t n, detail::ChannelCounts& cc) {
+  const size_t k = cc.index.size();
+  cc.index.resize(k + n);
+  cc.count.resize(k + n);
+  uint32_t* idx = cc.index.data() + k;
+  uint32_t* cnt = cc.count.data() + k;
+  size_t m = 0;
+  for (uint32_t i = 0; i < n; ++i) {
+    const uint32_t v = cj[i];
+    idx[m] = i;
+    cnt[m] = v;
+    m += v != 0;
+    cj[i] = 0;
+  }
+  cc.index.resize(k + m);
+  cc.count.resize(k + m);
 }
 
 // Counts the byte planes of channels [c0, c0 + n) into ws.counts (appended in channel order) and
@@ -243,13 +266,7 @@ void count_lossless_block(const uint8_t* raw, size_t rp, uint32_t T, uint32_t P,
   }
   detail::ChannelCounts& cc = ws.counts;
   for (uint32_t j = 0; j < n; ++j) {
-    uint32_t* cj = c32 + j * per_channel;
-    for (uint32_t i = 0; i < per_channel; ++i)
-      if (cj[i]) {
-        cc.index.push_back(i);
-        cc.count.push_back(cj[i]);
-        cj[i] = 0;
-      }
+    append_sparse(c32 + j * per_channel, uint32_t(per_channel), cc);
     cc.begin.push_back(uint32_t(cc.index.size()));
     ws.feature[c0 + j] = feature[j];
   }

@@ -287,6 +287,11 @@ Status lossy_table(const uint64_t* h, TableSpec& spec, uint32_t* codes) {
 // Lossless: the byte planes kept raw (docs/format.md 4.5): those whose symbols, coded with the
 // tables just built from the group histograms gh, would save less than 1/64 of their bytes.
 uint32_t raw_planes_of(const std::vector<uint64_t>& gh, const LayerModel& m) {
+  static const std::vector<uint64_t> cost = [] {  // symbol_cost_q16 of every frequency, once
+    std::vector<uint64_t> c(kRansM + 1);
+    for (uint32_t f = 0; f <= kRansM; ++f) c[f] = symbol_cost_q16(f);
+    return c;
+  }();
   uint32_t mask = 0;
   for (uint32_t p = 0; p < m.slots; ++p) {
     uint64_t coded = 0, symbols = 0;
@@ -296,7 +301,7 @@ uint32_t raw_planes_of(const std::vector<uint64_t>& gh, const LayerModel& m) {
       const FreqTable& tb = m.tables[i].table;
       for (uint32_t b = 0; b < tb.size(); ++b)
         if (h[b]) {
-          coded += h[b] * symbol_cost_q16(tb.freq[b]);
+          coded += h[b] * cost[tb.freq[b]];
           symbols += h[b];
         }
     }
