@@ -567,13 +567,7 @@ void lossy_grids(const Context& cx, uint32_t layer, uint32_t kv, const uint8_t* 
   detail::column_stats(raw, cx.rp, uint8_t(cx.src.dtype), T, C, ws.row.data(), sums, ws.lo.data(), ws.hi.data());
   ws.grids.resize(C);
   const double rel = double(kLevelStep[cx.opt.level]) * layer_factor(layer, sh.layers);
-  // The robust passes read columns of the raw elements (the values widen_to_f32 gives).
-  static constexpr float (*kLoad[4])(const void*, size_t) = {
-      [](const void* p, size_t i) { return static_cast<const float*>(p)[i]; },
-      [](const void* p, size_t i) { return detail::f16_to_f32(static_cast<const uint16_t*>(p)[i]); },
-      [](const void* p, size_t i) { return detail::bf16_to_f32(static_cast<const uint16_t*>(p)[i]); },
-      [](const void* p, size_t i) { return detail::f8e4m3_to_f32(static_cast<const uint8_t*>(p)[i]); }};
-  const detail::Columns cols{raw, cx.rp / cx.es, kLoad[uint8_t(cx.src.dtype) - 1], uint8_t(cx.src.dtype)};  // rows rp bytes apart
+  const detail::Columns cols{raw, cx.rp / cx.es, uint8_t(cx.src.dtype)};  // rows rp bytes apart
   detail::grids_from_sums(sums, ws.lo.data(), ws.hi.data(), C, T, cols, rel, cx.opt.step_mode, ws.grids.data());
   grid_constants(C, ws);
 }
