@@ -11,8 +11,9 @@ import sys
 
 CONSTANT = ["text-only", "fp16", "int8", "cachegen-L2", "kvcodec-L0", "kvcodec-L4", "kvcodec-L8", "equal-budget",
             "adaptive-ttft", "oracle-ttft", "adaptive-quality", "oracle-quality", "adaptive-min-prefill",
-            "oracle-min-prefill"]
-TRACED = ["equal-budget", "adaptive-quality", "oracle-quality", "adaptive-min-prefill", "oracle-min-prefill"]
+            "adaptive-min-prefill-unhedged", "oracle-min-prefill"]
+TRACED = ["equal-budget", "adaptive-quality", "oracle-quality", "adaptive-min-prefill", "adaptive-min-prefill-unhedged",
+          "oracle-min-prefill"]
 
 
 def main(path):
@@ -41,12 +42,18 @@ def main(path):
     for rtt, trace in keys:
         cells = []
         for s in TRACED:
+            if (rtt, trace, s) not in by:
+                cells.append("-")
+                continue
             r = by[(rtt, trace, s)]
             cells.append(f"{r['ttft_ms']:.1f} / {'yes' if r['slo_met'] else 'no'} / {r['rel_error']:.4f} / {r['prefill_tokens']}")
         print(f"| {fmt(rtt)} | {trace.split('/')[-1]} | " + " | ".join(cells) + " |")
     totals = []
     for s in TRACED:
-        rs = [by[(rtt, trace, s)] for rtt, trace in keys]
+        rs = [by[(rtt, trace, s)] for rtt, trace in keys if (rtt, trace, s) in by]
+        if not rs:
+            totals.append("-")
+            continue
         met = sum(r["slo_met"] for r in rs)
         err = sum(r["rel_error"] for r in rs) / len(rs)
         worst = max(r["ttft_ms"] for r in rs)

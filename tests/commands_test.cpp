@@ -79,6 +79,10 @@ TEST_F(Commands, DemoStreamsASyntheticContextAndReportsEveryStrategy) {
     real_row |= s["source"] == "real TCP" && s["strategy"] == "kvcodec adaptive";
   }
   EXPECT_TRUE(real_row);
+  // The real fetch's own plan, simulated: the same chunks recomputed as the real fetch.
+  ASSERT_TRUE(sim.count("real fetch's plan"));
+  for (const json& s : j["strategies"])
+    if (s["source"] == "real TCP") EXPECT_EQ(sim["real fetch's plan"]["text_chunks"], s["text_chunks"]);
   ASSERT_TRUE(sim.count("oracle (knows the trace)"));
   const json oracle = sim["oracle (knows the trace)"];
   EXPECT_TRUE(oracle["within_quality_floor"].get<bool>()) << oracle;
@@ -118,7 +122,7 @@ TEST_F(Commands, ObjectivesAreChosenByName) {
     const std::string& cmd = args[0];
     const RunResult r = run(args);
     EXPECT_EQ(r.exit_code, 2) << cmd;
-    EXPECT_NE(r.err.find("min-prefill, quality or ttft"), std::string::npos) << cmd << ": " << r.err;
+    EXPECT_NE(r.err.find("min-prefill, quality, ttft or min-prefill-unhedged"), std::string::npos) << cmd << ": " << r.err;
   }
 }
 

@@ -295,12 +295,14 @@ TEST(Controller, ProtocolErrorsAreReported) {
 // ---- Objectives ---------------------------------------------------------------------------------
 
 TEST(Objective, NamesRoundTrip) {
-  for (Objective o : {Objective::kMinPrefillWithinSlo, Objective::kBestQualityWithinSlo, Objective::kMinTtft}) {
+  for (Objective o : {Objective::kMinPrefillWithinSlo, Objective::kBestQualityWithinSlo, Objective::kMinTtft,
+                      Objective::kMinPrefillUnhedged}) {
     auto p = parse_objective(objective_name(o));
     ASSERT_TRUE(p.ok());
     EXPECT_EQ(*p, o);
   }
   EXPECT_EQ(parse_objective("fastest").status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(*parse_objective("min-prefill-unhedged"), Objective::kMinPrefillUnhedged);  // the old default
   EXPECT_EQ(ControllerConfig{}.objective, Objective::kMinPrefillWithinSlo);  // the default
   ControllerConfig bad;
   bad.max_distortion = -1;

@@ -44,6 +44,34 @@ inline CostModel test_cost() {
   return c;
 }
 
+// docs/results/streaming.md: synthetic Llama-3-8B-shaped context (128 KiB of fp16 KV per token),
+// 8 chunks of 256 tokens, the stored levels 0/2/4/6/8 at their measured bits per element,
+// relative error and frame-head bytes, decoded at the sweep's assumed 100 GB/s.
+inline ContextProfile sweep_profile() {
+  struct Level {
+    int level;
+    double bits, rel_error;
+    uint64_t head;
+  };
+  const Level levels[] = {{0, 13.312, 0, 273555},
+                          {2, 5.660, 0.0185, 278608},
+                          {4, 3.923, 0.0615, 210623},
+                          {6, 2.778, 0.1385, 187760},
+                          {8, 1.859, 0.2769, 177700}};
+  ContextProfile p;
+  p.raw_bytes_per_token = 131072;
+  p.elements_per_token = 65536;
+  for (const Level& l : levels)
+    p.options.push_back({"kvcodec-L" + std::to_string(l.level), l.level, l.rel_error, 100.0, l.head});
+  for (int c = 0; c < 8; ++c) {
+    p.chunk_tokens.push_back(256);
+    std::vector<uint64_t> row;
+    for (const Level& l : levels) row.push_back(uint64_t(256.0 * 65536 * l.bits / 8));
+    p.bytes.push_back(row);
+  }
+  return p;
+}
+
 inline int option_named(const ContextProfile& p, const std::string& name) {
   for (size_t i = 0; i < p.options.size(); ++i)
     if (p.options[i].name == name) return int(i);

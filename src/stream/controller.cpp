@@ -13,6 +13,8 @@ constexpr size_t kMaxOptions = 64;  // options used so far are tracked in a 64-b
 // Slack before a chunk still on its way counts as overdue (Impl::predict): a busy machine can
 // leave the client's thread unscheduled for about this long.
 constexpr double kOverdueSlackS = 0.005;
+// The hedge's margin: how late a client may come back when asked (Controller::wake_s).
+constexpr double kHedgeMarginS = 0.001;
 
 bool finite_nonneg(double x) { return std::isfinite(x) && x >= 0; }
 
@@ -23,14 +25,16 @@ std::string_view objective_name(Objective objective) noexcept {
     case Objective::kBestQualityWithinSlo: return "quality";
     case Objective::kMinTtft: return "ttft";
     case Objective::kMinPrefillWithinSlo: return "min-prefill";
+    case Objective::kMinPrefillUnhedged: return "min-prefill-unhedged";
   }
   return "unknown";
 }
 
 StatusOr<Objective> parse_objective(std::string_view name) {
-  for (Objective o : {Objective::kMinPrefillWithinSlo, Objective::kBestQualityWithinSlo, Objective::kMinTtft})
+  for (Objective o : {Objective::kMinPrefillWithinSlo, Objective::kBestQualityWithinSlo, Objective::kMinTtft,
+                      Objective::kMinPrefillUnhedged})
     if (name == objective_name(o)) return o;
-  return InvalidArgument("objective must be min-prefill, quality or ttft");
+  return InvalidArgument("objective must be min-prefill, quality, ttft or min-prefill-unhedged");
 }
 
 // ---- CostModel ----------------------------------------------------------------------------------
@@ -105,6 +109,8 @@ Status ControllerConfig::validate() const {
   if (!(slo_headroom >= 0 && slo_headroom < 1)) return InvalidArgument("SLO headroom must be in [0, 1)");
   if (prefill_queue < 1) return InvalidArgument("prefill queue must be >= 1");
   if (!(max_distortion >= 0)) return InvalidArgument("max distortion must be >= 0");
+  if (!(hedge_drop_factor >= 1) || !std::isfinite(hedge_drop_factor))
+    return InvalidArgument("hedge drop factor must be finite and >= 1");
   KVCODEC_RETURN_IF_ERROR(cost.validate());
   return estimator.validate();
 }
@@ -145,10 +151,22 @@ struct Controller::Impl {
   detail::PlanScore score_shape(double now_s, const Prediction& p,
                                 const detail::PlanShape& shape) const;
   int equal_budget_choice(uint32_t chunk) const;
-  int smallest_option(uint32_t chunk) const;  // fewest bytes on the wire
+  // Fewest bytes on the wire, among `options`.
+  int smallest_option(uint32_t chunk, const std::vector<int>& options) const;
   detail::PlanShape plan_rest(double now_s, const Prediction& p, detail::PlanScore* score) const;
   Decision decide(uint32_t chunk, int option, double now_s, double predicted_ttft_s);
   std::optional<Decision> abandon_late_kv(double now_s, const Prediction& p);
+  // The hedge of kMinPrefillWithinSlo (ControllerConfig::hedge_drop_factor).
+  bool hedged() const noexcept;
+  // TTFT if the link dropped now by the hedge factor: the KV on its way comes at that rate (with
+  // `extra`, a request for the back chunk at that option, unless kNoOption), nothing else is
+  // requested, and the GPU recomputes from the front every chunk whose KV would not be ready
+  // before its prefill.
+  double drop_recovery_s(double now_s, const Prediction& p, int extra) const;
+  // The plan's option for the back chunk, or the best one below it in quality that keeps the
+  // fetch drop-safe; kNoOption when none does and the GPU can take the front chunk instead.
+  int hedge_option(double now_s, const Prediction& p, int planned, bool gpu_room) const;
+  static constexpr int kNoOption = -2;
   // When predict() may next see more than the events tell: while a KV chunk is on its way,
   // every kOverdueSlackS once it could be late (-1: nothing on the way).
   double late_kv_wake_s() const noexcept;
@@ -178,6 +196,8 @@ struct Controller::Impl {
   double first_kv_request_s_ = -1;  // -1: no KV requested yet
   double text_deferred_until_s_ = -1;  // a TEXT decision waits for the probe until then
   double last_asked_s_ = 0;  // now_s of the latest next_request (wake_s counts from it)
+  double hedge_bound_s_ = 0;  // max(SLO target, recomputing everything from t = 0)
+  double hedge_wake_s_ = -1;  // when the hedge's slack runs out with no news (-1: none)
   // Undecided chunks are [front_, back_): decisions take the front (TEXT, and every decision
   // of the in-order policies) or the back (the adaptive policy's KV requests).
   uint32_t front_ = 0;
@@ -299,6 +319,9 @@ StatusOr<Controller> Controller::create(ContextProfile profile, ControllerConfig
     for (int o = kTextOption; o < int(c.profile_.options.size()); ++o)
       c.work_s_[i][size_t(o + 1)] = detail::chunk_work_seconds(c.profile_, c.config_.cost, i, o);
   }
+  double all_text = c.config_.cost.first_token_s;
+  for (uint32_t i = 0; i < n; ++i) all_text += c.work_s_[i][0];
+  c.hedge_bound_s_ = std::max(c.config_.slo_s * (1 - c.config_.slo_headroom), all_text);
   return Controller(std::move(impl));
 }
 
@@ -430,11 +453,11 @@ int Controller::Impl::equal_budget_choice(uint32_t c) const {
   for (int o : by_quality_)
     if (double(profile_.chunk_bytes(c, o)) / bps <= budget) return o;
   if (text_allowed_) return kTextOption;
-  return smallest_option(c);
+  return smallest_option(c, by_quality_);
 }
 
-int Controller::Impl::smallest_option(uint32_t c) const {
-  return *std::min_element(by_quality_.begin(), by_quality_.end(), [&](int x, int y) {
+int Controller::Impl::smallest_option(uint32_t c, const std::vector<int>& options) const {
+  return *std::min_element(options.begin(), options.end(), [&](int x, int y) {
     return profile_.chunk_bytes(c, x) < profile_.chunk_bytes(c, y);
   });
 }
@@ -488,8 +511,8 @@ bool Controller::Impl::probing(double now_s) const noexcept {
   // Only for the lowest TTFT. Within an SLO the prior's caution is what the objective wants:
   // TEXT is exact, and probe requests committed at the cheapest option before the link is
   // known would cost quality wherever the link turns out fast.
-  return config_.objective == Objective::kMinTtft && guessing() && !profile_.options.empty() &&
-         now_s < probe_end_s(now_s);
+  return (config_.objective == Objective::kMinTtft || config_.objective == Objective::kMinPrefillWithinSlo) &&
+         guessing() && !plannable_.empty() && now_s < probe_end_s(now_s);
 }
 
 bool Controller::Impl::guessing() const noexcept {
@@ -542,6 +565,7 @@ std::optional<Decision> Controller::Impl::next_request(double now_s) {
       break;
   }
   last_asked_s_ = now_s;
+  hedge_wake_s_ = -1;
   if (now_s >= text_deferred_until_s_) text_deferred_until_s_ = -1;
   // Decide as late as possible: the front chunk only when the GPU would otherwise idle, a
   // back chunk only when the link would.
@@ -571,9 +595,18 @@ std::optional<Decision> Controller::Impl::next_request(double now_s) {
   if (link_room && (plan.text < back_ - front_ || probe)) {
     const uint32_t c = back_ - 1;
     // A probe is the cheapest request: it arrives, and measures the link, soonest.
-    const int option = probe ? smallest_option(c) : plan.count_a > 0 ? plan.a : plan.b;
-    if (!probe || !link_full(replay(now_s, decoder_bound_gbps(c, option))))
+    int option = probe ? smallest_option(c, plannable_) : plan.count_a > 0 ? plan.a : plan.b;
+    if (!probe && hedged()) option = hedge_option(now_s, p, option, gpu_room);
+    if (option != kNoOption && (!probe || !link_full(replay(now_s, decoder_bound_gbps(c, option)))))
       return decide(c, option, now_s, score.ttft_s);
+  }
+  // The hedge: were the link to drop now, recomputing from the front must still finish in time.
+  // One chunk at a time: the GPU's queue is not held for insurance.
+  if (hedged() && gpu_idle && front_ < back_) {
+    const double slack = hedge_bound_s_ - kHedgeMarginS - drop_recovery_s(now_s, p, kNoOption);
+    if (slack <= 1e-9) return decide(front_, kTextOption, now_s, score.ttft_s);
+    // With no news, the slack runs out at the GPU's pace: be asked again then.
+    hedge_wake_s_ = now_s + slack;
   }
   if (gpu_idle && text_allowed_) return abandon_late_kv(now_s, p);
   return std::nullopt;
@@ -590,8 +623,8 @@ double Controller::Impl::decoder_bound_gbps(uint32_t chunk, int option) const no
 std::optional<double> Controller::Impl::wake_s() const noexcept {
   double wake = text_deferred_until_s_;
   if (config_.policy == Policy::kAdaptive && !all_ready()) {
-    const double late = late_kv_wake_s();
-    if (late >= 0 && (wake < 0 || late < wake)) wake = late;
+    for (double w : {late_kv_wake_s(), hedge_wake_s_})
+      if (w >= 0 && (wake < 0 || w < wake)) wake = w;
   }
   if (wake < 0) return std::nullopt;
   return wake;
@@ -610,6 +643,69 @@ double Controller::Impl::late_kv_wake_s() const noexcept {
   return std::max(first, last_asked_s_ + kOverdueSlackS);
 }
 
+bool Controller::Impl::hedged() const noexcept {
+  return config_.policy == Policy::kAdaptive && config_.objective == Objective::kMinPrefillWithinSlo &&
+         text_allowed_;
+}
+
+double Controller::Impl::drop_recovery_s(double now_s, const Prediction& p, int extra) const {
+  const uint32_t n = profile_.chunks();
+  const double rtt = config_.cost.rtt_s;
+  const detail::ConstantLink low{p.gbps / config_.hedge_drop_factor};
+  std::vector<double> kv_ready(n, INFINITY);
+  // Server time of the bytes arriving now; the link carries what is left of each request in
+  // request order, from there on at the low rate.
+  double link_free = now_s - rtt / 2, decoder_free = now_s;
+  auto send = [&](uint32_t c, uint64_t bytes, double request_s, int option) {
+    link_free = low.finish_time(std::max(link_free, request_s + rtt / 2), bytes);
+    kv_ready[c] = decoder_free = std::max(link_free + rtt / 2, decoder_free) + work_s_[c][size_t(option + 1)];
+  };
+  for (uint32_t c : request_order_) {
+    const ChunkState& st = state_[c];
+    if (st.option == kTextOption || st.ready_s >= 0) continue;
+    if (st.arrival_s >= 0) {  // decoding
+      kv_ready[c] = p.ready_s[c];
+      decoder_free = std::max(decoder_free, kv_ready[c]);
+      continue;
+    }
+    send(c, st.bytes - std::min(st.received, st.bytes), st.request_s, st.option);
+  }
+  if (extra != kNoOption) send(back_ - 1, request_bytes(back_ - 1, extra, used_mask_), now_s, extra);
+  double gpu = now_s, prefix = 0;
+  for (uint32_t c = 0; c < n; ++c) {
+    const ChunkState& st = state_[c];
+    double ready = st.ready_s;
+    if (ready < 0 && st.request_s >= 0 && st.option == kTextOption) {
+      ready = p.ready_s[c];
+      gpu = std::max(gpu, ready);
+    } else if (ready < 0) {
+      const double text = std::max(gpu, prefix) + work_s_[c][0];
+      ready = std::min(kv_ready[c], text);
+      if (ready == text) gpu = text;
+    }
+    prefix = std::max(prefix, ready);
+  }
+  return prefix + config_.cost.first_token_s;
+}
+
+int Controller::Impl::hedge_option(double now_s, const Prediction& p, int planned, bool gpu_room) const {
+  // Options from the plan's down to the lowest quality within the floor.
+  auto it = std::find(plannable_.begin(), plannable_.end(), planned);
+  if (it == plannable_.end()) return planned;
+  int best = planned;
+  double best_s = INFINITY;
+  for (; it != plannable_.end(); ++it) {
+    const double r = drop_recovery_s(now_s, p, *it);
+    if (r <= hedge_bound_s_ - kHedgeMarginS) return *it;
+    if (r < best_s) {
+      best_s = r;
+      best = *it;
+    }
+  }
+  // None is safe: the GPU takes the front chunk first if it can; else the safest request.
+  return gpu_room && front_ < back_ - 1 ? kNoOption : best;
+}
+
 std::optional<Decision> Controller::Impl::abandon_late_kv(double now_s, const Prediction& p) {
   // The first chunk not yet ready is the one the prefill queue would take next. If it is a KV
   // chunk still on its way and recomputing it (every earlier chunk being ready) is predicted
@@ -625,7 +721,7 @@ std::optional<Decision> Controller::Impl::abandon_late_kv(double now_s, const Pr
     const double recompute_ready = std::max(now_s, deps) + work_s_[c][0];
     if (!(recompute_ready < p.ready_s[c])) return std::nullopt;
     // Recompute costs GPU work: under kMinPrefillWithinSlo, only to save the SLO.
-    if (config_.objective == Objective::kMinPrefillWithinSlo &&
+    if (is_min_prefill(config_.objective) &&
         p.state.ready_max_s + config_.cost.first_token_s <= config_.slo_s * (1 - config_.slo_headroom))
       return std::nullopt;
     Decision d;

@@ -106,7 +106,7 @@ inline bool better(const PlanScore& x, const PlanScore& y, Objective objective,
     const bool fx = x.ttft_s <= target_s, fy = y.ttft_s <= target_s;
     if (fx != fy) return fx;
     if (!fx) return less(x.ttft_s, y.ttft_s);
-    if (objective == Objective::kMinPrefillWithinSlo) {
+    if (is_min_prefill(objective)) {
       if (less(x.prefill_s, y.prefill_s)) return true;
       if (less(y.prefill_s, x.prefill_s)) return false;
     }
@@ -140,7 +140,7 @@ inline std::vector<int> options_by_quality(const ContextProfile& p) {
 inline std::vector<int> plannable_options(const ContextProfile& p, const ControllerConfig& config,
                                           bool text_ok) {
   std::vector<int> order = options_by_quality(p);
-  if (config.objective != Objective::kMinPrefillWithinSlo) return order;
+  if (!is_min_prefill(config.objective)) return order;
   std::vector<int> kept;
   for (int o : order)
     if (p.options[size_t(o)].distortion <= config.max_distortion) kept.push_back(o);

@@ -312,6 +312,7 @@ std::vector<Strategy> sweep_strategies(const std::vector<Measured>& measured, si
   strategies.push_back({"adaptive-ttft", Policy::kAdaptive, Objective::kMinTtft, 0, false});
   strategies.push_back({"adaptive-quality", Policy::kAdaptive, Objective::kBestQualityWithinSlo, 0, false});
   strategies.push_back({"adaptive-min-prefill", Policy::kAdaptive, Objective::kMinPrefillWithinSlo, 0, false});
+  strategies.push_back({"adaptive-min-prefill-unhedged", Policy::kAdaptive, Objective::kMinPrefillUnhedged, 0, false});
   strategies.push_back({"oracle-ttft", Policy::kFixed, Objective::kMinTtft, 0, true});
   strategies.push_back({"oracle-quality", Policy::kFixed, Objective::kBestQualityWithinSlo, 0, true});
   strategies.push_back({"oracle-min-prefill", Policy::kFixed, Objective::kMinPrefillWithinSlo, 0, true});
@@ -357,8 +358,11 @@ StatusOr<std::vector<Row>> run_grid(const SweepGrid& g, const std::vector<Strate
       rows.push_back({gbps, rtt_ms, trace_name, s.name, std::move(r)});
     }
     for (size_t i = first_row; i < rows.size(); ++i)
-      if (rows[i].strategy.rfind("adaptive", 0) == 0)
-        rows[i].oracle_ratio = rows[i].r.ttft_s / oracle_ttft[rows[i].strategy.substr(std::string("adaptive").size())];
+      if (rows[i].strategy.rfind("adaptive", 0) == 0) {
+        std::string objective = rows[i].strategy.substr(std::string("adaptive").size());
+        if (objective.ends_with("-unhedged")) objective.resize(objective.size() - std::string("-unhedged").size());
+        rows[i].oracle_ratio = rows[i].r.ttft_s / oracle_ttft[objective];  // the same oracle, hedged or not
+      }
     return Status::Ok();
   };
   for (double rtt : g.rtts) {
@@ -396,8 +400,8 @@ void print_sweep(const std::vector<Row>& rows, bool has_traces, const std::strin
   std::printf("\nadaptive-ttft within 3%% of oracle-ttft at %d of %d constant points (worst ratio %.3f)\n",
               within, points, worst);
   if (has_traces) {
-    for (const char* name : {"adaptive-quality", "adaptive-min-prefill", "equal-budget", "oracle-quality",
-                             "oracle-min-prefill"}) {
+    for (const char* name : {"adaptive-quality", "adaptive-min-prefill", "adaptive-min-prefill-unhedged",
+                             "equal-budget", "oracle-quality", "oracle-min-prefill"}) {
       int met = 0, n = 0;
       double distortion = 0, prefill = 0;
       for (const Row& r : rows)

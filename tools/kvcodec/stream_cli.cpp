@@ -17,7 +17,9 @@ void declare_controller_options(Command& cmd, ControllerArgs& o) {
   cmd.option("--policy", o.policy, "adaptive (default), equal-budget (CacheGen's heuristic) or fixed:L (one level)");
   cmd.option("--objective", o.objective,
              "min-prefill (default: meet the SLO with the least GPU prefill, levels within --max-distortion "
-             "only), quality (best quality within the SLO) or ttft (lowest TTFT)");
+             "only, hedged against a 10x drop so as never to end later than recomputing everything), quality "
+             "(best quality within the SLO), ttft (lowest TTFT) or min-prefill-unhedged (min-prefill without the "
+             "hedge)");
   cmd.option("--max-distortion", o.max_distortion,
              "quality floor of min-prefill: the largest relative error a chunk may be fetched at (default 0.1)");
   cmd.option("--prefill-tps", o.prefill_tps, "prefill throughput for TEXT chunks, tokens/s (default: measured on --model)");

@@ -23,7 +23,7 @@ StatusOr<std::unique_ptr<Store>> open_cli_store(const std::string& uri);
 struct ControllerArgs {
   double slo_ms = 1000;
   std::string policy = "adaptive";  // adaptive, equal-budget or fixed:L
-  std::string objective = "min-prefill";  // min-prefill, quality or ttft (parse_objective)
+  std::string objective = "min-prefill";  // min-prefill, quality, ttft or min-prefill-unhedged
   double max_distortion = ControllerConfig{}.max_distortion;  // min-prefill's quality floor
   std::optional<double> prefill_tps;  // not given: measured on the model (or 0: no model)
   double first_token_ms = 0;
