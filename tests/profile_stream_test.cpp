@@ -183,6 +183,20 @@ TEST_F(ProfileStreamTest, Version1ManifestEndsTheFetchAtTheHeadAndDecodesWithThe
   EXPECT_EQ(ok_report.decode[0].seed_gbps, *seed);
 }
 
+TEST_F(ProfileStreamTest, Version1ManifestOfAPlainContextIgnoresAProfileOfAnotherShape) {
+  PutOptions po;
+  po.levels = {0, 3};
+  po.chunk_tokens = 64;
+  auto m = put_context(*store_, "plain", view(kv_), po);
+  ASSERT_TRUE(m.ok());
+  ASSERT_TRUE(store_->put(manifest_key("plain"), test::manifest_as_version1(serialize_manifest(*m), 2, m->num_chunks())).ok());
+  const auto other = std::make_shared<const Profile>(test::make_test_profile(KVShape{1, 8, 2, 16}, true, 3));
+  KVCache out;
+  FetchReport report;
+  EXPECT_TRUE(fetch(other, 1, &out, &report, "plain", true).ok()) << report.error;
+  EXPECT_TRUE(report.complete);
+}
+
 // The decode seed the controller plans a level with: this machine's calibration with the
 // level's profile for a transform-coded level, the plain one for level 0 (exact: memoized), and
 // with calibration off the manifest's figure, which put_context measured on the stored chunk.

@@ -718,13 +718,15 @@ Status Fetcher::keep_decodable_levels() {
 // (calibrated, memoized) unless FetchOptions::decode_gbps is given or calibration is off (the
 // manifest's figure). A level transform-coded with our profile is calibrated with it: its
 // decode includes the inverse transform. A version 1 manifest does not say which levels are:
-// with a profile given, its lossy levels are taken to be (put_context codes them all with it).
+// with a profile of the context's shape given, its lossy levels are taken to be (put_context
+// codes them all with it).
 StatusOr<ContextProfile> Fetcher::seeded_profile(bool text_ok) {
   ContextProfile profile = profile_from_manifest(manifest_, o_.decode_gbps, text_ok);
   if (o_.decode_gbps <= 0 && o_.calibrate_decoder) {
+    const bool fits = o_.profile && detail::check_profile_shape(*o_.profile, manifest_.shape).ok();
     for (size_t i = 0; i < manifest_.levels.size(); ++i) {
       const ManifestLevel& l = manifest_.levels[i];
-      const bool transformed = manifest_.profiles_known ? l.profile_digest.has_value() : l.level > 0;
+      const bool transformed = manifest_.profiles_known ? l.profile_digest.has_value() : fits && l.level > 0;
       KVCODEC_ASSIGN_OR_RETURN(profile.options[i].decode_gbps,
                                calibrate_decode_gbps(manifest_.dtype, manifest_.shape, l.level, o_.decode_threads,
                                                      transformed ? o_.profile : nullptr));
