@@ -169,7 +169,7 @@ uint32_t blocks_for(uint64_t n, uint32_t per_block) { return uint32_t((n + per_b
 // Regions of the workspace, each 256-byte aligned.
 struct Workspace {
   size_t rel = 0, sums = 0, grids = 0, lane = 0, hist = 0, feature = 0, codes = 0, table_base = 0, models = 0,
-         model_size = 0, model_offset = 0, model_scratch = 0, stages = 0, words = 0, escapes = 0, chunk_offset = 0,
+         model_size = 0, raw_planes = 0, model_offset = 0, model_scratch = 0, stages = 0, words = 0, escapes = 0, chunk_offset = 0,
          chunk_size = 0, digests = 0, result = 0, bytes = 0;
   uint64_t max_chunk_segments = 0;  // digests per chunk (checksum.hpp)
   uint64_t max_head_segments = 0;   // digests of the largest head
@@ -197,6 +197,7 @@ Workspace workspace_layout(const EncodeLayout& el, const EncodeOptions& o) {
   const ModelLayout ml = detail::model_layout(el);
   w.models = place(ml.model_stride * el.units());
   w.model_size = place(sizeof(uint32_t) * el.units());
+  w.raw_planes = place(sizeof(uint32_t) * el.units());
   w.model_offset = place(sizeof(uint64_t) * el.units());
   w.model_scratch = place(ml.scratch_stride * el.units());
   w.stages = place(sizeof(UnitStage) * unit_jobs);
@@ -323,7 +324,7 @@ Status Encoder::encode_async(const KVView& src_dev, uint8_t* dst_dev, size_t dst
   // Tables: one block per unit.
   const ModelArgs args{m.at<uint32_t>(ws.hist),      m.at<uint64_t>(ws.feature),   m.at<ChannelGrid>(ws.grids),
                        m.at<uint32_t>(ws.codes),     m.at<uint16_t>(ws.table_base), m.at<uint8_t>(ws.models),
-                       m.at<uint32_t>(ws.model_size), m.at<uint8_t>(ws.model_scratch)};
+                       m.at<uint32_t>(ws.model_size), m.at<uint8_t>(ws.model_scratch), m.at<uint32_t>(ws.raw_planes)};
   model_kernel<<<el.units(), detail::kBlockThreads, m.model_smem, stream>>>(el, m.ml, args, m.model_smem, false,
                                                                              res);
   if (!el.lossless && el.group_tokens > 1) {  // deltas of escaped anchors (recount_deltas_channel)
@@ -335,7 +336,8 @@ Status Encoder::encode_async(const KVView& src_dev, uint8_t* dst_dev, size_t dst
   if (events && events->tabled) cudaEventRecord(events->tabled, stream);
 
   // Phase 2: lanes, placement, frame.
-  const EncodeTables tab{m.at<uint32_t>(ws.codes), m.at<uint16_t>(ws.table_base), m.at<LaneGrid>(ws.lane)};
+  const EncodeTables tab{m.at<uint32_t>(ws.codes), m.at<uint16_t>(ws.table_base), m.at<LaneGrid>(ws.lane),
+                         m.at<uint32_t>(ws.raw_planes)};
   const EncodeStaging stg{m.at<uint16_t>(ws.words), m.at<uint8_t>(ws.escapes), m.at<UnitStage>(ws.stages)};
   const uint32_t unit_blocks = blocks_for(uint64_t(el.num_chunks) * el.units(), kWarpsPerBlock);
   auto* offsets = m.at<uint64_t>(ws.chunk_offset);

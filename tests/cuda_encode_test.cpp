@@ -8,7 +8,9 @@
 // crafted histograms (ties, single values, only escapes, long normalisation corrections).
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <iterator>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -61,10 +63,11 @@ StatusOr<std::vector<uint8_t>> emulate_encode(const KVView& src, const EncodeOpt
   std::vector<uint32_t> codes(uint64_t(units) * el.max_tables * el.bins, 0xEEEEEEEEu);
   std::vector<uint16_t> table_base(per_channel, 0xEEEE);
   std::vector<uint8_t> models(units * ml.model_stride, 0xEE), scratch(units * ml.scratch_stride, 0xEE);
-  std::vector<uint32_t> model_size(units, 0xEEEEEEEEu);
+  std::vector<uint32_t> model_size(units, 0xEEEEEEEEu), raw_planes(units, 0xEEEEEEEEu);
   std::vector<uint64_t> group_sums(ml.sums_bytes / sizeof(uint64_t));
   const detail::ModelArgs args{hist.data(),       feature.data(), grids.data(),      codes.data(),
-                               table_base.data(), models.data(),  model_size.data(), scratch.data()};
+                               table_base.data(), models.data(),  model_size.data(), scratch.data(),
+                               raw_planes.data()};
   for (uint32_t u = 0; u < units; ++u) {
     detail::HostBlock blk;
     detail::ModelShared sh;
@@ -89,7 +92,7 @@ StatusOr<std::vector<uint8_t>> emulate_encode(const KVView& src, const EncodeOpt
   std::vector<uint16_t> words(el.planes * elements);
   std::vector<uint8_t> escapes(el.lossless ? 0 : el.elem_size * elements);
   std::vector<detail::UnitStage> stages(uint64_t(el.num_chunks) * units);
-  const detail::EncodeTables tab{codes.data(), table_base.data(), lane.data()};
+  const detail::EncodeTables tab{codes.data(), table_base.data(), lane.data(), raw_planes.data()};
   const detail::EncodeStaging stg{words.data(), escapes.data(), stages.data()};
   for (uint32_t k = 0; k < el.num_chunks; ++k)
     for (uint32_t u = 0; u < units; ++u) {
@@ -231,6 +234,34 @@ TEST(WarpEncodeEmulation, SyntheticLlama3Shape) {
     auto frame = emulate_encode(kv->view(), o);
     ASSERT_TRUE(frame.ok()) << frame.status().to_string();
     EXPECT_EQ(frame_difference(*frame, encode(kv->view(), o)), "") << "level " << level;
+    // Lossless: the low (mantissa) byte plane is kept raw (format version 5, docs/format.md 4.5).
+    if (level == 0) EXPECT_EQ(read_frame_info(*frame)->format_version, kRawPlanesFormatVersion);
+  }
+}
+
+// Raw byte planes in every dtype (the three low planes of f32) and a stored unit in the same
+// frame: both encoders choose and write them alike, and the frame is version 5.
+TEST(WarpEncodeEmulation, RawPlanesAsTheCpuEncoder) {
+  const KVShape s{2, 64, 2, 32};
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16, DType::kF8E4M3}) {
+    SCOPED_TRACE(dtype_name(dt));
+    auto kv = KVCache::allocate(dt, s);
+    ASSERT_TRUE(kv.ok());
+    std::mt19937_64 rng(17);
+    for (uint8_t& b : kv->data) b = uint8_t(rng() >> 56);  // random bits
+    const size_t row = s.channels() * dtype_size(dt);
+    for (uint32_t t = 0; t < 16; ++t)  // unit (0, K) of chunk 0 constant: coded, not raw
+      std::memset(kv->data.data() + t * row, 0x11, row);
+    const EncodeOptions o = options(0, 16, 1, 2);
+    const auto ref = encode(kv->view(), o);
+    ASSERT_EQ(read_frame_info(ref)->format_version, kRawPlanesFormatVersion);
+    auto stats = analyze_frame(ref);
+    ASSERT_TRUE(stats.ok());
+    EXPECT_GT(stats->raw_plane_bytes, 0u);
+    EXPECT_GT(stats->stored_units, 0u);
+    auto frame = emulate_encode(kv->view(), o);
+    ASSERT_TRUE(frame.ok()) << frame.status().to_string();
+    EXPECT_EQ(frame_difference(*frame, ref), "");
   }
 }
 

@@ -63,6 +63,7 @@ struct FrameStats {
   uint64_t directory_bytes = 0;  // per-chunk unit directories
   uint64_t stored_units = 0;     // units stored raw (docs/format.md 4.4)
   uint64_t stored_bytes = 0;     // their bytes
+  uint64_t raw_plane_bytes = 0;  // lossless byte planes kept raw, padding included (docs/format.md 4.5)
   // Sum over tables of N_t * H(empirical distribution of the symbols coded with table t).
   double entropy_bits = 0;
   // Sum over symbols of -log2(freq / 4096) with the frame's tables (what an ideal coder using

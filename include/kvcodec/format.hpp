@@ -29,7 +29,12 @@ inline constexpr uint16_t kStoredUnitsFormatVersion = 3;
 // model section starts with a transform block naming the profile (include/kvcodec/profile.hpp)
 // by digest; encoders write it only for frames encoded with a profile.
 inline constexpr uint16_t kTransformFormatVersion = 4;
-inline constexpr uint16_t kMaxFormatVersion = 4;
+// Version 5: lossless frames with raw byte planes (docs/format.md 4.5): a plane of a (layer, K/V)
+// whose coding would save under 1/64 of its bytes is kept as its bytes, marked in the model
+// section by a raw-plane marker table; encoders write it only for such frames, and version 2 or 3
+// otherwise, byte for byte as before.
+inline constexpr uint16_t kRawPlanesFormatVersion = 5;
+inline constexpr uint16_t kMaxFormatVersion = 5;
 inline constexpr uint16_t kFrameFlagTransform = 1;
 // Version 4, bit 1 (with bit 0): every layer model starts with a source byte, 0 = the model
 // follows as in version 3, 1 = the profile's stored model of (level, layer, K/V) (docs/format.md

@@ -54,6 +54,7 @@ Status parse_header(std::span<const uint8_t> b, FrameInfo& f, uint32_t& num_chun
     return CorruptData("frame parameters out of range");
   f.step_mode = StepMode(mode);
   if (f.transformed && f.level == 0) return CorruptData("a transform-coded frame at level 0");
+  if (f.format_version == kRawPlanesFormatVersion && f.level != 0) return CorruptData("raw byte planes in a lossy frame");
   if (f.profile_models && f.group_tokens != 1) return CorruptData("profile models in a frame with anchor groups");
   num_chunks = load_le32(p + kOffNumChunks);
   if (num_chunks != num_chunks_for(f.shape.tokens, f.chunk_tokens))
@@ -76,7 +77,11 @@ Status parse_layer_model(ByteReader& r, const FrameInfo& f, LayerModel& m, uint6
   m.tables.resize(size_t(m.groups) * m.slots);
   const size_t tables_begin = r.position();
   std::vector<uint16_t> freqs;
-  for (auto& t : m.tables) {
+  // Version 5 (docs/format.md 4.5): a marker table (one symbol of frequency 0) makes its plane raw.
+  const bool markers = is_lossless(f) && f.format_version == kRawPlanesFormatVersion;
+  uint32_t raw = 0, coded = 0;
+  for (size_t i = 0; i < m.tables.size(); ++i) {
+    TableSpec& t = m.tables[i];
     const uint32_t n = uint32_t(r.u8()) + 1;
     if (!is_lossless(f)) {
       t.qmin = r.i16();
@@ -90,10 +95,18 @@ Status parse_layer_model(ByteReader& r, const FrameInfo& f, LayerModel& m, uint6
       q = uint16_t(v);
     }
     if (!r.ok()) return CorruptData("model section truncated or malformed in a table");
+    const uint32_t plane = uint32_t(1) << (i % m.slots);
+    if (markers && n == 1 && freqs[0] == 0) {
+      raw |= plane;
+      continue;
+    }
+    coded |= plane;
     auto table = FreqTable::from_freqs(freqs);
     if (!table.ok()) return table.status();
     t.table = std::move(*table);
   }
+  if (raw & coded) return CorruptData("a byte plane raw in one channel group and coded in another");
+  m.raw_planes = raw;
   table_bytes += uint64_t(r.position() - tables_begin);
   m.channel_group.resize(C);
   for (uint32_t c = 0; c < C; c += 2) {
@@ -142,9 +155,13 @@ Status parse_transform_block(ByteReader& r, FrameInfo& f, FrameInfo& coded) {
 
 size_t layer_model_prefix_bytes(const LayerModel& m, bool lossless) {
   size_t n = 1 + (m.channel_group.size() + 1) / 2;
-  for (const TableSpec& t : m.tables) {
+  for (size_t i = 0; i < m.tables.size(); ++i) {
+    if (m.raw_planes >> (i % m.slots) & 1) {  // a raw plane's marker: n - 1 = 0, frequency 0
+      n += 2;
+      continue;
+    }
     n += lossless ? 1 : 3;
-    for (uint16_t f : t.table.freq) n += f < 128 ? 1 : 2;  // varints of values <= 4096
+    for (uint16_t f : m.tables[i].table.freq) n += f < 128 ? 1 : 2;  // varints of values <= 4096
   }
   return n;
 }

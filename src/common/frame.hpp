@@ -52,6 +52,7 @@ struct LayerModel {
   std::vector<int32_t> step_code;     // per channel (lossy)
   std::vector<int32_t> center;        // per channel (lossy)
   bool from_profile = false;          // kFrameFlagProfileModels: the profile's model (nothing parsed)
+  uint32_t raw_planes = 0;            // lossless, version 5: bit p = byte plane p is raw (its tables unused)
 };
 
 struct FrameHead {

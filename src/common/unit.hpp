@@ -175,10 +175,19 @@ struct UnitLayout {
 // lossless units, 1 for lossy ones), each padded to 4 bytes, then for lossy units a u32 escape
 // count and that many raw elements of es bytes, padded to 4. The parts must fill the unit
 // exactly: kUnitTruncated when they do not fit, kUnitSizeMismatch when bytes are left over.
+// raw_planes (lossless, version 5: docs/format.md 4.5): bit q = stream q is a raw plane, its n
+// bytes padded to 4 (stream[q] is where they start, words[q] = 0).
 KVCODEC_HD uint32_t parse_unit(const uint8_t* p, uint64_t size, uint32_t streams, bool lossless, uint32_t es,
-                               UnitLayout* out) {
+                               UnitLayout* out, uint32_t raw_planes = 0, uint64_t n = 0) {
   uint64_t used = 0;
   for (uint32_t q = 0; q < streams; ++q) {
+    if (raw_planes >> q & 1) {
+      if (size - used < pad4(n)) return kUnitTruncated;
+      out->stream[q] = used;
+      out->words[q] = 0;
+      used += pad4(n);
+      continue;
+    }
     if (size - used < kLaneHeaderBytes) return kUnitTruncated;
     const uint32_t n_words = load_le32(p + used);
     if ((size - used - kLaneHeaderBytes) / 2 < n_words) return kUnitTruncated;

@@ -37,6 +37,7 @@ struct SlotTable {
 
 struct DecLayer {
   uint32_t slots = 1;
+  uint32_t raw_planes = 0;  // lossless, version 5: bit p = byte plane p is raw (docs/format.md 4.5)
   std::vector<SlotTable> tables;
   std::vector<uint32_t> table_base;  // per channel: group * slots
   std::vector<float> step;
@@ -84,9 +85,10 @@ StatusOr<std::shared_ptr<Decoder>> make_decoder(std::span<const uint8_t> head, u
   const uint8_t dt = uint8_t(d->info.dtype);
   d->layers.resize(h.layers.size());
   for (size_t i = 0; i < h.layers.size(); ++i) {
-    if (i / 2 < lb || i / 2 >= le) continue;
     const detail::LayerModel& m = h.layers[i];
     DecLayer& dl = d->layers[i];
+    dl.raw_planes = m.raw_planes;  // every unit's layout depends on it (locate)
+    if (i / 2 < lb || i / 2 >= le) continue;
     dl.slots = m.slots;
     dl.tables.resize(m.tables.size());
     for (size_t t = 0; t < m.tables.size(); ++t) {
@@ -397,72 +399,111 @@ __attribute__((target("avx2"), always_inline)) inline void store_interleaved(con
   }
 }
 
-// One step of every plane for the 8 channels c.. of one token, with register g of each plane's
-// lanes; the elements' bytes interleaved and stored at once. False when a stream ran out.
-template <uint32_t P, bool kChecked = true>
+// One step of every coded plane for the 8 channels c.. of one token, with register g of each
+// plane's lanes, and the bytes of every raw plane (bit q of Raw: plane q's bytes of this token at
+// raw[q]); the elements' bytes interleaved and stored at once. False when a stream ran out.
+template <uint32_t P, uint32_t Raw, bool kChecked = true>
 __attribute__((target("avx2,popcnt"), always_inline)) inline bool plane_group(AvxLanes* lanes, uint32_t g,
                                                                              const uint32_t* tab_word, uint32_t C,
-                                                                             uint32_t c, uint8_t* out) {
+                                                                             uint32_t c, const uint8_t* const* raw,
+                                                                             uint8_t* out) {
   __m256i s[P];
-  for (uint32_t q = 0; q < P; ++q)
+  for (uint32_t q = 0; q < P; ++q) {
+    if (Raw >> q & 1) {
+      s[q] = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(raw[q] + c)));
+      continue;
+    }
     if (!lanes[q].step_lanes<false, kChecked>(lanes[q].X[g],
                                     _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tab_word + q * C + c)), &s[q]))
       return false;
+  }
   store_interleaved<P>(s, out + size_t(c) * P);
   return true;
 }
 
 // One token's C elements when C % 32 == 0 (the token starts at register 0 of every plane).
-template <uint32_t P, bool kChecked>
+template <uint32_t P, uint32_t Raw, bool kChecked>
 __attribute__((target("avx2,popcnt"), always_inline)) inline bool plane_token32(AvxLanes* lanes, const uint32_t* tw,
-                                                                               uint32_t C, uint8_t* out) {
+                                                                               uint32_t C, const uint8_t* const* raw,
+                                                                               uint8_t* out) {
   for (uint32_t c = 0; c < C; c += 32)
-    if (!(plane_group<P, kChecked>(lanes, 0, tw, C, c, out) && plane_group<P, kChecked>(lanes, 1, tw, C, c + 8, out) &&
-          plane_group<P, kChecked>(lanes, 2, tw, C, c + 16, out) &&
-          plane_group<P, kChecked>(lanes, 3, tw, C, c + 24, out)))
+    if (!(plane_group<P, Raw, kChecked>(lanes, 0, tw, C, c, raw, out) &&
+          plane_group<P, Raw, kChecked>(lanes, 1, tw, C, c + 8, raw, out) &&
+          plane_group<P, Raw, kChecked>(lanes, 2, tw, C, c + 16, raw, out) &&
+          plane_group<P, Raw, kChecked>(lanes, 3, tw, C, c + 24, raw, out)))
       return false;
   return true;
 }
 
 // A lossless unit's P byte planes with AVX2 (C % 8 == 0) in one pass over the elements: each
-// group of 8 elements takes one step of every plane's lanes. k32 (C % 32 == 0): every token
+// group of 8 elements takes one step of every coded plane's lanes and 8 bytes of every raw
+// plane (bit q of Raw; raw[q] its bytes, docs/format.md 4.5). k32 (C % 32 == 0): every token
 // starts at lane 0, so the register of each group is known at compile time and the lane states
 // stay in registers.
-template <uint32_t P, bool k32, typename RowOf>
+template <uint32_t P, uint32_t Raw, bool k32, typename RowOf>
 __attribute__((target("avx2,popcnt"))) Status decode_planes_avx2(const DecLayer& dl, uint32_t tokens, uint32_t C,
-                                                                  LaneReader* rd, RowOf&& row) {
+                                                                  LaneReader* rd, const uint8_t* const* raw,
+                                                                  RowOf&& row) {
   std::vector<uint32_t> tab_word(P * size_t(C));  // [plane][channel]: table offsets in 32-bit words
   for (uint32_t q = 0; q < P; ++q)
     for (uint32_t c = 0; c < C; ++c)
       tab_word[size_t(q) * C + c] = uint32_t((dl.table_base[c] + q) * (sizeof(SlotTable) / 4));
   const uint32_t* tw = tab_word.data();
   AvxLanes lanes[P];
-  for (uint32_t q = 0; q < P; ++q) lanes[q].load(rd[q], dl);
+  for (uint32_t q = 0; q < P; ++q)
+    if (!(Raw >> q & 1)) lanes[q].load(rd[q], dl);
+  const uint8_t* raw_row[P];  // this token's bytes of each raw plane
+  for (uint32_t q = 0; q < P; ++q) raw_row[q] = raw[q];
   uint32_t g = 0;  // !k32: the register of the next group
   for (uint32_t t = 0; t < tokens; ++t) {
     uint8_t* out = row(t);
     if constexpr (k32) {
       // Tokens whose every step is sure to find 16 bytes of words skip the per-step check.
       bool room = true;
-      for (uint32_t q = 0; q < P; ++q) room &= lanes[q].room_for(C / 8);
-      if (!(room ? plane_token32<P, false>(lanes, tw, C, out) : plane_token32<P, true>(lanes, tw, C, out)))
+      for (uint32_t q = 0; q < P; ++q) room &= (Raw >> q & 1) || lanes[q].room_for(C / 8);
+      if (!(room ? plane_token32<P, Raw, false>(lanes, tw, C, raw_row, out)
+                 : plane_token32<P, Raw, true>(lanes, tw, C, raw_row, out)))
         return CorruptData("rANS stream ran out of words");
     } else {
       for (uint32_t c = 0; c < C; c += 8, g = (g + 1) & 3)
-        if (!plane_group<P>(lanes, g, tw, C, c, out)) return CorruptData("rANS stream ran out of words");
+        if (!plane_group<P, Raw>(lanes, g, tw, C, c, raw_row, out)) return CorruptData("rANS stream ran out of words");
     }
+    for (uint32_t q = 0; q < P; ++q)
+      if (Raw >> q & 1) raw_row[q] += C;
   }
   for (uint32_t q = 0; q < P; ++q) {
+    if (Raw >> q & 1) continue;
     lanes[q].store(rd[q]);
     KVCODEC_RETURN_IF_ERROR(rd[q].finish());
   }
   return Status::Ok();
 }
 
-template <uint32_t P, typename RowOf>
-Status decode_planes_avx2(const DecLayer& dl, uint32_t tokens, uint32_t C, LaneReader* rd, RowOf&& row) {
-  if (C % 32 == 0) return decode_planes_avx2<P, true>(dl, tokens, C, rd, row);
-  return decode_planes_avx2<P, false>(dl, tokens, C, rd, row);
+template <uint32_t P, uint32_t Raw, typename RowOf>
+Status decode_planes_avx2(const DecLayer& dl, uint32_t tokens, uint32_t C, LaneReader* rd, const uint8_t* const* raw,
+                          RowOf&& row) {
+  if (C % 32 == 0) return decode_planes_avx2<P, Raw, true>(dl, tokens, C, rd, raw, row);
+  return decode_planes_avx2<P, Raw, false>(dl, tokens, C, rd, raw, row);
+}
+
+// The AVX2 loop for the raw planes of ordinary frames (none, the low byte, the low bytes of f32,
+// all); false (nothing decoded) for other combinations, which the scalar loop decodes.
+template <typename RowOf>
+bool decode_planes_avx2_for(uint32_t es, uint32_t raw_planes, const DecLayer& dl, uint32_t tokens, uint32_t C,
+                            LaneReader* rd, const uint8_t* const* raw, RowOf&& row, Status* st) {
+  switch (es << 8 | raw_planes) {
+    case 1 << 8 | 0: *st = decode_planes_avx2<1, 0>(dl, tokens, C, rd, raw, row); return true;
+    case 1 << 8 | 1: *st = decode_planes_avx2<1, 1>(dl, tokens, C, rd, raw, row); return true;
+    case 2 << 8 | 0: *st = decode_planes_avx2<2, 0>(dl, tokens, C, rd, raw, row); return true;
+    case 2 << 8 | 1: *st = decode_planes_avx2<2, 1>(dl, tokens, C, rd, raw, row); return true;
+    case 2 << 8 | 3: *st = decode_planes_avx2<2, 3>(dl, tokens, C, rd, raw, row); return true;
+    case 4 << 8 | 0: *st = decode_planes_avx2<4, 0>(dl, tokens, C, rd, raw, row); return true;
+    case 4 << 8 | 1: *st = decode_planes_avx2<4, 1>(dl, tokens, C, rd, raw, row); return true;
+    case 4 << 8 | 3: *st = decode_planes_avx2<4, 3>(dl, tokens, C, rd, raw, row); return true;
+    case 4 << 8 | 7: *st = decode_planes_avx2<4, 7>(dl, tokens, C, rd, raw, row); return true;
+    case 4 << 8 | 15: *st = decode_planes_avx2<4, 15>(dl, tokens, C, rd, raw, row); return true;
+    default: return false;
+  }
 }
 #endif
 
@@ -521,31 +562,35 @@ Status decode_lossy(const DecLayer& dl, uint32_t tokens, uint32_t C, uint32_t GT
 }
 
 // Lossless unit body: es byte planes, each its own lane stream (plane q = byte q of every
-// element), decoded together element by element.
+// element) or, for the raw planes of version 5 (docs/format.md 4.5), its bytes in stream order;
+// decoded together element by element.
 template <typename RowOf>
 Status decode_lossless(const DecLayer& dl, const uint8_t* unit, const detail::UnitLayout& ul, uint32_t tokens,
                        uint32_t C, uint32_t es, RowOf&& row) {
   LaneReader rd[4];
-  for (uint32_t q = 0; q < es; ++q) KVCODEC_RETURN_IF_ERROR(rd[q].open(unit, ul, q));
-#if defined(__x86_64__)
-  if (C % 8 == 0 && cpu_has_avx2()) {
-    switch (es) {
-      case 1: return decode_planes_avx2<1>(dl, tokens, C, rd, row);
-      case 2: return decode_planes_avx2<2>(dl, tokens, C, rd, row);
-      case 4: return decode_planes_avx2<4>(dl, tokens, C, rd, row);
-      default: break;
-    }
+  const uint8_t* raw[4] = {};
+  const uint32_t raw_planes = dl.raw_planes;
+  for (uint32_t q = 0; q < es; ++q) {
+    if (raw_planes >> q & 1) raw[q] = unit + ul.stream[q];
+    else KVCODEC_RETURN_IF_ERROR(rd[q].open(unit, ul, q));
   }
+#if defined(__x86_64__)
+  Status st;
+  if (C % 8 == 0 && cpu_has_avx2() && decode_planes_avx2_for(es, raw_planes, dl, tokens, C, rd, raw, row, &st))
+    return st;
 #endif
   std::vector<const SlotTable*> tab(size_t(es) * C);  // [plane][channel]
   for (uint32_t q = 0; q < es; ++q)
     for (uint32_t c = 0; c < C; ++c) tab[size_t(q) * C + c] = &dl.tables[dl.table_base[c] + q];
   for (uint32_t t = 0; t < tokens; ++t) {
     uint8_t* out = row(t);
+    const size_t i0 = size_t(t) * C;
     for (uint32_t c = 0; c < C; ++c)
-      for (uint32_t q = 0; q < es; ++q) out[size_t(c) * es + q] = uint8_t(rd[q].next(*tab[size_t(q) * C + c]));
+      for (uint32_t q = 0; q < es; ++q)
+        out[size_t(c) * es + q] = raw[q] ? raw[q][i0 + c] : uint8_t(rd[q].next(*tab[size_t(q) * C + c]));
   }
-  for (uint32_t q = 0; q < es; ++q) KVCODEC_RETURN_IF_ERROR(rd[q].finish());
+  for (uint32_t q = 0; q < es; ++q)
+    if (!raw[q]) KVCODEC_RETURN_IF_ERROR(rd[q].finish());
   return Status::Ok();
 }
 
@@ -564,7 +609,8 @@ Status locate(const Decoder& d, const uint8_t* body, size_t body_size, uint32_t 
     if (size != detail::stored_unit_bytes(uint64_t(tokens) * d.info.shape.channels(), uint32_t(d.es)))
       e = detail::kUnitSizeMismatch;
   } else if (!e) {
-    e = detail::parse_unit(body + off, size, lossless ? uint32_t(d.es) : 1u, lossless, uint32_t(d.es), ul);
+    e = detail::parse_unit(body + off, size, lossless ? uint32_t(d.es) : 1u, lossless, uint32_t(d.es), ul,
+                           d.layers[size_t(l) * 2 + kv].raw_planes, uint64_t(tokens) * d.info.shape.channels());
   }
   if (e) return CorruptData(detail::unit_error_message(e));
   *unit = body + off;
@@ -736,7 +782,13 @@ StatusOr<FrameStats> analyze_frame(std::span<const uint8_t> frame) {
       const DecLayer& dl = d->layers[u];
       const SlotTable* tables = dl.tables.data();
       uint64_t escapes = 0;  // escape symbols decoded: must be the unit's escape count
+      uint64_t raw_bytes = 0;
       for (uint32_t plane = 0; plane < (lossless ? es : 1); ++plane) {
+        if (dl.raw_planes >> plane & 1) {
+          raw_bytes += detail::pad4(uint64_t(ci.tokens) * C);
+          continue;
+        }
+        st.symbols += uint64_t(ci.tokens) * C;
         LaneReader rd;
         KVCODEC_RETURN_IF_ERROR(rd.open(p, ul, plane));
         for (uint32_t t = 0; t < ci.tokens; ++t)
@@ -751,10 +803,10 @@ StatusOr<FrameStats> analyze_frame(std::span<const uint8_t> frame) {
         st.word_bytes += 2 * uint64_t(ul.words[plane]);
       }
       if (!lossless && escapes != ul.n_esc) return CorruptData("escape count differs from the escapes coded");
-      st.lane_bytes += ul.streams_end;
+      st.lane_bytes += ul.streams_end - raw_bytes;
+      st.raw_plane_bytes += raw_bytes;
       st.escapes += ul.n_esc;
       st.escape_bytes += ul.size - ul.streams_end;
-      st.symbols += uint64_t(ci.tokens) * C * (lossless ? es : 1);
     }
   }
   for (size_t u = 0; u < counts.size(); ++u)

@@ -64,7 +64,7 @@ StatusOr<PackedModel> pack_model(std::span<const uint8_t> head) {
   uint32_t next_table = 0;
   for (uint64_t u = 0; u < units; ++u) {
     const LayerModel& m = h.layers[u];
-    ld[u] = {next_table, uint32_t(m.tables.size()), m.slots, 0};
+    ld[u] = {next_table, uint32_t(m.tables.size()), m.slots, m.raw_planes};
     for (const TableSpec& ts : m.tables) {
       DecTable& t = dt[next_table++];
       const FreqTable& ft = ts.table;

@@ -31,7 +31,7 @@ struct LayerDesc {
   uint32_t first_table;  // index into tables
   uint32_t num_tables;   // groups * slots
   uint32_t slots;        // tables per channel group
-  uint32_t reserved;
+  uint32_t raw_planes;   // lossless, version 5: bit p = byte plane p is raw (docs/format.md 4.5)
 };
 
 struct ChunkDesc {

@@ -148,7 +148,9 @@ KVCODEC_HD uint32_t warp_decode_unit_planes(W& w, const UnitJob& job) {
   const uint8_t* p = job.body + unit_off;
   if (stored) return warp_copy_stored_unit(w, job, p, size);
   UnitLayout ul;
-  if (uint32_t e = parse_unit(p, size, P, lossless, es, &ul)) return e;
+  // Raw byte planes (version 5, docs/format.md 4.5): their bytes in stream order, no lane stream.
+  const uint32_t raw = lossless ? job.model.layers[u].raw_planes : 0u;
+  if (uint32_t e = parse_unit(p, size, P, lossless, es, &ul, raw, uint64_t(job.tokens) * C)) return e;
   const uint8_t* stream_at[P];
   for (uint32_t q = 0; q < P; ++q) stream_at[q] = p + ul.stream[q];
   const uint8_t* esc = p + ul.escapes;
@@ -156,7 +158,8 @@ KVCODEC_HD uint32_t warp_decode_unit_planes(W& w, const UnitJob& job) {
 
   WarpStream<W> st[P];
   for (uint32_t q = 0; q < P; ++q)
-    if (uint32_t e = st[q].init(w, stream_at[q])) return e;
+    if (!(raw >> q & 1))
+      if (uint32_t e = st[q].init(w, stream_at[q])) return e;
 
   const DecTable* tables = job.tables;
   const uint64_t chan0 = uint64_t(u) * C;
@@ -185,6 +188,13 @@ KVCODEC_HD uint32_t warp_decode_unit_planes(W& w, const UnitJob& job) {
 
   for (uint64_t s0 = 0; s0 < n; s0 += kWarpLanes) {
     for (uint32_t pq = 0; pq < P; ++pq) {
+      if (raw >> pq & 1) {
+        for (uint32_t j : w.lanes()) {
+          active[j] = s0 + j < n;
+          sym[pq][j] = active[j] ? stream_at[pq][s0 + j] : 0u;
+        }
+        continue;
+      }
       for (uint32_t j : w.lanes()) {
         active[j] = s0 + j < n;
         need[j] = false;
@@ -276,7 +286,8 @@ KVCODEC_HD uint32_t warp_decode_unit_planes(W& w, const UnitJob& job) {
     }
   }
   for (uint32_t pq = 0; pq < P; ++pq)
-    if (uint32_t e = st[pq].finish(w)) return e;
+    if (!(raw >> pq & 1))
+      if (uint32_t e = st[pq].finish(w)) return e;
   if (esc_used != n_esc) return kUnitUnusedEscapes;
   return kUnitOk;
 }

@@ -90,6 +90,7 @@ struct ModelArgs {
   uint8_t* models;            // [unit][model_stride] out: the serialised layer models
   uint32_t* model_size;       // [unit] out: their sizes
   uint8_t* scratch;           // [unit][scratch_stride]
+  uint32_t* raw_planes;       // [unit] out: EncodeTables::raw_planes (lossless byte planes kept raw)
 };
 
 // One table as the serialisation needs it.
@@ -107,6 +108,8 @@ struct ModelShared {
   uint32_t first[kMaxTableGroups];          // first channel of each group
   uint32_t remap[kMaxTableGroups];          // group -> dense number in order of first use
   uint32_t used, moved, failed;
+  uint32_t raw_planes;                      // lossless: bit p = byte plane p kept raw (docs/format.md 4.5)
+  uint32_t plane_raw[4];                    // per plane while deciding: 1 = raw
   uint32_t channels_offset, model_bytes;    // in the layer model
   TableInfo table[kMaxTableGroups * 4];
   uint32_t part_steps[kBlockThreads], part_centers[kBlockThreads];  // per-part varint bytes, then offsets
@@ -410,6 +413,45 @@ KVCODEC_HD void block_refine_groups(B& blk, const UnitModel& m, ModelShared& sh,
   }
 }
 
+// Step 4b of block_build_model (lossless): the byte planes kept raw, as the CPU's raw_planes_of
+// decides them (keep_plane_raw on each plane's symbols coded with its tables: the group
+// histograms in `sums`, the frequencies in `freq`), one warp per plane; a raw plane's tables
+// become 2-byte markers (sh.table[i].bytes). sh.raw_planes: the mask (0 for lossy units).
+#if defined(__CUDACC__)
+#pragma nv_exec_check_disable
+#endif
+template <typename B>
+KVCODEC_HD void block_raw_planes(B& blk, const UnitModel& m, ModelShared& sh, const uint64_t* sums,
+                                 const uint16_t* freq) {
+  blk.single([&] { sh.raw_planes = 0; });
+  blk.sync();
+  if (!m.lossless) return;
+  blk.for_warps(m.S, [&](auto& w, uint32_t p) {
+    typename std::remove_reference_t<decltype(w)>::template Lanes<uint64_t> coded, symbols;
+    for (uint32_t j : w.lanes()) {
+      coded[j] = symbols[j] = 0;
+      for (uint32_t g = 0; g < sh.used; ++g) {
+        const uint32_t i = g * m.S + p;
+        for (uint32_t b = j; b < sh.table[i].n; b += kWarpLanes)
+          if (const uint64_t h = sums[uint64_t(i) * m.bins + b]) {
+            coded[j] += h * symbol_cost_q16(freq[i * kLosslessBins + b]);
+            symbols[j] += h;
+          }
+      }
+    }
+    const bool raw = keep_plane_raw(w.sum(coded), w.sum(symbols));
+    for (uint32_t j : w.lanes())
+      if (j == 0) sh.plane_raw[p] = raw ? 1u : 0u;
+  });
+  blk.sync();
+  blk.single([&] {
+    for (uint32_t p = 0; p < m.S; ++p) sh.raw_planes |= sh.plane_raw[p] << p;
+    for (uint32_t i = 0; i < sh.used * m.S; ++i)
+      if (sh.raw_planes >> (i % m.S) & 1) sh.table[i].bytes = kRawPlaneMarkerBytes;
+  });
+  blk.sync();
+}
+
 // Step 5 of block_build_model: serialises the model of unit u -- group count, tables, channel
 // groups, (lossy) step codes and centres -- into its slot of a.models; sets sh.model_bytes.
 #if defined(__CUDACC__)
@@ -434,6 +476,11 @@ KVCODEC_HD void block_write_model(B& blk, const UnitModel& m, const ModelLayout&
   });
   blk.sync();
   blk.for_warps(tables, [&](auto& w, uint32_t i) {
+    if (sh.raw_planes >> (i % m.S) & 1) {  // a raw plane's marker: n - 1 = 0, frequency 0
+      for (uint32_t j : w.lanes())
+        if (j < kRawPlaneMarkerBytes) out[sh.table[i].offset + j] = 0;
+      return;
+    }
     warp_write_table(w, lossless, freq + i * kLosslessBins, sh.table[i], out + sh.table[i].offset);
   });
   blk.for_range((C + 1) / 2, [&](uint32_t i) {
@@ -595,11 +642,15 @@ KVCODEC_HD bool block_build_model(B& blk, const EncodeLayout& el, const ModelLay
       sh.failed = 1;
   });
   blk.sync();
+  block_raw_planes(blk, m, sh, sums, freq);
 
   // 5. Serialisation: group count, tables, channel groups, (lossy) step codes and centres.
   block_write_model(blk, m, ml, a, u, sh, freq, tables);
   blk.sync();
-  blk.single([&] { a.model_size[u] = sh.model_bytes; });
+  blk.single([&] {
+    a.model_size[u] = sh.model_bytes;
+    if (a.raw_planes) a.raw_planes[u] = sh.raw_planes;
+  });
   blk.for_range(C, [&](uint32_t c) { group[c] = uint16_t(group[c] * S); });  // the lane encoders' table base
   blk.sync();
   return sh.failed == 0;

@@ -8,6 +8,7 @@
 #include <mutex>
 #include <numeric>
 #include <string>
+#include <type_traits>
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -209,18 +210,41 @@ void spill_counts(uint16_t* c16, uint32_t* c32, size_t n) {
 
 // Counts tokens [t0, t1) of channels [c0, c0 + n) into c16 ([j][plane][byte]) and the clustering
 // feature (magnitude bits of the top byte); P bytes per element.
+// Not inlined: in the caller's large body its loop counters were kept on the stack (a store and
+// reload per element); on its own every pointer and counter stays in a register.
 template <uint32_t P>
-void count_planes(const uint8_t* raw, size_t rp, uint32_t t0, uint32_t t1, uint32_t c0, uint32_t n, uint16_t* c16,
-                  uint64_t* feature) {
+__attribute__((noinline)) void count_planes(const uint8_t* raw, size_t rp, uint32_t t0, uint32_t t1, uint32_t c0,
+                                            uint32_t n, uint16_t* c16, uint64_t* feature) {
   constexpr size_t per_channel = size_t(P) * detail::kLosslessBins;
   for (uint32_t t = t0; t < t1; ++t) {
     const uint8_t* e = raw + size_t(t) * rp + size_t(c0) * P;
-    for (uint32_t j = 0; j < n; ++j, e += P) {
-      uint16_t* cj = c16 + j * per_channel;
+    uint16_t* cj = c16;
+    for (uint32_t j = 0; j < n; ++j, e += P, cj += per_channel) {
       for (uint32_t p = 0; p < P; ++p) ++cj[p * detail::kLosslessBins + e[p]];
       feature[j] += e[P - 1] & 0x7f;
     }
   }
+}
+
+// Appends the non-zero counts of cj[0, n) to cc as (index, count) in ascending order and clears
+// cj. Branch-free (whether a count is zero is unpredictable) and not inlined, so that its
+// pointers stay in registers.
+__attribute__((noinline)) void append_sparse(uint32_t* cj, uint32_t n, detail::ChannelCounts& cc) {
+  const size_t k = cc.index.size();
+  cc.index.resize(k + n);
+  cc.count.resize(k + n);
+  uint32_t* idx = cc.index.data() + k;
+  uint32_t* cnt = cc.count.data() + k;
+  size_t m = 0;
+  for (uint32_t i = 0; i < n; ++i) {
+    const uint32_t v = cj[i];
+    idx[m] = i;
+    cnt[m] = v;
+    m += v != 0;
+    cj[i] = 0;
+  }
+  cc.index.resize(k + m);
+  cc.count.resize(k + m);
 }
 
 // Counts the byte planes of channels [c0, c0 + n) into ws.counts (appended in channel order) and
@@ -242,13 +266,7 @@ void count_lossless_block(const uint8_t* raw, size_t rp, uint32_t T, uint32_t P,
   }
   detail::ChannelCounts& cc = ws.counts;
   for (uint32_t j = 0; j < n; ++j) {
-    uint32_t* cj = c32 + j * per_channel;
-    for (uint32_t i = 0; i < per_channel; ++i)
-      if (cj[i]) {
-        cc.index.push_back(i);
-        cc.count.push_back(cj[i]);
-        cj[i] = 0;
-      }
+    append_sparse(c32 + j * per_channel, uint32_t(per_channel), cc);
     cc.begin.push_back(uint32_t(cc.index.size()));
     ws.feature[c0 + j] = feature[j];
   }
@@ -281,6 +299,26 @@ __attribute__((target("avx2"))) void plane_codes_avx2(const uint8_t* e, uint32_t
 }
 #endif
 
+// Appends byte plane p of tokens [t0, t1) (rows rp apart, P bytes per element, C elements) to
+// unit in stream order, padded with zeros to 4 bytes: a raw plane (docs/format.md 4.5).
+template <uint32_t P>
+void append_raw_plane(const uint8_t* raw, size_t rp, uint32_t t0, uint32_t t1, uint32_t C, uint32_t p,
+                      std::vector<uint8_t>& unit) {
+  const size_t base = unit.size(), n = size_t(t1 - t0) * C;
+  unit.resize(base + pad4(n), 0);
+  uint8_t* out = unit.data() + base;
+  using Elem = std::conditional_t<P == 1, uint8_t, std::conditional_t<P == 2, uint16_t, uint32_t>>;
+  const uint32_t shift = 8 * p;
+  for (uint32_t t = t0; t < t1; ++t, out += C) {
+    const uint8_t* e = raw + size_t(t) * rp;
+    for (uint32_t c = 0; c < C; ++c) {  // whole elements (vectorises), then the byte
+      Elem v;
+      std::memcpy(&v, e + size_t(c) * P, P);
+      out[c] = uint8_t(v >> shift);
+    }
+  }
+}
+
 void encode_lossless(const Context& cx, const uint8_t* raw, Workspace& ws, LayerOutput& out) {
   const KVShape& sh = cx.src.shape;
   const uint32_t T = sh.tokens, C = uint32_t(sh.channels());
@@ -305,6 +343,14 @@ void encode_lossless(const Context& cx, const uint8_t* raw, Workspace& ws, Layer
     const uint32_t t0 = k * cx.opt.chunk_tokens, t1 = std::min(T, t0 + cx.opt.chunk_tokens);
     ws.unit.clear();
     for (uint32_t p = 0; p < P; ++p) {
+      if (m.raw_planes >> p & 1) {
+        switch (P) {
+          case 1: append_raw_plane<1>(raw, cx.rp, t0, t1, C, p, ws.unit); break;
+          case 2: append_raw_plane<2>(raw, cx.rp, t0, t1, C, p, ws.unit); break;
+          default: append_raw_plane<4>(raw, cx.rp, t0, t1, C, p, ws.unit); break;
+        }
+        continue;
+      }
       const uint32_t* off = &ws.chan_off[size_t(p) * C];
       auto row_codes = [&](uint32_t r0, uint32_t r1, uint32_t* fc) {
         for (uint32_t t = t0 + r0; t < t0 + r1; ++t) {
@@ -794,8 +840,15 @@ static StatusOr<size_t> encode_frame(const KVView& src, const EncodeOptions& o, 
       return outs[i].status.with_context("layer " + std::to_string(i / 2) + (i % 2 ? " V" : " K"));
 
   FrameInfo f = detail::frame_info_for(sh, src.dtype, o);
-  for (const auto& lo : outs)
-    if (lo.units.any_stored()) f.format_version = kStoredUnitsFormatVersion;
+  bool any_stored = false, any_raw = false;
+  for (const auto& lo : outs) {
+    any_stored |= lo.units.any_stored();
+    any_raw |= lo.model.raw_planes != 0;
+  }
+  // Version 5 when a byte plane is raw (docs/format.md 4.5; stored units allowed there too), else
+  // 3 when a unit is stored (4.4), else 2.
+  if (any_raw) f.format_version = kRawPlanesFormatVersion;
+  else if (any_stored) f.format_version = kStoredUnitsFormatVersion;
   std::vector<uint8_t> model;
   const bool sources = fixed && !fixed->front().tables.empty();  // docs/format.md 2.2
   for (const auto& lo : outs) {
@@ -809,7 +862,7 @@ static StatusOr<size_t> encode_frame(const KVView& src, const EncodeOptions& o, 
     uint64_t size = dir_bytes;
     for (const auto& lo : outs) {
       size += lo.units.size(k);
-      if (f.format_version == kStoredUnitsFormatVersion && lo.units.size(k) >= kStoredUnitFlag)
+      if (any_stored && lo.units.size(k) >= kStoredUnitFlag)
         return ResourceExhausted("unit of 2 GiB or more in a frame with stored units: use smaller chunk_tokens");
     }
     if (size > UINT32_MAX) return ResourceExhausted("chunk larger than 4 GiB: use smaller chunk_tokens");

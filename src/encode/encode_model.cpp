@@ -284,6 +284,32 @@ Status lossy_table(const uint64_t* h, TableSpec& spec, uint32_t* codes) {
   return Status::Ok();
 }
 
+// Lossless: the byte planes kept raw (docs/format.md 4.5): those whose symbols, coded with the
+// tables just built from the group histograms gh, would save less than 1/64 of their bytes.
+uint32_t raw_planes_of(const std::vector<uint64_t>& gh, const LayerModel& m) {
+  static const std::vector<uint64_t> cost = [] {  // symbol_cost_q16 of every frequency, once
+    std::vector<uint64_t> c(kRansM + 1);
+    for (uint32_t f = 0; f <= kRansM; ++f) c[f] = symbol_cost_q16(f);
+    return c;
+  }();
+  uint32_t mask = 0;
+  for (uint32_t p = 0; p < m.slots; ++p) {
+    uint64_t coded = 0, symbols = 0;
+    for (uint32_t g = 0; g < m.groups; ++g) {
+      const size_t i = size_t(g) * m.slots + p;
+      const uint64_t* h = &gh[i * kLosslessBins];
+      const FreqTable& tb = m.tables[i].table;
+      for (uint32_t b = 0; b < tb.size(); ++b)
+        if (h[b]) {
+          coded += h[b] * cost[tb.freq[b]];
+          symbols += h[b];
+        }
+    }
+    if (keep_plane_raw(coded, symbols)) mask |= 1u << p;
+  }
+  return mask;
+}
+
 }  // namespace
 
 Status build_layer_model(const ChannelCounts& cc, const uint64_t* feature, bool lossless, uint32_t table_groups,
@@ -302,6 +328,7 @@ Status build_layer_tables(const ChannelCounts& cc, bool lossless, LayerModel& m,
     KVCODEC_RETURN_IF_ERROR(lossless ? lossless_table(h, m.tables[i], &codes[i * cc.bins])
                                      : lossy_table(h, m.tables[i], &codes[i * cc.bins]));
   }
+  m.raw_planes = lossless ? raw_planes_of(gh, m) : 0;
   return Status::Ok();
 }
 

@@ -20,7 +20,13 @@ void put_varint(std::vector<uint8_t>& out, uint32_t v) {
 size_t write_layer_model(const FrameInfo& f, const LayerModel& m, std::vector<uint8_t>& out, bool grids) {
   out.push_back(uint8_t(m.groups));
   const size_t tables_begin = out.size();
-  for (const auto& t : m.tables) {
+  for (size_t i = 0; i < m.tables.size(); ++i) {
+    const TableSpec& t = m.tables[i];
+    if (m.raw_planes >> (i % m.slots) & 1) {  // a raw plane's marker (docs/format.md 4.5)
+      out.push_back(0);
+      out.push_back(0);
+      continue;
+    }
     out.push_back(uint8_t(t.table.size() - 1));
     if (!is_lossless(f)) {
       out.resize(out.size() + 2);
@@ -45,8 +51,10 @@ size_t write_layer_model(const FrameInfo& f, const LayerModel& m, std::vector<ui
 
 void write_head(FrameInfo& f, std::span<const uint8_t> model, std::vector<uint8_t>& out) {
   const uint32_t n = uint32_t(f.chunks.size());
-  // Version 2, or 3 when the encoder put a stored unit in the frame (docs/format.md 4.4).
-  if (f.format_version != kStoredUnitsFormatVersion) f.format_version = kFormatVersion;
+  // Version 2, or 3 when the encoder put a stored unit in the frame (docs/format.md 4.4), or 5
+  // when it kept a byte plane raw (4.5).
+  if (f.format_version != kStoredUnitsFormatVersion && f.format_version != kRawPlanesFormatVersion)
+    f.format_version = kFormatVersion;
   f.model_bytes = model.size();
   f.head_bytes = kHeaderBytes + model.size() + uint64_t(n) * kIndexEntryBytes;
   uint64_t offset = f.head_bytes;

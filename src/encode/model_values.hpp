@@ -15,6 +15,20 @@
 
 namespace kvcodec::detail {
 
+// ---- raw byte planes (docs/format.md 4.5) ---------------------------------------------------
+
+// Q16 bits of coding one symbol of frequency freq (1..4096) under a 12-bit table.
+KVCODEC_HD uint64_t symbol_cost_q16(uint32_t freq) { return ((uint64_t(kRansProbBits) << 32) - log2_q32(freq)) >> 16; }
+// Whether a lossless byte plane of `symbols` symbols whose coding costs `coded` (Q16 bits: the sum
+// of symbol_cost_q16 over its symbols under its tables) is kept raw: when coding would save less
+// than 1/64 of its 8 bits per symbol. Integers only, so every encoder and backend decides alike.
+KVCODEC_HD bool keep_plane_raw(uint64_t coded, uint64_t symbols) {
+  const uint64_t raw = symbols << 19;  // 8 bits, Q16
+  return coded >= raw - (raw >> 6);
+}
+// The marker table of a raw plane in the model section: n - 1 = 0, one frequency 0.
+inline constexpr uint32_t kRawPlaneMarkerBytes = 2;
+
 // ---- table windows ---------------------------------------------------------------------------
 
 // Lossless tables code the byte values up to the last one seen (at least one symbol).

@@ -92,6 +92,7 @@ struct UnitStage {
   uint32_t escapes;
   uint32_t bytes;   // in the frame: coded, or stored (raw) when `stored`
   uint32_t stored;  // 1: the unit is stored raw (docs/format.md 4.4; store_unit decides)
+  uint32_t raw;     // its model's raw byte planes (docs/format.md 4.5): bit p = plane p's bytes, no lane stream
   uint32_t state[4][kWarpLanes];
 };
 
@@ -248,6 +249,7 @@ struct EncodeTables {
   const uint32_t* codes;       // [unit][max_tables][bins]: freq << 16 | cum | kEscFlag
   const uint16_t* table_base;  // [unit][channel]: the channel's group * slots
   const LaneGrid* lane;        // [unit][channel] (lossy)
+  const uint32_t* raw_planes;  // [unit]: lossless byte planes kept raw (ModelArgs::raw_planes)
 };
 
 // Staging of every unit: words[planes * stage_symbol], escapes[elem_size * stage_symbol], and
@@ -258,18 +260,19 @@ struct EncodeStaging {
   UnitStage* stages;  // [chunk][unit]
 };
 
-// Size in the frame of a unit with these word and escape counts (UnitStage::bytes keeps it as a
-// u32: assign_chunks recomputes it in 64 bits and rejects chunks of 4 GiB or more).
-KVCODEC_HD uint64_t unit_bytes(const EncodeLayout& el, const UnitStage& st) {
+// Size in the frame of a unit of n symbols per plane with these word and escape counts and raw
+// planes (UnitStage::bytes keeps it as a u32: assign_chunks recomputes it in 64 bits and rejects
+// chunks of 4 GiB or more).
+KVCODEC_HD uint64_t unit_bytes(const EncodeLayout& el, const UnitStage& st, uint64_t n) {
   uint64_t b = 0;
-  for (uint32_t p = 0; p < el.planes; ++p) b += pad4(kLaneHeaderBytes + 2ull * st.words[p]);
+  for (uint32_t p = 0; p < el.planes; ++p) b += st.raw >> p & 1 ? pad4(n) : pad4(kLaneHeaderBytes + 2ull * st.words[p]);
   if (!el.lossless) b += pad4(4 + uint64_t(st.escapes) * el.elem_size);
   return b;
 }
 
 // Size in the frame of unit st of a chunk of n symbols per plane: stored or coded.
 KVCODEC_HD uint64_t frame_unit_bytes(const EncodeLayout& el, const UnitStage& st, uint64_t n) {
-  return st.stored ? stored_unit_bytes(n, el.elem_size) : unit_bytes(el, st);
+  return st.stored ? stored_unit_bytes(n, el.elem_size) : unit_bytes(el, st, n);
 }
 
 // Checksum segments of the largest chunk body the layout allows (every symbol a word in every
@@ -278,8 +281,8 @@ KVCODEC_HD uint64_t max_chunk_segments(const EncodeLayout& el) {
   UnitStage worst{};
   const uint32_t n = el.chunk_tokens * el.channels;
   for (uint32_t p = 0; p < el.planes; ++p) worst.words[p] = n;
-  worst.escapes = el.lossless ? 0 : n;
-  return checksum_segments(4ull * el.units() + uint64_t(el.units()) * unit_bytes(el, worst));
+  worst.escapes = el.lossless ? 0 : n;  // no raw planes: a lane stream is larger than a raw plane
+  return checksum_segments(4ull * el.units() + uint64_t(el.units()) * unit_bytes(el, worst, n));
 }
 
 // rANS-codes unit u of chunk k with one warp (see the top of this file). P = lane streams.
@@ -299,6 +302,7 @@ KVCODEC_HD uint32_t warp_encode_unit_planes(W& w, const EncodeLayout& el, const 
   const uint32_t* codes = tab.codes + uint64_t(u) * el.max_tables * bins;
   const uint16_t* tbase = tab.table_base + uint64_t(u) * C;
   const LaneGrid* lane = tab.lane + uint64_t(u) * C;
+  const uint32_t raw_planes = el.lossless && tab.raw_planes ? tab.raw_planes[u] : 0u;  // written by warp_write_unit
 
   typename W::template Lanes<uint32_t> x[P], code[P], word, raw;
   typename W::template Lanes<bool> active, bad, esc, emit;
@@ -341,6 +345,7 @@ KVCODEC_HD uint32_t warp_encode_unit_planes(W& w, const EncodeLayout& el, const 
         if (esc[j]) store_raw(escapes + uint64_t(epos + popc32(mask & lanes_below(j))) * es, es, raw[j]);
     }
     for (uint32_t p = 0; p < P; ++p) {
+      if (raw_planes >> p & 1) continue;
       for (uint32_t j : w.lanes()) {
         emit[j] = false;
         if (!active[j]) continue;
@@ -360,13 +365,15 @@ KVCODEC_HD uint32_t warp_encode_unit_planes(W& w, const EncodeLayout& el, const 
   UnitStage counts;
   for (uint32_t p = 0; p < P; ++p) counts.words[p] = n - wpos[p];
   counts.escapes = n - epos;
-  const uint64_t coded = unit_bytes(el, counts);
+  counts.raw = raw_planes;
+  const uint64_t coded = unit_bytes(el, counts, n);
   const bool stored = store_unit(coded, n, el.elem_size, P, el.lossless != 0);
   for (uint32_t j : w.lanes()) {
     for (uint32_t p = 0; p < P; ++p) st->state[p][j] = x[p][j];
     if (j == 0) {
       for (uint32_t p = 0; p < P; ++p) st->words[p] = counts.words[p];
       st->escapes = counts.escapes;
+      st->raw = raw_planes;
       st->stored = stored ? 1u : 0u;
       st->bytes = uint32_t(stored ? stored_unit_bytes(n, el.elem_size) : coded);
     }
@@ -437,11 +444,19 @@ KVCODEC_HD void warp_write_unit(W& w, const EncodeLayout& el, const KVView& src,
     if (j == 0) st_u32(body + 4ull * u, st.bytes | (st.stored ? kStoredUnitFlag : 0u));
   }
   uint8_t* out = body + 4ull * units + w.sum(before);
-  if (st.stored) {  // the raw elements in stream order; the frame becomes version 3
-    const UnitDst s = UnitDst::make(src, u / 2, u % 2);
-    const uint32_t t0 = k * el.chunk_tokens;
+  if (k == 0 && u == 0) {  // the frame's version: 5 with raw planes, 3 with stored units, else 2 (the header's)
+    bool any_raw = false, any_stored = false;
+    for (uint64_t i = 0; i < uint64_t(el.num_chunks) * units; ++i) {
+      any_raw |= stg.stages[i].raw != 0;
+      any_stored |= stg.stages[i].stored != 0;
+    }
+    for (uint32_t j : w.lanes())
+      if (j == 0 && (any_raw || any_stored)) st_u16(dst + 4, any_raw ? kRawPlanesFormatVersion : kStoredUnitsFormatVersion);
+  }
+  const UnitDst s = UnitDst::make(src, u / 2, u % 2);
+  const uint32_t t0 = k * el.chunk_tokens;
+  if (st.stored) {  // the raw elements in stream order
     for (uint32_t j : w.lanes()) {
-      if (j == 0) st_u16(dst + 4, kStoredUnitsFormatVersion);
       for (uint64_t i = j; i < n; i += kWarpLanes) {
         const uint8_t* e = nullptr;
         if (element_at(s, t0 + uint32_t(i / el.channels), uint32_t(i % el.channels), &e))
@@ -452,6 +467,17 @@ KVCODEC_HD void warp_write_unit(W& w, const EncodeLayout& el, const KVView& src,
     return;
   }
   for (uint32_t p = 0; p < P; ++p) {
+    if (st.raw >> p & 1) {  // a raw plane: byte p of each element in stream order, padded
+      for (uint32_t j : w.lanes()) {
+        for (uint64_t i = j; i < n; i += kWarpLanes) {
+          const uint8_t* e = nullptr;
+          if (element_at(s, t0 + uint32_t(i / el.channels), uint32_t(i % el.channels), &e)) out[i] = e[p];
+        }
+        for (uint64_t i = n + j; i < pad4(n); i += kWarpLanes) out[i] = 0;
+      }
+      out += pad4(n);
+      continue;
+    }
     const uint32_t count = st.words[p];
     const uint16_t* words = stg.words + uint64_t(P) * sym0 + uint64_t(p) * n + (n - count);
     const uint64_t len = kLaneHeaderBytes + 2ull * count;

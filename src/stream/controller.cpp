@@ -508,9 +508,8 @@ double Controller::Impl::probe_end_s(double now_s) const noexcept {
 }
 
 bool Controller::Impl::probing(double now_s) const noexcept {
-  // Only for the lowest TTFT. Within an SLO the prior's caution is what the objective wants:
-  // TEXT is exact, and probe requests committed at the cheapest option before the link is
-  // known would cost quality wherever the link turns out fast.
+  // For the lowest TTFT, and for the least prefill (whose GPU time a guessed prior would
+  // commit to TEXT). The quality objective keeps the prior's caution: TEXT is exact.
   return (config_.objective == Objective::kMinTtft || config_.objective == Objective::kMinPrefillWithinSlo) &&
          guessing() && !plannable_.empty() && now_s < probe_end_s(now_s);
 }
@@ -594,8 +593,13 @@ std::optional<Decision> Controller::Impl::next_request(double now_s) {
   }
   if (link_room && (plan.text < back_ - front_ || probe)) {
     const uint32_t c = back_ - 1;
-    // A probe is the cheapest request: it arrives, and measures the link, soonest.
-    int option = probe ? smallest_option(c, plannable_) : plan.count_a > 0 ? plan.a : plan.b;
+    // For the lowest TTFT a probe is the cheapest request: it arrives, and measures the link,
+    // soonest. Within an SLO it is the plan's own choice, so a link that turns out fast costs no
+    // quality; only a plan that fetches nothing probes at the cheapest option.
+    const bool kv_planned = plan.text < back_ - front_;
+    int option = kv_planned && !(probe && config_.objective == Objective::kMinTtft)
+                     ? (plan.count_a > 0 ? plan.a : plan.b)
+                     : smallest_option(c, plannable_);
     if (!probe && hedged()) option = hedge_option(now_s, p, option, gpu_room);
     if (option != kNoOption && (!probe || !link_full(replay(now_s, decoder_bound_gbps(c, option)))))
       return decide(c, option, now_s, score.ttft_s);

@@ -76,6 +76,29 @@ void write_frames(const std::filesystem::path& dir) {
     const std::string path = (dir / ("seed" + std::to_string(i++) + ".kvc")).string();
     check(write_file(path, frame.data(), *size), "write " + path);
   }
+  // Version 5 (raw byte planes, docs/format.md 4.5): noisy mantissas, whose low bytes (and for
+  // f32 the two low ones) the encoder keeps raw.
+  for (const DType dt : {DType::kF16, DType::kBF16, DType::kF32}) {
+    const KVShape noisy{1, 40, 1, 64};
+    auto kv = KVCache::allocate(dt, noisy);
+    check(kv.status(), "allocate");
+    uint64_t r = 0x9E3779B97F4A7C15ull;
+    for (size_t e = 0; e < noisy.elements(); ++e) {
+      r = r * 6364136223846793005ull + 1442695040888963407ull;
+      // +-(1 + m) * 2^b, b in {0, 1}: sign, the exponent's low bit and every mantissa bit noise.
+      const float x = (r & 1 ? -1.0f : 1.0f) * (r & 2 ? 2.0f : 1.0f) * (1.0f + float(r >> 41) * 0x1p-23f);
+      detail::store_from_f32(kv->data.data() + e * dtype_size(dt), uint8_t(dt), x);
+    }
+    EncodeOptions o;
+    o.level = 0;
+    o.chunk_tokens = 16;
+    o.table_groups = 1;
+    std::vector<uint8_t> frame(max_encoded_size(noisy, dt, o));
+    auto size = encode_into(kv->view(), o, frame);
+    check(size.status(), "encode");
+    const std::string path = (dir / ("seed" + std::to_string(i++) + "-raw-planes.kvc")).string();
+    check(write_file(path, frame.data(), *size), "write " + path);
+  }
   // Version 4 (transform-coded, docs/format.md 2.1): the fuzzers' identity_profile decodes it.
   const KVShape shape{2, 24, 2, 8};
   KVCache kv = make_cache(DType::kF16, shape);

@@ -60,9 +60,10 @@ void print_json(const FrameInfo& f, uint64_t file_bytes, const Status& verified,
   if (st)
     std::printf("\"entropy\": {\"symbols\": %" PRIu64 ", \"escapes\": %" PRIu64 ", \"entropy_bits\": %s, "
                 "\"model_bits\": %s, \"word_bytes\": %" PRIu64 ", \"lane_bytes\": %" PRIu64
-                ", \"escape_bytes\": %" PRIu64 ", \"words_over_entropy_pct\": %s, \"lanes_over_entropy_pct\": %s}, ",
+                ", \"escape_bytes\": %" PRIu64 ", \"raw_plane_bytes\": %" PRIu64
+                ", \"words_over_entropy_pct\": %s, \"lanes_over_entropy_pct\": %s}, ",
                 st->symbols, st->escapes, number(st->entropy_bits).c_str(), number(st->model_bits).c_str(),
-                st->word_bytes, st->lane_bytes, st->escape_bytes,
+                st->word_bytes, st->lane_bytes, st->escape_bytes, st->raw_plane_bytes,
                 number(excess_pct(8.0 * double(st->word_bytes), st->entropy_bits)).c_str(),
                 number(excess_pct(8.0 * double(st->lane_bytes), st->entropy_bits)).c_str());
   if (f.transformed)
@@ -112,6 +113,9 @@ void print_text(const std::string& path, const FrameInfo& f, uint64_t file_bytes
                 st->symbols, st->escapes, st->entropy_bits / 8, st->lane_bytes,
                 excess_pct(8.0 * double(st->lane_bytes), st->entropy_bits), st->word_bytes,
                 excess_pct(8.0 * double(st->word_bytes), st->entropy_bits));
+    if (st->raw_plane_bytes)
+      std::printf("raw planes    %" PRIu64 " bytes of byte planes kept as they are (format version 5)\n",
+                  st->raw_plane_bytes);
   }
   std::printf("\n%6s %12s %8s %14s %10s  %s\n", "chunk", "first token", "tokens", "offset", "bytes", "xxh64");
   for (size_t i = 0; i < f.chunks.size(); ++i) {
