@@ -188,14 +188,13 @@ struct kvcodec_decoder {
 
 struct kvcodec_profile {
   std::shared_ptr<const Profile> profile;
-  size_t bytes = 0;
 };
 
 namespace {
 
-int32_t new_profile(StatusOr<Profile> p, size_t bytes, kvcodec_profile** out) {
+int32_t new_profile(StatusOr<Profile> p, kvcodec_profile** out) {
   if (!p.ok()) return record(p.status());
-  auto* h = new (std::nothrow) kvcodec_profile{std::make_shared<const Profile>(std::move(*p)), bytes};
+  auto* h = new (std::nothrow) kvcodec_profile{std::make_shared<const Profile>(std::move(*p))};
   if (!h) return record(ResourceExhausted("kvcodec_profile: out of memory"));
   *out = h;
   return ok();
@@ -363,23 +362,21 @@ int32_t kvcodec_profile_parse(const void* bytes, size_t size, kvcodec_profile** 
   if (!out) return invalid("kvcodec_profile_parse: out is NULL");
   *out = nullptr;
   if (!bytes) return invalid("kvcodec_profile_parse: bytes is NULL");
-  return new_profile(parse_profile(bytes_of(bytes, size)), size, out);
+  return new_profile(parse_profile(bytes_of(bytes, size)), out);
 }
 
 int32_t kvcodec_profile_load(const char* path, kvcodec_profile** out) {
   if (!out) return invalid("kvcodec_profile_load: out is NULL");
   *out = nullptr;
   if (!path) return invalid("kvcodec_profile_load: path is NULL");
-  auto b = read_file(path);  // kept for the size (load_profile would need a re-serialization)
-  if (!b.ok()) return record(b.status());
-  auto p = parse_profile(*b);
-  if (!p.ok()) return record(p.status().with_context(path));
-  return new_profile(std::move(p), b->size(), out);
+  return new_profile(load_profile(path), out);
 }
 
 void kvcodec_profile_free(kvcodec_profile* profile) { delete profile; }
 uint64_t kvcodec_profile_digest(const kvcodec_profile* profile) { return profile ? profile->profile->digest : 0; }
-size_t kvcodec_profile_size(const kvcodec_profile* profile) { return profile ? profile->bytes : 0; }
+size_t kvcodec_profile_size(const kvcodec_profile* profile) {
+  return profile ? size_t(serialized_profile_size(*profile->profile)) : 0;
+}
 
 int32_t kvcodec_frame_profile_digest(const void* bytes, size_t size, uint64_t* digest) {
   if (!bytes || !digest) return invalid("kvcodec_frame_profile_digest: bytes or digest is NULL");

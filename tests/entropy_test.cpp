@@ -9,6 +9,7 @@
 #include "common/entropy.hpp"
 #include "common/rans_lanes.hpp"
 #include "common/simd.hpp"
+#include "encode/model_values.hpp"
 
 namespace kvcodec {
 namespace {
@@ -37,6 +38,59 @@ TEST(FreqTable, SingleSymbolAndErrors) {
   EXPECT_FALSE(FreqTable::from_counts(std::vector<uint64_t>(257, 1)).ok());
   std::vector<uint16_t> bad = {100, 200};
   EXPECT_EQ(FreqTable::from_freqs(bad).status().code(), StatusCode::kCorruptData);
+}
+
+// The normalisation as docs/format.md states it, one step at a time with a scan of every symbol
+// (the choice the device model builder makes too): from_counts must pick the same steps.
+std::vector<uint16_t> reference_freqs(const std::vector<uint64_t>& counts) {
+  const size_t n = counts.size();
+  uint64_t total = 0;
+  for (uint64_t c : counts) total += c;
+  std::vector<uint32_t> f(n);
+  int64_t sum = 0;
+  for (size_t s = 0; s < n; ++s) sum += f[s] = detail::initial_freq(counts[s], total);
+  const bool add = sum < int64_t(detail::kRansM);
+  while (sum != int64_t(detail::kRansM)) {
+    size_t best = n;
+    unsigned __int128 best_score = 0;
+    for (size_t s = 0; s < n; ++s) {
+      if (!detail::freq_step_allowed(counts[s], f[s], add)) continue;
+      const unsigned __int128 score = (unsigned __int128)counts[s] * detail::freq_step_dlog(f[s], add);
+      if (best == n || (add ? score > best_score : score < best_score)) {
+        best = s;
+        best_score = score;
+      }
+    }
+    if (best == n) return {};
+    f[best] += add ? 1 : -1;
+    sum += add ? 1 : -1;
+  }
+  return std::vector<uint16_t>(f.begin(), f.end());
+}
+
+TEST(FreqTable, CorrectionStepsAreTheReferenceScans) {
+  std::mt19937_64 rng(3);
+  for (int trial = 0; trial < 3000; ++trial) {
+    const size_t n = 1 + rng() % 256;
+    std::vector<uint64_t> counts(n);
+    const int shape = trial % 4;  // geometric, flat, a few large with many ones, ties everywhere
+    for (size_t s = 0; s < n; ++s) {
+      const uint64_t r = rng();
+      counts[s] = shape == 0 ? (r % 3 ? (uint64_t(1) << (r % 40)) >> (s % 20) : 0)
+                : shape == 1 ? r % 1000
+                : shape == 2 ? (r % 7 == 0 ? r % 5000000 : r % 2)
+                             : (r % 2 ? 7 : 0);
+    }
+    counts[rng() % n] += 1;  // at least one counted symbol
+    const std::vector<uint16_t> want = reference_freqs(counts);
+    auto t = FreqTable::from_counts(counts);
+    if (want.empty()) {
+      EXPECT_FALSE(t.ok()) << "trial " << trial;
+      continue;
+    }
+    ASSERT_TRUE(t.ok()) << "trial " << trial;
+    EXPECT_EQ(t->freq, want) << "trial " << trial << " shape " << shape << " n " << n;
+  }
 }
 
 TEST(Log2Fixed, MatchesLibmClosely) {

@@ -307,6 +307,7 @@ TEST(Profile, CorruptProfileFilesAreRejected) {
   ASSERT_TRUE(back.ok()) << back.status().to_string();
   EXPECT_EQ(back->digest, p.digest);
   EXPECT_EQ(serialize_profile(*back), bytes);
+  EXPECT_EQ(serialized_profile_size(p), bytes.size());
   for (size_t i = 0; i < bytes.size(); ++i) {
     std::vector<uint8_t> bad = bytes;
     bad[i] ^= 0x10;
@@ -549,6 +550,7 @@ TEST(ProfileModels, ProfileFilesRoundTripAndVersion1IsUnchanged) {
   const Profile p = models_profile(kShape, false, 41);
   const std::vector<uint8_t> bytes = serialize_profile(p);
   EXPECT_EQ(detail::load_le16(bytes.data() + 4), 2);
+  EXPECT_EQ(serialized_profile_size(p), bytes.size());  // the layer models counted, without serializing
   auto back = parse_profile(bytes);
   ASSERT_TRUE(back.ok()) << back.status().to_string();
   EXPECT_EQ(back->models, p.models);
@@ -557,6 +559,7 @@ TEST(ProfileModels, ProfileFilesRoundTripAndVersion1IsUnchanged) {
   v1.models.clear();
   const std::vector<uint8_t> b1 = serialize_profile(v1);
   EXPECT_EQ(detail::load_le16(b1.data() + 4), 1);
+  EXPECT_EQ(serialized_profile_size(v1), b1.size());
   EXPECT_EQ(b1, serialize_profile(make_test_profile(kShape, false, 41)));
   // Corruptions: a model size beyond the file, a model that does not parse, trailing bytes.
   auto corrupt = [&](size_t at, uint8_t v) {

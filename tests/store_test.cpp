@@ -29,6 +29,7 @@ Manifest sample_manifest() {
     l.rel_error = 0.01 * level;
     l.decode_gbps = 1.5;
     for (uint32_t c = 0; c < 3; ++c) l.chunks.push_back({5000u - level * 100 + c, 77u * c + level});
+    if (level == 7) l.profile_digest = 0xfedcba9876543210ull;  // transform-coded (format version 4)
     m.levels.push_back(l);
   }
   for (uint32_t t = 0; t < 700; ++t) m.text_tokens.push_back(int32_t(t * 13 % 512));
@@ -53,6 +54,7 @@ TEST(Manifest, RoundTrip) {
     EXPECT_EQ(back->levels[i].head_checksum, m.levels[i].head_checksum);
     EXPECT_EQ(back->levels[i].rel_error, m.levels[i].rel_error);
     EXPECT_EQ(back->levels[i].decode_gbps, m.levels[i].decode_gbps);
+    EXPECT_EQ(back->levels[i].profile_digest, m.levels[i].profile_digest);
     for (size_t c = 0; c < 3; ++c) {
       EXPECT_EQ(back->levels[i].chunks[c].size, m.levels[i].chunks[c].size);
       EXPECT_EQ(back->levels[i].chunks[c].checksum, m.levels[i].chunks[c].checksum);
@@ -60,6 +62,54 @@ TEST(Manifest, RoundTrip) {
   }
   EXPECT_NE(back->find_level(3), nullptr);
   EXPECT_EQ(back->find_level(4), nullptr);
+  EXPECT_TRUE(back->profiles_known);
+  EXPECT_EQ(bytes[4], kManifestVersion);
+  EXPECT_EQ(serialize_manifest(*back), bytes);
+}
+
+TEST(Manifest, Version1IsStillReadAndWrittenBackAsItWas) {
+  const Manifest m = sample_manifest();
+  const std::vector<uint8_t> v1 = test::manifest_as_version1(serialize_manifest(m), 3, 3);
+  auto back = parse_manifest(v1);
+  ASSERT_TRUE(back.ok()) << back.status().to_string();
+  EXPECT_FALSE(back->profiles_known);  // a version 1 manifest does not say which levels need a profile
+  ASSERT_EQ(back->levels.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(back->levels[i].level, m.levels[i].level);
+    EXPECT_EQ(back->levels[i].head_checksum, m.levels[i].head_checksum);
+    EXPECT_EQ(back->levels[i].decode_gbps, m.levels[i].decode_gbps);
+    EXPECT_FALSE(back->levels[i].profile_digest.has_value());
+    EXPECT_EQ(back->levels[i].chunks[2].checksum, m.levels[i].chunks[2].checksum);
+  }
+  EXPECT_EQ(back->text_tokens, m.text_tokens);
+  EXPECT_EQ(serialize_manifest(*back), v1);
+  // Without the digest a level's profile is not checked up front (its head says, when it comes).
+  EXPECT_TRUE(check_level_profile(*back, back->levels[2], nullptr).ok());
+}
+
+TEST(Manifest, LevelProfileDigestIsCheckedUpFront) {
+  const Manifest m = sample_manifest();
+  const ManifestLevel& plain = m.levels[1];
+  const ManifestLevel& coded = m.levels[2];
+  EXPECT_TRUE(check_level_profile(m, plain, nullptr).ok());
+  const Status missing = check_level_profile(m, coded, nullptr);
+  EXPECT_EQ(missing.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(missing.to_string().find("fedcba9876543210"), std::string::npos) << missing.to_string();
+  EXPECT_NE(missing.to_string().find("level 7"), std::string::npos) << missing.to_string();
+  // Bad level records: flags other than bit 0, a digest without the flag, a transform-coded level 0.
+  auto bytes = serialize_manifest(m);
+  auto with = [&](size_t at, uint8_t v) {
+    auto b = bytes;
+    b[at] = v;
+    const uint64_t sum = detail::xxh64(b.data(), b.size() - 8);
+    for (int i = 0; i < 8; ++i) b[b.size() - 8 + i] = uint8_t(sum >> (8 * i));
+    return parse_manifest(b).status().code();
+  };
+  const size_t level0 = 40, level1 = level0 + 48 + 3 * 12;
+  EXPECT_EQ(with(level1 + 1, 2), StatusCode::kCorruptData);   // unknown flag
+  EXPECT_EQ(with(level1 + 40, 1), StatusCode::kCorruptData);  // digest without the flag
+  EXPECT_EQ(with(level0 + 1, 1), StatusCode::kCorruptData);   // level 0 transform-coded
+  EXPECT_EQ(with(level1 + 2, 1), StatusCode::kCorruptData);   // reserved byte
 }
 
 TEST(Manifest, EveryBitFlipAndTruncationIsRejected) {

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "common/dtype.hpp"
+#include "common/xxh64.hpp"
 #include "kvcodec/io.hpp"
 #include "kvcodec/codec.hpp"
 #include "kvcodec/store.hpp"
@@ -28,6 +29,27 @@
 #include "test_util.hpp"
 
 namespace kvcodec::test {
+
+// A version 2 manifest's bytes rewritten by hand as version 1 (docs/streaming.md: 40-byte level
+// records, no flags or profile digest), as a library before the profile digest wrote them.
+inline std::vector<uint8_t> manifest_as_version1(const std::vector<uint8_t>& v2, uint32_t levels, uint32_t chunks) {
+  std::vector<uint8_t> out(v2.begin(), v2.begin() + 40);
+  out[4] = 1;
+  out[5] = 0;
+  size_t at = 40;
+  for (uint32_t l = 0; l < levels; ++l) {
+    out.push_back(v2[at]);                          // level
+    out.insert(out.end(), 7, 0);                    // reserved (the flags byte too)
+    out.insert(out.end(), v2.begin() + at + 8, v2.begin() + at + 40);  // head, checksum, error, speed
+    at += 48;                                       // skips the profile digest
+    out.insert(out.end(), v2.begin() + at, v2.begin() + at + 12 * chunks);
+    at += 12 * chunks;
+  }
+  out.insert(out.end(), v2.begin() + at, v2.end() - 8);  // token ids
+  const uint64_t sum = detail::xxh64(out.data(), out.size());
+  for (int i = 0; i < 8; ++i) out.push_back(uint8_t(sum >> (8 * i)));
+  return out;
+}
 
 // A cache whose channels have different scales and whose tokens are correlated (a random walk
 // per channel), so that lossy levels really lose something and sizes differ between levels.

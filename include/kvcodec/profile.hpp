@@ -56,6 +56,9 @@ StatusOr<Profile> make_profile(uint32_t layers, uint32_t kv_heads, uint32_t head
 // The profile file (docs/format.md 8) and its parser: kCorruptData for anything malformed
 // (magic, sizes, non-finite values, digest mismatch), kUnsupportedVersion for another version.
 std::vector<uint8_t> serialize_profile(const Profile& p);
+// serialize_profile(p).size() without serializing: the profile file's bytes (what `kvcodec put`
+// and `calibrate` report, Python's Profile.size, kvcodec_profile_size).
+uint64_t serialized_profile_size(const Profile& p) noexcept;
 StatusOr<Profile> parse_profile(std::span<const uint8_t> bytes);
 // Adds (replaces) the stored layer models (version 2) and recomputes the digest:
 // kInvalidArgument unless there are 9 * 2 * layers of them and each parses.

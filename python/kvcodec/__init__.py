@@ -244,7 +244,10 @@ def fetch(host, port, id, dst=None, *, layout="contiguous", dtype=None, block_ta
     """Streams context `id` from a kvcodec Server, the controller choosing each chunk's level
     within the TTFT objective slo_s. Returns (kv, report): kv is dst (written in place) or a new
     [L, 2, T, H, D] array (numpy; torch for bf16 when importable), report the fetch's account
-    (`kvcodec fetch --json`). A failed fetch raises an Error whose .report says what happened."""
+    (`kvcodec fetch --json`). A failed fetch raises an Error whose .report says what happened.
+    profile: the Profile the context was put with; levels that need another one (or one, when
+    None) are not planned, and with none left InvalidArgument names the digest needed before
+    anything is fetched."""
     kv, report = _stream().fetch(host, port, id, dst=dst, layout=layout, dtype=_dtype_name(dtype),
                                  block_table=block_table, slot_mapping=slot_mapping, slo_s=slo_s,
                                  decode_threads=decode_threads, policy=policy,

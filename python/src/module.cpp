@@ -264,7 +264,7 @@ PYBIND11_MODULE(_kvcodec, m) {
              return py::bytes(reinterpret_cast<const char*>(b.data()), b.size());
            })
       .def_property_readonly("digest", [](const kvcodec::Profile& p) { return hex64(p.digest); })
-      .def_property_readonly("size", [](const kvcodec::Profile& p) { return serialize_profile(p).size(); })
+      .def_property_readonly("size", [](const kvcodec::Profile& p) { return serialized_profile_size(p); })
       .def_property_readonly("layers", [](const kvcodec::Profile& p) { return p.layers; })
       .def_property_readonly("kv_heads", [](const kvcodec::Profile& p) { return p.kv_heads; })
       .def_property_readonly("head_dim", [](const kvcodec::Profile& p) { return p.head_dim; })

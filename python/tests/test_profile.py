@@ -97,5 +97,8 @@ def test_put_load_fetch_with_the_profile():
     with kvcodec.Server(store) as server:
         fetched, report = kvcodec.fetch("127.0.0.1", server.port, "c", torch.zeros_like(kv), slo_s=10.0, profile=p)
         assert report["complete"] and torch.equal(fetched, loaded)
-        with pytest.raises(kvcodec.InvalidArgument, match=p.digest):
+        with pytest.raises(kvcodec.InvalidArgument, match=p.digest) as e:
             kvcodec.fetch("127.0.0.1", server.port, "c", slo_s=10.0)
+        # Up front, from the manifest's profile digest: no chunk was requested.
+        assert e.value.report["chunks"] == [] and e.value.report["failures"][-1]["chunk"] == -1
+        assert kvcodec.manifest(store, "c")["levels"][0]["profile_digest"] == p.digest

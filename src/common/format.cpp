@@ -6,6 +6,7 @@
 
 #include "common/bytes.hpp"
 #include "common/frame.hpp"
+#include "common/hex.hpp"
 #include "common/quant.hpp"
 #include "common/rans.hpp"
 
@@ -185,9 +186,8 @@ Status parse_profile_model(std::span<const uint8_t> bytes, uint32_t channels, La
 
 Status require_plain_frame(const FrameInfo& f) {
   if (!f.transformed) return Status::Ok();
-  char digest[17];
-  std::snprintf(digest, sizeof digest, "%016llx", static_cast<unsigned long long>(f.profile_digest));
-  return InvalidArgument(std::string("transform-coded frame (format version 4): decode it with its profile, digest ") + digest);
+  return InvalidArgument("transform-coded frame (format version 4): decode it with its profile, digest " +
+                         hex64(f.profile_digest));
 }
 
 uint64_t head_checksum(uint16_t version, const uint8_t* head, size_t head_bytes) {

@@ -377,6 +377,12 @@ std::vector<uint8_t> serialize_profile(const Profile& p) {
   return out;
 }
 
+uint64_t serialized_profile_size(const Profile& p) noexcept {
+  uint64_t bytes = profile_file_bytes(p.layers, p.kv_heads, p.head_dim, p.keys_before_rope);
+  for (const auto& m : p.models) bytes += 4 + m.size();
+  return bytes;
+}
+
 StatusOr<Profile> parse_profile(std::span<const uint8_t> b) {
   if (b.size() < kFileHeaderBytes + 8 || std::memcmp(b.data(), kProfileMagic, 4) != 0)
     return CorruptData("not a kvcodec profile (bad magic or too short)");

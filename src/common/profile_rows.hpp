@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string_view>
 #include <vector>
 
 #include "kvcodec/format.hpp"
@@ -75,7 +76,8 @@ void reframe(std::span<const uint8_t> in, uint32_t remove, std::span<const uint8
 
 // kInvalidArgument, naming the digest the frame needs, when a transform-coded frame `f` has no
 // profile (nullptr) or another one, or the profile does not fit its shape; OK for other frames.
-Status check_frame_profile(const FrameInfo& f, const Profile* p);
+// `option`: how the caller's user passes a profile (the CLI's "--profile"), named in the message.
+Status check_frame_profile(const FrameInfo& f, const Profile* p, std::string_view option = {});
 
 struct Decoder;  // decode/decode.cpp
 // Decodes the layers [lb, le) of chunk k of a plain frame from its body into dst (the decoder's

@@ -14,6 +14,7 @@
 #include "common/bytes.hpp"
 #include "common/dtype.hpp"
 #include "common/frame.hpp"
+#include "common/hex.hpp"
 #include "common/parallel.hpp"
 #include "common/profile_rows.hpp"
 #include "common/simd.hpp"
@@ -22,12 +23,6 @@
 
 namespace kvcodec {
 namespace {
-
-std::string hex64(uint64_t v) {
-  char b[17];
-  std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(v));
-  return b;
-}
 
 Status check_transform_decode(const FrameInfo& f, std::span<const uint8_t> frame, const Profile& p, const KVView& dst,
                               const DecodeOptions& o) {
@@ -96,13 +91,12 @@ void inverse_head(const Profile& p, uint32_t l, uint32_t kv, uint32_t h, const f
 
 namespace detail {
 
-Status check_frame_profile(const FrameInfo& f, const Profile* p) {
+Status check_frame_profile(const FrameInfo& f, const Profile* p, std::string_view option) {
   if (!f.transformed) return Status::Ok();
-  if (!p)
-    return InvalidArgument("transform-coded frame (format version 4) needs profile " + hex64(f.profile_digest) +
-                           ": none given");
-  if (f.profile_digest != p->digest)
-    return InvalidArgument("frame needs profile " + hex64(f.profile_digest) + ", got profile " + hex64(p->digest));
+  const std::string need = "transform-coded frame (format version 4) needs profile " + hex64(f.profile_digest);
+  const std::string given = option.empty() ? std::string("the profile given") : std::string(option);
+  if (!p) return InvalidArgument(need + (option.empty() ? ": none given" : ": pass " + given + " with it"));
+  if (f.profile_digest != p->digest) return InvalidArgument(need + ", " + given + " has digest " + hex64(p->digest));
   return check_profile_shape(*p, f.shape);
 }
 

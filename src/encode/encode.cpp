@@ -618,13 +618,7 @@ void lossy_grids(const Context& cx, uint32_t layer, uint32_t kv, const uint8_t* 
   detail::column_stats(raw, cx.rp, uint8_t(cx.src.dtype), T, C, ws.row.data(), sums, ws.lo.data(), ws.hi.data());
   ws.grids.resize(C);
   const double rel = double(kLevelStep[cx.opt.level]) * layer_factor(layer, sh.layers);
-  // The robust passes read columns of the raw elements (the values widen_to_f32 gives).
-  static constexpr float (*kLoad[4])(const void*, size_t) = {
-      [](const void* p, size_t i) { return static_cast<const float*>(p)[i]; },
-      [](const void* p, size_t i) { return detail::f16_to_f32(static_cast<const uint16_t*>(p)[i]); },
-      [](const void* p, size_t i) { return detail::bf16_to_f32(static_cast<const uint16_t*>(p)[i]); },
-      [](const void* p, size_t i) { return detail::f8e4m3_to_f32(static_cast<const uint8_t*>(p)[i]); }};
-  const detail::Columns cols{raw, cx.rp / cx.es, kLoad[uint8_t(cx.src.dtype) - 1], uint8_t(cx.src.dtype)};  // rows rp bytes apart
+  const detail::Columns cols{raw, cx.rp / cx.es, uint8_t(cx.src.dtype)};  // rows rp bytes apart
   detail::grids_from_sums(sums, ws.lo.data(), ws.hi.data(), C, T, cols, rel, cx.opt.step_mode, ws.grids.data());
   grid_constants(C, ws);
 }
@@ -673,37 +667,35 @@ Status rd_pass(const Context& cx, const uint8_t* raw, Workspace& ws, LayerModel&
 }
 
 // Lane codes of one token's values: f[c] = lut[off[c] + lossy_bin(v[c])] without the escape
-// flag; returns the OR of the codes (the flag says whether any escapes).
-uint32_t row_codes_scalar(const int16_t* v, const uint32_t* off, uint32_t n, const uint32_t* lut, uint32_t* f) {
-  uint32_t any = 0;
+// flag; the channels whose code has the flag (escapes), plus `at`, are appended to esc.
+void row_codes_scalar(const int16_t* v, const uint32_t* off, uint32_t n, const uint32_t* lut, uint32_t* f,
+                      uint32_t at, std::vector<uint32_t>& esc) {
   for (uint32_t c = 0; c < n; ++c) {
     const uint32_t code = lut[off[c] + detail::lossy_bin(v[c])];
     f[c] = code & ~kEscFlag;
-    any |= code;
+    if (code & kEscFlag) [[unlikely]]
+      esc.push_back(at + c);
   }
-  return any;
 }
 
 #if defined(__x86_64__)
-__attribute__((target("avx2"))) uint32_t row_codes_avx2(const int16_t* v, const uint32_t* off, uint32_t n,
-                                                         const uint32_t* lut, uint32_t* f) {
+__attribute__((target("avx2"))) void row_codes_avx2(const int16_t* v, const uint32_t* off, uint32_t n,
+                                                     const uint32_t* lut, uint32_t* f, uint32_t at,
+                                                     std::vector<uint32_t>& esc) {
   const __m256i escq = _mm256_set1_epi32(detail::kEscapeQ), qlim = _mm256_set1_epi32(detail::kQLimit);
   const __m256i esc_bin = _mm256_set1_epi32(int32_t(detail::kEscBin)), clear = _mm256_set1_epi32(int32_t(~kEscFlag));
-  __m256i any = _mm256_setzero_si256();
+  static_assert(kEscFlag == 1u << 31, "the escape flag is the sign bit (movemask)");
   uint32_t c = 0;
   for (; c + 8 <= n; c += 8) {
     const __m256i x = _mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v + c)));
     const __m256i bin = _mm256_blendv_epi8(_mm256_add_epi32(x, qlim), esc_bin, _mm256_cmpeq_epi32(x, escq));
     const __m256i idx = _mm256_add_epi32(bin, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(off + c)));
     const __m256i code = _mm256_i32gather_epi32(reinterpret_cast<const int*>(lut), idx, 4);
-    any = _mm256_or_si256(any, code);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(f + c), _mm256_and_si256(code, clear));
+    if (uint32_t m = uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(code)))) [[unlikely]]
+      for (; m; m &= m - 1) esc.push_back(at + c + uint32_t(__builtin_ctz(m)));
   }
-  alignas(32) uint32_t a[8];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(a), any);
-  uint32_t r = row_codes_scalar(v + c, off + c, n - c, lut, f + c);
-  for (uint32_t k = 0; k < 8; ++k) r |= a[k];
-  return r;
+  row_codes_scalar(v + c, off + c, n - c, lut, f + c, at + c, esc);
 }
 #endif
 
@@ -717,14 +709,14 @@ void lossy_chunk_codes(const int16_t* val, size_t VP, uint32_t t0, uint32_t ta, 
     const uint32_t* off = &ws.chan_off[(t - t0) % GT == 0 ? 0 : C];
     const int16_t* vr = &val[size_t(t) * VP];
     uint32_t* f = fc + size_t(t - ta) * C;
+    const uint32_t at = (t - t0) * C;
 #if defined(__x86_64__)
-    const uint32_t any = avx2 ? row_codes_avx2(vr, off, C, lut, f) : row_codes_scalar(vr, off, C, lut, f);
-#else
-    const uint32_t any = row_codes_scalar(vr, off, C, lut, f);
+    if (avx2) {
+      row_codes_avx2(vr, off, C, lut, f, at, ws.esc_at);
+      continue;
+    }
 #endif
-    if (any & kEscFlag) [[unlikely]]
-      for (uint32_t c = 0; c < C; ++c)
-        if (lut[off[c] + detail::lossy_bin(vr[c])] & kEscFlag) ws.esc_at.push_back(uint32_t((t - t0) * C + c));
+    row_codes_scalar(vr, off, C, lut, f, at, ws.esc_at);
   }
   (void)avx2;
 }

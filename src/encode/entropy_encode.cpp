@@ -1,5 +1,6 @@
 // Building probability tables from counts, and the rANS lane encoders (scalar and AVX2) that
 // write one stream: the encoder's half of common/entropy.hpp.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #if defined(__x86_64__)
@@ -52,23 +53,30 @@ StatusOr<FreqTable> FreqTable::from_counts(std::span<const uint64_t> counts) {
   // encode/model_values.hpp). Integer fixed-point logs keep the choice identical on every
   // machine (common/log2.hpp); the device model builder (encode/block_model.hpp) makes the same
   // choices with one warp. Each step changes one symbol's frequency, so only its score is
-  // computed again.
+  // computed again: the allowed symbols are kept in a heap ordered as the choice is (add: the
+  // largest saving first, remove: the smallest loss; ties to the lowest symbol), so the best is
+  // its top, the one a scan of all symbols would pick.
   if (sum != int64_t(kRansM)) {
     const bool add = sum < int64_t(kRansM);  // the direction never changes on the way to kRansM
     unsigned __int128 score[256];
-    bool allowed[256];
-    auto rescore = [&](size_t s) {
-      allowed[s] = detail::freq_step_allowed(counts[s], t.freq[s], add);
-      score[s] = allowed[s] ? (unsigned __int128)counts[s] * freq_step_dlog_small(t.freq[s], add) : 0;
+    auto allowed = [&](size_t s) { return detail::freq_step_allowed(counts[s], t.freq[s], add); };
+    auto rescore = [&](size_t s) { score[s] = (unsigned __int128)counts[s] * freq_step_dlog_small(t.freq[s], add); };
+    auto after = [&](uint16_t a, uint16_t b) {  // a is chosen after b
+      if (score[a] != score[b]) return add ? score[a] < score[b] : score[a] > score[b];
+      return a > b;
     };
-    for (size_t s = 0; s < n; ++s) rescore(s);
-    while (sum != int64_t(kRansM)) {
-      size_t best = n;
-      for (size_t s = 0; s < n; ++s) {
-        // add: the largest saving; remove: the smallest loss. Ties go to the lowest symbol.
-        if (allowed[s] && (best == n || (add ? score[s] > score[best] : score[s] < score[best]))) best = s;
+    uint16_t heap[256];
+    size_t m = 0;
+    for (size_t s = 0; s < n; ++s)
+      if (allowed(s)) {
+        rescore(s);
+        heap[m++] = uint16_t(s);
       }
-      if (best == n) return InvalidArgument("more distinct symbols than probability slots");
+    std::make_heap(heap, heap + m, after);
+    while (sum != int64_t(kRansM)) {
+      if (m == 0) return InvalidArgument("more distinct symbols than probability slots");
+      std::pop_heap(heap, heap + m, after);
+      const uint16_t best = heap[--m];
       if (add) {
         ++t.freq[best];
         ++sum;
@@ -76,7 +84,11 @@ StatusOr<FreqTable> FreqTable::from_counts(std::span<const uint64_t> counts) {
         --t.freq[best];
         --sum;
       }
-      rescore(best);
+      if (allowed(best)) {
+        rescore(best);
+        heap[m++] = best;
+        std::push_heap(heap, heap + m, after);
+      }
     }
   }
   t.cum.assign(n, 0);

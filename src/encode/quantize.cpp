@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -36,7 +37,7 @@ void compute_grids(const float* x, uint32_t tokens, uint32_t channels, double re
     detail::add_row_sums(x + size_t(t) * channels, channels, s);
     detail::add_row_range(x + size_t(t) * channels, channels, lo.data(), hi.data());
   }
-  const detail::Columns cols{x, channels, [](const void* p, size_t i) { return static_cast<const float*>(p)[i]; }};
+  const detail::Columns cols{x, channels};
   detail::grids_from_sums(s, lo.data(), hi.data(), channels, tokens, cols, rel_step, mode, grids);
 }
 
@@ -458,6 +459,147 @@ void add_row_range(const float* x, uint32_t n, float* lo, float* hi) {
   add_row_range_scalar(x, n, lo, hi);
 }
 
+namespace {
+
+// One channel's robust pass (encode_values.hpp): the range it keeps and the sums of its values there.
+struct RobustPass {
+  uint32_t c;
+  double a, b;
+  ChannelSums next;
+};
+
+// The samples of one robust pass of every channel in `passes`, token by token (each channel's
+// samples in token order, as add_sample_in takes them), from elements of type E at
+// base[t * pitch + c] widened by `load`. The cache lines of the rows that hold the passes'
+// elements are prefetched kRobustAhead tokens on: the rows are far apart, and a strided column
+// read otherwise waits on each row in turn.
+constexpr uint32_t kRobustAhead = 16;
+template <typename E, typename Load>
+void robust_sweep(const E* base, size_t pitch, uint32_t tokens, std::vector<RobustPass>& passes, Load load) {
+  std::vector<uint32_t> lines;  // byte offsets in a row of the distinct cache lines read (ascending)
+  for (const RobustPass& p : passes) {
+    const uint32_t line = uint32_t(p.c * sizeof(E) / 64 * 64);
+    if (lines.empty() || lines.back() != line) lines.push_back(line);
+  }
+  const char* bytes = reinterpret_cast<const char*>(base);
+  for (uint32_t t = 0; t < tokens; ++t) {
+    if (t + kRobustAhead < tokens)
+      for (uint32_t off : lines) __builtin_prefetch(bytes + (size_t(t) + kRobustAhead) * pitch * sizeof(E) + off);
+    const E* row = base + size_t(t) * pitch;
+    for (RobustPass& p : passes) add_sample_in(p.next, load(row[p.c]), p.a, p.b);
+  }
+}
+
+#if defined(__x86_64__)
+// robust_sweep of up to 16 passes p[0, n) at once, one channel per vector lane: each token's
+// elements of those channels collected (widened by `load`), then add_sample_in of all 16 lanes
+// with masked operations, the same IEEE operations in the same order per channel: the range test
+// in double, the sums in double (v * v is exact in double, fused or not), lo and hi by
+// vminps / vmaxps (v < lo ? v : lo, as add_sample's test; the first sample sets them, as from
+// +inf / -inf).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+template <bool kBf16, typename E, typename Load>
+__attribute__((target("avx512f,avx512dq,avx512bw"))) void robust_sweep16_avx512(const E* base, size_t pitch, uint32_t tokens,
+                                                                       RobustPass* p, uint32_t n, Load load) {
+  alignas(64) double a[16], b[16];
+  uint32_t ch[16];
+  for (uint32_t j = 0; j < 16; ++j) {
+    ch[j] = p[j < n ? j : 0].c;
+    a[j] = j < n ? p[j].a : INFINITY;  // unused lanes keep nothing
+    b[j] = j < n ? p[j].b : -INFINITY;
+  }
+  const __m512d a0 = _mm512_load_pd(a), a1 = _mm512_load_pd(a + 8), b0 = _mm512_load_pd(b), b1 = _mm512_load_pd(b + 8);
+  __m512d sum0 = _mm512_setzero_pd(), sum1 = sum0, sq0 = sum0, sq1 = sum0;
+  __m512i cnt = _mm512_setzero_si512();
+  __m512 lo = _mm512_set1_ps(INFINITY), hi = _mm512_set1_ps(-INFINITY);
+  const __m512i one = _mm512_set1_epi32(1);
+  const char* bytes = reinterpret_cast<const char*>(base);
+  alignas(64) float x[16];
+  alignas(32) uint16_t e16[16];
+  for (uint32_t t = 0; t < tokens; ++t) {
+    if (t + kRobustAhead < tokens)
+      for (uint32_t j = 0; j < n; ++j)
+        __builtin_prefetch(bytes + ((size_t(t) + kRobustAhead) * pitch + ch[j]) * sizeof(E));
+    const E* row = base + size_t(t) * pitch;
+    __m512 v;
+    if constexpr (std::is_same_v<E, uint16_t>) {  // f16 (vcvtph2ps: the same finite values) or bf16
+      for (uint32_t j = 0; j < 16; ++j) e16[j] = row[ch[j]];
+      const __m256i w = _mm256_load_si256(reinterpret_cast<const __m256i*>(e16));
+      v = kBf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(w), 16)) : _mm512_cvtph_ps(w);
+    } else {
+      for (uint32_t j = 0; j < 16; ++j) x[j] = load(row[ch[j]]);
+      v = _mm512_load_ps(x);
+    }
+    const __m512d v0 = _mm512_cvtps_pd(_mm512_castps512_ps256(v)), v1 = _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1));
+    const __mmask8 in0 = _mm512_cmp_pd_mask(v0, a0, _CMP_GE_OQ) & _mm512_cmp_pd_mask(v0, b0, _CMP_LE_OQ);
+    const __mmask8 in1 = _mm512_cmp_pd_mask(v1, a1, _CMP_GE_OQ) & _mm512_cmp_pd_mask(v1, b1, _CMP_LE_OQ);
+    const __mmask16 m = __mmask16((uint32_t(in0) | uint32_t(in1) << 8) &
+                                  _mm512_cmp_ps_mask(_mm512_sub_ps(v, v), _mm512_setzero_ps(), _CMP_EQ_OQ));
+    const __mmask8 m0 = __mmask8(m), m1 = __mmask8(m >> 8);
+    sum0 = _mm512_mask_add_pd(sum0, m0, sum0, v0);
+    sum1 = _mm512_mask_add_pd(sum1, m1, sum1, v1);
+    sq0 = _mm512_mask_add_pd(sq0, m0, sq0, _mm512_mul_pd(v0, v0));
+    sq1 = _mm512_mask_add_pd(sq1, m1, sq1, _mm512_mul_pd(v1, v1));
+    cnt = _mm512_mask_add_epi32(cnt, m, cnt, one);
+    lo = _mm512_mask_min_ps(lo, m, v, lo);
+    hi = _mm512_mask_max_ps(hi, m, v, hi);
+  }
+  alignas(64) double su[16], sq[16];
+  alignas(64) uint32_t co[16];
+  alignas(64) float l[16], h[16];
+  _mm512_store_pd(su, sum0);
+  _mm512_store_pd(su + 8, sum1);
+  _mm512_store_pd(sq, sq0);
+  _mm512_store_pd(sq + 8, sq1);
+  _mm512_store_si512(co, cnt);
+  _mm512_store_ps(l, lo);
+  _mm512_store_ps(h, hi);
+  for (uint32_t j = 0; j < n; ++j) {
+    ChannelSums& s = p[j].next;  // as add_sample_in left it: zero-initialised when no sample
+    s.sum = su[j];
+    s.sq = sq[j];
+    s.count = co[j];
+    s.lo = co[j] ? l[j] : 0.0f;
+    s.hi = co[j] ? h[j] : 0.0f;
+  }
+}
+#pragma GCC diagnostic pop
+#endif
+
+// robust_sweep, 16 channels at a time where AVX-512 is enabled. kBf16: E = uint16_t holds bf16
+// (else f16).
+template <bool kBf16 = false, typename E, typename Load>
+void robust_sweep_any(const E* base, size_t pitch, uint32_t tokens, std::vector<RobustPass>& passes, Load load) {
+#if defined(__x86_64__)
+  if (avx512_enabled()) {
+    for (size_t i = 0; i < passes.size(); i += 16)
+      robust_sweep16_avx512<kBf16>(base, pitch, tokens, &passes[i], uint32_t(std::min<size_t>(16, passes.size() - i)), load);
+    return;
+  }
+#endif
+  robust_sweep(base, pitch, tokens, passes, load);
+}
+
+// robust_sweep for the dtype of `cols` (code 0: fp32, as compute_grids gives them).
+void robust_sweep(const Columns& cols, uint32_t tokens, std::vector<RobustPass>& passes) {
+  switch (cols.dtype) {
+    case 0:
+    case 1: return robust_sweep_any(static_cast<const float*>(cols.base), cols.pitch, tokens, passes, [](float v) { return v; });
+    case 2:
+      return robust_sweep_any(static_cast<const uint16_t*>(cols.base), cols.pitch, tokens, passes,
+                              [](uint16_t h) { return f16_to_f32(h); });
+    case 3:
+      return robust_sweep_any<true>(static_cast<const uint16_t*>(cols.base), cols.pitch, tokens, passes,
+                                    [](uint16_t h) { return bf16_to_f32(h); });
+    default:
+      return robust_sweep_any(static_cast<const uint8_t*>(cols.base), cols.pitch, tokens, passes,
+                              [](uint8_t h) { return f8e4m3_to_f32(h); });
+  }
+}
+
+}  // namespace
+
 void grids_from_sums(const ChannelSumsSoA& s, const float* lo, const float* hi, uint32_t channels, uint32_t tokens,
                      const Columns& cols, double rel_step, StepMode mode, ChannelGrid* grids) {
   std::vector<ChannelSums> sums(channels);
@@ -468,12 +610,7 @@ void grids_from_sums(const ChannelSumsSoA& s, const float* lo, const float* hi, 
   // Robust passes (encode_values.hpp), per channel: up to kRobustPasses while outlier_range finds
   // an outlier and accept_pass takes the pass. All channels' k-th passes are taken in one sweep
   // over the tokens, row by row (each channel's samples still in token order).
-  struct Pass {
-    uint32_t c;
-    double a, b;
-    ChannelSums next;
-  };
-  std::vector<Pass> passes;
+  std::vector<RobustPass> passes;
   std::vector<float> row;
   std::vector<uint32_t> active(channels);
   for (uint32_t c = 0; c < channels; ++c) active[c] = c;
@@ -481,22 +618,22 @@ void grids_from_sums(const ChannelSumsSoA& s, const float* lo, const float* hi, 
     passes.clear();
     for (uint32_t c : active) {
       double a, b;
-      if (outlier_range(sums[c], &a, &b)) passes.push_back(Pass{c, a, b, ChannelSums{}});
+      if (outlier_range(sums[c], &a, &b)) passes.push_back(RobustPass{c, a, b, ChannelSums{}});
     }
-    // Many channels: each row widened at once (the same values as cols.value gives).
-    const bool rows = cols.dtype != 0 && passes.size() * 16 >= channels;
-    if (rows) row.resize(channels);
-    for (uint32_t t = 0; t < tokens; ++t) {
-      if (rows) {
-        const size_t es = dtype_size(DType(cols.dtype));
+    if (passes.empty()) break;
+    // Many channels, no AVX-512: each row widened at once (the same values as robust_sweep's loads).
+    if (cols.dtype != 0 && passes.size() * 16 >= channels && !avx512_enabled()) {
+      const size_t es = dtype_size(DType(cols.dtype));
+      row.resize(channels);
+      for (uint32_t t = 0; t < tokens; ++t) {
         widen_to_f32(static_cast<const uint8_t*>(cols.base) + size_t(t) * cols.pitch * es, cols.dtype, channels, row.data());
-        for (Pass& p : passes) add_sample_in(p.next, row[p.c], p.a, p.b);
-      } else {
-        for (Pass& p : passes) add_sample_in(p.next, cols.value(cols.base, size_t(t) * cols.pitch + p.c), p.a, p.b);
+        for (RobustPass& p : passes) add_sample_in(p.next, row[p.c], p.a, p.b);
       }
+    } else {
+      robust_sweep(cols, tokens, passes);
     }
     active.clear();
-    for (const Pass& p : passes)
+    for (const RobustPass& p : passes)
       if (accept_pass(sums[p.c], p.next)) active.push_back(p.c);
   }
   const double layer_rms = mode == StepMode::kLayer ? layer_scale(sums.data(), channels) : 0.0;

@@ -48,12 +48,12 @@ void add_row_range(const float* x, uint32_t n, float* lo, float* hi);
 // same sums bit for bit. row: scratch of C floats.
 void column_stats(const uint8_t* raw, size_t rp, uint8_t dt, uint32_t T, uint32_t C, float* row,
                   const ChannelSumsSoA& s, float* lo, float* hi);
-// Element i = t * pitch + c of a (layer, K/V) tensor as fp32, for the robust passes.
+// Element i = t * pitch + c of a (layer, K/V) tensor, of dtype code `dtype` (0 or kF32: fp32),
+// for the robust passes (which widen them as widen_to_f32 does).
 struct Columns {
   const void* base;
   size_t pitch;
-  float (*value)(const void* base, size_t i);
-  uint8_t dtype = 0;  // when set: the elements' dtype, so that whole rows can be widened at once
+  uint8_t dtype = 0;
 };
 // The grids of `channels` channels from their sums and ranges (compute_grids' last step),
 // with the robust passes of encode_values.hpp over `tokens` tokens of `cols` where a channel

@@ -10,6 +10,7 @@
 
 #include "common/dtype.hpp"
 #include "kvcodec/codec.hpp"
+#include "kvcodec/profile.hpp"
 #include "kvcodec/stream.hpp"
 
 namespace kvcodec {
@@ -39,20 +40,23 @@ KVCache calibration_context(DType dtype, const KVShape& shape) {
   return kv;
 }
 
-StatusOr<double> measure(DType dtype, const KVShape& shape, int level, int threads) {
+// `profile` (levels 1..9): the chunk is transform-coded with it and decoded with it (the
+// coefficients' decode and the inverse transform, as a fetch of such a level decodes).
+StatusOr<double> measure(DType dtype, const KVShape& shape, int level, int threads,
+                         const std::shared_ptr<const Profile>& profile) {
   KVCache kv = calibration_context(dtype, shape);
   EncodeOptions eo;
   eo.level = level;
   eo.chunk_tokens = shape.tokens;
   eo.threads = threads;
-  std::vector<uint8_t> frame(max_encoded_size(shape, dtype, eo));
+  std::vector<uint8_t> frame(profile ? max_encoded_size(shape, dtype, eo, *profile) : max_encoded_size(shape, dtype, eo));
   if (frame.empty()) return InvalidArgument("calibration: invalid shape or level");
-  KVCODEC_ASSIGN_OR_RETURN(size_t n, encode_into(kv.view(), eo, frame));
+  KVCODEC_ASSIGN_OR_RETURN(size_t n, profile ? encode_into(kv.view(), eo, *profile, frame) : encode_into(kv.view(), eo, frame));
   frame.resize(n);
   KVCODEC_ASSIGN_OR_RETURN(FrameInfo info, read_frame_info(frame));
   if (info.chunks.size() != 1) return Internal("calibration frame has more than one chunk");
   const std::span<const uint8_t> all(frame);
-  KVCODEC_ASSIGN_OR_RETURN(FrameDecoder decoder, FrameDecoder::open(all.first(info.head_bytes)));
+  KVCODEC_ASSIGN_OR_RETURN(FrameDecoder decoder, FrameDecoder::open(all.first(info.head_bytes), profile));
   const auto body = all.subspan(info.chunks[0].offset, info.chunks[0].size);
   KVCache out = kv;  // a destination already in memory: no first-touch faults in the figure
   DecodeOptions dopt;
@@ -72,20 +76,24 @@ StatusOr<double> measure(DType dtype, const KVShape& shape, int level, int threa
 
 }  // namespace
 
-StatusOr<double> calibrate_decode_gbps(DType dtype, const KVShape& per_token, int level, int threads) {
+StatusOr<double> calibrate_decode_gbps(DType dtype, const KVShape& per_token, int level, int threads,
+                                       std::shared_ptr<const Profile> profile) {
   if (level < 0 || level > kMaxLevel) return InvalidArgument("calibration: level out of range");
   if (threads < 0) return InvalidArgument("calibration: threads must be >= 0");
+  if (level == 0) profile = nullptr;  // level 0 is never transform-coded
   KVShape shape = per_token;
   shape.tokens = kCalibrationTokens;
-  using Key = std::tuple<int, uint32_t, uint32_t, uint32_t, int, int>;
+  // The profile by digest (and presence: a digest of 0 is as unlikely as any other).
+  using Key = std::tuple<int, uint32_t, uint32_t, uint32_t, int, int, bool, uint64_t>;
   static std::mutex mu;
   static std::map<Key, double> memo;
-  const Key key{int(dtype), shape.layers, shape.kv_heads, shape.head_dim, level, threads};
+  const Key key{int(dtype), shape.layers, shape.kv_heads, shape.head_dim, level, threads, bool(profile),
+                profile ? profile->digest : 0};
   {
     std::lock_guard lock(mu);
     if (auto it = memo.find(key); it != memo.end()) return it->second;
   }
-  KVCODEC_ASSIGN_OR_RETURN(double gbps, measure(dtype, shape, level, threads));
+  KVCODEC_ASSIGN_OR_RETURN(double gbps, measure(dtype, shape, level, threads, profile));
   std::lock_guard lock(mu);
   memo[key] = gbps;
   return gbps;

@@ -1,13 +1,15 @@
 // Manifest encoding, key naming and verification of heads and chunk bodies against a manifest.
 //
-// Manifest byte layout (version 1, all integers little-endian):
+// Manifest byte layout (version 2, all integers little-endian; docs/streaming.md):
 //   0   magic "KVCM"               4
-//   4   version (1)                u16
+//   4   version (2; 1 is read)     u16
 //   6   dtype code                 u8
 //   7   reserved (0)               u8
 //   8   layers, tokens, kv_heads, head_dim, chunk_tokens, chunks, levels, text_tokens   8 x u32
-//   40  per level:  level u8, reserved 7 bytes, head_bytes u64, head_checksum u64,
-//                   rel_error f64, decode_gbps f64 (IEEE-754 bits as u64)
+//   40  per level:  level u8, flags u8 (bit 0: transform-coded with a profile), reserved 6 bytes,
+//                   head_bytes u64, head_checksum u64, rel_error f64, decode_gbps f64 (IEEE-754
+//                   bits as u64), profile_digest u64 (0 without flag bit 0)
+//                   [version 1: 40 bytes, flags and profile_digest absent]
 //                   then per chunk: size u32, checksum u64
 //   ..  text_tokens x i32 (0 or `tokens` entries)
 //   end XXH64 (seed 0) of every byte before it, u64
@@ -18,6 +20,8 @@
 #include <string>
 
 #include "byte_io.hpp"
+#include "common/hex.hpp"
+#include "common/profile_rows.hpp"
 #include "common/xxh64.hpp"
 #include "kvcodec/store.hpp"
 
@@ -28,7 +32,9 @@ using stream_detail::ByteWriter;
 
 namespace {
 constexpr size_t kFixedBytes = 40;
-constexpr size_t kLevelBytes = 40;
+constexpr size_t kLevelBytesV1 = 40;
+constexpr size_t kLevelBytes = 48;  // version 2: the profile digest
+constexpr uint8_t kLevelProfile = 1;  // level flag bit 0
 constexpr size_t kChunkBytes = 12;
 constexpr size_t kMaxIdLength = 200;
 }  // namespace
@@ -59,12 +65,13 @@ uint64_t Manifest::raw_chunk_bytes(uint32_t c) const noexcept {
 }
 
 std::vector<uint8_t> serialize_manifest(const Manifest& m) {
+  const bool v1 = !m.profiles_known;  // read from version 1: written back as it was
   std::vector<uint8_t> out;
-  out.reserve(kFixedBytes + m.levels.size() * (kLevelBytes + m.num_chunks() * kChunkBytes) +
+  out.reserve(kFixedBytes + m.levels.size() * ((v1 ? kLevelBytesV1 : kLevelBytes) + m.num_chunks() * kChunkBytes) +
               m.text_tokens.size() * 4 + 8);
   ByteWriter w(out);
   for (uint8_t b : kManifestMagic) w.u8(b);
-  w.u16(kManifestVersion);
+  w.u16(v1 ? 1 : kManifestVersion);
   w.u8(uint8_t(m.dtype));
   w.u8(0);
   for (uint32_t v : {m.shape.layers, m.shape.tokens, m.shape.kv_heads, m.shape.head_dim,
@@ -73,11 +80,13 @@ std::vector<uint8_t> serialize_manifest(const Manifest& m) {
     w.u32(v);
   for (const auto& l : m.levels) {
     w.u8(uint8_t(l.level));
-    for (int i = 0; i < 7; ++i) w.u8(0);
+    w.u8(!v1 && l.profile_digest ? kLevelProfile : 0);
+    for (int i = 0; i < 6; ++i) w.u8(0);
     w.u64(l.head_bytes);
     w.u64(l.head_checksum);
     w.u64(std::bit_cast<uint64_t>(l.rel_error));
     w.u64(std::bit_cast<uint64_t>(l.decode_gbps));
+    if (!v1) w.u64(l.profile_digest.value_or(0));
     for (const auto& c : l.chunks) {
       w.u32(c.size);
       w.u64(c.checksum);
@@ -95,14 +104,16 @@ StatusOr<Manifest> parse_manifest(std::span<const uint8_t> bytes) {
   ByteReader r(bytes);
   r.bytes(4);
   uint16_t version = r.u16();
-  if (version != kManifestVersion)
-    return UnsupportedVersion("manifest: version " + std::to_string(version) + ", this library reads " +
+  if (version != 1 && version != kManifestVersion)
+    return UnsupportedVersion("manifest: version " + std::to_string(version) + ", this library reads 1.." +
                               std::to_string(kManifestVersion));
   const size_t body = bytes.size() - 8;
   uint64_t stored = ByteReader(bytes.subspan(body)).u64();
   if (detail::xxh64(bytes.data(), body) != stored) return ChecksumMismatch("manifest: checksum mismatch");
 
   Manifest m;
+  m.profiles_known = version >= 2;
+  const size_t level_bytes = version >= 2 ? kLevelBytes : kLevelBytesV1;
   uint8_t dtype = r.u8();
   r.u8();
   if (!is_valid_dtype(dtype)) return CorruptData("manifest: unknown dtype");
@@ -123,7 +134,7 @@ StatusOr<Manifest> parse_manifest(std::span<const uint8_t> bytes) {
   if (text != 0 && text != m.shape.tokens)
     return CorruptData("manifest: text token count differs from the context length");
   // Exact size check before allocating anything from the counts.
-  uint64_t expect = kFixedBytes + uint64_t(levels) * (kLevelBytes + uint64_t(chunks) * kChunkBytes) +
+  uint64_t expect = kFixedBytes + uint64_t(levels) * (level_bytes + uint64_t(chunks) * kChunkBytes) +
                     uint64_t(text) * 4 + 8;
   if (expect != bytes.size()) return CorruptData("manifest: size does not match its counts");
 
@@ -131,11 +142,22 @@ StatusOr<Manifest> parse_manifest(std::span<const uint8_t> bytes) {
   for (uint32_t i = 0; i < levels; ++i) {
     ManifestLevel& l = m.levels[i];
     l.level = r.u8();
-    r.bytes(7);
+    const uint8_t flags = r.u8();
+    const auto reserved = r.bytes(6);
     l.head_bytes = r.u64();
     l.head_checksum = r.u64();
     l.rel_error = std::bit_cast<double>(r.u64());
     l.decode_gbps = std::bit_cast<double>(r.u64());
+    if (m.profiles_known) {
+      const uint64_t digest = r.u64();
+      const bool zeros = std::all_of(reserved.begin(), reserved.end(), [](uint8_t b) { return b == 0; });
+      if ((flags & ~kLevelProfile) || (!(flags & kLevelProfile) && digest != 0) || !zeros)
+        return CorruptData("manifest: bad level flags, reserved bytes or profile digest");
+      if (flags & kLevelProfile) {
+        if (l.level == 0) return CorruptData("manifest: level 0 cannot be transform-coded");
+        l.profile_digest = digest;
+      }
+    }
     if (!(l.rel_error >= 0 && l.rel_error < 1e30) || !(l.decode_gbps >= 0 && l.decode_gbps < 1e30))
       return CorruptData("manifest: measured figures out of range");
     if (l.level > kMaxLevel || (i > 0 && l.level <= m.levels[i - 1].level))
@@ -165,12 +187,14 @@ std::string manifest_json(const Manifest& m, std::string_view id) {
   j["has_text"] = m.has_text();
   const double elements = double(m.shape.elements());
   for (const auto& l : m.levels) {
-    j["levels"].push_back({{"level", l.level},
-                           {"head_bytes", l.head_bytes},
-                           {"frame_bytes", l.frame_bytes()},
-                           {"rel_error", l.rel_error},
-                           {"decode_gbps", l.decode_gbps},
-                           {"bits_per_element", 8.0 * double(l.frame_bytes()) / elements}});
+    nlohmann::json level = {{"level", l.level},
+                            {"head_bytes", l.head_bytes},
+                            {"frame_bytes", l.frame_bytes()},
+                            {"rel_error", l.rel_error},
+                            {"decode_gbps", l.decode_gbps},
+                            {"bits_per_element", 8.0 * double(l.frame_bytes()) / elements}};
+    if (l.profile_digest) level["profile_digest"] = detail::hex64(*l.profile_digest);
+    j["levels"].push_back(std::move(level));
   }
   return j.dump(2);
 }
@@ -194,6 +218,17 @@ std::string head_key(std::string_view id, int level) {
 }
 std::string chunk_key(std::string_view id, int level, uint32_t chunk) {
   return "kvc:{" + std::string(id) + "}:L" + std::to_string(level) + ":C" + std::to_string(chunk);
+}
+
+Status check_level_profile(const Manifest& m, const ManifestLevel& l, const Profile* p) {
+  if (!m.profiles_known || !l.profile_digest) return Status::Ok();
+  // The head's check (the same message): a transform-coded frame of the manifest's shape.
+  FrameInfo f;
+  f.transformed = true;
+  f.profile_digest = *l.profile_digest;
+  f.shape = m.shape;
+  f.dtype = m.dtype;
+  return detail::check_frame_profile(f, p).with_context("level " + std::to_string(l.level));
 }
 
 Status verify_head(const Manifest& m, int level, std::span<const uint8_t> head) {

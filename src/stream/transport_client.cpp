@@ -269,6 +269,9 @@ class Fetcher {
   Status reconnect(const Status& why);
   Status send_request(const Request& r, uint32_t* id);
   Status fetch_manifest();
+  Status keep_decodable_levels();
+  std::string skipped_;  // the levels keep_decodable_levels left out, and why ("" when none)
+  StatusOr<ContextProfile> seeded_profile(bool text_ok);
   Status request_chunk(uint32_t chunk, int level);
   Status start_text(uint32_t chunk);
   Status on_decision(const Decision& d);
@@ -556,16 +559,18 @@ Status Fetcher::on_response(const MessageHeader& h, std::vector<uint8_t>& payloa
   if (q.with_head) {
     Status hs = verify_head(manifest_, q.level, head);
     if (!hs.ok()) return chunk_failed(q.chunk, q.level, hs, true);
-    // A level coded with another profile than ours (or with one when we have none) cannot be
-    // decoded by asking again or elsewhere: the fetch ends, naming the profile it needs.
-    if (auto info = read_frame_info(head); info.ok())
-      if (Status ps = detail::check_frame_profile(*info, o_.profile.get()); !ps.ok()) {
-        ps = ps.with_context("level " + std::to_string(q.level));
+    auto decoder = FrameDecoder::open(head, o_.profile);
+    if (!decoder.ok()) {
+      // A level coded with another profile than ours (or with one when we have none; a version 1
+      // manifest does not say) cannot be decoded by asking again or elsewhere: the fetch ends,
+      // naming the profile it needs. Other heads that do not open: another level.
+      if (decoder.status().code() == StatusCode::kInvalidArgument) {
+        const Status ps = decoder.status().with_context("level " + std::to_string(q.level));
         fail(int(q.chunk), q.level, ps, "abort");
         return ps;
       }
-    auto decoder = FrameDecoder::open(head, o_.profile);
-    if (!decoder.ok()) return chunk_failed(q.chunk, q.level, decoder.status().with_context("head"), false);
+      return chunk_failed(q.chunk, q.level, decoder.status().with_context("head"), false);
+    }
     heads_[q.level].assign(head.begin(), head.end());
     decoders_.insert_or_assign(q.level, std::move(*decoder));
   }
@@ -683,6 +688,53 @@ Status Fetcher::drain_workers() {
   return Status::Ok();
 }
 
+// Levels transform-coded with another profile than ours, or with one when we have none (the
+// manifest names it, version 2), are dropped before planning: the controller plans with the
+// levels this client can decode (a "skip" failure each). None left: the fetch ends at once,
+// naming the profile needed, before any chunk is requested.
+Status Fetcher::keep_decodable_levels() {
+  std::vector<ManifestLevel> keep;
+  std::vector<std::pair<int, Status>> skipped;
+  for (ManifestLevel& l : manifest_.levels) {
+    if (Status ps = check_level_profile(manifest_, l, o_.profile.get()); !ps.ok())
+      skipped.emplace_back(l.level, ps);
+    else
+      keep.push_back(std::move(l));
+  }
+  if (keep.empty()) {
+    fail(-1, skipped.front().first, skipped.front().second, "abort");
+    return skipped.front().second;
+  }
+  for (const auto& [level, why] : skipped) {
+    fail(-1, level, why, "skip");
+    skipped_ += (skipped_.empty() ? "levels " : ", ") + std::to_string(level);
+  }
+  if (!skipped.empty()) skipped_ += " not planned: " + std::string(skipped.front().second.message());
+  manifest_.levels = std::move(keep);
+  return Status::Ok();
+}
+
+// The controller's view of the context, seeded with this machine's decode speed per level
+// (calibrated, memoized) unless FetchOptions::decode_gbps is given or calibration is off (the
+// manifest's figure). A level transform-coded with our profile is calibrated with it: its
+// decode includes the inverse transform. A version 1 manifest does not say which levels are:
+// with a profile of the context's shape given, its lossy levels are taken to be (put_context
+// codes them all with it).
+StatusOr<ContextProfile> Fetcher::seeded_profile(bool text_ok) {
+  ContextProfile profile = profile_from_manifest(manifest_, o_.decode_gbps, text_ok);
+  if (o_.decode_gbps <= 0 && o_.calibrate_decoder) {
+    const bool fits = o_.profile && detail::check_profile_shape(*o_.profile, manifest_.shape).ok();
+    for (size_t i = 0; i < manifest_.levels.size(); ++i) {
+      const ManifestLevel& l = manifest_.levels[i];
+      const bool transformed = manifest_.profiles_known ? l.profile_digest.has_value() : fits && l.level > 0;
+      KVCODEC_ASSIGN_OR_RETURN(profile.options[i].decode_gbps,
+                               calibrate_decode_gbps(manifest_.dtype, manifest_.shape, l.level, o_.decode_threads,
+                                                     transformed ? o_.profile : nullptr));
+    }
+  }
+  return profile;
+}
+
 Status Fetcher::run() {
   report_->id = o_.id;
   report_->server = o_.host + ":" + std::to_string(o_.port);
@@ -716,6 +768,7 @@ Status Fetcher::run() {
   report_->shape = manifest_.shape;
   report_->dtype = manifest_.dtype;
   report_->chunk_tokens = manifest_.chunk_tokens;
+  KVCODEC_RETURN_IF_ERROR(keep_decodable_levels());
   // A destination of the right shape and dtype is used as it is (a server's preallocated KV
   // memory); anything else is replaced.
   const uint64_t output_bytes = manifest_.shape.elements() * dtype_size(manifest_.dtype);
@@ -730,19 +783,17 @@ Status Fetcher::run() {
     KVCODEC_ASSIGN_OR_RETURN(*out_, KVCache::allocate(manifest_.dtype, manifest_.shape));
   }
   const bool text_ok = bool(o_.recompute);
-  ContextProfile profile = profile_from_manifest(manifest_, o_.decode_gbps, text_ok);
-  if (o_.decode_gbps <= 0 && o_.calibrate_decoder) {
-    // The seed of the online decode estimate: this machine's warm decode speed (memoized).
-    for (size_t i = 0; i < manifest_.levels.size(); ++i) {
-      KVCODEC_ASSIGN_OR_RETURN(profile.options[i].decode_gbps,
-                               calibrate_decode_gbps(manifest_.dtype, manifest_.shape, manifest_.levels[i].level,
-                                                     o_.decode_threads));
-    }
-  }
+  KVCODEC_ASSIGN_OR_RETURN(ContextProfile profile, seeded_profile(text_ok));
   for (size_t i = 0; i < manifest_.levels.size(); ++i)
     report_->decode.push_back({manifest_.levels[i].level, profile.options[i].decode_gbps, 0, 0, 0});
   ControllerConfig cc = o_.controller;
-  if (o_.on_manifest) KVCODEC_RETURN_IF_ERROR(o_.on_manifest(manifest_, cc));
+  if (o_.on_manifest) {
+    if (Status s = o_.on_manifest(manifest_, cc); !s.ok()) {
+      // e.g. a fixed level that is stored but was not planned: say why.
+      if (!skipped_.empty()) s = Status(s.code(), std::string(s.message()) + " (" + skipped_ + ")");
+      return s;
+    }
+  }
   if (!text_ok) cc.cost.prefill_tokens_per_s = 0;  // TEXT is not an option without recompute
   report_->objective = std::string(objective_name(cc.objective));
   KVCODEC_ASSIGN_OR_RETURN(Controller ctl, Controller::create(std::move(profile), cc));

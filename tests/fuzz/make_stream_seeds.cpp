@@ -1,6 +1,8 @@
 // Writes the seed corpora of the streaming parsers' fuzz targets:
 //   kvcodec_fuzz_stream_seeds DIR  ->  DIR/manifest/*   manifests of small contexts (with and
-//                                                        without text tokens, several levels)
+//                                                        without text tokens, several levels,
+//                                                        levels transform-coded with a profile,
+//                                                        one written back as version 1)
 //                                      DIR/wire/*       request streams as the fetch client
 //                                                        sends them (manifest, then chunks)
 //                                      DIR/tokenizer/*  small llama2.c tokenizers
@@ -9,10 +11,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "common/dtype.hpp"
+#include "identity_profile.hpp"
 #include "kvcodec/io.hpp"
 #include "kvcodec/store.hpp"
 #include "stream/transport_wire.hpp"
@@ -37,10 +41,17 @@ void write_manifests(const std::filesystem::path& dir) {
     check(kv.status(), "allocate");
     for (size_t e = 0; e < shape.elements(); ++e)
       detail::store_from_f32(kv->data.data() + 2 * e, uint8_t(DType::kF16), std::sin(0.1f * float(e)));
-    for (bool text : {false, true}) {
+    for (int kind = 0; kind < 3; ++kind) {
+      const bool text = kind == 1;
       PutOptions po;
       po.levels = text ? std::vector<int>{0, 5} : std::vector<int>{3};
       po.chunk_tokens = 16;
+      if (kind == 2) {  // level 0 plain, levels 2 and 6 transform-coded: profile digests in the manifest
+        auto p = fuzz_identity_profile(shape, true);
+        check(p.status(), "profile");
+        po.profile = std::make_shared<const Profile>(std::move(*p));
+        po.levels = {0, 2, 6};
+      }
       if (text)
         for (uint32_t t = 0; t < tokens; ++t) po.text_tokens.push_back(int32_t(t));
       const std::string id = "ctx" + std::to_string(i);
@@ -48,6 +59,12 @@ void write_manifests(const std::filesystem::path& dir) {
       check(m.status(), "put_context");
       const std::vector<uint8_t> bytes = serialize_manifest(*m);
       check(write_file((dir / (id + ".manifest")).string(), bytes.data(), bytes.size()), "write manifest");
+      if (kind == 2) {  // the same as version 1 (no digests): parse, mark unknown, write back
+        Manifest v1 = *m;
+        v1.profiles_known = false;
+        const std::vector<uint8_t> old = serialize_manifest(v1);
+        check(write_file((dir / (id + "-v1.manifest")).string(), old.data(), old.size()), "write manifest");
+      }
       ++i;
     }
   }

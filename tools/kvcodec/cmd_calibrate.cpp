@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cli.hpp"
+#include "common/hex.hpp"
 #include "commands.hpp"
 #include "kvcodec/eval.hpp"
 #include "kvcodec/io.hpp"
@@ -15,20 +16,7 @@
 
 namespace kvcodec::cli {
 
-std::string digest_hex(uint64_t digest) {
-  char b[17];
-  std::snprintf(b, sizeof b, "%016" PRIx64, digest);
-  return b;
-}
-
-Status check_frame_profile(const FrameInfo& f, const Profile* p) {
-  if (!f.transformed) return Status::Ok();
-  if (!p) return InvalidArgument("transform-coded frame (format version 4): pass --profile, the one of digest " +
-                                 digest_hex(f.profile_digest));
-  if (p->digest != f.profile_digest)
-    return InvalidArgument("--profile has digest " + digest_hex(p->digest) + ", the frame needs " + digest_hex(f.profile_digest));
-  return Status::Ok();
-}
+std::string digest_hex(uint64_t digest) { return detail::hex64(digest); }
 
 namespace {
 

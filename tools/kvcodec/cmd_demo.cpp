@@ -315,10 +315,12 @@ StatusOr<Manifest> store_levels(const DemoOptions& o, DemoContext& c, std::share
   KVCODEC_ASSIGN_OR_RETURN(Manifest manifest, put_context(*store, "demo", c.kv.view(), po));
   const double put_s = since(t_put);
   // The decoder's seed speeds: warm (reused decoder and destination), on this machine with the
-  // fetch's thread count, before the fetch (memoized: the fetch's setup finds them).
+  // fetch's thread count, before the fetch (memoized: the fetch's setup finds them), with the
+  // profile for the levels coded with it, as the fetch calibrates them.
   std::vector<double> warm;
   for (const auto& l : manifest.levels) {
-    KVCODEC_ASSIGN_OR_RETURN(double g, calibrate_decode_gbps(c.kv.dtype, c.kv.shape, l.level, o.workers));
+    KVCODEC_ASSIGN_OR_RETURN(double g, calibrate_decode_gbps(c.kv.dtype, c.kv.shape, l.level, o.workers,
+                                                             l.profile_digest ? o.profile : nullptr));
     warm.push_back(g);
   }
   std::printf("\nstored at %zu levels in %s (%.1f s); decode speed: warm calibration, %d threads:\n"

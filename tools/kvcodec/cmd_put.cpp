@@ -69,7 +69,8 @@ int cmd_put(int argc, char** argv) {
   if (a.profile) {
     StatusOr<Profile> p = load_profile(*a.profile);
     if (!p.ok()) return cmd.fail(p.status());
-    std::fprintf(stderr, "profile %s: %zu bytes\n", digest_hex(p->digest).c_str(), serialize_profile(*p).size());
+    std::fprintf(stderr, "profile %s: %llu bytes\n", digest_hex(p->digest).c_str(),
+                 static_cast<unsigned long long>(serialized_profile_size(*p)));
     po.profile = std::make_shared<const Profile>(std::move(*p));
   }
   auto kv = load_kv(a.in);

@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -38,7 +39,9 @@ struct Profile;  // profile.hpp
 // ---- Manifest ----------------------------------------------------------------------------------
 
 // Version of the manifest encoding (independent of the frame format and the library version).
-inline constexpr uint16_t kManifestVersion = 1;
+// Version 2 adds each level's profile digest; version 1 manifests are still read (and written
+// back as version 1: Manifest::profiles_known).
+inline constexpr uint16_t kManifestVersion = 2;
 inline constexpr uint8_t kManifestMagic[4] = {'K', 'V', 'C', 'M'};
 
 struct ManifestChunk {
@@ -52,10 +55,15 @@ struct ManifestLevel {
   uint64_t head_checksum = 0;  // XXH64 (seed 0) of the head
   // Measured by put_context when it encoded the level (0 when not measured):
   // relative error ||x - x_hat||_2 / ||x||_2 of the whole decoded context (0 at level 0), and
-  // the decoder's throughput in GB/s of decoded KV on the machine that put it -- a hint for
-  // clients that have not calibrated their own decoder.
+  // the decoder's throughput in GB/s of decoded KV on the machine that put it: the warm decode
+  // of the stored chunk 0 by a FrameDecoder (with the level's profile), as a fetch decodes it --
+  // a hint for clients that have not calibrated their own decoder.
   double rel_error = 0;
   double decode_gbps = 0;
+  // The digest of the profile the level's frames are transform-coded with (format version 4,
+  // profile.hpp): a client needs that profile to decode the level. nullopt: coded without a
+  // profile (or a version 1 manifest, which does not say: Manifest::profiles_known).
+  std::optional<uint64_t> profile_digest;
   std::vector<ManifestChunk> chunks;
 
   // Head plus every chunk body: the whole frame.
@@ -69,6 +77,10 @@ struct Manifest {
   std::vector<ManifestLevel> levels;  // distinct levels, ascending
   // Token ids of the context, one per token position (empty when the context has no text).
   std::vector<int32_t> text_tokens;
+  // Whether the levels' profile_digest is known: false for a manifest parsed from version 1
+  // (a level's head then tells, when it arrives), which serialize_manifest writes back as
+  // version 1 (the digests ignored).
+  bool profiles_known = true;
 
   uint32_t num_chunks() const noexcept;
   // First token and token count of chunk c.
@@ -81,11 +93,12 @@ struct Manifest {
   uint64_t raw_chunk_bytes(uint32_t c) const noexcept;
 };
 
-// Binary encoding: magic, version, shape, levels, sizes and checksums, token ids, and a trailing
-// XXH64 of everything before it (docs/streaming.md has the byte layout).
+// Binary encoding: magic, version, shape, levels (with their profile digests), sizes and
+// checksums, token ids, and a trailing XXH64 of everything before it (docs/streaming.md has the
+// byte layout).
 std::vector<uint8_t> serialize_manifest(const Manifest& m);
-// Parses and validates (magic, version, checksum, limits, consistency). Never trusts sizes
-// before checking them against the buffer.
+// Parses and validates (magic, version 1 or 2, checksum, limits, consistency). Never trusts
+// sizes before checking them against the buffer.
 StatusOr<Manifest> parse_manifest(std::span<const uint8_t> bytes);
 // A human/machine-readable summary (no chunk checksums or token ids) for CLI output.
 std::string manifest_json(const Manifest& m, std::string_view id);
@@ -176,8 +189,8 @@ struct PutOptions {
   std::vector<int32_t> text_tokens;
   int threads = 1;  // encoder and decoder threads (0 = all hardware threads)
   // Decode every level once to record its rel_error and decode_gbps in the manifest (costs one
-  // decode per level) -- of the whole context, or of its first `measure_chunks` chunks when
-  // non-zero (a sample, for large contexts).
+  // decode per level, plus three of its chunk 0 for the speed) -- of the whole context, or of
+  // its first `measure_chunks` chunks when non-zero (a sample, for large contexts).
   bool measure = true;
   uint32_t measure_chunks = 0;
   // Every key of the context expires this many seconds after it was written (0: never). The
@@ -214,6 +227,11 @@ StatusOr<std::vector<uint8_t>> get_chunk(Store& store, std::string_view id, cons
 Status remove_context(Store& store, std::string_view id);
 // Ids of the contexts whose manifest is in the store, sorted.
 StatusOr<std::vector<std::string>> list_contexts(Store& store);
+
+// kInvalidArgument naming the digest it needs when level `l` is transform-coded with another
+// profile than `p` (or with one when `p` is null), as FrameDecoder::open would say on its head;
+// OK when it needs none, or `p` is its profile, or the manifest does not say (version 1).
+Status check_level_profile(const Manifest& m, const ManifestLevel& l, const Profile* p);
 
 // Checks a head or chunk body received from anywhere against the manifest.
 Status verify_head(const Manifest& m, int level, std::span<const uint8_t> head);

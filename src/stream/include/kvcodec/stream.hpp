@@ -211,7 +211,8 @@ struct FetchFailure {
   int chunk = -1;            // -1: not about one chunk (connection, manifest)
   int level = -1;
   Status status;
-  std::string action;        // what the client did: "retry", "level 6", "text", "reconnect", "abort"
+  std::string action;        // what the client did: "retry", "level 6", "text", "reconnect", "abort",
+                             // "skip" (a level not planned: it needs another profile)
 };
 
 struct FetchReport {
@@ -271,7 +272,8 @@ struct FetchOptions {
   ControllerConfig controller;
   // Decoder throughput the controller starts from (the seed of its online estimate), GB/s;
   // 0: calibrate_decode_gbps() for each stored level when calibrate_decoder is set (memoized
-  // per process), else the manifest's figure (measured once when the context was stored).
+  // per process; with `profile` for the levels coded with it), else the manifest's figure
+  // (measured on the stored chunk when the context was put).
   double decode_gbps = 0;
   bool calibrate_decoder = true;
   // Decoder threads (a pool working on one chunk at a time, while the fetching thread reads the
@@ -296,10 +298,12 @@ struct FetchOptions {
   // Receives kChunkFetched per chunk (the level delivered), kTextFallback, kChecksumFailure and
   // the decoder's kDecode events (metrics.hpp); not owned. nullptr (default): none.
   MetricsSink* metrics = nullptr;
-  // The profile the context was put with (PutOptions::profile). A level's head that names a
-  // profile (format version 4) other than this one, or any when this is null, ends the fetch
-  // with kInvalidArgument naming the digest it needs (an "abort" failure): no fallback, never
-  // a wrong tensor. Unused for levels coded without a profile.
+  // The profile the context was put with (PutOptions::profile). Levels whose manifest entry
+  // names another profile (format version 4), or any when this is null, are not planned (a
+  // "skip" failure each, naming the digest needed); when no level is left the fetch ends before
+  // requesting anything, with kInvalidArgument naming it (an "abort" failure). A version 1
+  // manifest does not name profiles: a head that names another one ends the fetch the same way
+  // when it arrives. Never a wrong tensor. Unused for levels coded without a profile.
   std::shared_ptr<const Profile> profile;
 };
 
@@ -326,6 +330,11 @@ inline constexpr uint32_t kCalibrationTokens = 32;
 // after a warm-up). Memoized per process for the same arguments; the first call costs about
 // an encode and four decodes of the chunk (4 MiB for a Llama-3-8B shape: ~0.1 s idle). The seed of
 // the controller's online estimate (Controller::on_chunk_decoded).
-StatusOr<double> calibrate_decode_gbps(DType dtype, const KVShape& per_token, int level, int threads);
+// With a profile (levels 1..9; ignored at level 0) the chunk is transform-coded with it and
+// decoded with it, coefficients and inverse transform: the speed of a level stored with that
+// profile (format version 4: 2.6-5x slower than a plain level). kInvalidArgument when the
+// profile does not fit the shape. Memoized per profile digest.
+StatusOr<double> calibrate_decode_gbps(DType dtype, const KVShape& per_token, int level, int threads,
+                                       std::shared_ptr<const Profile> profile = nullptr);
 
 }  // namespace kvcodec
