@@ -1,6 +1,7 @@
 // The encoder's per-task unit store (encode/unit_store.hpp): units keep their bytes until the
 // frame has copied them, handing back the pages below unit k never touches unit k or later
-// ones (units straddle pages), and a unit past the reservation is refused, not written.
+// ones (units straddle pages), and a unit past the reservation is refused, not written. The
+// pool keeps stores between encodings only from the second on, and within its page budget.
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -11,6 +12,7 @@
 namespace {
 
 using kvcodec::detail::UnitStore;
+using kvcodec::detail::UnitStorePool;
 
 std::vector<uint8_t> pattern(size_t n, uint8_t seed) {
   std::vector<uint8_t> v(n);
@@ -59,6 +61,46 @@ TEST(UnitStore, MovedStoreOwnsTheUnits) {
   EXPECT_EQ(std::vector<uint8_t>(b.data(0), b.data(0) + 60), pattern(60, 9));
   EXPECT_NE(b.extend(40), nullptr);
   EXPECT_EQ(b.extend(41), nullptr);
+}
+
+TEST(UnitStorePool, KeepsStoresWithinItsBudget) {
+  UnitStorePool pool(size_t(1) << 20, 2);
+  EXPECT_FALSE(pool.keep_pages()) << "a process's first encoding hands its pages back";
+  pool.encoding_finished();
+  EXPECT_TRUE(pool.keep_pages());
+
+  UnitStore a;
+  ASSERT_TRUE(pool.take(300000, a).ok());
+  add(a, pattern(70000, 1), false);
+  add(a, pattern(5000, 2), true);
+  const uint8_t* base = a.data(0);
+  pool.give(std::move(a));
+  EXPECT_EQ(pool.kept_bytes(), 75000u);
+
+  UnitStore b;  // a smaller request reuses the kept mapping, emptied
+  ASSERT_TRUE(pool.take(200000, b).ok());
+  EXPECT_EQ(pool.kept_bytes(), 0u);
+  EXPECT_EQ(b.units(), 0u);
+  EXPECT_EQ(b.extend(0), base);
+  EXPECT_EQ(b.extend(300000), base) << "the whole reservation is still there";
+  EXPECT_EQ(b.extend(300001), nullptr);
+  add(b, pattern(3, 3), false);
+  EXPECT_FALSE(b.any_stored());
+  EXPECT_EQ(std::vector<uint8_t>(b.data(0), b.data(0) + 3), pattern(3, 3));
+
+  UnitStore big;  // over the budget: not kept
+  ASSERT_TRUE(pool.take(size_t(2) << 20, big).ok());
+  add(big, pattern(size_t(1) << 20, 4), false);
+  add(big, pattern(1, 5), false);
+  pool.give(std::move(big));
+  EXPECT_EQ(pool.kept_bytes(), 0u);
+
+  pool.give(std::move(b));  // touched 75000 (the earlier units' bytes count until unmapped)
+  EXPECT_EQ(pool.kept_bytes(), 75000u);
+  UnitStore c;  // too large for the kept store: that one is unmapped, a new one reserved
+  ASSERT_TRUE(pool.take(400000, c).ok());
+  EXPECT_EQ(pool.kept_bytes(), 0u);
+  EXPECT_NE(c.extend(400000), nullptr);
 }
 
 }  // namespace

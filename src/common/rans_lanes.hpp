@@ -33,15 +33,17 @@ inline const Reciprocals& reciprocals() {
   return r;
 }
 
-// Appends one lane stream -- word count, final lane states, then the `words` 16-bit words at w
-// (already in reading order) -- to out.
-inline void append_lane_stream(const uint32_t* x, const uint16_t* w, size_t words, std::vector<uint8_t>& out) {
-  const size_t base = out.size();
-  out.resize(base + kLaneStreamHeader + 2 * words);
-  uint8_t* p = out.data() + base;
+// One lane stream -- word count, final lane states, then the `words` 16-bit words at w (already
+// in reading order) -- written to p (kLaneStreamHeader + 2 * words bytes), or appended to out.
+inline void write_lane_stream(const uint32_t* x, const uint16_t* w, size_t words, uint8_t* p) {
   store_le32(p, uint32_t(words));
   for (uint32_t j = 0; j < kRansLanes; ++j) store_le32(p + 4 + 4 * j, x[j]);
   std::memcpy(p + kLaneStreamHeader, w, 2 * words);
+}
+inline void append_lane_stream(const uint32_t* x, const uint16_t* w, size_t words, std::vector<uint8_t>& out) {
+  const size_t base = out.size();
+  out.resize(base + kLaneStreamHeader + 2 * words);
+  write_lane_stream(x, w, words, out.data() + base);
 }
 
 // Encodes symbols 0..n-1 backwards. `sym_of(i, &freq, &cum)` gives symbol i's frequency and
@@ -82,6 +84,9 @@ class LaneStreamEncoder {
   void begin(size_t n);
   void put(const uint32_t* codes, size_t s0, size_t s1);
   void finish(std::vector<uint8_t>& out);
+  // The stream finish() appends: its size, or written to p (stream_bytes() of room).
+  size_t stream_bytes() const { return kLaneStreamHeader + 2 * size_t(end_ - w_); }
+  void finish_into(uint8_t* p) const;
 
  private:
   std::unique_ptr<uint16_t[]> buf_;

@@ -69,9 +69,10 @@ const uint8_t* rows_in_place(const KVView& v, uint32_t l, uint32_t kv, size_t* p
 // rows [r0, r1) to f; it is called for pieces of about kPieceSymbols symbols, the last piece
 // first (the coder runs backwards), so only one piece of codes is held at a time.
 constexpr size_t kPieceSymbols = size_t(1) << 16;
+// code_rows: the same into `lanes`, which then hold the stream (finish, finish_into).
 template <typename RowCodes>
-void encode_rows(uint32_t rows, uint32_t C, RowCodes&& row_codes, detail::LaneStreamEncoder& lanes,
-                 std::vector<uint32_t>& fc, std::vector<uint8_t>& unit) {
+void code_rows(uint32_t rows, uint32_t C, RowCodes&& row_codes, detail::LaneStreamEncoder& lanes,
+               std::vector<uint32_t>& fc) {
   // Pieces start at multiples of R rows, R * C a multiple of the lane count.
   const uint32_t R0 = kRansLanes / std::gcd(C, kRansLanes);
   const uint32_t R = std::max<uint32_t>(R0, uint32_t(kPieceSymbols / C) / R0 * R0);
@@ -83,6 +84,11 @@ void encode_rows(uint32_t rows, uint32_t C, RowCodes&& row_codes, detail::LaneSt
     lanes.put(fc.data(), size_t(r0) * C, size_t(r1) * C);
     r1 = r0;
   }
+}
+template <typename RowCodes>
+void encode_rows(uint32_t rows, uint32_t C, RowCodes&& row_codes, detail::LaneStreamEncoder& lanes,
+                 std::vector<uint32_t>& fc, std::vector<uint8_t>& unit) {
+  code_rows(rows, C, row_codes, lanes, fc);
   lanes.finish(unit);
   unit.resize(pad4(unit.size()), 0);
 }
@@ -132,7 +138,7 @@ struct Workspace {
   std::vector<const uint32_t*> chan_lut;
   detail::RdTables rd;            // rate-distortion quantization: code lengths per (group, bin)
   detail::LaneStreamEncoder lanes;
-  std::vector<uint8_t> unit;  // the unit being coded (then copied to the task's UnitStore)
+  std::vector<uint8_t> unit;  // lossless: the unit being coded, then copied to the task's UnitStore
 };
 
 // Workspaces of the tasks running now, and of finished ones kept for reuse. Large ones (long
@@ -177,28 +183,40 @@ uint64_t max_unit_bytes(const Context& cx, uint32_t k) {
          detail::coded_unit_headers(lossless ? uint32_t(cx.es) : 1, lossless);
 }
 
+// Where chunk k's coded unit of `coded` bytes goes in the task's store, to be written there and
+// committed: nullptr when the unit is stored raw instead (then done here) or on error (*status).
+uint8_t* place_unit(const Context& cx, const uint8_t* raw, uint32_t k, size_t coded, detail::UnitStore& store,
+                    Status* status) {
+  uint32_t t0, t1;
+  chunk_tokens(cx, k, &t0, &t1);
+  const uint64_t n = uint64_t(t1 - t0) * cx.src.shape.channels();
+  const bool lossless = cx.opt.level == 0;
+  const bool stored = detail::store_unit(coded, n, uint32_t(cx.es), lossless ? uint32_t(cx.es) : 1, lossless);
+  const size_t bytes = stored ? size_t(detail::stored_unit_bytes(n, uint32_t(cx.es))) : coded;
+  uint8_t* p = store.extend(bytes);
+  if (!p) {
+    *status = Internal("coded unit larger than its bound");
+    return nullptr;
+  }
+  if (!stored) return p;
+  const size_t row = size_t(cx.src.shape.channels()) * cx.es;
+  for (uint32_t t = t0; t < t1; ++t) std::memcpy(p + (t - t0) * row, raw + t * cx.rp, row);
+  std::memset(p + (t1 - t0) * row, 0, bytes - (t1 - t0) * row);
+  store.commit(bytes, true);
+  return nullptr;
+}
+
 // Appends chunk k's unit to the task's store: its coded bytes, or the raw elements when coding
 // adds more than they take (a stored unit, docs/format.md 4.4). raw: the (layer, K/V)'s
 // [tokens][C], rows cx.rp apart.
 Status commit_unit(const Context& cx, const uint8_t* raw, uint32_t k, const std::vector<uint8_t>& unit,
                    detail::UnitStore& store) {
-  uint32_t t0, t1;
-  chunk_tokens(cx, k, &t0, &t1);
-  const uint64_t n = uint64_t(t1 - t0) * cx.src.shape.channels();
-  const bool lossless = cx.opt.level == 0;
-  const bool stored = detail::store_unit(unit.size(), n, uint32_t(cx.es), lossless ? uint32_t(cx.es) : 1, lossless);
-  const size_t bytes = stored ? size_t(detail::stored_unit_bytes(n, uint32_t(cx.es))) : unit.size();
-  uint8_t* p = store.extend(bytes);
-  if (!p) return Internal("coded unit larger than its bound");
-  if (stored) {
-    const size_t row = size_t(cx.src.shape.channels()) * cx.es;
-    for (uint32_t t = t0; t < t1; ++t) std::memcpy(p + (t - t0) * row, raw + t * cx.rp, row);
-    std::memset(p + (t1 - t0) * row, 0, bytes - (t1 - t0) * row);
-  } else {
-    std::memcpy(p, unit.data(), bytes);
+  Status st;
+  if (uint8_t* p = place_unit(cx, raw, k, unit.size(), store, &st)) {
+    std::memcpy(p, unit.data(), unit.size());
+    store.commit(unit.size(), false);
   }
-  store.commit(bytes, stored);
-  return Status::Ok();
+  return st;
 }
 
 // Lossless: each byte plane of the elements is coded with per-(group, plane) tables.
@@ -721,6 +739,30 @@ void lossy_chunk_codes(const int16_t* val, size_t VP, uint32_t t0, uint32_t ta, 
   (void)avx2;
 }
 
+// Chunk k's lossy unit, written straight into the task's store: the lane stream ws.lanes holds,
+// padded to 4 bytes, then the escape count and the escaped values' raw elements (ws.esc_at, in
+// symbol order), padded to 4 bytes; or the raw elements (a stored unit).
+Status write_lossy_unit(const Context& cx, const uint8_t* raw, uint32_t k, const Workspace& ws,
+                        detail::UnitStore& store) {
+  const size_t lane_bytes = ws.lanes.stream_bytes(), esc_base = pad4(lane_bytes);
+  const size_t bytes = pad4(esc_base + 4 + ws.esc_at.size() * cx.es);
+  Status st;
+  uint8_t* p = place_unit(cx, raw, k, bytes, store, &st);
+  if (!p) return st;
+  ws.lanes.finish_into(p);
+  std::memset(p + lane_bytes, 0, esc_base - lane_bytes);  // the store's pages may hold older units
+  detail::store_le32(p + esc_base, uint32_t(ws.esc_at.size()));
+  uint8_t* e = p + esc_base + 4;
+  const uint32_t C = uint32_t(cx.src.shape.channels()), t0 = k * cx.opt.chunk_tokens;
+  for (uint32_t j : ws.esc_at) {
+    std::memcpy(e, raw + size_t(t0 + j / C) * cx.rp + size_t(j % C) * cx.es, cx.es);
+    e += cx.es;
+  }
+  std::memset(e, 0, p + bytes - e);
+  store.commit(bytes, false);
+  return Status::Ok();
+}
+
 // Lossy: grids, symbols (anchors and deltas), windows, tables, lanes + escapes per chunk.
 constexpr uint32_t kTokenTile = 16;
 void encode_lossy(const Context& cx, uint32_t layer, uint32_t kv, const uint8_t* raw, Workspace& ws, LayerOutput& out) {
@@ -783,24 +825,13 @@ void encode_lossy(const Context& cx, uint32_t layer, uint32_t kv, const uint8_t*
       ws.chan_off[size_t(r) * C + c] = (uint32_t(m.channel_group[c]) * slots + r) * detail::kLossyBins;
   for (uint32_t k = 0; k < cx.chunks; ++k) {
     const uint32_t t0 = k * CT, t1 = std::min(T, t0 + CT);
-    auto& unit = ws.unit;
-    unit.clear();
     ws.esc_at.clear();
     auto row_codes = [&](uint32_t r0, uint32_t r1, uint32_t* fc) {
       lossy_chunk_codes(val, VP, t0, t0 + r0, t0 + r1, C, GT, fc_lut.data(), fc, ws);
     };
-    encode_rows(t1 - t0, C, row_codes, ws.lanes, ws.fc, unit);
+    code_rows(t1 - t0, C, row_codes, ws.lanes, ws.fc);
     std::sort(ws.esc_at.begin(), ws.esc_at.end());  // the pieces came last first
-    // The escaped values' raw elements, in symbol order, after their count.
-    const size_t base = unit.size();
-    unit.resize(pad4(base + 4 + ws.esc_at.size() * cx.es), 0);
-    detail::store_le32(unit.data() + base, uint32_t(ws.esc_at.size()));
-    uint8_t* e = unit.data() + base + 4;
-    for (uint32_t j : ws.esc_at) {
-      std::memcpy(e, raw + size_t(t0 + j / C) * cx.rp + size_t(j % C) * cx.es, cx.es);
-      e += cx.es;
-    }
-    if (!(out.status = commit_unit(cx, raw, k, unit, out.units)).ok()) return;
+    if (!(out.status = write_lossy_unit(cx, raw, k, ws, out.units)).ok()) return;
   }
 }
 
@@ -826,6 +857,31 @@ size_t max_encoded_size(const KVShape& shape, DType dtype, const EncodeOptions& 
   return size_t(total);
 }
 
+namespace {
+
+// Unit stores kept from one encoding to the next, with their pages (encode/unit_store.hpp).
+detail::UnitStorePool& unit_store_pool() {
+  static detail::UnitStorePool pool(size_t(256) << 20, 512);
+  return pool;
+}
+
+// The (layer, K/V) tasks' outputs of one encoding. When the pool keeps pages (not in a process's
+// first encoding), the stores keep theirs while the frame is assembled and go back to the pool.
+struct TaskOutputs {
+  explicit TaskOutputs(size_t n) : outs(n), keep(unit_store_pool().keep_pages()) {}
+  TaskOutputs(const TaskOutputs&) = delete;
+  TaskOutputs& operator=(const TaskOutputs&) = delete;
+  ~TaskOutputs() {
+    if (keep)
+      for (LayerOutput& lo : outs) unit_store_pool().give(std::move(lo.units));
+    unit_store_pool().encoding_finished();
+  }
+  std::vector<LayerOutput> outs;
+  const bool keep;
+};
+
+}  // namespace
+
 // encode_into without the metrics.
 static StatusOr<size_t> encode_frame(const KVView& src, const EncodeOptions& o, std::span<uint8_t> dst,
                                      const std::vector<LayerModel>* fixed = nullptr, uint32_t rd_block = 0) {
@@ -836,15 +892,18 @@ static StatusOr<size_t> encode_frame(const KVView& src, const EncodeOptions& o, 
   const uint32_t chunks = detail::num_chunks_for(sh.tokens, o.chunk_tokens);
   const Context cx{src, o, fixed, chunks, dtype_size(src.dtype), sh.channels() * dtype_size(src.dtype) + 64, rd_block};
 
-  std::vector<LayerOutput> outs(size_t(L) * 2);
+  TaskOutputs task_outputs(size_t(L) * 2);
+  std::vector<LayerOutput>& outs = task_outputs.outs;
   KVCODEC_RETURN_IF_ERROR(detail::parallel_for(outs.size(), o.threads, [&](size_t task) {
     const uint32_t l = uint32_t(task / 2), kv = uint32_t(task % 2);
     uint64_t reserve = 0;
     for (uint32_t k = 0; k < chunks; ++k) reserve += max_unit_bytes(cx, k);
-    if (reserve > SIZE_MAX || !(outs[task].status = outs[task].units.reserve(size_t(reserve))).ok()) {
+    if (reserve > SIZE_MAX ||
+        !(outs[task].status = unit_store_pool().take(size_t(reserve), outs[task].units)).ok()) {
       if (outs[task].status.ok()) outs[task].status = ResourceExhausted("coded units larger than the address space");
       return;
     }
+    outs[task].units.set_keep_pages(task_outputs.keep);
     std::unique_ptr<Workspace> ws = workspace_pool().take();
     size_t pitch = cx.rp;
     const uint8_t* raw = rows_in_place(src, l, kv, &pitch);

@@ -272,6 +272,7 @@ void LaneStreamEncoder::put(const uint32_t* codes, size_t s0, size_t s1) {
 }
 
 void LaneStreamEncoder::finish(std::vector<uint8_t>& out) { append_lane_stream(x_, w_, size_t(end_ - w_), out); }
+void LaneStreamEncoder::finish_into(uint8_t* p) const { write_lane_stream(x_, w_, size_t(end_ - w_), p); }
 
 void rans_encode_codes(const uint32_t* codes, size_t n, std::vector<uint16_t>& scratch, std::vector<uint8_t>& out) {
 #if defined(__x86_64__)
