@@ -1,7 +1,8 @@
 // common/checksum.hpp: the segmented checksum of format version 2 must equal its definition in
 // docs/format.md ("Checksums") whichever way it is computed: sequentially (the CPU codec), from
 // per-segment digests in any order (the GPU, one thread per segment), and over an input split
-// into two ranges anywhere (the head checksum skips its own field).
+// into two ranges anywhere (the head checksum skips its own field), and by the host's
+// frame_checksum_host (sixteen segments at a time with AVX-512).
 #include "common/checksum.hpp"
 
 #include <gtest/gtest.h>
@@ -9,6 +10,8 @@
 #include <cstdint>
 #include <random>
 #include <vector>
+
+#include "common/simd.hpp"
 
 namespace kvcodec::detail {
 namespace {
@@ -85,6 +88,35 @@ TEST(Checksum, AnyFlippedBitChangesIt) {
   for (size_t at : {size_t(0), size_t(4095), size_t(4096), s.size() - 1}) {
     s[at] ^= 0x10;
     EXPECT_NE(frame_checksum(2, s.data(), s.size()), base) << at;
+    s[at] ^= 0x10;
+  }
+}
+
+TEST(Checksum, HostVersionEqualsDefinitionOnEveryPath) {
+  // Around the 16-segment groups of the AVX-512 path: none, one, one and a partial segment,
+  // several with whole and partial segments left over; an offset start (unaligned loads).
+  const size_t seg = kChecksumSegmentBytes;
+  const std::vector<uint8_t> big = random_bytes(50 * seg + 100, 11);
+  for (size_t size : {size_t(0), size_t(1), seg - 1, seg, 15 * seg + 7, 16 * seg, 16 * seg + 1, 17 * seg,
+                      33 * seg + 4095, 48 * seg, 50 * seg + 99}) {
+    for (size_t start : {size_t(0), size_t(1)}) {
+      const std::vector<uint8_t> s(big.begin() + std::ptrdiff_t(start), big.begin() + std::ptrdiff_t(start + size));
+      const uint64_t want = by_definition(s);
+      for (bool avx512 : {true, false}) {
+        set_avx512_enabled(avx512);
+        EXPECT_EQ(frame_checksum_host(2, big.data() + start, size), want) << size << " bytes, AVX-512 " << avx512;
+        EXPECT_EQ(frame_checksum_host(1, big.data() + start, size), xxh64(s.data(), s.size())) << size;
+      }
+      set_avx512_enabled(true);
+    }
+  }
+  // A changed byte in the last segment of a group, and in the group's first.
+  std::vector<uint8_t> s(big.begin(), big.begin() + std::ptrdiff_t(32 * seg));
+  const uint64_t before = frame_checksum_host(2, s.data(), s.size());
+  for (size_t at : {15 * seg + 4000, 16 * seg + 8}) {
+    s[at] ^= 0x10;
+    EXPECT_NE(frame_checksum_host(2, s.data(), s.size()), before) << at;
+    EXPECT_EQ(frame_checksum_host(2, s.data(), s.size()), by_definition(s)) << at;
     s[at] ^= 0x10;
   }
 }

@@ -269,7 +269,7 @@ Status verify_frame(std::span<const uint8_t> frame) {
                        std::to_string(f.frame_bytes));
   for (size_t i = 0; i < f.chunks.size(); ++i) {
     const auto& c = f.chunks[i];
-    if (detail::frame_checksum(f.format_version, frame.data() + c.offset, c.size) != c.checksum)
+    if (detail::frame_checksum_host(f.format_version, frame.data() + c.offset, c.size) != c.checksum)
       return ChecksumMismatch("chunk " + std::to_string(i) + " checksum mismatch");
   }
   return Status::Ok();

@@ -652,7 +652,7 @@ Status decode_chunk(const Decoder& d, uint32_t k, std::span<const uint8_t> body,
                     uint32_t le, bool verify, int threads) {
   const ChunkInfo& ci = d.info.chunks[k];
   if (body.size() != ci.size) return CorruptData("chunk " + std::to_string(k) + " has the wrong size");
-  if (verify && detail::frame_checksum(d.info.format_version, body.data(), body.size()) != ci.checksum)
+  if (verify && detail::frame_checksum_host(d.info.format_version, body.data(), body.size()) != ci.checksum)
     return ChecksumMismatch("chunk " + std::to_string(k) + " checksum mismatch");
   const size_t row_bytes = size_t(d.info.shape.channels()) * d.es;
   const bool in_place = rows_in_place(dst);

@@ -978,7 +978,7 @@ static StatusOr<size_t> encode_frame(const KVView& src, const EncodeOptions& o, 
         outs[i].units.release_below(k + 1);
       }
     }));
-    f.chunks[k].checksum = detail::frame_checksum(f.format_version, p, f.chunks[k].size);
+    f.chunks[k].checksum = detail::frame_checksum_host(f.format_version, p, f.chunks[k].size);
   }
   detail::write_head(f, model, head);
   std::memcpy(dst.data(), head.data(), head.size());
