@@ -1,6 +1,7 @@
 // Manifests, keys, the three stores and put/get of multi-level contexts (src/stream/include/kvcodec/store.hpp).
 #include "kvcodec/store.hpp"
 
+#include <algorithm>
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -168,6 +169,14 @@ void exercise_store(Store& s) {
   for (size_t i = 0; i < big.size(); ++i) big[i] = uint8_t(i * 2654435761u >> 24);
   ASSERT_TRUE(s.put(key, big).ok());
   EXPECT_EQ(*s.get(key), big);
+  // get_append appends after what the buffer holds, and leaves it as it was when it fails.
+  std::vector<uint8_t> buf = bytes_of("prefix");
+  ASSERT_TRUE(s.get_append(key, buf).ok());
+  ASSERT_EQ(buf.size(), 6 + big.size());
+  EXPECT_TRUE(std::equal(big.begin(), big.end(), buf.begin() + 6));
+  EXPECT_EQ(std::vector<uint8_t>(buf.begin(), buf.begin() + 6), bytes_of("prefix"));
+  EXPECT_EQ(s.get_append("kvc:{none}:absent", buf).code(), StatusCode::kNotFound);
+  EXPECT_EQ(buf.size(), 6 + big.size());
   ASSERT_TRUE(s.remove(key).ok());
   EXPECT_FALSE(*s.exists(key));
 }
@@ -223,6 +232,11 @@ void exercise_context(Store& s) {
   auto corrupt = get_chunk(s, "ctx", *m, 3, 1);
   ASSERT_FALSE(corrupt.ok());
   EXPECT_EQ(corrupt.status().code(), StatusCode::kChecksumMismatch);
+  std::vector<uint8_t> response = bytes_of("head");  // what a server appends to: kept on failure
+  EXPECT_EQ(append_chunk(s, "ctx", *m, 3, 1, response).code(), StatusCode::kChecksumMismatch);
+  EXPECT_EQ(response, bytes_of("head"));
+  ASSERT_TRUE(append_chunk(s, "ctx", *m, 3, 0, response).ok());
+  EXPECT_EQ(std::vector<uint8_t>(response.begin() + 4, response.end()), *get_chunk(s, "ctx", *m, 3, 0));
   // ...a truncated one by its size, a corrupt head likewise...
   body.pop_back();
   ASSERT_TRUE(s.put(chunk_key("ctx", 3, 1), body).ok());

@@ -46,6 +46,13 @@ class MemStore final : public Store {
     if (it == map_.end()) return NotFound("mem: no key " + std::string(key));
     return it->second.value;
   }
+  Status get_append(std::string_view key, std::vector<uint8_t>& out) override {
+    std::lock_guard lock(mu_);
+    auto it = live(key);
+    if (it == map_.end()) return NotFound("mem: no key " + std::string(key));
+    out.insert(out.end(), it->second.value.begin(), it->second.value.end());
+    return Status::Ok();
+  }
   StatusOr<bool> exists(std::string_view key) override {
     std::lock_guard lock(mu_);
     return live(key) != map_.end();
@@ -116,6 +123,12 @@ class FileStore final : public Store {
   }
 
   StatusOr<std::vector<uint8_t>> get(std::string_view key) override {
+    std::vector<uint8_t> out;
+    KVCODEC_RETURN_IF_ERROR(get_append(key, out));
+    return out;
+  }
+
+  Status get_append(std::string_view key, std::vector<uint8_t>& out) override {
     const std::filesystem::path p = path_of(key);
     int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
@@ -127,20 +140,22 @@ class FileStore final : public Store {
       ::close(fd);
       return IoError(errno_text("file store: stat " + p.string()));
     }
-    std::vector<uint8_t> out(size_t(st.st_size));
+    const size_t at = out.size();
+    out.resize(at + size_t(st.st_size));
     size_t done = 0;
-    while (done < out.size()) {
-      ssize_t n = ::read(fd, out.data() + done, out.size() - done);
+    while (done < size_t(st.st_size)) {
+      ssize_t n = ::read(fd, out.data() + at + done, size_t(st.st_size) - done);
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) {
         ::close(fd);
+        out.resize(at);
         return IoError(n == 0 ? "file store: " + p.string() + " shrank while reading"
                               : errno_text("file store: read " + p.string()));
       }
       done += size_t(n);
     }
     ::close(fd);
-    return out;
+    return Status::Ok();
   }
 
   StatusOr<bool> exists(std::string_view key) override {
@@ -214,6 +229,12 @@ class FileStore final : public Store {
 Status Store::put_many(std::span<const KeyValue> items, const WriteOptions& options) {
   if (options.ttl_seconds) return InvalidArgument(uri() + ": this store cannot expire values");
   for (const KeyValue& kv : items) KVCODEC_RETURN_IF_ERROR(put(kv.key, kv.value));
+  return Status::Ok();
+}
+
+Status Store::get_append(std::string_view key, std::vector<uint8_t>& out) {
+  KVCODEC_ASSIGN_OR_RETURN(std::vector<uint8_t> value, get(key));
+  out.insert(out.end(), value.begin(), value.end());
   return Status::Ok();
 }
 
