@@ -171,11 +171,13 @@ void exercise_store(Store& s) {
   EXPECT_EQ(*s.get(key), big);
   // get_append appends after what the buffer holds, and leaves it as it was when it fails.
   std::vector<uint8_t> buf = bytes_of("prefix");
-  ASSERT_TRUE(s.get_append(key, buf).ok());
+  EXPECT_EQ(s.get_append(key, buf, big.size() - 1).code(), StatusCode::kCorruptData);  // longer than expected
+  EXPECT_EQ(buf, bytes_of("prefix"));
+  ASSERT_TRUE(s.get_append(key, buf, big.size()).ok());
   ASSERT_EQ(buf.size(), 6 + big.size());
   EXPECT_TRUE(std::equal(big.begin(), big.end(), buf.begin() + 6));
   EXPECT_EQ(std::vector<uint8_t>(buf.begin(), buf.begin() + 6), bytes_of("prefix"));
-  EXPECT_EQ(s.get_append("kvc:{none}:absent", buf).code(), StatusCode::kNotFound);
+  EXPECT_EQ(s.get_append("kvc:{none}:absent", buf, UINT64_MAX).code(), StatusCode::kNotFound);
   EXPECT_EQ(buf.size(), 6 + big.size());
   ASSERT_TRUE(s.remove(key).ok());
   EXPECT_FALSE(*s.exists(key));

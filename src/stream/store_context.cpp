@@ -167,9 +167,10 @@ StatusOr<Manifest> get_manifest(Store& store, std::string_view id) {
 }
 
 Status append_head(Store& store, std::string_view id, const Manifest& m, int level, std::vector<uint8_t>& out) {
-  if (!m.find_level(level)) return NotFound("level " + std::to_string(level) + " is not stored");
+  const ManifestLevel* l = m.find_level(level);
+  if (!l) return NotFound("level " + std::to_string(level) + " is not stored");
   const size_t at = out.size();
-  KVCODEC_RETURN_IF_ERROR(store.get_append(head_key(id, level), out));
+  KVCODEC_RETURN_IF_ERROR(store.get_append(head_key(id, level), out, l->head_bytes));
   const Status s = verify_head(m, level, std::span(out).subspan(at));
   if (!s.ok()) out.resize(at);
   return s;
@@ -177,10 +178,11 @@ Status append_head(Store& store, std::string_view id, const Manifest& m, int lev
 
 Status append_chunk(Store& store, std::string_view id, const Manifest& m, int level, uint32_t chunk,
                     std::vector<uint8_t>& out) {
-  if (!m.find_level(level)) return NotFound("level " + std::to_string(level) + " is not stored");
-  if (chunk >= m.num_chunks()) return OutOfRange("chunk " + std::to_string(chunk) + " out of range");
+  const ManifestLevel* l = m.find_level(level);
+  if (!l) return NotFound("level " + std::to_string(level) + " is not stored");
+  if (chunk >= l->chunks.size()) return OutOfRange("chunk " + std::to_string(chunk) + " out of range");
   const size_t at = out.size();
-  KVCODEC_RETURN_IF_ERROR(store.get_append(chunk_key(id, level, chunk), out));
+  KVCODEC_RETURN_IF_ERROR(store.get_append(chunk_key(id, level, chunk), out, l->chunks[chunk].size));
   const Status s = verify_chunk(m, level, chunk, std::span(out).subspan(at));
   if (!s.ok()) out.resize(at);
   return s;
