@@ -207,6 +207,24 @@ void BM_ModelBuild(benchmark::State& st) {
   st.counters["model_bytes"] = double(model_size);
 }
 
+// Opening a frame's head (what a streaming client does once per level before decoding chunks):
+// parsing the models and building the decode tables. Reported per head, 4 layers x 1024 channels.
+void BM_OpenHead(benchmark::State& st) {
+  const KVCache& kv = cache(256);
+  EncodeOptions o;
+  o.level = int(st.range(0));
+  std::vector<uint8_t> frame(max_encoded_size(kv.shape, kv.dtype, o));
+  KVView v = contiguous_view(const_cast<uint8_t*>(kv.data.data()), kv.dtype, kv.shape);
+  auto r = encode_into(v, o, frame);
+  if (!r.ok()) return st.SkipWithError(r.status().to_string().c_str());
+  frame.resize(*r);
+  for (auto _ : st) {
+    auto d = FrameDecoder::open(frame);
+    if (!d.ok()) return st.SkipWithError(d.status().to_string().c_str());
+    benchmark::DoNotOptimize(&*d);
+  }
+}
+
 // rANS alone on a geometric-like symbol distribution (~2.5 bits/symbol); bytes are 2 per symbol,
 // as for fp16 elements.
 std::vector<uint8_t> symbols(size_t n, std::vector<uint64_t>& counts) {
@@ -251,6 +269,7 @@ BENCHMARK(BM_ModelBuild)->ArgsProduct({{0, 1}, {0, 4}})->Unit(benchmark::kMillis
 BENCHMARK(BM_RansDecode)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Encode)->ArgsProduct({{0, 2, 4, 8}, {1024}})->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Decode)->ArgsProduct({{0, 4, 8}, {1024}})->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_OpenHead)->Arg(1)->Arg(5)->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

@@ -127,6 +127,47 @@ TEST(Controller, RejectsBadConfigurations) {
   cfg.plan = {kTextOption};
   cfg.cost.prefill_tokens_per_s = 0;  // no prefill: TEXT impossible
   EXPECT_EQ(Controller::create(test_profile(4), cfg).status().code(), StatusCode::kInvalidArgument);
+  cfg.cost = test_cost();
+  cfg.plan = {1};
+  ASSERT_TRUE(Controller::create(test_profile(4), cfg).ok());
+  for (std::vector<double> times : {std::vector<double>{0, 0, 0},  // not one per chunk
+                                    std::vector<double>{0, 0, -1, 0}, std::vector<double>{0, NAN, 0, 0},
+                                    std::vector<double>{0, 0, 0, INFINITY}}) {
+    cfg.plan_request_s = times;
+    EXPECT_EQ(Controller::create(test_profile(4), cfg).status().code(), StatusCode::kInvalidArgument);
+  }
+}
+
+TEST(Controller, FixedPlanWithRequestTimesReplaysTheTwoEndedOrder) {
+  // A replay of a fetch's decisions: each chunk not before its time, from the two ends inward.
+  ControllerConfig cfg;
+  cfg.cost = test_cost();
+  cfg.policy = Policy::kFixed;
+  cfg.plan = {kTextOption, kTextOption, 2, 2};
+  cfg.plan_request_s = {0, 0.05, 0.01, 0};
+  auto c = Controller::create(test_profile(4), cfg);
+  ASSERT_TRUE(c.ok()) << c.status().to_string();
+  auto d = c->next_request(0);
+  ASSERT_TRUE(d.has_value());
+  EXPECT_EQ(d->chunk, 0u);  // both ends due at 0: the front first
+  EXPECT_EQ(d->option, kTextOption);
+  d = c->next_request(0);
+  ASSERT_TRUE(d.has_value());
+  EXPECT_EQ(d->chunk, 3u);
+  EXPECT_EQ(d->option, 2);
+  EXPECT_FALSE(c->next_request(0.005).has_value());  // chunk 2 is due at 10 ms
+  ASSERT_TRUE(c->wake_s().has_value());
+  EXPECT_DOUBLE_EQ(*c->wake_s(), 0.01);
+  d = c->next_request(0.01);
+  ASSERT_TRUE(d.has_value());
+  EXPECT_EQ(d->chunk, 2u);
+  EXPECT_FALSE(c->next_request(0.02).has_value());
+  EXPECT_DOUBLE_EQ(c->wake_s().value_or(-1), 0.05);
+  d = c->next_request(0.06);
+  ASSERT_TRUE(d.has_value());
+  EXPECT_EQ(d->chunk, 1u);
+  EXPECT_TRUE(c->all_requested());
+  EXPECT_FALSE(c->wake_s().has_value());
 }
 
 // ---- Decisions ----------------------------------------------------------------------------------

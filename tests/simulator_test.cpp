@@ -117,6 +117,17 @@ TEST(Simulator, FixedPlanMatchesTheTimingModel) {
   EXPECT_DOUBLE_EQ(t.distortion, 0);
 }
 
+TEST(Simulator, FixedPlanWithRequestTimesStartsEachChunkAtItsTime) {
+  // A raw chunk requested at 100 ms: the timing model from then on.
+  ContextProfile p = test_profile(1);
+  ControllerConfig c = config_for(Policy::kFixed, Objective::kMinTtft, 1, 0.01);
+  c.plan = {option_named(p, "fp16")};
+  c.plan_request_s = {0.1};
+  c.cost.first_token_s = 0.005;
+  const SimResult r = run(p, c, LinkTrace::constant(8));  // 1 GB/s
+  EXPECT_NEAR(r.ttft_s, 0.1 + 0.01 + 256.0 * test::kRawPerToken / 1e9 + 0.005, 1e-12);
+}
+
 TEST(Simulator, DecodeOverlapsTheNextTransfer) {
   // Two L0 chunks at a link twice as fast as the decoder: the second chunk's decode, not its
   // transfer, sets TTFT.

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -43,14 +44,34 @@ struct DecLayer {
   std::vector<float> step;
   std::vector<int32_t> center;
   // Lossy: the decoded anchor values, per channel and anchor symbol, already in the output dtype
-  // (anchor_lut[anchor_off[c] + s]); anchors need no arithmetic at all.
-  std::vector<uint8_t> anchor_lut;
+  // (anchor_lut()[anchor_off[c] + s]); anchors need no arithmetic at all. Built on first use:
+  // the vectorised f16/f32 loop computes its values and never reads it, and at the fine levels it
+  // is tens of MB (65,536 channels x ~250 symbols), most of the time of opening a head.
+  struct AnchorLut {
+    std::once_flag once;
+    std::vector<uint8_t> bytes;
+  };
+  std::unique_ptr<AnchorLut> lazy_lut = std::make_unique<AnchorLut>();
+  uint8_t dtype = 0;
   std::vector<uint32_t> anchor_off;
   // For the vectorised anchor loop: per channel, its anchor table's offset in 32-bit words from
   // tables.data(), and its escape symbol.
   std::vector<uint32_t> anchor_tab_word;
   std::vector<uint32_t> anchor_esc;
   std::vector<int32_t> anchor_base;  // center + qmin of the anchor table: grid index of symbol 0
+
+  const uint8_t* anchor_lut() const {
+    std::call_once(lazy_lut->once, [this] {
+      const size_t es = dtype_size(DType(dtype)), C = step.size();
+      // 8 spare bytes: the vector loop may gather (and discard) one element past a channel's values.
+      lazy_lut->bytes.resize(size_t(anchor_off[C]) * es + 8);
+      for (size_t c = 0; c < C; ++c)
+        for (uint32_t s = 0; s < anchor_esc[c]; ++s)
+          detail::store_from_f32(&lazy_lut->bytes[(anchor_off[c] + s) * es], dtype,
+                                 detail::dequantize(anchor_base[c] + int32_t(s), step[c]));
+    });
+    return lazy_lut->bytes.data();
+  }
 };
 
 struct Decoder {
@@ -109,8 +130,7 @@ StatusOr<std::shared_ptr<Decoder>> make_decoder(std::span<const uint8_t> head, u
     dl.center = m.center;
     dl.anchor_off.resize(C + 1, 0);
     for (size_t c = 0; c < C; ++c) dl.anchor_off[c + 1] = dl.anchor_off[c] + dl.tables[dl.table_base[c]].esc;
-    // 8 spare bytes: the vector loop may gather (and discard) one element past a channel's values.
-    dl.anchor_lut.resize(size_t(dl.anchor_off[C]) * d->es + 8);
+    dl.dtype = dt;
     dl.anchor_tab_word.resize(C);
     dl.anchor_esc.resize(C);
     static_assert(sizeof(SlotTable) % 4 == 0);
@@ -120,12 +140,6 @@ StatusOr<std::shared_ptr<Decoder>> make_decoder(std::span<const uint8_t> head, u
     }
     dl.anchor_base.resize(C);
     for (size_t c = 0; c < C; ++c) dl.anchor_base[c] = dl.center[c] + dl.tables[dl.table_base[c]].qmin;
-    for (size_t c = 0; c < C; ++c) {
-      const SlotTable& tb = dl.tables[dl.table_base[c]];
-      for (uint32_t s = 0; s < tb.esc; ++s)
-        detail::store_from_f32(&dl.anchor_lut[(dl.anchor_off[c] + s) * d->es], dt,
-                               detail::dequantize(dl.center[c] + tb.qmin + int32_t(s), dl.step[c]));
-    }
   }
   return d;
 }
@@ -291,6 +305,7 @@ template <size_t ES>
 struct AnchorsAvx2 {
   const DecLayer& dl;
   bool compute;  // f32 and f16 values are computed; bf16 ones are looked up (no bf16 in AVX2)
+  const uint8_t* lut;  // dl.anchor_lut() where !compute
   const uint8_t* esc;
   uint32_t n_esc;
   uint32_t esc_used = 0;
@@ -319,7 +334,7 @@ struct AnchorsAvx2 {
     } else {
       const __m256i lidx =
           _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dl.anchor_off.data() + c)), sym);
-      const __m256i v = _mm256_i32gather_epi32(reinterpret_cast<const int*>(dl.anchor_lut.data()), lidx, int(ES));
+      const __m256i v = _mm256_i32gather_epi32(reinterpret_cast<const int*>(lut), lidx, int(ES));
       const __m256i lo = _mm256_and_si256(v, _mm256_set1_epi32(65535));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c * ES),
                        _mm_packus_epi32(_mm256_castsi256_si128(lo), _mm256_extracti128_si256(lo, 1)));
@@ -377,7 +392,8 @@ template <size_t ES, typename RowOf>
 Status decode_anchors_avx2(const DecLayer& dl, uint32_t tokens, uint32_t C, uint8_t dt, LaneReader& rd,
                            const uint8_t* esc, uint32_t n_esc, RowOf&& row) {
   static_assert(ES == 2 || ES == 4);
-  AnchorsAvx2<ES> a{dl, dt != uint8_t(DType::kBF16), esc, n_esc};
+  const bool compute = dt != uint8_t(DType::kBF16);
+  AnchorsAvx2<ES> a{dl, compute, compute ? nullptr : dl.anchor_lut(), esc, n_esc};
   if (C % 32 == 0) return a.template run<true>(tokens, C, rd, row);
   return a.template run<false>(tokens, C, rd, row);
 }
@@ -521,7 +537,7 @@ Status decode_lossy(const DecLayer& dl, uint32_t tokens, uint32_t C, uint32_t GT
   for (uint32_t c = 0; c < C; ++c)
     for (uint32_t r = 0; r < dl.slots; ++r) role_tab[size_t(r) * C + c] = &dl.tables[dl.table_base[c] + r];
   std::vector<int32_t> ref(GT > 1 ? C : 0, 0);
-  const uint8_t* lut = dl.anchor_lut.data();
+  const uint8_t* lut = dl.anchor_lut();
   const uint32_t* lut_off = dl.anchor_off.data();
   uint32_t esc_used = 0;
   for (uint32_t t = 0; t < tokens; ++t) {

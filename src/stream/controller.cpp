@@ -111,6 +111,8 @@ Status ControllerConfig::validate() const {
   if (!(max_distortion >= 0)) return InvalidArgument("max distortion must be >= 0");
   if (!(hedge_drop_factor >= 1) || !std::isfinite(hedge_drop_factor))
     return InvalidArgument("hedge drop factor must be finite and >= 1");
+  for (double t : plan_request_s)
+    if (!(t >= 0) || !std::isfinite(t)) return InvalidArgument("plan request times must be finite and >= 0");
   KVCODEC_RETURN_IF_ERROR(cost.validate());
   return estimator.validate();
 }
@@ -128,6 +130,11 @@ struct Controller::Impl {
   StatusOr<Decision> fall_back_to_text(uint32_t chunk, double now_s);
   std::optional<double> wake_s() const noexcept;
   bool all_requested() const noexcept { return front_ == back_; }
+  // kFixed with request times: the end chunk to request next (the earlier time; front on a tie).
+  uint32_t fixed_next() const noexcept {
+    const std::vector<double>& t = config_.plan_request_s;
+    return t[back_ - 1] < t[front_] ? back_ - 1 : front_;
+  }
   bool all_ready() const noexcept;
 
   struct ChunkState {
@@ -298,6 +305,8 @@ StatusOr<Controller> Controller::create(ContextProfile profile, ControllerConfig
     if (config.plan.size() == 1) config.plan.assign(n, config.plan[0]);
     if (config.plan.size() != n)
       return InvalidArgument("fixed plan must have one option per chunk (or a single one)");
+    if (!config.plan_request_s.empty() && config.plan_request_s.size() != n)
+      return InvalidArgument("fixed plan's request times must be one per chunk");
     for (int o : config.plan) {
       if (o == kTextOption ? !text_ok : (o < 0 || size_t(o) >= profile.options.size()))
         return InvalidArgument("fixed plan names an option the context does not offer");
@@ -555,8 +564,12 @@ Decision Controller::Impl::decide(uint32_t chunk, int option, double now_s, doub
 std::optional<Decision> Controller::Impl::next_request(double now_s) {
   if (all_requested() && config_.policy != Policy::kAdaptive) return std::nullopt;
   switch (config_.policy) {
-    case Policy::kFixed:  // the plan needs no feedback: everything at once, in order
-      return decide(front_, config_.plan[front_], now_s, 0);
+    case Policy::kFixed: {  // the plan needs no feedback: everything at once, in order, or on its times
+      if (config_.plan_request_s.empty()) return decide(front_, config_.plan[front_], now_s, 0);
+      const uint32_t c = fixed_next();
+      if (config_.plan_request_s[c] > now_s) return std::nullopt;
+      return decide(c, config_.plan[c], now_s, 0);
+    }
     case Policy::kEqualBudget:
       if (link_full(predict(now_s))) return std::nullopt;
       return decide(front_, equal_budget_choice(front_), now_s, 0);
@@ -626,6 +639,8 @@ double Controller::Impl::decoder_bound_gbps(uint32_t chunk, int option) const no
 
 std::optional<double> Controller::Impl::wake_s() const noexcept {
   double wake = text_deferred_until_s_;
+  if (config_.policy == Policy::kFixed && !config_.plan_request_s.empty() && !all_requested())
+    wake = config_.plan_request_s[fixed_next()];
   if (config_.policy == Policy::kAdaptive && !all_ready()) {
     for (double w : {late_kv_wake_s(), hedge_wake_s_})
       if (w >= 0 && (wake < 0 || w < wake)) wake = w;

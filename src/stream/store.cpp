@@ -22,6 +22,11 @@ namespace kvcodec {
 
 namespace {
 
+Status too_large(std::string_view key, uint64_t bytes, uint64_t max_bytes) {
+  return CorruptData("value of " + std::string(key) + ": " + std::to_string(bytes) + " bytes, more than the " +
+                     std::to_string(max_bytes) + " expected");
+}
+
 // Values with an optional expiry, checked when a key is read (lazy, like Redis' passive expiry).
 class MemStore final : public Store {
  public:
@@ -45,6 +50,14 @@ class MemStore final : public Store {
     auto it = live(key);
     if (it == map_.end()) return NotFound("mem: no key " + std::string(key));
     return it->second.value;
+  }
+  Status get_append(std::string_view key, std::vector<uint8_t>& out, uint64_t max_bytes) override {
+    std::lock_guard lock(mu_);
+    auto it = live(key);
+    if (it == map_.end()) return NotFound("mem: no key " + std::string(key));
+    if (it->second.value.size() > max_bytes) return too_large(key, it->second.value.size(), max_bytes);
+    out.insert(out.end(), it->second.value.begin(), it->second.value.end());
+    return Status::Ok();
   }
   StatusOr<bool> exists(std::string_view key) override {
     std::lock_guard lock(mu_);
@@ -116,6 +129,12 @@ class FileStore final : public Store {
   }
 
   StatusOr<std::vector<uint8_t>> get(std::string_view key) override {
+    std::vector<uint8_t> out;
+    KVCODEC_RETURN_IF_ERROR(get_append(key, out, UINT64_MAX));
+    return out;
+  }
+
+  Status get_append(std::string_view key, std::vector<uint8_t>& out, uint64_t max_bytes) override {
     const std::filesystem::path p = path_of(key);
     int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
@@ -127,20 +146,32 @@ class FileStore final : public Store {
       ::close(fd);
       return IoError(errno_text("file store: stat " + p.string()));
     }
-    std::vector<uint8_t> out(size_t(st.st_size));
+    const uint64_t bytes = uint64_t(st.st_size);
+    if (bytes > max_bytes) {
+      ::close(fd);
+      return too_large(key, bytes, max_bytes);
+    }
+    const size_t at = out.size();
+    try {
+      out.resize(at + size_t(bytes));
+    } catch (const std::exception&) {  // bad_alloc, length_error: a file larger than memory
+      ::close(fd);
+      return ResourceExhausted("file store: " + p.string() + ": " + std::to_string(bytes) + " bytes do not fit in memory");
+    }
     size_t done = 0;
-    while (done < out.size()) {
-      ssize_t n = ::read(fd, out.data() + done, out.size() - done);
+    while (done < bytes) {
+      ssize_t n = ::read(fd, out.data() + at + done, size_t(bytes - done));
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) {
         ::close(fd);
+        out.resize(at);
         return IoError(n == 0 ? "file store: " + p.string() + " shrank while reading"
                               : errno_text("file store: read " + p.string()));
       }
       done += size_t(n);
     }
     ::close(fd);
-    return out;
+    return Status::Ok();
   }
 
   StatusOr<bool> exists(std::string_view key) override {
@@ -214,6 +245,13 @@ class FileStore final : public Store {
 Status Store::put_many(std::span<const KeyValue> items, const WriteOptions& options) {
   if (options.ttl_seconds) return InvalidArgument(uri() + ": this store cannot expire values");
   for (const KeyValue& kv : items) KVCODEC_RETURN_IF_ERROR(put(kv.key, kv.value));
+  return Status::Ok();
+}
+
+Status Store::get_append(std::string_view key, std::vector<uint8_t>& out, uint64_t max_bytes) {
+  KVCODEC_ASSIGN_OR_RETURN(std::vector<uint8_t> value, get(key));
+  if (value.size() > max_bytes) return too_large(key, value.size(), max_bytes);
+  out.insert(out.end(), value.begin(), value.end());
   return Status::Ok();
 }
 

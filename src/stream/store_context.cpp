@@ -166,21 +166,39 @@ StatusOr<Manifest> get_manifest(Store& store, std::string_view id) {
   return parse_manifest(bytes);
 }
 
-StatusOr<std::vector<uint8_t>> get_head(Store& store, std::string_view id, const Manifest& m,
-                                        int level) {
-  if (!m.find_level(level)) return NotFound("level " + std::to_string(level) + " is not stored");
-  KVCODEC_ASSIGN_OR_RETURN(auto bytes, store.get(head_key(id, level)));
-  KVCODEC_RETURN_IF_ERROR(verify_head(m, level, bytes));
-  return bytes;
+Status append_head(Store& store, std::string_view id, const Manifest& m, int level, std::vector<uint8_t>& out) {
+  const ManifestLevel* l = m.find_level(level);
+  if (!l) return NotFound("level " + std::to_string(level) + " is not stored");
+  const size_t at = out.size();
+  KVCODEC_RETURN_IF_ERROR(store.get_append(head_key(id, level), out, l->head_bytes));
+  const Status s = verify_head(m, level, std::span(out).subspan(at));
+  if (!s.ok()) out.resize(at);
+  return s;
 }
 
-StatusOr<std::vector<uint8_t>> get_chunk(Store& store, std::string_view id, const Manifest& m,
-                                         int level, uint32_t chunk) {
-  if (!m.find_level(level)) return NotFound("level " + std::to_string(level) + " is not stored");
-  if (chunk >= m.num_chunks()) return OutOfRange("chunk " + std::to_string(chunk) + " out of range");
-  KVCODEC_ASSIGN_OR_RETURN(auto bytes, store.get(chunk_key(id, level, chunk)));
-  KVCODEC_RETURN_IF_ERROR(verify_chunk(m, level, chunk, bytes));
-  return bytes;
+Status append_chunk(Store& store, std::string_view id, const Manifest& m, int level, uint32_t chunk,
+                    std::vector<uint8_t>& out) {
+  const ManifestLevel* l = m.find_level(level);
+  if (!l) return NotFound("level " + std::to_string(level) + " is not stored");
+  if (chunk >= l->chunks.size()) return OutOfRange("chunk " + std::to_string(chunk) + " out of range");
+  const size_t at = out.size();
+  KVCODEC_RETURN_IF_ERROR(store.get_append(chunk_key(id, level, chunk), out, l->chunks[chunk].size));
+  const Status s = verify_chunk(m, level, chunk, std::span(out).subspan(at));
+  if (!s.ok()) out.resize(at);
+  return s;
+}
+
+StatusOr<std::vector<uint8_t>> get_head(Store& store, std::string_view id, const Manifest& m, int level) {
+  std::vector<uint8_t> out;
+  KVCODEC_RETURN_IF_ERROR(append_head(store, id, m, level, out));
+  return out;
+}
+
+StatusOr<std::vector<uint8_t>> get_chunk(Store& store, std::string_view id, const Manifest& m, int level,
+                                         uint32_t chunk) {
+  std::vector<uint8_t> out;
+  KVCODEC_RETURN_IF_ERROR(append_chunk(store, id, m, level, chunk, out));
+  return out;
 }
 
 Status remove_context(Store& store, std::string_view id) {

@@ -537,8 +537,8 @@ Status Fetcher::on_response(const MessageHeader& h, std::vector<uint8_t>& payloa
   if (q.abandoned) {
     // The chunk is being recomputed; a complete response still tells how fast the link is.
     if (h.type == MsgType::kChunk) {
-      const double t = now();
-      return controller_->on_chunk_received(q.chunk, kMessageHeaderBytes + payload.size(), t - first_byte_s, t);
+      return controller_->on_chunk_received(q.chunk, kMessageHeaderBytes + payload.size(), last_byte_s_ - first_byte_s,
+                                            now());
     }
     return Status::Ok();
   }
@@ -583,7 +583,8 @@ Status Fetcher::on_response(const MessageHeader& h, std::vector<uint8_t>& payloa
   c.rep.first_byte_s = first_byte_s;
   c.rep.arrival_s = t;
   c.rep.bytes = kMessageHeaderBytes + payload.size();
-  KVCODEC_RETURN_IF_ERROR(controller_->on_chunk_received(q.chunk, c.rep.bytes, t - first_byte_s, t));
+  // The link's time is first to last byte; checking and opening the head above is the client's.
+  KVCODEC_RETURN_IF_ERROR(controller_->on_chunk_received(q.chunk, c.rep.bytes, last_byte_s_ - first_byte_s, t));
   c.phase = Phase::kWorking;
   // The job owns the response buffer (the body is in it) and gives it back to the pool once the
   // chunk is decoded; the decoder stays in decoders_ (never erased once opened).

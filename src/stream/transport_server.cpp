@@ -87,9 +87,19 @@ struct Server::Impl {
   bool admit(uint32_t peer);
   bool wait_for_room(Connection& c);
   void hold(Connection& c, int64_t bytes);
+  // Sent responses' buffers, kept for the next responses of any connection: their pages stay
+  // resident (a fresh buffer per chunk cost page faults that delayed the first byte by 10-50 ms
+  // per 7 MB). At most a quarter of max_inflight_bytes is kept.
+  std::vector<uint8_t> reuse_buffer();
+  void recycle(std::vector<uint8_t>&& buffer);
+  std::mutex spare_mu;
+  std::vector<std::vector<uint8_t>> spare;
+  uint64_t spare_bytes = 0;
   void serve(Connection& c);
-  std::vector<uint8_t> answer(const MessageHeader& h, std::span<const uint8_t> payload, MsgType* type,
-                              StatusCode* code);
+  // The response message, built in `out` (a recycled buffer: a chunk's head and body are read
+  // from the store straight into it).
+  void answer(const MessageHeader& h, std::span<const uint8_t> payload, MsgType* type, StatusCode* code,
+              std::vector<uint8_t>& out);
   void record_request(const MessageHeader& h, StatusCode code, double seconds, uint64_t bytes) const;
   StatusOr<Manifest> manifest_for(const std::string& id);
   void send_response(int fd, std::vector<uint8_t>& msg, double arrival_s, double ready_s, bool is_chunk,
@@ -250,6 +260,25 @@ bool Server::Impl::wait_for_room(Connection& c) {
 }
 
 // Adds (bytes > 0: answered) or removes (< 0: sent or dropped) unsent response bytes of c.
+std::vector<uint8_t> Server::Impl::reuse_buffer() {
+  std::lock_guard lock(spare_mu);
+  if (spare.empty()) return {};
+  std::vector<uint8_t> b = std::move(spare.back());
+  spare.pop_back();
+  spare_bytes -= b.capacity();
+  return b;
+}
+
+void Server::Impl::recycle(std::vector<uint8_t>&& buffer) {
+  constexpr size_t kMaxSpare = 8;
+  if (buffer.capacity() < (64u << 10)) return;  // manifests and errors: not worth keeping
+  std::lock_guard lock(spare_mu);
+  if (spare.size() < kMaxSpare && spare_bytes + buffer.capacity() <= options.max_inflight_bytes / 4) {
+    spare_bytes += buffer.capacity();
+    spare.push_back(std::move(buffer));
+  }
+}
+
 void Server::Impl::hold(Connection& c, int64_t bytes) {
   {
     std::lock_guard lock(budget_mu);
@@ -299,8 +328,8 @@ void Server::Impl::record_request(const MessageHeader& h, StatusCode code, doubl
 
 // The response to one request, as a whole message (header + payload); *type is its type and
 // *code the error's code (kOk unless *type is kError).
-std::vector<uint8_t> Server::Impl::answer(const MessageHeader& h, std::span<const uint8_t> payload,
-                                          MsgType* type, StatusCode* code) {
+void Server::Impl::answer(const MessageHeader& h, std::span<const uint8_t> payload, MsgType* type,
+                          StatusCode* code, std::vector<uint8_t>& out_msg) {
   MessageHeader out;
   out.request_id = h.request_id;
   *code = StatusCode::kOk;
@@ -310,7 +339,7 @@ std::vector<uint8_t> Server::Impl::answer(const MessageHeader& h, std::span<cons
     *type = out.type;
     *code = s.code();
     const std::string text = std::string(s.message()).substr(0, kMaxErrorPayload);  // what clients accept
-    return make_message(out, std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size()));
+    out_msg = make_message(out, std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size()));
   };
   auto req = decode_request_payload(h.type, payload);
   if (!req.ok()) return error(req.status());
@@ -325,7 +354,8 @@ std::vector<uint8_t> Server::Impl::answer(const MessageHeader& h, std::span<cons
       if ((code != StatusCode::kUnavailable && code != StatusCode::kTimeout) || it == manifests.end())
         return error(bytes.status());
       out.type = *type = MsgType::kManifest;
-      return make_message(out, serialize_manifest(it->second));
+      out_msg = make_message(out, serialize_manifest(it->second));
+      return;
     }
     auto m = parse_manifest(*bytes);
     if (!m.ok()) return error(m.status().with_context("stored manifest"));
@@ -334,28 +364,26 @@ std::vector<uint8_t> Server::Impl::answer(const MessageHeader& h, std::span<cons
       manifests[req->id] = *m;
     }
     out.type = *type = MsgType::kManifest;
-    return make_message(out, *bytes);
+    out_msg = make_message(out, *bytes);
+    return;
   }
   auto m = manifest_for(req->id);
   if (!m.ok()) return error(m.status());
   // Verified against the manifest here too: a value corrupted in the store is answered with an
   // error (the client then tries another level) instead of bytes the client would reject.
-  std::vector<uint8_t> head;
+  // Payload: u64 head size, head, body; the header is written once the size is known.
+  out_msg.clear();
+  out_msg.resize(kMessageHeaderBytes + 8);
   if (req->with_head) {
-    auto hb = get_head(*store, req->id, *m, req->level);
-    if (!hb.ok()) return error(hb.status());
-    head = std::move(*hb);
+    const Status hs = append_head(*store, req->id, *m, req->level, out_msg);
+    if (!hs.ok()) return error(hs);
   }
-  auto body = get_chunk(*store, req->id, *m, req->level, req->chunk);
-  if (!body.ok()) return error(body.status());
-  std::vector<uint8_t> p;
-  p.reserve(8 + head.size() + body->size());
-  ByteWriter w(p);
-  w.u64(head.size());
-  w.bytes(head);
-  w.bytes(*body);
+  detail::store_le64(out_msg.data() + kMessageHeaderBytes, out_msg.size() - kMessageHeaderBytes - 8);
+  const Status bs = append_chunk(*store, req->id, *m, req->level, req->chunk, out_msg);
+  if (!bs.ok()) return error(bs);
   out.type = *type = MsgType::kChunk;
-  return make_message(out, p);
+  out.payload_bytes = out_msg.size() - kMessageHeaderBytes;
+  encode_header(out, out_msg.data());
 }
 
 void Server::Impl::send_response(int fd, std::vector<uint8_t>& msg, double arrival_s, double ready_s,
@@ -434,6 +462,7 @@ void Server::Impl::serve(Connection& c) {
       send_response(c.fd, p.msg, p.arrival_s, p.ready_s, p.is_chunk, &dropped);
       hold(c, -int64_t(p.msg.size()));
       c.last_active_ms = now_ms();
+      recycle(std::move(p.msg));
     }
     if (dropped) ::shutdown(c.fd, SHUT_RDWR);  // unblocks the reader
   });
@@ -471,7 +500,8 @@ void Server::Impl::serve(Connection& c) {
     MsgType type = MsgType::kError;
     StatusCode code = StatusCode::kOk;
     const auto started = options.metrics ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
-    std::vector<uint8_t> msg = answer(*h, payload, &type, &code);
+    std::vector<uint8_t> msg = reuse_buffer();
+    answer(*h, payload, &type, &code, msg);
     count(1, type == MsgType::kError ? 1 : 0, 0);
     if (options.metrics)
       record_request(*h, code, std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count(),

@@ -427,13 +427,18 @@ StatusOr<std::vector<Row>> compare_strategies(const DemoContext& c, const Manife
                   fetched_error / c.kv.shape.tokens, report.text_chunks, report.slo_met, report.prefill_tokens,
                   report.prefill_gpu_s, within});
   KVCODEC_RETURN_IF_ERROR(simulate_row("kvcodec adaptive", base));
-  // The real fetch's own plan (its level or TEXT per chunk), simulated with the same speeds: the
-  // like-for-like figure for the transport and the timing model (the adaptive row above re-plans).
-  std::vector<int> real_plan(m.num_chunks(), kTextOption);
-  for (const auto& r : report.chunks)
+  // The real fetch's own plan (its level or TEXT per chunk, each requested when the real fetch
+  // requested it), simulated with the same speeds: the like-for-like figure for the transport and
+  // the timing model (the adaptive row above re-plans).
+  ControllerConfig replay = fixed(std::vector<int>(m.num_chunks(), kTextOption));
+  replay.plan_request_s.assign(m.num_chunks(), 0.0);
+  for (const auto& r : report.chunks) {
+    if (r.chunk >= m.num_chunks()) continue;
+    replay.plan_request_s[r.chunk] = std::max(0.0, r.request_s);
     for (size_t i = 0; i < m.levels.size(); ++i)
-      if (r.level == m.levels[i].level && r.chunk < real_plan.size()) real_plan[r.chunk] = int(i);
-  KVCODEC_RETURN_IF_ERROR(simulate_row("real fetch's plan", fixed(real_plan)));
+      if (r.level == m.levels[i].level) replay.plan[r.chunk] = int(i);
+  }
+  KVCODEC_RETURN_IF_ERROR(simulate_row("real fetch's plan", replay));
   ControllerConfig equal = base;
   equal.policy = Policy::kEqualBudget;
   KVCODEC_RETURN_IF_ERROR(simulate_row("CacheGen equal-budget", equal));

@@ -217,6 +217,11 @@ struct ControllerConfig {
   double slo_headroom = 0.05;   // plan to finish by slo_s * (1 - headroom), in [0, 1)
   // kFixed: the option of every chunk (size = chunks), or one entry applied to all chunks.
   std::vector<int> plan;
+  // kFixed, optional: the time (seconds since the fetch began, >= 0) from which each chunk may be
+  // requested, one per chunk. Chunks are then requested from the two ends inward, as kAdaptive
+  // requests them, the end whose time comes first: a replay of a fetch's own decisions (kvcodec
+  // demo simulates the real fetch's plan so). Empty: every chunk at once, in context order.
+  std::vector<double> plan_request_s;
   // The quality floor of kMinPrefillWithinSlo: the largest distortion (the profile's unit, e.g.
   // relative RMS error) a chunk may be fetched at; options above it are not planned (unless the
   // context has no other way to be fetched: no option within it and no TEXT). >= 0; +inf: none.
@@ -271,7 +276,8 @@ struct Decision {
 //     would idle waiting for a requested KV chunk that is predicted to be ready later than
 //     recomputing it, the KV request is abandoned (replaces_request) and the chunk is
 //     recomputed: a link that collapses mid-chunk cannot hold the context hostage.
-//   * kEqualBudget and kFixed decide chunks in context order.
+//   * kEqualBudget and kFixed decide chunks in context order (kFixed with plan_request_s: from
+//     the two ends inward, each chunk not before its time).
 // The link needs more work when the outstanding KV requests (at the current estimate) no longer
 // cover a round trip past the next arrival; kFixed requests everything at once (it needs no
 // feedback). Not thread-safe: drive it from one thread.

@@ -135,6 +135,12 @@ class Store {
   virtual Status put(std::string_view key, std::span<const uint8_t> value) = 0;
   // kNotFound when the key does not exist; kUnavailable / kTimeout / kIoError on failure.
   virtual StatusOr<std::vector<uint8_t>> get(std::string_view key) = 0;
+  // Appends the value to `out` (a caller's buffer, reused across calls so that its pages are
+  // already resident: a server answers from it without another copy). A value of more than
+  // `max_bytes` is kCorruptData, and the memory and file stores refuse it before allocating. On
+  // failure `out` keeps its size. The default calls get(); the memory and file stores write
+  // into `out` directly.
+  virtual Status get_append(std::string_view key, std::vector<uint8_t>& out, uint64_t max_bytes);
   virtual StatusOr<bool> exists(std::string_view key) = 0;
   // Removes the key; OK when it did not exist.
   virtual Status remove(std::string_view key) = 0;
@@ -222,6 +228,11 @@ StatusOr<std::vector<uint8_t>> get_head(Store& store, std::string_view id, const
                                         int level);
 StatusOr<std::vector<uint8_t>> get_chunk(Store& store, std::string_view id, const Manifest& m,
                                          int level, uint32_t chunk);
+// The same, appended to `out` (Store::get_append, at most the manifest's size read); on failure
+// `out` keeps its size.
+Status append_head(Store& store, std::string_view id, const Manifest& m, int level, std::vector<uint8_t>& out);
+Status append_chunk(Store& store, std::string_view id, const Manifest& m, int level, uint32_t chunk,
+                    std::vector<uint8_t>& out);
 // Removes the manifest first (so the context stops being visible) then every head and chunk,
 // in one remove_many. kNotFound when the context has no manifest.
 Status remove_context(Store& store, std::string_view id);
