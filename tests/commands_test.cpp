@@ -272,6 +272,9 @@ TEST_F(Commands, BenchTimesEveryLevelAndZstd) {
     res[x["name"]] = x;
     EXPECT_GT(x["encode_gbps"].get<double>(), 0) << x;
     EXPECT_GT(x["decode_gbps"].get<double>(), 0) << x;
+    // Per core, by CPU time: one thread cannot use more CPU time than wall time (to rounding).
+    EXPECT_GE(x["encode_cpu_gbps"].get<double>(), 0.98 * x["encode_gbps"].get<double>()) << x;
+    EXPECT_GE(x["decode_cpu_gbps"].get<double>(), 0.98 * x["decode_gbps"].get<double>()) << x;
   }
   ASSERT_TRUE(res.count("kvcodec-L0") && res.count("kvcodec-L8")) << j.dump();
   bool zstd = false;
