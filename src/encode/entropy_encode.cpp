@@ -191,46 +191,32 @@ __attribute__((target("avx2,popcnt"))) void encode_codes_avx2(const uint32_t* co
 #endif
 #define KVCODEC_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,popcnt")))
 
-// One step of encode_codes_avx512: symbols [i0, i0 + 16), lane states X. The states are a chain
-// from step to step (two vectors of lanes at a time), so the step keeps its latency short. The
-// quotient as quotient8's, for 16 lanes: x converted as unsigned, a 14-bit reciprocal and one
-// Newton step put the float estimate of x / f within 2^-22 relative of it (within 1/4 for a
-// quotient below 2^20); 1/2 less, truncated, is q or q - 1, and the exact remainder says which.
-// - emit where x > (f << 20) - 1, i.e. x >= f << 20 (f = 4096: 2^32 - 1, never, as x >> 20 < f);
-//   the quotient's estimate is taken for both x and x >> 16 while that test runs, then chosen;
-// - the estimate x * r - 1/2 in one fused multiply-subtract: one rounding instead of two, of at
-//   most 1/16 below 2^20, so the truncation is still q or q - 1;
-// - q * f (mod 2^32) from two 32 x 32 -> 64-bit multiplies (even and odd lanes), shorter than
-//   vpmulld;
-// - the state (q << 12) + m + cum with m = x - q * f, plus 4096 - f where m >= f (then q + 1 and
-//   m - f are the quotient and the remainder).
+// One step of encode_codes_avx512: symbols [i0, i0 + 16), lane states X. The step is bound by
+// the vector ports, so it keeps its instructions few. The quotient as quotient8's, for 16 lanes:
+// x converted as unsigned, a 14-bit reciprocal and one Newton step put the float estimate of
+// x / f within 2^-22 relative of it (within 1/4 for a quotient below 2^20); 1/2 less, truncated,
+// is q or q - 1, and the exact remainder m = x - q * f (in [0, 2f)) says which. Here the estimate
+// x * r - 1/2 is one fused multiply-subtract (one rounding instead of two, of at most 1/16 below
+// 2^20: the truncation is still q or q - 1), and the state is (q << 12) + m + cum, plus 4096 - f
+// where m >= f (then q + 1 and m - f are the quotient and the remainder).
 KVCODEC_AVX512 inline void encode_step16(const uint32_t* codes, size_t i0, __m512i& X, uint16_t*& w) {
   const __m512i kLow16 = _mm512_set1_epi32(0xffff);
   __m512i xs = X;
   const __m512i code = _mm512_loadu_si512(codes + i0);
   const __m512i freq = _mm512_srli_epi32(code, 16);
-  const __m512i lim = _mm512_sub_epi32(_mm512_slli_epi32(freq, 20), _mm512_set1_epi32(1));
-  const __mmask16 emit = _mm512_cmpgt_epu32_mask(xs, lim);
+  const __mmask16 emit = _mm512_cmpge_epu32_mask(_mm512_srli_epi32(xs, 20), freq);
   const uint32_t cnt = uint32_t(__builtin_popcount(uint32_t(emit)));
   const __m256i words = _mm512_cvtepi32_epi16(_mm512_maskz_compress_epi32(emit, _mm512_and_si512(xs, kLow16)));
   _mm256_mask_storeu_epi16(w - cnt, __mmask16((1u << cnt) - 1), words);
   w -= cnt;
-  const __m512i xr = _mm512_srli_epi32(xs, 16);
-  xs = _mm512_mask_mov_epi32(xs, emit, xr);
+  xs = _mm512_mask_srli_epi32(xs, emit, xs, 16);
   const __m512 ff = _mm512_cvtepi32_ps(freq);
   __m512 r = _mm512_rcp14_ps(ff);
   r = _mm512_mul_ps(r, _mm512_sub_ps(_mm512_set1_ps(2.0f), _mm512_mul_ps(ff, r)));
-  const __m512 half = _mm512_set1_ps(0.5f);
-  const __m512i q_kept = _mm512_cvttps_epi32(_mm512_fmsub_ps(_mm512_cvtepu32_ps(X), r, half));
-  const __m512i q_renorm = _mm512_cvttps_epi32(_mm512_fmsub_ps(_mm512_cvtepu32_ps(xr), r, half));
-  const __m512i q = _mm512_mask_mov_epi32(q_kept, emit, q_renorm);  // truncation: -1/2 < est gives 0
-  const __m512i even = _mm512_mul_epu32(q, freq);
-  const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(q, 32), _mm512_srli_epi64(freq, 32));
-  const __m512i qf = _mm512_mask_blend_epi32(0xaaaa, even, _mm512_slli_epi64(odd, 32));
-  const __m512i m = _mm512_sub_epi32(xs, qf);  // x - q * f, in [0, 2f)
+  const __m512i q = _mm512_cvttps_epi32(_mm512_fmsub_ps(_mm512_cvtepu32_ps(xs), r, _mm512_set1_ps(0.5f)));
+  const __m512i m = _mm512_sub_epi32(xs, _mm512_mullo_epi32(q, freq));
   const __mmask16 big = _mm512_cmpge_epi32_mask(m, freq);
-  const __m512i base = _mm512_add_epi32(_mm512_slli_epi32(q, 12), _mm512_and_si512(code, kLow16));
-  const __m512i x1 = _mm512_add_epi32(base, m);
+  const __m512i x1 = _mm512_add_epi32(_mm512_add_epi32(_mm512_slli_epi32(q, 12), _mm512_and_si512(code, kLow16)), m);
   X = _mm512_mask_add_epi32(x1, big, x1, _mm512_sub_epi32(_mm512_set1_epi32(1 << 12), freq));
 }
 
