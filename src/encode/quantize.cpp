@@ -233,7 +233,7 @@ KVCODEC_AVX512 inline uint32_t screen16_avx512(__m512 x, const RowGrid& g, uint3
   const __m512i d = _mm512_sub_epi32(ki, _mm512_loadu_si512(g.center_i + c));
   const __mmask16 in_range = _mm512_cmp_epi32_mask(d, _mm512_set1_epi32(-255), _MM_CMPINT_NLT) &
                              _mm512_cmp_epi32_mask(d, _mm512_set1_epi32(255), _MM_CMPINT_LE);
-  const __m512 p = _mm512_mul_ps(_mm512_cvtepi32_ps(ki), _mm512_loadu_ps(g.step + c));
+  const __m512 p = _mm512_mul_ps(k, _mm512_loadu_ps(g.step + c));  // k = float(ki) where `clear` holds
   const __m512 abs_err = _mm512_and_ps(_mm512_sub_ps(x, p), absmask);
   const __mmask16 good = clear & in_range & _mm512_cmp_ps_mask(abs_err, _mm512_loadu_ps(g.half_f + c), _CMP_LT_OQ) &
                          _mm512_cmp_ps_mask(_mm512_and_ps(p, absmask), maxv, _CMP_LE_OQ);
