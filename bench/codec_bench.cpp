@@ -48,15 +48,22 @@ void BM_Encode(benchmark::State& st) {
   st.counters["bits_per_element"] = 8.0 * double(n) / double(kv.shape.elements());
 }
 
-void BM_Decode(benchmark::State& st) {
-  const KVCache& kv = cache(uint32_t(st.range(1)));
+// `kv` encoded at `level` (default options).
+StatusOr<std::vector<uint8_t>> encoded(const KVCache& kv, int level) {
   EncodeOptions o;
-  o.level = int(st.range(0));
+  o.level = level;
   std::vector<uint8_t> frame(max_encoded_size(kv.shape, kv.dtype, o));
   KVView v = contiguous_view(const_cast<uint8_t*>(kv.data.data()), kv.dtype, kv.shape);
-  auto r = encode_into(v, o, frame);
-  if (!r.ok()) return st.SkipWithError(r.status().to_string().c_str());
-  frame.resize(*r);
+  KVCODEC_ASSIGN_OR_RETURN(size_t n, encode_into(v, o, frame));
+  frame.resize(n);
+  return frame;
+}
+
+void BM_Decode(benchmark::State& st) {
+  const KVCache& kv = cache(uint32_t(st.range(1)));
+  auto encoded_frame = encoded(kv, int(st.range(0)));
+  if (!encoded_frame.ok()) return st.SkipWithError(encoded_frame.status().to_string().c_str());
+  const std::vector<uint8_t>& frame = *encoded_frame;
   std::vector<uint8_t> out(kv.data.size());
   KVView dst = contiguous_view(out.data(), kv.dtype, kv.shape);
   for (auto _ : st) {
@@ -210,16 +217,10 @@ void BM_ModelBuild(benchmark::State& st) {
 // Opening a frame's head (what a streaming client does once per level before decoding chunks):
 // parsing the models and building the decode tables. Reported per head, 4 layers x 1024 channels.
 void BM_OpenHead(benchmark::State& st) {
-  const KVCache& kv = cache(256);
-  EncodeOptions o;
-  o.level = int(st.range(0));
-  std::vector<uint8_t> frame(max_encoded_size(kv.shape, kv.dtype, o));
-  KVView v = contiguous_view(const_cast<uint8_t*>(kv.data.data()), kv.dtype, kv.shape);
-  auto r = encode_into(v, o, frame);
-  if (!r.ok()) return st.SkipWithError(r.status().to_string().c_str());
-  frame.resize(*r);
+  auto frame = encoded(cache(256), int(st.range(0)));
+  if (!frame.ok()) return st.SkipWithError(frame.status().to_string().c_str());
   for (auto _ : st) {
-    auto d = FrameDecoder::open(frame);
+    auto d = FrameDecoder::open(*frame);
     if (!d.ok()) return st.SkipWithError(d.status().to_string().c_str());
     benchmark::DoNotOptimize(&*d);
   }

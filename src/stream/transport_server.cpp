@@ -259,7 +259,6 @@ bool Server::Impl::wait_for_room(Connection& c) {
   return !stopping && !c.evicted;
 }
 
-// Adds (bytes > 0: answered) or removes (< 0: sent or dropped) unsent response bytes of c.
 std::vector<uint8_t> Server::Impl::reuse_buffer() {
   std::lock_guard lock(spare_mu);
   if (spare.empty()) return {};
@@ -279,6 +278,7 @@ void Server::Impl::recycle(std::vector<uint8_t>&& buffer) {
   }
 }
 
+// Adds (bytes > 0: answered) or removes (< 0: sent or dropped) unsent response bytes of c.
 void Server::Impl::hold(Connection& c, int64_t bytes) {
   {
     std::lock_guard lock(budget_mu);
