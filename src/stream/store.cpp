@@ -151,6 +151,14 @@ class FileStore final : public Store {
       ::close(fd);
       return too_large(key, bytes, max_bytes);
     }
+    // A value larger than the machine's memory is refused before any allocation is tried (a
+    // sanitizer's allocator aborts on such a request instead of throwing).
+    const uint64_t memory = uint64_t(::sysconf(_SC_PHYS_PAGES)) * uint64_t(::sysconf(_SC_PAGESIZE));
+    if (bytes > memory) {
+      ::close(fd);
+      return ResourceExhausted("file store: " + p.string() + ": " + std::to_string(bytes) +
+                               " bytes, more than this machine's memory");
+    }
     const size_t at = out.size();
     try {
       out.resize(at + size_t(bytes));
