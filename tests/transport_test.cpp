@@ -6,9 +6,11 @@
 #include <arpa/inet.h>
 #include <poll.h>
 
+#include <array>
 #include <cstring>
 #include <fstream>
 #include <optional>
+#include <thread>
 
 #include "kvcodec/codec.hpp"
 #include "stream/transport_wire.hpp"
@@ -557,6 +559,63 @@ TEST_F(TransportTest, ClientBuffersWhatArrivesNotWhatIsClaimed) {
   sampler.join();
   EXPECT_FALSE(s.ok());  // the connection timed out and reconnecting is not allowed
   EXPECT_LT(peak - std::min<uint64_t>(peak, rss0), 256ull << 20);
+}
+
+// Found by fuzz_fetch (seventh session): an Error answer to the manifest request with code 0
+// (kOk) read as a successful exchange, and the client planned with an empty manifest (undefined
+// behaviour in keep_decodable_levels). An Error must carry an error code, any other message 0.
+TEST_F(TransportTest, ErrorResponsesWithoutAnErrorCodeAreCorrupt) {
+  using namespace stream_detail;
+  auto header = [](MsgType type, uint32_t code) {
+    MessageHeader h;
+    h.type = type;
+    h.code = code;
+    std::array<uint8_t, kMessageHeaderBytes> b{};
+    encode_header(h, b.data());
+    return b;
+  };
+  EXPECT_TRUE(decode_header(header(MsgType::kError, uint32_t(StatusCode::kNotFound))).ok());
+  EXPECT_TRUE(decode_header(header(MsgType::kManifest, 0)).ok());
+  EXPECT_EQ(decode_header(header(MsgType::kManifest, 5)).status().code(), StatusCode::kCorruptData);
+  EXPECT_EQ(decode_header(header(MsgType::kGetChunk, 1)).status().code(), StatusCode::kCorruptData);
+
+  for (const uint32_t code : {0u, uint32_t(StatusCode::kInternal) + 1, 0xFFFFFFFFu}) {
+    EXPECT_EQ(decode_header(header(MsgType::kError, code)).status().code(), StatusCode::kCorruptData) << code;
+    uint16_t port = 0;
+    const int lfd = listen_loopback(&port);
+    std::thread fake([lfd, code] {
+      const int fd = ::accept(lfd, nullptr, nullptr);
+      std::vector<uint8_t> payload;
+      if (const auto h = recv_request(fd, &payload)) {
+        const std::string msg = "all is well";
+        MessageHeader out;
+        out.type = MsgType::kError;
+        out.request_id = h->request_id;
+        out.code = code;
+        out.payload_bytes = msg.size();
+        uint8_t ob[kMessageHeaderBytes];
+        encode_header(out, ob);
+        (void)send_all(fd, ob);
+        (void)send_all(fd, std::span(reinterpret_cast<const uint8_t*>(msg.data()), msg.size()));
+        char b;
+        (void)::recv(fd, &b, 1, 0);  // until the client closes
+      }
+      ::close(fd);
+    });
+    FetchOptions fo;
+    fo.port = port;
+    fo.id = "ctx";
+    fo.io_timeout_ms = 2000;
+    fo.max_reconnects = 0;
+    KVCache out;
+    FetchReport r;
+    const Status s = fetch_context(fo, &out, &r);
+    EXPECT_EQ(s.code(), StatusCode::kCorruptData) << code << ": " << s.to_string();
+    EXPECT_FALSE(r.complete);
+    EXPECT_TRUE(out.data.empty());
+    fake.join();
+    ::close(lfd);
+  }
 }
 
 // Issue 11 (found by the chaos run, scripts/chaos.sh): a connection lost, stalled or corrupted

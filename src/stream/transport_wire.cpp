@@ -60,6 +60,12 @@ StatusOr<MessageHeader> decode_header(std::span<const uint8_t> in) {
     default:
       return CorruptData("wire: unknown message type " + std::to_string(type));
   }
+  // An Error carries one of StatusCode's errors (a code of 0 would read as success); every other
+  // message carries 0.
+  const bool error = h.type == MsgType::kError;
+  if (error ? (h.code == 0 || h.code > uint32_t(StatusCode::kInternal)) : h.code != 0)
+    return CorruptData("wire: status code " + std::to_string(h.code) + " in " + (error ? "an error" : "a non-error") +
+                       " message");
   if (h.payload_bytes > kMaxResponsePayload) return CorruptData("wire: payload too large");
   return h;
 }

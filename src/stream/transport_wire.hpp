@@ -49,7 +49,7 @@ struct MessageHeader {
 };
 
 void encode_header(const MessageHeader& h, uint8_t out[kMessageHeaderBytes]);
-// Validates magic, version, checksum and type.
+// Validates magic, version, checksum, type and code (an error code in an Error, else 0).
 StatusOr<MessageHeader> decode_header(std::span<const uint8_t> in);
 
 struct Request {

@@ -4,7 +4,8 @@
 // server on loopback answers the client's k-th connection with the k-th segment of the input
 // (segments separated by "--KVCONN--", at most 4) and then closes its side. Message-header and
 // manifest checksums are repaired first (fuzz_wire covers the checks themselves). Seeds: server
-// traffic captured from real fetches (tests/fuzz/corpus/fetch, written by kvcodec_fuzz_capture).
+// traffic captured from real fetches (tests/fuzz/corpus/fetch, written by kvcodec_fuzz_capture), and
+// error-code-0, the input that found an Error answer with code 0 taken for success.
 //
 // Properties: no crash, hang, leak or sanitizer report; a fetch that fails says so (an error and
 // a failure record); a fetch that succeeds has every chunk, and when the manifest it was given is
