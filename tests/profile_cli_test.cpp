@@ -4,7 +4,9 @@
 
 #include <cstdio>
 #include <fstream>
+#include <iterator>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "cli_test_util.hpp"
@@ -189,6 +191,38 @@ TEST_F(CliTest, CalibrateWritesAProfileThatEncodesRealCaches) {
   ASSERT_EQ(run({"decode", path("a.kvc"), "-o", path("o.safetensors"), "--profile", path("m.kvprofile")}).exit_code, 0);
   expect_error(run({"calibrate", "--model", model, "--tokenizer", tok, "--text", path("none.txt"), "-o", path("x")}),
                "calibrate");
+}
+
+// Several calibration texts (comma-separated): contexts alternate between them, so the profile
+// differs from either text's alone; the same command gives the same bytes; a text without a
+// context of its own or an empty name is one error line.
+TEST_F(CliTest, CalibrateOnSeveralTexts) {
+  KVCODEC_REQUIRE_DATA("models/stories260K.bin");
+  const std::string model = test::data_path("models/stories260K.bin"), tok = test::data_path("models/tok512.bin");
+  const std::string a = test::data_path("text/tinyshakespeare.txt"), b = test::data_path("text/wikitext2_test.txt");
+  auto calibrate = [&](const std::string& texts, const std::string& contexts, const std::string& out) {
+    return run({"calibrate", "--model", model, "--tokenizer", tok, "--text", texts, "--contexts", contexts,
+                "--context-tokens", "64", "-o", path(out)});
+  };
+  for (const auto& [texts, out] : {std::pair{a, "a"}, std::pair{b, "b"}, std::pair{a + "," + b, "ab"},
+                                   std::pair{a + "," + b, "ab2"}}) {
+    auto r = calibrate(texts, "4", out);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+  auto bytes = [&](const std::string& name) {
+    std::ifstream f(path(name), std::ios::binary);
+    return std::vector<char>(std::istreambuf_iterator<char>(f), {});
+  };
+  EXPECT_FALSE(bytes("ab").empty());
+  EXPECT_EQ(bytes("ab"), bytes("ab2"));
+  EXPECT_NE(bytes("ab"), bytes("a"));
+  EXPECT_NE(bytes("ab"), bytes("b"));
+  for (const auto& [texts, contexts, why] : {std::tuple{a + "," + b, "1", "at least as many contexts"},
+                                              std::tuple{a + ",," + b, "4", "empty file name"}}) {
+    auto r = calibrate(texts, contexts, "x");
+    expect_error(r, "calibrate");
+    EXPECT_NE(r.err.find(why), std::string::npos) << r.err;
+  }
 }
 
 }  // namespace

@@ -74,6 +74,55 @@ StatusOr<uint64_t> last_offset(const Tokenizer& tok, std::string_view text, uint
   return lo;
 }
 
+// A calibration context: its cache (the first n tokens, rounded to fp16) to cal.caches, its
+// tokens (with the continuation) to contexts.
+Status add_calibration_context(const Model& model, std::vector<int32_t> tokens, uint32_t n, Calibration& cal,
+                               std::vector<std::vector<int32_t>>& contexts) {
+  KVState st = model.new_state();
+  KVCODEC_RETURN_IF_ERROR(model.forward(std::span<const int32_t>(tokens).first(n), st, nullptr));
+  cal.caches.push_back(float_kv_of(st));
+  round_to_f16(cal.caches.back());
+  contexts.push_back(std::move(tokens));
+  return Status::Ok();
+}
+
+// The calibration contexts (EvalOptions::calib_text_path, CalibrateOptions::text_path): `count`
+// contexts of `needed` tokens from the texts of a comma-separated list of files, context i from
+// text i % texts (so any prefix of them covers the texts evenly), each text's share spread evenly
+// over it from its first to its last usable offset (add_calibration_context); *offsets gets
+// each context's offset in its text, *texts_used the number of texts.
+Status calibration_contexts(const Model& model, const Tokenizer& tok, const std::string& paths, uint32_t count,
+                            uint32_t needed, uint32_t n, Calibration& cal, std::vector<std::vector<int32_t>>& contexts,
+                            std::vector<uint64_t>* offsets, uint32_t* texts_used) {
+  std::vector<std::string> texts;
+  for (size_t at = 0; at <= paths.size();) {
+    const size_t comma = std::min(paths.find(',', at), paths.size());
+    if (comma == at) return InvalidArgument("calibration texts: empty file name in '" + paths + "'");
+    KVCODEC_ASSIGN_OR_RETURN(std::string t, read_text(paths.substr(at, comma - at)));
+    texts.push_back(std::move(t));
+    at = comma + 1;
+  }
+  if (count < texts.size())
+    return InvalidArgument("calibration: " + std::to_string(texts.size()) + " texts need at least as many contexts, got " +
+                           std::to_string(count));
+  std::vector<uint64_t> last(texts.size());
+  for (size_t j = 0; j < texts.size(); ++j) {
+    auto l = last_offset(tok, texts[j], needed);
+    if (!l.ok()) return l.status().with_context("calibration text " + std::to_string(j + 1));
+    last[j] = *l;
+  }
+  const uint32_t T = uint32_t(texts.size());
+  for (uint32_t i = 0; i < count; ++i) {
+    const uint32_t j = i % T, k = i / T, share = count / T + (j < count % T ? 1 : 0);
+    const uint64_t off = share > 1 ? last[j] * k / (share - 1) : 0;
+    KVCODEC_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, context_tokens(tok, texts[j], off, needed));
+    KVCODEC_RETURN_IF_ERROR(add_calibration_context(model, std::move(tokens), n, cal, contexts));
+    if (offsets) offsets->push_back(off);
+  }
+  *texts_used = T;
+  return Status::Ok();
+}
+
 class Evaluator {
  public:
   Evaluator(const Model& model, const SchemeList& schemes, uint32_t n, uint32_t m)
@@ -236,7 +285,8 @@ std::string format_seconds(double s) {
   return buf;
 }
 
-// Calibration::sensitivity from the first kSensitivityContexts calibration contexts: per (layer,
+// Calibration::sensitivity from the first kSensitivityContexts calibration contexts (rounded up to
+// a multiple of the number of calibration texts, so each text has the same say): per (layer,
 // K/V), noise uniform in [-a, a] (a = sqrt(3) * kNoise * the tensor's RMS, from a fixed hash) added
 // to that tensor alone, the continuation's KL against the clean cache per unit of the mean squared
 // error added, averaged over the contexts.
@@ -251,7 +301,7 @@ uint64_t noise_hash(uint64_t x) {
 }
 
 Status measure_sensitivity(const Model& model, const std::vector<std::vector<int32_t>>& contexts, uint32_t n,
-                           Calibration& cal) {
+                           uint32_t texts, Calibration& cal) {
   const uint32_t L = model.config().layers;
   const size_t vocab = model.config().vocab_size;
   std::vector<double> kl(size_t(L) * 2, 0.0), mse(size_t(L) * 2, 0.0);
@@ -259,7 +309,8 @@ Status measure_sensitivity(const Model& model, const std::vector<std::vector<int
   const ModelConfig& cfg = model.config();
   const uint32_t d = cfg.head_dim(), group = cfg.heads / cfg.kv_heads;
   cal.query_pair_energy.assign(size_t(L) * cfg.kv_heads * (d / 2), 0.0);
-  for (size_t c = 0; c < std::min<size_t>(kSensitivityContexts, contexts.size()); ++c) {
+  const size_t probes = std::min<size_t>((kSensitivityContexts + texts - 1) / texts * texts, contexts.size());
+  for (size_t c = 0; c < probes; ++c) {
     const FloatKV& clean = cal.caches[c];
     const std::span<const int32_t> input = std::span<const int32_t>(contexts[c]).subspan(n, contexts[c].size() - n - 1);
     KVCODEC_ASSIGN_OR_RETURN(KVState st, state_of(clean));
@@ -311,32 +362,27 @@ Status calibrate_schemes(const EvalOptions& o, const Model& model, const Tokeniz
   for (const auto& s : schemes) any |= s->needs_calibration();
   if (!any) return Status::Ok();
   if (o.calib_contexts == 0) return InvalidArgument("calibrated schemes need calib_contexts >= 1");
-  std::string other;
-  if (!o.calib_text_path.empty()) {
-    KVCODEC_ASSIGN_OR_RETURN(other, read_text(o.calib_text_path));
-  }
-  const std::string& ctext = o.calib_text_path.empty() ? text : other;
-  KVCODEC_ASSIGN_OR_RETURN(uint64_t last, last_offset(tok, ctext, needed));
-  const uint32_t k = o.calib_contexts;
-  for (uint32_t i = 0; i < k; ++i) {
-    // Same text: midway between two test offsets (2i+1 of 2k half-steps); another text: spread.
-    report.calib_offsets.push_back(o.calib_text_path.empty() ? last * (2 * i + 1) / (2 * k) : (k > 1 ? last * i / (k - 1) : 0));
-  }
-  report.calib_text = o.calib_text_path.empty() ? o.text_path : o.calib_text_path;
   const uint32_t n = o.context_tokens ? o.context_tokens : model.config().seq_len * 3 / 4;
   Calibration cal;
   std::vector<std::vector<int32_t>> contexts;
-  for (uint64_t off : report.calib_offsets) {
-    KVCODEC_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, context_tokens(tok, ctext, off, needed));
-    KVState st = model.new_state();
-    KVCODEC_RETURN_IF_ERROR(model.forward(std::span<const int32_t>(tokens).first(n), st, nullptr));
-    cal.caches.push_back(float_kv_of(st));
-    round_to_f16(cal.caches.back());
-    contexts.push_back(std::move(tokens));
+  uint32_t texts = 1;
+  if (!o.calib_text_path.empty()) {
+    KVCODEC_RETURN_IF_ERROR(calibration_contexts(model, tok, o.calib_text_path, o.calib_contexts, needed, n, cal,
+                                                 contexts, &report.calib_offsets, &texts));
+  } else {  // the test text, midway between two test offsets (2i+1 of 2k half-steps)
+    KVCODEC_ASSIGN_OR_RETURN(uint64_t last, last_offset(tok, text, needed));
+    const uint32_t k = o.calib_contexts;
+    for (uint32_t i = 0; i < k; ++i) {
+      const uint64_t off = last * (2 * i + 1) / (2 * k);
+      KVCODEC_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, context_tokens(tok, text, off, needed));
+      KVCODEC_RETURN_IF_ERROR(add_calibration_context(model, std::move(tokens), n, cal, contexts));
+      report.calib_offsets.push_back(off);
+    }
   }
+  report.calib_text = o.calib_text_path.empty() ? o.text_path : o.calib_text_path;
   bool sensitivity = false;
   for (const auto& s : schemes) sensitivity |= s->needs_sensitivity();
-  if (sensitivity) KVCODEC_RETURN_IF_ERROR(measure_sensitivity(model, contexts, n, cal));
+  if (sensitivity) KVCODEC_RETURN_IF_ERROR(measure_sensitivity(model, contexts, n, texts, cal));
   for (auto& s : schemes)
     if (s->needs_calibration()) KVCODEC_RETURN_IF_ERROR(s->calibrate(cal));
   return Status::Ok();
@@ -445,20 +491,11 @@ StatusOr<Profile> calibrate_model_profile(const CalibrateOptions& o) {
   const uint32_t m = o.rd ? std::min<uint32_t>(64, model.config().seq_len - n) : 0;  // continuation (sensitivity)
   if (o.rd && m == 0) return InvalidArgument("rate-distortion steps need context tokens below seq_len (a continuation)");
   const uint32_t needed = n + (m ? m + 1 : 0);
-  KVCODEC_ASSIGN_OR_RETURN(std::string text, read_text(o.text_path));
-  KVCODEC_ASSIGN_OR_RETURN(uint64_t last, last_offset(tok, text, needed));
   Calibration cal;
   std::vector<std::vector<int32_t>> contexts;
-  for (uint32_t i = 0; i < o.contexts; ++i) {
-    const uint64_t off = o.contexts > 1 ? last * i / (o.contexts - 1) : 0;
-    KVCODEC_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, context_tokens(tok, text, off, needed));
-    KVState st = model.new_state();
-    KVCODEC_RETURN_IF_ERROR(model.forward(std::span<const int32_t>(tokens).first(n), st, nullptr));
-    cal.caches.push_back(float_kv_of(st));
-    round_to_f16(cal.caches.back());
-    contexts.push_back(std::move(tokens));
-  }
-  if (o.rd) KVCODEC_RETURN_IF_ERROR(measure_sensitivity(model, contexts, n, cal));
+  uint32_t texts = 1;
+  KVCODEC_RETURN_IF_ERROR(calibration_contexts(model, tok, o.text_path, o.contexts, needed, n, cal, contexts, nullptr, &texts));
+  if (o.rd) KVCODEC_RETURN_IF_ERROR(measure_sensitivity(model, contexts, n, texts, cal));
   KVCODEC_ASSIGN_OR_RETURN(auto p, internal::calibrate_profile(cal.caches, o.keys_before_rope, cal.rope_theta));
   KVCODEC_ASSIGN_OR_RETURN(Profile lp, internal::to_library_profile(*p, cal.rope_theta));
   if (o.models) KVCODEC_RETURN_IF_ERROR(internal::add_profile_models(lp, cal.caches, cal.sensitivity));

@@ -34,8 +34,11 @@ void declare(Command& cmd, CalibrateArgs& o) {
   eval::CalibrateOptions& c = o.cal;
   cmd.option("--model", c.model_path, "llama2.c checkpoint (e.g. ../shared/data/models/kvc-bytes-a.bin)");
   cmd.option("--tokenizer", c.tokenizer, "llama2.c tokenizer .bin, or 'bytes' for byte-level models (default bytes)");
-  cmd.option("--text", c.text_path, "calibration text (use another text than the caches the profile will code)");
-  cmd.option("--contexts", c.contexts, "contexts spread evenly over the text (default 8)", Range{1, 100000});
+  cmd.option("--text", c.text_path,
+             "calibration text file(s), comma-separated (other texts than the caches the profile will code; "
+             "several make the rate-distortion steps robust)");
+  cmd.option("--contexts", c.contexts, "contexts, alternating between the texts, spread evenly over each (default 8)",
+             Range{1, 100000});
   cmd.option("--context-tokens", c.context_tokens, "tokens per context (default 3/4 of seq_len)", Range{0, kMaxTokens});
   cmd.option("--keys", o.keys, "before-rope (keys decorrelated with RoPE undone, the default) or after-rope");
   cmd.option("--models", o.models, "on (default): also the stored layer models (profile version 2: frames reference "

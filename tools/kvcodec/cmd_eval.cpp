@@ -29,7 +29,8 @@ void declare(Command& cmd, EvalArgs& o) {
   cmd.option("--schemes", e.schemes, "comma-separated schemes, e.g. kvcodec:levels=2-6,cachegen,kivi (default: all)");
   cmd.option("--threads", e.threads, "contexts evaluated in parallel (default 1)", Range{1, 1024});
   cmd.option("--calib-text", e.calib_text_path,
-             "text the calibrated schemes (kvpca, kvtc) learn from (default: --text, at other offsets)");
+             "text file(s) the calibrated schemes (kvpca, kvtc) learn from, comma-separated: contexts alternate "
+             "between them (default: --text, at other offsets)");
   cmd.option("--calib-contexts", e.calib_contexts, "calibration contexts (default 8)", Range{1, 100000});
   cmd.option("--json", o.json, "write the report as JSON");
   cmd.option("--svg", o.svg, "write the rate-distortion plot as SVG");

@@ -73,8 +73,10 @@ struct EvalOptions {
   std::string schemes = std::string(kDefaultSchemes);  // make_schemes syntax
   unsigned threads = 1;          // contexts evaluated in parallel (the model uses 1 thread each)
   // Calibration of the schemes that need it (kvpca, kvtc): caches of `calib_contexts` contexts of
-  // the same length cut from `calib_text_path` (default: the test text, at offsets midway between
-  // the test contexts' -- disjoint only when the text is long enough; another text always is).
+  // the same length cut from `calib_text_path`, one file or several comma-separated (contexts
+  // alternate between them, each text's share spread evenly over it), default: the test text, at
+  // offsets midway between the test contexts' (disjoint only when the text is long enough; other
+  // texts always are).
   std::string calib_text_path;
   uint32_t calib_contexts = 8;
   // Called from the calling thread or a worker (serialized) with one progress line.
@@ -141,7 +143,7 @@ std::string report_svg(const EvalReport& report);
 struct CalibrateOptions {
   std::string model_path;
   std::string tokenizer = "bytes";
-  std::string text_path;
+  std::string text_path;  // one file or several comma-separated (contexts alternate between them)
   uint32_t contexts = 8;
   uint32_t context_tokens = 0;  // 0 = 3/4 of the model's seq_len
   bool keys_before_rope = true;
@@ -149,9 +151,10 @@ struct CalibrateOptions {
   // with the profile then reference its tables instead of carrying their own where that is smaller.
   bool models = false;
   // With models: steps allocated by rate-distortion on each (layer, K/V)'s measured sensitivity
-  // (next-token KL per unit of squared error, noise added to the first 4 contexts and their
-  // continuations of up to 64 tokens: context_tokens must leave room for them within seq_len)
-  // instead of layer_factor and the calibration RMS (calibrate_profile_models).
+  // (next-token KL per unit of squared error, noise added to the first 4 contexts -- rounded up to
+  // a multiple of the number of texts -- and their continuations of up to 64 tokens:
+  // context_tokens must leave room for them within seq_len) instead of layer_factor and the
+  // calibration RMS (calibrate_profile_models).
   bool rd = false;
 };
 StatusOr<Profile> calibrate_model_profile(const CalibrateOptions& options);
