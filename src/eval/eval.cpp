@@ -285,11 +285,11 @@ std::string format_seconds(double s) {
   return buf;
 }
 
-// Calibration::sensitivity from the first kSensitivityContexts calibration contexts (rounded up to
-// a multiple of the number of calibration texts, so each text has the same say): per (layer,
-// K/V), noise uniform in [-a, a] (a = sqrt(3) * kNoise * the tensor's RMS, from a fixed hash) added
-// to that tensor alone, the continuation's KL against the clean cache per unit of the mean squared
-// error added, averaged over the contexts.
+// Calibration::sensitivity from the first kSensitivityContexts calibration contexts of each
+// calibration text (contexts alternate between the texts): per (layer, K/V), noise uniform in
+// [-a, a] (a = sqrt(3) * kNoise * the tensor's RMS, from a fixed hash) added to that tensor alone,
+// the continuation's KL against the clean cache per unit of the mean squared error added, pooled
+// over the contexts.
 constexpr uint32_t kSensitivityContexts = 4;
 constexpr double kNoise = 0.2;
 
@@ -309,7 +309,7 @@ Status measure_sensitivity(const Model& model, const std::vector<std::vector<int
   const ModelConfig& cfg = model.config();
   const uint32_t d = cfg.head_dim(), group = cfg.heads / cfg.kv_heads;
   cal.query_pair_energy.assign(size_t(L) * cfg.kv_heads * (d / 2), 0.0);
-  const size_t probes = std::min<size_t>((kSensitivityContexts + texts - 1) / texts * texts, contexts.size());
+  const size_t probes = std::min<size_t>(size_t(kSensitivityContexts) * texts, contexts.size());
   for (size_t c = 0; c < probes; ++c) {
     const FloatKV& clean = cal.caches[c];
     const std::span<const int32_t> input = std::span<const int32_t>(contexts[c]).subspan(n, contexts[c].size() - n - 1);

@@ -151,10 +151,9 @@ struct CalibrateOptions {
   // with the profile then reference its tables instead of carrying their own where that is smaller.
   bool models = false;
   // With models: steps allocated by rate-distortion on each (layer, K/V)'s measured sensitivity
-  // (next-token KL per unit of squared error, noise added to the first 4 contexts -- rounded up to
-  // a multiple of the number of texts -- and their continuations of up to 64 tokens:
-  // context_tokens must leave room for them within seq_len) instead of layer_factor and the
-  // calibration RMS (calibrate_profile_models).
+  // (next-token KL per unit of squared error, noise added to the first 4 contexts of each text
+  // and their continuations of up to 64 tokens: context_tokens must leave room for them within
+  // seq_len) instead of layer_factor and the calibration RMS (calibrate_profile_models).
   bool rd = false;
 };
 StatusOr<Profile> calibrate_model_profile(const CalibrateOptions& options);
