@@ -117,8 +117,8 @@ struct EvalReport {
   uint32_t contexts = 0, context_tokens = 0, continue_tokens = 0;
   KVShape shape;  // of one context's cache
   std::vector<uint64_t> offsets;
-  std::string calib_text;               // empty when no scheme was calibrated
-  std::vector<uint64_t> calib_offsets;
+  std::string calib_text;               // empty when no scheme was calibrated; several: comma-separated
+  std::vector<uint64_t> calib_offsets;  // each in its own text (contexts alternate between the texts)
   double seconds = 0;
   std::vector<SchemeRow> rows;
   std::vector<Threshold> thresholds;
