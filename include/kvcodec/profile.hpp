@@ -72,8 +72,9 @@ Status set_profile_models(Profile& p, std::vector<std::vector<uint8_t>> models);
 // sensitivity (optional, 2 * layers values, index l * 2 + kv): what a unit of mean squared error
 // in each (layer, K/V) costs (e.g. next-token KL per unit MSE, measured at calibration). Given,
 // the steps are allocated by rate-distortion theory instead of by layer_factor and the tensor's
-// RMS: step(l, kv) = kLevelStep[n] * K / sqrt(sensitivity), K keeping the geometric mean of the
-// steps that of the default allocation (levels keep their average rate).
+// RMS alone: with plain = kLevelStep[n] * layer_factor * RMS and full = kLevelStep[n] * K /
+// sqrt(sensitivity) (K keeping the geometric mean of the full steps that of the plain ones, so
+// levels keep their average rate), step(l, kv) = sqrt(plain * full), within 2x of plain.
 // component_weight (optional, with sensitivity; 2 * layers * kv_heads * head_dim values, index
 // (l * 2 + kv) * C + h * head_dim + k): the relative cost of an error in component k of head h
 // (e.g. for keys, the queries' energy along the component's axis); steps within a (layer, K/V)
