@@ -513,5 +513,32 @@ TEST(Kvtc, MoreBitsLessErrorAndSinkTokensExact) {
   EXPECT_LT(last_err, 0.05);
 }
 
+TEST(Kvtc, OutlierTokensAreNotClippedByDefault) {
+  // One token 30x the others in every channel of one (layer, K/V, head): the min..max grid (the
+  // default) keeps it to a small error; range=gauss clips it at about 4 deviations.
+  const KVShape shape{1, 200, 1, 16};
+  FloatKV in = make_correlated_cache(shape, 5, 7);
+  float* row = in.slice(0, 0) + size_t(100) * shape.channels();
+  for (uint32_t c = 0; c < shape.head_dim; ++c) row[c] *= 30.0f;
+  SchemeList s = schemes_or_die("kvtc:bits=6:rope=keep,kvtc:bits=6:rope=keep:range=gauss");
+  ASSERT_EQ(s.size(), 2u);
+  const Calibration cal = calibration_of(shape);
+  std::vector<double> row_err;
+  for (const auto& scheme : s) {
+    ASSERT_TRUE(scheme->calibrate(cal).ok());
+    FloatKV out;
+    ASSERT_TRUE(scheme->run(in, out).ok());
+    const float* got = out.slice(0, 0) + size_t(100) * shape.channels();
+    double e = 0, n = 0;
+    for (uint32_t c = 0; c < shape.head_dim; ++c) {
+      e += double(got[c] - row[c]) * (got[c] - row[c]);
+      n += double(row[c]) * row[c];
+    }
+    row_err.push_back(std::sqrt(e / n));
+  }
+  EXPECT_LT(row_err[0], 0.05);
+  EXPECT_GT(row_err[1], 0.3);
+}
+
 }  // namespace
 }  // namespace kvcodec::eval

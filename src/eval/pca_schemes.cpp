@@ -141,8 +141,9 @@ class KvtcScheme final : public ProfileScheme {
 
   // The basis comes from the profile (per model); everything per context is counted: per (layer,
   // K/V, head, component) the context's mean and standard deviation (fp16 each) and its bit count
-  // (one byte), the zstd-compressed codes, the sink tokens in fp16 and the shape header. The bit
-  // allocation (dynamic programming) runs on the context's own variances.
+  // (one byte; with range=minmax its minimum and maximum, or its mean when it gets no bits), the
+  // zstd-compressed codes, the sink tokens in fp16 and the shape header. The bit allocation
+  // (dynamic programming) runs on the context's own variances.
   StatusOr<uint64_t> run(const FloatKV& in, FloatKV& out) const override {
     KVCODEC_RETURN_IF_ERROR(check_calibrated());
     const KVShape& sh = in.shape;
@@ -156,15 +157,19 @@ class KvtcScheme final : public ProfileScheme {
     for (uint32_t l = 0; l < sh.layers; ++l)
       for (uint32_t kv = 0; kv < 2; ++kv)
         for (uint32_t h = 0; h < H; ++h) {
-          std::vector<double> mean(d, 0.0), var(d, 0.0);
+          std::vector<double> mean(d, 0.0), var(d, 0.0), lo_v(d, 0.0), hi_v(d, 0.0);
           for (uint32_t k = 0; k < d; ++k) {
             const float* y = coef.slice(l, kv) + size_t(h) * d + k;
-            double s = 0, s2 = 0;
+            double s = 0, s2 = 0, mn = INFINITY, mx = -INFINITY;
             for (uint32_t t = sink; t < T; ++t) {
               s += y[size_t(t) * C];
               s2 += double(y[size_t(t) * C]) * y[size_t(t) * C];
+              mn = std::min(mn, double(y[size_t(t) * C]));
+              mx = std::max(mx, double(y[size_t(t) * C]));
             }
             const double n = std::max<uint32_t>(1, T - sink);
+            lo_v[k] = T > sink ? to_f16(float(mn)) : 0.0;
+            hi_v[k] = T > sink ? to_f16(float(mx)) : 0.0;
             mean[k] = to_f16(float(s / n));
             var[k] = std::max(0.0, s2 / n - (s / n) * (s / n));
             var[k] = double(to_f16(float(std::sqrt(var[k])))) * to_f16(float(std::sqrt(var[k])));
@@ -174,7 +179,10 @@ class KvtcScheme final : public ProfileScheme {
           for (uint32_t k = 0; k < d; ++k) {
             float* y = coef.slice(l, kv) + size_t(h) * d + k;
             const int b = bits[k];
-            const double step = b ? kGaussStep[b] * std::sqrt(var[k]) : 0.0;
+            // gauss: the step optimal for a Gaussian of the component's variance, centred on its
+            // mean, values beyond 2^(b-1) steps clipped; minmax: 2^b steps spanning min..max.
+            const double step = !b ? 0.0 : p_.minmax ? (hi_v[k] - lo_v[k]) / double(1 << b) : kGaussStep[b] * std::sqrt(var[k]);
+            const double origin = p_.minmax && b ? lo_v[k] + double(1 << (b - 1)) * step : mean[k];
             const int lo = b ? -(1 << (b - 1)) : 0, hi = b ? (1 << (b - 1)) - 1 : 0;
             for (uint32_t t = sink; t < T; ++t) {
               float& v = y[size_t(t) * C];
@@ -182,9 +190,9 @@ class KvtcScheme final : public ProfileScheme {
                 v = float(mean[k]);
                 continue;
               }
-              const int q = std::clamp(int(std::floor((double(v) - mean[k]) / step)), lo, hi);
+              const int q = std::clamp(int(std::floor((double(v) - origin) / step)), lo, hi);
               codes.push_back(uint8_t(q - lo));
-              v = float(mean[k] + (q + 0.5) * step);
+              v = float(origin + (q + 0.5) * step);
             }
           }
         }

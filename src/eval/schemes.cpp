@@ -208,6 +208,9 @@ Status add_entry(Entry& e, SchemeList& out) {
     const std::string rope = e.value("rope", "undo");
     if (rope != "undo" && rope != "keep") return e.error("rope: expected undo or keep");
     p.undo_rope = rope == "undo";
+    const std::string range = e.value("range", "minmax");
+    if (range != "gauss" && range != "minmax") return e.error("range: expected gauss or minmax");
+    p.minmax = range == "minmax";
     p.sink = uint32_t(sink);
     int index = 0;
     for (std::string_view item : split(text, '/')) {

@@ -63,6 +63,8 @@ struct KvtcParams {
   double bits = 1.0;      // average bits per coefficient before zstd
   bool undo_rope = true;
   uint32_t sink = 4;      // first tokens kept in fp16
+  bool minmax = true;     // each component's grid spans its min..max; range=gauss: the step optimal
+                          // for a Gaussian of its variance, values beyond 2^(b-1) steps clipped
 };
 std::unique_ptr<Scheme> make_kvtc(std::string name, int level, const KvtcParams& params);
 
