@@ -206,8 +206,8 @@ StatusOr<detail::TableSpec> smoothed_table(const detail::TableSpec& t) {
 constexpr double kMaxRdStepRatio = 2.0;
 // The allocation moves each step half way (in log) from the plain RMS-relative step to the
 // rate-distortion one: the sensitivity is measured on other texts, and followed in full it cost
-// babyllama105 on its own training text 12-19 % bits (results/quality.md, "Half-strength
-// rate-distortion steps"); half way keeps most of the gain where it transfers.
+// babyllama105 on its own training text 12-19 % bits (results/quality.md, "every scheme in one
+// run, half-strength rate-distortion steps"); half way keeps most of the gain where it transfers.
 constexpr double kRdStrength = 0.5;
 
 // What rate-distortion allocation needs of the calibration coefficients, the same at every level:

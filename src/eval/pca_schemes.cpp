@@ -181,7 +181,9 @@ class KvtcScheme final : public ProfileScheme {
             const int b = bits[k];
             // gauss: the step optimal for a Gaussian of the component's variance, centred on its
             // mean, values beyond 2^(b-1) steps clipped; minmax: 2^b steps spanning min..max.
-            const double step = !b ? 0.0 : p_.minmax ? (hi_v[k] - lo_v[k]) / double(1 << b) : kGaussStep[b] * std::sqrt(var[k]);
+            const double step = !b          ? 0.0
+                                : p_.minmax ? (hi_v[k] - lo_v[k]) / double(1 << b)
+                                            : kGaussStep[b] * std::sqrt(var[k]);
             const double origin = p_.minmax && b ? lo_v[k] + double(1 << (b - 1)) * step : mean[k];
             const int lo = b ? -(1 << (b - 1)) : 0, hi = b ? (1 << (b - 1)) - 1 : 0;
             for (uint32_t t = sink; t < T; ++t) {

@@ -43,9 +43,10 @@ void declare(Command& cmd, CalibrateArgs& o) {
   cmd.option("--keys", o.keys, "before-rope (keys decorrelated with RoPE undone, the default) or after-rope");
   cmd.option("--models", o.models, "on (default): also the stored layer models (profile version 2: frames reference "
              "their tables instead of carrying them), or off (version 1)");
-  cmd.option("--steps", o.steps, "rd (default with --model): the layer models' steps moved half way from rms's toward an "
-             "allocation on each (layer, K/V)'s measured sensitivity (next-token KL under noise); rms: layer_factor and RMS as without a profile "
-             "(the only choice for KV files)");
+  cmd.option("--steps", o.steps,
+             "rd (default with --model): the layer models' steps moved half way from rms's toward an allocation on "
+             "each (layer, K/V)'s measured sensitivity (next-token KL under noise); rms: layer_factor and RMS as "
+             "without a profile (the only choice for KV files)");
   cmd.option("--rope-theta", o.rope_theta, "the model's RoPE base, for KV files with --keys before-rope");
   cmd.app().add_option("KV", o.kv_files, "KV cache files (.safetensors or .npy) of the model, instead of --model");
   cmd.option("-o,--output", o.output, "output profile (.kvprofile), written atomically");
