@@ -128,7 +128,7 @@ int main(int argc, char** argv) {
     // The part of a decode with the profile that is the ordinary decoder: the coefficients'
     // version 3 frame (a copy) decoded to fp32.
     t = now();
-    auto inner = detail::coefficient_frame(std::span<const uint8_t>(coded).first(n1));
+    auto inner = detail::coefficient_frame(std::span<const uint8_t>(coded).first(n1), &profile);
     Status s2 = inner.ok() ? decode_into(*inner, contiguous_view(coefs.data(), DType::kF32, kv.shape), dopt) : inner.status();
     tdc.push_back(now() - t);
     if (!s2.ok()) die("coefficient decode failed");
