@@ -140,8 +140,8 @@ class KvtcScheme final : public ProfileScheme {
       : ProfileScheme(std::move(name), level, std::to_string(p.bits).substr(0, 4) + " bits", p.undo_rope), p_(p) {}
 
   // The basis comes from the profile (per model); everything per context is counted: per (layer,
-  // K/V, head, component) the context's mean and standard deviation (fp16 each) and its bit count
-  // (one byte; with range=minmax its minimum and maximum, or its mean when it gets no bits), the
+  // K/V, head, component) two fp16 values (its minimum and maximum, or its mean when it gets no
+  // bits; with range=gauss its mean and standard deviation) and its bit count (one byte), the
   // zstd-compressed codes, the sink tokens in fp16 and the shape header. The bit allocation
   // (dynamic programming) runs on the context's own variances.
   StatusOr<uint64_t> run(const FloatKV& in, FloatKV& out) const override {
